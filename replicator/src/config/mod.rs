@@ -1,0 +1,12 @@
+//! The config file: registries and the policies between them.
+//!
+//! Loading is two-phase so that a user sees **every** problem at once, each with its JSON path:
+//! structural problems (syntax, unknown fields, wrong types) and semantic ones (unknown registry
+//! names, bad globs, invalid namespaces, duplicate names). No network I/O happens here; secrets are
+//! only referenced (env var, file, auth file) and resolved by [`Credential::resolve`].
+
+mod model;
+mod validate;
+
+pub use model::*;
+pub use validate::{ConfigError, CredentialError, Problem};

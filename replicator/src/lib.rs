@@ -1,0 +1,21 @@
+//! Ferry's replication engine.
+//!
+//! # Layout
+//! - [`oci`]: a distribution-spec client (auth, manifests as exact bytes, blobs streamed, mounts).
+//! - [`config`] and [`policy`]: the config file (registries + policies) and Harbor-compatible
+//!   replication policies, validated before any network I/O.
+//! - [`diff`]: what differs between a policy's source and destination, by digest.
+//! - [`transfer`]: moves one manifest graph, copying only the blobs the destination lacks.
+//! - [`sync`]: a full reconciliation of a policy (list, filter, diff, transfer, verify).
+//!
+//! The invariant every module keeps: bytes are never re-serialized, so every manifest and blob
+//! arrives on the destination under the digest it had on the source, or the operation fails.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod diff;
+pub mod oci;
+pub mod policy;
+pub mod sync;
+pub mod throttle;
+pub mod transfer;

@@ -1,0 +1,139 @@
+//! The policy types as they appear in JSON. `deny_unknown_fields` everywhere; semantic checks
+//! live in `crate::config::validate` so that all problems are reported at once.
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One replication policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Unique name; used in metrics, logs and `--policy`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Which way content flows (see README "Modes").
+    #[serde(default)]
+    pub mode: Mode,
+    /// Registry content is read from (by name, from the config's `registries`).
+    pub src_registry: RegistryRef,
+    /// Registry content is written to. Exactly one of `dest_registry`/`dest_registries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_registry: Option<RegistryRef>,
+    /// Ferry extension: several destinations, each its own task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dest_registries: Vec<RegistryRef>,
+    /// Destination namespace (Harbor's `dest_namespace`); empty keeps the source path.
+    #[serde(default)]
+    pub dest_namespace: String,
+    /// Harbor's table: -1 flattens all, 0 prefixes, n strips n leading segments.
+    #[serde(default = "default_replace_count")]
+    pub dest_namespace_replace_count: i32,
+    #[serde(default)]
+    pub trigger: Trigger,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// Propagate deletes (Harbor's deprecated `deletion` is accepted as an alias).
+    #[serde(default, alias = "deletion")]
+    pub replicate_deletion: bool,
+    /// Overwrite a destination tag that holds different content.
+    #[serde(default = "default_true", rename = "override")]
+    pub override_: bool,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Bandwidth cap in KiB/s (1024 bytes per second) for this policy; 0 = unlimited.
+    #[serde(default)]
+    pub speed: u64,
+    /// Upload blobs in chunks (PATCH + Content-Range) instead of one PUT.
+    #[serde(default)]
+    pub copy_by_chunk: bool,
+    /// Copy referrers (signatures, SBOMs, attestations) of every copied manifest.
+    #[serde(default = "default_true")]
+    pub copy_referrers: bool,
+}
+
+fn default_replace_count() -> i32 {
+    -1
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Reference to a registry declared in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Push,
+    Pull,
+    Bidirectional,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    #[serde(rename = "type", default)]
+    pub kind: TriggerKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_settings: Option<TriggerSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    #[default]
+    Manual,
+    Scheduled,
+    EventBased,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSettings {
+    /// Cron expression: Harbor's 6-field form (with seconds) or the 5-field form.
+    #[serde(default)]
+    pub cron: String,
+}
+
+/// One filter. Filters of the same type AND together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    #[serde(rename = "type")]
+    pub kind: FilterKind,
+    /// Doublestar glob for `name`/`tag`; `image`|`artifact` for `resource`; `os/arch[/variant]`
+    /// for `platform`; `key=value` for `label`.
+    pub value: String,
+    #[serde(default)]
+    pub decoration: Decoration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterKind {
+    Name,
+    Tag,
+    Label,
+    Resource,
+    Platform,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoration {
+    #[default]
+    Matches,
+    Excludes,
+}
+
+impl Policy {
+    /// Every destination of this policy (`dest_registry` and `dest_registries`).
+    pub fn destinations(&self) -> impl Iterator<Item = &RegistryRef> {
+        self.dest_registry.iter().chain(self.dest_registries.iter())
+    }
+}
