@@ -1,1 +1,409 @@
-//! TODO
+//! A full reconciliation of one policy: list what the policy covers on the source, and make every
+//! destination hold the same digest under every tag.
+//!
+//! Each tag is handled level-triggered: the *current* source state is read (`HEAD`, then `GET` only
+//! when the destination differs), so re-running a sync, or running it on a stale event, is always
+//! safe. A tag is reported `copied` only after a `HEAD` on the destination returned the source
+//! digest. Referrers (signatures, SBOMs) follow their subject: through the OCI 1.1 referrers API when
+//! the source has it, and through `sha256-<hex>[.suffix]` tags otherwise.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{stream, StreamExt};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{Config, Credential, Secret};
+use crate::oci::digest::Digest;
+use crate::oci::{RegistryClient, RegistryError};
+use crate::policy::{rewrite_repository, Policy, Selector};
+use crate::throttle::Throttle;
+use crate::transfer::{self, BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("policy {policy}: registry {registry:?} is not defined in the config's registries")]
+    UnknownRegistry { policy: String, registry: String },
+    #[error("no policy named {0:?} in the config")]
+    UnknownPolicy(String),
+    #[error("policy {policy}: {message}")]
+    Policy { policy: String, message: String },
+    #[error(transparent)]
+    Credential(#[from] crate::config::CredentialError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// One client per configured registry, built once and shared.
+#[derive(Debug, Default, Clone)]
+pub struct Registries {
+    clients: HashMap<String, Arc<RegistryClient>>,
+}
+
+impl Registries {
+    /// Builds clients for every registry of the config (resolving credentials; no network I/O).
+    pub fn from_config(config: &Config) -> Result<Registries, SyncError> {
+        let mut clients = HashMap::new();
+        for r in &config.registries {
+            let secret = match &r.credential {
+                Some(c) => Credential::resolve(c, r)?,
+                None => Secret::Anonymous,
+            };
+            clients.insert(r.name.clone(), Arc::new(RegistryClient::new(r, secret)?));
+        }
+        Ok(Registries { clients })
+    }
+
+    pub fn get(&self, policy: &str, name: &str) -> Result<Arc<RegistryClient>, SyncError> {
+        self.clients
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SyncError::UnknownRegistry { policy: policy.to_string(), registry: name.to_string() })
+    }
+}
+
+/// Knobs of a run.
+#[derive(Clone)]
+pub struct SyncOptions {
+    pub cancel: CancellationToken,
+    /// Tags reconciled concurrently (across repositories).
+    pub tag_parallelism: usize,
+    /// Blobs of one manifest copied concurrently.
+    pub blob_parallelism: usize,
+    pub progress: Arc<RunProgress>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions { cancel: CancellationToken::new(), tag_parallelism: 16, blob_parallelism: 8, progress: Arc::default() }
+    }
+}
+
+/// Live counters of a run, for progress displays.
+#[derive(Debug, Default)]
+pub struct RunProgress {
+    pub tags_total: AtomicU64,
+    pub tags_done: AtomicU64,
+    pub stats: Arc<TransferStats>,
+}
+
+/// What happened to one tag on one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TagOutcome {
+    Copied { digest: String },
+    Unchanged { digest: String },
+    /// `override: false` and the destination holds other content under this tag.
+    Kept { source_digest: String, destination_digest: String },
+    Skipped { reason: String },
+    Failed { error: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TagResult {
+    pub destination: String,
+    pub repository: String,
+    pub destination_repository: String,
+    pub tag: String,
+    #[serde(flatten)]
+    pub outcome: TagOutcome,
+    /// Referrers (signatures, SBOMs…) pushed for this tag's manifest.
+    pub referrers_copied: u64,
+}
+
+/// The result of syncing one policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub policy: String,
+    pub tags: Vec<TagResult>,
+    pub stats: StatsSnapshot,
+    pub seconds: f64,
+}
+
+impl SyncReport {
+    pub fn count(&self, f: impl Fn(&TagOutcome) -> bool) -> usize {
+        self.tags.iter().filter(|t| f(&t.outcome)).count()
+    }
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, TagOutcome::Failed { .. }))
+    }
+    /// True when every covered tag holds the source digest on every destination.
+    pub fn converged(&self) -> bool {
+        self.tags.iter().all(|t| matches!(t.outcome, TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. } | TagOutcome::Skipped { .. }))
+    }
+}
+
+/// Tags named after a manifest digest: OCI's referrers fallback (`sha256-<hex>`) and cosign's
+/// `sha256-<hex>.sig|.att|.sbom`.
+pub fn is_referrer_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
+    rest.len() >= 64 && rest[..64].bytes().all(|b| b.is_ascii_hexdigit()) && (rest.len() == 64 || rest.as_bytes()[64] == b'.')
+}
+
+/// One source repository and the tags the policy covers.
+#[derive(Debug, Clone)]
+pub struct SourceRepo {
+    pub repository: String,
+    /// Tags to reconcile.
+    pub tags: Vec<String>,
+    /// Every tag of the repository (referrer tags are found here).
+    pub all_tags: Vec<String>,
+}
+
+/// Lists the source repositories and tags a policy covers.
+pub async fn list_source(src: &RegistryClient, policy: &Policy, selector: &Selector) -> Result<Vec<SourceRepo>, RegistryError> {
+    let repos: Vec<String> = src.catalog().await?.into_iter().filter(|r| selector.matches_repository(r)).collect();
+    let listed: Vec<Result<SourceRepo, RegistryError>> = stream::iter(repos)
+        .map(|repository| async move {
+            let all_tags = src.list_tags(&repository).await?;
+            let tags = all_tags
+                .iter()
+                .filter(|t| selector.matches_tag(t) && !(policy.copy_referrers && is_referrer_tag(t)))
+                .cloned()
+                .collect();
+            Ok(SourceRepo { repository, tags, all_tags })
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut out = listed.into_iter().collect::<Result<Vec<_>, _>>()?;
+    out.sort_by(|a, b| a.repository.cmp(&b.repository));
+    Ok(out)
+}
+
+/// A policy compiled for running: its selector and destination names.
+pub struct PreparedPolicy {
+    pub policy: Policy,
+    pub selector: Selector,
+    pub src: Arc<RegistryClient>,
+    pub dsts: Vec<Arc<RegistryClient>>,
+}
+
+impl PreparedPolicy {
+    pub fn new(policy: &Policy, registries: &Registries) -> Result<PreparedPolicy, SyncError> {
+        let selector = Selector::new(policy).map_err(|e| SyncError::Policy { policy: policy.name.clone(), message: e.to_string() })?;
+        let src = registries.get(&policy.name, &policy.src_registry.name)?;
+        let dsts = policy.destinations().map(|d| registries.get(&policy.name, &d.name)).collect::<Result<Vec<_>, _>>()?;
+        if dsts.is_empty() {
+            return Err(SyncError::Policy { policy: policy.name.clone(), message: "no dest_registry".into() });
+        }
+        Ok(PreparedPolicy { policy: policy.clone(), selector, src, dsts })
+    }
+
+    /// The destination repository for a source repository.
+    pub fn dest_repository(&self, repository: &str) -> Result<String, String> {
+        rewrite_repository(repository, &self.policy.dest_namespace, self.policy.dest_namespace_replace_count).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs a full reconciliation of one policy.
+pub async fn sync_policy(prepared: &PreparedPolicy, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let policy = &prepared.policy;
+    let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
+    let ledger = Arc::new(BlobLedger::default());
+    let throttle = Throttle::from_kib_per_sec(policy.speed).map(Arc::new);
+    let referrers_api = Arc::new(AtomicBool::new(true));
+    let mut work = Vec::new();
+    for dst in &prepared.dsts {
+        let ctx = TransferContext {
+            src: prepared.src.clone(),
+            dst: dst.clone(),
+            ledger: ledger.clone(),
+            stats: opts.progress.stats.clone(),
+            throttle: throttle.clone(),
+            cancel: opts.cancel.clone(),
+            copy_by_chunk: policy.copy_by_chunk,
+            blob_parallelism: opts.blob_parallelism,
+        };
+        for repo in &repos {
+            for tag in &repo.tags {
+                work.push((ctx.clone(), repo, tag.clone()));
+            }
+        }
+    }
+    opts.progress.tags_total.fetch_add(work.len() as u64, Ordering::Relaxed);
+    let results: Vec<TagResult> = stream::iter(work)
+        .map(|(ctx, repo, tag)| {
+            let span = tracing::info_span!("tag", policy = %policy.name, destination = %ctx.dst.name(), repository = %repo.repository, tag = %tag);
+            let referrers_api = referrers_api.clone();
+            async move {
+                let r = reconcile_tag(prepared, &ctx, repo, &tag, &referrers_api).await;
+                opts.progress.tags_done.fetch_add(1, Ordering::Relaxed);
+                r
+            }
+            .instrument(span)
+        })
+        .buffer_unordered(opts.tag_parallelism.max(1))
+        .collect()
+        .await;
+    let mut tags = results;
+    tags.sort_by(|a, b| (&a.destination, &a.repository, &a.tag).cmp(&(&b.destination, &b.repository, &b.tag)));
+    Ok(SyncReport { policy: policy.name.clone(), tags, stats: opts.progress.stats.snapshot(), seconds: started.elapsed().as_secs_f64() })
+}
+
+async fn reconcile_tag(prepared: &PreparedPolicy, ctx: &TransferContext, repo: &SourceRepo, tag: &str, referrers_api: &AtomicBool) -> TagResult {
+    let mut result = TagResult {
+        destination: ctx.dst.name().to_string(),
+        repository: repo.repository.clone(),
+        destination_repository: String::new(),
+        tag: tag.to_string(),
+        outcome: TagOutcome::Skipped { reason: String::new() },
+        referrers_copied: 0,
+    };
+    let dst_repo = match prepared.dest_repository(&repo.repository) {
+        Ok(r) => r,
+        Err(e) => {
+            result.outcome = TagOutcome::Failed { error: e };
+            return result;
+        }
+    };
+    result.destination_repository = dst_repo.clone();
+    let outcome = copy_tag(prepared, ctx, repo, &dst_repo, tag, referrers_api, &mut result.referrers_copied).await;
+    result.outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "tag failed");
+            TagOutcome::Failed { error: e.to_string() }
+        }
+    };
+    if let TagOutcome::Copied { digest } = &result.outcome {
+        tracing::info!(%digest, destination_repository = %dst_repo, "tag copied");
+    }
+    result
+}
+
+async fn copy_tag(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repo: &SourceRepo,
+    dst_repo: &str,
+    tag: &str,
+    referrers_api: &AtomicBool,
+    referrers_copied: &mut u64,
+) -> Result<TagOutcome, TransferError> {
+    let src_repo = &repo.repository;
+    let Some(src_head) = ctx.src.head_manifest(src_repo, tag).await? else {
+        return Ok(TagOutcome::Skipped { reason: "tag disappeared from the source during the sync".into() });
+    };
+    let dst_head = ctx.dst.head_manifest(dst_repo, tag).await?;
+    let outcome = match &dst_head {
+        Some(d) if d.digest == src_head.digest => TagOutcome::Unchanged { digest: d.digest.to_string() },
+        Some(d) if !prepared.policy.override_ => {
+            tracing::info!(source_digest = %src_head.digest, destination_digest = %d.digest, "destination tag differs; kept (override: false)");
+            return Ok(TagOutcome::Kept { source_digest: src_head.digest.to_string(), destination_digest: d.digest.to_string() });
+        }
+        _ => {
+            let manifest = match ctx.src.get_manifest(src_repo, tag).await {
+                Ok(m) => m,
+                Err(e) if e.is_not_found() => {
+                    return Ok(TagOutcome::Skipped { reason: "tag disappeared from the source during the sync".into() })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let graph = manifest.graph().map_err(|source| TransferError::Manifest {
+                registry: ctx.src.name().to_string(),
+                repository: src_repo.clone(),
+                digest: manifest.digest.to_string(),
+                source,
+            })?;
+            if !prepared.selector.matches_resource(graph.is_image()) {
+                return Ok(TagOutcome::Skipped { reason: "excluded by the resource filter".into() });
+            }
+            transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
+            transfer::push_manifest(ctx, dst_repo, tag, &manifest).await?;
+            verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
+            TagOutcome::Copied { digest: manifest.digest.to_string() }
+        }
+    };
+    if prepared.policy.copy_referrers {
+        let subject = match &outcome {
+            TagOutcome::Copied { digest } | TagOutcome::Unchanged { digest } => digest.parse::<Digest>().ok(),
+            _ => None,
+        };
+        if let Some(subject) = subject {
+            *referrers_copied += copy_referrers(prepared, ctx, repo, dst_repo, &subject, referrers_api, 0).await?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Confirms the destination tag resolves to `digest`.
+async fn verify_tag(ctx: &TransferContext, dst_repo: &str, tag: &str, digest: &Digest) -> Result<(), TransferError> {
+    match ctx.dst.head_manifest(dst_repo, tag).await? {
+        Some(d) if &d.digest == digest => Ok(()),
+        other => Err(RegistryError::InvalidResponse {
+            registry: ctx.dst.name().to_string(),
+            url: format!("{}v2/{dst_repo}/manifests/{tag}", ctx.dst.base_url()),
+            message: format!(
+                "after the push the tag resolves to {}, not {digest}",
+                other.map(|d| d.digest.to_string()).unwrap_or_else(|| "nothing".into())
+            ),
+        }
+        .into()),
+    }
+}
+
+/// Copies the referrers of `subject` (and, to a small depth, theirs). Returns how many were pushed.
+async fn copy_referrers(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repo: &SourceRepo,
+    dst_repo: &str,
+    subject: &Digest,
+    referrers_api: &AtomicBool,
+    depth: u32,
+) -> Result<u64, TransferError> {
+    if depth > 3 {
+        return Ok(0);
+    }
+    let src_repo = &repo.repository;
+    // (reference on the source, reference to push on the destination)
+    let mut refs: BTreeMap<String, String> = BTreeMap::new();
+    if referrers_api.load(Ordering::Relaxed) {
+        match ctx.src.referrers(src_repo, subject).await? {
+            Some(list) => {
+                for d in list {
+                    refs.insert(d.digest().to_string(), d.digest().to_string());
+                }
+            }
+            None => referrers_api.store(false, Ordering::Relaxed),
+        }
+    }
+    let prefix = format!("{}-{}", subject.algorithm(), subject.digest());
+    for t in repo.all_tags.iter().filter(|t| t.starts_with(&prefix) && is_referrer_tag(t)) {
+        refs.insert(t.clone(), t.clone());
+    }
+    let mut pushed = 0;
+    for (src_ref, dst_ref) in refs {
+        let Some(src_head) = ctx.src.head_manifest(src_repo, &src_ref).await? else { continue };
+        let unchanged = ctx.dst.head_manifest(dst_repo, &dst_ref).await?.is_some_and(|d| d.digest == src_head.digest);
+        if !unchanged {
+            let m = ctx.src.get_manifest(src_repo, &src_ref).await?;
+            transfer::ensure_graph(ctx, src_repo, dst_repo, &m, &prepared.selector).await?;
+            transfer::push_manifest(ctx, dst_repo, &dst_ref, &m).await?;
+            pushed += 1;
+            tracing::info!(referrer = %src_ref, %subject, "referrer copied");
+        }
+        pushed += Box::pin(copy_referrers(prepared, ctx, repo, dst_repo, &src_head.digest, referrers_api, depth + 1)).await?;
+    }
+    Ok(pushed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referrer_tags() {
+        let hex = "a".repeat(64);
+        assert!(is_referrer_tag(&format!("sha256-{hex}")));
+        assert!(is_referrer_tag(&format!("sha256-{hex}.sig")));
+        assert!(!is_referrer_tag(&format!("sha256-{hex}x")));
+        assert!(!is_referrer_tag("sha256-abc.sig"));
+        assert!(!is_referrer_tag("v1.0"));
+    }
+}

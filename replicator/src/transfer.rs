@@ -1,1 +1,484 @@
-//! TODO
+//! Moves one manifest graph from a source repository to a destination repository, copying only
+//! what the destination lacks.
+//!
+//! For each blob: `HEAD` on the destination (present → skipped); else a cross-repository mount from
+//! a destination repository known to hold it (→ mounted); else a streaming `GET` from the source
+//! piped into an upload on the destination (→ copied). The stream is hashed as it passes and the
+//! **last byte is held back until the digest matched**, so a corrupt source never completes an
+//! upload; the session is cancelled (`DELETE`) on any failure. Uploads are monolithic (one streaming
+//! `PUT`) unless the policy or registry asks for chunks.
+//!
+//! Invariants: child manifests are pushed (by digest) before their parent; the caller pushes the top
+//! manifest (by tag) only after [`ensure_graph`] returned `Ok`; within one process, concurrent copies
+//! of the same blob to the same destination transfer it once ([`BlobLedger`]).
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use oci_spec::image::Descriptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::oci::client::BlobUpload;
+use crate::oci::digest::{Digest, DigestVerifier};
+use crate::oci::manifest::{self, ManifestError, ManifestGraph};
+use crate::oci::{Manifest, MountOutcome, RegistryClient, RegistryError};
+use crate::policy::Selector;
+use crate::throttle::Throttle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("registry {registry}: manifest {repository}@{digest}: {source}")]
+    Manifest {
+        registry: String,
+        repository: String,
+        digest: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("registry {registry}: {repository}@{digest}: digest algorithm not supported")]
+    UnsupportedDigest { registry: String, repository: String, digest: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl TransferError {
+    /// Errors a later retry may fix (network, 5xx, rate limits).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TransferError::Registry(e) if e.is_retryable())
+    }
+}
+
+type Result<T, E = TransferError> = std::result::Result<T, E>;
+
+/// Counters of one run; shared by every transfer of it (and read by progress displays).
+#[derive(Debug, Default)]
+pub struct TransferStats {
+    pub blobs_copied: AtomicU64,
+    pub blobs_mounted: AtomicU64,
+    pub blobs_skipped: AtomicU64,
+    pub manifests_pushed: AtomicU64,
+    /// Blob bytes sent to destinations (counted as they stream).
+    pub bytes_copied: AtomicU64,
+}
+
+impl TransferStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            blobs_copied: self.blobs_copied.load(Ordering::Relaxed),
+            blobs_mounted: self.blobs_mounted.load(Ordering::Relaxed),
+            blobs_skipped: self.blobs_skipped.load(Ordering::Relaxed),
+            manifests_pushed: self.manifests_pushed.load(Ordering::Relaxed),
+            bytes_copied: self.bytes_copied.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_skipped: u64,
+    pub manifests_pushed: u64,
+    pub bytes_copied: u64,
+}
+
+/// What happened to one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOutcome {
+    Skipped,
+    Mounted,
+    Copied,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<String>>>;
+
+/// Where blobs are known to live on each destination, and a per-`(destination, digest)` lock so
+/// one blob crosses the wire once even when several repositories need it at the same time.
+#[derive(Debug, Default)]
+pub struct BlobLedger {
+    slots: Mutex<HashMap<(String, String), Slot>>,
+}
+
+impl BlobLedger {
+    fn slot(&self, registry: &str, digest: &Digest) -> Slot {
+        let mut map = self.slots.lock().expect("ledger lock");
+        map.entry((registry.to_string(), digest.to_string())).or_default().clone()
+    }
+}
+
+/// Everything one transfer needs; cheap to clone.
+#[derive(Clone)]
+pub struct TransferContext {
+    pub src: Arc<RegistryClient>,
+    pub dst: Arc<RegistryClient>,
+    pub ledger: Arc<BlobLedger>,
+    pub stats: Arc<TransferStats>,
+    pub throttle: Option<Arc<Throttle>>,
+    pub cancel: CancellationToken,
+    /// Upload every blob in chunks (the policy's `copy_by_chunk`).
+    pub copy_by_chunk: bool,
+    /// Blobs copied in parallel within one manifest (the per-registry slots bound the total).
+    pub blob_parallelism: usize,
+}
+
+/// Makes sure everything `manifest` references exists in `dst_repo` on the destination: child
+/// manifests (pushed by digest) and blobs. Does not push `manifest` itself.
+pub async fn ensure_graph(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    manifest: &Manifest,
+    selector: &Selector,
+) -> Result<()> {
+    let graph = parse_graph(ctx, src_repo, manifest)?;
+    match graph {
+        ManifestGraph::Index { children, .. } => {
+            let wanted = children.into_iter().filter(|c| match (&c.platform, selector.has_platform_filter()) {
+                (_, false) => true,
+                (Some((os, arch, variant)), true) => selector.matches_platform(os, arch, variant.as_deref()),
+                // Children without a platform (attestations, etc.) follow the index.
+                (None, true) => true,
+            });
+            for child in wanted {
+                copy_child_manifest(ctx, src_repo, dst_repo, child.descriptor.digest(), selector).await?;
+            }
+            Ok(())
+        }
+        ManifestGraph::Image { blobs, .. } => {
+            let blobs: Vec<Descriptor> = blobs.into_iter().filter(|d| !manifest::is_non_distributable(d)).collect();
+            stream::iter(blobs.iter().map(|d| copy_blob(ctx, src_repo, dst_repo, d)))
+                .buffer_unordered(ctx.blob_parallelism.max(1))
+                .try_collect::<Vec<_>>()
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Copies a child manifest (and its graph) by digest, unless the destination has it already.
+async fn copy_child_manifest(ctx: &TransferContext, src_repo: &str, dst_repo: &str, digest: &Digest, selector: &Selector) -> Result<()> {
+    check_cancel(ctx)?;
+    if ctx.dst.head_manifest(dst_repo, &digest.to_string()).await?.is_some() {
+        return Ok(());
+    }
+    let child = ctx.src.get_manifest(src_repo, &digest.to_string()).await?;
+    Box::pin(ensure_graph(ctx, src_repo, dst_repo, &child, selector)).await?;
+    push_manifest(ctx, dst_repo, &digest.to_string(), &child).await
+}
+
+/// Pushes a manifest's exact bytes under `reference` (a tag or its digest).
+pub async fn push_manifest(ctx: &TransferContext, dst_repo: &str, reference: &str, m: &Manifest) -> Result<()> {
+    check_cancel(ctx)?;
+    ctx.dst.put_manifest(dst_repo, reference, m).await?;
+    ctx.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn parse_graph(ctx: &TransferContext, src_repo: &str, m: &Manifest) -> Result<ManifestGraph> {
+    m.graph().map_err(|source| TransferError::Manifest {
+        registry: ctx.src.name().to_string(),
+        repository: src_repo.to_string(),
+        digest: m.digest.to_string(),
+        source,
+    })
+}
+
+fn check_cancel(ctx: &TransferContext) -> Result<()> {
+    if ctx.cancel.is_cancelled() {
+        Err(TransferError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// Ensures one blob exists in `dst_repo`: skipped, mounted or copied.
+pub async fn copy_blob(ctx: &TransferContext, src_repo: &str, dst_repo: &str, desc: &Descriptor) -> Result<BlobOutcome> {
+    check_cancel(ctx)?;
+    let digest = desc.digest();
+    let slot = ctx.ledger.slot(ctx.dst.name(), digest);
+    let mut known = slot.lock().await;
+    let outcome = copy_blob_locked(ctx, src_repo, dst_repo, desc, &mut known).await;
+    drop(known);
+    let counter = match outcome {
+        Ok(BlobOutcome::Skipped) => &ctx.stats.blobs_skipped,
+        Ok(BlobOutcome::Mounted) => &ctx.stats.blobs_mounted,
+        Ok(BlobOutcome::Copied) => &ctx.stats.blobs_copied,
+        Err(_) => return outcome,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    outcome
+}
+
+async fn copy_blob_locked(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    desc: &Descriptor,
+    known: &mut Option<String>,
+) -> Result<BlobOutcome> {
+    let digest = desc.digest();
+    if known.as_deref() == Some(dst_repo) {
+        return Ok(BlobOutcome::Skipped);
+    }
+    if ctx.dst.blob_exists(dst_repo, digest).await?.is_some() {
+        *known = Some(dst_repo.to_string());
+        return Ok(BlobOutcome::Skipped);
+    }
+    if let Some(from) = known.clone() {
+        match ctx.dst.mount_blob(dst_repo, digest, &from).await {
+            Ok(MountOutcome::Mounted) => {
+                tracing::debug!(repository = dst_repo, %digest, from = %from, "blob mounted");
+                return Ok(BlobOutcome::Mounted);
+            }
+            Ok(MountOutcome::NotMounted(upload)) => {
+                // The registry opened a session instead of mounting: drop it and upload normally.
+                ctx.dst.cancel_upload(&upload).await;
+            }
+            Err(e) => tracing::debug!(repository = dst_repo, %digest, error = %e, "mount failed; uploading"),
+        }
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match stream_blob(ctx, src_repo, dst_repo, desc).await {
+            Ok(()) => break,
+            Err(e) if e.is_retryable() && attempt < 3 => {
+                let d = crate::oci::client::backoff(attempt);
+                tracing::info!(repository = dst_repo, %digest, error = %e, attempt, "blob transfer failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {},
+                    _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    *known = Some(dst_repo.to_string());
+    Ok(BlobOutcome::Copied)
+}
+
+/// Holds a transfer slot on both registries, acquired in name order so two opposite transfers
+/// (A→B and B→A) can never wait on each other.
+async fn transfer_permits(ctx: &TransferContext) -> Result<Vec<tokio::sync::OwnedSemaphorePermit>> {
+    let mut regs = vec![&ctx.src, &ctx.dst];
+    regs.sort_by(|a, b| a.name().cmp(b.name()));
+    regs.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    let mut permits = Vec::with_capacity(2);
+    for r in regs {
+        let p = tokio::select! {
+            p = r.transfer_slots().clone().acquire_owned() => p.map_err(|_| TransferError::Cancelled)?,
+            _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+        };
+        permits.push(p);
+    }
+    Ok(permits)
+}
+
+/// One streaming copy attempt; cancels the destination session on any failure.
+async fn stream_blob(ctx: &TransferContext, src_repo: &str, dst_repo: &str, desc: &Descriptor) -> Result<()> {
+    let _permits = transfer_permits(ctx).await?;
+    let digest = desc.digest().clone();
+    let verifier = DigestVerifier::new(&digest).ok_or_else(|| TransferError::UnsupportedDigest {
+        registry: ctx.src.name().to_string(),
+        repository: src_repo.to_string(),
+        digest: digest.to_string(),
+    })?;
+    let upload = ctx.dst.start_upload(dst_repo).await?;
+    let result = async {
+        let resp = ctx.src.get_blob(src_repo, &digest, 0).await?;
+        let failure = Arc::new(Mutex::new(None::<TransferError>));
+        let verified = VerifiedStream {
+            ctx: ctx.clone(),
+            registry: ctx.src.name().to_string(),
+            repository: src_repo.to_string(),
+            digest: digest.clone(),
+            expected: desc.size(),
+            verifier: Some(verifier),
+            failure: failure.clone(),
+        }
+        .into_stream(resp.bytes_stream());
+        let chunked = ctx.copy_by_chunk || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t);
+        let sent = if chunked {
+            upload_chunked(ctx, upload.clone(), &digest, verified).await
+        } else {
+            ctx.dst
+                .put_blob_stream(&upload, &digest, desc.size(), reqwest::Body::wrap_stream(verified))
+                .await
+                .map_err(TransferError::from)
+        };
+        // A failure inside the stream (corruption, cancel) explains a failed request better than
+        // the request error itself.
+        let cause = failure.lock().expect("failure lock").take();
+        match cause {
+            Some(cause) => Err(cause),
+            None => sent,
+        }
+    }
+    .await;
+    if result.is_err() {
+        ctx.dst.cancel_upload(&upload).await;
+    }
+    result
+}
+
+async fn upload_chunked(
+    ctx: &TransferContext,
+    mut upload: BlobUpload,
+    digest: &Digest,
+    mut data: impl futures_util::Stream<Item = std::result::Result<Bytes, StreamFailure>> + Unpin,
+) -> Result<()> {
+    let chunk_size = ctx.dst.chunk_size() as usize;
+    let mut buf = BytesMut::with_capacity(chunk_size);
+    loop {
+        let next = data.next().await;
+        let end = match next {
+            Some(Ok(b)) => {
+                buf.extend_from_slice(&b);
+                false
+            }
+            // The failure slot holds the cause; the caller reports it.
+            Some(Err(_)) => return Err(TransferError::Cancelled),
+            None => true,
+        };
+        while buf.len() >= chunk_size || (end && !buf.is_empty()) {
+            let take = buf.len().min(chunk_size);
+            let chunk = buf.split_to(take).freeze();
+            upload = ctx.dst.patch_chunk(&upload, chunk).await?;
+        }
+        if end {
+            break;
+        }
+    }
+    ctx.dst.finish_upload(&upload, digest).await?;
+    Ok(())
+}
+
+/// The error a [`VerifiedStream`] yields to the HTTP body; the real cause is in the failure slot.
+#[derive(Debug)]
+pub struct StreamFailure;
+
+impl std::fmt::Display for StreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("blob stream aborted")
+    }
+}
+impl std::error::Error for StreamFailure {}
+
+/// Source bytes on their way to the destination: counted, throttled, cancellable, and verified —
+/// the final chunk is only released after size and digest matched.
+struct VerifiedStream {
+    ctx: TransferContext,
+    registry: String,
+    repository: String,
+    digest: Digest,
+    expected: u64,
+    verifier: Option<DigestVerifier>,
+    failure: Arc<Mutex<Option<TransferError>>>,
+}
+
+impl VerifiedStream {
+    fn fail(&self, e: TransferError) -> StreamFailure {
+        *self.failure.lock().expect("failure lock") = Some(e);
+        StreamFailure
+    }
+
+    fn mismatch(&self, actual: String) -> TransferError {
+        TransferError::Registry(RegistryError::DigestMismatch {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            expected: self.digest.to_string(),
+            actual,
+        })
+    }
+
+    fn size_mismatch(&self, actual: u64) -> TransferError {
+        TransferError::Registry(RegistryError::SizeMismatch {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            digest: self.digest.to_string(),
+            expected: self.expected,
+            actual,
+        })
+    }
+
+    /// Checks the content once all expected bytes were seen.
+    fn finish(&mut self) -> std::result::Result<(), StreamFailure> {
+        if let Some(v) = self.verifier.take() {
+            if let Err(actual) = v.finish() {
+                let e = self.mismatch(actual);
+                return Err(self.fail(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn into_stream<S>(self, inner: S) -> impl futures_util::Stream<Item = std::result::Result<Bytes, StreamFailure>> + Send + Unpin + 'static
+    where
+        S: futures_util::Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+    {
+        Box::pin(stream::unfold((self, inner, false), |(mut st, mut inner, done)| async move {
+            if done {
+                return None;
+            }
+            let next = tokio::select! {
+                n = inner.next() => n,
+                _ = st.ctx.cancel.cancelled() => {
+                    let e = st.fail(TransferError::Cancelled);
+                    return Some((Err(e), (st, inner, true)));
+                }
+            };
+            match next {
+                None => {
+                    let seen = st.verifier.as_ref().map(|v| v.len()).unwrap_or(st.expected);
+                    if seen != st.expected {
+                        let e = st.size_mismatch(seen);
+                        let e = st.fail(e);
+                        return Some((Err(e), (st, inner, true)));
+                    }
+                    // Zero-length blobs end here; others were finished with their last chunk.
+                    match st.finish() {
+                        Ok(()) => None,
+                        Err(e) => Some((Err(e), (st, inner, true))),
+                    }
+                }
+                Some(Err(source)) => {
+                    let e = RegistryError::Transport { registry: st.registry.clone(), url: format!("blob {}", st.digest), source };
+                    let e = st.fail(e.into());
+                    Some((Err(e), (st, inner, true)))
+                }
+                Some(Ok(chunk)) => {
+                    let Some(v) = st.verifier.as_mut() else {
+                        // Bytes after the verified end: the source sent more than the descriptor said.
+                        let e = st.size_mismatch(st.expected + chunk.len() as u64);
+                        let e = st.fail(e);
+                        return Some((Err(e), (st, inner, true)));
+                    };
+                    v.update(&chunk);
+                    let seen = v.len();
+                    if seen > st.expected {
+                        let e = st.size_mismatch(seen);
+                        let e = st.fail(e);
+                        return Some((Err(e), (st, inner, true)));
+                    }
+                    if seen == st.expected {
+                        if let Err(e) = st.finish() {
+                            return Some((Err(e), (st, inner, true)));
+                        }
+                    }
+                    if let Some(t) = &st.ctx.throttle {
+                        if !t.consume(chunk.len() as u64, &st.ctx.cancel).await {
+                            let e = st.fail(TransferError::Cancelled);
+                            return Some((Err(e), (st, inner, true)));
+                        }
+                    }
+                    st.ctx.stats.bytes_copied.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    Some((Ok(chunk), (st, inner, false)))
+                }
+            }
+        }))
+    }
+}

@@ -1,0 +1,243 @@
+//! The commands behind `ferry sync`, `ferry diff` and `ferry policy validate`.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_replicator::config::Config;
+use ferry_replicator::diff::{diff_policy, DriftReport};
+use ferry_replicator::sync::{sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome};
+use ferry_replicator::policy::Policy;
+use indicatif::HumanBytes;
+use tokio_util::sync::CancellationToken;
+
+use super::{progress, DiffArgs, SyncArgs};
+
+const OK: u8 = 0;
+const NO: u8 = 1;
+const ERROR: u8 = 2;
+const INTERRUPTED: u8 = 130;
+
+/// Loads and validates a config; prints every problem on failure.
+fn load_config(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+/// The policies a command runs on: the named one, or every enabled one.
+fn selected<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<Vec<&'a Policy>> {
+    match name {
+        Some(n) => {
+            let p = config.policy(n).with_context(|| {
+                let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+                format!("no policy named {n:?} in the config (policies: {})", names.join(", "))
+            })?;
+            Ok(vec![p])
+        }
+        None => {
+            let enabled: Vec<&Policy> = config.policies.iter().filter(|p| p.enabled).collect();
+            anyhow::ensure!(!enabled.is_empty(), "the config has no enabled policy; name one with --policy");
+            Ok(enabled)
+        }
+    }
+}
+
+fn prepare(config: &Config, policy: Option<&str>) -> anyhow::Result<Vec<PreparedPolicy>> {
+    let registries = Registries::from_config(config)?;
+    selected(config, policy)?.into_iter().map(|p| Ok(PreparedPolicy::new(p, &registries)?)).collect()
+}
+
+/// Cancels `token` on Ctrl-C / SIGTERM.
+fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term => {},
+            _ = token.cancelled() => return,
+        }
+        tracing::warn!("interrupted: stopping transfers");
+        token.cancel();
+    })
+}
+
+pub async fn sync(args: SyncArgs) -> u8 {
+    let Some(config) = load_config(&args.config) else { return ERROR };
+    let prepared = match prepare(&config, args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ERROR;
+        }
+    };
+    let cancel = CancellationToken::new();
+    let signals = cancel_on_signal(cancel.clone());
+    let progress = Arc::new(RunProgress::default());
+    let opts = SyncOptions {
+        cancel: cancel.clone(),
+        tag_parallelism: args.tag_parallelism,
+        blob_parallelism: args.blob_parallelism,
+        progress: progress.clone(),
+    };
+    let display_done = CancellationToken::new();
+    let display = progress::spawn(progress, args.progress, display_done.clone());
+    let mut reports = Vec::new();
+    let mut code = OK;
+    for p in &prepared {
+        match sync_policy(p, &opts).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("error: policy {}: {e}", p.policy.name);
+                code = ERROR;
+            }
+        }
+    }
+    display_done.cancel();
+    let _ = display.await;
+    let interrupted = cancel.is_cancelled();
+    cancel.cancel();
+    let _ = signals.await;
+    if args.json {
+        match serde_json::to_string_pretty(&reports) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot encode the report: {e}"),
+        }
+    } else {
+        for r in &reports {
+            print_sync_summary(r);
+        }
+    }
+    if interrupted {
+        return INTERRUPTED;
+    }
+    if code == OK && !reports.iter().all(SyncReport::converged) {
+        code = NO;
+    }
+    code
+}
+
+fn print_sync_summary(r: &SyncReport) {
+    let n = |f: fn(&TagOutcome) -> bool| r.count(f);
+    println!(
+        "policy {}: tags {} copied, {} unchanged, {} kept, {} skipped, {} failed",
+        r.policy,
+        n(|o| matches!(o, TagOutcome::Copied { .. })),
+        n(|o| matches!(o, TagOutcome::Unchanged { .. })),
+        n(|o| matches!(o, TagOutcome::Kept { .. })),
+        n(|o| matches!(o, TagOutcome::Skipped { .. })),
+        n(|o| matches!(o, TagOutcome::Failed { .. })),
+    );
+    let s = r.stats;
+    let rate = if r.seconds > 0.0 { s.bytes_copied as f64 / r.seconds } else { 0.0 };
+    println!(
+        "  blobs {} copied, {} mounted, {} skipped; {} moved in {:.1} s ({}/s)",
+        s.blobs_copied,
+        s.blobs_mounted,
+        s.blobs_skipped,
+        HumanBytes(s.bytes_copied),
+        r.seconds,
+        HumanBytes(rate as u64)
+    );
+    for t in &r.tags {
+        match &t.outcome {
+            TagOutcome::Failed { error } => println!("  FAILED {}/{}:{}: {error}", t.destination, t.destination_repository, t.tag),
+            TagOutcome::Kept { source_digest, destination_digest } => println!(
+                "  kept {}/{}:{} (override: false): destination has {destination_digest}, source has {source_digest}",
+                t.destination, t.destination_repository, t.tag
+            ),
+            TagOutcome::Skipped { reason } => println!("  skipped {}:{}: {reason}", t.repository, t.tag),
+            _ => {}
+        }
+    }
+}
+
+pub async fn diff(args: DiffArgs) -> u8 {
+    let Some(config) = load_config(&args.config) else { return ERROR };
+    let prepared = match prepare(&config, args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ERROR;
+        }
+    };
+    let mut reports = Vec::new();
+    for p in &prepared {
+        match diff_policy(p).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("error: policy {}: {e}", p.policy.name);
+                return ERROR;
+            }
+        }
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&reports) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: cannot encode the report: {e}");
+                return ERROR;
+            }
+        }
+    } else {
+        for r in &reports {
+            print_drift(r);
+        }
+    }
+    if reports.iter().any(DriftReport::has_drift) {
+        NO
+    } else {
+        OK
+    }
+}
+
+fn print_drift(r: &DriftReport) {
+    println!(
+        "policy {}: {} tags checked, {} missing, {} different, {} extra",
+        r.policy,
+        r.checked,
+        r.missing.len(),
+        r.different.len(),
+        r.extra.len()
+    );
+    let short = |d: &Option<String>| d.as_deref().map(|s| s.chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into());
+    for (kind, list) in [("missing", &r.missing), ("different", &r.different), ("extra", &r.extra)] {
+        for d in list {
+            println!(
+                "  {kind:<9} {}/{}:{}  source {}  destination {}",
+                d.destination,
+                d.destination_repository,
+                d.tag,
+                short(&d.source_digest),
+                short(&d.destination_digest)
+            );
+        }
+    }
+}
+
+pub fn validate(files: &[PathBuf]) -> u8 {
+    let mut code = OK;
+    for f in files {
+        match Config::load(f) {
+            Ok(c) => println!("{}: ok ({} registries, {} policies)", f.display(), c.registries.len(), c.policies.len()),
+            Err(e) => {
+                println!("{e}");
+                code = NO;
+            }
+        }
+    }
+    code
+}

@@ -1,0 +1,148 @@
+//! Errors of the distribution client. Every variant names the registry (its config name) and, where
+//! one exists, the URL, so an operator can reproduce the request with curl.
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One entry of the OCI error envelope `{"errors":[{"code","message","detail"}]}`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ErrorEntry {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+/// Parses a registry error body; falls back to the first line of the text when it is not an envelope.
+pub fn parse_error_body(body: &[u8]) -> Vec<ErrorEntry> {
+    if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
+        if !env.errors.is_empty() {
+            return env.errors;
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        Vec::new()
+    } else {
+        vec![ErrorEntry { code: String::new(), message: line.chars().take(300).collect() }]
+    }
+}
+
+fn describe(errors: &[ErrorEntry]) -> String {
+    if errors.is_empty() {
+        return "no error details in the response".to_string();
+    }
+    errors
+        .iter()
+        .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+            (false, false) => format!("{}: {}", e.code, e.message),
+            (false, true) => e.code.clone(),
+            _ => e.message.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {registry}: cannot reach {url}: {source}")]
+    Transport {
+        registry: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("registry {registry}: {method} {url} answered {status}: {}", describe(.errors))]
+    Status { registry: String, method: String, url: String, status: u16, errors: Vec<ErrorEntry> },
+    #[error(
+        "registry {registry}: {method} {url} was refused ({status}): {}; check the credential configured for this registry",
+        describe(.errors)
+    )]
+    Denied { registry: String, method: String, url: String, status: u16, errors: Vec<ErrorEntry> },
+    #[error("registry {registry}: authentication failed: {message}")]
+    Auth { registry: String, message: String },
+    #[error(
+        "registry {registry}: {repository}@{expected}: content hashes to {actual}; refusing corrupt data"
+    )]
+    DigestMismatch { registry: String, repository: String, expected: String, actual: String },
+    #[error(
+        "registry {registry}: {repository}@{digest}: expected {expected} bytes, got {actual}; refusing truncated or padded data"
+    )]
+    SizeMismatch { registry: String, repository: String, digest: String, expected: u64, actual: u64 },
+    #[error("registry {registry}: manifest {repository}:{reference} is {size} bytes, over the {limit}-byte limit")]
+    ManifestTooLarge { registry: String, repository: String, reference: String, size: u64, limit: u64 },
+    #[error("registry {registry}: unexpected answer from {url}: {message}")]
+    InvalidResponse { registry: String, url: String, message: String },
+    #[error("registry {registry}: still rate limited after {attempts} attempts on {url} (last Retry-After {retry_after:?})")]
+    RateLimited { registry: String, url: String, attempts: u32, retry_after: Option<Duration> },
+    #[error("registry {registry}: bad configuration: {message}")]
+    Config { registry: String, message: String },
+    #[error("operation cancelled")]
+    Cancelled,
+}
+
+impl RegistryError {
+    /// HTTP status of the registry's answer, if the error is one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RegistryError::Status { status, .. } | RegistryError::Denied { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True for 404-style answers (unknown manifest, blob or repository).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// True when trying again later may succeed (network trouble, 5xx, rate limits); false for
+    /// errors that a retry cannot fix (denied, corrupt content, bad requests).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Transport { .. } | RegistryError::RateLimited { .. } => true,
+            RegistryError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_oci_envelope() {
+        let e = parse_error_body(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#);
+        assert_eq!(e, vec![ErrorEntry { code: "MANIFEST_UNKNOWN".into(), message: "manifest unknown".into() }]);
+    }
+
+    #[test]
+    fn falls_back_to_text_and_empty() {
+        assert_eq!(parse_error_body(b"<html>bad gateway</html>\nmore")[0].message, "<html>bad gateway</html>");
+        assert!(parse_error_body(b"").is_empty());
+        assert!(parse_error_body(b"{\"errors\":[]}")[0].message.starts_with('{'));
+    }
+
+    #[test]
+    fn denied_message_names_registry_and_hint() {
+        let e = RegistryError::Denied {
+            registry: "eu".into(),
+            method: "GET".into(),
+            url: "https://r/v2/".into(),
+            status: 401,
+            errors: vec![ErrorEntry { code: "UNAUTHORIZED".into(), message: "authentication required".into() }],
+        };
+        let s = e.to_string();
+        assert!(s.contains("registry eu") && s.contains("UNAUTHORIZED: authentication required") && s.contains("credential"), "{s}");
+        assert!(!e.is_retryable());
+    }
+}
