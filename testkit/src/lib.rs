@@ -1,1 +1,39 @@
-//! TODO
+//! `ferry-testkit`: the harness behind Ferry's integration tests, chaos tests
+//! and benchmarks.
+//!
+//! Ferry's tests run against **real** servers, never mocks of them: this crate
+//! starts the Debian `docker-registry` (CNCF distribution 2.8) and
+//! `redis-server`/`valkey-server` binaries as child processes on free loopback
+//! ports, generates OCI image layouts on disk with deterministic content, and
+//! drives `skopeo` as an independent client to push fixtures and to check what
+//! Ferry replicated. The one exception is [`fake::FakeRegistry`], a deliberately
+//! misbehaving in-memory registry for error paths a real registry will not
+//! produce on demand (corrupt blobs, 429s, auth challenges, vanishing tags…).
+//!
+//! # Layout
+//! - [`registry`]: [`Registry`] and [`RedisServer`] child processes, each owning
+//!   a temporary directory that holds its config, data and log.
+//! - [`fixtures`]: [`LayoutBuilder`] writes OCI image layouts (images,
+//!   multi-arch indexes, OCI 1.1 artifacts) whose layer content is derived
+//!   from a seed, streamed to disk so gigabyte layers cost constant memory.
+//! - [`skopeo`]: push a layout, read raw manifests, pull and re-hash, list
+//!   tags; each call gets its own skopeo blob-info cache.
+//! - [`fake`]: the misbehaving in-memory registry.
+//!
+//! Errors are `anyhow` (this is test code) and always say what failed, with
+//! the tail of the child's log or skopeo's stderr where there is one.
+//!
+//! Binaries: `docker-registry`, `skopeo` and `redis-server` must be on `PATH`;
+//! `FERRY_REDIS_SERVER` overrides the Redis binary (CI also runs `valkey-server`).
+#![forbid(unsafe_code)]
+
+pub mod fake;
+pub mod fixtures;
+pub mod registry;
+pub mod skopeo;
+
+mod process;
+
+pub use fake::{BearerSetup, Behavior, FakeRegistry};
+pub use fixtures::{sha256_digest, sha256_file, Blob, LayerSpec, LayoutBuilder};
+pub use registry::{RedisServer, Registry, RegistryOptions};

@@ -1,0 +1,1140 @@
+//! [`FakeRegistry`]: a deliberately misbehaving in-memory registry (axum) for
+//! the error paths a real `docker-registry` will not produce on demand:
+//! corrupted blob bytes, Basic and Bearer auth challenges, blanket denials,
+//! 429s with `Retry-After`, rejected manifest media types, tags that vanish
+//! between listing and fetching, and mounts answered with an upload session.
+//!
+//! Apart from the [`Behavior`] it is told to show, it behaves like a real
+//! registry (distribution 2.8 / OCI distribution spec): pagination with `n`,
+//! `last` and `Link`; manifests by tag or digest with `Docker-Content-Digest`;
+//! manifests rejected while their blobs or child manifests are missing
+//! (`MANIFEST_BLOB_UNKNOWN`); GETs refused when `Accept` excludes the stored
+//! media type; digest-verified monolithic and chunked uploads with
+//! `Content-Range` ordering checks; cross-repository mounts; deletes by digest
+//! only (a tag delete answers 400 `DIGEST_INVALID`, as distribution 2.8 does).
+//!
+//! Repository names contain slashes, so one fallback handler parses
+//! `/v2/<name>/(manifests|blobs|tags)/…` itself instead of router patterns.
+//! Every request, including `/token`, is recorded in [`FakeRegistry::request_log`]
+//! before any behavior applies.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context as _;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Router;
+use base64::Engine as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::fixtures::sha256_digest;
+
+/// What a Bearer-protected fake demands: `GET /token` with these Basic
+/// credentials (an empty `username` allows anonymous token requests) and
+/// this `service`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BearerSetup {
+    pub username: String,
+    pub password: String,
+    /// The `service` named in the challenge and checked on `/token`.
+    pub service: String,
+}
+
+/// How the fake misbehaves. `Default` is a well-behaved anonymous registry.
+/// Set at most one of `require_basic` and `require_bearer`.
+#[derive(Clone, Debug, Default)]
+pub struct Behavior {
+    /// Blob (and manifest) digests whose GET serves wrong bytes: same length,
+    /// first byte flipped; headers still name the true digest.
+    pub corrupt_blobs: HashSet<String>,
+    /// `/v2/` requests need `Authorization: Basic` with these credentials,
+    /// else 401 with `WWW-Authenticate: Basic realm="fake"`.
+    pub require_basic: Option<(String, String)>,
+    /// `/v2/` requests need `Authorization: Bearer <token from /token>`, else
+    /// 401 with `WWW-Authenticate: Bearer realm="<url>/token",service=…,scope=…`.
+    pub require_bearer: Option<BearerSetup>,
+    /// Every `/v2/` request answers this status with an OCI error envelope
+    /// `{"errors":[{"code":…,"message":…}]}` (checked before everything else).
+    pub deny: Option<(u16, String, String)>,
+    /// Manifest PUTs with one of these `Content-Type`s → 400 `MANIFEST_INVALID`.
+    pub reject_manifest_media_types: HashSet<String>,
+    /// Tags that `tags/list` lists but whose manifest GET/HEAD answers 404
+    /// `MANIFEST_UNKNOWN` (deleted between listing and fetching), in any repo.
+    pub vanish_after_list: HashSet<String>,
+    /// The next `count` `/v2/` requests answer 429 `TOOMANYREQUESTS` with
+    /// `Retry-After: value` (seconds or an HTTP date); later ones succeed.
+    /// The count restarts whenever [`FakeRegistry::set_behavior`] changes this.
+    pub retry_after: Option<(u32, String)>,
+    /// Cross-repository mounts answer 202 with an upload session even when
+    /// the blob exists (as some registries do), instead of 201.
+    pub mount_answers_202: bool,
+    /// Answer `Location` headers with paths (`/v2/…`) instead of absolute URLs.
+    pub relative_locations: bool,
+}
+
+/// A running fake registry on a free loopback port. Dropping it shuts the
+/// server down.
+pub struct FakeRegistry {
+    pub addr: SocketAddr,
+    state: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// `http://127.0.0.1:PORT`, for absolute `Location`s and the token realm.
+    base_url: String,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    behavior: Behavior,
+    /// 429s still to serve from `behavior.retry_after`.
+    throttled_left: u32,
+    /// Content-addressed and shared by all repositories (so any blob can be
+    /// mounted from anywhere).
+    blobs: HashMap<String, Bytes>,
+    repos: BTreeMap<String, Repo>,
+    uploads: HashMap<String, Upload>,
+    tokens: HashSet<String>,
+    log: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct Repo {
+    /// tag → manifest digest
+    tags: BTreeMap<String, String>,
+    /// digest → (media type, exact bytes)
+    manifests: HashMap<String, (String, Bytes)>,
+}
+
+struct Upload {
+    repo: String,
+    data: Vec<u8>,
+}
+
+impl FakeRegistry {
+    /// Starts the fake on `127.0.0.1:<free port>`.
+    pub async fn start(behavior: Behavior) -> anyhow::Result<FakeRegistry> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the fake registry to 127.0.0.1:0")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the fake registry's address")?;
+        let throttled_left = behavior.retry_after.as_ref().map_or(0, |(n, _)| *n);
+        let state = Arc::new(Shared {
+            base_url: format!("http://{addr}"),
+            inner: Mutex::new(Inner {
+                behavior,
+                throttled_left,
+                ..Inner::default()
+            }),
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::disable())
+            .with_state(state.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(FakeRegistry {
+            addr,
+            state,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        self.state.base_url.clone()
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stores a manifest directly (no validation), tagging it if `tag` is
+    /// given, and returns its digest.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> String {
+        let digest = sha256_digest(&bytes);
+        let mut inner = self.lock();
+        let r = inner.repos.entry(repo.to_owned()).or_default();
+        r.manifests
+            .insert(digest.clone(), (media_type.to_owned(), Bytes::from(bytes)));
+        if let Some(tag) = tag {
+            r.tags.insert(tag.to_owned(), digest.clone());
+        }
+        digest
+    }
+
+    /// Stores a blob directly and returns its digest.
+    pub fn put_blob(&self, bytes: Vec<u8>) -> String {
+        let digest = sha256_digest(&bytes);
+        self.lock().blobs.insert(digest.clone(), Bytes::from(bytes));
+        digest
+    }
+
+    /// Changes the behavior of a running fake.
+    pub fn set_behavior(&self, f: impl FnOnce(&mut Behavior)) {
+        let mut inner = self.lock();
+        let before = inner.behavior.retry_after.clone();
+        f(&mut inner.behavior);
+        if inner.behavior.retry_after != before {
+            inner.throttled_left = inner.behavior.retry_after.as_ref().map_or(0, |(n, _)| *n);
+        }
+    }
+
+    /// Every request so far as (method, path and query), in arrival order.
+    pub fn request_log(&self) -> Vec<(String, String)> {
+        self.lock().log.clone()
+    }
+
+    /// Forgets the requests so far (e.g. after test setup).
+    pub fn clear_request_log(&self) {
+        self.lock().log.clear();
+    }
+
+    /// Whether a blob with this digest is stored (blobs are shared by all repos).
+    pub fn has_blob(&self, digest: &str) -> bool {
+        self.lock().blobs.contains_key(digest)
+    }
+
+    /// (media type, exact bytes) of a manifest by tag or digest.
+    pub fn manifest(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        let inner = self.lock();
+        let r = inner.repos.get(repo)?;
+        let digest = resolve(r, reference)?;
+        r.manifests
+            .get(&digest)
+            .map(|(mt, bytes)| (mt.clone(), bytes.to_vec()))
+    }
+
+    /// The tags of `repo`, sorted (empty for an unknown repo).
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        self.lock()
+            .repos
+            .get(repo)
+            .map(|r| r.tags.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Shuts the server down and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.state.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The tag or digest `reference` as a digest stored in `repo`.
+fn resolve(repo: &Repo, reference: &str) -> Option<String> {
+    if reference.contains(':') {
+        repo.manifests
+            .contains_key(reference)
+            .then(|| reference.to_owned())
+    } else {
+        repo.tags.get(reference).cloned()
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // Everything below is synchronous: the lock is never held across an await.
+    let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let req = Req {
+        method: &method,
+        path: uri.path(),
+        query: parse_query(uri.query().unwrap_or("")),
+        headers: &headers,
+        body,
+    };
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    inner
+        .log
+        .push((method.to_string(), path_and_query.to_owned()));
+    dispatch(&shared, &mut inner, req)
+}
+
+struct Req<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: HashMap<String, String>,
+    headers: &'a HeaderMap,
+    body: Bytes,
+}
+
+impl Req<'_> {
+    fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A parsed `/v2/…` path.
+enum Route {
+    Base,
+    Catalog,
+    Tags { name: String },
+    Manifest { name: String, reference: String },
+    Blob { name: String, digest: String },
+    UploadStart { name: String },
+    Upload { name: String, id: String },
+}
+
+impl Route {
+    fn parse(path: &str) -> Option<Route> {
+        let rest = path.strip_prefix("/v2")?;
+        if rest.is_empty() || rest == "/" {
+            return Some(Route::Base);
+        }
+        let rest = rest.strip_prefix('/')?;
+        if rest == "_catalog" {
+            return Some(Route::Catalog);
+        }
+        let segs: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let n = segs.len();
+        let name = |k: usize| segs[..n - k].join("/");
+        if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
+            return Some(if segs[n - 1].is_empty() {
+                Route::UploadStart { name: name(3) }
+            } else {
+                Route::Upload {
+                    name: name(3),
+                    id: segs[n - 1].clone(),
+                }
+            });
+        }
+        if n >= 3 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
+            return Some(Route::UploadStart { name: name(2) });
+        }
+        if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
+            return Some(Route::Tags { name: name(2) });
+        }
+        if n >= 3 && segs[n - 2] == "manifests" {
+            return Some(Route::Manifest {
+                name: name(2),
+                reference: segs[n - 1].clone(),
+            });
+        }
+        if n >= 3 && segs[n - 2] == "blobs" {
+            return Some(Route::Blob {
+                name: name(2),
+                digest: segs[n - 1].clone(),
+            });
+        }
+        None
+    }
+
+    fn name(&self) -> Option<&str> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags { name }
+            | Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::UploadStart { name }
+            | Route::Upload { name, .. } => Some(name),
+        }
+    }
+}
+
+fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
+    if req.path == "/token" {
+        return token(inner, &req);
+    }
+    if req.path != "/v2" && !req.path.starts_with("/v2/") {
+        return plain(StatusCode::NOT_FOUND, "not a registry path");
+    }
+    if let Some((status, code, message)) = &inner.behavior.deny {
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return oci_error(status, code, message);
+    }
+    if inner.throttled_left > 0 {
+        inner.throttled_left -= 1;
+        let value = inner
+            .behavior
+            .retry_after
+            .as_ref()
+            .map_or("1", |(_, v)| v.as_str());
+        let mut resp = oci_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            "slow down",
+        );
+        insert(&mut resp, header::RETRY_AFTER, value);
+        return resp;
+    }
+    let Some(route) = Route::parse(req.path) else {
+        return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown registry path");
+    };
+    if let Some(challenge) = authorize(shared, inner, &req, &route) {
+        return challenge;
+    }
+    if let Some(name) = route.name() {
+        if !valid_repo_name(name) {
+            return oci_error(
+                StatusCode::BAD_REQUEST,
+                "NAME_INVALID",
+                &format!("invalid repository name {name:?}"),
+            );
+        }
+    }
+    let mut resp = match (req.method.clone(), route) {
+        (Method::GET | Method::HEAD, Route::Base) => json(StatusCode::OK, serde_json::json!({})),
+        (Method::GET, Route::Catalog) => catalog(inner, &req),
+        (Method::GET, Route::Tags { name }) => tags_list(inner, &req, &name),
+        (Method::GET | Method::HEAD, Route::Manifest { name, reference }) => {
+            get_manifest(inner, &req, &name, &reference)
+        }
+        (Method::PUT, Route::Manifest { name, reference }) => {
+            put_manifest(shared, inner, &req, &name, &reference)
+        }
+        (Method::DELETE, Route::Manifest { name, reference }) => {
+            delete_manifest(inner, &name, &reference)
+        }
+        (Method::GET | Method::HEAD, Route::Blob { digest, .. }) => get_blob(inner, &req, &digest),
+        (Method::DELETE, Route::Blob { digest, .. }) => {
+            if inner.blobs.remove(&digest).is_some() {
+                empty(StatusCode::ACCEPTED)
+            } else {
+                oci_error(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UNKNOWN",
+                    "blob unknown to registry",
+                )
+            }
+        }
+        (Method::POST, Route::UploadStart { name }) => start_upload(shared, inner, &req, &name),
+        (Method::PATCH, Route::Upload { name, id }) => {
+            patch_upload(shared, inner, &req, &name, &id)
+        }
+        (Method::PUT, Route::Upload { name, id }) => finish_upload(shared, inner, &req, &name, &id),
+        (Method::GET, Route::Upload { name, id }) => match inner.uploads.get(&id) {
+            Some(up) if up.repo == name => {
+                let mut resp = empty(StatusCode::NO_CONTENT);
+                upload_headers(shared, inner, &mut resp, &name, &id);
+                resp
+            }
+            _ => upload_unknown(),
+        },
+        (Method::DELETE, Route::Upload { name, id }) => match inner.uploads.get(&id) {
+            Some(up) if up.repo == name => {
+                inner.uploads.remove(&id);
+                empty(StatusCode::NO_CONTENT)
+            }
+            _ => upload_unknown(),
+        },
+        _ => oci_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "method not allowed here",
+        ),
+    };
+    insert(&mut resp, "docker-distribution-api-version", "registry/2.0");
+    resp
+}
+
+/// The 401 challenge to answer, unless the request carries the credentials
+/// the behavior demands.
+fn authorize(shared: &Shared, inner: &Inner, req: &Req<'_>, route: &Route) -> Option<Response> {
+    let auth = req.header(header::AUTHORIZATION).unwrap_or("");
+    if let Some((user, pass)) = &inner.behavior.require_basic {
+        if basic_credentials(auth) != Some((user.clone(), pass.clone())) {
+            let mut resp = oci_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "authentication required",
+            );
+            insert(&mut resp, header::WWW_AUTHENTICATE, "Basic realm=\"fake\"");
+            return Some(resp);
+        }
+    }
+    if let Some(setup) = &inner.behavior.require_bearer {
+        let ok = auth
+            .strip_prefix("Bearer ")
+            .is_some_and(|t| inner.tokens.contains(t.trim()));
+        if !ok {
+            let mut challenge = format!(
+                "Bearer realm=\"{}/token\",service=\"{}\"",
+                shared.base_url, setup.service
+            );
+            let write = !matches!(*req.method, Method::GET | Method::HEAD);
+            match route {
+                Route::Base => {}
+                Route::Catalog => challenge.push_str(",scope=\"registry:catalog:*\""),
+                _ => {
+                    let name = route.name().unwrap_or_default();
+                    let actions = if write { "pull,push" } else { "pull" };
+                    challenge.push_str(&format!(",scope=\"repository:{name}:{actions}\""));
+                }
+            }
+            let mut resp = oci_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "authentication required",
+            );
+            insert(&mut resp, header::WWW_AUTHENTICATE, &challenge);
+            return Some(resp);
+        }
+    }
+    None
+}
+
+/// `GET /token?service=&scope=`: a token for Basic credentials (or anyone,
+/// when the setup's username is empty).
+fn token(inner: &mut Inner, req: &Req<'_>) -> Response {
+    let Some(setup) = inner.behavior.require_bearer.clone() else {
+        return plain(StatusCode::NOT_FOUND, "this fake does not issue tokens");
+    };
+    if *req.method != Method::GET {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET /token");
+    }
+    if req
+        .query
+        .get("service")
+        .is_some_and(|s| *s != setup.service)
+    {
+        return oci_error(StatusCode::BAD_REQUEST, "UNAUTHORIZED", "unknown service");
+    }
+    if !setup.username.is_empty() {
+        let creds = basic_credentials(req.header(header::AUTHORIZATION).unwrap_or(""));
+        if creds != Some((setup.username.clone(), setup.password.clone())) {
+            let mut resp = oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "bad credentials");
+            insert(
+                &mut resp,
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"fake-token\"",
+            );
+            return resp;
+        }
+    }
+    let token = format!("fake-{:032x}", rand::random::<u128>());
+    inner.tokens.insert(token.clone());
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "token": token, "expires_in": 300 }),
+    )
+}
+
+fn catalog(inner: &Inner, req: &Req<'_>) -> Response {
+    let names: Vec<&String> = inner.repos.keys().collect();
+    match paginate(&names, req) {
+        Ok((page, more)) => {
+            let mut resp = json(StatusCode::OK, serde_json::json!({ "repositories": page }));
+            if let (Some(last), Some(n)) = (more.then(|| page.last()).flatten(), req.query.get("n"))
+            {
+                let link = format!("</v2/_catalog?last={last}&n={n}>; rel=\"next\"");
+                insert(&mut resp, header::LINK, &link);
+            }
+            resp
+        }
+        Err(resp) => *resp,
+    }
+}
+
+fn tags_list(inner: &Inner, req: &Req<'_>, name: &str) -> Response {
+    let Some(repo) = inner.repos.get(name) else {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "repository name not known to registry",
+        );
+    };
+    let tags: Vec<&String> = repo.tags.keys().collect();
+    match paginate(&tags, req) {
+        Ok((page, more)) => {
+            let mut resp = json(
+                StatusCode::OK,
+                serde_json::json!({ "name": name, "tags": page }),
+            );
+            if let (Some(last), Some(n)) = (more.then(|| page.last()).flatten(), req.query.get("n"))
+            {
+                let link = format!("</v2/{name}/tags/list?last={last}&n={n}>; rel=\"next\"");
+                insert(&mut resp, header::LINK, &link);
+            }
+            resp
+        }
+        Err(resp) => *resp,
+    }
+}
+
+/// The sorted `items` after `last`, at most `n` of them, and whether more follow.
+fn paginate<'a>(
+    items: &[&'a String],
+    req: &Req<'_>,
+) -> Result<(Vec<&'a String>, bool), Box<Response>> {
+    let after: Vec<&String> = match req.query.get("last") {
+        Some(last) => items
+            .iter()
+            .copied()
+            .filter(|i| i.as_str() > last.as_str())
+            .collect(),
+        None => items.to_vec(),
+    };
+    match req.query.get("n") {
+        None => Ok((after, false)),
+        Some(n) => {
+            let n: usize = n.parse().map_err(|_| {
+                Box::new(oci_error(
+                    StatusCode::BAD_REQUEST,
+                    "PAGINATION_NUMBER_INVALID",
+                    "invalid number of results requested",
+                ))
+            })?;
+            let more = after.len() > n;
+            Ok((after.into_iter().take(n).collect(), more))
+        }
+    }
+}
+
+fn get_manifest(inner: &Inner, req: &Req<'_>, name: &str, reference: &str) -> Response {
+    let unknown = || {
+        oci_error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            "manifest unknown",
+        )
+    };
+    let Some(repo) = inner.repos.get(name) else {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "repository name not known to registry",
+        );
+    };
+    if !reference.contains(':') && inner.behavior.vanish_after_list.contains(reference) {
+        return unknown();
+    }
+    let Some(digest) = resolve(repo, reference) else {
+        return unknown();
+    };
+    let Some((media_type, bytes)) = repo.manifests.get(&digest) else {
+        return unknown();
+    };
+    // Like distribution: a manifest whose type the client does not accept is
+    // reported as unknown. No Accept header at all is taken as "anything".
+    let accepted: Vec<String> = req
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !accepted.is_empty() && !accepted.iter().any(|t| t == media_type || t == "*/*") {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            &format!("manifest is {media_type}, which the Accept header does not allow"),
+        );
+    }
+    let body = if inner.behavior.corrupt_blobs.contains(&digest) {
+        corrupt(bytes)
+    } else {
+        bytes.clone()
+    };
+    let mut resp = Response::new(Body::from(body));
+    insert(&mut resp, header::CONTENT_TYPE, media_type);
+    insert(&mut resp, "docker-content-digest", &digest);
+    insert(&mut resp, header::CONTENT_LENGTH, &bytes.len().to_string());
+    resp
+}
+
+fn put_manifest(
+    shared: &Shared,
+    inner: &mut Inner,
+    req: &Req<'_>,
+    name: &str,
+    reference: &str,
+) -> Response {
+    let invalid = |msg: &str| oci_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", msg);
+    let parsed: serde_json::Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(e) => return invalid(&format!("manifest is not JSON: {e}")),
+    };
+    let declared = parsed["mediaType"].as_str();
+    let content_type = req
+        .header(header::CONTENT_TYPE)
+        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_owned())
+        .filter(|ct| !ct.is_empty());
+    let Some(media_type) = content_type.or(declared.map(str::to_owned)) else {
+        return invalid("no Content-Type and no mediaType field");
+    };
+    if inner
+        .behavior
+        .reject_manifest_media_types
+        .contains(&media_type)
+    {
+        return invalid(&format!(
+            "manifest media type {media_type} is not accepted here"
+        ));
+    }
+    if let Some(declared) = declared {
+        if declared != media_type {
+            return invalid(&format!(
+                "mediaType {declared} does not match Content-Type {media_type}"
+            ));
+        }
+    }
+    let digest = sha256_digest(&req.body);
+    if reference.contains(':') && reference != digest {
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            &format!("manifest digest {digest} does not match reference {reference}"),
+        );
+    }
+    // Referenced content must be there first (`subject` need not be).
+    let repo = inner.repos.get(name);
+    let blob_refs = parsed["config"].as_object().into_iter().chain(
+        parsed["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_object()),
+    );
+    for d in blob_refs.filter_map(|d| d.get("digest").and_then(|d| d.as_str())) {
+        if !inner.blobs.contains_key(d) {
+            return oci_error(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_BLOB_UNKNOWN",
+                &format!("blob unknown to registry: {d}"),
+            );
+        }
+    }
+    for d in parsed["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["digest"].as_str())
+    {
+        if !repo.is_some_and(|r| r.manifests.contains_key(d)) {
+            return oci_error(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_BLOB_UNKNOWN",
+                &format!("child manifest unknown to repository: {d}"),
+            );
+        }
+    }
+    let repo = inner.repos.entry(name.to_owned()).or_default();
+    repo.manifests
+        .insert(digest.clone(), (media_type, req.body.clone()));
+    if !reference.contains(':') {
+        repo.tags.insert(reference.to_owned(), digest.clone());
+    }
+    let mut resp = empty(StatusCode::CREATED);
+    insert(
+        &mut resp,
+        header::LOCATION,
+        &location(shared, inner, &format!("/v2/{name}/manifests/{digest}")),
+    );
+    insert(&mut resp, "docker-content-digest", &digest);
+    resp
+}
+
+fn delete_manifest(inner: &mut Inner, name: &str, reference: &str) -> Response {
+    if !reference.contains(':') {
+        // distribution 2.8 behavior; see shared/REGISTRY-FACTS.md.
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            "provided digest did not match uploaded content",
+        );
+    }
+    let Some(repo) = inner.repos.get_mut(name) else {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "repository name not known to registry",
+        );
+    };
+    if repo.manifests.remove(reference).is_none() {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            "manifest unknown",
+        );
+    }
+    repo.tags.retain(|_, d| d != reference);
+    empty(StatusCode::ACCEPTED)
+}
+
+fn get_blob(inner: &Inner, req: &Req<'_>, digest: &str) -> Response {
+    let Some(bytes) = inner.blobs.get(digest) else {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "blob unknown to registry",
+        );
+    };
+    let body = if inner.behavior.corrupt_blobs.contains(digest) {
+        corrupt(bytes)
+    } else {
+        bytes.clone()
+    };
+    // `Range: bytes=START-[END]`, for clients resuming a download.
+    let range = req
+        .header(header::RANGE)
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(s, e)| {
+            let start: usize = s.parse().ok()?;
+            let end: usize = if e.is_empty() {
+                body.len().checked_sub(1)?
+            } else {
+                e.parse().ok()?
+            };
+            (start <= end && end < body.len()).then_some((start, end))
+        });
+    let (status, body) = match range {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, body.slice(start..=end)),
+        None => (StatusCode::OK, body),
+    };
+    let len = body.len();
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    if let Some((start, end)) = range {
+        insert(
+            &mut resp,
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{end}/{}", bytes.len()),
+        );
+    }
+    insert(&mut resp, header::CONTENT_TYPE, "application/octet-stream");
+    insert(&mut resp, "docker-content-digest", digest);
+    insert(&mut resp, header::CONTENT_LENGTH, &len.to_string());
+    resp
+}
+
+fn start_upload(shared: &Shared, inner: &mut Inner, req: &Req<'_>, name: &str) -> Response {
+    if let Some(mount) = req.query.get("mount") {
+        if inner.blobs.contains_key(mount) && !inner.behavior.mount_answers_202 {
+            let mut resp = empty(StatusCode::CREATED);
+            insert(
+                &mut resp,
+                header::LOCATION,
+                &location(shared, inner, &format!("/v2/{name}/blobs/{mount}")),
+            );
+            insert(&mut resp, "docker-content-digest", mount);
+            return resp;
+        }
+        // Otherwise fall through: an upload session, as the spec allows.
+    } else if let Some(digest) = req.query.get("digest") {
+        return store_blob(shared, inner, name, digest, req.body.to_vec());
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    inner.uploads.insert(
+        id.clone(),
+        Upload {
+            repo: name.to_owned(),
+            data: Vec::new(),
+        },
+    );
+    let mut resp = empty(StatusCode::ACCEPTED);
+    upload_headers(shared, inner, &mut resp, name, &id);
+    resp
+}
+
+fn patch_upload(
+    shared: &Shared,
+    inner: &mut Inner,
+    req: &Req<'_>,
+    name: &str,
+    id: &str,
+) -> Response {
+    let Some(upload) = inner.uploads.get_mut(id).filter(|u| u.repo == name) else {
+        return upload_unknown();
+    };
+    if let Some(range) = req.header(header::CONTENT_RANGE) {
+        let range = range
+            .trim()
+            .trim_start_matches("bytes")
+            .trim_start_matches([' ', '=']);
+        let range = range.split('/').next().unwrap_or("");
+        let parsed = range.split_once('-').and_then(|(s, e)| {
+            Some((
+                s.trim().parse::<usize>().ok()?,
+                e.trim().parse::<usize>().ok()?,
+            ))
+        });
+        let Some((start, end)) = parsed else {
+            return oci_error(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                "unparsable Content-Range",
+            );
+        };
+        if start != upload.data.len() {
+            let mut resp = oci_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UPLOAD_INVALID",
+                &format!(
+                    "chunk starts at {start}, upload has {} bytes",
+                    upload.data.len()
+                ),
+            );
+            let have = upload.data.len().saturating_sub(1);
+            insert(&mut resp, header::RANGE, &format!("0-{have}"));
+            return resp;
+        }
+        if end + 1 != start + req.body.len() {
+            return oci_error(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                &format!(
+                    "Content-Range {start}-{end} does not match a {}-byte body",
+                    req.body.len()
+                ),
+            );
+        }
+    }
+    upload.data.extend_from_slice(&req.body);
+    let mut resp = empty(StatusCode::ACCEPTED);
+    upload_headers(shared, inner, &mut resp, name, id);
+    resp
+}
+
+fn finish_upload(
+    shared: &Shared,
+    inner: &mut Inner,
+    req: &Req<'_>,
+    name: &str,
+    id: &str,
+) -> Response {
+    if inner.uploads.get(id).is_none_or(|u| u.repo != name) {
+        return upload_unknown();
+    }
+    let mut upload = inner.uploads.remove(id).expect("checked above");
+    upload.data.extend_from_slice(&req.body);
+    let Some(digest) = req.query.get("digest") else {
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            "digest query parameter missing",
+        );
+    };
+    store_blob(shared, inner, name, digest, upload.data)
+}
+
+/// Verifies `data` against `digest` and stores it: 201, or 400 `DIGEST_INVALID`.
+fn store_blob(
+    shared: &Shared,
+    inner: &mut Inner,
+    name: &str,
+    digest: &str,
+    data: Vec<u8>,
+) -> Response {
+    if !valid_digest(digest) {
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            &format!("unsupported or malformed digest {digest:?}"),
+        );
+    }
+    let actual = sha256_digest(&data);
+    if actual != digest {
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            &format!("provided digest {digest} did not match uploaded content ({actual})"),
+        );
+    }
+    inner.blobs.insert(actual, Bytes::from(data));
+    let mut resp = empty(StatusCode::CREATED);
+    insert(
+        &mut resp,
+        header::LOCATION,
+        &location(shared, inner, &format!("/v2/{name}/blobs/{digest}")),
+    );
+    insert(&mut resp, "docker-content-digest", digest);
+    resp
+}
+
+fn upload_headers(shared: &Shared, inner: &Inner, resp: &mut Response, name: &str, id: &str) {
+    let len = inner.uploads.get(id).map_or(0, |u| u.data.len());
+    insert(
+        resp,
+        header::LOCATION,
+        &location(shared, inner, &format!("/v2/{name}/blobs/uploads/{id}")),
+    );
+    insert(resp, "docker-upload-uuid", id);
+    insert(resp, header::RANGE, &format!("0-{}", len.saturating_sub(1)));
+}
+
+fn upload_unknown() -> Response {
+    oci_error(
+        StatusCode::NOT_FOUND,
+        "BLOB_UPLOAD_UNKNOWN",
+        "blob upload unknown to registry",
+    )
+}
+
+fn location(shared: &Shared, inner: &Inner, path: &str) -> String {
+    if inner.behavior.relative_locations {
+        path.to_owned()
+    } else {
+        format!("{}{path}", shared.base_url)
+    }
+}
+
+/// Same length, first byte flipped.
+fn corrupt(bytes: &Bytes) -> Bytes {
+    let mut v = bytes.to_vec();
+    if let Some(b) = v.first_mut() {
+        *b ^= 0xff;
+    }
+    Bytes::from(v)
+}
+
+fn basic_credentials(auth: &str) -> Option<(String, String)> {
+    let encoded = auth.strip_prefix("Basic ")?.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
+}
+
+fn valid_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The distribution name grammar: `/`-separated components of lowercase
+/// alphanumerics joined by `.`, `_`, `__` or runs of `-`.
+fn valid_repo_name(name: &str) -> bool {
+    fn component(c: &str) -> bool {
+        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let bytes = c.as_bytes();
+        if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+            return false;
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            if alnum(bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && !alnum(bytes[i]) {
+                i += 1;
+            }
+            let sep = &c[start..i];
+            let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+    !name.is_empty() && name.len() <= 255 && name.split('/').all(component)
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn insert(resp: &mut Response, name: impl header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    resp
+}
+
+fn plain(status: StatusCode, text: &str) -> Response {
+    let mut resp = Response::new(Body::from(text.to_owned()));
+    *resp.status_mut() = status;
+    insert(&mut resp, header::CONTENT_TYPE, "text/plain");
+    resp
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    let mut resp = Response::new(Body::from(value.to_string()));
+    *resp.status_mut() = status;
+    insert(&mut resp, header::CONTENT_TYPE, "application/json");
+    resp
+}
+
+/// The OCI error envelope.
+fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
+    json(
+        status,
+        serde_json::json!({ "errors": [{ "code": code, "message": message }] }),
+    )
+}
+
+#[cfg(test)]
+mod tests;

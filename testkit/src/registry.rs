@@ -1,0 +1,437 @@
+//! Real servers as child processes: [`Registry`] runs the Debian
+//! `docker-registry` (CNCF distribution 2.8) and [`RedisServer`] runs
+//! `redis-server` (or whatever `FERRY_REDIS_SERVER` names, e.g. `valkey-server`).
+//!
+//! Each server owns a [`TempDir`] holding its config, data and log file, and
+//! listens on a free `127.0.0.1` port picked just before start (retried when
+//! another process takes the port first). `start` returns only once the server
+//! answers (`GET /v2/` → 200, or `PING` → `+PONG`); a failed start reports the
+//! tail of the server's log. Dropping a server SIGKILLs it; `restart` keeps the
+//! port and the data, which is what chaos tests need to model a crash.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::process::{Child, Command};
+
+use crate::process::{self, StartError, START_ATTEMPTS};
+
+/// How long a server may take to answer its readiness probe.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options for [`Registry::start_with`]. `Default` gives a quiet registry
+/// without notifications.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Where the registry POSTs its notification events (e.g. Ferry's agent
+    /// webhook). No `notifications` block is written when `None`.
+    pub notifications_url: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` with every notification.
+    pub notifications_token: Option<String>,
+    /// distribution's `log.level`: `error` (default) keeps the log short;
+    /// `info` writes one access-log line per request, handy for counting PUTs.
+    pub log_level: &'static str,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            notifications_url: None,
+            notifications_token: None,
+            log_level: "error",
+        }
+    }
+}
+
+/// A running `docker-registry` with filesystem storage in a temp dir and
+/// deletes enabled.
+pub struct Registry {
+    /// `None` only between a [`Registry::kill`] and the next restart.
+    child: Option<Child>,
+    addr: SocketAddr,
+    /// `dir/data`, the storage root.
+    data: PathBuf,
+    /// Holds `config.yml`, `registry.log` and `data/`; removed on drop.
+    dir: TempDir,
+}
+
+impl Registry {
+    /// Starts a registry with [`RegistryOptions::default`].
+    pub async fn start() -> anyhow::Result<Registry> {
+        Registry::start_with(RegistryOptions::default()).await
+    }
+
+    /// Starts a registry with `opts` and waits until `GET /v2/` answers 200.
+    pub async fn start_with(opts: RegistryOptions) -> anyhow::Result<Registry> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-registry-")
+            .tempdir()
+            .context("creating the registry's temp dir")?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = process::free_port()?;
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let config = registry_config(&opts, &data, addr);
+            let config_path = dir.path().join("config.yml");
+            std::fs::write(&config_path, config)
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            match spawn_registry(dir.path(), addr).await {
+                Ok(child) => {
+                    return Ok(Registry {
+                        child: Some(child),
+                        addr,
+                        data,
+                        dir,
+                    })
+                }
+                Err(StartError::AddrInUse(e)) => last_err = Some(e),
+                Err(StartError::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| anyhow::anyhow!("no start attempt made"))
+            .context(format!(
+                "docker-registry lost the race for a free port {START_ATTEMPTS} times"
+            )))
+    }
+
+    /// `127.0.0.1:PORT`, the form image references use.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The listening address (`127.0.0.1:PORT`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The storage root (`storage.filesystem.rootdirectory`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The file receiving the registry's stdout and stderr (all runs).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The last `lines` lines of the registry's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        process::log_tail(&self.log_path(), lines)
+    }
+
+    /// SIGKILLs the registry (queued notifications are lost, as in a crash).
+    /// The port and data stay reserved for [`Registry::restart`].
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_and_reap(&mut child).await;
+        }
+    }
+
+    /// Kills the registry if it runs and starts it again on the same port
+    /// with the same config and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        let child = spawn_registry(self.dir.path(), self.addr)
+            .await
+            .map_err(StartError::into_inner)
+            .with_context(|| format!("restarting docker-registry on {}", self.addr))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the registry and removes its temp dir.
+    pub async fn stop(mut self) {
+        self.kill().await;
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// One start attempt of `docker-registry serve DIR/config.yml`.
+async fn spawn_registry(dir: &Path, addr: SocketAddr) -> Result<Child, StartError> {
+    let log = dir.join("registry.log");
+    let what = format!("docker-registry on {addr}");
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve")
+        .arg(dir.join("config.yml"))
+        .current_dir(dir);
+    // distribution lets REGISTRY_* variables override any config key; a stray
+    // one in a developer's shell must not change the test registry.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("REGISTRY_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = process::spawn_logged(&mut cmd, &what, &log).map_err(|e| {
+        StartError::Fatal(
+            e.context("is /usr/bin/docker-registry installed (Debian package docker-registry)?"),
+        )
+    })?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .map_err(|e| StartError::Fatal(e.into()))?;
+    let url = format!("http://{addr}/v2/");
+    process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || async {
+        matches!(client.get(&url).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK)
+    })
+    .await?;
+    Ok(child)
+}
+
+/// distribution's YAML config (see shared/REGISTRY-FACTS.md).
+fn registry_config(opts: &RegistryOptions, data: &Path, addr: SocketAddr) -> String {
+    let mut yaml = format!(
+        "version: 0.1\n\
+         log:\n  level: {level}\n\
+         storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\n\
+         http:\n  addr: {addr}\n  secret: ferry-testkit\n",
+        level = opts.log_level,
+        data = yaml_str(&data.to_string_lossy()),
+    );
+    if let Some(url) = &opts.notifications_url {
+        yaml.push_str(&format!(
+            "notifications:\n  events:\n    includereferences: true\n  endpoints:\n    - name: ferry\n      url: {}\n",
+            yaml_str(url)
+        ));
+        if let Some(token) = &opts.notifications_token {
+            yaml.push_str(&format!(
+                "      headers:\n        Authorization: [{}]\n",
+                yaml_str(&format!("Bearer {token}"))
+            ));
+        }
+        yaml.push_str(
+            "      timeout: 1s\n      threshold: 5\n      backoff: 1s\n      ignoredmediatypes:\n        - application/octet-stream\n",
+        );
+    }
+    yaml
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+/// A running `redis-server` (or `$FERRY_REDIS_SERVER`, e.g. `valkey-server`).
+pub struct RedisServer {
+    /// `None` only between a [`RedisServer::kill`] and the next restart.
+    child: Option<Child>,
+    port: u16,
+    appendonly: bool,
+    /// Holds `redis.log` and the server's `--dir` (RDB/AOF files).
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    /// `appendonly` turns on the AOF with `appendfsync everysec` (RDB
+    /// snapshots are always off), so a [`RedisServer::restart`] after
+    /// [`RedisServer::kill`] models a crash of a durable deployment.
+    pub async fn start(appendonly: bool) -> anyhow::Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-redis-")
+            .tempdir()
+            .context("creating the redis temp dir")?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = process::free_port()?;
+            match spawn_redis(dir.path(), port, appendonly).await {
+                Ok(child) => {
+                    return Ok(RedisServer {
+                        child: Some(child),
+                        port,
+                        appendonly,
+                        dir,
+                    })
+                }
+                Err(StartError::AddrInUse(e)) => last_err = Some(e),
+                Err(StartError::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| anyhow::anyhow!("no start attempt made"))
+            .context(format!(
+                "{} lost the race for a free port {START_ATTEMPTS} times",
+                redis_binary()
+            )))
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The listening port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's `--dir`, where the AOF (`appendonlydir/`) lives.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        process::log_tail(&self.dir.path().join("redis.log"), lines)
+    }
+
+    /// SIGKILLs the server: writes not yet fsynced to the AOF are lost.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_and_reap(&mut child).await;
+        }
+    }
+
+    /// Kills the server if it runs and starts it again on the same port and
+    /// directory (reloading the AOF when `appendonly`).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        let child = spawn_redis(self.dir.path(), self.port, self.appendonly)
+            .await
+            .map_err(StartError::into_inner)
+            .with_context(|| format!("restarting {} on port {}", redis_binary(), self.port))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the server and removes its directory.
+    pub async fn stop(mut self) {
+        self.kill().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+fn redis_binary() -> String {
+    std::env::var("FERRY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+/// One start attempt of the redis binary.
+async fn spawn_redis(dir: &Path, port: u16, appendonly: bool) -> Result<Child, StartError> {
+    let binary = redis_binary();
+    let log = dir.join("redis.log");
+    let what = format!("{binary} on 127.0.0.1:{port}");
+    let mut cmd = Command::new(&binary);
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--appendonly")
+        .arg(if appendonly { "yes" } else { "no" })
+        .arg("--appendfsync")
+        .arg("everysec")
+        .arg("--save")
+        .arg("")
+        .arg("--daemonize")
+        .arg("no")
+        .current_dir(dir);
+    let mut child = process::spawn_logged(&mut cmd, &what, &log)
+        .map_err(|e| {
+            StartError::Fatal(e.context(format!(
+                "is `{binary}` installed? FERRY_REDIS_SERVER names the redis-server/valkey-server binary"
+            )))
+        })?;
+    process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || ping(port)).await?;
+    Ok(child)
+}
+
+/// `true` if the server on `port` answers an inline `PING` with `+PONG`
+/// (a server still loading its AOF answers `-LOADING`: not ready).
+async fn ping(port: u16) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await?;
+        std::io::Result::Ok(buf[..n].starts_with(b"+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_notifications_only_when_asked() {
+        let addr: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let plain = registry_config(&RegistryOptions::default(), Path::new("/tmp/d"), addr);
+        assert!(!plain.contains("notifications"));
+        assert!(plain.contains("addr: 127.0.0.1:5001"));
+        assert!(plain.contains("rootdirectory: \"/tmp/d\""));
+
+        let opts = RegistryOptions {
+            notifications_url: Some("http://127.0.0.1:9/v1/events".into()),
+            notifications_token: Some("s3cret".into()),
+            log_level: "info",
+        };
+        let yaml = registry_config(&opts, Path::new("/tmp/d"), addr);
+        assert!(yaml.contains("url: \"http://127.0.0.1:9/v1/events\""));
+        assert!(yaml.contains("Authorization: [\"Bearer s3cret\"]"));
+        assert!(yaml.contains("- application/octet-stream"));
+        assert!(yaml.contains("level: info"));
+    }
+
+    /// The retry path: a start on a taken port is classified as `AddrInUse`.
+    #[tokio::test]
+    async fn taken_port_is_reported_as_addr_in_use() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let config = registry_config(&RegistryOptions::default(), &dir.path().join("data"), addr);
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        match spawn_registry(dir.path(), addr).await {
+            Err(StartError::AddrInUse(e)) => {
+                assert!(e.to_string().contains("address already in use"), "{e}")
+            }
+            Err(StartError::Fatal(e)) => panic!("classified as fatal: {e:#}"),
+            Ok(_) => panic!("started on a taken port"),
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        match spawn_redis(dir.path(), addr.port(), false).await {
+            Err(StartError::AddrInUse(_)) => {}
+            Err(StartError::Fatal(e)) => panic!("classified as fatal: {e:#}"),
+            Ok(_) => panic!("started on a taken port"),
+        }
+    }
+}

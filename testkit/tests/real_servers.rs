@@ -1,0 +1,409 @@
+//! The harness against the real binaries: fixtures pushed to a real
+//! `docker-registry` with skopeo come back byte for byte; the registry's
+//! notification config delivers events; Redis starts, answers and survives a
+//! restart; and skopeo accepts the fake registry as a registry.
+
+use std::time::Duration;
+
+use ferry_testkit::fixtures::{media_types, Blob};
+use ferry_testkit::{
+    sha256_digest, skopeo, BearerSetup, Behavior, FakeRegistry, LayerSpec, LayoutBuilder,
+    RedisServer, Registry, RegistryOptions,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    layout: std::path::PathBuf,
+    image: Blob,
+    index: Blob,
+    sbom: Blob,
+}
+
+/// An image (a shared base layer + its own), a two-platform index whose
+/// children share the same base, and an SBOM artifact about the image.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = LayoutBuilder::new(dir.path()).unwrap();
+    let base = LayerSpec {
+        seed: 1,
+        size: 256 * 1024,
+    };
+    let image = b
+        .image(
+            "img",
+            &[
+                base,
+                LayerSpec {
+                    seed: 2,
+                    size: 64 * 1024,
+                },
+            ],
+        )
+        .unwrap();
+    let amd64 = b
+        .image_for_platform(
+            "linux",
+            "amd64",
+            None,
+            &[
+                base,
+                LayerSpec {
+                    seed: 3,
+                    size: 1000,
+                },
+            ],
+        )
+        .unwrap();
+    let arm64 = b
+        .image_for_platform(
+            "linux",
+            "arm64",
+            Some("v8"),
+            &[
+                base,
+                LayerSpec {
+                    seed: 4,
+                    size: 1000,
+                },
+            ],
+        )
+        .unwrap();
+    let index = b
+        .index(
+            "multi",
+            &[
+                (amd64, "linux", "amd64", None),
+                (arm64, "linux", "arm64", Some("v8")),
+            ],
+        )
+        .unwrap();
+    let sbom = b
+        .artifact(
+            "sbom",
+            "application/vnd.example.sbom.v1",
+            br#"{"spdxVersion":"SPDX-2.3"}"#,
+            "application/spdx+json",
+            Some(&image),
+        )
+        .unwrap();
+    let layout = b.finish().unwrap();
+    Fixture {
+        _dir: dir,
+        layout,
+        image,
+        index,
+        sbom,
+    }
+}
+
+/// The referrers tag-scheme tag for `subject` (`sha256-<hex>`), where
+/// registries without the referrers API keep artifacts.
+fn referrers_tag(subject: &Blob) -> String {
+    subject.digest.replace(':', "-")
+}
+
+#[tokio::test]
+async fn fixtures_round_trip_through_a_real_registry() {
+    let registry = Registry::start().await.unwrap();
+    let host = registry.host();
+    let f = fixture();
+    let sbom_tag = referrers_tag(&f.image);
+
+    skopeo::push_layout(&f.layout, "img", &host, "team/app:v1")
+        .await
+        .unwrap();
+    skopeo::push_layout(&f.layout, "multi", &host, "team/app:multi")
+        .await
+        .unwrap();
+    skopeo::push_layout(&f.layout, "sbom", &host, &format!("team/app:{sbom_tag}"))
+        .await
+        .unwrap();
+
+    for (reference, blob) in [
+        ("team/app:v1".to_owned(), &f.image),
+        ("team/app:multi".to_owned(), &f.index),
+        (format!("team/app:{sbom_tag}"), &f.sbom),
+        (format!("team/app@{}", f.index.digest), &f.index),
+    ] {
+        let raw = skopeo::inspect_raw(&host, &reference).await.unwrap();
+        assert_eq!(sha256_digest(&raw), blob.digest, "{reference}");
+        assert_eq!(raw.len() as u64, blob.size, "{reference}");
+    }
+    let sbom: serde_json::Value = serde_json::from_slice(
+        &skopeo::inspect_raw(&host, &format!("team/app:{sbom_tag}"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sbom["artifactType"], "application/vnd.example.sbom.v1");
+    assert_eq!(sbom["config"]["mediaType"], media_types::OCI_EMPTY);
+    assert_eq!(sbom["subject"]["digest"], f.image.digest.as_str());
+
+    // index + 2 manifests + 2 configs + shared base + 2 own layers.
+    assert_eq!(
+        skopeo::pull_and_verify(&host, "team/app:multi")
+            .await
+            .unwrap(),
+        8
+    );
+    let by_digest = format!("team/app@{}", f.image.digest);
+    assert_eq!(skopeo::pull_and_verify(&host, &by_digest).await.unwrap(), 4);
+
+    let mut tags = skopeo::tags(&host, "team/app").await.unwrap();
+    tags.sort();
+    let mut want = vec!["multi".to_owned(), sbom_tag, "v1".to_owned()];
+    want.sort();
+    assert_eq!(tags, want);
+
+    // The data survives a crash and restart on the same port.
+    let mut registry = registry;
+    registry.kill().await;
+    assert!(skopeo::inspect_raw(&host, "team/app:v1").await.is_err());
+    registry.restart().await.unwrap();
+    let raw = skopeo::inspect_raw(&host, "team/app:v1").await.unwrap();
+    assert_eq!(sha256_digest(&raw), f.image.digest);
+    assert!(registry
+        .data_dir()
+        .join("docker/registry/v2/repositories/team/app")
+        .is_dir());
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn registry_delivers_notifications_with_the_token() {
+    // A bare-bones webhook: one request per connection, answers 200.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = format!(
+        "http://{}/v1/events/distribution",
+        listener.local_addr().unwrap()
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Read until the body is complete (Content-Length).
+                loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+            });
+        }
+    });
+
+    let registry = Registry::start_with(RegistryOptions {
+        notifications_url: Some(webhook),
+        notifications_token: Some("t0ken".into()),
+        ..RegistryOptions::default()
+    })
+    .await
+    .unwrap();
+    let f = fixture();
+    skopeo::push_layout(&f.layout, "img", &registry.host(), "notify/me:v1")
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no manifest push event within 10 s")
+            .unwrap();
+        let lower = request.to_ascii_lowercase();
+        assert!(lower.contains("authorization: bearer t0ken"), "{request}");
+        let body = request.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let envelope: serde_json::Value = serde_json::from_str(body).unwrap();
+        let events = envelope["events"].as_array().unwrap();
+        assert!(
+            events
+                .iter()
+                .all(|e| e["target"]["mediaType"] != "application/octet-stream"),
+            "blob events must be ignored: {body}"
+        );
+        if events.iter().any(|e| {
+            e["action"] == "push"
+                && e["target"]["digest"] == f.image.digest.as_str()
+                && e["target"]["tag"] == "v1"
+        }) {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn registry_start_failure_reports_its_log() {
+    let err = Registry::start_with(RegistryOptions {
+        log_level: "shouting",
+        ..RegistryOptions::default()
+    })
+    .await
+    .err()
+    .expect("a bogus log level must fail")
+    .to_string();
+    assert!(err.contains("docker-registry"), "{err}");
+    assert!(
+        err.contains("shouting"),
+        "the log tail should say why: {err}"
+    );
+}
+
+async fn ping(port: u16) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"PING\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn redis_starts_answers_and_restarts() {
+    let mut redis = RedisServer::start(true).await.unwrap();
+    assert!(redis.url().starts_with("redis://127.0.0.1:"));
+    assert_eq!(ping(redis.port()).await, "+PONG\r\n");
+
+    // A write, fsynced to the AOF, survives kill -9.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port()))
+        .await
+        .unwrap();
+    s.write_all(b"SET ferry ok\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(1200)).await; // appendfsync everysec
+    redis.kill().await;
+    redis.restart().await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port()))
+        .await
+        .unwrap();
+    s.write_all(b"GET ferry\r\n").await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"$2\r\nok\r\n");
+    assert!(redis.data_dir().join("appendonlydir").is_dir());
+    redis.stop().await;
+}
+
+#[tokio::test]
+async fn skopeo_treats_the_fake_as_a_registry() {
+    let fake = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let host = fake.host();
+    let f = fixture();
+    skopeo::push_layout(&f.layout, "multi", &host, "fake/app:multi")
+        .await
+        .unwrap();
+    skopeo::push_layout(&f.layout, "sbom", &host, "fake/app:sbom")
+        .await
+        .unwrap();
+    assert_eq!(
+        sha256_digest(&skopeo::inspect_raw(&host, "fake/app:multi").await.unwrap()),
+        f.index.digest
+    );
+    assert_eq!(
+        fake.manifest("fake/app", "sbom")
+            .map(|(_, b)| sha256_digest(&b)),
+        Some(f.sbom.digest.clone())
+    );
+    assert_eq!(
+        skopeo::pull_and_verify(&host, "fake/app:multi")
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        skopeo::tags(&host, "fake/app").await.unwrap(),
+        vec!["multi", "sbom"]
+    );
+
+    // A corrupted layer is caught by skopeo's own digest check.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fake.manifest("fake/app", "multi").unwrap().1).unwrap();
+    let child = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fake.manifest("fake/app", child).unwrap().1).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    fake.set_behavior(|b| {
+        b.corrupt_blobs.insert(layer.clone());
+    });
+    let err = skopeo::pull_and_verify(&host, "fake/app:multi")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("digest"), "{err}");
+}
+
+#[tokio::test]
+async fn skopeo_logs_in_to_a_bearer_protected_fake() {
+    let fake = FakeRegistry::start(Behavior {
+        require_bearer: Some(BearerSetup {
+            username: "ci".into(),
+            password: "pw".into(),
+            service: "fake".into(),
+        }),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let f = fixture();
+    let layout = format!("oci:{}:img", f.layout.display());
+    let dest = format!("docker://{}/locked/app:v1", fake.host());
+    let err = skopeo::run([
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &layout,
+        &dest,
+    ])
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    skopeo::run([
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "ci:pw",
+        &layout,
+        &dest,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        fake.manifest("locked/app", "v1")
+            .map(|(_, b)| sha256_digest(&b)),
+        Some(f.image.digest.clone())
+    );
+    assert!(fake
+        .request_log()
+        .iter()
+        .any(|(_, p)| p.starts_with("/token?")));
+}
