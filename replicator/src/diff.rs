@@ -12,6 +12,9 @@ use serde::Serialize;
 use crate::oci::RegistryError;
 use crate::sync::{is_referrer_tag, list_source, PreparedPolicy};
 
+/// `(tag, source digest, destination digest)` of one checked tag.
+type TagCheck = (String, Option<String>, Option<String>);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Drift {
     pub destination: String,
@@ -44,22 +47,32 @@ impl DriftReport {
 pub async fn diff_policy(prepared: &PreparedPolicy) -> Result<DriftReport, RegistryError> {
     let policy = &prepared.policy;
     let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
-    let mut report = DriftReport { policy: policy.name.clone(), ..Default::default() };
+    let mut report = DriftReport {
+        policy: policy.name.clone(),
+        ..Default::default()
+    };
     for dst in &prepared.dsts {
         for repo in &repos {
             let dst_repo = match prepared.dest_repository(&repo.repository) {
                 Ok(r) => r,
                 Err(message) => {
-                    return Err(RegistryError::Config { registry: dst.name().to_string(), message });
+                    return Err(RegistryError::Config {
+                        registry: dst.name().to_string(),
+                        message,
+                    });
                 }
             };
-            let checks: Vec<Result<(String, Option<String>, Option<String>), RegistryError>> = stream::iter(repo.tags.iter())
+            let checks: Vec<Result<TagCheck, RegistryError>> = stream::iter(repo.tags.iter())
                 .map(|tag| {
                     let dst_repo = dst_repo.clone();
                     async move {
                         let s = prepared.src.head_manifest(&repo.repository, tag).await?;
                         let d = dst.head_manifest(&dst_repo, tag).await?;
-                        Ok((tag.clone(), s.map(|x| x.digest.to_string()), d.map(|x| x.digest.to_string())))
+                        Ok((
+                            tag.clone(),
+                            s.map(|x| x.digest.to_string()),
+                            d.map(|x| x.digest.to_string()),
+                        ))
                     }
                 })
                 .buffer_unordered(16)
@@ -80,22 +93,38 @@ pub async fn diff_policy(prepared: &PreparedPolicy) -> Result<DriftReport, Regis
                     // Deleted from the source since it was listed: not drift of this run.
                     (None, _) => {}
                     (Some(s), None) => report.missing.push(entry(&tag, Some(s), None)),
-                    (Some(s), Some(d)) if s != d => report.different.push(entry(&tag, Some(s), Some(d))),
+                    (Some(s), Some(d)) if s != d => {
+                        report.different.push(entry(&tag, Some(s), Some(d)))
+                    }
                     _ => {}
                 }
             }
             let source_tags: HashSet<&String> = repo.all_tags.iter().collect();
             for tag in dst.list_tags(&dst_repo).await? {
-                let covered = prepared.selector.matches_tag(&tag) && !(policy.copy_referrers && is_referrer_tag(&tag));
+                let covered = prepared.selector.matches_tag(&tag)
+                    && !(policy.copy_referrers && is_referrer_tag(&tag));
                 if covered && !source_tags.contains(&tag) {
-                    let d = dst.head_manifest(&dst_repo, &tag).await?.map(|x| x.digest.to_string());
+                    let d = dst
+                        .head_manifest(&dst_repo, &tag)
+                        .await?
+                        .map(|x| x.digest.to_string());
                     report.extra.push(entry(&tag, None, d));
                 }
             }
         }
     }
-    for list in [&mut report.missing, &mut report.different, &mut report.extra] {
-        list.sort_by(|a, b| (&a.destination, &a.destination_repository, &a.tag).cmp(&(&b.destination, &b.destination_repository, &b.tag)));
+    for list in [
+        &mut report.missing,
+        &mut report.different,
+        &mut report.extra,
+    ] {
+        list.sort_by(|a, b| {
+            (&a.destination, &a.destination_repository, &a.tag).cmp(&(
+                &b.destination,
+                &b.destination_repository,
+                &b.tag,
+            ))
+        });
     }
     Ok(report)
 }

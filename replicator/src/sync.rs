@@ -21,7 +21,9 @@ use crate::oci::digest::Digest;
 use crate::oci::{RegistryClient, RegistryError};
 use crate::policy::{rewrite_repository, Policy, Selector};
 use crate::throttle::Throttle;
-use crate::transfer::{self, BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats};
+use crate::transfer::{
+    self, BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -61,7 +63,10 @@ impl Registries {
         self.clients
             .get(name)
             .cloned()
-            .ok_or_else(|| SyncError::UnknownRegistry { policy: policy.to_string(), registry: name.to_string() })
+            .ok_or_else(|| SyncError::UnknownRegistry {
+                policy: policy.to_string(),
+                registry: name.to_string(),
+            })
     }
 }
 
@@ -78,7 +83,12 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { cancel: CancellationToken::new(), tag_parallelism: 16, blob_parallelism: 8, progress: Arc::default() }
+        SyncOptions {
+            cancel: CancellationToken::new(),
+            tag_parallelism: 16,
+            blob_parallelism: 8,
+            progress: Arc::default(),
+        }
     }
 }
 
@@ -94,12 +104,23 @@ pub struct RunProgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TagOutcome {
-    Copied { digest: String },
-    Unchanged { digest: String },
+    Copied {
+        digest: String,
+    },
+    Unchanged {
+        digest: String,
+    },
     /// `override: false` and the destination holds other content under this tag.
-    Kept { source_digest: String, destination_digest: String },
-    Skipped { reason: String },
-    Failed { error: String },
+    Kept {
+        source_digest: String,
+        destination_digest: String,
+    },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,15 +153,26 @@ impl SyncReport {
     }
     /// True when every covered tag holds the source digest on every destination.
     pub fn converged(&self) -> bool {
-        self.tags.iter().all(|t| matches!(t.outcome, TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. } | TagOutcome::Skipped { .. }))
+        self.tags.iter().all(|t| {
+            matches!(
+                t.outcome,
+                TagOutcome::Copied { .. }
+                    | TagOutcome::Unchanged { .. }
+                    | TagOutcome::Skipped { .. }
+            )
+        })
     }
 }
 
 /// Tags named after a manifest digest: OCI's referrers fallback (`sha256-<hex>`) and cosign's
 /// `sha256-<hex>.sig|.att|.sbom`.
 pub fn is_referrer_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
-    rest.len() >= 64 && rest[..64].bytes().all(|b| b.is_ascii_hexdigit()) && (rest.len() == 64 || rest.as_bytes()[64] == b'.')
+    let Some(rest) = tag.strip_prefix("sha256-") else {
+        return false;
+    };
+    rest.len() >= 64
+        && rest[..64].bytes().all(|b| b.is_ascii_hexdigit())
+        && (rest.len() == 64 || rest.as_bytes()[64] == b'.')
 }
 
 /// One source repository and the tags the policy covers.
@@ -154,17 +186,32 @@ pub struct SourceRepo {
 }
 
 /// Lists the source repositories and tags a policy covers.
-pub async fn list_source(src: &RegistryClient, policy: &Policy, selector: &Selector) -> Result<Vec<SourceRepo>, RegistryError> {
-    let repos: Vec<String> = src.catalog().await?.into_iter().filter(|r| selector.matches_repository(r)).collect();
+pub async fn list_source(
+    src: &RegistryClient,
+    policy: &Policy,
+    selector: &Selector,
+) -> Result<Vec<SourceRepo>, RegistryError> {
+    let repos: Vec<String> = src
+        .catalog()
+        .await?
+        .into_iter()
+        .filter(|r| selector.matches_repository(r))
+        .collect();
     let listed: Vec<Result<SourceRepo, RegistryError>> = stream::iter(repos)
         .map(|repository| async move {
             let all_tags = src.list_tags(&repository).await?;
             let tags = all_tags
                 .iter()
-                .filter(|t| selector.matches_tag(t) && !(policy.copy_referrers && is_referrer_tag(t)))
+                .filter(|t| {
+                    selector.matches_tag(t) && !(policy.copy_referrers && is_referrer_tag(t))
+                })
                 .cloned()
                 .collect();
-            Ok(SourceRepo { repository, tags, all_tags })
+            Ok(SourceRepo {
+                repository,
+                tags,
+                all_tags,
+            })
         })
         .buffer_unordered(8)
         .collect()
@@ -184,23 +231,45 @@ pub struct PreparedPolicy {
 
 impl PreparedPolicy {
     pub fn new(policy: &Policy, registries: &Registries) -> Result<PreparedPolicy, SyncError> {
-        let selector = Selector::new(policy).map_err(|e| SyncError::Policy { policy: policy.name.clone(), message: e.to_string() })?;
+        let selector = Selector::new(policy).map_err(|e| SyncError::Policy {
+            policy: policy.name.clone(),
+            message: e.to_string(),
+        })?;
         let src = registries.get(&policy.name, &policy.src_registry.name)?;
-        let dsts = policy.destinations().map(|d| registries.get(&policy.name, &d.name)).collect::<Result<Vec<_>, _>>()?;
+        let dsts = policy
+            .destinations()
+            .map(|d| registries.get(&policy.name, &d.name))
+            .collect::<Result<Vec<_>, _>>()?;
         if dsts.is_empty() {
-            return Err(SyncError::Policy { policy: policy.name.clone(), message: "no dest_registry".into() });
+            return Err(SyncError::Policy {
+                policy: policy.name.clone(),
+                message: "no dest_registry".into(),
+            });
         }
-        Ok(PreparedPolicy { policy: policy.clone(), selector, src, dsts })
+        Ok(PreparedPolicy {
+            policy: policy.clone(),
+            selector,
+            src,
+            dsts,
+        })
     }
 
     /// The destination repository for a source repository.
     pub fn dest_repository(&self, repository: &str) -> Result<String, String> {
-        rewrite_repository(repository, &self.policy.dest_namespace, self.policy.dest_namespace_replace_count).map_err(|e| e.to_string())
+        rewrite_repository(
+            repository,
+            &self.policy.dest_namespace,
+            self.policy.dest_namespace_replace_count,
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
 /// Runs a full reconciliation of one policy.
-pub async fn sync_policy(prepared: &PreparedPolicy, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
+pub async fn sync_policy(
+    prepared: &PreparedPolicy,
+    opts: &SyncOptions,
+) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let policy = &prepared.policy;
     let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
@@ -225,7 +294,9 @@ pub async fn sync_policy(prepared: &PreparedPolicy, opts: &SyncOptions) -> Resul
             }
         }
     }
-    opts.progress.tags_total.fetch_add(work.len() as u64, Ordering::Relaxed);
+    opts.progress
+        .tags_total
+        .fetch_add(work.len() as u64, Ordering::Relaxed);
     let results: Vec<TagResult> = stream::iter(work)
         .map(|(ctx, repo, tag)| {
             let span = tracing::info_span!("tag", policy = %policy.name, destination = %ctx.dst.name(), repository = %repo.repository, tag = %tag);
@@ -241,17 +312,32 @@ pub async fn sync_policy(prepared: &PreparedPolicy, opts: &SyncOptions) -> Resul
         .collect()
         .await;
     let mut tags = results;
-    tags.sort_by(|a, b| (&a.destination, &a.repository, &a.tag).cmp(&(&b.destination, &b.repository, &b.tag)));
-    Ok(SyncReport { policy: policy.name.clone(), tags, stats: opts.progress.stats.snapshot(), seconds: started.elapsed().as_secs_f64() })
+    tags.sort_by(|a, b| {
+        (&a.destination, &a.repository, &a.tag).cmp(&(&b.destination, &b.repository, &b.tag))
+    });
+    Ok(SyncReport {
+        policy: policy.name.clone(),
+        tags,
+        stats: opts.progress.stats.snapshot(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
-async fn reconcile_tag(prepared: &PreparedPolicy, ctx: &TransferContext, repo: &SourceRepo, tag: &str, referrers_api: &AtomicBool) -> TagResult {
+async fn reconcile_tag(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repo: &SourceRepo,
+    tag: &str,
+    referrers_api: &AtomicBool,
+) -> TagResult {
     let mut result = TagResult {
         destination: ctx.dst.name().to_string(),
         repository: repo.repository.clone(),
         destination_repository: String::new(),
         tag: tag.to_string(),
-        outcome: TagOutcome::Skipped { reason: String::new() },
+        outcome: TagOutcome::Skipped {
+            reason: String::new(),
+        },
         referrers_copied: 0,
     };
     let dst_repo = match prepared.dest_repository(&repo.repository) {
@@ -262,12 +348,23 @@ async fn reconcile_tag(prepared: &PreparedPolicy, ctx: &TransferContext, repo: &
         }
     };
     result.destination_repository = dst_repo.clone();
-    let outcome = copy_tag(prepared, ctx, repo, &dst_repo, tag, referrers_api, &mut result.referrers_copied).await;
+    let outcome = copy_tag(
+        prepared,
+        ctx,
+        repo,
+        &dst_repo,
+        tag,
+        referrers_api,
+        &mut result.referrers_copied,
+    )
+    .await;
     result.outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "tag failed");
-            TagOutcome::Failed { error: e.to_string() }
+            TagOutcome::Failed {
+                error: e.to_string(),
+            }
         }
     };
     if let TagOutcome::Copied { digest } = &result.outcome {
@@ -287,20 +384,29 @@ async fn copy_tag(
 ) -> Result<TagOutcome, TransferError> {
     let src_repo = &repo.repository;
     let Some(src_head) = ctx.src.head_manifest(src_repo, tag).await? else {
-        return Ok(TagOutcome::Skipped { reason: "tag disappeared from the source during the sync".into() });
+        return Ok(TagOutcome::Skipped {
+            reason: "tag disappeared from the source during the sync".into(),
+        });
     };
     let dst_head = ctx.dst.head_manifest(dst_repo, tag).await?;
     let outcome = match &dst_head {
-        Some(d) if d.digest == src_head.digest => TagOutcome::Unchanged { digest: d.digest.to_string() },
+        Some(d) if d.digest == src_head.digest => TagOutcome::Unchanged {
+            digest: d.digest.to_string(),
+        },
         Some(d) if !prepared.policy.override_ => {
             tracing::info!(source_digest = %src_head.digest, destination_digest = %d.digest, "destination tag differs; kept (override: false)");
-            return Ok(TagOutcome::Kept { source_digest: src_head.digest.to_string(), destination_digest: d.digest.to_string() });
+            return Ok(TagOutcome::Kept {
+                source_digest: src_head.digest.to_string(),
+                destination_digest: d.digest.to_string(),
+            });
         }
         _ => {
             let manifest = match ctx.src.get_manifest(src_repo, tag).await {
                 Ok(m) => m,
                 Err(e) if e.is_not_found() => {
-                    return Ok(TagOutcome::Skipped { reason: "tag disappeared from the source during the sync".into() })
+                    return Ok(TagOutcome::Skipped {
+                        reason: "tag disappeared from the source during the sync".into(),
+                    })
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -311,28 +417,40 @@ async fn copy_tag(
                 source,
             })?;
             if !prepared.selector.matches_resource(graph.is_image()) {
-                return Ok(TagOutcome::Skipped { reason: "excluded by the resource filter".into() });
+                return Ok(TagOutcome::Skipped {
+                    reason: "excluded by the resource filter".into(),
+                });
             }
             transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
             transfer::push_manifest(ctx, dst_repo, tag, &manifest).await?;
             verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
-            TagOutcome::Copied { digest: manifest.digest.to_string() }
+            TagOutcome::Copied {
+                digest: manifest.digest.to_string(),
+            }
         }
     };
     if prepared.policy.copy_referrers {
         let subject = match &outcome {
-            TagOutcome::Copied { digest } | TagOutcome::Unchanged { digest } => digest.parse::<Digest>().ok(),
+            TagOutcome::Copied { digest } | TagOutcome::Unchanged { digest } => {
+                digest.parse::<Digest>().ok()
+            }
             _ => None,
         };
         if let Some(subject) = subject {
-            *referrers_copied += copy_referrers(prepared, ctx, repo, dst_repo, &subject, referrers_api, 0).await?;
+            *referrers_copied +=
+                copy_referrers(prepared, ctx, repo, dst_repo, &subject, referrers_api, 0).await?;
         }
     }
     Ok(outcome)
 }
 
 /// Confirms the destination tag resolves to `digest`.
-async fn verify_tag(ctx: &TransferContext, dst_repo: &str, tag: &str, digest: &Digest) -> Result<(), TransferError> {
+async fn verify_tag(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<(), TransferError> {
     match ctx.dst.head_manifest(dst_repo, tag).await? {
         Some(d) if &d.digest == digest => Ok(()),
         other => Err(RegistryError::InvalidResponse {
@@ -340,7 +458,9 @@ async fn verify_tag(ctx: &TransferContext, dst_repo: &str, tag: &str, digest: &D
             url: format!("{}v2/{dst_repo}/manifests/{tag}", ctx.dst.base_url()),
             message: format!(
                 "after the push the tag resolves to {}, not {digest}",
-                other.map(|d| d.digest.to_string()).unwrap_or_else(|| "nothing".into())
+                other
+                    .map(|d| d.digest.to_string())
+                    .unwrap_or_else(|| "nothing".into())
             ),
         }
         .into()),
@@ -374,13 +494,23 @@ async fn copy_referrers(
         }
     }
     let prefix = format!("{}-{}", subject.algorithm(), subject.digest());
-    for t in repo.all_tags.iter().filter(|t| t.starts_with(&prefix) && is_referrer_tag(t)) {
+    for t in repo
+        .all_tags
+        .iter()
+        .filter(|t| t.starts_with(&prefix) && is_referrer_tag(t))
+    {
         refs.insert(t.clone(), t.clone());
     }
     let mut pushed = 0;
     for (src_ref, dst_ref) in refs {
-        let Some(src_head) = ctx.src.head_manifest(src_repo, &src_ref).await? else { continue };
-        let unchanged = ctx.dst.head_manifest(dst_repo, &dst_ref).await?.is_some_and(|d| d.digest == src_head.digest);
+        let Some(src_head) = ctx.src.head_manifest(src_repo, &src_ref).await? else {
+            continue;
+        };
+        let unchanged = ctx
+            .dst
+            .head_manifest(dst_repo, &dst_ref)
+            .await?
+            .is_some_and(|d| d.digest == src_head.digest);
         if !unchanged {
             let m = ctx.src.get_manifest(src_repo, &src_ref).await?;
             transfer::ensure_graph(ctx, src_repo, dst_repo, &m, &prepared.selector).await?;
@@ -388,7 +518,16 @@ async fn copy_referrers(
             pushed += 1;
             tracing::info!(referrer = %src_ref, %subject, "referrer copied");
         }
-        pushed += Box::pin(copy_referrers(prepared, ctx, repo, dst_repo, &src_head.digest, referrers_api, depth + 1)).await?;
+        pushed += Box::pin(copy_referrers(
+            prepared,
+            ctx,
+            repo,
+            dst_repo,
+            &src_head.digest,
+            referrers_api,
+            depth + 1,
+        ))
+        .await?;
     }
     Ok(pushed)
 }

@@ -22,7 +22,10 @@ pub struct Throttle {
 impl Throttle {
     /// A throttle for `kib_per_sec` KiB/s; `None` when 0 (unlimited).
     pub fn from_kib_per_sec(kib_per_sec: u64) -> Option<Throttle> {
-        (kib_per_sec > 0).then(|| Throttle { bytes_per_sec: kib_per_sec.saturating_mul(1024), next_free: Mutex::new(Instant::now()) })
+        (kib_per_sec > 0).then(|| Throttle {
+            bytes_per_sec: kib_per_sec.saturating_mul(1024),
+            next_free: Mutex::new(Instant::now()),
+        })
     }
 
     pub fn bytes_per_sec(&self) -> u64 {
@@ -73,7 +76,10 @@ mod tests {
         }
         // 100 KiB at 100 KiB/s: one second, less the burst allowance.
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(790) && took <= Duration::from_millis(1010), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(790) && took <= Duration::from_millis(1010),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,7 +40,11 @@ pub enum TransferError {
         source: ManifestError,
     },
     #[error("registry {registry}: {repository}@{digest}: digest algorithm not supported")]
-    UnsupportedDigest { registry: String, repository: String, digest: String },
+    UnsupportedDigest {
+        registry: String,
+        repository: String,
+        digest: String,
+    },
     #[error("cancelled")]
     Cancelled,
 }
@@ -106,7 +110,9 @@ pub struct BlobLedger {
 impl BlobLedger {
     fn slot(&self, registry: &str, digest: &Digest) -> Slot {
         let mut map = self.slots.lock().expect("ledger lock");
-        map.entry((registry.to_string(), digest.to_string())).or_default().clone()
+        map.entry((registry.to_string(), digest.to_string()))
+            .or_default()
+            .clone()
     }
 }
 
@@ -137,19 +143,27 @@ pub async fn ensure_graph(
     let graph = parse_graph(ctx, src_repo, manifest)?;
     match graph {
         ManifestGraph::Index { children, .. } => {
-            let wanted = children.into_iter().filter(|c| match (&c.platform, selector.has_platform_filter()) {
-                (_, false) => true,
-                (Some((os, arch, variant)), true) => selector.matches_platform(os, arch, variant.as_deref()),
-                // Children without a platform (attestations, etc.) follow the index.
-                (None, true) => true,
+            let wanted = children.into_iter().filter(|c| {
+                match (&c.platform, selector.has_platform_filter()) {
+                    (_, false) => true,
+                    (Some((os, arch, variant)), true) => {
+                        selector.matches_platform(os, arch, variant.as_deref())
+                    }
+                    // Children without a platform (attestations, etc.) follow the index.
+                    (None, true) => true,
+                }
             });
             for child in wanted {
-                copy_child_manifest(ctx, src_repo, dst_repo, child.descriptor.digest(), selector).await?;
+                copy_child_manifest(ctx, src_repo, dst_repo, child.descriptor.digest(), selector)
+                    .await?;
             }
             Ok(())
         }
         ManifestGraph::Image { blobs, .. } => {
-            let blobs: Vec<Descriptor> = blobs.into_iter().filter(|d| !manifest::is_non_distributable(d)).collect();
+            let blobs: Vec<Descriptor> = blobs
+                .into_iter()
+                .filter(|d| !manifest::is_non_distributable(d))
+                .collect();
             stream::iter(blobs.iter().map(|d| copy_blob(ctx, src_repo, dst_repo, d)))
                 .buffer_unordered(ctx.blob_parallelism.max(1))
                 .try_collect::<Vec<_>>()
@@ -160,18 +174,34 @@ pub async fn ensure_graph(
 }
 
 /// Copies a child manifest (and its graph) by digest, unless the destination has it already.
-async fn copy_child_manifest(ctx: &TransferContext, src_repo: &str, dst_repo: &str, digest: &Digest, selector: &Selector) -> Result<()> {
+async fn copy_child_manifest(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    digest: &Digest,
+    selector: &Selector,
+) -> Result<()> {
     check_cancel(ctx)?;
-    if ctx.dst.head_manifest(dst_repo, &digest.to_string()).await?.is_some() {
+    if ctx
+        .dst
+        .head_manifest(dst_repo, digest.as_ref())
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
-    let child = ctx.src.get_manifest(src_repo, &digest.to_string()).await?;
+    let child = ctx.src.get_manifest(src_repo, digest.as_ref()).await?;
     Box::pin(ensure_graph(ctx, src_repo, dst_repo, &child, selector)).await?;
-    push_manifest(ctx, dst_repo, &digest.to_string(), &child).await
+    push_manifest(ctx, dst_repo, digest.as_ref(), &child).await
 }
 
 /// Pushes a manifest's exact bytes under `reference` (a tag or its digest).
-pub async fn push_manifest(ctx: &TransferContext, dst_repo: &str, reference: &str, m: &Manifest) -> Result<()> {
+pub async fn push_manifest(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    reference: &str,
+    m: &Manifest,
+) -> Result<()> {
     check_cancel(ctx)?;
     ctx.dst.put_manifest(dst_repo, reference, m).await?;
     ctx.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +226,12 @@ fn check_cancel(ctx: &TransferContext) -> Result<()> {
 }
 
 /// Ensures one blob exists in `dst_repo`: skipped, mounted or copied.
-pub async fn copy_blob(ctx: &TransferContext, src_repo: &str, dst_repo: &str, desc: &Descriptor) -> Result<BlobOutcome> {
+pub async fn copy_blob(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    desc: &Descriptor,
+) -> Result<BlobOutcome> {
     check_cancel(ctx)?;
     let digest = desc.digest();
     let slot = ctx.ledger.slot(ctx.dst.name(), digest);
@@ -238,7 +273,9 @@ async fn copy_blob_locked(
                 // The registry opened a session instead of mounting: drop it and upload normally.
                 ctx.dst.cancel_upload(&upload).await;
             }
-            Err(e) => tracing::debug!(repository = dst_repo, %digest, error = %e, "mount failed; uploading"),
+            Err(e) => {
+                tracing::debug!(repository = dst_repo, %digest, error = %e, "mount failed; uploading")
+            }
         }
     }
     let mut attempt = 0;
@@ -279,14 +316,20 @@ async fn transfer_permits(ctx: &TransferContext) -> Result<Vec<tokio::sync::Owne
 }
 
 /// One streaming copy attempt; cancels the destination session on any failure.
-async fn stream_blob(ctx: &TransferContext, src_repo: &str, dst_repo: &str, desc: &Descriptor) -> Result<()> {
+async fn stream_blob(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    desc: &Descriptor,
+) -> Result<()> {
     let _permits = transfer_permits(ctx).await?;
     let digest = desc.digest().clone();
-    let verifier = DigestVerifier::new(&digest).ok_or_else(|| TransferError::UnsupportedDigest {
-        registry: ctx.src.name().to_string(),
-        repository: src_repo.to_string(),
-        digest: digest.to_string(),
-    })?;
+    let verifier =
+        DigestVerifier::new(&digest).ok_or_else(|| TransferError::UnsupportedDigest {
+            registry: ctx.src.name().to_string(),
+            repository: src_repo.to_string(),
+            digest: digest.to_string(),
+        })?;
     let upload = ctx.dst.start_upload(dst_repo).await?;
     let result = async {
         let resp = ctx.src.get_blob(src_repo, &digest, 0).await?;
@@ -301,12 +344,18 @@ async fn stream_blob(ctx: &TransferContext, src_repo: &str, dst_repo: &str, desc
             failure: failure.clone(),
         }
         .into_stream(resp.bytes_stream());
-        let chunked = ctx.copy_by_chunk || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t);
+        let chunked =
+            ctx.copy_by_chunk || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t);
         let sent = if chunked {
             upload_chunked(ctx, upload.clone(), &digest, verified).await
         } else {
             ctx.dst
-                .put_blob_stream(&upload, &digest, desc.size(), reqwest::Body::wrap_stream(verified))
+                .put_blob_stream(
+                    &upload,
+                    &digest,
+                    desc.size(),
+                    reqwest::Body::wrap_stream(verified),
+                )
                 .await
                 .map_err(TransferError::from)
         };
@@ -416,69 +465,85 @@ impl VerifiedStream {
         Ok(())
     }
 
-    fn into_stream<S>(self, inner: S) -> impl futures_util::Stream<Item = std::result::Result<Bytes, StreamFailure>> + Send + Unpin + 'static
+    fn into_stream<S>(
+        self,
+        inner: S,
+    ) -> impl futures_util::Stream<Item = std::result::Result<Bytes, StreamFailure>>
+           + Send
+           + Unpin
+           + 'static
     where
         S: futures_util::Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
     {
-        Box::pin(stream::unfold((self, inner, false), |(mut st, mut inner, done)| async move {
-            if done {
-                return None;
-            }
-            let next = tokio::select! {
-                n = inner.next() => n,
-                _ = st.ctx.cancel.cancelled() => {
-                    let e = st.fail(TransferError::Cancelled);
-                    return Some((Err(e), (st, inner, true)));
+        Box::pin(stream::unfold(
+            (self, inner, false),
+            |(mut st, mut inner, done)| async move {
+                if done {
+                    return None;
                 }
-            };
-            match next {
-                None => {
-                    let seen = st.verifier.as_ref().map(|v| v.len()).unwrap_or(st.expected);
-                    if seen != st.expected {
-                        let e = st.size_mismatch(seen);
-                        let e = st.fail(e);
+                let next = tokio::select! {
+                    n = inner.next() => n,
+                    _ = st.ctx.cancel.cancelled() => {
+                        let e = st.fail(TransferError::Cancelled);
                         return Some((Err(e), (st, inner, true)));
                     }
-                    // Zero-length blobs end here; others were finished with their last chunk.
-                    match st.finish() {
-                        Ok(()) => None,
-                        Err(e) => Some((Err(e), (st, inner, true))),
-                    }
-                }
-                Some(Err(source)) => {
-                    let e = RegistryError::Transport { registry: st.registry.clone(), url: format!("blob {}", st.digest), source };
-                    let e = st.fail(e.into());
-                    Some((Err(e), (st, inner, true)))
-                }
-                Some(Ok(chunk)) => {
-                    let Some(v) = st.verifier.as_mut() else {
-                        // Bytes after the verified end: the source sent more than the descriptor said.
-                        let e = st.size_mismatch(st.expected + chunk.len() as u64);
-                        let e = st.fail(e);
-                        return Some((Err(e), (st, inner, true)));
-                    };
-                    v.update(&chunk);
-                    let seen = v.len();
-                    if seen > st.expected {
-                        let e = st.size_mismatch(seen);
-                        let e = st.fail(e);
-                        return Some((Err(e), (st, inner, true)));
-                    }
-                    if seen == st.expected {
-                        if let Err(e) = st.finish() {
+                };
+                match next {
+                    None => {
+                        let seen = st.verifier.as_ref().map(|v| v.len()).unwrap_or(st.expected);
+                        if seen != st.expected {
+                            let e = st.size_mismatch(seen);
+                            let e = st.fail(e);
                             return Some((Err(e), (st, inner, true)));
                         }
-                    }
-                    if let Some(t) = &st.ctx.throttle {
-                        if !t.consume(chunk.len() as u64, &st.ctx.cancel).await {
-                            let e = st.fail(TransferError::Cancelled);
-                            return Some((Err(e), (st, inner, true)));
+                        // Zero-length blobs end here; others were finished with their last chunk.
+                        match st.finish() {
+                            Ok(()) => None,
+                            Err(e) => Some((Err(e), (st, inner, true))),
                         }
                     }
-                    st.ctx.stats.bytes_copied.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    Some((Ok(chunk), (st, inner, false)))
+                    Some(Err(source)) => {
+                        let e = RegistryError::Transport {
+                            registry: st.registry.clone(),
+                            url: format!("blob {}", st.digest),
+                            source,
+                        };
+                        let e = st.fail(e.into());
+                        Some((Err(e), (st, inner, true)))
+                    }
+                    Some(Ok(chunk)) => {
+                        let Some(v) = st.verifier.as_mut() else {
+                            // Bytes after the verified end: the source sent more than the descriptor said.
+                            let e = st.size_mismatch(st.expected + chunk.len() as u64);
+                            let e = st.fail(e);
+                            return Some((Err(e), (st, inner, true)));
+                        };
+                        v.update(&chunk);
+                        let seen = v.len();
+                        if seen > st.expected {
+                            let e = st.size_mismatch(seen);
+                            let e = st.fail(e);
+                            return Some((Err(e), (st, inner, true)));
+                        }
+                        if seen == st.expected {
+                            if let Err(e) = st.finish() {
+                                return Some((Err(e), (st, inner, true)));
+                            }
+                        }
+                        if let Some(t) = &st.ctx.throttle {
+                            if !t.consume(chunk.len() as u64, &st.ctx.cancel).await {
+                                let e = st.fail(TransferError::Cancelled);
+                                return Some((Err(e), (st, inner, true)));
+                            }
+                        }
+                        st.ctx
+                            .stats
+                            .bytes_copied
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        Some((Ok(chunk), (st, inner, false)))
+                    }
                 }
-            }
-        }))
+            },
+        ))
     }
 }

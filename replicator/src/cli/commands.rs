@@ -5,8 +5,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
-use ferry_replicator::sync::{sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome};
 use ferry_replicator::policy::Policy;
+use ferry_replicator::sync::{
+    sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
+};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
@@ -34,13 +36,19 @@ fn selected<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<Vec<&'
         Some(n) => {
             let p = config.policy(n).with_context(|| {
                 let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
-                format!("no policy named {n:?} in the config (policies: {})", names.join(", "))
+                format!(
+                    "no policy named {n:?} in the config (policies: {})",
+                    names.join(", ")
+                )
             })?;
             Ok(vec![p])
         }
         None => {
             let enabled: Vec<&Policy> = config.policies.iter().filter(|p| p.enabled).collect();
-            anyhow::ensure!(!enabled.is_empty(), "the config has no enabled policy; name one with --policy");
+            anyhow::ensure!(
+                !enabled.is_empty(),
+                "the config has no enabled policy; name one with --policy"
+            );
             Ok(enabled)
         }
     }
@@ -48,7 +56,10 @@ fn selected<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<Vec<&'
 
 fn prepare(config: &Config, policy: Option<&str>) -> anyhow::Result<Vec<PreparedPolicy>> {
     let registries = Registries::from_config(config)?;
-    selected(config, policy)?.into_iter().map(|p| Ok(PreparedPolicy::new(p, &registries)?)).collect()
+    selected(config, policy)?
+        .into_iter()
+        .map(|p| Ok(PreparedPolicy::new(p, &registries)?))
+        .collect()
 }
 
 /// Cancels `token` on Ctrl-C / SIGTERM.
@@ -76,7 +87,9 @@ fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
 }
 
 pub async fn sync(args: SyncArgs) -> u8 {
-    let Some(config) = load_config(&args.config) else { return ERROR };
+    let Some(config) = load_config(&args.config) else {
+        return ERROR;
+    };
     let prepared = match prepare(&config, args.policy.as_deref()) {
         Ok(p) => p,
         Err(e) => {
@@ -142,7 +155,11 @@ fn print_sync_summary(r: &SyncReport) {
         n(|o| matches!(o, TagOutcome::Failed { .. })),
     );
     let s = r.stats;
-    let rate = if r.seconds > 0.0 { s.bytes_copied as f64 / r.seconds } else { 0.0 };
+    let rate = if r.seconds > 0.0 {
+        s.bytes_copied as f64 / r.seconds
+    } else {
+        0.0
+    };
     println!(
         "  blobs {} copied, {} mounted, {} skipped; {} moved in {:.1} s ({}/s)",
         s.blobs_copied,
@@ -166,7 +183,9 @@ fn print_sync_summary(r: &SyncReport) {
 }
 
 pub async fn diff(args: DiffArgs) -> u8 {
-    let Some(config) = load_config(&args.config) else { return ERROR };
+    let Some(config) = load_config(&args.config) else {
+        return ERROR;
+    };
     let prepared = match prepare(&config, args.policy.as_deref()) {
         Ok(p) => p,
         Err(e) => {
@@ -213,8 +232,16 @@ fn print_drift(r: &DriftReport) {
         r.different.len(),
         r.extra.len()
     );
-    let short = |d: &Option<String>| d.as_deref().map(|s| s.chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into());
-    for (kind, list) in [("missing", &r.missing), ("different", &r.different), ("extra", &r.extra)] {
+    let short = |d: &Option<String>| {
+        d.as_deref()
+            .map(|s| s.chars().take(19).collect::<String>())
+            .unwrap_or_else(|| "-".into())
+    };
+    for (kind, list) in [
+        ("missing", &r.missing),
+        ("different", &r.different),
+        ("extra", &r.extra),
+    ] {
         for d in list {
             println!(
                 "  {kind:<9} {}/{}:{}  source {}  destination {}",
@@ -232,7 +259,12 @@ pub fn validate(files: &[PathBuf]) -> u8 {
     let mut code = OK;
     for f in files {
         match Config::load(f) {
-            Ok(c) => println!("{}: ok ({} registries, {} policies)", f.display(), c.registries.len(), c.policies.len()),
+            Ok(c) => println!(
+                "{}: ok ({} registries, {} policies)",
+                f.display(),
+                c.registries.len(),
+                c.policies.len()
+            ),
             Err(e) => {
                 println!("{e}");
                 code = NO;

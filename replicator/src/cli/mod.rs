@@ -96,7 +96,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet_logs = matches!(&cli.command, Command::Sync(a) if progress::use_bars(a.progress));
     init_logging(cli.log_format, if quiet_logs { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -107,7 +110,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => commands::sync(args).await,
             Command::Diff(args) => commands::diff(args).await,
-            Command::Policy { command: PolicyCommand::Validate { files } } => commands::validate(&files),
+            Command::Policy {
+                command: PolicyCommand::Validate { files },
+            } => commands::validate(&files),
         }
     });
     ExitCode::from(code)
@@ -115,11 +120,23 @@ pub fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},ferry_replicator={default_level},ferry={default_level}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{default_level},ferry_replicator={default_level},ferry={default_level}"
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }

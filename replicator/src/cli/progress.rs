@@ -19,25 +19,38 @@ pub fn use_bars(mode: ProgressMode) -> bool {
 }
 
 /// Shows `progress` until `done` is cancelled. The returned handle finishes the display.
-pub fn spawn(progress: Arc<RunProgress>, mode: ProgressMode, done: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    progress: Arc<RunProgress>,
+    mode: ProgressMode,
+    done: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let bars = use_bars(mode);
     tokio::spawn(async move {
         let bar = bars.then(|| {
             let b = ProgressBar::new(0);
             b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tags  {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tags  {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b
         });
-        let period = if bars { Duration::from_millis(150) } else { Duration::from_secs(5) };
+        let period = if bars {
+            Duration::from_millis(150)
+        } else {
+            Duration::from_secs(5)
+        };
         loop {
             let finished = tokio::select! {
                 _ = tokio::time::sleep(period) => false,
                 _ = done.cancelled() => true,
             };
             let s = progress.stats.snapshot();
-            let (done_tags, total) = (progress.tags_done.load(Ordering::Relaxed), progress.tags_total.load(Ordering::Relaxed));
+            let (done_tags, total) = (
+                progress.tags_done.load(Ordering::Relaxed),
+                progress.tags_total.load(Ordering::Relaxed),
+            );
             let msg = format!(
                 "{} copied, blobs {} copied / {} mounted / {} skipped",
                 HumanBytes(s.bytes_copied),
@@ -52,7 +65,9 @@ pub fn spawn(progress: Arc<RunProgress>, mode: ProgressMode, done: CancellationT
                     b.set_message(msg);
                     b.tick();
                 }
-                None if !finished && total > 0 => tracing::info!(tags_done = done_tags, tags_total = total, "progress: {msg}"),
+                None if !finished && total > 0 => {
+                    tracing::info!(tags_done = done_tags, tags_total = total, "progress: {msg}")
+                }
                 None => {}
             }
             if finished {

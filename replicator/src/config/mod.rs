@@ -6,7 +6,9 @@
 //! only referenced (env var, file, auth file) and resolved by [`Credential::resolve`].
 
 mod model;
+mod schema;
 mod validate;
 
 pub use model::*;
+pub use schema::json_schema;
 pub use validate::{ConfigError, CredentialError, Problem};

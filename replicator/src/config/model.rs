@@ -7,11 +7,16 @@ use serde::{Deserialize, Serialize};
 use crate::policy::Policy;
 
 /// A config file: `{"registries": [...], "policies": [...]}`.
+///
+/// [`Config::from_slice`] also accepts a bare policy object or an array of policies (a "policy
+/// file", validated without `registries`); both load as a `Config` with no registries.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Registries the policies refer to by name.
     #[serde(default)]
     pub registries: Vec<RegistryConfig>,
+    /// Replication policies between those registries.
     #[serde(default)]
     pub policies: Vec<Policy>,
 }
@@ -30,16 +35,20 @@ pub struct RegistryConfig {
     /// PEM file with extra CA certificates to trust for this registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// How to authenticate; absent = anonymous.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<Credential>,
     /// Concurrent blob transfers to/from this registry (default 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub concurrency: Option<usize>,
     /// Blob size in bytes above which uploads are chunked (default 64 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub chunk_threshold: Option<u64>,
     /// Chunk size in bytes for chunked uploads (default 16 MiB; GHCR needs <= 4 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub chunk_size: Option<u64>,
 }
 
@@ -51,13 +60,18 @@ pub enum Credential {
     /// Username + password (or token) for basic auth and the bearer-token flow.
     Basic {
         username: String,
+        /// Environment variable holding the password. Exactly one of `password_env`/`password_file`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_env: Option<String>,
+        /// File holding the password (a trailing newline is ignored).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_file: Option<PathBuf>,
     },
     /// A docker/podman `auth.json`/`config.json`; the entry for this registry's host is used.
-    AuthFile { path: PathBuf },
+    AuthFile {
+        /// Path of the auth file; `~` and `$VAR` are not expanded.
+        path: PathBuf,
+    },
 }
 
 /// Resolved secret material, ready for the client. Never logged (Debug redacts).
@@ -65,7 +79,10 @@ pub enum Credential {
 pub enum Secret {
     #[default]
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
 }
 
 impl std::fmt::Debug for Secret {

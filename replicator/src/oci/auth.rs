@@ -16,14 +16,20 @@ use crate::config::Secret;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
 }
 
 /// Parses `Basic realm="x"` or `Bearer realm="…",service="…",scope="…"`. Parameter values may be
 /// quoted (with commas inside quotes) or bare tokens.
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
-    let (scheme, rest) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
     let params = parse_params(rest);
     match scheme.to_ascii_lowercase().as_str() {
         "basic" => Some(Challenge::Basic),
@@ -43,7 +49,12 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         while matches!(chars.peek(), Some(c) if c.is_whitespace() || *c == ',') {
             chars.next();
         }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_ascii_lowercase();
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
         if key.is_empty() {
             break;
         }
@@ -117,7 +128,10 @@ pub struct AuthState {
 
 impl AuthState {
     pub fn cached_token(&self, scope: &str) -> Option<String> {
-        self.tokens.get(scope).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| t.clone())
+        self.tokens
+            .get(scope)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(t, _)| t.clone())
     }
 
     pub fn store_token(&mut self, scope: &str, token: String, ttl: Duration) {
@@ -126,7 +140,8 @@ impl AuthState {
             let now = Instant::now();
             self.tokens.retain(|_, (_, until)| *until > now);
         }
-        self.tokens.insert(scope.to_string(), (token, Instant::now() + ttl));
+        self.tokens
+            .insert(scope.to_string(), (token, Instant::now() + ttl));
     }
 }
 
@@ -150,7 +165,10 @@ impl Scope {
     }
     /// Pushing to `repository` while mounting from `from`.
     pub fn mount(repository: &str, from: &str) -> Scope {
-        Scope(vec![format!("repository:{repository}:pull,push"), format!("repository:{from}:pull")])
+        Scope(vec![
+            format!("repository:{repository}:pull,push"),
+            format!("repository:{from}:pull"),
+        ])
     }
     pub fn key(&self) -> String {
         self.0.join(" ")
@@ -179,16 +197,30 @@ mod tests {
 
     #[test]
     fn parses_basic_and_rejects_unknown() {
-        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
-        assert_eq!(parse_challenge("Bearer service=x"), None, "bearer without realm is unusable");
+        assert_eq!(
+            parse_challenge("Bearer service=x"),
+            None,
+            "bearer without realm is unusable"
+        );
         assert_eq!(parse_challenge(""), None);
     }
 
     #[test]
     fn unquoted_params() {
         let c = parse_challenge("bearer realm=https://a/t, service=svc").unwrap();
-        assert_eq!(c, Challenge::Bearer { realm: "https://a/t".into(), service: Some("svc".into()), scope: None });
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: Some("svc".into()),
+                scope: None
+            }
+        );
     }
 
     #[test]
@@ -202,7 +234,8 @@ mod tests {
 
     #[test]
     fn token_response_forms() {
-        let t: TokenResponse = serde_json::from_str(r#"{"access_token":"a","expires_in":300}"#).unwrap();
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":300}"#).unwrap();
         assert_eq!(t.into_token().unwrap().0, "a");
         let t: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert!(t.into_token().is_none());
@@ -211,7 +244,11 @@ mod tests {
     #[test]
     fn basic_header_never_for_anonymous() {
         assert_eq!(basic_header(&Secret::Anonymous), None);
-        let h = basic_header(&Secret::Basic { username: "u".into(), password: "p".into() }).unwrap();
+        let h = basic_header(&Secret::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        })
+        .unwrap();
         assert_eq!(h, "Basic dTpw");
     }
 }

@@ -16,7 +16,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use oci_spec::image::{Descriptor, ImageIndex};
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
+    WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode};
 use tokio::sync::Semaphore;
 use url::Url;
@@ -82,7 +85,10 @@ pub struct RegistryClient {
 
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryClient").field("name", &self.name).field("base", &self.base.as_str()).finish()
+        f.debug_struct("RegistryClient")
+            .field("name", &self.name)
+            .field("base", &self.base.as_str())
+            .finish()
     }
 }
 
@@ -94,7 +100,10 @@ enum Body {
 impl RegistryClient {
     /// Builds a client for a configured registry. `secret` is the resolved credential.
     pub fn new(cfg: &RegistryConfig, secret: Secret) -> Result<Self> {
-        let err = |message: String| RegistryError::Config { registry: cfg.name.clone(), message };
+        let err = |message: String| RegistryError::Config {
+            registry: cfg.name.clone(),
+            message,
+        };
         let mut base = Url::parse(&cfg.url).map_err(|e| err(format!("url {:?}: {e}", cfg.url)))?;
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
@@ -110,21 +119,30 @@ impl RegistryClient {
             builder = builder.danger_accept_invalid_certs(true);
         }
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| err(format!("ca_file {}: not PEM certificates: {e}", ca.display())))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                err(format!(
+                    "ca_file {}: not PEM certificates: {e}",
+                    ca.display()
+                ))
+            })?;
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
         }
-        let http = builder.build().map_err(|e| err(format!("cannot build HTTP client: {e}")))?;
+        let http = builder
+            .build()
+            .map_err(|e| err(format!("cannot build HTTP client: {e}")))?;
         Ok(RegistryClient {
             name: cfg.name.clone(),
             base,
             http,
             secret,
             auth: Mutex::new(AuthState::default()),
-            transfers: Arc::new(Semaphore::new(cfg.concurrency.unwrap_or(DEFAULT_TRANSFERS).max(1))),
+            transfers: Arc::new(Semaphore::new(
+                cfg.concurrency.unwrap_or(DEFAULT_TRANSFERS).max(1),
+            )),
             chunk_size: cfg.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(64 * 1024),
             chunk_threshold: cfg.chunk_threshold,
         })
@@ -155,19 +173,29 @@ impl RegistryClient {
     }
 
     fn url(&self, path: &str) -> Result<Url> {
-        self.base.join(path).map_err(|e| RegistryError::InvalidResponse {
-            registry: self.name.clone(),
-            url: format!("{}{path}", self.base),
-            message: format!("cannot build URL: {e}"),
-        })
+        self.base
+            .join(path)
+            .map_err(|e| RegistryError::InvalidResponse {
+                registry: self.name.clone(),
+                url: format!("{}{path}", self.base),
+                message: format!("cannot build URL: {e}"),
+            })
     }
 
     fn transport(&self, url: &Url, source: reqwest::Error) -> RegistryError {
-        RegistryError::Transport { registry: self.name.clone(), url: redact(url), source }
+        RegistryError::Transport {
+            registry: self.name.clone(),
+            url: redact(url),
+            source,
+        }
     }
 
     fn invalid(&self, url: &Url, message: impl Into<String>) -> RegistryError {
-        RegistryError::InvalidResponse { registry: self.name.clone(), url: redact(url), message: message.into() }
+        RegistryError::InvalidResponse {
+            registry: self.name.clone(),
+            url: redact(url),
+            message: message.into(),
+        }
     }
 
     /// Turns a non-success response into an error carrying the OCI error envelope.
@@ -177,9 +205,21 @@ impl RegistryClient {
         let errors = parse_error_body(&body);
         let (registry, method, url) = (self.name.clone(), method.to_string(), redact(url));
         if status == 401 || status == 403 {
-            RegistryError::Denied { registry, method, url, status, errors }
+            RegistryError::Denied {
+                registry,
+                method,
+                url,
+                status,
+                errors,
+            }
         } else {
-            RegistryError::Status { registry, method, url, status, errors }
+            RegistryError::Status {
+                registry,
+                method,
+                url,
+                status,
+                errors,
+            }
         }
     }
 
@@ -190,7 +230,11 @@ impl RegistryClient {
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(auth::basic_header(&self.secret)),
-            Some(Challenge::Bearer { realm, service, scope: challenge_scope }) => {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: challenge_scope,
+            }) => {
                 let mut scopes = scope.clone();
                 if let Some(cs) = challenge_scope {
                     if scopes.0.is_empty() && !cs.is_empty() {
@@ -201,16 +245,30 @@ impl RegistryClient {
                 if let Some(t) = self.auth.lock().expect("auth lock").cached_token(&key) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
-                let (token, ttl) = self.fetch_token(&realm, service.as_deref(), &scopes).await?;
-                self.auth.lock().expect("auth lock").store_token(&key, token.clone(), ttl);
+                let (token, ttl) = self
+                    .fetch_token(&realm, service.as_deref(), &scopes)
+                    .await?;
+                self.auth
+                    .lock()
+                    .expect("auth lock")
+                    .store_token(&key, token.clone(), ttl);
                 Ok(Some(format!("Bearer {token}")))
             }
         }
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &Scope) -> Result<(String, Duration)> {
-        let auth_err = |message: String| RegistryError::Auth { registry: self.name.clone(), message };
-        let mut url = Url::parse(realm).map_err(|e| auth_err(format!("token realm {realm:?} is not a URL: {e}")))?;
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &Scope,
+    ) -> Result<(String, Duration)> {
+        let auth_err = |message: String| RegistryError::Auth {
+            registry: self.name.clone(),
+            message,
+        };
+        let mut url = Url::parse(realm)
+            .map_err(|e| auth_err(format!("token realm {realm:?} is not a URL: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -226,9 +284,15 @@ impl RegistryClient {
         }
         let resp = req.send().await.map_err(|e| self.transport(&url, e))?;
         let status = resp.status();
-        let body = read_limited(resp, 1024 * 1024).await.map_err(|e| self.transport(&url, e))?;
+        let body = read_limited(resp, 1024 * 1024)
+            .await
+            .map_err(|e| self.transport(&url, e))?;
         if !status.is_success() {
-            let detail = parse_error_body(&body).into_iter().map(|e| format!("{} {}", e.code, e.message)).collect::<Vec<_>>().join("; ");
+            let detail = parse_error_body(&body)
+                .into_iter()
+                .map(|e| format!("{} {}", e.code, e.message))
+                .collect::<Vec<_>>()
+                .join("; ");
             return Err(auth_err(format!(
                 "token endpoint {} answered {status}{}{}",
                 redact(&url),
@@ -236,18 +300,30 @@ impl RegistryClient {
                 detail.trim()
             )));
         }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| auth_err(format!("token endpoint {} sent invalid JSON: {e}", redact(&url))))?;
-        parsed.into_token().ok_or_else(|| auth_err(format!("token endpoint {} sent no token", redact(&url))))
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            auth_err(format!(
+                "token endpoint {} sent invalid JSON: {e}",
+                redact(&url)
+            ))
+        })?;
+        parsed
+            .into_token()
+            .ok_or_else(|| auth_err(format!("token endpoint {} sent no token", redact(&url))))
     }
 
     /// Learns from a 401. Returns true when a retry with new credentials makes sense.
     fn learn_challenge(&self, headers: &HeaderMap, scope: &Scope, had_auth: bool) -> bool {
-        let Some(ch) = headers.get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).find_map(auth::parse_challenge) else {
+        let Some(ch) = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(auth::parse_challenge)
+        else {
             return false;
         };
         let mut st = self.auth.lock().expect("auth lock");
-        let changed = st.challenge.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&ch));
+        let changed =
+            st.challenge.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&ch));
         st.challenge = Some(ch.clone());
         match ch {
             Challenge::Basic => changed && !matches!(self.secret, Secret::Anonymous),
@@ -266,14 +342,24 @@ impl RegistryClient {
 
     /// Sends a request with a replayable body, handling auth challenges, rate limits and
     /// transient failures. Returns the response whatever its status (after retries).
-    async fn send(&self, method: Method, url: Url, scope: &Scope, headers: HeaderMap, body: Body) -> Result<Response> {
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &Scope,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response> {
         let idempotent = matches!(method, Method::GET | Method::HEAD);
         let mut auth_retries = 0;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let authz = self.authorization(scope).await?;
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(a) = &authz {
                 req = req.header(AUTHORIZATION, a);
             }
@@ -284,7 +370,11 @@ impl RegistryClient {
             let started = std::time::Instant::now();
             let resp = match req.send().await {
                 Ok(r) => r,
-                Err(e) if idempotent && attempt < MAX_ATTEMPTS && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                Err(e)
+                    if idempotent
+                        && attempt < MAX_ATTEMPTS
+                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
+                {
                     let d = backoff(attempt);
                     tracing::debug!(registry = %self.name, url = %redact(&url), error = %e, delay_ms = d.as_millis() as u64, "retrying after transport error");
                     tokio::time::sleep(d).await;
@@ -294,22 +384,38 @@ impl RegistryClient {
             };
             let status = resp.status();
             tracing::trace!(registry = %self.name, method = %method, url = %redact(&url), status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "registry request");
-            if status == StatusCode::UNAUTHORIZED && auth_retries < 2 && self.learn_challenge(resp.headers(), scope, authz.is_some()) {
+            if status == StatusCode::UNAUTHORIZED
+                && auth_retries < 2
+                && self.learn_challenge(resp.headers(), scope, authz.is_some())
+            {
                 auth_retries += 1;
                 continue;
             }
             let retryable = status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE
-                || (idempotent && (status == StatusCode::BAD_GATEWAY || status == StatusCode::GATEWAY_TIMEOUT));
+                || (idempotent
+                    && (status == StatusCode::BAD_GATEWAY
+                        || status == StatusCode::GATEWAY_TIMEOUT));
             if retryable {
-                let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
                 if attempt >= MAX_ATTEMPTS {
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        return Err(RegistryError::RateLimited { registry: self.name.clone(), url: redact(&url), attempts: attempt, retry_after });
+                        return Err(RegistryError::RateLimited {
+                            registry: self.name.clone(),
+                            url: redact(&url),
+                            attempts: attempt,
+                            retry_after,
+                        });
                     }
                     return Ok(resp);
                 }
-                let d = retry_after.map(|d| d.min(MAX_RETRY_DELAY)).unwrap_or_else(|| backoff(attempt));
+                let d = retry_after
+                    .map(|d| d.min(MAX_RETRY_DELAY))
+                    .unwrap_or_else(|| backoff(attempt));
                 tracing::info!(registry = %self.name, url = %redact(&url), status = status.as_u16(), delay_ms = d.as_millis() as u64, "registry asked us to slow down");
                 tokio::time::sleep(d).await;
                 continue;
@@ -318,7 +424,14 @@ impl RegistryClient {
         }
     }
 
-    async fn request(&self, method: Method, path: &str, scope: &Scope, headers: HeaderMap, body: Body) -> Result<(Url, Response)> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        scope: &Scope,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<(Url, Response)> {
         let url = self.url(path)?;
         let resp = self.send(method, url.clone(), scope, headers, body).await?;
         Ok((url, resp))
@@ -328,15 +441,29 @@ impl RegistryClient {
 
     /// `GET /v2/`: reachability and credentials.
     pub async fn ping(&self) -> Result<ApiInfo> {
-        let (url, resp) = self.request(Method::GET, "v2/", &Scope::registry(), HeaderMap::new(), Body::Empty).await?;
+        let (url, resp) = self
+            .request(
+                Method::GET,
+                "v2/",
+                &Scope::registry(),
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
         if !resp.status().is_success() {
             return Err(self.status_error(&Method::GET, &url, resp).await);
         }
         let api_version = header_str(resp.headers(), "docker-distribution-api-version");
-        let auth = self.auth.lock().expect("auth lock").challenge.as_ref().map(|c| match c {
-            Challenge::Basic => "basic".to_string(),
-            Challenge::Bearer { .. } => "bearer".to_string(),
-        });
+        let auth = self
+            .auth
+            .lock()
+            .expect("auth lock")
+            .challenge
+            .as_ref()
+            .map(|c| match c {
+                Challenge::Basic => "basic".to_string(),
+                Challenge::Bearer { .. } => "bearer".to_string(),
+            });
         Ok(ApiInfo { api_version, auth })
     }
 
@@ -346,14 +473,23 @@ impl RegistryClient {
 
     fn accept_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(ACCEPT, HeaderValue::from_str(&manifest::ACCEPT.join(", ")).expect("static header"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_str(&manifest::ACCEPT.join(", ")).expect("static header"),
+        );
         h
     }
 
     /// `GET` a manifest by tag or digest; the bytes are verified against the digest.
     pub async fn get_manifest(&self, repository: &str, reference: &str) -> Result<Manifest> {
         let (url, resp) = self
-            .request(Method::GET, &Self::manifest_path(repository, reference), &Scope::pull(repository), Self::accept_headers(), Body::Empty)
+            .request(
+                Method::GET,
+                &Self::manifest_path(repository, reference),
+                &Scope::pull(repository),
+                Self::accept_headers(),
+                Body::Empty,
+            )
             .await?;
         if !resp.status().is_success() {
             return Err(self.status_error(&Method::GET, &url, resp).await);
@@ -378,12 +514,16 @@ impl RegistryClient {
         let media_type = manifest::effective_media_type(content_type.as_deref(), &bytes);
         // The digest to trust: the one we asked for, else the registry's header, else our hash.
         let requested = digest::parse(reference);
-        let claimed = requested.clone().or_else(|| header_digest.as_deref().and_then(digest::parse));
+        let claimed = requested
+            .clone()
+            .or_else(|| header_digest.as_deref().and_then(digest::parse));
         let computed = digest::sha256(&bytes);
         let digest = match claimed {
             Some(expected) => {
                 self.verify_bytes(repository, &expected, &bytes)?;
-                if let (Some(req), Some(hd)) = (&requested, header_digest.as_deref().and_then(digest::parse)) {
+                if let (Some(req), Some(hd)) =
+                    (&requested, header_digest.as_deref().and_then(digest::parse))
+                {
                     if req.algorithm() == hd.algorithm() && req != &hd {
                         return Err(RegistryError::DigestMismatch {
                             registry: self.name.clone(),
@@ -397,7 +537,11 @@ impl RegistryClient {
             }
             None => computed,
         };
-        Ok(Manifest { media_type, digest, bytes })
+        Ok(Manifest {
+            media_type,
+            digest,
+            bytes,
+        })
     }
 
     fn verify_bytes(&self, repository: &str, expected: &Digest, bytes: &[u8]) -> Result<()> {
@@ -407,15 +551,26 @@ impl RegistryClient {
             expected: expected.to_string(),
             actual,
         };
-        let mut v = DigestVerifier::new(expected).ok_or_else(|| mismatch(format!("<unsupported algorithm {}>", expected.algorithm())))?;
+        let mut v = DigestVerifier::new(expected)
+            .ok_or_else(|| mismatch(format!("<unsupported algorithm {}>", expected.algorithm())))?;
         v.update(bytes);
         v.finish().map_err(mismatch)
     }
 
     /// `HEAD` a manifest: `None` when it does not exist.
-    pub async fn head_manifest(&self, repository: &str, reference: &str) -> Result<Option<RemoteDescriptor>> {
+    pub async fn head_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<RemoteDescriptor>> {
         let (url, resp) = self
-            .request(Method::HEAD, &Self::manifest_path(repository, reference), &Scope::pull(repository), Self::accept_headers(), Body::Empty)
+            .request(
+                Method::HEAD,
+                &Self::manifest_path(repository, reference),
+                &Scope::pull(repository),
+                Self::accept_headers(),
+                Body::Empty,
+            )
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -425,27 +580,60 @@ impl RegistryClient {
         }
         let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
         let size = resp.content_length().unwrap_or(0);
-        match header_str(resp.headers(), "docker-content-digest").as_deref().and_then(digest::parse) {
-            Some(digest) => Ok(Some(RemoteDescriptor { digest, media_type, size })),
+        match header_str(resp.headers(), "docker-content-digest")
+            .as_deref()
+            .and_then(digest::parse)
+        {
+            Some(digest) => Ok(Some(RemoteDescriptor {
+                digest,
+                media_type,
+                size,
+            })),
             // Some registries omit the header on HEAD: fall back to GET and hash.
             None => {
                 let m = self.get_manifest(repository, reference).await?;
-                Ok(Some(RemoteDescriptor { size: m.bytes.len() as u64, digest: m.digest, media_type: m.media_type }))
+                Ok(Some(RemoteDescriptor {
+                    size: m.bytes.len() as u64,
+                    digest: m.digest,
+                    media_type: m.media_type,
+                }))
             }
         }
     }
 
     /// `PUT` a manifest (exact bytes) under a tag or its digest.
-    pub async fn put_manifest(&self, repository: &str, reference: &str, m: &Manifest) -> Result<()> {
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        m: &Manifest,
+    ) -> Result<()> {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_str(&m.media_type).map_err(|_| self.invalid(&self.base, format!("media type {:?} is not a valid header", m.media_type)))?);
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(&m.media_type).map_err(|_| {
+                self.invalid(
+                    &self.base,
+                    format!("media type {:?} is not a valid header", m.media_type),
+                )
+            })?,
+        );
         let (url, resp) = self
-            .request(Method::PUT, &Self::manifest_path(repository, reference), &Scope::push(repository), h, Body::Bytes(m.bytes.clone()))
+            .request(
+                Method::PUT,
+                &Self::manifest_path(repository, reference),
+                &Scope::push(repository),
+                h,
+                Body::Bytes(m.bytes.clone()),
+            )
             .await?;
         if !resp.status().is_success() {
             return Err(self.status_error(&Method::PUT, &url, resp).await);
         }
-        if let Some(d) = header_str(resp.headers(), "docker-content-digest").as_deref().and_then(digest::parse) {
+        if let Some(d) = header_str(resp.headers(), "docker-content-digest")
+            .as_deref()
+            .and_then(digest::parse)
+        {
             if d.algorithm() == m.digest.algorithm() && d != m.digest {
                 return Err(RegistryError::DigestMismatch {
                     registry: self.name.clone(),
@@ -461,7 +649,13 @@ impl RegistryClient {
     /// `DELETE` a manifest by digest. Returns false when it was already gone.
     pub async fn delete_manifest(&self, repository: &str, digest: &Digest) -> Result<bool> {
         let (url, resp) = self
-            .request(Method::DELETE, &Self::manifest_path(repository, &digest.to_string()), &Scope::push(repository), HeaderMap::new(), Body::Empty)
+            .request(
+                Method::DELETE,
+                &Self::manifest_path(repository, digest.as_ref()),
+                &Scope::push(repository),
+                HeaderMap::new(),
+                Body::Empty,
+            )
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(true),
@@ -473,7 +667,13 @@ impl RegistryClient {
     /// `HEAD` a blob: its size when present, `None` when absent.
     pub async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>> {
         let (url, resp) = self
-            .request(Method::HEAD, &format!("v2/{repository}/blobs/{digest}"), &Scope::pull(repository), HeaderMap::new(), Body::Empty)
+            .request(
+                Method::HEAD,
+                &format!("v2/{repository}/blobs/{digest}"),
+                &Scope::pull(repository),
+                HeaderMap::new(),
+                Body::Empty,
+            )
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
@@ -484,14 +684,33 @@ impl RegistryClient {
 
     /// Streaming `GET` of a blob from `offset` (a `Range` request when non-zero). The caller
     /// verifies the digest while consuming the body.
-    pub async fn get_blob(&self, repository: &str, digest: &Digest, offset: u64) -> Result<Response> {
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<Response> {
         let mut h = HeaderMap::new();
         if offset > 0 {
-            h.insert(reqwest::header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"));
+            h.insert(
+                reqwest::header::RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii"),
+            );
         }
-        let (url, resp) =
-            self.request(Method::GET, &format!("v2/{repository}/blobs/{digest}"), &Scope::pull(repository), h, Body::Empty).await?;
-        let ok = if offset > 0 { resp.status() == StatusCode::PARTIAL_CONTENT } else { resp.status().is_success() };
+        let (url, resp) = self
+            .request(
+                Method::GET,
+                &format!("v2/{repository}/blobs/{digest}"),
+                &Scope::pull(repository),
+                h,
+                Body::Empty,
+            )
+            .await?;
+        let ok = if offset > 0 {
+            resp.status() == StatusCode::PARTIAL_CONTENT
+        } else {
+            resp.status().is_success()
+        };
         if !ok {
             if resp.status().is_success() {
                 return Err(self.invalid(&url, "registry ignored the Range request"));
@@ -502,16 +721,32 @@ impl RegistryClient {
     }
 
     fn upload_from(&self, repository: &str, url: &Url, resp: &Response) -> Result<BlobUpload> {
-        let loc = header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| self.invalid(url, "upload answer has no Location header"))?;
-        let location = self.base.join(&loc).map_err(|e| self.invalid(url, format!("bad upload Location {loc:?}: {e}")))?;
-        let offset = header_str(resp.headers(), "range").and_then(|r| parse_range_end(&r)).unwrap_or(0);
-        Ok(BlobUpload { repository: repository.to_string(), location, offset })
+        let loc = header_str(resp.headers(), LOCATION.as_str())
+            .ok_or_else(|| self.invalid(url, "upload answer has no Location header"))?;
+        let location = self
+            .base
+            .join(&loc)
+            .map_err(|e| self.invalid(url, format!("bad upload Location {loc:?}: {e}")))?;
+        let offset = header_str(resp.headers(), "range")
+            .and_then(|r| parse_range_end(&r))
+            .unwrap_or(0);
+        Ok(BlobUpload {
+            repository: repository.to_string(),
+            location,
+            offset,
+        })
     }
 
     /// Opens an upload session.
     pub async fn start_upload(&self, repository: &str) -> Result<BlobUpload> {
         let (url, resp) = self
-            .request(Method::POST, &format!("v2/{repository}/blobs/uploads/"), &Scope::push(repository), content_length_zero(), Body::Empty)
+            .request(
+                Method::POST,
+                &format!("v2/{repository}/blobs/uploads/"),
+                &Scope::push(repository),
+                content_length_zero(),
+                Body::Empty,
+            )
             .await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(&Method::POST, &url, resp).await);
@@ -520,12 +755,27 @@ impl RegistryClient {
     }
 
     /// Cross-repository mount of `digest` from `from` into `repository`.
-    pub async fn mount_blob(&self, repository: &str, digest: &Digest, from: &str) -> Result<MountOutcome> {
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<MountOutcome> {
         let path = format!("v2/{repository}/blobs/uploads/?mount={digest}&from={from}");
-        let (url, resp) = self.request(Method::POST, &path, &Scope::mount(repository, from), content_length_zero(), Body::Empty).await?;
+        let (url, resp) = self
+            .request(
+                Method::POST,
+                &path,
+                &Scope::mount(repository, from),
+                content_length_zero(),
+                Body::Empty,
+            )
+            .await?;
         match resp.status() {
             StatusCode::CREATED => Ok(MountOutcome::Mounted),
-            StatusCode::ACCEPTED => Ok(MountOutcome::NotMounted(self.upload_from(repository, &url, &resp)?)),
+            StatusCode::ACCEPTED => Ok(MountOutcome::NotMounted(
+                self.upload_from(repository, &url, &resp)?,
+            )),
             _ => Err(self.status_error(&Method::POST, &url, resp).await),
         }
     }
@@ -537,9 +787,15 @@ impl RegistryClient {
     }
 
     /// Completes an upload with the whole blob as a streaming body (one `PUT`, sent once).
-    pub async fn put_blob_stream(&self, upload: &BlobUpload, digest: &Digest, size: u64, body: reqwest::Body) -> Result<()> {
+    pub async fn put_blob_stream(
+        &self,
+        upload: &BlobUpload,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<()> {
         let mut url = upload.location.clone();
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        url.query_pairs_mut().append_pair("digest", digest.as_ref());
         let mut req = self
             .http
             .put(url.clone())
@@ -561,13 +817,27 @@ impl RegistryClient {
     pub async fn patch_chunk(&self, upload: &BlobUpload, chunk: Bytes) -> Result<BlobUpload> {
         let end = upload.offset + chunk.len() as u64;
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         h.insert(CONTENT_LENGTH, HeaderValue::from(chunk.len() as u64));
         if !chunk.is_empty() {
-            h.insert("content-range", HeaderValue::from_str(&format!("{}-{}", upload.offset, end - 1)).expect("ascii"));
+            h.insert(
+                "content-range",
+                HeaderValue::from_str(&format!("{}-{}", upload.offset, end - 1)).expect("ascii"),
+            );
         }
         let url = upload.location.clone();
-        let resp = self.send(Method::PATCH, url.clone(), &Scope::push(&upload.repository), h, Body::Bytes(chunk)).await?;
+        let resp = self
+            .send(
+                Method::PATCH,
+                url.clone(),
+                &Scope::push(&upload.repository),
+                h,
+                Body::Bytes(chunk),
+            )
+            .await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(&Method::PATCH, &url, resp).await);
         }
@@ -575,7 +845,13 @@ impl RegistryClient {
         if next.offset != end {
             // Some registries omit Range; trust our count only if they said nothing.
             if header_str(resp.headers(), "range").is_some() {
-                return Err(self.invalid(&url, format!("registry confirmed offset {} after a chunk ending at {end}", next.offset)));
+                return Err(self.invalid(
+                    &url,
+                    format!(
+                        "registry confirmed offset {} after a chunk ending at {end}",
+                        next.offset
+                    ),
+                ));
             }
             next.offset = end;
         }
@@ -585,8 +861,16 @@ impl RegistryClient {
     /// Finishes a chunked upload (`PUT ?digest=` with an empty body).
     pub async fn finish_upload(&self, upload: &BlobUpload, digest: &Digest) -> Result<()> {
         let mut url = upload.location.clone();
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
-        let resp = self.send(Method::PUT, url.clone(), &Scope::push(&upload.repository), content_length_zero(), Body::Empty).await?;
+        url.query_pairs_mut().append_pair("digest", digest.as_ref());
+        let resp = self
+            .send(
+                Method::PUT,
+                url.clone(),
+                &Scope::push(&upload.repository),
+                content_length_zero(),
+                Body::Empty,
+            )
+            .await?;
         if !resp.status().is_success() {
             return Err(self.status_error(&Method::PUT, &url, resp).await);
         }
@@ -596,19 +880,40 @@ impl RegistryClient {
     /// Asks the registry how many bytes of an upload it holds.
     pub async fn upload_status(&self, upload: &BlobUpload) -> Result<u64> {
         let url = upload.location.clone();
-        let resp = self.send(Method::GET, url.clone(), &Scope::push(&upload.repository), HeaderMap::new(), Body::Empty).await?;
+        let resp = self
+            .send(
+                Method::GET,
+                url.clone(),
+                &Scope::push(&upload.repository),
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
         if !resp.status().is_success() {
             return Err(self.status_error(&Method::GET, &url, resp).await);
         }
-        Ok(header_str(resp.headers(), "range").and_then(|r| parse_range_end(&r)).unwrap_or(0))
+        Ok(header_str(resp.headers(), "range")
+            .and_then(|r| parse_range_end(&r))
+            .unwrap_or(0))
     }
 
     /// Cancels an upload session; best effort (a session left behind expires on the registry).
     pub async fn cancel_upload(&self, upload: &BlobUpload) {
         let url = upload.location.clone();
-        match self.send(Method::DELETE, url.clone(), &Scope::push(&upload.repository), HeaderMap::new(), Body::Empty).await {
+        match self
+            .send(
+                Method::DELETE,
+                url.clone(),
+                &Scope::push(&upload.repository),
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await
+        {
             Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {}
-            Ok(r) => tracing::debug!(registry = %self.name, url = %redact(&url), status = r.status().as_u16(), "upload cancel refused"),
+            Ok(r) => {
+                tracing::debug!(registry = %self.name, url = %redact(&url), status = r.status().as_u16(), "upload cancel refused")
+            }
             Err(e) => tracing::debug!(registry = %self.name, error = %e, "upload cancel failed"),
         }
     }
@@ -621,10 +926,17 @@ impl RegistryClient {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let pages = self.paginate(&format!("v2/{repository}/tags/list?n={PAGE_SIZE}"), &Scope::pull(repository), true).await?;
+        let pages = self
+            .paginate(
+                &format!("v2/{repository}/tags/list?n={PAGE_SIZE}"),
+                &Scope::pull(repository),
+                true,
+            )
+            .await?;
         let mut out = Vec::new();
         for (url, body) in pages {
-            let t: Tags = serde_json::from_slice(&body).map_err(|e| self.invalid(&url, format!("tag list is not valid JSON: {e}")))?;
+            let t: Tags = serde_json::from_slice(&body)
+                .map_err(|e| self.invalid(&url, format!("tag list is not valid JSON: {e}")))?;
             out.extend(t.tags.unwrap_or_default());
         }
         Ok(out)
@@ -637,20 +949,40 @@ impl RegistryClient {
             #[serde(default)]
             repositories: Option<Vec<String>>,
         }
-        let pages = self.paginate(&format!("v2/_catalog?n={PAGE_SIZE}"), &Scope::catalog(), false).await?;
+        let pages = self
+            .paginate(
+                &format!("v2/_catalog?n={PAGE_SIZE}"),
+                &Scope::catalog(),
+                false,
+            )
+            .await?;
         let mut out = Vec::new();
         for (url, body) in pages {
-            let c: Catalog = serde_json::from_slice(&body).map_err(|e| self.invalid(&url, format!("catalog is not valid JSON: {e}")))?;
+            let c: Catalog = serde_json::from_slice(&body)
+                .map_err(|e| self.invalid(&url, format!("catalog is not valid JSON: {e}")))?;
             out.extend(c.repositories.unwrap_or_default());
         }
         Ok(out)
     }
 
-    async fn paginate(&self, first: &str, scope: &Scope, not_found_is_empty: bool) -> Result<Vec<(Url, Bytes)>> {
+    async fn paginate(
+        &self,
+        first: &str,
+        scope: &Scope,
+        not_found_is_empty: bool,
+    ) -> Result<Vec<(Url, Bytes)>> {
         let mut url = self.url(first)?;
         let mut pages = Vec::new();
         for _ in 0..100_000 {
-            let resp = self.send(Method::GET, url.clone(), scope, HeaderMap::new(), Body::Empty).await?;
+            let resp = self
+                .send(
+                    Method::GET,
+                    url.clone(),
+                    scope,
+                    HeaderMap::new(),
+                    Body::Empty,
+                )
+                .await?;
             if resp.status() == StatusCode::NOT_FOUND && not_found_is_empty && pages.is_empty() {
                 return Ok(pages);
             }
@@ -658,10 +990,17 @@ impl RegistryClient {
                 return Err(self.status_error(&Method::GET, &url, resp).await);
             }
             let next = header_str(resp.headers(), "link").and_then(|l| parse_next_link(&l));
-            let body = read_limited(resp, 64 * 1024 * 1024).await.map_err(|e| self.transport(&url, e))?;
+            let body = read_limited(resp, 64 * 1024 * 1024)
+                .await
+                .map_err(|e| self.transport(&url, e))?;
             pages.push((url.clone(), body));
             match next {
-                Some(n) => url = self.base.join(&n).map_err(|e| self.invalid(&url, format!("bad Link {n:?}: {e}")))?,
+                Some(n) => {
+                    url = self
+                        .base
+                        .join(&n)
+                        .map_err(|e| self.invalid(&url, format!("bad Link {n:?}: {e}")))?
+                }
                 None => return Ok(pages),
             }
         }
@@ -669,21 +1008,38 @@ impl RegistryClient {
     }
 
     /// The OCI 1.1 referrers API. `Ok(None)` when the registry does not implement it.
-    pub async fn referrers(&self, repository: &str, digest: &Digest) -> Result<Option<Vec<Descriptor>>> {
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>> {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static(manifest::OCI_INDEX));
-        let (url, resp) = self.request(Method::GET, &format!("v2/{repository}/referrers/{digest}"), &Scope::pull(repository), h, Body::Empty).await?;
+        let (url, resp) = self
+            .request(
+                Method::GET,
+                &format!("v2/{repository}/referrers/{digest}"),
+                &Scope::pull(repository),
+                h,
+                Body::Empty,
+            )
+            .await?;
         match resp.status() {
             StatusCode::OK => {
                 let ct = header_str(resp.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
-                let body = read_limited(resp, MAX_MANIFEST_BYTES).await.map_err(|e| self.transport(&url, e))?;
+                let body = read_limited(resp, MAX_MANIFEST_BYTES)
+                    .await
+                    .map_err(|e| self.transport(&url, e))?;
                 if !ct.starts_with(manifest::OCI_INDEX) {
                     return Ok(None);
                 }
-                let index: ImageIndex = serde_json::from_slice(&body).map_err(|e| self.invalid(&url, format!("referrers index: {e}")))?;
+                let index: ImageIndex = serde_json::from_slice(&body)
+                    .map_err(|e| self.invalid(&url, format!("referrers index: {e}")))?;
                 Ok(Some(index.manifests().clone()))
             }
-            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => Ok(None),
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
+                Ok(None)
+            }
             _ => Err(self.status_error(&Method::GET, &url, resp).await),
         }
     }
@@ -696,7 +1052,10 @@ fn content_length_zero() -> HeaderMap {
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
 }
 
 /// URL for messages: no query (upload `_state` tokens are long and may be sensitive).
@@ -736,7 +1095,10 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// `Range: 0-1023` → 1024 (the next offset). `0-0` on an empty session means 0 bytes held.
@@ -760,7 +1122,13 @@ fn parse_next_link(link: &str) -> Option<String> {
             let p = p.trim().replace(' ', "");
             p == "rel=\"next\"" || p == "rel=next"
         }) {
-            Some(target.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            Some(
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string(),
+            )
         } else {
             None
         }
@@ -773,8 +1141,14 @@ mod tests {
 
     #[test]
     fn next_link_forms() {
-        assert_eq!(parse_next_link(r#"</v2/_catalog?last=b&n=2>; rel="next""#).as_deref(), Some("/v2/_catalog?last=b&n=2"));
-        assert_eq!(parse_next_link(r#"<https://x/v2/a/tags/list?n=1&last=v1>; rel=next"#).as_deref(), Some("https://x/v2/a/tags/list?n=1&last=v1"));
+        assert_eq!(
+            parse_next_link(r#"</v2/_catalog?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/_catalog?last=b&n=2")
+        );
+        assert_eq!(
+            parse_next_link(r#"<https://x/v2/a/tags/list?n=1&last=v1>; rel=next"#).as_deref(),
+            Some("https://x/v2/a/tags/list?n=1&last=v1")
+        );
         assert_eq!(parse_next_link(r#"</x>; rel="prev""#), None);
     }
 
@@ -783,8 +1157,14 @@ mod tests {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         let d = parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 

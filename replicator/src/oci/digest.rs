@@ -10,7 +10,9 @@ use oci_spec::image::DigestAlgorithm;
 /// Computes the sha256 digest of `bytes`.
 pub fn sha256(bytes: &[u8]) -> Digest {
     let hex = hex::encode(Sha256::digest(bytes));
-    format!("sha256:{hex}").parse().expect("a sha256 hex string is a valid digest")
+    format!("sha256:{hex}")
+        .parse()
+        .expect("a sha256 hex string is a valid digest")
 }
 
 /// Parses a digest string, returning `None` for anything malformed.
@@ -38,7 +40,11 @@ impl DigestVerifier {
             DigestAlgorithm::Sha512 => State::Sha512(Sha512::new()),
             _ => return None,
         };
-        Some(DigestVerifier { expected: expected.clone(), state, bytes: 0 })
+        Some(DigestVerifier {
+            expected: expected.clone(),
+            state,
+            bytes: 0,
+        })
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
@@ -101,6 +107,9 @@ mod tests {
     fn parse_rejects_garbage() {
         assert!(parse("sha256:xyz").is_none());
         assert!(parse("nonsense").is_none());
-        assert!(parse("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a").is_some());
+        assert!(
+            parse("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+                .is_some()
+        );
     }
 }

@@ -31,7 +31,10 @@ pub fn parse_error_body(body: &[u8]) -> Vec<ErrorEntry> {
     if line.is_empty() {
         Vec::new()
     } else {
-        vec![ErrorEntry { code: String::new(), message: line.chars().take(300).collect() }]
+        vec![ErrorEntry {
+            code: String::new(),
+            message: line.chars().take(300).collect(),
+        }]
     }
 }
 
@@ -60,28 +63,66 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
     #[error("registry {registry}: {method} {url} answered {status}: {}", describe(.errors))]
-    Status { registry: String, method: String, url: String, status: u16, errors: Vec<ErrorEntry> },
+    Status {
+        registry: String,
+        method: String,
+        url: String,
+        status: u16,
+        errors: Vec<ErrorEntry>,
+    },
     #[error(
         "registry {registry}: {method} {url} was refused ({status}): {}; check the credential configured for this registry",
         describe(.errors)
     )]
-    Denied { registry: String, method: String, url: String, status: u16, errors: Vec<ErrorEntry> },
+    Denied {
+        registry: String,
+        method: String,
+        url: String,
+        status: u16,
+        errors: Vec<ErrorEntry>,
+    },
     #[error("registry {registry}: authentication failed: {message}")]
     Auth { registry: String, message: String },
     #[error(
         "registry {registry}: {repository}@{expected}: content hashes to {actual}; refusing corrupt data"
     )]
-    DigestMismatch { registry: String, repository: String, expected: String, actual: String },
+    DigestMismatch {
+        registry: String,
+        repository: String,
+        expected: String,
+        actual: String,
+    },
     #[error(
         "registry {registry}: {repository}@{digest}: expected {expected} bytes, got {actual}; refusing truncated or padded data"
     )]
-    SizeMismatch { registry: String, repository: String, digest: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        registry: String,
+        repository: String,
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("registry {registry}: manifest {repository}:{reference} is {size} bytes, over the {limit}-byte limit")]
-    ManifestTooLarge { registry: String, repository: String, reference: String, size: u64, limit: u64 },
+    ManifestTooLarge {
+        registry: String,
+        repository: String,
+        reference: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("registry {registry}: unexpected answer from {url}: {message}")]
-    InvalidResponse { registry: String, url: String, message: String },
+    InvalidResponse {
+        registry: String,
+        url: String,
+        message: String,
+    },
     #[error("registry {registry}: still rate limited after {attempts} attempts on {url} (last Retry-After {retry_after:?})")]
-    RateLimited { registry: String, url: String, attempts: u32, retry_after: Option<Duration> },
+    RateLimited {
+        registry: String,
+        url: String,
+        attempts: u32,
+        retry_after: Option<Duration>,
+    },
     #[error("registry {registry}: bad configuration: {message}")]
     Config { registry: String, message: String },
     #[error("operation cancelled")]
@@ -92,7 +133,9 @@ impl RegistryError {
     /// HTTP status of the registry's answer, if the error is one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            RegistryError::Status { status, .. } | RegistryError::Denied { status, .. } => Some(*status),
+            RegistryError::Status { status, .. } | RegistryError::Denied { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -107,7 +150,9 @@ impl RegistryError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RegistryError::Transport { .. } | RegistryError::RateLimited { .. } => true,
-            RegistryError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            RegistryError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             _ => false,
         }
     }
@@ -121,15 +166,28 @@ mod tests {
 
     #[test]
     fn parses_oci_envelope() {
-        let e = parse_error_body(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#);
-        assert_eq!(e, vec![ErrorEntry { code: "MANIFEST_UNKNOWN".into(), message: "manifest unknown".into() }]);
+        let e = parse_error_body(
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#,
+        );
+        assert_eq!(
+            e,
+            vec![ErrorEntry {
+                code: "MANIFEST_UNKNOWN".into(),
+                message: "manifest unknown".into()
+            }]
+        );
     }
 
     #[test]
     fn falls_back_to_text_and_empty() {
-        assert_eq!(parse_error_body(b"<html>bad gateway</html>\nmore")[0].message, "<html>bad gateway</html>");
+        assert_eq!(
+            parse_error_body(b"<html>bad gateway</html>\nmore")[0].message,
+            "<html>bad gateway</html>"
+        );
         assert!(parse_error_body(b"").is_empty());
-        assert!(parse_error_body(b"{\"errors\":[]}")[0].message.starts_with('{'));
+        assert!(parse_error_body(b"{\"errors\":[]}")[0]
+            .message
+            .starts_with('{'));
     }
 
     #[test]
@@ -139,10 +197,18 @@ mod tests {
             method: "GET".into(),
             url: "https://r/v2/".into(),
             status: 401,
-            errors: vec![ErrorEntry { code: "UNAUTHORIZED".into(), message: "authentication required".into() }],
+            errors: vec![ErrorEntry {
+                code: "UNAUTHORIZED".into(),
+                message: "authentication required".into(),
+            }],
         };
         let s = e.to_string();
-        assert!(s.contains("registry eu") && s.contains("UNAUTHORIZED: authentication required") && s.contains("credential"), "{s}");
+        assert!(
+            s.contains("registry eu")
+                && s.contains("UNAUTHORIZED: authentication required")
+                && s.contains("credential"),
+            "{s}"
+        );
         assert!(!e.is_retryable());
     }
 }

@@ -18,11 +18,19 @@ pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.man
 pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
 /// Every manifest media type Ferry asks for (`Accept`), most preferred first.
-pub const ACCEPT: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, OCI_ARTIFACT];
+pub const ACCEPT: &[&str] = &[
+    OCI_INDEX,
+    OCI_MANIFEST,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_ARTIFACT,
+];
 
 /// Config media types that make a manifest a runnable image (the `resource: image` filter).
-pub const IMAGE_CONFIG_TYPES: &[&str] =
-    &["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
+pub const IMAGE_CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
 
 /// Largest manifest accepted (the distribution spec's recommended limit).
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
@@ -53,9 +61,16 @@ pub struct Child {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestGraph {
     /// OCI index or Docker manifest list.
-    Index { children: Vec<Child>, subject: Option<Descriptor> },
+    Index {
+        children: Vec<Child>,
+        subject: Option<Descriptor>,
+    },
     /// Image or artifact manifest: `blobs` are the config (first, when present) and the layers.
-    Image { blobs: Vec<Descriptor>, config_media_type: Option<String>, subject: Option<Descriptor> },
+    Image {
+        blobs: Vec<Descriptor>,
+        config_media_type: Option<String>,
+        subject: Option<Descriptor>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +101,14 @@ struct Sniff {
 pub fn effective_media_type(content_type: Option<&str>, bytes: &[u8]) -> String {
     let ct = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_string());
     match ct {
-        Some(c) if !c.is_empty() && c != "application/json" && c != "text/plain" && c != "application/octet-stream" => c,
+        Some(c)
+            if !c.is_empty()
+                && c != "application/json"
+                && c != "text/plain"
+                && c != "application/octet-stream" =>
+        {
+            c
+        }
         _ => match serde_json::from_slice::<Sniff>(bytes) {
             Ok(s) => match s.media_type {
                 Some(m) => m,
@@ -101,7 +123,10 @@ pub fn effective_media_type(content_type: Option<&str>, bytes: &[u8]) -> String 
 }
 
 fn malformed(media_type: &str, e: impl std::fmt::Display) -> ManifestError {
-    ManifestError::Malformed { media_type: media_type.to_string(), message: e.to_string() }
+    ManifestError::Malformed {
+        media_type: media_type.to_string(),
+        message: e.to_string(),
+    }
 }
 
 impl Manifest {
@@ -110,21 +135,30 @@ impl Manifest {
         let mt = self.media_type.as_str();
         match mt {
             OCI_INDEX | DOCKER_LIST => {
-                let index: ImageIndex = serde_json::from_slice(&self.bytes).map_err(|e| malformed(mt, e))?;
+                let index: ImageIndex =
+                    serde_json::from_slice(&self.bytes).map_err(|e| malformed(mt, e))?;
                 let children = index
                     .manifests()
                     .iter()
                     .map(|d| Child {
                         descriptor: d.clone(),
                         platform: d.platform().as_ref().map(|p| {
-                            (p.os().to_string(), p.architecture().to_string(), p.variant().clone())
+                            (
+                                p.os().to_string(),
+                                p.architecture().to_string(),
+                                p.variant().clone(),
+                            )
                         }),
                     })
                     .collect();
-                Ok(ManifestGraph::Index { children, subject: index.subject().clone() })
+                Ok(ManifestGraph::Index {
+                    children,
+                    subject: index.subject().clone(),
+                })
             }
             OCI_MANIFEST | DOCKER_MANIFEST => {
-                let m: ImageManifest = serde_json::from_slice(&self.bytes).map_err(|e| malformed(mt, e))?;
+                let m: ImageManifest =
+                    serde_json::from_slice(&self.bytes).map_err(|e| malformed(mt, e))?;
                 let mut blobs = Vec::with_capacity(m.layers().len() + 1);
                 blobs.push(m.config().clone());
                 blobs.extend(m.layers().iter().cloned());
@@ -135,14 +169,17 @@ impl Manifest {
                 })
             }
             OCI_ARTIFACT => {
-                let m: ArtifactManifest = serde_json::from_slice(&self.bytes).map_err(|e| malformed(mt, e))?;
+                let m: ArtifactManifest =
+                    serde_json::from_slice(&self.bytes).map_err(|e| malformed(mt, e))?;
                 Ok(ManifestGraph::Image {
                     blobs: m.blobs().clone(),
                     config_media_type: None,
                     subject: m.subject().clone(),
                 })
             }
-            DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED => Err(ManifestError::Unsupported(mt.to_string())),
+            DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED => {
+                Err(ManifestError::Unsupported(mt.to_string()))
+            }
             other => Err(ManifestError::Unsupported(other.to_string())),
         }
     }
@@ -153,7 +190,9 @@ impl ManifestGraph {
     pub fn is_image(&self) -> bool {
         match self {
             ManifestGraph::Index { .. } => true,
-            ManifestGraph::Image { config_media_type, .. } => config_media_type
+            ManifestGraph::Image {
+                config_media_type, ..
+            } => config_media_type
                 .as_deref()
                 .is_some_and(|c| IMAGE_CONFIG_TYPES.contains(&c)),
         }
@@ -166,7 +205,11 @@ mod tests {
     use crate::oci::digest::sha256;
 
     fn manifest(media_type: &str, json: &str) -> Manifest {
-        Manifest { media_type: media_type.into(), digest: sha256(json.as_bytes()), bytes: Bytes::from(json.to_string()) }
+        Manifest {
+            media_type: media_type.into(),
+            digest: sha256(json.as_bytes()),
+            bytes: Bytes::from(json.to_string()),
+        }
     }
 
     const D1: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
@@ -178,7 +221,9 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D1}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{D2}","size":5}}]}}"#
         );
         let g = manifest(OCI_MANIFEST, &json).graph().unwrap();
-        let ManifestGraph::Image { blobs, .. } = &g else { panic!("{g:?}") };
+        let ManifestGraph::Image { blobs, .. } = &g else {
+            panic!("{g:?}")
+        };
         assert_eq!(blobs.len(), 2);
         assert_eq!(blobs[0].digest().to_string(), D1);
         assert!(g.is_image());
@@ -190,8 +235,13 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{D2}","size":5,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
         );
         let g = manifest(DOCKER_LIST, &json).graph().unwrap();
-        let ManifestGraph::Index { children, .. } = g else { panic!() };
-        assert_eq!(children[0].platform, Some(("linux".into(), "arm64".into(), Some("v8".into()))));
+        let ManifestGraph::Index { children, .. } = g else {
+            panic!()
+        };
+        assert_eq!(
+            children[0].platform,
+            Some(("linux".into(), "arm64".into(), Some("v8".into())))
+        );
     }
 
     #[test]
@@ -201,22 +251,45 @@ mod tests {
         );
         let g = manifest(OCI_MANIFEST, &json).graph().unwrap();
         assert!(!g.is_image());
-        let ManifestGraph::Image { subject, .. } = g else { panic!() };
+        let ManifestGraph::Image { subject, .. } = g else {
+            panic!()
+        };
         assert_eq!(subject.unwrap().digest().to_string(), D2);
     }
 
     #[test]
     fn malformed_and_unsupported_are_errors_not_panics() {
-        assert!(matches!(manifest(OCI_MANIFEST, "{").graph(), Err(ManifestError::Malformed { .. })));
-        assert!(matches!(manifest(OCI_INDEX, r#"{"manifests":"x"}"#).graph(), Err(ManifestError::Malformed { .. })));
-        assert!(matches!(manifest(DOCKER_SCHEMA1_SIGNED, "{}").graph(), Err(ManifestError::Unsupported(_))));
-        assert!(matches!(manifest("text/html", "{}").graph(), Err(ManifestError::Unsupported(_))));
+        assert!(matches!(
+            manifest(OCI_MANIFEST, "{").graph(),
+            Err(ManifestError::Malformed { .. })
+        ));
+        assert!(matches!(
+            manifest(OCI_INDEX, r#"{"manifests":"x"}"#).graph(),
+            Err(ManifestError::Malformed { .. })
+        ));
+        assert!(matches!(
+            manifest(DOCKER_SCHEMA1_SIGNED, "{}").graph(),
+            Err(ManifestError::Unsupported(_))
+        ));
+        assert!(matches!(
+            manifest("text/html", "{}").graph(),
+            Err(ManifestError::Unsupported(_))
+        ));
     }
 
     #[test]
     fn media_type_from_body_when_content_type_is_generic() {
-        assert_eq!(effective_media_type(Some("application/json"), br#"{"mediaType":"x/y"}"#), "x/y");
-        assert_eq!(effective_media_type(None, br#"{"schemaVersion":2,"manifests":[]}"#), OCI_INDEX);
-        assert_eq!(effective_media_type(Some(&format!("{OCI_MANIFEST}; charset=utf-8")), b"{}"), OCI_MANIFEST);
+        assert_eq!(
+            effective_media_type(Some("application/json"), br#"{"mediaType":"x/y"}"#),
+            "x/y"
+        );
+        assert_eq!(
+            effective_media_type(None, br#"{"schemaVersion":2,"manifests":[]}"#),
+            OCI_INDEX
+        );
+        assert_eq!(
+            effective_media_type(Some(&format!("{OCI_MANIFEST}; charset=utf-8")), b"{}"),
+            OCI_MANIFEST
+        );
     }
 }

@@ -1,14 +1,15 @@
 //! Replication policies: Harbor-compatible JSON (field names as in Harbor's API), plus Ferry's
 //! own additions (`platform` filter, `copy_referrers`, several `dest_registries`).
 //!
-//! Invariants: a [`Policy`] that passed [`crate::config::Config::validate`] has compiled
-//! filters and a namespace rule that cannot fail on a valid repository name; all matching is pure
+//! Invariants: a [`Policy`] that passed [`crate::config::Config::validate`] has filters that
+//! compile and a valid `dest_namespace` (a repository with fewer path components than
+//! `dest_namespace_replace_count` strips is still an error, as in Harbor); all matching is pure
 //! (no I/O), so the same policy answers the same way in the agent, the worker and `ferry diff`.
 
 mod filter;
 mod model;
 mod namespace;
 
-pub use filter::{Selector, SelectorError};
+pub use filter::{LabelFilter, Selector, SelectorError};
 pub use model::*;
 pub use namespace::{rewrite_repository, NamespaceError};

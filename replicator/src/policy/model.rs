@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// One replication policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = add_deprecated_deletion_alias)]
 pub struct Policy {
     /// Unique name; used in metrics, logs and `--policy`.
     pub name: String,
@@ -27,6 +28,7 @@ pub struct Policy {
     pub dest_namespace: String,
     /// Harbor's table: -1 flattens all, 0 prefixes, n strips n leading segments.
     #[serde(default = "default_replace_count")]
+    #[schemars(range(min = -1))]
     pub dest_namespace_replace_count: i32,
     #[serde(default)]
     pub trigger: Trigger,
@@ -49,6 +51,24 @@ pub struct Policy {
     /// Copy referrers (signatures, SBOMs, attestations) of every copied manifest.
     #[serde(default = "default_true")]
     pub copy_referrers: bool,
+}
+
+/// Lists Harbor's deprecated `deletion` (read by serde as an alias of `replicate_deletion`) in
+/// the schema, so that editors and the structural check accept it.
+fn add_deprecated_deletion_alias(schema: &mut schemars::Schema) {
+    if let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        properties.insert(
+            "deletion".to_string(),
+            serde_json::json!({
+                "type": "boolean",
+                "deprecated": true,
+                "description": "Harbor's deprecated name for `replicate_deletion`; set only one of them."
+            }),
+        );
+    }
 }
 
 fn default_replace_count() -> i32 {
@@ -132,6 +152,15 @@ pub enum Decoration {
 }
 
 impl Policy {
+    /// Why `dest_namespace` is not a valid destination namespace, if it is not. Empty is valid
+    /// (it keeps the source paths).
+    pub fn dest_namespace_error(&self) -> Option<String> {
+        if self.dest_namespace.is_empty() {
+            return None;
+        }
+        super::namespace::check_repository(&self.dest_namespace).err()
+    }
+
     /// Every destination of this policy (`dest_registry` and `dest_registries`).
     pub fn destinations(&self) -> impl Iterator<Item = &RegistryRef> {
         self.dest_registry.iter().chain(self.dest_registries.iter())

@@ -1,0 +1,337 @@
+//! Bad answers from registries: each must end in a clear error (or a correct recovery), never a
+//! panic, and never a partial commit on the destination.
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use ferry_testkit::{sha256_digest, BearerSetup, Behavior, FakeRegistry, Registry};
+use serde_json::json;
+
+const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Stores a one-layer image in a fake registry; returns (manifest digest, layer digest).
+fn seed_image(fake: &FakeRegistry, repo: &str, tag: &str, layer: Vec<u8>) -> (String, String) {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let (config_size, layer_size) = (config.len(), layer.len());
+    let config_digest = fake.put_blob(config);
+    let layer_digest = fake.put_blob(layer);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": layer_size}]
+    });
+    let digest = fake.put_manifest(
+        repo,
+        Some(tag),
+        OCI_MANIFEST,
+        serde_json::to_vec(&manifest).unwrap(),
+    );
+    (digest, layer_digest)
+}
+
+async fn blob_on(url: &str, repo: &str, digest: &str) -> u16 {
+    reqwest::Client::new()
+        .head(format!("{url}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn manifest_on(url: &str, repo: &str, tag: &str) -> u16 {
+    reqwest::Client::new()
+        .head(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_source_blob_fails_loudly_and_commits_nothing() {
+    let fake = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let (_, layer) = seed_image(&fake, "team/app", "v1", vec![7u8; 3 * 1024 * 1024]);
+    fake.set_behavior(|b| b.corrupt_blobs = HashSet::from([layer.clone()]));
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &fake.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let error = report["tags"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&layer)
+            && error.contains("refusing corrupt data")
+            && error.contains("registry src"),
+        "{error}"
+    );
+    assert_eq!(
+        blob_on(&dst.url(), "team/app", &layer).await,
+        404,
+        "no corrupt blob on the destination"
+    );
+    assert_eq!(
+        manifest_on(&dst.url(), "team/app", "v1").await,
+        404,
+        "no tag on the destination"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunked_upload_is_cancelled_too() {
+    let fake = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let (_, layer) = seed_image(&fake, "team/app", "v1", vec![9u8; 300 * 1024]);
+    fake.set_behavior(|b| b.corrupt_blobs = HashSet::from([layer.clone()]));
+    let dst = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dst_reg = registry("dst", &dst.url());
+    dst_reg["chunk_size"] = json!(64 * 1024);
+    let cfg = write_config_with(
+        dir.path(),
+        vec![registry("src", &fake.url()), dst_reg],
+        policy(json!({"copy_by_chunk": true})),
+    );
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        report["tags"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refusing corrupt data"),
+        "{report:#}"
+    );
+    assert!(!dst.has_blob(&layer));
+    assert!(dst.manifest("team/app", "v1").is_none());
+    let log = dst.request_log();
+    assert!(
+        log.iter()
+            .any(|(m, p)| m == "DELETE" && p.contains("/blobs/uploads/")),
+        "upload session cancelled: {log:?}"
+    );
+    let corrupt_put = format!("digest={}", layer.replace(':', "%3A"));
+    assert!(
+        !log.iter()
+            .any(|(m, p)| m == "PUT" && p.contains(&corrupt_put)),
+        "the corrupt upload never completed: {log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_registry_message_is_shown() {
+    let fake = FakeRegistry::start(Behavior {
+        deny: Some((
+            403,
+            "DENIED".into(),
+            "robot account disabled by admin".into(),
+        )),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &fake.url(), &dst.url(), json!({}));
+    let out = ferry(&[
+        "sync",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--progress",
+        "plain",
+    ])
+    .await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("registry src")
+            && out
+                .stderr
+                .contains("DENIED: robot account disabled by admin")
+            && out.stderr.contains("403"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_and_bearer_auth_flows() {
+    for behavior in [
+        Behavior {
+            require_basic: Some(("robot".into(), "s3cret".into())),
+            ..Default::default()
+        },
+        Behavior {
+            require_bearer: Some(BearerSetup {
+                username: "robot".into(),
+                password: "s3cret".into(),
+                service: "fake".into(),
+            }),
+            ..Default::default()
+        },
+    ] {
+        let fake = FakeRegistry::start(behavior).await.unwrap();
+        let (digest, _) = seed_image(&fake, "team/app", "v1", vec![1u8; 2048]);
+        let dst = Registry::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let mut src = registry("src", &fake.url());
+        src["credential"] = json!({"type": "basic", "username": "robot", "password_file": pw});
+        let cfg = write_config_with(
+            dir.path(),
+            vec![src.clone(), registry("dst", &dst.url())],
+            policy(json!({})),
+        );
+        let (out, report) = sync(&cfg).await;
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        assert_eq!(report["tags"][0]["digest"], digest);
+
+        // Wrong password: refused, with the registry named and no secret in the message.
+        std::fs::write(&pw, "wrong").unwrap();
+        let out = ferry(&[
+            "sync",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--progress",
+            "plain",
+        ])
+        .await;
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(out.stderr.contains("registry src"), "{}", out.stderr);
+        assert!(
+            !out.stderr.contains("wrong"),
+            "secret leaked: {}",
+            out.stderr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_manifest_is_refused() {
+    let fake = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let huge = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": [], "annotations": {"pad": "x".repeat(5 * 1024 * 1024)}});
+    fake.put_manifest(
+        "team/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        serde_json::to_vec(&huge).unwrap(),
+    );
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &fake.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 1);
+    let e = report["tags"][0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("over the 4194304-byte limit") && e.contains("team/app:v1"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_vanishing_mid_sync_is_skipped_not_failed() {
+    let fake = FakeRegistry::start(Behavior::default()).await.unwrap();
+    seed_image(&fake, "team/app", "v1", vec![1u8; 100]);
+    seed_image(&fake, "team/app", "gone", vec![2u8; 100]);
+    fake.set_behavior(|b| b.vanish_after_list = HashSet::from(["gone".to_string()]));
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &fake.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&report, "copied"), 1);
+    let skipped: Vec<_> = report["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["outcome"] == "skipped")
+        .collect();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("disappeared"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_rejecting_a_media_type_fails_that_tag_with_its_message() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    seed_image(&src, "team/app", "v1", vec![3u8; 100]);
+    let dst = FakeRegistry::start(Behavior {
+        reject_manifest_media_types: HashSet::from([OCI_MANIFEST.to_string()]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 1);
+    let e = report["tags"][0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("registry dst") && e.contains("MANIFEST_INVALID") && e.contains("400"),
+        "{e}"
+    );
+    assert!(dst.manifest("team/app", "v1").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_with_retry_after_is_honored() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let (digest, _) = seed_image(&src, "team/app", "v1", vec![4u8; 100]);
+    src.set_behavior(|b| b.retry_after = Some((2, "1".into())));
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let started = std::time::Instant::now();
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(report["tags"][0]["digest"], digest);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "two 429s with Retry-After: 1 must wait ~2 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_answered_with_202_falls_back_to_upload() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let layer = vec![5u8; 4096];
+    let layer_digest = sha256_digest(&layer);
+    seed_image(&src, "team/a", "v1", layer.clone());
+    seed_image(&src, "team/b", "v1", layer);
+    let dst = FakeRegistry::start(Behavior {
+        mount_answers_202: true,
+        relative_locations: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&report, "copied"), 2);
+    assert!(dst.has_blob(&layer_digest));
+    assert!(dst.manifest("team/b", "v1").is_some() && dst.manifest("team/a", "v1").is_some());
+}
+
+#[tokio::test]
+async fn malformed_policy_file_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"registries": [], "policies": [{"name": "x", "src_registry": {"name": "nowhere"}, "dest_registry": {"name": "us"}, "bogus": 1}]}"#).unwrap();
+    let out = ferry(&["policy", "validate", bad.to_str().unwrap()]).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("policies[0].bogus"), "{}", out.stdout);
+    let out = ferry(&["sync", "--config", bad.to_str().unwrap()]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("policies[0].bogus"), "{}", out.stderr);
+    let out = ferry(&["sync"]).await;
+    assert_eq!(out.code, 2, "usage error");
+}

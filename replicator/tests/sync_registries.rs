@@ -1,0 +1,295 @@
+//! `ferry sync` / `ferry diff` between two real `docker-registry` processes, checked with skopeo.
+mod common;
+
+use common::*;
+use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_corpus_digest_exact_and_resync_moves_nothing() {
+    let (src, dst) = (
+        Registry::start().await.unwrap(),
+        Registry::start().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = build_corpus(&dir.path().join("layout"));
+    push_corpus(&corpus, &src.host()).await;
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let cfg_s = cfg.to_str().unwrap();
+
+    // Drift before: every tag but the signature (a referrer, reported with its subject) is missing.
+    let before = ferry(&["diff", "--config", cfg_s, "--json"]).await;
+    assert_eq!(
+        before.code, 1,
+        "diff must exit 1 on drift: {}",
+        before.stderr
+    );
+    assert_eq!(
+        before.json()[0]["missing"].as_array().unwrap().len(),
+        5,
+        "{}",
+        before.stdout
+    );
+
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "sync failed:\n{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&report, "copied"), 5, "{report:#}");
+    let sig_referrers: u64 = report["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["referrers_copied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sig_referrers, 1,
+        "the cosign-style signature follows app:v1"
+    );
+    // The base layer is shared by three images in two repositories: it crosses the wire once and
+    // is mounted (or found) for the others.
+    let stats = &report["stats"];
+    assert!(stats["blobs_mounted"].as_u64().unwrap() >= 1, "{stats}");
+
+    // Independent check: skopeo reads the same bytes under every tag, and every blob re-hashes.
+    for (_, repo, tag, digest) in &corpus.refs {
+        let reference = format!("{repo}:{tag}");
+        assert_eq!(
+            &raw_digest(&dst.host(), &reference).await,
+            digest,
+            "{reference}"
+        );
+        assert!(
+            skopeo::pull_and_verify(&dst.host(), &reference)
+                .await
+                .unwrap()
+                >= 1,
+            "{reference}"
+        );
+    }
+    let copied_bytes = stats["bytes_copied"].as_u64().unwrap();
+    assert!(copied_bytes >= corpus.base_layer.size, "{stats}");
+    assert!(
+        copied_bytes < 2 * corpus.base_layer.size,
+        "the base layer must not cross twice: {stats}"
+    );
+
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(outcomes(&report, "unchanged"), 5, "{report:#}");
+    assert_eq!(
+        report["stats"]["bytes_copied"], 0,
+        "a resync moves no blob bytes"
+    );
+    assert_eq!(report["stats"]["manifests_pushed"], 0);
+
+    let after = ferry(&["diff", "--config", cfg_s]).await;
+    assert_eq!(after.code, 0, "no drift after sync:\n{}", after.stdout);
+    assert!(
+        after.stdout.contains("0 missing, 0 different, 0 extra"),
+        "{}",
+        after.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_false_keeps_different_destination_tag_and_reports_it() {
+    let (src, dst) = (
+        Registry::start().await.unwrap(),
+        Registry::start().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
+    let ours = b
+        .image(
+            "ours",
+            &[LayerSpec {
+                seed: 10,
+                size: 1000,
+            }],
+        )
+        .unwrap();
+    let theirs = b
+        .image(
+            "theirs",
+            &[LayerSpec {
+                seed: 11,
+                size: 1000,
+            }],
+        )
+        .unwrap();
+    let layout = b.finish().unwrap();
+    skopeo::push_layout(&layout, "ours", &src.host(), "team/app:v1")
+        .await
+        .unwrap();
+    skopeo::push_layout(&layout, "theirs", &dst.host(), "team/app:v1")
+        .await
+        .unwrap();
+
+    let cfg = write_config(
+        dir.path(),
+        &src.url(),
+        &dst.url(),
+        json!({"override": false}),
+    );
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(
+        out.code, 1,
+        "a kept tag means the destination does not match"
+    );
+    assert_eq!(outcomes(&report, "kept"), 1, "{report:#}");
+    assert_eq!(report["tags"][0]["destination_digest"], theirs.digest);
+    assert_eq!(
+        raw_digest(&dst.host(), "team/app:v1").await,
+        theirs.digest,
+        "destination untouched"
+    );
+
+    let diff = ferry(&["diff", "--config", cfg.to_str().unwrap(), "--json"]).await;
+    assert_eq!(diff.code, 1);
+    assert_eq!(diff.json()[0]["different"][0]["source_digest"], ours.digest);
+
+    // With override (the default) the source wins.
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (out, _) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, ours.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_namespaces_and_extra_tags() {
+    let (src, dst) = (
+        Registry::start().await.unwrap(),
+        Registry::start().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
+    b.image(
+        "img",
+        &[LayerSpec {
+            seed: 20,
+            size: 4096,
+        }],
+    )
+    .unwrap();
+    let layout = b.finish().unwrap();
+    for target in [
+        "platform/a/web:v1",
+        "platform/a/web:latest",
+        "platform/a/web:dev",
+        "other/x:v1",
+    ] {
+        skopeo::push_layout(&layout, "img", &src.host(), target)
+            .await
+            .unwrap();
+    }
+    let cfg = write_config(
+        dir.path(),
+        &src.url(),
+        &dst.url(),
+        json!({
+            "dest_namespace": "mirror",
+            "dest_namespace_replace_count": 1,
+            "filters": [
+                {"type": "name", "value": "platform/**"},
+                {"type": "tag", "value": "{v*,latest}"}
+            ]
+        }),
+    );
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&report, "copied"), 2, "{report:#}");
+    // replace_count 1 strips `platform`, then prefixes `mirror`.
+    let mut tags = skopeo::tags(&dst.host(), "mirror/a/web").await.unwrap();
+    tags.sort();
+    assert_eq!(tags, vec!["latest", "v1"]);
+    assert!(
+        skopeo::tags(&dst.host(), "mirror/x").await.is_err(),
+        "excluded repository must not exist"
+    );
+
+    // A covered tag on the destination that the source lacks is extra; an uncovered one is not.
+    skopeo::push_layout(&layout, "img", &dst.host(), "mirror/a/web:v9")
+        .await
+        .unwrap();
+    skopeo::push_layout(&layout, "img", &dst.host(), "mirror/a/web:scratch")
+        .await
+        .unwrap();
+    let diff = ferry(&["diff", "--config", cfg.to_str().unwrap(), "--json"]).await;
+    assert_eq!(diff.code, 1);
+    let extra = diff.json()[0]["extra"].clone();
+    assert_eq!(extra.as_array().unwrap().len(), 1, "{extra}");
+    assert_eq!(extra[0]["tag"], "v9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_copies_large_blob_exactly() {
+    let (src, dst) = (
+        Registry::start().await.unwrap(),
+        Registry::start().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
+    // Not a multiple of the chunk size, so the last chunk is short.
+    let img = b
+        .image(
+            "big",
+            &[LayerSpec {
+                seed: 30,
+                size: 5 * 1024 * 1024 + 123,
+            }],
+        )
+        .unwrap();
+    let layout = b.finish().unwrap();
+    skopeo::push_layout(&layout, "big", &src.host(), "big/one:v1")
+        .await
+        .unwrap();
+    let mut dst_reg = registry("dst", &dst.url());
+    dst_reg["chunk_size"] = json!(1024 * 1024);
+    let cfg = write_config_with(
+        dir.path(),
+        vec![registry("src", &src.url()), dst_reg],
+        policy(json!({"copy_by_chunk": true})),
+    );
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&report, "copied"), 1);
+    assert_eq!(raw_digest(&dst.host(), "big/one:v1").await, img.digest);
+    assert!(
+        skopeo::pull_and_verify(&dst.host(), "big/one:v1")
+            .await
+            .unwrap()
+            >= 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_registry_is_a_clear_error() {
+    let src = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("http://{closed}"),
+        &src.url(),
+        json!({}),
+    );
+    let out = ferry(&[
+        "sync",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--progress",
+        "plain",
+    ])
+    .await;
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("registry src") && out.stderr.contains("cannot reach"),
+        "{}",
+        out.stderr
+    );
+    let out = ferry(&["diff", "--config", cfg.to_str().unwrap()]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}

@@ -1,0 +1,535 @@
+//! `ferry-bench`: measures `ferry sync` against `skopeo sync` and a raw parallel curl copy, in the
+//! same run, on the same machine, between real `docker-registry` processes.
+//!
+//! Prints figures, never asserts them: (a) a full sync of a generated corpus to an empty
+//! destination (ferry vs skopeo vs raw GET→PUT of the unique blobs, the practical limit); (b) a
+//! no-op resync (ferry vs skopeo); (c) peak RSS of `ferry sync` copying one 1 GiB layer.
+//!
+//! Usage: `cargo build --release --workspace && target/release/ferry-bench [--ferry PATH]
+//! [--quick] [--no-gib]`. `--quick` shrinks the corpus for a smoke run.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ferry_testkit::{skopeo, Blob, LayerSpec, LayoutBuilder, Registry};
+use serde_json::json;
+
+const MIB: u64 = 1024 * 1024;
+
+struct Args {
+    ferry: PathBuf,
+    quick: bool,
+    gib: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        ferry: PathBuf::from("target/release/ferry"),
+        quick: false,
+        gib: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ferry" => args.ferry = it.next().context("--ferry needs a path")?.into(),
+            "--quick" => args.quick = true,
+            "--no-gib" => args.gib = false,
+            "-h" | "--help" => {
+                println!("ferry-bench [--ferry PATH] [--quick] [--no-gib]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    anyhow::ensure!(
+        args.ferry.exists(),
+        "{} not found: build it with `cargo build --release --workspace`",
+        args.ferry.display()
+    );
+    Ok(args)
+}
+
+/// One pushed tag and the blobs its graph needs.
+struct Pushed {
+    layout_ref: String,
+    repo: String,
+    tag: String,
+    blobs: Vec<Blob>,
+}
+
+struct Corpus {
+    layout: PathBuf,
+    pushed: Vec<Pushed>,
+}
+
+/// 30+ repositories, 3 tags each, sharing 3 base layers; 3 repositories with a 120 MiB layer; one
+/// two-platform index.
+fn build_corpus(dir: &Path, quick: bool) -> Result<Corpus> {
+    let mut b = LayoutBuilder::new(dir)?;
+    let (repos, tags, big) = if quick { (6, 2, 1) } else { (30, 3, 3) };
+    let bases = [
+        LayerSpec {
+            seed: 1,
+            size: 24 * MIB,
+        },
+        LayerSpec {
+            seed: 2,
+            size: 12 * MIB,
+        },
+        LayerSpec {
+            seed: 3,
+            size: 6 * MIB,
+        },
+    ];
+    let base_blobs: Vec<Blob> = bases.iter().map(|s| b.layer(s)).collect::<Result<_>>()?;
+    let mut pushed = Vec::new();
+    let mut seed = 100;
+    let mut image = |b: &mut LayoutBuilder,
+                     name: String,
+                     repo: String,
+                     tag: String,
+                     layers: Vec<LayerSpec>|
+     -> Result<()> {
+        let m = b.image(&name, &layers)?;
+        let mut blobs: Vec<Blob> = layers.iter().map(|l| b.layer(l)).collect::<Result<_>>()?;
+        blobs.push(config_of(b, &m)?);
+        pushed.push(Pushed {
+            layout_ref: name,
+            repo,
+            tag,
+            blobs,
+        });
+        Ok(())
+    };
+    for r in 0..repos {
+        for t in 0..tags {
+            seed += 1;
+            let app = LayerSpec {
+                seed,
+                size: MIB + (seed % 4) * 700 * 1024,
+            };
+            image(
+                &mut b,
+                format!("svc-{r:02}-{t}"),
+                format!("bench/svc-{r:02}"),
+                format!("v1.{t}"),
+                vec![bases[r % 3], app],
+            )?;
+        }
+    }
+    for i in 0..big {
+        seed += 1;
+        image(
+            &mut b,
+            format!("big-{i}"),
+            format!("bench/big-{i}"),
+            "v1".into(),
+            vec![
+                bases[0],
+                LayerSpec {
+                    seed,
+                    size: 120 * MIB,
+                },
+            ],
+        )?;
+    }
+    let amd = b.image_for_platform(
+        "linux",
+        "amd64",
+        None,
+        &[
+            bases[1],
+            LayerSpec {
+                seed: 900,
+                size: 3 * MIB,
+            },
+        ],
+    )?;
+    let arm = b.image_for_platform(
+        "linux",
+        "arm64",
+        Some("v8"),
+        &[LayerSpec {
+            seed: 901,
+            size: 3 * MIB,
+        }],
+    )?;
+    b.index(
+        "multi",
+        &[
+            (amd, "linux", "amd64", None),
+            (arm, "linux", "arm64", Some("v8")),
+        ],
+    )?;
+    // The index's blobs are copied by every tool; the raw copy includes its children's layers.
+    let mut multi_blobs = vec![
+        base_blobs[1].clone(),
+        b.layer(&LayerSpec {
+            seed: 900,
+            size: 3 * MIB,
+        })?,
+        b.layer(&LayerSpec {
+            seed: 901,
+            size: 3 * MIB,
+        })?,
+    ];
+    multi_blobs.dedup();
+    pushed.push(Pushed {
+        layout_ref: "multi".into(),
+        repo: "bench/multi".into(),
+        tag: "1.0".into(),
+        blobs: multi_blobs,
+    });
+    Ok(Corpus {
+        layout: b.finish()?,
+        pushed,
+    })
+}
+
+/// The config blob of an image manifest written by the layout builder.
+fn config_of(b: &LayoutBuilder, manifest: &Blob) -> Result<Blob> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.blob_path(&manifest.digest))?)?;
+    Ok(serde_json::from_value(m["config"].clone())?)
+}
+
+async fn push_all(corpus: &Corpus, host: &str) -> Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    for p in &corpus.pushed {
+        let (layout, r, target, host, sem) = (
+            corpus.layout.clone(),
+            p.layout_ref.clone(),
+            format!("{}:{}", p.repo, p.tag),
+            host.to_string(),
+            sem.clone(),
+        );
+        set.spawn(async move {
+            let _permit = sem.acquire().await;
+            skopeo::push_layout(&layout, &r, &host, &target).await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+fn write_ferry_config(
+    dir: &Path,
+    name: &str,
+    src: &Registry,
+    dst: &Registry,
+    repo_filter: &str,
+) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.json"));
+    let cfg = json!({
+        "registries": [
+            {"name": "src", "url": src.url(), "insecure": true},
+            {"name": "dst", "url": dst.url(), "insecure": true}
+        ],
+        "policies": [{
+            "name": name, "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
+            "filters": [{"type": "name", "value": repo_filter}]
+        }]
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    Ok(path)
+}
+
+/// Runs a command to completion, sampling its peak RSS (VmHWM); returns (seconds, peak bytes).
+async fn run_measured(cmd: &mut tokio::process::Command) -> Result<(f64, u64)> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn")?;
+    let pid = child.id().context("pid")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let err_reader = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+        s
+    });
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb * 1024);
+            }
+        }
+        tokio::select! {
+            s = child.wait() => break s?,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let err = err_reader.await.unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "command failed ({status}): {}",
+            err.lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok((secs, peak))
+}
+
+async fn ferry_sync(ferry: &Path, config: &Path) -> Result<(f64, u64)> {
+    run_measured(
+        tokio::process::Command::new(ferry)
+            .args(["sync", "--progress", "plain", "--config"])
+            .arg(config)
+            .env("FERRY_LOG", "warn"),
+    )
+    .await
+}
+
+async fn skopeo_sync(yaml: &Path, dst: &Registry) -> Result<f64> {
+    let start = Instant::now();
+    // Each skopeo::run call uses a fresh, private blob-info cache (a cold start for skopeo).
+    skopeo::run([
+        "sync".into(),
+        "--all".into(),
+        "--preserve-digests".into(),
+        "--src".into(),
+        "yaml".into(),
+        "--dest".into(),
+        "docker".into(),
+        "--dest-tls-verify=false".into(),
+        yaml.as_os_str().to_owned(),
+        dst.host().into(),
+    ])
+    .await?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// GET→PUT of every unique blob with curl, 8 in parallel: the practical limit of these registries.
+async fn raw_copy(
+    dir: &Path,
+    src: &Registry,
+    dst: &Registry,
+    blobs: &BTreeMap<String, String>,
+) -> Result<f64> {
+    let list = dir.join("raw-blobs.txt");
+    std::fs::write(
+        &list,
+        blobs
+            .iter()
+            .map(|(d, repo)| format!("{repo} {d}\n"))
+            .collect::<String>(),
+    )?;
+    let script = dir.join("raw-copy.sh");
+    std::fs::write(
+        &script,
+        r#"#!/usr/bin/env bash
+set -euo pipefail
+copy() {
+  repo=$1; digest=$2
+  loc=$(curl -sS -f -D - -o /dev/null -X POST "$DST/v2/$repo/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
+  curl -sS -f "$SRC/v2/$repo/blobs/$digest" | curl -sS -f -o /dev/null -X PUT -T - -H 'Content-Type: application/octet-stream' "$loc&digest=$digest"
+}
+export -f copy
+xargs -P 8 -n 2 bash -c 'copy "$0" "$1"' < "$1"
+"#,
+    )?;
+    let start = Instant::now();
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(&list)
+        .env("SRC", src.url())
+        .env("DST", dst.url())
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("raw copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn unique_blobs(corpus: &Corpus) -> (BTreeMap<String, String>, u64) {
+    let mut map = BTreeMap::new();
+    let mut bytes = 0;
+    for p in &corpus.pushed {
+        for b in &p.blobs {
+            if !map.contains_key(&b.digest) {
+                bytes += b.size;
+                map.insert(b.digest.clone(), p.repo.clone());
+            }
+        }
+    }
+    (map, bytes)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {mem} GiB RAM, Debian docker-registry 2.8 ×2 on loopback, filesystem storage")
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / MIB as f64
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    eprintln!("generating corpus...");
+    let corpus = build_corpus(&dir.join("layout"), args.quick)?;
+    let (unique, unique_bytes) = unique_blobs(&corpus);
+    let repos: std::collections::BTreeSet<&str> =
+        corpus.pushed.iter().map(|p| p.repo.as_str()).collect();
+    let src = Registry::start().await?;
+    eprintln!(
+        "pushing {} tags in {} repositories ({:.0} MiB unique) with skopeo...",
+        corpus.pushed.len(),
+        repos.len(),
+        mib(unique_bytes)
+    );
+    push_all(&corpus, &src.host()).await?;
+    let (dst_ferry, dst_skopeo, dst_raw) = (
+        Registry::start().await?,
+        Registry::start().await?,
+        Registry::start().await?,
+    );
+
+    let yaml = dir.join("skopeo-sync.yml");
+    let mut y = format!("{}:\n  tls-verify: false\n  images:\n", src.host());
+    for r in &repos {
+        y.push_str(&format!("    {r}: []\n"));
+    }
+    std::fs::write(&yaml, y)?;
+    let cfg = write_ferry_config(dir, "bench", &src, &dst_ferry, "bench/**")?;
+
+    eprintln!("(a) full sync: ferry...");
+    let (ferry_full, ferry_full_rss) = ferry_sync(&args.ferry, &cfg).await?;
+    eprintln!("(a) full sync: skopeo...");
+    let skopeo_full = skopeo_sync(&yaml, &dst_skopeo).await?;
+    eprintln!("(a) full sync: raw curl...");
+    let raw_full = raw_copy(dir, &src, &dst_raw, &unique).await?;
+
+    // Both tools must have produced the same content.
+    let diff = tokio::process::Command::new(&args.ferry)
+        .args(["diff", "--config"])
+        .arg(&cfg)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        diff.status.success(),
+        "ferry's destination differs from the source:\n{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    let cfg_skopeo = write_ferry_config(dir, "check-skopeo", &src, &dst_skopeo, "bench/**")?;
+    let diff = tokio::process::Command::new(&args.ferry)
+        .args(["diff", "--config"])
+        .arg(&cfg_skopeo)
+        .output()
+        .await?;
+    let skopeo_exact = diff.status.success();
+
+    eprintln!("(b) no-op resync: ferry...");
+    let (ferry_noop, _) = ferry_sync(&args.ferry, &cfg).await?;
+    eprintln!("(b) no-op resync: skopeo...");
+    let skopeo_noop = skopeo_sync(&yaml, &dst_skopeo).await?;
+
+    let gib = if args.gib {
+        eprintln!("(c) 1 GiB layer: generating and pushing...");
+        let (src2, dst2, dst2_raw) = (
+            Registry::start().await?,
+            Registry::start().await?,
+            Registry::start().await?,
+        );
+        let mut b = LayoutBuilder::new(&dir.join("gib"))?;
+        let size = if args.quick { 256 * MIB } else { 1024 * MIB };
+        let layer = b.layer(&LayerSpec { seed: 77, size })?;
+        let m = b.image("huge", &[LayerSpec { seed: 77, size }])?;
+        let config = config_of(&b, &m)?;
+        let layout = b.finish()?;
+        skopeo::push_layout(&layout, "huge", &src2.host(), "bench/huge:v1").await?;
+        let cfg2 = write_ferry_config(dir, "gib", &src2, &dst2, "bench/huge")?;
+        eprintln!("(c) 1 GiB layer: ferry...");
+        let (secs, rss) = ferry_sync(&args.ferry, &cfg2).await?;
+        let raw: BTreeMap<String, String> = [
+            (layer.digest, "bench/huge".to_string()),
+            (config.digest, "bench/huge".to_string()),
+        ]
+        .into();
+        let raw_secs = raw_copy(dir, &src2, &dst2_raw, &raw).await?;
+        Some((size, secs, rss, raw_secs))
+    } else {
+        None
+    };
+
+    println!("## ferry-bench results\n");
+    println!("Machine: {}\n", machine());
+    println!(
+        "Corpus: {} repositories, {} tags (one a two-platform index), {:.0} MiB in {} unique blobs (3 shared base layers, {} layers of 120 MiB).\n",
+        repos.len(),
+        corpus.pushed.len(),
+        mib(unique_bytes),
+        unique.len(),
+        if args.quick { 1 } else { 3 }
+    );
+    println!("| measurement | ferry | skopeo sync --all | raw curl GET→PUT (8 parallel) | ratio |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| (a) full sync to an empty registry | {ferry_full:.1} s ({:.0} MiB/s) | {skopeo_full:.1} s | {raw_full:.1} s | {:.1}× faster than skopeo; {:.0}% of raw |",
+        mib(unique_bytes) / ferry_full,
+        skopeo_full / ferry_full,
+        100.0 * raw_full / ferry_full
+    );
+    println!(
+        "| (b) no-op resync | {ferry_noop:.2} s | {skopeo_noop:.2} s | – | {:.1}× faster than skopeo |",
+        skopeo_noop / ferry_noop
+    );
+    if let Some((size, secs, rss, raw_secs)) = gib {
+        println!(
+            "| (c) one {:.0} MiB layer | {secs:.1} s ({:.0} MiB/s), peak RSS {:.1} MiB | – | {raw_secs:.1} s | {:.0}% of raw |",
+            mib(size),
+            mib(size) / secs,
+            mib(rss),
+            100.0 * raw_secs / secs
+        );
+    }
+    println!("\nferry peak RSS during (a): {:.1} MiB. skopeo's destination digest-identical to the source: {skopeo_exact}.", mib(ferry_full_rss));
+    Ok(())
+}

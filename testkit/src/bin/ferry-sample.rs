@@ -1,0 +1,61 @@
+//! `ferry-sample DIR`: writes a small OCI image layout for demos — `app:v1` and `app:v2` sharing a
+//! base layer, and a two-platform index `multi:1.0` — that `skopeo copy --all` can push.
+use anyhow::{Context, Result};
+use ferry_testkit::{LayerSpec, LayoutBuilder};
+
+fn main() -> Result<()> {
+    let dir = std::env::args().nth(1).context("usage: ferry-sample DIR")?;
+    let mut b = LayoutBuilder::new(std::path::Path::new(&dir))?;
+    let base = LayerSpec {
+        seed: 1,
+        size: 8 * 1024 * 1024,
+    };
+    b.image(
+        "app-v1",
+        &[
+            base,
+            LayerSpec {
+                seed: 2,
+                size: 512 * 1024,
+            },
+        ],
+    )?;
+    b.image(
+        "app-v2",
+        &[
+            base,
+            LayerSpec {
+                seed: 3,
+                size: 256 * 1024,
+            },
+        ],
+    )?;
+    let amd = b.image_for_platform(
+        "linux",
+        "amd64",
+        None,
+        &[LayerSpec {
+            seed: 4,
+            size: 1024 * 1024,
+        }],
+    )?;
+    let arm = b.image_for_platform(
+        "linux",
+        "arm64",
+        Some("v8"),
+        &[LayerSpec {
+            seed: 5,
+            size: 1024 * 1024,
+        }],
+    )?;
+    b.index(
+        "multi",
+        &[
+            (amd, "linux", "amd64", None),
+            (arm, "linux", "arm64", Some("v8")),
+        ],
+    )?;
+    let path = b.finish()?;
+    println!("{}", path.display());
+    Ok(())
+}
