@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
-use crate::oci::RegistryError;
-use crate::sync::{is_referrer_tag, list_source, PreparedPolicy};
+use crate::oci::{RegistryClient, RegistryError, RemoteDescriptor};
+use crate::sync::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
 
 /// `(tag, source digest, destination digest)` of one checked tag.
 type TagCheck = (String, Option<String>, Option<String>);
@@ -47,71 +47,25 @@ impl DriftReport {
 pub async fn diff_policy(prepared: &PreparedPolicy) -> Result<DriftReport, RegistryError> {
     let policy = &prepared.policy;
     let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
+    let units = prepared
+        .dsts
+        .iter()
+        .flat_map(|dst| repos.iter().map(move |repo| (dst, repo)));
+    let results: Vec<Result<RepoDrift, RegistryError>> = stream::iter(units)
+        .map(|(dst, repo)| diff_repository(prepared, dst, repo))
+        .buffer_unordered(8)
+        .collect()
+        .await;
     let mut report = DriftReport {
         policy: policy.name.clone(),
         ..Default::default()
     };
-    for dst in &prepared.dsts {
-        for repo in &repos {
-            let dst_repo = match prepared.dest_repository(&repo.repository) {
-                Ok(r) => r,
-                Err(message) => {
-                    return Err(RegistryError::Config {
-                        registry: dst.name().to_string(),
-                        message,
-                    });
-                }
-            };
-            let checks: Vec<Result<TagCheck, RegistryError>> = stream::iter(repo.tags.iter())
-                .map(|tag| {
-                    let dst_repo = dst_repo.clone();
-                    async move {
-                        let s = prepared.src.head_manifest(&repo.repository, tag).await?;
-                        let d = dst.head_manifest(&dst_repo, tag).await?;
-                        Ok((
-                            tag.clone(),
-                            s.map(|x| x.digest.to_string()),
-                            d.map(|x| x.digest.to_string()),
-                        ))
-                    }
-                })
-                .buffer_unordered(16)
-                .collect()
-                .await;
-            let entry = |tag: &str, s: Option<String>, d: Option<String>| Drift {
-                destination: dst.name().to_string(),
-                repository: repo.repository.clone(),
-                destination_repository: dst_repo.clone(),
-                tag: tag.to_string(),
-                source_digest: s,
-                destination_digest: d,
-            };
-            for c in checks {
-                let (tag, s, d) = c?;
-                report.checked += 1;
-                match (s, d) {
-                    // Deleted from the source since it was listed: not drift of this run.
-                    (None, _) => {}
-                    (Some(s), None) => report.missing.push(entry(&tag, Some(s), None)),
-                    (Some(s), Some(d)) if s != d => {
-                        report.different.push(entry(&tag, Some(s), Some(d)))
-                    }
-                    _ => {}
-                }
-            }
-            let source_tags: HashSet<&String> = repo.all_tags.iter().collect();
-            for tag in dst.list_tags(&dst_repo).await? {
-                let covered = prepared.selector.matches_tag(&tag)
-                    && !(policy.copy_referrers && is_referrer_tag(&tag));
-                if covered && !source_tags.contains(&tag) {
-                    let d = dst
-                        .head_manifest(&dst_repo, &tag)
-                        .await?
-                        .map(|x| x.digest.to_string());
-                    report.extra.push(entry(&tag, None, d));
-                }
-            }
-        }
+    for r in results {
+        let r = r?;
+        report.checked += r.checked;
+        report.missing.extend(r.missing);
+        report.different.extend(r.different);
+        report.extra.extend(r.extra);
     }
     for list in [
         &mut report.missing,
@@ -127,4 +81,82 @@ pub async fn diff_policy(prepared: &PreparedPolicy) -> Result<DriftReport, Regis
         });
     }
     Ok(report)
+}
+
+#[derive(Default)]
+struct RepoDrift {
+    checked: usize,
+    missing: Vec<Drift>,
+    different: Vec<Drift>,
+    extra: Vec<Drift>,
+}
+
+/// Drift of one source repository on one destination. The destination's tag list comes first, so a
+/// tag it lacks is known missing without a `HEAD`.
+async fn diff_repository(
+    prepared: &PreparedPolicy,
+    dst: &RegistryClient,
+    repo: &SourceRepo,
+) -> Result<RepoDrift, RegistryError> {
+    let dst_repo = prepared
+        .dest_repository(&repo.repository)
+        .map_err(|message| RegistryError::Config {
+            registry: dst.name().to_string(),
+            message,
+        })?;
+    let dst_tags: HashSet<String> = dst.list_tags(&dst_repo).await?.into_iter().collect();
+    let entry = |tag: &str, s: Option<String>, d: Option<String>| Drift {
+        destination: dst.name().to_string(),
+        repository: repo.repository.clone(),
+        destination_repository: dst_repo.clone(),
+        tag: tag.to_string(),
+        source_digest: s,
+        destination_digest: d,
+    };
+    let digest = |d: Option<RemoteDescriptor>| d.map(|x| x.digest.to_string());
+    let checks: Vec<Result<TagCheck, RegistryError>> = stream::iter(repo.tags.iter())
+        .map(|tag| {
+            let present = dst_tags.contains(tag);
+            let dst_repo = &dst_repo;
+            async move {
+                let (s, d) = if present {
+                    let (s, d) = tokio::join!(
+                        prepared.src.head_manifest(&repo.repository, tag),
+                        dst.head_manifest(dst_repo, tag)
+                    );
+                    (s?, d?)
+                } else {
+                    (
+                        prepared.src.head_manifest(&repo.repository, tag).await?,
+                        None,
+                    )
+                };
+                Ok((tag.clone(), digest(s), digest(d)))
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut out = RepoDrift::default();
+    for c in checks {
+        let (tag, s, d) = c?;
+        out.checked += 1;
+        match (s, d) {
+            // Deleted from the source since it was listed: not drift of this run.
+            (None, _) => {}
+            (Some(s), None) => out.missing.push(entry(&tag, Some(s), None)),
+            (Some(s), Some(d)) if s != d => out.different.push(entry(&tag, Some(s), Some(d))),
+            _ => {}
+        }
+    }
+    let source_tags: HashSet<&String> = repo.all_tags.iter().collect();
+    for tag in &dst_tags {
+        let covered = prepared.selector.matches_tag(tag)
+            && !(prepared.policy.copy_referrers && is_referrer_tag(tag));
+        if covered && !source_tags.contains(tag) {
+            let d = digest(dst.head_manifest(&dst_repo, tag).await?);
+            out.extra.push(entry(tag, None, d));
+        }
+    }
+    Ok(out)
 }

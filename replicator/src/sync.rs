@@ -383,12 +383,17 @@ async fn copy_tag(
     referrers_copied: &mut u64,
 ) -> Result<TagOutcome, TransferError> {
     let src_repo = &repo.repository;
-    let Some(src_head) = ctx.src.head_manifest(src_repo, tag).await? else {
+    // Both sides at once: a no-op resync costs one round trip per tag.
+    let (src_head, dst_head) = tokio::join!(
+        ctx.src.head_manifest(src_repo, tag),
+        ctx.dst.head_manifest(dst_repo, tag)
+    );
+    let Some(src_head) = src_head? else {
         return Ok(TagOutcome::Skipped {
             reason: "tag disappeared from the source during the sync".into(),
         });
     };
-    let dst_head = ctx.dst.head_manifest(dst_repo, tag).await?;
+    let dst_head = dst_head?;
     let outcome = match &dst_head {
         Some(d) if d.digest == src_head.digest => TagOutcome::Unchanged {
             digest: d.digest.to_string(),

@@ -506,7 +506,7 @@ impl VerifiedStream {
                         let e = RegistryError::Transport {
                             registry: st.registry.clone(),
                             url: format!("blob {}", st.digest),
-                            source,
+                            cause: source,
                         };
                         let e = st.fail(e.into());
                         Some((Err(e), (st, inner, true)))

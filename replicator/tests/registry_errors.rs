@@ -335,3 +335,30 @@ async fn malformed_policy_file_exit_codes() {
     let out = ferry(&["sync"]).await;
     assert_eq!(out.code, 2, "usage error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_500_on_reads_is_retried() {
+    // distribution 2.8 answers 500 when a HEAD races a concurrent link-file write.
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let (digest, _) = seed_image(&src, "team/app", "v1", vec![6u8; 100]);
+    let dst = FakeRegistry::start(Behavior {
+        transient_500s: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(report["tags"][0]["digest"], digest);
+    let heads = dst
+        .request_log()
+        .iter()
+        .filter(|(m, p)| m == "HEAD" && p.ends_with("/manifests/v1"))
+        .count();
+    assert!(
+        heads >= 4,
+        "the 500s were retried, not skipped: {heads} HEADs"
+    );
+}

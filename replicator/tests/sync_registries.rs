@@ -293,3 +293,68 @@ async fn unreachable_registry_is_a_clear_error() {
     let out = ferry(&["diff", "--config", cfg.to_str().unwrap()]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_registry_with_a_custom_ca() {
+    let src = Registry::start_with(ferry_testkit::RegistryOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dst = Registry::start().await.unwrap();
+    assert!(src.url().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
+    let img = b
+        .image(
+            "img",
+            &[LayerSpec {
+                seed: 40,
+                size: 4096,
+            }],
+        )
+        .unwrap();
+    let layout = b.finish().unwrap();
+    skopeo::push_layout(&layout, "img", &src.host(), "secure/app:v1")
+        .await
+        .unwrap();
+
+    // Without the CA, the certificate is refused and the error names the registry.
+    let cfg = write_config_with(
+        dir.path(),
+        vec![
+            json!({"name": "src", "url": src.url()}),
+            registry("dst", &dst.url()),
+        ],
+        policy(json!({})),
+    );
+    let out = ferry(&[
+        "sync",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--progress",
+        "plain",
+    ])
+    .await;
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("registry src") && out.stderr.contains("certificate"),
+        "{}",
+        out.stderr
+    );
+
+    // With `ca_file`, TLS is verified against that CA.
+    let cfg = write_config_with(
+        dir.path(),
+        vec![
+            json!({"name": "src", "url": src.url(), "ca_file": src.ca_path().unwrap()}),
+            registry("dst", &dst.url()),
+        ],
+        policy(json!({})),
+    );
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(report["tags"][0]["digest"], img.digest);
+    assert_eq!(raw_digest(&dst.host(), "secure/app:v1").await, img.digest);
+}

@@ -73,6 +73,9 @@ pub struct Behavior {
     /// Cross-repository mounts answer 202 with an upload session even when
     /// the blob exists (as some registries do), instead of 201.
     pub mount_answers_202: bool,
+    /// The next `n` GET/HEAD `/v2/…` requests answer 500 `UNKNOWN` "invalid checksum digest format",
+    /// as distribution 2.8 does when a read races a non-atomic link-file write. Counts down.
+    pub transient_500s: u32,
     /// Answer `Location` headers with paths (`/v2/…`) instead of absolute URLs.
     pub relative_locations: bool,
 }
@@ -386,6 +389,14 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
     if let Some((status, code, message)) = &inner.behavior.deny {
         let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return oci_error(status, code, message);
+    }
+    if inner.behavior.transient_500s > 0 && matches!(*req.method, Method::GET | Method::HEAD) {
+        inner.behavior.transient_500s -= 1;
+        return oci_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            "unknown error: invalid checksum digest format",
+        );
     }
     if inner.throttled_left > 0 {
         inner.throttled_left -= 1;

@@ -35,6 +35,9 @@ pub struct RegistryOptions {
     /// distribution's `log.level`: `error` (default) keeps the log short;
     /// `info` writes one access-log line per request, handy for counting PUTs.
     pub log_level: &'static str,
+    /// Serve HTTPS with a leaf certificate (SAN `IP:127.0.0.1`) signed by a throwaway CA made with
+    /// `openssl`; [`Registry::ca_path`] is the CA to trust.
+    pub tls: bool,
 }
 
 impl Default for RegistryOptions {
@@ -43,6 +46,7 @@ impl Default for RegistryOptions {
             notifications_url: None,
             notifications_token: None,
             log_level: "error",
+            tls: false,
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct Registry {
     data: PathBuf,
     /// Holds `config.yml`, `registry.log` and `data/`; removed on drop.
     dir: TempDir,
+    /// The CA certificate clients must trust, when serving HTTPS.
+    ca: Option<PathBuf>,
 }
 
 impl Registry {
@@ -73,22 +79,29 @@ impl Registry {
             .context("creating the registry's temp dir")?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let tls = if opts.tls {
+            Some(make_certificates(dir.path())?)
+        } else {
+            None
+        };
+        let ca = tls.as_ref().map(|t| t.ca.clone());
 
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = process::free_port()?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let config = registry_config(&opts, &data, addr);
+            let config = registry_config(&opts, &data, addr, tls.as_ref());
             let config_path = dir.path().join("config.yml");
             std::fs::write(&config_path, config)
                 .with_context(|| format!("writing {}", config_path.display()))?;
-            match spawn_registry(dir.path(), addr).await {
+            match spawn_registry(dir.path(), addr, ca.as_deref()).await {
                 Ok(child) => {
                     return Ok(Registry {
                         child: Some(child),
                         addr,
                         data,
                         dir,
+                        ca,
                     })
                 }
                 Err(StartError::AddrInUse(e)) => last_err = Some(e),
@@ -107,9 +120,15 @@ impl Registry {
         self.addr.to_string()
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS)
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA certificate (PEM) that signed this registry's TLS certificate.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// The listening address (`127.0.0.1:PORT`).
@@ -144,7 +163,7 @@ impl Registry {
     /// with the same config and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
-        let child = spawn_registry(self.dir.path(), self.addr)
+        let child = spawn_registry(self.dir.path(), self.addr, self.ca.as_deref())
             .await
             .map_err(StartError::into_inner)
             .with_context(|| format!("restarting docker-registry on {}", self.addr))?;
@@ -167,7 +186,11 @@ impl Drop for Registry {
 }
 
 /// One start attempt of `docker-registry serve DIR/config.yml`.
-async fn spawn_registry(dir: &Path, addr: SocketAddr) -> Result<Child, StartError> {
+async fn spawn_registry(
+    dir: &Path,
+    addr: SocketAddr,
+    ca: Option<&Path>,
+) -> Result<Child, StartError> {
     let log = dir.join("registry.log");
     let what = format!("docker-registry on {addr}");
     let mut cmd = Command::new("docker-registry");
@@ -186,12 +209,21 @@ async fn spawn_registry(dir: &Path, addr: SocketAddr) -> Result<Child, StartErro
             e.context("is /usr/bin/docker-registry installed (Debian package docker-registry)?"),
         )
     })?;
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .map_err(|e| StartError::Fatal(e.into()))?;
-    let url = format!("http://{addr}/v2/");
+        .timeout(Duration::from_millis(500));
+    let scheme = match ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| StartError::Fatal(e.into()))?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| StartError::Fatal(e.into()))?;
+            builder = builder.add_root_certificate(cert);
+            "https"
+        }
+        None => "http",
+    };
+    let client = builder.build().map_err(|e| StartError::Fatal(e.into()))?;
+    let url = format!("{scheme}://{addr}/v2/");
     process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || async {
         matches!(client.get(&url).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK)
     })
@@ -199,8 +231,98 @@ async fn spawn_registry(dir: &Path, addr: SocketAddr) -> Result<Child, StartErro
     Ok(child)
 }
 
+/// A registry's TLS material.
+struct Certificates {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A throwaway CA and a leaf for `127.0.0.1` signed by it (rustls refuses a self-signed leaf used as
+/// its own trust anchor, so the CA is separate).
+fn make_certificates(dir: &Path) -> anyhow::Result<Certificates> {
+    let p = |name: &str| dir.join(name);
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ferry-testkit-ca",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ],
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl (Debian package openssl)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(Certificates {
+        ca: p("ca.pem"),
+        cert: p("leaf.pem"),
+        key: p("leaf.key"),
+    })
+}
+
 /// distribution's YAML config (see shared/REGISTRY-FACTS.md).
-fn registry_config(opts: &RegistryOptions, data: &Path, addr: SocketAddr) -> String {
+fn registry_config(
+    opts: &RegistryOptions,
+    data: &Path,
+    addr: SocketAddr,
+    tls: Option<&Certificates>,
+) -> String {
     let mut yaml = format!(
         "version: 0.1\n\
          log:\n  level: {level}\n\
@@ -209,6 +331,13 @@ fn registry_config(opts: &RegistryOptions, data: &Path, addr: SocketAddr) -> Str
         level = opts.log_level,
         data = yaml_str(&data.to_string_lossy()),
     );
+    if let Some(t) = tls {
+        yaml.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            yaml_str(&t.cert.to_string_lossy()),
+            yaml_str(&t.key.to_string_lossy())
+        ));
+    }
     if let Some(url) = &opts.notifications_url {
         yaml.push_str(&format!(
             "notifications:\n  events:\n    includereferences: true\n  endpoints:\n    - name: ferry\n      url: {}\n",
@@ -392,7 +521,7 @@ mod tests {
     #[test]
     fn config_has_notifications_only_when_asked() {
         let addr: SocketAddr = "127.0.0.1:5001".parse().unwrap();
-        let plain = registry_config(&RegistryOptions::default(), Path::new("/tmp/d"), addr);
+        let plain = registry_config(&RegistryOptions::default(), Path::new("/tmp/d"), addr, None);
         assert!(!plain.contains("notifications"));
         assert!(plain.contains("addr: 127.0.0.1:5001"));
         assert!(plain.contains("rootdirectory: \"/tmp/d\""));
@@ -401,8 +530,9 @@ mod tests {
             notifications_url: Some("http://127.0.0.1:9/v1/events".into()),
             notifications_token: Some("s3cret".into()),
             log_level: "info",
+            tls: false,
         };
-        let yaml = registry_config(&opts, Path::new("/tmp/d"), addr);
+        let yaml = registry_config(&opts, Path::new("/tmp/d"), addr, None);
         assert!(yaml.contains("url: \"http://127.0.0.1:9/v1/events\""));
         assert!(yaml.contains("Authorization: [\"Bearer s3cret\"]"));
         assert!(yaml.contains("- application/octet-stream"));
@@ -417,9 +547,14 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
-        let config = registry_config(&RegistryOptions::default(), &dir.path().join("data"), addr);
+        let config = registry_config(
+            &RegistryOptions::default(),
+            &dir.path().join("data"),
+            addr,
+            None,
+        );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        match spawn_registry(dir.path(), addr).await {
+        match spawn_registry(dir.path(), addr, None).await {
             Err(StartError::AddrInUse(e)) => {
                 assert!(e.to_string().contains("address already in use"), "{e}")
             }

@@ -5,7 +5,8 @@
 //!   `Docker-Content-Digest` (else [`RegistryError::DigestMismatch`]); manifests over
 //!   [`MAX_MANIFEST_BYTES`] are refused before being buffered;
 //! - requests with replayable bodies are retried on `429`/`503` (honoring `Retry-After`, in seconds
-//!   or HTTP-date form) and idempotent ones on connection errors, with capped jittered backoff;
+//!   or HTTP-date form) and idempotent ones also on `500`/`502`/`504` and connection errors, with
+//!   capped jittered backoff;
 //!   streaming uploads are sent once, after auth is settled;
 //! - concurrent blob transfers per registry are bounded by [`RegistryClient::transfer_slots`];
 //!   connections are pooled and reused.
@@ -186,7 +187,7 @@ impl RegistryClient {
         RegistryError::Transport {
             registry: self.name.clone(),
             url: redact(url),
-            source,
+            cause: source,
         }
     }
 
@@ -391,11 +392,17 @@ impl RegistryClient {
                 auth_retries += 1;
                 continue;
             }
+            // 500 is retried for reads: distribution 2.8 answers it when a read races a concurrent
+            // non-atomic write of a link file ("invalid checksum digest format").
             let retryable = status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE
                 || (idempotent
-                    && (status == StatusCode::BAD_GATEWAY
-                        || status == StatusCode::GATEWAY_TIMEOUT));
+                    && matches!(
+                        status,
+                        StatusCode::INTERNAL_SERVER_ERROR
+                            | StatusCode::BAD_GATEWAY
+                            | StatusCode::GATEWAY_TIMEOUT
+                    ));
             if retryable {
                 let retry_after = resp
                     .headers()

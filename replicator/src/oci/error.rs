@@ -38,6 +38,20 @@ pub fn parse_error_body(body: &[u8]) -> Vec<ErrorEntry> {
     }
 }
 
+/// `outer: inner: innermost`, skipping repeats.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
 fn describe(errors: &[ErrorEntry]) -> String {
     if errors.is_empty() {
         return "no error details in the response".to_string();
@@ -55,12 +69,13 @@ fn describe(errors: &[ErrorEntry]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("registry {registry}: cannot reach {url}: {source}")]
+    /// The whole cause chain is in the message (reqwest's top-level text alone, "error sending
+    /// request", hides whether DNS, TCP, or a certificate failed).
+    #[error("registry {registry}: cannot reach {url}: {}", error_chain(.cause))]
     Transport {
         registry: String,
         url: String,
-        #[source]
-        source: reqwest::Error,
+        cause: reqwest::Error,
     },
     #[error("registry {registry}: {method} {url} answered {status}: {}", describe(.errors))]
     Status {
