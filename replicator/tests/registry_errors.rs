@@ -138,14 +138,7 @@ async fn denied_registry_message_is_shown() {
     let dst = Registry::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &fake.url(), &dst.url(), json!({}));
-    let out = ferry(&[
-        "sync",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--progress",
-        "plain",
-    ])
-    .await;
+    let out = sync_plain(&cfg).await;
     assert_eq!(out.code, 2);
     assert!(
         out.stderr.contains("registry src")
@@ -193,14 +186,7 @@ async fn basic_and_bearer_auth_flows() {
 
         // Wrong password: refused, with the registry named and no secret in the message.
         std::fs::write(&pw, "wrong").unwrap();
-        let out = ferry(&[
-            "sync",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--progress",
-            "plain",
-        ])
-        .await;
+        let out = sync_plain(&cfg).await;
         assert_eq!(out.code, 2, "{}", out.stderr);
         assert!(out.stderr.contains("registry src"), "{}", out.stderr);
         assert!(

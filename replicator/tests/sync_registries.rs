@@ -7,11 +7,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicates_corpus_digest_exact_and_resync_moves_nothing() {
-    let (src, dst) = (
-        Registry::start().await.unwrap(),
-        Registry::start().await.unwrap(),
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let (src, dst, dir) = two_registries().await;
     let corpus = build_corpus(&dir.path().join("layout"));
     push_corpus(&corpus, &src.host()).await;
     let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
@@ -92,11 +88,7 @@ async fn replicates_corpus_digest_exact_and_resync_moves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_false_keeps_different_destination_tag_and_reports_it() {
-    let (src, dst) = (
-        Registry::start().await.unwrap(),
-        Registry::start().await.unwrap(),
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let (src, dst, dir) = two_registries().await;
     let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
     let ours = b
         .image(
@@ -156,11 +148,7 @@ async fn override_false_keeps_different_destination_tag_and_reports_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_namespaces_and_extra_tags() {
-    let (src, dst) = (
-        Registry::start().await.unwrap(),
-        Registry::start().await.unwrap(),
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let (src, dst, dir) = two_registries().await;
     let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
     b.image(
         "img",
@@ -222,11 +210,7 @@ async fn filters_namespaces_and_extra_tags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_upload_copies_large_blob_exactly() {
-    let (src, dst) = (
-        Registry::start().await.unwrap(),
-        Registry::start().await.unwrap(),
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let (src, dst, dir) = two_registries().await;
     let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
     // Not a multiple of the chunk size, so the last chunk is short.
     let img = b
@@ -276,14 +260,7 @@ async fn unreachable_registry_is_a_clear_error() {
         &src.url(),
         json!({}),
     );
-    let out = ferry(&[
-        "sync",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--progress",
-        "plain",
-    ])
-    .await;
+    let out = sync_plain(&cfg).await;
     assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains("registry src") && out.stderr.contains("cannot reach"),
@@ -329,14 +306,7 @@ async fn tls_registry_with_a_custom_ca() {
         ],
         policy(json!({})),
     );
-    let out = ferry(&[
-        "sync",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--progress",
-        "plain",
-    ])
-    .await;
+    let out = sync_plain(&cfg).await;
     assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains("registry src") && out.stderr.contains("certificate"),

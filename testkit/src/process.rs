@@ -156,3 +156,34 @@ pub(crate) async fn kill_and_reap(child: &mut Child) {
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
 }
+
+/// A server's child process: killed and reaped on [`Managed::kill`], killed when dropped, so no
+/// test leaves a server behind.
+#[derive(Default)]
+pub(crate) struct Managed(Option<Child>);
+
+impl Managed {
+    pub(crate) fn new(child: Child) -> Self {
+        Managed(Some(child))
+    }
+
+    /// Kills the process if it runs and waits for it to exit.
+    pub(crate) async fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            kill_and_reap(&mut child).await;
+        }
+    }
+
+    /// Takes ownership of a (re)started process.
+    pub(crate) fn set(&mut self, child: Child) {
+        self.0 = Some(child);
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.start_kill();
+        }
+    }
+}

@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
 
-use crate::process::{self, StartError, START_ATTEMPTS};
+use crate::process::{self, Managed, StartError, START_ATTEMPTS};
 
 /// How long a server may take to answer its readiness probe.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,8 +54,8 @@ impl Default for RegistryOptions {
 /// A running `docker-registry` with filesystem storage in a temp dir and
 /// deletes enabled.
 pub struct Registry {
-    /// `None` only between a [`Registry::kill`] and the next restart.
-    child: Option<Child>,
+    /// Not running only between a [`Registry::kill`] and the next restart.
+    child: Managed,
     addr: SocketAddr,
     /// `dir/data`, the storage root.
     data: PathBuf,
@@ -97,7 +97,7 @@ impl Registry {
             match spawn_registry(dir.path(), addr, ca.as_deref()).await {
                 Ok(child) => {
                     return Ok(Registry {
-                        child: Some(child),
+                        child: Managed::new(child),
                         addr,
                         data,
                         dir,
@@ -154,9 +154,7 @@ impl Registry {
     /// SIGKILLs the registry (queued notifications are lost, as in a crash).
     /// The port and data stay reserved for [`Registry::restart`].
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            process::kill_and_reap(&mut child).await;
-        }
+        self.child.kill().await;
     }
 
     /// Kills the registry if it runs and starts it again on the same port
@@ -167,21 +165,13 @@ impl Registry {
             .await
             .map_err(StartError::into_inner)
             .with_context(|| format!("restarting docker-registry on {}", self.addr))?;
-        self.child = Some(child);
+        self.child.set(child);
         Ok(())
     }
 
     /// Kills the registry and removes its temp dir.
     pub async fn stop(mut self) {
         self.kill().await;
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-        }
     }
 }
 
@@ -363,8 +353,8 @@ fn yaml_str(s: &str) -> String {
 
 /// A running `redis-server` (or `$FERRY_REDIS_SERVER`, e.g. `valkey-server`).
 pub struct RedisServer {
-    /// `None` only between a [`RedisServer::kill`] and the next restart.
-    child: Option<Child>,
+    /// Not running only between a [`RedisServer::kill`] and the next restart.
+    child: Managed,
     port: u16,
     appendonly: bool,
     /// Holds `redis.log` and the server's `--dir` (RDB/AOF files).
@@ -387,7 +377,7 @@ impl RedisServer {
             match spawn_redis(dir.path(), port, appendonly).await {
                 Ok(child) => {
                     return Ok(RedisServer {
-                        child: Some(child),
+                        child: Managed::new(child),
                         port,
                         appendonly,
                         dir,
@@ -432,9 +422,7 @@ impl RedisServer {
 
     /// SIGKILLs the server: writes not yet fsynced to the AOF are lost.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            process::kill_and_reap(&mut child).await;
-        }
+        self.child.kill().await;
     }
 
     /// Kills the server if it runs and starts it again on the same port and
@@ -445,21 +433,13 @@ impl RedisServer {
             .await
             .map_err(StartError::into_inner)
             .with_context(|| format!("restarting {} on port {}", redis_binary(), self.port))?;
-        self.child = Some(child);
+        self.child.set(child);
         Ok(())
     }
 
     /// Kills the server and removes its directory.
     pub async fn stop(mut self) {
         self.kill().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The commands behind `ferry sync`, `ferry diff` and `ferry policy validate`.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,19 +12,27 @@ use ferry_replicator::sync::{
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{progress, DiffArgs, SyncArgs};
+use super::{progress, DiffArgs, SyncArgs, Target};
 
 const OK: u8 = 0;
 const NO: u8 = 1;
 const ERROR: u8 = 2;
 const INTERRUPTED: u8 = 130;
 
-/// Loads and validates a config; prints every problem on failure.
-fn load_config(path: &Path) -> Option<Config> {
-    match Config::load(path) {
-        Ok(c) => Some(c),
+/// Loads and validates the config and builds the selected policies; prints every problem on
+/// failure.
+fn load_target(target: &Target) -> Option<Vec<PreparedPolicy>> {
+    let config = match Config::load(&target.config) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
+            return None;
+        }
+    };
+    match prepare(&config, target.policy.as_deref()) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("error: {e:#}");
             None
         }
     }
@@ -87,15 +95,8 @@ fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
 }
 
 pub async fn sync(args: SyncArgs) -> u8 {
-    let Some(config) = load_config(&args.config) else {
+    let Some(prepared) = load_target(&args.target) else {
         return ERROR;
-    };
-    let prepared = match prepare(&config, args.policy.as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ERROR;
-        }
     };
     let cancel = CancellationToken::new();
     let signals = cancel_on_signal(cancel.clone());
@@ -124,7 +125,7 @@ pub async fn sync(args: SyncArgs) -> u8 {
     let interrupted = cancel.is_cancelled();
     cancel.cancel();
     let _ = signals.await;
-    if args.json {
+    if args.target.json {
         match serde_json::to_string_pretty(&reports) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("error: cannot encode the report: {e}"),
@@ -183,15 +184,8 @@ fn print_sync_summary(r: &SyncReport) {
 }
 
 pub async fn diff(args: DiffArgs) -> u8 {
-    let Some(config) = load_config(&args.config) else {
+    let Some(prepared) = load_target(&args.target) else {
         return ERROR;
-    };
-    let prepared = match prepare(&config, args.policy.as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ERROR;
-        }
     };
     let mut reports = Vec::new();
     for p in &prepared {
@@ -203,7 +197,7 @@ pub async fn diff(args: DiffArgs) -> u8 {
             }
         }
     }
-    if args.json {
+    if args.target.json {
         match serde_json::to_string_pretty(&reports) {
             Ok(s) => println!("{s}"),
             Err(e) => {

@@ -42,15 +42,8 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct SyncArgs {
-    /// Config file with registries and policies.
-    #[arg(long, short = 'c')]
-    pub config: PathBuf,
-    /// Only this policy (default: every enabled policy).
-    #[arg(long, short = 'p')]
-    pub policy: Option<String>,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
     /// Tags reconciled concurrently.
     #[arg(long, default_value_t = 16)]
     pub tag_parallelism: usize,
@@ -71,6 +64,13 @@ pub enum ProgressMode {
 
 #[derive(clap::Args, Debug)]
 pub struct DiffArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Which config and policies a command works on, and how it reports.
+#[derive(clap::Args, Debug)]
+pub struct Target {
     /// Config file with registries and policies.
     #[arg(long, short = 'c')]
     pub config: PathBuf,

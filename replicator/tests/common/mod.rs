@@ -76,6 +76,33 @@ pub async fn ferry(args: &[&str]) -> Output {
     }
 }
 
+/// `ferry sync` with log-line progress (error-path tests read its stderr).
+pub async fn sync_plain(config: &Path) -> Output {
+    ferry(&[
+        "sync",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--progress",
+        "plain",
+    ])
+    .await
+}
+
+/// Two fresh registries and a temp dir for the test's files.
+pub async fn two_registries() -> (
+    ferry_testkit::Registry,
+    ferry_testkit::Registry,
+    tempfile::TempDir,
+) {
+    let src = ferry_testkit::Registry::start()
+        .await
+        .expect("start source registry");
+    let dst = ferry_testkit::Registry::start()
+        .await
+        .expect("start destination registry");
+    (src, dst, tempfile::tempdir().expect("temp dir"))
+}
+
 /// `ferry sync --json` and the single policy report it prints.
 pub async fn sync(config: &Path) -> (Output, Value) {
     let out = ferry(&[
