@@ -1,0 +1,179 @@
+//! The job queue between agents and workers.
+//!
+//! # Contract (every backend; `tests/queue_conformance.rs` runs one suite against all)
+//! - **Durable enqueue**: [`JobQueue::enqueue`] returns only after the job is stored (Redis: the
+//!   write is acknowledged; AOF makes it survive a restart). An agent answers a registry 2xx only
+//!   after it returned `Ok`.
+//! - **Collapsing**: while a job with the same [`Job::idempotency_key`] is pending (enqueued, not yet
+//!   claimed), another enqueue of that key is collapsed into it. Once claimed, a new enqueue creates
+//!   a new job (the running one may have read the source before the change).
+//! - **At-least-once, leased**: [`JobQueue::claim`] hands a job to one consumer with a lease. A job
+//!   whose lease expires (worker died or hung) is handed out again. [`JobQueue::ack`] removes it
+//!   for good — only after the destination confirmed.
+//! - **Retries**: [`JobQueue::fail`] with a retryable error reschedules the job after a capped,
+//!   jittered exponential backoff, recording `attempt`, `last_error` and `next_try_at_ms` on it;
+//!   after `max_attempts` (or a permanent error) it moves to the dead-letter list.
+//! - **Blob leases**: [`JobQueue::lease_blob`] makes one holder the mover of a `(destination,
+//!   digest)` so concurrent jobs move a shared layer once.
+//!
+//! # Layout
+//! - [`memory`]: in-process backend for `ferry serve` without `--redis` and for tests.
+//! - [`redis`]: Redis/Valkey Streams with a consumer group.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventKind;
+
+/// One unit of work: make `repository:reference` on the policy's destinations match the source
+/// (or apply a delete).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique id, assigned by the queue on enqueue when empty.
+    #[serde(default)]
+    pub id: String,
+    pub policy: String,
+    pub kind: EventKind,
+    /// Source repository.
+    pub repository: String,
+    /// Tag or digest.
+    pub reference: String,
+    /// For deletes: the digest that was deleted (the destination is touched only if it still holds
+    /// this digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Event time (Unix ms) of the change that caused this job; lag is measured from it.
+    pub event_time_ms: i64,
+    /// Id of the event that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Attempts made so far (0 before the first run).
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Not runnable before this time (Unix ms); 0 = now.
+    #[serde(default)]
+    pub next_try_at_ms: i64,
+    /// When it was first enqueued (Unix ms).
+    #[serde(default)]
+    pub enqueued_at_ms: i64,
+    /// W3C trace context carried from the event to the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl Job {
+    /// `policy|kind|repository|reference`: duplicate pending jobs collapse on it.
+    pub fn idempotency_key(&self) -> String {
+        let kind = match self.kind {
+            EventKind::Push => "push",
+            EventKind::Delete => "delete",
+        };
+        format!("{}|{kind}|{}|{}", self.policy, self.repository, self.reference)
+    }
+}
+
+/// A claimed job and the proof of the claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job: Job,
+    /// Backend-specific handle (Redis: the stream entry id).
+    pub token: String,
+    pub consumer: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    Enqueued,
+    /// An identical pending job exists; this one was folded into it.
+    Collapsed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Will run again at this time (Unix ms).
+    Retry { next_try_at_ms: i64 },
+    DeadLettered,
+}
+
+/// Retry policy: capped, jittered exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 8, base: Duration::from_secs(1), max: Duration::from_secs(300) }
+    }
+}
+
+/// What an operator alerts on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Jobs waiting (ready or delayed), not claimed.
+    pub depth: u64,
+    /// Jobs claimed and not yet acked.
+    pub in_flight: u64,
+    /// Of `depth`, those waiting for a retry time.
+    pub delayed: u64,
+    pub dead_letters: u64,
+    /// Age of the oldest waiting job (ms), 0 when none.
+    pub oldest_age_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("queue data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("lease of job {job_id} is no longer held by {consumer} (it expired and was reclaimed)")]
+    LeaseLost { job_id: String, consumer: String },
+}
+
+/// A job queue backend. Object-safe so binaries pick the backend at run time.
+#[async_trait::async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Stores a job durably (see the module contract for collapsing). Assigns `id` and
+    /// `enqueued_at_ms` when empty/zero.
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError>;
+
+    /// Up to `max` runnable jobs for `consumer`, each leased for `lease`: expired leases of other
+    /// consumers first, then due retries, then new jobs. Returns quickly (may be empty); callers poll.
+    async fn claim(&self, consumer: &str, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError>;
+
+    /// Extends a lease (heartbeat of a long transfer). `LeaseLost` if it was reclaimed meanwhile.
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError>;
+
+    /// The job is done: remove it for good.
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
+
+    /// The job failed: reschedule with backoff (`retryable` and attempts left) or dead-letter it.
+    /// `job` carries updated checkpoint fields (e.g. an upload offset) to keep for the next attempt.
+    async fn fail(&self, lease: &Lease, error: &str, retryable: bool) -> Result<FailOutcome, QueueError>;
+
+    /// Gives a job back without counting an attempt (graceful shutdown).
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError>;
+
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Dead-lettered jobs, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError>;
+
+    /// Moves a dead-lettered job back to the queue with its attempts reset. False if unknown.
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError>;
+
+    /// Deletes all dead letters; returns how many.
+    async fn purge_dead_letters(&self) -> Result<u64, QueueError>;
+
+    /// Tries to become the one mover of `digest` to `destination` for `ttl`. True when acquired.
+    async fn lease_blob(&self, destination: &str, digest: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError>;
+
+    /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
+    async fn release_blob(&self, destination: &str, digest: &str, holder: &str) -> Result<(), QueueError>;
+}
