@@ -16,9 +16,8 @@
 //! - **Blob leases**: [`JobQueue::lease_blob`] makes one holder the mover of a `(destination,
 //!   digest)` so concurrent jobs move a shared layer once.
 //!
-//! # Layout
-//! - [`memory`]: in-process backend for `ferry serve` without `--redis` and for tests.
-//! - [`redis`]: Redis/Valkey Streams with a consumer group.
+//! Backends (in progress, issue 3): an in-process one for `ferry serve` without `--redis`, and
+//! Redis/Valkey Streams with a consumer group.
 
 use std::time::Duration;
 
