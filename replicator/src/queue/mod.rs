@@ -70,7 +70,10 @@ impl Job {
             EventKind::Push => "push",
             EventKind::Delete => "delete",
         };
-        format!("{}|{kind}|{}|{}", self.policy, self.repository, self.reference)
+        format!(
+            "{}|{kind}|{}|{}",
+            self.policy, self.repository, self.reference
+        )
     }
 }
 
@@ -93,7 +96,9 @@ pub enum EnqueueOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailOutcome {
     /// Will run again at this time (Unix ms).
-    Retry { next_try_at_ms: i64 },
+    Retry {
+        next_try_at_ms: i64,
+    },
     DeadLettered,
 }
 
@@ -107,7 +112,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 8, base: Duration::from_secs(1), max: Duration::from_secs(300) }
+        RetryPolicy {
+            max_attempts: 8,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -131,7 +140,9 @@ pub enum QueueError {
     Unavailable(String),
     #[error("queue data is corrupt: {0}")]
     Corrupt(String),
-    #[error("lease of job {job_id} is no longer held by {consumer} (it expired and was reclaimed)")]
+    #[error(
+        "lease of job {job_id} is no longer held by {consumer} (it expired and was reclaimed)"
+    )]
     LeaseLost { job_id: String, consumer: String },
 }
 
@@ -144,7 +155,12 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Up to `max` runnable jobs for `consumer`, each leased for `lease`: expired leases of other
     /// consumers first, then due retries, then new jobs. Returns quickly (may be empty); callers poll.
-    async fn claim(&self, consumer: &str, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError>;
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError>;
 
     /// Extends a lease (heartbeat of a long transfer). `LeaseLost` if it was reclaimed meanwhile.
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError>;
@@ -154,7 +170,12 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// The job failed: reschedule with backoff (`retryable` and attempts left) or dead-letter it.
     /// `job` carries updated checkpoint fields (e.g. an upload offset) to keep for the next attempt.
-    async fn fail(&self, lease: &Lease, error: &str, retryable: bool) -> Result<FailOutcome, QueueError>;
+    async fn fail(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome, QueueError>;
 
     /// Gives a job back without counting an attempt (graceful shutdown).
     async fn release(&self, lease: &Lease) -> Result<(), QueueError>;
@@ -171,8 +192,19 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn purge_dead_letters(&self) -> Result<u64, QueueError>;
 
     /// Tries to become the one mover of `digest` to `destination` for `ttl`. True when acquired.
-    async fn lease_blob(&self, destination: &str, digest: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError>;
+    async fn lease_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError>;
 
     /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
-    async fn release_blob(&self, destination: &str, digest: &str, holder: &str) -> Result<(), QueueError>;
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), QueueError>;
 }
