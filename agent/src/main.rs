@@ -1,24 +1,280 @@
-//! `ferry-agent`: the per-region daemon that turns registry webhooks and tag polling into
-//! replication jobs. Not implemented yet (issue 3): it parses its contract flags and refuses to run.
+//! `ferry-agent`: the per-region daemon that turns registry webhooks into replication jobs.
+//!
+//! Only wiring lives here (flags, logging, config, queue connection, serving, shutdown); the
+//! webhook parsing, policy matching and HTTP routes are `ferry_replicator::ingest`.
+//!
+//! Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 on usage, config or startup errors.
 #![forbid(unsafe_code)]
-use clap::Parser;
+use std::future::IntoFuture as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Ferry's per-region agent (registry webhooks and polling -> events -> queue).
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use ferry_replicator::config::Config;
+use ferry_replicator::ingest::harbor::HarborOptions;
+use ferry_replicator::ingest::{self, IngestState};
+use ferry_replicator::policy::TriggerKind;
+use ferry_replicator::queue::{RedisQueue, RetryPolicy};
+
+/// Env var holding the webhook token when `--webhook-token-file` is not given.
+const TOKEN_ENV: &str = "FERRY_WEBHOOK_TOKEN";
+/// How long requests in flight may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Pause between attempts to reach Redis at startup.
+const CONNECT_RETRY: Duration = Duration::from_secs(2);
+
+/// Ferry's per-region agent: registry webhooks -> events -> replication jobs in the queue.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// Config file with registries and policies.
     #[arg(long)]
-    config: std::path::PathBuf,
-    /// Redis/Valkey URL of this region's queue.
+    config: PathBuf,
+    /// Redis/Valkey URL of this region's queue, e.g. redis://127.0.0.1:6379/0.
     #[arg(long)]
     redis: String,
-    /// Address for webhooks, /metrics and /healthz.
+    /// Key prefix of the queue in Redis (workers must use the same).
+    #[arg(long, default_value = "ferry")]
+    queue_prefix: String,
+    /// Address for webhooks, /metrics and /healthz, e.g. 0.0.0.0:8080.
     #[arg(long)]
     listen: String,
+    /// File with the webhook bearer token(s), one per line (several allow rotation). Default: the
+    /// FERRY_WEBHOOK_TOKEN environment variable.
+    #[arg(long)]
+    webhook_token_file: Option<PathBuf>,
+    /// Accept webhooks without a token when none is configured (trusted networks only).
+    #[arg(long)]
+    allow_unauthenticated: bool,
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, default_value_t = ingest::http::DEFAULT_BODY_LIMIT)]
+    max_body_bytes: usize,
+    /// Harbor user Ferry writes as (e.g. `robot$ferry`): Harbor events it caused are ignored.
+    #[arg(long)]
+    harbor_operator: Option<String>,
+    /// Give up if Redis cannot be reached for this many seconds at startup.
+    #[arg(long, default_value_t = 60)]
+    redis_connect_timeout: u64,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("ferry-agent is not implemented yet (see issue 3); use `ferry sync` for now")
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Config problems are printed one per line, each with its JSON path.
+    let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        !config.registries.is_empty(),
+        "{}: the agent needs a config file with `registries` (a bare policy file has none)",
+        args.config.display()
+    );
+    let tokens = load_tokens(args.webhook_token_file.as_deref())?;
+    // Checked again by the builder; here it fails before waiting for Redis.
+    anyhow::ensure!(
+        !tokens.is_empty() || args.allow_unauthenticated,
+        "no webhook token: set {TOKEN_ENV} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)"
+    );
+
+    let queue = connect(
+        &args.redis,
+        &args.queue_prefix,
+        Duration::from_secs(args.redis_connect_timeout),
+    )
+    .await?;
+    let registries: Vec<String> = config.registries.iter().map(|r| r.name.clone()).collect();
+    let event_policies = config
+        .policies
+        .iter()
+        .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
+        .count();
+    let mut builder = IngestState::builder(config, Arc::new(queue))
+        .allow_unauthenticated(args.allow_unauthenticated)
+        .body_limit(args.max_body_bytes)
+        .harbor_options(HarborOptions {
+            ignore_operator: args.harbor_operator.clone(),
+        });
+    let authenticated = !tokens.is_empty();
+    for token in tokens {
+        builder = builder.token(token);
+    }
+    let state = builder.build()?;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr().map_or_else(|_| args.listen.clone(), |a| a.to_string()),
+        registries = %registries.join(","),
+        authenticated,
+        event_policies,
+        "ferry-agent serving webhooks"
+    );
+    if event_policies == 0 {
+        tracing::warn!(
+            "no enabled event_based policy: webhooks will be accepted but create no jobs"
+        );
+    }
+    if !authenticated {
+        tracing::warn!("webhooks are accepted without a token (--allow-unauthenticated)");
+    }
+
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, ingest::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing requests in flight");
+            let _ = stopping_tx.send(true);
+        })
+        .into_future();
+    let deadline = async {
+        // `wait_for` fails only if the sender is gone, i.e. the server already stopped.
+        if stopping_rx.wait_for(|stopping| *stopping).await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served.context("serving webhooks")?,
+        () = deadline => tracing::warn!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "grace period over; exiting with requests in flight (registries will re-send them)"
+        ),
+    }
+    tracing::info!("ferry-agent stopped");
+    Ok(())
+}
+
+/// Tokens from the file (one per line, blank lines ignored) or the environment.
+fn load_tokens(file: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let tokens: Vec<String> = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the webhook token file {}", path.display())
+            })?;
+            let tokens: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            anyhow::ensure!(
+                !tokens.is_empty(),
+                "the webhook token file {} holds no token",
+                path.display()
+            );
+            tokens
+        }
+        None => std::env::var(TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .into_iter()
+            .collect(),
+    };
+    Ok(tokens)
+}
+
+/// Connects to Redis, retrying while it is not up yet (it may start after the agent).
+async fn connect(url: &str, prefix: &str, give_up_after: Duration) -> anyhow::Result<RedisQueue> {
+    let started = Instant::now();
+    loop {
+        match RedisQueue::connect(url, prefix, RetryPolicy::default()).await {
+            Ok(queue) => return Ok(queue),
+            Err(e) if started.elapsed() < give_up_after => {
+                tracing::warn!(error = %e, "queue not reachable yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(CONNECT_RETRY) => {}
+                    () = shutdown_signal() => anyhow::bail!("interrupted while connecting to the queue"),
+                }
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot reach the queue within {} s",
+                        give_up_after.as_secs()
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// Logs to stderr; `FERRY_LOG` (an `EnvFilter` directive) overrides the default `info`.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
 }

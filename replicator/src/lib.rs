@@ -8,6 +8,7 @@
 //! - [`transfer`]: moves one manifest graph, copying only the blobs the destination lacks.
 //! - [`sync`]: a full reconciliation of a policy (list, filter, diff, transfer, verify).
 //! - [`event`] and [`queue`]: normalized registry events and the job queue contract (issue 3).
+//! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
 //!
 //! The invariant every module keeps: bytes are never re-serialized, so every manifest and blob
 //! arrives on the destination under the digest it had on the source, or the operation fails.
@@ -16,9 +17,11 @@
 pub mod config;
 pub mod diff;
 pub mod event;
+pub mod ingest;
 pub mod oci;
 pub mod policy;
 pub mod queue;
 pub mod sync;
 pub mod throttle;
 pub mod transfer;
+pub mod worker;

@@ -254,6 +254,28 @@ impl PreparedPolicy {
         })
     }
 
+    /// Everything a transfer from this policy's source to `dst` needs.
+    pub fn transfer_context(
+        &self,
+        dst: &Arc<RegistryClient>,
+        ledger: Arc<BlobLedger>,
+        stats: Arc<TransferStats>,
+        throttle: Option<Arc<Throttle>>,
+        cancel: CancellationToken,
+        blob_parallelism: usize,
+    ) -> TransferContext {
+        TransferContext {
+            src: self.src.clone(),
+            dst: dst.clone(),
+            ledger,
+            stats,
+            throttle,
+            cancel,
+            copy_by_chunk: self.policy.copy_by_chunk,
+            blob_parallelism,
+        }
+    }
+
     /// The destination repository for a source repository.
     pub fn dest_repository(&self, repository: &str) -> Result<String, String> {
         rewrite_repository(
@@ -278,16 +300,14 @@ pub async fn sync_policy(
     let referrers_api = Arc::new(AtomicBool::new(true));
     let mut work = Vec::new();
     for dst in &prepared.dsts {
-        let ctx = TransferContext {
-            src: prepared.src.clone(),
-            dst: dst.clone(),
-            ledger: ledger.clone(),
-            stats: opts.progress.stats.clone(),
-            throttle: throttle.clone(),
-            cancel: opts.cancel.clone(),
-            copy_by_chunk: policy.copy_by_chunk,
-            blob_parallelism: opts.blob_parallelism,
-        };
+        let ctx = prepared.transfer_context(
+            dst,
+            ledger.clone(),
+            opts.progress.stats.clone(),
+            throttle.clone(),
+            opts.cancel.clone(),
+            opts.blob_parallelism,
+        );
         for repo in &repos {
             for tag in &repo.tags {
                 work.push((ctx.clone(), repo, tag.clone()));
@@ -447,6 +467,44 @@ async fn copy_tag(
         }
     }
     Ok(outcome)
+}
+
+/// Reconciles one `repository:reference` (tag or digest) on `ctx.dst`, level-triggered: whatever
+/// the source holds *now* is what the destination gets. Used by workers for event-driven jobs.
+/// Returns the outcome and the number of referrers copied; errors keep their retryability.
+pub async fn reconcile_reference(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repository: &str,
+    reference: &str,
+) -> Result<(TagOutcome, u64), TransferError> {
+    let dst_repo = prepared
+        .dest_repository(repository)
+        .map_err(TransferError::Policy)?;
+    // The tag list finds referrer tags (`sha256-<hex>.sig`) of what we copy.
+    let all_tags = if prepared.policy.copy_referrers {
+        ctx.src.list_tags(repository).await?
+    } else {
+        Vec::new()
+    };
+    let repo = SourceRepo {
+        repository: repository.to_string(),
+        tags: vec![reference.to_string()],
+        all_tags,
+    };
+    let referrers_api = AtomicBool::new(true);
+    let mut referrers = 0;
+    let outcome = copy_tag(
+        prepared,
+        ctx,
+        &repo,
+        &dst_repo,
+        reference,
+        &referrers_api,
+        &mut referrers,
+    )
+    .await?;
+    Ok((outcome, referrers))
 }
 
 /// Confirms the destination tag resolves to `digest`.

@@ -45,6 +45,9 @@ pub enum TransferError {
         repository: String,
         digest: String,
     },
+    /// The policy cannot be applied to this content (e.g. its namespace rule); permanent.
+    #[error("{0}")]
+    Policy(String),
     #[error("cancelled")]
     Cancelled,
 }
@@ -164,7 +167,12 @@ pub async fn ensure_graph(
                 .into_iter()
                 .filter(|d| !manifest::is_non_distributable(d))
                 .collect();
-            stream::iter(blobs.iter().map(|d| copy_blob(ctx, src_repo, dst_repo, d)))
+            // Futures built in a loop (not a closure) keep concrete lifetimes, so callers can spawn.
+            let mut copies = Vec::with_capacity(blobs.len());
+            for d in &blobs {
+                copies.push(copy_blob(ctx, src_repo, dst_repo, d));
+            }
+            stream::iter(copies)
                 .buffer_unordered(ctx.blob_parallelism.max(1))
                 .try_collect::<Vec<_>>()
                 .await?;
@@ -301,7 +309,9 @@ async fn copy_blob_locked(
 /// Holds a transfer slot on both registries, acquired in name order so two opposite transfers
 /// (A→B and B→A) can never wait on each other.
 async fn transfer_permits(ctx: &TransferContext) -> Result<Vec<tokio::sync::OwnedSemaphorePermit>> {
-    let mut regs = vec![&ctx.src, &ctx.dst];
+    // Owned handles: borrowed ones held across the awaits below make the future's `Send` bound
+    // lifetime-specific, which breaks spawning it.
+    let mut regs = vec![ctx.src.clone(), ctx.dst.clone()];
     regs.sort_by(|a, b| a.name().cmp(b.name()));
     regs.dedup_by(|a, b| Arc::ptr_eq(a, b));
     let mut permits = Vec::with_capacity(2);

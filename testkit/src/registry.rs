@@ -357,6 +357,8 @@ pub struct RedisServer {
     child: Managed,
     port: u16,
     appendonly: bool,
+    /// The server binary (`redis-server`, `valkey-server`, ...), kept so a restart runs the same one.
+    binary: String,
     /// Holds `redis.log` and the server's `--dir` (RDB/AOF files).
     dir: TempDir,
 }
@@ -367,6 +369,13 @@ impl RedisServer {
     /// snapshots are always off), so a [`RedisServer::restart`] after
     /// [`RedisServer::kill`] models a crash of a durable deployment.
     pub async fn start(appendonly: bool) -> anyhow::Result<RedisServer> {
+        RedisServer::start_binary(&redis_binary(), appendonly).await
+    }
+
+    /// Like [`RedisServer::start`], but runs `binary` (a name on `PATH` or a
+    /// path) instead of `$FERRY_REDIS_SERVER`, so one test run can cover both
+    /// `redis-server` and `valkey-server`.
+    pub async fn start_binary(binary: &str, appendonly: bool) -> anyhow::Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("ferry-redis-")
             .tempdir()
@@ -374,12 +383,13 @@ impl RedisServer {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = process::free_port()?;
-            match spawn_redis(dir.path(), port, appendonly).await {
+            match spawn_redis(binary, dir.path(), port, appendonly).await {
                 Ok(child) => {
                     return Ok(RedisServer {
                         child: Managed::new(child),
                         port,
                         appendonly,
+                        binary: binary.to_owned(),
                         dir,
                     })
                 }
@@ -390,8 +400,7 @@ impl RedisServer {
         Err(last_err
             .unwrap_or_else(|| anyhow::anyhow!("no start attempt made"))
             .context(format!(
-                "{} lost the race for a free port {START_ATTEMPTS} times",
-                redis_binary()
+                "{binary} lost the race for a free port {START_ATTEMPTS} times"
             )))
     }
 
@@ -429,12 +438,17 @@ impl RedisServer {
     /// directory (reloading the AOF when `appendonly`).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
-        let child = spawn_redis(self.dir.path(), self.port, self.appendonly)
+        let child = spawn_redis(&self.binary, self.dir.path(), self.port, self.appendonly)
             .await
             .map_err(StartError::into_inner)
-            .with_context(|| format!("restarting {} on port {}", redis_binary(), self.port))?;
+            .with_context(|| format!("restarting {} on port {}", self.binary, self.port))?;
         self.child.set(child);
         Ok(())
+    }
+
+    /// The server binary this instance runs.
+    pub fn binary(&self) -> &str {
+        &self.binary
     }
 
     /// Kills the server and removes its directory.
@@ -448,11 +462,15 @@ fn redis_binary() -> String {
 }
 
 /// One start attempt of the redis binary.
-async fn spawn_redis(dir: &Path, port: u16, appendonly: bool) -> Result<Child, StartError> {
-    let binary = redis_binary();
+async fn spawn_redis(
+    binary: &str,
+    dir: &Path,
+    port: u16,
+    appendonly: bool,
+) -> Result<Child, StartError> {
     let log = dir.join("redis.log");
     let what = format!("{binary} on 127.0.0.1:{port}");
-    let mut cmd = Command::new(&binary);
+    let mut cmd = Command::new(binary);
     cmd.arg("--port")
         .arg(port.to_string())
         .arg("--bind")
@@ -543,7 +561,7 @@ mod tests {
         }
 
         let dir = tempfile::tempdir().unwrap();
-        match spawn_redis(dir.path(), addr.port(), false).await {
+        match spawn_redis(&redis_binary(), dir.path(), addr.port(), false).await {
             Err(StartError::AddrInUse(_)) => {}
             Err(StartError::Fatal(e)) => panic!("classified as fatal: {e:#}"),
             Ok(_) => panic!("started on a taken port"),

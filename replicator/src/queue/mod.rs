@@ -16,8 +16,17 @@
 //! - **Blob leases**: [`JobQueue::lease_blob`] makes one holder the mover of a `(destination,
 //!   digest)` so concurrent jobs move a shared layer once.
 //!
-//! Backends (in progress, issue 3): an in-process one for `ferry serve` without `--redis`, and
-//! Redis/Valkey Streams with a consumer group.
+//! Backends: [`MemoryQueue`] (in-process, for `ferry serve` without `--redis`) and [`RedisQueue`]
+//! (Redis/Valkey Streams with a consumer group; its module doc has the key layout and lease
+//! semantics). [`backoff`] computes retry delays for both.
+
+pub mod backoff;
+mod lifecycle;
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryQueue;
+pub use self::redis::RedisQueue;
 
 use std::time::Duration;
 

@@ -1,0 +1,612 @@
+//! The agent's HTTP surface: registry webhooks in, durable jobs out; plus health and metrics.
+//!
+//! # Routes
+//! - `POST /v1/events/distribution?registry=<name>`: CNCF distribution notifications
+//!   (`application/vnd.docker.distribution.events.v1+json`, `…v2+json`, or `application/json`).
+//! - `POST /v1/events/harbor?registry=<name>`: Harbor webhooks (`application/json`).
+//! - `GET /healthz`: `200 ok` while the queue answers [`JobQueue::stats`], 503 otherwise.
+//! - `GET /metrics`: Prometheus/OpenMetrics text (see [`super::metrics`]).
+//!
+//! `registry` names the configured registry (config `registries[].name`) the webhook comes from;
+//! it is required, because notifications do not say reliably which registry sent them
+//! (`source.addr` is the registry's own view of its host name). Configure distribution with:
+//!
+//! ```yaml
+//! notifications:
+//!   events: {includereferences: true}      # lets Ferry fold an index's child manifests
+//!   endpoints:
+//!     - name: ferry
+//!       url: http://ferry-agent:8080/v1/events/distribution?registry=eu
+//!       headers: {Authorization: [Bearer <token>]}
+//!       timeout: 5s
+//!       threshold: 5
+//!       backoff: 1s
+//!       ignoredmediatypes: [application/octet-stream]   # blob events: not needed
+//! ```
+//!
+//! and a Harbor webhook policy with notify type `http`, endpoint
+//! `http://ferry-agent:8080/v1/events/harbor?registry=harbor-eu`, auth header `Bearer <token>`.
+//!
+//! # Answers
+//! - 200 `{"received", "events", "ignored", "jobs", "enqueued", "collapsed"}` **only after every
+//!   job of the batch is durably enqueued** ([`JobQueue::enqueue`] returned `Ok`);
+//! - 401 without a valid `Authorization: Bearer <token>` (tokens compared in constant time);
+//! - 400 for a missing/unknown `registry` parameter or a body that does not parse (`{"error",
+//!   "path"}` names the JSON path); 413 over the body limit (default 1 MiB); 415 for another
+//!   content type;
+//! - 503 when the queue is unavailable, 500 for other queue errors: the registry re-sends, and
+//!   jobs enqueued before the failure collapse with the re-sent ones.
+//!
+//! Note: distribution's notifier retries a failed POST forever, in order (head-of-line), while the
+//! registry process lives; a body that Ferry rejects with 400 blocks that endpoint's queue until
+//! the registry restarts or the agent accepts it. That is why ignored events are validated only as
+//! far as needed to ignore them.
+//!
+//! # Invariants
+//! An [`IngestState`] cannot be built without a token unless unauthenticated access was asked for
+//! explicitly; no request body makes a handler panic; no secret is ever logged.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use super::harbor::HarborOptions;
+use super::matcher::{Matcher, MatcherError};
+use super::metrics::{self, IngestMetrics};
+use super::{distribution, harbor, Batch, IngestError};
+use crate::config::Config;
+use crate::event::EventKind;
+use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
+
+/// Default request body limit: 1 MiB (a distribution batch is a few KiB per event).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// How long a client may take to send its body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an [`IngestState`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("no webhook token configured; set one (FERRY_WEBHOOK_TOKEN or --webhook-token-file) or allow unauthenticated webhooks explicitly")]
+    NoToken,
+    #[error("a webhook token is empty")]
+    EmptyToken,
+    #[error("the config is invalid:\n{0}")]
+    InvalidConfig(String),
+    #[error(transparent)]
+    Matcher(#[from] MatcherError),
+}
+
+/// Everything the ingest routes share. Cheap to clone.
+#[derive(Clone)]
+pub struct IngestState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Configured registry names: the valid values of `?registry=`.
+    registries: BTreeSet<String>,
+    matcher: Matcher,
+    queue: Arc<dyn JobQueue>,
+    /// SHA-256 of each accepted token: comparing fixed-size hashes in constant time leaks neither
+    /// content nor length. Empty only when unauthenticated access was allowed.
+    token_hashes: Vec<[u8; 32]>,
+    body_limit: usize,
+    harbor: HarborOptions,
+    metrics: IngestMetrics,
+}
+
+impl std::fmt::Debug for IngestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestState")
+            .field("registries", &self.inner.registries)
+            .field("tokens", &self.inner.token_hashes.len())
+            .field("body_limit", &self.inner.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`IngestState`]; see [`IngestState::builder`].
+pub struct IngestStateBuilder {
+    config: Config,
+    queue: Arc<dyn JobQueue>,
+    tokens: Vec<String>,
+    allow_unauthenticated: bool,
+    body_limit: usize,
+    harbor: HarborOptions,
+    metrics_registry: Option<prometheus_client::registry::Registry>,
+}
+
+impl IngestState {
+    /// Starts building the state for `config` (registries and policies) and the queue jobs go to.
+    pub fn builder(config: Config, queue: Arc<dyn JobQueue>) -> IngestStateBuilder {
+        IngestStateBuilder {
+            config,
+            queue,
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+            harbor: HarborOptions::default(),
+            metrics_registry: None,
+        }
+    }
+
+    /// The metrics the routes update (to register more or read them in tests).
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.inner.metrics
+    }
+}
+
+impl IngestStateBuilder {
+    /// Accepts `Authorization: Bearer <token>`. May be called several times (token rotation).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.tokens.push(token.into());
+        self
+    }
+
+    /// Accepts webhooks without a token when none is configured. Off by default: without tokens,
+    /// [`IngestStateBuilder::build`] fails.
+    pub fn allow_unauthenticated(mut self, allow: bool) -> Self {
+        self.allow_unauthenticated = allow;
+        self
+    }
+
+    /// Largest accepted request body in bytes (default [`DEFAULT_BODY_LIMIT`]).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Options of the Harbor endpoint (Ferry's robot account to ignore).
+    pub fn harbor_options(mut self, options: HarborOptions) -> Self {
+        self.harbor = options;
+        self
+    }
+
+    /// Registers the ingest metrics in this registry instead of a fresh one, so that `/metrics`
+    /// also exports what else the process registered there.
+    pub fn metrics_registry(mut self, registry: prometheus_client::registry::Registry) -> Self {
+        self.metrics_registry = Some(registry);
+        self
+    }
+
+    pub fn build(self) -> Result<IngestState, SetupError> {
+        if self.tokens.iter().any(String::is_empty) {
+            return Err(SetupError::EmptyToken);
+        }
+        if self.tokens.is_empty() && !self.allow_unauthenticated {
+            return Err(SetupError::NoToken);
+        }
+        let problems = self.config.validate();
+        if !problems.is_empty() {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(SetupError::InvalidConfig(lines.join("\n")));
+        }
+        let matcher = Matcher::new(&self.config)?;
+        Ok(IngestState {
+            inner: Arc::new(Inner {
+                registries: self
+                    .config
+                    .registries
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect(),
+                matcher,
+                queue: self.queue,
+                token_hashes: self.tokens.iter().map(|t| sha256(t.as_bytes())).collect(),
+                body_limit: self.body_limit,
+                harbor: self.harbor,
+                metrics: IngestMetrics::new(self.metrics_registry.unwrap_or_default()),
+            }),
+        })
+    }
+}
+
+/// The ingest routes: webhooks, `/healthz` and `/metrics`.
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/v1/events/distribution", post(distribution_webhook))
+        .route("/v1/events/harbor", post(harbor_webhook))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Distribution,
+    Harbor,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Distribution => "distribution",
+            Endpoint::Harbor => "harbor",
+        }
+    }
+
+    fn content_types(self) -> &'static [&'static str] {
+        match self {
+            Endpoint::Distribution => distribution::CONTENT_TYPES,
+            Endpoint::Harbor => harbor::CONTENT_TYPES,
+        }
+    }
+}
+
+async fn distribution_webhook(
+    State(state): State<IngestState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    webhook(&state, Endpoint::Distribution, query, &headers, body).await
+}
+
+async fn harbor_webhook(
+    State(state): State<IngestState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    webhook(&state, Endpoint::Harbor, query, &headers, body).await
+}
+
+/// A rejected request: status plus a JSON body.
+struct Reject {
+    status: StatusCode,
+    body: Value,
+}
+
+impl Reject {
+    fn new(status: StatusCode, error: impl std::fmt::Display) -> Reject {
+        Reject {
+            status,
+            body: json!({ "error": error.to_string() }),
+        }
+    }
+
+    fn with(mut self, key: &str, value: Value) -> Reject {
+        if let Some(map) = self.body.as_object_mut() {
+            map.insert(key.to_string(), value);
+        }
+        self
+    }
+}
+
+impl From<IngestError> for Reject {
+    fn from(error: IngestError) -> Reject {
+        let status = match &error {
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::ContentType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::Json { .. }
+            | IngestError::Missing { .. }
+            | IngestError::Invalid { .. }
+            | IngestError::Body(_) => StatusCode::BAD_REQUEST,
+        };
+        let reject = Reject::new(status, &error);
+        match error.path() {
+            Some(path) => reject.with("path", json!(path)),
+            None => reject,
+        }
+    }
+}
+
+async fn webhook(
+    state: &IngestState,
+    endpoint: Endpoint,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let (status, body, extra_headers) = match handle(state, endpoint, query, headers, body).await {
+        Ok(summary) => (StatusCode::OK, summary, None),
+        Err(reject) => {
+            let www_authenticate = (reject.status == StatusCode::UNAUTHORIZED)
+                .then(|| HeaderValue::from_static(r#"Bearer realm="ferry""#));
+            (reject.status, reject.body, www_authenticate)
+        }
+    };
+    state
+        .inner
+        .metrics
+        .request(endpoint.label(), status.as_u16());
+    if !status.is_success() {
+        tracing::debug!(endpoint = endpoint.label(), status = status.as_u16(), reason = %body, "webhook rejected");
+    }
+    let mut response = (status, Json(body)).into_response();
+    if let Some(value) = extra_headers {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+async fn handle(
+    state: &IngestState,
+    endpoint: Endpoint,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, Reject> {
+    let inner = &state.inner;
+    authenticate(inner, headers)?;
+    let registry = registry_param(inner, query.as_deref())?;
+    check_content_type(headers, endpoint.content_types())?;
+    let bytes = read_body(headers, body, inner.body_limit).await?;
+    let batch = match endpoint {
+        Endpoint::Distribution => distribution::parse(&bytes, &registry)?,
+        Endpoint::Harbor => harbor::parse(&bytes, &registry, &inner.harbor)?,
+    };
+    enqueue_batch(inner, &registry, batch).await
+}
+
+fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<(), Reject> {
+    if inner.token_hashes.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or_else(|| {
+            Reject::new(
+                StatusCode::UNAUTHORIZED,
+                "missing `Authorization: Bearer <token>` header",
+            )
+        })?;
+    let presented = sha256(presented.as_bytes());
+    // Compare against every token without short-circuiting.
+    let valid = inner
+        .token_hashes
+        .iter()
+        .fold(subtle::Choice::from(0), |acc, t| acc | t.ct_eq(&presented));
+    if bool::from(valid) {
+        Ok(())
+    } else {
+        Err(Reject::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid bearer token",
+        ))
+    }
+}
+
+fn registry_param(inner: &Inner, query: Option<&str>) -> Result<String, Reject> {
+    let value = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "registry")
+            .map(|(_, v)| v.into_owned())
+    });
+    let known = || {
+        inner
+            .registries
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match value {
+        None => Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "query parameter `registry` is required: the name of the configured registry that sends this webhook (one of: {})",
+                known()
+            ),
+        )
+        .with("param", json!("registry"))),
+        Some(name) if !inner.registries.contains(&name) => Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "query parameter `registry`: {name:?} is not a configured registry (one of: {})",
+                known()
+            ),
+        )
+        .with("param", json!("registry"))),
+        Some(name) => Ok(name),
+    }
+}
+
+fn check_content_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), IngestError> {
+    let found = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let essence = found
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if accepted.contains(&essence.as_str()) {
+        Ok(())
+    } else {
+        Err(IngestError::ContentType {
+            found,
+            expected: accepted.join(", "),
+        })
+    }
+}
+
+/// Reads the body up to `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, IngestError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    let read = async {
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(IngestError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(IngestError::Body(format!(
+                "not received within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// Matches every event, enqueues every job, and summarizes; fails on the first queue error.
+async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Value, Reject> {
+    let metrics = &inner.metrics;
+    for ignored in &batch.ignored {
+        metrics.event(registry, ignored.kind, ignored.reason.as_str());
+    }
+    let (mut jobs, mut enqueued, mut collapsed) = (0u64, 0u64, 0u64);
+    for event in &batch.events {
+        let kind = match event.kind {
+            EventKind::Push => "push",
+            EventKind::Delete => "delete",
+        };
+        let matched = inner.matcher.jobs(event);
+        if matched.is_empty() {
+            tracing::debug!(
+                registry,
+                repository = %event.repository,
+                tag = event.tag.as_deref(),
+                digest = event.digest.as_deref(),
+                kind,
+                "event matches no policy"
+            );
+            metrics.event(registry, kind, "unmatched");
+            continue;
+        }
+        for mut job in matched {
+            jobs += 1;
+            job.id = new_job_id();
+            let job_id = job.id.clone();
+            let policy = job.policy.clone();
+            match inner.queue.enqueue(job).await {
+                Ok(EnqueueOutcome::Enqueued) => {
+                    enqueued += 1;
+                    tracing::info!(
+                        registry,
+                        policy = %policy,
+                        repository = %event.repository,
+                        tag = event.tag.as_deref(),
+                        digest = event.digest.as_deref(),
+                        job_id = %job_id,
+                        kind,
+                        "job enqueued"
+                    );
+                }
+                Ok(EnqueueOutcome::Collapsed) => {
+                    collapsed += 1;
+                    tracing::debug!(
+                        registry,
+                        policy = %policy,
+                        repository = %event.repository,
+                        tag = event.tag.as_deref(),
+                        digest = event.digest.as_deref(),
+                        kind,
+                        "job collapsed into a pending one"
+                    );
+                }
+                Err(error) => {
+                    metrics.event(registry, kind, "queue_unavailable");
+                    tracing::warn!(
+                        registry,
+                        policy = %policy,
+                        repository = %event.repository,
+                        tag = event.tag.as_deref(),
+                        digest = event.digest.as_deref(),
+                        error = %error,
+                        "cannot enqueue job; the registry will re-send the batch"
+                    );
+                    let status = match error {
+                        QueueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                        QueueError::Corrupt(_) | QueueError::LeaseLost { .. } => {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        }
+                    };
+                    return Err(Reject::new(status, &error)
+                        .with("enqueued_before_failure", json!(enqueued + collapsed)));
+                }
+            }
+        }
+        metrics.event(registry, kind, "matched");
+    }
+    tracing::debug!(
+        registry,
+        received = batch.received,
+        events = batch.events.len(),
+        ignored = batch.ignored.len(),
+        jobs,
+        enqueued,
+        collapsed,
+        "webhook batch accepted"
+    );
+    Ok(json!({
+        "received": batch.received,
+        "events": batch.events.len(),
+        "ignored": batch.ignored.len(),
+        "jobs": jobs,
+        "enqueued": enqueued,
+        "collapsed": collapsed,
+    }))
+}
+
+async fn healthz(State(state): State<IngestState>) -> Response {
+    match state.inner.queue.stats().await {
+        Ok(stats) => {
+            state.inner.metrics.set_queue(&stats);
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "health check: queue unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("queue unavailable: {error}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics_handler(State(state): State<IngestState>) -> Response {
+    match state.inner.queue.stats().await {
+        Ok(stats) => state.inner.metrics.set_queue(&stats),
+        // The gauges keep their last values; /healthz reports the outage.
+        Err(error) => tracing::debug!(error = %error, "metrics: queue stats unavailable"),
+    }
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.inner.metrics.encode(),
+    )
+        .into_response()
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// A random job id (128 bits, hex), assigned here so that the log line of the webhook names it.
+fn new_job_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

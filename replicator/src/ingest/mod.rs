@@ -1,0 +1,300 @@
+//! Ingest: registry notifications in, durable jobs out. The library half of `ferry-agent` (and
+//! of the all-in-one `ferry serve`).
+//!
+//! # Layout
+//! - [`distribution`]: the CNCF distribution notification envelope (`{"events": [...]}`) →
+//!   [`Event`]s: blob, pull and mount events dropped, Ferry's own writes dropped (echo
+//!   suppression), the manifest and tag events of one delete joined, child manifests of an index
+//!   push folded into the tagged index event.
+//! - [`harbor`]: Harbor's webhook JSON → [`Event`]s.
+//! - [`matcher`]: [`Event`] + config → one [`Job`](crate::queue::Job) per matching event-based
+//!   policy.
+//! - [`http`]: the axum router (`POST /v1/events/{distribution,harbor}`, `/healthz`, `/metrics`):
+//!   bearer-token auth, body limit, content-type check, and the delivery rule below.
+//! - [`metrics`]: the Prometheus metrics the router exports.
+//!
+//! # Invariants
+//! - **Answer 2xx only after every job of a batch is durably enqueued.** The registry's notifier
+//!   retries anything else, and the queue collapses the duplicates a retry produces, so an event is
+//!   never lost between "the registry sent it" and "a worker will run it".
+//! - Parsing is pure (no I/O, no clock except for a missing timestamp) and never panics: every
+//!   problem is an [`IngestError`] naming the JSON path (`events[2].target.repository: missing`).
+//! - Events are hints, not commands: workers re-read the source (level-triggered), so dropping a
+//!   redundant event (a child manifest of an index) or accepting a duplicate is always safe.
+
+pub mod distribution;
+pub mod harbor;
+pub mod http;
+mod json;
+pub mod matcher;
+pub mod metrics;
+mod rfc3339;
+
+pub use http::{router, IngestState, IngestStateBuilder, SetupError};
+pub use matcher::Matcher;
+
+use crate::event::Event;
+
+/// User-Agent prefix of Ferry's own registry writes (`ferry/<version>`); events those writes cause
+/// are dropped so that bidirectional replication does not echo.
+pub const FERRY_USER_AGENT_PREFIX: &str = "ferry/";
+
+/// A notification body that cannot be used. `Display` is one line; [`IngestError::path`] is the
+/// JSON path of the offending value when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The body is not JSON at all (or is truncated).
+    #[error("body is not valid JSON (line {line}, column {column}): {message}")]
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A required field is absent or `null`.
+    #[error("{path}: missing")]
+    Missing { path: String },
+    /// A field has the wrong type or an unusable value.
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    /// The request's `Content-Type` is not one this endpoint accepts.
+    #[error("content type {found:?} is not accepted here; expected one of: {expected}")]
+    ContentType { found: String, expected: String },
+    /// The body is larger than the configured limit.
+    #[error("body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The body could not be read (client went away, broken chunked encoding).
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+}
+
+impl IngestError {
+    /// JSON path of the offending value (`events[0].target.tag`), `$` for the whole document, or
+    /// `None` when the problem is not in the document (content type, size, transport).
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            IngestError::Missing { path } | IngestError::Invalid { path, .. } => Some(path),
+            IngestError::Json { .. } => Some("$"),
+            IngestError::ContentType { .. }
+            | IngestError::TooLarge { .. }
+            | IngestError::Body(_) => None,
+        }
+    }
+
+    pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> IngestError {
+        IngestError::Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn missing(path: impl Into<String>) -> IngestError {
+        IngestError::Missing { path: path.into() }
+    }
+}
+
+/// Why a notification produced no event. `as_str` is the `outcome` label of `ferry_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IgnoreReason {
+    /// An action Ferry does not replicate: `pull`, `mount`, Harbor's `PULL_ARTIFACT`,
+    /// `SCANNING_*`, unknown actions.
+    Action,
+    /// An event about a blob (layer, config), not a manifest.
+    Blob,
+    /// Caused by Ferry's own write (User-Agent `ferry/…`, or Harbor's configured robot operator).
+    OwnWrite,
+    /// A tagless manifest push referenced by a tagged push of the same batch (an index's child):
+    /// the tagged event's job copies it.
+    ChildManifest,
+}
+
+impl IgnoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoreReason::Action => "ignored_action",
+            IgnoreReason::Blob => "ignored_blob",
+            IgnoreReason::OwnWrite => "ignored_own_write",
+            IgnoreReason::ChildManifest => "ignored_child_manifest",
+        }
+    }
+}
+
+/// One notification that was dropped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// Position in the body (`events[index]`, or the Harbor resource index).
+    pub index: usize,
+    /// Bounded action label for metrics: `push`, `delete`, `pull`, `mount` or `other`.
+    pub kind: &'static str,
+    pub reason: IgnoreReason,
+}
+
+/// The result of parsing one notification body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Batch {
+    /// Notifications in the body (distribution events, or Harbor resources).
+    pub received: usize,
+    /// Normalized events to match against policies, in body order. Joined deletes count once.
+    pub events: Vec<Event>,
+    /// Notifications dropped, with their reason.
+    pub ignored: Vec<Ignored>,
+}
+
+/// Bounded `kind` label for an action or Harbor event type.
+pub(crate) fn kind_label(action: &str) -> &'static str {
+    match action {
+        "push" | "PUSH_ARTIFACT" => "push",
+        "delete" | "DELETE_ARTIFACT" => "delete",
+        "pull" | "PULL_ARTIFACT" => "pull",
+        "mount" => "mount",
+        _ => "other",
+    }
+}
+
+/// Current time in Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Is `tag` a tag of the OCI referrers tag scheme (`sha256-<hex>`, optionally with a suffix such as
+/// cosign's `.sig`/`.att`/`.sbom`)?
+pub fn is_referrer_tag(tag: &str) -> bool {
+    let Some(rest) = tag
+        .strip_prefix("sha256-")
+        .map(|r| (r, 64))
+        .or_else(|| tag.strip_prefix("sha512-").map(|r| (r, 128)))
+    else {
+        return false;
+    };
+    let (hex, len) = rest;
+    hex.len() >= len
+        && hex.as_bytes()[..len]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && (hex.len() == len || hex.as_bytes()[len] == b'.')
+}
+
+/// Checks a tag against the distribution grammar `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub(crate) fn check_tag(tag: &str) -> Result<(), String> {
+    let bytes = tag.as_bytes();
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    match bytes.first() {
+        None => Err("tag is empty".to_string()),
+        Some(_) if bytes.len() > 128 => {
+            Err(format!("tag is {} bytes long, more than 128", bytes.len()))
+        }
+        Some(first) if !word(first) => Err(format!(
+            "tag {tag:?} must start with a letter, digit or `_`"
+        )),
+        Some(_) => match bytes
+            .iter()
+            .find(|b| !(word(b) || **b == b'.' || **b == b'-'))
+        {
+            Some(_) => Err(format!(
+                "tag {tag:?} may only contain letters, digits, `_`, `.` and `-`"
+            )),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Checks a repository path: `/`-separated non-empty components of lowercase letters, digits and
+/// `.`, `_`, `-`, at most 255 bytes (a light version of the distribution grammar: enough to keep
+/// junk out of job references and URLs).
+pub(crate) fn check_repository(repository: &str) -> Result<(), String> {
+    if repository.is_empty() {
+        return Err("repository is empty".to_string());
+    }
+    if repository.len() > 255 {
+        return Err(format!(
+            "repository is {} bytes long, more than 255",
+            repository.len()
+        ));
+    }
+    if repository.split('/').any(str::is_empty) {
+        return Err(format!(
+            "repository {repository:?} has an empty path component"
+        ));
+    }
+    if let Some(c) = repository.chars().find(|c| {
+        !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/'))
+    }) {
+        return Err(format!(
+            "repository {repository:?} contains {c:?}; only lowercase letters, digits and `.`, `_`, `-`, `/` are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `sha256:<64 hex>` or `sha512:<128 hex>` (lowercase): the algorithms Ferry can verify.
+pub(crate) fn check_digest(digest: &str) -> Result<(), String> {
+    let hex_len = match digest.split_once(':') {
+        Some(("sha256", hex)) => (hex.len() == 64).then_some(hex),
+        Some(("sha512", hex)) => (hex.len() == 128).then_some(hex),
+        _ => None,
+    };
+    match hex_len {
+        Some(hex)
+            if hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{digest:?} is not a digest (`sha256:<64 hex>` or `sha512:<128 hex>`)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referrer_tags() {
+        let hex = "a".repeat(64);
+        assert!(is_referrer_tag(&format!("sha256-{hex}")));
+        assert!(is_referrer_tag(&format!("sha256-{hex}.sig")));
+        assert!(is_referrer_tag(&format!("sha512-{}", "0".repeat(128))));
+        assert!(!is_referrer_tag("sha256-abc"));
+        assert!(!is_referrer_tag(&format!("sha256-{}", "A".repeat(64))));
+        assert!(!is_referrer_tag(&format!("sha256-{hex}x")));
+        assert!(!is_referrer_tag("v1"));
+        assert!(!is_referrer_tag("sha256-é"));
+    }
+
+    #[test]
+    fn tags_and_repositories() {
+        assert!(check_tag("v1.2.3-rc_1").is_ok());
+        assert!(check_tag("").is_err());
+        assert!(check_tag(".hidden").is_err());
+        assert!(check_tag("a b").is_err());
+        assert!(check_tag(&"a".repeat(129)).is_err());
+        assert!(check_repository("team/app").is_ok());
+        assert!(check_repository("Team/app").is_err());
+        assert!(check_repository("team//app").is_err());
+        assert!(check_repository("/app").is_err());
+        assert!(check_repository(&"a".repeat(256)).is_err());
+        assert!(check_digest(&format!("sha256:{}", "0".repeat(64))).is_ok());
+        assert!(check_digest("sha256:xyz").is_err());
+        assert!(check_digest("md5:abc").is_err());
+        assert!(check_digest(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(check_digest(&format!("sha512:{}", "f".repeat(128))).is_ok());
+    }
+
+    #[test]
+    fn error_paths() {
+        assert_eq!(
+            IngestError::missing("events[2].target.repository").to_string(),
+            "events[2].target.repository: missing"
+        );
+        assert_eq!(
+            IngestError::missing("events[0].action").path(),
+            Some("events[0].action")
+        );
+        assert_eq!(IngestError::TooLarge { limit: 1 }.path(), None);
+    }
+}

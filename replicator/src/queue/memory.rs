@@ -1,0 +1,342 @@
+//! In-process [`JobQueue`] for `ferry serve` without `--redis` (and for tests of the layers above
+//! the queue). Nothing survives the process: an agent that answers a registry 2xx after an
+//! in-memory enqueue promises only as much as the process lifetime.
+//!
+//! # Model (mirrors [`super::redis::RedisQueue`] one to one, so the conformance suite holds both)
+//! - `fresh`: new jobs, FIFO (the Redis `jobs` stream).
+//! - `ready`: retries whose time has come and released jobs, FIFO (the Redis `retries` stream).
+//! - `delayed`: failed jobs waiting for `next_try_at_ms` (the Redis `delayed` sorted set).
+//! - `in_flight`: claimed jobs with owner and lease deadline (the Redis consumer-group PEL plus the
+//!   `leases` sorted set).
+//! - `pending`: idempotency key → token of the *fresh, unclaimed* job collapsing duplicates.
+//!
+//! # Invariants
+//! - A job is in exactly one of `fresh`, `ready`, `delayed`, `in_flight`, `dead`.
+//! - `pending[key]` names a job in `fresh`; the claim that takes it removes the entry.
+//! - A lease is valid while `in_flight[token].consumer` is its consumer; an expired lease stays
+//!   valid until another claim takes the job over (same as Redis).
+//! - `claim` order: expired leases (earliest deadline first), then `ready`, then `fresh`.
+//!
+//! Lease deadlines and blob-lease expiry use the monotonic tokio clock; retry times are Unix ms
+//! because they are stored on the job (`next_try_at_ms`). The lock is a `std::sync::Mutex` held
+//! only for in-memory work, never across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::lifecycle::{now_ms, prepare_enqueue, record_failure, reset_dead_letter};
+use super::{
+    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
+};
+
+/// Leases longer than this are clamped (an `Instant` cannot hold "forever").
+const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The in-process queue. Cheap to share behind an `Arc`.
+pub struct MemoryQueue {
+    policy: RetryPolicy,
+    state: Mutex<State>,
+}
+
+/// A waiting job and the token its lease will carry.
+struct Entry {
+    token: String,
+    job: Job,
+}
+
+struct InFlight {
+    job: Job,
+    consumer: String,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Source of unique tokens (never reused, so a stale lease cannot match a later claim).
+    next_seq: u64,
+    fresh: VecDeque<Entry>,
+    ready: VecDeque<Entry>,
+    /// `(next_try_at_ms, seq)` keeps equal times in failure order.
+    delayed: BTreeMap<(i64, u64), Job>,
+    in_flight: HashMap<String, InFlight>,
+    /// Idempotency key → token of the fresh job it collapses into.
+    pending: HashMap<String, String>,
+    /// Oldest first.
+    dead: VecDeque<Job>,
+    /// `(destination, digest)` → `(holder, expiry)`.
+    blobs: HashMap<(String, String), (String, Instant)>,
+}
+
+impl State {
+    fn token(&mut self) -> String {
+        self.next_seq += 1;
+        format!("mem-{}", self.next_seq)
+    }
+
+    fn push_fresh(&mut self, job: Job) -> EnqueueOutcome {
+        let key = job.idempotency_key();
+        if self.pending.contains_key(&key) {
+            return EnqueueOutcome::Collapsed;
+        }
+        let token = self.token();
+        self.pending.insert(key, token.clone());
+        self.fresh.push_back(Entry { token, job });
+        EnqueueOutcome::Enqueued
+    }
+
+    /// Removes the in-flight job behind `lease` if `lease.consumer` still owns it.
+    fn take_owned(&mut self, lease: &Lease) -> Result<InFlight, QueueError> {
+        match self.in_flight.get(&lease.token) {
+            Some(f) if f.consumer == lease.consumer => Ok(self
+                .in_flight
+                .remove(&lease.token)
+                .expect("present: just looked it up")),
+            _ => Err(lease_lost(lease)),
+        }
+    }
+}
+
+fn lease_lost(lease: &Lease) -> QueueError {
+    QueueError::LeaseLost {
+        job_id: lease.job.id.clone(),
+        consumer: lease.consumer.clone(),
+    }
+}
+
+impl MemoryQueue {
+    pub fn new(policy: RetryPolicy) -> MemoryQueue {
+        MemoryQueue {
+            policy,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way later calls
+        // misread (every method finishes its bookkeeping before returning), so poisoning is ignored.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for MemoryQueue {
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError> {
+        let job = prepare_enqueue(job, now_ms());
+        Ok(self.state().push_fresh(job))
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let now = Instant::now();
+        let deadline = now + lease.min(MAX_LEASE);
+        let now_unix = now_ms();
+        let mut st = self.state();
+        let mut out: Vec<Lease> = Vec::new();
+
+        // 1. Expired leases, earliest deadline first.
+        let mut expired: Vec<(Instant, String)> = st
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(t, f)| (f.deadline, t.clone()))
+            .collect();
+        expired.sort();
+        for (_, token) in expired.into_iter().take(max) {
+            let f = st.in_flight.get_mut(&token).expect("collected above");
+            f.consumer = consumer.to_owned();
+            f.deadline = deadline;
+            out.push(Lease {
+                job: f.job.clone(),
+                token,
+                consumer: consumer.to_owned(),
+            });
+        }
+
+        // 2. Due retries move to `ready` (as many as this claim can take), then `ready` drains.
+        let room = max - out.len();
+        let due: Vec<(i64, u64)> = st
+            .delayed
+            .range(..=(now_unix, u64::MAX))
+            .map(|(k, _)| *k)
+            .take(room)
+            .collect();
+        for k in due {
+            let job = st.delayed.remove(&k).expect("collected above");
+            let token = st.token();
+            st.ready.push_back(Entry { token, job });
+        }
+        while out.len() < max {
+            let Some(e) = st.ready.pop_front() else { break };
+            out.push(Lease {
+                job: e.job.clone(),
+                token: e.token.clone(),
+                consumer: consumer.to_owned(),
+            });
+            st.in_flight.insert(
+                e.token,
+                InFlight {
+                    job: e.job,
+                    consumer: consumer.to_owned(),
+                    deadline,
+                },
+            );
+        }
+
+        // 3. New jobs, FIFO; a claimed job no longer collapses later enqueues.
+        while out.len() < max {
+            let Some(e) = st.fresh.pop_front() else { break };
+            let key = e.job.idempotency_key();
+            if st.pending.get(&key) == Some(&e.token) {
+                st.pending.remove(&key);
+            }
+            out.push(Lease {
+                job: e.job.clone(),
+                token: e.token.clone(),
+                consumer: consumer.to_owned(),
+            });
+            st.in_flight.insert(
+                e.token,
+                InFlight {
+                    job: e.job,
+                    consumer: consumer.to_owned(),
+                    deadline,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+        let mut st = self.state();
+        match st.in_flight.get_mut(&lease.token) {
+            Some(f) if f.consumer == lease.consumer => {
+                f.deadline = Instant::now() + lease_for.min(MAX_LEASE);
+                Ok(())
+            }
+            _ => Err(lease_lost(lease)),
+        }
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        self.state().take_owned(lease).map(|_| ())
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome, QueueError> {
+        let now = now_ms();
+        let mut st = self.state();
+        st.take_owned(lease)?;
+        // The caller's copy of the job carries its checkpoint fields.
+        let (job, outcome) = record_failure(lease.job.clone(), error, retryable, &self.policy, now);
+        match outcome {
+            FailOutcome::Retry { next_try_at_ms } => {
+                st.next_seq += 1;
+                let seq = st.next_seq;
+                st.delayed.insert((next_try_at_ms, seq), job);
+            }
+            FailOutcome::DeadLettered => st.dead.push_back(job),
+        }
+        Ok(outcome)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        let mut st = self.state();
+        st.take_owned(lease)?;
+        let token = st.token();
+        st.ready.push_back(Entry {
+            token,
+            job: lease.job.clone(),
+        });
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = Instant::now();
+        let now_unix = now_ms();
+        let st = self.state();
+        let expired = st.in_flight.values().filter(|f| f.deadline <= now).count() as u64;
+        let delayed_total = st.delayed.len() as u64;
+        let delayed_future = st.delayed.keys().filter(|(at, _)| *at > now_unix).count() as u64;
+        Ok(QueueStats {
+            depth: (st.fresh.len() + st.ready.len()) as u64 + delayed_total + expired,
+            in_flight: st.in_flight.len() as u64 - expired,
+            delayed: delayed_future,
+            dead_letters: st.dead.len() as u64,
+            oldest_age_ms: st.fresh.front().map_or(0, |e| {
+                u64::try_from(now_unix - e.job.enqueued_at_ms).unwrap_or(0)
+            }),
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
+        Ok(self.state().dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError> {
+        let mut st = self.state();
+        let Some(pos) = st.dead.iter().position(|j| j.id == job_id) else {
+            return Ok(false);
+        };
+        let job = st.dead.remove(pos).expect("position is in range");
+        // Collapses into an identical pending job if there is one: that job does the same work.
+        st.push_fresh(reset_dead_letter(job));
+        Ok(true)
+    }
+
+    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+        let mut st = self.state();
+        let n = st.dead.len() as u64;
+        st.dead.clear();
+        Ok(n)
+    }
+
+    async fn lease_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let now = Instant::now();
+        let mut st = self.state();
+        st.blobs.retain(|_, (_, expiry)| *expiry > now);
+        let key = (destination.to_owned(), digest.to_owned());
+        if st.blobs.contains_key(&key) {
+            return Ok(false);
+        }
+        st.blobs
+            .insert(key, (holder.to_owned(), now + ttl.min(MAX_LEASE)));
+        Ok(true)
+    }
+
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), QueueError> {
+        let mut st = self.state();
+        let key = (destination.to_owned(), digest.to_owned());
+        if st
+            .blobs
+            .get(&key)
+            .is_some_and(|(h, expiry)| h == holder && *expiry > Instant::now())
+        {
+            st.blobs.remove(&key);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,534 @@
+//! Workers: take jobs from the queue and make destinations match the source, one job at a time per
+//! slot, up to `concurrency` slots.
+//!
+//! Invariants:
+//! - **Level-triggered**: a push job re-reads the source when it runs ([`reconcile_reference`]), so
+//!   a stale, duplicated or reordered job can never roll a destination back; a delete job deletes a
+//!   destination manifest only if it still holds the deleted digest *and* the source no longer
+//!   has it, and never when a tag the policy does not cover points at it (reported instead).
+//! - **Ack after confirmation**: a job is acked only after every destination verified the digest;
+//!   failures go back to the queue (`fail`: retried with backoff or dead-lettered), and on shutdown
+//!   unfinished jobs are released without counting an attempt.
+//! - **Leases are kept alive**: a heartbeat renews the lease every third of its length while the job
+//!   runs; if the lease is lost (another worker reclaimed it) the job is cancelled at once.
+//! - Every task is owned by a `JoinSet`; nothing is detached.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::event::EventKind;
+use crate::oci::digest;
+use crate::policy::Policy;
+use crate::queue::{Job, JobQueue, Lease, QueueError};
+use crate::sync::{reconcile_reference, PreparedPolicy, Registries, SyncError, TagOutcome};
+use crate::throttle::Throttle;
+use crate::transfer::{BlobLedger, TransferContext, TransferError, TransferStats};
+
+/// Knobs of a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Queue consumer name; unique per worker process (host + pid is a good default).
+    pub consumer: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Lease per job; renewed every third of it while the job runs.
+    pub lease: Duration,
+    /// Pause between empty polls of the queue.
+    pub poll_interval: Duration,
+    /// On shutdown, how long running jobs may take before they are cancelled and released.
+    pub grace: Duration,
+    /// Blobs of one manifest copied concurrently.
+    pub blob_parallelism: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            consumer: format!("worker-{}", std::process::id()),
+            concurrency: 4,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            grace: Duration::from_secs(20),
+            blob_parallelism: 8,
+        }
+    }
+}
+
+/// What one job did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Per destination: the outcome of the push reconcile.
+    Pushed(Vec<(String, TagOutcome)>),
+    /// Per destination: what the delete did.
+    Deleted(Vec<(String, DeleteOutcome)>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted {
+        digest: String,
+    },
+    /// Nothing deleted, and why (already gone, holds other content, source still has it, an
+    /// uncovered tag points at it…).
+    Kept {
+        reason: String,
+    },
+}
+
+/// Counters for metrics and status.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub jobs_succeeded: AtomicU64,
+    pub jobs_failed: AtomicU64,
+    pub jobs_released: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub transfer: Arc<TransferStats>,
+    /// Replication lag (event time → visible on the destination) of recent copies, in ms.
+    pub lag_ms: std::sync::Mutex<Vec<u64>>,
+}
+
+impl WorkerStats {
+    fn record_lag(&self, event_time_ms: i64) {
+        if event_time_ms <= 0 {
+            return;
+        }
+        let lag = now_ms().saturating_sub(event_time_ms).max(0) as u64;
+        let mut l = self.lag_ms.lock().expect("lag lock");
+        if l.len() >= 10_000 {
+            l.drain(..5_000);
+        }
+        l.push(lag);
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why a job failed; `retryable` decides between a retry and the dead-letter list.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("policy {0:?} is not in this worker's config (enabled policies only); the job cannot run here")]
+    UnknownPolicy(String),
+    #[error("destination {destination}: {source}")]
+    Transfer {
+        destination: String,
+        #[source]
+        source: TransferError,
+    },
+    #[error("destination {destination}: {message}")]
+    Failed {
+        destination: String,
+        message: String,
+    },
+}
+
+impl JobError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            JobError::UnknownPolicy(_) => false,
+            JobError::Transfer { source, .. } => source.is_retryable(),
+            // Tag-level failures from the copy engine (e.g. a corrupt source) are not retried blindly.
+            JobError::Failed { .. } => false,
+        }
+    }
+}
+
+/// A worker: policies prepared once, a queue, and the run loop.
+pub struct Worker {
+    queue: Arc<dyn JobQueue>,
+    policies: HashMap<String, Arc<PreparedPolicy>>,
+    throttles: HashMap<String, Arc<Throttle>>,
+    ledger: Arc<BlobLedger>,
+    opts: WorkerOptions,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// Prepares every enabled policy of `config` (no network I/O).
+    pub fn new(
+        config: &Config,
+        registries: &Registries,
+        queue: Arc<dyn JobQueue>,
+        opts: WorkerOptions,
+    ) -> Result<Worker, SyncError> {
+        let mut policies = HashMap::new();
+        let mut throttles = HashMap::new();
+        for p in config.policies.iter().filter(|p| p.enabled) {
+            policies.insert(
+                p.name.clone(),
+                Arc::new(PreparedPolicy::new(p, registries)?),
+            );
+            if let Some(t) = Throttle::from_kib_per_sec(p.speed) {
+                throttles.insert(p.name.clone(), Arc::new(t));
+            }
+        }
+        Ok(Worker {
+            queue,
+            policies,
+            throttles,
+            ledger: Arc::default(),
+            opts,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Claims and runs jobs until `shutdown` fires; then stops claiming, lets running jobs finish
+    /// within the grace period, and cancels and releases the rest.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let hard_stop = CancellationToken::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut claim_errors = 0u32;
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = self.opts.concurrency.saturating_sub(tasks.len());
+            if free == 0 {
+                tokio::select! {
+                    _ = tasks.join_next() => {},
+                    _ = shutdown.cancelled() => {},
+                }
+                continue;
+            }
+            match self
+                .queue
+                .claim(&self.opts.consumer, free, self.opts.lease)
+                .await
+            {
+                Ok(leases) if !leases.is_empty() => {
+                    claim_errors = 0;
+                    for lease in leases {
+                        let me = self.clone();
+                        tasks.spawn(me.run_leased(
+                            lease,
+                            shutdown.clone(),
+                            hard_stop.child_token(),
+                        ));
+                    }
+                }
+                Ok(_) => {
+                    claim_errors = 0;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.opts.poll_interval) => {},
+                        _ = shutdown.cancelled() => {},
+                    }
+                }
+                Err(e) => {
+                    claim_errors += 1;
+                    let d = crate::oci::client::backoff(claim_errors);
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot claim jobs");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {},
+                        _ = shutdown.cancelled() => {},
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            running = tasks.len(),
+            grace_s = self.opts.grace.as_secs(),
+            "worker stopping: finishing running jobs"
+        );
+        let drained = tokio::time::timeout(self.opts.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                running = tasks.len(),
+                "grace period over: cancelling and releasing running jobs"
+            );
+            hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    /// Runs one leased job with its heartbeat, then acks, fails or releases it.
+    async fn run_leased(
+        self: Arc<Self>,
+        lease: Lease,
+        shutdown: CancellationToken,
+        hard_stop: CancellationToken,
+    ) {
+        let job = &lease.job;
+        let span = tracing::info_span!("job", job_id = %job.id, policy = %job.policy, kind = ?job.kind, repository = %job.repository, reference = %job.reference, attempt = job.attempt + 1);
+        async {
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let job_cancel = hard_stop.child_token();
+            let lease_lost = CancellationToken::new();
+            // Both arms own their data: borrowed captures make the spawned future's `Send` bound
+            // lifetime-specific.
+            let heartbeat = heartbeat(
+                self.queue.clone(),
+                lease.clone(),
+                self.opts.lease,
+                job_cancel.clone(),
+                lease_lost.clone(),
+            );
+            let work = {
+                let (me, job, cancel) = (self.clone(), lease.job.clone(), job_cancel.clone());
+                async move { me.execute(&job, &cancel).await }
+            };
+            let result = tokio::select! {
+                r = work => r,
+                // The heartbeat only returns after cancelling the job (lease lost).
+                () = heartbeat => Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }),
+            };
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.settle(&lease, result, &job_cancel, &lease_lost, &shutdown)
+                .await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn settle(
+        &self,
+        lease: &Lease,
+        result: Result<JobOutcome, JobError>,
+        job_cancel: &CancellationToken,
+        lease_lost: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) {
+        let job = &lease.job;
+        let r = match result {
+            Ok(outcome) => {
+                self.stats.jobs_succeeded.fetch_add(1, Ordering::Relaxed);
+                if matches!(&outcome, JobOutcome::Pushed(v) if v.iter().any(|(_, o)| matches!(o, TagOutcome::Copied { .. })))
+                {
+                    self.stats.record_lag(job.event_time_ms);
+                }
+                tracing::info!(outcome = ?outcome, "job done");
+                self.queue.ack(lease).await
+            }
+            Err(_) if lease_lost.is_cancelled() => {
+                // Another worker owns it now; touching it would race that worker.
+                return;
+            }
+            Err(e)
+                if job_cancel.is_cancelled()
+                    || (shutdown.is_cancelled()
+                        && matches!(
+                            e,
+                            JobError::Transfer {
+                                source: TransferError::Cancelled,
+                                ..
+                            }
+                        )) =>
+            {
+                self.stats.jobs_released.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("job interrupted by shutdown: released for another worker");
+                self.queue.release(lease).await
+            }
+            Err(e) => {
+                self.stats.jobs_failed.fetch_add(1, Ordering::Relaxed);
+                let retryable = e.is_retryable();
+                let r = self.queue.fail(lease, &e.to_string(), retryable).await;
+                match &r {
+                    Ok(outcome) => tracing::warn!(error = %e, retryable, ?outcome, "job failed"),
+                    Err(qe) => {
+                        tracing::error!(error = %e, queue_error = %qe, "job failed and could not be rescheduled; its lease will expire and it will run again")
+                    }
+                }
+                r.map(|_| ())
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot settle job with the queue; it will be handed out again when its lease expires");
+        }
+    }
+
+    fn context(
+        &self,
+        prepared: &PreparedPolicy,
+        dst: &Arc<crate::oci::RegistryClient>,
+        cancel: &CancellationToken,
+    ) -> TransferContext {
+        prepared.transfer_context(
+            dst,
+            self.ledger.clone(),
+            self.stats.transfer.clone(),
+            self.throttles.get(&prepared.policy.name).cloned(),
+            cancel.clone(),
+            self.opts.blob_parallelism,
+        )
+    }
+
+    /// Runs a job against every destination of its policy.
+    pub async fn execute(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+    ) -> Result<JobOutcome, JobError> {
+        let prepared = self
+            .policies
+            .get(&job.policy)
+            .ok_or_else(|| JobError::UnknownPolicy(job.policy.clone()))?;
+        match job.kind {
+            EventKind::Push => {
+                let mut out = Vec::new();
+                for dst in prepared.dsts.clone() {
+                    let ctx = self.context(prepared, &dst, cancel);
+                    let (outcome, _) =
+                        reconcile_reference(prepared, &ctx, &job.repository, &job.reference)
+                            .await
+                            .map_err(|source| JobError::Transfer {
+                                destination: dst.name().to_string(),
+                                source,
+                            })?;
+                    if let TagOutcome::Failed { error } = &outcome {
+                        return Err(JobError::Failed {
+                            destination: dst.name().to_string(),
+                            message: error.clone(),
+                        });
+                    }
+                    out.push((dst.name().to_string(), outcome));
+                }
+                Ok(JobOutcome::Pushed(out))
+            }
+            EventKind::Delete => {
+                let mut out = Vec::new();
+                for dst in prepared.dsts.clone() {
+                    let ctx = self.context(prepared, &dst, cancel);
+                    let outcome = guarded_delete(&prepared.policy, prepared, &ctx, job)
+                        .await
+                        .map_err(|source| JobError::Transfer {
+                            destination: dst.name().to_string(),
+                            source,
+                        })?;
+                    tracing::info!(destination = %dst.name(), ?outcome, "delete handled");
+                    out.push((dst.name().to_string(), outcome));
+                }
+                Ok(JobOutcome::Deleted(out))
+            }
+        }
+    }
+}
+
+/// DESIGN.md "Delete semantics": delete on the destination only what is still the deleted digest,
+/// only when the source no longer has it, and never when a tag the policy does not cover points at
+/// it.
+async fn guarded_delete(
+    policy: &Policy,
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    job: &Job,
+) -> Result<DeleteOutcome, TransferError> {
+    let kept = |reason: String| Ok(DeleteOutcome::Kept { reason });
+    if !policy.replicate_deletion {
+        return kept("the policy does not replicate deletions".into());
+    }
+    let Some(deleted) = job
+        .digest
+        .as_deref()
+        .and_then(digest::parse)
+        .or_else(|| digest::parse(&job.reference))
+    else {
+        return kept("the event names no digest, so the destination's content cannot be checked; not deleting".into());
+    };
+    let dst_repo = prepared
+        .dest_repository(&job.repository)
+        .map_err(TransferError::Policy)?;
+    // Level-triggered: if the source has the content again (re-pushed), the delete is stale.
+    if ctx
+        .src
+        .head_manifest(&job.repository, deleted.as_ref())
+        .await?
+        .is_some()
+    {
+        return kept(format!("the source holds {deleted} again"));
+    }
+    let is_tag = digest::parse(&job.reference).is_none();
+    if is_tag {
+        if let Some(cur) = ctx
+            .src
+            .head_manifest(&job.repository, &job.reference)
+            .await?
+        {
+            return kept(format!(
+                "the source tag {} now points at {}",
+                job.reference, cur.digest
+            ));
+        }
+        match ctx.dst.head_manifest(&dst_repo, &job.reference).await? {
+            None => return kept("the destination tag is already gone".into()),
+            Some(d) if d.digest != deleted => {
+                return kept(format!(
+                    "the destination tag holds {} (not the deleted {deleted}); keeping it",
+                    d.digest
+                ));
+            }
+            Some(_) => {}
+        }
+    } else if ctx
+        .dst
+        .head_manifest(&dst_repo, deleted.as_ref())
+        .await?
+        .is_none()
+    {
+        return kept("the destination does not have it".into());
+    }
+    // Deleting a manifest on distribution removes every tag pointing at it: refuse when one of those
+    // tags is outside the policy (someone else's content).
+    let selector = &prepared.selector;
+    let tags = ctx.dst.list_tags(&dst_repo).await?;
+    let mut pointing = Vec::new();
+    for chunk in tags.chunks(8) {
+        // A plain loop, not a closure: closure-made futures lose their concrete lifetimes and the
+        // spawned job future would no longer be `Send`.
+        let mut futs = Vec::with_capacity(chunk.len());
+        for t in chunk {
+            futs.push(ctx.dst.head_manifest(&dst_repo, t));
+        }
+        let heads = futures_util::future::join_all(futs).await;
+        for (t, h) in chunk.iter().zip(heads) {
+            if h?.is_some_and(|d| d.digest == deleted) {
+                pointing.push(t.clone());
+            }
+        }
+    }
+    if let Some(uncovered) = pointing.iter().find(|t| !selector.matches_tag(t)) {
+        return kept(format!("destination tag {uncovered} is not covered by the policy and points at {deleted}; not deleting"));
+    }
+    ctx.dst.delete_manifest(&dst_repo, &deleted).await?;
+    Ok(DeleteOutcome::Deleted {
+        digest: deleted.to_string(),
+    })
+}
+
+/// Renews `lease` every third of its length until the job ends (`job_cancel` fired by the job's
+/// owner) — then stays pending. Returns only when the lease was lost, after cancelling the job.
+async fn heartbeat(
+    queue: Arc<dyn JobQueue>,
+    lease: Lease,
+    lease_for: Duration,
+    job_cancel: CancellationToken,
+    lease_lost: CancellationToken,
+) {
+    let period = (lease_for / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {},
+            _ = job_cancel.cancelled() => return std::future::pending().await,
+        }
+        match queue.renew(&lease, lease_for).await {
+            Ok(()) => {}
+            Err(QueueError::LeaseLost { .. }) => {
+                tracing::warn!("lease lost (reclaimed by another worker): cancelling this run");
+                lease_lost.cancel();
+                job_cancel.cancel();
+                return;
+            }
+            // The queue briefly unreachable: keep working; the next renewal may succeed.
+            Err(e) => tracing::warn!(error = %e, "cannot renew lease"),
+        }
+    }
+}

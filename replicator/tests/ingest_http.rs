@@ -1,0 +1,790 @@
+//! The ingest router over real HTTP: webhooks in, jobs in a real [`MemoryQueue`], every rejection
+//! path, health and metrics; and one end-to-end run with a real `docker-registry` whose
+//! notifications point at the router.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_replicator::config::Config;
+use ferry_replicator::event::EventKind;
+use ferry_replicator::ingest::{self, IngestState};
+use ferry_replicator::queue::{
+    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
+    RetryPolicy,
+};
+use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry, RegistryOptions};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "s3cret-token";
+const V1: &str = "application/vnd.docker.distribution.events.v1+json";
+const INDEX_DIGEST: &str =
+    "sha256:d37b0ec44dc5a0fef706f747a65f1bceb391d871c39d0567208e6faa547caa20";
+const CHILD_DIGEST: &str =
+    "sha256:56f73201a4b1b9a5f6b0c3f0b6a8b3a4f1fc0f3d0c9f1a2d6c7b1e0e3f4a5b6c";
+const LAYER_DIGEST: &str =
+    "sha256:a93adf04e197fc8bd8e41981db73d0b37edfd535f473b2987b1530005f9852dd";
+
+/// A [`MemoryQueue`] that can be switched off: every call then fails with `Unavailable`, as a
+/// Redis outage does.
+struct SwitchableQueue {
+    inner: MemoryQueue,
+    down: AtomicBool,
+}
+
+impl SwitchableQueue {
+    fn new() -> Arc<SwitchableQueue> {
+        Arc::new(SwitchableQueue {
+            inner: MemoryQueue::new(RetryPolicy::default()),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), QueueError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(QueueError::Unavailable("switched off by the test".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Every waiting job (claims them).
+    async fn take_all(&self) -> Vec<Job> {
+        self.inner
+            .claim("test", 1000, Duration::from_secs(600))
+            .await
+            .expect("claim")
+            .into_iter()
+            .map(|lease| lease.job)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for SwitchableQueue {
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError> {
+        self.check()?;
+        self.inner.enqueue(job).await
+    }
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        self.check()?;
+        self.inner.claim(consumer, max, lease).await
+    }
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+        self.check()?;
+        self.inner.renew(lease, lease_for).await
+    }
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        self.check()?;
+        self.inner.ack(lease).await
+    }
+    async fn fail(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome, QueueError> {
+        self.check()?;
+        self.inner.fail(lease, error, retryable).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        self.check()?;
+        self.inner.release(lease).await
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.check()?;
+        self.inner.stats().await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
+        self.check()?;
+        self.inner.dead_letters(limit).await
+    }
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError> {
+        self.check()?;
+        self.inner.retry_dead_letter(job_id).await
+    }
+    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+        self.check()?;
+        self.inner.purge_dead_letters().await
+    }
+    async fn lease_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        self.check()?;
+        self.inner
+            .lease_blob(destination, digest, holder, ttl)
+            .await
+    }
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), QueueError> {
+        self.check()?;
+        self.inner.release_blob(destination, digest, holder).await
+    }
+}
+
+/// Registries `src` and `dst`, an event-based policy `mirror` for `team/**` with deletes, and a
+/// manual policy that must never match.
+fn config() -> Config {
+    let doc = json!({
+        "registries": [
+            {"name": "src", "url": "http://127.0.0.1:9", "insecure": true},
+            {"name": "dst", "url": "http://127.0.0.1:9", "insecure": true}
+        ],
+        "policies": [
+            {
+                "name": "mirror",
+                "src_registry": {"name": "src"},
+                "dest_registry": {"name": "dst"},
+                "trigger": {"type": "event_based"},
+                "filters": [{"type": "name", "value": "team/**"}],
+                "replicate_deletion": true
+            },
+            {
+                "name": "nightly",
+                "src_registry": {"name": "src"},
+                "dest_registry": {"name": "dst"},
+                "trigger": {"type": "manual"}
+            }
+        ]
+    });
+    Config::from_slice(&serde_json::to_vec(&doc).unwrap(), "test").expect("valid config")
+}
+
+/// A running router; the server task ends with the test's runtime.
+struct Agent {
+    base: String,
+    queue: Arc<SwitchableQueue>,
+    http: reqwest::Client,
+}
+
+async fn start_agent() -> Agent {
+    let queue = SwitchableQueue::new();
+    let state = IngestState::builder(config(), queue.clone())
+        .token(TOKEN)
+        .build()
+        .expect("state");
+    start_with(state, queue).await
+}
+
+async fn start_with(state: IngestState, queue: Arc<SwitchableQueue>) -> Agent {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, ingest::router(state)).await.unwrap();
+    });
+    Agent {
+        base: format!("http://{addr}"),
+        queue,
+        http: reqwest::Client::new(),
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Agent {
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"));
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    async fn distribution(&self, body: Vec<u8>) -> Answer {
+        self.post(
+            "/v1/events/distribution?registry=src",
+            V1,
+            Some(TOKEN),
+            body,
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
+    }
+
+    /// The server still answers and the queue is reachable.
+    async fn assert_healthy(&self) {
+        assert_eq!(self.get("/healthz").await, (200, "ok\n".to_string()));
+    }
+}
+
+/// One event as distribution 2.8.2 sends it.
+fn event(action: &str, target: Value, request_id: &str) -> Value {
+    json!({
+        "id": format!("{request_id}-{}", target.get("tag").or(target.get("digest")).and_then(Value::as_str).unwrap_or("")),
+        "timestamp": "2026-11-23T11:36:33.776681309Z",
+        "action": action,
+        "target": target,
+        "request": {"id": request_id, "addr": "127.0.0.1:46802", "host": "127.0.0.1:5001", "method": "PUT", "useragent": "skopeo/1.9.3"},
+        "actor": {},
+        "source": {"addr": "vm:5001", "instanceID": "ad4f3875-3286-4f9d-83f5-78e7a2662cf6"}
+    })
+}
+
+fn manifest(
+    repository: &str,
+    media_type: &str,
+    digest: &str,
+    tag: Option<&str>,
+    references: &[&str],
+) -> Value {
+    let mut t = json!({
+        "mediaType": media_type, "size": 500, "digest": digest, "length": 500,
+        "repository": repository,
+        "url": format!("http://127.0.0.1:5001/v2/{repository}/manifests/{digest}"),
+        "references": references.iter().map(|d| json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": 400})).collect::<Vec<_>>(),
+    });
+    if let Some(tag) = tag {
+        t["tag"] = json!(tag);
+    }
+    t
+}
+
+/// An index push as one batch: a blob event, a child manifest by digest, the tagged index.
+fn index_push_batch(repository: &str, tag: &str) -> Vec<u8> {
+    let blob = json!({
+        "mediaType": "application/octet-stream", "size": 101, "digest": LAYER_DIGEST, "length": 101,
+        "repository": repository, "url": format!("http://127.0.0.1:5001/v2/{repository}/blobs/{LAYER_DIGEST}")
+    });
+    let events = vec![
+        event("push", blob, "r1"),
+        event(
+            "push",
+            manifest(
+                repository,
+                "application/vnd.oci.image.manifest.v1+json",
+                CHILD_DIGEST,
+                None,
+                &[LAYER_DIGEST],
+            ),
+            "r2",
+        ),
+        event(
+            "push",
+            manifest(
+                repository,
+                "application/vnd.oci.image.index.v1+json",
+                INDEX_DIGEST,
+                Some(tag),
+                &[CHILD_DIGEST],
+            ),
+            "r3",
+        ),
+    ];
+    serde_json::to_vec(&json!({ "events": events })).unwrap()
+}
+
+#[tokio::test]
+async fn good_batch_is_enqueued_and_a_duplicate_delivery_collapses() {
+    let agent = start_agent().await;
+    let answer = agent.distribution(index_push_batch("team/app", "v1")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.body,
+        json!({"received": 3, "events": 1, "ignored": 2, "jobs": 1, "enqueued": 1, "collapsed": 0})
+    );
+
+    // The registry re-sends (e.g. our answer was lost): folded into the pending job.
+    let again = agent.distribution(index_push_batch("team/app", "v1")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["enqueued"], 0);
+    assert_eq!(again.body["collapsed"], 1);
+
+    let jobs = agent.queue.take_all().await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = &jobs[0];
+    assert_eq!(
+        (
+            job.policy.as_str(),
+            job.kind,
+            job.repository.as_str(),
+            job.reference.as_str(),
+            job.digest.as_deref()
+        ),
+        (
+            "mirror",
+            EventKind::Push,
+            "team/app",
+            "v1",
+            Some(INDEX_DIGEST)
+        )
+    );
+    assert_eq!(job.event_time_ms, 1_795_433_793_776);
+    assert_eq!(job.event_id.as_deref(), Some("r3-v1"));
+    assert!(!job.id.is_empty());
+
+    // Not covered by any event-based policy: accepted, no job.
+    let other = agent.distribution(index_push_batch("tools/x", "v1")).await;
+    assert_eq!((other.status, other.body["jobs"].clone()), (200, json!(0)));
+    agent.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn delete_joins_into_one_job_and_empty_batches_are_fine() {
+    let agent = start_agent().await;
+    let events = vec![
+        event(
+            "delete",
+            json!({"repository": "team/app", "digest": INDEX_DIGEST}),
+            "d1",
+        ),
+        event(
+            "delete",
+            json!({"repository": "team/app", "tag": "v1"}),
+            "d1",
+        ),
+    ];
+    let answer = agent
+        .distribution(serde_json::to_vec(&json!({ "events": events })).unwrap())
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["events"], 1);
+    let jobs = agent.queue.take_all().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (
+            jobs[0].kind,
+            jobs[0].reference.as_str(),
+            jobs[0].digest.as_deref()
+        ),
+        (EventKind::Delete, "v1", Some(INDEX_DIGEST))
+    );
+
+    let empty = agent.distribution(br#"{"events": []}"#.to_vec()).await;
+    assert_eq!(
+        (empty.status, empty.body.clone()),
+        (
+            200,
+            json!({"received": 0, "events": 0, "ignored": 0, "jobs": 0, "enqueued": 0, "collapsed": 0})
+        )
+    );
+}
+
+#[tokio::test]
+async fn harbor_webhook_enqueues_and_ignores_other_types() {
+    let agent = start_agent().await;
+    let push = json!({
+        "type": "PUSH_ARTIFACT", "occur_at": 1_680_501_893, "operator": "admin",
+        "event_data": {
+            "resources": [{"digest": INDEX_DIGEST, "tag": "3.19", "resource_url": "harbor.example/team/alpine:3.19"}],
+            "repository": {"date_created": 1_680_501_893, "name": "alpine", "namespace": "team", "repo_full_name": "team/alpine", "repo_type": "private"}
+        }
+    });
+    let url = "/v1/events/harbor?registry=src";
+    let answer = agent
+        .post(
+            url,
+            "application/json",
+            Some(TOKEN),
+            serde_json::to_vec(&push).unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["enqueued"], 1);
+    let scan =
+        json!({"type": "SCANNING_COMPLETED", "occur_at": 1, "operator": "auto", "event_data": {}});
+    let answer = agent
+        .post(
+            url,
+            "application/json; charset=utf-8",
+            Some(TOKEN),
+            serde_json::to_vec(&scan).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.body["ignored"].clone()),
+        (200, json!(1))
+    );
+    // Distribution's content type is not Harbor's.
+    let answer = agent
+        .post(url, V1, Some(TOKEN), serde_json::to_vec(&push).unwrap())
+        .await;
+    assert_eq!(answer.status, 415);
+
+    let jobs = agent.queue.take_all().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].repository.as_str(), jobs[0].reference.as_str()),
+        ("team/alpine", "3.19")
+    );
+    assert_eq!(jobs[0].event_time_ms, 1_680_501_893_000);
+}
+
+#[tokio::test]
+async fn rejections_leave_the_queue_untouched_and_the_server_serving() {
+    let agent = start_agent().await;
+    let good = index_push_batch("team/app", "v1");
+    let url = "/v1/events/distribution?registry=src";
+
+    // No token, wrong token, wrong scheme.
+    for token in [None, Some("wrong")] {
+        let answer = agent.post(url, V1, token, good.clone()).await;
+        assert_eq!(answer.status, 401, "{token:?}");
+        assert!(
+            answer.body["error"].as_str().unwrap().contains("token"),
+            "{}",
+            answer.body
+        );
+        assert_eq!(
+            answer.headers["www-authenticate"],
+            r#"Bearer realm="ferry""#
+        );
+    }
+    let basic = agent
+        .http
+        .post(format!("{}{url}", agent.base))
+        .header("content-type", V1)
+        .header("authorization", format!("Basic {TOKEN}"))
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status().as_u16(), 401);
+
+    // The registry parameter: missing, unknown.
+    for (path, needle) in [
+        ("/v1/events/distribution", "is required"),
+        (
+            "/v1/events/distribution?registry=nowhere",
+            "\"nowhere\" is not a configured registry",
+        ),
+    ] {
+        let answer = agent.post(path, V1, Some(TOKEN), good.clone()).await;
+        assert_eq!(answer.status, 400);
+        assert_eq!(answer.body["param"], "registry");
+        assert!(
+            answer.body["error"].as_str().unwrap().contains(needle),
+            "{}",
+            answer.body
+        );
+    }
+
+    // Content type.
+    let answer = agent
+        .post(url, "text/plain", Some(TOKEN), good.clone())
+        .await;
+    assert_eq!(answer.status, 415);
+    assert!(answer.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("text/plain"));
+    // Version 2 of the envelope and plain JSON are fine.
+    for ct in [
+        "application/vnd.docker.distribution.events.v2+json",
+        "application/json",
+    ] {
+        let answer = agent
+            .post(url, ct, Some(TOKEN), br#"{"events": []}"#.to_vec())
+            .await;
+        assert_eq!(answer.status, 200, "{ct}");
+    }
+
+    // Over the 1 MiB default limit.
+    let huge = format!(
+        r#"{{"events": [], "pad": "{}"}}"#,
+        "x".repeat(1024 * 1024 + 1)
+    );
+    let answer = agent.post(url, V1, Some(TOKEN), huge.into_bytes()).await;
+    assert_eq!(answer.status, 413);
+    assert!(answer.body["error"].as_str().unwrap().contains("limit"));
+
+    // The same without Content-Length (chunked): cut off while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(vec![b' '; 700 * 1024]), Ok(vec![b' '; 700 * 1024])];
+    let chunked = agent
+        .http
+        .post(format!("{}{url}", agent.base))
+        .header("content-type", V1)
+        .bearer_auth(TOKEN)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status().as_u16(), 413);
+
+    // Truncated JSON: the reason and where.
+    let answer = agent
+        .post(url, V1, Some(TOKEN), good[..good.len() / 2].to_vec())
+        .await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.body["path"], "$");
+    assert!(
+        answer.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("body is not valid JSON (line 1, column"),
+        "{}",
+        answer.body
+    );
+
+    // A missing field: the JSON path.
+    let mut doc: Value = serde_json::from_slice(&good).unwrap();
+    doc["events"][2]["target"]
+        .as_object_mut()
+        .unwrap()
+        .remove("repository");
+    let answer = agent
+        .post(url, V1, Some(TOKEN), serde_json::to_vec(&doc).unwrap())
+        .await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(
+        answer.body,
+        json!({"error": "events[2].target.repository: missing", "path": "events[2].target.repository"})
+    );
+    let answer = agent
+        .post(url, V1, Some(TOKEN), br#"{"events": {"0": {}}}"#.to_vec())
+        .await;
+    assert_eq!(
+        (answer.status, answer.body["path"].clone()),
+        (400, json!("events"))
+    );
+
+    assert!(agent.queue.take_all().await.is_empty());
+    // Still serving, and still accepting good batches.
+    agent.assert_healthy().await;
+    assert_eq!(agent.distribution(good).await.status, 200);
+    assert_eq!(agent.queue.take_all().await.len(), 1);
+}
+
+#[tokio::test]
+async fn queue_outage_answers_503_until_the_queue_is_back() {
+    let agent = start_agent().await;
+    agent.queue.set_down(true);
+    let answer = agent.distribution(index_push_batch("team/app", "v1")).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("unavailable"));
+    let (status, text) = agent.get("/healthz").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("queue unavailable"));
+
+    // Back: the registry's retry goes through, and nothing was acknowledged before.
+    agent.queue.set_down(false);
+    assert!(agent.queue.take_all().await.is_empty());
+    let answer = agent.distribution(index_push_batch("team/app", "v1")).await;
+    assert_eq!(
+        (answer.status, answer.body["enqueued"].clone()),
+        (200, json!(1))
+    );
+    assert_eq!(agent.queue.take_all().await.len(), 1);
+    agent.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn metrics_count_events_requests_and_queue() {
+    let agent = start_agent().await;
+    agent.distribution(index_push_batch("team/app", "v1")).await;
+    agent
+        .post("/v1/events/distribution?registry=src", V1, None, vec![])
+        .await;
+    let (status, text) = agent.get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"ferry_events_total{registry="src",kind="push",outcome="matched"} 1"#,
+        r#"ferry_events_total{registry="src",kind="push",outcome="ignored_blob"} 1"#,
+        r#"ferry_events_total{registry="src",kind="push",outcome="ignored_child_manifest"} 1"#,
+        r#"ferry_webhook_requests_total{endpoint="distribution",code="200"} 1"#,
+        r#"ferry_webhook_requests_total{endpoint="distribution",code="401"} 1"#,
+        "ferry_queue_depth 1",
+        "ferry_dead_letters 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ferry_queue_oldest_seconds ")),
+        "{text}"
+    );
+    assert!(!text.contains("v1\""), "no tag labels:\n{text}");
+}
+
+#[tokio::test]
+async fn no_token_needs_an_explicit_opt_in() {
+    let queue = SwitchableQueue::new();
+    let err = IngestState::builder(config(), queue.clone())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("no webhook token"), "{err}");
+    assert!(IngestState::builder(config(), queue.clone())
+        .token("")
+        .build()
+        .is_err());
+    let state = IngestState::builder(config(), queue.clone())
+        .allow_unauthenticated(true)
+        .build()
+        .unwrap();
+    let agent = start_with(state, queue).await;
+    let answer = agent
+        .post(
+            "/v1/events/distribution?registry=src",
+            V1,
+            None,
+            index_push_batch("team/app", "v1"),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+}
+
+/// Jobs taken from the queue until `done` says so (at most 10 s).
+async fn wait_for_jobs(
+    agent: &Agent,
+    registry: &Registry,
+    done: impl Fn(&[Job]) -> bool,
+) -> Vec<Job> {
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        jobs.extend(agent.queue.take_all().await);
+        if done(&jobs) {
+            return jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "expected jobs did not arrive within 10 s; got {jobs:?}; registry log:\n{}",
+        registry.log_tail(30)
+    );
+}
+
+#[tokio::test]
+async fn real_registry_push_and_delete_become_jobs() {
+    let agent = start_agent().await;
+    let registry = Registry::start_with(RegistryOptions {
+        notifications_url: Some(format!(
+            "{}/v1/events/distribution?registry=src",
+            agent.base
+        )),
+        notifications_token: Some(TOKEN.to_string()),
+        ..Default::default()
+    })
+    .await
+    .expect("registry");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
+    let image = layout
+        .image(
+            "img",
+            &[LayerSpec {
+                seed: 7,
+                size: 4096,
+            }],
+        )
+        .unwrap();
+    let layout = layout.finish().unwrap();
+    let started = Instant::now();
+    skopeo::push_layout(&layout, "img", &registry.host(), "team/app:v1")
+        .await
+        .expect("push");
+    let jobs = wait_for_jobs(&agent, &registry, |jobs| {
+        jobs.iter().any(|j| j.reference == "v1")
+    })
+    .await;
+    println!("skopeo push to job in the queue: {:?}", started.elapsed());
+    let pushes: Vec<&Job> = jobs.iter().filter(|j| j.reference == "v1").collect();
+    assert_eq!(pushes.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (
+            pushes[0].policy.as_str(),
+            pushes[0].kind,
+            pushes[0].repository.as_str(),
+            pushes[0].digest.as_deref()
+        ),
+        (
+            "mirror",
+            EventKind::Push,
+            "team/app",
+            Some(image.digest.as_str())
+        )
+    );
+
+    // Delete by digest: distribution 2.8 posts the manifest event and the tag event separately
+    // (one event per POST), so they stay a digest-only and a tag-only delete.
+    let deleted = reqwest::Client::new()
+        .delete(format!(
+            "{}/v2/team/app/manifests/{}",
+            registry.url(),
+            image.digest
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 202);
+    let jobs = wait_for_jobs(&agent, &registry, |jobs| {
+        jobs.iter().filter(|j| j.kind == EventKind::Delete).count() >= 2
+    })
+    .await;
+    let mut deletes: Vec<(&str, Option<&str>)> = jobs
+        .iter()
+        .filter(|j| j.kind == EventKind::Delete)
+        .map(|j| (j.reference.as_str(), j.digest.as_deref()))
+        .collect();
+    deletes.sort();
+    assert_eq!(
+        deletes,
+        vec![
+            (image.digest.as_str(), Some(image.digest.as_str())),
+            ("v1", None)
+        ],
+        "{jobs:?}"
+    );
+    registry.stop().await;
+}

@@ -1,0 +1,974 @@
+//! One conformance suite for every [`JobQueue`] backend (the Quickwit `storage_test_suite` idea):
+//! each case is an `async fn(Backend)` written against `Arc<dyn JobQueue>`, and the `suite!`
+//! macro instantiates it for the in-memory queue, `RedisQueue` on `redis-server` and `RedisQueue`
+//! on `valkey-server` (modules `memory_backend`, `redis_server`, `valkey_server`). Cases that need
+//! a server process (crash/restart, outage, corrupt data written behind the queue's back) run for
+//! the two server backends only.
+//!
+//! Every Redis/Valkey case starts its own server on a free port with `appendonly yes`, so cases
+//! are independent and run in parallel. `valkey-server` missing is a failure, not a skip, unless
+//! `FERRY_SKIP_VALKEY=1` (CI installs it from bookworm-backports).
+//!
+//! Timing: leases of 100–300 ms and retry backoffs of 50–200 ms keep the file well under 30 s;
+//! assertions that depend on "not yet due" check the clock first so a stalled machine cannot turn
+//! them into false failures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_replicator::event::EventKind;
+use ferry_replicator::queue::{
+    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
+    RedisQueue, RetryPolicy,
+};
+use ferry_testkit::RedisServer;
+
+const PREFIX: &str = "ferry-test";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    Redis,
+    Valkey,
+}
+
+struct Harness {
+    queue: Arc<dyn JobQueue>,
+    /// `None` for the in-memory backend.
+    server: Option<RedisServer>,
+}
+
+impl Harness {
+    /// The queue under test with `policy`, or `None` when valkey is missing and
+    /// `FERRY_SKIP_VALKEY=1` says that is fine.
+    async fn start(backend: Backend, policy: RetryPolicy) -> Option<Harness> {
+        let binary = match backend {
+            Backend::Memory => {
+                return Some(Harness {
+                    queue: Arc::new(MemoryQueue::new(policy)),
+                    server: None,
+                });
+            }
+            Backend::Redis => "redis-server",
+            Backend::Valkey => "valkey-server",
+        };
+        if !on_path(binary) {
+            if backend == Backend::Valkey
+                && std::env::var("FERRY_SKIP_VALKEY").as_deref() == Ok("1")
+            {
+                eprintln!("valkey-server is not installed; skipped because FERRY_SKIP_VALKEY=1");
+                return None;
+            }
+            panic!(
+                "`{binary}` is not on PATH. Install it (valkey: `apt-get install -t bookworm-backports \
+                 valkey-server`) or set FERRY_SKIP_VALKEY=1 to skip the valkey variants"
+            );
+        }
+        let server = RedisServer::start_binary(binary, true)
+            .await
+            .expect("start the server");
+        let info = raw_command(&server.url(), redis::cmd("INFO").arg("server")).await;
+        let info = String::from_utf8_lossy(&info);
+        let is_valkey = info.contains("server_name:valkey");
+        assert_eq!(
+            is_valkey,
+            backend == Backend::Valkey,
+            "{binary} is not what it claims: {info}"
+        );
+        let queue = RedisQueue::connect(&server.url(), PREFIX, policy)
+            .await
+            .expect("connect");
+        Some(Harness {
+            queue: Arc::new(queue),
+            server: Some(server),
+        })
+    }
+
+    fn url(&self) -> String {
+        self.server.as_ref().expect("a server backend").url()
+    }
+}
+
+fn on_path(binary: &str) -> bool {
+    if binary.contains('/') {
+        return std::path::Path::new(binary).is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(binary).is_file()))
+        .unwrap_or(false)
+}
+
+/// Runs one command on a fresh connection (behind the queue's back) and returns the raw reply.
+async fn raw_command(url: &str, cmd: &mut redis::Cmd) -> Vec<u8> {
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let value: redis::Value = cmd.query_async(&mut con).await.unwrap();
+    match value {
+        redis::Value::BulkString(b) => b,
+        redis::Value::VerbatimString { text, .. } => text.into_bytes(),
+        redis::Value::Int(n) => n.to_string().into_bytes(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
+/// Retries, collapsing and dead-lettering fast: 3 attempts, 50 ms base, 200 ms cap.
+fn fast() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+    }
+}
+
+fn job(reference: &str) -> Job {
+    Job {
+        id: String::new(),
+        policy: "eu-to-us".into(),
+        kind: EventKind::Push,
+        repository: "platform/api".into(),
+        reference: reference.into(),
+        digest: None,
+        event_time_ms: 1_700_000_000_000,
+        event_id: None,
+        attempt: 0,
+        last_error: None,
+        next_try_at_ms: 0,
+        enqueued_at_ms: 0,
+        traceparent: None,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn refs(leases: &[Lease]) -> Vec<&str> {
+    leases.iter().map(|l| l.job.reference.as_str()).collect()
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Claims until at least one job comes back (retries become due), at most `within`.
+async fn claim_soon(q: &dyn JobQueue, consumer: &str, within: Duration) -> Vec<Lease> {
+    let start = Instant::now();
+    loop {
+        let got = q.claim(consumer, 10, LONG).await.unwrap();
+        if !got.is_empty() || start.elapsed() > within {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_lease_lost<T: std::fmt::Debug>(r: Result<T, QueueError>, what: &str) {
+    assert!(
+        matches!(r, Err(QueueError::LeaseLost { .. })),
+        "{what}: expected LeaseLost, got {r:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases for every backend
+
+async fn enqueue_claim_ack(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    let before = now_ms();
+    for r in ["v1", "v2", "v3"] {
+        assert_eq!(q.enqueue(job(r)).await.unwrap(), EnqueueOutcome::Enqueued);
+    }
+    let kept = Job {
+        id: "given-id".into(),
+        enqueued_at_ms: 42,
+        ..job("v4")
+    };
+    q.enqueue(kept).await.unwrap();
+    let after = now_ms();
+
+    let got = q.claim("w1", 10, LONG).await.unwrap();
+    assert_eq!(refs(&got), ["v1", "v2", "v3", "v4"], "FIFO");
+    for l in &got[..3] {
+        assert_eq!(l.job.id.len(), 32, "assigned id");
+        assert!((before..=after).contains(&l.job.enqueued_at_ms));
+        assert_eq!((l.job.attempt, l.consumer.as_str()), (0, "w1"));
+    }
+    assert_eq!(
+        (got[3].job.id.as_str(), got[3].job.enqueued_at_ms),
+        ("given-id", 42)
+    );
+    let ids: std::collections::HashSet<_> = got.iter().map(|l| &l.job.id).collect();
+    assert_eq!(ids.len(), 4);
+
+    assert!(
+        q.claim("w2", 10, LONG).await.unwrap().is_empty(),
+        "all leased"
+    );
+    for l in &got {
+        q.ack(l).await.unwrap();
+    }
+    assert_lease_lost(q.ack(&got[0]).await, "double ack");
+    assert!(
+        q.claim("w2", 10, LONG).await.unwrap().is_empty(),
+        "acked jobs are gone"
+    );
+    assert_eq!(q.stats().await.unwrap(), QueueStats::default());
+    assert!(q.claim("w2", 0, LONG).await.unwrap().is_empty());
+}
+
+async fn collapses_duplicates_only_while_pending(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    assert_eq!(
+        q.enqueue(job("v1")).await.unwrap(),
+        EnqueueOutcome::Enqueued
+    );
+    assert_eq!(
+        q.enqueue(job("v1")).await.unwrap(),
+        EnqueueOutcome::Collapsed
+    );
+    let other_event = Job {
+        event_id: Some("e2".into()),
+        event_time_ms: 5,
+        ..job("v1")
+    };
+    assert_eq!(
+        q.enqueue(other_event).await.unwrap(),
+        EnqueueOutcome::Collapsed
+    );
+    let delete = Job {
+        kind: EventKind::Delete,
+        ..job("v1")
+    };
+    assert_eq!(
+        q.enqueue(delete).await.unwrap(),
+        EnqueueOutcome::Enqueued,
+        "other kind, other key"
+    );
+    assert_eq!(
+        q.enqueue(job("v2")).await.unwrap(),
+        EnqueueOutcome::Enqueued
+    );
+    assert_eq!(q.stats().await.unwrap().depth, 3);
+
+    let got = q.claim("w1", 10, LONG).await.unwrap();
+    assert_eq!(refs(&got), ["v1", "v1", "v2"]);
+    assert_eq!(
+        (got[0].job.kind, got[0].job.event_id.as_ref()),
+        (EventKind::Push, None),
+        "first one kept"
+    );
+    assert_eq!(got[1].job.kind, EventKind::Delete);
+
+    // Claimed: the running job may have read the source before this change.
+    assert_eq!(
+        q.enqueue(job("v1")).await.unwrap(),
+        EnqueueOutcome::Enqueued
+    );
+    assert_eq!(
+        q.enqueue(job("v1")).await.unwrap(),
+        EnqueueOutcome::Collapsed
+    );
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight), (1, 3));
+}
+
+async fn expired_lease_is_reclaimed_and_old_holder_loses_it(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    q.enqueue(job("v1")).await.unwrap();
+    let a = q
+        .claim("a", 1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        q.claim("b", 1, LONG).await.unwrap().is_empty(),
+        "lease still valid"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+
+    let b = q.claim("b", 5, LONG).await.unwrap();
+    assert_eq!(b.len(), 1, "expired lease handed out again");
+    let b = &b[0];
+    assert_eq!(
+        (b.job.id.as_str(), b.consumer.as_str(), b.job.attempt),
+        (a.job.id.as_str(), "b", 0)
+    );
+
+    assert_lease_lost(q.renew(&a, LONG).await, "renew after reclaim");
+    assert_lease_lost(q.ack(&a).await, "ack after reclaim");
+    assert_lease_lost(q.fail(&a, "late", true).await, "fail after reclaim");
+    assert_lease_lost(q.release(&a).await, "release after reclaim");
+    assert!(
+        matches!(q.renew(&a, LONG).await, Err(QueueError::LeaseLost { ref job_id, ref consumer })
+        if *job_id == a.job.id && consumer == "a")
+    );
+
+    q.renew(b, LONG).await.unwrap();
+    q.ack(b).await.unwrap();
+    assert_eq!(q.stats().await.unwrap(), QueueStats::default());
+}
+
+async fn renew_keeps_the_lease(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    q.enqueue(job("v1")).await.unwrap();
+    let a = q
+        .claim("a", 1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .remove(0);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        q.renew(&a, Duration::from_millis(300)).await.unwrap();
+        assert!(
+            q.claim("b", 1, LONG).await.unwrap().is_empty(),
+            "renewed lease taken"
+        );
+    }
+    // A renewal may be longer than the claim's lease: it is honoured.
+    q.renew(&a, Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        q.claim("b", 1, LONG).await.unwrap().is_empty(),
+        "lease_for of renew ignored"
+    );
+    assert_eq!(q.stats().await.unwrap().in_flight, 1);
+    q.ack(&a).await.unwrap();
+}
+
+async fn claim_order_is_expired_then_retries_then_new(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    q.enqueue(job("retry")).await.unwrap();
+    q.enqueue(job("expired")).await.unwrap();
+    let first = q.claim("a", 2, Duration::from_millis(150)).await.unwrap();
+    assert_eq!(refs(&first), ["retry", "expired"]);
+    assert!(matches!(
+        q.fail(&first[0], "flaky", true).await.unwrap(),
+        FailOutcome::Retry { .. }
+    ));
+    q.enqueue(job("new")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+
+    let got = q.claim("b", 3, LONG).await.unwrap();
+    assert_eq!(refs(&got), ["expired", "retry", "new"]);
+    assert_eq!(got[1].job.attempt, 1);
+}
+
+async fn retryable_failure_waits_for_backoff(backend: Backend) {
+    let slow = RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_millis(400),
+        max: Duration::from_secs(2),
+    };
+    let Some(h) = Harness::start(backend, slow).await else {
+        return;
+    };
+    let q = &h.queue;
+    q.enqueue(job("v1")).await.unwrap();
+    let mut lease = q.claim("a", 1, LONG).await.unwrap().remove(0);
+    // The caller's copy carries checkpoint fields the next attempt needs.
+    lease.job.event_id = Some("checkpoint".into());
+    let failed_at = now_ms();
+    let FailOutcome::Retry { next_try_at_ms } =
+        q.fail(&lease, "503 from destination", true).await.unwrap()
+    else {
+        panic!("retryable failure with attempts left must retry")
+    };
+    let delay = next_try_at_ms - failed_at;
+    assert!(
+        (190..=420).contains(&delay),
+        "first backoff in [base/2, base]: {delay} ms"
+    );
+
+    let t0 = now_ms();
+    let early = q.claim("b", 10, LONG).await.unwrap();
+    let stats = q.stats().await.unwrap();
+    if t0 < next_try_at_ms - 20 {
+        assert!(early.is_empty(), "claimed before next_try_at");
+        assert_eq!(
+            (stats.depth, stats.delayed, stats.in_flight),
+            (1, 1, 0),
+            "{stats:?}"
+        );
+    }
+
+    let wait = (next_try_at_ms - now_ms() + 30).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    assert_eq!(
+        q.stats().await.unwrap().delayed,
+        0,
+        "due retries are not `delayed`"
+    );
+    let again = claim_soon(q.as_ref(), "b", Duration::from_secs(2)).await;
+    assert_eq!(again.len(), 1);
+    let j = &again[0].job;
+    assert_eq!(j.id, lease.job.id);
+    assert_eq!(j.attempt, 1);
+    assert_eq!(j.last_error.as_deref(), Some("503 from destination"));
+    assert_eq!(j.next_try_at_ms, next_try_at_ms);
+    assert_eq!(j.event_id.as_deref(), Some("checkpoint"));
+    assert_eq!(j.enqueued_at_ms, lease.job.enqueued_at_ms);
+    q.ack(&again[0]).await.unwrap();
+}
+
+async fn exhausted_attempts_dead_letter(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    q.enqueue(job("v1")).await.unwrap();
+    let mut outcomes = Vec::new();
+    for attempt in 1..=3 {
+        let got = claim_soon(q.as_ref(), "w", Duration::from_secs(3)).await;
+        assert_eq!(got.len(), 1, "attempt {attempt} never became claimable");
+        assert_eq!(got[0].job.attempt, attempt - 1);
+        outcomes.push(q.fail(&got[0], &format!("e{attempt}"), true).await.unwrap());
+    }
+    assert!(matches!(
+        outcomes[..],
+        [
+            FailOutcome::Retry { .. },
+            FailOutcome::Retry { .. },
+            FailOutcome::DeadLettered
+        ]
+    ));
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].attempt, dead[0].last_error.as_deref()),
+        (3, Some("e3"))
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        q.claim("w", 10, LONG).await.unwrap().is_empty(),
+        "dead letters are not claimable"
+    );
+    let stats = q.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_letters),
+        (0, 0, 1)
+    );
+}
+
+async fn non_retryable_failure_dead_letters_at_once(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    q.enqueue(job("v1")).await.unwrap();
+    let l = q.claim("w", 1, LONG).await.unwrap().remove(0);
+    assert_eq!(
+        q.fail(&l, "digest mismatch", false).await.unwrap(),
+        FailOutcome::DeadLettered
+    );
+    assert_lease_lost(q.ack(&l).await, "ack after fail");
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].id.as_str(), dead[0].attempt),
+        (l.job.id.as_str(), 1)
+    );
+    assert_eq!(dead[0].last_error.as_deref(), Some("digest mismatch"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(q.claim("w", 10, LONG).await.unwrap().is_empty());
+}
+
+async fn dead_letters_retry_and_purge(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    for r in ["a", "b", "c"] {
+        q.enqueue(job(r)).await.unwrap();
+    }
+    for l in q.claim("w", 3, LONG).await.unwrap() {
+        q.fail(&l, "permanent", false).await.unwrap();
+    }
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead.iter()
+            .map(|j| j.reference.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "oldest first"
+    );
+    assert_eq!(q.dead_letters(2).await.unwrap().len(), 2);
+    assert!(q.dead_letters(0).await.unwrap().is_empty());
+
+    assert!(q.retry_dead_letter(&dead[1].id).await.unwrap());
+    assert!(
+        !q.retry_dead_letter(&dead[1].id).await.unwrap(),
+        "already moved"
+    );
+    assert!(!q.retry_dead_letter("no-such-job").await.unwrap());
+    let got = q.claim("w", 10, LONG).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let j = &got[0].job;
+    assert_eq!(
+        (j.id.as_str(), j.attempt, j.last_error.as_ref()),
+        (dead[1].id.as_str(), 0, None)
+    );
+    // A re-enqueued dead letter collapses like any new job while pending.
+    assert!(q.retry_dead_letter(&dead[0].id).await.unwrap());
+    assert_eq!(
+        q.enqueue(job("a")).await.unwrap(),
+        EnqueueOutcome::Collapsed
+    );
+
+    assert_eq!(q.stats().await.unwrap().dead_letters, 1);
+    assert_eq!(q.purge_dead_letters().await.unwrap(), 1);
+    assert!(q.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(q.purge_dead_letters().await.unwrap(), 0);
+    assert_eq!(q.stats().await.unwrap().dead_letters, 0);
+}
+
+async fn release_makes_job_claimable_without_counting_an_attempt(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    q.enqueue(job("v1")).await.unwrap();
+    q.enqueue(job("v2")).await.unwrap();
+    let a = q.claim("a", 1, LONG).await.unwrap().remove(0);
+    assert_eq!(a.job.reference, "v1");
+    q.release(&a).await.unwrap();
+    assert_lease_lost(q.ack(&a).await, "ack after release");
+    assert_lease_lost(q.renew(&a, LONG).await, "renew after release");
+
+    let got = q.claim("b", 1, LONG).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].job.id.as_str(), got[0].job.attempt),
+        (a.job.id.as_str(), 0),
+        "released job first, unchanged"
+    );
+    // It was claimed once: a new event for it is a new job.
+    assert_eq!(
+        q.enqueue(job("v1")).await.unwrap(),
+        EnqueueOutcome::Enqueued
+    );
+    q.ack(&got[0]).await.unwrap();
+    assert_eq!(refs(&q.claim("b", 10, LONG).await.unwrap()), ["v2", "v1"]);
+}
+
+async fn stats_count_each_state(backend: Backend) {
+    let slow = RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_secs(10),
+        max: Duration::from_secs(10),
+    };
+    let Some(h) = Harness::start(backend, slow).await else {
+        return;
+    };
+    let q = &h.queue;
+    assert_eq!(q.stats().await.unwrap(), QueueStats::default());
+    for r in ["a", "b", "c", "d"] {
+        q.enqueue(job(r)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let s = q.stats().await.unwrap();
+    assert_eq!(
+        (s.depth, s.in_flight, s.delayed, s.dead_letters),
+        (4, 0, 0, 0)
+    );
+    assert!((60..10_000).contains(&s.oldest_age_ms), "{s:?}");
+
+    let ab = q.claim("w", 2, LONG).await.unwrap();
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.in_flight), (2, 2));
+    assert!(s.oldest_age_ms >= 60, "{s:?}");
+
+    q.fail(&ab[0], "later", true).await.unwrap();
+    q.fail(&ab[1], "never", false).await.unwrap();
+    let s = q.stats().await.unwrap();
+    assert_eq!(
+        (s.depth, s.in_flight, s.delayed, s.dead_letters),
+        (3, 0, 1, 1),
+        "{s:?}"
+    );
+
+    let cd = q.claim("w", 2, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(refs(&cd), ["c", "d"]);
+    let s = q.stats().await.unwrap();
+    assert_eq!(
+        (s.depth, s.in_flight, s.delayed, s.oldest_age_ms),
+        (1, 2, 1, 0),
+        "{s:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = q.stats().await.unwrap();
+    assert_eq!(
+        (s.depth, s.in_flight),
+        (3, 0),
+        "expired leases count as waiting: {s:?}"
+    );
+}
+
+async fn blob_leases_are_exclusive_and_expire(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    let ttl = Duration::from_millis(300);
+    let d = "sha256:aaaa";
+    assert!(q.lease_blob("us", d, "job-a", ttl).await.unwrap());
+    assert!(!q.lease_blob("us", d, "job-b", ttl).await.unwrap());
+    assert!(
+        !q.lease_blob("us", d, "job-a", ttl).await.unwrap(),
+        "not re-entrant"
+    );
+    assert!(
+        q.lease_blob("eu", d, "job-b", ttl).await.unwrap(),
+        "per destination"
+    );
+    assert!(
+        q.lease_blob("us", "sha256:bbbb", "job-b", ttl)
+            .await
+            .unwrap(),
+        "per digest"
+    );
+
+    q.release_blob("us", d, "job-b").await.unwrap();
+    assert!(
+        !q.lease_blob("us", d, "job-c", ttl).await.unwrap(),
+        "released by a non-holder"
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        q.lease_blob("us", d, "job-c", LONG).await.unwrap(),
+        "expired"
+    );
+    q.release_blob("us", d, "job-a").await.unwrap();
+    assert!(
+        !q.lease_blob("us", d, "job-a", LONG).await.unwrap(),
+        "old holder released someone else's"
+    );
+    q.release_blob("us", d, "job-c").await.unwrap();
+    assert!(
+        q.lease_blob("us", d, "job-a", LONG).await.unwrap(),
+        "released by its holder"
+    );
+    q.release_blob("us", "sha256:never", "x").await.unwrap();
+}
+
+async fn concurrent_claimers_never_share_a_job(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = h.queue.clone();
+    const JOBS: usize = 200;
+    for i in 0..JOBS {
+        q.enqueue(job(&format!("t{i}"))).await.unwrap();
+    }
+    let seen: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (q, seen) = (q.clone(), seen.clone());
+        workers.push(tokio::spawn(async move {
+            let consumer = format!("w{w}");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut idle_rounds = 0;
+            while idle_rounds < 3 && Instant::now() < deadline {
+                let got = q.claim(&consumer, 5, LONG).await.unwrap();
+                if got.is_empty() {
+                    idle_rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                idle_rounds = 0;
+                for l in got {
+                    seen.lock()
+                        .unwrap()
+                        .entry(l.job.id.clone())
+                        .or_default()
+                        .push(consumer.clone());
+                    tokio::task::yield_now().await;
+                    q.ack(&l).await.unwrap();
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.len(), JOBS, "every job claimed");
+    let twice: Vec<_> = seen.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "claimed twice under valid leases: {twice:?}"
+    );
+    let per_worker = seen
+        .values()
+        .fold(HashMap::<&str, usize>::new(), |mut m, c| {
+            *m.entry(c[0].as_str()).or_default() += 1;
+            m
+        });
+    assert!(per_worker.len() >= 2, "work was not spread: {per_worker:?}");
+    assert_eq!(q.stats().await.unwrap(), QueueStats::default());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases for the server backends only
+
+async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
+    let Some(mut h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = h.queue.clone();
+    for r in ["a", "b", "c"] {
+        q.enqueue(job(r)).await.unwrap();
+    }
+    let a = q.claim("w", 1, LONG).await.unwrap().remove(0);
+    // appendfsync everysec: writes of the last second may be lost by a crash, so let one pass.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    h.server.as_mut().unwrap().restart().await.unwrap();
+
+    // Same queue object: the connection manager reconnects.
+    let start = Instant::now();
+    let stats = loop {
+        match q.stats().await {
+            Ok(s) => break s,
+            Err(QueueError::Unavailable(_)) if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no recovery after restart: {e}"),
+        }
+    };
+    assert_eq!((stats.depth, stats.in_flight), (2, 1), "{stats:?}");
+    assert_eq!(refs(&q.claim("w2", 10, LONG).await.unwrap()), ["b", "c"]);
+    q.ack(&a).await.unwrap();
+    assert_eq!(
+        q.enqueue(job("b")).await.unwrap(),
+        EnqueueOutcome::Enqueued,
+        "pending keys survive too"
+    );
+}
+
+async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
+    let Some(mut h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = h.queue.clone();
+    let url = h.url();
+    q.enqueue(job("before")).await.unwrap();
+    h.server.as_mut().unwrap().kill().await;
+
+    for round in 0..2 {
+        let start = Instant::now();
+        let r = q.enqueue(job("during")).await;
+        assert!(
+            matches!(r, Err(QueueError::Unavailable(_))),
+            "round {round}: {r:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "round {round} took {:?}",
+            start.elapsed()
+        );
+    }
+    let start = Instant::now();
+    let r = q.claim("w", 1, LONG).await;
+    assert!(matches!(r, Err(QueueError::Unavailable(_))), "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let start = Instant::now();
+    let r = RedisQueue::connect(&url, PREFIX, fast()).await;
+    assert!(
+        matches!(r, Err(QueueError::Unavailable(_))),
+        "connect to a dead server"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "connect took {:?}",
+        start.elapsed()
+    );
+
+    h.server.as_mut().unwrap().restart().await.unwrap();
+    let start = Instant::now();
+    loop {
+        match q.enqueue(job("after")).await {
+            Ok(EnqueueOutcome::Enqueued) => break,
+            Ok(other) => panic!("{other:?}"),
+            Err(QueueError::Unavailable(_)) if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no recovery after restart: {e}"),
+        }
+    }
+    let got = q.claim("w", 10, LONG).await.unwrap();
+    assert!(refs(&got).contains(&"after"), "{:?}", refs(&got));
+}
+
+async fn corrupt_entries_are_quarantined(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    let url = h.url();
+    let jobs = format!("{PREFIX}:jobs");
+    raw_command(
+        &url,
+        redis::cmd("XADD")
+            .arg(&jobs)
+            .arg("*")
+            .arg("job")
+            .arg("{not json"),
+    )
+    .await;
+    q.enqueue(job("good")).await.unwrap();
+    raw_command(
+        &url,
+        redis::cmd("XADD")
+            .arg(&jobs)
+            .arg("*")
+            .arg("other")
+            .arg("field"),
+    )
+    .await;
+    raw_command(
+        &url,
+        redis::cmd("ZADD")
+            .arg(format!("{PREFIX}:delayed"))
+            .arg(0)
+            .arg("[1,2]"),
+    )
+    .await;
+
+    let got = q.claim("w", 10, LONG).await.unwrap();
+    assert_eq!(refs(&got), ["good"], "corrupt entries are skipped");
+    let corrupt = raw_command(&url, redis::cmd("LLEN").arg(format!("{PREFIX}:corrupt"))).await;
+    assert_eq!(corrupt, b"3");
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.in_flight), (0, 1), "{s:?}");
+    assert!(
+        q.claim("w", 10, Duration::ZERO).await.unwrap().is_empty(),
+        "quarantined for good"
+    );
+
+    // Dead letters: garbage is skipped by readers, removed by purge.
+    raw_command(
+        &url,
+        redis::cmd("RPUSH")
+            .arg(format!("{PREFIX}:dead"))
+            .arg("garbage"),
+    )
+    .await;
+    q.fail(&got[0], "permanent", false).await.unwrap();
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(q.stats().await.unwrap().dead_letters, 2);
+    assert!(q.retry_dead_letter(&dead[0].id).await.unwrap());
+    assert_eq!(q.purge_dead_letters().await.unwrap(), 1);
+    // A forged token is a lost lease, not an error.
+    let forged = Lease {
+        token: "jobs/not-an-id".into(),
+        ..got[0].clone()
+    };
+    assert_lease_lost(q.ack(&forged).await, "forged token");
+    assert_lease_lost(q.renew(&forged, LONG).await, "forged token");
+}
+
+async fn prefixes_are_isolated(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let other = RedisQueue::connect(&h.url(), "other", fast())
+        .await
+        .unwrap();
+    h.queue.enqueue(job("v1")).await.unwrap();
+    assert!(other.claim("w", 10, LONG).await.unwrap().is_empty());
+    assert_eq!(
+        other.enqueue(job("v1")).await.unwrap(),
+        EnqueueOutcome::Enqueued,
+        "own pending keys"
+    );
+    assert!(other.lease_blob("us", "sha256:a", "x", LONG).await.unwrap());
+    assert!(h
+        .queue
+        .lease_blob("us", "sha256:a", "y", LONG)
+        .await
+        .unwrap());
+    assert_eq!(other.prefix(), "other");
+}
+
+macro_rules! suite {
+    (all: [$($all:ident),* $(,)?], servers: [$($srv:ident),* $(,)?] $(,)?) => {
+        mod memory_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $all() {
+                    super::$all(super::Backend::Memory).await
+                }
+            )*
+        }
+        mod redis_server {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $all() {
+                    super::$all(super::Backend::Redis).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $srv() {
+                    super::$srv(super::Backend::Redis).await
+                }
+            )*
+        }
+        mod valkey_server {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $all() {
+                    super::$all(super::Backend::Valkey).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $srv() {
+                    super::$srv(super::Backend::Valkey).await
+                }
+            )*
+        }
+    };
+}
+
+suite! {
+    all: [
+        enqueue_claim_ack,
+        collapses_duplicates_only_while_pending,
+        expired_lease_is_reclaimed_and_old_holder_loses_it,
+        renew_keeps_the_lease,
+        claim_order_is_expired_then_retries_then_new,
+        retryable_failure_waits_for_backoff,
+        exhausted_attempts_dead_letter,
+        non_retryable_failure_dead_letters_at_once,
+        dead_letters_retry_and_purge,
+        release_makes_job_claimable_without_counting_an_attempt,
+        stats_count_each_state,
+        blob_leases_are_exclusive_and_expire,
+        concurrent_claimers_never_share_a_job,
+    ],
+    servers: [
+        aof_restart_keeps_jobs_and_leases,
+        outage_is_unavailable_quickly_and_recovers,
+        corrupt_entries_are_quarantined,
+        prefixes_are_isolated,
+    ],
+}

@@ -1,0 +1,279 @@
+//! Workers running queued jobs against real registries: level-triggered pushes, duplicate jobs,
+//! guarded deletes, and a graceful stop.
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ferry_replicator::config::Config;
+use ferry_replicator::event::EventKind;
+use ferry_replicator::queue::memory::MemoryQueue;
+use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
+use ferry_replicator::sync::Registries;
+use ferry_replicator::worker::{DeleteOutcome, JobOutcome, Worker, WorkerOptions};
+use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn job(kind: EventKind, repository: &str, reference: &str, digest: Option<&str>) -> Job {
+    Job {
+        id: String::new(),
+        policy: "test".into(),
+        kind,
+        repository: repository.into(),
+        reference: reference.into(),
+        digest: digest.map(str::to_string),
+        event_time_ms: 0,
+        event_id: None,
+        attempt: 0,
+        last_error: None,
+        next_try_at_ms: 0,
+        enqueued_at_ms: 0,
+        traceparent: None,
+    }
+}
+
+struct Setup {
+    src: Registry,
+    dst: Registry,
+    _dir: tempfile::TempDir,
+    queue: Arc<MemoryQueue>,
+    worker: Arc<Worker>,
+}
+
+async fn setup(policy_extra: serde_json::Value) -> Setup {
+    let (src, dst, dir) = two_registries().await;
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), policy_extra);
+    let config = Config::load(&cfg).expect("config");
+    let registries = Registries::from_config(&config).expect("registries");
+    let queue = Arc::new(MemoryQueue::new(RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+    }));
+    let opts = WorkerOptions {
+        consumer: "w1".into(),
+        lease: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let worker = Arc::new(Worker::new(&config, &registries, queue.clone(), opts).expect("worker"));
+    Setup {
+        src,
+        dst,
+        _dir: dir,
+        queue,
+        worker,
+    }
+}
+
+/// Runs the worker until the queue has nothing waiting or running, then stops it.
+async fn drain(s: &Setup) {
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(s.worker.clone().run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = s.queue.stats().await.unwrap();
+        if st.depth == 0 && st.in_flight == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue did not drain: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+}
+
+/// Pushes a fresh one-layer image built from `seed` to `host/target`; returns its digest.
+async fn push_image(dir: &std::path::Path, seed: u64, host: &str, target: &str) -> String {
+    let mut b = LayoutBuilder::new(&dir.join(format!("layout-{seed}"))).unwrap();
+    let m = b
+        .image(
+            "img",
+            &[LayerSpec {
+                seed,
+                size: 256 * 1024,
+            }],
+        )
+        .unwrap();
+    let layout = b.finish().unwrap();
+    skopeo::push_layout(&layout, "img", host, target)
+        .await
+        .unwrap();
+    m.digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_jobs_replicate_and_duplicates_move_bytes_once() {
+    let s = setup(json!({"trigger": {"type": "event_based"}})).await;
+    let d = push_image(s._dir.path(), 1, &s.src.host(), "team/app:v1").await;
+    for _ in 0..5 {
+        s.queue
+            .enqueue(job(EventKind::Push, "team/app", "v1", Some(&d)))
+            .await
+            .unwrap();
+    }
+    drain(&s).await;
+    assert_eq!(raw_digest(&s.dst.host(), "team/app:v1").await, d);
+    let t = s.worker.stats.transfer.snapshot();
+    assert!(t.bytes_copied >= 256 * 1024, "the layer was copied: {t:?}");
+    assert!(
+        t.bytes_copied < 2 * 256 * 1024,
+        "five deliveries of one event move the layer once: {t:?}"
+    );
+    assert_eq!(s.worker.stats.jobs_failed.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_push_job_copies_the_current_source_state() {
+    let s = setup(json!({})).await;
+    let old = push_image(s._dir.path(), 2, &s.src.host(), "team/app:v1").await;
+    let new = push_image(s._dir.path(), 3, &s.src.host(), "team/app:v1").await;
+    assert_ne!(old, new);
+    // The job names the old digest (a late, reordered event); the destination gets what is current.
+    s.queue
+        .enqueue(job(EventKind::Push, "team/app", "v1", Some(&old)))
+        .await
+        .unwrap();
+    drain(&s).await;
+    assert_eq!(raw_digest(&s.dst.host(), "team/app:v1").await, new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_are_guarded() {
+    let s = setup(json!({"replicate_deletion": true, "filters": [{"type": "tag", "value": "v*"}]}))
+        .await;
+    let dir = s._dir.path();
+    let gone = push_image(dir, 4, &s.src.host(), "team/app:v1").await;
+    let keep = push_image(dir, 5, &s.src.host(), "team/app:v2").await;
+    let shared = push_image(dir, 6, &s.src.host(), "team/app:v3").await;
+    for t in ["v1", "v2", "v3"] {
+        s.queue
+            .enqueue(job(EventKind::Push, "team/app", t, None))
+            .await
+            .unwrap();
+    }
+    drain(&s).await;
+    // On the destination, an uncovered tag also points at v3's manifest.
+    push_image(dir, 6, &s.dst.host(), "team/app:scratch").await;
+    // The destination got newer content under v2 than the one the source deletes.
+    let newer = push_image(dir, 7, &s.dst.host(), "team/app:v2").await;
+
+    let http = reqwest::Client::new();
+    for d in [&gone, &keep, &shared] {
+        let r = http
+            .delete(format!("{}/v2/team/app/manifests/{d}", s.src.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    let deleting = |t: &str, d: &str| job(EventKind::Delete, "team/app", t, Some(d));
+    let outcomes = [
+        s.worker
+            .execute(&deleting("v1", &gone), &CancellationToken::new())
+            .await
+            .unwrap(),
+        s.worker
+            .execute(&deleting("v2", &keep), &CancellationToken::new())
+            .await
+            .unwrap(),
+        s.worker
+            .execute(&deleting("v3", &shared), &CancellationToken::new())
+            .await
+            .unwrap(),
+    ];
+    let single = |o: &JobOutcome| match o {
+        JobOutcome::Deleted(v) => v[0].1.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        single(&outcomes[0]),
+        DeleteOutcome::Deleted {
+            digest: gone.clone()
+        }
+    );
+    assert!(
+        matches!(single(&outcomes[1]), DeleteOutcome::Kept { reason } if reason.contains("holds")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(single(&outcomes[2]), DeleteOutcome::Kept { reason } if reason.contains("scratch")),
+        "{:?}",
+        outcomes[2]
+    );
+
+    let head = |t: &'static str| {
+        let http = http.clone();
+        let url = s.dst.url();
+        async move {
+            http.head(format!("{url}/v2/team/app/manifests/{t}"))
+                .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(head("v1").await, 404, "deleted");
+    assert_eq!(
+        raw_digest(&s.dst.host(), "team/app:v2").await,
+        newer,
+        "newer destination content kept"
+    );
+    assert_eq!(
+        head("v3").await,
+        200,
+        "kept because an uncovered tag points at it"
+    );
+
+    // A delete whose content the source holds again (re-pushed) is stale: nothing is deleted.
+    let again = push_image(dir, 8, &s.src.host(), "team/app:v4").await;
+    s.queue
+        .enqueue(job(EventKind::Push, "team/app", "v4", None))
+        .await
+        .unwrap();
+    drain(&s).await;
+    let o = s
+        .worker
+        .execute(&deleting("v4", &again), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(single(&o), DeleteOutcome::Kept { reason } if reason.contains("source holds")),
+        "{o:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrunnable_jobs_are_dead_lettered_and_missing_tags_skipped() {
+    let s = setup(json!({})).await;
+    // A policy that is not in the worker's config cannot run anywhere: dead-lettered at once.
+    let mut j = job(EventKind::Push, "team/app", "v1", None);
+    j.policy = "removed-policy".into();
+    s.queue.enqueue(j).await.unwrap();
+    // A tag that does not exist is skipped, not failed (the source is the truth).
+    s.queue
+        .enqueue(job(EventKind::Push, "team/nothing", "v1", None))
+        .await
+        .unwrap();
+    drain(&s).await;
+    let dead = s.queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("removed-policy"),
+        "{dead:?}"
+    );
+    assert_eq!(s.worker.stats.jobs_succeeded.load(Ordering::Relaxed), 1);
+}
