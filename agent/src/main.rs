@@ -9,15 +9,15 @@ use std::future::IntoFuture as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ferry_replicator::config::Config;
 use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::{self, IngestState};
 use ferry_replicator::policy::TriggerKind;
-use ferry_replicator::queue::{RedisQueue, RetryPolicy};
+use ferry_replicator::runtime::{connect_queue, init_logging, shutdown_signal, LogFormat};
 
 /// Env var holding the webhook token when `--webhook-token-file` is not given.
 const TOKEN_ENV: &str = "FERRY_WEBHOOK_TOKEN";
@@ -63,15 +63,9 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    init_logging(args.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,10 +100,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "no webhook token: set {TOKEN_ENV} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)"
     );
 
-    let queue = connect(
+    let queue = connect_queue(
         &args.redis,
         &args.queue_prefix,
         Duration::from_secs(args.redis_connect_timeout),
+        CONNECT_RETRY,
     )
     .await?;
     let registries: Vec<String> = config.registries.iter().map(|r| r.name.clone()).collect();
@@ -204,77 +199,4 @@ fn load_tokens(file: Option<&Path>) -> anyhow::Result<Vec<String>> {
             .collect(),
     };
     Ok(tokens)
-}
-
-/// Connects to Redis, retrying while it is not up yet (it may start after the agent).
-async fn connect(url: &str, prefix: &str, give_up_after: Duration) -> anyhow::Result<RedisQueue> {
-    let started = Instant::now();
-    loop {
-        match RedisQueue::connect(url, prefix, RetryPolicy::default()).await {
-            Ok(queue) => return Ok(queue),
-            Err(e) if started.elapsed() < give_up_after => {
-                tracing::warn!(error = %e, "queue not reachable yet; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(CONNECT_RETRY) => {}
-                    () = shutdown_signal() => anyhow::bail!("interrupted while connecting to the queue"),
-                }
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot reach the queue within {} s",
-                        give_up_after.as_secs()
-                    )
-                })
-            }
-        }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-}
-
-/// Logs to stderr; `FERRY_LOG` (an `EnvFilter` directive) overrides the default `info`.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-    }
 }

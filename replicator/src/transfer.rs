@@ -73,6 +73,20 @@ pub struct TransferStats {
 }
 
 impl TransferStats {
+    /// Adds another run's counts (e.g. one job's) to these.
+    pub fn add(&self, s: &StatsSnapshot) {
+        self.blobs_copied
+            .fetch_add(s.blobs_copied, Ordering::Relaxed);
+        self.blobs_mounted
+            .fetch_add(s.blobs_mounted, Ordering::Relaxed);
+        self.blobs_skipped
+            .fetch_add(s.blobs_skipped, Ordering::Relaxed);
+        self.manifests_pushed
+            .fetch_add(s.manifests_pushed, Ordering::Relaxed);
+        self.bytes_copied
+            .fetch_add(s.bytes_copied, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             blobs_copied: self.blobs_copied.load(Ordering::Relaxed),

@@ -25,10 +25,15 @@ use crate::config::Config;
 use crate::event::EventKind;
 use crate::oci::digest;
 use crate::policy::Policy;
-use crate::queue::{Job, JobQueue, Lease, QueueError};
+use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
 use crate::sync::{reconcile_reference, PreparedPolicy, Registries, SyncError, TagOutcome};
 use crate::throttle::Throttle;
-use crate::transfer::{BlobLedger, TransferContext, TransferError, TransferStats};
+use crate::transfer::{BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 /// Knobs of a worker process.
 #[derive(Debug, Clone)]
@@ -94,9 +99,10 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
-    fn record_lag(&self, event_time_ms: i64) {
+    /// Records the lag of a copy caused by an event at `event_time_ms`; returns it (ms).
+    fn record_lag(&self, event_time_ms: i64) -> Option<u64> {
         if event_time_ms <= 0 {
-            return;
+            return None;
         }
         let lag = now_ms().saturating_sub(event_time_ms).max(0) as u64;
         let mut l = self.lag_ms.lock().expect("lag lock");
@@ -104,6 +110,7 @@ impl WorkerStats {
             l.drain(..5_000);
         }
         l.push(lag);
+        Some(lag)
     }
 }
 
@@ -112,6 +119,112 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The worker's Prometheus metrics (DESIGN.md "Metrics an operator alerts on"). Labels are
+/// bounded: policy names, job kinds and fixed outcomes; never a tag or digest.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    jobs: Family<JobLabels, Counter>,
+    lag: Histogram,
+    bytes: Family<PolicyDirection, Counter>,
+    blobs: Family<PolicyOutcome, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    policy: String,
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyDirection {
+    policy: String,
+    direction: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyOutcome {
+    policy: String,
+    outcome: String,
+}
+
+impl Default for WorkerMetrics {
+    /// Metrics that are counted but not exported (tests, embedded use without `/metrics`).
+    fn default() -> Self {
+        WorkerMetrics {
+            jobs: Family::default(),
+            lag: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
+            bytes: Family::default(),
+            blobs: Family::default(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// Registers the worker metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> WorkerMetrics {
+        // Lag buckets: 50 ms … ~27 min.
+        let m = WorkerMetrics::default();
+        registry.register(
+            "ferry_jobs",
+            "Jobs finished, by policy, kind and outcome",
+            m.jobs.clone(),
+        );
+        registry.register(
+            "ferry_replication_lag_seconds",
+            "Event time to the tag being visible on the destination",
+            m.lag.clone(),
+        );
+        registry.register(
+            "ferry_bytes",
+            "Blob bytes moved, by policy and direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "ferry_blobs",
+            "Blobs handled, by policy and outcome (skipped, mounted, copied)",
+            m.blobs.clone(),
+        );
+        m
+    }
+
+    fn job(&self, policy: &str, kind: EventKind, outcome: &str) {
+        let kind = match kind {
+            EventKind::Push => "push",
+            EventKind::Delete => "delete",
+        };
+        self.jobs
+            .get_or_create(&JobLabels {
+                policy: policy.into(),
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    fn transfer(&self, policy: &str, t: &StatsSnapshot) {
+        let p = |o: &str| PolicyOutcome {
+            policy: policy.into(),
+            outcome: o.into(),
+        };
+        self.bytes
+            .get_or_create(&PolicyDirection {
+                policy: policy.into(),
+                direction: "to_destination".into(),
+            })
+            .inc_by(t.bytes_copied);
+        self.blobs
+            .get_or_create(&p("copied"))
+            .inc_by(t.blobs_copied);
+        self.blobs
+            .get_or_create(&p("mounted"))
+            .inc_by(t.blobs_mounted);
+        self.blobs
+            .get_or_create(&p("skipped"))
+            .inc_by(t.blobs_skipped);
+    }
 }
 
 /// Why a job failed; `retryable` decides between a retry and the dead-letter list.
@@ -151,6 +264,7 @@ pub struct Worker {
     ledger: Arc<BlobLedger>,
     opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
+    metrics: WorkerMetrics,
 }
 
 impl Worker {
@@ -179,7 +293,14 @@ impl Worker {
             ledger: Arc::default(),
             opts,
             stats: Arc::default(),
+            metrics: WorkerMetrics::default(),
         })
+    }
+
+    /// Exports this worker's metrics through `metrics` (see [`WorkerMetrics::register`]).
+    pub fn with_metrics(mut self, metrics: WorkerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Claims and runs jobs until `shutdown` fires; then stops claiming, lets running jobs finish
@@ -325,6 +446,7 @@ impl Worker {
                         )) =>
             {
                 self.stats.jobs_released.fetch_add(1, Ordering::Relaxed);
+                self.metrics.job(&job.policy, job.kind, "released");
                 tracing::info!("job interrupted by shutdown: released for another worker");
                 self.queue.release(lease).await
             }
@@ -332,6 +454,11 @@ impl Worker {
                 self.stats.jobs_failed.fetch_add(1, Ordering::Relaxed);
                 let retryable = e.is_retryable();
                 let r = self.queue.fail(lease, &e.to_string(), retryable).await;
+                let outcome = match &r {
+                    Ok(FailOutcome::DeadLettered) => "dead_lettered",
+                    _ => "failed",
+                };
+                self.metrics.job(&job.policy, job.kind, outcome);
                 match &r {
                     Ok(outcome) => tracing::warn!(error = %e, retryable, ?outcome, "job failed"),
                     Err(qe) => {
@@ -351,22 +478,37 @@ impl Worker {
         prepared: &PreparedPolicy,
         dst: &Arc<crate::oci::RegistryClient>,
         cancel: &CancellationToken,
+        stats: &Arc<TransferStats>,
     ) -> TransferContext {
         prepared.transfer_context(
             dst,
             self.ledger.clone(),
-            self.stats.transfer.clone(),
+            stats.clone(),
             self.throttles.get(&prepared.policy.name).cloned(),
             cancel.clone(),
             self.opts.blob_parallelism,
         )
     }
 
-    /// Runs a job against every destination of its policy.
+    /// Runs a job against every destination of its policy, accounting what it moved.
     pub async fn execute(
         &self,
         job: &Job,
         cancel: &CancellationToken,
+    ) -> Result<JobOutcome, JobError> {
+        let stats = Arc::new(TransferStats::default());
+        let result = self.execute_with(job, cancel, &stats).await;
+        let t = stats.snapshot();
+        self.stats.transfer.add(&t);
+        self.metrics.transfer(&job.policy, &t);
+        result
+    }
+
+    async fn execute_with(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+        stats: &Arc<TransferStats>,
     ) -> Result<JobOutcome, JobError> {
         let prepared = self
             .policies
@@ -376,7 +518,7 @@ impl Worker {
             EventKind::Push => {
                 let mut out = Vec::new();
                 for dst in prepared.dsts.clone() {
-                    let ctx = self.context(prepared, &dst, cancel);
+                    let ctx = self.context(prepared, &dst, cancel, stats);
                     let (outcome, _) =
                         reconcile_reference(prepared, &ctx, &job.repository, &job.reference)
                             .await
@@ -397,7 +539,7 @@ impl Worker {
             EventKind::Delete => {
                 let mut out = Vec::new();
                 for dst in prepared.dsts.clone() {
-                    let ctx = self.context(prepared, &dst, cancel);
+                    let ctx = self.context(prepared, &dst, cancel, stats);
                     let outcome = guarded_delete(&prepared.policy, prepared, &ctx, job)
                         .await
                         .map_err(|source| JobError::Transfer {

@@ -2,17 +2,23 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
+use ferry_replicator::ingest::metrics::IngestMetrics;
 use ferry_replicator::policy::Policy;
+use ferry_replicator::queue::JobQueue;
+use ferry_replicator::runtime::{connect_queue, shutdown_signal};
 use ferry_replicator::sync::{
     sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
 };
+use ferry_replicator::worker::{Worker, WorkerMetrics, WorkerOptions};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{progress, DiffArgs, SyncArgs, Target};
+use super::{progress, DiffArgs, SyncArgs, Target, WorkerArgs};
 
 const OK: u8 = 0;
 const NO: u8 = 1;
@@ -73,23 +79,11 @@ fn prepare(config: &Config, policy: Option<&str>) -> anyhow::Result<Vec<Prepared
 /// Cancels `token` on Ctrl-C / SIGTERM.
 fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term => {},
-            _ = token.cancelled() => return,
+            () = shutdown_signal() => {},
+            () = token.cancelled() => return,
         }
-        tracing::warn!("interrupted: stopping transfers");
+        tracing::warn!("interrupted: stopping");
         token.cancel();
     })
 }
@@ -266,4 +260,78 @@ pub fn validate(files: &[PathBuf]) -> u8 {
         }
     }
     code
+}
+
+pub async fn worker(args: WorkerArgs) -> u8 {
+    match run_worker(args).await {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ERROR
+        }
+    }
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registries = Registries::from_config(&config)?;
+    let queue: Arc<dyn JobQueue> = Arc::new(
+        connect_queue(
+            &args.redis,
+            &args.queue_prefix,
+            Duration::from_secs(args.redis_connect_timeout),
+            Duration::from_secs(2),
+        )
+        .await?,
+    );
+    let consumer = args.consumer.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        format!(
+            "{}-{}",
+            if host.is_empty() { "worker" } else { &host },
+            std::process::id()
+        )
+    });
+    let opts = WorkerOptions {
+        consumer: consumer.clone(),
+        concurrency: args.concurrency.max(1),
+        lease: Duration::from_secs(args.lease_seconds.max(1)),
+        grace: Duration::from_secs(args.grace_seconds),
+        ..WorkerOptions::default()
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let worker_metrics = WorkerMetrics::register(&mut registry);
+    let metrics = Arc::new(IngestMetrics::new(registry));
+    let worker = Arc::new(
+        Worker::new(&config, &registries, queue.clone(), opts)?.with_metrics(worker_metrics),
+    );
+
+    let shutdown = CancellationToken::new();
+    let signals = cancel_on_signal(shutdown.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listen) = &args.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.clone(), |a| a.to_string()), "serving /metrics and /healthz");
+        let router = ferry_replicator::ops::router(queue.clone(), metrics.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    tracing::info!(%consumer, concurrency = args.concurrency, policies = config.policies.iter().filter(|p| p.enabled).count(), "ferry worker running");
+    worker.run(shutdown.clone()).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = signals.await;
+    tracing::info!("ferry worker stopped");
+    Ok(())
 }

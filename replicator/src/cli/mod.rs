@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_replicator::runtime::{init_logging, LogFormat};
 
 mod commands;
 mod progress;
@@ -21,18 +22,14 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// One-shot full reconciliation: make every destination match the source (no Redis needed).
     Sync(SyncArgs),
     /// Report drift by digest: missing, different and extra tags. Exit 1 on drift.
     Diff(DiffArgs),
+    /// Run replication jobs from the Redis/Valkey queue (fed by `ferry-agent`).
+    Worker(WorkerArgs),
     /// Work with policy and config files.
     Policy {
         #[command(subcommand)]
@@ -82,6 +79,37 @@ pub struct Target {
     pub json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// Config file with registries and policies.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Redis/Valkey URL of this region's queue, e.g. redis://127.0.0.1:6379/0.
+    #[arg(long)]
+    pub redis: String,
+    /// Key prefix of the queue in Redis (the agent must use the same).
+    #[arg(long, default_value = "ferry")]
+    pub queue_prefix: String,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Address for /metrics and /healthz, e.g. 0.0.0.0:9090.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Lease of a job in seconds; renewed while it runs, reclaimed by another worker if this one dies.
+    #[arg(long, default_value_t = 30)]
+    pub lease_seconds: u64,
+    /// On SIGTERM, seconds running jobs may take before they are cancelled and released.
+    #[arg(long, default_value_t = 20)]
+    pub grace_seconds: u64,
+    /// Consumer name in the queue (default: hostname-pid).
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// Give up if Redis cannot be reached for this many seconds at startup.
+    #[arg(long, default_value_t = 60)]
+    pub redis_connect_timeout: u64,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
     /// Validate config or policy files; every problem is printed with its JSON path.
@@ -110,33 +138,11 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => commands::sync(args).await,
             Command::Diff(args) => commands::diff(args).await,
+            Command::Worker(args) => commands::worker(args).await,
             Command::Policy {
                 command: PolicyCommand::Validate { files },
             } => commands::validate(&files),
         }
     });
     ExitCode::from(code)
-}
-
-fn init_logging(format: LogFormat, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{default_level},ferry_replicator={default_level},ferry={default_level}"
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-    }
 }

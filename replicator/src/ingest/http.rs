@@ -53,7 +53,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
@@ -62,7 +62,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::harbor::HarborOptions;
 use super::matcher::{Matcher, MatcherError};
-use super::metrics::{self, IngestMetrics};
+use super::metrics::IngestMetrics;
 use super::{distribution, harbor, Batch, IngestError};
 use crate::config::Config;
 use crate::event::EventKind;
@@ -103,7 +103,7 @@ struct Inner {
     token_hashes: Vec<[u8; 32]>,
     body_limit: usize,
     harbor: HarborOptions,
-    metrics: IngestMetrics,
+    metrics: Arc<IngestMetrics>,
 }
 
 impl std::fmt::Debug for IngestState {
@@ -206,20 +206,22 @@ impl IngestStateBuilder {
                 token_hashes: self.tokens.iter().map(|t| sha256(t.as_bytes())).collect(),
                 body_limit: self.body_limit,
                 harbor: self.harbor,
-                metrics: IngestMetrics::new(self.metrics_registry.unwrap_or_default()),
+                metrics: Arc::new(IngestMetrics::new(
+                    self.metrics_registry.unwrap_or_default(),
+                )),
             }),
         })
     }
 }
 
-/// The ingest routes: webhooks, `/healthz` and `/metrics`.
+/// The ingest routes: webhooks, plus `/healthz` and `/metrics` ([`crate::ops::router`]).
 pub fn router(state: IngestState) -> Router {
+    let ops = crate::ops::router(state.inner.queue.clone(), state.inner.metrics.clone());
     Router::new()
         .route("/v1/events/distribution", post(distribution_webhook))
         .route("/v1/events/harbor", post(harbor_webhook))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_handler))
         .with_state(state)
+        .merge(ops)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,36 +572,6 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         "enqueued": enqueued,
         "collapsed": collapsed,
     }))
-}
-
-async fn healthz(State(state): State<IngestState>) -> Response {
-    match state.inner.queue.stats().await {
-        Ok(stats) => {
-            state.inner.metrics.set_queue(&stats);
-            (StatusCode::OK, "ok\n").into_response()
-        }
-        Err(error) => {
-            tracing::warn!(error = %error, "health check: queue unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("queue unavailable: {error}\n"),
-            )
-                .into_response()
-        }
-    }
-}
-
-async fn metrics_handler(State(state): State<IngestState>) -> Response {
-    match state.inner.queue.stats().await {
-        Ok(stats) => state.inner.metrics.set_queue(&stats),
-        // The gauges keep their last values; /healthz reports the outage.
-        Err(error) => tracing::debug!(error = %error, "metrics: queue stats unavailable"),
-    }
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        state.inner.metrics.encode(),
-    )
-        .into_response()
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
