@@ -6,7 +6,7 @@
 //! Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 on usage, config or startup errors.
 #![forbid(unsafe_code)]
 use std::future::IntoFuture as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +17,11 @@ use ferry_replicator::config::Config;
 use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::{self, IngestState};
 use ferry_replicator::policy::TriggerKind;
+use ferry_replicator::queue::JobQueue;
+use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
 use ferry_replicator::runtime::{connect_queue, init_logging, shutdown_signal, LogFormat};
+use ferry_replicator::sync::Registries;
 
-/// Env var holding the webhook token when `--webhook-token-file` is not given.
-const TOKEN_ENV: &str = "FERRY_WEBHOOK_TOKEN";
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Pause between attempts to reach Redis at startup.
@@ -58,6 +59,10 @@ struct Args {
     /// Give up if Redis cannot be reached for this many seconds at startup.
     #[arg(long, default_value_t = 60)]
     redis_connect_timeout: u64,
+    /// Seconds between safety-net reconciliations of every event_based policy (a full diff whose
+    /// drift becomes jobs); the first runs at startup. 0 disables it.
+    #[arg(long, default_value_t = 600)]
+    reconcile_interval: u64,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -93,11 +98,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "{}: the agent needs a config file with `registries` (a bare policy file has none)",
         args.config.display()
     );
-    let tokens = load_tokens(args.webhook_token_file.as_deref())?;
+    let tokens = ingest::http::load_tokens(args.webhook_token_file.as_deref())?;
     // Checked again by the builder; here it fails before waiting for Redis.
     anyhow::ensure!(
         !tokens.is_empty() || args.allow_unauthenticated,
-        "no webhook token: set {TOKEN_ENV} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)"
+        "no webhook token: set {} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)",
+        ingest::http::TOKEN_ENV
     );
 
     let queue = connect_queue(
@@ -113,7 +119,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
         .count();
-    let mut builder = IngestState::builder(config, Arc::new(queue))
+    let queue: Arc<dyn JobQueue> = Arc::new(queue);
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let reconciler = if args.reconcile_interval > 0 {
+        let registries = Registries::from_config(&config)?;
+        let holder = format!("agent-{}", std::process::id());
+        let metrics = ReconcileMetrics::register(&mut metrics_registry);
+        Some(Reconciler::new(
+            &config,
+            &registries,
+            queue.clone(),
+            &holder,
+            metrics,
+        )?)
+    } else {
+        None
+    };
+    let mut builder = IngestState::builder(config, queue)
+        .metrics_registry(metrics_registry)
         .allow_unauthenticated(args.allow_unauthenticated)
         .body_limit(args.max_body_bytes)
         .harbor_options(HarborOptions {
@@ -160,43 +183,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             std::future::pending::<()>().await;
         }
     };
+    let reconcile_stop = tokio_util::sync::CancellationToken::new();
+    let reconcile = async {
+        match &reconciler {
+            Some(r) => {
+                r.run(
+                    Duration::from_secs(args.reconcile_interval),
+                    reconcile_stop.clone(),
+                )
+                .await
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         served = server => served.context("serving webhooks")?,
+        () = reconcile => {}
         () = deadline => tracing::warn!(
             grace_seconds = SHUTDOWN_GRACE.as_secs(),
             "grace period over; exiting with requests in flight (registries will re-send them)"
         ),
     }
+    reconcile_stop.cancel();
     tracing::info!("ferry-agent stopped");
     Ok(())
-}
-
-/// Tokens from the file (one per line, blank lines ignored) or the environment.
-fn load_tokens(file: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    let tokens: Vec<String> = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| {
-                format!("cannot read the webhook token file {}", path.display())
-            })?;
-            let tokens: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            anyhow::ensure!(
-                !tokens.is_empty(),
-                "the webhook token file {} holds no token",
-                path.display()
-            );
-            tokens
-        }
-        None => std::env::var(TOKEN_ENV)
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .into_iter()
-            .collect(),
-    };
-    Ok(tokens)
 }

@@ -47,15 +47,15 @@ impl DriftReport {
 pub async fn diff_policy(prepared: &PreparedPolicy) -> Result<DriftReport, RegistryError> {
     let policy = &prepared.policy;
     let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
-    let units = prepared
-        .dsts
-        .iter()
-        .flat_map(|dst| repos.iter().map(move |repo| (dst, repo)));
-    let results: Vec<Result<RepoDrift, RegistryError>> = stream::iter(units)
-        .map(|(dst, repo)| diff_repository(prepared, dst, repo))
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    // Futures built in loops (not closures) keep concrete lifetimes, so callers can spawn this.
+    let mut units = Vec::new();
+    for dst in &prepared.dsts {
+        for repo in &repos {
+            units.push(diff_repository(prepared, dst, repo));
+        }
+    }
+    let results: Vec<Result<RepoDrift, RegistryError>> =
+        stream::iter(units).buffer_unordered(8).collect().await;
     let mut report = DriftReport {
         policy: policy.name.clone(),
         ..Default::default()
@@ -114,29 +114,28 @@ async fn diff_repository(
         destination_digest: d,
     };
     let digest = |d: Option<RemoteDescriptor>| d.map(|x| x.digest.to_string());
-    let checks: Vec<Result<TagCheck, RegistryError>> = stream::iter(repo.tags.iter())
-        .map(|tag| {
-            let present = dst_tags.contains(tag);
-            let dst_repo = &dst_repo;
-            async move {
-                let (s, d) = if present {
-                    let (s, d) = tokio::join!(
-                        prepared.src.head_manifest(&repo.repository, tag),
-                        dst.head_manifest(dst_repo, tag)
-                    );
-                    (s?, d?)
-                } else {
-                    (
-                        prepared.src.head_manifest(&repo.repository, tag).await?,
-                        None,
-                    )
-                };
-                Ok((tag.clone(), digest(s), digest(d)))
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let mut checks = Vec::with_capacity(repo.tags.len());
+    for tag in &repo.tags {
+        let present = dst_tags.contains(tag);
+        let dst_repo = &dst_repo;
+        checks.push(async move {
+            let (s, d) = if present {
+                let (s, d) = tokio::join!(
+                    prepared.src.head_manifest(&repo.repository, tag),
+                    dst.head_manifest(dst_repo, tag)
+                );
+                (s?, d?)
+            } else {
+                (
+                    prepared.src.head_manifest(&repo.repository, tag).await?,
+                    None,
+                )
+            };
+            Ok::<TagCheck, RegistryError>((tag.clone(), digest(s), digest(d)))
+        });
+    }
+    let checks: Vec<Result<TagCheck, RegistryError>> =
+        stream::iter(checks).buffer_unordered(8).collect().await;
     let mut out = RepoDrift::default();
     for c in checks {
         let (tag, s, d) = c?;

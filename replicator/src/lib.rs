@@ -22,6 +22,7 @@ pub mod oci;
 pub mod ops;
 pub mod policy;
 pub mod queue;
+pub mod reconcile;
 pub mod runtime;
 pub mod sync;
 pub mod throttle;

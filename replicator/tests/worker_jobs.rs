@@ -41,6 +41,8 @@ struct Setup {
     _dir: tempfile::TempDir,
     queue: Arc<MemoryQueue>,
     worker: Arc<Worker>,
+    config: Config,
+    registries: Registries,
 }
 
 async fn setup(policy_extra: serde_json::Value) -> Setup {
@@ -66,6 +68,8 @@ async fn setup(policy_extra: serde_json::Value) -> Setup {
         _dir: dir,
         queue,
         worker,
+        config,
+        registries,
     }
 }
 
@@ -276,4 +280,48 @@ async fn unrunnable_jobs_are_dead_lettered_and_missing_tags_skipped() {
         "{dead:?}"
     );
     assert_eq!(s.worker.stats.jobs_succeeded.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
+    use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
+    let s = setup(json!({"trigger": {"type": "event_based"}})).await;
+    let dir = s._dir.path();
+    // Pushed while no agent was listening: no event, no job.
+    let a = push_image(dir, 20, &s.src.host(), "team/app:v1").await;
+    let b = push_image(dir, 21, &s.src.host(), "team/tool:v2").await;
+    push_image(dir, 22, &s.dst.host(), "team/app:extra").await;
+    let r = Reconciler::new(
+        &s.config,
+        &s.registries,
+        s.queue.clone(),
+        "test",
+        ReconcileMetrics::default(),
+    )
+    .unwrap();
+    let prepared =
+        ferry_replicator::sync::PreparedPolicy::new(&s.config.policies[0], &s.registries).unwrap();
+    let pass = r.pass(&prepared).await.unwrap();
+    assert_eq!(
+        (pass.missing, pass.different, pass.extra, pass.enqueued),
+        (2, 0, 1, 2),
+        "{pass:?}"
+    );
+    drain(&s).await;
+    assert_eq!(raw_digest(&s.dst.host(), "team/app:v1").await, a);
+    assert_eq!(raw_digest(&s.dst.host(), "team/tool:v2").await, b);
+    let pass = r.pass(&prepared).await.unwrap();
+    assert_eq!(
+        (pass.missing, pass.different, pass.enqueued),
+        (0, 0, 0),
+        "{pass:?}"
+    );
+    assert_eq!(pass.extra, 1, "the extra tag is reported");
+    assert!(
+        skopeo::tags(&s.dst.host(), "team/app")
+            .await
+            .unwrap()
+            .contains(&"extra".to_string()),
+        "and never deleted"
+    );
 }

@@ -8,8 +8,10 @@ use anyhow::Context;
 use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::ingest::metrics::IngestMetrics;
+use ferry_replicator::ingest::IngestState;
 use ferry_replicator::policy::Policy;
-use ferry_replicator::queue::JobQueue;
+use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
+use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
 use ferry_replicator::runtime::{connect_queue, shutdown_signal};
 use ferry_replicator::sync::{
     sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
@@ -18,7 +20,7 @@ use ferry_replicator::worker::{Worker, WorkerMetrics, WorkerOptions};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{progress, DiffArgs, SyncArgs, Target, WorkerArgs};
+use super::{progress, DiffArgs, JobFlags, QueueFlags, ServeArgs, SyncArgs, Target, WorkerArgs};
 
 const OK: u8 = 0;
 const NO: u8 = 1;
@@ -263,7 +265,15 @@ pub fn validate(files: &[PathBuf]) -> u8 {
 }
 
 pub async fn worker(args: WorkerArgs) -> u8 {
-    match run_worker(args).await {
+    exit_code(run_worker(args).await)
+}
+
+pub async fn serve(args: ServeArgs) -> u8 {
+    exit_code(run_serve(args).await)
+}
+
+fn exit_code(r: anyhow::Result<()>) -> u8 {
+    match r {
         Ok(()) => OK,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -272,19 +282,8 @@ pub async fn worker(args: WorkerArgs) -> u8 {
     }
 }
 
-async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let registries = Registries::from_config(&config)?;
-    let queue: Arc<dyn JobQueue> = Arc::new(
-        connect_queue(
-            &args.redis,
-            &args.queue_prefix,
-            Duration::from_secs(args.redis_connect_timeout),
-            Duration::from_secs(2),
-        )
-        .await?,
-    );
-    let consumer = args.consumer.clone().unwrap_or_else(|| {
+fn worker_options(flags: &JobFlags) -> WorkerOptions {
+    let consumer = flags.consumer.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
@@ -294,44 +293,154 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             std::process::id()
         )
     });
-    let opts = WorkerOptions {
-        consumer: consumer.clone(),
-        concurrency: args.concurrency.max(1),
-        lease: Duration::from_secs(args.lease_seconds.max(1)),
-        grace: Duration::from_secs(args.grace_seconds),
+    WorkerOptions {
+        consumer,
+        concurrency: flags.concurrency.max(1),
+        lease: Duration::from_secs(flags.lease_seconds.max(1)),
+        grace: Duration::from_secs(flags.grace_seconds),
         ..WorkerOptions::default()
-    };
+    }
+}
+
+async fn redis_queue(url: &str, flags: &QueueFlags) -> anyhow::Result<Arc<dyn JobQueue>> {
+    let q = connect_queue(
+        url,
+        &flags.queue_prefix,
+        Duration::from_secs(flags.redis_connect_timeout),
+        Duration::from_secs(2),
+    )
+    .await?;
+    Ok(Arc::new(q))
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+fn spawn_server(
+    tasks: &mut tokio::task::JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+) {
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+}
+
+async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
+    Ok(listener)
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registries = Registries::from_config(&config)?;
+    let queue = redis_queue(&args.redis, &args.queue).await?;
+    let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
     let metrics = Arc::new(IngestMetrics::new(registry));
     let worker = Arc::new(
-        Worker::new(&config, &registries, queue.clone(), opts)?.with_metrics(worker_metrics),
+        Worker::new(&config, &registries, queue.clone(), opts.clone())?
+            .with_metrics(worker_metrics),
     );
 
     let shutdown = CancellationToken::new();
     let signals = cancel_on_signal(shutdown.clone());
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listen) = &args.listen {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.clone(), |a| a.to_string()), "serving /metrics and /healthz");
-        let router = ferry_replicator::ops::router(queue.clone(), metrics.clone());
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
+        spawn_server(
+            &mut tasks,
+            bind(listen).await?,
+            ferry_replicator::ops::router(queue.clone(), metrics),
+            &shutdown,
+        );
     }
-    tracing::info!(%consumer, concurrency = args.concurrency, policies = config.policies.iter().filter(|p| p.enabled).count(), "ferry worker running");
+    tracing::info!(consumer = %opts.consumer, concurrency = opts.concurrency, "ferry worker running");
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = signals.await;
     tracing::info!("ferry worker stopped");
+    Ok(())
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registries = Registries::from_config(&config)?;
+    let tokens = ferry_replicator::ingest::http::load_tokens(args.webhook_token_file.as_deref())?;
+    anyhow::ensure!(
+        !tokens.is_empty() || args.allow_unauthenticated,
+        "no webhook token: set {} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)",
+        ferry_replicator::ingest::http::TOKEN_ENV
+    );
+    let queue: Arc<dyn JobQueue> = match &args.redis {
+        Some(url) => redis_queue(url, &args.queue).await?,
+        None => Arc::new(MemoryQueue::new(RetryPolicy::default())),
+    };
+    let opts = worker_options(&args.jobs);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let worker_metrics = WorkerMetrics::register(&mut registry);
+    let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let worker = Arc::new(
+        Worker::new(&config, &registries, queue.clone(), opts.clone())?
+            .with_metrics(worker_metrics),
+    );
+    let reconciler = (args.reconcile_interval > 0)
+        .then(|| {
+            Reconciler::new(
+                &config,
+                &registries,
+                queue.clone(),
+                &opts.consumer,
+                reconcile_metrics,
+            )
+        })
+        .transpose()?;
+    let mut builder = IngestState::builder(config, queue.clone())
+        .metrics_registry(registry)
+        .allow_unauthenticated(args.allow_unauthenticated);
+    for t in tokens {
+        builder = builder.token(t);
+    }
+    let state = builder.build()?;
+
+    let shutdown = CancellationToken::new();
+    let signals = cancel_on_signal(shutdown.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    spawn_server(
+        &mut tasks,
+        bind(&args.listen).await?,
+        ferry_replicator::ingest::router(state),
+        &shutdown,
+    );
+    if let Some(r) = reconciler {
+        let (stop, every) = (
+            shutdown.clone(),
+            Duration::from_secs(args.reconcile_interval),
+        );
+        tasks.spawn(async move { r.run(every, stop).await });
+    }
+    tracing::info!(
+        queue = if args.redis.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        },
+        concurrency = opts.concurrency,
+        "ferry serve running"
+    );
+    worker.run(shutdown.clone()).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = signals.await;
+    tracing::info!("ferry serve stopped");
     Ok(())
 }

@@ -30,6 +30,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Run replication jobs from the Redis/Valkey queue (fed by `ferry-agent`).
     Worker(WorkerArgs),
+    /// All in one process: webhooks, workers and the safety net, with an in-process queue unless
+    /// --redis is given.
+    Serve(ServeArgs),
     /// Work with policy and config files.
     Policy {
         #[command(subcommand)]
@@ -87,15 +90,32 @@ pub struct WorkerArgs {
     /// Redis/Valkey URL of this region's queue, e.g. redis://127.0.0.1:6379/0.
     #[arg(long)]
     pub redis: String,
-    /// Key prefix of the queue in Redis (the agent must use the same).
-    #[arg(long, default_value = "ferry")]
-    pub queue_prefix: String,
-    /// Jobs run at once.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    #[command(flatten)]
+    pub queue: QueueFlags,
     /// Address for /metrics and /healthz, e.g. 0.0.0.0:9090.
     #[arg(long)]
     pub listen: Option<String>,
+    #[command(flatten)]
+    pub jobs: JobFlags,
+}
+
+/// How a process reaches the queue.
+#[derive(clap::Args, Debug)]
+pub struct QueueFlags {
+    /// Key prefix of the queue in Redis (agents and workers must use the same).
+    #[arg(long, default_value = "ferry")]
+    pub queue_prefix: String,
+    /// Give up if Redis cannot be reached for this many seconds at startup.
+    #[arg(long, default_value_t = 60)]
+    pub redis_connect_timeout: u64,
+}
+
+/// How a process runs jobs.
+#[derive(clap::Args, Debug)]
+pub struct JobFlags {
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
     /// Lease of a job in seconds; renewed while it runs, reclaimed by another worker if this one dies.
     #[arg(long, default_value_t = 30)]
     pub lease_seconds: u64,
@@ -105,9 +125,32 @@ pub struct WorkerArgs {
     /// Consumer name in the queue (default: hostname-pid).
     #[arg(long)]
     pub consumer: Option<String>,
-    /// Give up if Redis cannot be reached for this many seconds at startup.
-    #[arg(long, default_value_t = 60)]
-    pub redis_connect_timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Config file with registries and policies.
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// Redis/Valkey URL; without it the queue is in-process (single-process installs).
+    #[arg(long)]
+    pub redis: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueFlags,
+    /// Address for webhooks (/v1/events/distribution, /v1/events/harbor), /metrics and /healthz.
+    #[arg(long)]
+    pub listen: String,
+    /// File with the webhook bearer token(s), one per line. Default: FERRY_WEBHOOK_TOKEN.
+    #[arg(long)]
+    pub webhook_token_file: Option<PathBuf>,
+    /// Accept webhooks without a token when none is configured (trusted networks only).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// Seconds between safety-net reconciliations of every event_based policy; 0 disables.
+    #[arg(long, default_value_t = 600)]
+    pub reconcile_interval: u64,
+    #[command(flatten)]
+    pub jobs: JobFlags,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +182,7 @@ pub fn main() -> ExitCode {
             Command::Sync(args) => commands::sync(args).await,
             Command::Diff(args) => commands::diff(args).await,
             Command::Worker(args) => commands::worker(args).await,
+            Command::Serve(args) => commands::serve(args).await,
             Command::Policy {
                 command: PolicyCommand::Validate { files },
             } => commands::validate(&files),

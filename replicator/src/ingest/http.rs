@@ -85,6 +85,8 @@ pub enum SetupError {
     InvalidConfig(String),
     #[error(transparent)]
     Matcher(#[from] MatcherError),
+    #[error("{0}")]
+    Tokens(String),
 }
 
 /// Everything the ingest routes share. Cheap to clone.
@@ -211,6 +213,43 @@ impl IngestStateBuilder {
                 )),
             }),
         })
+    }
+}
+
+/// Env var holding the webhook token when no token file is given.
+pub const TOKEN_ENV: &str = "FERRY_WEBHOOK_TOKEN";
+
+/// Webhook tokens from a file (one per line, blank lines ignored; several allow rotation) or, with
+/// no file, from [`TOKEN_ENV`]. Empty when neither holds one.
+pub fn load_tokens(file: Option<&std::path::Path>) -> Result<Vec<String>, SetupError> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                SetupError::Tokens(format!(
+                    "cannot read the webhook token file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let tokens: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if tokens.is_empty() {
+                return Err(SetupError::Tokens(format!(
+                    "the webhook token file {} holds no token",
+                    path.display()
+                )));
+            }
+            Ok(tokens)
+        }
+        None => Ok(std::env::var(TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .into_iter()
+            .collect()),
     }
 }
 

@@ -1,0 +1,206 @@
+//! The safety net: a periodic full diff of every enabled `event_based` policy that turns drift into
+//! ordinary jobs, so whatever an outage swallowed (a registry restart losing its notification
+//! queue, a partition, a bug) is repaired.
+//!
+//! Invariants:
+//! - It only **enqueues** (push jobs for missing and different tags); workers do the copying with
+//!   the usual level-triggered rules, `override: false` included. Jobs collapse with pending ones.
+//! - Extra destination tags are reported (`ferry_drift_tags`), never deleted: from the source alone a
+//!   swallowed delete cannot be told apart from content someone else put there.
+//! - One pass per policy per interval across all processes sharing a queue: a pass takes a named
+//!   lease in the queue (the blob-lease primitive, keyed `reconcile/<policy>`) for most of the
+//!   interval.
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::diff::diff_policy;
+use crate::event::EventKind;
+use crate::policy::TriggerKind;
+use crate::queue::{EnqueueOutcome, Job, JobQueue};
+use crate::sync::{PreparedPolicy, Registries, SyncError};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
+}
+
+/// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
+#[derive(Debug, Clone, Default)]
+pub struct ReconcileMetrics {
+    drift: Family<PolicyLabel, Gauge>,
+    repairs: Family<PolicyLabel, Counter>,
+}
+
+impl ReconcileMetrics {
+    pub fn register(registry: &mut Registry) -> ReconcileMetrics {
+        let m = ReconcileMetrics::default();
+        registry.register("ferry_drift_tags", "Tags that differ between a policy's source and destinations at the last reconciliation", m.drift.clone());
+        registry.register(
+            "ferry_reconcile_repairs",
+            "Jobs the safety-net reconciliation enqueued to repair drift",
+            m.repairs.clone(),
+        );
+        m
+    }
+}
+
+/// What one pass over one policy found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyPass {
+    pub policy: String,
+    pub missing: usize,
+    pub different: usize,
+    pub extra: usize,
+    /// Jobs enqueued (new) and collapsed into pending ones.
+    pub enqueued: usize,
+    pub collapsed: usize,
+}
+
+/// Runs the safety net for the event-based policies of a config.
+pub struct Reconciler {
+    policies: Vec<Arc<PreparedPolicy>>,
+    queue: Arc<dyn JobQueue>,
+    holder: String,
+    metrics: ReconcileMetrics,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Reconciler {
+    /// Prepares every enabled `event_based` policy (no network I/O). `holder` names this process in
+    /// the per-policy lease.
+    pub fn new(
+        config: &Config,
+        registries: &Registries,
+        queue: Arc<dyn JobQueue>,
+        holder: &str,
+        metrics: ReconcileMetrics,
+    ) -> Result<Reconciler, SyncError> {
+        let policies = config
+            .policies
+            .iter()
+            .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
+            .map(|p| PreparedPolicy::new(p, registries).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Reconciler {
+            policies,
+            queue,
+            holder: holder.to_string(),
+            metrics,
+        })
+    }
+
+    /// One pass over one policy: diff, then enqueue push jobs for what is missing or different.
+    pub async fn pass(&self, prepared: &PreparedPolicy) -> Result<PolicyPass, String> {
+        let policy = &prepared.policy.name;
+        let report = diff_policy(prepared).await.map_err(|e| e.to_string())?;
+        let mut pass = PolicyPass {
+            policy: policy.clone(),
+            missing: report.missing.len(),
+            different: report.different.len(),
+            extra: report.extra.len(),
+            ..Default::default()
+        };
+        self.metrics
+            .drift
+            .get_or_create(&PolicyLabel {
+                policy: policy.clone(),
+            })
+            .set((pass.missing + pass.different + pass.extra) as i64);
+        // One job per source tag: a job covers every destination of the policy.
+        let mut refs: Vec<(&str, &str)> = report
+            .missing
+            .iter()
+            .chain(report.different.iter())
+            .map(|d| (d.repository.as_str(), d.tag.as_str()))
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        for (repository, tag) in refs {
+            let job = Job {
+                id: String::new(),
+                policy: policy.clone(),
+                kind: EventKind::Push,
+                repository: repository.to_string(),
+                reference: tag.to_string(),
+                digest: None,
+                // Lag is measured from when the drift was found; the real event time is unknown.
+                event_time_ms: now_ms(),
+                event_id: Some("reconcile".to_string()),
+                attempt: 0,
+                last_error: None,
+                next_try_at_ms: 0,
+                enqueued_at_ms: 0,
+                traceparent: None,
+            };
+            match self.queue.enqueue(job).await.map_err(|e| e.to_string())? {
+                EnqueueOutcome::Enqueued => pass.enqueued += 1,
+                EnqueueOutcome::Collapsed => pass.collapsed += 1,
+            }
+        }
+        self.metrics
+            .repairs
+            .get_or_create(&PolicyLabel {
+                policy: policy.clone(),
+            })
+            .inc_by(pass.enqueued as u64);
+        Ok(pass)
+    }
+
+    /// Runs a pass per policy now and then every `interval` until `shutdown`. Each pass is taken by
+    /// one process only (lease for 90% of the interval).
+    pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            for prepared in &self.policies {
+                let lease_key = format!("reconcile/{}", prepared.policy.name);
+                let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));
+                match self
+                    .queue
+                    .lease_blob("ferry", &lease_key, &self.holder, ttl)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!(policy = %prepared.policy.name, "reconciliation taken by another process");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(policy = %prepared.policy.name, error = %e, "cannot take the reconciliation lease; skipping this pass");
+                        continue;
+                    }
+                }
+                let pass = tokio::select! {
+                    p = self.pass(prepared) => p,
+                    _ = shutdown.cancelled() => return,
+                };
+                match pass {
+                    Ok(p) if p.enqueued + p.collapsed > 0 || p.extra > 0 => tracing::warn!(
+                        policy = %p.policy, missing = p.missing, different = p.different, extra = p.extra, enqueued = p.enqueued,
+                        "reconciliation found drift; repair jobs enqueued (extra tags are only reported)"
+                    ),
+                    Ok(p) => tracing::info!(policy = %p.policy, "reconciliation: no drift"),
+                    Err(e) => {
+                        tracing::warn!(policy = %prepared.policy.name, error = %e, "reconciliation failed; retrying next interval")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {},
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
