@@ -7,7 +7,7 @@
 //! digest. Referrers (signatures, SBOMs) follow their subject: through the OCI 1.1 referrers API when
 //! the source has it, and through `sha256-<hex>[.suffix]` tags otherwise.
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,6 +164,15 @@ impl SyncReport {
     }
 }
 
+/// When a tag's referrers are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Referrers {
+    /// Also for unchanged tags (full reconciliations catch referrers pushed while events were lost).
+    Always,
+    /// Only after the tag was copied (event-driven jobs: a later referrer has its own event).
+    OnCopy,
+}
+
 /// Tags named after a manifest digest: OCI's referrers fallback (`sha256-<hex>`) and cosign's
 /// `sha256-<hex>.sig|.att|.sbom`.
 pub fn is_referrer_tag(tag: &str) -> bool {
@@ -297,7 +306,6 @@ pub async fn sync_policy(
     let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
     let ledger = Arc::new(BlobLedger::default());
     let throttle = Throttle::from_kib_per_sec(policy.speed).map(Arc::new);
-    let referrers_api = Arc::new(AtomicBool::new(true));
     let mut work = Vec::new();
     for dst in &prepared.dsts {
         let ctx = prepared.transfer_context(
@@ -320,9 +328,8 @@ pub async fn sync_policy(
     let results: Vec<TagResult> = stream::iter(work)
         .map(|(ctx, repo, tag)| {
             let span = tracing::info_span!("tag", policy = %policy.name, destination = %ctx.dst.name(), repository = %repo.repository, tag = %tag);
-            let referrers_api = referrers_api.clone();
             async move {
-                let r = reconcile_tag(prepared, &ctx, repo, &tag, &referrers_api).await;
+                let r = reconcile_tag(prepared, &ctx, repo, &tag).await;
                 opts.progress.tags_done.fetch_add(1, Ordering::Relaxed);
                 r
             }
@@ -348,7 +355,6 @@ async fn reconcile_tag(
     ctx: &TransferContext,
     repo: &SourceRepo,
     tag: &str,
-    referrers_api: &AtomicBool,
 ) -> TagResult {
     let mut result = TagResult {
         destination: ctx.dst.name().to_string(),
@@ -374,7 +380,7 @@ async fn reconcile_tag(
         repo,
         &dst_repo,
         tag,
-        referrers_api,
+        Referrers::Always,
         &mut result.referrers_copied,
     )
     .await;
@@ -399,7 +405,7 @@ async fn copy_tag(
     repo: &SourceRepo,
     dst_repo: &str,
     tag: &str,
-    referrers_api: &AtomicBool,
+    referrers: Referrers,
     referrers_copied: &mut u64,
 ) -> Result<TagOutcome, TransferError> {
     let src_repo = &repo.repository;
@@ -455,15 +461,26 @@ async fn copy_tag(
         }
     };
     if prepared.policy.copy_referrers {
-        let subject = match &outcome {
-            TagOutcome::Copied { digest } | TagOutcome::Unchanged { digest } => {
+        let subject = match (&outcome, referrers) {
+            (TagOutcome::Copied { digest }, _)
+            | (TagOutcome::Unchanged { digest }, Referrers::Always) => {
                 digest.parse::<Digest>().ok()
             }
             _ => None,
         };
         if let Some(subject) = subject {
-            *referrers_copied +=
-                copy_referrers(prepared, ctx, repo, dst_repo, &subject, referrers_api, 0).await?;
+            // Referrer tags are found in the repository's tag list; a job listed none up front.
+            let listed;
+            let repo = if repo.all_tags.is_empty() {
+                listed = SourceRepo {
+                    all_tags: ctx.src.list_tags(&repo.repository).await?,
+                    ..repo.clone()
+                };
+                &listed
+            } else {
+                repo
+            };
+            *referrers_copied += copy_referrers(prepared, ctx, repo, dst_repo, &subject, 0).await?;
         }
     }
     Ok(outcome)
@@ -481,18 +498,13 @@ pub async fn reconcile_reference(
     let dst_repo = prepared
         .dest_repository(repository)
         .map_err(TransferError::Policy)?;
-    // The tag list finds referrer tags (`sha256-<hex>.sig`) of what we copy.
-    let all_tags = if prepared.policy.copy_referrers {
-        ctx.src.list_tags(repository).await?
-    } else {
-        Vec::new()
-    };
+    // The tag list (for referrer tags) is fetched only if something is copied: a referrer pushed
+    // later arrives as its own event, so an unchanged tag needs no referrer check here.
     let repo = SourceRepo {
         repository: repository.to_string(),
         tags: vec![reference.to_string()],
-        all_tags,
+        all_tags: Vec::new(),
     };
-    let referrers_api = AtomicBool::new(true);
     let mut referrers = 0;
     let outcome = copy_tag(
         prepared,
@@ -500,7 +512,7 @@ pub async fn reconcile_reference(
         &repo,
         &dst_repo,
         reference,
-        &referrers_api,
+        Referrers::OnCopy,
         &mut referrers,
     )
     .await?;
@@ -537,7 +549,6 @@ async fn copy_referrers(
     repo: &SourceRepo,
     dst_repo: &str,
     subject: &Digest,
-    referrers_api: &AtomicBool,
     depth: u32,
 ) -> Result<u64, TransferError> {
     if depth > 3 {
@@ -546,14 +557,10 @@ async fn copy_referrers(
     let src_repo = &repo.repository;
     // (reference on the source, reference to push on the destination)
     let mut refs: BTreeMap<String, String> = BTreeMap::new();
-    if referrers_api.load(Ordering::Relaxed) {
-        match ctx.src.referrers(src_repo, subject).await? {
-            Some(list) => {
-                for d in list {
-                    refs.insert(d.digest().to_string(), d.digest().to_string());
-                }
-            }
-            None => referrers_api.store(false, Ordering::Relaxed),
+    // `None` when the registry has no referrers API (learned once per registry).
+    if let Some(list) = ctx.src.referrers(src_repo, subject).await? {
+        for d in list {
+            refs.insert(d.digest().to_string(), d.digest().to_string());
         }
     }
     let prefix = format!("{}-{}", subject.algorithm(), subject.digest());
@@ -587,7 +594,6 @@ async fn copy_referrers(
             repo,
             dst_repo,
             &src_head.digest,
-            referrers_api,
             depth + 1,
         ))
         .await?;

@@ -325,3 +325,50 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
         "and never deleted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_image_brings_its_signature() {
+    let s = setup(json!({})).await;
+    let mut b = LayoutBuilder::new(&s._dir.path().join("signed")).unwrap();
+    let img = b
+        .image(
+            "img",
+            &[LayerSpec {
+                seed: 30,
+                size: 4096,
+            }],
+        )
+        .unwrap();
+    b.artifact(
+        "sig",
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        b"sig",
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        Some(&img),
+    )
+    .unwrap();
+    let layout = b.finish().unwrap();
+    let sig_tag = format!("sha256-{}.sig", img.hex());
+    skopeo::push_layout(&layout, "img", &s.src.host(), "team/app:v1")
+        .await
+        .unwrap();
+    skopeo::push_layout(
+        &layout,
+        "sig",
+        &s.src.host(),
+        &format!("team/app:{sig_tag}"),
+    )
+    .await
+    .unwrap();
+    s.queue
+        .enqueue(job(EventKind::Push, "team/app", "v1", None))
+        .await
+        .unwrap();
+    drain(&s).await;
+    assert_eq!(raw_digest(&s.dst.host(), "team/app:v1").await, img.digest);
+    let tags = skopeo::tags(&s.dst.host(), "team/app").await.unwrap();
+    assert!(
+        tags.contains(&sig_tag),
+        "the signature followed its image: {tags:?}"
+    );
+}

@@ -82,6 +82,9 @@ pub struct RegistryClient {
     transfers: Arc<Semaphore>,
     chunk_size: u64,
     chunk_threshold: Option<u64>,
+    /// Whether the registry implements the OCI 1.1 referrers API, once learned (it never changes
+    /// while the process runs), so later lookups skip the probe.
+    referrers_api: std::sync::OnceLock<bool>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -146,6 +149,7 @@ impl RegistryClient {
             )),
             chunk_size: cfg.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(64 * 1024),
             chunk_threshold: cfg.chunk_threshold,
+            referrers_api: std::sync::OnceLock::new(),
         })
     }
 
@@ -1020,6 +1024,9 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<Vec<Descriptor>>> {
+        if self.referrers_api.get() == Some(&false) {
+            return Ok(None);
+        }
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static(manifest::OCI_INDEX));
         let (url, resp) = self
@@ -1038,13 +1045,18 @@ impl RegistryClient {
                     .await
                     .map_err(|e| self.transport(&url, e))?;
                 if !ct.starts_with(manifest::OCI_INDEX) {
+                    let _ = self.referrers_api.set(false);
                     return Ok(None);
                 }
                 let index: ImageIndex = serde_json::from_slice(&body)
                     .map_err(|e| self.invalid(&url, format!("referrers index: {e}")))?;
+                let _ = self.referrers_api.set(true);
                 Ok(Some(index.manifests().clone()))
             }
+            // A registry with the API answers 200 with an empty index for unknown subjects, so a
+            // 404 (or 400/405) means it has no such API.
             StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
+                let _ = self.referrers_api.set(false);
                 Ok(None)
             }
             _ => Err(self.status_error(&Method::GET, &url, resp).await),

@@ -1,0 +1,415 @@
+//! `bench-events`: the event-driven path measured with real processes — a source `docker-registry`
+//! whose notifications go to a real `ferry-agent`, a real `redis-server` (AOF on), a real
+//! `ferry worker`, and a destination registry.
+//!
+//! Prints figures, never asserts them:
+//! - push → replica lag (p50/p95/p99) over N small-image pushes (paced at 10/s), with a worker of
+//!   concurrency 1 and of concurrency 4. Lag is measured by this program: from the moment the
+//!   manifest PUT on the source returned to the first successful `HEAD` of the tag on the
+//!   destination (polled every 10 ms).
+//! - sustained no-op jobs/s: jobs for tags the destination already has (each is a `HEAD` on both
+//!   sides, a tag list and a referrers probe), enqueued straight into Redis.
+//! - RSS of the agent and the worker at rest and at their peak (VmHWM).
+//!
+//! Usage: `cargo build --release --workspace && cargo run --release -p ferry-replicator --example
+//! bench-events [-- --pushes N] [--bin-dir target/release]`.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ferry_replicator::event::EventKind;
+use ferry_replicator::queue::{Job, JobQueue, RedisQueue, RetryPolicy};
+use ferry_testkit::{RedisServer, Registry, RegistryOptions};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+const TOKEN: &str = "bench-token";
+const REPO: &str = "bench/lag";
+
+struct Args {
+    pushes: usize,
+    bin_dir: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        pushes: 200,
+        bin_dir: PathBuf::from("target/release"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--pushes" => a.pushes = it.next().context("--pushes N")?.parse()?,
+            "--bin-dir" => a.bin_dir = it.next().context("--bin-dir DIR")?.into(),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    for b in ["ferry", "ferry-agent"] {
+        anyhow::ensure!(
+            a.bin_dir.join(b).exists(),
+            "{} missing: cargo build --release --workspace",
+            a.bin_dir.join(b).display()
+        );
+    }
+    Ok(a)
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Uploads a blob monolithically (POST, then PUT with the bytes).
+async fn put_blob(http: &reqwest::Client, base: &str, bytes: Vec<u8>) -> Result<String> {
+    let d = digest(&bytes);
+    let r = http
+        .post(format!("{base}/v2/{REPO}/blobs/uploads/"))
+        .send()
+        .await?;
+    let loc = r
+        .headers()
+        .get("location")
+        .context("no Location")?
+        .to_str()?
+        .to_string();
+    let url = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = http
+        .put(format!("{url}{sep}digest={d}"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "blob upload: {}", r.status());
+    Ok(d)
+}
+
+/// Pushes a small unique image (one 32 KiB layer) as `REPO:tag`; returns when the manifest PUT
+/// returned.
+async fn push_image(http: &reqwest::Client, base: &str, seed: u64, tag: &str) -> Result<()> {
+    let mut layer = vec![0u8; 32 * 1024];
+    for (i, b) in layer.iter_mut().enumerate() {
+        *b = (seed.wrapping_mul(2654435761).wrapping_add(i as u64 * 31) >> 3) as u8;
+    }
+    layer[..8].copy_from_slice(&seed.to_le_bytes());
+    let layer_len = layer.len();
+    let layer_d = put_blob(http, base, layer).await?;
+    let config = serde_json::to_vec(
+        &json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer_d]}}),
+    )?;
+    let config_len = config.len();
+    let config_d = put_blob(http, base, config).await?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config_len},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_d, "size": layer_len}]
+    }))?;
+    let r = http
+        .put(format!("{base}/v2/{REPO}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "manifest PUT: {}", r.status());
+    Ok(())
+}
+
+/// A child process that is killed when dropped.
+struct Proc {
+    child: tokio::process::Child,
+    name: &'static str,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, bin: &Path, args: &[&str], dir: &Path) -> Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let child = tokio::process::Command::new(bin)
+            .args(args)
+            .env("FERRY_WEBHOOK_TOKEN", TOKEN)
+            .env("FERRY_LOG", "warn")
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        Ok(Proc { child, name, log })
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let Some(pid) = self.child.id() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix(field)
+                        .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") as f64 / 1024.0
+    }
+
+    fn peak_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") as f64 / 1024.0
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+async fn wait_healthy(http: &reqwest::Client, url: &str, p: &Proc) -> Result<()> {
+    for _ in 0..200 {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{} did not become healthy: {}",
+        p.name,
+        std::fs::read_to_string(&p.log).unwrap_or_default()
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Pushes `n` images paced at 10/s, polling the destination; returns each tag's lag.
+async fn measure_lag(
+    http: &reqwest::Client,
+    src: &str,
+    dst: &str,
+    n: usize,
+    round: usize,
+) -> Result<Vec<Duration>> {
+    let pushed: Arc<tokio::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let pusher = {
+        let (http, src, pushed) = (http.clone(), src.to_string(), pushed.clone());
+        async move {
+            for i in 0..n {
+                let tag = format!("r{round}-{i}");
+                let next = Instant::now() + Duration::from_millis(100);
+                push_image(&http, &src, (round * 100_000 + i) as u64, &tag).await?;
+                pushed.lock().await.insert(tag, Instant::now());
+                tokio::time::sleep_until(next.into()).await;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let poller = {
+        let (http, dst, pushed) = (http.clone(), dst.to_string(), pushed.clone());
+        async move {
+            let mut lags = Vec::with_capacity(n);
+            let deadline = Instant::now() + Duration::from_secs(n as u64 / 10 + 120);
+            while lags.len() < n {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "only {} of {n} tags arrived",
+                    lags.len()
+                );
+                let waiting: Vec<(String, Instant)> = pushed
+                    .lock()
+                    .await
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                for (tag, at) in waiting {
+                    let r = http
+                        .head(format!("{dst}/v2/{REPO}/manifests/{tag}"))
+                        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                        .send()
+                        .await?;
+                    if r.status().is_success() {
+                        lags.push(at.elapsed());
+                        pushed.lock().await.remove(&tag);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(lags)
+        }
+    };
+    let (p, lags) = tokio::join!(pusher, poller);
+    p?;
+    let mut lags = lags?;
+    lags.sort();
+    Ok(lags)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let http = reqwest::Client::new();
+    let redis = RedisServer::start(true).await?;
+    let agent_port = free_port()?;
+    let agent_addr = format!("127.0.0.1:{agent_port}");
+    let src = Registry::start_with(RegistryOptions {
+        notifications_url: Some(format!(
+            "http://{agent_addr}/v1/events/distribution?registry=src"
+        )),
+        notifications_token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await?;
+    let dst = Registry::start().await?;
+    let cfg = dir.path().join("ferry.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({
+            "registries": [{"name": "src", "url": src.url(), "insecure": true}, {"name": "dst", "url": dst.url(), "insecure": true}],
+            "policies": [{"name": "bench", "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"}, "trigger": {"type": "event_based"}}]
+        }))?,
+    )?;
+    let cfg_s = cfg.to_str().context("utf8")?;
+    let agent = Proc::spawn(
+        "agent",
+        &args.bin_dir.join("ferry-agent"),
+        &[
+            "--config",
+            cfg_s,
+            "--redis",
+            &redis.url(),
+            "--listen",
+            &agent_addr,
+            "--reconcile-interval",
+            "0",
+        ],
+        dir.path(),
+    )?;
+    wait_healthy(&http, &format!("http://{agent_addr}/healthz"), &agent).await?;
+
+    let mut rows = Vec::new();
+    let mut noop: Option<(usize, f64)> = None;
+    let mut worker_rest = 0.0;
+    let mut worker_peak: f64 = 0.0;
+    for (round, concurrency) in [(1usize, 1usize), (2, 4)] {
+        let wport = free_port()?;
+        let worker = Proc::spawn(
+            "worker",
+            &args.bin_dir.join("ferry"),
+            &[
+                "worker",
+                "--config",
+                cfg_s,
+                "--redis",
+                &redis.url(),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{wport}"),
+            ],
+            dir.path(),
+        )?;
+        wait_healthy(&http, &format!("http://127.0.0.1:{wport}/healthz"), &worker).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        worker_rest = worker.rss_mib();
+        eprintln!(
+            "lag: {} pushes with a worker of concurrency {concurrency}...",
+            args.pushes
+        );
+        let lags = measure_lag(&http, &src.url(), &dst.url(), args.pushes, round).await?;
+        worker_peak = worker_peak.max(worker.peak_mib());
+        rows.push((
+            concurrency,
+            percentile(&lags, 0.5),
+            percentile(&lags, 0.95),
+            percentile(&lags, 0.99),
+            *lags.last().unwrap_or(&Duration::ZERO),
+        ));
+        if concurrency == 4 {
+            // No-op throughput: jobs for tags the destination already holds.
+            eprintln!("no-op jobs/s with concurrency 4...");
+            let queue = RedisQueue::connect(&redis.url(), "ferry", RetryPolicy::default()).await?;
+            let tags: Vec<String> = (0..args.pushes).map(|i| format!("r{round}-{i}")).collect();
+            let rounds = 5;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                for t in &tags {
+                    queue
+                        .enqueue(Job {
+                            id: String::new(),
+                            policy: "bench".into(),
+                            kind: EventKind::Push,
+                            repository: REPO.into(),
+                            reference: t.clone(),
+                            digest: None,
+                            event_time_ms: 0,
+                            event_id: None,
+                            attempt: 0,
+                            last_error: None,
+                            next_try_at_ms: 0,
+                            enqueued_at_ms: 0,
+                            traceparent: None,
+                        })
+                        .await?;
+                }
+                loop {
+                    let s = queue.stats().await?;
+                    if s.depth == 0 && s.in_flight == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            noop = Some((rounds * tags.len(), start.elapsed().as_secs_f64()));
+            worker_peak = worker_peak.max(worker.peak_mib());
+        }
+        worker.stop().await;
+    }
+    let agent_rest = agent.rss_mib();
+    let agent_peak = agent.peak_mib();
+    agent.stop().await;
+
+    println!("## bench-events results\n");
+    println!("{} pushes of a one-layer (32 KiB) image per run, paced at 10/s; lag = manifest PUT on the source returned → tag visible on the destination (polled every 10 ms).\n", args.pushes);
+    println!("| worker concurrency | lag p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    for (c, p50, p95, p99, max) in &rows {
+        println!(
+            "| {c} | {} ms | {} ms | {} ms | {} ms |",
+            p50.as_millis(),
+            p95.as_millis(),
+            p99.as_millis(),
+            max.as_millis()
+        );
+    }
+    if let Some((jobs, secs)) = noop {
+        println!(
+            "\nNo-op jobs (tag already on the destination; HEAD both sides, tag list, referrers probe), worker concurrency 4, Redis queue: {:.0} jobs/s ({jobs} jobs in {secs:.2} s).",
+            jobs as f64 / secs
+        );
+    }
+    println!("\nRSS: agent {agent_rest:.1} MiB at rest after the runs, peak {agent_peak:.1} MiB; worker {worker_rest:.1} MiB at rest, peak {worker_peak:.1} MiB.");
+    Ok(())
+}
