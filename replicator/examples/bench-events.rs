@@ -132,7 +132,7 @@ impl Proc {
         let child = tokio::process::Command::new(bin)
             .args(args)
             .env("FERRY_WEBHOOK_TOKEN", TOKEN)
-            .env("FERRY_LOG", "warn")
+            .env("FERRY_LOG", "info")
             .stderr(std::fs::File::create(&log)?)
             .kill_on_drop(true)
             .spawn()
@@ -269,7 +269,21 @@ async fn measure_lag(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let dir = tempfile::tempdir()?;
+    // Kept on failure (process logs are in it); removed after a successful run.
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-bench-events-")
+        .tempdir()?;
+    eprintln!("working directory (logs): {}", dir.path().display());
+    let result = run(&args, dir.path()).await;
+    if result.is_ok() {
+        dir.close()?;
+    } else {
+        let _ = dir.keep();
+    }
+    result
+}
+
+async fn run(args: &Args, dir: &Path) -> Result<()> {
     let http = reqwest::Client::new();
     let redis = RedisServer::start(true).await?;
     let agent_port = free_port()?;
@@ -283,7 +297,7 @@ async fn main() -> Result<()> {
     })
     .await?;
     let dst = Registry::start().await?;
-    let cfg = dir.path().join("ferry.json");
+    let cfg = dir.join("ferry.json");
     std::fs::write(
         &cfg,
         serde_json::to_vec(&json!({
@@ -305,15 +319,15 @@ async fn main() -> Result<()> {
             "--reconcile-interval",
             "0",
         ],
-        dir.path(),
+        dir,
     )?;
     wait_healthy(&http, &format!("http://{agent_addr}/healthz"), &agent).await?;
 
     let mut rows = Vec::new();
-    let mut noop: Option<(usize, f64)> = None;
+    let mut noop: Vec<(usize, usize, f64)> = Vec::new();
     let mut worker_rest = 0.0;
     let mut worker_peak: f64 = 0.0;
-    for (round, concurrency) in [(1usize, 1usize), (2, 4)] {
+    for (round, concurrency) in [(1usize, 1usize), (2, 4), (3, 16)] {
         let wport = free_port()?;
         let worker = Proc::spawn(
             "worker",
@@ -329,29 +343,38 @@ async fn main() -> Result<()> {
                 "--listen",
                 &format!("127.0.0.1:{wport}"),
             ],
-            dir.path(),
+            dir,
         )?;
         wait_healthy(&http, &format!("http://127.0.0.1:{wport}/healthz"), &worker).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         worker_rest = worker.rss_mib();
-        eprintln!(
-            "lag: {} pushes with a worker of concurrency {concurrency}...",
-            args.pushes
-        );
-        let lags = measure_lag(&http, &src.url(), &dst.url(), args.pushes, round).await?;
-        worker_peak = worker_peak.max(worker.peak_mib());
-        rows.push((
-            concurrency,
-            percentile(&lags, 0.5),
-            percentile(&lags, 0.95),
-            percentile(&lags, 0.99),
-            *lags.last().unwrap_or(&Duration::ZERO),
-        ));
-        if concurrency == 4 {
+        // Lag with 1 and 4 workers; the 16-worker round only measures no-op throughput on the
+        // tags of round 2.
+        let tags_round = if concurrency <= 4 {
+            eprintln!(
+                "lag: {} pushes with a worker of concurrency {concurrency}...",
+                args.pushes
+            );
+            let lags = measure_lag(&http, &src.url(), &dst.url(), args.pushes, round).await?;
+            worker_peak = worker_peak.max(worker.peak_mib());
+            rows.push((
+                concurrency,
+                percentile(&lags, 0.5),
+                percentile(&lags, 0.95),
+                percentile(&lags, 0.99),
+                *lags.last().unwrap_or(&Duration::ZERO),
+            ));
+            round
+        } else {
+            2
+        };
+        if concurrency >= 4 {
             // No-op throughput: jobs for tags the destination already holds.
-            eprintln!("no-op jobs/s with concurrency 4...");
+            eprintln!("no-op jobs/s with concurrency {concurrency}...");
             let queue = RedisQueue::connect(&redis.url(), "ferry", RetryPolicy::default()).await?;
-            let tags: Vec<String> = (0..args.pushes).map(|i| format!("r{round}-{i}")).collect();
+            let tags: Vec<String> = (0..args.pushes)
+                .map(|i| format!("r{tags_round}-{i}"))
+                .collect();
             let rounds = 5;
             let start = Instant::now();
             for _ in 0..rounds {
@@ -382,7 +405,11 @@ async fn main() -> Result<()> {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
-            noop = Some((rounds * tags.len(), start.elapsed().as_secs_f64()));
+            noop.push((
+                concurrency,
+                rounds * tags.len(),
+                start.elapsed().as_secs_f64(),
+            ));
             worker_peak = worker_peak.max(worker.peak_mib());
         }
         worker.stop().await;
@@ -404,11 +431,11 @@ async fn main() -> Result<()> {
             max.as_millis()
         );
     }
-    if let Some((jobs, secs)) = noop {
-        println!(
-            "\nNo-op jobs (tag already on the destination; HEAD both sides, tag list, referrers probe), worker concurrency 4, Redis queue: {:.0} jobs/s ({jobs} jobs in {secs:.2} s).",
-            jobs as f64 / secs
-        );
+    println!("\nNo-op jobs (the tag is already on the destination: one HEAD on each side), Redis queue, enqueued in rounds of {} and drained:\n", args.pushes);
+    println!("| worker concurrency | jobs/s | jobs | seconds |");
+    println!("|---|---|---|---|");
+    for (c, jobs, secs) in &noop {
+        println!("| {c} | {:.0} | {jobs} | {secs:.2} |", *jobs as f64 / secs);
     }
     println!("\nRSS: agent {agent_rest:.1} MiB at rest after the runs, peak {agent_peak:.1} MiB; worker {worker_rest:.1} MiB at rest, peak {worker_peak:.1} MiB.");
     Ok(())

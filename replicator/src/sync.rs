@@ -164,6 +164,9 @@ impl SyncReport {
     }
 }
 
+/// Skip reason of a tag the source no longer has.
+pub const TAG_GONE: &str = "tag disappeared from the source during the sync";
+
 /// When a tag's referrers are looked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Referrers {
@@ -416,7 +419,7 @@ async fn copy_tag(
     );
     let Some(src_head) = src_head? else {
         return Ok(TagOutcome::Skipped {
-            reason: "tag disappeared from the source during the sync".into(),
+            reason: TAG_GONE.into(),
         });
     };
     let dst_head = dst_head?;
@@ -436,7 +439,7 @@ async fn copy_tag(
                 Ok(m) => m,
                 Err(e) if e.is_not_found() => {
                     return Ok(TagOutcome::Skipped {
-                        reason: "tag disappeared from the source during the sync".into(),
+                        reason: TAG_GONE.into(),
                     })
                 }
                 Err(e) => return Err(e.into()),
@@ -494,6 +497,7 @@ pub async fn reconcile_reference(
     ctx: &TransferContext,
     repository: &str,
     reference: &str,
+    event_digest: Option<&str>,
 ) -> Result<(TagOutcome, u64), TransferError> {
     let dst_repo = prepared
         .dest_repository(repository)
@@ -505,18 +509,42 @@ pub async fn reconcile_reference(
         tags: vec![reference.to_string()],
         all_tags: Vec::new(),
     };
-    let mut referrers = 0;
-    let outcome = copy_tag(
-        prepared,
-        ctx,
-        &repo,
-        &dst_repo,
-        reference,
-        Referrers::OnCopy,
-        &mut referrers,
-    )
-    .await?;
-    Ok((outcome, referrers))
+    // distribution announces a push from its manifest store *before* it links the tag, so a fast
+    // worker can find the tag missing while the pushed manifest exists: wait briefly for the tag,
+    // then hand the job back as retryable. (A delete removes the manifest too: then it is gone.)
+    let mut waits = [50u64, 100, 200, 400, 800].into_iter();
+    loop {
+        let mut referrers = 0;
+        let outcome = copy_tag(
+            prepared,
+            ctx,
+            &repo,
+            &dst_repo,
+            reference,
+            Referrers::OnCopy,
+            &mut referrers,
+        )
+        .await?;
+        let announced = match (&outcome, event_digest) {
+            (TagOutcome::Skipped { reason }, Some(d)) if reason == TAG_GONE && d != reference => {
+                ctx.src.head_manifest(repository, d).await?.is_some()
+            }
+            _ => false,
+        };
+        if !announced {
+            return Ok((outcome, referrers));
+        }
+        match waits.next() {
+            Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+            None => {
+                return Err(TransferError::NotYetVisible {
+                    registry: ctx.src.name().to_string(),
+                    repository: repository.to_string(),
+                    reference: reference.to_string(),
+                })
+            }
+        }
+    }
 }
 
 /// Confirms the destination tag resolves to `digest`.

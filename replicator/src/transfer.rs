@@ -45,6 +45,13 @@ pub enum TransferError {
         repository: String,
         digest: String,
     },
+    /// The event announced content the source does not show yet (a tag not linked yet); retryable.
+    #[error("registry {registry}: {repository}:{reference} was announced but is not visible on the source yet")]
+    NotYetVisible {
+        registry: String,
+        repository: String,
+        reference: String,
+    },
     /// The policy cannot be applied to this content (e.g. its namespace rule); permanent.
     #[error("{0}")]
     Policy(String),
@@ -55,7 +62,11 @@ pub enum TransferError {
 impl TransferError {
     /// Errors a later retry may fix (network, 5xx, rate limits).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TransferError::Registry(e) if e.is_retryable())
+        match self {
+            TransferError::Registry(e) => e.is_retryable(),
+            TransferError::NotYetVisible { .. } => true,
+            _ => false,
+        }
     }
 }
 

@@ -519,13 +519,18 @@ impl Worker {
                 let mut out = Vec::new();
                 for dst in prepared.dsts.clone() {
                     let ctx = self.context(prepared, &dst, cancel, stats);
-                    let (outcome, _) =
-                        reconcile_reference(prepared, &ctx, &job.repository, &job.reference)
-                            .await
-                            .map_err(|source| JobError::Transfer {
-                                destination: dst.name().to_string(),
-                                source,
-                            })?;
+                    let (outcome, _) = reconcile_reference(
+                        prepared,
+                        &ctx,
+                        &job.repository,
+                        &job.reference,
+                        job.digest.as_deref(),
+                    )
+                    .await
+                    .map_err(|source| JobError::Transfer {
+                        destination: dst.name().to_string(),
+                        source,
+                    })?;
                     if let TagOutcome::Failed { error } = &outcome {
                         return Err(JobError::Failed {
                             destination: dst.name().to_string(),

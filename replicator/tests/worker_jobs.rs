@@ -372,3 +372,74 @@ async fn a_copied_image_brings_its_signature() {
         "the signature followed its image: {tags:?}"
     );
 }
+
+/// distribution announces a push before it links the tag: a job that finds the tag missing while
+/// the announced manifest exists must wait for it (or retry), never skip it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
+    use ferry_replicator::worker::JobError;
+    use ferry_testkit::{Behavior, FakeRegistry};
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layer = vec![3u8; 1000];
+    let config_blob =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let (config_len, layer_len) = (config_blob.len(), layer.len());
+    let config_d = src.put_blob(config_blob);
+    let layer_d = src.put_blob(layer);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config_len},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_d, "size": layer_len}]
+    }))
+    .unwrap();
+    // Stored by digest only: the tag is not linked yet.
+    let digest = src.put_manifest(
+        "team/app",
+        None,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.clone(),
+    );
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let config = Config::load(&cfg).unwrap();
+    let registries = Registries::from_config(&config).unwrap();
+    let queue = Arc::new(MemoryQueue::new(RetryPolicy::default()));
+    let worker = Worker::new(&config, &registries, queue, WorkerOptions::default()).unwrap();
+
+    // The tag never appears: a retryable error, not a silent skip.
+    let j = job(EventKind::Push, "team/app", "v1", Some(&digest));
+    let e = worker
+        .execute(&j, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, JobError::Transfer { .. }) && e.is_retryable(),
+        "{e}"
+    );
+
+    // The tag appears while the job waits: copied.
+    let linker = {
+        let src_url = src.url();
+        let manifest = manifest.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let r = reqwest::Client::new()
+                .put(format!("{src_url}/v2/team/app/manifests/v1"))
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body(manifest)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        })
+    };
+    let outcome = worker.execute(&j, &CancellationToken::new()).await.unwrap();
+    linker.await.unwrap();
+    assert!(
+        matches!(&outcome, JobOutcome::Pushed(v) if matches!(&v[0].1, ferry_replicator::sync::TagOutcome::Copied { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, digest);
+}
