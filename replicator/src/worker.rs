@@ -423,9 +423,12 @@ impl Worker {
         let r = match result {
             Ok(outcome) => {
                 self.stats.jobs_succeeded.fetch_add(1, Ordering::Relaxed);
-                if matches!(&outcome, JobOutcome::Pushed(v) if v.iter().any(|(_, o)| matches!(o, TagOutcome::Copied { .. })))
-                {
-                    self.stats.record_lag(job.event_time_ms);
+                self.metrics.job(&job.policy, job.kind, "succeeded");
+                let copied = matches!(&outcome, JobOutcome::Pushed(v) if v.iter().any(|(_, o)| matches!(o, TagOutcome::Copied { .. })));
+                if copied {
+                    if let Some(lag_ms) = self.stats.record_lag(job.event_time_ms) {
+                        self.metrics.lag.observe(lag_ms as f64 / 1000.0);
+                    }
                 }
                 tracing::info!(outcome = ?outcome, "job done");
                 self.queue.ack(lease).await
