@@ -19,7 +19,9 @@ use ferry_replicator::ingest::{self, IngestState};
 use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
-use ferry_replicator::runtime::{connect_queue, init_logging, shutdown_signal, LogFormat};
+use ferry_replicator::runtime::{
+    block_on_exit, connect_queue, init_logging, shutdown_signal, LogFormat,
+};
 use ferry_replicator::sync::Registries;
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -71,23 +73,15 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format, "info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+    block_on_exit(async {
+        match run(args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                2
+            }
         }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    })
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -380,21 +380,7 @@ async fn run(args: &Args, dir: &Path) -> Result<()> {
             for _ in 0..rounds {
                 for t in &tags {
                     queue
-                        .enqueue(Job {
-                            id: String::new(),
-                            policy: "bench".into(),
-                            kind: EventKind::Push,
-                            repository: REPO.into(),
-                            reference: t.clone(),
-                            digest: None,
-                            event_time_ms: 0,
-                            event_id: None,
-                            attempt: 0,
-                            last_error: None,
-                            next_try_at_ms: 0,
-                            enqueued_at_ms: 0,
-                            traceparent: None,
-                        })
+                        .enqueue(Job::new("bench", EventKind::Push, REPO, t))
                         .await?;
                 }
                 loop {

@@ -43,3 +43,11 @@ impl Event {
         self.tag.as_deref().or(self.digest.as_deref())
     }
 }
+
+/// Current time in Unix milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

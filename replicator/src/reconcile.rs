@@ -11,7 +11,7 @@
 //!   lease in the queue (the blob-lease primitive, keyed `reconcile/<policy>`) for most of the
 //!   interval.
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::diff::diff_policy;
-use crate::event::EventKind;
+use crate::event::{now_ms, EventKind};
 use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::sync::{PreparedPolicy, Registries, SyncError};
@@ -70,13 +70,6 @@ pub struct Reconciler {
     queue: Arc<dyn JobQueue>,
     holder: String,
     metrics: ReconcileMetrics,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Reconciler {
@@ -131,20 +124,10 @@ impl Reconciler {
         refs.dedup();
         for (repository, tag) in refs {
             let job = Job {
-                id: String::new(),
-                policy: policy.clone(),
-                kind: EventKind::Push,
-                repository: repository.to_string(),
-                reference: tag.to_string(),
-                digest: None,
                 // Lag is measured from when the drift was found; the real event time is unknown.
                 event_time_ms: now_ms(),
                 event_id: Some("reconcile".to_string()),
-                attempt: 0,
-                last_error: None,
-                next_try_at_ms: 0,
-                enqueued_at_ms: 0,
-                traceparent: None,
+                ..Job::new(policy, EventKind::Push, repository, tag)
             };
             match self.queue.enqueue(job).await.map_err(|e| e.to_string())? {
                 EnqueueOutcome::Enqueued => pass.enqueued += 1,

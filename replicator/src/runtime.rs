@@ -35,6 +35,21 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
+/// Runs `main` on a multi-threaded tokio runtime and returns its exit code; exit 2 when the
+/// runtime itself cannot start.
+pub fn block_on_exit<F: std::future::Future<Output = u8>>(main: F) -> std::process::ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => std::process::ExitCode::from(rt.block_on(main)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = async {

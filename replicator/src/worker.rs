@@ -15,14 +15,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::event::EventKind;
+use crate::event::{now_ms, EventKind};
 use crate::oci::digest;
 use crate::policy::Policy;
 use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
@@ -112,13 +112,6 @@ impl WorkerStats {
         l.push(lag);
         Some(lag)
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The worker's Prometheus metrics (DESIGN.md "Metrics an operator alerts on"). Labels are

@@ -19,19 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 fn job(kind: EventKind, repository: &str, reference: &str, digest: Option<&str>) -> Job {
     Job {
-        id: String::new(),
-        policy: "test".into(),
-        kind,
-        repository: repository.into(),
-        reference: reference.into(),
         digest: digest.map(str::to_string),
-        event_time_ms: 0,
-        event_id: None,
-        attempt: 0,
-        last_error: None,
-        next_try_at_ms: 0,
-        enqueued_at_ms: 0,
-        traceparent: None,
+        ..Job::new("test", kind, repository, reference)
     }
 }
 

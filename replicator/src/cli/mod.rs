@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_replicator::runtime::{init_logging, LogFormat};
+use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat};
 
 mod commands;
 mod progress;
@@ -167,17 +167,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet_logs = matches!(&cli.command, Command::Sync(a) if progress::use_bars(a.progress));
     init_logging(cli.log_format, if quiet_logs { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let code = runtime.block_on(async {
+    block_on_exit(async {
         match cli.command {
             Command::Sync(args) => commands::sync(args).await,
             Command::Diff(args) => commands::diff(args).await,
@@ -187,6 +177,5 @@ pub fn main() -> ExitCode {
                 command: PolicyCommand::Validate { files },
             } => commands::validate(&files),
         }
-    });
-    ExitCode::from(code)
+    })
 }

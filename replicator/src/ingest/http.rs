@@ -63,9 +63,11 @@ use subtle::ConstantTimeEq as _;
 use super::harbor::HarborOptions;
 use super::matcher::{Matcher, MatcherError};
 use super::metrics::IngestMetrics;
+// Assigned here (not by the queue) so that the webhook's log line names the job.
 use super::{distribution, harbor, Batch, IngestError};
 use crate::config::Config;
 use crate::event::EventKind;
+use crate::queue::new_job_id;
 use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
 
 /// Default request body limit: 1 MiB (a distribution batch is a few KiB per event).
@@ -615,9 +617,4 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
-}
-
-/// A random job id (128 bits, hex), assigned here so that the log line of the webhook names it.
-fn new_job_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }

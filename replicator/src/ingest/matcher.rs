@@ -71,19 +71,10 @@ impl Matcher {
             .iter()
             .filter(|(policy, selector)| matches(policy, selector, event))
             .map(|(policy, _)| Job {
-                id: String::new(),
-                policy: policy.name.clone(),
-                kind: event.kind,
-                repository: event.repository.clone(),
-                reference: reference.to_string(),
                 digest: event.digest.clone(),
                 event_time_ms: event.occurred_at_ms,
                 event_id: Some(event.id.clone()),
-                attempt: 0,
-                last_error: None,
-                next_try_at_ms: 0,
-                enqueued_at_ms: 0,
-                traceparent: None,
+                ..Job::new(&policy.name, event.kind, &event.repository, reference)
             })
             .collect()
     }

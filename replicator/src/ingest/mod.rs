@@ -150,31 +150,9 @@ pub(crate) fn kind_label(action: &str) -> &'static str {
     }
 }
 
-/// Current time in Unix milliseconds (0 if the clock is before 1970).
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use crate::event::now_ms;
 
-/// Is `tag` a tag of the OCI referrers tag scheme (`sha256-<hex>`, optionally with a suffix such as
-/// cosign's `.sig`/`.att`/`.sbom`)?
-pub fn is_referrer_tag(tag: &str) -> bool {
-    let Some(rest) = tag
-        .strip_prefix("sha256-")
-        .map(|r| (r, 64))
-        .or_else(|| tag.strip_prefix("sha512-").map(|r| (r, 128)))
-    else {
-        return false;
-    };
-    let (hex, len) = rest;
-    hex.len() >= len
-        && hex.as_bytes()[..len]
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-        && (hex.len() == len || hex.as_bytes()[len] == b'.')
-}
+pub use crate::sync::is_referrer_tag;
 
 /// Checks a tag against the distribution grammar `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 pub(crate) fn check_tag(tag: &str) -> Result<(), String> {

@@ -6,17 +6,9 @@
 //! - A job with `attempt >= max_attempts` after a failure, or a non-retryable failure, is dead.
 //! - `next_try_at_ms` is a Unix time taken from the clock of the process that called `fail`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::{backoff, FailOutcome, Job, RetryPolicy};
 
-/// Now as Unix milliseconds (0 if the clock is before 1970, which only a broken host reports).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::event::now_ms;
 
 /// A fresh job id: 128 random bits as 32 hex digits.
 pub fn new_job_id() -> String {

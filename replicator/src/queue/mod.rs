@@ -22,6 +22,7 @@
 
 pub mod backoff;
 mod lifecycle;
+pub use lifecycle::new_job_id;
 pub mod memory;
 pub mod redis;
 
@@ -73,6 +74,25 @@ pub struct Job {
 }
 
 impl Job {
+    /// A new job (not yet enqueued) with no history.
+    pub fn new(policy: &str, kind: EventKind, repository: &str, reference: &str) -> Job {
+        Job {
+            id: String::new(),
+            policy: policy.to_string(),
+            kind,
+            repository: repository.to_string(),
+            reference: reference.to_string(),
+            digest: None,
+            event_time_ms: 0,
+            event_id: None,
+            attempt: 0,
+            last_error: None,
+            next_try_at_ms: 0,
+            enqueued_at_ms: 0,
+            traceparent: None,
+        }
+    }
+
     /// `policy|kind|repository|reference`: duplicate pending jobs collapse on it.
     pub fn idempotency_key(&self) -> String {
         let kind = match self.kind {
