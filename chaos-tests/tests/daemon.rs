@@ -794,7 +794,6 @@ async fn worker_metrics_scenario(region: &Region) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not built yet (issue 3): workers do not share the per-(destination, digest) blob lease through Redis; only the in-process ledger dedupes"]
 async fn two_workers_needing_the_same_blob_upload_it_once() {
     // 40 MiB/s: the shared 160 MiB layer takes ~4 s, so the second job starts while it uploads.
     let region = Region::start(

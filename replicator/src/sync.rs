@@ -292,6 +292,7 @@ impl PreparedPolicy {
             cancel,
             copy_by_chunk: self.policy.copy_by_chunk,
             blob_parallelism,
+            leases: None,
         }
     }
 

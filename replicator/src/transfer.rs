@@ -157,6 +157,98 @@ pub struct TransferContext {
     pub copy_by_chunk: bool,
     /// Blobs copied in parallel within one manifest (the per-registry slots bound the total).
     pub blob_parallelism: usize,
+    /// Cross-process coordination of blob uploads (workers sharing a queue); `None` for one-shot
+    /// syncs, where the in-process [`BlobLedger`] is enough.
+    pub leases: Option<Arc<BlobLeases>>,
+}
+
+/// Makes one process the uploader of a `(destination, digest)` among all workers of a queue.
+pub struct BlobLeases {
+    pub queue: Arc<dyn crate::queue::JobQueue>,
+    /// This process's name (the queue consumer).
+    pub holder: String,
+    /// Lease length; renewed every third of it while the upload runs, so a crashed holder blocks
+    /// others for at most this long.
+    pub ttl: std::time::Duration,
+}
+
+/// What coordinating with other workers decided for one blob.
+enum Coordinated {
+    /// This process uploads (holding the lease when `Some`).
+    Upload(Option<String>),
+    /// Another worker's upload made it available here.
+    Done(BlobOutcome),
+}
+
+/// Takes the blob's lease, or waits while another worker uploads it and then mounts it from the
+/// repository that worker uploads into (named in the lease's holder value `consumer|repository`).
+/// Queue trouble never fails a transfer: it only costs a duplicate upload.
+async fn coordinate(
+    ctx: &TransferContext,
+    leases: &BlobLeases,
+    dst_repo: &str,
+    digest: &Digest,
+) -> Result<Coordinated> {
+    let me = format!("{}|{dst_repo}", leases.holder);
+    let give_up = tokio::time::Instant::now() + leases.ttl * 20;
+    loop {
+        match leases
+            .queue
+            .lease_blob(ctx.dst.name(), digest.as_ref(), &me, leases.ttl)
+            .await
+        {
+            Ok(true) => return Ok(Coordinated::Upload(Some(me))),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "blob lease unavailable; uploading without it");
+                return Ok(Coordinated::Upload(None));
+            }
+        }
+        let other_repo = leases
+            .queue
+            .blob_lease_holder(ctx.dst.name(), digest.as_ref())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|h| h.split_once('|').map(|(_, r)| r.to_string()));
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {},
+            _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+        }
+        if ctx.dst.blob_exists(dst_repo, digest).await?.is_some() {
+            return Ok(Coordinated::Done(BlobOutcome::Skipped));
+        }
+        if let Some(from) = other_repo.filter(|r| r != dst_repo) {
+            if ctx.dst.blob_exists(&from, digest).await?.is_some() {
+                match ctx.dst.mount_blob(dst_repo, digest, &from).await? {
+                    MountOutcome::Mounted => return Ok(Coordinated::Done(BlobOutcome::Mounted)),
+                    MountOutcome::NotMounted(upload) => ctx.dst.cancel_upload(&upload).await,
+                }
+            }
+        }
+        if tokio::time::Instant::now() > give_up {
+            tracing::warn!(%digest, "another worker holds this blob's lease for too long; uploading too");
+            return Ok(Coordinated::Upload(None));
+        }
+    }
+}
+
+/// Renews a held blob lease until dropped (raced against the upload).
+async fn keep_lease(ctx: &TransferContext, leases: &BlobLeases, digest: &Digest, holder: &str) {
+    loop {
+        tokio::time::sleep(leases.ttl / 3).await;
+        match leases
+            .queue
+            .renew_blob(ctx.dst.name(), digest.as_ref(), holder, leases.ttl)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(%digest, "blob lease lost during the upload; another worker may upload it too")
+            }
+            Err(e) => tracing::debug!(%digest, error = %e, "cannot renew the blob lease"),
+        }
+    }
 }
 
 /// Makes sure everything `manifest` references exists in `dst_repo` on the destination: child
@@ -311,11 +403,52 @@ async fn copy_blob_locked(
             }
         }
     }
+    let held = match &ctx.leases {
+        Some(leases) => match coordinate(ctx, leases, dst_repo, digest).await? {
+            Coordinated::Done(outcome) => {
+                *known = Some(dst_repo.to_string());
+                return Ok(outcome);
+            }
+            Coordinated::Upload(held) => held,
+        },
+        None => None,
+    };
+    let uploaded = match (&ctx.leases, &held) {
+        (Some(leases), Some(holder)) => {
+            tokio::select! {
+                r = upload_with_retries(ctx, src_repo, dst_repo, desc) => r,
+                () = keep_lease(ctx, leases, digest, holder) => unreachable!("keep_lease never returns"),
+            }
+        }
+        _ => upload_with_retries(ctx, src_repo, dst_repo, desc).await,
+    };
+    if let (Some(leases), Some(holder)) = (&ctx.leases, &held) {
+        if let Err(e) = leases
+            .queue
+            .release_blob(ctx.dst.name(), digest.as_ref(), holder)
+            .await
+        {
+            tracing::debug!(%digest, error = %e, "cannot release the blob lease; it expires by itself");
+        }
+    }
+    uploaded?;
+    *known = Some(dst_repo.to_string());
+    Ok(BlobOutcome::Copied)
+}
+
+/// Streams one blob, retrying transient failures a few times.
+async fn upload_with_retries(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    desc: &Descriptor,
+) -> Result<()> {
+    let digest = desc.digest();
     let mut attempt = 0;
     loop {
         attempt += 1;
         match stream_blob(ctx, src_repo, dst_repo, desc).await {
-            Ok(()) => break,
+            Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && attempt < 3 => {
                 let d = crate::oci::client::backoff(attempt);
                 tracing::info!(repository = dst_repo, %digest, error = %e, attempt, "blob transfer failed; retrying");
@@ -327,8 +460,6 @@ async fn copy_blob_locked(
             Err(e) => return Err(e),
         }
     }
-    *known = Some(dst_repo.to_string());
-    Ok(BlobOutcome::Copied)
 }
 
 /// Holds a transfer slot on both registries, acquired in name order so two opposite transfers

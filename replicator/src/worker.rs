@@ -28,7 +28,9 @@ use crate::policy::Policy;
 use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
 use crate::sync::{reconcile_reference, PreparedPolicy, Registries, SyncError, TagOutcome};
 use crate::throttle::Throttle;
-use crate::transfer::{BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats};
+use crate::transfer::{
+    BlobLeases, BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -258,6 +260,8 @@ pub struct Worker {
     opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
     metrics: WorkerMetrics,
+    /// Shared with every other worker of the queue: one uploader per (destination, blob).
+    blob_leases: Arc<BlobLeases>,
 }
 
 impl Worker {
@@ -279,6 +283,12 @@ impl Worker {
                 throttles.insert(p.name.clone(), Arc::new(t));
             }
         }
+        // A dead worker's blob leases expire when its job leases do.
+        let blob_leases = Arc::new(BlobLeases {
+            queue: queue.clone(),
+            holder: opts.consumer.clone(),
+            ttl: opts.lease,
+        });
         Ok(Worker {
             queue,
             policies,
@@ -287,6 +297,7 @@ impl Worker {
             opts,
             stats: Arc::default(),
             metrics: WorkerMetrics::default(),
+            blob_leases,
         })
     }
 
@@ -476,14 +487,16 @@ impl Worker {
         cancel: &CancellationToken,
         stats: &Arc<TransferStats>,
     ) -> TransferContext {
-        prepared.transfer_context(
+        let mut ctx = prepared.transfer_context(
             dst,
             self.ledger.clone(),
             stats.clone(),
             self.throttles.get(&prepared.policy.name).cloned(),
             cancel.clone(),
             self.opts.blob_parallelism,
-        )
+        );
+        ctx.leases = Some(self.blob_leases.clone());
+        ctx
     }
 
     /// Runs a job against every destination of its policy, accounting what it moved.

@@ -136,6 +136,26 @@ impl JobQueue for SwitchableQueue {
         self.check()?;
         self.inner.release_blob(destination, digest, holder).await
     }
+    async fn renew_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        self.check()?;
+        self.inner
+            .renew_blob(destination, digest, holder, ttl)
+            .await
+    }
+    async fn blob_lease_holder(
+        &self,
+        destination: &str,
+        digest: &str,
+    ) -> Result<Option<String>, QueueError> {
+        self.check()?;
+        self.inner.blob_lease_holder(destination, digest).await
+    }
 }
 
 /// Registries `src` and `dst`, an event-based policy `mirror` for `team/**` with deletes, and a

@@ -620,6 +620,46 @@ async fn stats_count_each_state(backend: Backend) {
     );
 }
 
+async fn blob_leases_renew_and_name_their_holder(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = &h.queue;
+    let d = "sha256:cccc";
+    assert_eq!(q.blob_lease_holder("us", d).await.unwrap(), None);
+    assert!(
+        !q.renew_blob("us", d, "job-a", LONG).await.unwrap(),
+        "nothing to renew"
+    );
+    assert!(q
+        .lease_blob("us", d, "job-a|team/x", Duration::from_millis(300))
+        .await
+        .unwrap());
+    assert_eq!(
+        q.blob_lease_holder("us", d).await.unwrap().as_deref(),
+        Some("job-a|team/x")
+    );
+    assert!(
+        !q.renew_blob("us", d, "job-b", LONG).await.unwrap(),
+        "only the holder renews"
+    );
+    assert!(q
+        .renew_blob("us", d, "job-a|team/x", Duration::from_millis(1500))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !q.lease_blob("us", d, "job-b", LONG).await.unwrap(),
+        "still held after the first ttl: renewed"
+    );
+    q.release_blob("us", d, "job-a|team/x").await.unwrap();
+    assert_eq!(q.blob_lease_holder("us", d).await.unwrap(), None);
+    assert!(
+        !q.renew_blob("us", d, "job-a|team/x", LONG).await.unwrap(),
+        "released leases are not renewed"
+    );
+}
+
 async fn blob_leases_are_exclusive_and_expire(backend: Backend) {
     let Some(h) = Harness::start(backend, fast()).await else {
         return;
@@ -963,6 +1003,7 @@ suite! {
         release_makes_job_claimable_without_counting_an_attempt,
         stats_count_each_state,
         blob_leases_are_exclusive_and_expire,
+        blob_leases_renew_and_name_their_holder,
         concurrent_claimers_never_share_a_job,
     ],
     servers: [

@@ -322,6 +322,40 @@ impl JobQueue for MemoryQueue {
         Ok(true)
     }
 
+    async fn renew_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let key = (destination.to_owned(), digest.to_owned());
+        match st.blobs.get_mut(&key) {
+            Some((h, expiry)) if h == holder && *expiry > now => {
+                *expiry = now + ttl.min(MAX_LEASE);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn blob_lease_holder(
+        &self,
+        destination: &str,
+        digest: &str,
+    ) -> Result<Option<String>, QueueError> {
+        let now = Instant::now();
+        let st = self.state();
+        let key = (destination.to_owned(), digest.to_owned());
+        Ok(st
+            .blobs
+            .get(&key)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(h, _)| h.clone()))
+    }
+
     async fn release_blob(
         &self,
         destination: &str,

@@ -229,6 +229,24 @@ pub trait JobQueue: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<bool, QueueError>;
 
+    /// Extends a blob lease `holder` still holds, to `ttl` from now. False when it expired or is
+    /// someone else's (a long transfer renews its lease while it runs).
+    async fn renew_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError>;
+
+    /// Who holds the lease of `(destination, digest)`, if anyone (a waiting job learns where the
+    /// blob is being uploaded, to mount it from there).
+    async fn blob_lease_holder(
+        &self,
+        destination: &str,
+        digest: &str,
+    ) -> Result<Option<String>, QueueError>;
+
     /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
     async fn release_blob(
         &self,

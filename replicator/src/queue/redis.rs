@@ -253,6 +253,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
+/// KEYS: blob lease. ARGV: holder, ttl ms. Compare-and-extend.
+const RENEW_BLOB: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
@@ -265,6 +271,7 @@ static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));
 static RETRY_DEAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RETRY_DEAD));
 static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE));
 static RELEASE_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_BLOB));
+static RENEW_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_BLOB));
 
 /// The Redis/Valkey queue. Clones share one connection.
 #[derive(Clone)]
@@ -690,6 +697,39 @@ impl JobQueue for RedisQueue {
         )
         .await?;
         Ok(set.is_some())
+    }
+
+    async fn renew_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let mut con = self.con.clone();
+        let extended: i64 = bounded(
+            RENEW_BLOB_SCRIPT
+                .key(self.keys.blob(destination, digest))
+                .arg(holder)
+                .arg(millis(ttl).max(1))
+                .invoke_async(&mut con),
+        )
+        .await?;
+        Ok(extended == 1)
+    }
+
+    async fn blob_lease_holder(
+        &self,
+        destination: &str,
+        digest: &str,
+    ) -> Result<Option<String>, QueueError> {
+        let mut con = self.con.clone();
+        bounded(
+            redis::cmd("GET")
+                .arg(self.keys.blob(destination, digest))
+                .query_async(&mut con),
+        )
+        .await
     }
 
     async fn release_blob(
