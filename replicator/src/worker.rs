@@ -96,24 +96,12 @@ pub struct WorkerStats {
     pub jobs_released: AtomicU64,
     pub in_flight: AtomicU64,
     pub transfer: Arc<TransferStats>,
-    /// Replication lag (event time → visible on the destination) of recent copies, in ms.
-    pub lag_ms: std::sync::Mutex<Vec<u64>>,
 }
 
-impl WorkerStats {
-    /// Records the lag of a copy caused by an event at `event_time_ms`; returns it (ms).
-    fn record_lag(&self, event_time_ms: i64) -> Option<u64> {
-        if event_time_ms <= 0 {
-            return None;
-        }
-        let lag = now_ms().saturating_sub(event_time_ms).max(0) as u64;
-        let mut l = self.lag_ms.lock().expect("lag lock");
-        if l.len() >= 10_000 {
-            l.drain(..5_000);
-        }
-        l.push(lag);
-        Some(lag)
-    }
+/// Replication lag (ms) of a copy caused by an event at `event_time_ms`; `None` when the job has
+/// no event time.
+fn lag_since(event_time_ms: i64) -> Option<u64> {
+    (event_time_ms > 0).then(|| now_ms().saturating_sub(event_time_ms).max(0) as u64)
 }
 
 /// The worker's Prometheus metrics (DESIGN.md "Metrics an operator alerts on"). Labels are
@@ -233,11 +221,6 @@ pub enum JobError {
         #[source]
         source: TransferError,
     },
-    #[error("destination {destination}: {message}")]
-    Failed {
-        destination: String,
-        message: String,
-    },
 }
 
 impl JobError {
@@ -245,8 +228,6 @@ impl JobError {
         match self {
             JobError::UnknownPolicy(_) => false,
             JobError::Transfer { source, .. } => source.is_retryable(),
-            // Tag-level failures from the copy engine (e.g. a corrupt source) are not retried blindly.
-            JobError::Failed { .. } => false,
         }
     }
 }
@@ -430,7 +411,7 @@ impl Worker {
                 self.metrics.job(&job.policy, job.kind, "succeeded");
                 let copied = matches!(&outcome, JobOutcome::Pushed(v) if v.iter().any(|(_, o)| matches!(o, TagOutcome::Copied { .. })));
                 if copied {
-                    if let Some(lag_ms) = self.stats.record_lag(job.event_time_ms) {
+                    if let Some(lag_ms) = lag_since(job.event_time_ms) {
                         self.metrics.lag.observe(lag_ms as f64 / 1000.0);
                     }
                 }
@@ -540,12 +521,6 @@ impl Worker {
                         destination: dst.name().to_string(),
                         source,
                     })?;
-                    if let TagOutcome::Failed { error } = &outcome {
-                        return Err(JobError::Failed {
-                            destination: dst.name().to_string(),
-                            message: error.clone(),
-                        });
-                    }
                     out.push((dst.name().to_string(), outcome));
                 }
                 Ok(JobOutcome::Pushed(out))
