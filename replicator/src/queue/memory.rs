@@ -87,6 +87,24 @@ impl State {
         EnqueueOutcome::Enqueued
     }
 
+    /// Hands `e` to `consumer` until `deadline`.
+    fn lease(&mut self, e: Entry, consumer: &str, deadline: Instant) -> Lease {
+        let lease = Lease {
+            job: e.job.clone(),
+            token: e.token.clone(),
+            consumer: consumer.to_owned(),
+        };
+        self.in_flight.insert(
+            e.token,
+            InFlight {
+                job: e.job,
+                consumer: consumer.to_owned(),
+                deadline,
+            },
+        );
+        lease
+    }
+
     /// Removes the in-flight job behind `lease` if `lease.consumer` still owns it.
     fn take_owned(&mut self, lease: &Lease) -> Result<InFlight, QueueError> {
         match self.in_flight.get(&lease.token) {
@@ -176,19 +194,7 @@ impl JobQueue for MemoryQueue {
         }
         while out.len() < max {
             let Some(e) = st.ready.pop_front() else { break };
-            out.push(Lease {
-                job: e.job.clone(),
-                token: e.token.clone(),
-                consumer: consumer.to_owned(),
-            });
-            st.in_flight.insert(
-                e.token,
-                InFlight {
-                    job: e.job,
-                    consumer: consumer.to_owned(),
-                    deadline,
-                },
-            );
+            out.push(st.lease(e, consumer, deadline));
         }
 
         // 3. New jobs, FIFO; a claimed job no longer collapses later enqueues.
@@ -198,19 +204,7 @@ impl JobQueue for MemoryQueue {
             if st.pending.get(&key) == Some(&e.token) {
                 st.pending.remove(&key);
             }
-            out.push(Lease {
-                job: e.job.clone(),
-                token: e.token.clone(),
-                consumer: consumer.to_owned(),
-            });
-            st.in_flight.insert(
-                e.token,
-                InFlight {
-                    job: e.job,
-                    consumer: consumer.to_owned(),
-                    deadline,
-                },
-            );
+            out.push(st.lease(e, consumer, deadline));
         }
         Ok(out)
     }
