@@ -8,6 +8,7 @@
 //! - [`transfer`]: moves one manifest graph, copying only the blobs the destination lacks.
 //! - [`sync`]: a full reconciliation of a policy (list, filter, diff, transfer, verify).
 //! - [`event`] and [`queue`]: normalized registry events and the job queue contract (issue 3).
+//! - [`history`]: executions, tasks and live workers, for the admin API.
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
 //!
 //! The invariant every module keeps: bytes are never re-serialized, so every manifest and blob
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod diff;
 pub mod event;
+pub mod history;
 pub mod ingest;
 pub mod oci;
 pub mod ops;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::diff::diff_policy;
 use crate::event::{now_ms, EventKind};
+use crate::history::Trigger;
 use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::sync::{PreparedPolicy, Registries, SyncError};
@@ -127,6 +128,7 @@ impl Reconciler {
                 // Lag is measured from when the drift was found; the real event time is unknown.
                 event_time_ms: now_ms(),
                 event_id: Some("reconcile".to_string()),
+                trigger: Trigger::Reconcile,
                 ..Job::new(policy, EventKind::Push, repository, tag)
             };
             match self.queue.enqueue(job).await.map_err(|e| e.to_string())? {

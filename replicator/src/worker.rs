@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::event::{now_ms, EventKind};
+use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState, WorkerInfo};
 use crate::oci::digest;
 use crate::policy::Policy;
 use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
@@ -52,6 +53,8 @@ pub struct WorkerOptions {
     pub grace: Duration,
     /// Blobs of one manifest copied concurrently.
     pub blob_parallelism: usize,
+    /// How often the worker announces itself in the history (listed as live for 3 periods).
+    pub heartbeat: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -63,6 +66,7 @@ impl Default for WorkerOptions {
             poll_interval: Duration::from_millis(100),
             grace: Duration::from_secs(20),
             blob_parallelism: 8,
+            heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -235,6 +239,8 @@ impl JobError {
 /// A worker: policies prepared once, a queue, and the run loop.
 pub struct Worker {
     queue: Arc<dyn JobQueue>,
+    history: Arc<dyn History>,
+    started_at_ms: i64,
     policies: HashMap<String, Arc<PreparedPolicy>>,
     throttles: HashMap<String, Arc<Throttle>>,
     ledger: Arc<BlobLedger>,
@@ -246,11 +252,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Prepares every enabled policy of `config` (no network I/O).
+    /// Prepares every enabled policy of `config` (no network I/O). Executions, tasks and this
+    /// worker's heartbeat are recorded in `history`.
     pub fn new(
         config: &Config,
         registries: &Registries,
         queue: Arc<dyn JobQueue>,
+        history: Arc<dyn History>,
         opts: WorkerOptions,
     ) -> Result<Worker, SyncError> {
         let mut policies = HashMap::new();
@@ -272,6 +280,8 @@ impl Worker {
         });
         Ok(Worker {
             queue,
+            history,
+            started_at_ms: now_ms(),
             policies,
             throttles,
             ledger: Arc::default(),
@@ -289,8 +299,54 @@ impl Worker {
     }
 
     /// Claims and runs jobs until `shutdown` fires; then stops claiming, lets running jobs finish
-    /// within the grace period, and cancels and releases the rest.
+    /// within the grace period, and cancels and releases the rest. Announces the worker in the
+    /// history while it runs and deregisters it at the end.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let stop_announcing = CancellationToken::new();
+        let jobs = async {
+            self.clone().run_jobs(shutdown).await;
+            stop_announcing.cancel();
+        };
+        tokio::join!(jobs, self.announce(stop_announcing.clone()));
+        if let Err(e) = self.history.deregister(&self.opts.consumer).await {
+            tracing::warn!(error = %e, "cannot deregister this worker; it drops off the worker list when its heartbeat expires");
+        }
+    }
+
+    /// What the worker list shows about this worker now.
+    pub fn info(&self) -> WorkerInfo {
+        let mut policies: Vec<String> = self.policies.keys().cloned().collect();
+        policies.sort_unstable();
+        WorkerInfo {
+            id: self.opts.consumer.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: self.started_at_ms,
+            last_seen_ms: now_ms(),
+            concurrency: u32::try_from(self.opts.concurrency).unwrap_or(u32::MAX),
+            in_flight: self.stats.in_flight.load(Ordering::Relaxed),
+            jobs_succeeded: self.stats.jobs_succeeded.load(Ordering::Relaxed),
+            jobs_failed: self.stats.jobs_failed.load(Ordering::Relaxed),
+            policies,
+        }
+    }
+
+    /// Heartbeats into the history every `opts.heartbeat` until `stop`.
+    async fn announce(&self, stop: CancellationToken) {
+        let period = self.opts.heartbeat.max(Duration::from_millis(10));
+        loop {
+            if let Err(e) = self.history.heartbeat(&self.info(), period * 3).await {
+                tracing::warn!(error = %e, "cannot record the worker heartbeat");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {},
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn run_jobs(self: Arc<Self>, shutdown: CancellationToken) {
         let hard_stop = CancellationToken::new();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut claim_errors = 0u32;
@@ -367,6 +423,7 @@ impl Worker {
         let job = &lease.job;
         let span = tracing::info_span!("job", job_id = %job.id, policy = %job.policy, kind = ?job.kind, repository = %job.repository, reference = %job.reference, attempt = job.attempt + 1);
         async {
+            self.record(job, ExecutionState::Running, None, &[]).await;
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let job_cancel = hard_stop.child_token();
             let lease_lost = CancellationToken::new();
@@ -381,21 +438,83 @@ impl Worker {
             );
             let work = {
                 let (me, job, cancel) = (self.clone(), lease.job.clone(), job_cancel.clone());
-                async move { me.execute(&job, &cancel).await }
+                async move { me.execute_recorded(&job, &cancel).await }
             };
-            let result = tokio::select! {
+            let (result, tasks) = tokio::select! {
                 r = work => r,
                 // The heartbeat only returns after cancelling the job (lease lost).
-                () = heartbeat => Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }),
+                () = heartbeat => (Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }), Vec::new()),
             };
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.settle(&lease, result, &job_cancel, &lease_lost, &shutdown)
+            let error = result.as_ref().err().map(|e| e.to_string());
+            let settled = self
+                .settle(&lease, result, &job_cancel, &lease_lost, &shutdown)
                 .await;
+            let (state, next_try) = match settled {
+                // Another worker owns the job now; its records are that worker's to write.
+                None => return,
+                Some(Settled::Succeeded) => (ExecutionState::Succeeded, None),
+                Some(Settled::Retrying { next_try_at_ms }) => {
+                    (ExecutionState::Retrying, Some(next_try_at_ms))
+                }
+                Some(Settled::DeadLettered) => (ExecutionState::Failed, None),
+                Some(Settled::Released) => (ExecutionState::Queued, None),
+            };
+            let error = error.filter(|_| state != ExecutionState::Succeeded);
+            self.record_with(job, state, next_try, error, &tasks).await;
         }
         .instrument(span)
         .await
     }
 
+    /// Records the job's execution (its own, or its tasks under a run's execution). Best effort.
+    async fn record(
+        &self,
+        job: &Job,
+        state: ExecutionState,
+        next_try_at_ms: Option<i64>,
+        tasks: &[Task],
+    ) {
+        self.record_with(job, state, next_try_at_ms, None, tasks)
+            .await
+    }
+
+    async fn record_with(
+        &self,
+        job: &Job,
+        state: ExecutionState,
+        next_try_at_ms: Option<i64>,
+        error: Option<String>,
+        tasks: &[Task],
+    ) {
+        let r = match &job.execution_id {
+            Some(run) => self.history.record_tasks(run, tasks).await,
+            None => {
+                let mut e = Execution::new(&job.id, &job.policy, job.trigger, job.enqueued_at_ms);
+                e.state = state;
+                e.ended_at_ms = state.is_final().then(now_ms);
+                e.attempts = job.attempt + 1;
+                e.next_try_at_ms = next_try_at_ms;
+                e.error = error;
+                e.worker = Some(self.opts.consumer.clone());
+                e.origin = Some(Origin {
+                    event_id: job.event_id.clone(),
+                    event_time_ms: job.event_time_ms,
+                    kind: job.kind,
+                    repository: job.repository.clone(),
+                    reference: job.reference.clone(),
+                    digest: job.digest.clone(),
+                });
+                self.history.record(&e, tasks).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot record the execution in the history");
+        }
+    }
+
+    /// Tells the queue how the job ended; `None` when the lease was lost (the job is another
+    /// worker's now).
     async fn settle(
         &self,
         lease: &Lease,
@@ -403,9 +522,9 @@ impl Worker {
         job_cancel: &CancellationToken,
         lease_lost: &CancellationToken,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Option<Settled> {
         let job = &lease.job;
-        let r = match result {
+        let (r, settled) = match result {
             Ok(outcome) => {
                 self.stats.jobs_succeeded.fetch_add(1, Ordering::Relaxed);
                 self.metrics.job(&job.policy, job.kind, "succeeded");
@@ -416,11 +535,11 @@ impl Worker {
                     }
                 }
                 tracing::info!(outcome = ?outcome, "job done");
-                self.queue.ack(lease).await
+                (self.queue.ack(lease).await, Settled::Succeeded)
             }
             Err(_) if lease_lost.is_cancelled() => {
                 // Another worker owns it now; touching it would race that worker.
-                return;
+                return None;
             }
             Err(e)
                 if job_cancel.is_cancelled()
@@ -436,15 +555,28 @@ impl Worker {
                 self.stats.jobs_released.fetch_add(1, Ordering::Relaxed);
                 self.metrics.job(&job.policy, job.kind, "released");
                 tracing::info!("job interrupted by shutdown: released for another worker");
-                self.queue.release(lease).await
+                (self.queue.release(lease).await, Settled::Released)
             }
             Err(e) => {
                 self.stats.jobs_failed.fetch_add(1, Ordering::Relaxed);
                 let retryable = e.is_retryable();
                 let r = self.queue.fail(lease, &e.to_string(), retryable).await;
-                let outcome = match &r {
-                    Ok(FailOutcome::DeadLettered) => "dead_lettered",
-                    _ => "failed",
+                let (outcome, settled) = match &r {
+                    Ok(FailOutcome::DeadLettered) => ("dead_lettered", Settled::DeadLettered),
+                    Ok(FailOutcome::Retry { next_try_at_ms }) => (
+                        "failed",
+                        Settled::Retrying {
+                            next_try_at_ms: *next_try_at_ms,
+                        },
+                    ),
+                    // Not rescheduled: the lease expires and the job runs again.
+                    Err(_) => (
+                        "failed",
+                        Settled::Retrying {
+                            next_try_at_ms: now_ms()
+                                + i64::try_from(self.opts.lease.as_millis()).unwrap_or(i64::MAX),
+                        },
+                    ),
                 };
                 self.metrics.job(&job.policy, job.kind, outcome);
                 match &r {
@@ -453,12 +585,13 @@ impl Worker {
                         tracing::error!(error = %e, queue_error = %qe, "job failed and could not be rescheduled; its lease will expire and it will run again")
                     }
                 }
-                r.map(|_| ())
+                (r.map(|_| ()), settled)
             }
         };
         if let Err(e) = r {
             tracing::error!(error = %e, "cannot settle job with the queue; it will be handed out again when its lease expires");
         }
+        Some(settled)
     }
 
     fn context(
@@ -486,62 +619,154 @@ impl Worker {
         job: &Job,
         cancel: &CancellationToken,
     ) -> Result<JobOutcome, JobError> {
-        let stats = Arc::new(TransferStats::default());
-        let result = self.execute_with(job, cancel, &stats).await;
-        let t = stats.snapshot();
-        self.stats.transfer.add(&t);
-        self.metrics.transfer(&job.policy, &t);
-        result
+        self.execute_recorded(job, cancel).await.0
+    }
+
+    /// [`Worker::execute`], plus one task record per destination it reached.
+    async fn execute_recorded(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+    ) -> (Result<JobOutcome, JobError>, Vec<Task>) {
+        let mut tasks = Vec::new();
+        let result = self.execute_with(job, cancel, &mut tasks).await;
+        (result, tasks)
     }
 
     async fn execute_with(
         &self,
         job: &Job,
         cancel: &CancellationToken,
-        stats: &Arc<TransferStats>,
+        tasks: &mut Vec<Task>,
     ) -> Result<JobOutcome, JobError> {
         let prepared = self
             .policies
             .get(&job.policy)
             .ok_or_else(|| JobError::UnknownPolicy(job.policy.clone()))?;
-        match job.kind {
-            EventKind::Push => {
-                let mut out = Vec::new();
-                for dst in prepared.dsts.clone() {
-                    let ctx = self.context(prepared, &dst, cancel, stats);
-                    let (outcome, _) = reconcile_reference(
-                        prepared,
-                        &ctx,
-                        &job.repository,
-                        &job.reference,
-                        job.digest.as_deref(),
-                    )
+        let mut pushed = Vec::new();
+        let mut deleted = Vec::new();
+        for dst in prepared.dsts.clone() {
+            let stats = Arc::new(TransferStats::default());
+            let ctx = self.context(prepared, &dst, cancel, &stats);
+            let started = now_ms();
+            let result = match job.kind {
+                EventKind::Push => reconcile_reference(
+                    prepared,
+                    &ctx,
+                    &job.repository,
+                    &job.reference,
+                    job.digest.as_deref(),
+                )
+                .await
+                .map(|(o, _)| DestOutcome::Push(o)),
+                EventKind::Delete => guarded_delete(&prepared.policy, prepared, &ctx, job)
                     .await
-                    .map_err(|source| JobError::Transfer {
-                        destination: dst.name().to_string(),
+                    .map(DestOutcome::Delete),
+            };
+            let t = stats.snapshot();
+            self.stats.transfer.add(&t);
+            self.metrics.transfer(&job.policy, &t);
+            tasks.push(task_record(job, dst.name(), started, &t, &result));
+            let destination = dst.name().to_string();
+            match result {
+                Ok(DestOutcome::Push(o)) => pushed.push((destination, o)),
+                Ok(DestOutcome::Delete(o)) => {
+                    tracing::info!(destination = %destination, outcome = ?o, "delete handled");
+                    deleted.push((destination, o));
+                }
+                Err(source) => {
+                    return Err(JobError::Transfer {
+                        destination,
                         source,
-                    })?;
-                    out.push((dst.name().to_string(), outcome));
+                    })
                 }
-                Ok(JobOutcome::Pushed(out))
-            }
-            EventKind::Delete => {
-                let mut out = Vec::new();
-                for dst in prepared.dsts.clone() {
-                    let ctx = self.context(prepared, &dst, cancel, stats);
-                    let outcome = guarded_delete(&prepared.policy, prepared, &ctx, job)
-                        .await
-                        .map_err(|source| JobError::Transfer {
-                            destination: dst.name().to_string(),
-                            source,
-                        })?;
-                    tracing::info!(destination = %dst.name(), ?outcome, "delete handled");
-                    out.push((dst.name().to_string(), outcome));
-                }
-                Ok(JobOutcome::Deleted(out))
             }
         }
+        Ok(match job.kind {
+            EventKind::Push => JobOutcome::Pushed(pushed),
+            EventKind::Delete => JobOutcome::Deleted(deleted),
+        })
     }
+}
+
+/// How a leased job ended with the queue.
+enum Settled {
+    Succeeded,
+    Retrying { next_try_at_ms: i64 },
+    DeadLettered,
+    Released,
+}
+
+/// What one job did on one destination.
+enum DestOutcome {
+    Push(TagOutcome),
+    Delete(DeleteOutcome),
+}
+
+/// The task record of `job` on `destination`.
+fn task_record(
+    job: &Job,
+    destination: &str,
+    started_at_ms: i64,
+    moved: &StatsSnapshot,
+    result: &Result<DestOutcome, TransferError>,
+) -> Task {
+    let (state, digest, outcome, error) = match result {
+        Ok(DestOutcome::Push(o)) => match o {
+            TagOutcome::Copied { digest } => (TaskState::Succeeded, Some(digest.clone()), "copied".to_string(), None),
+            TagOutcome::Unchanged { digest } => (TaskState::Succeeded, Some(digest.clone()), "unchanged".to_string(), None),
+            TagOutcome::Kept { source_digest, destination_digest } => (
+                TaskState::Succeeded,
+                Some(source_digest.clone()),
+                format!("kept: the destination holds {destination_digest} and the policy does not override"),
+                None,
+            ),
+            TagOutcome::Skipped { reason } => (TaskState::Succeeded, None, format!("skipped: {reason}"), None),
+            TagOutcome::Failed { error } => (TaskState::Failed, None, "failed".to_string(), Some(error.clone())),
+        },
+        Ok(DestOutcome::Delete(o)) => match o {
+            DeleteOutcome::Deleted { digest } => (TaskState::Succeeded, Some(digest.clone()), "deleted".to_string(), None),
+            DeleteOutcome::Kept { reason } => (TaskState::Succeeded, job.digest.clone(), format!("kept: {reason}"), None),
+        },
+        Err(TransferError::Cancelled) => (TaskState::Stopped, None, "stopped".to_string(), None),
+        Err(e) => (TaskState::Failed, None, "failed".to_string(), Some(e.to_string())),
+    };
+    let copied = matches!(result, Ok(DestOutcome::Push(TagOutcome::Copied { .. })));
+    Task {
+        id: Task::id_for(destination, &job.repository, &job.reference),
+        execution_id: job.execution().to_string(),
+        policy: job.policy.clone(),
+        kind: job.kind,
+        repository: job.repository.clone(),
+        reference: job.reference.clone(),
+        destination: destination.to_string(),
+        state,
+        attempts: job.attempt + 1,
+        digest,
+        outcome: Some(outcome),
+        blobs_copied: moved.blobs_copied,
+        blobs_mounted: moved.blobs_mounted,
+        blobs_skipped: moved.blobs_skipped,
+        bytes: moved.bytes_copied,
+        started_at_ms,
+        ended_at_ms: Some(now_ms()),
+        error,
+        lag_ms: if copied {
+            lag_since(job.event_time_ms)
+        } else {
+            None
+        },
+    }
+}
+
+/// This host's name, for the worker list (`HOSTNAME`, else `/etc/hostname`).
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// DESIGN.md "Delete semantics": delete on the destination only what is still the deleted digest,

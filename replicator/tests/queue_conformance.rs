@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_replicator::event::EventKind;
+use ferry_replicator::history::{
+    Execution, ExecutionQuery, ExecutionState, History, MemoryHistory, RedisHistory, Retention,
+    Task, TaskState, Trigger, WorkerInfo,
+};
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
     RedisQueue, RetryPolicy,
@@ -35,6 +39,8 @@ enum Backend {
 
 struct Harness {
     queue: Arc<dyn JobQueue>,
+    /// The Redis queue behind `queue` (its history lives next to it); `None` for memory.
+    redis: Option<RedisQueue>,
     /// `None` for the in-memory backend.
     server: Option<RedisServer>,
 }
@@ -47,6 +53,7 @@ impl Harness {
             Backend::Memory => {
                 return Some(Harness {
                     queue: Arc::new(MemoryQueue::new(policy)),
+                    redis: None,
                     server: None,
                 });
             }
@@ -80,9 +87,18 @@ impl Harness {
             .await
             .expect("connect");
         Some(Harness {
-            queue: Arc::new(queue),
+            queue: Arc::new(queue.clone()),
+            redis: Some(queue),
             server: Some(server),
         })
+    }
+
+    /// The backend's history with `retention`.
+    fn history(&self, retention: Retention) -> Arc<dyn History> {
+        match &self.redis {
+            Some(q) => Arc::new(RedisHistory::new(q, retention)),
+            None => Arc::new(MemoryHistory::new(retention)),
+        }
     }
 
     fn url(&self) -> String {
@@ -123,19 +139,8 @@ fn fast() -> RetryPolicy {
 
 fn job(reference: &str) -> Job {
     Job {
-        id: String::new(),
-        policy: "eu-to-us".into(),
-        kind: EventKind::Push,
-        repository: "platform/api".into(),
-        reference: reference.into(),
-        digest: None,
         event_time_ms: 1_700_000_000_000,
-        event_id: None,
-        attempt: 0,
-        last_error: None,
-        next_try_at_ms: 0,
-        enqueued_at_ms: 0,
-        traceparent: None,
+        ..Job::new("eu-to-us", EventKind::Push, "platform/api", reference)
     }
 }
 
@@ -948,6 +953,329 @@ async fn prefixes_are_isolated(backend: Backend) {
     assert_eq!(other.prefix(), "other");
 }
 
+// ---------------------------------------------------------------------------------------------
+// History (executions, tasks, workers): same backends, same suite
+
+fn execution(id: &str, policy: &str, started_at_ms: i64) -> Execution {
+    Execution::new(id, policy, Trigger::Manual, started_at_ms)
+}
+
+fn task(execution_id: &str, n: u32, state: TaskState) -> Task {
+    Task {
+        id: format!("us/platform/api:v{n}"),
+        execution_id: execution_id.into(),
+        policy: "eu-to-us".into(),
+        kind: EventKind::Push,
+        repository: "platform/api".into(),
+        reference: format!("v{n}"),
+        destination: "us".into(),
+        state,
+        attempts: 1,
+        digest: None,
+        outcome: None,
+        blobs_copied: u64::from(n),
+        blobs_mounted: 0,
+        blobs_skipped: 0,
+        bytes: 1000 * u64::from(n),
+        started_at_ms: now_ms(),
+        ended_at_ms: None,
+        error: None,
+        lag_ms: None,
+    }
+}
+
+fn counts(e: &Execution) -> Vec<(TaskState, u64)> {
+    e.counts.iter().map(|(s, n)| (*s, *n)).collect()
+}
+
+async fn history_records_executions_and_counts_tasks(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let history = h.history(Retention::default());
+    let now = now_ms();
+    let mut e = execution("run-1", "eu-to-us", now);
+    e.counts.insert(TaskState::Failed, 99); // ignored: counts come from the tasks
+    history
+        .record(
+            &e,
+            &[
+                task("run-1", 1, TaskState::Running),
+                task("run-1", 2, TaskState::Pending),
+            ],
+        )
+        .await
+        .unwrap();
+    let got = history.execution("run-1").await.unwrap().expect("recorded");
+    assert_eq!(got.state, ExecutionState::Running);
+    assert_eq!(got.trigger, Trigger::Manual);
+    assert_eq!(
+        counts(&got),
+        [(TaskState::Pending, 1), (TaskState::Running, 1)]
+    );
+
+    // Task 1 finishes (twice: recording the same state again must not count twice); task 3 is
+    // added by another process through `record_tasks`.
+    for _ in 0..2 {
+        history
+            .record_tasks("run-1", &[task("run-1", 1, TaskState::Succeeded)])
+            .await
+            .unwrap();
+    }
+    history
+        .record_tasks("run-1", &[task("run-1", 3, TaskState::Failed)])
+        .await
+        .unwrap();
+    e.state = ExecutionState::Failed;
+    e.ended_at_ms = Some(now + 5);
+    history.record(&e, &[]).await.unwrap();
+    let got = history.execution("run-1").await.unwrap().unwrap();
+    assert_eq!(got.state, ExecutionState::Failed);
+    assert_eq!(got.ended_at_ms, Some(now + 5));
+    assert_eq!(
+        counts(&got),
+        [
+            (TaskState::Pending, 1),
+            (TaskState::Succeeded, 1),
+            (TaskState::Failed, 1)
+        ]
+    );
+    let tasks = history.tasks("run-1", 10).await.unwrap();
+    let states: Vec<_> = tasks
+        .iter()
+        .map(|t| (t.reference.as_str(), t.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("v1", TaskState::Succeeded),
+            ("v2", TaskState::Pending),
+            ("v3", TaskState::Failed)
+        ]
+    );
+    assert_eq!(tasks[2].bytes, 3000);
+    assert_eq!(history.tasks("run-1", 2).await.unwrap().len(), 2, "limit");
+
+    // Tasks of an execution nobody recorded are dropped, not turned into a phantom execution.
+    history
+        .record_tasks("nobody", &[task("nobody", 1, TaskState::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(history.execution("nobody").await.unwrap(), None);
+    assert!(history.tasks("nobody", 10).await.unwrap().is_empty());
+    assert_eq!(history.execution("missing").await.unwrap(), None);
+}
+
+async fn history_lists_newest_first_by_policy_with_paging(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let history = h.history(Retention::default());
+    let t0 = now_ms() - 10_000;
+    for (i, policy) in ["a", "b", "a", "b", "a"].iter().enumerate() {
+        let e = execution(&format!("e{i}"), policy, t0 + i as i64 * 100);
+        history.record(&e, &[]).await.unwrap();
+    }
+    let ids = |v: Vec<Execution>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let all = history
+        .executions(&ExecutionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(all), ["e4", "e3", "e2", "e1", "e0"]);
+    let a = history
+        .executions(&ExecutionQuery {
+            policy: Some("a".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cursor = a.last().unwrap().started_at_ms;
+    assert_eq!(ids(a), ["e4", "e2"]);
+    let next = history
+        .executions(&ExecutionQuery {
+            policy: Some("a".into()),
+            before_ms: Some(cursor),
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(next), ["e0"]);
+    let none = history
+        .executions(&ExecutionQuery {
+            policy: Some("zzz".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+async fn history_retention_drops_the_oldest_with_their_tasks(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let history = h.history(Retention {
+        max_executions: 3,
+        max_age: Duration::from_secs(3600),
+    });
+    let now = now_ms();
+    // Older than the age limit: dropped when a new execution is recorded.
+    history
+        .record(&execution("ancient", "a", now - 7_200_000), &[])
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let id = format!("e{i}");
+        history
+            .record(
+                &execution(&id, if i % 2 == 0 { "a" } else { "b" }, now + i),
+                &[task(&id, 1, TaskState::Succeeded)],
+            )
+            .await
+            .unwrap();
+    }
+    let all: Vec<String> = history
+        .executions(&ExecutionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(all, ["e4", "e3", "e2"]);
+    for gone in ["ancient", "e0", "e1"] {
+        assert_eq!(history.execution(gone).await.unwrap(), None, "{gone}");
+        assert!(history.tasks(gone, 10).await.unwrap().is_empty(), "{gone}");
+    }
+    // The per-policy listing forgets them too.
+    let a: Vec<String> = history
+        .executions(&ExecutionQuery {
+            policy: Some("a".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(a, ["e4", "e2"]);
+    // Updating a kept execution does not trim anything.
+    history
+        .record(&execution("e2", "a", now + 2), &[])
+        .await
+        .unwrap();
+    assert!(history.execution("e2").await.unwrap().is_some());
+    assert!(history.execution("e3").await.unwrap().is_some());
+}
+
+async fn history_counts_stay_exact_under_concurrent_recorders(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let history = h.history(Retention::default());
+    history
+        .record(&execution("run", "a", now_ms()), &[])
+        .await
+        .unwrap();
+    // 8 recorders, 25 tasks each, every task going pending → running → succeeded.
+    let mut set = tokio::task::JoinSet::new();
+    for r in 0..8u32 {
+        let history = history.clone();
+        set.spawn(async move {
+            for n in 0..25u32 {
+                let n = r * 100 + n;
+                for state in [TaskState::Pending, TaskState::Running, TaskState::Succeeded] {
+                    history
+                        .record_tasks("run", &[task("run", n, state)])
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let got = history.execution("run").await.unwrap().unwrap();
+    assert_eq!(counts(&got), [(TaskState::Succeeded, 200)]);
+    assert_eq!(history.tasks("run", 1000).await.unwrap().len(), 200);
+}
+
+async fn workers_are_listed_until_their_heartbeat_expires(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let history = h.history(Retention::default());
+    let worker = |id: &str| WorkerInfo {
+        id: id.into(),
+        host: "host-a".into(),
+        pid: 42,
+        version: "0.1.0".into(),
+        started_at_ms: now_ms(),
+        last_seen_ms: now_ms(),
+        concurrency: 4,
+        in_flight: 1,
+        jobs_succeeded: 7,
+        jobs_failed: 0,
+        policies: vec!["eu-to-us".into()],
+    };
+    history
+        .heartbeat(&worker("short"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    history.heartbeat(&worker("long"), LONG).await.unwrap();
+    let started = Instant::now();
+    let listed = history.workers().await.unwrap();
+    if started.elapsed() < Duration::from_millis(250) {
+        let ids: Vec<_> = listed.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["long", "short"]);
+        assert_eq!(listed[0], worker("long").clone_with_times(&listed[0]));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let ids: Vec<_> = history
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(ids, ["long"], "the expired heartbeat is no longer listed");
+    // A fresh heartbeat brings it back; deregistering removes it at once.
+    history.heartbeat(&worker("short"), LONG).await.unwrap();
+    history.deregister("long").await.unwrap();
+    let ids: Vec<_> = history
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(ids, ["short"]);
+}
+
+/// Compares worker records without their clock fields.
+trait CloneWithTimes {
+    fn clone_with_times(&self, from: &WorkerInfo) -> WorkerInfo;
+}
+
+impl CloneWithTimes for WorkerInfo {
+    fn clone_with_times(&self, from: &WorkerInfo) -> WorkerInfo {
+        WorkerInfo {
+            started_at_ms: from.started_at_ms,
+            last_seen_ms: from.last_seen_ms,
+            ..self.clone()
+        }
+    }
+}
+
 macro_rules! suite {
     (all: [$($all:ident),* $(,)?], servers: [$($srv:ident),* $(,)?] $(,)?) => {
         mod memory_backend {
@@ -1005,6 +1333,11 @@ suite! {
         blob_leases_are_exclusive_and_expire,
         blob_leases_renew_and_name_their_holder,
         concurrent_claimers_never_share_a_job,
+        history_records_executions_and_counts_tasks,
+        history_lists_newest_first_by_policy_with_paging,
+        history_retention_drops_the_oldest_with_their_tasks,
+        history_counts_stay_exact_under_concurrent_recorders,
+        workers_are_listed_until_their_heartbeat_expires,
     ],
     servers: [
         aof_restart_keeps_jobs_and_leases,

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use ferry_replicator::config::Config;
-use ferry_replicator::event::EventKind;
+use ferry_replicator::event::{now_ms, EventKind};
+use ferry_replicator::history::{
+    ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, TaskState, Trigger,
+};
 use ferry_replicator::queue::memory::MemoryQueue;
 use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
 use ferry_replicator::sync::Registries;
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 fn job(kind: EventKind, repository: &str, reference: &str, digest: Option<&str>) -> Job {
     Job {
         digest: digest.map(str::to_string),
+        event_time_ms: now_ms(),
         ..Job::new("test", kind, repository, reference)
     }
 }
@@ -29,6 +33,7 @@ struct Setup {
     dst: Registry,
     _dir: tempfile::TempDir,
     queue: Arc<MemoryQueue>,
+    history: Arc<MemoryHistory>,
     worker: Arc<Worker>,
     config: Config,
     registries: Registries,
@@ -50,12 +55,16 @@ async fn setup(policy_extra: serde_json::Value) -> Setup {
         poll_interval: Duration::from_millis(20),
         ..Default::default()
     };
-    let worker = Arc::new(Worker::new(&config, &registries, queue.clone(), opts).expect("worker"));
+    let history = Arc::new(MemoryHistory::new(Retention::default()));
+    let worker = Arc::new(
+        Worker::new(&config, &registries, queue.clone(), history.clone(), opts).expect("worker"),
+    );
     Setup {
         src,
         dst,
         _dir: dir,
         queue,
+        history,
         worker,
         config,
         registries,
@@ -120,6 +129,66 @@ async fn push_jobs_replicate_and_duplicates_move_bytes_once() {
         "five deliveries of one event move the layer once: {t:?}"
     );
     assert_eq!(s.worker.stats.jobs_failed.load(Ordering::Relaxed), 0);
+
+    // One execution per job that ran (duplicates collapsed into one), with its task on the
+    // destination: what was moved and the lag.
+    let execs = s
+        .history
+        .executions(&ExecutionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    let e = &execs[0];
+    assert_eq!(e.state, ExecutionState::Succeeded, "{e:?}");
+    assert_eq!(e.trigger, Trigger::EventBased);
+    assert_eq!(e.policy, "test");
+    assert_eq!(e.attempts, 1);
+    assert!(e.ended_at_ms.is_some_and(|t| t >= e.started_at_ms), "{e:?}");
+    let origin = e.origin.as_ref().expect("origin event");
+    assert_eq!(
+        (origin.repository.as_str(), origin.reference.as_str()),
+        ("team/app", "v1")
+    );
+    assert_eq!(e.counts.get(&TaskState::Succeeded), Some(&1), "{e:?}");
+    let tasks = s.history.tasks(&e.id, 10).await.unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let t = &tasks[0];
+    assert_eq!(t.destination, "dst");
+    assert_eq!(t.outcome.as_deref(), Some("copied"));
+    assert_eq!(t.digest.as_deref(), Some(d.as_str()));
+    assert!(t.bytes >= 256 * 1024 && t.blobs_copied >= 2, "{t:?}");
+    assert!(t.lag_ms.is_some(), "a copy records its lag: {t:?}");
+    // The worker announced itself while running and deregistered when it stopped.
+    assert!(s.history.workers().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_is_listed_with_its_counters() {
+    let s = setup(json!({})).await;
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(s.worker.clone().run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let w = s.history.workers().await.unwrap();
+        if !w.is_empty() || tokio::time::Instant::now() > deadline {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, "w1");
+    assert_eq!(listed[0].pid, std::process::id());
+    assert_eq!(listed[0].policies, ["test"]);
+    assert!(listed[0].last_seen_ms <= now_ms());
+    stop.cancel();
+    run.await.unwrap();
+    assert!(
+        s.history.workers().await.unwrap().is_empty(),
+        "deregistered on stop"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,6 +338,43 @@ async fn unrunnable_jobs_are_dead_lettered_and_missing_tags_skipped() {
         "{dead:?}"
     );
     assert_eq!(s.worker.stats.jobs_succeeded.load(Ordering::Relaxed), 1);
+
+    // The dead-lettered job's execution failed with the reason; the skipped tag's succeeded.
+    let execs = s
+        .history
+        .executions(&ExecutionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let failed: Vec<_> = execs
+        .iter()
+        .filter(|e| e.state == ExecutionState::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{execs:?}");
+    assert_eq!(failed[0].policy, "removed-policy");
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("removed-policy"),
+        "{failed:?}"
+    );
+    let skipped = execs
+        .iter()
+        .find(|e| e.state == ExecutionState::Succeeded)
+        .expect("the skipped tag's execution");
+    let tasks = s.history.tasks(&skipped.id, 10).await.unwrap();
+    assert!(
+        tasks[0]
+            .outcome
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("skipped"),
+        "{tasks:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +501,15 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
     let config = Config::load(&cfg).unwrap();
     let registries = Registries::from_config(&config).unwrap();
     let queue = Arc::new(MemoryQueue::new(RetryPolicy::default()));
-    let worker = Worker::new(&config, &registries, queue, WorkerOptions::default()).unwrap();
+    let history = Arc::new(MemoryHistory::new(Retention::default()));
+    let worker = Worker::new(
+        &config,
+        &registries,
+        queue,
+        history,
+        WorkerOptions::default(),
+    )
+    .unwrap();
 
     // The tag never appears: a retryable error, not a silent skip.
     let j = job(EventKind::Push, "team/app", "v1", Some(&digest));

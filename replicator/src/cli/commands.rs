@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
+use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
 use ferry_replicator::ingest::metrics::IngestMetrics;
 use ferry_replicator::ingest::IngestState;
 use ferry_replicator::policy::Policy;
@@ -302,7 +303,11 @@ fn worker_options(flags: &JobFlags) -> WorkerOptions {
     }
 }
 
-async fn redis_queue(url: &str, flags: &QueueFlags) -> anyhow::Result<Arc<dyn JobQueue>> {
+/// The queue and the history next to it in Redis/Valkey.
+async fn redis_backend(
+    url: &str,
+    flags: &QueueFlags,
+) -> anyhow::Result<(Arc<dyn JobQueue>, Arc<dyn History>)> {
     let q = connect_queue(
         url,
         &flags.queue_prefix,
@@ -310,7 +315,8 @@ async fn redis_queue(url: &str, flags: &QueueFlags) -> anyhow::Result<Arc<dyn Jo
         Duration::from_secs(2),
     )
     .await?;
-    Ok(Arc::new(q))
+    let history = Arc::new(RedisHistory::new(&q, flags.retention()));
+    Ok((Arc::new(q), history))
 }
 
 /// Serves `router` on `listener` until `shutdown`.
@@ -342,14 +348,20 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let registries = Registries::from_config(&config)?;
-    let queue = redis_queue(&args.redis, &args.queue).await?;
+    let (queue, history) = redis_backend(&args.redis, &args.queue).await?;
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
     let metrics = Arc::new(IngestMetrics::new(registry));
     let worker = Arc::new(
-        Worker::new(&config, &registries, queue.clone(), opts.clone())?
-            .with_metrics(worker_metrics),
+        Worker::new(
+            &config,
+            &registries,
+            queue.clone(),
+            history.clone(),
+            opts.clone(),
+        )?
+        .with_metrics(worker_metrics),
     );
 
     let shutdown = CancellationToken::new();
@@ -381,17 +393,26 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         "no webhook token: set {} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)",
         ferry_replicator::ingest::http::TOKEN_ENV
     );
-    let queue: Arc<dyn JobQueue> = match &args.redis {
-        Some(url) => redis_queue(url, &args.queue).await?,
-        None => Arc::new(MemoryQueue::new(RetryPolicy::default())),
+    let (queue, history): (Arc<dyn JobQueue>, Arc<dyn History>) = match &args.redis {
+        Some(url) => redis_backend(url, &args.queue).await?,
+        None => (
+            Arc::new(MemoryQueue::new(RetryPolicy::default())),
+            Arc::new(MemoryHistory::new(args.queue.retention())),
+        ),
     };
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
     let worker = Arc::new(
-        Worker::new(&config, &registries, queue.clone(), opts.clone())?
-            .with_metrics(worker_metrics),
+        Worker::new(
+            &config,
+            &registries,
+            queue.clone(),
+            history.clone(),
+            opts.clone(),
+        )?
+        .with_metrics(worker_metrics),
     );
     let reconciler = (args.reconcile_interval > 0)
         .then(|| {

@@ -108,6 +108,24 @@ pub struct QueueFlags {
     /// Give up if Redis cannot be reached for this many seconds at startup.
     #[arg(long, default_value_t = 60)]
     pub redis_connect_timeout: u64,
+    /// Executions kept in the history (the oldest are dropped first).
+    #[arg(long, default_value_t = 10_000)]
+    pub history_max_executions: usize,
+    /// Executions older than this many hours are dropped from the history.
+    #[arg(long, default_value_t = 168)]
+    pub history_max_age_hours: u64,
+}
+
+impl QueueFlags {
+    /// The history retention these flags ask for.
+    pub fn retention(&self) -> ferry_replicator::history::Retention {
+        ferry_replicator::history::Retention {
+            max_executions: self.history_max_executions.max(1),
+            max_age: std::time::Duration::from_secs(
+                self.history_max_age_hours.saturating_mul(3600),
+            ),
+        }
+    }
 }
 
 /// How a process runs jobs.

@@ -177,19 +177,10 @@ mod tests {
         assert_eq!(
             jobs,
             vec![Job {
-                id: String::new(),
-                policy: "p".into(),
-                kind: EventKind::Push,
-                repository: "platform/api".into(),
-                reference: "v1.2".into(),
                 digest: Some(DIGEST.into()),
                 event_time_ms: 1234,
                 event_id: Some("ev-1".into()),
-                attempt: 0,
-                last_error: None,
-                next_try_at_ms: 0,
-                enqueued_at_ms: 0,
-                traceparent: None,
+                ..Job::new("p", EventKind::Push, "platform/api", "v1.2")
             }]
         );
         assert_eq!(jobs[0].idempotency_key(), "p|push|platform/api|v1.2");

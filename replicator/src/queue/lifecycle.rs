@@ -66,19 +66,8 @@ mod tests {
 
     fn job() -> Job {
         Job {
-            id: String::new(),
-            policy: "p".into(),
-            kind: EventKind::Push,
-            repository: "r".into(),
-            reference: "t".into(),
-            digest: None,
             event_time_ms: 1,
-            event_id: None,
-            attempt: 0,
-            last_error: None,
-            next_try_at_ms: 0,
-            enqueued_at_ms: 0,
-            traceparent: None,
+            ..Job::new("p", EventKind::Push, "r", "t")
         }
     }
 

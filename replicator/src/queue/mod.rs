@@ -34,6 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
+use crate::history::Trigger;
 
 /// One unit of work: make `repository:reference` on the policy's destinations match the source
 /// (or apply a delete).
@@ -71,6 +72,13 @@ pub struct Job {
     /// W3C trace context carried from the event to the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// What caused the job (recorded on its execution).
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// The run this job is a task of (manual and scheduled runs); `None`: the job is an execution
+    /// of its own, with the job id as execution id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
 }
 
 impl Job {
@@ -90,7 +98,14 @@ impl Job {
             next_try_at_ms: 0,
             enqueued_at_ms: 0,
             traceparent: None,
+            trigger: Trigger::EventBased,
+            execution_id: None,
         }
+    }
+
+    /// The execution this job's work is recorded under.
+    pub fn execution(&self) -> &str {
+        self.execution_id.as_deref().unwrap_or(&self.id)
     }
 
     /// `policy|kind|repository|reference`: duplicate pending jobs collapse on it.

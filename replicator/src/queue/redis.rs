@@ -350,7 +350,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Runs one Redis operation under [`OP_TIMEOUT`], mapping every failure to `Unavailable`.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     fut: impl std::future::Future<Output = Result<T, RedisError>>,
 ) -> Result<T, QueueError> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
@@ -415,6 +415,11 @@ impl RedisQueue {
     /// The key prefix this queue uses.
     pub fn prefix(&self) -> &str {
         &self.keys.prefix
+    }
+
+    /// The queue's connection (shared by the history records kept next to it).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.con.clone()
     }
 
     /// Ends the lease behind `lease`; `LeaseLost` when its consumer no longer owns the entry.
