@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use ferry_replicator::config::Config;
 use ferry_replicator::ingest::harbor::HarborOptions;
+use ferry_replicator::ingest::poll::{PollMetrics, Poller};
 use ferry_replicator::ingest::{self, IngestState};
 use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
@@ -72,7 +73,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format, "info");
+    let _telemetry = init_logging(args.log_format, "info", "ferry-agent");
     block_on_exit(async {
         match run(args).await {
             Ok(()) => 0,
@@ -115,13 +116,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .count();
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
     let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let clients = Registries::from_config(&config)?;
+    let pollers = Poller::from_config(
+        &config,
+        &clients,
+        queue.clone(),
+        PollMetrics::register(&mut metrics_registry),
+    )?;
     let reconciler = if args.reconcile_interval > 0 {
-        let registries = Registries::from_config(&config)?;
+        let registries = &clients;
         let holder = format!("agent-{}", std::process::id());
         let metrics = ReconcileMetrics::register(&mut metrics_registry);
         Some(Reconciler::new(
             &config,
-            &registries,
+            registries,
             queue.clone(),
             &holder,
             metrics,
@@ -150,6 +158,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registries = %registries.join(","),
         authenticated,
         event_policies,
+        polled = %pollers.iter().map(|p| p.registry()).collect::<Vec<_>>().join(","),
         "ferry-agent serving webhooks"
     );
     if event_policies == 0 {
@@ -190,6 +199,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => std::future::pending::<()>().await,
         }
     };
+    let mut polling = tokio::task::JoinSet::new();
+    for p in pollers {
+        polling.spawn(p.run(reconcile_stop.clone()));
+    }
     tokio::select! {
         served = server => served.context("serving webhooks")?,
         () = reconcile => {}
@@ -199,6 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
     reconcile_stop.cancel();
+    while polling.join_next().await.is_some() {}
     tracing::info!("ferry-agent stopped");
     Ok(())
 }

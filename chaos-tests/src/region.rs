@@ -40,6 +40,8 @@ pub struct RegionOptions {
     pub policy: Map<String, Value>,
     /// Extra `ferry-agent` flags; replaces the default `--reconcile-interval 0`.
     pub agent_args: Vec<String>,
+    /// The agent polls registry `a`'s tags every so many seconds (`poll_interval_seconds`).
+    pub poll_source_seconds: Option<u64>,
 }
 
 impl Default for RegionOptions {
@@ -50,6 +52,7 @@ impl Default for RegionOptions {
             dest_log_level: "error",
             policy: Map::new(),
             agent_args: vec!["--reconcile-interval".into(), "0".into()],
+            poll_source_seconds: None,
         }
     }
 }
@@ -74,6 +77,13 @@ impl RegionOptions {
     /// Registry `b`'s log level.
     pub fn dest_log_level(mut self, level: &'static str) -> Self {
         self.dest_log_level = level;
+        self
+    }
+
+    /// The agent polls registry `a` every `seconds` instead of receiving its notifications.
+    pub fn polled_source(mut self, seconds: u64) -> Self {
+        self.poll_source_seconds = Some(seconds);
+        self.source_notifications = false;
         self
     }
 
@@ -161,7 +171,13 @@ impl Region {
         .context("starting registry b")?;
 
         let config = dir.path().join("ferry.json");
-        write_config(&config, &a.url(), &b.url(), &opts.policy)?;
+        write_config(
+            &config,
+            &a.url(),
+            &b.url(),
+            &opts.policy,
+            opts.poll_source_seconds,
+        )?;
         let token_file = dir.path().join("webhook-token");
         std::fs::write(&token_file, format!("{token}\n")).context("writing the token file")?;
 
@@ -338,6 +354,7 @@ pub fn write_config(
     a_url: &str,
     b_url: &str,
     policy_extra: &Map<String, Value>,
+    poll_a_seconds: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut policy = json!({
         "name": POLICY,
@@ -352,11 +369,12 @@ pub fn write_config(
     if let Some(p) = policy.as_object_mut() {
         p.extend(policy_extra.clone());
     }
+    let mut a = json!({"name": "a", "url": a_url, "insecure": true});
+    if let Some(seconds) = poll_a_seconds {
+        a["poll_interval_seconds"] = json!(seconds);
+    }
     let config = json!({
-        "registries": [
-            {"name": "a", "url": a_url, "insecure": true},
-            {"name": "b", "url": b_url, "insecure": true},
-        ],
+        "registries": [a, {"name": "b", "url": b_url, "insecure": true}],
         "policies": [policy],
     });
     std::fs::write(path, serde_json::to_vec_pretty(&config)?)

@@ -155,6 +155,62 @@ async fn push_scenario(region: &Region) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_without_webhooks_is_polled_for_pushes_and_deletes() {
+    let region = Region::start(RegionOptions::default().polled_source(1))
+        .await
+        .expect("starting the region");
+    check(polled_source_scenario(&region).await);
+}
+
+async fn polled_source_scenario(region: &Region) -> anyhow::Result<()> {
+    let _worker = region.start_worker(WorkerSpec::default()).await?;
+    let dir = fixtures();
+    let (a, b) = (region.a.host(), region.b.host());
+    // Let the first poll record its (empty) baseline, so the push below is a change it sees.
+    wait_for("the first poll pass", Duration::from_secs(10), || async {
+        region
+            .agent
+            .metric("ferry_poll_passes_total", &[("registry", "a")])
+            .await
+            >= 1.0
+    })
+    .await?;
+    let layers = [LayerSpec {
+        seed: 5001,
+        size: 256 * KIB,
+    }];
+    let (digest, pushed) = push(dir.path(), "p1", &layers, &a, "polled/app:v1").await?;
+    region
+        .wait_on_b("polled/app", "v1", &digest, Duration::from_secs(30))
+        .await?;
+    eprintln!(
+        "lag with a 1 s poll interval: push to a finished -> visible on b: {:?}",
+        pushed.elapsed()
+    );
+    anyhow::ensure!(oci::skopeo_digest(&b, "polled/app:v1").await? == digest);
+    let gets = region
+        .agent
+        .metric("ferry_poll_heads_total", &[("registry", "a")])
+        .await;
+    anyhow::ensure!(gets >= 1.0, "the poller's HEADs are counted: {gets}");
+
+    // A delete on a, seen by the poller, follows to b.
+    oci::delete_manifest(&a, "polled/app", &digest).await?;
+    wait_for(
+        "polled/app:v1 gone from b",
+        Duration::from_secs(30),
+        || async {
+            oci::manifest_digest(&b, "polled/app", "v1")
+                .await
+                .map(|d| d.is_none())
+                .unwrap_or(false)
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_follow_a_but_never_remove_newer_content_on_b() {
     let region = Region::start(RegionOptions::default())
         .await

@@ -10,6 +10,7 @@
 //! - [`event`] and [`queue`]: normalized registry events and the job queue contract (issue 3).
 //! - [`history`]: executions, tasks and live workers, for the admin API.
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
+//! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
 //!
 //! The invariant every module keeps: bytes are never re-serialized, so every manifest and blob
 //! arrives on the destination under the digest it had on the source, or the operation fails.
@@ -27,6 +28,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod runtime;
 pub mod sync;
+pub mod telemetry;
 pub mod throttle;
 pub mod transfer;
 pub mod worker;

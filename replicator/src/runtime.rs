@@ -1,11 +1,12 @@
-//! Process plumbing shared by Ferry's binaries (`ferry`, `ferry-agent`): logging setup, the
-//! shutdown signal, and connecting to the queue while Redis may still be starting.
+//! Process plumbing shared by Ferry's binaries (`ferry`, `ferry-agent`): logging (and OTLP trace)
+//! setup, the shutdown signal, and connecting to the queue while Redis may still be starting.
 //!
 //! Invariant: every long-running binary stops on SIGINT or SIGTERM through [`shutdown_signal`], and
 //! never waits on Redis longer than the caller allows.
 use std::time::{Duration, Instant};
 
 use crate::queue::{QueueError, RedisQueue, RetryPolicy};
+pub use crate::telemetry::Telemetry;
 
 /// Log line format on stderr (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,25 +15,46 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs to stderr; `FERRY_LOG` (an `EnvFilter` directive) overrides `default_level`.
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr; `FERRY_LOG` (an `EnvFilter` directive) overrides `default_level`. When
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, also exports spans by OTLP as `service_name` (unless
+/// `OTEL_SERVICE_NAME` says otherwise; see [`Telemetry::from_env`]); a bad OTel setting is logged
+/// as a warning and the process runs without export.
+///
+/// Keep the returned guard until the process exits: dropping it flushes the pending spans.
+pub fn init_logging(format: LogFormat, default_level: &str, service_name: &str) -> Telemetry {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let filter =
         EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    match format {
-        LogFormat::Text => builder
+    // The filter is the log layer's own: the trace layer exports spans whatever the log level.
+    let fmt = match format {
+        LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => builder
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
+            .with_filter(filter)
+            .boxed(),
+    };
+    let (telemetry, problem) = match Telemetry::from_env(service_name) {
+        Ok(telemetry) => (telemetry, None),
+        Err(problem) => (Telemetry::disabled(), Some(problem)),
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(telemetry.layer())
+        .init();
+    if let Some(problem) = problem {
+        tracing::warn!(error = %problem, "OpenTelemetry disabled: traces are not exported");
     }
+    telemetry
 }
 
 /// Runs `main` on a multi-threaded tokio runtime and returns its exit code; exit 2 when the

@@ -422,6 +422,10 @@ impl Worker {
     ) {
         let job = &lease.job;
         let span = tracing::info_span!("job", job_id = %job.id, policy = %job.policy, kind = ?job.kind, repository = %job.repository, reference = %job.reference, attempt = job.attempt + 1);
+        if let Some(traceparent) = &job.traceparent {
+            // Before the span is first entered: the job joins the trace of the event behind it.
+            crate::telemetry::set_parent(&span, traceparent);
+        }
         async {
             self.record(job, ExecutionState::Running, None, &[]).await;
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -10,40 +10,9 @@ use serde_json::json;
 
 const TOKEN: &str = "serve-test-token";
 
-/// Polls `f` until it is true or `timeout` passes.
-async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-async fn manifest_status(url: &str, repo: &str, reference: &str) -> u16 {
-    reqwest::Client::new()
-        .head(format!("{url}/v2/{repo}/manifests/{reference}"))
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_replicates_pushes_and_deletes_from_registry_notifications() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_local_addr();
     let src = Registry::start_with(RegistryOptions {
         notifications_url: Some(format!(
             "http://{listen}/v1/events/distribution?registry=src"
@@ -61,30 +30,7 @@ async fn serve_replicates_pushes_and_deletes_from_registry_notifications() {
         &dst.url(),
         json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}),
     );
-    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--reconcile-interval",
-            "0",
-        ])
-        .env("FERRY_WEBHOOK_TOKEN", TOKEN)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let up = eventually(Duration::from_secs(10), || async {
-        reqwest::get(format!("http://{listen}/healthz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    let log_tail = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
-    assert!(up, "ferry serve did not become healthy:\n{}", log_tail());
+    let mut serve = Serve::start(&cfg, &listen, TOKEN, &[], dir.path().join("serve.log")).await;
 
     let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
     let img = b
@@ -114,7 +60,7 @@ async fn serve_replicates_pushes_and_deletes_from_registry_notifications() {
     assert!(
         arrived,
         "the push did not reach the destination:\n{}",
-        log_tail()
+        serve.log()
     );
     eprintln!(
         "push → visible on the destination: {:?} (includes skopeo's push)",
@@ -140,19 +86,10 @@ async fn serve_replicates_pushes_and_deletes_from_registry_notifications() {
     assert!(
         gone,
         "the delete did not reach the destination:\n{}",
-        log_tail()
+        serve.log()
     );
 
     // SIGTERM: a clean exit.
-    let pid = serve.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(30), serve.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}\n{}", log_tail());
+    let status = serve.terminate().await;
+    assert!(status.success(), "{status}\n{}", serve.log());
 }

@@ -91,25 +91,6 @@ async fn drain(s: &Setup) {
     run.await.unwrap();
 }
 
-/// Pushes a fresh one-layer image built from `seed` to `host/target`; returns its digest.
-async fn push_image(dir: &std::path::Path, seed: u64, host: &str, target: &str) -> String {
-    let mut b = LayoutBuilder::new(&dir.join(format!("layout-{seed}"))).unwrap();
-    let m = b
-        .image(
-            "img",
-            &[LayerSpec {
-                seed,
-                size: 256 * 1024,
-            }],
-        )
-        .unwrap();
-    let layout = b.finish().unwrap();
-    skopeo::push_layout(&layout, "img", host, target)
-        .await
-        .unwrap();
-    m.digest
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_jobs_replicate_and_duplicates_move_bytes_once() {
     let s = setup(json!({"trigger": {"type": "event_based"}})).await;

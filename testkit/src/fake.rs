@@ -78,6 +78,9 @@ pub struct Behavior {
     pub transient_500s: u32,
     /// Answer `Location` headers with paths (`/v2/…`) instead of absolute URLs.
     pub relative_locations: bool,
+    /// Announce a request quota on every `/v2/` answer, Docker Hub style:
+    /// `RateLimit-Limit: <limit>;w=21600` and `RateLimit-Remaining: <remaining>;w=21600`.
+    pub rate_limit: Option<(u64, u64)>,
 }
 
 /// A running fake registry on a free loopback port. Dropping it shuts the
@@ -230,6 +233,14 @@ impl FakeRegistry {
         r.manifests
             .get(&digest)
             .map(|(mt, bytes)| (mt.clone(), bytes.to_vec()))
+    }
+
+    /// Removes a tag (its manifest stays, reachable by digest); false if it did not exist.
+    pub fn remove_tag(&self, repo: &str, tag: &str) -> bool {
+        self.lock()
+            .repos
+            .get_mut(repo)
+            .is_some_and(|r| r.tags.remove(tag).is_some())
     }
 
     /// The tags of `repo`, sorted (empty for an unknown repo).
@@ -480,6 +491,14 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
         ),
     };
     insert(&mut resp, "docker-distribution-api-version", "registry/2.0");
+    if let Some((limit, remaining)) = inner.behavior.rate_limit {
+        insert(&mut resp, "ratelimit-limit", &format!("{limit};w=21600"));
+        insert(
+            &mut resp,
+            "ratelimit-remaining",
+            &format!("{remaining};w=21600"),
+        );
+    }
     resp
 }
 

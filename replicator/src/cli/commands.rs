@@ -9,6 +9,7 @@ use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
 use ferry_replicator::ingest::metrics::IngestMetrics;
+use ferry_replicator::ingest::poll::{PollMetrics, Poller};
 use ferry_replicator::ingest::IngestState;
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
@@ -404,6 +405,12 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let pollers = Poller::from_config(
+        &config,
+        &registries,
+        queue.clone(),
+        PollMetrics::register(&mut registry),
+    )?;
     let worker = Arc::new(
         Worker::new(
             &config,
@@ -448,6 +455,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             Duration::from_secs(args.reconcile_interval),
         );
         tasks.spawn(async move { r.run(every, stop).await });
+    }
+    for p in pollers {
+        tasks.spawn(p.run(shutdown.clone()));
     }
     tracing::info!(
         queue = if args.redis.is_some() {

@@ -184,7 +184,12 @@ pub enum PolicyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet_logs = matches!(&cli.command, Command::Sync(a) if progress::use_bars(a.progress));
-    init_logging(cli.log_format, if quiet_logs { "warn" } else { "info" });
+    // Kept until exit: dropping it flushes the spans not yet exported.
+    let _telemetry = init_logging(
+        cli.log_format,
+        if quiet_logs { "warn" } else { "info" },
+        "ferry",
+    );
     block_on_exit(async {
         match cli.command {
             Command::Sync(args) => commands::sync(args).await,

@@ -50,6 +50,11 @@ pub struct RegistryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub chunk_size: Option<u64>,
+    /// Poll this registry's tags every so many seconds (HEAD requests only) and turn changes into
+    /// events, for registries that cannot send webhooks. Absent = webhooks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub poll_interval_seconds: Option<u64>,
 }
 
 /// How to authenticate. Secrets are never inline: they come from env vars, files, or a

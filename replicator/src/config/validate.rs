@@ -287,6 +287,7 @@ fn check_registry(registry: &RegistryConfig, path: &str, problems: &mut Vec<Prob
         ("concurrency", registry.concurrency.map(|c| c as u64)),
         ("chunk_threshold", registry.chunk_threshold),
         ("chunk_size", registry.chunk_size),
+        ("poll_interval_seconds", registry.poll_interval_seconds),
     ] {
         if value == Some(0) {
             problems.push(
@@ -1077,6 +1078,7 @@ mod tests {
             concurrency: Some(0),
             chunk_threshold: None,
             chunk_size: Some(0),
+            poll_interval_seconds: None,
         });
         let got: Vec<String> = config.validate().into_iter().map(|p| p.path).collect();
         assert_eq!(
@@ -1294,6 +1296,7 @@ mod tests {
             concurrency: None,
             chunk_threshold: None,
             chunk_size: None,
+            poll_interval_seconds: None,
         }
     }
 

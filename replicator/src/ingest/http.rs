@@ -42,6 +42,10 @@
 //! the registry restarts or the agent accepts it. That is why ignored events are validated only as
 //! far as needed to ignore them.
 //!
+//! # Tracing
+//! Each request runs in a `webhook` span (a child of the request's `traceparent` header, if any);
+//! every job it enqueues carries that span's W3C trace context ([`crate::telemetry`]).
+//!
 //! # Invariants
 //! An [`IngestState`] cannot be built without a token unless unauthenticated access was asked for
 //! explicitly; no request body makes a handler panic; no secret is ever logged.
@@ -59,6 +63,7 @@ use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use tracing::Instrument as _;
 
 use super::harbor::HarborOptions;
 use super::matcher::{Matcher, MatcherError};
@@ -352,7 +357,19 @@ async fn webhook(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let (status, body, extra_headers) = match handle(state, endpoint, query, headers, body).await {
+    // One span per request: its trace context is what the jobs carry to the workers.
+    let span = tracing::info_span!(
+        "webhook",
+        endpoint = endpoint.label(),
+        status = tracing::field::Empty
+    );
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        crate::telemetry::set_parent(&span, traceparent);
+    }
+    let handled = handle(state, endpoint, query, headers, body)
+        .instrument(span.clone())
+        .await;
+    let (status, body, extra_headers) = match handled {
         Ok(summary) => (StatusCode::OK, summary, None),
         Err(reject) => {
             let www_authenticate = (reject.status == StatusCode::UNAUTHORIZED)
@@ -360,6 +377,7 @@ async fn webhook(
             (reject.status, reject.body, www_authenticate)
         }
     };
+    span.record("status", status.as_u16());
     state
         .inner
         .metrics
@@ -522,6 +540,7 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         metrics.event(registry, ignored.kind, ignored.reason.as_str());
     }
     let (mut jobs, mut enqueued, mut collapsed) = (0u64, 0u64, 0u64);
+    let traceparent = crate::telemetry::current_traceparent();
     for event in &batch.events {
         let kind = match event.kind {
             EventKind::Push => "push",
@@ -543,6 +562,7 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         for mut job in matched {
             jobs += 1;
             job.id = new_job_id();
+            job.traceparent.clone_from(&traceparent);
             let job_id = job.id.clone();
             let policy = job.policy.clone();
             match inner.queue.enqueue(job).await {

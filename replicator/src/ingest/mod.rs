@@ -12,6 +12,7 @@
 //! - [`http`]: the axum router (`POST /v1/events/{distribution,harbor}`, `/healthz`, `/metrics`):
 //!   bearer-token auth, body limit, content-type check, and the delivery rule below.
 //! - [`metrics`]: the Prometheus metrics the router exports.
+//! - [`poll`]: the tag poller, the same events for registries that cannot send webhooks.
 //!
 //! # Invariants
 //! - **Answer 2xx only after every job of a batch is durably enqueued.** The registry's notifier
@@ -28,6 +29,7 @@ pub mod http;
 mod json;
 pub mod matcher;
 pub mod metrics;
+pub mod poll;
 mod rfc3339;
 
 pub use http::{router, IngestState, IngestStateBuilder, SetupError};

@@ -85,6 +85,29 @@ pub struct RegistryClient {
     /// Whether the registry implements the OCI 1.1 referrers API, once learned (it never changes
     /// while the process runs), so later lookups skip the probe.
     referrers_api: std::sync::OnceLock<bool>,
+    /// The last `RateLimit-Limit`/`RateLimit-Remaining` the registry announced.
+    rate_limit: std::sync::Mutex<Option<RateLimit>>,
+}
+
+/// A registry's announced request quota (Docker Hub: `RateLimit-Remaining: 76;w=21600`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: Option<u64>,
+    pub remaining: u64,
+}
+
+impl RateLimit {
+    /// From response headers; `None` when the registry sends no (readable) `RateLimit-Remaining`.
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<RateLimit> {
+        let count = |name: &str| {
+            let v = headers.get(name)?.to_str().ok()?;
+            v.split(';').next()?.trim().parse::<u64>().ok()
+        };
+        Some(RateLimit {
+            remaining: count("ratelimit-remaining")?,
+            limit: count("ratelimit-limit"),
+        })
+    }
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -150,7 +173,13 @@ impl RegistryClient {
             chunk_size: cfg.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(64 * 1024),
             chunk_threshold: cfg.chunk_threshold,
             referrers_api: std::sync::OnceLock::new(),
+            rate_limit: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The request quota the registry announced last, if it announces one.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The registry's name in the config file.
@@ -388,6 +417,9 @@ impl RegistryClient {
                 Err(e) => return Err(self.transport(&url, e)),
             };
             let status = resp.status();
+            if let Some(limit) = RateLimit::from_headers(resp.headers()) {
+                *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some(limit);
+            }
             tracing::trace!(registry = %self.name, method = %method, url = %redact(&url), status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "registry request");
             if status == StatusCode::UNAUTHORIZED
                 && auth_retries < 2
@@ -609,6 +641,39 @@ impl RegistryClient {
                     media_type: m.media_type,
                 }))
             }
+        }
+    }
+
+    /// The digest `repository:reference` resolves to, by `HEAD` only (never a `GET`, which some
+    /// registries count against pull limits): `Ok(None)` when it does not exist, an error when the
+    /// registry does not send `Docker-Content-Digest`.
+    pub async fn head_digest(&self, repository: &str, reference: &str) -> Result<Option<Digest>> {
+        let (url, resp) = self
+            .request(
+                Method::HEAD,
+                &Self::manifest_path(repository, reference),
+                &Scope::pull(repository),
+                Self::accept_headers(),
+                Body::Empty,
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.status_error(&Method::HEAD, &url, resp).await);
+        }
+        match header_str(resp.headers(), "docker-content-digest")
+            .as_deref()
+            .and_then(digest::parse)
+        {
+            Some(d) => Ok(Some(d)),
+            None => Err(RegistryError::InvalidResponse {
+                registry: self.name.clone(),
+                url: redact(&url),
+                message: "HEAD of a manifest answered without a valid Docker-Content-Digest header"
+                    .into(),
+            }),
         }
     }
 

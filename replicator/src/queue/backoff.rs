@@ -1,7 +1,14 @@
-//! Retry delays: capped exponential backoff with "equal jitter".
+//! Retry delays: capped exponential backoff with "equal jitter", computed by [`backon`].
 //!
 //! After the `n`-th failed attempt (`n >= 1`) the ceiling is `min(max, base * 2^(n-1))` and the
 //! delay is drawn uniformly from `[ceiling / 2, ceiling]`.
+//!
+//! `backon` (the maintained successor of the unmaintained `backoff` crate, RUSTSEC-2025-0012)
+//! yields delays `d` growing from `min_delay` by `factor` up to `max_delay`, and with jitter
+//! `d + rand[0, 1) * d`. Asking it for `min_delay = base / 2` and `max_delay = max / 2` gives
+//! exactly the range above; the `n`-th delay of its iterator is the delay after attempt `n`.
+//! Jobs are retried by the queue at a stored time (`next_try_at_ms`), not by a retry loop around
+//! a future, so only backon's delay schedule is used, not its `Retryable` driver.
 //!
 //! # Invariants
 //! - never more than `policy.max` (nor less than half of it once the cap is reached);
@@ -9,16 +16,19 @@
 //!   delays never shrink from one attempt to the next;
 //! - jitter spreads the retries of jobs that failed together (a registry outage) instead of
 //!   hammering the registry in lockstep;
-//! - no overflow for any attempt number or policy (saturates at `max`).
+//! - no overflow or panic for any attempt number or policy (saturates at `max`).
 //!
-//! A pure function of its inputs and the random source, so both backends compute retry times the
-//! same way and tests can seed the randomness.
+//! A pure function of its inputs and the seed, so both backends compute retry times the same way
+//! and tests can seed the randomness.
 
 use std::time::Duration;
 
-use rand::Rng;
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::RetryPolicy;
+
+/// Beyond this many doublings every delay is capped anyway (`base * 2^64` exceeds any `Duration`).
+const MAX_STEPS: u32 = 64;
 
 /// The ceiling for the delay after failed attempt `attempt` (1-based): `min(max, base * 2^(attempt-1))`.
 pub fn ceiling(policy: &RetryPolicy, attempt: u32) -> Duration {
@@ -31,28 +41,31 @@ pub fn ceiling(policy: &RetryPolicy, attempt: u32) -> Duration {
     grown.min(policy.max)
 }
 
-/// The delay before the next try after failed attempt `attempt` (1-based), drawn from `rng`.
-pub fn delay_with<R: Rng + ?Sized>(policy: &RetryPolicy, attempt: u32, rng: &mut R) -> Duration {
-    let ceiling = ceiling(policy, attempt);
-    let half = ceiling / 2;
-    let spread = ceiling - half;
-    // Nanosecond resolution is pointless here and u64 nanos overflow after ~584 years: jitter in
-    // microseconds, saturating.
-    let spread_us = u64::try_from(spread.as_micros()).unwrap_or(u64::MAX);
-    let jitter = Duration::from_micros(rng.random_range(0..=spread_us));
-    half.saturating_add(jitter).min(ceiling)
+/// The delay before the next try after failed attempt `attempt` (1-based), jittered from `seed`.
+pub fn delay_seeded(policy: &RetryPolicy, attempt: u32, seed: u64) -> Duration {
+    let base = policy.base.min(policy.max);
+    let mut delays = ExponentialBuilder::new()
+        .with_min_delay(base / 2)
+        .with_max_delay(policy.max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_jitter_seed(seed)
+        .without_max_times()
+        .build();
+    let steps = attempt.clamp(1, MAX_STEPS);
+    delays
+        .nth(steps as usize - 1)
+        .unwrap_or(policy.max)
+        .min(ceiling(policy, attempt))
 }
 
-/// [`delay_with`] using the thread-local random generator.
+/// [`delay_seeded`] with a random seed.
 pub fn delay(policy: &RetryPolicy, attempt: u32) -> Duration {
-    delay_with(policy, attempt, &mut rand::rng())
+    delay_seeded(policy, attempt, rand::random())
 }
 
 #[cfg(test)]
 mod tests {
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
-
     use super::*;
 
     fn policy(base_ms: u64, max_ms: u64) -> RetryPolicy {
@@ -75,12 +88,11 @@ mod tests {
     #[test]
     fn delays_stay_within_bounds_and_never_shrink() {
         let p = policy(50, 200);
-        let mut rng = StdRng::seed_from_u64(7);
         let mut prev_max = Duration::ZERO;
         for attempt in 1..=40 {
             let c = ceiling(&p, attempt);
-            let samples: Vec<Duration> = (0..500)
-                .map(|_| delay_with(&p, attempt, &mut rng))
+            let samples: Vec<Duration> = (0..500u64)
+                .map(|seed| delay_seeded(&p, attempt, seed))
                 .collect();
             let lo = *samples.iter().min().unwrap();
             let hi = *samples.iter().max().unwrap();
@@ -104,9 +116,8 @@ mod tests {
     #[test]
     fn delays_are_jittered() {
         let p = policy(1_000, 60_000);
-        let mut rng = StdRng::seed_from_u64(1);
         let samples: std::collections::BTreeSet<Duration> =
-            (0..100).map(|_| delay_with(&p, 3, &mut rng)).collect();
+            (0..100u64).map(|seed| delay_seeded(&p, 3, seed)).collect();
         assert!(samples.len() > 50, "only {} distinct delays", samples.len());
         // The unseeded convenience function stays in bounds too.
         let d = delay(&p, 3);
@@ -117,21 +128,26 @@ mod tests {
     }
 
     #[test]
+    fn the_same_seed_gives_the_same_delay() {
+        let p = policy(100, 10_000);
+        assert_eq!(delay_seeded(&p, 4, 9), delay_seeded(&p, 4, 9));
+    }
+
+    #[test]
     fn extreme_policies_do_not_overflow() {
         let huge = RetryPolicy {
             max_attempts: u32::MAX,
             base: Duration::MAX,
             max: Duration::MAX,
         };
-        let mut rng = StdRng::seed_from_u64(3);
         for attempt in [0, 1, 2, 64, 1_000, u32::MAX] {
-            let d = delay_with(&huge, attempt, &mut rng);
+            let d = delay_seeded(&huge, attempt, 3);
             assert!(d >= Duration::MAX / 2 - Duration::from_secs(1));
         }
         let zero = policy(0, 0);
-        assert_eq!(delay_with(&zero, 5, &mut rng), Duration::ZERO);
+        assert_eq!(delay_seeded(&zero, 5, 3), Duration::ZERO);
         // base above max: capped from the first attempt.
         let inverted = policy(10_000, 100);
-        assert!(delay_with(&inverted, 1, &mut rng) <= Duration::from_millis(100));
+        assert!(delay_seeded(&inverted, 1, 3) <= Duration::from_millis(100));
     }
 }

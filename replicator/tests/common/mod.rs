@@ -2,6 +2,7 @@
 //! the real `ferry` binary, and a standard corpus of OCI fixtures.
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ferry_testkit::{Blob, LayerSpec, LayoutBuilder};
 use serde_json::{json, Value};
@@ -292,4 +293,126 @@ pub async fn raw_digest(host: &str, reference: &str) -> String {
         .await
         .expect("inspect");
     ferry_testkit::sha256_digest(&bytes)
+}
+
+/// Pushes a fresh one-layer image (256 KiB layer) built from `seed` to `host/target` with skopeo;
+/// returns its manifest digest.
+pub async fn push_image(dir: &Path, seed: u64, host: &str, target: &str) -> String {
+    let mut b = LayoutBuilder::new(&dir.join(format!("layout-{seed}"))).unwrap();
+    let m = b
+        .image(
+            "img",
+            &[LayerSpec {
+                seed,
+                size: 256 * 1024,
+            }],
+        )
+        .unwrap();
+    let layout = b.finish().unwrap();
+    ferry_testkit::skopeo::push_layout(&layout, "img", host, target)
+        .await
+        .unwrap();
+    m.digest
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Status of a `HEAD` on a manifest (0 when the registry does not answer).
+pub async fn manifest_status(url: &str, repo: &str, reference: &str) -> u16 {
+    reqwest::Client::new()
+        .head(format!("{url}/v2/{repo}/manifests/{reference}"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// A `127.0.0.1:<port>` address that is free now (for a server that must be named before it
+/// starts, e.g. in a registry's notification config).
+pub fn free_local_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local addr")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A running `ferry serve` (in-process queue, no safety net) whose stderr goes to a log file.
+pub struct Serve {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Serve {
+    /// Starts `ferry serve` on `listen` with webhook token `token` and extra environment `env`,
+    /// logging to `log`, and waits until `/healthz` answers.
+    pub async fn start(
+        config: &Path,
+        listen: &str,
+        token: &str,
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Serve {
+        let stderr = std::fs::File::create(&log).expect("create the serve log");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "serve",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--listen",
+                listen,
+                "--reconcile-interval",
+                "0",
+            ])
+            .env("FERRY_WEBHOOK_TOKEN", token)
+            .envs(env.iter().copied())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start ferry serve");
+        let serve = Serve { child, log };
+        let up = eventually(Duration::from_secs(10), || async {
+            reqwest::get(format!("http://{listen}/healthz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "ferry serve did not become healthy:\n{}", serve.log());
+        serve
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and returns the exit status (it must exit within 30 s).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running").to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill")
+            .success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("wait for ferry serve")
+    }
 }

@@ -1,0 +1,602 @@
+//! The tag poller: events for source registries that cannot send webhooks (Docker Hub, cloud
+//! registries, anything the agent cannot reach it from).
+//!
+//! Every `poll_interval_seconds` (a registry setting) a pass lists the repositories the
+//! registry's event-based policies cover and their tags, resolves each covered tag's digest with
+//! a **`HEAD`** (never a `GET`: registries like Docker Hub count manifest GETs against pull
+//! limits), and compares with what the previous pass saw. A new or moved tag becomes a push
+//! [`Event`], a vanished tag a delete event carrying the digest it last had. Events then take the
+//! webhook path: [`Matcher`] → one job per policy → the queue.
+//!
+//! # Invariants
+//! - **Nothing is lost**: a tag's new state is remembered only after its jobs are durably
+//!   enqueued; if the queue is unavailable the pass stops and the next pass sees the change again.
+//! - **No invented deletes**: a tag counts as deleted only when its repository's tag list was read
+//!   successfully without it (or the repository is reported unknown). Listing or HEAD errors never
+//!   produce deletes.
+//! - **Rate-limit aware**: HEADs run at most `concurrency` at a time; when the registry announces
+//!   `RateLimit-Remaining` at or below the reserve, the pass stops early (the rest of the quota is
+//!   left to the workers' copies), and a `429` that outlasts the client's retries ends the pass;
+//!   both are retried next interval.
+//! - The first pass after start only records the current state (a baseline): what changed while
+//!   the agent was down is repaired by the safety-net reconciliation that runs at start.
+//! - Repositories come from the catalog, except for policies whose `name` filter is a plain name
+//!   or one `{a,b}` alternation of names (`library/{nginx,redis}`): those are polled by name, so
+//!   registries without a catalog API (Docker Hub) work.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::matcher::Matcher;
+use crate::config::Config;
+use crate::event::{now_ms, Event, EventKind};
+use crate::oci::{RegistryClient, RegistryError};
+use crate::policy::{Decoration, FilterKind, Policy, Selector, TriggerKind};
+use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
+use crate::sync::{is_referrer_tag, Registries, SyncError};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    registry: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    registry: String,
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabel {
+    registry: String,
+}
+
+/// `ferry_poll_passes_total{registry,outcome}`, `ferry_poll_events_total{registry,kind,outcome}`
+/// and `ferry_poll_heads_total{registry}` (the poller's share of a registry's request quota).
+#[derive(Debug, Clone, Default)]
+pub struct PollMetrics {
+    passes: Family<PassLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    heads: Family<RegistryLabel, Counter>,
+}
+
+impl PollMetrics {
+    pub fn register(registry: &mut Registry) -> PollMetrics {
+        let m = PollMetrics::default();
+        registry.register(
+            "ferry_poll_passes",
+            "Tag poller passes, by registry and outcome (ok, rate_limited, registry_error, queue_error)",
+            m.passes.clone(),
+        );
+        registry.register(
+            "ferry_poll_events",
+            "Changes the tag poller found, by registry, kind and outcome (matched, unmatched, queue_unavailable)",
+            m.events.clone(),
+        );
+        registry.register(
+            "ferry_poll_heads",
+            "Manifest HEAD requests the tag poller sent",
+            m.heads.clone(),
+        );
+        m
+    }
+
+    fn pass(&self, registry: &str, outcome: &str) {
+        self.passes
+            .get_or_create(&PassLabels {
+                registry: registry.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+}
+
+/// Knobs of one registry's poller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PollOptions {
+    pub interval: Duration,
+    /// HEAD requests in flight at once.
+    pub concurrency: usize,
+    /// Stop a pass when the announced remaining quota falls to this fraction of the limit (or to
+    /// this many requests when no limit is announced, times 100).
+    pub reserve: f64,
+}
+
+impl PollOptions {
+    pub fn every(interval: Duration) -> PollOptions {
+        PollOptions {
+            interval,
+            concurrency: 4,
+            reserve: 0.1,
+        }
+    }
+}
+
+/// What one pass saw and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub repositories: usize,
+    pub tags: usize,
+    pub heads: usize,
+    pub pushes: usize,
+    pub deletes: usize,
+    pub enqueued: usize,
+    pub collapsed: usize,
+    /// True for the first pass, which only records the current state.
+    pub baseline: bool,
+    /// The pass stopped early because the registry's quota is nearly used up.
+    pub rate_limited: bool,
+}
+
+/// Why a pass stopped; the state seen so far is kept and the next pass continues.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("registry {registry}: {source}")]
+    Registry {
+        registry: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("cannot enqueue the jobs of a polled change (it is picked up again next pass): {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// A policy's view of the polled registry.
+struct Covered {
+    policy: Policy,
+    selector: Selector,
+    /// Literal repository names when every `name` filter is one; `None` = use the catalog.
+    literal_repositories: Option<Vec<String>>,
+}
+
+/// Polls one source registry.
+pub struct Poller {
+    registry: String,
+    client: Arc<RegistryClient>,
+    covered: Vec<Covered>,
+    matcher: Matcher,
+    queue: Arc<dyn JobQueue>,
+    metrics: PollMetrics,
+    opts: PollOptions,
+    /// Repository → tag → digest, as of the last pass.
+    seen: HashMap<String, BTreeMap<String, String>>,
+    baseline_done: bool,
+}
+
+impl Poller {
+    /// Pollers for every registry with `poll_interval_seconds` that is the source of an enabled
+    /// event-based policy. No network I/O.
+    pub fn from_config(
+        config: &Config,
+        registries: &Registries,
+        queue: Arc<dyn JobQueue>,
+        metrics: PollMetrics,
+    ) -> Result<Vec<Poller>, SyncError> {
+        let matcher = Matcher::new(config).map_err(|e| SyncError::Policy {
+            policy: e.policy.clone(),
+            message: e.source.to_string(),
+        })?;
+        let mut pollers = Vec::new();
+        for r in &config.registries {
+            let Some(secs) = r.poll_interval_seconds else {
+                continue;
+            };
+            let mut covered = Vec::new();
+            for p in config.policies.iter().filter(|p| {
+                p.enabled
+                    && p.trigger.kind == TriggerKind::EventBased
+                    && p.src_registry.name == r.name
+            }) {
+                let selector = Selector::new(p).map_err(|e| SyncError::Policy {
+                    policy: p.name.clone(),
+                    message: e.to_string(),
+                })?;
+                covered.push(Covered {
+                    literal_repositories: literal_repositories(p),
+                    policy: p.clone(),
+                    selector,
+                });
+            }
+            if covered.is_empty() {
+                tracing::warn!(registry = %r.name, "poll_interval_seconds is set but no enabled event_based policy has this registry as its source; not polling it");
+                continue;
+            }
+            pollers.push(Poller {
+                registry: r.name.clone(),
+                client: registries.get(&covered[0].policy.name, &r.name)?,
+                covered,
+                matcher: matcher.clone(),
+                queue: queue.clone(),
+                metrics: metrics.clone(),
+                opts: PollOptions::every(Duration::from_secs(secs.max(1))),
+                seen: HashMap::new(),
+                baseline_done: false,
+            });
+        }
+        Ok(pollers)
+    }
+
+    /// Changes the options (tests poll faster than a config can say).
+    pub fn with_options(mut self, opts: PollOptions) -> Poller {
+        self.opts = opts;
+        self
+    }
+
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// Polls until `shutdown`: a pass now, then one every interval (longer after a 429 that
+    /// named a later time).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(registry = %self.registry, interval_s = self.opts.interval.as_secs_f64(), "polling tags");
+        loop {
+            let pass = tokio::select! {
+                p = self.pass() => p,
+                _ = shutdown.cancelled() => return,
+            };
+            let mut wait = self.opts.interval;
+            let outcome = match &pass {
+                Ok(r) if r.rate_limited => "rate_limited",
+                Ok(_) => "ok",
+                Err(PollError::Registry { .. }) => "registry_error",
+                Err(PollError::Queue(_)) => "queue_error",
+            };
+            self.metrics.pass(&self.registry, outcome);
+            match pass {
+                Ok(r) if r.pushes + r.deletes > 0 => tracing::info!(
+                    registry = %self.registry, pushes = r.pushes, deletes = r.deletes,
+                    enqueued = r.enqueued, collapsed = r.collapsed, "poll found changes"
+                ),
+                Ok(r) if r.rate_limited => tracing::warn!(
+                    registry = %self.registry, heads = r.heads,
+                    "poll stopped early: the registry's rate limit is nearly used up"
+                ),
+                Ok(r) => {
+                    tracing::debug!(registry = %self.registry, tags = r.tags, heads = r.heads, baseline = r.baseline, "poll: no change")
+                }
+                Err(e) => {
+                    if let PollError::Registry {
+                        source:
+                            RegistryError::RateLimited {
+                                retry_after: Some(d),
+                                ..
+                            },
+                        ..
+                    } = &e
+                    {
+                        wait = wait.max(*d);
+                    }
+                    tracing::warn!(registry = %self.registry, error = %e, retry_in_s = wait.as_secs_f64(), "poll failed");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {},
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One pass: list, HEAD, compare, enqueue.
+    pub async fn pass(&mut self) -> Result<PassReport, PollError> {
+        let mut report = PassReport {
+            baseline: !self.baseline_done,
+            ..Default::default()
+        };
+        let registry_err = |source| PollError::Registry {
+            registry: self.registry.clone(),
+            source,
+        };
+        // Repository → tags worth a HEAD (covered by some policy, or a referrer tag).
+        let mut wanted: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+        for repo in self.repositories().await.map_err(registry_err)? {
+            let tags = match self.client.list_tags(&repo).await {
+                Ok(tags) => Some(
+                    tags.into_iter()
+                        .filter(|t| self.covers_tag(&repo, t))
+                        .collect(),
+                ),
+                // The repository is gone: every tag it had is deleted.
+                Err(e) if e.is_not_found() => None,
+                Err(e) => {
+                    tracing::warn!(registry = %self.registry, repository = %repo, error = %e, "cannot list tags; skipping this repository this pass");
+                    continue;
+                }
+            };
+            wanted.insert(repo, tags);
+        }
+        report.repositories = wanted.len();
+        for (repo, tags) in wanted {
+            let tags = tags.unwrap_or_default();
+            report.tags += tags.len();
+            let mut current: BTreeMap<String, String> = BTreeMap::new();
+            let heads: Vec<(String, Result<Option<String>, RegistryError>)> =
+                stream::iter(tags.iter().cloned())
+                    .map(|tag| {
+                        let (client, repo) = (&self.client, &repo);
+                        async move {
+                            let d = client
+                                .head_digest(repo, &tag)
+                                .await
+                                .map(|d| d.map(|d| d.to_string()));
+                            (tag, d)
+                        }
+                    })
+                    .buffer_unordered(self.opts.concurrency.max(1))
+                    .collect()
+                    .await;
+            report.heads += heads.len();
+            self.metrics
+                .heads
+                .get_or_create(&RegistryLabel {
+                    registry: self.registry.clone(),
+                })
+                .inc_by(heads.len() as u64);
+            let mut complete = true;
+            for (tag, head) in heads {
+                match head {
+                    Ok(Some(d)) => {
+                        current.insert(tag, d);
+                    }
+                    // Deleted between the listing and the HEAD: the next listing confirms it.
+                    Ok(None) => complete = false,
+                    Err(e @ RegistryError::RateLimited { .. }) => return Err(registry_err(e)),
+                    Err(e) => {
+                        complete = false;
+                        tracing::warn!(registry = %self.registry, repository = %repo, tag = %tag, error = %e, "cannot HEAD tag; checking it again next pass");
+                        // Keep the last known digest: not seen is not deleted.
+                        if let Some(old) = self.seen.get(&repo).and_then(|m| m.get(&tag)) {
+                            current.insert(tag, old.clone());
+                        }
+                    }
+                }
+            }
+            if !complete {
+                // Tags we could not check keep their old state (no delete event for them).
+                if let Some(old) = self.seen.get(&repo) {
+                    for (tag, d) in old {
+                        if tags.contains(tag) {
+                            current.entry(tag.clone()).or_insert_with(|| d.clone());
+                        }
+                    }
+                }
+            }
+            let events = if self.baseline_done {
+                self.changes(&repo, &current)
+            } else {
+                Vec::new()
+            };
+            for event in &events {
+                match event.kind {
+                    EventKind::Push => report.pushes += 1,
+                    EventKind::Delete => report.deletes += 1,
+                }
+                self.enqueue(event, &mut report).await?;
+            }
+            if current.is_empty() {
+                self.seen.remove(&repo);
+            } else {
+                self.seen.insert(repo.clone(), current);
+            }
+            if self.quota_low() {
+                report.rate_limited = true;
+                break;
+            }
+        }
+        self.baseline_done = true;
+        Ok(report)
+    }
+
+    /// Repositories to poll: the literal names of policies that have them, the catalog (filtered
+    /// by the policies' selectors) for the others.
+    async fn repositories(&self) -> Result<BTreeSet<String>, RegistryError> {
+        let mut repos = BTreeSet::new();
+        let mut need_catalog = false;
+        for c in &self.covered {
+            match &c.literal_repositories {
+                Some(names) => repos.extend(names.iter().cloned()),
+                None => need_catalog = true,
+            }
+        }
+        if need_catalog {
+            for r in self.client.catalog().await? {
+                if self
+                    .covered
+                    .iter()
+                    .any(|c| c.literal_repositories.is_none() && c.selector.matches_repository(&r))
+                {
+                    repos.insert(r);
+                }
+            }
+        }
+        Ok(repos)
+    }
+
+    fn covers_tag(&self, repo: &str, tag: &str) -> bool {
+        is_referrer_tag(tag)
+            || self
+                .covered
+                .iter()
+                .any(|c| c.selector.matches_repository(repo) && c.selector.matches_tag(tag))
+    }
+
+    /// Events that turn the remembered state of `repo` into `current`.
+    fn changes(&self, repo: &str, current: &BTreeMap<String, String>) -> Vec<Event> {
+        let empty = BTreeMap::new();
+        let old = self.seen.get(repo).unwrap_or(&empty);
+        let now = now_ms();
+        let event = |kind, tag: &str, digest: &str| Event {
+            id: format!(
+                "poll:{}:{repo}:{tag}:{digest}:{}",
+                self.registry,
+                kind_name(kind)
+            ),
+            registry: self.registry.clone(),
+            repository: repo.to_string(),
+            tag: Some(tag.to_string()),
+            digest: Some(digest.to_string()),
+            media_type: None,
+            kind,
+            occurred_at_ms: now,
+            request_id: None,
+        };
+        let mut events = Vec::new();
+        for (tag, digest) in current {
+            if old.get(tag) != Some(digest) {
+                events.push(event(EventKind::Push, tag, digest));
+            }
+        }
+        for (tag, digest) in old {
+            if !current.contains_key(tag) {
+                events.push(event(EventKind::Delete, tag, digest));
+            }
+        }
+        events
+    }
+
+    async fn enqueue(&self, event: &Event, report: &mut PassReport) -> Result<(), QueueError> {
+        let kind = kind_name(event.kind);
+        let jobs = self.matcher.jobs(event);
+        if jobs.is_empty() {
+            self.count(kind, "unmatched");
+            return Ok(());
+        }
+        for job in jobs {
+            match self.queue.enqueue(job).await {
+                Ok(EnqueueOutcome::Enqueued) => report.enqueued += 1,
+                Ok(EnqueueOutcome::Collapsed) => report.collapsed += 1,
+                Err(e) => {
+                    self.count(kind, "queue_unavailable");
+                    return Err(e);
+                }
+            }
+        }
+        self.count(kind, "matched");
+        Ok(())
+    }
+
+    fn count(&self, kind: &str, outcome: &str) {
+        self.metrics
+            .events
+            .get_or_create(&EventLabels {
+                registry: self.registry.clone(),
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// True when the registry announced a remaining quota at or below the reserve.
+    fn quota_low(&self) -> bool {
+        let Some(limit) = self.client.rate_limit() else {
+            return false;
+        };
+        let reserve = match limit.limit {
+            Some(l) => (l as f64 * self.opts.reserve).ceil() as u64,
+            None => (self.opts.reserve * 100.0).ceil() as u64,
+        };
+        limit.remaining <= reserve
+    }
+}
+
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Push => "push",
+        EventKind::Delete => "delete",
+    }
+}
+
+/// The repository names a policy's one `name` filter allows when it is a plain name or a single
+/// `{a,b,…}` alternation of plain names (`library/{nginx,redis}`); `None` when the catalog must be
+/// listed (globs, excludes, several name filters, no name filter).
+fn literal_repositories(policy: &Policy) -> Option<Vec<String>> {
+    let names: Vec<_> = policy
+        .filters
+        .iter()
+        .filter(|f| f.kind == FilterKind::Name)
+        .collect();
+    let [f] = names.as_slice() else {
+        return None;
+    };
+    if f.decoration == Decoration::Excludes {
+        return None;
+    }
+    let glob = |v: &str| v.contains(['*', '?', '[', ']', '{', '}', ',', '\\']);
+    let v = f.value.as_str();
+    let Some((prefix, rest)) = v.split_once('{') else {
+        return (!glob(v)).then(|| vec![v.to_string()]);
+    };
+    let (alternatives, suffix) = rest.split_once('}')?;
+    if glob(prefix) || glob(suffix) {
+        return None;
+    }
+    alternatives
+        .split(',')
+        .map(|a| (!a.is_empty() && !glob(a)).then(|| format!("{prefix}{a}{suffix}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(filters: serde_json::Value) -> Policy {
+        serde_json::from_value(json!({
+            "name": "p", "src_registry": {"name": "hub"}, "dest_registry": {"name": "eu"},
+            "trigger": {"type": "event_based"}, "filters": filters
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn literal_names_skip_the_catalog_and_globs_need_it() {
+        assert_eq!(
+            literal_repositories(&policy(json!([{"type": "name", "value": "library/nginx"}]))),
+            Some(vec!["library/nginx".to_string()])
+        );
+        assert_eq!(
+            literal_repositories(&policy(
+                json!([{"type": "name", "value": "library/nginx"}, {"type": "tag", "value": "1.*"}])
+            )),
+            Some(vec!["library/nginx".to_string()]),
+            "tag filters do not matter"
+        );
+        assert_eq!(
+            literal_repositories(&policy(
+                json!([{"type": "name", "value": "library/{nginx,redis}"}])
+            )),
+            Some(vec![
+                "library/nginx".to_string(),
+                "library/redis".to_string()
+            ])
+        );
+        for globby in [
+            json!([{"type": "name", "value": "library/*"}]),
+            json!([{"type": "name", "value": "{a,b*}"}]),
+            json!([{"type": "name", "value": "{a,{b,c}}"}]),
+            json!([{"type": "name", "value": "{a,b}/{c,d}"}]),
+            json!([{"type": "name", "value": "{a,}"}]),
+            json!([{"type": "name", "value": "a", "decoration": "excludes"}]),
+            json!([{"type": "name", "value": "a"}, {"type": "name", "value": "b"}]),
+            json!([]),
+        ] {
+            assert_eq!(
+                literal_repositories(&policy(globby.clone())),
+                None,
+                "{globby}"
+            );
+        }
+    }
+}
