@@ -38,6 +38,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// A job running longer than this is recorded as `running` in the history.
+const RUNNING_NOTE_AFTER: Duration = Duration::from_millis(500);
+
 /// Knobs of a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -427,7 +430,6 @@ impl Worker {
             crate::telemetry::set_parent(&span, traceparent);
         }
         async {
-            self.record(job, ExecutionState::Running, None, &[]).await;
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let job_cancel = hard_stop.child_token();
             let lease_lost = CancellationToken::new();
@@ -444,12 +446,38 @@ impl Worker {
                 let (me, job, cancel) = (self.clone(), lease.job.clone(), job_cancel.clone());
                 async move { me.execute_recorded(&job, &cancel).await }
             };
-            let (result, tasks) = tokio::select! {
-                r = work => r,
-                // The heartbeat only returns after cancelling the job (lease lost).
-                () = heartbeat => (Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }), Vec::new()),
+            let finished = CancellationToken::new();
+            let work = async {
+                let r = tokio::select! {
+                    r = work => r,
+                    // The heartbeat only returns after cancelling the job (lease lost).
+                    () = heartbeat => (Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }), Vec::new()),
+                };
+                finished.cancel();
+                r
             };
+            // A job still running after RUNNING_NOTE_AFTER is recorded as running (quick jobs,
+            // most of them, only get their final record: half the history writes). The note is
+            // written before the final record, which waits for both.
+            let note = async {
+                tokio::select! {
+                    () = tokio::time::sleep(RUNNING_NOTE_AFTER) => {
+                        self.record(job, ExecutionState::Running, None, &[]).await;
+                    }
+                    () = finished.cancelled() => {}
+                }
+            };
+            let ((), (result, tasks)) = tokio::join!(note, work);
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if result.is_ok() {
+                // The destination confirmed: the record does not depend on the ack, so both go
+                // out together.
+                tokio::join!(
+                    self.settle(&lease, result, &job_cancel, &lease_lost, &shutdown),
+                    self.record(job, ExecutionState::Succeeded, None, &tasks)
+                );
+                return;
+            }
             let error = result.as_ref().err().map(|e| e.to_string());
             let settled = self
                 .settle(&lease, result, &job_cancel, &lease_lost, &shutdown)
