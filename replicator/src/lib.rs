@@ -8,6 +8,7 @@
 //! - [`transfer`]: moves one manifest graph, copying only the blobs the destination lacks.
 //! - [`sync`]: a full reconciliation of a policy (list, filter, diff, transfer, verify).
 //! - [`event`] and [`queue`]: normalized registry events and the job queue contract (issue 3).
+//! - [`admin`]: the gRPC admin API over the config, queue and history.
 //! - [`history`]: executions, tasks and live workers, for the admin API.
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
@@ -16,6 +17,7 @@
 //! arrives on the destination under the digest it had on the source, or the operation fails.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod diff;
 pub mod event;
@@ -30,5 +32,6 @@ pub mod runtime;
 pub mod sync;
 pub mod telemetry;
 pub mod throttle;
+pub mod tokens;
 pub mod transfer;
 pub mod worker;

@@ -22,7 +22,10 @@ use ferry_replicator::worker::{Worker, WorkerMetrics, WorkerOptions};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{progress, DiffArgs, JobFlags, QueueFlags, ServeArgs, SyncArgs, Target, WorkerArgs};
+use super::{
+    progress, AdminFlags, DiffArgs, JobFlags, QueueFlags, ServeArgs, SyncArgs, Target, WorkerArgs,
+};
+use ferry_replicator::admin;
 
 const OK: u8 = 0;
 const NO: u8 = 1;
@@ -320,6 +323,50 @@ async fn redis_backend(
     Ok((Arc::new(q), history))
 }
 
+/// Starts the gRPC admin API when `--admin-listen` is given (fails before serving anything when
+/// its tokens or address are unusable).
+#[allow(clippy::too_many_arguments)]
+async fn start_admin(
+    tasks: &mut tokio::task::JoinSet<()>,
+    flags: &AdminFlags,
+    config: &Config,
+    registries: &Registries,
+    queue: &Arc<dyn JobQueue>,
+    history: &Arc<dyn History>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(listen) = &flags.admin_listen else {
+        return Ok(());
+    };
+    let tokens = ferry_replicator::tokens::load(
+        flags.admin_token_file.as_deref(),
+        admin::auth::TOKEN_ENV,
+        "admin",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (--admin-listen)"))?;
+    let addr = listener.local_addr()?;
+    let auth = admin::AdminAuth::new(tokens, flags.admin_allow_unauthenticated_loopback, addr)
+        .map_err(anyhow::Error::msg)?;
+    let state = admin::AdminState {
+        config: config.clone(),
+        registries: registries.clone(),
+        queue: queue.clone(),
+        history: history.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    };
+    tracing::info!(listen = %addr, "admin API listening (gRPC, health, reflection)");
+    tasks.spawn(async move {
+        if let Err(e) = admin::serve(listener, state, auth).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Serves `router` on `listener` until `shutdown`.
 fn spawn_server(
     tasks: &mut tokio::task::JoinSet<()>,
@@ -368,6 +415,16 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = cancel_on_signal(shutdown.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    start_admin(
+        &mut tasks,
+        &args.admin,
+        &config,
+        &registries,
+        &queue,
+        &history,
+        &shutdown,
+    )
+    .await?;
     if let Some(listen) = &args.listen {
         spawn_server(
             &mut tasks,
@@ -432,6 +489,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
+    let admin_config = config.clone();
     let mut builder = IngestState::builder(config, queue.clone())
         .metrics_registry(registry)
         .allow_unauthenticated(args.allow_unauthenticated);
@@ -443,6 +501,16 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = cancel_on_signal(shutdown.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    start_admin(
+        &mut tasks,
+        &args.admin,
+        &admin_config,
+        &registries,
+        &queue,
+        &history,
+        &shutdown,
+    )
+    .await?;
     spawn_server(
         &mut tasks,
         bind(&args.listen).await?,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat};
 
+mod admin;
 mod commands;
 mod progress;
 
@@ -38,6 +39,8 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Client of the gRPC admin API (`ferry serve`/`ferry worker --admin-listen`).
+    Admin(admin::AdminArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,7 +99,23 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub listen: Option<String>,
     #[command(flatten)]
+    pub admin: AdminFlags,
+    #[command(flatten)]
     pub jobs: JobFlags,
+}
+
+/// The gRPC admin API a server process offers.
+#[derive(clap::Args, Debug)]
+pub struct AdminFlags {
+    /// Serve the gRPC admin API (with health and reflection) on this address, e.g. 0.0.0.0:9443.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// File with the admin bearer token(s), one per line. Default: FERRY_ADMIN_TOKEN.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Allow admin calls without a token — only when --admin-listen is a loopback address.
+    #[arg(long)]
+    pub admin_allow_unauthenticated_loopback: bool,
 }
 
 /// How a process reaches the queue.
@@ -168,6 +187,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 600)]
     pub reconcile_interval: u64,
     #[command(flatten)]
+    pub admin: AdminFlags,
+    #[command(flatten)]
     pub jobs: JobFlags,
 }
 
@@ -199,6 +220,7 @@ pub fn main() -> ExitCode {
             Command::Policy {
                 command: PolicyCommand::Validate { files },
             } => commands::validate(&files),
+            Command::Admin(args) => admin::run(args).await,
         }
     })
 }

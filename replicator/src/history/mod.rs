@@ -110,6 +110,14 @@ impl TaskState {
         }
     }
 
+    /// True once the task will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Stopped
+        )
+    }
+
     /// The inverse of [`TaskState::as_str`].
     pub fn parse(s: &str) -> Option<TaskState> {
         [

@@ -61,8 +61,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
+use crate::tokens::TokenSet;
 use tracing::Instrument as _;
 
 use super::harbor::HarborOptions;
@@ -107,9 +106,9 @@ struct Inner {
     registries: BTreeSet<String>,
     matcher: Matcher,
     queue: Arc<dyn JobQueue>,
-    /// SHA-256 of each accepted token: comparing fixed-size hashes in constant time leaks neither
-    /// content nor length. Empty only when unauthenticated access was allowed.
-    token_hashes: Vec<[u8; 32]>,
+    /// Accepted tokens (hashed, compared in constant time). Empty only when unauthenticated access
+    /// was allowed.
+    tokens: TokenSet,
     body_limit: usize,
     harbor: HarborOptions,
     metrics: Arc<IngestMetrics>,
@@ -119,7 +118,7 @@ impl std::fmt::Debug for IngestState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngestState")
             .field("registries", &self.inner.registries)
-            .field("tokens", &self.inner.token_hashes.len())
+            .field("tokens", &self.inner.tokens.len())
             .field("body_limit", &self.inner.body_limit)
             .finish_non_exhaustive()
     }
@@ -212,7 +211,7 @@ impl IngestStateBuilder {
                     .collect(),
                 matcher,
                 queue: self.queue,
-                token_hashes: self.tokens.iter().map(|t| sha256(t.as_bytes())).collect(),
+                tokens: TokenSet::new(&self.tokens),
                 body_limit: self.body_limit,
                 harbor: self.harbor,
                 metrics: Arc::new(IngestMetrics::new(
@@ -229,35 +228,7 @@ pub const TOKEN_ENV: &str = "FERRY_WEBHOOK_TOKEN";
 /// Webhook tokens from a file (one per line, blank lines ignored; several allow rotation) or, with
 /// no file, from [`TOKEN_ENV`]. Empty when neither holds one.
 pub fn load_tokens(file: Option<&std::path::Path>) -> Result<Vec<String>, SetupError> {
-    match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                SetupError::Tokens(format!(
-                    "cannot read the webhook token file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let tokens: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            if tokens.is_empty() {
-                return Err(SetupError::Tokens(format!(
-                    "the webhook token file {} holds no token",
-                    path.display()
-                )));
-            }
-            Ok(tokens)
-        }
-        None => Ok(std::env::var(TOKEN_ENV)
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .into_iter()
-            .collect()),
-    }
+    crate::tokens::load(file, TOKEN_ENV, "webhook").map_err(SetupError::Tokens)
 }
 
 /// The ingest routes: webhooks, plus `/healthz` and `/metrics` ([`crate::ops::router`]).
@@ -414,29 +385,20 @@ async fn handle(
 }
 
 fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<(), Reject> {
-    if inner.token_hashes.is_empty() {
+    if inner.tokens.is_empty() {
         return Ok(());
     }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
+        .and_then(crate::tokens::bearer)
         .ok_or_else(|| {
             Reject::new(
                 StatusCode::UNAUTHORIZED,
                 "missing `Authorization: Bearer <token>` header",
             )
         })?;
-    let presented = sha256(presented.as_bytes());
-    // Compare against every token without short-circuiting.
-    let valid = inner
-        .token_hashes
-        .iter()
-        .fold(subtle::Choice::from(0), |acc, t| acc | t.ct_eq(&presented));
-    if bool::from(valid) {
+    if inner.tokens.accepts(presented) {
         Ok(())
     } else {
         Err(Reject::new(
@@ -635,6 +597,3 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
     }))
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}

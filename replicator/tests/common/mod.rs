@@ -369,6 +369,18 @@ impl Serve {
         env: &[(&str, &str)],
         log: PathBuf,
     ) -> Serve {
+        Serve::start_with(config, listen, token, &[], env, log).await
+    }
+
+    /// [`Serve::start`] with extra flags (`--admin-listen`, `--redis`, …).
+    pub async fn start_with(
+        config: &Path,
+        listen: &str,
+        token: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Serve {
         let stderr = std::fs::File::create(&log).expect("create the serve log");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args([
@@ -380,6 +392,7 @@ impl Serve {
                 "--reconcile-interval",
                 "0",
             ])
+            .args(extra_args)
             .env("FERRY_WEBHOOK_TOKEN", token)
             .envs(env.iter().copied())
             .stderr(stderr)

@@ -1,0 +1,123 @@
+//! The gRPC admin API (`ferry.v1`, DESIGN.md "Interfaces"): policies, registries, executions and
+//! tasks, drift reports, queue and worker status, plus `grpc.health.v1` and server reflection.
+//!
+//! Served by `ferry serve --admin-listen` and `ferry worker --admin-listen`. Every instance reads
+//! the region's shared state (queue and history in Redis/Valkey, the config file), so any one of
+//! them answers for the whole region.
+//!
+//! # Invariants
+//! - Admin services require `authorization: Bearer <token>` ([`auth`]); health and reflection are
+//!   open so probes and `grpcurl` work without a token (they reveal no data).
+//! - Errors map to gRPC codes in one place ([`status`]).
+//! - Streams are owned by the server's task tracker and end with the client, the execution or
+//!   the server; the server stops on its cancellation token and waits for them.
+pub mod auth;
+mod convert;
+mod services;
+pub mod status;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use ferry_proto::v1 as pb;
+
+use crate::config::Config;
+use crate::history::History;
+use crate::queue::JobQueue;
+use crate::sync::Registries;
+
+pub use auth::AdminAuth;
+pub use services::Admin;
+pub use status::AdminError;
+
+/// What the admin services read and act on.
+pub struct AdminState {
+    pub config: Config,
+    pub registries: Registries,
+    pub queue: Arc<dyn JobQueue>,
+    pub history: Arc<dyn History>,
+    /// Ends streams and the server.
+    pub shutdown: CancellationToken,
+    /// Owns the tasks behind server streams.
+    pub tasks: TaskTracker,
+}
+
+/// Why the admin server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("admin API server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the admin API on `listener` until `state.shutdown` fires, then waits for open streams.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    auth: AdminAuth,
+) -> Result<(), ServeError> {
+    let shutdown = state.shutdown.clone();
+    let tasks = state.tasks.clone();
+    let admin = Admin {
+        state: Arc::new(state),
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::policies_server::PoliciesServer<Admin>>()
+        .await;
+    health
+        .set_serving::<pb::registries_server::RegistriesServer<Admin>>()
+        .await;
+    health
+        .set_serving::<pb::executions_server::ExecutionsServer<Admin>>()
+        .await;
+    health
+        .set_serving::<pb::drift_server::DriftServer<Admin>>()
+        .await;
+    health
+        .set_serving::<pb::operations_server::OperationsServer<Admin>>()
+        .await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::policies_server::PoliciesServer::with_interceptor(
+            admin.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::registries_server::RegistriesServer::with_interceptor(
+            admin.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::executions_server::ExecutionsServer::with_interceptor(
+            admin.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::drift_server::DriftServer::with_interceptor(
+            admin.clone(),
+            auth.clone(),
+        ))
+        .add_service(pb::operations_server::OperationsServer::with_interceptor(
+            admin, auth,
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    tasks.close();
+    tasks.wait().await;
+    result.map_err(ServeError::from)
+}

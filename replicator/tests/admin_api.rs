@@ -1,0 +1,506 @@
+//! The gRPC admin API served by real processes sharing one real redis-server: `ferry serve` runs
+//! the webhooks and a worker, a separate `ferry worker --admin-listen` answers the API — and sees
+//! everything the other process recorded (one region, one shared state). Real registries, real
+//! registry notifications, skopeo pushes.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ferry_proto::v1 as pb;
+use ferry_testkit::{RedisServer, Registry, RegistryOptions};
+use serde_json::json;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+const WEBHOOK_TOKEN: &str = "admin-test-webhook";
+const ADMIN_TOKEN: &str = "admin-test-s3cret";
+
+/// Sends `authorization: Bearer <token>`.
+#[derive(Clone, Copy)]
+struct Auth(&'static str);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.0).parse().unwrap(),
+        );
+        Ok(req)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
+fn with_token(token: &'static str) -> Auth {
+    Auth(token)
+}
+
+async fn channel(addr: &str) -> Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    for _ in 0..100 {
+        if let Ok(c) = endpoint.connect().await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("admin API at {addr} did not come up");
+}
+
+struct Clients {
+    policies: pb::policies_client::PoliciesClient<Authed>,
+    registries: pb::registries_client::RegistriesClient<Authed>,
+    executions: pb::executions_client::ExecutionsClient<Authed>,
+    drift: pb::drift_client::DriftClient<Authed>,
+    operations: pb::operations_client::OperationsClient<Authed>,
+}
+
+fn clients(ch: &Channel, token: &'static str) -> Clients {
+    Clients {
+        policies: pb::policies_client::PoliciesClient::with_interceptor(
+            ch.clone(),
+            with_token(token),
+        ),
+        registries: pb::registries_client::RegistriesClient::with_interceptor(
+            ch.clone(),
+            with_token(token),
+        ),
+        executions: pb::executions_client::ExecutionsClient::with_interceptor(
+            ch.clone(),
+            with_token(token),
+        ),
+        drift: pb::drift_client::DriftClient::with_interceptor(ch.clone(), with_token(token)),
+        operations: pb::operations_client::OperationsClient::with_interceptor(
+            ch.clone(),
+            with_token(token),
+        ),
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> (Code, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+async fn drift_entries(c: &mut Clients, policy: &str) -> Vec<pb::DriftEntry> {
+    let mut stream = c
+        .drift
+        .diff(pb::DiffRequest {
+            policy: policy.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_answers_for_the_region() {
+    let mut redis = RedisServer::start(true).await.unwrap();
+    let listen = free_local_addr();
+    let src = Registry::start_with(RegistryOptions {
+        notifications_url: Some(format!(
+            "http://{listen}/v1/events/distribution?registry=src"
+        )),
+        notifications_token: Some(WEBHOOK_TOKEN.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &src.url(),
+        &dst.url(),
+        json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}),
+    );
+    let serve_admin = free_local_addr();
+    let _serve = Serve::start_with(
+        &cfg,
+        &listen,
+        WEBHOOK_TOKEN,
+        &["--redis", &redis.url(), "--admin-listen", &serve_admin],
+        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    // A second process of the region: a worker whose admin API the test talks to.
+    let worker_admin = free_local_addr();
+    let worker_log = dir.path().join("worker.log");
+    let _worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "worker",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+            "--admin-listen",
+            &worker_admin,
+            "--consumer",
+            "second-worker",
+        ])
+        .env("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stderr(std::fs::File::create(&worker_log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ch = channel(&worker_admin).await;
+    let mut c = clients(&ch, ADMIN_TOKEN);
+
+    // Health and reflection need no token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ferry.v1.Executions".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let services = reflection_services(ch.clone()).await;
+    for s in [
+        "ferry.v1.Policies",
+        "ferry.v1.Registries",
+        "ferry.v1.Executions",
+        "ferry.v1.Drift",
+        "ferry.v1.Operations",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.iter().any(|x| x == s),
+            "{s} missing from reflection: {services:?}"
+        );
+    }
+
+    // Auth: no token or a wrong one is UNAUTHENTICATED.
+    let mut anonymous = pb::policies_client::PoliciesClient::new(ch.clone());
+    assert_eq!(
+        code(anonymous.list_policies(pb::ListPoliciesRequest {}).await).0,
+        Code::Unauthenticated
+    );
+    let mut wrong = clients(&ch, "not-the-token");
+    assert_eq!(
+        code(
+            wrong
+                .policies
+                .list_policies(pb::ListPoliciesRequest {})
+                .await
+        )
+        .0,
+        Code::Unauthenticated
+    );
+
+    // Policies and registries from the config.
+    let policies = c
+        .policies
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    assert_eq!(policies.len(), 1);
+    let p = &policies[0];
+    assert_eq!(
+        (p.name.as_str(), p.trigger.as_str(), p.mode.as_str()),
+        ("test", "event_based", "push")
+    );
+    assert_eq!(p.source, pb::Source::Config as i32);
+    assert_eq!(p.dest_registries, ["dst"]);
+    let parsed: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+    assert_eq!(parsed["replicate_deletion"], true);
+    let (nf, msg) = code(
+        c.policies
+            .get_policy(pb::GetPolicyRequest {
+                name: "nope".into(),
+            })
+            .await,
+    );
+    assert_eq!(nf, Code::NotFound);
+    assert!(msg.contains("known: test"), "{msg}");
+    let regs = c
+        .registries
+        .list_registries(pb::ListRegistriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .registries;
+    let names: Vec<_> = regs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["src", "dst"]);
+    let ping = c
+        .registries
+        .ping_registry(pb::PingRegistryRequest { name: "src".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ping.reachable && ping.authenticated, "{ping:?}");
+    assert_eq!(ping.api_version, "registry/2.0");
+    assert_eq!(
+        code(
+            c.registries
+                .ping_registry(pb::PingRegistryRequest {
+                    name: "nope".into()
+                })
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+
+    // A push replicated by the serve process shows up as an execution on the worker's API.
+    let digest = push_image(dir.path(), 77, &src.host(), "team/app:v1").await;
+    let seen = eventually(Duration::from_secs(30), || {
+        let mut ex = c.executions.clone();
+        async move {
+            ex.list_executions(pb::ListExecutionsRequest {
+                state: pb::ExecutionState::Succeeded as i32,
+                ..Default::default()
+            })
+            .await
+            .is_ok_and(|r| {
+                r.into_inner()
+                    .executions
+                    .iter()
+                    .any(|e| e.origin.as_ref().is_some_and(|o| o.reference == "v1"))
+            })
+        }
+    })
+    .await;
+    assert!(
+        seen,
+        "no succeeded execution for team/app:v1; worker log:\n{}",
+        std::fs::read_to_string(&worker_log).unwrap_or_default()
+    );
+    let execs = c
+        .executions
+        .list_executions(pb::ListExecutionsRequest {
+            policy: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = execs
+        .executions
+        .iter()
+        .find(|e| {
+            e.state == pb::ExecutionState::Succeeded as i32
+                && e.origin.as_ref().is_some_and(|o| o.reference == "v1")
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(e.trigger, pb::Trigger::EventBased as i32);
+    assert!(
+        e.ended_at_ms >= e.started_at_ms && e.started_at_ms > 0,
+        "{e:?}"
+    );
+    let got = c
+        .executions
+        .get_execution(pb::GetExecutionRequest { id: e.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.id, e.id);
+    let tasks = c
+        .executions
+        .list_tasks(pb::ListTasksRequest {
+            execution_id: e.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let copied: Vec<_> = tasks.iter().filter(|t| t.outcome == "copied").collect();
+    assert_eq!(copied.len(), 1, "{tasks:?}");
+    assert_eq!(copied[0].digest, digest);
+    assert!(
+        copied[0].bytes_done >= 256 * 1024 && copied[0].lag_ms > 0,
+        "{:?}",
+        copied[0]
+    );
+    let failed = c
+        .executions
+        .list_executions(pb::ListExecutionsRequest {
+            state: pb::ExecutionState::Failed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(failed.executions.is_empty(), "{failed:?}");
+    assert_eq!(
+        code(
+            c.executions
+                .get_execution(pb::GetExecutionRequest { id: "nope".into() })
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+    // Watching a finished execution yields its final state and ends.
+    let mut watch = c
+        .executions
+        .watch_execution(pb::WatchExecutionRequest {
+            id: e.id.clone(),
+            interval_ms: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("one snapshot");
+    assert_eq!(
+        first.execution.unwrap().state,
+        pb::ExecutionState::Succeeded as i32
+    );
+    assert!(
+        watch.message().await.unwrap().is_none(),
+        "the stream ends with the execution"
+    );
+
+    // Drift: none, then a tag removed behind Ferry's back on the destination is missing.
+    assert!(drift_entries(&mut c, "test").await.is_empty());
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v2/team/app/manifests/{digest}", dst.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let drift = drift_entries(&mut c, "test").await;
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].kind, pb::DriftKind::Missing as i32);
+    assert_eq!(
+        (drift[0].repository.as_str(), drift[0].tag.as_str()),
+        ("team/app", "v1")
+    );
+
+    // Operations.
+    let q = c
+        .operations
+        .get_queue_stats(pb::GetQueueStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((q.depth, q.in_flight, q.dead_letters), (0, 0, 0), "{q:?}");
+    let dead = c
+        .operations
+        .list_dead_letters(pb::ListDeadLettersRequest { limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dead.jobs.is_empty());
+    assert_eq!(
+        code(
+            c.operations
+                .retry_dead_letter(pb::RetryDeadLetterRequest {
+                    job_id: "nope".into()
+                })
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.operations
+                .retry_dead_letter(pb::RetryDeadLetterRequest {
+                    job_id: String::new()
+                })
+                .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
+    let purged = c
+        .operations
+        .purge_dead_letters(pb::PurgeDeadLettersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.purged, 0);
+    let workers_listed = eventually(Duration::from_secs(15), || {
+        let mut ops = c.operations.clone();
+        async move {
+            ops.list_workers(pb::ListWorkersRequest {})
+                .await
+                .is_ok_and(|r| r.into_inner().workers.len() == 2)
+        }
+    })
+    .await;
+    let workers = c
+        .operations
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert!(
+        workers_listed,
+        "both processes' workers are listed: {workers:?}"
+    );
+    assert!(
+        workers
+            .iter()
+            .any(|w| w.id == "second-worker" && w.policies == ["test"]),
+        "{workers:?}"
+    );
+
+    // Not built yet: a clear UNIMPLEMENTED, not a silent success.
+    let (unimpl, msg) = code(
+        c.executions
+            .start_execution(pb::StartExecutionRequest {
+                policy: "test".into(),
+                dry_run: false,
+            })
+            .await,
+    );
+    assert_eq!(unimpl, Code::Unimplemented, "{msg}");
+
+    // Redis down: UNAVAILABLE, and the server keeps serving.
+    redis.kill().await;
+    let (unavailable, msg) = code(
+        c.operations
+            .get_queue_stats(pb::GetQueueStatsRequest {})
+            .await,
+    );
+    assert_eq!(unavailable, Code::Unavailable, "{msg}");
+    assert!(c
+        .policies
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .is_ok());
+}
+
+/// The services listed by the v1 reflection API.
+async fn reflection_services(ch: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("an answer");
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer: {other:?}"),
+    }
+}
