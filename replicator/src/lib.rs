@@ -10,6 +10,7 @@
 //! - [`event`] and [`queue`]: normalized registry events and the job queue contract (issue 3).
 //! - [`admin`]: the gRPC admin API over the config, queue and history.
 //! - [`history`]: executions, tasks and live workers, for the admin API.
+//! - [`runs`]: manual and scheduled runs of a policy, as executions whose tasks are queue jobs.
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
 //!
@@ -28,6 +29,7 @@ pub mod ops;
 pub mod policy;
 pub mod queue;
 pub mod reconcile;
+pub mod runs;
 pub mod runtime;
 pub mod sync;
 pub mod telemetry;

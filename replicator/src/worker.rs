@@ -38,6 +38,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// How often a run's job checks whether the run was stopped (a stop takes effect within this plus
+/// the time to cancel the transfer).
+const STOP_POLL: Duration = Duration::from_millis(500);
+
 /// A job running longer than this is recorded as `running` in the history.
 const RUNNING_NOTE_AFTER: Duration = Duration::from_millis(500);
 
@@ -430,8 +434,18 @@ impl Worker {
             crate::telemetry::set_parent(&span, traceparent);
         }
         async {
+            if let Some(run) = &job.execution_id {
+                if self.run_is_stopped(run).await {
+                    tracing::info!(execution = %run, "the run was stopped: skipping its job");
+                    if let Err(e) = self.queue.ack(&lease).await {
+                        tracing::warn!(error = %e, "cannot drop the job of a stopped run; it will be skipped again");
+                    }
+                    return;
+                }
+            }
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let job_cancel = hard_stop.child_token();
+            let run_stopped = CancellationToken::new();
             let lease_lost = CancellationToken::new();
             // Both arms own their data: borrowed captures make the spawned future's `Send` bound
             // lifetime-specific.
@@ -447,11 +461,15 @@ impl Worker {
                 async move { me.execute_recorded(&job, &cancel).await }
             };
             let finished = CancellationToken::new();
+            let stop_watch = self.watch_run_stop(job, &job_cancel, &run_stopped);
             let work = async {
                 let r = tokio::select! {
                     r = work => r,
                     // The heartbeat only returns after cancelling the job (lease lost).
                     () = heartbeat => (Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }), Vec::new()),
+                    // Never returns: a stop cancels the job, which then ends (cancelling its
+                    // uploads) through `work`.
+                    () = stop_watch => unreachable!("the stop watch never returns"),
                 };
                 finished.cancel();
                 r
@@ -473,14 +491,14 @@ impl Worker {
                 // The destination confirmed: the record does not depend on the ack, so both go
                 // out together.
                 tokio::join!(
-                    self.settle(&lease, result, &job_cancel, &lease_lost, &shutdown),
+                    self.settle(&lease, result, &job_cancel, &lease_lost, &run_stopped, &shutdown),
                     self.record(job, ExecutionState::Succeeded, None, &tasks)
                 );
                 return;
             }
             let error = result.as_ref().err().map(|e| e.to_string());
             let settled = self
-                .settle(&lease, result, &job_cancel, &lease_lost, &shutdown)
+                .settle(&lease, result, &job_cancel, &lease_lost, &run_stopped, &shutdown)
                 .await;
             let (state, next_try) = match settled {
                 // Another worker owns the job now; its records are that worker's to write.
@@ -491,6 +509,7 @@ impl Worker {
                 }
                 Some(Settled::DeadLettered) => (ExecutionState::Failed, None),
                 Some(Settled::Released) => (ExecutionState::Queued, None),
+                Some(Settled::Stopped) => (ExecutionState::Stopped, None),
             };
             let error = error.filter(|_| state != ExecutionState::Succeeded);
             self.record_with(job, state, next_try, error, &tasks).await;
@@ -520,7 +539,7 @@ impl Worker {
         tasks: &[Task],
     ) {
         let r = match &job.execution_id {
-            Some(run) => self.history.record_tasks(run, tasks).await,
+            Some(run) => self.record_run(run, job, state, error, tasks).await,
             None => {
                 let mut e = Execution::new(&job.id, &job.policy, job.trigger, job.enqueued_at_ms);
                 e.state = state;
@@ -545,6 +564,85 @@ impl Worker {
         }
     }
 
+    /// Whether the run `run` was stopped (a history error counts as "not stopped": the job runs).
+    async fn run_is_stopped(&self, run: &str) -> bool {
+        matches!(
+            self.history.execution(run).await,
+            Ok(Some(e)) if e.state == ExecutionState::Stopped
+        )
+    }
+
+    /// For a run's job: checks every [`STOP_POLL`] whether the run was stopped, and if so cancels
+    /// the job (`run_stopped` tells why). Never returns.
+    async fn watch_run_stop(
+        &self,
+        job: &Job,
+        job_cancel: &CancellationToken,
+        run_stopped: &CancellationToken,
+    ) {
+        if let Some(run) = &job.execution_id {
+            loop {
+                tokio::time::sleep(STOP_POLL).await;
+                if self.run_is_stopped(run).await {
+                    tracing::info!(execution = %run, "run stopped: cancelling the job");
+                    run_stopped.cancel();
+                    job_cancel.cancel();
+                    break;
+                }
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// Records a job's tasks under the manual or scheduled run it belongs to, and ends the run
+    /// when this was its last open task.
+    ///
+    /// A failed attempt that will be retried leaves its tasks `pending` (a run is never shown as
+    /// failed while retries run); a dead-lettered job fails every open task of its reference, also
+    /// those of destinations it never reached.
+    async fn record_run(
+        &self,
+        run: &str,
+        job: &Job,
+        state: ExecutionState,
+        error: Option<String>,
+        tasks: &[Task],
+    ) -> Result<(), QueueError> {
+        let mut tasks = tasks.to_vec();
+        match state {
+            ExecutionState::Running => return Ok(()),
+            ExecutionState::Retrying | ExecutionState::Queued => {
+                for t in tasks.iter_mut().filter(|t| t.state != TaskState::Succeeded) {
+                    t.state = TaskState::Pending;
+                }
+            }
+            ExecutionState::Failed => {
+                let recorded: std::collections::HashSet<String> =
+                    tasks.iter().map(|t| t.id.clone()).collect();
+                let open = self.history.tasks(run, usize::MAX).await?;
+                for mut t in open.into_iter().filter(|t| {
+                    !t.state.is_final()
+                        && t.repository == job.repository
+                        && t.reference == job.reference
+                        && !recorded.contains(&t.id)
+                }) {
+                    t.state = TaskState::Failed;
+                    t.attempts = job.attempt + 1;
+                    t.error = error.clone();
+                    t.outcome = Some("failed".into());
+                    t.ended_at_ms = Some(now_ms());
+                    tasks.push(t);
+                }
+            }
+            ExecutionState::Succeeded | ExecutionState::Stopped => {}
+        }
+        self.history.record_tasks(run, &tasks).await?;
+        if state.is_final() {
+            finish_run_if_done(self.history.as_ref(), run).await?;
+        }
+        Ok(())
+    }
+
     /// Tells the queue how the job ended; `None` when the lease was lost (the job is another
     /// worker's now).
     async fn settle(
@@ -553,6 +651,7 @@ impl Worker {
         result: Result<JobOutcome, JobError>,
         job_cancel: &CancellationToken,
         lease_lost: &CancellationToken,
+        run_stopped: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Option<Settled> {
         let job = &lease.job;
@@ -572,6 +671,11 @@ impl Worker {
             Err(_) if lease_lost.is_cancelled() => {
                 // Another worker owns it now; touching it would race that worker.
                 return None;
+            }
+            Err(_) if run_stopped.is_cancelled() => {
+                self.metrics.job(&job.policy, job.kind, "stopped");
+                tracing::info!("job stopped with its run");
+                (self.queue.ack(lease).await, Settled::Stopped)
             }
             Err(e)
                 if job_cancel.is_cancelled()
@@ -721,10 +825,34 @@ impl Worker {
     }
 }
 
+/// Ends a running run whose tasks are all final: `failed` if any failed, else `succeeded`. Each
+/// recorder calls it after its own write, so whoever writes the last open task sees it closed.
+pub async fn finish_run_if_done(history: &dyn History, run: &str) -> Result<(), QueueError> {
+    let Some(mut e) = history.execution(run).await? else {
+        return Ok(());
+    };
+    let open = |s| e.counts.get(&s).copied().unwrap_or(0);
+    if e.state != ExecutionState::Running || open(TaskState::Pending) + open(TaskState::Running) > 0
+    {
+        return Ok(());
+    }
+    e.state = if open(TaskState::Failed) > 0 {
+        ExecutionState::Failed
+    } else {
+        ExecutionState::Succeeded
+    };
+    e.ended_at_ms = Some(now_ms());
+    history.record(&e, &[]).await
+}
+
 /// How a leased job ended with the queue.
 enum Settled {
     Succeeded,
-    Retrying { next_try_at_ms: i64 },
+    /// Its run was stopped: acked without finishing.
+    Stopped,
+    Retrying {
+        next_try_at_ms: i64,
+    },
     DeadLettered,
     Released,
 }

@@ -456,11 +456,8 @@ async fn every_instance_answers_for_the_region() {
 
     // Not built yet: a clear UNIMPLEMENTED, not a silent success.
     let (unimpl, msg) = code(
-        c.executions
-            .start_execution(pb::StartExecutionRequest {
-                policy: "test".into(),
-                dry_run: false,
-            })
+        c.policies
+            .put_policy(pb::PutPolicyRequest { json: "{}".into() })
             .await,
     );
     assert_eq!(unimpl, Code::Unimplemented, "{msg}");
@@ -503,4 +500,256 @@ async fn reflection_services(ch: Channel) -> Vec<String> {
         }
         other => panic!("unexpected reflection answer: {other:?}"),
     }
+}
+
+/// Follows an execution with WatchExecution until its stream ends; returns the last snapshot.
+async fn watch_to_end(c: &mut Clients, id: &str) -> pb::Execution {
+    let mut stream = c
+        .executions
+        .watch_execution(pb::WatchExecutionRequest {
+            id: id.into(),
+            interval_ms: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(p) = stream.message().await.unwrap() {
+            last = p.execution;
+        }
+    })
+    .await;
+    assert!(
+        watched.is_ok(),
+        "execution {id} did not end within 60 s: {last:?}"
+    );
+    last.expect("at least one snapshot")
+}
+
+async fn tasks_of(c: &mut Clients, id: &str) -> Vec<pb::Task> {
+    c.executions
+        .list_tasks(pb::ListTasksRequest {
+            execution_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
+    let redis = RedisServer::start(true).await.unwrap();
+    let src = Registry::start().await.unwrap();
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manual = |name: &str, extra: serde_json::Value| {
+        let mut p = policy(json!({"name": name, "trigger": {"type": "manual"}}));
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let cfg = dir.path().join("ferry.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&json!({
+            "registries": [registry("src", &src.url()), registry("dst", &dst.url())],
+            "policies": [
+                manual("fast", json!({"filters": [{"type": "tag", "value": "v*"}]})),
+                // 1 MiB/s: the 48 MiB layer would take ~48 s.
+                manual("slow", json!({"speed": 1024, "filters": [{"type": "tag", "value": "big"}]})),
+                manual("off", json!({"enabled": false})),
+            ],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let v1 = push_image(dir.path(), 91, &src.host(), "team/app:v1").await;
+    let v2 = push_image(dir.path(), 92, &src.host(), "team/app:v2").await;
+    let mut b = ferry_testkit::LayoutBuilder::new(&dir.path().join("big")).unwrap();
+    b.image(
+        "img",
+        &[ferry_testkit::LayerSpec {
+            seed: 93,
+            size: 48 * 1024 * 1024,
+        }],
+    )
+    .unwrap();
+    let layout = b.finish().unwrap();
+    ferry_testkit::skopeo::push_layout(&layout, "img", &src.host(), "team/app:big")
+        .await
+        .unwrap();
+
+    let listen = free_local_addr();
+    let admin = free_local_addr();
+    let serve = Serve::start_with(
+        &cfg,
+        &listen,
+        WEBHOOK_TOKEN,
+        &["--redis", &redis.url(), "--admin-listen", &admin],
+        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    let mut c = clients(&channel(&admin).await, ADMIN_TOKEN);
+    let start = |policy: &str, dry_run: bool| pb::StartExecutionRequest {
+        policy: policy.into(),
+        dry_run,
+    };
+
+    // A dry run plans and ends at once; nothing reaches the destination.
+    let plan = c
+        .executions
+        .start_execution(start("fast", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.state, pb::ExecutionState::Succeeded as i32, "{plan:?}");
+    assert!(plan.dry_run && plan.trigger == pb::Trigger::Manual as i32);
+    let planned = tasks_of(&mut c, &plan.id).await;
+    let outcomes: Vec<_> = planned
+        .iter()
+        .map(|t| (t.reference.as_str(), t.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [("v1", "would copy"), ("v2", "would copy")]);
+    assert_eq!(manifest_status(&dst.url(), "team/app", "v1").await, 404);
+
+    // A run: every task pending from the start, then copied by the worker; the run ends itself.
+    let run = c
+        .executions
+        .start_execution(start("fast", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        run.counts
+            .as_ref()
+            .map(|n| n.pending + n.running + n.succeeded),
+        Some(2),
+        "{run:?}"
+    );
+    let done = watch_to_end(&mut c, &run.id).await;
+    assert_eq!(
+        done.state,
+        pb::ExecutionState::Succeeded as i32,
+        "{done:?}\n{}",
+        serve.log()
+    );
+    assert_eq!(done.counts.unwrap().succeeded, 2);
+    assert!(tasks_of(&mut c, &run.id)
+        .await
+        .iter()
+        .all(|t| t.outcome == "copied" && t.bytes_done > 0));
+    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, v1);
+    assert_eq!(raw_digest(&dst.host(), "team/app:v2").await, v2);
+    // Again: nothing left to copy.
+    let again = c
+        .executions
+        .start_execution(start("fast", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = watch_to_end(&mut c, &again.id).await;
+    assert_eq!(again.state, pb::ExecutionState::Succeeded as i32);
+    assert!(tasks_of(&mut c, &again.id)
+        .await
+        .iter()
+        .all(|t| t.outcome == "unchanged"));
+
+    // A disabled policy does not run.
+    let (precondition, msg) = code(c.executions.start_execution(start("off", false)).await);
+    assert_eq!(precondition, Code::FailedPrecondition, "{msg}");
+
+    // Stop in the middle of a throttled 48 MiB blob.
+    let slow = c
+        .executions
+        .start_execution(start("slow", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let streaming = eventually(Duration::from_secs(20), || {
+        let mut ops = c.operations.clone();
+        async move {
+            ops.get_queue_stats(pb::GetQueueStatsRequest {})
+                .await
+                .is_ok_and(|q| q.into_inner().in_flight == 1)
+        }
+    })
+    .await;
+    assert!(
+        streaming,
+        "the slow run's job never started:\n{}",
+        serve.log()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = std::time::Instant::now();
+    let stopped = c
+        .executions
+        .stop_execution(pb::StopExecutionRequest {
+            id: slow.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.state, pb::ExecutionState::Stopped as i32);
+    let idle = eventually(Duration::from_secs(10), || {
+        let mut ops = c.operations.clone();
+        async move {
+            ops.get_queue_stats(pb::GetQueueStatsRequest {})
+                .await
+                .is_ok_and(|q| {
+                    let q = q.into_inner();
+                    q.in_flight == 0 && q.depth == 0
+                })
+        }
+    })
+    .await;
+    let took = asked.elapsed();
+    assert!(idle, "the stopped job is still running:\n{}", serve.log());
+    eprintln!("stop → transfer cancelled and job gone: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "stop took {took:?} (must be under 2 s)"
+    );
+    let after = c
+        .executions
+        .get_execution(pb::GetExecutionRequest {
+            id: slow.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.state, pb::ExecutionState::Stopped as i32, "{after:?}");
+    let t = tasks_of(&mut c, &slow.id).await;
+    assert!(
+        t.iter().all(|t| t.state == pb::TaskState::Stopped as i32),
+        "{t:?}"
+    );
+    assert_eq!(
+        manifest_status(&dst.url(), "team/app", "big").await,
+        404,
+        "no partial tag"
+    );
+    // Stopping again changes nothing; an unknown execution is NOT_FOUND.
+    let twice = c
+        .executions
+        .stop_execution(pb::StopExecutionRequest {
+            id: slow.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(twice.ended_at_ms, after.ended_at_ms);
+    assert_eq!(
+        code(
+            c.executions
+                .stop_execution(pb::StopExecutionRequest { id: "nope".into() })
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
 }

@@ -138,7 +138,7 @@ pub fn execution(e: &Execution) -> pb::Execution {
             failed: count(TaskState::Failed),
             stopped: count(TaskState::Stopped),
         }),
-        dry_run: false,
+        dry_run: e.dry_run,
     }
 }
 

@@ -15,7 +15,8 @@ use super::convert;
 use super::status::AdminError;
 use super::AdminState;
 use crate::diff::diff_policy;
-use crate::history::{Execution, ExecutionQuery, Task};
+use crate::history::{Execution, ExecutionQuery, Task, Trigger};
+use crate::runs::{start_run, stop_run, RunError, StopError};
 use crate::sync::PreparedPolicy;
 
 type Result<T> = std::result::Result<Response<T>, Status>;
@@ -220,13 +221,54 @@ impl pb::executions_server::Executions for Admin {
 
     async fn start_execution(
         &self,
-        _: Request<pb::StartExecutionRequest>,
+        req: Request<pb::StartExecutionRequest>,
     ) -> Result<pb::Execution> {
-        Err(not_implemented("starting manual runs through the API"))
+        let r = req.get_ref();
+        let policy = self.policy(&r.policy)?;
+        if !policy.enabled {
+            return Err(AdminError::FailedPrecondition(format!(
+                "policy {:?} is disabled; enable it (`\"enabled\": true`) before running it",
+                policy.name
+            ))
+            .into());
+        }
+        let prepared = PreparedPolicy::new(policy, &self.state.registries)
+            .map_err(|e| AdminError::FailedPrecondition(e.to_string()))?;
+        let execution = start_run(
+            &prepared,
+            Trigger::Manual,
+            r.dry_run,
+            self.state.queue.as_ref(),
+            self.state.history.as_ref(),
+        )
+        .await
+        .map_err(|e| match e {
+            RunError::Queue(q) => AdminError::from(q),
+            other => AdminError::FailedPrecondition(other.to_string()),
+        })?;
+        ok(convert::execution(&execution))
     }
 
-    async fn stop_execution(&self, _: Request<pb::StopExecutionRequest>) -> Result<pb::Execution> {
-        Err(not_implemented("stopping executions"))
+    async fn stop_execution(
+        &self,
+        req: Request<pb::StopExecutionRequest>,
+    ) -> Result<pb::Execution> {
+        let id = &req.get_ref().id;
+        if id.is_empty() {
+            return Err(AdminError::required("id").into());
+        }
+        let e = stop_run(self.state.history.as_ref(), id)
+            .await
+            .map_err(|e| match e {
+                StopError::NotFound(name) => AdminError::NotFound {
+                    kind: "execution",
+                    name,
+                    known: Vec::new(),
+                },
+                StopError::NotARun { .. } => AdminError::FailedPrecondition(e.to_string()),
+                StopError::Queue(q) => AdminError::from(q),
+            })?;
+        ok(convert::execution(&e))
     }
 
     async fn list_executions(

@@ -169,6 +169,9 @@ pub struct Execution {
     /// Worker (queue consumer) that ran the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// A plan only: nothing was copied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Tasks by state; filled in by the backend on read (what callers pass is ignored).
     #[serde(default)]
     pub counts: BTreeMap<TaskState, u64>,
@@ -189,6 +192,7 @@ impl Execution {
             error: None,
             origin: None,
             worker: None,
+            dry_run: false,
             counts: BTreeMap::new(),
         }
     }

@@ -108,16 +108,21 @@ impl Job {
         self.execution_id.as_deref().unwrap_or(&self.id)
     }
 
-    /// `policy|kind|repository|reference`: duplicate pending jobs collapse on it.
+    /// `policy|kind|repository|reference` (plus `|execution` for a run's jobs, which must not
+    /// fold into an event's job or another run's): duplicate pending jobs collapse on it.
     pub fn idempotency_key(&self) -> String {
         let kind = match self.kind {
             EventKind::Push => "push",
             EventKind::Delete => "delete",
         };
-        format!(
+        let key = format!(
             "{}|{kind}|{}|{}",
             self.policy, self.repository, self.reference
-        )
+        );
+        match &self.execution_id {
+            Some(run) => format!("{key}|{run}"),
+            None => key,
+        }
     }
 }
 
