@@ -11,6 +11,7 @@
 //! - [`admin`]: the gRPC admin API over the config, queue and history.
 //! - [`history`]: executions, tasks and live workers, for the admin API.
 //! - [`runs`]: manual and scheduled runs of a policy, as executions whose tasks are queue jobs.
+//! - [`schedule`]: cron ticks of scheduled policies, fired once per region.
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
 //!
@@ -31,6 +32,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod runs;
 pub mod runtime;
+pub mod schedule;
 pub mod sync;
 pub mod telemetry;
 pub mod throttle;

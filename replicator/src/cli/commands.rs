@@ -15,6 +15,7 @@ use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
 use ferry_replicator::runtime::{connect_queue, shutdown_signal};
+use ferry_replicator::schedule::{ScheduleMetrics, Scheduler};
 use ferry_replicator::sync::{
     sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
 };
@@ -367,6 +368,19 @@ async fn start_admin(
     Ok(())
 }
 
+/// Runs the scheduler of the config's scheduled policies until `shutdown` (nothing when none).
+fn spawn_scheduler(
+    tasks: &mut tokio::task::JoinSet<()>,
+    scheduler: Scheduler,
+    shutdown: &CancellationToken,
+) {
+    if scheduler.entries().is_empty() {
+        return;
+    }
+    let stop = shutdown.clone();
+    tasks.spawn(async move { scheduler.run(stop).await });
+}
+
 /// Serves `router` on `listener` until `shutdown`.
 fn spawn_server(
     tasks: &mut tokio::task::JoinSet<()>,
@@ -400,6 +414,14 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
+    let scheduler = Scheduler::new(
+        &config,
+        &registries,
+        queue.clone(),
+        history.clone(),
+        &opts.consumer,
+        ScheduleMetrics::register(&mut registry),
+    )?;
     let metrics = Arc::new(IngestMetrics::new(registry));
     let worker = Arc::new(
         Worker::new(
@@ -433,6 +455,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             &shutdown,
         );
     }
+    spawn_scheduler(&mut tasks, scheduler, &shutdown);
     tracing::info!(consumer = %opts.consumer, concurrency = opts.concurrency, "ferry worker running");
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
@@ -462,6 +485,14 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let scheduler = Scheduler::new(
+        &config,
+        &registries,
+        queue.clone(),
+        history.clone(),
+        &opts.consumer,
+        ScheduleMetrics::register(&mut registry),
+    )?;
     let pollers = Poller::from_config(
         &config,
         &registries,
@@ -527,6 +558,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     for p in pollers {
         tasks.spawn(p.run(shutdown.clone()));
     }
+    spawn_scheduler(&mut tasks, scheduler, &shutdown);
     tracing::info!(
         queue = if args.redis.is_some() {
             "redis"

@@ -115,9 +115,12 @@ pub enum TriggerKind {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSettings {
-    /// Cron expression: Harbor's 6-field form (with seconds) or the 5-field form.
+    /// Cron expression: Harbor's 6-field form (with seconds) or the 5-field form, in UTC.
     #[serde(default)]
     pub cron: String,
+    /// Ferry's: skip a tick while the policy's previous run has not ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_active: bool,
 }
 
 /// One filter. Filters of the same type AND together.

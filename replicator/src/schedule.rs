@@ -1,0 +1,260 @@
+//! The scheduler: `scheduled` policies start a run (see [`crate::runs`]) on every tick of their
+//! cron, exactly once across all the processes of a region.
+//!
+//! Cron expressions are Harbor's 6-field form with seconds first (`0 0 */6 * * *`) or the classic
+//! 5-field form, evaluated in UTC (parsed by `croner`).
+//!
+//! # Invariants
+//! - **One firing per tick**: a process fires tick `T` of policy `P` only after taking the
+//!   queue lease `schedule/P/T` (the blob-lease primitive: Redis `SET NX PX`). The key names the
+//!   tick, so it is its own fencing token: a process that wakes late for a tick another one fired
+//!   finds the key taken, and a later tick can never be fired under an earlier tick's lease.
+//! - **`single_active`** (`trigger_settings.single_active`): a tick is skipped, and logged and
+//!   counted as such, while an earlier run of the policy has not ended.
+//! - Ticks missed while no process was running are not replayed (the next tick runs a full
+//!   reconciliation anyway).
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::history::{ExecutionQuery, History, Trigger};
+use crate::policy::TriggerKind;
+use crate::queue::JobQueue;
+use crate::runs::start_run;
+use crate::sync::{PreparedPolicy, Registries, SyncError};
+
+/// How long the lease of one tick is kept (longer than any clock skew between processes).
+const TICK_LEASE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TickLabels {
+    policy: String,
+    outcome: String,
+}
+
+/// `ferry_schedule_ticks_total{policy,outcome}` with outcome `fired`, `taken` (another process
+/// fired it), `skipped_active` or `failed`.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleMetrics {
+    ticks: Family<TickLabels, Counter>,
+}
+
+impl ScheduleMetrics {
+    pub fn register(registry: &mut Registry) -> ScheduleMetrics {
+        let m = ScheduleMetrics::default();
+        registry.register(
+            "ferry_schedule_ticks",
+            "Cron ticks of scheduled policies, by policy and outcome (fired, taken, skipped_active, failed)",
+            m.ticks.clone(),
+        );
+        m
+    }
+}
+
+/// What one tick did in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickOutcome {
+    /// This process started the run with this execution id.
+    Fired(String),
+    /// Another process fired this tick.
+    Taken,
+    /// `single_active` and this run has not ended yet.
+    SkippedActive(String),
+    Failed(String),
+}
+
+impl TickOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            TickOutcome::Fired(_) => "fired",
+            TickOutcome::Taken => "taken",
+            TickOutcome::SkippedActive(_) => "skipped_active",
+            TickOutcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One scheduled policy.
+pub struct Entry {
+    pub prepared: Arc<PreparedPolicy>,
+    cron: Cron,
+    single_active: bool,
+}
+
+impl Entry {
+    /// The first tick strictly after `after`.
+    pub fn next_after(&self, after: &DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(after, false).ok()
+    }
+}
+
+/// Fires the scheduled policies of a config.
+pub struct Scheduler {
+    entries: Vec<Entry>,
+    queue: Arc<dyn JobQueue>,
+    history: Arc<dyn History>,
+    holder: String,
+    metrics: ScheduleMetrics,
+}
+
+impl Scheduler {
+    /// Every enabled `scheduled` policy of `config` (no network I/O). `holder` names this process
+    /// in the tick leases.
+    pub fn new(
+        config: &Config,
+        registries: &Registries,
+        queue: Arc<dyn JobQueue>,
+        history: Arc<dyn History>,
+        holder: &str,
+        metrics: ScheduleMetrics,
+    ) -> Result<Scheduler, SyncError> {
+        let mut entries = Vec::new();
+        for p in config
+            .policies
+            .iter()
+            .filter(|p| p.enabled && p.trigger.kind == TriggerKind::Scheduled)
+        {
+            let settings = p.trigger.trigger_settings.as_ref();
+            let expression = settings.map(|s| s.cron.trim()).unwrap_or_default();
+            let cron = Cron::from_str(expression).map_err(|e| SyncError::Policy {
+                policy: p.name.clone(),
+                message: format!("trigger_settings.cron {expression:?}: {e}"),
+            })?;
+            entries.push(Entry {
+                prepared: Arc::new(PreparedPolicy::new(p, registries)?),
+                cron,
+                single_active: settings.is_some_and(|s| s.single_active),
+            });
+        }
+        Ok(Scheduler {
+            entries,
+            queue,
+            history,
+            holder: holder.to_string(),
+            metrics,
+        })
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Fires tick `at` of `entry` unless another process did or `single_active` forbids it.
+    pub async fn tick(&self, entry: &Entry, at: DateTime<Utc>) -> TickOutcome {
+        let policy = &entry.prepared.policy.name;
+        let key = format!("schedule/{policy}/{}", at.timestamp());
+        let outcome = match self
+            .queue
+            .lease_blob("ferry", &key, &self.holder, TICK_LEASE)
+            .await
+        {
+            Ok(false) => TickOutcome::Taken,
+            Err(e) => TickOutcome::Failed(format!("cannot take the tick lease: {e}")),
+            Ok(true) => match self.active_run(policy, entry.single_active).await {
+                Err(e) => TickOutcome::Failed(e),
+                Ok(Some(active)) => TickOutcome::SkippedActive(active),
+                Ok(None) => match start_run(
+                    &entry.prepared,
+                    Trigger::Scheduled,
+                    false,
+                    self.queue.as_ref(),
+                    self.history.as_ref(),
+                )
+                .await
+                {
+                    Ok(e) => TickOutcome::Fired(e.id),
+                    Err(e) => TickOutcome::Failed(e.to_string()),
+                },
+            },
+        };
+        self.metrics
+            .ticks
+            .get_or_create(&TickLabels {
+                policy: policy.clone(),
+                outcome: outcome.label().into(),
+            })
+            .inc();
+        match &outcome {
+            TickOutcome::Fired(id) => {
+                tracing::info!(policy = %policy, tick = %at, execution = %id, "scheduled run started")
+            }
+            TickOutcome::Taken => {
+                tracing::debug!(policy = %policy, tick = %at, "tick fired by another process")
+            }
+            TickOutcome::SkippedActive(id) => {
+                tracing::warn!(policy = %policy, tick = %at, running = %id, "tick skipped: the previous run has not ended (single_active)")
+            }
+            TickOutcome::Failed(e) => {
+                tracing::warn!(policy = %policy, tick = %at, error = %e, "scheduled run could not start")
+            }
+        }
+        outcome
+    }
+
+    /// With `single_active`, the id of a run of `policy` that has not ended.
+    async fn active_run(
+        &self,
+        policy: &str,
+        single_active: bool,
+    ) -> Result<Option<String>, String> {
+        if !single_active {
+            return Ok(None);
+        }
+        let recent = self
+            .history
+            .executions(&ExecutionQuery {
+                policy: Some(policy.to_string()),
+                before_ms: None,
+                limit: 50,
+            })
+            .await
+            .map_err(|e| format!("cannot read the policy's executions: {e}"))?;
+        Ok(recent
+            .into_iter()
+            .find(|e| {
+                matches!(e.trigger, Trigger::Manual | Trigger::Scheduled) && !e.state.is_final()
+            })
+            .map(|e| e.id))
+    }
+
+    /// Fires ticks as they come until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let mut after = Utc::now();
+        loop {
+            let next = self
+                .entries
+                .iter()
+                .filter_map(|e| e.next_after(&after).map(|t| (t, e)))
+                .min_by_key(|(t, _)| *t);
+            let Some((at, _)) = next else {
+                tracing::warn!("no scheduled policy has a future tick; the scheduler stops");
+                return;
+            };
+            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            for entry in self
+                .entries
+                .iter()
+                .filter(|e| e.next_after(&after) == Some(at))
+            {
+                self.tick(entry, at).await;
+            }
+            after = at;
+        }
+    }
+}
