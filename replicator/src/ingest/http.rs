@@ -53,6 +53,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tokens::TokenSet;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -61,7 +62,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use crate::tokens::TokenSet;
 use tracing::Instrument as _;
 
 use super::harbor::HarborOptions;
@@ -596,4 +596,3 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         "collapsed": collapsed,
     }))
 }
-
