@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use ferry_proto::v1 as pb;
-use ferry_testkit::{RedisServer, Registry, RegistryOptions};
+use ferry_testkit::{RedisServer, Registry};
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -104,23 +104,17 @@ async fn drift_entries(c: &mut Clients, policy: &str) -> Vec<pb::DriftEntry> {
 async fn every_instance_answers_for_the_region() {
     let mut redis = RedisServer::start(true).await.unwrap();
     let listen = free_local_addr();
-    let src = Registry::start_with(RegistryOptions {
-        notifications_url: Some(format!(
-            "http://{listen}/v1/events/distribution?registry=src"
-        )),
-        notifications_token: Some(WEBHOOK_TOKEN.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
+    let RegistryPair {
+        src,
+        dst,
+        dir,
+        config: cfg,
+    } = registry_pair(
+        Some(&listen),
+        WEBHOOK_TOKEN,
         json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}),
-    );
+    )
+    .await;
     let serve_admin = free_local_addr();
     let _serve = Serve::start_with(
         &cfg,

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use ferry_testkit::{Registry, RegistryOptions};
 use serde_json::{json, Value};
 
 const WEBHOOK_TOKEN: &str = "admin-cli-webhook-token";
@@ -50,23 +49,17 @@ async fn succeeded_execution(endpoint: &str, token: &Path) -> Option<Value> {
 async fn admin_cli_against_ferry_serve() {
     let listen = free_local_addr();
     let endpoint = free_local_addr();
-    let src = Registry::start_with(RegistryOptions {
-        notifications_url: Some(format!(
-            "http://{listen}/v1/events/distribution?registry=src"
-        )),
-        notifications_token: Some(WEBHOOK_TOKEN.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
+    let RegistryPair {
+        src,
+        dst,
+        dir,
+        config: cfg,
+    } = registry_pair(
+        Some(&listen),
+        WEBHOOK_TOKEN,
         json!({"trigger": {"type": "event_based"}}),
-    );
+    )
+    .await;
     // The client reads the first non-empty line, trimmed.
     let token = dir.path().join("admin.token");
     std::fs::write(&token, format!("\n  {ADMIN_TOKEN} \nignored\n")).unwrap();

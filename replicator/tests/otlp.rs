@@ -10,7 +10,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use common::*;
-use ferry_testkit::{Registry, RegistryOptions};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -92,23 +91,17 @@ fn hex(bytes: &[u8]) -> String {
 async fn push_webhook_and_its_job_are_one_trace() {
     let (collector, received) = start_collector().await;
     let listen = free_local_addr();
-    let src = Registry::start_with(RegistryOptions {
-        notifications_url: Some(format!(
-            "http://{listen}/v1/events/distribution?registry=src"
-        )),
-        notifications_token: Some(TOKEN.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
+    let RegistryPair {
+        src,
+        dst,
+        dir,
+        config: cfg,
+    } = registry_pair(
+        Some(&listen),
+        TOKEN,
         json!({"trigger": {"type": "event_based"}}),
-    );
+    )
+    .await;
     let mut serve = Serve::start(
         &cfg,
         &listen,

@@ -15,7 +15,7 @@ use ferry_replicator::history::{
 use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
 use ferry_replicator::schedule::{ScheduleMetrics, Scheduler, TickOutcome};
 use ferry_replicator::sync::Registries;
-use ferry_testkit::{RedisServer, Registry};
+use ferry_testkit::RedisServer;
 use serde_json::json;
 
 async fn backend(redis: &RedisServer) -> (Arc<dyn JobQueue>, Arc<dyn History>) {
@@ -150,15 +150,18 @@ async fn single_active_skips_a_tick_while_the_previous_run_is_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_worker_processes_fire_each_second_once() {
     let redis = RedisServer::start(true).await.unwrap();
-    let src = Registry::start().await.unwrap();
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
+    // The registries must outlive the workers: bind them.
+    let RegistryPair {
+        src: _src,
+        dst: _dst,
+        dir,
+        config: cfg,
+    } = registry_pair(
+        None,
+        "",
         json!({"trigger": {"type": "scheduled", "trigger_settings": {"cron": "* * * * * *"}}}),
-    );
+    )
+    .await;
     let mut workers = Vec::new();
     for name in ["w1", "w2"] {
         workers.push(

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry, RegistryOptions};
+use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder};
 use serde_json::json;
 
 const TOKEN: &str = "serve-test-token";
@@ -13,23 +13,17 @@ const TOKEN: &str = "serve-test-token";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_replicates_pushes_and_deletes_from_registry_notifications() {
     let listen = free_local_addr();
-    let src = Registry::start_with(RegistryOptions {
-        notifications_url: Some(format!(
-            "http://{listen}/v1/events/distribution?registry=src"
-        )),
-        notifications_token: Some(TOKEN.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
+    let RegistryPair {
+        src,
+        dst,
+        dir,
+        config: cfg,
+    } = registry_pair(
+        Some(&listen),
+        TOKEN,
         json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}),
-    );
+    )
+    .await;
     let mut serve = Serve::start(&cfg, &listen, TOKEN, &[], dir.path().join("serve.log")).await;
 
     let mut b = LayoutBuilder::new(&dir.path().join("layout")).unwrap();

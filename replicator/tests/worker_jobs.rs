@@ -71,6 +71,17 @@ async fn setup(policy_extra: serde_json::Value) -> Setup {
     }
 }
 
+/// The newest executions in the worker's history (up to 10).
+async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::history::Execution> {
+    s.history
+        .executions(&ExecutionQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// Runs the worker until the queue has nothing waiting or running, then stops it.
 async fn drain(s: &Setup) {
     let stop = CancellationToken::new();
@@ -113,14 +124,7 @@ async fn push_jobs_replicate_and_duplicates_move_bytes_once() {
 
     // One execution per job that ran (duplicates collapsed into one), with its task on the
     // destination: what was moved and the lag.
-    let execs = s
-        .history
-        .executions(&ExecutionQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let execs = recent_executions(&s).await;
     assert_eq!(execs.len(), 1, "{execs:?}");
     let e = &execs[0];
     assert_eq!(e.state, ExecutionState::Succeeded, "{e:?}");
@@ -321,14 +325,7 @@ async fn unrunnable_jobs_are_dead_lettered_and_missing_tags_skipped() {
     assert_eq!(s.worker.stats.jobs_succeeded.load(Ordering::Relaxed), 1);
 
     // The dead-lettered job's execution failed with the reason; the skipped tag's succeeded.
-    let execs = s
-        .history
-        .executions(&ExecutionQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let execs = recent_executions(&s).await;
     let failed: Vec<_> = execs
         .iter()
         .filter(|e| e.state == ExecutionState::Failed)

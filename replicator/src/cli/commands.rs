@@ -368,6 +368,25 @@ async fn start_admin(
     Ok(())
 }
 
+/// The scheduler of the config's scheduled policies, its metrics registered in `registry`.
+fn scheduler(
+    config: &Config,
+    registries: &Registries,
+    queue: &Arc<dyn JobQueue>,
+    history: &Arc<dyn History>,
+    holder: &str,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<Scheduler> {
+    Ok(Scheduler::new(
+        config,
+        registries,
+        queue.clone(),
+        history.clone(),
+        holder,
+        ScheduleMetrics::register(registry),
+    )?)
+}
+
 /// Runs the scheduler of the config's scheduled policies until `shutdown` (nothing when none).
 fn spawn_scheduler(
     tasks: &mut tokio::task::JoinSet<()>,
@@ -414,13 +433,13 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
-    let scheduler = Scheduler::new(
+    let scheduler = scheduler(
         &config,
         &registries,
-        queue.clone(),
-        history.clone(),
+        &queue,
+        &history,
         &opts.consumer,
-        ScheduleMetrics::register(&mut registry),
+        &mut registry,
     )?;
     let metrics = Arc::new(IngestMetrics::new(registry));
     let worker = Arc::new(
@@ -485,13 +504,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
-    let scheduler = Scheduler::new(
+    let scheduler = scheduler(
         &config,
         &registries,
-        queue.clone(),
-        history.clone(),
+        &queue,
+        &history,
         &opts.consumer,
-        ScheduleMetrics::register(&mut registry),
+        &mut registry,
     )?;
     let pollers = Poller::from_config(
         &config,

@@ -600,12 +600,13 @@ impl RegistryClient {
         v.finish().map_err(mismatch)
     }
 
-    /// `HEAD` a manifest: `None` when it does not exist.
-    pub async fn head_manifest(
+    /// The successful answer to a manifest `HEAD` (with the same `Accept` as a `GET`, or the
+    /// digest could differ); `None` on 404.
+    async fn head_manifest_response(
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<RemoteDescriptor>> {
+    ) -> Result<Option<(Url, Response)>> {
         let (url, resp) = self
             .request(
                 Method::HEAD,
@@ -621,6 +622,18 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(self.status_error(&Method::HEAD, &url, resp).await);
         }
+        Ok(Some((url, resp)))
+    }
+
+    /// `HEAD` a manifest: `None` when it does not exist.
+    pub async fn head_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<RemoteDescriptor>> {
+        let Some((_, resp)) = self.head_manifest_response(repository, reference).await? else {
+            return Ok(None);
+        };
         let media_type = header_str(resp.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
         let size = resp.content_length().unwrap_or(0);
         match header_str(resp.headers(), "docker-content-digest")
@@ -648,21 +661,9 @@ impl RegistryClient {
     /// registries count against pull limits): `Ok(None)` when it does not exist, an error when the
     /// registry does not send `Docker-Content-Digest`.
     pub async fn head_digest(&self, repository: &str, reference: &str) -> Result<Option<Digest>> {
-        let (url, resp) = self
-            .request(
-                Method::HEAD,
-                &Self::manifest_path(repository, reference),
-                &Scope::pull(repository),
-                Self::accept_headers(),
-                Body::Empty,
-            )
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some((url, resp)) = self.head_manifest_response(repository, reference).await? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self.status_error(&Method::HEAD, &url, resp).await);
-        }
+        };
         match header_str(resp.headers(), "docker-content-digest")
             .as_deref()
             .and_then(digest::parse)

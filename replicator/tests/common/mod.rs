@@ -429,3 +429,36 @@ impl Serve {
             .expect("wait for ferry serve")
     }
 }
+
+/// Two registries, a temp dir and a config with one `test` policy between them (see
+/// [`write_config`]).
+pub struct RegistryPair {
+    pub src: ferry_testkit::Registry,
+    pub dst: ferry_testkit::Registry,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// A [`RegistryPair`]; with `notify`, the source sends its notifications to a Ferry webhook
+/// endpoint on that address (as registry `src`, with bearer `token`).
+pub async fn registry_pair(notify: Option<&str>, token: &str, policy_extra: Value) -> RegistryPair {
+    let src = ferry_testkit::Registry::start_with(ferry_testkit::RegistryOptions {
+        notifications_url: notify
+            .map(|listen| format!("http://{listen}/v1/events/distribution?registry=src")),
+        notifications_token: Some(token.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("start source registry");
+    let dst = ferry_testkit::Registry::start()
+        .await
+        .expect("start destination registry");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &src.url(), &dst.url(), policy_extra);
+    RegistryPair {
+        src,
+        dst,
+        dir,
+        config,
+    }
+}
