@@ -747,3 +747,125 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
         Code::NotFound
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = ferry_testkit::make_certificates(dir.path()).unwrap();
+    let (src, dst) = (
+        Registry::start().await.unwrap(),
+        Registry::start().await.unwrap(),
+    );
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let listen = free_local_addr();
+    let admin = free_local_addr();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let _serve = Serve::start_with(
+        &cfg,
+        &listen,
+        WEBHOOK_TOKEN,
+        &[
+            "--admin-listen",
+            &admin,
+            "--admin-tls-cert",
+            &path(&certs.cert),
+            "--admin-tls-key",
+            &path(&certs.key),
+            "--admin-client-ca",
+            &path(&certs.ca),
+        ],
+        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    let pem = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem(&certs.ca)));
+    let endpoint = |tls: Option<tonic::transport::ClientTlsConfig>| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{admin}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5));
+        match tls {
+            Some(t) => e.tls_config(t).unwrap(),
+            None => e,
+        }
+    };
+    // With the client certificate: served.
+    let with_cert = tls.clone().identity(tonic::transport::Identity::from_pem(
+        pem(&certs.client_cert),
+        pem(&certs.client_key),
+    ));
+    let ch = endpoint(Some(with_cert))
+        .connect()
+        .await
+        .expect("mTLS handshake");
+    let mut c = clients(&ch, ADMIN_TOKEN);
+    let names: Vec<_> = c
+        .policies
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["test"]);
+    // The token is still required on top of the certificate.
+    let mut no_token = pb::policies_client::PoliciesClient::new(ch);
+    assert_eq!(
+        code(no_token.list_policies(pb::ListPoliciesRequest {}).await).0,
+        Code::Unauthenticated
+    );
+    // Without a client certificate, or in plain text: no call gets through.
+    for (what, e) in [
+        ("TLS without a client certificate", endpoint(Some(tls))),
+        ("plain HTTP/2", endpoint(None)),
+    ] {
+        let refused = match e.connect().await {
+            Err(_) => true,
+            Ok(ch) => clients(&ch, ADMIN_TOKEN)
+                .policies
+                .list_policies(pb::ListPoliciesRequest {})
+                .await
+                .is_err(),
+        };
+        assert!(refused, "{what} was served");
+    }
+
+    // The CLI speaks mTLS too.
+    let cli = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args([
+            "admin",
+            "--endpoint",
+            &format!("https://{admin}"),
+            "--ca-file",
+            &path(&certs.ca),
+        ])
+        .args(extra)
+        .args(["policies", "list"])
+        .env("FERRY_ADMIN_TOKEN", ADMIN_TOKEN);
+        cmd.output().unwrap()
+    };
+    let ok = cli(&[
+        "--cert",
+        &path(&certs.client_cert),
+        "--key",
+        &path(&certs.client_key),
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("test"));
+    let refused = cli(&[]);
+    assert_ne!(
+        refused.status.code(),
+        Some(0),
+        "served without a client certificate"
+    );
+}

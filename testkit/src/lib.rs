@@ -31,9 +31,11 @@ pub mod fake;
 pub mod fixtures;
 pub mod registry;
 pub mod skopeo;
+pub mod tls;
 
 mod process;
 
 pub use fake::{BearerSetup, Behavior, FakeRegistry};
 pub use fixtures::{sha256_digest, sha256_file, Blob, LayerSpec, LayoutBuilder};
 pub use registry::{RedisServer, Registry, RegistryOptions};
+pub use tls::{make_certificates, Certificates};

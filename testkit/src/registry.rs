@@ -80,7 +80,7 @@ impl Registry {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let tls = if opts.tls {
-            Some(make_certificates(dir.path())?)
+            Some(crate::tls::make_certificates(dir.path())?)
         } else {
             None
         };
@@ -221,97 +221,12 @@ async fn spawn_registry(
     Ok(child)
 }
 
-/// A registry's TLS material.
-struct Certificates {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// A throwaway CA and a leaf for `127.0.0.1` signed by it (rustls refuses a self-signed leaf used as
-/// its own trust anchor, so the CA is separate).
-fn make_certificates(dir: &Path) -> anyhow::Result<Certificates> {
-    let p = |name: &str| dir.join(name);
-    std::fs::write(
-        p("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )?;
-    let steps: [&[&str]; 3] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ferry-testkit-ca",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-        ],
-    ];
-    for args in steps {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .context("running openssl (Debian package openssl)")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(Certificates {
-        ca: p("ca.pem"),
-        cert: p("leaf.pem"),
-        key: p("leaf.key"),
-    })
-}
-
 /// distribution's YAML config (see shared/REGISTRY-FACTS.md).
 fn registry_config(
     opts: &RegistryOptions,
     data: &Path,
     addr: SocketAddr,
-    tls: Option<&Certificates>,
+    tls: Option<&crate::tls::Certificates>,
 ) -> String {
     let mut yaml = format!(
         "version: 0.1\n\

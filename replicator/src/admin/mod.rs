@@ -21,6 +21,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::ServerTlsConfig;
 
 use ferry_proto::v1 as pb;
 
@@ -54,11 +55,37 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// TLS for the admin listener from PEM files: the server's certificate chain and key, and with
+/// `client_ca` client certificates signed by that CA are required (mTLS). Errors name the file.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Result<ServerTlsConfig, String> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| format!("cannot read the admin {what} {}: {e}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+        read("TLS certificate", cert)?,
+        read("TLS key", key)?,
+    ));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            "client CA",
+            ca,
+        )?));
+    }
+    Ok(tls)
+}
+
 /// Serves the admin API on `listener` until `state.shutdown` fires, then waits for open streams.
+/// With `tls`, connections are TLS (and mTLS when it names a client CA).
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     auth: AdminAuth,
+    tls: Option<ServerTlsConfig>,
 ) -> Result<(), ServeError> {
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
@@ -92,7 +119,11 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let result = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -64,12 +64,22 @@ Exit codes:
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXIT_CODES)]
 pub struct AdminArgs {
-    /// Admin API endpoint, e.g. http://127.0.0.1:9443 (plain HTTP/2; `host:port` means http://).
+    /// Admin API endpoint, e.g. http://127.0.0.1:9443 or https://ferry.region-a:9443 (`host:port`
+    /// means http://).
     #[arg(long, env = "FERRY_ADMIN_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
     /// File with the bearer token (its first non-empty line). Default: FERRY_ADMIN_TOKEN.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// PEM CA bundle that signed the server's certificate (https:// endpoints).
+    #[arg(long, global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that require one (mTLS); needs --key.
+    #[arg(long, global = true, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM key of --cert.
+    #[arg(long, global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Output format: aligned tables, or one JSON document on stdout.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
@@ -999,6 +1009,30 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// TLS settings of an https:// endpoint from `--ca-file`, `--cert` and `--key`.
+fn client_tls(args: &AdminArgs) -> Result<tonic::transport::ClientTlsConfig, Failure> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Failure::other(&format!("{flag} {}", path.display()), e.to_string()))
+    };
+    let Some(ca) = &args.ca_file else {
+        let problem =
+            "an https:// endpoint needs --ca-file with the CA that signed the server's certificate"
+                .to_string();
+        return Err(Failure::other("admin TLS", problem));
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(read("--ca-file", ca)?),
+    );
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read("--cert", cert)?,
+            read("--key", key)?,
+        ));
+    }
+    Ok(tls)
+}
+
 /// What every command needs: the channel (connected on first use, so file errors come first),
 /// the token, the per-call timeout and the output format.
 struct Ctx {
@@ -1022,14 +1056,18 @@ impl Ctx {
             format!("http://{url}")
         };
         let what = format!("admin endpoint {url}");
-        if url.starts_with("https://") {
-            let problem = "TLS is not built into this ferry: use http:// (behind a TLS proxy)";
-            return Err(Failure::other(&what, problem.into()));
-        }
         let timeout = Duration::from_secs(args.timeout);
-        let endpoint = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Failure::other(&what, error_chain(&e)))?
             .connect_timeout(timeout);
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(client_tls(args)?)
+                .map_err(|e| Failure::other(&what, error_chain(&e)))?;
+        } else if args.ca_file.is_some() || args.cert.is_some() {
+            let problem = "--ca-file/--cert apply to https:// endpoints only".to_string();
+            return Err(Failure::other(&what, problem));
+        }
         let tokens = ferry_replicator::tokens::load(
             args.token_file.as_deref(),
             "FERRY_ADMIN_TOKEN",

@@ -351,6 +351,13 @@ async fn start_admin(
     let addr = listener.local_addr()?;
     let auth = admin::AdminAuth::new(tokens, flags.admin_allow_unauthenticated_loopback, addr)
         .map_err(anyhow::Error::msg)?;
+    let tls = match (&flags.admin_tls_cert, &flags.admin_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            admin::tls_config(cert, key, flags.admin_client_ca.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
     let state = admin::AdminState {
         config: config.clone(),
         registries: registries.clone(),
@@ -359,9 +366,9 @@ async fn start_admin(
         shutdown: shutdown.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
     };
-    tracing::info!(listen = %addr, "admin API listening (gRPC, health, reflection)");
+    tracing::info!(listen = %addr, tls = tls.is_some(), mtls = flags.admin_client_ca.is_some(), "admin API listening (gRPC, health, reflection)");
     tasks.spawn(async move {
-        if let Err(e) = admin::serve(listener, state, auth).await {
+        if let Err(e) = admin::serve(listener, state, auth, tls).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     });

@@ -116,6 +116,15 @@ pub struct AdminFlags {
     /// Allow admin calls without a token — only when --admin-listen is a loopback address.
     #[arg(long)]
     pub admin_allow_unauthenticated_loopback: bool,
+    /// Serve the admin API over TLS with this PEM certificate (chain); needs --admin-tls-key.
+    #[arg(long, requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mTLS); needs --admin-tls-cert.
+    #[arg(long, requires = "admin_tls_cert")]
+    pub admin_client_ca: Option<PathBuf>,
 }
 
 /// How a process reaches the queue.
