@@ -38,6 +38,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// How long a worker trusts its list of paused policies: a pause takes effect on every worker
+/// within this time (the admin API's PausePolicy answers only after it).
+pub const PAUSED_TTL: Duration = Duration::from_secs(1);
+
 /// How often a run's job checks whether the run was stopped (a stop takes effect within this plus
 /// the time to cancel the transfer).
 const STOP_POLL: Duration = Duration::from_millis(500);
@@ -256,6 +260,8 @@ pub struct Worker {
     metrics: WorkerMetrics,
     /// Shared with every other worker of the queue: one uploader per (destination, blob).
     blob_leases: Arc<BlobLeases>,
+    /// Paused policies as last read, and when (read at most every [`PAUSED_TTL`]).
+    paused: std::sync::Mutex<Option<(tokio::time::Instant, std::collections::BTreeSet<String>)>>,
 }
 
 impl Worker {
@@ -296,6 +302,7 @@ impl Worker {
             stats: Arc::default(),
             metrics: WorkerMetrics::default(),
             blob_leases,
+            paused: std::sync::Mutex::new(None),
         })
     }
 
@@ -434,6 +441,21 @@ impl Worker {
             crate::telemetry::set_parent(&span, traceparent);
         }
         async {
+            if self.is_paused(&job.policy).await {
+                match self.queue.park(&lease).await {
+                    Ok(true) => {
+                        tracing::info!("policy paused: job parked until it is resumed");
+                        self.record_with(job, ExecutionState::Queued, None, Some("the policy is paused; the job runs when it is resumed".into()), &[]).await;
+                        return;
+                    }
+                    // Resumed meanwhile: run it.
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot park the job of a paused policy; it will be handed out again");
+                        return;
+                    }
+                }
+            }
             if let Some(run) = &job.execution_id {
                 if self.run_is_stopped(run).await {
                     tracing::info!(execution = %run, "the run was stopped: skipping its job");
@@ -561,6 +583,33 @@ impl Worker {
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot record the execution in the history");
+        }
+    }
+
+    /// Whether `policy` is paused, from a list read at most every [`PAUSED_TTL`] (a queue error
+    /// counts as "not paused": the job runs).
+    async fn is_paused(&self, policy: &str) -> bool {
+        let fresh = {
+            let cached = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+            cached
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < PAUSED_TTL)
+                .map(|(_, set)| set.contains(policy))
+        };
+        if let Some(paused) = fresh {
+            return paused;
+        }
+        match self.queue.paused().await {
+            Ok(set) => {
+                let paused = set.contains(policy);
+                *self.paused.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((tokio::time::Instant::now(), set));
+                paused
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the paused policies; running the job");
+                false
+            }
         }
     }
 

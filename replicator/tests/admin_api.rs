@@ -464,9 +464,10 @@ async fn every_instance_answers_for_the_region() {
             .await,
     );
     assert_eq!(unavailable, Code::Unavailable, "{msg}");
+    // What needs no Redis still answers.
     assert!(c
-        .policies
-        .list_policies(pb::ListPoliciesRequest {})
+        .registries
+        .list_registries(pb::ListRegistriesRequest {})
         .await
         .is_ok());
 }
@@ -652,6 +653,82 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
         .await
         .iter()
         .all(|t| t.outcome == "unchanged"));
+
+    // Paused: a run is refused, and a job that arrives anyway (an event, a run started before) is
+    // parked, not run; resuming puts it back and it runs.
+    let name = |n: &str| n.to_string();
+    let paused = c
+        .operations
+        .pause_policy(pb::PausePolicyRequest { name: name("fast") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(paused.paused);
+    let listed = c
+        .policies
+        .get_policy(pb::GetPolicyRequest { name: name("fast") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.paused);
+    assert_eq!(
+        code(c.executions.start_execution(start("fast", false)).await).0,
+        Code::FailedPrecondition
+    );
+    // Behind the API's back, as an event would: a job for v3.
+    let v3 = push_image(dir.path(), 94, &src.host(), "team/app:v3").await;
+    let queue = ferry_replicator::queue::RedisQueue::connect(
+        &redis.url(),
+        "ferry",
+        ferry_replicator::queue::RetryPolicy::default(),
+    )
+    .await
+    .unwrap();
+    use ferry_replicator::queue::JobQueue as _;
+    queue
+        .enqueue(ferry_replicator::queue::Job::new(
+            "fast",
+            ferry_replicator::event::EventKind::Push,
+            "team/app",
+            "v3",
+        ))
+        .await
+        .unwrap();
+    let parked = eventually(Duration::from_secs(10), || {
+        let mut ops = c.operations.clone();
+        async move {
+            ops.get_queue_stats(pb::GetQueueStatsRequest {})
+                .await
+                .is_ok_and(|q| {
+                    let q = q.into_inner();
+                    q.depth == 0 && q.in_flight == 0
+                })
+        }
+    })
+    .await;
+    assert!(parked, "the job was not taken:\n{}", serve.log());
+    assert_eq!(
+        manifest_status(&dst.url(), "team/app", "v3").await,
+        404,
+        "a paused policy's job ran"
+    );
+    let resumed = c
+        .operations
+        .resume_policy(pb::ResumePolicyRequest { name: name("fast") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resumed.paused);
+    let arrived = eventually(Duration::from_secs(20), || async {
+        manifest_status(&dst.url(), "team/app", "v3").await == 200
+    })
+    .await;
+    assert!(
+        arrived,
+        "the parked job did not run after resume:\n{}",
+        serve.log()
+    );
+    assert_eq!(raw_digest(&dst.host(), "team/app:v3").await, v3);
 
     // A disabled policy does not run.
     let (precondition, msg) = code(c.executions.start_execution(start("off", false)).await);

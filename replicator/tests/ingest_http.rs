@@ -136,6 +136,22 @@ impl JobQueue for SwitchableQueue {
         self.check()?;
         self.inner.release_blob(destination, digest, holder).await
     }
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
+        self.check()?;
+        self.inner.set_paused(policy, paused).await
+    }
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
+        self.check()?;
+        self.inner.paused().await
+    }
+    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
+        self.check()?;
+        self.inner.park(lease).await
+    }
+    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
+        self.check()?;
+        self.inner.unpark(policy).await
+    }
     async fn renew_blob(
         &self,
         destination: &str,

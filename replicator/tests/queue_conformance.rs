@@ -953,6 +953,42 @@ async fn prefixes_are_isolated(backend: Backend) {
     assert_eq!(other.prefix(), "other");
 }
 
+async fn paused_policies_park_jobs_until_resumed(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = h.queue.as_ref();
+    q.enqueue(job("v1")).await.unwrap();
+    let lease = claim_soon(q, "w1", Duration::from_secs(2)).await.remove(0);
+    // Not paused: parking refuses and the lease stays valid.
+    assert!(!q.park(&lease).await.unwrap());
+    q.renew(&lease, LONG).await.unwrap();
+
+    q.set_paused("eu-to-us", true).await.unwrap();
+    q.set_paused("other", true).await.unwrap();
+    let paused: Vec<String> = q.paused().await.unwrap().into_iter().collect();
+    assert_eq!(paused, ["eu-to-us", "other"]);
+    assert!(q.park(&lease).await.unwrap());
+    assert_lease_lost(q.ack(&lease).await, "ack after park");
+    let st = q.stats().await.unwrap();
+    assert_eq!(
+        (st.depth, st.in_flight),
+        (0, 0),
+        "a parked job is neither waiting nor running: {st:?}"
+    );
+    assert!(q.claim("w1", 10, LONG).await.unwrap().is_empty());
+
+    // Resume: clear the flag, then move the parked jobs back.
+    q.set_paused("eu-to-us", false).await.unwrap();
+    assert_eq!(q.unpark("eu-to-us").await.unwrap(), 1);
+    assert_eq!(q.unpark("eu-to-us").await.unwrap(), 0, "moved once");
+    let again = claim_soon(q, "w2", Duration::from_secs(2)).await;
+    assert_eq!(refs(&again), ["v1"]);
+    assert_eq!(again[0].job.id, lease.job.id, "the same job, not a copy");
+    let paused: Vec<String> = q.paused().await.unwrap().into_iter().collect();
+    assert_eq!(paused, ["other"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // History (executions, tasks, workers): same backends, same suite
 
@@ -1338,6 +1374,7 @@ suite! {
         history_retention_drops_the_oldest_with_their_tasks,
         history_counts_stay_exact_under_concurrent_recorders,
         workers_are_listed_until_their_heartbeat_expires,
+        paused_policies_park_jobs_until_resumed,
     ],
     servers: [
         aof_restart_keeps_jobs_and_leases,

@@ -88,6 +88,42 @@ impl Admin {
             })
     }
 
+    /// A policy as the API shows it: its definition plus whether it is paused.
+    async fn view(
+        &self,
+        policy: &crate::policy::Policy,
+    ) -> std::result::Result<pb::Policy, AdminError> {
+        let paused = self.state.queue.paused().await?;
+        Ok(pb::Policy {
+            paused: paused.contains(&policy.name),
+            ..convert::policy(policy)
+        })
+    }
+
+    /// Pauses or resumes a policy; resuming moves its parked jobs back to the queue.
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<pb::Policy> {
+        let policy = self.policy(name)?;
+        let queue = &self.state.queue;
+        queue
+            .set_paused(name, paused)
+            .await
+            .map_err(AdminError::from)?;
+        if !paused {
+            let moved = queue.unpark(name).await.map_err(AdminError::from)?;
+            tracing::info!(
+                policy = name,
+                jobs = moved,
+                "policy resumed: parked jobs are queued again"
+            );
+        } else {
+            // Workers trust their list of paused policies for PAUSED_TTL: once that has passed,
+            // none of them starts a job of this policy any more.
+            tokio::time::sleep(crate::worker::PAUSED_TTL + Duration::from_millis(100)).await;
+            tracing::info!(policy = name, "policy paused: workers park its jobs");
+        }
+        ok(self.view(policy).await?)
+    }
+
     async fn execution(&self, id: &str) -> std::result::Result<Execution, AdminError> {
         if id.is_empty() {
             return Err(AdminError::required("id"));
@@ -110,19 +146,23 @@ impl pb::policies_server::Policies for Admin {
         &self,
         _: Request<pb::ListPoliciesRequest>,
     ) -> Result<pb::ListPoliciesResponse> {
+        let paused = self.state.queue.paused().await.map_err(AdminError::from)?;
         ok(pb::ListPoliciesResponse {
             policies: self
                 .state
                 .config
                 .policies
                 .iter()
-                .map(convert::policy)
+                .map(|p| pb::Policy {
+                    paused: paused.contains(&p.name),
+                    ..convert::policy(p)
+                })
                 .collect(),
         })
     }
 
     async fn get_policy(&self, req: Request<pb::GetPolicyRequest>) -> Result<pb::Policy> {
-        ok(convert::policy(self.policy(&req.get_ref().name)?))
+        ok(self.view(self.policy(&req.get_ref().name)?).await?)
     }
 
     async fn put_policy(&self, _: Request<pb::PutPolicyRequest>) -> Result<pb::Policy> {
@@ -228,6 +268,13 @@ impl pb::executions_server::Executions for Admin {
         if !policy.enabled {
             return Err(AdminError::FailedPrecondition(format!(
                 "policy {:?} is disabled; enable it (`\"enabled\": true`) before running it",
+                policy.name
+            ))
+            .into());
+        }
+        if self.view(policy).await?.paused {
+            return Err(AdminError::FailedPrecondition(format!(
+                "policy {:?} is paused; resume it before running it",
                 policy.name
             ))
             .into());
@@ -538,11 +585,11 @@ impl pb::operations_server::Operations for Admin {
         })
     }
 
-    async fn pause_policy(&self, _: Request<pb::PausePolicyRequest>) -> Result<pb::Policy> {
-        Err(not_implemented("pausing policies"))
+    async fn pause_policy(&self, req: Request<pb::PausePolicyRequest>) -> Result<pb::Policy> {
+        self.set_paused(&req.get_ref().name, true).await
     }
 
-    async fn resume_policy(&self, _: Request<pb::ResumePolicyRequest>) -> Result<pb::Policy> {
-        Err(not_implemented("resuming policies"))
+    async fn resume_policy(&self, req: Request<pb::ResumePolicyRequest>) -> Result<pb::Policy> {
+        self.set_paused(&req.get_ref().name, false).await
     }
 }

@@ -68,6 +68,9 @@ struct State {
     dead: VecDeque<Job>,
     /// `(destination, digest)` → `(holder, expiry)`.
     blobs: HashMap<(String, String), (String, Instant)>,
+    paused: std::collections::BTreeSet<String>,
+    /// Policy → jobs parked while it is paused.
+    parked: HashMap<String, Vec<Job>>,
 }
 
 impl State {
@@ -348,6 +351,43 @@ impl JobQueue for MemoryQueue {
             .get(&key)
             .filter(|(_, expiry)| *expiry > now)
             .map(|(h, _)| h.clone()))
+    }
+
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
+        let mut st = self.state();
+        if paused {
+            st.paused.insert(policy.to_string());
+        } else {
+            st.paused.remove(policy);
+        }
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
+        Ok(self.state().paused.clone())
+    }
+
+    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
+        let mut st = self.state();
+        if !st.paused.contains(&lease.job.policy) {
+            return Ok(false);
+        }
+        let f = st.take_owned(lease)?;
+        st.parked
+            .entry(f.job.policy.clone())
+            .or_default()
+            .push(f.job);
+        Ok(true)
+    }
+
+    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
+        let mut st = self.state();
+        let jobs = st.parked.remove(policy).unwrap_or_default();
+        let n = jobs.len() as u64;
+        for job in jobs {
+            st.push_fresh(job);
+        }
+        Ok(n)
     }
 
     async fn release_blob(

@@ -15,6 +15,10 @@
 //!   after `max_attempts` (or a permanent error) it moves to the dead-letter list.
 //! - **Blob leases**: [`JobQueue::lease_blob`] makes one holder the mover of a `(destination,
 //!   digest)` so concurrent jobs move a shared layer once.
+//! - **Pausing**: while a policy is paused ([`JobQueue::set_paused`]), workers [`JobQueue::park`]
+//!   its jobs instead of running them; parking checks the flag in the same atomic step, so a job
+//!   is never parked after the policy was resumed, and [`JobQueue::unpark`] (called on resume,
+//!   after the flag is cleared) moves every parked job back to the queue, collapsing duplicates.
 //!
 //! Backends: [`MemoryQueue`] (in-process, for `ferry serve` without `--redis`) and [`RedisQueue`]
 //! (Redis/Valkey Streams with a consumer group; its module doc has the key layout and lease
@@ -266,6 +270,19 @@ pub trait JobQueue: Send + Sync + 'static {
         destination: &str,
         digest: &str,
     ) -> Result<Option<String>, QueueError>;
+
+    /// Pauses (`true`) or resumes a policy. Resuming does not move parked jobs: call [`JobQueue::unpark`].
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError>;
+
+    /// The paused policies.
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError>;
+
+    /// Ends the lease by parking the job until its policy is resumed. `Ok(false)` (and the lease
+    /// kept) when the policy is not paused (any more): run the job.
+    async fn park(&self, lease: &Lease) -> Result<bool, QueueError>;
+
+    /// Moves every parked job of `policy` back to the queue; returns how many.
+    async fn unpark(&self, policy: &str) -> Result<u64, QueueError>;
 
     /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
     async fn release_blob(

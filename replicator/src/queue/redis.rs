@@ -12,6 +12,8 @@
 //! | `{p}:dead` | list | dead-lettered job JSON, oldest first |
 //! | `{p}:corrupt` | list | raw payloads of stream entries that were not a valid job (quarantined) |
 //! | `{p}:blob:{destination}:{digest}` | string with PX expiry | holder of a blob lease |
+//! | `{p}:paused` | set | paused policies |
+//! | `{p}:parked:{policy}` | list | job JSON parked while the policy is paused, oldest first |
 //!
 //! Every state change is one Lua script, so a job is always in exactly one place (unread in a
 //! stream, claimed = in the group's PEL with a `{p}:leases` member, in `{p}:delayed`, in `{p}:dead`)
@@ -206,6 +208,18 @@ end
 return 1
 "#;
 
+/// KEYS: stream, leases, paused, parked. ARGV: group, entry id, consumer, token, policy, job JSON.
+/// Returns 1 parked, 2 not paused (lease kept), 0 not the owner.
+const PARK: &str = r#"
+if owner(KEYS[1], ARGV[1], ARGV[2]) ~= ARGV[3] then return 0 end
+if redis.call('SISMEMBER', KEYS[3], ARGV[5]) == 0 then return 2 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('RPUSH', KEYS[4], ARGV[6])
+return 1
+"#;
+
 /// KEYS: jobs, retries, delayed, leases, dead. ARGV: group, now ms.
 /// Returns depth, in flight, delayed (not yet due), dead letters, JSON of the oldest unclaimed new
 /// job ('' when none).
@@ -268,6 +282,7 @@ static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM));
 static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RENEW));
 static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FINISH));
 static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));
+static PARK_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PARK));
 static RETRY_DEAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RETRY_DEAD));
 static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE));
 static RELEASE_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_BLOB));
@@ -310,6 +325,14 @@ impl Keys {
 
     fn pending(&self, job: &Job) -> String {
         format!("{}:pending:{}", self.prefix, job.idempotency_key())
+    }
+
+    fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+
+    fn parked(&self, policy: &str) -> String {
+        format!("{}:parked:{policy}", self.prefix)
     }
 
     fn blob(&self, destination: &str, digest: &str) -> String {
@@ -735,6 +758,99 @@ impl JobQueue for RedisQueue {
                 .query_async(&mut con),
         )
         .await
+    }
+
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
+        let mut con = self.con.clone();
+        let cmd = if paused { "SADD" } else { "SREM" };
+        bounded(
+            redis::cmd(cmd)
+                .arg(self.keys.paused())
+                .arg(policy)
+                .query_async::<i64>(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
+        let mut con = self.con.clone();
+        bounded(
+            redis::cmd("SMEMBERS")
+                .arg(self.keys.paused())
+                .query_async(&mut con),
+        )
+        .await
+    }
+
+    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
+        let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
+            return Err(lease_lost(lease));
+        };
+        let mut con = self.con.clone();
+        let r: i64 = bounded(
+            PARK_SCRIPT
+                .key(stream)
+                .key(&self.keys.leases)
+                .key(self.keys.paused())
+                .key(self.keys.parked(&lease.job.policy))
+                .arg(&self.keys.group)
+                .arg(id)
+                .arg(&lease.consumer)
+                .arg(&lease.token)
+                .arg(&lease.job.policy)
+                .arg(to_json(&lease.job))
+                .invoke_async(&mut con),
+        )
+        .await?;
+        match r {
+            1 => Ok(true),
+            2 => Ok(false),
+            _ => Err(lease_lost(lease)),
+        }
+    }
+
+    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
+        let key = self.keys.parked(policy);
+        let mut con = self.con.clone();
+        let raw: Vec<Vec<u8>> = bounded(
+            redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut con),
+        )
+        .await?;
+        let mut moved = 0;
+        for entry in raw {
+            // Enqueue first, then remove: a crash in between leaves the job parked (it is moved
+            // again on the next resume, and collapses if it is still pending).
+            match serde_json::from_slice::<Job>(&entry) {
+                Ok(job) => {
+                    self.enqueue(job).await?;
+                    moved += 1;
+                }
+                Err(e) => {
+                    tracing::error!(policy, error = %e, "quarantining an unreadable parked job");
+                    bounded(
+                        redis::cmd("RPUSH")
+                            .arg(&self.keys.corrupt)
+                            .arg(entry.as_slice())
+                            .query_async::<i64>(&mut con),
+                    )
+                    .await?;
+                }
+            }
+            bounded(
+                redis::cmd("LREM")
+                    .arg(&key)
+                    .arg(1)
+                    .arg(entry.as_slice())
+                    .query_async::<i64>(&mut con),
+            )
+            .await?;
+        }
+        Ok(moved)
     }
 
     async fn release_blob(
