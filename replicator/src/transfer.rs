@@ -81,6 +81,9 @@ pub struct TransferStats {
     pub manifests_pushed: AtomicU64,
     /// Blob bytes sent to destinations (counted as they stream).
     pub bytes_copied: AtomicU64,
+    /// Sizes of the blobs that had to be uploaded (known as each upload starts): with
+    /// `bytes_copied`, the byte progress of a transfer.
+    pub bytes_planned: AtomicU64,
 }
 
 impl TransferStats {
@@ -96,6 +99,8 @@ impl TransferStats {
             .fetch_add(s.manifests_pushed, Ordering::Relaxed);
         self.bytes_copied
             .fetch_add(s.bytes_copied, Ordering::Relaxed);
+        self.bytes_planned
+            .fetch_add(s.bytes_planned, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -105,6 +110,7 @@ impl TransferStats {
             blobs_skipped: self.blobs_skipped.load(Ordering::Relaxed),
             manifests_pushed: self.manifests_pushed.load(Ordering::Relaxed),
             bytes_copied: self.bytes_copied.load(Ordering::Relaxed),
+            bytes_planned: self.bytes_planned.load(Ordering::Relaxed),
         }
     }
 }
@@ -116,6 +122,7 @@ pub struct StatsSnapshot {
     pub blobs_skipped: u64,
     pub manifests_pushed: u64,
     pub bytes_copied: u64,
+    pub bytes_planned: u64,
 }
 
 /// What happened to one blob.
@@ -413,6 +420,9 @@ async fn copy_blob_locked(
         },
         None => None,
     };
+    ctx.stats
+        .bytes_planned
+        .fetch_add(desc.size(), Ordering::Relaxed);
     let uploaded = match (&ctx.leases, &held) {
         (Some(leases), Some(holder)) => {
             tokio::select! {

@@ -46,6 +46,12 @@ pub const PAUSED_TTL: Duration = Duration::from_secs(1);
 /// the time to cancel the transfer).
 const STOP_POLL: Duration = Duration::from_millis(500);
 
+/// How often a running job's progress (bytes and blobs per destination) is recorded.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The destination a job is working on now, its live counters and when it started there.
+type LiveTask = std::sync::Mutex<Option<(String, Arc<TransferStats>, i64)>>;
+
 /// A job running longer than this is recorded as `running` in the history.
 const RUNNING_NOTE_AFTER: Duration = Duration::from_millis(500);
 
@@ -478,9 +484,10 @@ impl Worker {
                 job_cancel.clone(),
                 lease_lost.clone(),
             );
+            let live: Arc<LiveTask> = Arc::default();
             let work = {
-                let (me, job, cancel) = (self.clone(), lease.job.clone(), job_cancel.clone());
-                async move { me.execute_recorded(&job, &cancel).await }
+                let (me, job, cancel, live) = (self.clone(), lease.job.clone(), job_cancel.clone(), live.clone());
+                async move { me.execute_recorded(&job, &cancel, &live).await }
             };
             let finished = CancellationToken::new();
             let stop_watch = self.watch_run_stop(job, &job_cancel, &run_stopped);
@@ -496,15 +503,27 @@ impl Worker {
                 finished.cancel();
                 r
             };
-            // A job still running after RUNNING_NOTE_AFTER is recorded as running (quick jobs,
-            // most of them, only get their final record: half the history writes). The note is
-            // written before the final record, which waits for both.
+            // A job still running after RUNNING_NOTE_AFTER is recorded as running, then its
+            // progress every PROGRESS_EVERY (quick jobs, most of them, only get their final
+            // record). These notes are written before the final record, which waits for them.
             let note = async {
                 tokio::select! {
-                    () = tokio::time::sleep(RUNNING_NOTE_AFTER) => {
-                        self.record(job, ExecutionState::Running, None, &[]).await;
+                    () = tokio::time::sleep(RUNNING_NOTE_AFTER) => {}
+                    () = finished.cancelled() => return,
+                }
+                loop {
+                    let progress: Vec<Task> = live
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .map(|(dst, stats, started)| running_task(job, dst, *started, &stats.snapshot()))
+                        .into_iter()
+                        .collect();
+                    self.record(job, ExecutionState::Running, None, &progress).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(PROGRESS_EVERY) => {}
+                        () = finished.cancelled() => return,
                     }
-                    () = finished.cancelled() => {}
                 }
             };
             let ((), (result, tasks)) = tokio::join!(note, work);
@@ -659,7 +678,8 @@ impl Worker {
     ) -> Result<(), QueueError> {
         let mut tasks = tasks.to_vec();
         match state {
-            ExecutionState::Running => return Ok(()),
+            ExecutionState::Running if tasks.is_empty() => return Ok(()),
+            ExecutionState::Running => {}
             ExecutionState::Retrying | ExecutionState::Queued => {
                 for t in tasks.iter_mut().filter(|t| t.state != TaskState::Succeeded) {
                     t.state = TaskState::Pending;
@@ -804,17 +824,21 @@ impl Worker {
         job: &Job,
         cancel: &CancellationToken,
     ) -> Result<JobOutcome, JobError> {
-        self.execute_recorded(job, cancel).await.0
+        self.execute_recorded(job, cancel, &LiveTask::default())
+            .await
+            .0
     }
 
-    /// [`Worker::execute`], plus one task record per destination it reached.
+    /// [`Worker::execute`], plus one task record per destination it reached; `live` names the
+    /// destination being worked on, for progress records.
     async fn execute_recorded(
         &self,
         job: &Job,
         cancel: &CancellationToken,
+        live: &LiveTask,
     ) -> (Result<JobOutcome, JobError>, Vec<Task>) {
         let mut tasks = Vec::new();
-        let result = self.execute_with(job, cancel, &mut tasks).await;
+        let result = self.execute_with(job, cancel, &mut tasks, live).await;
         (result, tasks)
     }
 
@@ -823,6 +847,7 @@ impl Worker {
         job: &Job,
         cancel: &CancellationToken,
         tasks: &mut Vec<Task>,
+        live: &LiveTask,
     ) -> Result<JobOutcome, JobError> {
         let prepared = self
             .policies
@@ -834,6 +859,8 @@ impl Worker {
             let stats = Arc::new(TransferStats::default());
             let ctx = self.context(prepared, &dst, cancel, &stats);
             let started = now_ms();
+            *live.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((dst.name().to_string(), stats.clone(), started));
             let result = match job.kind {
                 EventKind::Push => reconcile_reference(
                     prepared,
@@ -942,22 +969,9 @@ fn task_record(
     };
     let copied = matches!(result, Ok(DestOutcome::Push(TagOutcome::Copied { .. })));
     Task {
-        id: Task::id_for(destination, &job.repository, &job.reference),
-        execution_id: job.execution().to_string(),
-        policy: job.policy.clone(),
-        kind: job.kind,
-        repository: job.repository.clone(),
-        reference: job.reference.clone(),
-        destination: destination.to_string(),
         state,
-        attempts: job.attempt + 1,
         digest,
         outcome: Some(outcome),
-        blobs_copied: moved.blobs_copied,
-        blobs_mounted: moved.blobs_mounted,
-        blobs_skipped: moved.blobs_skipped,
-        bytes: moved.bytes_copied,
-        started_at_ms,
         ended_at_ms: Some(now_ms()),
         error,
         lag_ms: if copied {
@@ -965,6 +979,33 @@ fn task_record(
         } else {
             None
         },
+        ..running_task(job, destination, started_at_ms, moved)
+    }
+}
+
+/// The task record of `job` on `destination` while it runs, with what it moved so far.
+fn running_task(job: &Job, destination: &str, started_at_ms: i64, moved: &StatsSnapshot) -> Task {
+    Task {
+        id: Task::id_for(destination, &job.repository, &job.reference),
+        execution_id: job.execution().to_string(),
+        policy: job.policy.clone(),
+        kind: job.kind,
+        repository: job.repository.clone(),
+        reference: job.reference.clone(),
+        destination: destination.to_string(),
+        state: TaskState::Running,
+        attempts: job.attempt + 1,
+        digest: None,
+        outcome: None,
+        blobs_copied: moved.blobs_copied,
+        blobs_mounted: moved.blobs_mounted,
+        blobs_skipped: moved.blobs_skipped,
+        bytes: moved.bytes_copied,
+        bytes_total: moved.bytes_planned,
+        started_at_ms,
+        ended_at_ms: None,
+        error: None,
+        lag_ms: None,
     }
 }
 

@@ -755,7 +755,26 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
         "the slow run's job never started:\n{}",
         serve.log()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Byte-level progress of the running task is visible while the blob streams.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (seen, progress) = loop {
+        let task = tasks_of(&mut c, &slow.id).await.first().cloned();
+        let running = task
+            .as_ref()
+            .is_some_and(|t| t.state == pb::TaskState::Running as i32 && t.bytes_done > 0);
+        if running || std::time::Instant::now() > deadline {
+            break (running, task);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let t = progress.expect("a task");
+    assert!(seen, "no progress recorded: {t:?}");
+    assert!(
+        t.bytes_total >= 48 * 1024 * 1024 && t.bytes_done < t.bytes_total,
+        "bytes {} of {}",
+        t.bytes_done,
+        t.bytes_total
+    );
     let asked = std::time::Instant::now();
     let stopped = c
         .executions

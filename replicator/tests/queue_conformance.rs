@@ -1013,6 +1013,7 @@ fn task(execution_id: &str, n: u32, state: TaskState) -> Task {
         blobs_mounted: 0,
         blobs_skipped: 0,
         bytes: 1000 * u64::from(n),
+        bytes_total: 0,
         started_at_ms: now_ms(),
         ended_at_ms: None,
         error: None,

@@ -159,11 +159,7 @@ pub fn task(t: &Task) -> pb::Task {
         blobs_mounted: t.blobs_mounted,
         blobs_skipped: t.blobs_skipped,
         bytes_done: t.bytes,
-        bytes_total: if t.state == TaskState::Succeeded {
-            t.bytes
-        } else {
-            0
-        },
+        bytes_total: t.bytes_total,
         started_at_ms: t.started_at_ms,
         ended_at_ms: t.ended_at_ms.unwrap_or(0),
         error: t.error.clone().unwrap_or_default(),

@@ -224,8 +224,12 @@ pub struct Task {
     pub blobs_mounted: u64,
     #[serde(default)]
     pub blobs_skipped: u64,
+    /// Blob bytes sent so far.
     #[serde(default)]
     pub bytes: u64,
+    /// Bytes of the blobs the destination lacked (grows as uploads start; `bytes` of it are done).
+    #[serde(default)]
+    pub bytes_total: u64,
     pub started_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at_ms: Option<i64>,
