@@ -72,6 +72,8 @@ pub struct WorkerOptions {
     pub blob_parallelism: usize,
     /// How often the worker announces itself in the history (listed as live for 3 periods).
     pub heartbeat: Duration,
+    /// Region name shown in the worker list.
+    pub region: String,
 }
 
 impl Default for WorkerOptions {
@@ -84,6 +86,7 @@ impl Default for WorkerOptions {
             grace: Duration::from_secs(20),
             blob_parallelism: 8,
             heartbeat: Duration::from_secs(5),
+            region: String::new(),
         }
     }
 }
@@ -340,6 +343,7 @@ impl Worker {
         WorkerInfo {
             id: self.opts.consumer.clone(),
             host: hostname(),
+            region: self.opts.region.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at_ms: self.started_at_ms,

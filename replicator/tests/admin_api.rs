@@ -139,6 +139,8 @@ async fn every_instance_answers_for_the_region() {
             &worker_admin,
             "--consumer",
             "second-worker",
+            "--region",
+            "eu-west",
         ])
         .env("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)
         .stderr(std::fs::File::create(&worker_log).unwrap())
@@ -444,7 +446,7 @@ async fn every_instance_answers_for_the_region() {
     assert!(
         workers
             .iter()
-            .any(|w| w.id == "second-worker" && w.policies == ["test"]),
+            .any(|w| w.id == "second-worker" && w.policies == ["test"] && w.region == "eu-west"),
         "{workers:?}"
     );
 

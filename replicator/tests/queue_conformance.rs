@@ -1254,6 +1254,7 @@ async fn workers_are_listed_until_their_heartbeat_expires(backend: Backend) {
     let worker = |id: &str| WorkerInfo {
         id: id.into(),
         host: "host-a".into(),
+        region: "eu".into(),
         pid: 42,
         version: "0.1.0".into(),
         started_at_ms: now_ms(),

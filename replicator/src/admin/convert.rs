@@ -208,7 +208,7 @@ pub fn worker(w: &WorkerInfo) -> pb::WorkerInfo {
     pb::WorkerInfo {
         id: w.id.clone(),
         host: w.host.clone(),
-        region: String::new(),
+        region: w.region.clone(),
         pid: w.pid,
         version: w.version.clone(),
         started_at_ms: w.started_at_ms,

@@ -304,6 +304,7 @@ fn worker_options(flags: &JobFlags) -> WorkerOptions {
         concurrency: flags.concurrency.max(1),
         lease: Duration::from_secs(flags.lease_seconds.max(1)),
         grace: Duration::from_secs(flags.grace_seconds),
+        region: flags.region.clone(),
         ..WorkerOptions::default()
     }
 }

@@ -171,6 +171,9 @@ pub struct JobFlags {
     /// Consumer name in the queue (default: hostname-pid).
     #[arg(long)]
     pub consumer: Option<String>,
+    /// This region's name, shown in the admin API's worker list.
+    #[arg(long, env = "FERRY_REGION", default_value = "")]
+    pub region: String,
 }
 
 #[derive(clap::Args, Debug)]

@@ -253,6 +253,9 @@ pub struct WorkerInfo {
     /// Queue consumer name (unique per process).
     pub id: String,
     pub host: String,
+    /// Region the worker runs in (`--region`), empty when not set.
+    #[serde(default)]
+    pub region: String,
     pub pid: u32,
     pub version: String,
     pub started_at_ms: i64,
