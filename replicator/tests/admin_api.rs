@@ -423,6 +423,88 @@ async fn every_instance_answers_for_the_region() {
         .unwrap()
         .into_inner();
     assert_eq!(purged.purged, 0);
+    // A job no worker can run (its policy was removed from the config) is dead-lettered at once;
+    // the API lists it with its error, retries it (it fails again) and purges it.
+    {
+        use ferry_replicator::queue::JobQueue as _;
+        let queue = ferry_replicator::queue::RedisQueue::connect(
+            &redis.url(),
+            "ferry",
+            ferry_replicator::queue::RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+        queue
+            .enqueue(ferry_replicator::queue::Job::new(
+                "removed",
+                ferry_replicator::event::EventKind::Push,
+                "team/app",
+                "v9",
+            ))
+            .await
+            .unwrap();
+    }
+    let dead_letters = |c: &Clients| {
+        let mut ops = c.operations.clone();
+        async move {
+            ops.list_dead_letters(pb::ListDeadLettersRequest { limit: 10 })
+                .await
+                .unwrap()
+                .into_inner()
+                .jobs
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            dead_letters(&c).await.len() == 1
+        })
+        .await,
+        "the job was not dead-lettered"
+    );
+    let dead = dead_letters(&c).await;
+    assert_eq!(
+        (dead[0].policy.as_str(), dead[0].reference.as_str()),
+        ("removed", "v9")
+    );
+    assert!(dead[0].last_error.contains("removed"), "{:?}", dead[0]);
+    // Its execution says why it failed; a retry runs it again (it fails again).
+    let ended = |c: &Clients, id: String| {
+        let mut ex = c.executions.clone();
+        async move {
+            ex.get_execution(pb::GetExecutionRequest { id })
+                .await
+                .map(|e| e.into_inner())
+                .ok()
+        }
+    };
+    let first = ended(&c, dead[0].id.clone())
+        .await
+        .expect("the dead job's execution");
+    assert_eq!(first.state, pb::ExecutionState::Failed as i32, "{first:?}");
+    assert!(first.error.contains("removed"), "{first:?}");
+    c.operations
+        .retry_dead_letter(pb::RetryDeadLetterRequest {
+            job_id: dead[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    let rerun = eventually(Duration::from_secs(15), || {
+        let (c, id) = (&c, dead[0].id.clone());
+        async move {
+            ended(c, id).await.is_some_and(|e| {
+                e.ended_at_ms > first.ended_at_ms && e.state == pb::ExecutionState::Failed as i32
+            }) && dead_letters(c).await.len() == 1
+        }
+    })
+    .await;
+    assert!(rerun, "the retried dead letter did not run again");
+    let purged = c
+        .operations
+        .purge_dead_letters(pb::PurgeDeadLettersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.purged, 1);
     let workers_listed = eventually(Duration::from_secs(15), || {
         let mut ops = c.operations.clone();
         async move {
