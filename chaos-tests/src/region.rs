@@ -219,13 +219,46 @@ impl Region {
     /// Starts `ferry worker` number n (`worker-n`, consumer `worker-n`, log `worker-n.log`) with
     /// `/metrics` and `/healthz` on a free port; ready once its `/healthz` answers 200.
     pub async fn start_worker(&self, spec: WorkerSpec) -> anyhow::Result<Daemon> {
+        self.start_worker_with(spec, &[]).await
+    }
+
+    /// A worker that also serves the admin API; returns it and the API's address. The token is
+    /// [`Region::admin_token`].
+    pub async fn start_admin_worker(
+        &self,
+        spec: WorkerSpec,
+    ) -> anyhow::Result<(Daemon, SocketAddr)> {
+        let token_file = self.dir.path().join("admin-token");
+        std::fs::write(&token_file, format!("{}\n", self.admin_token()))
+            .context("writing the admin token file")?;
+        // Held until the worker binds it (the worker starts after this drops it).
+        let admin = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let extra = [
+            "--admin-listen".to_string(),
+            admin.to_string(),
+            "--admin-token-file".to_string(),
+            path_arg(&token_file)?,
+        ];
+        Ok((self.start_worker_with(spec, &extra).await?, admin))
+    }
+
+    /// The admin API token of workers started with [`Region::start_admin_worker`].
+    pub fn admin_token(&self) -> String {
+        format!("admin-{}", self.token)
+    }
+
+    async fn start_worker_with(
+        &self,
+        spec: WorkerSpec,
+        extra: &[String],
+    ) -> anyhow::Result<Daemon> {
         let n = self.workers_started.fetch_add(1, Ordering::Relaxed) + 1;
         let name = format!("worker-{n}");
         let ferry = binary("ferry")?;
         let mut last = None;
         for _ in 0..3 {
             let listen: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "worker".into(),
                 "--config".into(),
                 path_arg(&self.config)?,
@@ -242,6 +275,7 @@ impl Region {
                 "--consumer".into(),
                 name.clone(),
             ];
+            args.extend(extra.iter().cloned());
             let log = self.dir.path().join(format!("{name}.log"));
             match Daemon::start(&name, &ferry, &args, &log, listen).await {
                 Ok(d) => return Ok(d),

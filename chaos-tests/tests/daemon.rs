@@ -1026,3 +1026,150 @@ async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Runs `ferry admin --endpoint ADDR ARGS…` with the region's admin token; (exit code, stdout).
+async fn admin(
+    region: &Region,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+) -> anyhow::Result<(i32, String)> {
+    let out = tokio::process::Command::new(ferry_chaos_tests::process::binary("ferry")?)
+        .args(["admin", "--endpoint", &format!("http://{addr}")])
+        .args(args)
+        .env("FERRY_ADMIN_TOKEN", region.admin_token())
+        .output()
+        .await
+        .context("running ferry admin")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "$ ferry admin {} -> {:?}\n{stdout}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), stdout))
+}
+
+async fn admin_json(
+    region: &Region,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let (code, out) = admin(region, addr, &all).await?;
+    anyhow::ensure!(code == 0, "ferry admin {args:?} exited {code}");
+    serde_json::from_str(&out).with_context(|| format!("ferry admin {args:?}: not JSON: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_watches_and_stops_replication_from_the_cli() {
+    // 2 MiB/s, so the big image below is still streaming when it is stopped.
+    let region = Region::start(
+        RegionOptions::default()
+            .without_source_notifications()
+            .speed(2048),
+    )
+    .await
+    .expect("starting the region");
+    check(operator_cli_scenario(&region).await);
+}
+
+async fn operator_cli_scenario(region: &Region) -> anyhow::Result<()> {
+    // Two worker processes; the admin API of one answers for the whole region.
+    let (_w1, api) = region.start_admin_worker(WorkerSpec::default()).await?;
+    let _w2 = region.start_worker(WorkerSpec::default()).await?;
+    let dir = fixtures();
+    let (a, b) = (region.a.host(), region.b.host());
+    let small = |seed| {
+        [LayerSpec {
+            seed,
+            size: 512 * KIB,
+        }]
+    };
+    let (d1, _) = push(dir.path(), "c1", &small(7001), &a, "cli/app:v1").await?;
+    let (d2, _) = push(dir.path(), "c2", &small(7002), &a, "cli/app:v2").await?;
+
+    // Drift, a watched run that repairs it, no drift.
+    anyhow::ensure!(
+        admin(region, api, &["diff", POLICY]).await?.0 == 1,
+        "diff must report drift (exit 1)"
+    );
+    anyhow::ensure!(
+        admin(region, api, &["run", POLICY, "--watch"]).await?.0 == 0,
+        "the watched run must succeed"
+    );
+    anyhow::ensure!(
+        admin(region, api, &["diff", POLICY]).await?.0 == 0,
+        "no drift after the run"
+    );
+    anyhow::ensure!(oci::skopeo_digest(&b, "cli/app:v1").await? == d1);
+    anyhow::ensure!(oci::skopeo_digest(&b, "cli/app:v2").await? == d2);
+    let workers = admin_json(region, api, &["workers"]).await?;
+    let n = workers["workers"].as_array().map_or(0, Vec::len);
+    anyhow::ensure!(n == 2, "both worker processes are listed: {workers}");
+    let runs = admin_json(region, api, &["executions", "list", "--policy", POLICY]).await?;
+    let run = runs["executions"]
+        .as_array()
+        .and_then(|v| v.iter().find(|e| e["trigger"] == "manual"))
+        .with_context(|| format!("no manual run listed: {runs}"))?;
+    anyhow::ensure!(run["state"] == "succeeded", "{run}");
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    let tasks = admin_json(region, api, &["tasks", &id]).await?;
+    let copied = tasks["tasks"]
+        .as_array()
+        .map_or(0, |v| v.iter().filter(|t| t["outcome"] == "copied").count());
+    anyhow::ensure!(copied == 2, "two tasks copied: {tasks}");
+
+    // A big image at 2 MiB/s: run it, see it stream, stop it.
+    let (_, _) = push(
+        dir.path(),
+        "big",
+        &[LayerSpec {
+            seed: 7003,
+            size: 40 * MIB,
+        }],
+        &a,
+        "cli/app:big",
+    )
+    .await?;
+    let started = admin_json(region, api, &["run", POLICY]).await?;
+    let id = started["id"].as_str().unwrap_or_default().to_string();
+    wait_for(
+        "the big blob streaming",
+        Duration::from_secs(30),
+        || async {
+            admin_json(region, api, &["tasks", &id, "--state", "running"])
+                .await
+                .is_ok_and(|t| {
+                    t["tasks"].as_array().is_some_and(|v| {
+                        v.iter().any(|t| t["bytes_done"].as_u64().unwrap_or(0) > 0)
+                    })
+                })
+        },
+    )
+    .await?;
+    let asked = Instant::now();
+    anyhow::ensure!(
+        admin(region, api, &["executions", "stop", &id]).await?.0 == 0,
+        "stop must succeed"
+    );
+    wait_for(
+        "the stopped job to leave the workers",
+        Duration::from_secs(10),
+        || async {
+            admin_json(region, api, &["queue"])
+                .await
+                .is_ok_and(|q| q["in_flight"] == 0 && q["depth"] == 0)
+        },
+    )
+    .await?;
+    eprintln!("stop → job gone: {:?}", asked.elapsed());
+    let stopped = admin_json(region, api, &["executions", "get", &id]).await?;
+    anyhow::ensure!(stopped["state"] == "stopped", "{stopped}");
+    anyhow::ensure!(
+        oci::manifest_digest(&b, "cli/app", "big").await?.is_none(),
+        "a stopped run must not leave a partial tag"
+    );
+    Ok(())
+}
