@@ -975,6 +975,9 @@ impl RegistryClient {
     }
 
     /// Cancels an upload session; best effort (a session left behind expires on the registry).
+    /// distribution 2.8 answers 404 to the `DELETE` of a session whose streaming `PUT` was aborted
+    /// and keeps its partial data until its upload purger runs (`storage.maintenance.uploadpurging`,
+    /// by default files older than a week, checked daily): nothing a client can do about it.
     pub async fn cancel_upload(&self, upload: &BlobUpload) {
         let url = upload.location.clone();
         match self
