@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use ferry_replicator::catalog::{RedisPolicyStore, WATCH_EVERY};
 use ferry_replicator::config::Config;
 use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::poll::{PollMetrics, Poller};
@@ -114,7 +115,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
         .count();
+    let store = RedisPolicyStore::new(&queue);
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
+    let file_config = config.clone();
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     let clients = Registries::from_config(&config)?;
     let pollers = Poller::from_config(
@@ -149,6 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         builder = builder.token(token);
     }
     let state = builder.build()?;
+    let ingest_state = state.clone();
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -203,6 +207,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for p in pollers {
         polling.spawn(p.run(reconcile_stop.clone()));
     }
+    // Policies stored or changed through the admin API are matched from the next check on.
+    let watch_stop = reconcile_stop.clone();
+    polling.spawn(async move {
+        ferry_replicator::catalog::watch(&file_config, &store, WATCH_EVERY, watch_stop, |effective| {
+            if let Err(e) = ingest_state.reload_policies(effective) {
+                tracing::error!(error = %e, "cannot apply the changed policies to webhook matching; keeping the previous ones");
+            }
+        })
+        .await
+    });
     tokio::select! {
         served = server => served.context("serving webhooks")?,
         () = reconcile => {}

@@ -8,6 +8,7 @@
 //! - [`transfer`]: moves one manifest graph, copying only the blobs the destination lacks.
 //! - [`sync`]: a full reconciliation of a policy (list, filter, diff, transfer, verify).
 //! - [`event`] and [`queue`]: normalized registry events and the job queue contract (issue 3).
+//! - [`catalog`]: policies stored through the admin API, merged with the config file's.
 //! - [`admin`]: the gRPC admin API over the config, queue and history.
 //! - [`history`]: executions, tasks and live workers, for the admin API.
 //! - [`runs`]: manual and scheduled runs of a policy, as executions whose tasks are queue jobs.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod catalog;
 pub mod config;
 pub mod diff;
 pub mod event;

@@ -32,6 +32,9 @@ use crate::queue::JobQueue;
 use crate::runs::start_run;
 use crate::sync::{PreparedPolicy, Registries, SyncError};
 
+/// Longest sleep of the scheduler loop (how soon a policy added through the API is scheduled).
+const RECHECK: Duration = Duration::from_secs(5);
+
 /// How long the lease of one tick is kept (longer than any clock skew between processes).
 const TICK_LEASE: Duration = Duration::from_secs(3600);
 
@@ -99,7 +102,8 @@ impl Entry {
 
 /// Fires the scheduled policies of a config.
 pub struct Scheduler {
-    entries: Vec<Entry>,
+    /// Replaced as a whole by [`Scheduler::reload`].
+    entries: std::sync::RwLock<Arc<Vec<Entry>>>,
     queue: Arc<dyn JobQueue>,
     history: Arc<dyn History>,
     holder: String,
@@ -117,26 +121,8 @@ impl Scheduler {
         holder: &str,
         metrics: ScheduleMetrics,
     ) -> Result<Scheduler, SyncError> {
-        let mut entries = Vec::new();
-        for p in config
-            .policies
-            .iter()
-            .filter(|p| p.enabled && p.trigger.kind == TriggerKind::Scheduled)
-        {
-            let settings = p.trigger.trigger_settings.as_ref();
-            let expression = settings.map(|s| s.cron.trim()).unwrap_or_default();
-            let cron = Cron::from_str(expression).map_err(|e| SyncError::Policy {
-                policy: p.name.clone(),
-                message: format!("trigger_settings.cron {expression:?}: {e}"),
-            })?;
-            entries.push(Entry {
-                prepared: Arc::new(PreparedPolicy::new(p, registries)?),
-                cron,
-                single_active: settings.is_some_and(|s| s.single_active),
-            });
-        }
         Ok(Scheduler {
-            entries,
+            entries: std::sync::RwLock::new(Arc::new(entries(config, registries)?)),
             queue,
             history,
             holder: holder.to_string(),
@@ -144,8 +130,20 @@ impl Scheduler {
         })
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    /// The scheduled policies now.
+    pub fn entries(&self) -> Arc<Vec<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the scheduled policies (changed through the admin API); on error the old set
+    /// stays. The next tick is computed from the new set.
+    pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
+        let fresh = Arc::new(entries(config, registries)?);
+        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// Fires tick `at` of `entry` unless another process did or `single_active` forbids it.
@@ -226,35 +224,53 @@ impl Scheduler {
             .map(|e| e.id))
     }
 
-    /// Fires ticks as they come until `shutdown`.
+    /// Fires ticks as they come until `shutdown`. Runs even with no scheduled policy, since
+    /// [`Scheduler::reload`] may add some; wakes at least every [`RECHECK`] to see them.
     pub async fn run(&self, shutdown: CancellationToken) {
-        if self.entries.is_empty() {
-            return;
-        }
         let mut after = Utc::now();
         loop {
-            let next = self
-                .entries
-                .iter()
-                .filter_map(|e| e.next_after(&after).map(|t| (t, e)))
-                .min_by_key(|(t, _)| *t);
-            let Some((at, _)) = next else {
-                tracing::warn!("no scheduled policy has a future tick; the scheduler stops");
-                return;
-            };
-            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let entries = self.entries();
+            let next = entries.iter().filter_map(|e| e.next_after(&after)).min();
+            let wait = next.map_or(RECHECK, |at| {
+                (at - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(RECHECK)
+            });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
-            for entry in self
-                .entries
-                .iter()
-                .filter(|e| e.next_after(&after) == Some(at))
-            {
+            let Some(at) = next.filter(|at| *at <= Utc::now()) else {
+                continue;
+            };
+            for entry in entries.iter().filter(|e| e.next_after(&after) == Some(at)) {
                 self.tick(entry, at).await;
             }
             after = at;
         }
     }
+}
+
+/// The enabled scheduled policies of `config`, prepared (no network I/O).
+fn entries(config: &Config, registries: &Registries) -> Result<Vec<Entry>, SyncError> {
+    let mut entries = Vec::new();
+    for p in config
+        .policies
+        .iter()
+        .filter(|p| p.enabled && p.trigger.kind == TriggerKind::Scheduled)
+    {
+        let settings = p.trigger.trigger_settings.as_ref();
+        let expression = settings.map(|s| s.cron.trim()).unwrap_or_default();
+        let cron = Cron::from_str(expression).map_err(|e| SyncError::Policy {
+            policy: p.name.clone(),
+            message: format!("trigger_settings.cron {expression:?}: {e}"),
+        })?;
+        entries.push(Entry {
+            prepared: Arc::new(PreparedPolicy::new(p, registries)?),
+            cron,
+            single_active: settings.is_some_and(|s| s.single_active),
+        });
+    }
+    Ok(entries)
 }

@@ -261,8 +261,8 @@ pub struct Worker {
     queue: Arc<dyn JobQueue>,
     history: Arc<dyn History>,
     started_at_ms: i64,
-    policies: HashMap<String, Arc<PreparedPolicy>>,
-    throttles: HashMap<String, Arc<Throttle>>,
+    /// The enabled policies, replaced as a whole by [`Worker::reload`].
+    prepared: std::sync::RwLock<Arc<Policies>>,
     ledger: Arc<BlobLedger>,
     opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
@@ -283,17 +283,7 @@ impl Worker {
         history: Arc<dyn History>,
         opts: WorkerOptions,
     ) -> Result<Worker, SyncError> {
-        let mut policies = HashMap::new();
-        let mut throttles = HashMap::new();
-        for p in config.policies.iter().filter(|p| p.enabled) {
-            policies.insert(
-                p.name.clone(),
-                Arc::new(PreparedPolicy::new(p, registries)?),
-            );
-            if let Some(t) = Throttle::from_kib_per_sec(p.speed) {
-                throttles.insert(p.name.clone(), Arc::new(t));
-            }
-        }
+        let prepared = std::sync::RwLock::new(Arc::new(Policies::new(config, registries)?));
         // A dead worker's blob leases expire when its job leases do.
         let blob_leases = Arc::new(BlobLeases {
             queue: queue.clone(),
@@ -304,8 +294,7 @@ impl Worker {
             queue,
             history,
             started_at_ms: now_ms(),
-            policies,
-            throttles,
+            prepared,
             ledger: Arc::default(),
             opts,
             stats: Arc::default(),
@@ -313,6 +302,22 @@ impl Worker {
             blob_leases,
             paused: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The policies jobs run with now.
+    fn policies(&self) -> Arc<Policies> {
+        self.prepared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the worker's policies (policies stored or changed through the admin API); jobs
+    /// already running keep the policy they started with. On error the old set stays.
+    pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
+        let fresh = Arc::new(Policies::new(config, registries)?);
+        *self.prepared.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// Exports this worker's metrics through `metrics` (see [`WorkerMetrics::register`]).
@@ -338,7 +343,7 @@ impl Worker {
 
     /// What the worker list shows about this worker now.
     pub fn info(&self) -> WorkerInfo {
-        let mut policies: Vec<String> = self.policies.keys().cloned().collect();
+        let mut policies: Vec<String> = self.policies().by_name.keys().cloned().collect();
         policies.sort_unstable();
         WorkerInfo {
             id: self.opts.consumer.clone(),
@@ -814,7 +819,10 @@ impl Worker {
             dst,
             self.ledger.clone(),
             stats.clone(),
-            self.throttles.get(&prepared.policy.name).cloned(),
+            self.policies()
+                .throttles
+                .get(&prepared.policy.name)
+                .cloned(),
             cancel.clone(),
             self.opts.blob_parallelism,
         );
@@ -853,8 +861,9 @@ impl Worker {
         tasks: &mut Vec<Task>,
         live: &LiveTask,
     ) -> Result<JobOutcome, JobError> {
-        let prepared = self
-            .policies
+        let policies = self.policies();
+        let prepared = policies
+            .by_name
             .get(&job.policy)
             .ok_or_else(|| JobError::UnknownPolicy(job.policy.clone()))?;
         let mut pushed = Vec::new();
@@ -923,6 +932,29 @@ pub async fn finish_run_if_done(history: &dyn History, run: &str) -> Result<(), 
     };
     e.ended_at_ms = Some(now_ms());
     history.record(&e, &[]).await
+}
+
+/// The enabled policies of a config, prepared, with their throttles.
+struct Policies {
+    by_name: HashMap<String, Arc<PreparedPolicy>>,
+    throttles: HashMap<String, Arc<Throttle>>,
+}
+
+impl Policies {
+    fn new(config: &Config, registries: &Registries) -> Result<Policies, SyncError> {
+        let mut by_name = HashMap::new();
+        let mut throttles = HashMap::new();
+        for p in config.policies.iter().filter(|p| p.enabled) {
+            by_name.insert(
+                p.name.clone(),
+                Arc::new(PreparedPolicy::new(p, registries)?),
+            );
+            if let Some(t) = Throttle::from_kib_per_sec(p.speed) {
+                throttles.insert(p.name.clone(), Arc::new(t));
+            }
+        }
+        Ok(Policies { by_name, throttles })
+    }
 }
 
 /// How a leased job ended with the queue.

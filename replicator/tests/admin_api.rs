@@ -534,8 +534,8 @@ async fn every_instance_answers_for_the_region() {
 
     // Not built yet: a clear UNIMPLEMENTED, not a silent success.
     let (unimpl, msg) = code(
-        c.policies
-            .put_policy(pb::PutPolicyRequest { json: "{}".into() })
+        c.registries
+            .put_registry(pb::PutRegistryRequest { json: "{}".into() })
             .await,
     );
     assert_eq!(unimpl, Code::Unimplemented, "{msg}");
@@ -1047,5 +1047,164 @@ async fn mtls_admits_only_clients_with_a_certificate_from_the_ca() {
         refused.status.code(),
         Some(0),
         "served without a client certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_stored_through_the_api_are_validated_and_run_like_file_policies() {
+    let redis = RedisServer::start(true).await.unwrap();
+    let listen = free_local_addr();
+    let RegistryPair {
+        src,
+        dst,
+        dir,
+        config: cfg,
+    } = registry_pair(
+        Some(&listen),
+        WEBHOOK_TOKEN,
+        json!({"trigger": {"type": "manual"}}),
+    )
+    .await;
+    let admin = free_local_addr();
+    let serve = Serve::start_with(
+        &cfg,
+        &listen,
+        WEBHOOK_TOKEN,
+        &["--redis", &redis.url(), "--admin-listen", &admin],
+        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    let mut c = clients(&channel(&admin).await, ADMIN_TOKEN);
+    let put = |v: serde_json::Value| pb::PutPolicyRequest {
+        json: v.to_string(),
+    };
+
+    // Every problem of a bad document, with its path in the document.
+    let (invalid, msg) = code(
+        c.policies
+            .put_policy(put(json!({
+                "name": "bad",
+                "src_registry": {"name": "nowhere"},
+                "dest_registry": {"name": "dst"},
+                "filters": [{"type": "tag", "value": "[unclosed"}],
+            })))
+            .await,
+    );
+    assert_eq!(invalid, Code::InvalidArgument, "{msg}");
+    assert!(
+        msg.contains("src_registry") && msg.contains("nowhere"),
+        "{msg}"
+    );
+    assert!(msg.contains("filters[0].value"), "{msg}");
+    assert!(msg.lines().count() >= 2, "one line per problem: {msg}");
+    let (unknown_field, msg) = code(
+        c.policies
+            .put_policy(put(json!({"name": "x", "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"}, "colour": 1})))
+            .await,
+    );
+    assert_eq!(unknown_field, Code::InvalidArgument);
+    assert!(msg.contains("colour"), "{msg}");
+    // A config-file policy cannot be replaced or deleted through the API.
+    let (read_only, _) = code(
+        c.policies
+            .put_policy(put(json!({"name": "test", "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"}})))
+            .await,
+    );
+    assert_eq!(read_only, Code::FailedPrecondition);
+    assert_eq!(
+        code(
+            c.policies
+                .delete_policy(pb::DeletePolicyRequest {
+                    name: "test".into()
+                })
+                .await
+        )
+        .0,
+        Code::FailedPrecondition
+    );
+
+    // An event-based policy stored through the API: webhooks match it, workers run it.
+    let stored = c
+        .policies
+        .put_policy(put(json!({
+            "name": "api-events",
+            "src_registry": {"name": "src"},
+            "dest_registry": {"name": "dst"},
+            "trigger": {"type": "event_based"},
+            "filters": [{"type": "name", "value": "api/**"}],
+        })))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.source, pb::Source::Api as i32);
+    let names: Vec<_> = c
+        .policies
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["test", "api-events"]);
+    let d = push_image(dir.path(), 81, &src.host(), "api/app:v1").await;
+    let arrived = eventually(Duration::from_secs(30), || async {
+        manifest_status(&dst.url(), "api/app", "v1").await == 200
+    })
+    .await;
+    assert!(
+        arrived,
+        "the API policy did not replicate the push:\n{}",
+        serve.log()
+    );
+    assert_eq!(raw_digest(&dst.host(), "api/app:v1").await, d);
+
+    // Disabled through the API (also a config-file policy): runs are refused.
+    let off = c
+        .policies
+        .set_policy_enabled(pb::SetPolicyEnabledRequest {
+            name: "test".into(),
+            enabled: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!off.enabled && off.source == pb::Source::Config as i32);
+    let (disabled, _) = code(
+        c.executions
+            .start_execution(pb::StartExecutionRequest {
+                policy: "test".into(),
+                dry_run: false,
+            })
+            .await,
+    );
+    assert_eq!(disabled, Code::FailedPrecondition);
+
+    // Deleted: gone for the API and for webhooks.
+    c.policies
+        .delete_policy(pb::DeletePolicyRequest {
+            name: "api-events".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            c.policies
+                .get_policy(pb::GetPolicyRequest {
+                    name: "api-events".into()
+                })
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+    push_image(dir.path(), 82, &src.host(), "api/app:v2").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        manifest_status(&dst.url(), "api/app", "v2").await,
+        404,
+        "a deleted policy still replicates"
     );
 }

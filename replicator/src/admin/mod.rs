@@ -25,6 +25,7 @@ use tonic::transport::ServerTlsConfig;
 
 use ferry_proto::v1 as pb;
 
+use crate::catalog::PolicyStore;
 use crate::config::Config;
 use crate::history::History;
 use crate::queue::JobQueue;
@@ -36,7 +37,10 @@ pub use status::AdminError;
 
 /// What the admin services read and act on.
 pub struct AdminState {
+    /// The config file (its policies and registries; policies stored through the API come from
+    /// `store`).
     pub config: Config,
+    pub store: Arc<dyn PolicyStore>,
     pub registries: Registries,
     pub queue: Arc<dyn JobQueue>,
     pub history: Arc<dyn History>,

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::AdminError;
 use super::AdminState;
+use crate::catalog::{effective, PolicySource, WATCH_EVERY};
 use crate::diff::diff_policy;
 use crate::history::{Execution, ExecutionQuery, Task, Trigger};
 use crate::runs::{start_run, stop_run, RunError, StopError};
@@ -35,6 +36,12 @@ fn ok<T>(v: T) -> Result<T> {
     Ok(Response::new(v))
 }
 
+/// Waits until every process of the region applied a policy change (they check the store every
+/// [`WATCH_EVERY`]), so that a run started right after the answer finds the policy everywhere.
+async fn until_applied() {
+    tokio::time::sleep(WATCH_EVERY + Duration::from_millis(500)).await;
+}
+
 fn not_implemented(what: &str) -> Status {
     AdminError::Unimplemented(format!(
         "{what} is not available yet in this version: policies and registries come from the config file, and runs from events, the safety net or `ferry sync`"
@@ -42,25 +49,117 @@ fn not_implemented(what: &str) -> Status {
     .into()
 }
 
-impl Admin {
-    fn policy(&self, name: &str) -> std::result::Result<&crate::policy::Policy, AdminError> {
+/// The region's policies as of one call: the effective set (config file + stored), where each
+/// comes from, and which are paused.
+struct Snapshot {
+    config: crate::config::Config,
+    sources: std::collections::BTreeMap<String, PolicySource>,
+    paused: std::collections::BTreeSet<String>,
+}
+
+impl Snapshot {
+    fn find(&self, name: &str) -> std::result::Result<&crate::policy::Policy, AdminError> {
         if name.is_empty() {
             return Err(AdminError::required("name"));
         }
-        self.state
-            .config
+        self.config
             .policy(name)
             .ok_or_else(|| AdminError::NotFound {
                 kind: "policy",
                 name: name.to_string(),
                 known: self
-                    .state
                     .config
                     .policies
                     .iter()
                     .map(|p| p.name.clone())
                     .collect(),
             })
+    }
+
+    /// A policy as the API shows it.
+    fn view(&self, policy: &crate::policy::Policy) -> pb::Policy {
+        let source = match self.sources.get(&policy.name) {
+            Some(PolicySource::Api) => pb::Source::Api,
+            _ => pb::Source::Config,
+        };
+        pb::Policy {
+            paused: self.paused.contains(&policy.name),
+            source: source as i32,
+            ..convert::policy(policy)
+        }
+    }
+}
+
+impl Admin {
+    async fn snapshot(&self) -> std::result::Result<Snapshot, AdminError> {
+        let stored = self.state.store.load().await?;
+        let (config, sources) = effective(&self.state.config, &stored);
+        let paused = self.state.queue.paused().await?;
+        Ok(Snapshot {
+            config,
+            sources,
+            paused,
+        })
+    }
+
+    /// One policy (effective definition) and the snapshot it was read from.
+    async fn policy(
+        &self,
+        name: &str,
+    ) -> std::result::Result<(crate::policy::Policy, Snapshot), AdminError> {
+        let snapshot = self.snapshot().await?;
+        let policy = snapshot.find(name)?.clone();
+        Ok((policy, snapshot))
+    }
+
+    /// Validates one policy document against the region's registries and other policies; every
+    /// problem is reported with its path in the document.
+    fn check_new_policy(
+        &self,
+        snapshot: &Snapshot,
+        json: &str,
+    ) -> std::result::Result<crate::policy::Policy, AdminError> {
+        let invalid = |violations: Vec<String>| AdminError::InvalidArgument { violations };
+        // Structural problems (JSON, types, unknown fields) come from the file validator with
+        // their paths; a well-formed policy is then checked against the region's registries and
+        // policies, which reports its semantic problems and the cross-references together.
+        let policy = match crate::config::Config::from_slice(json.as_bytes(), "policy") {
+            Ok(parsed) => match parsed.policies.as_slice() {
+                [policy] if parsed.registries.is_empty() => policy.clone(),
+                _ => {
+                    return Err(invalid(vec![
+                        "$: send exactly one policy object (not an array or a config file)".into(),
+                    ]))
+                }
+            },
+            Err(e) => serde_json::from_str::<crate::policy::Policy>(json)
+                .map_err(|_| invalid(e.problems.iter().map(ToString::to_string).collect()))?,
+        };
+        let policy = &policy;
+        if self.state.config.policy(&policy.name).is_some() {
+            return Err(AdminError::FailedPrecondition(format!(
+                "policy {:?} is defined in the config file, which the API cannot change (only its `enabled` flag); edit the file or choose another name",
+                policy.name
+            )));
+        }
+        let mut merged = snapshot.config.clone();
+        merged.policies.retain(|p| p.name != policy.name);
+        merged.policies.push(policy.clone());
+        let prefix = format!("policies[{}]", merged.policies.len() - 1);
+        let problems: Vec<String> = merged
+            .validate()
+            .into_iter()
+            .filter_map(|mut p| {
+                let rest = p.path.strip_prefix(&prefix)?.to_string();
+                p.path = rest.strip_prefix('.').unwrap_or(&rest).to_string();
+                Some(p.to_string())
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(policy.clone())
+        } else {
+            Err(invalid(problems))
+        }
     }
 
     fn registry(
@@ -88,21 +187,9 @@ impl Admin {
             })
     }
 
-    /// A policy as the API shows it: its definition plus whether it is paused.
-    async fn view(
-        &self,
-        policy: &crate::policy::Policy,
-    ) -> std::result::Result<pb::Policy, AdminError> {
-        let paused = self.state.queue.paused().await?;
-        Ok(pb::Policy {
-            paused: paused.contains(&policy.name),
-            ..convert::policy(policy)
-        })
-    }
-
     /// Pauses or resumes a policy; resuming moves its parked jobs back to the queue.
     async fn set_paused(&self, name: &str, paused: bool) -> Result<pb::Policy> {
-        let policy = self.policy(name)?;
+        let (policy, mut snapshot) = self.policy(name).await?;
         let queue = &self.state.queue;
         queue
             .set_paused(name, paused)
@@ -115,13 +202,15 @@ impl Admin {
                 jobs = moved,
                 "policy resumed: parked jobs are queued again"
             );
+            snapshot.paused.remove(name);
         } else {
             // Workers trust their list of paused policies for PAUSED_TTL: once that has passed,
             // none of them starts a job of this policy any more.
             tokio::time::sleep(crate::worker::PAUSED_TTL + Duration::from_millis(100)).await;
             tracing::info!(policy = name, "policy paused: workers park its jobs");
+            snapshot.paused.insert(name.to_string());
         }
-        ok(self.view(policy).await?)
+        ok(snapshot.view(&policy))
     }
 
     async fn execution(&self, id: &str) -> std::result::Result<Execution, AdminError> {
@@ -146,43 +235,74 @@ impl pb::policies_server::Policies for Admin {
         &self,
         _: Request<pb::ListPoliciesRequest>,
     ) -> Result<pb::ListPoliciesResponse> {
-        let paused = self.state.queue.paused().await.map_err(AdminError::from)?;
+        let snapshot = self.snapshot().await?;
         ok(pb::ListPoliciesResponse {
-            policies: self
-                .state
+            policies: snapshot
                 .config
                 .policies
                 .iter()
-                .map(|p| pb::Policy {
-                    paused: paused.contains(&p.name),
-                    ..convert::policy(p)
-                })
+                .map(|p| snapshot.view(p))
                 .collect(),
         })
     }
 
     async fn get_policy(&self, req: Request<pb::GetPolicyRequest>) -> Result<pb::Policy> {
-        ok(self.view(self.policy(&req.get_ref().name)?).await?)
+        let (policy, snapshot) = self.policy(&req.get_ref().name).await?;
+        ok(snapshot.view(&policy))
     }
 
-    async fn put_policy(&self, _: Request<pb::PutPolicyRequest>) -> Result<pb::Policy> {
-        Err(not_implemented("storing policies through the API"))
+    async fn put_policy(&self, req: Request<pb::PutPolicyRequest>) -> Result<pb::Policy> {
+        let snapshot = self.snapshot().await?;
+        let policy = self.check_new_policy(&snapshot, &req.get_ref().json)?;
+        let json = serde_json::to_string(&policy)
+            .map_err(|e| AdminError::Internal(format!("cannot serialize the policy: {e}")))?;
+        self.state
+            .store
+            .put_policy(&policy.name, &json)
+            .await
+            .map_err(AdminError::from)?;
+        tracing::info!(policy = %policy.name, "policy stored through the API");
+        until_applied().await;
+        let (policy, snapshot) = self.policy(&policy.name).await?;
+        ok(snapshot.view(&policy))
     }
 
     async fn delete_policy(
         &self,
-        _: Request<pb::DeletePolicyRequest>,
+        req: Request<pb::DeletePolicyRequest>,
     ) -> Result<pb::DeletePolicyResponse> {
-        Err(not_implemented("deleting policies through the API"))
+        let name = &req.get_ref().name;
+        let (_, snapshot) = self.policy(name).await?;
+        if snapshot.sources.get(name) != Some(&PolicySource::Api) {
+            return Err(AdminError::FailedPrecondition(format!(
+                "policy {name:?} is defined in the config file, which the API cannot change; remove it there (or disable it)"
+            ))
+            .into());
+        }
+        self.state
+            .store
+            .delete_policy(name)
+            .await
+            .map_err(AdminError::from)?;
+        tracing::info!(policy = %name, "policy deleted through the API");
+        until_applied().await;
+        ok(pb::DeletePolicyResponse {})
     }
 
     async fn set_policy_enabled(
         &self,
-        _: Request<pb::SetPolicyEnabledRequest>,
+        req: Request<pb::SetPolicyEnabledRequest>,
     ) -> Result<pb::Policy> {
-        Err(not_implemented(
-            "enabling or disabling policies through the API",
-        ))
+        let r = req.get_ref();
+        self.policy(&r.name).await?;
+        self.state
+            .store
+            .set_enabled(&r.name, r.enabled)
+            .await
+            .map_err(AdminError::from)?;
+        until_applied().await;
+        let (policy, snapshot) = self.policy(&r.name).await?;
+        ok(snapshot.view(&policy))
     }
 }
 
@@ -264,7 +384,8 @@ impl pb::executions_server::Executions for Admin {
         req: Request<pb::StartExecutionRequest>,
     ) -> Result<pb::Execution> {
         let r = req.get_ref();
-        let policy = self.policy(&r.policy)?;
+        let (policy, snapshot) = self.policy(&r.policy).await?;
+        let policy = &policy;
         if !policy.enabled {
             return Err(AdminError::FailedPrecondition(format!(
                 "policy {:?} is disabled; enable it (`\"enabled\": true`) before running it",
@@ -272,7 +393,7 @@ impl pb::executions_server::Executions for Admin {
             ))
             .into());
         }
-        if self.view(policy).await?.paused {
+        if snapshot.paused.contains(&policy.name) {
             return Err(AdminError::FailedPrecondition(format!(
                 "policy {:?} is paused; resume it before running it",
                 policy.name
@@ -474,7 +595,8 @@ impl pb::drift_server::Drift for Admin {
     type DiffStream = BoxStream<pb::DriftEntry>;
 
     async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Self::DiffStream> {
-        let policy = self.policy(&req.get_ref().policy)?;
+        let (policy, _) = self.policy(&req.get_ref().policy).await?;
+        let policy = &policy;
         let prepared = PreparedPolicy::new(policy, &self.state.registries)
             .map_err(|e| AdminError::FailedPrecondition(e.to_string()))?;
         let report = diff_policy(&prepared).await.map_err(|e| {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferry_replicator::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore, WATCH_EVERY};
 use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
@@ -309,32 +310,82 @@ fn worker_options(flags: &JobFlags) -> WorkerOptions {
     }
 }
 
-/// The queue and the history next to it in Redis/Valkey.
-async fn redis_backend(
-    url: &str,
-    flags: &QueueFlags,
-) -> anyhow::Result<(Arc<dyn JobQueue>, Arc<dyn History>)> {
-    let q = connect_queue(
-        url,
-        &flags.queue_prefix,
-        Duration::from_secs(flags.redis_connect_timeout),
-        Duration::from_secs(2),
-    )
-    .await?;
-    let history = Arc::new(RedisHistory::new(&q, flags.retention()));
-    Ok((Arc::new(q), history))
+/// A region's shared state: the queue, the history and the stored policies.
+#[derive(Clone)]
+struct Backend {
+    queue: Arc<dyn JobQueue>,
+    history: Arc<dyn History>,
+    store: Arc<dyn PolicyStore>,
+}
+
+impl Backend {
+    /// In Redis/Valkey, shared by every process of the region.
+    async fn redis(url: &str, flags: &QueueFlags) -> anyhow::Result<Backend> {
+        let q = connect_queue(
+            url,
+            &flags.queue_prefix,
+            Duration::from_secs(flags.redis_connect_timeout),
+            Duration::from_secs(2),
+        )
+        .await?;
+        Ok(Backend {
+            history: Arc::new(RedisHistory::new(&q, flags.retention())),
+            store: Arc::new(RedisPolicyStore::new(&q)),
+            queue: Arc::new(q),
+        })
+    }
+
+    /// In this process only (`ferry serve` without `--redis`).
+    fn memory(flags: &QueueFlags) -> Backend {
+        Backend {
+            queue: Arc::new(MemoryQueue::new(RetryPolicy::default())),
+            history: Arc::new(MemoryHistory::new(flags.retention())),
+            store: Arc::new(MemoryPolicyStore::default()),
+        }
+    }
+}
+
+/// Keeps the worker, the scheduler and (for `ferry serve`) the webhook matcher on the region's
+/// current policies: the config file's plus those stored through the admin API.
+#[allow(clippy::too_many_arguments)]
+fn spawn_policy_watch(
+    tasks: &mut tokio::task::JoinSet<()>,
+    config: &Config,
+    registries: &Registries,
+    backend: &Backend,
+    worker: &Arc<Worker>,
+    scheduler: &Arc<Scheduler>,
+    ingest: Option<IngestState>,
+    shutdown: &CancellationToken,
+) {
+    let (config, registries, store) = (config.clone(), registries.clone(), backend.store.clone());
+    let (worker, scheduler, stop) = (worker.clone(), scheduler.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        ferry_replicator::catalog::watch(&config, store.as_ref(), WATCH_EVERY, stop, |effective| {
+            if let Err(e) = worker.reload(effective, &registries) {
+                tracing::error!(error = %e, "cannot apply the changed policies to the worker; keeping the previous ones");
+            }
+            if let Err(e) = scheduler.reload(effective, &registries) {
+                tracing::error!(error = %e, "cannot apply the changed policies to the scheduler; keeping the previous ones");
+            }
+            if let Some(ingest) = &ingest {
+                if let Err(e) = ingest.reload_policies(effective) {
+                    tracing::error!(error = %e, "cannot apply the changed policies to webhook matching; keeping the previous ones");
+                }
+            }
+        })
+        .await
+    });
 }
 
 /// Starts the gRPC admin API when `--admin-listen` is given (fails before serving anything when
 /// its tokens or address are unusable).
-#[allow(clippy::too_many_arguments)]
 async fn start_admin(
     tasks: &mut tokio::task::JoinSet<()>,
     flags: &AdminFlags,
     config: &Config,
     registries: &Registries,
-    queue: &Arc<dyn JobQueue>,
-    history: &Arc<dyn History>,
+    backend: &Backend,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let Some(listen) = &flags.admin_listen else {
@@ -361,9 +412,10 @@ async fn start_admin(
     };
     let state = admin::AdminState {
         config: config.clone(),
+        store: backend.store.clone(),
         registries: registries.clone(),
-        queue: queue.clone(),
-        history: history.clone(),
+        queue: backend.queue.clone(),
+        history: backend.history.clone(),
         shutdown: shutdown.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
     };
@@ -380,31 +432,27 @@ async fn start_admin(
 fn scheduler(
     config: &Config,
     registries: &Registries,
-    queue: &Arc<dyn JobQueue>,
-    history: &Arc<dyn History>,
+    backend: &Backend,
     holder: &str,
     registry: &mut prometheus_client::registry::Registry,
-) -> anyhow::Result<Scheduler> {
-    Ok(Scheduler::new(
+) -> anyhow::Result<Arc<Scheduler>> {
+    Ok(Arc::new(Scheduler::new(
         config,
         registries,
-        queue.clone(),
-        history.clone(),
+        backend.queue.clone(),
+        backend.history.clone(),
         holder,
         ScheduleMetrics::register(registry),
-    )?)
+    )?))
 }
 
-/// Runs the scheduler of the config's scheduled policies until `shutdown` (nothing when none).
+/// Runs the scheduler until `shutdown` (policies added through the admin API may be scheduled).
 fn spawn_scheduler(
     tasks: &mut tokio::task::JoinSet<()>,
-    scheduler: Scheduler,
+    scheduler: &Arc<Scheduler>,
     shutdown: &CancellationToken,
 ) {
-    if scheduler.entries().is_empty() {
-        return;
-    }
-    let stop = shutdown.clone();
+    let (scheduler, stop) = (scheduler.clone(), shutdown.clone());
     tasks.spawn(async move { scheduler.run(stop).await });
 }
 
@@ -437,15 +485,15 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let registries = Registries::from_config(&config)?;
-    let (queue, history) = redis_backend(&args.redis, &args.queue).await?;
+    let backend = Backend::redis(&args.redis, &args.queue).await?;
+    let (queue, history) = (backend.queue.clone(), backend.history.clone());
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
     let scheduler = scheduler(
         &config,
         &registries,
-        &queue,
-        &history,
+        &backend,
         &opts.consumer,
         &mut registry,
     )?;
@@ -469,8 +517,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         &args.admin,
         &config,
         &registries,
-        &queue,
-        &history,
+        &backend,
         &shutdown,
     )
     .await?;
@@ -482,7 +529,17 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             &shutdown,
         );
     }
-    spawn_scheduler(&mut tasks, scheduler, &shutdown);
+    spawn_scheduler(&mut tasks, &scheduler, &shutdown);
+    spawn_policy_watch(
+        &mut tasks,
+        &config,
+        &registries,
+        &backend,
+        &worker,
+        &scheduler,
+        None,
+        &shutdown,
+    );
     tracing::info!(consumer = %opts.consumer, concurrency = opts.concurrency, "ferry worker running");
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
@@ -501,13 +558,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         "no webhook token: set {} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)",
         ferry_replicator::ingest::http::TOKEN_ENV
     );
-    let (queue, history): (Arc<dyn JobQueue>, Arc<dyn History>) = match &args.redis {
-        Some(url) => redis_backend(url, &args.queue).await?,
-        None => (
-            Arc::new(MemoryQueue::new(RetryPolicy::default())),
-            Arc::new(MemoryHistory::new(args.queue.retention())),
-        ),
+    let backend = match &args.redis {
+        Some(url) => Backend::redis(url, &args.queue).await?,
+        None => Backend::memory(&args.queue),
     };
+    let (queue, history) = (backend.queue.clone(), backend.history.clone());
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
     let worker_metrics = WorkerMetrics::register(&mut registry);
@@ -515,8 +570,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let scheduler = scheduler(
         &config,
         &registries,
-        &queue,
-        &history,
+        &backend,
         &opts.consumer,
         &mut registry,
     )?;
@@ -555,6 +609,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         builder = builder.token(t);
     }
     let state = builder.build()?;
+    let ingest_state = state.clone();
 
     let shutdown = CancellationToken::new();
     let signals = cancel_on_signal(shutdown.clone());
@@ -564,8 +619,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.admin,
         &admin_config,
         &registries,
-        &queue,
-        &history,
+        &backend,
         &shutdown,
     )
     .await?;
@@ -585,7 +639,17 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     for p in pollers {
         tasks.spawn(p.run(shutdown.clone()));
     }
-    spawn_scheduler(&mut tasks, scheduler, &shutdown);
+    spawn_scheduler(&mut tasks, &scheduler, &shutdown);
+    spawn_policy_watch(
+        &mut tasks,
+        &admin_config,
+        &registries,
+        &backend,
+        &worker,
+        &scheduler,
+        Some(ingest_state),
+        &shutdown,
+    );
     tracing::info!(
         queue = if args.redis.is_some() {
             "redis"

@@ -104,7 +104,8 @@ pub struct IngestState {
 struct Inner {
     /// Configured registry names: the valid values of `?registry=`.
     registries: BTreeSet<String>,
-    matcher: Matcher,
+    /// Replaced as a whole by [`IngestState::reload_policies`].
+    matcher: std::sync::RwLock<Arc<Matcher>>,
     queue: Arc<dyn JobQueue>,
     /// Accepted tokens (hashed, compared in constant time). Empty only when unauthenticated access
     /// was allowed.
@@ -147,6 +148,18 @@ impl IngestState {
             harbor: HarborOptions::default(),
             metrics_registry: None,
         }
+    }
+
+    /// Matches events against `config`'s policies from now on (policies changed through the admin
+    /// API); on error the old policies stay.
+    pub fn reload_policies(&self, config: &Config) -> Result<(), MatcherError> {
+        let fresh = Arc::new(Matcher::new(config)?);
+        *self
+            .inner
+            .matcher
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// The metrics the routes update (to register more or read them in tests).
@@ -209,7 +222,7 @@ impl IngestStateBuilder {
                     .iter()
                     .map(|r| r.name.clone())
                     .collect(),
-                matcher,
+                matcher: std::sync::RwLock::new(Arc::new(matcher)),
                 queue: self.queue,
                 tokens: TokenSet::new(&self.tokens),
                 body_limit: self.body_limit,
@@ -508,7 +521,12 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
             EventKind::Push => "push",
             EventKind::Delete => "delete",
         };
-        let matched = inner.matcher.jobs(event);
+        let matcher = inner
+            .matcher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let matched = matcher.jobs(event);
         if matched.is_empty() {
             tracing::debug!(
                 registry,

@@ -1,0 +1,310 @@
+//! Policies stored through the admin API, next to the config file's.
+//!
+//! The effective policy set of a region is the config file's policies (read-only; only their
+//! `enabled` flag can be overridden through the API) plus the policies stored through the API in
+//! the region's Redis/Valkey (in process for `ferry serve` without `--redis`). Every change bumps a
+//! revision; long-running processes poll it and rebuild what depends on the policies.
+//!
+//! # Invariants
+//! - A stored policy never shadows a config-file policy (the API refuses the name).
+//! - Stored policies are validated against the merged set before they are stored (the admin API
+//!   does that), so every process sees only valid policies; a stored document that no longer
+//!   parses (e.g. after a downgrade) is skipped with an error, never fatal.
+//! - The revision only grows.
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::queue::redis::bounded;
+use crate::queue::{QueueError, RedisQueue};
+
+/// Where a policy is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    ConfigFile,
+    Api,
+}
+
+/// What the store holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Name → policy JSON.
+    pub policies: BTreeMap<String, String>,
+    /// Name → `enabled` override (config-file and stored policies alike).
+    pub enabled: BTreeMap<String, bool>,
+    pub revision: u64,
+}
+
+/// Policies stored through the API. Object-safe; binaries pick the backend at run time.
+#[async_trait::async_trait]
+pub trait PolicyStore: Send + Sync + 'static {
+    async fn load(&self) -> Result<Stored, QueueError>;
+    async fn revision(&self) -> Result<u64, QueueError>;
+    /// Creates or replaces a policy (already validated).
+    async fn put_policy(&self, name: &str, json: &str) -> Result<(), QueueError>;
+    /// False when there was none.
+    async fn delete_policy(&self, name: &str) -> Result<bool, QueueError>;
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), QueueError>;
+}
+
+/// The effective config: the file's registries and policies (with `enabled` overrides) plus the
+/// stored policies, and where each policy comes from.
+pub fn effective(file: &Config, stored: &Stored) -> (Config, BTreeMap<String, PolicySource>) {
+    let mut config = file.clone();
+    let mut sources: BTreeMap<String, PolicySource> = file
+        .policies
+        .iter()
+        .map(|p| (p.name.clone(), PolicySource::ConfigFile))
+        .collect();
+    for (name, json) in &stored.policies {
+        if sources.contains_key(name) {
+            tracing::error!(policy = %name, "a stored policy has the name of a config-file policy; ignoring the stored one");
+            continue;
+        }
+        match serde_json::from_str::<Policy>(json) {
+            Ok(p) if &p.name == name => {
+                sources.insert(name.clone(), PolicySource::Api);
+                config.policies.push(p);
+            }
+            Ok(p) => {
+                tracing::error!(policy = %name, found = %p.name, "a stored policy's document names another policy; ignoring it")
+            }
+            Err(e) => {
+                tracing::error!(policy = %name, error = %e, "a stored policy no longer parses; ignoring it")
+            }
+        }
+    }
+    for p in &mut config.policies {
+        if let Some(enabled) = stored.enabled.get(&p.name) {
+            p.enabled = *enabled;
+        }
+    }
+    (config, sources)
+}
+
+/// How often long-running processes look for policy changes.
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Calls `apply` with the effective config at start and after every change of the store, checking
+/// its revision every `every`, until `shutdown`. Store errors are logged and retried.
+pub async fn watch(
+    file: &Config,
+    store: &dyn PolicyStore,
+    every: Duration,
+    shutdown: CancellationToken,
+    mut apply: impl FnMut(&Config),
+) {
+    let mut applied: Option<u64> = None;
+    loop {
+        match store.revision().await {
+            Ok(rev) if Some(rev) != applied => match store.load().await {
+                Ok(stored) => {
+                    let (config, _) = effective(file, &stored);
+                    apply(&config);
+                    if applied.is_some() {
+                        tracing::info!(
+                            revision = stored.revision,
+                            "policies changed through the admin API: reloaded"
+                        );
+                    }
+                    applied = Some(stored.revision);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot load the stored policies; retrying"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the policy revision; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The in-process store.
+#[derive(Default)]
+pub struct MemoryPolicyStore {
+    state: Mutex<Stored>,
+}
+
+impl MemoryPolicyStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Stored) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[async_trait::async_trait]
+impl PolicyStore for MemoryPolicyStore {
+    async fn load(&self) -> Result<Stored, QueueError> {
+        Ok(self.with(|s| s.clone()))
+    }
+
+    async fn revision(&self) -> Result<u64, QueueError> {
+        Ok(self.with(|s| s.revision))
+    }
+
+    async fn put_policy(&self, name: &str, json: &str) -> Result<(), QueueError> {
+        self.with(|s| {
+            s.policies.insert(name.to_string(), json.to_string());
+            s.revision += 1;
+        });
+        Ok(())
+    }
+
+    async fn delete_policy(&self, name: &str) -> Result<bool, QueueError> {
+        Ok(self.with(|s| {
+            let removed = s.policies.remove(name).is_some();
+            s.enabled.remove(name);
+            s.revision += 1;
+            removed
+        }))
+    }
+
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), QueueError> {
+        self.with(|s| {
+            s.enabled.insert(name.to_string(), enabled);
+            s.revision += 1;
+        });
+        Ok(())
+    }
+}
+
+/// The store in the queue's Redis/Valkey: hashes `{p}:catalog:policies` (name → JSON) and
+/// `{p}:catalog:enabled` (name → `true`/`false`), counter `{p}:catalog:rev`. Each change is one
+/// `MULTI`/`EXEC` with the revision bump.
+#[derive(Clone)]
+pub struct RedisPolicyStore {
+    con: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl RedisPolicyStore {
+    pub fn new(queue: &RedisQueue) -> RedisPolicyStore {
+        RedisPolicyStore {
+            con: queue.connection(),
+            prefix: queue.prefix().to_string(),
+        }
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}:catalog:{what}", self.prefix)
+    }
+
+    /// Runs `pipe` (atomic) with the revision bump.
+    async fn change(&self, mut pipe: redis::Pipeline) -> Result<Vec<i64>, QueueError> {
+        pipe.atomic().cmd("INCR").arg(self.key("rev"));
+        let mut con = self.con.clone();
+        bounded(pipe.query_async(&mut con)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl PolicyStore for RedisPolicyStore {
+    async fn load(&self) -> Result<Stored, QueueError> {
+        let mut con = self.con.clone();
+        let (policies, enabled, revision): (
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+            Option<u64>,
+        ) = bounded(
+            redis::pipe()
+                .atomic()
+                .cmd("HGETALL")
+                .arg(self.key("policies"))
+                .cmd("HGETALL")
+                .arg(self.key("enabled"))
+                .cmd("GET")
+                .arg(self.key("rev"))
+                .query_async(&mut con),
+        )
+        .await?;
+        Ok(Stored {
+            policies,
+            enabled: enabled.into_iter().map(|(k, v)| (k, v == "true")).collect(),
+            revision: revision.unwrap_or(0),
+        })
+    }
+
+    async fn revision(&self) -> Result<u64, QueueError> {
+        let mut con = self.con.clone();
+        let rev: Option<u64> =
+            bounded(redis::cmd("GET").arg(self.key("rev")).query_async(&mut con)).await?;
+        Ok(rev.unwrap_or(0))
+    }
+
+    async fn put_policy(&self, name: &str, json: &str) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(self.key("policies"))
+            .arg(name)
+            .arg(json);
+        self.change(pipe).await.map(drop)
+    }
+
+    async fn delete_policy(&self, name: &str) -> Result<bool, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL").arg(self.key("policies")).arg(name);
+        pipe.cmd("HDEL").arg(self.key("enabled")).arg(name);
+        Ok(self.change(pipe).await?.first().copied().unwrap_or(0) == 1)
+    }
+
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(self.key("enabled"))
+            .arg(name)
+            .arg(if enabled { "true" } else { "false" });
+        self.change(pipe).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(name: &str) -> serde_json::Value {
+        json!({"name": name, "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}})
+    }
+
+    #[tokio::test]
+    async fn effective_merges_overrides_and_skips_bad_entries() {
+        let file: Config = serde_json::from_value(json!({
+            "registries": [{"name": "a", "url": "https://a"}, {"name": "b", "url": "https://b"}],
+            "policies": [policy("from-file")],
+        }))
+        .unwrap();
+        let store = MemoryPolicyStore::default();
+        store
+            .put_policy("api", &policy("api").to_string())
+            .await
+            .unwrap();
+        store.put_policy("broken", "{not json").await.unwrap();
+        store
+            .put_policy("from-file", &policy("from-file").to_string())
+            .await
+            .unwrap();
+        store
+            .put_policy("renamed", &policy("other").to_string())
+            .await
+            .unwrap();
+        store.set_enabled("from-file", false).await.unwrap();
+        let stored = store.load().await.unwrap();
+        assert_eq!(stored.revision, 5);
+        let (config, sources) = effective(&file, &stored);
+        let names: Vec<_> = config
+            .policies
+            .iter()
+            .map(|p| (p.name.as_str(), p.enabled))
+            .collect();
+        assert_eq!(names, [("from-file", false), ("api", true)]);
+        assert_eq!(sources["api"], PolicySource::Api);
+        assert_eq!(sources["from-file"], PolicySource::ConfigFile);
+        assert!(store.delete_policy("api").await.unwrap());
+        assert!(!store.delete_policy("api").await.unwrap());
+    }
+}
