@@ -36,6 +36,8 @@ pub struct Stored {
     pub policies: BTreeMap<String, String>,
     /// Name → `enabled` override (config-file and stored policies alike).
     pub enabled: BTreeMap<String, bool>,
+    /// Name → registry JSON (credentials by reference only).
+    pub registries: BTreeMap<String, String>,
     pub revision: u64,
 }
 
@@ -49,12 +51,47 @@ pub trait PolicyStore: Send + Sync + 'static {
     /// False when there was none.
     async fn delete_policy(&self, name: &str) -> Result<bool, QueueError>;
     async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), QueueError>;
+    /// Creates or replaces a registry (already validated).
+    async fn put_registry(&self, name: &str, json: &str) -> Result<(), QueueError>;
+    /// False when there was none.
+    async fn delete_registry(&self, name: &str) -> Result<bool, QueueError>;
+}
+
+/// The effective config and where each policy and registry is defined.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub config: Config,
+    pub policies: BTreeMap<String, PolicySource>,
+    pub registries: BTreeMap<String, PolicySource>,
 }
 
 /// The effective config: the file's registries and policies (with `enabled` overrides) plus the
-/// stored policies, and where each policy comes from.
-pub fn effective(file: &Config, stored: &Stored) -> (Config, BTreeMap<String, PolicySource>) {
+/// stored registries and policies, and where each comes from.
+pub fn effective(file: &Config, stored: &Stored) -> Effective {
     let mut config = file.clone();
+    let mut registries: BTreeMap<String, PolicySource> = file
+        .registries
+        .iter()
+        .map(|r| (r.name.clone(), PolicySource::ConfigFile))
+        .collect();
+    for (name, json) in &stored.registries {
+        if registries.contains_key(name) {
+            tracing::error!(registry = %name, "a stored registry has the name of a config-file registry; ignoring the stored one");
+            continue;
+        }
+        match serde_json::from_str::<crate::config::RegistryConfig>(json) {
+            Ok(r) if &r.name == name => {
+                registries.insert(name.clone(), PolicySource::Api);
+                config.registries.push(r);
+            }
+            Ok(_) => {
+                tracing::error!(registry = %name, "a stored registry's document names another registry; ignoring it")
+            }
+            Err(e) => {
+                tracing::error!(registry = %name, error = %e, "a stored registry no longer parses; ignoring it")
+            }
+        }
+    }
     let mut sources: BTreeMap<String, PolicySource> = file
         .policies
         .iter()
@@ -83,7 +120,11 @@ pub fn effective(file: &Config, stored: &Stored) -> (Config, BTreeMap<String, Po
             p.enabled = *enabled;
         }
     }
-    (config, sources)
+    Effective {
+        config,
+        policies: sources,
+        registries,
+    }
 }
 
 /// How often long-running processes look for policy changes.
@@ -103,8 +144,7 @@ pub async fn watch(
         match store.revision().await {
             Ok(rev) if Some(rev) != applied => match store.load().await {
                 Ok(stored) => {
-                    let (config, _) = effective(file, &stored);
-                    apply(&config);
+                    apply(&effective(file, &stored).config);
                     if applied.is_some() {
                         tracing::info!(
                             revision = stored.revision,
@@ -171,10 +211,26 @@ impl PolicyStore for MemoryPolicyStore {
         });
         Ok(())
     }
+
+    async fn put_registry(&self, name: &str, json: &str) -> Result<(), QueueError> {
+        self.with(|s| {
+            s.registries.insert(name.to_string(), json.to_string());
+            s.revision += 1;
+        });
+        Ok(())
+    }
+
+    async fn delete_registry(&self, name: &str) -> Result<bool, QueueError> {
+        Ok(self.with(|s| {
+            s.revision += 1;
+            s.registries.remove(name).is_some()
+        }))
+    }
 }
 
 /// The store in the queue's Redis/Valkey: hashes `{p}:catalog:policies` (name → JSON) and
-/// `{p}:catalog:enabled` (name → `true`/`false`), counter `{p}:catalog:rev`. Each change is one
+/// `{p}:catalog:enabled` (name → `true`/`false`), `{p}:catalog:registries` (name → JSON), counter
+/// `{p}:catalog:rev`. Each change is one
 /// `MULTI`/`EXEC` with the revision bump.
 #[derive(Clone)]
 pub struct RedisPolicyStore {
@@ -206,7 +262,8 @@ impl RedisPolicyStore {
 impl PolicyStore for RedisPolicyStore {
     async fn load(&self) -> Result<Stored, QueueError> {
         let mut con = self.con.clone();
-        let (policies, enabled, revision): (
+        let (policies, enabled, registries, revision): (
+            BTreeMap<String, String>,
             BTreeMap<String, String>,
             BTreeMap<String, String>,
             Option<u64>,
@@ -217,6 +274,8 @@ impl PolicyStore for RedisPolicyStore {
                 .arg(self.key("policies"))
                 .cmd("HGETALL")
                 .arg(self.key("enabled"))
+                .cmd("HGETALL")
+                .arg(self.key("registries"))
                 .cmd("GET")
                 .arg(self.key("rev"))
                 .query_async(&mut con),
@@ -224,6 +283,7 @@ impl PolicyStore for RedisPolicyStore {
         .await?;
         Ok(Stored {
             policies,
+            registries,
             enabled: enabled.into_iter().map(|(k, v)| (k, v == "true")).collect(),
             revision: revision.unwrap_or(0),
         })
@@ -249,6 +309,21 @@ impl PolicyStore for RedisPolicyStore {
         let mut pipe = redis::pipe();
         pipe.cmd("HDEL").arg(self.key("policies")).arg(name);
         pipe.cmd("HDEL").arg(self.key("enabled")).arg(name);
+        Ok(self.change(pipe).await?.first().copied().unwrap_or(0) == 1)
+    }
+
+    async fn put_registry(&self, name: &str, json: &str) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(self.key("registries"))
+            .arg(name)
+            .arg(json);
+        self.change(pipe).await.map(drop)
+    }
+
+    async fn delete_registry(&self, name: &str) -> Result<bool, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL").arg(self.key("registries")).arg(name);
         Ok(self.change(pipe).await?.first().copied().unwrap_or(0) == 1)
     }
 
@@ -295,7 +370,11 @@ mod tests {
         store.set_enabled("from-file", false).await.unwrap();
         let stored = store.load().await.unwrap();
         assert_eq!(stored.revision, 5);
-        let (config, sources) = effective(&file, &stored);
+        let Effective {
+            config,
+            policies: sources,
+            ..
+        } = effective(&file, &stored);
         let names: Vec<_> = config
             .policies
             .iter()

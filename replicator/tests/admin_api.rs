@@ -532,13 +532,17 @@ async fn every_instance_answers_for_the_region() {
         "{workers:?}"
     );
 
-    // Not built yet: a clear UNIMPLEMENTED, not a silent success.
-    let (unimpl, msg) = code(
+    // An empty registry document: every missing field, one line each.
+    let (invalid, msg) = code(
         c.registries
             .put_registry(pb::PutRegistryRequest { json: "{}".into() })
             .await,
     );
-    assert_eq!(unimpl, Code::Unimplemented, "{msg}");
+    assert_eq!(invalid, Code::InvalidArgument, "{msg}");
+    assert!(
+        msg.lines().any(|l| l.starts_with("name:")) && msg.lines().any(|l| l.starts_with("url:")),
+        "{msg}"
+    );
 
     // Redis down: UNAVAILABLE, and the server keeps serving.
     redis.kill().await;
@@ -548,12 +552,18 @@ async fn every_instance_answers_for_the_region() {
             .await,
     );
     assert_eq!(unavailable, Code::Unavailable, "{msg}");
-    // What needs no Redis still answers.
-    assert!(c
-        .registries
-        .list_registries(pb::ListRegistriesRequest {})
+    // The server itself keeps serving.
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
-        .is_ok());
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 /// The services listed by the v1 reflection API.
@@ -1181,6 +1191,112 @@ async fn policies_stored_through_the_api_are_validated_and_run_like_file_policie
             .await,
     );
     assert_eq!(disabled, Code::FailedPrecondition);
+
+    // A registry stored through the API, a manual policy to it, a run.
+    let extra = Registry::start().await.unwrap();
+    let put_registry = |v: serde_json::Value| pb::PutRegistryRequest {
+        json: v.to_string(),
+    };
+    let (bad, msg) = code(
+        c.registries
+            .put_registry(put_registry(
+                json!({"name": "extra", "url": extra.url(), "colour": 1}),
+            ))
+            .await,
+    );
+    assert_eq!(bad, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("colour"), "{msg}");
+    let (bad, msg) = code(
+        c.registries
+            .put_registry(put_registry(json!({"name": "extra", "url": extra.url()})))
+            .await,
+    );
+    assert_eq!(
+        bad,
+        Code::InvalidArgument,
+        "plain http without insecure: {msg}"
+    );
+    assert!(msg.contains("url") && msg.contains("insecure"), "{msg}");
+    let (bad, msg) = code(
+        c.registries
+            .put_registry(put_registry(json!({"name": "extra", "url": extra.url(), "insecure": true,
+                "credential": {"type": "basic", "username": "u", "password_env": "FERRY_TEST_UNSET_PASSWORD"}})))
+            .await,
+    );
+    assert_eq!(bad, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("FERRY_TEST_UNSET_PASSWORD"), "{msg}");
+    let stored = c
+        .registries
+        .put_registry(put_registry(
+            json!({"name": "extra", "url": extra.url(), "insecure": true}),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.source, pb::Source::Api as i32);
+    let ping = c
+        .registries
+        .ping_registry(pb::PingRegistryRequest {
+            name: "extra".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ping.reachable, "{ping:?}");
+    c.policies
+        .put_policy(put(json!({
+            "name": "to-extra",
+            "src_registry": {"name": "src"},
+            "dest_registry": {"name": "extra"},
+            "filters": [{"type": "name", "value": "api/**"}],
+        })))
+        .await
+        .unwrap();
+    let run = c
+        .executions
+        .start_execution(pb::StartExecutionRequest {
+            policy: "to-extra".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = watch_to_end(&mut c, &run.id).await;
+    assert_eq!(
+        done.state,
+        pb::ExecutionState::Succeeded as i32,
+        "{done:?}\n{}",
+        serve.log()
+    );
+    assert_eq!(raw_digest(&extra.host(), "api/app:v1").await, d);
+    // A registry in use, or from the config file, cannot be deleted.
+    let del = |n: &str| pb::DeleteRegistryRequest { name: n.into() };
+    assert_eq!(
+        code(c.registries.delete_registry(del("extra")).await).0,
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(c.registries.delete_registry(del("dst")).await).0,
+        Code::FailedPrecondition
+    );
+    c.policies
+        .delete_policy(pb::DeletePolicyRequest {
+            name: "to-extra".into(),
+        })
+        .await
+        .unwrap();
+    c.registries.delete_registry(del("extra")).await.unwrap();
+    assert_eq!(
+        code(
+            c.registries
+                .get_registry(pb::GetRegistryRequest {
+                    name: "extra".into()
+                })
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
 
     // Deleted: gone for the API and for webhooks.
     c.policies

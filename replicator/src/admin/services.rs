@@ -18,7 +18,7 @@ use crate::catalog::{effective, PolicySource, WATCH_EVERY};
 use crate::diff::diff_policy;
 use crate::history::{Execution, ExecutionQuery, Task, Trigger};
 use crate::runs::{start_run, stop_run, RunError, StopError};
-use crate::sync::PreparedPolicy;
+use crate::sync::{PreparedPolicy, Registries};
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
@@ -42,18 +42,12 @@ async fn until_applied() {
     tokio::time::sleep(WATCH_EVERY + Duration::from_millis(500)).await;
 }
 
-fn not_implemented(what: &str) -> Status {
-    AdminError::Unimplemented(format!(
-        "{what} is not available yet in this version: policies and registries come from the config file, and runs from events, the safety net or `ferry sync`"
-    ))
-    .into()
-}
-
 /// The region's policies as of one call: the effective set (config file + stored), where each
 /// comes from, and which are paused.
 struct Snapshot {
     config: crate::config::Config,
     sources: std::collections::BTreeMap<String, PolicySource>,
+    registry_sources: std::collections::BTreeMap<String, PolicySource>,
     paused: std::collections::BTreeSet<String>,
 }
 
@@ -76,6 +70,52 @@ impl Snapshot {
             })
     }
 
+    fn find_registry(
+        &self,
+        name: &str,
+    ) -> std::result::Result<&crate::config::RegistryConfig, AdminError> {
+        if name.is_empty() {
+            return Err(AdminError::required("name"));
+        }
+        self.config
+            .registry(name)
+            .ok_or_else(|| AdminError::NotFound {
+                kind: "registry",
+                name: name.to_string(),
+                known: self
+                    .config
+                    .registries
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect(),
+            })
+    }
+
+    /// A registry as the API shows it.
+    fn registry_view(&self, r: &crate::config::RegistryConfig) -> pb::Registry {
+        let source = match self.registry_sources.get(&r.name) {
+            Some(PolicySource::Api) => pb::Source::Api,
+            _ => pb::Source::Config,
+        };
+        pb::Registry {
+            source: source as i32,
+            ..convert::registry(r)
+        }
+    }
+
+    /// Clients of the snapshot's registries (the process's own when none was stored).
+    fn clients(&self, state: &AdminState) -> std::result::Result<Registries, AdminError> {
+        if self
+            .registry_sources
+            .values()
+            .all(|s| *s == PolicySource::ConfigFile)
+        {
+            return Ok(state.registries.clone());
+        }
+        Registries::from_config(&self.config)
+            .map_err(|e| AdminError::FailedPrecondition(e.to_string()))
+    }
+
     /// A policy as the API shows it.
     fn view(&self, policy: &crate::policy::Policy) -> pb::Policy {
         let source = match self.sources.get(&policy.name) {
@@ -93,11 +133,12 @@ impl Snapshot {
 impl Admin {
     async fn snapshot(&self) -> std::result::Result<Snapshot, AdminError> {
         let stored = self.state.store.load().await?;
-        let (config, sources) = effective(&self.state.config, &stored);
+        let e = effective(&self.state.config, &stored);
         let paused = self.state.queue.paused().await?;
         Ok(Snapshot {
-            config,
-            sources,
+            config: e.config,
+            sources: e.policies,
+            registry_sources: e.registries,
             paused,
         })
     }
@@ -162,29 +203,59 @@ impl Admin {
         }
     }
 
-    fn registry(
+    /// Validates one registry document against the region (structure, name, URL, credentials
+    /// resolvable on this host); every problem is reported with its path in the document.
+    fn check_new_registry(
         &self,
-        name: &str,
-    ) -> std::result::Result<&crate::config::RegistryConfig, AdminError> {
-        if name.is_empty() {
-            return Err(AdminError::required("name"));
+        snapshot: &Snapshot,
+        json: &str,
+    ) -> std::result::Result<crate::config::RegistryConfig, AdminError> {
+        let invalid = |violations: Vec<String>| AdminError::InvalidArgument { violations };
+        let relative = |problems: Vec<crate::config::Problem>, prefix: &str| -> Vec<String> {
+            problems
+                .into_iter()
+                .filter_map(|mut p| {
+                    let rest = p.path.strip_prefix(prefix)?.to_string();
+                    p.path = rest.strip_prefix('.').unwrap_or(&rest).to_string();
+                    Some(p.to_string())
+                })
+                .collect()
+        };
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| invalid(vec![format!("$: not valid JSON: {e}")]))?;
+        let wrapped = serde_json::json!({ "registries": [value] }).to_string();
+        let registry = match crate::config::Config::from_slice(wrapped.as_bytes(), "registry") {
+            Ok(c) => c
+                .registries
+                .into_iter()
+                .next()
+                .ok_or_else(|| invalid(vec!["$: send one registry object".into()]))?,
+            Err(e) => {
+                let problems = relative(e.problems, "registries[0]");
+                return Err(invalid(if problems.is_empty() {
+                    vec!["$: send one registry object".into()]
+                } else {
+                    problems
+                }));
+            }
+        };
+        if self.state.config.registry(&registry.name).is_some() {
+            return Err(AdminError::FailedPrecondition(format!(
+                "registry {:?} is defined in the config file, which the API cannot change; edit the file or choose another name",
+                registry.name
+            )));
         }
-        self.state
-            .config
-            .registries
-            .iter()
-            .find(|r| r.name == name)
-            .ok_or_else(|| AdminError::NotFound {
-                kind: "registry",
-                name: name.to_string(),
-                known: self
-                    .state
-                    .config
-                    .registries
-                    .iter()
-                    .map(|r| r.name.clone())
-                    .collect(),
-            })
+        let mut merged = snapshot.config.clone();
+        merged.registries.retain(|r| r.name != registry.name);
+        merged.registries.push(registry.clone());
+        let prefix = format!("registries[{}]", merged.registries.len() - 1);
+        let problems = relative(merged.validate(), &prefix);
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        // Credentials by reference must resolve here (env var set, file readable).
+        Registries::from_config(&merged).map_err(|e| invalid(vec![format!("credential: {e}")]))?;
+        Ok(registry)
     }
 
     /// Pauses or resumes a policy; resuming moves its parked jobs back to the queue.
@@ -312,30 +383,72 @@ impl pb::registries_server::Registries for Admin {
         &self,
         _: Request<pb::ListRegistriesRequest>,
     ) -> Result<pb::ListRegistriesResponse> {
+        let snapshot = self.snapshot().await?;
         ok(pb::ListRegistriesResponse {
-            registries: self
-                .state
+            registries: snapshot
                 .config
                 .registries
                 .iter()
-                .map(convert::registry)
+                .map(|r| snapshot.registry_view(r))
                 .collect(),
         })
     }
 
     async fn get_registry(&self, req: Request<pb::GetRegistryRequest>) -> Result<pb::Registry> {
-        ok(convert::registry(self.registry(&req.get_ref().name)?))
+        let snapshot = self.snapshot().await?;
+        ok(snapshot.registry_view(snapshot.find_registry(&req.get_ref().name)?))
     }
 
-    async fn put_registry(&self, _: Request<pb::PutRegistryRequest>) -> Result<pb::Registry> {
-        Err(not_implemented("storing registries through the API"))
+    async fn put_registry(&self, req: Request<pb::PutRegistryRequest>) -> Result<pb::Registry> {
+        let snapshot = self.snapshot().await?;
+        let registry = self.check_new_registry(&snapshot, &req.get_ref().json)?;
+        let json = serde_json::to_string(&registry)
+            .map_err(|e| AdminError::Internal(format!("cannot serialize the registry: {e}")))?;
+        self.state
+            .store
+            .put_registry(&registry.name, &json)
+            .await
+            .map_err(AdminError::from)?;
+        tracing::info!(registry = %registry.name, "registry stored through the API");
+        until_applied().await;
+        let snapshot = self.snapshot().await?;
+        ok(snapshot.registry_view(snapshot.find_registry(&registry.name)?))
     }
 
     async fn delete_registry(
         &self,
-        _: Request<pb::DeleteRegistryRequest>,
+        req: Request<pb::DeleteRegistryRequest>,
     ) -> Result<pb::DeleteRegistryResponse> {
-        Err(not_implemented("deleting registries through the API"))
+        let name = &req.get_ref().name;
+        let snapshot = self.snapshot().await?;
+        snapshot.find_registry(name)?;
+        if snapshot.registry_sources.get(name) != Some(&PolicySource::Api) {
+            return Err(AdminError::FailedPrecondition(format!(
+                "registry {name:?} is defined in the config file, which the API cannot change"
+            ))
+            .into());
+        }
+        let users: Vec<&str> = snapshot
+            .config
+            .policies
+            .iter()
+            .filter(|p| p.src_registry.name == *name || p.destinations().any(|d| d.name == *name))
+            .map(|p| p.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(AdminError::FailedPrecondition(format!(
+                "registry {name:?} is used by policies {}; delete or change them first",
+                users.join(", ")
+            ))
+            .into());
+        }
+        self.state
+            .store
+            .delete_registry(name)
+            .await
+            .map_err(AdminError::from)?;
+        until_applied().await;
+        ok(pb::DeleteRegistryResponse {})
     }
 
     async fn ping_registry(
@@ -343,10 +456,10 @@ impl pb::registries_server::Registries for Admin {
         req: Request<pb::PingRegistryRequest>,
     ) -> Result<pb::PingRegistryResponse> {
         let name = &req.get_ref().name;
-        self.registry(name)?;
-        let client = self
-            .state
-            .registries
+        let snapshot = self.snapshot().await?;
+        snapshot.find_registry(name)?;
+        let client = snapshot
+            .clients(&self.state)?
             .get("", name)
             .map_err(|e| AdminError::Internal(e.to_string()))?;
         let started = Instant::now();
@@ -400,7 +513,7 @@ impl pb::executions_server::Executions for Admin {
             ))
             .into());
         }
-        let prepared = PreparedPolicy::new(policy, &self.state.registries)
+        let prepared = PreparedPolicy::new(policy, &snapshot.clients(&self.state)?)
             .map_err(|e| AdminError::FailedPrecondition(e.to_string()))?;
         let execution = start_run(
             &prepared,
@@ -595,9 +708,9 @@ impl pb::drift_server::Drift for Admin {
     type DiffStream = BoxStream<pb::DriftEntry>;
 
     async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Self::DiffStream> {
-        let (policy, _) = self.policy(&req.get_ref().policy).await?;
+        let (policy, snapshot) = self.policy(&req.get_ref().policy).await?;
         let policy = &policy;
-        let prepared = PreparedPolicy::new(policy, &self.state.registries)
+        let prepared = PreparedPolicy::new(policy, &snapshot.clients(&self.state)?)
             .map_err(|e| AdminError::FailedPrecondition(e.to_string()))?;
         let report = diff_policy(&prepared).await.map_err(|e| {
             AdminError::FailedPrecondition(format!("cannot diff policy {:?}: {e}", policy.name))

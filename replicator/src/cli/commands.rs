@@ -358,10 +358,23 @@ fn spawn_policy_watch(
     ingest: Option<IngestState>,
     shutdown: &CancellationToken,
 ) {
-    let (config, registries, store) = (config.clone(), registries.clone(), backend.store.clone());
+    let (config, file_registries, store) =
+        (config.clone(), registries.clone(), backend.store.clone());
     let (worker, scheduler, stop) = (worker.clone(), scheduler.clone(), shutdown.clone());
     tasks.spawn(async move {
         ferry_replicator::catalog::watch(&config, store.as_ref(), WATCH_EVERY, stop, |effective| {
+            // Clients for registries stored through the API too (the file's when none is).
+            let registries = if effective.registries.len() == config.registries.len() {
+                file_registries.clone()
+            } else {
+                match Registries::from_config(effective) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build clients for the changed registries; keeping the previous policies");
+                        return;
+                    }
+                }
+            };
             if let Err(e) = worker.reload(effective, &registries) {
                 tracing::error!(error = %e, "cannot apply the changed policies to the worker; keeping the previous ones");
             }
