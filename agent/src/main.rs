@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ferry_replicator::catalog::{RedisPolicyStore, WATCH_EVERY};
+use ferry_replicator::catalog::{watch_and_reload, RedisPolicyStore, Reload};
 use ferry_replicator::config::Config;
 use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::poll::{PollMetrics, Poller};
@@ -130,13 +130,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let registries = &clients;
         let holder = format!("agent-{}", std::process::id());
         let metrics = ReconcileMetrics::register(&mut metrics_registry);
-        Some(Reconciler::new(
+        Some(Arc::new(Reconciler::new(
             &config,
             registries,
             queue.clone(),
             &holder,
             metrics,
-        )?)
+        )?))
     } else {
         None
     };
@@ -207,15 +207,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for p in pollers {
         polling.spawn(p.run(reconcile_stop.clone()));
     }
-    // Policies stored or changed through the admin API are matched from the next check on.
+    // Policies stored or changed through the admin API are matched (and reconciled) from the next
+    // check on.
+    let mut targets: Vec<Arc<dyn Reload>> = vec![Arc::new(ingest_state)];
+    if let Some(r) = &reconciler {
+        targets.push(r.clone());
+    }
     let watch_stop = reconcile_stop.clone();
     polling.spawn(async move {
-        ferry_replicator::catalog::watch(&file_config, &store, WATCH_EVERY, watch_stop, |effective| {
-            if let Err(e) = ingest_state.reload_policies(effective) {
-                tracing::error!(error = %e, "cannot apply the changed policies to webhook matching; keeping the previous ones");
-            }
-        })
-        .await
+        watch_and_reload(&file_config, &clients, &store, &targets, watch_stop).await
     });
     tokio::select! {
         served = server => served.context("serving webhooks")?,

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::policy::Policy;
 use crate::queue::redis::bounded;
 use crate::queue::{QueueError, RedisQueue};
+use crate::sync::Registries;
 
 /// Where a policy is defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +164,49 @@ pub async fn watch(
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// A component that rebuilds itself from the region's current policies and registries (the
+/// worker, the scheduler, the safety net, webhook matching).
+pub trait Reload: Send + Sync {
+    /// What it is, for logs.
+    fn what(&self) -> &'static str;
+    /// Rebuilds from `config`; on error the component keeps its previous policies.
+    fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String>;
+}
+
+/// [`watch`] applying every change to `targets`: registry clients are rebuilt when registries
+/// were stored through the API (the file's `registries` are reused otherwise).
+pub async fn watch_and_reload(
+    file: &Config,
+    registries: &Registries,
+    store: &dyn PolicyStore,
+    targets: &[std::sync::Arc<dyn Reload>],
+    shutdown: CancellationToken,
+) {
+    watch(file, store, WATCH_EVERY, shutdown, |effective| {
+        let fresh;
+        let clients = if effective.registries.len() == file.registries.len() {
+            registries
+        } else {
+            match Registries::from_config(effective) {
+                Ok(r) => {
+                    fresh = r;
+                    &fresh
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build clients for the changed registries; keeping the previous policies");
+                    return;
+                }
+            }
+        };
+        for t in targets {
+            if let Err(e) = t.reload(effective, clients) {
+                tracing::error!(component = t.what(), error = %e, "cannot apply the changed policies; keeping the previous ones");
+            }
+        }
+    })
+    .await
 }
 
 /// The in-process store.

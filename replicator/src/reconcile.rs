@@ -67,7 +67,8 @@ pub struct PolicyPass {
 
 /// Runs the safety net for the event-based policies of a config.
 pub struct Reconciler {
-    policies: Vec<Arc<PreparedPolicy>>,
+    /// Replaced as a whole by [`Reconciler::reload`].
+    policies: std::sync::RwLock<Arc<Vec<Arc<PreparedPolicy>>>>,
     queue: Arc<dyn JobQueue>,
     holder: String,
     metrics: ReconcileMetrics,
@@ -83,18 +84,20 @@ impl Reconciler {
         holder: &str,
         metrics: ReconcileMetrics,
     ) -> Result<Reconciler, SyncError> {
-        let policies = config
-            .policies
-            .iter()
-            .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
-            .map(|p| PreparedPolicy::new(p, registries).map(Arc::new))
-            .collect::<Result<_, _>>()?;
         Ok(Reconciler {
-            policies,
+            policies: std::sync::RwLock::new(Arc::new(event_policies(config, registries)?)),
             queue,
             holder: holder.to_string(),
             metrics,
         })
+    }
+
+    /// Reconciles `config`'s event-based policies from the next pass on (policies changed through
+    /// the admin API); on error the old set stays.
+    pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
+        let fresh = Arc::new(event_policies(config, registries)?);
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// One pass over one policy: diff, then enqueue push jobs for what is missing or different.
@@ -149,7 +152,12 @@ impl Reconciler {
     /// one process only (lease for 90% of the interval).
     pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
         loop {
-            for prepared in &self.policies {
+            let policies = self
+                .policies
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for prepared in policies.iter() {
                 let lease_key = format!("reconcile/{}", prepared.policy.name);
                 let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));
                 match self
@@ -187,5 +195,28 @@ impl Reconciler {
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+/// The enabled event-based policies of `config`, prepared (no network I/O).
+fn event_policies(
+    config: &Config,
+    registries: &Registries,
+) -> Result<Vec<Arc<PreparedPolicy>>, SyncError> {
+    config
+        .policies
+        .iter()
+        .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
+        .map(|p| PreparedPolicy::new(p, registries).map(Arc::new))
+        .collect()
+}
+
+impl crate::catalog::Reload for Reconciler {
+    fn what(&self) -> &'static str {
+        "safety net"
+    }
+
+    fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String> {
+        Reconciler::reload(self, config, registries).map_err(|e| e.to_string())
     }
 }

@@ -274,3 +274,13 @@ fn entries(config: &Config, registries: &Registries) -> Result<Vec<Entry>, SyncE
     }
     Ok(entries)
 }
+
+impl crate::catalog::Reload for Scheduler {
+    fn what(&self) -> &'static str {
+        "scheduler"
+    }
+
+    fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String> {
+        Scheduler::reload(self, config, registries).map_err(|e| e.to_string())
+    }
+}

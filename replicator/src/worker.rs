@@ -1174,3 +1174,13 @@ async fn heartbeat(
         }
     }
 }
+
+impl crate::catalog::Reload for Worker {
+    fn what(&self) -> &'static str {
+        "worker"
+    }
+
+    fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String> {
+        Worker::reload(self, config, registries).map_err(|e| e.to_string())
+    }
+}

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_replicator::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore, WATCH_EVERY};
+use ferry_replicator::catalog::{
+    watch_and_reload, MemoryPolicyStore, PolicyStore, RedisPolicyStore, Reload,
+};
 use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
@@ -345,49 +347,24 @@ impl Backend {
     }
 }
 
-/// Keeps the worker, the scheduler and (for `ferry serve`) the webhook matcher on the region's
-/// current policies: the config file's plus those stored through the admin API.
-#[allow(clippy::too_many_arguments)]
+/// Keeps `targets` on the region's current policies: the config file's plus those stored through
+/// the admin API.
 fn spawn_policy_watch(
     tasks: &mut tokio::task::JoinSet<()>,
     config: &Config,
     registries: &Registries,
     backend: &Backend,
-    worker: &Arc<Worker>,
-    scheduler: &Arc<Scheduler>,
-    ingest: Option<IngestState>,
+    targets: Vec<Arc<dyn Reload>>,
     shutdown: &CancellationToken,
 ) {
-    let (config, file_registries, store) =
-        (config.clone(), registries.clone(), backend.store.clone());
-    let (worker, scheduler, stop) = (worker.clone(), scheduler.clone(), shutdown.clone());
+    let (config, registries, store, stop) = (
+        config.clone(),
+        registries.clone(),
+        backend.store.clone(),
+        shutdown.clone(),
+    );
     tasks.spawn(async move {
-        ferry_replicator::catalog::watch(&config, store.as_ref(), WATCH_EVERY, stop, |effective| {
-            // Clients for registries stored through the API too (the file's when none is).
-            let registries = if effective.registries.len() == config.registries.len() {
-                file_registries.clone()
-            } else {
-                match Registries::from_config(effective) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot build clients for the changed registries; keeping the previous policies");
-                        return;
-                    }
-                }
-            };
-            if let Err(e) = worker.reload(effective, &registries) {
-                tracing::error!(error = %e, "cannot apply the changed policies to the worker; keeping the previous ones");
-            }
-            if let Err(e) = scheduler.reload(effective, &registries) {
-                tracing::error!(error = %e, "cannot apply the changed policies to the scheduler; keeping the previous ones");
-            }
-            if let Some(ingest) = &ingest {
-                if let Err(e) = ingest.reload_policies(effective) {
-                    tracing::error!(error = %e, "cannot apply the changed policies to webhook matching; keeping the previous ones");
-                }
-            }
-        })
-        .await
+        watch_and_reload(&config, &registries, store.as_ref(), &targets, stop).await
     });
 }
 
@@ -548,9 +525,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         &config,
         &registries,
         &backend,
-        &worker,
-        &scheduler,
-        None,
+        vec![worker.clone(), scheduler.clone()],
         &shutdown,
     );
     tracing::info!(consumer = %opts.consumer, concurrency = opts.concurrency, "ferry worker running");
@@ -612,6 +587,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 &opts.consumer,
                 reconcile_metrics,
             )
+            .map(Arc::new)
         })
         .transpose()?;
     let admin_config = config.clone();
@@ -642,7 +618,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         ferry_replicator::ingest::router(state),
         &shutdown,
     );
-    if let Some(r) = reconciler {
+    if let Some(r) = reconciler.clone() {
         let (stop, every) = (
             shutdown.clone(),
             Duration::from_secs(args.reconcile_interval),
@@ -653,14 +629,17 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         tasks.spawn(p.run(shutdown.clone()));
     }
     spawn_scheduler(&mut tasks, &scheduler, &shutdown);
+    let mut targets: Vec<Arc<dyn Reload>> =
+        vec![worker.clone(), scheduler.clone(), Arc::new(ingest_state)];
+    if let Some(r) = &reconciler {
+        targets.push(r.clone());
+    }
     spawn_policy_watch(
         &mut tasks,
         &admin_config,
         &registries,
         &backend,
-        &worker,
-        &scheduler,
-        Some(ingest_state),
+        targets,
         &shutdown,
     );
     tracing::info!(

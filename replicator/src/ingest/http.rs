@@ -614,3 +614,13 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         "collapsed": collapsed,
     }))
 }
+
+impl crate::catalog::Reload for IngestState {
+    fn what(&self) -> &'static str {
+        "webhook matching"
+    }
+
+    fn reload(&self, config: &Config, _: &crate::sync::Registries) -> Result<(), String> {
+        self.reload_policies(config).map_err(|e| e.to_string())
+    }
+}
