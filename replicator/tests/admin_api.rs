@@ -425,25 +425,7 @@ async fn every_instance_answers_for_the_region() {
     assert_eq!(purged.purged, 0);
     // A job no worker can run (its policy was removed from the config) is dead-lettered at once;
     // the API lists it with its error, retries it (it fails again) and purges it.
-    {
-        use ferry_replicator::queue::JobQueue as _;
-        let queue = ferry_replicator::queue::RedisQueue::connect(
-            &redis.url(),
-            "ferry",
-            ferry_replicator::queue::RetryPolicy::default(),
-        )
-        .await
-        .unwrap();
-        queue
-            .enqueue(ferry_replicator::queue::Job::new(
-                "removed",
-                ferry_replicator::event::EventKind::Push,
-                "team/app",
-                "v9",
-            ))
-            .await
-            .unwrap();
-    }
+    enqueue_behind_the_api(&redis, "removed", "team/app", "v9").await;
     let dead_letters = |c: &Clients| {
         let mut ops = c.operations.clone();
         async move {
@@ -589,6 +571,36 @@ async fn reflection_services(ch: Channel) -> Vec<String> {
         }
         other => panic!("unexpected reflection answer: {other:?}"),
     }
+}
+
+/// Enqueues a push job straight into the region's queue, as an agent would for an event.
+async fn enqueue_behind_the_api(redis: &RedisServer, policy: &str, repository: &str, tag: &str) {
+    use ferry_replicator::queue::JobQueue as _;
+    let queue = ferry_replicator::queue::RedisQueue::connect(
+        &redis.url(),
+        "ferry",
+        ferry_replicator::queue::RetryPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let job = ferry_replicator::queue::Job::new(
+        policy,
+        ferry_replicator::event::EventKind::Push,
+        repository,
+        tag,
+    );
+    queue.enqueue(job).await.unwrap();
+}
+
+/// True when the region's queue has nothing waiting and nothing running.
+async fn queue_idle(c: &Clients) -> bool {
+    let mut ops = c.operations.clone();
+    ops.get_queue_stats(pb::GetQueueStatsRequest {})
+        .await
+        .is_ok_and(|q| {
+            let q = q.into_inner();
+            q.depth == 0 && q.in_flight == 0
+        })
 }
 
 /// Follows an execution with WatchExecution until its stream ends; returns the last snapshot.
@@ -771,35 +783,8 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
     );
     // Behind the API's back, as an event would: a job for v3.
     let v3 = push_image(dir.path(), 94, &src.host(), "team/app:v3").await;
-    let queue = ferry_replicator::queue::RedisQueue::connect(
-        &redis.url(),
-        "ferry",
-        ferry_replicator::queue::RetryPolicy::default(),
-    )
-    .await
-    .unwrap();
-    use ferry_replicator::queue::JobQueue as _;
-    queue
-        .enqueue(ferry_replicator::queue::Job::new(
-            "fast",
-            ferry_replicator::event::EventKind::Push,
-            "team/app",
-            "v3",
-        ))
-        .await
-        .unwrap();
-    let parked = eventually(Duration::from_secs(10), || {
-        let mut ops = c.operations.clone();
-        async move {
-            ops.get_queue_stats(pb::GetQueueStatsRequest {})
-                .await
-                .is_ok_and(|q| {
-                    let q = q.into_inner();
-                    q.depth == 0 && q.in_flight == 0
-                })
-        }
-    })
-    .await;
+    enqueue_behind_the_api(&redis, "fast", "team/app", "v3").await;
+    let parked = eventually(Duration::from_secs(10), || queue_idle(&c)).await;
     assert!(parked, "the job was not taken:\n{}", serve.log());
     assert_eq!(
         manifest_status(&dst.url(), "team/app", "v3").await,
@@ -879,18 +864,7 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
         .unwrap()
         .into_inner();
     assert_eq!(stopped.state, pb::ExecutionState::Stopped as i32);
-    let idle = eventually(Duration::from_secs(10), || {
-        let mut ops = c.operations.clone();
-        async move {
-            ops.get_queue_stats(pb::GetQueueStatsRequest {})
-                .await
-                .is_ok_and(|q| {
-                    let q = q.into_inner();
-                    q.in_flight == 0 && q.depth == 0
-                })
-        }
-    })
-    .await;
+    let idle = eventually(Duration::from_secs(10), || queue_idle(&c)).await;
     let took = asked.elapsed();
     assert!(idle, "the stopped job is still running:\n{}", serve.log());
     eprintln!("stop → transfer cancelled and job gone: {took:?}");
