@@ -234,17 +234,24 @@ async fn every_instance_answers_for_the_region() {
     assert_eq!(names, ["src", "dst"]);
     let ping = c
         .registries
-        .ping_registry(pb::PingRegistryRequest { name: "src".into() })
+        .ping_registry(pb::PingRegistryRequest {
+            name: "src".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(ping.reachable && ping.authenticated, "{ping:?}");
     assert_eq!(ping.api_version, "registry/2.0");
+    // distribution 2.8: chunked uploads yes, OCI 1.1 referrers API no.
+    assert!(ping.chunked_upload && !ping.referrers_api, "{ping:?}");
+    assert!(ping.notes.is_empty(), "{ping:?}");
     assert_eq!(
         code(
             c.registries
                 .ping_registry(pb::PingRegistryRequest {
-                    name: "nope".into()
+                    name: "nope".into(),
+                    ..Default::default()
                 })
                 .await
         )
@@ -1212,6 +1219,7 @@ async fn policies_stored_through_the_api_are_validated_and_run_like_file_policie
         .registries
         .ping_registry(pb::PingRegistryRequest {
             name: "extra".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -23,6 +23,46 @@ use crate::sync::{PreparedPolicy, Registries};
 type Result<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
 
+/// Whether `client`'s registry has the OCI 1.1 referrers API and accepts chunked uploads, probed in
+/// `repository` (a five-byte chunk in an upload session that is cancelled; distribution answers
+/// `Range: 0-0` to a one-byte chunk and to none, so one byte would prove nothing); what the probes could
+/// not tell goes to `notes`.
+async fn probe_capabilities(
+    client: &crate::oci::RegistryClient,
+    repository: &str,
+    notes: &mut Vec<String>,
+) -> (bool, bool) {
+    let zero = crate::oci::digest::parse(&format!("sha256:{}", "0".repeat(64)))
+        .expect("a well-formed digest");
+    let referrers = match client.referrers(repository, &zero).await {
+        Ok(found) => found.is_some(),
+        Err(e) => {
+            notes.push(format!("referrers API: cannot tell ({e})"));
+            false
+        }
+    };
+    let chunked = match client.start_upload(repository).await {
+        Ok(upload) => {
+            let r = client
+                .patch_chunk(&upload, bytes::Bytes::from_static(b"ferry"))
+                .await;
+            client.cancel_upload(&upload).await;
+            match r {
+                Ok(_) => true,
+                Err(e) => {
+                    notes.push(format!("chunked upload refused: {e}"));
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            notes.push(format!("chunked upload: cannot tell, opening an upload session in {repository} failed ({e})"));
+            false
+        }
+    };
+    (referrers, chunked)
+}
+
 /// Longest page of executions or tasks one call returns.
 const MAX_PAGE: usize = 1000;
 
@@ -465,25 +505,37 @@ impl pb::registries_server::Registries for Admin {
         let started = Instant::now();
         let answer = client.ping().await;
         let latency_ms = started.elapsed().as_millis() as u64;
-        ok(match answer {
-            Ok(info) => pb::PingRegistryResponse {
-                reachable: true,
-                authenticated: true,
-                api_version: info.api_version.unwrap_or_default(),
-                auth_scheme: info.auth.unwrap_or_default(),
-                referrers_api: false,
-                latency_ms,
-                error: String::new(),
-            },
-            Err(e) => pb::PingRegistryResponse {
-                // An HTTP answer (even 401/403) means the registry is there.
-                reachable: e.status().is_some()
-                    || matches!(e, crate::oci::RegistryError::Auth { .. }),
-                authenticated: false,
-                latency_ms,
-                error: e.to_string(),
-                ..Default::default()
-            },
+        let info = match answer {
+            Ok(info) => info,
+            Err(e) => {
+                return ok(pb::PingRegistryResponse {
+                    // An HTTP answer (even 401/403) means the registry is there.
+                    reachable: e.status().is_some()
+                        || matches!(e, crate::oci::RegistryError::Auth { .. }),
+                    authenticated: false,
+                    latency_ms,
+                    error: e.to_string(),
+                    ..Default::default()
+                });
+            }
+        };
+        let repository = match req.get_ref().repository.trim() {
+            "" => "ferry-probe",
+            r => r,
+        };
+        let mut notes = Vec::new();
+        let (referrers_api, chunked_upload) =
+            probe_capabilities(&client, repository, &mut notes).await;
+        ok(pb::PingRegistryResponse {
+            reachable: true,
+            authenticated: true,
+            api_version: info.api_version.unwrap_or_default(),
+            auth_scheme: info.auth.unwrap_or_default(),
+            referrers_api,
+            latency_ms,
+            error: String::new(),
+            chunked_upload,
+            notes,
         })
     }
 }

@@ -178,7 +178,13 @@ pub enum RegistriesCommand {
     Get { name: String },
     /// Check reachability, credentials, API version and referrers support; exit 1 when the
     /// registry is unreachable or rejects the credentials.
-    Ping { name: String },
+    Ping {
+        name: String,
+        /// Repository to probe the referrers API and chunked uploads in (needs push permission
+        /// for the latter; nothing stays). Default: ferry-probe.
+        #[arg(long)]
+        repository: Option<String>,
+    },
     /// Create or replace registries from a JSON file: one entry, an array, or a config file.
     Apply {
         #[arg(long, short = 'f')]
@@ -475,8 +481,11 @@ async fn registries(ctx: &Ctx, command: RegistriesCommand) -> Result<u8, Failure
                 .await?;
             ctx.emit(registry_json(&r), || registry_details(&r));
         }
-        RegistriesCommand::Ping { name } => {
-            let req = v1::PingRegistryRequest { name: name.clone() };
+        RegistriesCommand::Ping { name, repository } => {
+            let req = v1::PingRegistryRequest {
+                name: name.clone(),
+                repository: repository.clone().unwrap_or_default(),
+            };
             let what = format!("ping registry {name}");
             let p = ctx
                 .call(&what, ctx.registries().await?.ping_registry(req))
@@ -1323,8 +1332,10 @@ fn ping_json(name: &str, p: &v1::PingRegistryResponse) -> Value {
         "api_version": p.api_version,
         "auth_scheme": p.auth_scheme,
         "referrers_api": p.referrers_api,
+        "chunked_upload": p.chunked_upload,
         "latency_ms": p.latency_ms,
         "error": p.error,
+        "notes": p.notes,
     })
 }
 
@@ -1559,10 +1570,14 @@ fn ping_details(name: &str, p: &v1::PingRegistryResponse) -> String {
         row(["api version", &p.api_version]),
         row(["auth scheme", or_dash(&p.auth_scheme)]),
         row(["referrers api", &yes(p.referrers_api)]),
+        row(["chunked upload", &yes(p.chunked_upload)]),
         row(["latency", &format!("{} ms", p.latency_ms)]),
     ];
     if !p.error.is_empty() {
         rows.push(row(["error", &p.error]));
+    }
+    for note in &p.notes {
+        rows.push(row(["note", note]));
     }
     align(rows)
 }
