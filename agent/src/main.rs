@@ -16,7 +16,7 @@ use clap::Parser;
 use ferry_replicator::catalog::{watch_and_reload, RedisPolicyStore, Reload};
 use ferry_replicator::config::Config;
 use ferry_replicator::ingest::harbor::HarborOptions;
-use ferry_replicator::ingest::poll::{PollMetrics, Poller};
+use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::{self, IngestState};
 use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
@@ -120,11 +120,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let file_config = config.clone();
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     let clients = Registries::from_config(&config)?;
-    let pollers = Poller::from_config(
+    // Stops the safety net, the pollers and the policy watch.
+    let reconcile_stop = tokio_util::sync::CancellationToken::new();
+    let pollers = PollerSet::start(
         &config,
         &clients,
         queue.clone(),
         PollMetrics::register(&mut metrics_registry),
+        reconcile_stop.clone(),
     )?;
     let reconciler = if args.reconcile_interval > 0 {
         let registries = &clients;
@@ -162,7 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registries = %registries.join(","),
         authenticated,
         event_policies,
-        polled = %pollers.iter().map(|p| p.registry()).collect::<Vec<_>>().join(","),
+        polled = %pollers.registries().join(","),
         "ferry-agent serving webhooks"
     );
     if event_policies == 0 {
@@ -190,7 +193,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             std::future::pending::<()>().await;
         }
     };
-    let reconcile_stop = tokio_util::sync::CancellationToken::new();
     let reconcile = async {
         match &reconciler {
             Some(r) => {
@@ -204,12 +206,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut polling = tokio::task::JoinSet::new();
-    for p in pollers {
-        polling.spawn(p.run(reconcile_stop.clone()));
-    }
-    // Policies stored or changed through the admin API are matched (and reconciled) from the next
-    // check on.
-    let mut targets: Vec<Arc<dyn Reload>> = vec![Arc::new(ingest_state)];
+    // Policies stored or changed through the admin API are matched, polled and reconciled from
+    // the next check on.
+    let mut targets: Vec<Arc<dyn Reload>> = vec![Arc::new(ingest_state), pollers.clone()];
     if let Some(r) = &reconciler {
         targets.push(r.clone());
     }
@@ -227,6 +226,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     reconcile_stop.cancel();
     while polling.join_next().await.is_some() {}
+    pollers.wait().await;
     tracing::info!("ferry-agent stopped");
     Ok(())
 }

@@ -288,3 +288,53 @@ async fn pushes_and_deletes_on_a_real_registry_are_seen() {
     assert_eq!(jobs[0].0, EventKind::Delete);
     assert_eq!(jobs[0].3.as_deref(), Some(d.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_what_the_pollers_saw() {
+    use ferry_replicator::catalog::Reload as _;
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    src.put_manifest("team/app", Some("v1"), OCI_MANIFEST, manifest(1));
+    let config = poll_config(dir.path(), &src.url(), json!([]));
+    let registries = Registries::from_config(&config).unwrap();
+    let queue = Arc::new(MemoryQueue::new(RetryPolicy::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let set = ferry_replicator::ingest::poll::PollerSet::start(
+        &config,
+        &registries,
+        queue.clone(),
+        PollMetrics::default(),
+        stop.clone(),
+    )
+    .unwrap();
+    assert_eq!(set.registries(), ["src"]);
+    // The first pass (a baseline) has run once the registry was asked for its tags.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count(&src.request_log(), "HEAD", "/manifests/v1") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no first pass");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A reload (policies changed through the API) replaces the pollers; the new one must not
+    // start from a fresh baseline, or the change below would be swallowed.
+    set.reload(&config, &registries).unwrap();
+    let v2 = src.put_manifest("team/app", Some("v2"), OCI_MANIFEST, manifest(2));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let jobs = loop {
+        let jobs = drain_jobs(queue.as_ref()).await;
+        if !jobs.is_empty() || tokio::time::Instant::now() > deadline {
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        jobs,
+        [(
+            EventKind::Push,
+            "team/app".to_string(),
+            "v2".to_string(),
+            Some(v2)
+        )]
+    );
+    stop.cancel();
+    set.wait().await;
+}

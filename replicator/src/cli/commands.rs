@@ -12,7 +12,7 @@ use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
 use ferry_replicator::ingest::metrics::IngestMetrics;
-use ferry_replicator::ingest::poll::{PollMetrics, Poller};
+use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::IngestState;
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
@@ -562,12 +562,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         &opts.consumer,
         &mut registry,
     )?;
-    let pollers = Poller::from_config(
-        &config,
-        &registries,
-        queue.clone(),
-        PollMetrics::register(&mut registry),
-    )?;
+    let poll_metrics = PollMetrics::register(&mut registry);
     let worker = Arc::new(
         Worker::new(
             &config,
@@ -625,12 +620,20 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         tasks.spawn(async move { r.run(every, stop).await });
     }
-    for p in pollers {
-        tasks.spawn(p.run(shutdown.clone()));
-    }
+    let pollers = PollerSet::start(
+        &admin_config,
+        &registries,
+        queue.clone(),
+        poll_metrics,
+        shutdown.clone(),
+    )?;
     spawn_scheduler(&mut tasks, &scheduler, &shutdown);
-    let mut targets: Vec<Arc<dyn Reload>> =
-        vec![worker.clone(), scheduler.clone(), Arc::new(ingest_state)];
+    let mut targets: Vec<Arc<dyn Reload>> = vec![
+        worker.clone(),
+        scheduler.clone(),
+        Arc::new(ingest_state),
+        pollers.clone(),
+    ];
     if let Some(r) = &reconciler {
         targets.push(r.clone());
     }
@@ -654,6 +657,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
+    pollers.wait().await;
     let _ = signals.await;
     tracing::info!("ferry serve stopped");
     Ok(())

@@ -160,6 +160,95 @@ struct Covered {
     literal_repositories: Option<Vec<String>>,
 }
 
+/// What a registry's passes saw: repository → tag → digest, and whether the baseline is done.
+#[derive(Debug, Default)]
+struct PollState {
+    seen: HashMap<String, BTreeMap<String, String>>,
+    baseline_done: bool,
+}
+
+/// A registry's shared poll state.
+type SharedState = Arc<tokio::sync::Mutex<PollState>>;
+
+/// The running generation of pollers: its stop token and each registry's state.
+type Generation = (CancellationToken, HashMap<String, SharedState>);
+
+/// The pollers of a process, rebuilt when the region's policies or registries change (admin
+/// API). A registry polled before and after a change keeps what its passes saw, so no change
+/// falls between two generations of pollers.
+pub struct PollerSet {
+    queue: Arc<dyn JobQueue>,
+    metrics: PollMetrics,
+    shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+    /// The running generation's stop token, and each registry's state.
+    current: std::sync::Mutex<Generation>,
+}
+
+impl PollerSet {
+    /// Starts polling `config`'s polled registries until `shutdown`.
+    pub fn start(
+        config: &Config,
+        registries: &Registries,
+        queue: Arc<dyn JobQueue>,
+        metrics: PollMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<PollerSet>, SyncError> {
+        let set = Arc::new(PollerSet {
+            queue,
+            metrics,
+            current: std::sync::Mutex::new((shutdown.child_token(), HashMap::new())),
+            shutdown,
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        set.replace(config, registries)?;
+        Ok(set)
+    }
+
+    /// Stops the running pollers and starts those of `config`, handing each registry's state over.
+    fn replace(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
+        let mut pollers =
+            Poller::from_config(config, registries, self.queue.clone(), self.metrics.clone())?;
+        let token = self.shutdown.child_token();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = HashMap::new();
+        for p in &mut pollers {
+            if let Some(state) = current.1.get(&p.registry) {
+                p.state = state.clone();
+            }
+            states.insert(p.registry.clone(), p.state.clone());
+        }
+        current.0.cancel();
+        *current = (token.clone(), states);
+        for p in pollers {
+            self.tasks.spawn(p.run(token.clone()));
+        }
+        Ok(())
+    }
+
+    /// The registries polled now.
+    pub fn registries(&self) -> Vec<String> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.1.keys().cloned().collect()
+    }
+
+    /// Waits until every poller stopped (after `shutdown`).
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl crate::catalog::Reload for PollerSet {
+    fn what(&self) -> &'static str {
+        "tag pollers"
+    }
+
+    fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String> {
+        self.replace(config, registries).map_err(|e| e.to_string())
+    }
+}
+
 /// Polls one source registry.
 pub struct Poller {
     registry: String,
@@ -170,8 +259,8 @@ pub struct Poller {
     metrics: PollMetrics,
     opts: PollOptions,
     /// Repository → tag → digest, as of the last pass.
-    seen: HashMap<String, BTreeMap<String, String>>,
-    baseline_done: bool,
+    /// What the passes saw, shared with the poller of the same registry after a reload.
+    state: SharedState,
 }
 
 impl Poller {
@@ -220,8 +309,7 @@ impl Poller {
                 queue: queue.clone(),
                 metrics: metrics.clone(),
                 opts: PollOptions::every(Duration::from_secs(secs.max(1))),
-                seen: HashMap::new(),
-                baseline_done: false,
+                state: Arc::default(),
             });
         }
         Ok(pollers)
@@ -290,8 +378,11 @@ impl Poller {
 
     /// One pass: list, HEAD, compare, enqueue.
     pub async fn pass(&mut self) -> Result<PassReport, PollError> {
+        let state = self.state.clone();
+        // Held for the whole pass: a poller replaced by a reload finishes (or is dropped) first.
+        let mut st = state.lock().await;
         let mut report = PassReport {
-            baseline: !self.baseline_done,
+            baseline: !st.baseline_done,
             ..Default::default()
         };
         let registry_err = |source| PollError::Registry {
@@ -356,7 +447,7 @@ impl Poller {
                         complete = false;
                         tracing::warn!(registry = %self.registry, repository = %repo, tag = %tag, error = %e, "cannot HEAD tag; checking it again next pass");
                         // Keep the last known digest: not seen is not deleted.
-                        if let Some(old) = self.seen.get(&repo).and_then(|m| m.get(&tag)) {
+                        if let Some(old) = st.seen.get(&repo).and_then(|m| m.get(&tag)) {
                             current.insert(tag, old.clone());
                         }
                     }
@@ -364,7 +455,7 @@ impl Poller {
             }
             if !complete {
                 // Tags we could not check keep their old state (no delete event for them).
-                if let Some(old) = self.seen.get(&repo) {
+                if let Some(old) = st.seen.get(&repo) {
                     for (tag, d) in old {
                         if tags.contains(tag) {
                             current.entry(tag.clone()).or_insert_with(|| d.clone());
@@ -372,8 +463,8 @@ impl Poller {
                     }
                 }
             }
-            let events = if self.baseline_done {
-                self.changes(&repo, &current)
+            let events = if st.baseline_done {
+                self.changes(&st, &repo, &current)
             } else {
                 Vec::new()
             };
@@ -385,16 +476,16 @@ impl Poller {
                 self.enqueue(event, &mut report).await?;
             }
             if current.is_empty() {
-                self.seen.remove(&repo);
+                st.seen.remove(&repo);
             } else {
-                self.seen.insert(repo.clone(), current);
+                st.seen.insert(repo.clone(), current);
             }
             if self.quota_low() {
                 report.rate_limited = true;
                 break;
             }
         }
-        self.baseline_done = true;
+        st.baseline_done = true;
         Ok(report)
     }
 
@@ -432,9 +523,14 @@ impl Poller {
     }
 
     /// Events that turn the remembered state of `repo` into `current`.
-    fn changes(&self, repo: &str, current: &BTreeMap<String, String>) -> Vec<Event> {
+    fn changes(
+        &self,
+        st: &PollState,
+        repo: &str,
+        current: &BTreeMap<String, String>,
+    ) -> Vec<Event> {
         let empty = BTreeMap::new();
-        let old = self.seen.get(repo).unwrap_or(&empty);
+        let old = st.seen.get(repo).unwrap_or(&empty);
         let now = now_ms();
         let event = |kind, tag: &str, digest: &str| Event {
             id: format!(
