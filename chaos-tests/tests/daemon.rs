@@ -1121,13 +1121,13 @@ async fn operator_cli_scenario(region: &Region) -> anyhow::Result<()> {
         .map_or(0, |v| v.iter().filter(|t| t["outcome"] == "copied").count());
     anyhow::ensure!(copied == 2, "two tasks copied: {tasks}");
 
-    // A big image at 2 MiB/s: run it, see it stream, stop it.
+    // A 500 MiB layer at 2 MiB/s (over 4 minutes if left alone): run it, see it stream, stop it.
     let (_, _) = push(
         dir.path(),
         "big",
         &[LayerSpec {
             seed: 7003,
-            size: 40 * MIB,
+            size: 500 * MIB,
         }],
         &a,
         "cli/app:big",
@@ -1164,7 +1164,12 @@ async fn operator_cli_scenario(region: &Region) -> anyhow::Result<()> {
         },
     )
     .await?;
-    eprintln!("stop → job gone: {:?}", asked.elapsed());
+    let took = asked.elapsed();
+    eprintln!("stop → job gone: {took:?}");
+    anyhow::ensure!(
+        took < Duration::from_secs(2),
+        "stopping a run must cancel its transfer within 2 s, took {took:?}"
+    );
     let stopped = admin_json(region, api, &["executions", "get", &id]).await?;
     anyhow::ensure!(stopped["state"] == "stopped", "{stopped}");
     anyhow::ensure!(
