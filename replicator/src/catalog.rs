@@ -166,6 +166,24 @@ pub async fn watch(
     }
 }
 
+/// A value the components replace as a whole when the policies change: readers take the version
+/// current when they ask and keep it for what they are doing (a job, a pass, a batch).
+pub struct Current<T>(std::sync::RwLock<std::sync::Arc<T>>);
+
+impl<T> Current<T> {
+    pub fn new(value: T) -> Current<T> {
+        Current(std::sync::RwLock::new(std::sync::Arc::new(value)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<T> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(value);
+    }
+}
+
 /// A component that rebuilds itself from the region's current policies and registries (the
 /// worker, the scheduler, the safety net, webhook matching).
 pub trait Reload: Send + Sync {
@@ -173,6 +191,20 @@ pub trait Reload: Send + Sync {
     fn what(&self) -> &'static str;
     /// Rebuilds from `config`; on error the component keeps its previous policies.
     fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String>;
+}
+
+/// Clients for the registries of `effective`: the file's own clients (`file_clients`, with their
+/// token caches) while no registry was stored through the API, new ones otherwise.
+pub fn clients(
+    effective: &Config,
+    file: &Config,
+    file_clients: &Registries,
+) -> Result<Registries, crate::sync::SyncError> {
+    if effective.registries == file.registries {
+        Ok(file_clients.clone())
+    } else {
+        Registries::from_config(effective)
+    }
 }
 
 /// [`watch`] applying every change to `targets`: registry clients are rebuilt when registries
@@ -185,23 +217,15 @@ pub async fn watch_and_reload(
     shutdown: CancellationToken,
 ) {
     watch(file, store, WATCH_EVERY, shutdown, |effective| {
-        let fresh;
-        let clients = if effective.registries.len() == file.registries.len() {
-            registries
-        } else {
-            match Registries::from_config(effective) {
-                Ok(r) => {
-                    fresh = r;
-                    &fresh
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot build clients for the changed registries; keeping the previous policies");
-                    return;
-                }
+        let clients = match clients(effective, file, registries) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build clients for the changed registries; keeping the previous policies");
+                return;
             }
         };
         for t in targets {
-            if let Err(e) = t.reload(effective, clients) {
+            if let Err(e) = t.reload(effective, &clients) {
                 tracing::error!(component = t.what(), error = %e, "cannot apply the changed policies; keeping the previous ones");
             }
         }

@@ -13,6 +13,16 @@ pub enum EventKind {
     Delete,
 }
 
+impl EventKind {
+    /// `push` or `delete`: the serialized name, also used in metric labels and job keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Push => "push",
+            EventKind::Delete => "delete",
+        }
+    }
+}
+
 /// One normalized registry event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -42,6 +52,11 @@ impl Event {
     pub fn reference(&self) -> Option<&str> {
         self.tag.as_deref().or(self.digest.as_deref())
     }
+}
+
+/// A duration in whole milliseconds as stored in Unix-ms fields (saturating).
+pub fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Current time in Unix milliseconds (0 if the clock is before 1970).

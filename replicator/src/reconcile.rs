@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Current;
 use crate::config::Config;
 use crate::diff::diff_policy;
 use crate::event::{now_ms, EventKind};
@@ -68,7 +69,7 @@ pub struct PolicyPass {
 /// Runs the safety net for the event-based policies of a config.
 pub struct Reconciler {
     /// Replaced as a whole by [`Reconciler::reload`].
-    policies: std::sync::RwLock<Arc<Vec<Arc<PreparedPolicy>>>>,
+    policies: Current<Vec<Arc<PreparedPolicy>>>,
     queue: Arc<dyn JobQueue>,
     holder: String,
     metrics: ReconcileMetrics,
@@ -85,7 +86,7 @@ impl Reconciler {
         metrics: ReconcileMetrics,
     ) -> Result<Reconciler, SyncError> {
         Ok(Reconciler {
-            policies: std::sync::RwLock::new(Arc::new(event_policies(config, registries)?)),
+            policies: Current::new(event_policies(config, registries)?),
             queue,
             holder: holder.to_string(),
             metrics,
@@ -95,8 +96,7 @@ impl Reconciler {
     /// Reconciles `config`'s event-based policies from the next pass on (policies changed through
     /// the admin API); on error the old set stays.
     pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
-        let fresh = Arc::new(event_policies(config, registries)?);
-        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.policies.set(event_policies(config, registries)?);
         Ok(())
     }
 
@@ -152,11 +152,7 @@ impl Reconciler {
     /// one process only (lease for 90% of the interval).
     pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
         loop {
-            let policies = self
-                .policies
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let policies = self.policies.get();
             for prepared in policies.iter() {
                 let lease_key = format!("reconcile/{}", prepared.policy.name);
                 let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));

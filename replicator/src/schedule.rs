@@ -25,6 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Current;
 use crate::config::Config;
 use crate::history::{ExecutionQuery, History, Trigger};
 use crate::policy::TriggerKind;
@@ -103,7 +104,7 @@ impl Entry {
 /// Fires the scheduled policies of a config.
 pub struct Scheduler {
     /// Replaced as a whole by [`Scheduler::reload`].
-    entries: std::sync::RwLock<Arc<Vec<Entry>>>,
+    entries: Current<Vec<Entry>>,
     queue: Arc<dyn JobQueue>,
     history: Arc<dyn History>,
     holder: String,
@@ -122,7 +123,7 @@ impl Scheduler {
         metrics: ScheduleMetrics,
     ) -> Result<Scheduler, SyncError> {
         Ok(Scheduler {
-            entries: std::sync::RwLock::new(Arc::new(entries(config, registries)?)),
+            entries: Current::new(entries(config, registries)?),
             queue,
             history,
             holder: holder.to_string(),
@@ -132,17 +133,13 @@ impl Scheduler {
 
     /// The scheduled policies now.
     pub fn entries(&self) -> Arc<Vec<Entry>> {
-        self.entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.entries.get()
     }
 
     /// Replaces the scheduled policies (changed through the admin API); on error the old set
     /// stays. The next tick is computed from the new set.
     pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
-        let fresh = Arc::new(entries(config, registries)?);
-        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.entries.set(entries(config, registries)?);
         Ok(())
     }
 

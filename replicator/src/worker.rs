@@ -21,8 +21,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::catalog::Current;
 use crate::config::Config;
-use crate::event::{now_ms, EventKind};
+use crate::event::{duration_ms, now_ms, EventKind};
 use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState, WorkerInfo};
 use crate::oci::digest;
 use crate::policy::Policy;
@@ -198,10 +199,7 @@ impl WorkerMetrics {
     }
 
     fn job(&self, policy: &str, kind: EventKind, outcome: &str) {
-        let kind = match kind {
-            EventKind::Push => "push",
-            EventKind::Delete => "delete",
-        };
+        let kind = kind.as_str();
         self.jobs
             .get_or_create(&JobLabels {
                 policy: policy.into(),
@@ -262,7 +260,7 @@ pub struct Worker {
     history: Arc<dyn History>,
     started_at_ms: i64,
     /// The enabled policies, replaced as a whole by [`Worker::reload`].
-    prepared: std::sync::RwLock<Arc<Policies>>,
+    prepared: Current<Policies>,
     ledger: Arc<BlobLedger>,
     opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
@@ -283,7 +281,7 @@ impl Worker {
         history: Arc<dyn History>,
         opts: WorkerOptions,
     ) -> Result<Worker, SyncError> {
-        let prepared = std::sync::RwLock::new(Arc::new(Policies::new(config, registries)?));
+        let prepared = Current::new(Policies::new(config, registries)?);
         // A dead worker's blob leases expire when its job leases do.
         let blob_leases = Arc::new(BlobLeases {
             queue: queue.clone(),
@@ -306,17 +304,13 @@ impl Worker {
 
     /// The policies jobs run with now.
     fn policies(&self) -> Arc<Policies> {
-        self.prepared
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.prepared.get()
     }
 
     /// Replaces the worker's policies (policies stored or changed through the admin API); jobs
     /// already running keep the policy they started with. On error the old set stays.
     pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
-        let fresh = Arc::new(Policies::new(config, registries)?);
-        *self.prepared.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.prepared.set(Policies::new(config, registries)?);
         Ok(())
     }
 
@@ -561,7 +555,6 @@ impl Worker {
                 Some(Settled::Released) => (ExecutionState::Queued, None),
                 Some(Settled::Stopped) => (ExecutionState::Stopped, None),
             };
-            let error = error.filter(|_| state != ExecutionState::Succeeded);
             self.record_with(job, state, next_try, error, &tasks).await;
         }
         .instrument(span)
@@ -787,8 +780,7 @@ impl Worker {
                     Err(_) => (
                         "failed",
                         Settled::Retrying {
-                            next_try_at_ms: now_ms()
-                                + i64::try_from(self.opts.lease.as_millis()).unwrap_or(i64::MAX),
+                            next_try_at_ms: now_ms().saturating_add(duration_ms(self.opts.lease)),
                         },
                     ),
                 };

@@ -63,6 +63,26 @@ async fn probe_capabilities(
     (referrers, chunked)
 }
 
+/// The problems found at or below the JSON path `prefix` of a merged config (`policies[3]`), as
+/// lines with paths relative to that entry (`filters[0].value: …`): what a document sent to the API
+/// did wrong, in its own terms.
+fn problems_under(problems: Vec<crate::config::Problem>, prefix: &str) -> Vec<String> {
+    problems
+        .into_iter()
+        .filter_map(|mut p| {
+            let rest = p.path.strip_prefix(prefix)?;
+            // `policies[1]` must not claim `policies[12]`.
+            let rest = match rest.strip_prefix('.') {
+                Some(r) => r.to_string(),
+                None if rest.is_empty() || rest.starts_with('[') => rest.to_string(),
+                None => return None,
+            };
+            p.path = rest;
+            Some(p.to_string())
+        })
+        .collect()
+}
+
 /// Longest page of executions or tasks one call returns.
 const MAX_PAGE: usize = 1000;
 
@@ -145,14 +165,7 @@ impl Snapshot {
 
     /// Clients of the snapshot's registries (the process's own when none was stored).
     fn clients(&self, state: &AdminState) -> std::result::Result<Registries, AdminError> {
-        if self
-            .registry_sources
-            .values()
-            .all(|s| *s == PolicySource::ConfigFile)
-        {
-            return Ok(state.registries.clone());
-        }
-        Registries::from_config(&self.config)
+        crate::catalog::clients(&self.config, &state.config, &state.registries)
             .map_err(|e| AdminError::FailedPrecondition(e.to_string()))
     }
 
@@ -227,15 +240,7 @@ impl Admin {
         merged.policies.retain(|p| p.name != policy.name);
         merged.policies.push(policy.clone());
         let prefix = format!("policies[{}]", merged.policies.len() - 1);
-        let problems: Vec<String> = merged
-            .validate()
-            .into_iter()
-            .filter_map(|mut p| {
-                let rest = p.path.strip_prefix(&prefix)?.to_string();
-                p.path = rest.strip_prefix('.').unwrap_or(&rest).to_string();
-                Some(p.to_string())
-            })
-            .collect();
+        let problems = problems_under(merged.validate(), &prefix);
         if problems.is_empty() {
             Ok(policy.clone())
         } else {
@@ -251,16 +256,6 @@ impl Admin {
         json: &str,
     ) -> std::result::Result<crate::config::RegistryConfig, AdminError> {
         let invalid = |violations: Vec<String>| AdminError::InvalidArgument { violations };
-        let relative = |problems: Vec<crate::config::Problem>, prefix: &str| -> Vec<String> {
-            problems
-                .into_iter()
-                .filter_map(|mut p| {
-                    let rest = p.path.strip_prefix(prefix)?.to_string();
-                    p.path = rest.strip_prefix('.').unwrap_or(&rest).to_string();
-                    Some(p.to_string())
-                })
-                .collect()
-        };
         let value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| invalid(vec![format!("$: not valid JSON: {e}")]))?;
         let wrapped = serde_json::json!({ "registries": [value] }).to_string();
@@ -271,7 +266,7 @@ impl Admin {
                 .next()
                 .ok_or_else(|| invalid(vec!["$: send one registry object".into()]))?,
             Err(e) => {
-                let problems = relative(e.problems, "registries[0]");
+                let problems = problems_under(e.problems, "registries[0]");
                 return Err(invalid(if problems.is_empty() {
                     vec!["$: send one registry object".into()]
                 } else {
@@ -289,7 +284,7 @@ impl Admin {
         merged.registries.retain(|r| r.name != registry.name);
         merged.registries.push(registry.clone());
         let prefix = format!("registries[{}]", merged.registries.len() - 1);
-        let problems = relative(merged.validate(), &prefix);
+        let problems = problems_under(merged.validate(), &prefix);
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
@@ -878,5 +873,34 @@ impl pb::operations_server::Operations for Admin {
 
     async fn resume_policy(&self, req: Request<pb::ResumePolicyRequest>) -> Result<pb::Policy> {
         self.set_paused(&req.get_ref().name, false).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::problems_under;
+    use crate::config::Problem;
+
+    fn problem(path: &str) -> Problem {
+        Problem {
+            path: path.into(),
+            message: "bad".into(),
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn problems_are_kept_only_under_the_entry_and_made_relative() {
+        let all = vec![
+            problem("policies[1].filters[0].value"),
+            problem("policies[1]"),
+            problem("policies[12].name"),
+            problem("policies[0].name"),
+            problem("registries[1].url"),
+        ];
+        assert_eq!(
+            problems_under(all, "policies[1]"),
+            ["filters[0].value: bad", "$: bad"]
+        );
     }
 }

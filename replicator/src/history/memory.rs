@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{count_states, Execution, ExecutionQuery, History, Retention, Task, WorkerInfo};
-use crate::event::now_ms;
+use crate::event::{duration_ms, now_ms};
 use crate::queue::QueueError;
 
 /// The in-process history. Cheap to share behind an `Arc`.
@@ -38,8 +38,7 @@ impl State {
 
     /// Drops executions beyond the retention limits, oldest first.
     fn trim(&mut self, retention: &Retention, now_ms: i64) {
-        let cutoff =
-            now_ms.saturating_sub(i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX));
+        let cutoff = now_ms.saturating_sub(duration_ms(retention.max_age));
         while let Some(first) = self.order.first().cloned() {
             if first.0 >= cutoff && self.order.len() <= retention.max_executions {
                 break;

@@ -25,7 +25,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::{Execution, ExecutionQuery, History, Retention, Task, TaskState, WorkerInfo};
-use crate::event::now_ms;
+use crate::event::{duration_ms, now_ms};
 use crate::queue::redis::bounded;
 use crate::queue::{QueueError, RedisQueue};
 
@@ -104,10 +104,6 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Corrupt(format!("{what}: {e}"))
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl RedisHistory {
     /// History next to `queue` (its connection and key prefix).
     pub fn new(queue: &RedisQueue, retention: Retention) -> RedisHistory {
@@ -148,7 +144,7 @@ impl RedisHistory {
             .arg(doc)
             .arg(policy)
             .arg(self.retention.max_executions)
-            .arg(now_ms().saturating_sub(millis(self.retention.max_age)))
+            .arg(now_ms().saturating_sub(duration_ms(self.retention.max_age)))
             .arg(&self.prefix);
         for t in tasks {
             inv.arg(&t.id)
@@ -267,7 +263,7 @@ impl History for RedisHistory {
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), QueueError> {
         let entry = WorkerEntry {
             info: worker.clone(),
-            expires_at_ms: now_ms().saturating_add(millis(ttl)),
+            expires_at_ms: now_ms().saturating_add(duration_ms(ttl)),
         };
         let json = serde_json::to_string(&entry).map_err(|e| corrupt("worker", e))?;
         let mut con = self.con.clone();

@@ -53,6 +53,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::catalog::Current;
 use crate::tokens::TokenSet;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -70,7 +71,6 @@ use super::metrics::IngestMetrics;
 // Assigned here (not by the queue) so that the webhook's log line names the job.
 use super::{distribution, harbor, Batch, IngestError};
 use crate::config::Config;
-use crate::event::EventKind;
 use crate::queue::new_job_id;
 use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
 
@@ -105,7 +105,7 @@ struct Inner {
     /// Configured registry names: the valid values of `?registry=`.
     registries: BTreeSet<String>,
     /// Replaced as a whole by [`IngestState::reload_policies`].
-    matcher: std::sync::RwLock<Arc<Matcher>>,
+    matcher: Current<Matcher>,
     queue: Arc<dyn JobQueue>,
     /// Accepted tokens (hashed, compared in constant time). Empty only when unauthenticated access
     /// was allowed.
@@ -153,12 +153,7 @@ impl IngestState {
     /// Matches events against `config`'s policies from now on (policies changed through the admin
     /// API); on error the old policies stay.
     pub fn reload_policies(&self, config: &Config) -> Result<(), MatcherError> {
-        let fresh = Arc::new(Matcher::new(config)?);
-        *self
-            .inner
-            .matcher
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.inner.matcher.set(Matcher::new(config)?);
         Ok(())
     }
 
@@ -222,7 +217,7 @@ impl IngestStateBuilder {
                     .iter()
                     .map(|r| r.name.clone())
                     .collect(),
-                matcher: std::sync::RwLock::new(Arc::new(matcher)),
+                matcher: Current::new(matcher),
                 queue: self.queue,
                 tokens: TokenSet::new(&self.tokens),
                 body_limit: self.body_limit,
@@ -516,16 +511,10 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
     }
     let (mut jobs, mut enqueued, mut collapsed) = (0u64, 0u64, 0u64);
     let traceparent = crate::telemetry::current_traceparent();
+    // One policy set for the whole batch.
+    let matcher = inner.matcher.get();
     for event in &batch.events {
-        let kind = match event.kind {
-            EventKind::Push => "push",
-            EventKind::Delete => "delete",
-        };
-        let matcher = inner
-            .matcher
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let kind = event.kind.as_str();
         let matched = matcher.jobs(event);
         if matched.is_empty() {
             tracing::debug!(

@@ -532,11 +532,11 @@ impl Poller {
         let empty = BTreeMap::new();
         let old = st.seen.get(repo).unwrap_or(&empty);
         let now = now_ms();
-        let event = |kind, tag: &str, digest: &str| Event {
+        let event = |kind: EventKind, tag: &str, digest: &str| Event {
             id: format!(
                 "poll:{}:{repo}:{tag}:{digest}:{}",
                 self.registry,
-                kind_name(kind)
+                kind.as_str()
             ),
             registry: self.registry.clone(),
             repository: repo.to_string(),
@@ -562,7 +562,7 @@ impl Poller {
     }
 
     async fn enqueue(&self, event: &Event, report: &mut PassReport) -> Result<(), QueueError> {
-        let kind = kind_name(event.kind);
+        let kind = event.kind.as_str();
         let jobs = self.matcher.jobs(event);
         if jobs.is_empty() {
             self.count(kind, "unmatched");
@@ -603,13 +603,6 @@ impl Poller {
             None => (self.opts.reserve * 100.0).ceil() as u64,
         };
         limit.remaining <= reserve
-    }
-}
-
-fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Push => "push",
-        EventKind::Delete => "delete",
     }
 }
 

@@ -42,7 +42,7 @@ pub fn record_failure(
         return (job, FailOutcome::DeadLettered);
     }
     let delay = backoff::delay(policy, job.attempt);
-    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    let delay_ms = crate::event::duration_ms(delay);
     job.next_try_at_ms = now_ms.saturating_add(delay_ms);
     let next_try_at_ms = job.next_try_at_ms;
     (job, FailOutcome::Retry { next_try_at_ms })

@@ -115,10 +115,7 @@ impl Job {
     /// `policy|kind|repository|reference` (plus `|execution` for a run's jobs, which must not
     /// fold into an event's job or another run's): duplicate pending jobs collapse on it.
     pub fn idempotency_key(&self) -> String {
-        let kind = match self.kind {
-            EventKind::Push => "push",
-            EventKind::Delete => "delete",
-        };
+        let kind = self.kind.as_str();
         let key = format!(
             "{}|{kind}|{}|{}",
             self.policy, self.repository, self.reference

@@ -74,6 +74,7 @@ use super::lifecycle::{now_ms, prepare_enqueue, record_failure, reset_dead_lette
 use super::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
 };
+use crate::event::duration_ms;
 
 /// Upper bound of one queue operation, reconnect included; beyond it the caller gets
 /// [`QueueError::Unavailable`].
@@ -368,10 +369,6 @@ fn to_json(job: &Job) -> String {
     serde_json::to_string(job).expect("a Job always serializes to JSON")
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Runs one Redis operation under [`OP_TIMEOUT`], mapping every failure to `Unavailable`.
 pub(crate) async fn bounded<T>(
     fut: impl std::future::Future<Output = Result<T, RedisError>>,
@@ -536,7 +533,7 @@ impl JobQueue for RedisQueue {
                 .arg(consumer)
                 .arg(max)
                 .arg(now)
-                .arg(now.saturating_add(millis(lease)))
+                .arg(now.saturating_add(duration_ms(lease)))
                 .invoke_async(&mut con),
         )
         .await?;
@@ -578,7 +575,7 @@ impl JobQueue for RedisQueue {
                 .arg(id)
                 .arg(&lease.consumer)
                 .arg(&lease.token)
-                .arg(now_ms().saturating_add(millis(lease_for)))
+                .arg(now_ms().saturating_add(duration_ms(lease_for)))
                 .invoke_async(&mut con),
         )
         .await?;
@@ -720,7 +717,7 @@ impl JobQueue for RedisQueue {
                 .arg(holder)
                 .arg("NX")
                 .arg("PX")
-                .arg(millis(ttl).max(1))
+                .arg(duration_ms(ttl).max(1))
                 .query_async(&mut con),
         )
         .await?;
@@ -739,7 +736,7 @@ impl JobQueue for RedisQueue {
             RENEW_BLOB_SCRIPT
                 .key(self.keys.blob(destination, digest))
                 .arg(holder)
-                .arg(millis(ttl).max(1))
+                .arg(duration_ms(ttl).max(1))
                 .invoke_async(&mut con),
         )
         .await?;
