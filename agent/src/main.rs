@@ -14,9 +14,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ferry_replicator::catalog::{watch_and_reload, RedisPolicyStore, Reload};
-use ferry_replicator::config::Config;
+use ferry_replicator::config::{Config, RegionConfig};
+use ferry_replicator::conflict::{RedisTagLedger, TagLedger};
+use ferry_replicator::forward::{
+    self, ForwardMetrics, ForwardService, ForwardTls, Forwarder, Outbox, RedisOutbox,
+};
 use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
+use ferry_replicator::ingest::EventSink;
 use ferry_replicator::ingest::{self, IngestState};
 use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
@@ -63,6 +68,29 @@ struct Args {
     /// Give up if Redis cannot be reached for this many seconds at startup.
     #[arg(long, default_value_t = 60)]
     redis_connect_timeout: u64,
+    /// This region's name (as in the config's `regions`): events whose policies run in another
+    /// region are forwarded there. Without it every event is handled here (one site).
+    #[arg(long, env = "FERRY_REGION", default_value = "")]
+    region: String,
+    /// Address for `ferry.v1.Events/Forward`, where other regions deliver their events, e.g.
+    /// 0.0.0.0:9444. Needs --region and a forward token.
+    #[arg(long, requires = "region")]
+    forward_listen: Option<String>,
+    /// File with the forward token(s), one per line: the first is sent to other regions, all are
+    /// accepted from them. Default: the FERRY_FORWARD_TOKEN environment variable.
+    #[arg(long)]
+    forward_token_file: Option<PathBuf>,
+    /// PEM certificate of this region's agent: served on --forward-listen and presented to other
+    /// regions (mTLS).
+    #[arg(long, requires = "forward_tls_key")]
+    forward_tls_cert: Option<PathBuf>,
+    /// PEM key of --forward-tls-cert.
+    #[arg(long, requires = "forward_tls_cert")]
+    forward_tls_key: Option<PathBuf>,
+    /// PEM CA that signed the regions' certificates: verifies the peers' servers and, on
+    /// --forward-listen with TLS, requires their client certificates (mTLS).
+    #[arg(long)]
+    forward_ca: Option<PathBuf>,
     /// Seconds between safety-net reconciliations of every event_based policy (a full diff whose
     /// drift becomes jobs); the first runs at startup. 0 disables it.
     #[arg(long, default_value_t = 600)]
@@ -116,7 +144,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
         .count();
     let store = RedisPolicyStore::new(&queue);
+    let region = args.region.trim().to_string();
+    if !region.is_empty() && !config.regions.iter().any(|r| r.name == region) {
+        let declared: Vec<&str> = config.regions.iter().map(|r| r.name.as_str()).collect();
+        anyhow::bail!(
+            "--region {region:?} is not declared in {}'s `regions` (declared: {})",
+            args.config.display(),
+            if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            }
+        );
+    }
+    let outbox: Arc<dyn Outbox> = Arc::new(RedisOutbox::new(&queue));
+    let tag_ledger: Arc<dyn TagLedger> = Arc::new(RedisTagLedger::new(&queue));
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
+    let sink = EventSink {
+        queue: queue.clone(),
+        region: region.clone(),
+        outbox: Some(outbox.clone()),
+        ledger: Some(tag_ledger),
+    };
+    let peers: Vec<RegionConfig> = config
+        .regions
+        .iter()
+        .filter(|r| !region.is_empty() && r.name != region)
+        .cloned()
+        .collect();
+    let forward_tokens = ferry_replicator::tokens::load(
+        args.forward_token_file.as_deref(),
+        forward::TOKEN_ENV,
+        "forward",
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    anyhow::ensure!(
+        !forward_tokens.is_empty() || (peers.is_empty() && args.forward_listen.is_none()),
+        "region {region:?} forwards to and from other regions: set {} or --forward-token-file",
+        forward::TOKEN_ENV
+    );
     let file_config = config.clone();
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     let clients = Registries::from_config(&config)?;
@@ -125,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pollers = PollerSet::start(
         &config,
         &clients,
-        queue.clone(),
+        sink.clone(),
         PollMetrics::register(&mut metrics_registry),
         reconcile_stop.clone(),
     )?;
@@ -133,17 +199,91 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let registries = &clients;
         let holder = format!("agent-{}", std::process::id());
         let metrics = ReconcileMetrics::register(&mut metrics_registry);
-        Some(Arc::new(Reconciler::new(
-            &config,
-            registries,
-            queue.clone(),
-            &holder,
-            metrics,
-        )?))
+        Some(Arc::new(
+            Reconciler::new(&config, registries, queue.clone(), &holder, metrics)?
+                .in_region(&region, &config, registries)?,
+        ))
     } else {
         None
     };
-    let mut builder = IngestState::builder(config, queue)
+    let forward_metrics = ForwardMetrics::register(&mut metrics_registry);
+    let forward_service = match &args.forward_listen {
+        Some(_) => Some(Arc::new(
+            ForwardService::new(
+                &region,
+                &config,
+                queue.clone(),
+                outbox.clone(),
+                forward_tokens.clone(),
+                forward_metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => None,
+    };
+    let forward_tls = ForwardTls {
+        ca: args.forward_ca.clone(),
+        identity: args
+            .forward_tls_cert
+            .clone()
+            .zip(args.forward_tls_key.clone()),
+    };
+    let holder = format!(
+        "agent-{}-{}",
+        ferry_replicator::worker::hostname(),
+        std::process::id()
+    );
+    let forwarders = peers
+        .iter()
+        .map(|peer| {
+            Forwarder::new(
+                &region,
+                peer,
+                outbox.clone(),
+                forward_tokens.first().map_or("", String::as_str),
+                &forward_tls,
+                forward_metrics.clone(),
+                &holder,
+            )
+            .map_err(|e| anyhow::anyhow!(e))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let forward_server = match (&args.forward_listen, &forward_service) {
+        (Some(addr), Some(service)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --forward-listen {addr}"))?;
+            let tls = match (&args.forward_tls_cert, &args.forward_tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    ferry_replicator::admin::tls_config(
+                        "forward",
+                        cert,
+                        key,
+                        args.forward_ca.as_deref(),
+                    )
+                    .map_err(|e| anyhow::anyhow!(e))?,
+                ),
+                _ => None,
+            };
+            tracing::info!(
+                listen = %listener.local_addr().map_or_else(|_| addr.clone(), |a| a.to_string()),
+                region = %region,
+                tls = tls.is_some(),
+                mtls = tls.is_some() && args.forward_ca.is_some(),
+                "serving ferry.v1.Events/Forward"
+            );
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                server = server.tls_config(tls).context("forward TLS")?;
+            }
+            Some((
+                server.add_service((**service).clone().into_server()),
+                listener,
+            ))
+        }
+        _ => None,
+    };
+    let mut builder = IngestState::builder(config, sink)
         .metrics_registry(metrics_registry)
         .allow_unauthenticated(args.allow_unauthenticated)
         .body_limit(args.max_body_bytes)
@@ -211,6 +351,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut targets: Vec<Arc<dyn Reload>> = vec![Arc::new(ingest_state), pollers.clone()];
     if let Some(r) = &reconciler {
         targets.push(r.clone());
+    }
+    for forwarder in forwarders {
+        polling.spawn(forwarder.run(reconcile_stop.clone()));
+    }
+    if let Some((router, listener)) = forward_server {
+        let stop = reconcile_stop.clone();
+        polling.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "the Forward endpoint stopped");
+            }
+        });
+    }
+    if let Some(service) = &forward_service {
+        targets.push(service.clone());
     }
     let watch_stop = reconcile_stop.clone();
     polling.spawn(async move {

@@ -16,6 +16,8 @@
 //!   signals; [`binary`] finds `ferry`/`ferry-agent` next to the test executable; [`serial`] is the
 //!   cross-process lock that runs scenarios one at a time.
 //! - [`region`]: [`Region`], [`RegionOptions`], [`WorkerSpec`] and the config writer.
+//! - [`mesh`]: several regions, each with its own Redis, coordinating over gRPC through fault
+//!   proxies.
 //! - [`oci`]: independent registry checks (manifest `HEAD`/`DELETE` over plain HTTP, skopeo digests),
 //!   counting uploads in a registry's access log, uploads in progress on its disk, fixture images.
 //! - [`webhook`]: notification bodies shaped exactly like distribution 2.8's, a client for the
@@ -32,6 +34,7 @@
 //!   assertion: tests assert behaviour, and print (not assert) timings.
 #![forbid(unsafe_code)]
 
+pub mod mesh;
 pub mod metrics;
 pub mod oci;
 pub mod process;

@@ -94,6 +94,12 @@ pub fn blob_upload_puts_of(log: &str, digest: &str) -> usize {
         .count()
 }
 
+/// How many manifest `PUT`s of `repo:reference` a registry's access log shows (log level `info`).
+pub fn manifest_puts(log: &str, repo: &str, reference: &str) -> usize {
+    let request = format!("\"PUT /v2/{repo}/manifests/{reference} ");
+    log.lines().filter(|l| l.contains(&request)).count()
+}
+
 /// An upload in progress in a distribution storage root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadInProgress {

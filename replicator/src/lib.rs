@@ -23,8 +23,10 @@
 pub mod admin;
 pub mod catalog;
 pub mod config;
+pub mod conflict;
 pub mod diff;
 pub mod event;
+pub mod forward;
 pub mod history;
 pub mod ingest;
 pub mod oci;

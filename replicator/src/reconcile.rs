@@ -73,6 +73,8 @@ pub struct Reconciler {
     queue: Arc<dyn JobQueue>,
     holder: String,
     metrics: ReconcileMetrics,
+    /// This process's region: only policies that run here are reconciled here.
+    region: Option<String>,
 }
 
 impl Reconciler {
@@ -86,17 +88,31 @@ impl Reconciler {
         metrics: ReconcileMetrics,
     ) -> Result<Reconciler, SyncError> {
         Ok(Reconciler {
-            policies: Current::new(event_policies(config, registries)?),
+            policies: Current::new(event_policies(config, registries, None)?),
             queue,
             holder: holder.to_string(),
             metrics,
+            region: None,
         })
+    }
+
+    /// Reconciles only the policies whose jobs run in `region` (README "Regions").
+    pub fn in_region(
+        mut self,
+        region: &str,
+        config: &Config,
+        registries: &Registries,
+    ) -> Result<Reconciler, SyncError> {
+        self.region = Some(region.to_string()).filter(|r| !r.is_empty());
+        self.reload(config, registries)?;
+        Ok(self)
     }
 
     /// Reconciles `config`'s event-based policies from the next pass on (policies changed through
     /// the admin API); on error the old set stays.
     pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
-        self.policies.set(event_policies(config, registries)?);
+        self.policies
+            .set(event_policies(config, registries, self.region.as_deref())?);
         Ok(())
     }
 
@@ -198,11 +214,13 @@ impl Reconciler {
 fn event_policies(
     config: &Config,
     registries: &Registries,
+    region: Option<&str>,
 ) -> Result<Vec<Arc<PreparedPolicy>>, SyncError> {
     config
         .policies
         .iter()
         .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
+        .filter(|p| crate::ingest::matcher::runs_here(config, p, region))
         .map(|p| PreparedPolicy::new(p, registries).map(Arc::new))
         .collect()
 }

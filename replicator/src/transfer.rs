@@ -52,6 +52,15 @@ pub enum TransferError {
         repository: String,
         reference: String,
     },
+    /// A bidirectional conflict cannot be decided yet: the destination holds content whose push is
+    /// not in the ledger (its event is on the way); retryable.
+    #[error("registry {registry}: {repository}:{tag} holds {digest}, whose push is not recorded yet; waiting for its event to decide the conflict")]
+    ConflictPending {
+        registry: String,
+        repository: String,
+        tag: String,
+        digest: String,
+    },
     /// The policy cannot be applied to this content (e.g. its namespace rule); permanent.
     #[error("{0}")]
     Policy(String),
@@ -64,7 +73,7 @@ impl TransferError {
     pub fn is_retryable(&self) -> bool {
         match self {
             TransferError::Registry(e) => e.is_retryable(),
-            TransferError::NotYetVisible { .. } => true,
+            TransferError::NotYetVisible { .. } | TransferError::ConflictPending { .. } => true,
             _ => false,
         }
     }

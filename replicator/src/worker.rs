@@ -23,10 +23,11 @@ use tracing::Instrument;
 
 use crate::catalog::Current;
 use crate::config::Config;
+use crate::conflict::{self, Decision, MemoryTagLedger, TagLedger, TagWrite};
 use crate::event::{duration_ms, now_ms, EventKind};
 use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState, WorkerInfo};
 use crate::oci::digest;
-use crate::policy::Policy;
+use crate::policy::{Mode, Policy};
 use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
 use crate::sync::{reconcile_reference, PreparedPolicy, Registries, SyncError, TagOutcome};
 use crate::throttle::Throttle;
@@ -137,6 +138,7 @@ pub struct WorkerMetrics {
     lag: Histogram,
     bytes: Family<PolicyDirection, Counter>,
     blobs: Family<PolicyOutcome, Counter>,
+    conflicts: Family<PolicyOutcome, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +168,7 @@ impl Default for WorkerMetrics {
             lag: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
             bytes: Family::default(),
             blobs: Family::default(),
+            conflicts: Family::default(),
         }
     }
 }
@@ -195,7 +198,21 @@ impl WorkerMetrics {
             "Blobs handled, by policy and outcome (skipped, mounted, copied)",
             m.blobs.clone(),
         );
+        registry.register(
+            "ferry_conflicts",
+            "Bidirectional conflicts decided, by policy and outcome (kept: the destination's newer push stayed; replaced: the incoming newer push won)",
+            m.conflicts.clone(),
+        );
         m
+    }
+
+    fn conflict(&self, policy: &str, outcome: &str) {
+        self.conflicts
+            .get_or_create(&PolicyOutcome {
+                policy: policy.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     fn job(&self, policy: &str, kind: EventKind, outcome: &str) {
@@ -237,6 +254,11 @@ impl WorkerMetrics {
 pub enum JobError {
     #[error("policy {0:?} is not in this worker's config (enabled policies only); the job cannot run here")]
     UnknownPolicy(String),
+    #[error("policy {policy:?} does not read from registry {source_registry:?} (the job says it does); the job cannot run here")]
+    UnknownSource {
+        policy: String,
+        source_registry: String,
+    },
     #[error("destination {destination}: {source}")]
     Transfer {
         destination: String,
@@ -248,7 +270,7 @@ pub enum JobError {
 impl JobError {
     pub fn is_retryable(&self) -> bool {
         match self {
-            JobError::UnknownPolicy(_) => false,
+            JobError::UnknownPolicy(_) | JobError::UnknownSource { .. } => false,
             JobError::Transfer { source, .. } => source.is_retryable(),
         }
     }
@@ -262,6 +284,8 @@ pub struct Worker {
     /// The enabled policies, replaced as a whole by [`Worker::reload`].
     prepared: Current<Policies>,
     ledger: Arc<BlobLedger>,
+    /// Last writes of the tags this region writes (bidirectional conflicts).
+    tag_writes: Arc<dyn TagLedger>,
     opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
     metrics: WorkerMetrics,
@@ -294,6 +318,7 @@ impl Worker {
             started_at_ms: now_ms(),
             prepared,
             ledger: Arc::default(),
+            tag_writes: Arc::new(MemoryTagLedger::default()),
             opts,
             stats: Arc::default(),
             metrics: WorkerMetrics::default(),
@@ -312,6 +337,13 @@ impl Worker {
     pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
         self.prepared.set(Policies::new(config, registries)?);
         Ok(())
+    }
+
+    /// Decides bidirectional conflicts with the region's shared ledger (the default is this
+    /// process's own, right only when one process writes the registries).
+    pub fn with_tag_ledger(mut self, ledger: Arc<dyn TagLedger>) -> Self {
+        self.tag_writes = ledger;
+        self
     }
 
     /// Exports this worker's metrics through `metrics` (see [`WorkerMetrics::register`]).
@@ -854,10 +886,13 @@ impl Worker {
         live: &LiveTask,
     ) -> Result<JobOutcome, JobError> {
         let policies = self.policies();
-        let prepared = policies
-            .by_name
-            .get(&job.policy)
-            .ok_or_else(|| JobError::UnknownPolicy(job.policy.clone()))?;
+        let prepared = policies.for_job(job).ok_or_else(|| match &job.source {
+            Some(source) if policies.by_name.contains_key(&job.policy) => JobError::UnknownSource {
+                policy: job.policy.clone(),
+                source_registry: source.clone(),
+            },
+            _ => JobError::UnknownPolicy(job.policy.clone()),
+        })?;
         let mut pushed = Vec::new();
         let mut deleted = Vec::new();
         for dst in prepared.dsts.clone() {
@@ -867,15 +902,7 @@ impl Worker {
             *live.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((dst.name().to_string(), stats.clone(), started));
             let result = match job.kind {
-                EventKind::Push => reconcile_reference(
-                    prepared,
-                    &ctx,
-                    &job.repository,
-                    &job.reference,
-                    job.digest.as_deref(),
-                )
-                .await
-                .map(|(o, _)| DestOutcome::Push(o)),
+                EventKind::Push => self.push(prepared, &ctx, job).await,
                 EventKind::Delete => guarded_delete(&prepared.policy, prepared, &ctx, job)
                     .await
                     .map(DestOutcome::Delete),
@@ -906,6 +933,135 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// A push job on one destination: the level-triggered copy, arbitrated first when the policy
+    /// is bidirectional.
+    async fn push(
+        &self,
+        prepared: &PreparedPolicy,
+        ctx: &TransferContext,
+        job: &Job,
+    ) -> Result<DestOutcome, TransferError> {
+        let incoming = if prepared.policy.mode == Mode::Bidirectional {
+            match self.arbitrate(prepared, ctx, job).await? {
+                Arbitration::Copy(write) => write,
+                Arbitration::Skip(outcome) => return Ok(DestOutcome::Push(outcome)),
+            }
+        } else {
+            None
+        };
+        let (outcome, _) = reconcile_reference(
+            prepared,
+            ctx,
+            &job.repository,
+            &job.reference,
+            job.digest.as_deref(),
+        )
+        .await?;
+        if let (Some(write), TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. }) =
+            (incoming, &outcome)
+        {
+            // The copy happened; a lost ledger write only weakens a later conflict decision.
+            if let Err(e) = self
+                .tag_writes
+                .record_write(ctx.dst.name(), &job.repository, &job.reference, &write)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record the tag write in the ledger");
+            }
+        }
+        Ok(DestOutcome::Push(outcome))
+    }
+
+    /// Whether a bidirectional job may write its tag to `ctx.dst` (see [`crate::conflict`]).
+    async fn arbitrate(
+        &self,
+        prepared: &PreparedPolicy,
+        ctx: &TransferContext,
+        job: &Job,
+    ) -> Result<Arbitration, TransferError> {
+        let (repository, tag) = (&job.repository, &job.reference);
+        if digest::parse(tag).is_some() {
+            // By digest: content-addressed, nothing to conflict on.
+            return Ok(Arbitration::Copy(None));
+        }
+        let Some(source) = ctx.src.head_digest(repository, tag).await? else {
+            return Ok(Arbitration::Copy(None));
+        };
+        let destination = ctx.dst.head_digest(repository, tag).await?;
+        let source = source.to_string();
+        let destination = destination.map(|d| d.to_string());
+        let skip = |reason: String| Ok(Arbitration::Skip(TagOutcome::Skipped { reason }));
+        match (&job.digest, destination.as_deref()) {
+            (_, Some(d)) if d == source => return Ok(Arbitration::Copy(None)),
+            // A newer change of the source has its own event, which decides.
+            (Some(announced), _) if *announced != source => {
+                return skip(format!(
+                    "superseded: the source now holds {source}, not the announced {announced}"
+                ))
+            }
+            // A run or safety-net job knows no event time: it only fills missing tags.
+            (None, Some(d)) => {
+                return skip(format!(
+                    "both sides hold the tag with different content ({source} here, {d} there); only events decide bidirectional conflicts"
+                ))
+            }
+            _ => {}
+        }
+        let incoming = TagWrite {
+            digest: source,
+            at_ms: job.event_time_ms,
+            region: job
+                .origin_region
+                .clone()
+                .unwrap_or_else(|| self.opts.region.clone()),
+        };
+        let last = self
+            .tag_writes
+            .last_write(ctx.dst.name(), repository, tag)
+            .await
+            .map_err(|e| TransferError::Policy(format!("cannot read the tag ledger: {e}")))?;
+        let policy = &prepared.policy.name;
+        match conflict::decide(&incoming, destination.as_deref(), last.as_ref(), now_ms()) {
+            Decision::Copy { replaces } => {
+                if let Some(lost) = &replaces {
+                    self.metrics.conflict(policy, "replaced");
+                    tracing::info!(
+                        destination = ctx.dst.name(),
+                        winner = %incoming,
+                        loser = %lost,
+                        "conflict: the incoming push is newer; replacing the destination's"
+                    );
+                }
+                Ok(Arbitration::Copy(Some(incoming)))
+            }
+            Decision::Keep { kept } => {
+                self.metrics.conflict(policy, "kept");
+                tracing::warn!(
+                    destination = ctx.dst.name(),
+                    winner = %kept,
+                    loser = %incoming,
+                    "conflict: the destination's push is newer; keeping it"
+                );
+                skip(format!("conflict: kept {kept}, newer than {incoming}"))
+            }
+            Decision::Wait => Err(TransferError::ConflictPending {
+                registry: ctx.dst.name().to_string(),
+                repository: repository.clone(),
+                tag: tag.clone(),
+                digest: destination.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// What arbitration allows a bidirectional job.
+enum Arbitration {
+    /// Copy, and record this write in the ledger once done (`None`: nothing to record).
+    Copy(Option<TagWrite>),
+    Skip(TagOutcome),
+}
+
 /// Ends a running run whose tasks are all final: `failed` if any failed, else `succeeded`. Each
 /// recorder calls it after its own write, so whoever writes the last open task sees it closed.
 pub async fn finish_run_if_done(history: &dyn History, run: &str) -> Result<(), QueueError> {
@@ -929,23 +1085,49 @@ pub async fn finish_run_if_done(history: &dyn History, run: &str) -> Result<(), 
 /// The enabled policies of a config, prepared, with their throttles.
 struct Policies {
     by_name: HashMap<String, Arc<PreparedPolicy>>,
+    /// Bidirectional policies the other way round: their destination is the source.
+    reversed: HashMap<String, Arc<PreparedPolicy>>,
     throttles: HashMap<String, Arc<Throttle>>,
 }
 
 impl Policies {
     fn new(config: &Config, registries: &Registries) -> Result<Policies, SyncError> {
         let mut by_name = HashMap::new();
+        let mut reversed = HashMap::new();
         let mut throttles = HashMap::new();
         for p in config.policies.iter().filter(|p| p.enabled) {
             by_name.insert(
                 p.name.clone(),
                 Arc::new(PreparedPolicy::new(p, registries)?),
             );
+            if let Some(back) = p.reversed() {
+                reversed.insert(
+                    p.name.clone(),
+                    Arc::new(PreparedPolicy::new(&back, registries)?),
+                );
+            }
             if let Some(t) = Throttle::from_kib_per_sec(p.speed) {
                 throttles.insert(p.name.clone(), Arc::new(t));
             }
         }
-        Ok(Policies { by_name, throttles })
+        Ok(Policies {
+            by_name,
+            reversed,
+            throttles,
+        })
+    }
+
+    /// The policy a job runs under, in the direction it names (`Job::source`); `None` when this
+    /// worker has no such policy or direction.
+    fn for_job(&self, job: &Job) -> Option<&Arc<PreparedPolicy>> {
+        let forward = self.by_name.get(&job.policy)?;
+        let Some(source) = job.source.as_deref() else {
+            return Some(forward);
+        };
+        [Some(forward), self.reversed.get(&job.policy)]
+            .into_iter()
+            .flatten()
+            .find(|p| p.policy.src_registry.name == source)
     }
 }
 
@@ -1038,7 +1220,7 @@ fn running_task(job: &Job, destination: &str, started_at_ms: i64, moved: &StatsS
 }
 
 /// This host's name, for the worker list (`HOSTNAME`, else `/etc/hostname`).
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())

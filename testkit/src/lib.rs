@@ -19,6 +19,7 @@
 //! - [`skopeo`]: push a layout, read raw manifests, pull and re-hash, list
 //!   tags; each call gets its own skopeo blob-info cache.
 //! - [`fake`]: the misbehaving in-memory registry.
+//! - [`fault`]: a userspace TCP fault proxy (blackhole, reset, latency) for links between regions.
 //!
 //! Errors are `anyhow` (this is test code) and always say what failed, with
 //! the tail of the child's log or skopeo's stderr where there is one.
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fake;
+pub mod fault;
 pub mod fixtures;
 pub mod registry;
 pub mod skopeo;
@@ -36,6 +38,7 @@ pub mod tls;
 mod process;
 
 pub use fake::{BearerSetup, Behavior, FakeRegistry};
+pub use fault::{FaultProxy, Link};
 pub use fixtures::{sha256_digest, sha256_file, Blob, LayerSpec, LayoutBuilder};
 pub use registry::{RedisServer, Registry, RegistryOptions};
 pub use tls::{make_certificates, Certificates};

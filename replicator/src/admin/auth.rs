@@ -50,19 +50,26 @@ impl Interceptor for AdminAuth {
         if self.anonymous {
             return Ok(req);
         }
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::tokens::bearer)
-            .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-            })?;
-        if self.tokens.accepts(presented) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated("invalid admin token"))
-        }
+        authorize(&self.tokens, &req, "admin")?;
+        Ok(req)
+    }
+}
+
+/// Checks `authorization: Bearer <token>` against `tokens`; `UNAUTHENTICATED` otherwise, naming
+/// `what` kind of token was expected.
+pub(crate) fn authorize<T>(tokens: &TokenSet, req: &Request<T>, what: &str) -> Result<(), Status> {
+    let presented = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::tokens::bearer)
+        .ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+        })?;
+    if tokens.accepts(presented) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(format!("invalid {what} token")))
     }
 }
 

@@ -59,16 +59,18 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// TLS for the admin listener from PEM files: the server's certificate chain and key, and with
-/// `client_ca` client certificates signed by that CA are required (mTLS). Errors name the file.
+/// TLS for a gRPC listener (`role`: `admin` or `forward`, for messages) from PEM files: the
+/// server's certificate chain and key, and with `client_ca` client certificates signed by that CA
+/// are required (mTLS). Errors name the file.
 pub fn tls_config(
+    role: &str,
     cert: &std::path::Path,
     key: &std::path::Path,
     client_ca: Option<&std::path::Path>,
 ) -> Result<ServerTlsConfig, String> {
     let read = |what: &str, path: &std::path::Path| {
         std::fs::read(path)
-            .map_err(|e| format!("cannot read the admin {what} {}: {e}", path.display()))
+            .map_err(|e| format!("cannot read the {role} {what} {}: {e}", path.display()))
     };
     let mut tls = ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
         read("TLS certificate", cert)?,

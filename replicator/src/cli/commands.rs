@@ -9,11 +9,12 @@ use ferry_replicator::catalog::{
     watch_and_reload, MemoryPolicyStore, PolicyStore, RedisPolicyStore, Reload,
 };
 use ferry_replicator::config::Config;
+use ferry_replicator::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
 use ferry_replicator::ingest::metrics::IngestMetrics;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
-use ferry_replicator::ingest::IngestState;
+use ferry_replicator::ingest::{EventSink, IngestState};
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
@@ -318,6 +319,8 @@ struct Backend {
     queue: Arc<dyn JobQueue>,
     history: Arc<dyn History>,
     store: Arc<dyn PolicyStore>,
+    /// Last writes of tags, for bidirectional conflicts (shared by the region's writers).
+    tag_ledger: Arc<dyn TagLedger>,
 }
 
 impl Backend {
@@ -333,6 +336,7 @@ impl Backend {
         Ok(Backend {
             history: Arc::new(RedisHistory::new(&q, flags.retention())),
             store: Arc::new(RedisPolicyStore::new(&q)),
+            tag_ledger: Arc::new(RedisTagLedger::new(&q)),
             queue: Arc::new(q),
         })
     }
@@ -343,6 +347,7 @@ impl Backend {
             queue: Arc::new(MemoryQueue::new(RetryPolicy::default())),
             history: Arc::new(MemoryHistory::new(flags.retention())),
             store: Arc::new(MemoryPolicyStore::default()),
+            tag_ledger: Arc::new(MemoryTagLedger::default()),
         }
     }
 }
@@ -395,7 +400,7 @@ async fn start_admin(
         .map_err(anyhow::Error::msg)?;
     let tls = match (&flags.admin_tls_cert, &flags.admin_tls_key) {
         (Some(cert), Some(key)) => Some(
-            admin::tls_config(cert, key, flags.admin_client_ca.as_deref())
+            admin::tls_config("admin", cert, key, flags.admin_client_ca.as_deref())
                 .map_err(anyhow::Error::msg)?,
         ),
         _ => None,
@@ -496,7 +501,8 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             history.clone(),
             opts.clone(),
         )?
-        .with_metrics(worker_metrics),
+        .with_metrics(worker_metrics)
+        .with_tag_ledger(backend.tag_ledger.clone()),
     );
 
     let shutdown = CancellationToken::new();
@@ -571,7 +577,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             history.clone(),
             opts.clone(),
         )?
-        .with_metrics(worker_metrics),
+        .with_metrics(worker_metrics)
+        .with_tag_ledger(backend.tag_ledger.clone()),
     );
     let reconciler = (args.reconcile_interval > 0)
         .then(|| {
@@ -586,7 +593,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .transpose()?;
     let admin_config = config.clone();
-    let mut builder = IngestState::builder(config, queue.clone())
+    let sink = EventSink {
+        ledger: Some(backend.tag_ledger.clone()),
+        ..EventSink::from(queue.clone())
+    };
+    let mut builder = IngestState::builder(config, sink.clone())
         .metrics_registry(registry)
         .allow_unauthenticated(args.allow_unauthenticated);
     for t in tokens {
@@ -623,7 +634,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let pollers = PollerSet::start(
         &admin_config,
         &registries,
-        queue.clone(),
+        sink.clone(),
         poll_metrics,
         shutdown.clone(),
     )?;

@@ -19,6 +19,21 @@ pub struct Config {
     /// Replication policies between those registries.
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// The regions of a multi-region deployment and where each one receives forwarded events
+    /// (README "Regions"). Empty: one site, every event is handled where it arrives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<RegionConfig>,
+}
+
+/// One region's stack, as the other regions reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Region name, as given to `--region` / `FERRY_REGION` of that region's processes.
+    pub name: String,
+    /// The region agent's `ferry.v1.Events/Forward` endpoint (`--forward-listen`), e.g.
+    /// `https://ferry-agent.eu.example:9444`; `http://` only on trusted networks.
+    pub forward_url: String,
 }
 
 /// One registry Ferry talks to.
@@ -55,6 +70,10 @@ pub struct RegistryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub poll_interval_seconds: Option<u64>,
+    /// Region whose agent receives this registry's webhooks (or polls it), and whose workers write
+    /// to it in pull and bidirectional modes. Absent: every region treats it as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// How to authenticate. Secrets are never inline: they come from env vars, files, or a

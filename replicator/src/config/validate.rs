@@ -238,7 +238,95 @@ impl Config {
             }
             check_policy(policy, &path, refs, &mut problems);
         }
+        self.check_regions(shape, &mut problems);
         problems
+    }
+
+    /// `regions` names are unique and reachable; every region a registry or policy names is
+    /// declared; a pull or bidirectional policy writes to one region (or says where it runs).
+    fn check_regions(&self, shape: Shape, problems: &mut Vec<Problem>) {
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        for (i, region) in self.regions.iter().enumerate() {
+            let path = join_index("regions", i);
+            if region.name.trim().is_empty() {
+                problems.push(
+                    Problem::new(join_key(&path, "name"), "region name is empty")
+                        .hint("use the name given to `--region` in that region"),
+                );
+            } else if let Some((_, first)) = seen.iter().find(|(n, _)| *n == region.name) {
+                problems.push(
+                    Problem::new(
+                        join_key(&path, "name"),
+                        format!("duplicate region name {:?}", region.name),
+                    )
+                    .hint(format!("already used by {first}")),
+                );
+            } else {
+                seen.push((&region.name, path.clone()));
+            }
+            match url::Url::parse(&region.forward_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                _ => problems.push(
+                    Problem::new(
+                        join_key(&path, "forward_url"),
+                        format!("{:?} is not an http(s) URL", region.forward_url),
+                    )
+                    .hint("the region agent's --forward-listen address, e.g. https://ferry-agent.eu.example:9444"),
+                ),
+            }
+        }
+        let declared: Vec<String> = self.regions.iter().map(|r| r.name.clone()).collect();
+        // A policy file has no `regions` to check its `region` against.
+        let bare = !matches!(shape, Shape::Config);
+        let check = |name: &str, path: String, problems: &mut Vec<Problem>| {
+            if bare || declared.iter().any(|d| d == name) {
+                return;
+            }
+            let hint = if declared.is_empty() {
+                "declare the regions in `regions` (name and forward_url of each)".to_string()
+            } else {
+                format!("declared regions: {}", declared.join(", "))
+            };
+            problems.push(Problem::new(path, format!("unknown region {name:?}")).hint(hint));
+        };
+        for (i, registry) in self.registries.iter().enumerate() {
+            if let Some(region) = &registry.region {
+                check(
+                    region,
+                    join_key(&join_index("registries", i), "region"),
+                    problems,
+                );
+            }
+        }
+        for (i, policy) in self.policies.iter().enumerate() {
+            let path = shape.policy_path(i);
+            if let Some(region) = &policy.region {
+                check(region, join_key(&path, "region"), problems);
+                continue;
+            }
+            if policy.mode == Mode::Push {
+                continue;
+            }
+            let mut regions: Vec<&str> = policy
+                .destinations()
+                .filter_map(|d| self.registry(&d.name)?.region.as_deref())
+                .collect();
+            regions.sort_unstable();
+            regions.dedup();
+            if regions.len() > 1 {
+                problems.push(
+                    Problem::new(
+                        join_key(&path, "dest_registries"),
+                        format!(
+                            "a {} policy runs in its destination's region, and these destinations are in regions {}",
+                            if policy.mode == Mode::Pull { "pull" } else { "bidirectional" },
+                            regions.join(", ")
+                        ),
+                    )
+                    .hint("set the policy's `region`, or write one policy per destination region"),
+                );
+            }
+        }
     }
 }
 
@@ -269,12 +357,12 @@ fn deserialize(value: Value, shape: Shape) -> Result<Config, Problem> {
     let result = match shape {
         Shape::Config => serde_json::from_value::<Config>(value),
         Shape::Policy => serde_json::from_value::<Policy>(value).map(|p| Config {
-            registries: Vec::new(),
             policies: vec![p],
+            ..Config::default()
         }),
         Shape::Policies => serde_json::from_value::<Vec<Policy>>(value).map(|policies| Config {
-            registries: Vec::new(),
             policies,
+            ..Config::default()
         }),
     };
     // Not expected after the structural walk; kept as a safety net without a precise path.
@@ -493,6 +581,15 @@ fn check_policy(
                 .hint(r#"add "dest_registry": {"name": "..."} (or `dest_registries` for several)"#),
         ),
         _ => {}
+    }
+    if policy.mode == Mode::Bidirectional && !policy.dest_namespace.is_empty() {
+        problems.push(
+            Problem::new(
+                at("dest_namespace"),
+                "a bidirectional policy cannot rewrite namespaces",
+            )
+            .hint("both registries are sources, so repositories must keep the same path on both sides; remove `dest_namespace`"),
+        );
     }
     if policy.mode == Mode::Bidirectional && destinations.len() > 1 {
         problems.push(
@@ -1079,6 +1176,7 @@ mod tests {
             chunk_threshold: None,
             chunk_size: Some(0),
             poll_interval_seconds: None,
+            region: None,
         });
         let got: Vec<String> = config.validate().into_iter().map(|p| p.path).collect();
         assert_eq!(
@@ -1116,6 +1214,7 @@ mod tests {
                 "policies[2].dest_registries[0].name",
                 "policies[2].dest_registries[2].name",
                 "policies[3].dest_namespace",
+                "policies[3].dest_namespace",
                 "policies[4].name",
                 "policies[4].dest_registries",
                 "policies[4].dest_registries",
@@ -1129,6 +1228,50 @@ mod tests {
             "{p:#?}"
         );
         assert!(p.iter().all(|p| p.hint.is_some()), "{p:#?}");
+    }
+
+    #[test]
+    fn regions() {
+        let json = r#"{
+          "regions": [{"name": "eu", "forward_url": "https://agent.eu:9444"},
+                      {"name": "eu", "forward_url": "agent.us:9444"},
+                      {"name": "us", "forward_url": "http://agent.us:9444"}],
+          "registries": [
+            {"name": "a", "url": "https://a.example", "region": "eu"},
+            {"name": "b", "url": "https://b.example", "region": "us"},
+            {"name": "c", "url": "https://c.example", "region": "ap"},
+            {"name": "hub", "url": "https://hub.example"}],
+          "policies": [
+            {"name": "push", "src_registry": {"name": "a"}, "dest_registries": [{"name": "b"}, {"name": "hub"}]},
+            {"name": "pull-two-regions", "mode": "pull", "src_registry": {"name": "hub"},
+             "dest_registries": [{"name": "a"}, {"name": "b"}]},
+            {"name": "relay", "mode": "pull", "region": "us", "src_registry": {"name": "hub"},
+             "dest_registries": [{"name": "a"}, {"name": "b"}]},
+            {"name": "nowhere", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}, "region": "mars"}
+          ]}"#;
+        let p = problems(json);
+        let got: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "regions[1].name",
+                "regions[1].forward_url",
+                "registries[2].region",
+                "policies[1].dest_registries",
+                "policies[3].region",
+            ],
+            "{p:#?}"
+        );
+        assert!(p.iter().all(|p| p.hint.is_some()), "{p:#?}");
+        assert!(
+            p[4].hint.as_deref().unwrap().contains("eu, eu, us"),
+            "{p:#?}"
+        );
+        // A policy file names a region it cannot check.
+        assert!(problems(
+            r#"{"name": "p", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}, "region": "eu"}"#
+        )
+        .is_empty());
     }
 
     #[test]
@@ -1241,7 +1384,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "cfg.json: bogus: unknown field `bogus` (hint: allowed fields: policies, registries)",
+                "cfg.json: bogus: unknown field `bogus` (hint: allowed fields: policies, regions, registries)",
                 "cfg.json: registries[0].url: missing required field `url` (hint: Base URL, `https://host[:port]` (or `http://` with `insecure: true`).)",
             ]
         );
@@ -1297,6 +1440,7 @@ mod tests {
             chunk_threshold: None,
             chunk_size: None,
             poll_interval_seconds: None,
+            region: None,
         }
     }
 

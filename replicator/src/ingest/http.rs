@@ -69,10 +69,10 @@ use super::harbor::HarborOptions;
 use super::matcher::{Matcher, MatcherError};
 use super::metrics::IngestMetrics;
 // Assigned here (not by the queue) so that the webhook's log line names the job.
-use super::{distribution, harbor, Batch, IngestError};
+use super::{distribution, harbor, Batch, EventSink, IngestError};
 use crate::config::Config;
 use crate::queue::new_job_id;
-use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
+use crate::queue::{EnqueueOutcome, QueueError};
 
 /// Default request body limit: 1 MiB (a distribution batch is a few KiB per event).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -106,7 +106,7 @@ struct Inner {
     registries: BTreeSet<String>,
     /// Replaced as a whole by [`IngestState::reload_policies`].
     matcher: Current<Matcher>,
-    queue: Arc<dyn JobQueue>,
+    sink: EventSink,
     /// Accepted tokens (hashed, compared in constant time). Empty only when unauthenticated access
     /// was allowed.
     tokens: TokenSet,
@@ -128,7 +128,7 @@ impl std::fmt::Debug for IngestState {
 /// Builds an [`IngestState`]; see [`IngestState::builder`].
 pub struct IngestStateBuilder {
     config: Config,
-    queue: Arc<dyn JobQueue>,
+    sink: EventSink,
     tokens: Vec<String>,
     allow_unauthenticated: bool,
     body_limit: usize,
@@ -137,11 +137,12 @@ pub struct IngestStateBuilder {
 }
 
 impl IngestState {
-    /// Starts building the state for `config` (registries and policies) and the queue jobs go to.
-    pub fn builder(config: Config, queue: Arc<dyn JobQueue>) -> IngestStateBuilder {
+    /// Starts building the state for `config` (registries and policies) and where accepted events
+    /// go (a queue, or a region's queue, outbox and ledger).
+    pub fn builder(config: Config, sink: impl Into<EventSink>) -> IngestStateBuilder {
         IngestStateBuilder {
             config,
-            queue,
+            sink: sink.into(),
             tokens: Vec::new(),
             allow_unauthenticated: false,
             body_limit: DEFAULT_BODY_LIMIT,
@@ -153,7 +154,9 @@ impl IngestState {
     /// Matches events against `config`'s policies from now on (policies changed through the admin
     /// API); on error the old policies stay.
     pub fn reload_policies(&self, config: &Config) -> Result<(), MatcherError> {
-        self.inner.matcher.set(Matcher::new(config)?);
+        self.inner
+            .matcher
+            .set(Matcher::for_region(config, self.inner.sink.region())?);
         Ok(())
     }
 
@@ -208,7 +211,7 @@ impl IngestStateBuilder {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return Err(SetupError::InvalidConfig(lines.join("\n")));
         }
-        let matcher = Matcher::new(&self.config)?;
+        let matcher = Matcher::for_region(&self.config, self.sink.region())?;
         Ok(IngestState {
             inner: Arc::new(Inner {
                 registries: self
@@ -218,7 +221,7 @@ impl IngestStateBuilder {
                     .map(|r| r.name.clone())
                     .collect(),
                 matcher: Current::new(matcher),
-                queue: self.queue,
+                sink: self.sink,
                 tokens: TokenSet::new(&self.tokens),
                 body_limit: self.body_limit,
                 harbor: self.harbor,
@@ -241,7 +244,7 @@ pub fn load_tokens(file: Option<&std::path::Path>) -> Result<Vec<String>, SetupE
 
 /// The ingest routes: webhooks, plus `/healthz` and `/metrics` ([`crate::ops::router`]).
 pub fn router(state: IngestState) -> Router {
-    let ops = crate::ops::router(state.inner.queue.clone(), state.inner.metrics.clone());
+    let ops = crate::ops::router(state.inner.sink.queue.clone(), state.inner.metrics.clone());
     Router::new()
         .route("/v1/events/distribution", post(distribution_webhook))
         .route("/v1/events/harbor", post(harbor_webhook))
@@ -503,7 +506,24 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
         })
 }
 
-/// Matches every event, enqueues every job, and summarizes; fails on the first queue error.
+/// The answer when part of a batch could not be stored (the registry re-sends the batch).
+fn store_failed(
+    inner: &Inner,
+    registry: &str,
+    kind: &str,
+    error: &QueueError,
+    stored_before: u64,
+) -> Reject {
+    inner.metrics.event(registry, kind, "queue_unavailable");
+    let status = match error {
+        QueueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QueueError::Corrupt(_) | QueueError::LeaseLost { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Reject::new(status, error).with("enqueued_before_failure", json!(stored_before))
+}
+
+/// Matches every event, enqueues every job, stores what other regions need, and summarizes;
+/// fails on the first queue error.
 async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Value, Reject> {
     let metrics = &inner.metrics;
     for ignored in &batch.ignored {
@@ -515,8 +535,8 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
     let matcher = inner.matcher.get();
     for event in &batch.events {
         let kind = event.kind.as_str();
-        let matched = matcher.jobs(event);
-        if matched.is_empty() {
+        let route = matcher.route(event);
+        if route.jobs.is_empty() && route.forward.is_empty() {
             tracing::debug!(
                 registry,
                 repository = %event.repository,
@@ -528,13 +548,13 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
             metrics.event(registry, kind, "unmatched");
             continue;
         }
-        for mut job in matched {
+        for mut job in route.jobs {
             jobs += 1;
             job.id = new_job_id();
             job.traceparent.clone_from(&traceparent);
             let job_id = job.id.clone();
             let policy = job.policy.clone();
-            match inner.queue.enqueue(job).await {
+            match inner.sink.queue.enqueue(job).await {
                 Ok(EnqueueOutcome::Enqueued) => {
                     enqueued += 1;
                     tracing::info!(
@@ -561,7 +581,6 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
                     );
                 }
                 Err(error) => {
-                    metrics.event(registry, kind, "queue_unavailable");
                     tracing::warn!(
                         registry,
                         policy = %policy,
@@ -571,16 +590,43 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
                         error = %error,
                         "cannot enqueue job; the registry will re-send the batch"
                     );
-                    let status = match error {
-                        QueueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                        QueueError::Corrupt(_) | QueueError::LeaseLost { .. } => {
-                            StatusCode::INTERNAL_SERVER_ERROR
-                        }
-                    };
-                    return Err(Reject::new(status, &error)
-                        .with("enqueued_before_failure", json!(enqueued + collapsed)));
+                    return Err(store_failed(
+                        inner,
+                        registry,
+                        kind,
+                        &error,
+                        enqueued + collapsed,
+                    ));
                 }
             }
+        }
+        if let Err(error) = inner.sink.relay(&matcher, event, &route.forward).await {
+            tracing::warn!(
+                registry,
+                repository = %event.repository,
+                tag = event.tag.as_deref(),
+                digest = event.digest.as_deref(),
+                regions = ?route.forward,
+                error = %error,
+                "cannot store the event for other regions; the registry will re-send the batch"
+            );
+            return Err(store_failed(
+                inner,
+                registry,
+                kind,
+                &error,
+                enqueued + collapsed,
+            ));
+        }
+        if !route.forward.is_empty() {
+            tracing::info!(
+                registry,
+                repository = %event.repository,
+                tag = event.tag.as_deref(),
+                digest = event.digest.as_deref(),
+                regions = ?route.forward,
+                "event queued for forwarding"
+            );
         }
         metrics.event(registry, kind, "matched");
     }

@@ -1,20 +1,29 @@
-//! Which policies an [`Event`] concerns, and the [`Job`] each of them gets.
+//! Which policies an [`Event`] concerns, the [`Job`] each of them gets, and which regions must
+//! hear about it.
 //!
-//! A policy matches an event when it is enabled, its `trigger.type` is `event_based`, its
-//! `src_registry` is the registry the event came from, its selector covers the repository and —
-//! for an event with an ordinary tag — the tag. Deletes match only policies with
-//! `replicate_deletion: true`. Digest-only events (a push by digest, a manifest delete) are
-//! matched on the repository alone; so are referrer-scheme tags (`sha256-<hex>[.sig]`) when the
-//! policy copies referrers (`copy_referrers`), since they belong to a subject the tag filter
-//! already decided about. Every match yields one job (the worker fans out to the destinations).
+//! A policy matches an event when it is enabled, its `trigger.type` is `event_based`, the event's
+//! registry is the side content flows from (its `src_registry`; for a `bidirectional` policy also
+//! its `dest_registry`, and the job then flows back, `Job::source` naming the registry it reads),
+//! its selector covers the repository and — for an event with an ordinary tag — the tag. Deletes
+//! match only policies with `replicate_deletion: true`. Digest-only events (a push by digest, a
+//! manifest delete) are matched on the repository alone; so are referrer-scheme tags
+//! (`sha256-<hex>[.sig]`) when the policy copies referrers (`copy_referrers`), since they belong to
+//! a subject the tag filter already decided about. Every match yields one job (the worker fans
+//! out to the destinations).
 //!
-//! Modes: `push` and `pull` policies match on `src_registry` alike (in pull mode the destination
-//! region's workers run the job). `bidirectional` policies are skipped for now — TODO(issue 5):
-//! match them when the event registry is either side, with the job's direction reversed when it is
-//! the destination.
+//! # Regions (README "Regions")
+//! A matched policy runs in one region: its `region` when set, else the source registry's region
+//! in push mode and the destination registry's region in pull and bidirectional modes (the
+//! region that writes a registry is the one it belongs to). [`Matcher::route`] splits an event's
+//! matches into the jobs this region runs and the regions it must forward the event to; an event
+//! that arrives forwarded only yields local jobs ([`Matcher::forwarded_jobs`]), so forwarding
+//! never loops. A registry or policy without a region, or a process without `--region`, is local
+//! to everyone: one site needs no region at all.
 //!
 //! Invariants: matching is pure and never panics; selectors are compiled once, in
 //! [`Matcher::new`], so a policy whose filters do not compile is rejected up front.
+use std::collections::{BTreeSet, HashMap};
+
 use crate::config::Config;
 use crate::event::{Event, EventKind};
 use crate::policy::{FilterKind, Mode, Policy, Selector, SelectorError, TriggerKind};
@@ -22,10 +31,14 @@ use crate::queue::Job;
 
 use super::is_referrer_tag;
 
-/// Event-based policies of a config, with their selectors compiled.
+/// Event-based policies of a config, with their selectors compiled, and where each runs.
 #[derive(Debug, Clone)]
 pub struct Matcher {
     policies: Vec<(Policy, Selector)>,
+    /// Region of every registry that names one.
+    regions: HashMap<String, String>,
+    /// This process's region; `None`: every job is local.
+    local: Option<String>,
 }
 
 /// A policy whose filters do not compile (the config was not validated).
@@ -37,10 +50,22 @@ pub struct MatcherError {
     pub source: SelectorError,
 }
 
+/// Where an event goes: jobs for this region's queue, and the regions it is forwarded to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    pub jobs: Vec<Job>,
+    pub forward: BTreeSet<String>,
+}
+
 impl Matcher {
     /// Compiles the selectors of every enabled event-based policy of `config` (which should have
-    /// passed [`Config::validate`]).
+    /// passed [`Config::validate`]); every job is local.
     pub fn new(config: &Config) -> Result<Matcher, MatcherError> {
+        Matcher::for_region(config, None)
+    }
+
+    /// Like [`Matcher::new`] for a process of `region`: jobs that run elsewhere are forwarded.
+    pub fn for_region(config: &Config, region: Option<&str>) -> Result<Matcher, MatcherError> {
         let policies = config
             .policies
             .iter()
@@ -54,7 +79,16 @@ impl Matcher {
                     })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Matcher { policies })
+        let regions = config
+            .registries
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), r.region.clone()?)))
+            .collect();
+        Ok(Matcher {
+            policies,
+            regions,
+            local: region.filter(|r| !r.is_empty()).map(str::to_string),
+        })
     }
 
     /// Names of the policies this matcher considers (enabled and event-based).
@@ -62,31 +96,129 @@ impl Matcher {
         self.policies.iter().map(|(p, _)| p.name.as_str())
     }
 
-    /// One job per policy that `event` concerns, in config order.
+    /// The jobs this region runs for a local event, in config order.
     pub fn jobs(&self, event: &Event) -> Vec<Job> {
-        let Some(reference) = event.reference() else {
-            return Vec::new();
-        };
-        self.policies
-            .iter()
-            .filter(|(policy, selector)| matches(policy, selector, event))
-            .map(|(policy, _)| Job {
-                digest: event.digest.clone(),
-                event_time_ms: event.occurred_at_ms,
-                event_id: Some(event.id.clone()),
-                ..Job::new(&policy.name, event.kind, &event.repository, reference)
+        self.route(event).jobs
+    }
+
+    /// Jobs this region runs for `event`, and the regions whose policies it also concerns.
+    pub fn route(&self, event: &Event) -> Route {
+        let mut route = Route::default();
+        for (policy, source) in self.matching(event) {
+            match self.runs_in(policy, source) {
+                Some(region) if !self.is_local(region) => {
+                    route.forward.insert(region.to_string());
+                }
+                _ => route
+                    .jobs
+                    .push(self.job(policy, source, event, self.local.as_deref())),
+            }
+        }
+        route
+    }
+
+    /// Jobs this region runs for an event forwarded by region `origin`. Never forwards again.
+    pub fn forwarded_jobs(&self, event: &Event, origin: &str) -> Vec<Job> {
+        self.matching(event)
+            .filter(|(policy, source)| {
+                self.runs_in(policy, source)
+                    .is_none_or(|r| self.is_local(r))
             })
+            .map(|(policy, source)| self.job(policy, source, event, Some(origin)))
             .collect()
+    }
+
+    /// Whether `registry` is a side of a bidirectional policy: its pushes are recorded so that a
+    /// conflicting push from the other side can be decided (see `crate::conflict`).
+    pub fn records_writes(&self, registry: &str) -> bool {
+        self.policies.iter().any(|(p, _)| {
+            p.mode == Mode::Bidirectional
+                && (p.src_registry.name == registry || p.destinations().any(|d| d.name == registry))
+        })
+    }
+
+    /// Policies that `event` concerns, each with the registry content flows from.
+    fn matching<'a>(&'a self, event: &'a Event) -> impl Iterator<Item = (&'a Policy, &'a str)> {
+        self.policies.iter().filter_map(move |(policy, selector)| {
+            let source = flows_from(policy, &event.registry)?;
+            matches(policy, selector, event).then_some((policy, source))
+        })
+    }
+
+    /// The region that runs `policy`'s jobs for content flowing from `source`; `None`: anywhere.
+    fn runs_in<'a>(&'a self, policy: &'a Policy, source: &str) -> Option<&'a str> {
+        runs_in(policy, source, |name| {
+            self.regions.get(name).map(String::as_str)
+        })
+    }
+
+    fn is_local(&self, region: &str) -> bool {
+        self.local.as_deref().is_none_or(|l| l == region)
+    }
+
+    fn job(&self, policy: &Policy, source: &str, event: &Event, origin: Option<&str>) -> Job {
+        let reference = event.reference().unwrap_or_default();
+        Job {
+            digest: event.digest.clone(),
+            event_time_ms: event.occurred_at_ms,
+            event_id: Some(event.id.clone()),
+            source: (source != policy.src_registry.name).then(|| source.to_string()),
+            origin_region: origin.map(str::to_string),
+            ..Job::new(&policy.name, event.kind, &event.repository, reference)
+        }
     }
 }
 
-fn matches(policy: &Policy, selector: &Selector, event: &Event) -> bool {
-    match policy.mode {
-        Mode::Push | Mode::Pull => {}
-        // TODO(issue 5): bidirectional policies (event registry on either side).
-        Mode::Bidirectional => return false,
+/// The region that runs `policy`'s jobs for content flowing from registry `source` (see the module
+/// docs), given each registry's region; `None`: any region.
+pub fn runs_in<'a>(
+    policy: &'a Policy,
+    source: &str,
+    region_of: impl Fn(&str) -> Option<&'a str>,
+) -> Option<&'a str> {
+    if let Some(region) = &policy.region {
+        return Some(region);
     }
-    if policy.src_registry.name != event.registry {
+    match policy.mode {
+        Mode::Push => region_of(source),
+        Mode::Pull => policy.destinations().find_map(|d| region_of(&d.name)),
+        // The other side is written.
+        Mode::Bidirectional if source == policy.src_registry.name => {
+            policy.destinations().find_map(|d| region_of(&d.name))
+        }
+        Mode::Bidirectional => region_of(&policy.src_registry.name),
+    }
+}
+
+/// Whether a process of `region` (`None`: one site) runs `policy`'s jobs for content flowing from
+/// its `src_registry` — what a full reconciliation of the policy does.
+pub fn runs_here(config: &Config, policy: &Policy, region: Option<&str>) -> bool {
+    let Some(region) = region.filter(|r| !r.is_empty()) else {
+        return true;
+    };
+    runs_in(policy, &policy.src_registry.name, |name| {
+        config.registry(name)?.region.as_deref()
+    })
+    .is_none_or(|r| r == region)
+}
+
+/// The registry content flows from when `registry` changed: itself when it is the policy's
+/// source, or a bidirectional policy's destination; `None` when the policy does not read it.
+fn flows_from<'a>(policy: &'a Policy, registry: &str) -> Option<&'a str> {
+    if policy.src_registry.name == registry {
+        return Some(&policy.src_registry.name);
+    }
+    if policy.mode == Mode::Bidirectional {
+        return policy
+            .destinations()
+            .find(|d| d.name == registry)
+            .map(|d| d.name.as_str());
+    }
+    None
+}
+
+fn matches(policy: &Policy, selector: &Selector, event: &Event) -> bool {
+    if event.reference().is_none() {
         return false;
     }
     if event.kind == EventKind::Delete && !policy.replicate_deletion {
@@ -211,7 +343,8 @@ mod tests {
             Some("latest"),
             Some(DIGEST),
         );
-        assert_eq!(names(&m.jobs(&push)), vec!["event", "pull", "all"]);
+        assert_eq!(names(&m.jobs(&push)), vec!["event", "pull", "bidi", "all"]);
+        assert!(m.jobs(&push).iter().all(|j| j.source.is_none()));
         // Tag not covered.
         let dev = event(EventKind::Push, "platform/api", Some("dev-1"), Some(DIGEST));
         assert_eq!(names(&m.jobs(&dev)), vec!["all"]);
@@ -221,7 +354,15 @@ mod tests {
         // Another registry.
         let mut us = push.clone();
         us.registry = "us".into();
-        assert_eq!(names(&m.jobs(&us)), vec!["from-us"]);
+        let back = m.jobs(&us);
+        assert_eq!(names(&back), vec!["from-us", "bidi"]);
+        // A bidirectional policy's destination flows back to its source.
+        assert_eq!(back[0].source, None);
+        assert_eq!(back[1].source.as_deref(), Some("us"));
+        assert_eq!(
+            back[1].idempotency_key(),
+            "bidi|push|platform/api|latest|from=us"
+        );
         let mut unknown = push;
         unknown.registry = "nowhere".into();
         assert!(m.jobs(&unknown).is_empty());
@@ -278,6 +419,84 @@ mod tests {
         assert!(m
             .jobs(&event(EventKind::Push, "platform/api", None, None))
             .is_empty());
+    }
+
+    /// eu and us are regions; hub has none (every region may read it).
+    fn regional(policies: serde_json::Value) -> Config {
+        let value = json!({
+            "regions": [
+                {"name": "eu", "forward_url": "https://agent.eu:9444"},
+                {"name": "us", "forward_url": "https://agent.us:9444"},
+                {"name": "ap", "forward_url": "https://agent.ap:9444"}
+            ],
+            "registries": [
+                {"name": "eu", "url": "https://eu.example", "region": "eu"},
+                {"name": "us", "url": "https://us.example", "region": "us"},
+                {"name": "hub", "url": "https://hub.example"}
+            ],
+            "policies": policies
+        });
+        let config = Config::from_slice(&serde_json::to_vec(&value).unwrap(), "test").unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        config
+    }
+
+    #[test]
+    fn events_route_to_the_region_that_runs_the_policy() {
+        let config = regional(json!([
+            policy("push", json!({"filters": []})),
+            policy("pull", json!({"filters": [], "mode": "pull"})),
+            policy(
+                "relay",
+                json!({"filters": [], "mode": "pull", "region": "ap"})
+            ),
+            policy("bidi", json!({"filters": [], "mode": "bidirectional"})),
+            policy(
+                "from-hub",
+                json!({"filters": [], "mode": "pull", "src_registry": {"name": "hub"}})
+            ),
+        ]));
+        let push = event(EventKind::Push, "platform/api", Some("v1"), Some(DIGEST));
+        let eu = Matcher::for_region(&config, Some("eu")).unwrap();
+        let route = eu.route(&push);
+        assert_eq!(names(&route.jobs), vec!["push"]);
+        assert_eq!(route.jobs[0].origin_region.as_deref(), Some("eu"));
+        assert_eq!(
+            route.forward.iter().map(String::as_str).collect::<Vec<_>>(),
+            vec!["ap", "us"]
+        );
+        // us runs what eu forwarded, with eu as origin, and forwards nothing.
+        let us = Matcher::for_region(&config, Some("us")).unwrap();
+        let forwarded = us.forwarded_jobs(&push, "eu");
+        assert_eq!(names(&forwarded), vec!["pull", "bidi"]);
+        assert!(forwarded
+            .iter()
+            .all(|j| j.origin_region.as_deref() == Some("eu") && j.source.is_none()));
+        let ap = Matcher::for_region(&config, Some("ap")).unwrap();
+        assert_eq!(names(&ap.forwarded_jobs(&push, "eu")), vec!["relay"]);
+        // A push in us flows back to eu through the bidirectional policy, run by eu.
+        let mut in_us = push.clone();
+        in_us.registry = "us".into();
+        let route = us.route(&in_us);
+        assert!(route.jobs.is_empty(), "{route:?}");
+        assert_eq!(route.forward.iter().collect::<Vec<_>>(), vec!["eu"]);
+        let back = eu.forwarded_jobs(&in_us, "us");
+        assert_eq!(names(&back), vec!["bidi"]);
+        assert_eq!(back[0].source.as_deref(), Some("us"));
+        // A registry without region (polled hub) is local to the region that sees its events.
+        let mut in_hub = push.clone();
+        in_hub.registry = "hub".into();
+        assert_eq!(names(&us.route(&in_hub).jobs), vec!["from-hub"]);
+        assert_eq!(
+            eu.route(&in_hub).forward.iter().collect::<Vec<_>>(),
+            vec!["us"]
+        );
+        // Without --region everything is local, as on one site.
+        let anywhere = Matcher::new(&config).unwrap();
+        let route = anywhere.route(&push);
+        assert_eq!(names(&route.jobs), vec!["push", "pull", "relay", "bidi"]);
+        assert!(route.forward.is_empty());
+        assert!(eu.records_writes("eu") && eu.records_writes("us") && !eu.records_writes("hub"));
     }
 
     #[test]

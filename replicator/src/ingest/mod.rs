@@ -33,9 +33,94 @@ pub mod poll;
 mod rfc3339;
 
 pub use http::{router, IngestState, IngestStateBuilder, SetupError};
-pub use matcher::Matcher;
+pub use matcher::{Matcher, Route};
 
-use crate::event::Event;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::conflict::{TagLedger, TagWrite};
+use crate::event::{Event, EventKind};
+use crate::forward::{Forwarded, Outbox};
+use crate::queue::{JobQueue, QueueError};
+
+/// Where accepted events go: this region's queue, the outbox of the regions that run the event's
+/// other policies, and the ledger of user pushes that bidirectional conflicts are decided on.
+#[derive(Clone)]
+pub struct EventSink {
+    pub queue: Arc<dyn JobQueue>,
+    /// This process's region (`--region`); empty on a single site, where nothing is forwarded.
+    pub region: String,
+    pub outbox: Option<Arc<dyn Outbox>>,
+    pub ledger: Option<Arc<dyn TagLedger>>,
+}
+
+impl From<Arc<dyn JobQueue>> for EventSink {
+    /// A single-site sink: the queue only.
+    fn from(queue: Arc<dyn JobQueue>) -> EventSink {
+        EventSink {
+            queue,
+            region: String::new(),
+            outbox: None,
+            ledger: None,
+        }
+    }
+}
+
+impl<Q: JobQueue + 'static> From<Arc<Q>> for EventSink {
+    /// A single-site sink: the queue only.
+    fn from(queue: Arc<Q>) -> EventSink {
+        EventSink::from(queue as Arc<dyn JobQueue>)
+    }
+}
+
+impl EventSink {
+    /// The region given to matchers (`None` on a single site).
+    pub fn region(&self) -> Option<&str> {
+        Some(self.region.as_str()).filter(|r| !r.is_empty())
+    }
+
+    /// Everything but the local jobs: records a user's push of a tag of a bidirectional policy's
+    /// registry in the ledger, and appends the event to the outbox of every region in `forward`.
+    /// Returns once all of it is durable; the caller answers the registry only then.
+    pub async fn relay(
+        &self,
+        matcher: &Matcher,
+        event: &Event,
+        forward: &BTreeSet<String>,
+    ) -> Result<(), QueueError> {
+        if let (Some(ledger), EventKind::Push, Some(tag), Some(digest)) =
+            (&self.ledger, event.kind, &event.tag, &event.digest)
+        {
+            if matcher.records_writes(&event.registry) {
+                let write = TagWrite {
+                    digest: digest.clone(),
+                    at_ms: event.occurred_at_ms,
+                    region: self.region.clone(),
+                };
+                ledger
+                    .record_write(&event.registry, &event.repository, tag, &write)
+                    .await?;
+            }
+        }
+        if forward.is_empty() {
+            return Ok(());
+        }
+        let Some(outbox) = &self.outbox else {
+            return Err(QueueError::Unavailable(format!(
+                "the event must be forwarded to region(s) {} but this process has no outbox",
+                forward.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        let entry = Forwarded {
+            event: event.clone(),
+            origin_region: self.region.clone(),
+        };
+        for region in forward {
+            outbox.append(region, &entry).await?;
+        }
+        Ok(())
+    }
+}
 
 /// User-Agent prefix of Ferry's own registry writes (`ferry/<version>`); events those writes cause
 /// are dropped so that bidirectional replication does not echo.

@@ -37,11 +37,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::matcher::Matcher;
+use super::EventSink;
 use crate::config::Config;
 use crate::event::{now_ms, Event, EventKind};
 use crate::oci::{RegistryClient, RegistryError};
-use crate::policy::{Decoration, FilterKind, Policy, Selector, TriggerKind};
-use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
+use crate::policy::{Decoration, FilterKind, Mode, Policy, Selector, TriggerKind};
+use crate::queue::{EnqueueOutcome, QueueError};
 use crate::sync::{is_referrer_tag, Registries, SyncError};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,7 +178,7 @@ type Generation = (CancellationToken, HashMap<String, SharedState>);
 /// API). A registry polled before and after a change keeps what its passes saw, so no change
 /// falls between two generations of pollers.
 pub struct PollerSet {
-    queue: Arc<dyn JobQueue>,
+    sink: EventSink,
     metrics: PollMetrics,
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
@@ -190,12 +191,12 @@ impl PollerSet {
     pub fn start(
         config: &Config,
         registries: &Registries,
-        queue: Arc<dyn JobQueue>,
+        sink: impl Into<EventSink>,
         metrics: PollMetrics,
         shutdown: CancellationToken,
     ) -> Result<Arc<PollerSet>, SyncError> {
         let set = Arc::new(PollerSet {
-            queue,
+            sink: sink.into(),
             metrics,
             current: std::sync::Mutex::new((shutdown.child_token(), HashMap::new())),
             shutdown,
@@ -208,7 +209,7 @@ impl PollerSet {
     /// Stops the running pollers and starts those of `config`, handing each registry's state over.
     fn replace(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
         let mut pollers =
-            Poller::from_config(config, registries, self.queue.clone(), self.metrics.clone())?;
+            Poller::from_config(config, registries, self.sink.clone(), self.metrics.clone())?;
         let token = self.shutdown.child_token();
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let mut states = HashMap::new();
@@ -255,7 +256,7 @@ pub struct Poller {
     client: Arc<RegistryClient>,
     covered: Vec<Covered>,
     matcher: Matcher,
-    queue: Arc<dyn JobQueue>,
+    sink: EventSink,
     metrics: PollMetrics,
     opts: PollOptions,
     /// Repository → tag → digest, as of the last pass.
@@ -264,28 +265,39 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Pollers for every registry with `poll_interval_seconds` that is the source of an enabled
-    /// event-based policy. No network I/O.
+    /// Pollers for every registry with `poll_interval_seconds` that is a source of an enabled
+    /// event-based policy (either side of a bidirectional one) and belongs to the sink's region
+    /// (or to none). No network I/O.
     pub fn from_config(
         config: &Config,
         registries: &Registries,
-        queue: Arc<dyn JobQueue>,
+        sink: impl Into<EventSink>,
         metrics: PollMetrics,
     ) -> Result<Vec<Poller>, SyncError> {
-        let matcher = Matcher::new(config).map_err(|e| SyncError::Policy {
-            policy: e.policy.clone(),
-            message: e.source.to_string(),
-        })?;
+        let sink = sink.into();
+        let matcher =
+            Matcher::for_region(config, sink.region()).map_err(|e| SyncError::Policy {
+                policy: e.policy.clone(),
+                message: e.source.to_string(),
+            })?;
         let mut pollers = Vec::new();
         for r in &config.registries {
             let Some(secs) = r.poll_interval_seconds else {
                 continue;
             };
+            if let (Some(theirs), Some(ours)) = (&r.region, sink.region()) {
+                if theirs != ours {
+                    // Its own region polls it.
+                    continue;
+                }
+            }
             let mut covered = Vec::new();
             for p in config.policies.iter().filter(|p| {
                 p.enabled
                     && p.trigger.kind == TriggerKind::EventBased
-                    && p.src_registry.name == r.name
+                    && (p.src_registry.name == r.name
+                        || (p.mode == Mode::Bidirectional
+                            && p.destinations().any(|d| d.name == r.name)))
             }) {
                 let selector = Selector::new(p).map_err(|e| SyncError::Policy {
                     policy: p.name.clone(),
@@ -306,7 +318,7 @@ impl Poller {
                 client: registries.get(&covered[0].policy.name, &r.name)?,
                 covered,
                 matcher: matcher.clone(),
-                queue: queue.clone(),
+                sink: sink.clone(),
                 metrics: metrics.clone(),
                 opts: PollOptions::every(Duration::from_secs(secs.max(1))),
                 state: Arc::default(),
@@ -563,13 +575,17 @@ impl Poller {
 
     async fn enqueue(&self, event: &Event, report: &mut PassReport) -> Result<(), QueueError> {
         let kind = event.kind.as_str();
-        let jobs = self.matcher.jobs(event);
-        if jobs.is_empty() {
+        let route = self.matcher.route(event);
+        if route.jobs.is_empty() && route.forward.is_empty() {
             self.count(kind, "unmatched");
             return Ok(());
         }
-        for job in jobs {
-            match self.queue.enqueue(job).await {
+        if let Err(e) = self.sink.relay(&self.matcher, event, &route.forward).await {
+            self.count(kind, "queue_unavailable");
+            return Err(e);
+        }
+        for job in route.jobs {
+            match self.sink.queue.enqueue(job).await {
                 Ok(EnqueueOutcome::Enqueued) => report.enqueued += 1,
                 Ok(EnqueueOutcome::Collapsed) => report.collapsed += 1,
                 Err(e) => {

@@ -308,6 +308,7 @@ mod tests {
             speed: 0,
             copy_by_chunk: false,
             copy_referrers: true,
+            region: None,
         }
     }
 

@@ -51,6 +51,11 @@ pub struct Policy {
     /// Copy referrers (signatures, SBOMs, attestations) of every copied manifest.
     #[serde(default = "default_true")]
     pub copy_referrers: bool,
+    /// Ferry's: the region whose workers run this policy's jobs. Default: the source registry's
+    /// region in push mode, the destination's in pull and bidirectional modes. Naming a third
+    /// region relays between two remote registries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// Lists Harbor's deprecated `deletion` (read by serde as an alias of `replicate_deletion`) in
@@ -162,6 +167,21 @@ impl Policy {
             return None;
         }
         super::namespace::check_repository(&self.dest_namespace).err()
+    }
+
+    /// A bidirectional policy the other way round (its destination as source); `None` for other
+    /// modes. Bidirectional policies have one destination and no namespace rewrite (validated).
+    pub fn reversed(&self) -> Option<Policy> {
+        if self.mode != Mode::Bidirectional {
+            return None;
+        }
+        let dest = self.destinations().next()?.clone();
+        Some(Policy {
+            src_registry: dest,
+            dest_registry: Some(self.src_registry.clone()),
+            dest_registries: Vec::new(),
+            ..self.clone()
+        })
     }
 
     /// Every destination of this policy (`dest_registry` and `dest_registries`).

@@ -83,6 +83,13 @@ pub struct Job {
     /// of its own, with the job id as execution id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_id: Option<String>,
+    /// Registry the job reads from when it is not the policy's `src_registry`: the destination of
+    /// a bidirectional policy, whose changes flow back to the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Region whose agent accepted the event (conflicts between regions tie-break on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_region: Option<String>,
 }
 
 impl Job {
@@ -104,6 +111,8 @@ impl Job {
             traceparent: None,
             trigger: Trigger::EventBased,
             execution_id: None,
+            source: None,
+            origin_region: None,
         }
     }
 
@@ -112,14 +121,18 @@ impl Job {
         self.execution_id.as_deref().unwrap_or(&self.id)
     }
 
-    /// `policy|kind|repository|reference` (plus `|execution` for a run's jobs, which must not
-    /// fold into an event's job or another run's): duplicate pending jobs collapse on it.
+    /// `policy|kind|repository|reference` (plus `|from=<registry>` for the reverse direction of a
+    /// bidirectional policy, and `|execution` for a run's jobs, which must not fold into an event's
+    /// job or another run's): duplicate pending jobs collapse on it.
     pub fn idempotency_key(&self) -> String {
         let kind = self.kind.as_str();
-        let key = format!(
+        let mut key = format!(
             "{}|{kind}|{}|{}",
             self.policy, self.repository, self.reference
         );
+        if let Some(source) = &self.source {
+            key = format!("{key}|from={source}");
+        }
         match &self.execution_id {
             Some(run) => format!("{key}|{run}"),
             None => key,

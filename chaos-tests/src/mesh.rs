@@ -1,0 +1,320 @@
+//! Several regions of Ferry, each with its own Redis, registry, `ferry-agent` and workers, that
+//! coordinate only over gRPC (`ferry.v1.Events/Forward`) — through a [`FaultProxy`] in front of
+//! every region's Forward endpoint, so a test can cut or blackhole the link to a region.
+//!
+//! Region `x` has registry `x` (notifying `x`'s agent), Redis, agent (`--region x`, Forward on a
+//! free port behind the proxy), and workers started on demand with `--region x`. Optionally a
+//! `hub` registry without webhooks, polled every second by one region's agent. All processes read
+//! one config file (the regions, the registries with their region, and the test's policies).
+//!
+//! Agents run with `--reconcile-interval 0`: these tests check the event path, and the safety
+//! net would hide a lost event.
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_testkit::{FaultProxy, RedisServer, Registry, RegistryOptions};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::process::{binary, serial, Daemon, SerialGuard, StartError};
+
+/// How a [`Mesh`] is set up.
+#[derive(Clone, Debug, Default)]
+pub struct MeshOptions {
+    /// Region names; each gets a registry of the same name.
+    pub regions: Vec<&'static str>,
+    /// The policies of the config.
+    pub policies: Vec<Value>,
+    /// Start a `hub` registry without webhooks, polled by this region's agent.
+    pub hub_polled_by: Option<&'static str>,
+    /// `log.level` of the regions' registries (`info` logs every request, to count writes).
+    pub registry_log_level: &'static str,
+}
+
+/// One region of a [`Mesh`].
+pub struct MeshRegion {
+    pub name: String,
+    pub agent: Daemon,
+    pub registry: Registry,
+    pub redis: RedisServer,
+    /// In front of this region's Forward endpoint; other regions reach it only through here.
+    pub proxy: FaultProxy,
+}
+
+/// Running regions. Fields drop in order: regions (agents first), hub, temp dir, serial lock.
+pub struct Mesh {
+    pub regions: BTreeMap<String, MeshRegion>,
+    pub hub: Option<Registry>,
+    dir: TempDir,
+    config: PathBuf,
+    workers: std::sync::atomic::AtomicUsize,
+    _serial: SerialGuard,
+}
+
+/// A port picked now and held until the process that uses it starts.
+fn hold_port() -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind("127.0.0.1:0").context("picking a port")?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+/// The shared token of webhooks, forwarding and everything else in a mesh.
+pub const TOKEN: &str = "chaos-mesh-token";
+
+impl Mesh {
+    pub async fn start(opts: MeshOptions) -> anyhow::Result<Mesh> {
+        let serial = serial().await?;
+        let agent_bin = binary("ferry-agent")?;
+        binary("ferry")?;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-mesh-")
+            .tempdir()
+            .context("creating the mesh's temp dir")?;
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+        let log_level = if opts.registry_log_level.is_empty() {
+            "error"
+        } else {
+            opts.registry_log_level
+        };
+
+        // Ports first: registries name their agent, the config names the proxies.
+        let mut planned = Vec::new();
+        for name in &opts.regions {
+            let (agent_hold, agent_addr) = hold_port()?;
+            let (forward_hold, forward_addr) = hold_port()?;
+            let proxy = FaultProxy::start(forward_addr).await?;
+            let redis = RedisServer::start(true)
+                .await
+                .with_context(|| format!("starting region {name}'s Redis"))?;
+            let registry = Registry::start_with(RegistryOptions {
+                notifications_url: Some(format!(
+                    "http://{agent_addr}/v1/events/distribution?registry={name}"
+                )),
+                notifications_token: Some(TOKEN.to_string()),
+                log_level,
+                tls: false,
+            })
+            .await
+            .with_context(|| format!("starting region {name}'s registry"))?;
+            planned.push((
+                *name,
+                agent_hold,
+                agent_addr,
+                forward_hold,
+                forward_addr,
+                proxy,
+                redis,
+                registry,
+            ));
+        }
+        let hub = match opts.hub_polled_by {
+            Some(_) => Some(
+                Registry::start_with(RegistryOptions {
+                    log_level,
+                    ..RegistryOptions::default()
+                })
+                .await
+                .context("starting the hub registry")?,
+            ),
+            None => None,
+        };
+
+        let mut registries: Vec<Value> = planned
+            .iter()
+            .map(|(name, _, _, _, _, _, _, registry)| {
+                json!({"name": name, "url": registry.url(), "insecure": true, "region": name})
+            })
+            .collect();
+        if let (Some(hub), Some(region)) = (&hub, opts.hub_polled_by) {
+            registries.push(json!({
+                "name": "hub", "url": hub.url(), "insecure": true, "region": region,
+                "poll_interval_seconds": 1
+            }));
+        }
+        let regions: Vec<Value> = planned
+            .iter()
+            .map(|(name, _, _, _, _, proxy, _, _)| {
+                json!({"name": name, "forward_url": format!("http://{}", proxy.addr())})
+            })
+            .collect();
+        let config = dir.path().join("ferry.json");
+        std::fs::write(
+            &config,
+            serde_json::to_vec_pretty(&json!({
+                "regions": regions,
+                "registries": registries,
+                "policies": opts.policies,
+            }))?,
+        )?;
+
+        let mut regions = BTreeMap::new();
+        for (name, agent_hold, agent_addr, forward_hold, forward_addr, proxy, redis, registry) in
+            planned
+        {
+            let args: Vec<String> = [
+                "--config",
+                path_str(&config)?,
+                "--redis",
+                &redis.url(),
+                "--listen",
+                &agent_addr.to_string(),
+                "--webhook-token-file",
+                path_str(&token_file)?,
+                "--forward-token-file",
+                path_str(&token_file)?,
+                "--region",
+                name,
+                "--forward-listen",
+                &forward_addr.to_string(),
+                "--reconcile-interval",
+                "0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            drop((agent_hold, forward_hold));
+            let agent = Daemon::start(
+                &format!("agent-{name}"),
+                &agent_bin,
+                &args,
+                &dir.path().join(format!("agent-{name}.log")),
+                agent_addr,
+            )
+            .await
+            .map_err(StartError::into_inner)?;
+            regions.insert(
+                name.to_string(),
+                MeshRegion {
+                    name: name.to_string(),
+                    agent,
+                    registry,
+                    redis,
+                    proxy,
+                },
+            );
+        }
+        Ok(Mesh {
+            regions,
+            hub,
+            dir,
+            config,
+            workers: std::sync::atomic::AtomicUsize::new(0),
+            _serial: serial,
+        })
+    }
+
+    pub fn region(&self, name: &str) -> &MeshRegion {
+        &self.regions[name]
+    }
+
+    /// Starts a `ferry worker --region <region>` on that region's Redis.
+    pub async fn start_worker(&self, region: &str) -> anyhow::Result<Daemon> {
+        let r = self.region(region);
+        let n = self
+            .workers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let name = format!("worker-{region}-{n}");
+        let ferry = binary("ferry")?;
+        let mut last = None;
+        for _ in 0..3 {
+            let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let args: Vec<String> = [
+                "worker",
+                "--config",
+                path_str(&self.config)?,
+                "--redis",
+                &r.redis.url(),
+                "--listen",
+                &listen.to_string(),
+                "--region",
+                region,
+                "--consumer",
+                &name,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let log = self.dir.path().join(format!("{name}.log"));
+            match Daemon::start(&name, &ferry, &args, &log, listen).await {
+                Ok(d) => return Ok(d),
+                Err(StartError::AddrInUse(e)) => last = Some(e),
+                Err(StartError::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no start attempt")))
+    }
+
+    /// Waits until `repo:tag` on registry `host` resolves to `digest`.
+    pub async fn wait_for_tag(
+        &self,
+        host: &str,
+        repo: &str,
+        tag: &str,
+        digest: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        crate::wait_for(
+            &format!("{repo}:{tag} = {digest} on {host}"),
+            timeout,
+            || {
+                let host = host.to_string();
+                async move {
+                    crate::oci::manifest_digest(&host, repo, tag)
+                        .await
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some(digest)
+                }
+            },
+        )
+        .await
+    }
+
+    /// Every log of the mesh (agents, workers, registries, Redis), tails only.
+    pub fn diagnostics(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for r in self.regions.values() {
+            out.push_str(&format!(
+                "--- agent-{} ---\n{}\n--- registry {} ---\n{}\n",
+                r.name,
+                r.agent.log_tail(lines),
+                r.name,
+                r.registry.log_tail(lines)
+            ));
+        }
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("worker-") {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+                    out.push_str(&format!("--- {name} ---\n"));
+                    for l in tail.into_iter().rev() {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics(40));
+        }
+    }
+}
+
+fn path_str(path: &std::path::Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}

@@ -1,0 +1,328 @@
+//! Regions that share nothing but gRPC: each has its own Redis, registry, agent and workers, and
+//! events travel between them only through `ferry.v1.Events/Forward`, behind a fault proxy.
+//!
+//! Every scenario asserts what a platform engineer would check from outside: which region's
+//! workers did the copy, that the destination holds the source's digest, that a cut link delays
+//! but loses nothing, that bidirectional replication writes each image once per side and settles
+//! conflicts on one digest.
+use std::time::{Duration, Instant};
+
+use ferry_chaos_tests::mesh::{Mesh, MeshOptions};
+use ferry_chaos_tests::{oci, wait_for};
+use ferry_testkit::{skopeo, LayerSpec, Link};
+use serde_json::{json, Value};
+
+const KIB: u64 = 1024;
+
+fn check(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        panic!("{e:#}");
+    }
+}
+
+fn fixtures() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ferry-mesh-fixtures-")
+        .tempdir()
+        .expect("creating the fixtures dir")
+}
+
+/// Pushes a one-layer image (content from `seed`) to `host/repo_tag`; returns its digest.
+async fn push(
+    root: &std::path::Path,
+    seed: u64,
+    host: &str,
+    repo_tag: &str,
+) -> anyhow::Result<String> {
+    let image = oci::image(
+        &root.join(format!("img-{seed}")),
+        &[LayerSpec {
+            seed,
+            size: 64 * KIB,
+        }],
+    )?;
+    skopeo::push_layout(&image.layout, "img", host, repo_tag).await?;
+    Ok(image.manifest.digest)
+}
+
+fn policy(name: &str, mode: &str, src: &str, dest: &str, extra: Value) -> Value {
+    let mut p = json!({
+        "name": name,
+        "mode": mode,
+        "src_registry": {"name": src},
+        "dest_registry": {"name": dest},
+        "trigger": {"type": "event_based"},
+        "replicate_deletion": true,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        p[k] = v.clone();
+    }
+    p
+}
+
+const WAIT: Duration = Duration::from_secs(45);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pull_mode_runs_where_the_destination_is_and_a_cut_link_loses_nothing() {
+    let mesh = Mesh::start(MeshOptions {
+        regions: vec!["a", "b"],
+        policies: vec![
+            policy("a-to-b", "pull", "a", "b", json!({})),
+            policy("hub-to-b", "pull", "hub", "b", json!({})),
+        ],
+        hub_polled_by: Some("b"),
+        ..MeshOptions::default()
+    })
+    .await
+    .expect("starting regions a and b");
+    check(pull_scenario(&mesh).await);
+}
+
+async fn pull_scenario(mesh: &Mesh) -> anyhow::Result<()> {
+    let dir = fixtures();
+    let (a, b) = (mesh.region("a"), mesh.region("b"));
+    let (a_host, b_host) = (a.registry.host(), b.registry.host());
+    // Only region b has a worker: pull mode runs where the destination is.
+    let worker_b = mesh.start_worker("b").await?;
+
+    let started = Instant::now();
+    let v1 = push(dir.path(), 1, &a_host, "app/one:v1").await?;
+    mesh.wait_for_tag(&b_host, "app/one", "v1", &v1, WAIT)
+        .await?;
+    eprintln!(
+        "a → b over Forward: {:?} after skopeo's push began",
+        started.elapsed()
+    );
+    let delivered = a
+        .agent
+        .metric(
+            "ferry_forward_events_total",
+            &[("region", "b"), ("outcome", "delivered")],
+        )
+        .await;
+    anyhow::ensure!(
+        delivered >= 1.0,
+        "agent a reports {delivered} events delivered to b"
+    );
+    let received = b
+        .agent
+        .metric(
+            "ferry_forward_received_total",
+            &[("region", "a"), ("outcome", "enqueued")],
+        )
+        .await;
+    anyhow::ensure!(
+        received >= 1.0,
+        "agent b reports {received} events received from a"
+    );
+
+    // A source without webhooks, polled by region b (HEAD only).
+    let hub = mesh.hub.as_ref().expect("the hub registry");
+    let tool = push(dir.path(), 2, &hub.host(), "tools/lint:v1").await?;
+    mesh.wait_for_tag(&b_host, "tools/lint", "v1", &tool, WAIT)
+        .await?;
+
+    // Cut the link to b: a keeps accepting events into its outbox.
+    b.proxy.set_link(Link::Blackhole);
+    let v2 = push(dir.path(), 3, &a_host, "app/one:v2").await?;
+    let v3 = push(dir.path(), 4, &a_host, "app/two:v3").await?;
+    oci::delete_manifest(&a_host, "app/one", &v1).await?;
+    wait_for("a's outbox for b to hold the 3 events", WAIT, || async {
+        a.agent
+            .metric("ferry_forward_outbox_depth", &[("region", "b")])
+            .await
+            >= 3.0
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::ensure!(
+        oci::manifest_digest(&b_host, "app/one", "v2")
+            .await?
+            .is_none(),
+        "v2 reached b through a blackholed link"
+    );
+    anyhow::ensure!(
+        oci::manifest_digest(&b_host, "app/one", "v1")
+            .await?
+            .as_deref()
+            == Some(v1.as_str()),
+        "the delete reached b through a blackholed link"
+    );
+
+    let healed = Instant::now();
+    b.proxy.set_link(Link::Up);
+    mesh.wait_for_tag(&b_host, "app/one", "v2", &v2, WAIT)
+        .await?;
+    mesh.wait_for_tag(&b_host, "app/two", "v3", &v3, WAIT)
+        .await?;
+    wait_for("the delete of app/one:v1 to reach b", WAIT, || {
+        let host = b_host.clone();
+        async move {
+            oci::manifest_digest(&host, "app/one", "v1")
+                .await
+                .is_ok_and(|d| d.is_none())
+        }
+    })
+    .await?;
+    eprintln!(
+        "after the link healed, the held events arrived within {:?}",
+        healed.elapsed()
+    );
+    wait_for("a's outbox for b to drain", WAIT, || async {
+        a.agent
+            .metric("ferry_forward_outbox_depth", &[("region", "b")])
+            .await
+            == 0.0
+    })
+    .await?;
+    anyhow::ensure!(
+        worker_b.log_lines_with(&["job done"]) >= 5,
+        "worker b did not run every job"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_third_region_relays_between_two_remote_registries() {
+    let mesh = Mesh::start(MeshOptions {
+        regions: vec!["a", "b", "c"],
+        policies: vec![policy("relay", "pull", "a", "b", json!({"region": "c"}))],
+        ..MeshOptions::default()
+    })
+    .await
+    .expect("starting regions a, b and c");
+    check(relay_scenario(&mesh).await);
+}
+
+async fn relay_scenario(mesh: &Mesh) -> anyhow::Result<()> {
+    let dir = fixtures();
+    let worker_c = mesh.start_worker("c").await?;
+    let digest = push(
+        dir.path(),
+        10,
+        &mesh.region("a").registry.host(),
+        "app/relay:v1",
+    )
+    .await?;
+    mesh.wait_for_tag(
+        &mesh.region("b").registry.host(),
+        "app/relay",
+        "v1",
+        &digest,
+        WAIT,
+    )
+    .await?;
+    anyhow::ensure!(
+        worker_c.log_lines_with(&["job done", "app/relay"]) >= 1,
+        "region c's worker did not log the job"
+    );
+    let received = mesh
+        .region("c")
+        .agent
+        .metric(
+            "ferry_forward_received_total",
+            &[("region", "a"), ("outcome", "enqueued")],
+        )
+        .await;
+    anyhow::ensure!(
+        received >= 1.0,
+        "agent c reports {received} events received from a"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bidirectional_regions_converge_without_echo_and_settle_conflicts() {
+    let mesh = Mesh::start(MeshOptions {
+        regions: vec!["a", "b"],
+        policies: vec![policy("a-b", "bidirectional", "a", "b", json!({}))],
+        registry_log_level: "info",
+        ..MeshOptions::default()
+    })
+    .await
+    .expect("starting regions a and b");
+    check(bidirectional_scenario(&mesh).await);
+}
+
+async fn bidirectional_scenario(mesh: &Mesh) -> anyhow::Result<()> {
+    let dir = fixtures();
+    let (a, b) = (mesh.region("a"), mesh.region("b"));
+    let (a_host, b_host) = (a.registry.host(), b.registry.host());
+    let workers = [mesh.start_worker("a").await?, mesh.start_worker("b").await?];
+
+    // One push on each side: each image appears on the other side, written there once.
+    let x = push(dir.path(), 20, &a_host, "app/x:v1").await?;
+    let y = push(dir.path(), 21, &b_host, "app/y:v1").await?;
+    mesh.wait_for_tag(&b_host, "app/x", "v1", &x, WAIT).await?;
+    mesh.wait_for_tag(&a_host, "app/y", "v1", &y, WAIT).await?;
+    // Give an echo every chance to show up before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = |r: &ferry_chaos_tests::mesh::MeshRegion| {
+        std::fs::read_to_string(r.registry.log_path()).unwrap_or_default()
+    };
+    let writes = [
+        ("a", "app/x", oci::manifest_puts(&log(a), "app/x", "v1")),
+        ("b", "app/x", oci::manifest_puts(&log(b), "app/x", "v1")),
+        ("a", "app/y", oci::manifest_puts(&log(a), "app/y", "v1")),
+        ("b", "app/y", oci::manifest_puts(&log(b), "app/y", "v1")),
+    ];
+    eprintln!("manifest writes (registry, repository, PUTs): {writes:?}");
+    anyhow::ensure!(
+        writes.iter().all(|(_, _, n)| *n == 1),
+        "each image must be written once per side (skopeo's push, then Ferry's copy): {writes:?}"
+    );
+
+    // The same tag pushed on both sides at once, with different content.
+    let (ca, cb) = tokio::join!(
+        push(dir.path(), 30, &a_host, "app/conflict:v1"),
+        push(dir.path(), 31, &b_host, "app/conflict:v1"),
+    );
+    let (ca, cb) = (ca?, cb?);
+    let settled = wait_for(
+        "both sides to hold one digest of app/conflict:v1",
+        WAIT,
+        || {
+            let (a_host, b_host) = (a_host.clone(), b_host.clone());
+            async move {
+                let on_a = oci::manifest_digest(&a_host, "app/conflict", "v1")
+                    .await
+                    .ok()
+                    .flatten();
+                let on_b = oci::manifest_digest(&b_host, "app/conflict", "v1")
+                    .await
+                    .ok()
+                    .flatten();
+                on_a.is_some() && on_a == on_b
+            }
+        },
+    )
+    .await?;
+    // Stays settled: no flip-flop once both sides agree.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let on_a = oci::manifest_digest(&a_host, "app/conflict", "v1").await?;
+    let on_b = oci::manifest_digest(&b_host, "app/conflict", "v1").await?;
+    anyhow::ensure!(on_a == on_b, "diverged again: a={on_a:?} b={on_b:?}");
+    let winner = on_a.unwrap_or_default();
+    anyhow::ensure!(
+        winner == ca || winner == cb,
+        "settled on {winner}, pushed {ca} and {cb}"
+    );
+    let mut decisions = 0.0;
+    for w in &workers {
+        for outcome in ["kept", "replaced"] {
+            decisions += w
+                .metric(
+                    "ferry_conflicts_total",
+                    &[("policy", "a-b"), ("outcome", outcome)],
+                )
+                .await;
+        }
+    }
+    eprintln!(
+        "conflict settled on {} ({}) in {settled:?}; {decisions} decisions recorded",
+        winner,
+        if winner == ca { "a's push" } else { "b's push" }
+    );
+    anyhow::ensure!(decisions >= 1.0, "no conflict decision was recorded");
+    Ok(())
+}

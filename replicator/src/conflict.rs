@@ -1,0 +1,320 @@
+//! Conflicts of bidirectional policies: the same tag pushed with different digests on both sides
+//! at about the same time.
+//!
+//! Every region keeps a ledger of the last write to each tag of the registries it writes: the
+//! agent records the pushes users make (their event time, its own region), and a worker records
+//! each copy it makes with the time and region of the event that caused it. A job that would
+//! replace a destination tag holding *different* content compares the two writes: the later event
+//! time wins, ties go to the greater region name ([`TagWrite::wins_over`]). Both regions apply the
+//! same rule to the same two writes, so both converge on the winner, and each decision is logged,
+//! counted (`ferry_conflicts_total`) and recorded on the job's task.
+//!
+//! When the destination holds a digest the ledger does not know, its own push event has not been
+//! recorded yet (a webhook still on its way): the job waits ([`Decision::Wait`]) for up to
+//! [`DECISION_GRACE`] after its event before it treats the destination as older.
+//!
+//! Invariants: [`decide`] is pure; a ledger write never fails a copy that already happened (the
+//! caller logs it); entries expire after [`LEDGER_TTL`], long after any conflict could matter.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::queue::redis::{bounded, RedisQueue};
+use crate::queue::QueueError;
+
+/// How long a destination digest without a recorded write holds a job back.
+pub const DECISION_GRACE: Duration = Duration::from_secs(15);
+/// How long the ledger remembers a write.
+pub const LEDGER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// One write of a tag: what it holds since, when the change happened and in which region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagWrite {
+    pub digest: String,
+    /// Event time of the change (Unix ms).
+    pub at_ms: i64,
+    /// Region where the change was made (empty on a single site).
+    pub region: String,
+}
+
+impl TagWrite {
+    /// Later event time wins; on a tie, the greater region name (then digest, so that two writes
+    /// never tie).
+    pub fn wins_over(&self, other: &TagWrite) -> bool {
+        (self.at_ms, &self.region, &self.digest) > (other.at_ms, &other.region, &other.digest)
+    }
+}
+
+impl std::fmt::Display for TagWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let region = if self.region.is_empty() {
+            "this site"
+        } else {
+            &self.region
+        };
+        write!(
+            f,
+            "{} (pushed in {region} at {} ms)",
+            self.digest, self.at_ms
+        )
+    }
+}
+
+/// What a job does about a destination tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Copy the source (no conflict, or the incoming write wins).
+    Copy {
+        /// The destination content the copy replaces after losing the conflict, if any.
+        replaces: Option<TagWrite>,
+    },
+    /// Keep the destination: its write is newer.
+    Keep { kept: TagWrite },
+    /// The destination changed and its write is not recorded yet: retry later.
+    Wait,
+}
+
+/// Decides between an incoming write and what the destination holds (`destination`: its current
+/// digest, `last`: the ledger's last write of that tag).
+pub fn decide(
+    incoming: &TagWrite,
+    destination: Option<&str>,
+    last: Option<&TagWrite>,
+    now_ms: i64,
+) -> Decision {
+    let Some(current) = destination else {
+        return Decision::Copy { replaces: None };
+    };
+    if current == incoming.digest {
+        return Decision::Copy { replaces: None };
+    }
+    match last {
+        Some(last) if last.digest == current => {
+            if last.wins_over(incoming) {
+                Decision::Keep { kept: last.clone() }
+            } else {
+                Decision::Copy {
+                    replaces: Some(last.clone()),
+                }
+            }
+        }
+        _ if now_ms.saturating_sub(incoming.at_ms) < crate::event::duration_ms(DECISION_GRACE) => {
+            Decision::Wait
+        }
+        _ => Decision::Copy { replaces: None },
+    }
+}
+
+/// The last write of each tag of the registries this region writes.
+#[async_trait::async_trait]
+pub trait TagLedger: Send + Sync {
+    async fn last_write(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<TagWrite>, QueueError>;
+
+    async fn record_write(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        write: &TagWrite,
+    ) -> Result<(), QueueError>;
+}
+
+/// A ledger in this process (`ferry serve` without Redis, tests).
+#[derive(Debug, Default)]
+pub struct MemoryTagLedger {
+    writes: Mutex<HashMap<(String, String, String), TagWrite>>,
+}
+
+#[async_trait::async_trait]
+impl TagLedger for MemoryTagLedger {
+    async fn last_write(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<TagWrite>, QueueError> {
+        let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(writes
+            .get(&(registry.into(), repository.into(), tag.into()))
+            .cloned())
+    }
+
+    async fn record_write(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        write: &TagWrite,
+    ) -> Result<(), QueueError> {
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        writes.insert(
+            (registry.into(), repository.into(), tag.into()),
+            write.clone(),
+        );
+        Ok(())
+    }
+}
+
+/// The ledger in the region's Redis/Valkey: one JSON string per tag,
+/// `<prefix>:tagwrite:<registry>:<repository>:<tag>`, expiring after [`LEDGER_TTL`].
+#[derive(Clone)]
+pub struct RedisTagLedger {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisTagLedger {
+    pub fn new(queue: &RedisQueue) -> RedisTagLedger {
+        RedisTagLedger {
+            con: queue.connection(),
+            prefix: queue.prefix().to_string(),
+        }
+    }
+
+    fn key(&self, registry: &str, repository: &str, tag: &str) -> String {
+        format!("{}:tagwrite:{registry}:{repository}:{tag}", self.prefix)
+    }
+}
+
+#[async_trait::async_trait]
+impl TagLedger for RedisTagLedger {
+    async fn last_write(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<TagWrite>, QueueError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = bounded(
+            redis::cmd("GET")
+                .arg(self.key(registry, repository, tag))
+                .query_async(&mut con),
+        )
+        .await?;
+        raw.map(|raw| {
+            serde_json::from_str(&raw).map_err(|e| {
+                QueueError::Corrupt(format!(
+                    "tag write of {registry}/{repository}:{tag} is not valid JSON: {e}"
+                ))
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_write(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        write: &TagWrite,
+    ) -> Result<(), QueueError> {
+        let raw = serde_json::to_string(write).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let mut con = self.con.clone();
+        bounded(
+            redis::cmd("SET")
+                .arg(self.key(registry, repository, tag))
+                .arg(raw)
+                .arg("PX")
+                .arg(crate::event::duration_ms(LEDGER_TTL))
+                .query_async::<()>(&mut con),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(digest: &str, at_ms: i64, region: &str) -> TagWrite {
+        TagWrite {
+            digest: digest.into(),
+            at_ms,
+            region: region.into(),
+        }
+    }
+
+    #[test]
+    fn later_event_wins_and_ties_go_to_the_greater_region() {
+        assert!(write("a", 2, "eu").wins_over(&write("b", 1, "us")));
+        assert!(write("b", 1, "us").wins_over(&write("a", 1, "eu")));
+        assert!(!write("a", 1, "eu").wins_over(&write("b", 1, "us")));
+        // Never a tie between two different writes.
+        assert!(write("b", 1, "eu").wins_over(&write("a", 1, "eu")));
+    }
+
+    #[test]
+    fn both_sides_reach_the_same_decision() {
+        let (eu, us) = (
+            write("sha256:e", 1_000, "eu"),
+            write("sha256:u", 1_000, "us"),
+        );
+        let now = 100_000;
+        // us's region sees eu's push arrive while it holds its own newer (tie → "us") write.
+        assert_eq!(
+            decide(&eu, Some("sha256:u"), Some(&us), now),
+            Decision::Keep { kept: us.clone() }
+        );
+        // eu's region sees us's push arrive and gives way.
+        assert_eq!(
+            decide(&us, Some("sha256:e"), Some(&eu), now),
+            Decision::Copy {
+                replaces: Some(eu.clone())
+            }
+        );
+    }
+
+    #[test]
+    fn missing_or_equal_destination_copies() {
+        let w = write("sha256:a", 1, "eu");
+        assert_eq!(decide(&w, None, None, 5), Decision::Copy { replaces: None });
+        assert_eq!(
+            decide(&w, Some("sha256:a"), Some(&write("sha256:x", 9, "us")), 5),
+            Decision::Copy { replaces: None }
+        );
+    }
+
+    #[test]
+    fn an_unrecorded_destination_waits_for_its_event_then_gives_way() {
+        let w = write("sha256:a", 10_000, "eu");
+        let grace = crate::event::duration_ms(DECISION_GRACE);
+        assert_eq!(decide(&w, Some("sha256:b"), None, 10_500), Decision::Wait);
+        // The ledger knows an older write of another digest: the destination changed since.
+        let stale = write("sha256:c", 1, "us");
+        assert_eq!(
+            decide(&w, Some("sha256:b"), Some(&stale), 10_500),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(&w, Some("sha256:b"), None, 10_000 + grace),
+            Decision::Copy { replaces: None }
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_ledger_keeps_the_last_write() {
+        let ledger = MemoryTagLedger::default();
+        assert_eq!(ledger.last_write("a", "r", "t").await.unwrap(), None);
+        ledger
+            .record_write("a", "r", "t", &write("sha256:1", 1, "eu"))
+            .await
+            .unwrap();
+        ledger
+            .record_write("a", "r", "t", &write("sha256:2", 2, "us"))
+            .await
+            .unwrap();
+        assert_eq!(
+            ledger.last_write("a", "r", "t").await.unwrap(),
+            Some(write("sha256:2", 2, "us"))
+        );
+        assert_eq!(ledger.last_write("b", "r", "t").await.unwrap(), None);
+    }
+}
