@@ -272,6 +272,18 @@ async fn bidirectional_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         "each image must be written once per side (skopeo's push, then Ferry's copy): {writes:?}"
     );
 
+    // A delete on b flows back to a (digest guard on a: it still holds what b deleted).
+    oci::delete_manifest(&b_host, "app/y", &y).await?;
+    wait_for("b's delete of app/y:v1 to reach a", WAIT, || {
+        let host = a_host.clone();
+        async move {
+            oci::manifest_digest(&host, "app/y", "v1")
+                .await
+                .is_ok_and(|d| d.is_none())
+        }
+    })
+    .await?;
+
     // The same tag pushed on both sides at once, with different content.
     let (ca, cb) = tokio::join!(
         push(dir.path(), 30, &a_host, "app/conflict:v1"),

@@ -298,23 +298,4 @@ mod tests {
             Decision::Copy { replaces: None }
         );
     }
-
-    #[tokio::test]
-    async fn memory_ledger_keeps_the_last_write() {
-        let ledger = MemoryTagLedger::default();
-        assert_eq!(ledger.last_write("a", "r", "t").await.unwrap(), None);
-        ledger
-            .record_write("a", "r", "t", &write("sha256:1", 1, "eu"))
-            .await
-            .unwrap();
-        ledger
-            .record_write("a", "r", "t", &write("sha256:2", 2, "us"))
-            .await
-            .unwrap();
-        assert_eq!(
-            ledger.last_write("a", "r", "t").await.unwrap(),
-            Some(write("sha256:2", 2, "us"))
-        );
-        assert_eq!(ledger.last_write("b", "r", "t").await.unwrap(), None);
-    }
 }
