@@ -23,6 +23,7 @@ use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::EventSink;
 use ferry_replicator::ingest::{self, IngestState};
+use ferry_replicator::pauses::RedisGate;
 use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
@@ -159,6 +160,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let outbox: Arc<dyn Outbox> = Arc::new(RedisOutbox::new(&queue));
     let tag_ledger: Arc<dyn TagLedger> = Arc::new(RedisTagLedger::new(&queue));
+    let shared_gate = Arc::new(RedisGate::new(&queue));
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
     let sink = EventSink {
         queue: queue.clone(),
@@ -185,7 +187,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let file_config = config.clone();
     let mut metrics_registry = prometheus_client::registry::Registry::default();
-    let clients = Registries::from_config(&config)?;
+    // Pollers pause on a 429 or a low quota with every worker of the region.
+    let clients = Registries::from_config(&config)?.with_shared_gate(shared_gate);
     // Stops the safety net, the pollers and the policy watch.
     let reconcile_stop = tokio_util::sync::CancellationToken::new();
     let pollers = PollerSet::start(

@@ -175,10 +175,11 @@ async fn pull_scenario(mesh: &Mesh) -> anyhow::Result<()> {
             == 0.0
     })
     .await?;
-    anyhow::ensure!(
-        worker_b.log_lines_with(&["job done"]) >= 5,
-        "worker b did not run every job"
-    );
+    wait_for("worker b to log every job done", WAIT, || {
+        let done = worker_b.log_lines_with(&["job done"]);
+        async move { done >= 5 }
+    })
+    .await?;
     Ok(())
 }
 
@@ -212,10 +213,11 @@ async fn relay_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         WAIT,
     )
     .await?;
-    anyhow::ensure!(
-        worker_c.log_lines_with(&["job done", "app/relay"]) >= 1,
-        "region c's worker did not log the job"
-    );
+    wait_for("region c's worker to log the job done", WAIT, || {
+        let done = worker_c.log_lines_with(&["job done", "app/relay"]);
+        async move { done >= 1 }
+    })
+    .await?;
     let received = mesh
         .region("c")
         .agent

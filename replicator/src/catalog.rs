@@ -203,7 +203,7 @@ pub fn clients(
     if effective.registries == file.registries {
         Ok(file_clients.clone())
     } else {
-        Registries::from_config(effective)
+        file_clients.rebuilt(effective)
     }
 }
 

@@ -31,6 +31,7 @@ pub mod history;
 pub mod ingest;
 pub mod oci;
 pub mod ops;
+pub mod pauses;
 pub mod policy;
 pub mod queue;
 pub mod reconcile;

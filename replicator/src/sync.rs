@@ -43,6 +43,8 @@ pub enum SyncError {
 #[derive(Debug, Default, Clone)]
 pub struct Registries {
     clients: HashMap<String, Arc<RegistryClient>>,
+    /// Where the clients share rate-limit pauses (kept for clients rebuilt from a new config).
+    shared_gate: Option<Arc<dyn crate::oci::gate::SharedGate>>,
 }
 
 impl Registries {
@@ -56,7 +58,29 @@ impl Registries {
             };
             clients.insert(r.name.clone(), Arc::new(RegistryClient::new(r, secret)?));
         }
-        Ok(Registries { clients })
+        Ok(Registries {
+            clients,
+            shared_gate: None,
+        })
+    }
+
+    /// Shares every client's rate-limit pauses through `gate` (a region's Redis), so one worker's
+    /// 429 slows every worker for that registry.
+    pub fn with_shared_gate(mut self, gate: Arc<dyn crate::oci::gate::SharedGate>) -> Registries {
+        for c in self.clients.values() {
+            c.share_gate(gate.clone());
+        }
+        self.shared_gate = Some(gate);
+        self
+    }
+
+    /// Clients for `config` that share pauses like these do.
+    pub fn rebuilt(&self, config: &Config) -> Result<Registries, SyncError> {
+        let fresh = Registries::from_config(config)?;
+        Ok(match &self.shared_gate {
+            Some(g) => fresh.with_shared_gate(g.clone()),
+            None => fresh,
+        })
     }
 
     pub fn get(&self, policy: &str, name: &str) -> Result<Arc<RegistryClient>, SyncError> {

@@ -15,6 +15,8 @@ use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
 use ferry_replicator::ingest::metrics::IngestMetrics;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::{EventSink, IngestState};
+use ferry_replicator::oci::gate::SharedGate;
+use ferry_replicator::pauses::RedisGate;
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
@@ -321,9 +323,19 @@ struct Backend {
     store: Arc<dyn PolicyStore>,
     /// Last writes of tags, for bidirectional conflicts (shared by the region's writers).
     tag_ledger: Arc<dyn TagLedger>,
+    /// Registry pauses (429s, low quotas) shared by the region's processes; `None` in process.
+    shared_gate: Option<Arc<dyn SharedGate>>,
 }
 
 impl Backend {
+    /// `registries` sharing this backend's registry pauses.
+    fn share_pauses(&self, registries: Registries) -> Registries {
+        match &self.shared_gate {
+            Some(g) => registries.with_shared_gate(g.clone()),
+            None => registries,
+        }
+    }
+
     /// In Redis/Valkey, shared by every process of the region.
     async fn redis(url: &str, flags: &QueueFlags) -> anyhow::Result<Backend> {
         let q = connect_queue(
@@ -337,6 +349,7 @@ impl Backend {
             history: Arc::new(RedisHistory::new(&q, flags.retention())),
             store: Arc::new(RedisPolicyStore::new(&q)),
             tag_ledger: Arc::new(RedisTagLedger::new(&q)),
+            shared_gate: Some(Arc::new(RedisGate::new(&q))),
             queue: Arc::new(q),
         })
     }
@@ -348,6 +361,7 @@ impl Backend {
             history: Arc::new(MemoryHistory::new(flags.retention())),
             store: Arc::new(MemoryPolicyStore::default()),
             tag_ledger: Arc::new(MemoryTagLedger::default()),
+            shared_gate: None,
         }
     }
 }
@@ -481,6 +495,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let registries = Registries::from_config(&config)?;
     let backend = Backend::redis(&args.redis, &args.queue).await?;
+    let registries = backend.share_pauses(registries);
     let (queue, history) = (backend.queue.clone(), backend.history.clone());
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();
@@ -556,6 +571,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => Backend::redis(url, &args.queue).await?,
         None => Backend::memory(&args.queue),
     };
+    let registries = backend.share_pauses(registries);
     let (queue, history) = (backend.queue.clone(), backend.history.clone());
     let opts = worker_options(&args.jobs);
     let mut registry = prometheus_client::registry::Registry::default();

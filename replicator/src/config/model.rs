@@ -70,6 +70,11 @@ pub struct RegistryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub poll_interval_seconds: Option<u64>,
+    /// Most requests per second this process sends to the registry (a pace between request
+    /// starts); absent = unlimited. `concurrency` bounds parallel blob transfers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001))]
+    pub requests_per_second: Option<f64>,
     /// Region whose agent receives this registry's webhooks (or polls it), and whose workers write
     /// to it in pull and bidirectional modes. Absent: every region treats it as its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1176,6 +1176,7 @@ mod tests {
             chunk_threshold: None,
             chunk_size: Some(0),
             poll_interval_seconds: None,
+            requests_per_second: None,
             region: None,
         });
         let got: Vec<String> = config.validate().into_iter().map(|p| p.path).collect();
@@ -1440,6 +1441,7 @@ mod tests {
             chunk_threshold: None,
             chunk_size: None,
             poll_interval_seconds: None,
+            requests_per_second: None,
             region: None,
         }
     }

@@ -28,6 +28,7 @@ use url::Url;
 use super::auth::{self, AuthState, Challenge, Scope, TokenResponse};
 use super::digest::{self, Digest, DigestVerifier};
 use super::error::{parse_error_body, RegistryError, Result};
+use super::gate::{self, Gate, SharedGate};
 use super::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
 use crate::config::{RegistryConfig, Secret};
 
@@ -87,6 +88,8 @@ pub struct RegistryClient {
     referrers_api: std::sync::OnceLock<bool>,
     /// The last `RateLimit-Limit`/`RateLimit-Remaining` the registry announced.
     rate_limit: std::sync::Mutex<Option<RateLimit>>,
+    /// Pauses after 429s and low quotas (shared by the region's workers) and the request rate.
+    gate: Gate,
 }
 
 /// A registry's announced request quota (Docker Hub: `RateLimit-Remaining: 76;w=21600`).
@@ -171,6 +174,7 @@ impl RegistryClient {
                 cfg.concurrency.unwrap_or(DEFAULT_TRANSFERS).max(1),
             )),
             chunk_size: cfg.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(64 * 1024),
+            gate: Gate::new(cfg.requests_per_second),
             chunk_threshold: cfg.chunk_threshold,
             referrers_api: std::sync::OnceLock::new(),
             rate_limit: std::sync::Mutex::new(None),
@@ -180,6 +184,34 @@ impl RegistryClient {
     /// The request quota the registry announced last, if it announces one.
     pub fn rate_limit(&self) -> Option<RateLimit> {
         *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shares this registry's rate-limit pauses with the other processes of the region.
+    pub fn share_gate(&self, shared: Arc<dyn SharedGate>) {
+        self.gate.share(shared);
+    }
+
+    /// When requests to this registry may resume (Unix ms; past: now).
+    pub fn paused_until_ms(&self) -> i64 {
+        self.gate.paused_until()
+    }
+
+    /// Remembers an announced quota; one nearly used up pauses the registry (everywhere) for
+    /// [`gate::LOW_QUOTA_PAUSE`] rather than running into 429s.
+    async fn note_rate_limit(&self, headers: &HeaderMap) {
+        let Some(limit) = RateLimit::from_headers(headers) else {
+            return;
+        };
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some(limit);
+        if limit.remaining <= gate::low_quota_reserve(limit.limit) {
+            let until = crate::event::now_ms() + crate::event::duration_ms(gate::LOW_QUOTA_PAUSE);
+            let reason = format!(
+                "RateLimit-Remaining is {} of {}",
+                limit.remaining,
+                limit.limit.map_or("?".to_string(), |l| l.to_string())
+            );
+            self.gate.pause(&self.name, until, &reason).await;
+        }
     }
 
     /// The registry's name in the config file.
@@ -390,6 +422,7 @@ impl RegistryClient {
         loop {
             attempt += 1;
             let authz = self.authorization(scope).await?;
+            self.gate.wait(&self.name).await;
             let mut req = self
                 .http
                 .request(method.clone(), url.clone())
@@ -417,9 +450,7 @@ impl RegistryClient {
                 Err(e) => return Err(self.transport(&url, e)),
             };
             let status = resp.status();
-            if let Some(limit) = RateLimit::from_headers(resp.headers()) {
-                *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some(limit);
-            }
+            self.note_rate_limit(resp.headers()).await;
             tracing::trace!(registry = %self.name, method = %method, url = %redact(&url), status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "registry request");
             if status == StatusCode::UNAUTHORIZED
                 && auth_retries < 2
@@ -460,7 +491,15 @@ impl RegistryClient {
                     .map(|d| d.min(MAX_RETRY_DELAY))
                     .unwrap_or_else(|| backoff(attempt));
                 tracing::info!(registry = %self.name, url = %redact(&url), status = status.as_u16(), delay_ms = d.as_millis() as u64, "registry asked us to slow down");
-                tokio::time::sleep(d).await;
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    // Every worker of the region waits too; the next attempt waits at the gate.
+                    let until = crate::event::now_ms() + crate::event::duration_ms(d);
+                    self.gate
+                        .pause(&self.name, until, "429 Too Many Requests")
+                        .await;
+                } else {
+                    tokio::time::sleep(d).await;
+                }
                 continue;
             }
             return Ok(resp);
@@ -882,7 +921,9 @@ impl RegistryClient {
         if let Some(a) = self.prepare_push(&upload.repository).await? {
             req = req.header(AUTHORIZATION, a);
         }
+        self.gate.wait(&self.name).await;
         let resp = req.send().await.map_err(|e| self.transport(&url, e))?;
+        self.note_rate_limit(resp.headers()).await;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
             return Err(self.status_error(&Method::PUT, &url, resp).await);
         }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod client;
 pub mod digest;
 pub mod error;
+pub mod gate;
 pub mod manifest;
 
 pub use client::{BlobUpload, MountOutcome, RegistryClient, RemoteDescriptor};
