@@ -1,13 +1,18 @@
-//! Registry pauses shared through the region's Redis/Valkey (see [`crate::oci::gate`]): one key
-//! per registry, `<prefix>:pause:<registry>`, holding the Unix ms the pause ends, expiring with
-//! it. A pause only grows: a Lua script keeps the later end.
+//! Limits shared by the processes of a region through its Redis/Valkey:
+//! - registry pauses (see [`crate::oci::gate`]): one key per registry, `<prefix>:pause:<registry>`,
+//!   holding the Unix ms the pause ends, expiring with it. A pause only grows: a Lua script keeps
+//!   the later end.
+//! - policy bandwidth timelines (see [`crate::throttle`]): `<prefix>:speed:<policy>` holds the
+//!   next free instant in the server's clock (µs, from `TIME`, so hosts' clocks do not matter).
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::oci::gate::SharedGate;
 use crate::queue::redis::{bounded, RedisQueue};
+use crate::throttle::SharedSpeed;
 
 /// Sets the pause end unless a later one is set; the key expires when the pause ends.
 static PAUSE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
@@ -22,6 +27,73 @@ return 1
 ",
     )
 });
+
+/// Reserves `ARGV[1]` µs on the timeline (an idle one banks at most `ARGV[2]` µs); returns the
+/// µs to wait before the reservation may be used (its end, less the burst, minus now).
+static SPEED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local nxt = tonumber(redis.call('GET', KEYS[1]) or '0')
+local start = math.max(nxt, now - burst)
+local done = start + cost
+redis.call('SET', KEYS[1], string.format('%.0f', done), 'PX', 3600000)
+local wait = done - burst - now
+if wait < 0 then wait = 0 end
+return wait
+",
+    )
+});
+
+/// [`SharedSpeed`] in Redis/Valkey.
+#[derive(Clone)]
+pub struct RedisSpeed {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisSpeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSpeed")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSpeed {
+    pub fn new(queue: &RedisQueue) -> RedisSpeed {
+        RedisSpeed {
+            con: queue.connection(),
+            prefix: queue.prefix().to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedSpeed for RedisSpeed {
+    async fn reserve(
+        &self,
+        policy: &str,
+        cost: Duration,
+        burst: Duration,
+    ) -> Result<Duration, String> {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let mut con = self.con.clone();
+        let wait: i64 = bounded(
+            SPEED_SCRIPT
+                .key(format!("{}:speed:{policy}", self.prefix))
+                .arg(micros(cost))
+                .arg(micros(burst))
+                .invoke_async(&mut con),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+    }
+}
 
 /// [`SharedGate`] in Redis/Valkey.
 #[derive(Clone)]

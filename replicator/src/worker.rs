@@ -30,7 +30,7 @@ use crate::oci::digest;
 use crate::policy::{Mode, Policy};
 use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
 use crate::sync::{reconcile_reference, PreparedPolicy, Registries, SyncError, TagOutcome};
-use crate::throttle::Throttle;
+use crate::throttle::{SharedSpeed, SharedSpeedSlot, Throttle};
 use crate::transfer::{
     BlobLeases, BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats,
 };
@@ -286,6 +286,8 @@ pub struct Worker {
     ledger: Arc<BlobLedger>,
     /// Last writes of the tags this region writes (bidirectional conflicts).
     tag_writes: Arc<dyn TagLedger>,
+    /// Where policies' `speed` timelines are shared with the region's other workers.
+    shared_speed: SharedSpeedSlot,
     opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
     metrics: WorkerMetrics,
@@ -305,7 +307,8 @@ impl Worker {
         history: Arc<dyn History>,
         opts: WorkerOptions,
     ) -> Result<Worker, SyncError> {
-        let prepared = Current::new(Policies::new(config, registries)?);
+        let shared_speed = SharedSpeedSlot::default();
+        let prepared = Current::new(Policies::new(config, registries, &shared_speed)?);
         // A dead worker's blob leases expire when its job leases do.
         let blob_leases = Arc::new(BlobLeases {
             queue: queue.clone(),
@@ -319,6 +322,7 @@ impl Worker {
             prepared,
             ledger: Arc::default(),
             tag_writes: Arc::new(MemoryTagLedger::default()),
+            shared_speed,
             opts,
             stats: Arc::default(),
             metrics: WorkerMetrics::default(),
@@ -335,7 +339,8 @@ impl Worker {
     /// Replaces the worker's policies (policies stored or changed through the admin API); jobs
     /// already running keep the policy they started with. On error the old set stays.
     pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
-        self.prepared.set(Policies::new(config, registries)?);
+        self.prepared
+            .set(Policies::new(config, registries, &self.shared_speed)?);
         Ok(())
     }
 
@@ -343,6 +348,15 @@ impl Worker {
     /// process's own, right only when one process writes the registries).
     pub fn with_tag_ledger(mut self, ledger: Arc<dyn TagLedger>) -> Self {
         self.tag_writes = ledger;
+        self
+    }
+
+    /// Holds each policy's `speed` across every worker sharing `speed` (the region's Redis) instead
+    /// of per process (`None`: per process).
+    pub fn with_shared_speed(self, speed: Option<Arc<dyn SharedSpeed>>) -> Self {
+        if let Some(speed) = speed {
+            let _ = self.shared_speed.set(speed);
+        }
         self
     }
 
@@ -1091,7 +1105,11 @@ struct Policies {
 }
 
 impl Policies {
-    fn new(config: &Config, registries: &Registries) -> Result<Policies, SyncError> {
+    fn new(
+        config: &Config,
+        registries: &Registries,
+        speed: &SharedSpeedSlot,
+    ) -> Result<Policies, SyncError> {
         let mut by_name = HashMap::new();
         let mut reversed = HashMap::new();
         let mut throttles = HashMap::new();
@@ -1107,7 +1125,10 @@ impl Policies {
                 );
             }
             if let Some(t) = Throttle::from_kib_per_sec(p.speed) {
-                throttles.insert(p.name.clone(), Arc::new(t));
+                throttles.insert(
+                    p.name.clone(),
+                    Arc::new(t.shared_as(&p.name, speed.clone())),
+                );
             }
         }
         Ok(Policies {

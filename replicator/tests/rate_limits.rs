@@ -133,3 +133,50 @@ async fn pauses_are_shared_and_only_grow_in_redis_and_valkey() {
         assert_eq!(gate.paused_until("soon").await.unwrap(), 0, "{binary}");
     }
 }
+
+/// Two processes' throttles of one policy sharing a timeline in Redis: together they hold the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_of_a_policy_share_its_speed() {
+    use ferry_replicator::pauses::RedisSpeed;
+    use ferry_replicator::throttle::{SharedSpeed, SharedSpeedSlot, Throttle};
+    use tokio_util::sync::CancellationToken;
+    for binary in ["redis-server", "valkey-server"] {
+        let redis = RedisServer::start_binary(binary, false).await.unwrap();
+        let queue = RedisQueue::connect(&redis.url(), "sp", RetryPolicy::default())
+            .await
+            .unwrap();
+        let store: Arc<dyn SharedSpeed> = Arc::new(RedisSpeed::new(&queue));
+        let worker = || {
+            let slot = SharedSpeedSlot::default();
+            slot.set(store.clone()).unwrap();
+            Arc::new(
+                Throttle::from_kib_per_sec(512)
+                    .unwrap()
+                    .shared_as("p", slot),
+            )
+        };
+        let (one, two) = (worker(), worker());
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let mut runs = Vec::new();
+        for t in [one, two] {
+            let cancel = cancel.clone();
+            runs.push(tokio::spawn(async move {
+                // 512 KiB each, in 16 KiB chunks: 1 MiB in all at 512 KiB/s.
+                for _ in 0..32 {
+                    assert!(t.consume(16 * 1024, &cancel).await);
+                }
+            }));
+        }
+        for r in runs {
+            r.await.unwrap();
+        }
+        let took = started.elapsed();
+        eprintln!("{binary}: 1 MiB through two throttles sharing 512 KiB/s took {took:?}");
+        // Two seconds, less the burst allowance and the grant still in hand at the end.
+        assert!(
+            took >= Duration::from_millis(1500) && took <= Duration::from_millis(2500),
+            "{binary}: {took:?}"
+        );
+    }
+}

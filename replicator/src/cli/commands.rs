@@ -16,7 +16,7 @@ use ferry_replicator::ingest::metrics::IngestMetrics;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::{EventSink, IngestState};
 use ferry_replicator::oci::gate::SharedGate;
-use ferry_replicator::pauses::RedisGate;
+use ferry_replicator::pauses::{RedisGate, RedisSpeed};
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
@@ -25,6 +25,7 @@ use ferry_replicator::schedule::{ScheduleMetrics, Scheduler};
 use ferry_replicator::sync::{
     sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
 };
+use ferry_replicator::throttle::SharedSpeed;
 use ferry_replicator::worker::{Worker, WorkerMetrics, WorkerOptions};
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
@@ -325,6 +326,8 @@ struct Backend {
     tag_ledger: Arc<dyn TagLedger>,
     /// Registry pauses (429s, low quotas) shared by the region's processes; `None` in process.
     shared_gate: Option<Arc<dyn SharedGate>>,
+    /// Policies' bandwidth timelines shared by the region's workers; `None` in process.
+    shared_speed: Option<Arc<dyn SharedSpeed>>,
 }
 
 impl Backend {
@@ -350,6 +353,7 @@ impl Backend {
             store: Arc::new(RedisPolicyStore::new(&q)),
             tag_ledger: Arc::new(RedisTagLedger::new(&q)),
             shared_gate: Some(Arc::new(RedisGate::new(&q))),
+            shared_speed: Some(Arc::new(RedisSpeed::new(&q))),
             queue: Arc::new(q),
         })
     }
@@ -362,6 +366,7 @@ impl Backend {
             store: Arc::new(MemoryPolicyStore::default()),
             tag_ledger: Arc::new(MemoryTagLedger::default()),
             shared_gate: None,
+            shared_speed: None,
         }
     }
 }
@@ -517,7 +522,8 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             opts.clone(),
         )?
         .with_metrics(worker_metrics)
-        .with_tag_ledger(backend.tag_ledger.clone()),
+        .with_tag_ledger(backend.tag_ledger.clone())
+        .with_shared_speed(backend.shared_speed.clone()),
     );
 
     let shutdown = CancellationToken::new();
@@ -594,7 +600,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             opts.clone(),
         )?
         .with_metrics(worker_metrics)
-        .with_tag_ledger(backend.tag_ledger.clone()),
+        .with_tag_ledger(backend.tag_ledger.clone())
+        .with_shared_speed(backend.shared_speed.clone()),
     );
     let reconciler = (args.reconcile_interval > 0)
         .then(|| {
