@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, Credential, Secret};
 use crate::oci::digest::Digest;
-use crate::oci::{RegistryClient, RegistryError};
+use crate::oci::{ManifestGraph, RegistryClient, RegistryError};
 use crate::policy::{rewrite_repository, Policy, Selector};
 use crate::throttle::Throttle;
 use crate::transfer::{
@@ -264,6 +264,23 @@ pub async fn list_source(
     Ok(out)
 }
 
+/// Explains a destination's `MANIFEST_BLOB_UNKNOWN` for an index whose children a platform filter
+/// thinned out: the registry requires every child (distribution 2.x does).
+fn refused_sparse_index(e: TransferError, sparse: bool, registry: &str) -> TransferError {
+    let refused = matches!(
+        &e,
+        TransferError::Registry(RegistryError::Status { status: 400, errors, .. })
+            if errors.iter().any(|x| x.code == "MANIFEST_BLOB_UNKNOWN")
+    );
+    if sparse && refused {
+        TransferError::Policy(format!(
+            "registry {registry} refuses a sparse index (the platform filter left children out; it wants every child present): {e}. Remove the platform filter for this destination, or use a registry that accepts sparse indexes"
+        ))
+    } else {
+        e
+    }
+}
+
 /// A policy compiled for running: its selector and destination names.
 pub struct PreparedPolicy {
     pub policy: Policy,
@@ -488,7 +505,11 @@ async fn copy_tag(
                 });
             }
             transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
-            transfer::push_manifest(ctx, dst_repo, tag, &manifest).await?;
+            let sparse = matches!(graph, ManifestGraph::Index { .. })
+                && prepared.selector.has_platform_filter();
+            transfer::push_manifest(ctx, dst_repo, tag, &manifest)
+                .await
+                .map_err(|e| refused_sparse_index(e, sparse, ctx.dst.name()))?;
             verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
             TagOutcome::Copied {
                 digest: manifest.digest.to_string(),

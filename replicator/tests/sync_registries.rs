@@ -2,7 +2,9 @@
 mod common;
 
 use common::*;
-use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
+use ferry_testkit::{
+    sha256_digest, skopeo, Behavior, FakeRegistry, LayerSpec, LayoutBuilder, Registry,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,4 +329,82 @@ async fn tls_registry_with_a_custom_ca() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(report["tags"][0]["digest"], img.digest);
     assert_eq!(raw_digest(&dst.host(), "secure/app:v1").await, img.digest);
+}
+
+/// With a platform filter only the matching children are copied and the index keeps its digest.
+/// A registry that accepts such a sparse index (the fake) gets it; distribution 2.8 refuses it
+/// (`MANIFEST_BLOB_UNKNOWN`), which Ferry reports as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_filter_copies_only_matching_children_and_keeps_the_index_digest() {
+    let (src, dst, dir) = two_registries().await;
+    let corpus = build_corpus(&dir.path().join("layout"));
+    let (r, repo, tag, index_digest) = corpus
+        .refs
+        .iter()
+        .find(|(r, ..)| r == "multi")
+        .cloned()
+        .unwrap();
+    skopeo::push_layout(&corpus.layout, &r, &src.host(), &format!("{repo}:{tag}"))
+        .await
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(
+        &skopeo::inspect_raw(&src.host(), &format!("{repo}:{tag}"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let children: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["architecture"].as_str().unwrap().to_string(),
+                m["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let filter = json!({"filters": [{"type": "platform", "value": "linux/amd64"}]});
+    let present = |url: String| {
+        let (repo, children) = (repo.clone(), children.clone());
+        async move {
+            let mut present = Vec::new();
+            for (arch, digest) in &children {
+                present.push((arch.clone(), manifest_status(&url, &repo, digest).await));
+            }
+            present.sort();
+            present
+        }
+    };
+    let only_amd64 = vec![("amd64".to_string(), 200), ("arm64".to_string(), 404)];
+
+    // A destination that accepts sparse indexes.
+    let sparse = FakeRegistry::start(Behavior {
+        accept_sparse_indexes: true,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let cfg = write_config(dir.path(), &src.url(), &sparse.url(), filter.clone());
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&report, "copied"), 1, "{report:#}");
+    let (_, bytes) = sparse
+        .manifest(&repo, &tag)
+        .expect("the index on the destination");
+    assert_eq!(
+        sha256_digest(&bytes),
+        index_digest,
+        "the index keeps its digest"
+    );
+    assert_eq!(present(sparse.url()).await, only_amd64);
+
+    // distribution 2.8 wants every child: a clear failure, the tag is not created.
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), filter);
+    let (out, report) = sync(&cfg).await;
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let error = report["tags"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("refuses a sparse index"), "{report:#}");
+    assert_eq!(present(dst.url()).await, only_amd64);
+    assert_eq!(manifest_status(&dst.url(), &repo, &tag).await, 404);
 }

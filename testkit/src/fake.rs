@@ -81,6 +81,9 @@ pub struct Behavior {
     /// Announce a request quota on every `/v2/` answer, Docker Hub style:
     /// `RateLimit-Limit: <limit>;w=21600` and `RateLimit-Remaining: <remaining>;w=21600`.
     pub rate_limit: Option<(u64, u64)>,
+    /// Accept an index whose child manifests are not in the repository (a "sparse index"), as
+    /// some registries do; by default children must exist, as on distribution 2.8.
+    pub accept_sparse_indexes: bool,
 }
 
 /// A running fake registry on a free loopback port. Dropping it shuts the
@@ -777,7 +780,9 @@ fn put_manifest(
         .flatten()
         .filter_map(|m| m["digest"].as_str())
     {
-        if !repo.is_some_and(|r| r.manifests.contains_key(d)) {
+        if !inner.behavior.accept_sparse_indexes
+            && !repo.is_some_and(|r| r.manifests.contains_key(d))
+        {
             return oci_error(
                 StatusCode::BAD_REQUEST,
                 "MANIFEST_BLOB_UNKNOWN",
