@@ -191,12 +191,15 @@ pub struct TransferContext {
 }
 
 /// The upload checkpoints of the job a transfer runs for ([`UploadCheckpoint`], one per
-/// `(destination, digest)`): loaded when the job starts, saved after every chunk a destination
-/// confirmed, cleared once the blob is complete. Without a queue (one-shot syncs) they live in this
-/// process only, which still lets an in-process retry continue an upload. Queue trouble never fails
-/// a transfer (it only costs resumability), except that a lost lease stops it.
+/// `(destination, digest)`): read from the queue the first time a blob of the job needs them (so
+/// jobs that upload nothing cost no query), saved after every chunk a destination confirmed,
+/// cleared once the blob is complete. Without a queue (one-shot syncs) they live in this process
+/// only, which still lets an in-process retry continue an upload. Queue trouble never fails a
+/// transfer (it only costs resumability), except that a lost lease stops it.
 pub struct Checkpoints {
     store: Option<CheckpointStore>,
+    /// Set once the job's stored checkpoints were read into `known`.
+    loaded: tokio::sync::OnceCell<()>,
     known: Mutex<HashMap<(String, String), UploadCheckpoint>>,
     /// Keys of `known` written by an earlier run of the job, whose bytes this process did not
     /// count as sent (until the first resume from them).
@@ -216,42 +219,58 @@ impl Checkpoints {
     pub fn local() -> Checkpoints {
         Checkpoints {
             store: None,
+            loaded: tokio::sync::OnceCell::new(),
             known: Mutex::default(),
             inherited: Mutex::default(),
         }
     }
 
-    /// The checkpoints stored on `lease`'s job, written back there as the job progresses. A queue
-    /// that cannot answer costs only fresh uploads (logged).
-    pub async fn load(
+    /// The checkpoints stored on `lease`'s job, written back there as the job progresses (no I/O
+    /// until a blob needs them).
+    pub fn for_lease(
         queue: Arc<dyn JobQueue>,
         lease: Lease,
         lease_lost: CancellationToken,
     ) -> Checkpoints {
-        let stored = match queue.checkpoints(&lease.job.id).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the job's upload checkpoints; interrupted uploads start over");
-                Vec::new()
-            }
-        };
-        let known: HashMap<_, _> = stored
-            .into_iter()
-            .map(|c| ((c.destination.clone(), c.digest.clone()), c))
-            .collect();
         Checkpoints {
             store: Some(CheckpointStore {
                 queue,
                 lease,
                 lease_lost,
             }),
-            inherited: Mutex::new(known.keys().cloned().collect()),
-            known: Mutex::new(known),
+            ..Checkpoints::local()
         }
     }
 
+    /// Reads the job's stored checkpoints, once. A queue that cannot answer costs only fresh
+    /// uploads (logged).
+    async fn load(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        self.loaded
+            .get_or_init(|| async {
+                let stored = match store.queue.checkpoints(&store.lease.job.id).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the job's upload checkpoints; interrupted uploads start over");
+                        Vec::new()
+                    }
+                };
+                let mut known = self.known.lock().expect("checkpoints lock");
+                let mut inherited = self.inherited.lock().expect("checkpoints lock");
+                for c in stored {
+                    let key = (c.destination.clone(), c.digest.clone());
+                    inherited.insert(key.clone());
+                    known.insert(key, c);
+                }
+            })
+            .await;
+    }
+
     /// The checkpoint of `digest`'s upload to `destination`, if any.
-    pub fn get(&self, destination: &str, digest: &str) -> Option<UploadCheckpoint> {
+    pub async fn get(&self, destination: &str, digest: &str) -> Option<UploadCheckpoint> {
+        self.load().await;
         self.known
             .lock()
             .expect("checkpoints lock")
@@ -278,6 +297,7 @@ impl Checkpoints {
     /// Records `checkpoint` (replacing the previous one of its blob). `Err(LeaseLost)` when the
     /// job belongs to another worker now: the upload must stop.
     async fn save(&self, checkpoint: UploadCheckpoint) -> Result<()> {
+        self.load().await;
         self.known.lock().expect("checkpoints lock").insert(
             (checkpoint.destination.clone(), checkpoint.digest.clone()),
             checkpoint.clone(),
@@ -303,6 +323,7 @@ impl Checkpoints {
 
     /// Forgets the checkpoint of `digest`'s upload to `destination` (no-op when there is none).
     async fn clear(&self, destination: &str, digest: &str) {
+        self.load().await;
         self.take_inherited(destination, digest);
         let had = self
             .known
@@ -543,7 +564,7 @@ pub async fn copy_blob(
 /// The blob reached the destination another way (it was there, or mounted): an interrupted upload
 /// of it the job had checkpointed is moot, so its session is cancelled and the checkpoint dropped.
 async fn drop_stale_upload(ctx: &TransferContext, digest: &Digest) {
-    let Some(cp) = ctx.checkpoints.get(ctx.dst.name(), digest.as_ref()) else {
+    let Some(cp) = ctx.checkpoints.get(ctx.dst.name(), digest.as_ref()).await else {
         return;
     };
     if let Ok(location) = Url::parse(&cp.location) {
@@ -792,7 +813,7 @@ async fn stream_chunked(
     match &result {
         Ok(()) => ctx.checkpoints.clear(dst, digest.as_ref()).await,
         Err(_) if ctx.checkpoints.lease_lost() => {}
-        Err(e) if e.is_retryable() && ctx.checkpoints.get(dst, digest.as_ref()).is_some() => {
+        Err(e) if e.is_retryable() && ctx.checkpoints.get(dst, digest.as_ref()).await.is_some() => {
             tracing::info!(registry = dst, repository = dst_repo, %digest, offset = upload.offset, error = %e, "upload interrupted; its session is kept for the next attempt to continue");
         }
         Err(_) => {
@@ -850,7 +871,7 @@ async fn resume_point(
 ) -> Result<Option<(BlobUpload, DigestVerifier)>> {
     let digest = desc.digest();
     let dst = ctx.dst.name();
-    let Some(cp) = ctx.checkpoints.get(dst, digest.as_ref()) else {
+    let Some(cp) = ctx.checkpoints.get(dst, digest.as_ref()).await else {
         return Ok(None);
     };
     let local = (|| {

@@ -490,9 +490,11 @@ impl Worker {
             );
             let live: Arc<LiveTask> = Arc::default();
             // Where this job's chunked uploads stood when it last ran (on any worker).
-            let checkpoints = Arc::new(
-                Checkpoints::load(self.queue.clone(), lease.clone(), lease_lost.clone()).await,
-            );
+            let checkpoints = Arc::new(Checkpoints::for_lease(
+                self.queue.clone(),
+                lease.clone(),
+                lease_lost.clone(),
+            ));
             let work = {
                 let (me, job, cancel, live) = (self.clone(), lease.job.clone(), job_cancel.clone(), live.clone());
                 async move { me.execute_recorded(&job, &cancel, &live, checkpoints).await }
