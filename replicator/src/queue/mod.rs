@@ -246,7 +246,8 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
 
     /// The job failed: reschedule with backoff (`retryable` and attempts left) or dead-letter it.
-    /// `job` carries updated checkpoint fields (e.g. an upload offset) to keep for the next attempt.
+    /// A rescheduled job keeps its upload checkpoints ([`JobQueue::checkpoint`]) for the next
+    /// attempt; a dead-lettered one loses them.
     async fn fail(
         &self,
         lease: &Lease,
