@@ -19,7 +19,8 @@
 //! - [`mesh`]: several regions, each with its own Redis, coordinating over gRPC through fault
 //!   proxies.
 //! - [`oci`]: independent registry checks (manifest `HEAD`/`DELETE` over plain HTTP, skopeo digests),
-//!   counting uploads in a registry's access log, uploads in progress on its disk, fixture images.
+//!   counting uploads in a registry's access log and the bytes its upload requests carried (read
+//!   from distribution's signed session state), uploads in progress on its disk, fixture images.
 //! - [`webhook`]: notification bodies shaped exactly like distribution 2.8's, a client for the
 //!   agent's webhook, and a raw HTTP/1.1 client for bodies over the agent's size limit.
 //! - [`metrics`]: reading one value out of a Prometheus/OpenMetrics text page.

@@ -1,12 +1,13 @@
 //! Independent checks of what the registries hold, never through Ferry's own client: manifest
 //! `HEAD`/`DELETE` over plain HTTP, manifest digests hashed from skopeo's raw bytes, upload counts
-//! from a registry's access log, uploads in progress from its storage directory; plus fixture
-//! images.
+//! and the byte ranges of upload requests from a registry's access log, uploads in progress from
+//! its storage directory; plus fixture images.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use ferry_testkit::{skopeo, Blob, LayerSpec, LayoutBuilder};
 
 /// Every manifest media type, so a `HEAD` returns the digest of the stored bytes whatever they are.
@@ -100,6 +101,89 @@ pub fn manifest_puts(log: &str, repo: &str, reference: &str) -> usize {
     log.lines().filter(|l| l.contains(&request)).count()
 }
 
+/// One request on an upload session, from a distribution access-log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRequest {
+    pub method: String,
+    /// The session's UUID.
+    pub uuid: String,
+    pub status: u16,
+    /// The upload offset the request's `_state` token carries: where a `PATCH` starts, the bytes a
+    /// `GET`/`PUT`/`DELETE` finds.
+    pub offset: u64,
+    /// The `digest` query parameter (completing `PUT`s), URL-decoded.
+    pub digest: Option<String>,
+}
+
+/// The upload offset in distribution's `_state` token: URL-escaped base64url of a 32-byte HMAC
+/// followed by `{"Name":…,"UUID":…,"Offset":N,"StartedAt":…}`. `None` when it is not one.
+pub fn upload_state_offset(state: &str) -> Option<u64> {
+    let unescaped = state.replace("%3D", "=").replace("%3d", "=");
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(unescaped.as_bytes())
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(raw.get(32..)?).ok()?;
+    json["Offset"].as_u64()
+}
+
+/// Every request on an upload session (`/v2/<repo>/blobs/uploads/<uuid>?_state=…`) in a
+/// distribution access log (`log.level: info`), in log order.
+pub fn upload_requests(log: &str) -> Vec<UploadRequest> {
+    log.lines()
+        .filter_map(|line| {
+            // `… "PATCH /v2/r/blobs/uploads/<uuid>?_state=…&digest=… HTTP/1.1" 202 0 "" "ua"`
+            let (_, request) = line.split_once('"')?;
+            let (request, rest) = request.split_once('"')?;
+            let mut words = request.split_whitespace();
+            let (method, target) = (words.next()?, words.next()?);
+            let status = rest.split_whitespace().next()?.parse().ok()?;
+            let (path, query) = target.split_once('?')?;
+            let (_, uuid) = path.split_once("/blobs/uploads/")?;
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            };
+            Some(UploadRequest {
+                method: method.to_string(),
+                uuid: uuid.to_string(),
+                status,
+                offset: upload_state_offset(param("_state")?)?,
+                digest: param("digest").map(|d| d.replace("%3A", ":").replace("%3a", ":")),
+            })
+        })
+        .collect()
+}
+
+/// What a series of upload requests sent, by byte range of the blob.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkBytes {
+    /// Bytes of accepted `PATCH`es.
+    pub sent: u64,
+    /// Of those, bytes below `before` (bytes a destination had received already).
+    pub below: u64,
+}
+
+/// The bytes the accepted (2xx) `PATCH`es of `requests` carried, and how many of them lie below
+/// offset `before`. A `PATCH` spans from its own offset to the offset of the session's next
+/// request (the state after it); one with no later request counts up to `size`.
+pub fn chunk_bytes(requests: &[UploadRequest], before: u64, size: u64) -> ChunkBytes {
+    let mut out = ChunkBytes::default();
+    for (i, r) in requests.iter().enumerate() {
+        if r.method != "PATCH" || !(200..300).contains(&r.status) {
+            continue;
+        }
+        let end = requests[i + 1..]
+            .iter()
+            .find(|n| n.uuid == r.uuid)
+            .map_or(size, |n| n.offset)
+            .max(r.offset);
+        out.sent += end - r.offset;
+        out.below += end.min(before).saturating_sub(r.offset);
+    }
+    out
+}
+
 /// An upload in progress in a distribution storage root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadInProgress {
@@ -172,4 +256,99 @@ pub fn image(dir: &Path, layers: &[LayerSpec]) -> anyhow::Result<Image> {
         manifest,
         layers: layer_blobs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines written by Debian's docker-registry 2.8.2 (chunks of 1 MiB; the second `PATCH` was
+    /// cut off by its client).
+    const LOG: &str = r#"127.0.0.1 - - [23/Nov/2026:16:00:12 +0000] "POST /v2/t/blobs/uploads/ HTTP/1.1" 202 0 "" "curl/7.88.1"
+127.0.0.1 - - [23/Nov/2026:16:00:12 +0000] "PATCH /v2/t/blobs/uploads/1ee7e6a6-ae16-4ca6-b9d2-acfecbbea7f0?_state=OUFz4zvEmRrivId5SvsvX_JKzLJf69Dcfz9uFPuSX117Ik5hbWUiOiJ0IiwiVVVJRCI6IjFlZTdlNmE2LWFlMTYtNGNhNi1iOWQyLWFjZmVjYmJlYTdmMCIsIk9mZnNldCI6MCwiU3RhcnRlZEF0IjoiMjAyNi0xMS0yM1QxNjowMDoxMi41MTI0NzI4MjFaIn0%3D HTTP/1.1" 202 0 "" "curl/7.88.1"
+time="2026-11-23T16:00:12.561614446Z" level=info msg="response completed" http.request.method=PATCH
+127.0.0.1 - - [23/Nov/2026:16:00:12 +0000] "GET /v2/t/blobs/uploads/1ee7e6a6-ae16-4ca6-b9d2-acfecbbea7f0?_state=BsQKogoTz9Awgw-Ayew9wWTd7fQQfOAHoo4BEOPJ55x7Ik5hbWUiOiJ0IiwiVVVJRCI6IjFlZTdlNmE2LWFlMTYtNGNhNi1iOWQyLWFjZmVjYmJlYTdmMCIsIk9mZnNldCI6MTA0ODU3NiwiU3RhcnRlZEF0IjoiMjAyNi0xMS0yM1QxNjowMDoxMloifQ%3D%3D HTTP/1.1" 204 0 "" "curl/7.88.1"
+127.0.0.1 - - [23/Nov/2026:16:00:15 +0000] "PATCH /v2/t/blobs/uploads/1ee7e6a6-ae16-4ca6-b9d2-acfecbbea7f0?_state=BsQKogoTz9Awgw-Ayew9wWTd7fQQfOAHoo4BEOPJ55x7Ik5hbWUiOiJ0IiwiVVVJRCI6IjFlZTdlNmE2LWFlMTYtNGNhNi1iOWQyLWFjZmVjYmJlYTdmMCIsIk9mZnNldCI6MTA0ODU3NiwiU3RhcnRlZEF0IjoiMjAyNi0xMS0yM1QxNjowMDoxMloifQ%3D%3D HTTP/1.1" 500 89 "" ""
+127.0.0.1 - - [23/Nov/2026:16:00:16 +0000] "GET /v2/t/blobs/uploads/1ee7e6a6-ae16-4ca6-b9d2-acfecbbea7f0?_state=BsQKogoTz9Awgw-Ayew9wWTd7fQQfOAHoo4BEOPJ55x7Ik5hbWUiOiJ0IiwiVVVJRCI6IjFlZTdlNmE2LWFlMTYtNGNhNi1iOWQyLWFjZmVjYmJlYTdmMCIsIk9mZnNldCI6MTA0ODU3NiwiU3RhcnRlZEF0IjoiMjAyNi0xMS0yM1QxNjowMDoxMloifQ%3D%3D HTTP/1.1" 404 76 "" "curl/7.88.1""#;
+
+    const UUID: &str = "1ee7e6a6-ae16-4ca6-b9d2-acfecbbea7f0";
+
+    #[test]
+    fn reads_offsets_from_distribution_upload_states() {
+        let got = upload_requests(LOG);
+        let summary: Vec<(&str, u16, u64)> = got
+            .iter()
+            .map(|r| (r.method.as_str(), r.status, r.offset))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("PATCH", 202, 0),
+                ("GET", 204, 1_048_576),
+                ("PATCH", 500, 1_048_576),
+                ("GET", 404, 1_048_576)
+            ]
+        );
+        assert!(got.iter().all(|r| r.uuid == UUID && r.digest.is_none()));
+        assert_eq!(upload_state_offset("not-base64!"), None);
+        assert_eq!(upload_state_offset("QUJD"), None, "too short for an HMAC");
+    }
+
+    fn request(method: &str, uuid: &str, status: u16, offset: u64) -> UploadRequest {
+        UploadRequest {
+            method: method.into(),
+            uuid: uuid.into(),
+            status,
+            offset,
+            digest: None,
+        }
+    }
+
+    #[test]
+    fn counts_accepted_chunk_bytes_and_those_sent_before() {
+        // The rejected PATCH carried nothing the registry kept.
+        assert_eq!(
+            chunk_bytes(&upload_requests(LOG), 1_048_576, 3_000_000),
+            ChunkBytes {
+                sent: 1_048_576,
+                below: 1_048_576
+            }
+        );
+        // Resumed at 160 of 200: nothing below 160 again.
+        let resumed = [
+            request("GET", "u1", 204, 160),
+            request("PATCH", "u1", 202, 160),
+            request("PATCH", "u1", 202, 176),
+            request("PATCH", "u1", 202, 192),
+            request("PUT", "u1", 201, 200),
+        ];
+        assert_eq!(
+            chunk_bytes(&resumed, 160, 200),
+            ChunkBytes { sent: 40, below: 0 }
+        );
+        // Started over in a new session: everything below 160 again (other sessions interleave).
+        let restarted = [
+            request("PATCH", "u2", 202, 0),
+            request("PATCH", "other", 202, 0),
+            request("PATCH", "u2", 202, 100),
+            request("PUT", "u2", 201, 200),
+            request("PUT", "other", 201, 7),
+        ];
+        assert_eq!(
+            chunk_bytes(&restarted, 160, 200),
+            ChunkBytes {
+                sent: 207,
+                below: 167
+            }
+        );
+        // A last PATCH without a follower counts to the end.
+        let open = [request("PATCH", "u3", 202, 150)];
+        assert_eq!(
+            chunk_bytes(&open, 160, 200),
+            ChunkBytes {
+                sent: 50,
+                below: 10
+            }
+        );
+    }
 }

@@ -239,15 +239,30 @@ impl Daemon {
 
     /// Sends SIGTERM (a graceful stop request) without waiting.
     pub async fn sigterm(&self) -> anyhow::Result<()> {
+        self.signal("TERM").await
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its connections but sends nothing more.
+    pub async fn sigstop(&self) -> anyhow::Result<()> {
+        self.signal("STOP").await
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub async fn sigcont(&self) -> anyhow::Result<()> {
+        self.signal("CONT").await
+    }
+
+    /// `kill -<name> <pid>`.
+    async fn signal(&self, name: &str) -> anyhow::Result<()> {
         let pid = self
             .pid()
             .with_context(|| format!("{} has already exited", self.name))?;
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([format!("-{name}"), pid.to_string()])
             .status()
             .await
-            .context("running kill -TERM")?;
-        anyhow::ensure!(status.success(), "kill -TERM {pid} failed ({status})");
+            .with_context(|| format!("running kill -{name}"))?;
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed ({status})");
         Ok(())
     }
 

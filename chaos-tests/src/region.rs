@@ -38,6 +38,8 @@ pub struct RegionOptions {
     pub dest_log_level: &'static str,
     /// Fields merged into the policy (`filters`, `speed`, `override`, …), overriding the defaults.
     pub policy: Map<String, Value>,
+    /// Fields merged into registry `b`'s config entry (`chunk_size`, …).
+    pub dest_registry: Map<String, Value>,
     /// Extra `ferry-agent` flags; replaces the default `--reconcile-interval 0`.
     pub agent_args: Vec<String>,
     /// The agent polls registry `a`'s tags every so many seconds (`poll_interval_seconds`).
@@ -51,6 +53,7 @@ impl Default for RegionOptions {
             source_log_level: "error",
             dest_log_level: "error",
             policy: Map::new(),
+            dest_registry: Map::new(),
             agent_args: vec!["--reconcile-interval".into(), "0".into()],
             poll_source_seconds: None,
         }
@@ -71,6 +74,12 @@ impl RegionOptions {
     /// Sets any policy field.
     pub fn policy_field(mut self, key: &str, value: Value) -> Self {
         self.policy.insert(key.to_string(), value);
+        self
+    }
+
+    /// Sets a field of registry `b`'s config entry.
+    pub fn dest_registry_field(mut self, key: &str, value: Value) -> Self {
+        self.dest_registry.insert(key.to_string(), value);
         self
     }
 
@@ -176,6 +185,7 @@ impl Region {
             &a.url(),
             &b.url(),
             &opts.policy,
+            &opts.dest_registry,
             opts.poll_source_seconds,
         )?;
         let token_file = dir.path().join("webhook-token");
@@ -382,12 +392,14 @@ impl Drop for Region {
     }
 }
 
-/// Writes the region's config: registries `a` and `b` (plain HTTP) and policy [`POLICY`].
+/// Writes the region's config: registries `a` and `b` (plain HTTP; `b` with `b_extra` merged in)
+/// and policy [`POLICY`].
 pub fn write_config(
     path: &Path,
     a_url: &str,
     b_url: &str,
     policy_extra: &Map<String, Value>,
+    b_extra: &Map<String, Value>,
     poll_a_seconds: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut policy = json!({
@@ -407,8 +419,12 @@ pub fn write_config(
     if let Some(seconds) = poll_a_seconds {
         a["poll_interval_seconds"] = json!(seconds);
     }
+    let mut b = json!({"name": "b", "url": b_url, "insecure": true});
+    if let Some(entry) = b.as_object_mut() {
+        entry.extend(b_extra.clone());
+    }
     let config = json!({
-        "registries": [a, {"name": "b", "url": b_url, "insecure": true}],
+        "registries": [a, b],
         "policies": [policy],
     });
     std::fs::write(path, serde_json::to_vec_pretty(&config)?)

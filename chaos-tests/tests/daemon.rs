@@ -943,6 +943,10 @@ async fn shared_blob_scenario(region: &Region) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Chunk size of registry `b` in the resume scenario (Ferry's default, stated explicitly: the
+/// scenario reasons about chunk boundaries).
+const RESUME_CHUNK: u64 = 16 * MIB;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_hold_the_policy_speed_together() {
     let region = Region::start(RegionOptions::default().speed(2048))
@@ -1000,17 +1004,73 @@ async fn shared_speed_scenario(region: &Region) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not built yet (issue 5, item 10): chunked uploads are not checkpointed on the job, so a crash restarts them from 0"]
 async fn a_chunked_upload_resumes_where_a_killed_worker_left_it() {
     let region = Region::start(
         RegionOptions::default()
             .speed(51_200)
             .policy_field("copy_by_chunk", json!(true))
+            .dest_registry_field("chunk_size", json!(RESUME_CHUNK))
             .dest_log_level("info"),
     )
     .await
     .expect("starting the region");
     check(resume_scenario(&region).await);
+}
+
+/// Kills `worker` (SIGKILL) once the upload it streams into `storage` holds at least `at_least`
+/// bytes, at a moment no chunk is on the wire; returns the interrupted upload.
+///
+/// Why between chunks: distribution 2.8 signs the upload offset into each session URL and refuses
+/// a session whose data file no longer matches it (404 `BLOB_UPLOAD_INVALID`). A worker killed
+/// while a `PATCH` body is half sent leaves exactly that, so no client can continue such a session
+/// on distribution; Ferry then starts over (`resume_uploads.rs` tests that path). A chunk is sent
+/// from memory in a few tens of ms, while reading the next one from the throttled source takes
+/// ~320 ms: the worker is killed in such a pause — after the upload stopped growing for a while,
+/// frozen (SIGSTOP), checked still unchanged, then killed; if a chunk had started meanwhile, it
+/// is let go (SIGCONT) and the next pause is used.
+async fn kill_between_chunks(
+    worker: &mut ferry_chaos_tests::Daemon,
+    storage: &std::path::Path,
+    at_least: u64,
+) -> anyhow::Result<oci::UploadInProgress> {
+    const QUIET: Duration = Duration::from_millis(150);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Wait for the upload to pass `at_least` and then not change for QUIET.
+        let mut last = (0, Instant::now());
+        let quiet = loop {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the upload on b never paused past {} MiB (now {} MiB)",
+                at_least / MIB,
+                last.0 / MIB
+            );
+            let size = oci::largest_upload_in_progress(storage);
+            if size != last.0 {
+                last = (size, Instant::now());
+            } else if size >= at_least && last.1.elapsed() >= QUIET {
+                break size;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        worker.sigstop().await?;
+        // Whatever was in flight lands in the registry's data file meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let upload = oci::uploads_in_progress(storage)
+            .into_iter()
+            .next()
+            .context("no upload in progress on b")?;
+        if upload.bytes == quiet {
+            worker.sigkill().await?;
+            return Ok(upload);
+        }
+        eprintln!(
+            "a chunk started as the worker was frozen ({} -> {} MiB); waiting for the next pause",
+            quiet / MIB,
+            upload.bytes / MIB
+        );
+        worker.sigcont().await?;
+    }
 }
 
 async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
@@ -1020,13 +1080,11 @@ async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
     };
     let dir = fixtures();
     let (a, b) = (region.a.host(), region.b.host());
+    let size = 200 * MIB;
     let big = oci::image(
         dir.path(),
         &[
-            LayerSpec {
-                seed: 8001,
-                size: 200 * MIB,
-            },
+            LayerSpec { seed: 8001, size },
             LayerSpec {
                 seed: 8002,
                 size: 64 * KIB,
@@ -1037,27 +1095,24 @@ async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
     let mut first = region.start_worker(spec.clone()).await?;
     skopeo::push_layout(&big.layout, "img", &a, "chaos/resume:v1").await?;
     let storage = region.b.data_dir().to_path_buf();
-    wait_for(
-        "worker-1's chunked upload to pass 64 MiB on b",
-        Duration::from_secs(60),
-        || {
-            let size = oci::largest_upload_in_progress(&storage);
-            async move { size >= 64 * MIB }
-        },
-    )
-    .await?;
-    first.sigkill().await?;
-    let interrupted = oci::uploads_in_progress(&storage)
-        .into_iter()
-        .next()
-        .context("no upload in progress on b after the kill")?;
+    // 80% of the layer, a chunk boundary.
+    let interrupted = kill_between_chunks(&mut first, &storage, size * 4 / 5).await?;
+    let killed_at = Instant::now();
+    anyhow::ensure!(
+        interrupted.bytes % RESUME_CHUNK == 0,
+        "the worker was killed mid-chunk: the upload holds {} bytes",
+        interrupted.bytes
+    );
+    let log_at_kill = std::fs::read(region.b.log_path())?.len();
     eprintln!(
-        "killed worker-1 with upload {} at {} MiB",
+        "killed worker-1 with upload {} at {} MiB of {} MiB ({}%)",
         interrupted.uuid,
-        interrupted.bytes / MIB
+        interrupted.bytes / MIB,
+        size / MIB,
+        interrupted.bytes * 100 / size
     );
 
-    let _second = region.start_worker(spec).await?;
+    let second = region.start_worker(spec).await?;
     region
         .wait_on_b(
             "chaos/resume",
@@ -1066,19 +1121,56 @@ async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
             Duration::from_secs(60),
         )
         .await?;
+    eprintln!(
+        "the tag reached b {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
     skopeo::pull_and_verify(&b, "chaos/resume:v1").await?;
-    let log = std::fs::read_to_string(region.b.log_path())?;
-    let hex = big_digest.trim_start_matches("sha256:");
-    let completing: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("\"PUT /v2/") && l.contains("/blobs/uploads/") && l.contains(hex))
+
+    // Everything b received after the kill, from its access log.
+    let log = std::fs::read(region.b.log_path())?;
+    let after = String::from_utf8_lossy(&log[log_at_kill..]);
+    let requests = oci::upload_requests(&after);
+    let chunks = oci::chunk_bytes(&requests, interrupted.bytes, size);
+    eprintln!(
+        "after the kill b received {} MiB in chunks ({} bytes); bytes re-sent (below the {} MiB it \
+         held): {} ({:.1}% of the {} MiB layer)",
+        chunks.sent / MIB,
+        chunks.sent,
+        interrupted.bytes / MIB,
+        chunks.below,
+        chunks.below as f64 * 100.0 / size as f64,
+        size / MIB
+    );
+    anyhow::ensure!(
+        chunks.below * 4 < size,
+        "{} bytes the destination held were sent again (≥ 25% of {size})",
+        chunks.below
+    );
+    let completing: Vec<&oci::UploadRequest> = requests
+        .iter()
+        .filter(|r| r.method == "PUT" && r.digest.as_deref() == Some(big_digest.as_str()))
         .collect();
     anyhow::ensure!(
-        completing.len() == 1
-            && completing[0].contains(&format!("/blobs/uploads/{}?", interrupted.uuid)),
+        completing.len() == 1 && completing[0].uuid == interrupted.uuid,
         "the big layer was completed by {completing:?}, not by resuming upload {} (interrupted at {} bytes)",
         interrupted.uuid,
         interrupted.bytes
+    );
+    anyhow::ensure!(
+        completing[0].offset == size,
+        "the completed session holds {} bytes, the layer has {size}",
+        completing[0].offset
+    );
+    anyhow::ensure!(
+        chunks.sent <= size - interrupted.bytes + RESUME_CHUNK,
+        "{} bytes sent after the kill for the {} the layer still lacked",
+        chunks.sent,
+        size - interrupted.bytes
+    );
+    anyhow::ensure!(
+        second.log_lines_with(&["continuing an interrupted upload"]) == 1,
+        "worker-2 did not log the resume"
     );
     Ok(())
 }

@@ -334,6 +334,7 @@ impl PreparedPolicy {
             copy_by_chunk: self.policy.copy_by_chunk,
             blob_parallelism,
             leases: None,
+            checkpoints: Arc::new(transfer::Checkpoints::local()),
         }
     }
 

@@ -8,6 +8,16 @@
 //! upload; the session is cancelled (`DELETE`) on any failure. Uploads are monolithic (one streaming
 //! `PUT`) unless the policy or registry asks for chunks.
 //!
+//! **Resuming.** A chunked upload checkpoints its session URL, the offset the destination
+//! confirmed and the hash state over those bytes on the job ([`Checkpoints`]) after every chunk.
+//! Whoever runs the job next (this process after a transient error, another worker after a crash)
+//! asks the destination for the session's status; when it holds exactly the checkpointed bytes the
+//! upload continues there, reading the source from that offset (`Range`) and hashing only the rest,
+//! so the final digest check still covers the whole blob. A session that is gone or holds other
+//! bytes starts a new upload (logged). A retryable failure keeps a checkpointed session for the
+//! retry; any other failure cancels it. Source reads that break off mid-body resume with `Range`
+//! from the first byte not received ([`READ_RESUMES`] times per read).
+//!
 //! Invariants: child manifests are pushed (by digest) before their parent; the caller pushes the top
 //! manifest (by tag) only after [`ensure_graph`] returned `Ok`; within one process, concurrent copies
 //! of the same blob to the same destination transfer it once ([`BlobLedger`]).
@@ -19,13 +29,18 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use oci_spec::image::Descriptor;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use crate::oci::client::BlobUpload;
 use crate::oci::digest::{Digest, DigestVerifier};
 use crate::oci::manifest::{self, ManifestError, ManifestGraph};
 use crate::oci::{Manifest, MountOutcome, RegistryClient, RegistryError};
 use crate::policy::Selector;
+use crate::queue::{JobQueue, Lease, QueueError, UploadCheckpoint};
 use crate::throttle::Throttle;
+
+/// How often one blob read from the source may resume after its body broke off.
+pub const READ_RESUMES: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -66,6 +81,10 @@ pub enum TransferError {
     Policy(String),
     #[error("cancelled")]
     Cancelled,
+    /// The job's lease was reclaimed by another worker while this one was uploading: it stops
+    /// without touching the upload session, which the new owner may be continuing.
+    #[error("the job's lease was lost to another worker")]
+    LeaseLost,
 }
 
 impl TransferError {
@@ -176,6 +195,165 @@ pub struct TransferContext {
     /// Cross-process coordination of blob uploads (workers sharing a queue); `None` for one-shot
     /// syncs, where the in-process [`BlobLedger`] is enough.
     pub leases: Option<Arc<BlobLeases>>,
+    /// Where interrupted chunked uploads stand (the job's checkpoints, or this process's own).
+    pub checkpoints: Arc<Checkpoints>,
+}
+
+/// The upload checkpoints of the job a transfer runs for ([`UploadCheckpoint`], one per
+/// `(destination, digest)`): read from the queue the first time a blob of the job needs them (so
+/// jobs that upload nothing cost no query), saved after every chunk a destination confirmed,
+/// cleared once the blob is complete. Without a queue (one-shot syncs) they live in this process
+/// only, which still lets an in-process retry continue an upload. Queue trouble never fails a
+/// transfer (it only costs resumability), except that a lost lease stops it.
+pub struct Checkpoints {
+    store: Option<CheckpointStore>,
+    /// Set once the job's stored checkpoints were read into `known`.
+    loaded: tokio::sync::OnceCell<()>,
+    known: Mutex<HashMap<(String, String), UploadCheckpoint>>,
+    /// Keys of `known` written by an earlier run of the job, whose bytes this process did not
+    /// count as sent (until the first resume from them).
+    inherited: Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+struct CheckpointStore {
+    queue: Arc<dyn JobQueue>,
+    lease: Lease,
+    /// Fired when the job's lease is lost (by the worker's heartbeat, or here when a write is
+    /// refused): the session may be another worker's now.
+    lease_lost: CancellationToken,
+}
+
+impl Checkpoints {
+    /// Checkpoints kept in this process only.
+    pub fn local() -> Checkpoints {
+        Checkpoints {
+            store: None,
+            loaded: tokio::sync::OnceCell::new(),
+            known: Mutex::default(),
+            inherited: Mutex::default(),
+        }
+    }
+
+    /// The checkpoints stored on `lease`'s job, written back there as the job progresses (no I/O
+    /// until a blob needs them).
+    pub fn for_lease(
+        queue: Arc<dyn JobQueue>,
+        lease: Lease,
+        lease_lost: CancellationToken,
+    ) -> Checkpoints {
+        Checkpoints {
+            store: Some(CheckpointStore {
+                queue,
+                lease,
+                lease_lost,
+            }),
+            ..Checkpoints::local()
+        }
+    }
+
+    /// Reads the job's stored checkpoints, once. A queue that cannot answer costs only fresh
+    /// uploads (logged).
+    async fn load(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        self.loaded
+            .get_or_init(|| async {
+                let stored = match store.queue.checkpoints(&store.lease.job.id).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the job's upload checkpoints; interrupted uploads start over");
+                        Vec::new()
+                    }
+                };
+                let mut known = self.known.lock().expect("checkpoints lock");
+                let mut inherited = self.inherited.lock().expect("checkpoints lock");
+                for c in stored {
+                    let key = (c.destination.clone(), c.digest.clone());
+                    inherited.insert(key.clone());
+                    known.insert(key, c);
+                }
+            })
+            .await;
+    }
+
+    /// The checkpoint of `digest`'s upload to `destination`, if any.
+    pub async fn get(&self, destination: &str, digest: &str) -> Option<UploadCheckpoint> {
+        self.load().await;
+        self.known
+            .lock()
+            .expect("checkpoints lock")
+            .get(&(destination.to_string(), digest.to_string()))
+            .cloned()
+    }
+
+    /// True (once) when the checkpoint of `digest`'s upload to `destination` comes from an earlier
+    /// run of the job: the bytes it covers were sent, but not counted, by another process.
+    fn take_inherited(&self, destination: &str, digest: &str) -> bool {
+        self.inherited
+            .lock()
+            .expect("checkpoints lock")
+            .remove(&(destination.to_string(), digest.to_string()))
+    }
+
+    /// True once the job's lease is known to be lost.
+    fn lease_lost(&self) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.lease_lost.is_cancelled())
+    }
+
+    /// Records `checkpoint` (replacing the previous one of its blob). `Err(LeaseLost)` when the
+    /// job belongs to another worker now: the upload must stop.
+    async fn save(&self, checkpoint: UploadCheckpoint) -> Result<()> {
+        self.load().await;
+        self.known.lock().expect("checkpoints lock").insert(
+            (checkpoint.destination.clone(), checkpoint.digest.clone()),
+            checkpoint.clone(),
+        );
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if store.lease_lost.is_cancelled() {
+            return Err(TransferError::LeaseLost);
+        }
+        match store.queue.checkpoint(&store.lease, &checkpoint).await {
+            Ok(()) => Ok(()),
+            Err(QueueError::LeaseLost { .. }) => {
+                store.lease_lost.cancel();
+                Err(TransferError::LeaseLost)
+            }
+            Err(e) => {
+                tracing::warn!(digest = %checkpoint.digest, offset = checkpoint.offset, error = %e, "cannot checkpoint the upload; a crash from here restarts it");
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets the checkpoint of `digest`'s upload to `destination` (no-op when there is none).
+    async fn clear(&self, destination: &str, digest: &str) {
+        self.load().await;
+        self.take_inherited(destination, digest);
+        let had = self
+            .known
+            .lock()
+            .expect("checkpoints lock")
+            .remove(&(destination.to_string(), digest.to_string()))
+            .is_some();
+        let Some(store) = self.store.as_ref().filter(|_| had) else {
+            return;
+        };
+        match store
+            .queue
+            .clear_checkpoint(&store.lease, destination, digest)
+            .await
+        {
+            Ok(()) => {}
+            Err(QueueError::LeaseLost { .. }) => store.lease_lost.cancel(),
+            // A leftover checkpoint is harmless: its session is checked before any use.
+            Err(e) => tracing::debug!(%digest, error = %e, "cannot clear the upload checkpoint"),
+        }
+    }
 }
 
 /// Makes one process the uploader of a `(destination, digest)` among all workers of a queue.
@@ -379,6 +557,9 @@ pub async fn copy_blob(
     let mut known = slot.lock().await;
     let outcome = copy_blob_locked(ctx, src_repo, dst_repo, desc, &mut known).await;
     drop(known);
+    if matches!(outcome, Ok(BlobOutcome::Skipped | BlobOutcome::Mounted)) {
+        drop_stale_upload(ctx, digest).await;
+    }
     let counter = match outcome {
         Ok(BlobOutcome::Skipped) => &ctx.stats.blobs_skipped,
         Ok(BlobOutcome::Mounted) => &ctx.stats.blobs_mounted,
@@ -387,6 +568,24 @@ pub async fn copy_blob(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     outcome
+}
+
+/// The blob reached the destination another way (it was there, or mounted): an interrupted upload
+/// of it the job had checkpointed is moot, so its session is cancelled and the checkpoint dropped.
+async fn drop_stale_upload(ctx: &TransferContext, digest: &Digest) {
+    let Some(cp) = ctx.checkpoints.get(ctx.dst.name(), digest.as_ref()).await else {
+        return;
+    };
+    if let Ok(location) = Url::parse(&cp.location) {
+        ctx.dst
+            .cancel_upload(&BlobUpload {
+                repository: cp.repository.clone(),
+                location,
+                offset: cp.offset,
+            })
+            .await;
+    }
+    ctx.checkpoints.clear(ctx.dst.name(), digest.as_ref()).await;
 }
 
 async fn copy_blob_locked(
@@ -500,7 +699,7 @@ async fn transfer_permits(ctx: &TransferContext) -> Result<Vec<tokio::sync::Owne
     Ok(permits)
 }
 
-/// One streaming copy attempt; cancels the destination session on any failure.
+/// One copy attempt: chunked (resumable) or one streaming `PUT`.
 async fn stream_blob(
     ctx: &TransferContext,
     src_repo: &str,
@@ -508,16 +707,62 @@ async fn stream_blob(
     desc: &Descriptor,
 ) -> Result<()> {
     let _permits = transfer_permits(ctx).await?;
+    let chunked = ctx.copy_by_chunk || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t);
+    if chunked {
+        stream_chunked(ctx, src_repo, dst_repo, desc).await
+    } else {
+        stream_monolithic(ctx, src_repo, dst_repo, desc).await
+    }
+}
+
+fn verifier(ctx: &TransferContext, src_repo: &str, digest: &Digest) -> Result<DigestVerifier> {
+    DigestVerifier::new(digest).ok_or_else(|| TransferError::UnsupportedDigest {
+        registry: ctx.src.name().to_string(),
+        repository: src_repo.to_string(),
+        digest: digest.to_string(),
+    })
+}
+
+fn digest_mismatch(
+    ctx: &TransferContext,
+    src_repo: &str,
+    digest: &Digest,
+    actual: String,
+) -> TransferError {
+    TransferError::Registry(RegistryError::DigestMismatch {
+        registry: ctx.src.name().to_string(),
+        repository: src_repo.to_string(),
+        expected: digest.to_string(),
+        actual,
+    })
+}
+
+fn size_mismatch(
+    ctx: &TransferContext,
+    src_repo: &str,
+    desc: &Descriptor,
+    actual: u64,
+) -> TransferError {
+    TransferError::Registry(RegistryError::SizeMismatch {
+        registry: ctx.src.name().to_string(),
+        repository: src_repo.to_string(),
+        digest: desc.digest().to_string(),
+        expected: desc.size(),
+        actual,
+    })
+}
+
+/// One `PUT` with the verified source stream as its body; cancels the session on any failure.
+async fn stream_monolithic(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    desc: &Descriptor,
+) -> Result<()> {
     let digest = desc.digest().clone();
-    let verifier =
-        DigestVerifier::new(&digest).ok_or_else(|| TransferError::UnsupportedDigest {
-            registry: ctx.src.name().to_string(),
-            repository: src_repo.to_string(),
-            digest: digest.to_string(),
-        })?;
+    let verifier = verifier(ctx, src_repo, &digest)?;
     let upload = ctx.dst.start_upload(dst_repo).await?;
     let result = async {
-        let resp = ctx.src.get_blob(src_repo, &digest, 0).await?;
         let failure = Arc::new(Mutex::new(None::<TransferError>));
         let verified = VerifiedStream {
             ctx: ctx.clone(),
@@ -528,22 +773,17 @@ async fn stream_blob(
             verifier: Some(verifier),
             failure: failure.clone(),
         }
-        .into_stream(resp.bytes_stream());
-        let chunked =
-            ctx.copy_by_chunk || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t);
-        let sent = if chunked {
-            upload_chunked(ctx, upload.clone(), &digest, verified).await
-        } else {
-            ctx.dst
-                .put_blob_stream(
-                    &upload,
-                    &digest,
-                    desc.size(),
-                    reqwest::Body::wrap_stream(verified),
-                )
-                .await
-                .map_err(TransferError::from)
-        };
+        .into_stream(source_bytes(ctx, src_repo, &digest, 0, desc.size()));
+        let sent = ctx
+            .dst
+            .put_blob_stream(
+                &upload,
+                &digest,
+                desc.size(),
+                reqwest::Body::wrap_stream(verified),
+            )
+            .await
+            .map_err(TransferError::from);
         // A failure inside the stream (corruption, cancel) explains a failed request better than
         // the request error itself.
         let cause = failure.lock().expect("failure lock").take();
@@ -559,36 +799,339 @@ async fn stream_blob(
     result
 }
 
+/// A chunked upload: continues the job's checkpointed session when the destination still holds
+/// exactly its bytes, else opens a new one. On failure the session is kept for the next attempt
+/// when the error is retryable and a checkpoint names it, left alone when the job's lease was lost
+/// (its new owner may be continuing it), and cancelled otherwise.
+async fn stream_chunked(
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    desc: &Descriptor,
+) -> Result<()> {
+    let digest = desc.digest();
+    let (mut upload, hasher) = match resume_point(ctx, dst_repo, desc).await? {
+        Some(resumed) => resumed,
+        None => {
+            let hasher = verifier(ctx, src_repo, digest)?;
+            (ctx.dst.start_upload(dst_repo).await?, hasher)
+        }
+    };
+    let result = upload_chunked(ctx, src_repo, desc, &mut upload, hasher).await;
+    let dst = ctx.dst.name();
+    match &result {
+        Ok(()) => ctx.checkpoints.clear(dst, digest.as_ref()).await,
+        Err(_) if ctx.checkpoints.lease_lost() => {}
+        Err(e) if e.is_retryable() && ctx.checkpoints.get(dst, digest.as_ref()).await.is_some() => {
+            tracing::info!(registry = dst, repository = dst_repo, %digest, offset = upload.offset, error = %e, "upload interrupted; its session is kept for the next attempt to continue");
+        }
+        Err(_) => {
+            ctx.dst.cancel_upload(&upload).await;
+            ctx.checkpoints.clear(dst, digest.as_ref()).await;
+        }
+    }
+    result
+}
+
+/// What to do with a checkpointed upload, given the destination's answer to the status request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resume {
+    /// The destination holds exactly the checkpointed bytes: continue from this offset.
+    At(u64),
+    /// Start a new upload, for this reason.
+    Restart(String),
+    /// The destination cannot answer now (transient): fail this attempt, keep the checkpoint.
+    Later,
+}
+
+/// Decides from the checkpointed offset, the blob size and the destination's upload status (the
+/// offset its `Range` names, or why there is none).
+fn resume_decision(
+    checkpoint: u64,
+    size: u64,
+    status: std::result::Result<u64, &RegistryError>,
+) -> Resume {
+    match status {
+        Err(e) if e.is_retryable() => Resume::Later,
+        Err(e) if e.is_not_found() => Resume::Restart(format!(
+            "the destination no longer has the session, or refuses it because its data moved past the checkpoint: {e}"
+        )),
+        Err(e) => Resume::Restart(format!(
+            "the destination's upload status is unusable: {e}"
+        )),
+        Ok(_) if checkpoint > size => Resume::Restart(format!(
+            "the checkpoint ({checkpoint} bytes) is beyond the blob's end ({size} bytes)"
+        )),
+        Ok(held) if held == checkpoint => Resume::At(checkpoint),
+        Ok(held) => Resume::Restart(format!(
+            "the destination holds {held} bytes of the session, the checkpoint says {checkpoint}"
+        )),
+    }
+}
+
+/// Where a checkpointed upload of `desc` can continue: the session (as the destination describes
+/// it now) and the hash state over the bytes it holds. `None` when there is no checkpoint or it
+/// cannot be used (logged; its session is cancelled), so a new upload starts. Costs one `GET` of
+/// the session's status.
+async fn resume_point(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    desc: &Descriptor,
+) -> Result<Option<(BlobUpload, DigestVerifier)>> {
+    let digest = desc.digest();
+    let dst = ctx.dst.name();
+    let Some(cp) = ctx.checkpoints.get(dst, digest.as_ref()).await else {
+        return Ok(None);
+    };
+    let local = (|| {
+        if cp.repository != dst_repo {
+            return Err(format!(
+                "the checkpoint is for repository {}",
+                cp.repository
+            ));
+        }
+        if cp.size != desc.size() {
+            return Err(format!("the checkpoint is for a blob of {} bytes", cp.size));
+        }
+        let location = Url::parse(&cp.location)
+            .map_err(|e| format!("the checkpointed session URL is not a URL: {e}"))?;
+        let hasher = DigestVerifier::resume(digest, &cp.hash_state)
+            .map_err(|e| format!("the checkpointed hash state is unusable: {e}"))?;
+        if hasher.len() != cp.offset {
+            return Err(format!(
+                "the checkpointed hash state covers {} bytes, not {}",
+                hasher.len(),
+                cp.offset
+            ));
+        }
+        Ok((
+            BlobUpload {
+                repository: cp.repository.clone(),
+                location,
+                offset: cp.offset,
+            },
+            hasher,
+        ))
+    })();
+    let (session, hasher) = match local {
+        Ok(found) => found,
+        Err(reason) => {
+            abandon_checkpoint(ctx, dst_repo, digest, cp.offset, &reason, None).await;
+            return Ok(None);
+        }
+    };
+    let status = ctx.dst.upload_status(&session, digest).await;
+    match resume_decision(cp.offset, desc.size(), status.as_ref().map(|s| s.offset)) {
+        Resume::At(offset) => {
+            let resumed = status.expect("an offset comes from a status");
+            tracing::info!(registry = dst, repository = dst_repo, %digest, offset, size = desc.size(), "continuing an interrupted upload");
+            if ctx.checkpoints.take_inherited(dst, digest.as_ref()) {
+                // Sent by an earlier run: progress counts what this run still moves. (The blob's
+                // size was planned just before; an in-process retry already counted its bytes.)
+                ctx.stats
+                    .bytes_planned
+                    .fetch_sub(offset.min(desc.size()), Ordering::Relaxed);
+            }
+            Ok(Some((resumed, hasher)))
+        }
+        Resume::Later => Err(status.expect_err("Later comes from an error").into()),
+        Resume::Restart(reason) => {
+            abandon_checkpoint(ctx, dst_repo, digest, cp.offset, &reason, Some(&session)).await;
+            Ok(None)
+        }
+    }
+}
+
+/// Gives up on a checkpointed upload (logged with `reason`): cancels its session, when known, and
+/// forgets the checkpoint.
+async fn abandon_checkpoint(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    digest: &Digest,
+    offset: u64,
+    reason: &str,
+    session: Option<&BlobUpload>,
+) {
+    let dst = ctx.dst.name();
+    tracing::warn!(registry = dst, repository = dst_repo, %digest, offset, reason, "cannot continue the interrupted upload; starting a new one");
+    if let Some(session) = session {
+        ctx.dst.cancel_upload(session).await;
+    }
+    ctx.checkpoints.clear(dst, digest.as_ref()).await;
+}
+
+/// Streams the rest of blob `desc` into the open session `upload` in chunks (`PATCH`), then
+/// completes it (`PUT ?digest=`). `hasher` covers the `upload.offset` bytes the destination holds
+/// already; the source is read from there. The chunk that completes the blob is sent only after
+/// size and digest matched, and the session is completed only then; after every confirmed chunk
+/// the session, offset and hash state are checkpointed. `upload` follows the session as it moves
+/// (each answer may name a new location).
 async fn upload_chunked(
     ctx: &TransferContext,
-    mut upload: BlobUpload,
-    digest: &Digest,
-    mut data: impl futures_util::Stream<Item = std::result::Result<Bytes, StreamFailure>> + Unpin,
+    src_repo: &str,
+    desc: &Descriptor,
+    upload: &mut BlobUpload,
+    mut hasher: DigestVerifier,
 ) -> Result<()> {
-    let chunk_size = ctx.dst.chunk_size() as usize;
-    let mut buf = BytesMut::with_capacity(chunk_size);
+    let digest = desc.digest();
+    let size = desc.size();
+    let chunk_size = usize::try_from(ctx.dst.chunk_size()).unwrap_or(usize::MAX);
+    let mut read = upload.offset;
+    let mut source = source_bytes(ctx, src_repo, digest, upload.offset, size);
+    let mut ended = upload.offset >= size;
+    let mut buf = BytesMut::new();
     loop {
-        let next = data.next().await;
-        let end = match next {
-            Some(Ok(b)) => {
-                buf.extend_from_slice(&b);
-                false
+        if !ended {
+            let next = tokio::select! {
+                n = source.next() => n,
+                _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+            };
+            match next {
+                Some(Ok(b)) => {
+                    read += b.len() as u64;
+                    if read > size {
+                        return Err(size_mismatch(ctx, src_repo, desc, read));
+                    }
+                    if let Some(t) = &ctx.throttle {
+                        if !t.consume(b.len() as u64, &ctx.cancel).await {
+                            return Err(TransferError::Cancelled);
+                        }
+                    }
+                    buf.extend_from_slice(&b);
+                }
+                Some(Err(e)) => return Err(e),
+                None if read != size => return Err(size_mismatch(ctx, src_repo, desc, read)),
+                None => ended = true,
             }
-            // The failure slot holds the cause; the caller reports it.
-            Some(Err(_)) => return Err(TransferError::Cancelled),
-            None => true,
-        };
-        while buf.len() >= chunk_size || (end && !buf.is_empty()) {
-            let take = buf.len().min(chunk_size);
-            let chunk = buf.split_to(take).freeze();
-            upload = ctx.dst.patch_chunk(&upload, chunk).await?;
         }
-        if end {
+        while buf.len() >= chunk_size || (ended && !buf.is_empty()) {
+            let chunk = buf.split_to(buf.len().min(chunk_size)).freeze();
+            hasher.update(&chunk);
+            if hasher.len() == size {
+                hasher
+                    .clone()
+                    .finish()
+                    .map_err(|actual| digest_mismatch(ctx, src_repo, digest, actual))?;
+            }
+            ctx.stats
+                .bytes_copied
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            *upload = ctx.dst.patch_chunk(upload, digest, chunk).await?;
+            ctx.checkpoints
+                .save(UploadCheckpoint {
+                    destination: ctx.dst.name().to_string(),
+                    repository: upload.repository.clone(),
+                    digest: digest.to_string(),
+                    size,
+                    location: upload.location.to_string(),
+                    offset: upload.offset,
+                    hash_state: hasher.save(),
+                })
+                .await?;
+        }
+        if ended {
             break;
         }
     }
-    ctx.dst.finish_upload(&upload, digest).await?;
+    // Also covers uploads resumed after their last chunk, and empty blobs.
+    if hasher.len() != size {
+        return Err(size_mismatch(ctx, src_repo, desc, hasher.len()));
+    }
+    hasher
+        .finish()
+        .map_err(|actual| digest_mismatch(ctx, src_repo, digest, actual))?;
+    ctx.dst.finish_upload(upload, digest).await?;
     Ok(())
+}
+
+/// The bytes of blob `digest` (`size` bytes) in `src_repo` on the source, from `from` to the end.
+/// A body that breaks off (connection reset, timeout) is requested again with `Range` from the
+/// first byte not received yet, at most [`READ_RESUMES`] times; a source that ignores `Range` (200
+/// instead of 206) sends the whole blob and the bytes before the wanted offset are dropped. Ends
+/// where the source's body ends: sizes and digests are the consumer's to check.
+fn source_bytes(
+    ctx: &TransferContext,
+    src_repo: &str,
+    digest: &Digest,
+    from: u64,
+    size: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + Unpin + 'static {
+    struct Read {
+        src: Arc<RegistryClient>,
+        repository: String,
+        digest: Digest,
+        size: u64,
+        /// The next byte to deliver.
+        pos: u64,
+        body: Option<stream::BoxStream<'static, reqwest::Result<Bytes>>>,
+        /// Bytes of the current body to drop (it started before `pos`).
+        skip: u64,
+        resumes_left: u32,
+        done: bool,
+    }
+    let read = Read {
+        src: ctx.src.clone(),
+        repository: src_repo.to_string(),
+        digest: digest.clone(),
+        size,
+        pos: from,
+        body: None,
+        skip: 0,
+        resumes_left: READ_RESUMES,
+        done: from >= size && size > 0,
+    };
+    Box::pin(stream::unfold(read, |mut r| async move {
+        loop {
+            if r.done {
+                return None;
+            }
+            let body = match &mut r.body {
+                Some(body) => body,
+                None => match r.src.get_blob(&r.repository, &r.digest, r.pos).await {
+                    Ok(got) => {
+                        r.skip = r.pos - got.start.min(r.pos);
+                        if r.skip > 0 {
+                            tracing::debug!(registry = %r.src.name(), repository = %r.repository, digest = %r.digest, offset = r.pos, "the source ignored the Range request; dropping the bytes before the offset");
+                        }
+                        r.body.insert(got.response.bytes_stream().boxed())
+                    }
+                    Err(e) => {
+                        r.done = true;
+                        return Some((Err(e.into()), r));
+                    }
+                },
+            };
+            match body.next().await {
+                None => return None,
+                Some(Ok(mut chunk)) => {
+                    if r.skip > 0 {
+                        let drop = r.skip.min(chunk.len() as u64);
+                        chunk = chunk.slice(drop as usize..);
+                        r.skip -= drop;
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
+                    r.pos += chunk.len() as u64;
+                    return Some((Ok(chunk), r));
+                }
+                Some(Err(e)) if r.resumes_left > 0 && r.pos < r.size => {
+                    r.resumes_left -= 1;
+                    tracing::info!(registry = %r.src.name(), repository = %r.repository, digest = %r.digest, offset = r.pos, error = %e, "blob download broke off; resuming from the last byte received");
+                    r.body = None;
+                }
+                Some(Err(cause)) => {
+                    r.done = true;
+                    let e = RegistryError::Transport {
+                        registry: r.src.name().to_string(),
+                        url: format!("blob {}", r.digest),
+                        cause,
+                    };
+                    return Some((Err(e.into()), r));
+                }
+            }
+        }
+    }))
 }
 
 /// The error a [`VerifiedStream`] yields to the HTTP body; the real cause is in the failure slot.
@@ -658,7 +1201,7 @@ impl VerifiedStream {
            + Unpin
            + 'static
     where
-        S: futures_util::Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+        S: futures_util::Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
     {
         Box::pin(stream::unfold(
             (self, inner, false),
@@ -687,13 +1230,8 @@ impl VerifiedStream {
                             Err(e) => Some((Err(e), (st, inner, true))),
                         }
                     }
-                    Some(Err(source)) => {
-                        let e = RegistryError::Transport {
-                            registry: st.registry.clone(),
-                            url: format!("blob {}", st.digest),
-                            cause: source,
-                        };
-                        let e = st.fail(e.into());
+                    Some(Err(e)) => {
+                        let e = st.fail(e);
                         Some((Err(e), (st, inner, true)))
                     }
                     Some(Ok(chunk)) => {
@@ -730,5 +1268,91 @@ impl VerifiedStream {
                 }
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, error: &str) -> RegistryError {
+        RegistryError::Status {
+            registry: "us".into(),
+            method: "GET".into(),
+            url: "http://r/v2/team/app/blobs/uploads/u1".into(),
+            status: code,
+            errors: vec![crate::oci::error::ErrorEntry {
+                code: error.into(),
+                message: String::new(),
+            }],
+        }
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn resumes_only_where_the_destination_holds_exactly_the_checkpoint() {
+        assert_eq!(
+            resume_decision(160 * MIB, 200 * MIB, Ok(160 * MIB)),
+            Resume::At(160 * MIB)
+        );
+        // All bytes confirmed before the crash: only the completing PUT is left.
+        assert_eq!(
+            resume_decision(200 * MIB, 200 * MIB, Ok(200 * MIB)),
+            Resume::At(200 * MIB)
+        );
+        for (held, why) in [
+            (144 * MIB, "holds 150994944 bytes"),
+            (170 * MIB, "holds 178257920 bytes"),
+            (0, "holds 0 bytes"),
+        ] {
+            match resume_decision(160 * MIB, 200 * MIB, Ok(held)) {
+                Resume::Restart(reason) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{held}: {other:?}"),
+            }
+        }
+        match resume_decision(300 * MIB, 200 * MIB, Ok(300 * MIB)) {
+            Resume::Restart(reason) => {
+                assert!(reason.contains("beyond the blob's end"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_gone_or_garbled_session_restarts_and_a_struggling_registry_waits() {
+        // distribution answers 404 BLOB_UPLOAD_INVALID when its data moved past the session state
+        // (a PATCH cut off mid-body), and 404 BLOB_UPLOAD_UNKNOWN once the session is purged.
+        for e in [
+            status(404, "BLOB_UPLOAD_INVALID"),
+            status(404, "BLOB_UPLOAD_UNKNOWN"),
+        ] {
+            match resume_decision(MIB, 2 * MIB, Err(&e)) {
+                Resume::Restart(reason) => {
+                    assert!(reason.contains("no longer has the session"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let garbled = RegistryError::InvalidRange {
+            registry: "us".into(),
+            repository: "team/app".into(),
+            digest: "sha256:ab".into(),
+            url: "http://r/v2/team/app/blobs/uploads/u1".into(),
+            message: "unusable Range header \"0-x\": \"x\" is not a byte position".into(),
+        };
+        for e in [status(400, "BLOB_UPLOAD_INVALID"), garbled] {
+            match resume_decision(MIB, 2 * MIB, Err(&e)) {
+                Resume::Restart(reason) => assert!(reason.contains("unusable"), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        for e in [
+            status(503, "UNAVAILABLE"),
+            status(500, "UNKNOWN"),
+            status(429, "TOOMANYREQUESTS"),
+        ] {
+            assert_eq!(resume_decision(MIB, 2 * MIB, Err(&e)), Resume::Later, "{e}");
+        }
     }
 }

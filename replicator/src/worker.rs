@@ -32,7 +32,8 @@ use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
 use crate::sync::{reconcile_reference, PreparedPolicy, Registries, SyncError, TagOutcome};
 use crate::throttle::{SharedSpeed, SharedSpeedSlot, Throttle};
 use crate::transfer::{
-    BlobLeases, BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats,
+    BlobLeases, BlobLedger, Checkpoints, StatsSnapshot, TransferContext, TransferError,
+    TransferStats,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -534,9 +535,15 @@ impl Worker {
                 lease_lost.clone(),
             );
             let live: Arc<LiveTask> = Arc::default();
+            // Where this job's chunked uploads stood when it last ran (on any worker).
+            let checkpoints = Arc::new(Checkpoints::for_lease(
+                self.queue.clone(),
+                lease.clone(),
+                lease_lost.clone(),
+            ));
             let work = {
                 let (me, job, cancel, live) = (self.clone(), lease.job.clone(), job_cancel.clone(), live.clone());
-                async move { me.execute_recorded(&job, &cancel, &live).await }
+                async move { me.execute_recorded(&job, &cancel, &live, checkpoints).await }
             };
             let finished = CancellationToken::new();
             let stop_watch = self.watch_run_stop(job, &job_cancel, &run_stopped);
@@ -852,6 +859,7 @@ impl Worker {
         dst: &Arc<crate::oci::RegistryClient>,
         cancel: &CancellationToken,
         stats: &Arc<TransferStats>,
+        checkpoints: &Arc<Checkpoints>,
     ) -> TransferContext {
         let mut ctx = prepared.transfer_context(
             dst,
@@ -865,30 +873,37 @@ impl Worker {
             self.opts.blob_parallelism,
         );
         ctx.leases = Some(self.blob_leases.clone());
+        ctx.checkpoints = checkpoints.clone();
         ctx
     }
 
-    /// Runs a job against every destination of its policy, accounting what it moved.
+    /// Runs a job against every destination of its policy, accounting what it moved. Interrupted
+    /// uploads are checkpointed in this call only (a leased job keeps them in the queue).
     pub async fn execute(
         &self,
         job: &Job,
         cancel: &CancellationToken,
     ) -> Result<JobOutcome, JobError> {
-        self.execute_recorded(job, cancel, &LiveTask::default())
+        let checkpoints = Arc::new(Checkpoints::local());
+        self.execute_recorded(job, cancel, &LiveTask::default(), checkpoints)
             .await
             .0
     }
 
     /// [`Worker::execute`], plus one task record per destination it reached; `live` names the
-    /// destination being worked on, for progress records.
+    /// destination being worked on, for progress records; `checkpoints` are the job's upload
+    /// checkpoints.
     async fn execute_recorded(
         &self,
         job: &Job,
         cancel: &CancellationToken,
         live: &LiveTask,
+        checkpoints: Arc<Checkpoints>,
     ) -> (Result<JobOutcome, JobError>, Vec<Task>) {
         let mut tasks = Vec::new();
-        let result = self.execute_with(job, cancel, &mut tasks, live).await;
+        let result = self
+            .execute_with(job, cancel, &mut tasks, live, &checkpoints)
+            .await;
         (result, tasks)
     }
 
@@ -898,6 +913,7 @@ impl Worker {
         cancel: &CancellationToken,
         tasks: &mut Vec<Task>,
         live: &LiveTask,
+        checkpoints: &Arc<Checkpoints>,
     ) -> Result<JobOutcome, JobError> {
         let policies = self.policies();
         let prepared = policies.for_job(job).ok_or_else(|| match &job.source {
@@ -911,7 +927,7 @@ impl Worker {
         let mut deleted = Vec::new();
         for dst in prepared.dsts.clone() {
             let stats = Arc::new(TransferStats::default());
-            let ctx = self.context(prepared, &dst, cancel, &stats);
+            let ctx = self.context(prepared, &dst, cancel, &stats, checkpoints);
             let started = now_ms();
             *live.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((dst.name().to_string(), stats.clone(), started));

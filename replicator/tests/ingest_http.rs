@@ -10,7 +10,7 @@ use ferry_replicator::event::EventKind;
 use ferry_replicator::ingest::{self, IngestState};
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
-    RetryPolicy,
+    RetryPolicy, UploadCheckpoint,
 };
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry, RegistryOptions};
 use serde_json::{json, Value};
@@ -171,6 +171,29 @@ impl JobQueue for SwitchableQueue {
     ) -> Result<Option<String>, QueueError> {
         self.check()?;
         self.inner.blob_lease_holder(destination, digest).await
+    }
+    async fn checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &UploadCheckpoint,
+    ) -> Result<(), QueueError> {
+        self.check()?;
+        self.inner.checkpoint(lease, checkpoint).await
+    }
+    async fn clear_checkpoint(
+        &self,
+        lease: &Lease,
+        destination: &str,
+        digest: &str,
+    ) -> Result<(), QueueError> {
+        self.check()?;
+        self.inner
+            .clear_checkpoint(lease, destination, digest)
+            .await
+    }
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
+        self.check()?;
+        self.inner.checkpoints(job_id).await
     }
 }
 

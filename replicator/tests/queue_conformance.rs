@@ -24,7 +24,7 @@ use ferry_replicator::history::{
 };
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
-    RedisQueue, RetryPolicy,
+    RedisQueue, RetryPolicy, UploadCheckpoint,
 };
 use ferry_testkit::RedisServer;
 
@@ -572,6 +572,158 @@ async fn release_makes_job_claimable_without_counting_an_attempt(backend: Backen
     assert_eq!(refs(&q.claim("b", 10, LONG).await.unwrap()), ["v2", "v1"]);
 }
 
+const MIB: u64 = 1024 * 1024;
+
+fn digest(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+/// A checkpoint of `digest`'s upload to `destination` at `offset` (the queue treats the session
+/// URL and hash state as opaque text).
+fn checkpoint(destination: &str, digest: &str, offset: u64) -> UploadCheckpoint {
+    UploadCheckpoint {
+        destination: destination.into(),
+        repository: "platform/api".into(),
+        digest: digest.into(),
+        size: 200 * MIB,
+        location: format!(
+            "https://{destination}.example/v2/platform/api/blobs/uploads/{}?_state=s{offset}",
+            &digest[7..15]
+        ),
+        offset,
+        hash_state: format!("v1;sha256;{offset};{};", "ab".repeat(32)),
+    }
+}
+
+async fn upload_checkpoints_follow_the_job_until_it_is_acked(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = h.queue.as_ref();
+    let (d1, d2) = (digest('1'), digest('2'));
+    q.enqueue(job("v1")).await.unwrap();
+    q.enqueue(job("v2")).await.unwrap();
+    let other = q.claim("c", 1, LONG).await.unwrap().remove(0);
+    let a = q
+        .claim("a", 1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(refs(&[other.clone(), a.clone()]), ["v1", "v2"]);
+    assert!(q.checkpoints(&a.job.id).await.unwrap().is_empty());
+
+    q.checkpoint(&a, &checkpoint("us", &d1, 16 * MIB))
+        .await
+        .unwrap();
+    q.checkpoint(&a, &checkpoint("us", &d2, 5)).await.unwrap();
+    q.checkpoint(&a, &checkpoint("ap", &d1, 7)).await.unwrap();
+    q.checkpoint(&a, &checkpoint("us", &d1, 32 * MIB))
+        .await
+        .unwrap();
+    assert_eq!(
+        q.checkpoints(&a.job.id).await.unwrap(),
+        [
+            checkpoint("ap", &d1, 7),
+            checkpoint("us", &d1, 32 * MIB),
+            checkpoint("us", &d2, 5)
+        ],
+        "one per (destination, digest), the latest write wins, in (destination, digest) order"
+    );
+    q.clear_checkpoint(&a, "us", &d2).await.unwrap();
+    q.clear_checkpoint(&a, "us", &digest('9')).await.unwrap();
+    let kept = [checkpoint("ap", &d1, 7), checkpoint("us", &d1, 32 * MIB)];
+    assert_eq!(q.checkpoints(&a.job.id).await.unwrap(), kept);
+    assert!(
+        q.checkpoints(&other.job.id).await.unwrap().is_empty(),
+        "checkpoints belong to their job"
+    );
+
+    // The worker dies: its lease expires and another consumer reclaims the job, checkpoints and all.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let b = q.claim("b", 1, LONG).await.unwrap().remove(0);
+    assert_eq!(b.job.id, a.job.id);
+    assert_eq!(q.checkpoints(&b.job.id).await.unwrap(), kept);
+    // The old holder can neither overwrite nor clear the new owner's progress.
+    assert_lease_lost(
+        q.checkpoint(&a, &checkpoint("us", &d1, 48 * MIB)).await,
+        "checkpoint after reclaim",
+    );
+    assert_lease_lost(
+        q.clear_checkpoint(&a, "us", &d1).await,
+        "clear after reclaim",
+    );
+    assert_eq!(q.checkpoints(&b.job.id).await.unwrap(), kept);
+    q.checkpoint(&b, &checkpoint("us", &d1, 48 * MIB))
+        .await
+        .unwrap();
+    let kept = [checkpoint("ap", &d1, 7), checkpoint("us", &d1, 48 * MIB)];
+
+    // A retryable failure keeps them for the next attempt; so does a release.
+    assert!(matches!(
+        q.fail(&b, "connection reset", true).await.unwrap(),
+        FailOutcome::Retry { .. }
+    ));
+    let c = claim_soon(q, "c2", Duration::from_secs(2)).await.remove(0);
+    assert_eq!((c.job.id.as_str(), c.job.attempt), (a.job.id.as_str(), 1));
+    assert_eq!(q.checkpoints(&c.job.id).await.unwrap(), kept);
+    q.release(&c).await.unwrap();
+    let d = q.claim("d", 1, LONG).await.unwrap().remove(0);
+    assert_eq!(d.job.id, a.job.id);
+    assert_eq!(q.checkpoints(&d.job.id).await.unwrap(), kept);
+
+    // Done: they go with the job.
+    q.ack(&d).await.unwrap();
+    assert!(q.checkpoints(&a.job.id).await.unwrap().is_empty());
+    q.ack(&other).await.unwrap();
+    assert_eq!(q.stats().await.unwrap(), QueueStats::default());
+}
+
+async fn dead_lettered_jobs_drop_their_checkpoints(backend: Backend) {
+    let Some(h) = Harness::start(backend, fast()).await else {
+        return;
+    };
+    let q = h.queue.as_ref();
+    let d1 = digest('1');
+    // A permanent failure.
+    q.enqueue(job("v1")).await.unwrap();
+    let a = q.claim("a", 1, LONG).await.unwrap().remove(0);
+    q.checkpoint(&a, &checkpoint("us", &d1, MIB)).await.unwrap();
+    assert_eq!(
+        q.fail(&a, "corrupt", false).await.unwrap(),
+        FailOutcome::DeadLettered
+    );
+    assert!(q.checkpoints(&a.job.id).await.unwrap().is_empty());
+    assert!(q.retry_dead_letter(&a.job.id).await.unwrap());
+    let again = q.claim("a", 1, LONG).await.unwrap().remove(0);
+    assert_eq!(again.job.id, a.job.id);
+    assert!(
+        q.checkpoints(&again.job.id).await.unwrap().is_empty(),
+        "a dead letter comes back without its old upload"
+    );
+    q.ack(&again).await.unwrap();
+
+    // Attempts exhausted (3): kept through the retries, dropped with the last one.
+    q.enqueue(job("v2")).await.unwrap();
+    let mut lease = q.claim("a", 1, LONG).await.unwrap().remove(0);
+    for attempt in 1..=3u64 {
+        q.checkpoint(&lease, &checkpoint("us", &d1, attempt * MIB))
+            .await
+            .unwrap();
+        let outcome = q.fail(&lease, "reset", true).await.unwrap();
+        if attempt < 3 {
+            assert!(matches!(outcome, FailOutcome::Retry { .. }), "{outcome:?}");
+            lease = claim_soon(q, "a", Duration::from_secs(2)).await.remove(0);
+            assert_eq!(
+                q.checkpoints(&lease.job.id).await.unwrap(),
+                [checkpoint("us", &d1, attempt * MIB)]
+            );
+        } else {
+            assert_eq!(outcome, FailOutcome::DeadLettered);
+        }
+    }
+    assert!(q.checkpoints(&lease.job.id).await.unwrap().is_empty());
+}
+
 async fn stats_count_each_state(backend: Backend) {
     let slow = RetryPolicy {
         max_attempts: 5,
@@ -782,6 +934,19 @@ async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
         q.enqueue(job(r)).await.unwrap();
     }
     let a = q.claim("w", 1, LONG).await.unwrap().remove(0);
+    let saved = checkpoint("us", &digest('1'), 96 * MIB);
+    q.checkpoint(&a, &saved).await.unwrap();
+    // Behind the queue's back: the checkpoints expire on their own if the job never ends.
+    let ttl = raw_command(
+        &h.url(),
+        redis::cmd("PTTL").arg(format!("{PREFIX}:checkpoints:{}", a.job.id)),
+    )
+    .await;
+    let ttl: i64 = String::from_utf8_lossy(&ttl).parse().unwrap();
+    assert!(
+        ttl > 6 * 24 * 3_600_000 && ttl <= 7 * 24 * 3_600_000,
+        "checkpoint expiry {ttl} ms"
+    );
     // appendfsync everysec: writes of the last second may be lost by a crash, so let one pass.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     h.server.as_mut().unwrap().restart().await.unwrap();
@@ -798,6 +963,7 @@ async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
         }
     };
     assert_eq!((stats.depth, stats.in_flight), (2, 1), "{stats:?}");
+    assert_eq!(q.checkpoints(&a.job.id).await.unwrap(), [saved]);
     assert_eq!(refs(&q.claim("w2", 10, LONG).await.unwrap()), ["b", "c"]);
     q.ack(&a).await.unwrap();
     assert_eq!(
@@ -1377,6 +1543,8 @@ suite! {
         history_counts_stay_exact_under_concurrent_recorders,
         workers_are_listed_until_their_heartbeat_expires,
         paused_policies_park_jobs_until_resumed,
+        upload_checkpoints_follow_the_job_until_it_is_acked,
+        dead_lettered_jobs_drop_their_checkpoints,
     ],
     servers: [
         aof_restart_keeps_jobs_and_leases,

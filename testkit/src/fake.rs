@@ -2,7 +2,9 @@
 //! the error paths a real `docker-registry` will not produce on demand:
 //! corrupted blob bytes, Basic and Bearer auth challenges, blanket denials,
 //! 429s with `Retry-After`, rejected manifest media types, tags that vanish
-//! between listing and fetching, and mounts answered with an upload session.
+//! between listing and fetching, mounts answered with an upload session, blob
+//! downloads cut off mid-body, `Range` requests ignored, a failing chunk
+//! `PATCH`, and garbled upload `Range` headers.
 //!
 //! Apart from the [`Behavior`] it is told to show, it behaves like a real
 //! registry (distribution 2.8 / OCI distribution spec): pagination with `n`,
@@ -84,6 +86,18 @@ pub struct Behavior {
     /// Accept an index whose child manifests are not in the repository (a "sparse index"), as
     /// some registries do; by default children must exist, as on distribution 2.8.
     pub accept_sparse_indexes: bool,
+    /// `(n, bytes)`: the next `n` blob GETs whose body is longer than `bytes`
+    /// send only `bytes` bytes of it (announcing the full `Content-Length`),
+    /// then drop the connection, as a reset link does. Counts down.
+    pub cut_blob_reads: Option<(u32, usize)>,
+    /// Blob GETs ignore `Range` and answer 200 with the whole blob.
+    pub ignore_range: bool,
+    /// The next upload `PATCH` whose chunk starts at this offset answers 500
+    /// without storing its bytes (once: then it is cleared).
+    pub fail_patch_at: Option<usize>,
+    /// Upload status answers (`GET` on a session) carry this `Range` value
+    /// instead of the true one.
+    pub upload_status_range: Option<String>,
 }
 
 /// A running fake registry on a free loopback port. Dropping it shuts the
@@ -113,6 +127,8 @@ struct Inner {
     uploads: HashMap<String, Upload>,
     tokens: HashSet<String>,
     log: Vec<(String, String)>,
+    /// The `Range` header of every blob GET, in order (`None`: no `Range`).
+    blob_ranges: Vec<Option<String>>,
 }
 
 #[derive(Default)]
@@ -216,6 +232,11 @@ impl FakeRegistry {
     /// Every request so far as (method, path and query), in arrival order.
     pub fn request_log(&self) -> Vec<(String, String)> {
         self.lock().log.clone()
+    }
+
+    /// The `Range` header of every blob `GET` so far, in order (`None`: none).
+    pub fn blob_ranges(&self) -> Vec<Option<String>> {
+        self.lock().blob_ranges.clone()
     }
 
     /// Forgets the requests so far (e.g. after test setup).
@@ -455,7 +476,13 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
         (Method::DELETE, Route::Manifest { name, reference }) => {
             delete_manifest(inner, &name, &reference)
         }
-        (Method::GET | Method::HEAD, Route::Blob { digest, .. }) => get_blob(inner, &req, &digest),
+        (Method::GET | Method::HEAD, Route::Blob { digest, .. }) => {
+            if *req.method == Method::GET {
+                let range = req.header(header::RANGE).map(str::to_owned);
+                inner.blob_ranges.push(range);
+            }
+            get_blob(inner, &req, &digest)
+        }
         (Method::DELETE, Route::Blob { digest, .. }) => {
             if inner.blobs.remove(&digest).is_some() {
                 empty(StatusCode::ACCEPTED)
@@ -469,13 +496,26 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
         }
         (Method::POST, Route::UploadStart { name }) => start_upload(shared, inner, &req, &name),
         (Method::PATCH, Route::Upload { name, id }) => {
-            patch_upload(shared, inner, &req, &name, &id)
+            let at = inner.uploads.get(&id).map(|u| u.data.len());
+            if at.is_some() && inner.behavior.fail_patch_at == at {
+                inner.behavior.fail_patch_at = None;
+                oci_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "unknown error: the fake fails this PATCH",
+                )
+            } else {
+                patch_upload(shared, inner, &req, &name, &id)
+            }
         }
         (Method::PUT, Route::Upload { name, id }) => finish_upload(shared, inner, &req, &name, &id),
         (Method::GET, Route::Upload { name, id }) => match inner.uploads.get(&id) {
             Some(up) if up.repo == name => {
                 let mut resp = empty(StatusCode::NO_CONTENT);
                 upload_headers(shared, inner, &mut resp, &name, &id);
+                if let Some(range) = &inner.behavior.upload_status_range {
+                    insert(&mut resp, header::RANGE, range);
+                }
                 resp
             }
             _ => upload_unknown(),
@@ -833,7 +873,7 @@ fn delete_manifest(inner: &mut Inner, name: &str, reference: &str) -> Response {
     empty(StatusCode::ACCEPTED)
 }
 
-fn get_blob(inner: &Inner, req: &Req<'_>, digest: &str) -> Response {
+fn get_blob(inner: &mut Inner, req: &Req<'_>, digest: &str) -> Response {
     let Some(bytes) = inner.blobs.get(digest) else {
         return oci_error(
             StatusCode::NOT_FOUND,
@@ -849,6 +889,7 @@ fn get_blob(inner: &Inner, req: &Req<'_>, digest: &str) -> Response {
     // `Range: bytes=START-[END]`, for clients resuming a download.
     let range = req
         .header(header::RANGE)
+        .filter(|_| !inner.behavior.ignore_range)
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.split_once('-'))
         .and_then(|(s, e)| {
@@ -865,7 +906,27 @@ fn get_blob(inner: &Inner, req: &Req<'_>, digest: &str) -> Response {
         None => (StatusCode::OK, body),
     };
     let len = body.len();
-    let mut resp = Response::new(Body::from(body));
+    let cut = match &mut inner.behavior.cut_blob_reads {
+        Some((n, after)) if *n > 0 && *req.method == Method::GET && *after < len => {
+            *n -= 1;
+            Some(*after)
+        }
+        _ => None,
+    };
+    let mut resp = match cut {
+        // The announced length stays the full one, so the client sees a body that breaks off.
+        Some(after) => {
+            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(body.slice(..after)),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the fake cuts this download",
+                )),
+            ];
+            Response::new(Body::from_stream(futures_util::stream::iter(parts)))
+        }
+        _ => Response::new(Body::from(body)),
+    };
     *resp.status_mut() = status;
     if let Some((start, end)) = range {
         insert(

@@ -44,7 +44,11 @@ async fn probe_capabilities(
     let chunked = match client.start_upload(repository).await {
         Ok(upload) => {
             let r = client
-                .patch_chunk(&upload, bytes::Bytes::from_static(b"ferry"))
+                .patch_chunk(
+                    &upload,
+                    &crate::oci::digest::sha256(b"ferry"),
+                    bytes::Bytes::from_static(b"ferry"),
+                )
                 .await;
             client.cancel_upload(&upload).await;
             match r {

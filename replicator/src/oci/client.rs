@@ -58,6 +58,15 @@ pub struct BlobUpload {
     pub offset: u64,
 }
 
+/// A blob `GET` that answered: the body starts at byte `start` of the blob.
+#[derive(Debug)]
+pub struct BlobRead {
+    pub response: Response,
+    /// The requested offset when the registry honored the `Range` (206), 0 when it ignored it and
+    /// sent the whole blob (200): the caller skips `offset - start` bytes.
+    pub start: u64,
+}
+
 /// Result of a cross-repository mount request.
 #[derive(Debug)]
 pub enum MountOutcome {
@@ -253,6 +262,25 @@ impl RegistryClient {
             registry: self.name.clone(),
             url: redact(url),
             cause: source,
+        }
+    }
+
+    /// A `Range`/`Content-Range` that cannot be read or contradicts the request.
+    fn bad_range(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        url: &Url,
+        header: &'static str,
+        value: &str,
+        reason: impl Into<String>,
+    ) -> RegistryError {
+        RegistryError::InvalidRange {
+            registry: self.name.clone(),
+            repository: repository.to_string(),
+            digest: digest.to_string(),
+            url: redact(url),
+            message: format!("unusable {header} header {value:?}: {}", reason.into()),
         }
     }
 
@@ -798,14 +826,15 @@ impl RegistryClient {
         }
     }
 
-    /// Streaming `GET` of a blob from `offset` (a `Range` request when non-zero). The caller
-    /// verifies the digest while consuming the body.
+    /// Streaming `GET` of a blob from `offset` (a `Range` request when non-zero). A registry may
+    /// ignore the `Range` and send the whole blob: [`BlobRead::start`] says where the body starts.
+    /// The caller verifies the digest while consuming the body.
     pub async fn get_blob(
         &self,
         repository: &str,
         digest: &Digest,
         offset: u64,
-    ) -> Result<Response> {
+    ) -> Result<BlobRead> {
         let mut h = HeaderMap::new();
         if offset > 0 {
             h.insert(
@@ -822,34 +851,50 @@ impl RegistryClient {
                 Body::Empty,
             )
             .await?;
-        let ok = if offset > 0 {
-            resp.status() == StatusCode::PARTIAL_CONTENT
-        } else {
-            resp.status().is_success()
-        };
-        if !ok {
-            if resp.status().is_success() {
-                return Err(self.invalid(&url, "registry ignored the Range request"));
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let value = header_str(resp.headers(), "content-range").unwrap_or_default();
+            let (start, _, _) = parse_content_range(&value).map_err(|reason| {
+                self.bad_range(repository, digest, &url, "Content-Range", &value, reason)
+            })?;
+            if start != offset {
+                return Err(self.bad_range(
+                    repository,
+                    digest,
+                    &url,
+                    "Content-Range",
+                    &value,
+                    format!("asked for the bytes from {offset}"),
+                ));
             }
+            return Ok(BlobRead {
+                response: resp,
+                start,
+            });
+        }
+        if !resp.status().is_success() {
             return Err(self.status_error(&Method::GET, &url, resp).await);
         }
-        Ok(resp)
+        Ok(BlobRead {
+            response: resp,
+            start: 0,
+        })
     }
 
-    fn upload_from(&self, repository: &str, url: &Url, resp: &Response) -> Result<BlobUpload> {
+    /// The session URL an upload answer names (`Location`, resolved against the base URL).
+    fn upload_location(&self, url: &Url, resp: &Response) -> Result<Url> {
         let loc = header_str(resp.headers(), LOCATION.as_str())
             .ok_or_else(|| self.invalid(url, "upload answer has no Location header"))?;
-        let location = self
-            .base
+        self.base
             .join(&loc)
-            .map_err(|e| self.invalid(url, format!("bad upload Location {loc:?}: {e}")))?;
-        let offset = header_str(resp.headers(), "range")
-            .and_then(|r| parse_range_end(&r))
-            .unwrap_or(0);
+            .map_err(|e| self.invalid(url, format!("bad upload Location {loc:?}: {e}")))
+    }
+
+    /// A session that was just opened (it holds no bytes).
+    fn new_upload(&self, repository: &str, url: &Url, resp: &Response) -> Result<BlobUpload> {
         Ok(BlobUpload {
             repository: repository.to_string(),
-            location,
-            offset,
+            location: self.upload_location(url, resp)?,
+            offset: 0,
         })
     }
 
@@ -867,7 +912,7 @@ impl RegistryClient {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(&Method::POST, &url, resp).await);
         }
-        self.upload_from(repository, &url, &resp)
+        self.new_upload(repository, &url, &resp)
     }
 
     /// Cross-repository mount of `digest` from `from` into `repository`.
@@ -890,7 +935,7 @@ impl RegistryClient {
         match resp.status() {
             StatusCode::CREATED => Ok(MountOutcome::Mounted),
             StatusCode::ACCEPTED => Ok(MountOutcome::NotMounted(
-                self.upload_from(repository, &url, &resp)?,
+                self.new_upload(repository, &url, &resp)?,
             )),
             _ => Err(self.status_error(&Method::POST, &url, resp).await),
         }
@@ -930,9 +975,14 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// Sends one chunk (`PATCH` with `Content-Range`); returns the session with its new location and
-    /// the offset the registry confirmed.
-    pub async fn patch_chunk(&self, upload: &BlobUpload, chunk: Bytes) -> Result<BlobUpload> {
+    /// Sends one chunk of blob `digest` (`PATCH` with `Content-Range`); returns the session with its
+    /// new location and the offset the registry confirmed.
+    pub async fn patch_chunk(
+        &self,
+        upload: &BlobUpload,
+        digest: &Digest,
+        chunk: Bytes,
+    ) -> Result<BlobUpload> {
         let end = upload.offset + chunk.len() as u64;
         let mut h = HeaderMap::new();
         h.insert(
@@ -959,21 +1009,24 @@ impl RegistryClient {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(&Method::PATCH, &url, resp).await);
         }
-        let mut next = self.upload_from(&upload.repository, &url, &resp)?;
-        if next.offset != end {
-            // Some registries omit Range; trust our count only if they said nothing.
-            if header_str(resp.headers(), "range").is_some() {
-                return Err(self.invalid(
-                    &url,
-                    format!(
-                        "registry confirmed offset {} after a chunk ending at {end}",
-                        next.offset
-                    ),
-                ));
+        let location = self.upload_location(&url, &resp)?;
+        // Some registries omit Range; trust our count only if they said nothing.
+        if let Some(value) = header_str(resp.headers(), "range") {
+            let bad = |reason: String| {
+                self.bad_range(&upload.repository, digest, &url, "Range", &value, reason)
+            };
+            let confirmed = parse_upload_range(&value).map_err(bad)?;
+            if confirmed != end {
+                return Err(bad(format!(
+                    "the registry confirms {confirmed} bytes after a chunk ending at {end}"
+                )));
             }
-            next.offset = end;
         }
-        Ok(next)
+        Ok(BlobUpload {
+            repository: upload.repository.clone(),
+            location,
+            offset: end,
+        })
     }
 
     /// Finishes a chunked upload (`PUT ?digest=` with an empty body).
@@ -995,8 +1048,11 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// Asks the registry how many bytes of an upload it holds.
-    pub async fn upload_status(&self, upload: &BlobUpload) -> Result<u64> {
+    /// Asks the registry how many bytes of an upload of blob `digest` it holds (`GET` on the
+    /// session: `204` with `Range: 0-<last>`). Returns the session as the registry describes it now
+    /// (its new `Location` if it sent one). A session the registry no longer knows is a 404-style
+    /// status error; a missing or unreadable `Range` is [`RegistryError::InvalidRange`].
+    pub async fn upload_status(&self, upload: &BlobUpload, digest: &Digest) -> Result<BlobUpload> {
         let url = upload.location.clone();
         let resp = self
             .send(
@@ -1010,9 +1066,19 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(self.status_error(&Method::GET, &url, resp).await);
         }
-        Ok(header_str(resp.headers(), "range")
-            .and_then(|r| parse_range_end(&r))
-            .unwrap_or(0))
+        let value = header_str(resp.headers(), "range").unwrap_or_default();
+        let offset = parse_upload_range(&value).map_err(|reason| {
+            self.bad_range(&upload.repository, digest, &url, "Range", &value, reason)
+        })?;
+        let location = match header_str(resp.headers(), LOCATION.as_str()) {
+            Some(_) => self.upload_location(&url, &resp)?,
+            None => upload.location.clone(),
+        };
+        Ok(BlobUpload {
+            repository: upload.repository.clone(),
+            location,
+            offset,
+        })
     }
 
     /// Cancels an upload session; best effort (a session left behind expires on the registry).
@@ -1230,16 +1296,67 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     )
 }
 
-/// `Range: 0-1023` → 1024 (the next offset). `0-0` on an empty session means 0 bytes held.
-fn parse_range_end(r: &str) -> Option<u64> {
-    let r = r.trim().trim_start_matches("bytes=");
-    let (start, end) = r.split_once('-')?;
-    let (start, end): (u64, u64) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
-    if start == 0 && end == 0 {
-        // Ambiguous in the spec; distribution sends 0-0 for an empty session.
-        return Some(0);
+/// A decimal byte position: digits only (no sign, no spaces inside), within `u64`.
+fn parse_position(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a byte position"));
     }
-    Some(end + 1)
+    s.parse()
+        .map_err(|_| format!("{s:?} is out of range for a byte position"))
+}
+
+/// The `Range` of an upload answer (`0-1048575`, optionally `bytes=0-1048575`) → the next offset
+/// the upload expects (1048576). Upload ranges always start at 0. `0-0` reads as 0 bytes: it is
+/// what distribution sends for an empty session (it would also be its answer after exactly one
+/// byte, which chunk sizes of 64 KiB and more never leave).
+pub fn parse_upload_range(value: &str) -> Result<u64, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err("missing".to_string());
+    }
+    let v = v.strip_prefix("bytes=").unwrap_or(v);
+    let (start, end) = v
+        .split_once('-')
+        .ok_or_else(|| "no '-' between first and last byte".to_string())?;
+    let (start, end) = (parse_position(start)?, parse_position(end)?);
+    if start != 0 {
+        return Err(format!("an upload range starts at 0, this one at {start}"));
+    }
+    if end == 0 {
+        return Ok(0);
+    }
+    end.checked_add(1)
+        .ok_or_else(|| "last byte position overflows".to_string())
+}
+
+/// A `206` answer's `Content-Range: bytes <first>-<last>/<total or *>` → (first, last, total).
+pub fn parse_content_range(value: &str) -> Result<(u64, u64, Option<u64>), String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err("missing from a 206 answer".to_string());
+    }
+    let v = v
+        .strip_prefix("bytes ")
+        .ok_or_else(|| "does not start with \"bytes \"".to_string())?;
+    let (range, total) = v
+        .split_once('/')
+        .ok_or_else(|| "no '/' before the total length".to_string())?;
+    let (first, last) = range
+        .split_once('-')
+        .ok_or_else(|| "no '-' between first and last byte".to_string())?;
+    let (first, last) = (parse_position(first)?, parse_position(last)?);
+    if last < first {
+        return Err(format!("last byte {last} is before first byte {first}"));
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(parse_position(t)?),
+    };
+    if total.is_some_and(|t| last >= t) {
+        return Err(format!("last byte {last} is beyond the total length"));
+    }
+    Ok((first, last, total))
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -1298,11 +1415,69 @@ mod tests {
     }
 
     #[test]
-    fn range_end() {
-        assert_eq!(parse_range_end("0-1023"), Some(1024));
-        assert_eq!(parse_range_end("0-0"), Some(0));
-        assert_eq!(parse_range_end("bytes=0-9"), Some(10));
-        assert_eq!(parse_range_end("junk"), None);
+    fn upload_ranges() {
+        assert_eq!(parse_upload_range("0-1048575"), Ok(1_048_576));
+        assert_eq!(parse_upload_range(" 0-1023 "), Ok(1024));
+        assert_eq!(parse_upload_range("0-0"), Ok(0));
+        assert_eq!(parse_upload_range("bytes=0-9"), Ok(10));
+        for (bad, why) in [
+            ("", "missing"),
+            ("junk", "no '-'"),
+            ("0-", "not a byte position"),
+            ("-5", "not a byte position"),
+            ("0-x", "not a byte position"),
+            ("0-+5", "not a byte position"),
+            ("0--5", "not a byte position"),
+            ("5-10", "this one at 5"),
+            ("0-99999999999999999999", "out of range"),
+            ("0-18446744073709551615", "overflows"),
+        ] {
+            let e = parse_upload_range(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Ok((100, 199, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Ok((0, 0, None)));
+        for (bad, why) in [
+            ("", "missing"),
+            ("100-199/1000", "\"bytes \""),
+            ("bytes 100-199", "no '/'"),
+            ("bytes 100/1000", "no '-'"),
+            ("bytes 199-100/1000", "before first"),
+            ("bytes 100-1000/1000", "beyond"),
+            ("bytes a-b/1000", "not a byte position"),
+            ("bytes 1-2/x", "not a byte position"),
+        ] {
+            let e = parse_content_range(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_range_error_names_registry_repository_and_digest() {
+        let cfg: crate::config::RegistryConfig =
+            serde_json::from_value(serde_json::json!({"name": "us", "url": "http://127.0.0.1:9"}))
+                .unwrap();
+        let client = RegistryClient::new(&cfg, Secret::Anonymous).unwrap();
+        let digest = digest::sha256(b"layer");
+        let url =
+            Url::parse("http://127.0.0.1:9/v2/team/app/blobs/uploads/u1?_state=secret").unwrap();
+        let e = client.bad_range("team/app", &digest, &url, "Range", "0-x", "not a number");
+        let s = e.to_string();
+        assert!(
+            s.contains("registry us")
+                && s.contains(&format!("team/app@{digest}"))
+                && s.contains("\"0-x\"")
+                && !s.contains("secret"),
+            "{s}"
+        );
+        assert!(!e.is_retryable());
     }
 
     #[test]

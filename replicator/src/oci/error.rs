@@ -125,6 +125,16 @@ pub enum RegistryError {
         size: u64,
         limit: u64,
     },
+    /// A `Range`/`Content-Range` header that cannot be read, or that contradicts what was asked;
+    /// `message` names the header, its value and what is wrong with it.
+    #[error("registry {registry}: {repository}@{digest}: {message} (answer from {url})")]
+    InvalidRange {
+        registry: String,
+        repository: String,
+        digest: String,
+        url: String,
+        message: String,
+    },
     #[error("registry {registry}: unexpected answer from {url}: {message}")]
     InvalidResponse {
         registry: String,

@@ -9,6 +9,8 @@
 //! - `in_flight`: claimed jobs with owner and lease deadline (the Redis consumer-group PEL plus the
 //!   `leases` sorted set).
 //! - `pending`: idempotency key → token of the *fresh, unclaimed* job collapsing duplicates.
+//! - `checkpoints`: job id → its upload checkpoints (the Redis `checkpoints:{job id}` hash), kept
+//!   until the job is acked or dead-lettered.
 //!
 //! # Invariants
 //! - A job is in exactly one of `fresh`, `ready`, `delayed`, `in_flight`, `dead`.
@@ -30,6 +32,7 @@ use tokio::time::Instant;
 use super::lifecycle::{now_ms, prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
+    UploadCheckpoint,
 };
 
 /// Leases longer than this are clamped (an `Instant` cannot hold "forever").
@@ -71,6 +74,8 @@ struct State {
     paused: std::collections::BTreeSet<String>,
     /// Policy → jobs parked while it is paused.
     parked: HashMap<String, Vec<Job>>,
+    /// Job id → `(destination, digest)` → its upload checkpoint.
+    checkpoints: HashMap<String, BTreeMap<(String, String), UploadCheckpoint>>,
 }
 
 impl State {
@@ -106,6 +111,14 @@ impl State {
             },
         );
         lease
+    }
+
+    /// Whether `lease.consumer` still owns the in-flight job behind `lease`.
+    fn owns(&self, lease: &Lease) -> Result<(), QueueError> {
+        match self.in_flight.get(&lease.token) {
+            Some(f) if f.consumer == lease.consumer => Ok(()),
+            _ => Err(lease_lost(lease)),
+        }
     }
 
     /// Removes the in-flight job behind `lease` if `lease.consumer` still owns it.
@@ -224,7 +237,10 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
-        self.state().take_owned(lease).map(|_| ())
+        let mut st = self.state();
+        st.take_owned(lease)?;
+        st.checkpoints.remove(&lease.job.id);
+        Ok(())
     }
 
     async fn fail(
@@ -244,7 +260,10 @@ impl JobQueue for MemoryQueue {
                 let seq = st.next_seq;
                 st.delayed.insert((next_try_at_ms, seq), job);
             }
-            FailOutcome::DeadLettered => st.dead.push_back(job),
+            FailOutcome::DeadLettered => {
+                st.checkpoints.remove(&job.id);
+                st.dead.push_back(job);
+            }
         }
         Ok(outcome)
     }
@@ -406,5 +425,48 @@ impl JobQueue for MemoryQueue {
             st.blobs.remove(&key);
         }
         Ok(())
+    }
+
+    async fn checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &UploadCheckpoint,
+    ) -> Result<(), QueueError> {
+        let mut st = self.state();
+        st.owns(lease)?;
+        st.checkpoints
+            .entry(lease.job.id.clone())
+            .or_default()
+            .insert(
+                (checkpoint.destination.clone(), checkpoint.digest.clone()),
+                checkpoint.clone(),
+            );
+        Ok(())
+    }
+
+    async fn clear_checkpoint(
+        &self,
+        lease: &Lease,
+        destination: &str,
+        digest: &str,
+    ) -> Result<(), QueueError> {
+        let mut st = self.state();
+        st.owns(lease)?;
+        if let Some(of_job) = st.checkpoints.get_mut(&lease.job.id) {
+            of_job.remove(&(destination.to_owned(), digest.to_owned()));
+            if of_job.is_empty() {
+                st.checkpoints.remove(&lease.job.id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
+        Ok(self
+            .state()
+            .checkpoints
+            .get(job_id)
+            .map(|of_job| of_job.values().cloned().collect())
+            .unwrap_or_default())
     }
 }

@@ -15,6 +15,10 @@
 //!   after `max_attempts` (or a permanent error) it moves to the dead-letter list.
 //! - **Blob leases**: [`JobQueue::lease_blob`] makes one holder the mover of a `(destination,
 //!   digest)` so concurrent jobs move a shared layer once.
+//! - **Upload checkpoints**: [`JobQueue::checkpoint`] stores, per `(destination, digest)`, where
+//!   a chunked upload of the job stands ([`UploadCheckpoint`]: session URL, confirmed offset, hash
+//!   state). Only the lease holder writes; checkpoints stay with the job through lease expiry and
+//!   reclaim, retries, release and parking, and are deleted when the job is acked or dead-lettered.
 //! - **Pausing**: while a policy is paused ([`JobQueue::set_paused`]), workers [`JobQueue::park`]
 //!   its jobs instead of running them; parking checks the flag in the same atomic step, so a job
 //!   is never parked after the policy was resumed, and [`JobQueue::unpark`] (called on resume,
@@ -140,6 +144,29 @@ impl Job {
     }
 }
 
+/// Where a job's chunked upload of one blob to one destination stands, so whoever runs the job next
+/// (this worker after a transient error, another one after a crash) continues the upload instead
+/// of starting over. Saved after every chunk the destination confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadCheckpoint {
+    /// Destination registry (its config name).
+    pub destination: String,
+    /// Destination repository the upload session belongs to.
+    pub repository: String,
+    /// The blob being uploaded.
+    pub digest: String,
+    /// The blob's size (a checkpoint is used only for the same blob).
+    pub size: u64,
+    /// The upload session URL as the destination last returned it (`Location`, which may carry
+    /// the registry's signed session state).
+    pub location: String,
+    /// Bytes the destination confirmed (`Range` of its last `PATCH` answer).
+    pub offset: u64,
+    /// The blob hash over those `offset` bytes ([`crate::oci::DigestVerifier::save`]), so the final
+    /// digest check covers the whole blob without reading the prefix again.
+    pub hash_state: String,
+}
+
 /// A claimed job and the proof of the claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -232,7 +259,8 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
 
     /// The job failed: reschedule with backoff (`retryable` and attempts left) or dead-letter it.
-    /// `job` carries updated checkpoint fields (e.g. an upload offset) to keep for the next attempt.
+    /// A rescheduled job keeps its upload checkpoints ([`JobQueue::checkpoint`]) for the next
+    /// attempt; a dead-lettered one loses them.
     async fn fail(
         &self,
         lease: &Lease,
@@ -301,4 +329,24 @@ pub trait JobQueue: Send + Sync + 'static {
         digest: &str,
         holder: &str,
     ) -> Result<(), QueueError>;
+
+    /// Stores `checkpoint` on the leased job, replacing the one for the same `(destination,
+    /// digest)`. `LeaseLost` (nothing stored) when `lease` is no longer the job's owner.
+    async fn checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &UploadCheckpoint,
+    ) -> Result<(), QueueError>;
+
+    /// Deletes the job's checkpoint for `(destination, digest)` (no-op when there is none).
+    /// `LeaseLost` when `lease` is no longer the job's owner.
+    async fn clear_checkpoint(
+        &self,
+        lease: &Lease,
+        destination: &str,
+        digest: &str,
+    ) -> Result<(), QueueError>;
+
+    /// The checkpoints stored on job `job_id`, in `(destination, digest)` order.
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError>;
 }

@@ -14,6 +14,7 @@
 //! | `{p}:blob:{destination}:{digest}` | string with PX expiry | holder of a blob lease |
 //! | `{p}:paused` | set | paused policies |
 //! | `{p}:parked:{policy}` | list | job JSON parked while the policy is paused, oldest first |
+//! | `{p}:checkpoints:{job id}` | hash with PX expiry | the job's upload checkpoints: field `{digest}\|{destination}`, value the JSON of an [`UploadCheckpoint`]; expires [`CHECKPOINT_TTL`] after the last write |
 //!
 //! Every state change is one Lua script, so a job is always in exactly one place (unread in a
 //! stream, claimed = in the group's PEL with a `{p}:leases` member, in `{p}:delayed`, in `{p}:dead`)
@@ -49,6 +50,15 @@
 //! duplicates (see the contract in [`super`]). `retry_dead_letter` re-enqueues like `enqueue`
 //! (collapsing into an identical pending job if one exists).
 //!
+//! # Upload checkpoints
+//! `checkpoint` and `clear_checkpoint` are scripts that check ownership in the PEL first (so a
+//! worker whose lease was reclaimed cannot overwrite the new owner's progress). The hash is keyed
+//! by job id, which a reclaim (`XCLAIM` of the same entry), a retry, a release and parking all
+//! keep, so whoever runs the job next finds it; FINISH deletes it when the job is acked or
+//! dead-lettered. The expiry bounds what a job that never ends that way leaves behind (a parked
+//! job that collapsed into a duplicate on resume): upload sessions do not outlive it either
+//! (distribution purges them after a week by default).
+//!
 //! # Corrupt data
 //! A stream entry whose `job` field is missing or not a valid [`Job`] is never handed out: the
 //! claim that reads it moves the raw payload to `{p}:corrupt` (acked and deleted from the stream)
@@ -73,8 +83,12 @@ use redis::{RedisError, Script};
 use super::lifecycle::{now_ms, prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
+    UploadCheckpoint,
 };
 use crate::event::duration_ms;
+
+/// How long a job's upload checkpoints outlive their last write.
+pub const CHECKPOINT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Upper bound of one queue operation, reconnect included; beyond it the caller gets
 /// [`QueueError::Unavailable`].
@@ -188,9 +202,10 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 "#;
 
-/// Ends a lease. KEYS: stream, leases, target. ARGV: group, entry id, consumer, token, mode,
-/// payload, score. Modes: `ack` (target unused), `retry` (ZADD target score payload), `dead` and
-/// `corrupt` (RPUSH target payload), `release` (XADD payload to the target stream).
+/// Ends a lease. KEYS: stream, leases, target, the job's checkpoints. ARGV: group, entry id,
+/// consumer, token, mode, payload, score. Modes: `ack` (target unused), `retry` (ZADD target score
+/// payload), `dead` and `corrupt` (RPUSH target payload), `release` (XADD payload to the target
+/// stream); `ack` and `dead` also delete the job's checkpoints.
 /// Returns 1, or 0 when `consumer` does not own the entry (nothing changed).
 const FINISH: &str = r#"
 if owner(KEYS[1], ARGV[1], ARGV[2]) ~= ARGV[3] then return 0 end
@@ -198,6 +213,7 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[4])
 local mode = ARGV[5]
+if mode == 'ack' or mode == 'dead' then redis.call('DEL', KEYS[4]) end
 if mode == 'retry' then
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
 elseif mode == 'dead' or mode == 'corrupt' then
@@ -255,6 +271,19 @@ enqueue_fresh(KEYS[2], ARGV[1], KEYS[3], ARGV[3])
 return 1
 "#;
 
+/// KEYS: stream, the job's checkpoints. ARGV: group, entry id, consumer, field, JSON (empty:
+/// delete the field), ttl ms. Returns 1, or 0 when `consumer` does not own the entry.
+const CHECKPOINT: &str = r#"
+if owner(KEYS[1], ARGV[1], ARGV[2]) ~= ARGV[3] then return 0 end
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[4])
+else
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+return 1
+"#;
+
 /// KEYS: dead. Returns how many were deleted.
 const PURGE: &str = r#"
 local n = redis.call('LLEN', KEYS[1])
@@ -285,6 +314,7 @@ static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FINISH));
 static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));
 static PARK_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PARK));
 static RETRY_DEAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RETRY_DEAD));
+static CHECKPOINT_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CHECKPOINT));
 static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE));
 static RELEASE_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_BLOB));
 static RENEW_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_BLOB));
@@ -338,6 +368,10 @@ impl Keys {
 
     fn blob(&self, destination: &str, digest: &str) -> String {
         format!("{}:blob:{destination}:{digest}", self.prefix)
+    }
+
+    fn checkpoints(&self, job_id: &str) -> String {
+        format!("{}:checkpoints:{job_id}", self.prefix)
     }
 
     /// The stream key and entry id a lease token names, if it is one of ours.
@@ -445,7 +479,7 @@ impl RedisQueue {
     /// Ends the lease behind `lease`; `LeaseLost` when its consumer no longer owns the entry.
     async fn finish(&self, lease: &Lease, how: Finish<'_>) -> Result<(), QueueError> {
         if self
-            .finish_token(&lease.token, &lease.consumer, how)
+            .finish_token(&lease.token, &lease.consumer, Some(&lease.job.id), how)
             .await?
         {
             Ok(())
@@ -455,10 +489,12 @@ impl RedisQueue {
     }
 
     /// Runs the FINISH script; false when `consumer` does not own the entry `token` names.
+    /// `job_id` names the job's checkpoints (`None` for an entry that is not a valid job).
     async fn finish_token(
         &self,
         token: &str,
         consumer: &str,
+        job_id: Option<&str>,
         how: Finish<'_>,
     ) -> Result<bool, QueueError> {
         let Some((stream, id)) = self.keys.parse_token(token) else {
@@ -477,6 +513,7 @@ impl RedisQueue {
                 .key(stream)
                 .key(&self.keys.leases)
                 .key(target)
+                .key(self.keys.checkpoints(job_id.unwrap_or_default()))
                 .arg(&self.keys.group)
                 .arg(id)
                 .arg(consumer)
@@ -554,7 +591,7 @@ impl JobQueue for RedisQueue {
                         "queue entry is not a valid job; moved to the corrupt list"
                     );
                     // Not owned any more would mean another claim quarantines it: fine either way.
-                    self.finish_token(&token, consumer, Finish::Corrupt { raw: &pair[1] })
+                    self.finish_token(&token, consumer, None, Finish::Corrupt { raw: &pair[1] })
                         .await?;
                 }
             }
@@ -866,9 +903,86 @@ impl JobQueue for RedisQueue {
         .await?;
         Ok(())
     }
+
+    async fn checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &UploadCheckpoint,
+    ) -> Result<(), QueueError> {
+        let json = serde_json::to_string(checkpoint)
+            .expect("an UploadCheckpoint always serializes to JSON");
+        let field = checkpoint_field(&checkpoint.destination, &checkpoint.digest);
+        self.write_checkpoint(lease, &field, &json).await
+    }
+
+    async fn clear_checkpoint(
+        &self,
+        lease: &Lease,
+        destination: &str,
+        digest: &str,
+    ) -> Result<(), QueueError> {
+        self.write_checkpoint(lease, &checkpoint_field(destination, digest), "")
+            .await
+    }
+
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
+        let key = self.keys.checkpoints(job_id);
+        let mut con = self.con.clone();
+        let raw: Vec<Vec<u8>> =
+            bounded(redis::cmd("HVALS").arg(&key).query_async(&mut con)).await?;
+        let mut out: Vec<UploadCheckpoint> = raw
+            .iter()
+            .filter_map(|r| match serde_json::from_slice::<UploadCheckpoint>(r) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    // Losing a checkpoint only costs a fresh upload.
+                    tracing::warn!(key = %key, error = %e, "ignoring an unreadable upload checkpoint");
+                    None
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.destination, &a.digest).cmp(&(&b.destination, &b.digest)));
+        Ok(out)
+    }
+}
+
+/// The field of a checkpoint in the job's hash (a digest never contains `|`).
+fn checkpoint_field(destination: &str, digest: &str) -> String {
+    format!("{digest}|{destination}")
 }
 
 impl RedisQueue {
+    /// Runs the CHECKPOINT script: stores `json` under `field` (deletes it when `json` is empty).
+    async fn write_checkpoint(
+        &self,
+        lease: &Lease,
+        field: &str,
+        json: &str,
+    ) -> Result<(), QueueError> {
+        let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
+            return Err(lease_lost(lease));
+        };
+        let mut con = self.con.clone();
+        let done: i64 = bounded(
+            CHECKPOINT_SCRIPT
+                .key(stream)
+                .key(self.keys.checkpoints(&lease.job.id))
+                .arg(&self.keys.group)
+                .arg(id)
+                .arg(&lease.consumer)
+                .arg(field)
+                .arg(json)
+                .arg(duration_ms(CHECKPOINT_TTL))
+                .invoke_async(&mut con),
+        )
+        .await?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(lease_lost(lease))
+        }
+    }
+
     fn parse_dead(&self, raw: &[u8]) -> Option<Job> {
         match serde_json::from_slice::<Job>(raw) {
             Ok(job) => Some(job),
@@ -911,5 +1025,7 @@ mod tests {
         let k = Keys::new("ferry");
         assert_eq!(k.group, "ferry:workers");
         assert_eq!(k.blob("us", "sha256:ab"), "ferry:blob:us:sha256:ab");
+        assert_eq!(k.checkpoints("j1"), "ferry:checkpoints:j1");
+        assert_eq!(checkpoint_field("us", "sha256:ab"), "sha256:ab|us");
     }
 }
