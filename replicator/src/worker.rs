@@ -27,6 +27,7 @@ use crate::conflict::{self, Decision, MemoryTagLedger, TagLedger, TagWrite};
 use crate::event::{duration_ms, now_ms, EventKind};
 use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState, WorkerInfo};
 use crate::oci::digest;
+use crate::oci::TagDelete;
 use crate::policy::{Mode, Policy};
 use crate::queue::{FailOutcome, Job, JobQueue, Lease, QueueError};
 use crate::sync::{reconcile_reference, PreparedPolicy, Registries, SyncError, TagOutcome};
@@ -1290,16 +1291,17 @@ async fn guarded_delete(
     let dst_repo = prepared
         .dest_repository(&job.repository)
         .map_err(TransferError::Policy)?;
-    // Level-triggered: if the source has the content again (re-pushed), the delete is stale.
-    if ctx
+    let is_tag = digest::parse(&job.reference).is_none();
+    // Level-triggered: if the source has the content again (re-pushed), the delete is stale —
+    // unless only a tag was deleted and the manifest stayed (handled below).
+    let source_holds = ctx
         .src
         .head_manifest(&job.repository, deleted.as_ref())
         .await?
-        .is_some()
-    {
+        .is_some();
+    if source_holds && !is_tag {
         return kept(format!("the source holds {deleted} again"));
     }
-    let is_tag = digest::parse(&job.reference).is_none();
     if is_tag {
         if let Some(cur) = ctx
             .src
@@ -1320,6 +1322,19 @@ async fn guarded_delete(
                 ));
             }
             Some(_) => {}
+        }
+        if source_holds {
+            // The source removed the tag alone: remove the tag alone, or say why not.
+            return match ctx.dst.delete_tag(&dst_repo, &job.reference).await? {
+                TagDelete::Deleted | TagDelete::Missing => Ok(DeleteOutcome::Deleted {
+                    digest: deleted.to_string(),
+                }),
+                TagDelete::Unsupported => kept(format!(
+                    "the source deleted only the tag {} ({deleted} stays there); registry {} deletes manifests by digest only, which would remove every tag of it, so the destination keeps the tag",
+                    job.reference,
+                    ctx.dst.name()
+                )),
+            };
         }
     } else if ctx
         .dst

@@ -14,7 +14,7 @@ use ferry_replicator::history::{
 };
 use ferry_replicator::queue::memory::MemoryQueue;
 use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
-use ferry_replicator::sync::Registries;
+use ferry_replicator::sync::{Registries, TagOutcome};
 use ferry_replicator::worker::{DeleteOutcome, JobOutcome, Worker, WorkerOptions};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
@@ -294,7 +294,7 @@ async fn deletes_are_guarded() {
         .await
         .unwrap();
     assert!(
-        matches!(single(&o), DeleteOutcome::Kept { reason } if reason.contains("source holds")),
+        matches!(single(&o), DeleteOutcome::Kept { reason } if reason.contains("the source tag v4 now points at")),
         "{o:?}"
     );
 }
@@ -523,4 +523,93 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
         "{outcome:?}"
     );
     assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, digest);
+}
+
+/// A tag deleted alone on the source (its manifest stays, another tag keeps pointing at it): the
+/// destination loses that tag alone where it can delete tags, and keeps it — saying why — where
+/// deletes go by digest only (distribution 2.8), since a manifest delete would take every tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_deleted_alone_is_deleted_alone_or_reported() {
+    use ferry_testkit::{Behavior, FakeRegistry};
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let config_blob =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let config_size = config_blob.len();
+    let config_digest = src.put_blob(config_blob);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": []
+    }))
+    .unwrap();
+    let digest = src.put_manifest("team/app", Some("latest"), OCI_MANIFEST, manifest.clone());
+
+    for tag_deletes in [true, false] {
+        src.put_manifest("team/app", Some("v1"), OCI_MANIFEST, manifest.clone());
+        let dst = FakeRegistry::start(Behavior {
+            tag_deletes,
+            ..Behavior::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(
+            dir.path(),
+            &src.url(),
+            &dst.url(),
+            json!({"replicate_deletion": true}),
+        );
+        let config = Config::load(&cfg).unwrap();
+        let registries = Registries::from_config(&config).unwrap();
+        let worker = Worker::new(
+            &config,
+            &registries,
+            Arc::new(MemoryQueue::new(RetryPolicy::default())),
+            Arc::new(MemoryHistory::new(Retention::default())),
+            WorkerOptions::default(),
+        )
+        .unwrap();
+        let cancel = CancellationToken::new();
+        for t in ["v1", "latest"] {
+            let pushed = worker
+                .execute(&job(EventKind::Push, "team/app", t, None), &cancel)
+                .await
+                .unwrap();
+            assert!(
+                matches!(&pushed, JobOutcome::Pushed(v) if matches!(v[0].1, TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. })),
+                "{pushed:?}"
+            );
+        }
+        src.remove_tag("team/app", "v1");
+        let outcome = worker
+            .execute(
+                &job(EventKind::Delete, "team/app", "v1", Some(&digest)),
+                &cancel,
+            )
+            .await
+            .unwrap();
+        let JobOutcome::Deleted(v) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let mut tags = dst.tags("team/app");
+        tags.sort();
+        if tag_deletes {
+            assert!(matches!(v[0].1, DeleteOutcome::Deleted { .. }), "{v:?}");
+            assert_eq!(tags, ["latest"], "only the deleted tag goes");
+        } else {
+            match &v[0].1 {
+                DeleteOutcome::Kept { reason } => {
+                    assert!(
+                        reason.contains("deletes manifests by digest only"),
+                        "{reason}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(tags, ["latest", "v1"], "nothing is deleted");
+        }
+        assert!(dst.manifest("team/app", &digest).is_some());
+    }
 }

@@ -86,6 +86,9 @@ pub struct Behavior {
     /// Accept an index whose child manifests are not in the repository (a "sparse index"), as
     /// some registries do; by default children must exist, as on distribution 2.8.
     pub accept_sparse_indexes: bool,
+    /// `DELETE /v2/<name>/manifests/<tag>` removes the tag alone (OCI 1.1); by default it answers
+    /// 400 `DIGEST_INVALID`, as distribution 2.8 does.
+    pub tag_deletes: bool,
     /// `(n, bytes)`: the next `n` blob GETs whose body is longer than `bytes`
     /// send only `bytes` bytes of it (announcing the full `Content-Length`),
     /// then drop the connection, as a reset link does. Counts down.
@@ -847,6 +850,20 @@ fn put_manifest(
 }
 
 fn delete_manifest(inner: &mut Inner, name: &str, reference: &str) -> Response {
+    if !reference.contains(':') && inner.behavior.tag_deletes {
+        return match inner
+            .repos
+            .get_mut(name)
+            .and_then(|r| r.tags.remove(reference))
+        {
+            Some(_) => empty(StatusCode::ACCEPTED),
+            None => oci_error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+            ),
+        };
+    }
     if !reference.contains(':') {
         // distribution 2.8 behavior; see shared/REGISTRY-FACTS.md.
         return oci_error(

@@ -101,6 +101,16 @@ pub struct RegistryClient {
     gate: Gate,
 }
 
+/// What a tag-only delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagDelete {
+    Deleted,
+    /// The tag was not there.
+    Missing,
+    /// The registry deletes manifests by digest only.
+    Unsupported,
+}
+
 /// A registry's announced request quota (Docker Hub: `RateLimit-Remaining: 76;w=21600`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -804,6 +814,26 @@ impl RegistryClient {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.status_error(&Method::DELETE, &url, resp).await),
+        }
+    }
+
+    /// `DELETE /v2/<repo>/manifests/<tag>`: removes the tag alone, where the registry supports it
+    /// (OCI distribution 1.1 allows it; distribution 2.8 answers 400 and deletes only by digest).
+    pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<TagDelete> {
+        let (url, resp) = self
+            .request(
+                Method::DELETE,
+                &Self::manifest_path(repository, tag),
+                &Scope::push(repository),
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(TagDelete::Deleted),
+            StatusCode::NOT_FOUND => Ok(TagDelete::Missing),
+            StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => Ok(TagDelete::Unsupported),
             _ => Err(self.status_error(&Method::DELETE, &url, resp).await),
         }
     }

@@ -19,7 +19,7 @@ pub mod error;
 pub mod gate;
 pub mod manifest;
 
-pub use client::{BlobUpload, MountOutcome, RegistryClient, RemoteDescriptor};
+pub use client::{BlobUpload, MountOutcome, RegistryClient, RemoteDescriptor, TagDelete};
 pub use digest::{Digest, DigestVerifier};
 pub use error::RegistryError;
 pub use manifest::{Manifest, ManifestGraph};
