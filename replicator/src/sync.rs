@@ -505,6 +505,17 @@ async fn copy_tag(
                     reason: "excluded by the resource filter".into(),
                 });
             }
+            // A referrer pushed under the tag scheme (its own event) follows the artifact_type
+            // filter like a referrer found through its subject.
+            if is_referrer_tag(tag)
+                && !prepared
+                    .selector
+                    .matches_artifact_type(manifest.artifact_type().as_deref())
+            {
+                return Ok(TagOutcome::Skipped {
+                    reason: "excluded by the artifact_type filter".into(),
+                });
+            }
             transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
             let sparse = matches!(graph, ManifestGraph::Index { .. })
                 && prepared.selector.has_platform_filter();
@@ -665,6 +676,14 @@ async fn copy_referrers(
             .is_some_and(|d| d.digest == src_head.digest);
         if !unchanged {
             let m = ctx.src.get_manifest(src_repo, &src_ref).await?;
+            let artifact_type = m.artifact_type();
+            if !prepared
+                .selector
+                .matches_artifact_type(artifact_type.as_deref())
+            {
+                tracing::debug!(referrer = %src_ref, ?artifact_type, "referrer excluded by the artifact_type filter");
+                continue;
+            }
             transfer::ensure_graph(ctx, src_repo, dst_repo, &m, &prepared.selector).await?;
             transfer::push_manifest(ctx, dst_repo, &dst_ref, &m).await?;
             pushed += 1;

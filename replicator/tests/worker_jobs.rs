@@ -613,3 +613,77 @@ async fn a_tag_deleted_alone_is_deleted_alone_or_reported() {
         assert!(dst.manifest("team/app", &digest).is_some());
     }
 }
+
+/// Referrers pushed *after* their subject arrive with their own event; the `artifact_type` filter
+/// decides which kinds follow (here: SBOMs yes, cosign signatures no).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_pushed_after_the_subject_follow_and_artifact_type_filters_them() {
+    let s = setup(json!({"filters": [
+        {"type": "artifact_type", "value": "application/vnd.dev.cosign*", "decoration": "excludes"}
+    ]}))
+    .await;
+    let dir = s._dir.path();
+    let mut b = LayoutBuilder::new(&dir.join("layout")).unwrap();
+    let img = b
+        .image(
+            "img",
+            &[LayerSpec {
+                seed: 31,
+                size: 4096,
+            }],
+        )
+        .unwrap();
+    let sbom = b
+        .artifact(
+            "sbom",
+            "application/spdx+json",
+            br#"{"spdxVersion":"SPDX-2.3"}"#,
+            "application/spdx+json",
+            Some(&img),
+        )
+        .unwrap();
+    b.artifact(
+        "sig",
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        b"sig",
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        Some(&img),
+    )
+    .unwrap();
+    let layout = b.finish().unwrap();
+    skopeo::push_layout(&layout, "img", &s.src.host(), "team/app:v1")
+        .await
+        .unwrap();
+    s.queue
+        .enqueue(job(EventKind::Push, "team/app", "v1", None))
+        .await
+        .unwrap();
+    drain(&s).await;
+    assert_eq!(raw_digest(&s.dst.host(), "team/app:v1").await, img.digest);
+
+    // Later: an SBOM and a signature, each under the tag scheme, each its own event.
+    let (sbom_tag, sig_tag) = (
+        format!("sha256-{}.sbom", img.hex()),
+        format!("sha256-{}.sig", img.hex()),
+    );
+    for (name, tag) in [("sbom", &sbom_tag), ("sig", &sig_tag)] {
+        skopeo::push_layout(&layout, name, &s.src.host(), &format!("team/app:{tag}"))
+            .await
+            .unwrap();
+        s.queue
+            .enqueue(job(EventKind::Push, "team/app", tag, None))
+            .await
+            .unwrap();
+    }
+    drain(&s).await;
+    assert_eq!(
+        raw_digest(&s.dst.host(), &format!("team/app:{sbom_tag}")).await,
+        sbom.digest,
+        "the SBOM pushed after its image arrived"
+    );
+    let tags = skopeo::tags(&s.dst.host(), "team/app").await.unwrap();
+    assert!(
+        !tags.contains(&sig_tag),
+        "the signature is excluded by its artifact type: {tags:?}"
+    );
+}

@@ -682,6 +682,9 @@ fn check_policy(
                 FilterKind::Resource => "use `image` or `artifact`",
                 FilterKind::Platform => "use `os/arch` or `os/arch/variant`, e.g. `linux/amd64`, `linux/arm64/v8`",
                 FilterKind::Label => "use `key` or `key=value`",
+                FilterKind::ArtifactType => {
+                    "a glob over media types, e.g. `application/vnd.dev.cosign*` or `application/spdx+json`"
+                }
             };
             problems.push(
                 Problem::new(join_key(&join_index(&filters_path, j), "value"), message).hint(hint),

@@ -130,6 +130,26 @@ fn malformed(media_type: &str, e: impl std::fmt::Display) -> ManifestError {
 }
 
 impl Manifest {
+    /// The OCI 1.1 artifact type: `artifactType`, else (image manifests) the config media type;
+    /// `None` for indexes without one and for unparsable bytes.
+    pub fn artifact_type(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Typed {
+            #[serde(rename = "artifactType", default)]
+            artifact_type: Option<String>,
+            #[serde(default)]
+            config: Option<TypedConfig>,
+        }
+        #[derive(Deserialize)]
+        struct TypedConfig {
+            #[serde(rename = "mediaType", default)]
+            media_type: Option<String>,
+        }
+        let t: Typed = serde_json::from_slice(&self.bytes).ok()?;
+        t.artifact_type
+            .or_else(|| t.config.and_then(|c| c.media_type))
+    }
+
     /// Parses the edges of this manifest's graph.
     pub fn graph(&self) -> Result<ManifestGraph, ManifestError> {
         let mt = self.media_type.as_str();
@@ -242,6 +262,29 @@ mod tests {
             children[0].platform,
             Some(("linux".into(), "arm64".into(), Some("v8".into())))
         );
+    }
+
+    #[test]
+    fn artifact_type_is_artifact_type_else_config_media_type() {
+        let m = |json: &str| Manifest {
+            media_type: OCI_MANIFEST.into(),
+            digest: sha256(json.as_bytes()),
+            bytes: Bytes::from(json.to_string()),
+        };
+        assert_eq!(
+            m(r#"{"artifactType":"application/spdx+json","config":{"mediaType":"application/vnd.oci.empty.v1+json"}}"#)
+                .artifact_type()
+                .as_deref(),
+            Some("application/spdx+json")
+        );
+        assert_eq!(
+            m(r#"{"config":{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json"}}"#)
+                .artifact_type()
+                .as_deref(),
+            Some("application/vnd.dev.cosign.simplesigning.v1+json")
+        );
+        assert_eq!(m(r#"{"manifests":[]}"#).artifact_type(), None);
+        assert_eq!(m("not json").artifact_type(), None);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!   `x86_64` = `amd64`, `arm` = `arm/v7`).
 //! - `resource`: `image` matches images, `artifact` matches everything else (Helm charts, WASM,
 //!   signatures...).
+//! - `artifact_type` (Ferry's): globs over a referrer's OCI artifact type (`artifactType`, else its
+//!   config media type), deciding which referrers follow their subject; they AND together like
+//!   `tag`. A referrer without a type is matched as the empty string.
 //! - `label`: only Harbor sources have labels and the distribution API has none, so label filters
 //!   are validated and kept (see [`Selector::label_filters`]) but no `matches_*` method consults
 //!   them yet.
@@ -41,6 +44,7 @@ pub struct Selector {
     platforms_included: Vec<PlatformFilter>,
     platforms_excluded: Vec<PlatformFilter>,
     labels: Vec<LabelFilter>,
+    artifact_types: Vec<(GlobMatcher, Decoration)>,
 }
 
 /// A `label` filter: `key` or `key=value`. Stored for sources that have labels (Harbor).
@@ -220,6 +224,9 @@ impl Selector {
                     Decoration::Excludes => self.platforms_excluded.push(platform),
                 }
             }
+            FilterKind::ArtifactType => {
+                self.artifact_types.push((compile_glob(value)?, decoration))
+            }
             FilterKind::Label => {
                 let (key, value) = parse_label(value)?;
                 self.labels.push(LabelFilter {
@@ -235,6 +242,11 @@ impl Selector {
     /// Is the repository (full path, e.g. `platform/api`) covered by the `name` filters?
     pub fn matches_repository(&self, repository: &str) -> bool {
         all_globs(&self.names, repository)
+    }
+
+    /// Is a referrer of this artifact type covered by the `artifact_type` filters?
+    pub fn matches_artifact_type(&self, artifact_type: Option<&str>) -> bool {
+        all_globs(&self.artifact_types, artifact_type.unwrap_or_default())
     }
 
     /// Is the tag covered by the `tag` filters?
@@ -356,6 +368,31 @@ mod tests {
         let c = selector(&[(Tag, "v[0-9].*", M)]);
         assert!(c.matches_tag("v1.0"));
         assert!(!c.matches_tag("vx.0"));
+    }
+
+    #[test]
+    fn artifact_type_globs_select_referrers() {
+        let cosign = "application/vnd.dev.cosign.artifact.sig.v1+json";
+        let s = Selector::new(&policy(&[(
+            FilterKind::ArtifactType,
+            "application/vnd.dev.cosign*",
+            Decoration::Excludes,
+        )]))
+        .unwrap();
+        assert!(!s.matches_artifact_type(Some(cosign)));
+        assert!(s.matches_artifact_type(Some("application/spdx+json")));
+        assert!(s.matches_artifact_type(None));
+        let only_sboms = Selector::new(&policy(&[(
+            FilterKind::ArtifactType,
+            "application/{spdx,vnd.cyclonedx}+json",
+            Decoration::Matches,
+        )]))
+        .unwrap();
+        assert!(only_sboms.matches_artifact_type(Some("application/spdx+json")));
+        assert!(only_sboms.matches_artifact_type(Some("application/vnd.cyclonedx+json")));
+        assert!(!only_sboms.matches_artifact_type(Some(cosign)));
+        assert!(!only_sboms.matches_artifact_type(None));
+        assert!(Selector::default().matches_artifact_type(Some(cosign)));
     }
 
     #[test]

@@ -134,8 +134,8 @@ pub struct TriggerSettings {
 pub struct Filter {
     #[serde(rename = "type")]
     pub kind: FilterKind,
-    /// Doublestar glob for `name`/`tag`; `image`|`artifact` for `resource`; `os/arch[/variant]`
-    /// for `platform`; `key=value` for `label`.
+    /// Doublestar glob for `name`/`tag`/`artifact_type`; `image`|`artifact` for `resource`;
+    /// `os/arch[/variant]` for `platform`; `key=value` for `label`.
     pub value: String,
     #[serde(default)]
     pub decoration: Decoration,
@@ -149,6 +149,9 @@ pub enum FilterKind {
     Label,
     Resource,
     Platform,
+    /// Ferry's: which referrers (signatures, SBOMs, attestations) follow their subject, by OCI
+    /// artifact type glob (`artifactType`, else the config media type).
+    ArtifactType,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
