@@ -7,6 +7,9 @@
 //!   the usual level-triggered rules, `override: false` included. Jobs collapse with pending ones.
 //! - Extra destination tags are reported (`ferry_drift_tags`), never deleted: from the source alone a
 //!   swallowed delete cannot be told apart from content someone else put there.
+//! - A bidirectional policy is reconciled in both directions, each by the region that writes that
+//!   side; its jobs fill missing tags, and the worker never settles a *different* tag without an
+//!   event (see `crate::conflict`).
 //! - One pass per policy per interval across all processes sharing a queue: a pass takes a named
 //!   lease in the queue (the blob-lease primitive, keyed `reconcile/<policy>`) for most of the
 //!   interval.
@@ -25,7 +28,7 @@ use crate::config::Config;
 use crate::diff::diff_policy;
 use crate::event::{now_ms, EventKind};
 use crate::history::Trigger;
-use crate::policy::TriggerKind;
+use crate::policy::{Mode, TriggerKind};
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::sync::{PreparedPolicy, Registries, SyncError};
 
@@ -148,6 +151,7 @@ impl Reconciler {
                 event_time_ms: now_ms(),
                 event_id: Some("reconcile".to_string()),
                 trigger: Trigger::Reconcile,
+                source: job_source(prepared),
                 ..Job::new(policy, EventKind::Push, repository, tag)
             };
             match self.queue.enqueue(job).await.map_err(|e| e.to_string())? {
@@ -164,13 +168,25 @@ impl Reconciler {
         Ok(pass)
     }
 
+    /// One pass over every policy (and direction) this process reconciles, without leases.
+    pub async fn pass_all(&self) -> Vec<Result<PolicyPass, String>> {
+        let mut out = Vec::new();
+        for prepared in self.policies.get().iter() {
+            out.push(self.pass(prepared).await);
+        }
+        out
+    }
+
     /// Runs a pass per policy now and then every `interval` until `shutdown`. Each pass is taken by
     /// one process only (lease for 90% of the interval).
     pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
         loop {
             let policies = self.policies.get();
             for prepared in policies.iter() {
-                let lease_key = format!("reconcile/{}", prepared.policy.name);
+                let lease_key = match job_source(prepared) {
+                    Some(from) => format!("reconcile/{}/from-{from}", prepared.policy.name),
+                    None => format!("reconcile/{}", prepared.policy.name),
+                };
                 let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));
                 match self
                     .queue
@@ -211,6 +227,8 @@ impl Reconciler {
 }
 
 /// The enabled event-based policies of `config`, prepared (no network I/O).
+/// The event-based policies this region reconciles; a bidirectional policy once per direction
+/// (each in the region that writes that side).
 fn event_policies(
     config: &Config,
     registries: &Registries,
@@ -220,9 +238,15 @@ fn event_policies(
         .policies
         .iter()
         .filter(|p| p.enabled && p.trigger.kind == TriggerKind::EventBased)
+        .flat_map(|p| std::iter::once(p.clone()).chain(p.reversed()))
         .filter(|p| crate::ingest::matcher::runs_here(config, p, region))
-        .map(|p| PreparedPolicy::new(p, registries).map(Arc::new))
+        .map(|p| PreparedPolicy::new(&p, registries).map(Arc::new))
         .collect()
+}
+
+/// The registry a bidirectional policy's jobs read from (both directions say it); `None` otherwise.
+fn job_source(prepared: &PreparedPolicy) -> Option<String> {
+    (prepared.policy.mode == Mode::Bidirectional).then(|| prepared.policy.src_registry.name.clone())
 }
 
 impl crate::catalog::Reload for Reconciler {

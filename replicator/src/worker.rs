@@ -926,6 +926,7 @@ impl Worker {
         })?;
         let mut pushed = Vec::new();
         let mut deleted = Vec::new();
+        let mut failed = None;
         for dst in prepared.dsts.clone() {
             let stats = Arc::new(TransferStats::default());
             let ctx = self.context(prepared, &dst, cancel, &stats, checkpoints);
@@ -949,13 +950,25 @@ impl Worker {
                     tracing::info!(destination = %destination, outcome = ?o, "delete handled");
                     deleted.push((destination, o));
                 }
-                Err(source) => {
+                // A stop ends the job at once; another failure leaves the other destinations
+                // to be tried (each destination is its own task), and the job retries afterwards.
+                Err(TransferError::Cancelled) => {
                     return Err(JobError::Transfer {
                         destination,
-                        source,
+                        source: TransferError::Cancelled,
                     })
                 }
+                Err(source) => {
+                    tracing::warn!(destination = %destination, error = %source, "destination failed; trying the others");
+                    failed.get_or_insert(JobError::Transfer {
+                        destination,
+                        source,
+                    });
+                }
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok(match job.kind {
             EventKind::Push => JobOutcome::Pushed(pushed),

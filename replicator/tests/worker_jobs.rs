@@ -687,3 +687,85 @@ async fn referrers_pushed_after_the_subject_follow_and_artifact_type_filters_the
         "the signature is excluded by its artifact type: {tags:?}"
     );
 }
+
+/// The safety net of a bidirectional policy fills what is missing on either side, and leaves a tag
+/// that differs between the sides alone (only events, with their times, settle conflicts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_no_conflict() {
+    use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
+    let s = setup(json!({"trigger": {"type": "event_based"}, "mode": "bidirectional"})).await;
+    let dir = s._dir.path();
+    let only_src = push_image(dir, 40, &s.src.host(), "team/a:v1").await;
+    let only_dst = push_image(dir, 41, &s.dst.host(), "team/b:v1").await;
+    let on_src = push_image(dir, 42, &s.src.host(), "team/c:v1").await;
+    let on_dst = push_image(dir, 43, &s.dst.host(), "team/c:v1").await;
+    let r = Reconciler::new(
+        &s.config,
+        &s.registries,
+        s.queue.clone(),
+        "test",
+        ReconcileMetrics::default(),
+    )
+    .unwrap();
+    let passes: Vec<_> = r.pass_all().await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(passes.len(), 2, "one pass per direction: {passes:?}");
+    drain(&s).await;
+    assert_eq!(raw_digest(&s.dst.host(), "team/a:v1").await, only_src);
+    assert_eq!(raw_digest(&s.src.host(), "team/b:v1").await, only_dst);
+    assert_eq!(
+        raw_digest(&s.src.host(), "team/c:v1").await,
+        on_src,
+        "no event, no decision"
+    );
+    assert_eq!(
+        raw_digest(&s.dst.host(), "team/c:v1").await,
+        on_dst,
+        "no event, no decision"
+    );
+}
+
+/// Each destination is its own task: one refusing destination does not keep the others from
+/// getting the tag, and the job still fails (and retries) for the one that refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_destination_does_not_hold_back_the_others() {
+    use ferry_testkit::{Behavior, FakeRegistry};
+    let (src, good, dir) = two_registries().await;
+    let bad = FakeRegistry::start(Behavior {
+        deny: Some((403, "DENIED".into(), "robot lacks push access".into())),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let mut p = policy(json!({}));
+    p.as_object_mut().unwrap().remove("dest_registry");
+    p["dest_registries"] = json!([{"name": "bad"}, {"name": "good"}]);
+    let cfg = write_config_with(
+        dir.path(),
+        vec![
+            registry("src", &src.url()),
+            registry("bad", &bad.url()),
+            registry("good", &good.url()),
+        ],
+        p,
+    );
+    let config = Config::load(&cfg).unwrap();
+    let registries = Registries::from_config(&config).unwrap();
+    let worker = Worker::new(
+        &config,
+        &registries,
+        Arc::new(MemoryQueue::new(RetryPolicy::default())),
+        Arc::new(MemoryHistory::new(Retention::default())),
+        WorkerOptions::default(),
+    )
+    .unwrap();
+    let digest = push_image(dir.path(), 50, &src.host(), "team/app:v1").await;
+    let err = worker
+        .execute(
+            &job(EventKind::Push, "team/app", "v1", None),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("destination bad: "), "{err}");
+    assert_eq!(raw_digest(&good.host(), "team/app:v1").await, digest);
+}
