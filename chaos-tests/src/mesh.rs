@@ -32,6 +32,8 @@ pub struct MeshOptions {
     pub hub_polled_by: Option<&'static str>,
     /// `log.level` of the regions' registries (`info` logs every request, to count writes).
     pub registry_log_level: &'static str,
+    /// Forward over mTLS (every agent presents one two-way certificate of a test CA).
+    pub tls: bool,
 }
 
 /// One region of a [`Mesh`].
@@ -75,6 +77,12 @@ impl Mesh {
             .context("creating the mesh's temp dir")?;
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+        let certs = if opts.tls {
+            Some(ferry_testkit::make_certificates(dir.path())?)
+        } else {
+            None
+        };
+        let scheme = if opts.tls { "https" } else { "http" };
         let log_level = if opts.registry_log_level.is_empty() {
             "error"
         } else {
@@ -138,7 +146,7 @@ impl Mesh {
         let regions: Vec<Value> = planned
             .iter()
             .map(|(name, _, _, _, _, proxy, _, _)| {
-                json!({"name": name, "forward_url": format!("http://{}", proxy.addr())})
+                json!({"name": name, "forward_url": format!("{scheme}://{}", proxy.addr())})
             })
             .collect();
         let config = dir.path().join("ferry.json");
@@ -155,7 +163,7 @@ impl Mesh {
         for (name, agent_hold, agent_addr, forward_hold, forward_addr, proxy, redis, registry) in
             planned
         {
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--config",
                 path_str(&config)?,
                 "--redis",
@@ -176,6 +184,16 @@ impl Mesh {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if let Some(c) = &certs {
+                for (flag, path) in [
+                    ("--forward-tls-cert", &c.peer_cert),
+                    ("--forward-tls-key", &c.peer_key),
+                    ("--forward-ca", &c.ca),
+                ] {
+                    args.push(flag.to_string());
+                    args.push(path_str(path)?.to_string());
+                }
+            }
             drop((agent_hold, forward_hold));
             let agent = Daemon::start(
                 &format!("agent-{name}"),

@@ -188,6 +188,8 @@ async fn a_third_region_relays_between_two_remote_registries() {
     let mesh = Mesh::start(MeshOptions {
         regions: vec!["a", "b", "c"],
         policies: vec![policy("relay", "pull", "a", "b", json!({"region": "c"}))],
+        // The production path: Forward over mTLS, set up by the agents' flags.
+        tls: true,
         ..MeshOptions::default()
     })
     .await
@@ -229,6 +231,14 @@ async fn relay_scenario(mesh: &Mesh) -> anyhow::Result<()> {
     anyhow::ensure!(
         received >= 1.0,
         "agent c reports {received} events received from a"
+    );
+    anyhow::ensure!(
+        mesh.region("c").agent.log_lines_with(&[
+            "serving ferry.v1.Events/Forward",
+            "tls=true",
+            "mtls=true"
+        ]) == 1,
+        "agent c did not serve Forward over mTLS"
     );
     Ok(())
 }

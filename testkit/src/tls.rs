@@ -16,6 +16,10 @@ pub struct Certificates {
     /// Client certificate (CN `ferry-test-client`, extendedKeyUsage clientAuth) and its key.
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// A peer's certificate for `127.0.0.1` usable both ways (serverAuth and clientAuth), as one
+    /// region's agent presents on its Forward endpoint and to other regions, and its key.
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -81,7 +85,8 @@ fn leaf(dir: &Path, name: &str, subject: &str, extensions: &str) -> anyhow::Resu
     )
 }
 
-/// Makes a CA, a server leaf for `127.0.0.1` and a client certificate in `dir`.
+/// Makes a CA, a server leaf for `127.0.0.1`, a client certificate and a two-way peer certificate
+/// in `dir`.
 pub fn make_certificates(dir: &Path) -> anyhow::Result<Certificates> {
     openssl(
         dir,
@@ -115,6 +120,12 @@ pub fn make_certificates(dir: &Path) -> anyhow::Result<Certificates> {
         "/CN=ferry-test-client",
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
     )?;
+    leaf(
+        dir,
+        "peer",
+        "/CN=ferry-test-peer",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )?;
     let p = |name: &str| dir.join(name);
     Ok(Certificates {
         ca: p("ca.pem"),
@@ -122,5 +133,7 @@ pub fn make_certificates(dir: &Path) -> anyhow::Result<Certificates> {
         key: p("leaf.key"),
         client_cert: p("client.pem"),
         client_key: p("client.key"),
+        peer_cert: p("peer.pem"),
+        peer_key: p("peer.key"),
     })
 }
