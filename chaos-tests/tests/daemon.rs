@@ -1080,7 +1080,12 @@ async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
     };
     let dir = fixtures();
     let (a, b) = (region.a.host(), region.b.host());
-    let size = 200 * MIB;
+    // The size; `FERRY_CHAOS_RESUME_MIB` picks another (e.g. 200 on a small disk).
+    let size = std::env::var("FERRY_CHAOS_RESUME_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1024)
+        * MIB;
     let big = oci::image(
         dir.path(),
         &[

@@ -57,7 +57,8 @@ pub struct RegistryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub concurrency: Option<usize>,
-    /// Blob size in bytes above which uploads are chunked (default 64 MiB).
+    /// Blob size in bytes above which uploads are chunked (and resumable after a crash); absent:
+    /// one streaming PUT, unless the policy sets `copy_by_chunk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub chunk_threshold: Option<u64>,
