@@ -485,6 +485,19 @@ async fn copy_tag(
             });
         }
         _ => {
+            if prepared.selector.has_label_filters() {
+                let labels = ctx.src.harbor_labels(src_repo, tag).await?.ok_or_else(|| {
+                    TransferError::Policy(format!(
+                        "label filter: registry {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
+                        ctx.src.name()
+                    ))
+                })?;
+                if !prepared.selector.matches_labels(&labels) {
+                    return Ok(TagOutcome::Skipped {
+                        reason: format!("excluded by the label filter (labels: {labels:?})"),
+                    });
+                }
+            }
             let manifest = match ctx.src.get_manifest(src_repo, tag).await {
                 Ok(m) => m,
                 Err(e) if e.is_not_found() => {

@@ -348,3 +348,61 @@ async fn transient_500_on_reads_is_retried() {
         "the 500s were retried, not skipped: {heads} HEADs"
     );
 }
+
+/// `label` filters read the source's labels from Harbor's artifact API: a labelled tag is copied,
+/// an unlabelled one is skipped saying why, and a source without Harbor's API is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_filters_read_harbor_labels() {
+    let labels: std::collections::HashMap<String, Vec<String>> = [(
+        "team/sub/app:v1".to_string(),
+        vec!["release".to_string(), "env=prod".to_string()],
+    )]
+    .into_iter()
+    .collect();
+    let src = FakeRegistry::start(Behavior {
+        harbor_labels: Some(labels),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    seed_image(&src, "team/sub/app", "v1", vec![7u8; 100]);
+    seed_image(&src, "team/sub/app", "v2", vec![8u8; 100]);
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let filters = json!({"filters": [{"type": "label", "value": "release"}]});
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), filters.clone());
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let outcome = |tag: &str| {
+        report["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tag"] == tag)
+            .map(|t| (t["outcome"].clone(), t["reason"].clone()))
+            .unwrap()
+    };
+    assert_eq!(outcome("v1").0, "copied", "{report:#}");
+    assert_eq!(outcome("v2").0, "skipped", "{report:#}");
+    assert_eq!(manifest_on(&dst.url(), "team/sub/app", "v1").await, 200);
+    assert_eq!(manifest_on(&dst.url(), "team/sub/app", "v2").await, 404);
+    assert!(
+        src.request_log()
+            .iter()
+            .any(|(_, p)| p
+                .contains("/api/v2.0/projects/team/repositories/sub%252Fapp/artifacts/v1")),
+        "the repository is encoded twice, as Harbor wants"
+    );
+
+    // Not a Harbor: a clear error naming the registry and what label filters need.
+    let plain = FakeRegistry::start(Behavior::default()).await.unwrap();
+    seed_image(&plain, "team/sub/app", "v1", vec![9u8; 100]);
+    let cfg = write_config(dir.path(), &plain.url(), &dst.url(), filters);
+    let (out, report) = sync(&cfg).await;
+    assert_ne!(out.code, 0);
+    let error = report["tags"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("label filters need a Harbor source registry"),
+        "{report:#}"
+    );
+}

@@ -89,6 +89,10 @@ pub struct Behavior {
     /// `DELETE /v2/<name>/manifests/<tag>` removes the tag alone (OCI 1.1); by default it answers
     /// 400 `DIGEST_INVALID`, as distribution 2.8 does.
     pub tag_deletes: bool,
+    /// Serve Harbor's artifact API (`GET /api/v2.0/projects/<p>/repositories/<r>/artifacts/<ref>`,
+    /// the repository percent-encoded twice) with these labels per `repo:tag`; `None`: no Harbor
+    /// API (404).
+    pub harbor_labels: Option<HashMap<String, Vec<String>>>,
     /// `(n, bytes)`: the next `n` blob GETs whose body is longer than `bytes`
     /// send only `bytes` bytes of it (announcing the full `Content-Length`),
     /// then drop the connection, as a reset link does. Counts down.
@@ -420,6 +424,9 @@ impl Route {
 fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
     if req.path == "/token" {
         return token(inner, &req);
+    }
+    if let Some(rest) = req.path.strip_prefix("/api/v2.0/projects/") {
+        return harbor_artifact(inner, rest);
     }
     if req.path != "/v2" && !req.path.starts_with("/v2/") {
         return plain(StatusCode::NOT_FOUND, "not a registry path");
@@ -1195,6 +1202,40 @@ fn parse_query(query: &str) -> HashMap<String, String> {
             (percent_decode(k), percent_decode(v))
         })
         .collect()
+}
+
+/// Harbor's `…/projects/<p>/repositories/<r>/artifacts/<ref>` with the artifact's labels.
+fn harbor_artifact(inner: &Inner, rest: &str) -> Response {
+    let Some(labels) = &inner.behavior.harbor_labels else {
+        return plain(StatusCode::NOT_FOUND, "404 page not found");
+    };
+    let segs: Vec<&str> = rest.split('/').collect();
+    let [project, "repositories", repo, "artifacts", reference] = segs.as_slice() else {
+        return plain(StatusCode::NOT_FOUND, "404 page not found");
+    };
+    let name = format!("{project}/{}", percent_decode(&percent_decode(repo)));
+    let reference = percent_decode(reference);
+    let not_found = || {
+        json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"errors": [{"code": "NOT_FOUND", "message": format!("artifact {name}:{reference} not found")}]}),
+        )
+    };
+    let Some(digest) = inner.repos.get(&name).and_then(|r| resolve(r, &reference)) else {
+        return not_found();
+    };
+    let names = labels
+        .get(&format!("{name}:{reference}"))
+        .cloned()
+        .unwrap_or_default();
+    let labels: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| serde_json::json!({"name": n, "scope": "g"}))
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({"digest": digest, "labels": if labels.is_empty() { serde_json::Value::Null } else { labels.into() }}),
+    )
 }
 
 fn percent_decode(s: &str) -> String {

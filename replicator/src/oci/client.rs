@@ -838,6 +838,66 @@ impl RegistryClient {
         }
     }
 
+    /// The label names of `repository:reference` through Harbor's API
+    /// (`/api/v2.0/projects/<project>/repositories/<rest>/artifacts/<ref>?with_label=true`, the
+    /// rest of the path percent-encoded twice, as Harbor wants); `None` when that answers 404 (no
+    /// such artifact, or not a Harbor).
+    pub async fn harbor_labels(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Vec<String>>> {
+        #[derive(serde::Deserialize)]
+        struct Artifact {
+            #[serde(default)]
+            labels: Option<Vec<Label>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Label {
+            name: String,
+        }
+        let (project, rest) = repository.split_once('/').ok_or_else(|| {
+            self.invalid(
+                &self.base,
+                format!(
+                    "repository {repository:?} has no project (Harbor paths are <project>/<name>)"
+                ),
+            )
+        })?;
+        let url = self.url(&format!(
+            "api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_label=true",
+            rest.replace('/', "%252F")
+        ))?;
+        self.gate.wait(&self.name).await;
+        let mut req = self
+            .http
+            .get(url.clone())
+            .header(ACCEPT, "application/json");
+        if let Some(h) = auth::basic_header(&self.secret) {
+            req = req.header(AUTHORIZATION, h);
+        }
+        let resp = req.send().await.map_err(|e| self.transport(&url, e))?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let body = read_limited(resp, 4 * 1024 * 1024)
+                    .await
+                    .map_err(|e| self.transport(&url, e))?;
+                let artifact: Artifact = serde_json::from_slice(&body)
+                    .map_err(|e| self.invalid(&url, format!("Harbor artifact JSON: {e}")))?;
+                Ok(Some(
+                    artifact
+                        .labels
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|l| l.name)
+                        .collect(),
+                ))
+            }
+            _ => Err(self.status_error(&Method::GET, &url, resp).await),
+        }
+    }
+
     /// `HEAD` a blob: its size when present, `None` when absent.
     pub async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>> {
         let (url, resp) = self

@@ -17,9 +17,9 @@
 //! - `artifact_type` (Ferry's): globs over a referrer's OCI artifact type (`artifactType`, else its
 //!   config media type), deciding which referrers follow their subject; they AND together like
 //!   `tag`. A referrer without a type is matched as the empty string.
-//! - `label`: only Harbor sources have labels and the distribution API has none, so label filters
-//!   are validated and kept (see [`Selector::label_filters`]) but no `matches_*` method consults
-//!   them yet.
+//! - `label`: labels live in Harbor (its API, not the distribution API), so the worker reads a
+//!   source artifact's labels from Harbor only when the policy has label filters
+//!   ([`Selector::matches_labels`]).
 //!
 //! Invariants: compiling reports every bad filter with its path relative to the policy
 //! (`filters[1].value`); matching is pure and never panics.
@@ -276,10 +276,27 @@ impl Selector {
         included && !excluded
     }
 
-    /// The policy's `label` filters. No `matches_*` method consults them: the distribution API has
-    /// no labels, only Harbor sources do.
+    /// The policy's `label` filters.
     pub fn label_filters(&self) -> &[LabelFilter] {
         &self.labels
+    }
+
+    /// Does the policy filter on labels (so its source's labels must be read)?
+    pub fn has_label_filters(&self) -> bool {
+        !self.labels.is_empty()
+    }
+
+    /// Are these labels (Harbor label names) covered by the `label` filters? A `key` filter
+    /// matches a label named `key` or `key=<anything>`; `key=value` matches the label named
+    /// exactly that. `matches` requires such a label, `excludes` forbids it; filters AND together.
+    pub fn matches_labels(&self, labels: &[String]) -> bool {
+        self.labels.iter().all(|f| {
+            let present = labels.iter().any(|l| match &f.value {
+                Some(v) => l.split_once('=') == Some((f.key.as_str(), v.as_str())),
+                None => l == &f.key || l.split_once('=').is_some_and(|(k, _)| k == f.key),
+            });
+            present == (f.decoration == Decoration::Matches)
+        })
     }
 }
 
@@ -371,6 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn label_filters_require_or_forbid_labels() {
+        let s = Selector::new(&policy(&[
+            (FilterKind::Label, "release", Decoration::Matches),
+            (FilterKind::Label, "env=dev", Decoration::Excludes),
+        ]))
+        .unwrap();
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(s.has_label_filters());
+        assert!(s.matches_labels(&l(&["release"])));
+        assert!(s.matches_labels(&l(&["release=2024", "env=prod"])));
+        assert!(!s.matches_labels(&l(&["release", "env=dev"])));
+        assert!(!s.matches_labels(&l(&["env=prod"])));
+        assert!(!s.matches_labels(&[]));
+        assert!(Selector::default().matches_labels(&[]));
+        assert!(!Selector::default().has_label_filters());
+    }
+
+    #[test]
     fn artifact_type_globs_select_referrers() {
         let cosign = "application/vnd.dev.cosign.artifact.sig.v1+json";
         let s = Selector::new(&policy(&[(
@@ -456,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_stored_not_matched() {
+    fn labels_are_parsed_into_key_and_value() {
         let s = selector(&[(Label, "env=prod", M), (Label, "deprecated", X)]);
         assert_eq!(s.label_filters().len(), 2);
         assert_eq!(s.label_filters()[0].key, "env");
