@@ -707,12 +707,31 @@ async fn stream_blob(
     desc: &Descriptor,
 ) -> Result<()> {
     let _permits = transfer_permits(ctx).await?;
-    let chunked = ctx.copy_by_chunk || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t);
-    if chunked {
-        stream_chunked(ctx, src_repo, dst_repo, desc).await
-    } else {
-        stream_monolithic(ctx, src_repo, dst_repo, desc).await
+    let chunked = (ctx.copy_by_chunk
+        || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t))
+        && !ctx.dst.refuses_chunks();
+    if !chunked {
+        return stream_monolithic(ctx, src_repo, dst_repo, desc).await;
     }
+    match stream_chunked(ctx, src_repo, dst_repo, desc).await {
+        Err(e) if refuses_chunks(&e) => {
+            tracing::warn!(registry = ctx.dst.name(), error = %e, "the registry refuses chunked uploads; uploading in one PUT from now on");
+            ctx.dst.mark_refuses_chunks();
+            stream_monolithic(ctx, src_repo, dst_repo, desc).await
+        }
+        other => other,
+    }
+}
+
+/// A registry's answer meaning "no chunked uploads here": 405/501, or an `UNSUPPORTED` error code
+/// on a `PATCH`.
+fn refuses_chunks(e: &TransferError) -> bool {
+    matches!(
+        e,
+        TransferError::Registry(RegistryError::Status { method, status, errors, .. })
+            if method == "PATCH"
+                && (matches!(status, 405 | 501) || errors.iter().any(|x| x.code == "UNSUPPORTED"))
+    )
 }
 
 fn verifier(ctx: &TransferContext, src_repo: &str, digest: &Digest) -> Result<DigestVerifier> {

@@ -406,3 +406,43 @@ async fn label_filters_read_harbor_labels() {
         "{report:#}"
     );
 }
+
+/// A destination that refuses chunked uploads (405 `UNSUPPORTED` on `PATCH`) gets the blobs in one
+/// `PUT` each instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_refusing_chunks_gets_monolithic_uploads() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let (a, layer_a) = seed_image(&src, "team/a", "v1", vec![1u8; 300_000]);
+    let (b, layer_b) = seed_image(&src, "team/b", "v1", vec![2u8; 300_000]);
+    let dst = FakeRegistry::start(Behavior {
+        refuse_patch: true,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &src.url(),
+        &dst.url(),
+        json!({"copy_by_chunk": true}),
+    );
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(outcomes(&report, "copied"), 2, "{report:#}");
+    assert!(dst.has_blob(&layer_a) && dst.has_blob(&layer_b));
+    assert_eq!(
+        dst.manifest("team/a", "v1").map(|(_, m)| sha256_digest(&m)),
+        Some(a)
+    );
+    assert_eq!(
+        dst.manifest("team/b", "v1").map(|(_, m)| sha256_digest(&m)),
+        Some(b)
+    );
+    let patches = dst
+        .request_log()
+        .iter()
+        .filter(|(m, _)| m == "PATCH")
+        .count();
+    assert!(patches >= 1, "the chunked upload was tried first");
+}

@@ -89,6 +89,8 @@ pub struct Behavior {
     /// `DELETE /v2/<name>/manifests/<tag>` removes the tag alone (OCI 1.1); by default it answers
     /// 400 `DIGEST_INVALID`, as distribution 2.8 does.
     pub tag_deletes: bool,
+    /// Upload `PATCH`es answer 405 `UNSUPPORTED` (a registry that takes monolithic uploads only).
+    pub refuse_patch: bool,
     /// Serve Harbor's artifact API (`GET /api/v2.0/projects/<p>/repositories/<r>/artifacts/<ref>`,
     /// the repository percent-encoded twice) with these labels per `repo:tag`; `None`: no Harbor
     /// API (404).
@@ -505,6 +507,11 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
             }
         }
         (Method::POST, Route::UploadStart { name }) => start_upload(shared, inner, &req, &name),
+        (Method::PATCH, Route::Upload { .. }) if inner.behavior.refuse_patch => oci_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "chunked uploads are not supported; upload the blob in one PUT",
+        ),
         (Method::PATCH, Route::Upload { name, id }) => {
             let at = inner.uploads.get(&id).map(|u| u.data.len());
             if at.is_some() && inner.behavior.fail_patch_at == at {

@@ -99,6 +99,8 @@ pub struct RegistryClient {
     rate_limit: std::sync::Mutex<Option<RateLimit>>,
     /// Pauses after 429s and low quotas (shared by the region's workers) and the request rate.
     gate: Gate,
+    /// Set once the registry refused a chunked upload: blobs then go up in one `PUT`.
+    refuses_chunks: std::sync::atomic::AtomicBool,
 }
 
 /// What a tag-only delete did.
@@ -193,6 +195,7 @@ impl RegistryClient {
                 cfg.concurrency.unwrap_or(DEFAULT_TRANSFERS).max(1),
             )),
             chunk_size: cfg.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(64 * 1024),
+            refuses_chunks: std::sync::atomic::AtomicBool::new(false),
             gate: Gate::new(cfg.requests_per_second),
             chunk_threshold: cfg.chunk_threshold,
             referrers_api: std::sync::OnceLock::new(),
@@ -203,6 +206,18 @@ impl RegistryClient {
     /// The request quota the registry announced last, if it announces one.
     pub fn rate_limit(&self) -> Option<RateLimit> {
         *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this registry refused a chunked upload (then only monolithic uploads are tried).
+    pub fn refuses_chunks(&self) -> bool {
+        self.refuses_chunks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Remembers that this registry takes monolithic uploads only.
+    pub fn mark_refuses_chunks(&self) {
+        self.refuses_chunks
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Shares this registry's rate-limit pauses with the other processes of the region.
