@@ -276,22 +276,7 @@ impl Mesh {
         digest: &str,
         timeout: Duration,
     ) -> anyhow::Result<Duration> {
-        crate::wait_for(
-            &format!("{repo}:{tag} = {digest} on {host}"),
-            timeout,
-            || {
-                let host = host.to_string();
-                async move {
-                    crate::oci::manifest_digest(&host, repo, tag)
-                        .await
-                        .ok()
-                        .flatten()
-                        .as_deref()
-                        == Some(digest)
-                }
-            },
-        )
-        .await
+        crate::oci::wait_for_digest(host, repo, tag, digest, timeout).await
     }
 
     /// Every log of the mesh (agents, workers, registries, Redis), tails only.

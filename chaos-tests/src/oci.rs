@@ -95,6 +95,29 @@ pub fn blob_upload_puts_of(log: &str, digest: &str) -> usize {
         .count()
 }
 
+/// Waits until `repo:tag` on registry `host` resolves to `digest`; returns how long that took.
+pub async fn wait_for_digest(
+    host: &str,
+    repo: &str,
+    tag: &str,
+    digest: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
+    crate::wait_for(
+        &format!("{repo}:{tag} = {digest} on {host}"),
+        timeout,
+        || async move {
+            manifest_digest(host, repo, tag)
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some(digest)
+        },
+    )
+    .await
+}
+
 /// How many manifest `PUT`s of `repo:reference` a registry's access log shows (log level `info`).
 pub fn manifest_puts(log: &str, repo: &str, reference: &str) -> usize {
     let request = format!("\"PUT /v2/{repo}/manifests/{reference} ");

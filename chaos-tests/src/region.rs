@@ -324,19 +324,7 @@ impl Region {
         digest: &str,
         timeout: Duration,
     ) -> anyhow::Result<Duration> {
-        let host = self.b.host();
-        crate::wait_for(&format!("{repo}:{tag} = {digest} on b"), timeout, || {
-            let host = host.clone();
-            async move {
-                crate::oci::manifest_digest(&host, repo, tag)
-                    .await
-                    .ok()
-                    .flatten()
-                    .as_deref()
-                    == Some(digest)
-            }
-        })
-        .await
+        crate::oci::wait_for_digest(&self.b.host(), repo, tag, digest, timeout).await
     }
 
     /// The tail of every log of the region: registries, Redis, agent and workers.

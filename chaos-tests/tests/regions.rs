@@ -284,6 +284,21 @@ async fn bidirectional_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         "each image must be written once per side (skopeo's push, then Ferry's copy): {writes:?}"
     );
 
+    // The same image pushed to a again: b's job finds it there already — counted, nothing moved.
+    let again = push(dir.path(), 20, &a_host, "app/x:v1").await?;
+    anyhow::ensure!(again == x, "the re-push has the same digest");
+    wait_for("b's worker to count the no-op job", WAIT, || async {
+        workers[1]
+            .metric("ferry_noop_jobs_total", &[("policy", "a-b")])
+            .await
+            >= 1.0
+    })
+    .await?;
+    anyhow::ensure!(
+        oci::manifest_puts(&log(b), "app/x", "v1") == 1,
+        "the no-op job wrote to b"
+    );
+
     // A delete on b flows back to a (digest guard on a: it still holds what b deleted).
     oci::delete_manifest(&b_host, "app/y", &y).await?;
     wait_for("b's delete of app/y:v1 to reach a", WAIT, || {

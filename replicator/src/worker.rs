@@ -141,6 +141,12 @@ pub struct WorkerMetrics {
     bytes: Family<PolicyDirection, Counter>,
     blobs: Family<PolicyOutcome, Counter>,
     conflicts: Family<PolicyOutcome, Counter>,
+    noops: Family<PolicyLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +177,7 @@ impl Default for WorkerMetrics {
             bytes: Family::default(),
             blobs: Family::default(),
             conflicts: Family::default(),
+            noops: Family::default(),
         }
     }
 }
@@ -199,6 +206,11 @@ impl WorkerMetrics {
             "ferry_blobs",
             "Blobs handled, by policy and outcome (skipped, mounted, copied)",
             m.blobs.clone(),
+        );
+        registry.register(
+            "ferry_noop_jobs",
+            "Push jobs that found every destination already holding the source digest (duplicate events, echoes of Ferry's own writes)",
+            m.noops.clone(),
         );
         registry.register(
             "ferry_conflicts",
@@ -784,6 +796,16 @@ impl Worker {
             Ok(outcome) => {
                 self.stats.jobs_succeeded.fetch_add(1, Ordering::Relaxed);
                 self.metrics.job(&job.policy, job.kind, "succeeded");
+                if matches!(&outcome, JobOutcome::Pushed(v) if !v.is_empty() && v.iter().all(|(_, o)| matches!(o, TagOutcome::Unchanged { .. })))
+                {
+                    // A duplicate event, or the echo of Ferry's own write: counted, nothing moved.
+                    self.metrics
+                        .noops
+                        .get_or_create(&PolicyLabel {
+                            policy: job.policy.clone(),
+                        })
+                        .inc();
+                }
                 let copied = matches!(&outcome, JobOutcome::Pushed(v) if v.iter().any(|(_, o)| matches!(o, TagOutcome::Copied { .. })));
                 if copied {
                     if let Some(lag_ms) = lag_since(job.event_time_ms) {

@@ -8,32 +8,7 @@ use common::*;
 use ferry_testkit::{sha256_digest, BearerSetup, Behavior, FakeRegistry, Registry};
 use serde_json::json;
 
-const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
 /// Stores a one-layer image in a fake registry; returns (manifest digest, layer digest).
-fn seed_image(fake: &FakeRegistry, repo: &str, tag: &str, layer: Vec<u8>) -> (String, String) {
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-            .to_vec();
-    let (config_size, layer_size) = (config.len(), layer.len());
-    let config_digest = fake.put_blob(config);
-    let layer_digest = fake.put_blob(layer);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": layer_size}]
-    });
-    let digest = fake.put_manifest(
-        repo,
-        Some(tag),
-        OCI_MANIFEST,
-        serde_json::to_vec(&manifest).unwrap(),
-    );
-    (digest, layer_digest)
-}
-
 async fn blob_on(url: &str, repo: &str, digest: &str) -> u16 {
     reqwest::Client::new()
         .head(format!("{url}/v2/{repo}/blobs/{digest}"))

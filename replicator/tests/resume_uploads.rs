@@ -23,11 +23,8 @@ use ferry_replicator::worker::{Worker, WorkerOptions};
 use ferry_testkit::{sha256_digest, Behavior, FakeRegistry, Registry, RegistryOptions};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
 const MIB: usize = 1024 * 1024;
-const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Not a multiple of the chunk size (nor of a hash block).
 const LAYER_SIZE: usize = 5 * MIB + 12_345;
 
@@ -46,28 +43,11 @@ struct Image {
 
 /// Stores a one-layer image in the fake as `team/app:v1`.
 fn seed(fake: &FakeRegistry, layer: Vec<u8>) -> Image {
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-            .to_vec();
-    let (config_size, layer_size) = (config.len(), layer.len());
-    let config_digest = fake.put_blob(config);
-    let layer_digest = fake.put_blob(layer);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": layer_size}]
-    });
-    let manifest = fake.put_manifest(
-        "team/app",
-        Some("v1"),
-        OCI_MANIFEST,
-        serde_json::to_vec(&manifest).unwrap(),
-    );
+    let (manifest, layer) = seed_image(fake, "team/app", "v1", layer);
     Image {
         manifest,
-        layer: layer_digest,
-        config_size: config_size as u64,
+        layer,
+        config_size: IMAGE_CONFIG.len() as u64,
     }
 }
 
@@ -267,22 +247,7 @@ fn worker_for(config: &Config) -> WorkerSetup {
 
 /// Runs the worker until the queue is empty.
 async fn drain(s: &WorkerSetup) {
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(s.worker.clone().run(stop.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = s.queue.stats().await.unwrap();
-        if st.depth == 0 && st.in_flight == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue did not drain: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.cancel();
-    run.await.unwrap();
+    drain_queue(s.queue.as_ref(), s.worker.clone()).await;
 }
 
 /// What a worker that died mid-upload leaves: a session on `dst` holding the first `chunks` MiB of

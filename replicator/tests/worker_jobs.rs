@@ -71,6 +71,18 @@ async fn setup(policy_extra: serde_json::Value) -> Setup {
     }
 }
 
+/// A worker over an in-process queue and history, with default options (for `execute` calls).
+fn memory_worker(config: &Config, registries: &Registries) -> Worker {
+    Worker::new(
+        config,
+        registries,
+        Arc::new(MemoryQueue::new(RetryPolicy::default())),
+        Arc::new(MemoryHistory::new(Retention::default())),
+        WorkerOptions::default(),
+    )
+    .expect("worker")
+}
+
 /// The newest executions in the worker's history (up to 10).
 async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::history::Execution> {
     s.history
@@ -84,22 +96,7 @@ async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::history::Executio
 
 /// Runs the worker until the queue has nothing waiting or running, then stops it.
 async fn drain(s: &Setup) {
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(s.worker.clone().run(stop.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = s.queue.stats().await.unwrap();
-        if st.depth == 0 && st.in_flight == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue did not drain: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.cancel();
-    run.await.unwrap();
+    drain_queue(s.queue.as_ref(), s.worker.clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,23 +528,12 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_deleted_alone_is_deleted_alone_or_reported() {
     use ferry_testkit::{Behavior, FakeRegistry};
-    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
     let src = FakeRegistry::start(Behavior::default()).await.unwrap();
-    let config_blob =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-            .to_vec();
-    let config_size = config_blob.len();
-    let config_digest = src.put_blob(config_blob);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": []
-    }))
-    .unwrap();
-    let digest = src.put_manifest("team/app", Some("latest"), OCI_MANIFEST, manifest.clone());
+    let layer = vec![6u8; 64];
+    let (digest, _) = seed_image(&src, "team/app", "latest", layer.clone());
 
     for tag_deletes in [true, false] {
-        src.put_manifest("team/app", Some("v1"), OCI_MANIFEST, manifest.clone());
+        seed_image(&src, "team/app", "v1", layer.clone());
         let dst = FakeRegistry::start(Behavior {
             tag_deletes,
             ..Behavior::default()
@@ -563,14 +549,7 @@ async fn a_tag_deleted_alone_is_deleted_alone_or_reported() {
         );
         let config = Config::load(&cfg).unwrap();
         let registries = Registries::from_config(&config).unwrap();
-        let worker = Worker::new(
-            &config,
-            &registries,
-            Arc::new(MemoryQueue::new(RetryPolicy::default())),
-            Arc::new(MemoryHistory::new(Retention::default())),
-            WorkerOptions::default(),
-        )
-        .unwrap();
+        let worker = memory_worker(&config, &registries);
         let cancel = CancellationToken::new();
         for t in ["v1", "latest"] {
             let pushed = worker
@@ -750,14 +729,7 @@ async fn one_failing_destination_does_not_hold_back_the_others() {
     );
     let config = Config::load(&cfg).unwrap();
     let registries = Registries::from_config(&config).unwrap();
-    let worker = Worker::new(
-        &config,
-        &registries,
-        Arc::new(MemoryQueue::new(RetryPolicy::default())),
-        Arc::new(MemoryHistory::new(Retention::default())),
-        WorkerOptions::default(),
-    )
-    .unwrap();
+    let worker = memory_worker(&config, &registries);
     let digest = push_image(dir.path(), 50, &src.host(), "team/app:v1").await;
     let err = worker
         .execute(

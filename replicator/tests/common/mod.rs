@@ -462,3 +462,58 @@ pub async fn registry_pair(notify: Option<&str>, token: &str, policy_extra: Valu
         config,
     }
 }
+
+pub const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The image config [`seed_image`] stores.
+pub const IMAGE_CONFIG: &[u8] =
+    br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+
+/// Stores a one-layer OCI image in the fake under `repo:tag`; returns the manifest and layer
+/// digests. The same layer gives the same manifest (so it can tag it again).
+pub fn seed_image(
+    fake: &ferry_testkit::FakeRegistry,
+    repo: &str,
+    tag: &str,
+    layer: Vec<u8>,
+) -> (String, String) {
+    let config_digest = fake.put_blob(IMAGE_CONFIG.to_vec());
+    let layer_size = layer.len();
+    let layer_digest = fake.put_blob(layer);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": IMAGE_CONFIG.len()},
+        "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": layer_size}]
+    });
+    let digest = fake.put_manifest(
+        repo,
+        Some(tag),
+        OCI_MANIFEST,
+        serde_json::to_vec(&manifest).expect("json"),
+    );
+    (digest, layer_digest)
+}
+
+/// Runs `worker` until `queue` has nothing waiting or running (30 s at most), then stops it.
+pub async fn drain_queue(
+    queue: &dyn ferry_replicator::queue::JobQueue,
+    worker: std::sync::Arc<ferry_replicator::worker::Worker>,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(worker.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = queue.stats().await.expect("queue stats");
+        if st.depth == 0 && st.in_flight == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue did not drain: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    run.await.expect("worker task");
+}
