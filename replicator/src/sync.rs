@@ -664,10 +664,13 @@ async fn copy_referrers(
     // (reference on the source, reference to push on the destination)
     let mut refs: BTreeMap<String, String> = BTreeMap::new();
     // `None` when the registry has no referrers API (learned once per registry).
-    if let Some(list) = ctx.src.referrers(src_repo, subject).await? {
-        for d in list {
-            refs.insert(d.digest().to_string(), d.digest().to_string());
-        }
+    let listed = ctx
+        .src
+        .referrers(src_repo, subject)
+        .await?
+        .unwrap_or_default();
+    for d in &listed {
+        refs.insert(d.digest().to_string(), d.digest().to_string());
     }
     let prefix = format!("{}-{}", subject.algorithm(), subject.digest());
     for t in repo
@@ -678,6 +681,7 @@ async fn copy_referrers(
         refs.insert(t.clone(), t.clone());
     }
     let mut pushed = 0;
+    let mut copied = Vec::new();
     for (src_ref, dst_ref) in refs {
         let Some(src_head) = ctx.src.head_manifest(src_repo, &src_ref).await? else {
             continue;
@@ -702,6 +706,9 @@ async fn copy_referrers(
             pushed += 1;
             tracing::info!(referrer = %src_ref, %subject, "referrer copied");
         }
+        if let Some(d) = listed.iter().find(|d| d.digest().to_string() == src_ref) {
+            copied.push(d.clone());
+        }
         pushed += Box::pin(copy_referrers(
             prepared,
             ctx,
@@ -712,5 +719,57 @@ async fn copy_referrers(
         ))
         .await?;
     }
+    if !copied.is_empty() && ctx.dst.referrers(dst_repo, subject).await?.is_none() {
+        pushed += update_referrers_tag(ctx, dst_repo, subject, &copied).await?;
+    }
     Ok(pushed)
+}
+
+/// On a destination without the referrers API, lists `referrers` in the subject's fallback tag
+/// (`<alg>-<hex>`, an OCI index), as the distribution spec tells clients to, so they can be found
+/// there. Returns 1 when the index was written, 0 when it already listed them all.
+async fn update_referrers_tag(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    subject: &Digest,
+    referrers: &[oci_spec::image::Descriptor],
+) -> Result<u64, TransferError> {
+    let tag = format!("{}-{}", subject.algorithm(), subject.digest());
+    let mut manifests: Vec<oci_spec::image::Descriptor> =
+        match ctx.dst.head_manifest(dst_repo, &tag).await? {
+            Some(_) => {
+                let current = ctx.dst.get_manifest(dst_repo, &tag).await?;
+                match current.graph() {
+                    Ok(crate::oci::ManifestGraph::Index { children, .. }) => {
+                        children.into_iter().map(|c| c.descriptor).collect()
+                    }
+                    // Something else holds the tag: leave it alone.
+                    _ => return Ok(0),
+                }
+            }
+            None => Vec::new(),
+        };
+    let before = manifests.len();
+    for d in referrers {
+        if !manifests.iter().any(|m| m.digest() == d.digest()) {
+            manifests.push(d.clone());
+        }
+    }
+    if manifests.len() == before {
+        return Ok(0);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::oci::manifest::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|e| TransferError::Policy(e.to_string()))?;
+    let manifest = crate::oci::Manifest {
+        media_type: crate::oci::manifest::OCI_INDEX.to_string(),
+        digest: crate::oci::digest::sha256(&bytes),
+        bytes: bytes.into(),
+    };
+    ctx.dst.put_manifest(dst_repo, &tag, &manifest).await?;
+    tracing::info!(%subject, tag, referrers = manifests.len(), "referrers tag index written (the destination has no referrers API)");
+    Ok(1)
 }

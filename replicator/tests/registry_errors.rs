@@ -421,3 +421,58 @@ async fn a_registry_refusing_chunks_gets_monolithic_uploads() {
         .count();
     assert!(patches >= 1, "the chunked upload was tried first");
 }
+
+/// A referrer found through the source's referrers API goes to a destination without that API
+/// (distribution 2.8) by digest, and is listed in the subject's fallback tag `sha256-<hex>` there
+/// (an OCI index), so clients can find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_from_the_api_are_listed_in_the_fallback_tag_of_a_destination_without_it() {
+    let src = FakeRegistry::start(Behavior {
+        referrers_api: true,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let (subject, _) = seed_image(&src, "team/app", "v1", vec![5u8; 1000]);
+    let empty = src.put_blob(b"{}".to_vec());
+    let sbom_blob = src.put_blob(br#"{"spdxVersion":"SPDX-2.3"}"#.to_vec());
+    let subject_size = src.manifest("team/app", "v1").unwrap().1.len();
+    let sbom = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/spdx+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/spdx+json", "digest": sbom_blob, "size": 26}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_size}
+    }))
+    .unwrap();
+    let sbom_digest = src.put_manifest("team/app", None, OCI_MANIFEST, sbom);
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        manifest_on(&dst.url(), "team/app", &sbom_digest).await,
+        200,
+        "{report:#}"
+    );
+    let fallback = format!("sha256-{}", subject.trim_start_matches("sha256:"));
+    let index: serde_json::Value = serde_json::from_slice(
+        &ferry_testkit::skopeo::inspect_raw(&dst.host(), &format!("team/app:{fallback}"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [sbom_digest.as_str()], "{index:#}");
+    assert_eq!(
+        index["manifests"][0]["artifactType"],
+        "application/spdx+json"
+    );
+}

@@ -91,6 +91,9 @@ pub struct Behavior {
     pub tag_deletes: bool,
     /// Upload `PATCH`es answer 405 `UNSUPPORTED` (a registry that takes monolithic uploads only).
     pub refuse_patch: bool,
+    /// Serve the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`): an index of the
+    /// repository's manifests whose `subject` is that digest. Off: 404, as distribution 2.8.
+    pub referrers_api: bool,
     /// Serve Harbor's artifact API (`GET /api/v2.0/projects/<p>/repositories/<r>/artifacts/<ref>`,
     /// the repository percent-encoded twice) with these labels per `repo:tag`; `None`: no Harbor
     /// API (404).
@@ -361,6 +364,7 @@ enum Route {
     Base,
     Catalog,
     Tags { name: String },
+    Referrers { name: String, digest: String },
     Manifest { name: String, reference: String },
     Blob { name: String, digest: String },
     UploadStart { name: String },
@@ -396,6 +400,12 @@ impl Route {
         if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
             return Some(Route::Tags { name: name(2) });
         }
+        if n >= 3 && segs[n - 2] == "referrers" {
+            return Some(Route::Referrers {
+                name: name(2),
+                digest: segs[n - 1].clone(),
+            });
+        }
         if n >= 3 && segs[n - 2] == "manifests" {
             return Some(Route::Manifest {
                 name: name(2),
@@ -415,6 +425,7 @@ impl Route {
         match self {
             Route::Base | Route::Catalog => None,
             Route::Tags { name }
+            | Route::Referrers { name, .. }
             | Route::Manifest { name, .. }
             | Route::Blob { name, .. }
             | Route::UploadStart { name }
@@ -479,6 +490,9 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
         (Method::GET | Method::HEAD, Route::Base) => json(StatusCode::OK, serde_json::json!({})),
         (Method::GET, Route::Catalog) => catalog(inner, &req),
         (Method::GET, Route::Tags { name }) => tags_list(inner, &req, &name),
+        (Method::GET, Route::Referrers { name, digest }) if inner.behavior.referrers_api => {
+            referrers(inner, &name, &digest)
+        }
         (Method::GET | Method::HEAD, Route::Manifest { name, reference }) => {
             get_manifest(inner, &req, &name, &reference)
         }
@@ -658,6 +672,36 @@ fn catalog(inner: &Inner, req: &Req<'_>) -> Response {
         }
         Err(resp) => *resp,
     }
+}
+
+/// The referrers index of `digest` in `name`: descriptors of the manifests whose `subject` it is.
+fn referrers(inner: &Inner, name: &str, digest: &str) -> Response {
+    let manifests: Vec<serde_json::Value> = inner
+        .repos
+        .get(name)
+        .into_iter()
+        .flat_map(|r| r.manifests.iter())
+        .filter_map(|(d, (media_type, bytes))| {
+            let m: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+            (m["subject"]["digest"].as_str() == Some(digest)).then(|| {
+                let artifact_type = m["artifactType"]
+                    .as_str()
+                    .or(m["config"]["mediaType"].as_str())
+                    .unwrap_or_default();
+                serde_json::json!({"mediaType": media_type, "digest": d, "size": bytes.len(), "artifactType": artifact_type})
+            })
+        })
+        .collect();
+    let mut resp = json(
+        StatusCode::OK,
+        serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
+    );
+    insert(
+        &mut resp,
+        header::CONTENT_TYPE,
+        "application/vnd.oci.image.index.v1+json",
+    );
+    resp
 }
 
 fn tags_list(inner: &Inner, req: &Req<'_>, name: &str) -> Response {
