@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ferry_chaos_tests::mesh::{Mesh, MeshOptions};
 use ferry_chaos_tests::{oci, wait_for};
-use ferry_testkit::{skopeo, LayerSpec, Link};
+use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Link};
 use serde_json::{json, Value};
 
 const KIB: u64 = 1024;
@@ -43,6 +43,41 @@ async fn push(
     )?;
     skopeo::push_layout(&image.layout, "img", host, repo_tag).await?;
     Ok(image.manifest.digest)
+}
+
+/// Pushes a cosign-style signature of `subject` (the image [`push`] made from `seed`) to
+/// `host/repo`, under the tag scheme (`sha256-<hex>.sig`); returns the tag and the signature's
+/// digest.
+async fn push_signature(
+    root: &std::path::Path,
+    seed: u64,
+    subject: &str,
+    host: &str,
+    repo: &str,
+) -> anyhow::Result<(String, String)> {
+    let mut b = LayoutBuilder::new(&root.join(format!("sig-{seed}")))?;
+    let image = b.image(
+        "img",
+        &[LayerSpec {
+            seed,
+            size: 64 * KIB,
+        }],
+    )?;
+    let sig = b.artifact(
+        "sig",
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        format!("signature of {}", image.digest).as_bytes(),
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        Some(&image),
+    )?;
+    anyhow::ensure!(
+        image.digest == subject,
+        "seed {seed} does not rebuild {subject}"
+    );
+    let layout = b.finish()?;
+    let tag = format!("sha256-{}.sig", image.hex());
+    skopeo::push_layout(&layout, "sig", host, &format!("{repo}:{tag}")).await?;
+    Ok((tag, sig.digest))
 }
 
 fn policy(name: &str, mode: &str, src: &str, dest: &str, extra: Value) -> Value {
@@ -115,6 +150,11 @@ async fn pull_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         received >= 1.0,
         "agent b reports {received} events received from a"
     );
+
+    // A signature pushed after its image arrived follows it (its own event, forwarded).
+    let (sig_tag, sig) = push_signature(dir.path(), 1, &v1, &a_host, "app/one").await?;
+    mesh.wait_for_tag(&b_host, "app/one", &sig_tag, &sig, WAIT)
+        .await?;
 
     // A source without webhooks, polled by region b (HEAD only).
     let hub = mesh.hub.as_ref().expect("the hub registry");
@@ -298,6 +338,11 @@ async fn bidirectional_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         oci::manifest_puts(&log(b), "app/x", "v1") == 1,
         "the no-op job wrote to b"
     );
+
+    // A signature pushed on b after its image follows it to a.
+    let (sig_tag, sig) = push_signature(dir.path(), 21, &y, &b_host, "app/y").await?;
+    mesh.wait_for_tag(&a_host, "app/y", &sig_tag, &sig, WAIT)
+        .await?;
 
     // A delete on b flows back to a (digest guard on a: it still holds what b deleted).
     oci::delete_manifest(&b_host, "app/y", &y).await?;
