@@ -158,6 +158,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         );
     }
+    if region.is_empty() && !config.regions.is_empty() {
+        tracing::warn!(
+            "the config declares regions but --region (FERRY_REGION) is not set: every event is handled in this region and nothing is forwarded"
+        );
+    }
     let outbox: Arc<dyn Outbox> = Arc::new(RedisOutbox::new(&queue));
     let tag_ledger: Arc<dyn TagLedger> = Arc::new(RedisTagLedger::new(&queue));
     let shared_gate = Arc::new(RedisGate::new(&queue));

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::diff::diff_policy;
 use crate::event::{now_ms, EventKind};
 use crate::history::Trigger;
-use crate::policy::{Mode, TriggerKind};
+use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::sync::{PreparedPolicy, Registries, SyncError};
 
@@ -151,7 +151,7 @@ impl Reconciler {
                 event_time_ms: now_ms(),
                 event_id: Some("reconcile".to_string()),
                 trigger: Trigger::Reconcile,
-                source: job_source(prepared),
+                source: prepared.job_source(),
                 ..Job::new(policy, EventKind::Push, repository, tag)
             };
             match self.queue.enqueue(job).await.map_err(|e| e.to_string())? {
@@ -183,7 +183,7 @@ impl Reconciler {
         loop {
             let policies = self.policies.get();
             for prepared in policies.iter() {
-                let lease_key = match job_source(prepared) {
+                let lease_key = match prepared.job_source() {
                     Some(from) => format!("reconcile/{}/from-{from}", prepared.policy.name),
                     None => format!("reconcile/{}", prepared.policy.name),
                 };
@@ -242,11 +242,6 @@ fn event_policies(
         .filter(|p| crate::ingest::matcher::runs_here(config, p, region))
         .map(|p| PreparedPolicy::new(&p, registries).map(Arc::new))
         .collect()
-}
-
-/// The registry a bidirectional policy's jobs read from (both directions say it); `None` otherwise.
-fn job_source(prepared: &PreparedPolicy) -> Option<String> {
-    (prepared.policy.mode == Mode::Bidirectional).then(|| prepared.policy.src_registry.name.clone())
 }
 
 impl crate::catalog::Reload for Reconciler {

@@ -79,32 +79,49 @@ pub async fn start_run(
     let mut execution = Execution::new(&id, &policy.name, trigger, now);
     execution.attempts = 1;
     execution.dry_run = dry_run;
-    let repos = list_source(&prepared.src, policy, &prepared.selector)
-        .await
-        .map_err(source_err)?;
-    let refs: Vec<(&str, &str)> = repos
-        .iter()
-        .flat_map(|r| {
-            r.tags
-                .iter()
-                .filter(|t| !is_referrer_tag(t))
-                .map(move |t| (r.repository.as_str(), t.as_str()))
-        })
-        .collect();
-    let mut tasks = Vec::with_capacity(refs.len() * prepared.dsts.len());
-    for (repo, tag) in &refs {
-        for dst in &prepared.dsts {
-            tasks.push(task(&id, &policy.name, dst.name(), repo, tag, now));
+    // A bidirectional policy runs both ways; each direction's tasks name the side it writes.
+    let reversed = prepared.reversed();
+    let mut tasks = Vec::new();
+    let mut jobs: Vec<(Option<String>, String, String)> = Vec::new();
+    let mut to_copy: HashSet<String> = HashSet::new();
+    for direction in std::iter::once(prepared).chain(reversed.as_ref()) {
+        let repos = list_source(&direction.src, &direction.policy, &direction.selector)
+            .await
+            .map_err(source_err)?;
+        let refs: Vec<(String, String)> = repos
+            .iter()
+            .flat_map(|r| {
+                r.tags
+                    .iter()
+                    .filter(|t| !is_referrer_tag(t))
+                    .map(move |t| (r.repository.clone(), t.clone()))
+            })
+            .collect();
+        for (repo, tag) in &refs {
+            for dst in &direction.dsts {
+                tasks.push(task(&id, &policy.name, dst.name(), repo, tag, now));
+            }
         }
+        if dry_run {
+            let report = diff_policy(direction).await.map_err(source_err)?;
+            // A bidirectional run fills missing tags only (events settle the different ones).
+            let different = if direction.job_source().is_some() {
+                &[][..]
+            } else {
+                &report.different[..]
+            };
+            to_copy.extend(
+                report
+                    .missing
+                    .iter()
+                    .chain(different.iter())
+                    .map(|d| Task::id_for(&d.destination, &d.repository, &d.tag)),
+            );
+        }
+        let source = direction.job_source();
+        jobs.extend(refs.into_iter().map(|(r, t)| (source.clone(), r, t)));
     }
     if dry_run {
-        let report = diff_policy(prepared).await.map_err(source_err)?;
-        let to_copy: HashSet<String> = report
-            .missing
-            .iter()
-            .chain(report.different.iter())
-            .map(|d| Task::id_for(&d.destination, &d.repository, &d.tag))
-            .collect();
         for t in &mut tasks {
             t.state = TaskState::Succeeded;
             t.ended_at_ms = Some(now_ms());
@@ -130,12 +147,13 @@ pub async fn start_run(
         history.record_tasks(&id, chunk).await?;
     }
     if !execution.state.is_final() {
-        for (repo, tag) in refs {
+        for (source, repo, tag) in jobs {
             let job = Job {
                 event_time_ms: now,
                 trigger,
                 execution_id: Some(id.clone()),
-                ..Job::new(&policy.name, EventKind::Push, repo, tag)
+                source,
+                ..Job::new(&policy.name, EventKind::Push, &repo, &tag)
             };
             queue.enqueue(job).await?;
         }

@@ -314,6 +314,24 @@ impl PreparedPolicy {
         })
     }
 
+    /// A bidirectional policy the other way round, with the same clients; `None` for other modes.
+    pub fn reversed(&self) -> Option<PreparedPolicy> {
+        let policy = self.policy.reversed()?;
+        Some(PreparedPolicy {
+            policy,
+            selector: self.selector.clone(),
+            src: self.dsts.first()?.clone(),
+            dsts: vec![self.src.clone()],
+        })
+    }
+
+    /// The registry a bidirectional policy's jobs in this direction read from (`Job::source`);
+    /// `None` for other modes.
+    pub fn job_source(&self) -> Option<String> {
+        (self.policy.mode == crate::policy::Mode::Bidirectional)
+            .then(|| self.policy.src_registry.name.clone())
+    }
+
     /// Everything a transfer from this policy's source to `dst` needs.
     pub fn transfer_context(
         &self,

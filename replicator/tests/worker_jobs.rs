@@ -741,3 +741,61 @@ async fn one_failing_destination_does_not_hold_back_the_others() {
     assert!(err.to_string().starts_with("destination bad: "), "{err}");
     assert_eq!(raw_digest(&good.host(), "team/app:v1").await, digest);
 }
+
+/// A manual run of a bidirectional policy runs both ways: it fills what each side lacks (a dry run
+/// says so first) and leaves a tag that differs between the sides alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
+    use ferry_replicator::history::{ExecutionState, Trigger};
+    use ferry_replicator::runs::start_run;
+    let s = setup(json!({"mode": "bidirectional"})).await;
+    let dir = s._dir.path();
+    let only_src = push_image(dir, 60, &s.src.host(), "team/a:v1").await;
+    let only_dst = push_image(dir, 61, &s.dst.host(), "team/b:v1").await;
+    let on_src = push_image(dir, 62, &s.src.host(), "team/c:v1").await;
+    let on_dst = push_image(dir, 63, &s.dst.host(), "team/c:v1").await;
+    let prepared =
+        ferry_replicator::sync::PreparedPolicy::new(&s.config.policies[0], &s.registries).unwrap();
+
+    let plan = start_run(
+        &prepared,
+        Trigger::Manual,
+        true,
+        s.queue.as_ref(),
+        s.history.as_ref(),
+    )
+    .await
+    .unwrap();
+    let tasks = s.history.tasks(&plan.id, 100).await.unwrap();
+    let mut would: Vec<(String, String)> = tasks
+        .iter()
+        .filter(|t| t.outcome.as_deref() == Some("would copy"))
+        .map(|t| (t.destination.clone(), t.repository.clone()))
+        .collect();
+    would.sort();
+    assert_eq!(
+        would,
+        [
+            ("dst".to_string(), "team/a".to_string()),
+            ("src".to_string(), "team/b".to_string())
+        ],
+        "{tasks:#?}"
+    );
+
+    let run = start_run(
+        &prepared,
+        Trigger::Manual,
+        false,
+        s.queue.as_ref(),
+        s.history.as_ref(),
+    )
+    .await
+    .unwrap();
+    drain(&s).await;
+    assert_eq!(raw_digest(&s.dst.host(), "team/a:v1").await, only_src);
+    assert_eq!(raw_digest(&s.src.host(), "team/b:v1").await, only_dst);
+    assert_eq!(raw_digest(&s.src.host(), "team/c:v1").await, on_src);
+    assert_eq!(raw_digest(&s.dst.host(), "team/c:v1").await, on_dst);
+    let done = s.history.execution(&run.id).await.unwrap().unwrap();
+    assert_eq!(done.state, ExecutionState::Succeeded, "{done:#?}");
+}
