@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ferry_testkit::{FaultProxy, RedisServer, Registry, RegistryOptions};
+use ferry_testkit::{FaultProxy, Host, Netns, RedisServer, Registry, RegistryOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -36,7 +36,7 @@ pub struct MeshOptions {
     pub tls: bool,
 }
 
-/// One region of a [`Mesh`].
+/// One region of a [`Mesh`]. Fields drop in order: processes first, the namespace last.
 pub struct MeshRegion {
     pub name: String,
     pub agent: Daemon,
@@ -44,29 +44,60 @@ pub struct MeshRegion {
     pub redis: RedisServer,
     /// In front of this region's Forward endpoint; other regions reach it only through here.
     pub proxy: FaultProxy,
+    /// Where the region's processes run: its own network namespace and address when the machine
+    /// allows it, else this machine's loopback.
+    pub host: Host,
+    _netns: Option<Netns>,
 }
 
 /// Running regions. Fields drop in order: regions (agents first), hub, temp dir, serial lock.
 pub struct Mesh {
     pub regions: BTreeMap<String, MeshRegion>,
     pub hub: Option<Registry>,
+    _hub_netns: Option<Netns>,
     dir: TempDir,
     config: PathBuf,
     workers: std::sync::atomic::AtomicUsize,
     _serial: SerialGuard,
 }
 
-/// A port picked now and held until the process that uses it starts.
-fn hold_port() -> anyhow::Result<(TcpListener, SocketAddr)> {
+/// A port picked now and held until the process that uses it starts (on `host`'s address; a
+/// namespace's ports are all free, so only loopback ports need holding).
+fn hold_port(host: &Host) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind("127.0.0.1:0").context("picking a port")?;
-    let addr = l.local_addr()?;
-    Ok((l, addr))
+    let port = l.local_addr()?.port();
+    Ok((l, SocketAddr::from((host.ip, port))))
 }
 
 /// The shared token of webhooks, forwarding and everything else in a mesh.
 pub const TOKEN: &str = "chaos-mesh-token";
 
+/// A region's own network namespace (index `i` picks its subnet), or `None` on loopback.
+fn region_netns(name: &str, index: u8, use_netns: bool) -> anyhow::Result<Option<Netns>> {
+    if !use_netns {
+        return Ok(None);
+    }
+    Netns::create(&format!("ferry-mesh-{name}"), index)
+        .map(Some)
+        .with_context(|| format!("creating region {name}'s network namespace"))
+}
+
+/// What is started for a region before its agent (whose flags name all of it).
+struct Planned {
+    name: &'static str,
+    netns: Option<Netns>,
+    host: Host,
+    agent: (TcpListener, SocketAddr),
+    forward: (TcpListener, SocketAddr),
+    proxy: FaultProxy,
+    redis: RedisServer,
+    registry: Registry,
+}
+
 impl Mesh {
+    /// Starts the regions — each in its own network namespace (`10.233.<i>.2`, reached through
+    /// the machine at `10.233.<i>.1`, where its fault proxy listens) when this machine allows
+    /// namespaces (root and iproute2), else on loopback with a note on stderr.
     pub async fn start(opts: MeshOptions) -> anyhow::Result<Mesh> {
         let serial = serial().await?;
         let agent_bin = binary("ferry-agent")?;
@@ -88,41 +119,59 @@ impl Mesh {
         } else {
             opts.registry_log_level
         };
+        let use_netns = Netns::available();
+        if !use_netns {
+            eprintln!("mesh: network namespaces are not available here (root and iproute2 needed); the regions share loopback");
+        }
+        let redis_binary =
+            std::env::var("FERRY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
 
-        // Ports first: registries name their agent, the config names the proxies.
+        // Addresses first: registries name their agent, the config names the proxies.
         let mut planned = Vec::new();
-        for name in &opts.regions {
-            let (agent_hold, agent_addr) = hold_port()?;
-            let (forward_hold, forward_addr) = hold_port()?;
-            let proxy = FaultProxy::start(forward_addr).await?;
-            let redis = RedisServer::start(true)
+        for (i, name) in opts.regions.iter().enumerate() {
+            let netns = region_netns(name, i as u8 + 1, use_netns)?;
+            let host = netns.as_ref().map_or_else(Host::loopback, Netns::host);
+            let proxy_ip = netns
+                .as_ref()
+                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), Netns::root_ip);
+            let agent = hold_port(&host)?;
+            let forward = hold_port(&host)?;
+            let proxy = FaultProxy::start_on(proxy_ip, forward.1).await?;
+            let redis = RedisServer::start_on(&host, &redis_binary, true)
                 .await
                 .with_context(|| format!("starting region {name}'s Redis"))?;
             let registry = Registry::start_with(RegistryOptions {
                 notifications_url: Some(format!(
-                    "http://{agent_addr}/v1/events/distribution?registry={name}"
+                    "http://{}/v1/events/distribution?registry={name}",
+                    agent.1
                 )),
                 notifications_token: Some(TOKEN.to_string()),
                 log_level,
                 tls: false,
+                host: host.clone(),
             })
             .await
             .with_context(|| format!("starting region {name}'s registry"))?;
-            planned.push((
-                *name,
-                agent_hold,
-                agent_addr,
-                forward_hold,
-                forward_addr,
+            planned.push(Planned {
+                name,
+                netns,
+                host,
+                agent,
+                forward,
                 proxy,
                 redis,
                 registry,
-            ));
+            });
         }
+        let hub_netns = match opts.hub_polled_by {
+            Some(_) => region_netns("hub", 9, use_netns)?,
+            None => None,
+        };
         let hub = match opts.hub_polled_by {
             Some(_) => Some(
                 Registry::start_with(RegistryOptions {
                     log_level,
+                    host: hub_netns.as_ref().map_or_else(Host::loopback, Netns::host),
                     ..RegistryOptions::default()
                 })
                 .await
@@ -133,8 +182,8 @@ impl Mesh {
 
         let mut registries: Vec<Value> = planned
             .iter()
-            .map(|(name, _, _, _, _, _, _, registry)| {
-                json!({"name": name, "url": registry.url(), "insecure": true, "region": name})
+            .map(|p| {
+                json!({"name": p.name, "url": p.registry.url(), "insecure": true, "region": p.name})
             })
             .collect();
         if let (Some(hub), Some(region)) = (&hub, opts.hub_polled_by) {
@@ -145,9 +194,7 @@ impl Mesh {
         }
         let regions: Vec<Value> = planned
             .iter()
-            .map(|(name, _, _, _, _, proxy, _, _)| {
-                json!({"name": name, "forward_url": format!("{scheme}://{}", proxy.addr())})
-            })
+            .map(|p| json!({"name": p.name, "forward_url": format!("{scheme}://{}", p.proxy.addr())}))
             .collect();
         let config = dir.path().join("ferry.json");
         std::fs::write(
@@ -160,9 +207,17 @@ impl Mesh {
         )?;
 
         let mut regions = BTreeMap::new();
-        for (name, agent_hold, agent_addr, forward_hold, forward_addr, proxy, redis, registry) in
-            planned
-        {
+        for p in planned {
+            let Planned {
+                name,
+                netns,
+                host,
+                agent: (agent_hold, agent_addr),
+                forward: (forward_hold, forward_addr),
+                proxy,
+                redis,
+                registry,
+            } = p;
             let mut args: Vec<String> = [
                 "--config",
                 path_str(&config)?,
@@ -195,7 +250,8 @@ impl Mesh {
                 }
             }
             drop((agent_hold, forward_hold));
-            let agent = Daemon::start(
+            let agent = Daemon::start_on(
+                &host,
                 &format!("agent-{name}"),
                 &agent_bin,
                 &args,
@@ -212,12 +268,15 @@ impl Mesh {
                     registry,
                     redis,
                     proxy,
+                    host,
+                    _netns: netns,
                 },
             );
         }
         Ok(Mesh {
             regions,
             hub,
+            _hub_netns: hub_netns,
             dir,
             config,
             workers: std::sync::atomic::AtomicUsize::new(0),
@@ -240,7 +299,7 @@ impl Mesh {
         let ferry = binary("ferry")?;
         let mut last = None;
         for _ in 0..3 {
-            let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let listen = hold_port(&r.host)?.1;
             let args: Vec<String> = [
                 "worker",
                 "--config",
@@ -258,7 +317,7 @@ impl Mesh {
             .map(|s| s.to_string())
             .collect();
             let log = self.dir.path().join(format!("{name}.log"));
-            match Daemon::start(&name, &ferry, &args, &log, listen).await {
+            match Daemon::start_on(&r.host, &name, &ferry, &args, &log, listen).await {
                 Ok(d) => return Ok(d),
                 Err(StartError::AddrInUse(e)) => last = Some(e),
                 Err(StartError::Fatal(e)) => return Err(e),

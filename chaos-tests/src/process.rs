@@ -106,6 +106,26 @@ impl Daemon {
         log: &Path,
         listen: SocketAddr,
     ) -> Result<Daemon, StartError> {
+        Daemon::start_on(
+            &ferry_testkit::Host::loopback(),
+            name,
+            program,
+            args,
+            log,
+            listen,
+        )
+        .await
+    }
+
+    /// [`Daemon::start`] on `host` (inside its network namespace).
+    pub(crate) async fn start_on(
+        host: &ferry_testkit::Host,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        listen: SocketAddr,
+    ) -> Result<Daemon, StartError> {
         use std::io::Write as _;
         let fatal = |e: anyhow::Error| StartError::Fatal(e);
         let mut file = OpenOptions::new()
@@ -120,7 +140,8 @@ impl Daemon {
             .try_clone()
             .context("duplicating the log handle")
             .map_err(fatal)?;
-        let child = Command::new(program)
+        let child = host
+            .command(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))

@@ -168,7 +168,7 @@ impl Region {
                 .then(|| format!("http://{agent_addr}/v1/events/distribution?registry=a")),
             notifications_token: Some(token.clone()),
             log_level: opts.source_log_level,
-            tls: false,
+            ..RegistryOptions::default()
         })
         .await
         .context("starting registry a")?;

@@ -38,7 +38,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Relays `127.0.0.1:<free port>` to `target`, link up.
     pub async fn start(target: SocketAddr) -> anyhow::Result<FaultProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        FaultProxy::start_on(std::net::Ipv4Addr::LOCALHOST.into(), target).await
+    }
+
+    /// Relays `<ip>:<free port>` (e.g. the root end of a namespace's veth) to `target`.
+    pub async fn start_on(ip: std::net::IpAddr, target: SocketAddr) -> anyhow::Result<FaultProxy> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let (link, link_rx) = watch::channel(Link::Up);
         let (latency, latency_rx) = watch::channel(Duration::ZERO);

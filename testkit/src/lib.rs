@@ -19,6 +19,8 @@
 //! - [`skopeo`]: push a layout, read raw manifests, pull and re-hash, list
 //!   tags; each call gets its own skopeo blob-info cache.
 //! - [`fake`]: the misbehaving in-memory registry.
+//! - [`netns`]: network namespaces joined by veth pairs, so each test region has its own
+//!   addresses; [`Host`] says where a child process runs.
 //! - [`fault`]: a userspace TCP fault proxy (blackhole, reset, latency) for links between regions.
 //!
 //! Errors are `anyhow` (this is test code) and always say what failed, with
@@ -31,6 +33,7 @@
 pub mod fake;
 pub mod fault;
 pub mod fixtures;
+pub mod netns;
 pub mod registry;
 pub mod skopeo;
 pub mod tls;
@@ -40,5 +43,6 @@ mod process;
 pub use fake::{BearerSetup, Behavior, FakeRegistry};
 pub use fault::{FaultProxy, Link};
 pub use fixtures::{sha256_digest, sha256_file, Blob, LayerSpec, LayoutBuilder};
+pub use netns::{Host, Netns};
 pub use registry::{RedisServer, Registry, RegistryOptions};
 pub use tls::{make_certificates, Certificates};

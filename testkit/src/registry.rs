@@ -9,14 +9,14 @@
 //! tail of the server's log. Dropping a server SIGKILLs it; `restart` keeps the
 //! port and the data, which is what chaos tests need to model a crash.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::process::{self, Managed, StartError, START_ATTEMPTS};
 
@@ -38,6 +38,8 @@ pub struct RegistryOptions {
     /// Serve HTTPS with a leaf certificate (SAN `IP:127.0.0.1`) signed by a throwaway CA made with
     /// `openssl`; [`Registry::ca_path`] is the CA to trust.
     pub tls: bool,
+    /// Where the registry runs (default: this machine's loopback).
+    pub host: crate::Host,
 }
 
 impl Default for RegistryOptions {
@@ -47,6 +49,7 @@ impl Default for RegistryOptions {
             notifications_token: None,
             log_level: "error",
             tls: false,
+            host: crate::Host::loopback(),
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct Registry {
     dir: TempDir,
     /// The CA certificate clients must trust, when serving HTTPS.
     ca: Option<PathBuf>,
+    /// Where it runs (kept for restarts).
+    host: crate::Host,
 }
 
 impl Registry {
@@ -89,12 +94,12 @@ impl Registry {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = process::free_port()?;
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let addr = SocketAddr::from((opts.host.ip, port));
             let config = registry_config(&opts, &data, addr, tls.as_ref());
             let config_path = dir.path().join("config.yml");
             std::fs::write(&config_path, config)
                 .with_context(|| format!("writing {}", config_path.display()))?;
-            match spawn_registry(dir.path(), addr, ca.as_deref()).await {
+            match spawn_registry(&opts.host, dir.path(), addr, ca.as_deref()).await {
                 Ok(child) => {
                     return Ok(Registry {
                         child: Managed::new(child),
@@ -102,6 +107,7 @@ impl Registry {
                         data,
                         dir,
                         ca,
+                        host: opts.host.clone(),
                     })
                 }
                 Err(StartError::AddrInUse(e)) => last_err = Some(e),
@@ -161,7 +167,7 @@ impl Registry {
     /// with the same config and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
-        let child = spawn_registry(self.dir.path(), self.addr, self.ca.as_deref())
+        let child = spawn_registry(&self.host, self.dir.path(), self.addr, self.ca.as_deref())
             .await
             .map_err(StartError::into_inner)
             .with_context(|| format!("restarting docker-registry on {}", self.addr))?;
@@ -177,13 +183,14 @@ impl Registry {
 
 /// One start attempt of `docker-registry serve DIR/config.yml`.
 async fn spawn_registry(
+    host: &crate::Host,
     dir: &Path,
     addr: SocketAddr,
     ca: Option<&Path>,
 ) -> Result<Child, StartError> {
     let log = dir.join("registry.log");
     let what = format!("docker-registry on {addr}");
-    let mut cmd = Command::new("docker-registry");
+    let mut cmd = host.command("docker-registry");
     cmd.arg("serve")
         .arg(dir.join("config.yml"))
         .current_dir(dir);
@@ -276,6 +283,8 @@ pub struct RedisServer {
     binary: String,
     /// Holds `redis.log` and the server's `--dir` (RDB/AOF files).
     dir: TempDir,
+    /// Where it runs.
+    host: crate::Host,
 }
 
 impl RedisServer {
@@ -291,6 +300,15 @@ impl RedisServer {
     /// path) instead of `$FERRY_REDIS_SERVER`, so one test run can cover both
     /// `redis-server` and `valkey-server`.
     pub async fn start_binary(binary: &str, appendonly: bool) -> anyhow::Result<RedisServer> {
+        RedisServer::start_on(&crate::Host::loopback(), binary, appendonly).await
+    }
+
+    /// Like [`RedisServer::start_binary`], on `host` (e.g. in a network namespace).
+    pub async fn start_on(
+        host: &crate::Host,
+        binary: &str,
+        appendonly: bool,
+    ) -> anyhow::Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("ferry-redis-")
             .tempdir()
@@ -298,7 +316,7 @@ impl RedisServer {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = process::free_port()?;
-            match spawn_redis(binary, dir.path(), port, appendonly).await {
+            match spawn_redis(host, binary, dir.path(), port, appendonly).await {
                 Ok(child) => {
                     return Ok(RedisServer {
                         child: Managed::new(child),
@@ -306,6 +324,7 @@ impl RedisServer {
                         appendonly,
                         binary: binary.to_owned(),
                         dir,
+                        host: host.clone(),
                     })
                 }
                 Err(StartError::AddrInUse(e)) => last_err = Some(e),
@@ -319,14 +338,14 @@ impl RedisServer {
             )))
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://IP:PORT` (`127.0.0.1` unless started on another host)
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}", self.host())
     }
 
-    /// `127.0.0.1:PORT`
+    /// `IP:PORT`
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::from((self.host.ip, self.port)).to_string()
     }
 
     /// The listening port on 127.0.0.1.
@@ -353,10 +372,16 @@ impl RedisServer {
     /// directory (reloading the AOF when `appendonly`).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
-        let child = spawn_redis(&self.binary, self.dir.path(), self.port, self.appendonly)
-            .await
-            .map_err(StartError::into_inner)
-            .with_context(|| format!("restarting {} on port {}", self.binary, self.port))?;
+        let child = spawn_redis(
+            &self.host,
+            &self.binary,
+            self.dir.path(),
+            self.port,
+            self.appendonly,
+        )
+        .await
+        .map_err(StartError::into_inner)
+        .with_context(|| format!("restarting {} on port {}", self.binary, self.port))?;
         self.child.set(child);
         Ok(())
     }
@@ -378,18 +403,23 @@ fn redis_binary() -> String {
 
 /// One start attempt of the redis binary.
 async fn spawn_redis(
+    host: &crate::Host,
     binary: &str,
     dir: &Path,
     port: u16,
     appendonly: bool,
 ) -> Result<Child, StartError> {
     let log = dir.join("redis.log");
-    let what = format!("{binary} on 127.0.0.1:{port}");
-    let mut cmd = Command::new(binary);
+    let addr = std::net::SocketAddr::from((host.ip, port));
+    let what = format!("{binary} on {addr}");
+    let mut cmd = host.command(binary);
     cmd.arg("--port")
         .arg(port.to_string())
         .arg("--bind")
-        .arg("127.0.0.1")
+        .arg(host.ip.to_string())
+        // Off the loopback, protected mode refuses every client of a password-less server.
+        .arg("--protected-mode")
+        .arg("no")
         .arg("--dir")
         .arg(dir)
         .arg("--appendonly")
@@ -407,15 +437,15 @@ async fn spawn_redis(
                 "is `{binary}` installed? FERRY_REDIS_SERVER names the redis-server/valkey-server binary"
             )))
         })?;
-    process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || ping(port)).await?;
+    process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || ping(addr)).await?;
     Ok(child)
 }
 
 /// `true` if the server on `port` answers an inline `PING` with `+PONG`
 /// (a server still loading its AOF answers `-LOADING`: not ready).
-async fn ping(port: u16) -> bool {
+async fn ping(addr: std::net::SocketAddr) -> bool {
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.write_all(b"PING\r\n").await?;
         let mut buf = [0u8; 64];
         let n = stream.read(&mut buf).await?;
@@ -443,7 +473,7 @@ mod tests {
             notifications_url: Some("http://127.0.0.1:9/v1/events".into()),
             notifications_token: Some("s3cret".into()),
             log_level: "info",
-            tls: false,
+            ..RegistryOptions::default()
         };
         let yaml = registry_config(&opts, Path::new("/tmp/d"), addr, None);
         assert!(yaml.contains("url: \"http://127.0.0.1:9/v1/events\""));
@@ -467,7 +497,7 @@ mod tests {
             None,
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        match spawn_registry(dir.path(), addr, None).await {
+        match spawn_registry(&crate::Host::loopback(), dir.path(), addr, None).await {
             Err(StartError::AddrInUse(e)) => {
                 assert!(e.to_string().contains("address already in use"), "{e}")
             }
@@ -476,7 +506,15 @@ mod tests {
         }
 
         let dir = tempfile::tempdir().unwrap();
-        match spawn_redis(&redis_binary(), dir.path(), addr.port(), false).await {
+        match spawn_redis(
+            &crate::Host::loopback(),
+            &redis_binary(),
+            dir.path(),
+            addr.port(),
+            false,
+        )
+        .await
+        {
             Err(StartError::AddrInUse(_)) => {}
             Err(StartError::Fatal(e)) => panic!("classified as fatal: {e:#}"),
             Ok(_) => panic!("started on a taken port"),

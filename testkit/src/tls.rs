@@ -16,7 +16,7 @@ pub struct Certificates {
     /// Client certificate (CN `ferry-test-client`, extendedKeyUsage clientAuth) and its key.
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
-    /// A peer's certificate for `127.0.0.1` usable both ways (serverAuth and clientAuth), as one
+    /// A peer's certificate for `127.0.0.1` (and `10.233.<1..9>.1`) usable both ways (serverAuth and clientAuth), as one
     /// region's agent presents on its Forward endpoint and to other regions, and its key.
     pub peer_cert: PathBuf,
     pub peer_key: PathBuf,
@@ -124,7 +124,12 @@ pub fn make_certificates(dir: &Path) -> anyhow::Result<Certificates> {
         dir,
         "peer",
         "/CN=ferry-test-peer",
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+        &format!(
+            "subjectAltName=IP:127.0.0.1,{}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+            // The root ends of the test namespaces' veth pairs (`crate::netns`), where the fault
+            // proxies in front of the peers listen.
+            (1..=9).map(|i| format!("IP:10.233.{i}.1")).collect::<Vec<_>>().join(",")
+        ),
     )?;
     let p = |name: &str| dir.join(name);
     Ok(Certificates {

@@ -1,0 +1,152 @@
+//! Test hosts with their own network addresses: Linux network namespaces joined to this machine
+//! by veth pairs, so that each region of a multi-region test runs on its own addresses and what
+//! crosses "the network" really crosses an interface.
+//!
+//! [`Netns::create`] makes namespace `name` with interface `lo` up and a veth pair: the root end
+//! gets `10.233.<index>.1/24`, the namespace end `10.233.<index>.2/24` with a default route to the
+//! root end; IPv4 forwarding is turned on so namespaces reach each other through the root (where
+//! the fault proxies listen). Dropping a [`Netns`] deletes the namespace (and with it the pair).
+//! [`Host`] says where a child process runs: [`Host::loopback`], or inside a namespace at its
+//! address ([`Netns::host`]).
+//!
+//! Needs root and `ip` (Debian's iproute2); [`Netns::available`] tells whether this machine can.
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::Context as _;
+use tokio::process::Command;
+
+/// Where a child process runs and which address it serves on.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The network namespace, or `None` for this machine's own.
+    pub netns: Option<String>,
+    /// The address servers bind and clients use.
+    pub ip: IpAddr,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::loopback()
+    }
+}
+
+impl Host {
+    /// This machine, `127.0.0.1`.
+    pub fn loopback() -> Host {
+        Host {
+            netns: None,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// A command running `program` on this host (`ip netns exec <ns> program` in a namespace;
+    /// `ip` execs the program, so the child's pid and signals are the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.arg("netns").arg("exec").arg(ns).arg(program);
+                cmd
+            }
+        }
+    }
+}
+
+/// A network namespace joined to this machine by a veth pair; deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    root_ip: Ipv4Addr,
+    ns_ip: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (Debian package iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+impl Netns {
+    /// Whether namespaces can be made here (root, `ip` present): probes with a throwaway one.
+    pub fn available() -> bool {
+        let probe = format!("ferry-probe-{}", std::process::id());
+        let ok = ip(&["netns", "add", &probe]).is_ok();
+        if ok {
+            let _ = ip(&["netns", "del", &probe]);
+        }
+        ok
+    }
+
+    /// Creates namespace `name` with the subnet `10.233.<index>.0/24` (index 1..=250), replacing a
+    /// leftover of the same name.
+    pub fn create(name: &str, index: u8) -> anyhow::Result<Netns> {
+        anyhow::ensure!(
+            (1..=250).contains(&index),
+            "netns index {index} is not in 1..=250"
+        );
+        let _ = ip(&["netns", "del", name]);
+        let root_if = format!("fr{index}r");
+        let ns_if = format!("fr{index}n");
+        let _ = ip(&["link", "del", &root_if]);
+        let root_ip = Ipv4Addr::new(10, 233, index, 1);
+        let ns_ip = Ipv4Addr::new(10, 233, index, 2);
+        ip(&["netns", "add", name])?;
+        let netns = Netns {
+            name: name.to_string(),
+            root_ip,
+            ns_ip,
+        };
+        let root_cidr = format!("{root_ip}/24");
+        let ns_cidr = format!("{ns_ip}/24");
+        let root_gw = root_ip.to_string();
+        ip(&["netns", "exec", name, "ip", "link", "set", "lo", "up"])?;
+        ip(&[
+            "link", "add", &root_if, "type", "veth", "peer", "name", &ns_if,
+        ])?;
+        ip(&["link", "set", &ns_if, "netns", name])?;
+        ip(&["addr", "add", &root_cidr, "dev", &root_if])?;
+        ip(&["link", "set", &root_if, "up"])?;
+        ip(&[
+            "netns", "exec", name, "ip", "addr", "add", &ns_cidr, "dev", &ns_if,
+        ])?;
+        ip(&["netns", "exec", name, "ip", "link", "set", &ns_if, "up"])?;
+        ip(&[
+            "netns", "exec", name, "ip", "route", "add", "default", "via", &root_gw,
+        ])?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .context("enabling IPv4 forwarding between namespaces")?;
+        Ok(netns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The root end's address: where this machine (and a fault proxy for this host) listens.
+    pub fn root_ip(&self) -> IpAddr {
+        IpAddr::V4(self.root_ip)
+    }
+
+    /// Processes inside the namespace, serving on its address.
+    pub fn host(&self) -> Host {
+        Host {
+            netns: Some(self.name.clone()),
+            ip: IpAddr::V4(self.ns_ip),
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
