@@ -98,8 +98,12 @@ impl Throttle {
         bytes: u64,
         cancel: &CancellationToken,
     ) -> bool {
-        // Local consumers queue here while a grant is being waited for: they share the rate.
-        let mut credit = self.credit.lock().await;
+        // Local consumers queue here while a grant is being waited for: they share the rate. A
+        // stopped transfer leaves the queue at once.
+        let mut credit = tokio::select! {
+            c = self.credit.lock() => c,
+            _ = cancel.cancelled() => return false,
+        };
         while *credit < bytes {
             let grant = quantum(self.bytes_per_sec).max(bytes - *credit);
             match store.reserve(policy, self.cost(grant), BURST).await {
@@ -184,6 +188,54 @@ mod tests {
         let start = Instant::now();
         assert!(!t.consume(10 * 1024 * 1024, &cancel).await);
         assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    /// A shared timeline that always asks for a long wait.
+    #[derive(Debug)]
+    struct Backlogged;
+
+    #[async_trait::async_trait]
+    impl SharedSpeed for Backlogged {
+        async fn reserve(&self, _: &str, _: Duration, _: Duration) -> Result<Duration, String> {
+            Ok(Duration::from_secs(60))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_transfer_leaves_the_queue_behind_another_jobs_shared_wait() {
+        let slot = SharedSpeedSlot::default();
+        slot.set(std::sync::Arc::new(Backlogged)).unwrap();
+        let t = std::sync::Arc::new(
+            Throttle::from_kib_per_sec(100)
+                .unwrap()
+                .shared_as("p", slot),
+        );
+        // Job A holds the grant queue, waiting out its (long) reservation; job B queues behind it.
+        let (a, b) = (CancellationToken::new(), CancellationToken::new());
+        let (ta, tb) = (t.clone(), t.clone());
+        let job_a = tokio::spawn({
+            let a = a.clone();
+            async move { ta.consume(1024, &a).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let job_b = tokio::spawn({
+            let b = b.clone();
+            async move { tb.consume(1024, &b).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = Instant::now();
+        b.cancel();
+        assert!(!job_b.await.unwrap(), "the stopped job reports the stop");
+        assert!(
+            start.elapsed() < Duration::from_millis(10),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            !job_a.is_finished(),
+            "the other job still waits for its grant"
+        );
+        job_a.abort();
     }
 
     #[test]
