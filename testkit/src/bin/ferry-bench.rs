@@ -223,6 +223,7 @@ fn write_ferry_config(
     src: &Registry,
     dst: &Registry,
     repo_filter: &str,
+    copy_by_chunk: bool,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
     let cfg = json!({
@@ -232,7 +233,8 @@ fn write_ferry_config(
         ],
         "policies": [{
             "name": name, "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
-            "filters": [{"type": "name", "value": repo_filter}]
+            "filters": [{"type": "name", "value": repo_filter}],
+            "copy_by_chunk": copy_by_chunk
         }]
     });
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
@@ -555,7 +557,7 @@ async fn main() -> Result<()> {
         y.push_str(&format!("    {r}: []\n"));
     }
     std::fs::write(&yaml, y)?;
-    let cfg = write_ferry_config(dir, "bench", &src, &dst_ferry, "bench/**")?;
+    let cfg = write_ferry_config(dir, "bench", &src, &dst_ferry, "bench/**", false)?;
 
     eprintln!("(a) full sync: ferry...");
     let full = ferry_sync(&args.ferry, &cfg).await?;
@@ -599,7 +601,7 @@ async fn main() -> Result<()> {
         let config = config_of(&b, &m)?;
         let layout = b.finish()?;
         skopeo::push_layout(&layout, "huge", &src2.host(), "bench/huge:v1").await?;
-        let cfg2 = write_ferry_config(dir, "gib", &src2, &dst2, "bench/huge")?;
+        let cfg2 = write_ferry_config(dir, "gib", &src2, &dst2, "bench/huge", false)?;
         eprintln!("(c) 1 GiB layer: ferry...");
         let m = ferry_sync(&args.ferry, &cfg2).await?;
         let (secs, rss) = (m.secs, m.peak_rss);
@@ -609,7 +611,13 @@ async fn main() -> Result<()> {
         ]
         .into();
         let raw_secs = raw_copy(dir, &src2, &dst2_raw, &raw).await?;
-        Some((size, secs, rss, raw_secs))
+        // The same layer in 16 MiB chunks (resumable after a crash), to a fresh registry.
+        let dst2_chunked = Registry::start().await?;
+        let cfg3 =
+            write_ferry_config(dir, "gib-chunked", &src2, &dst2_chunked, "bench/huge", true)?;
+        eprintln!("(d) 1 GiB layer, chunked: ferry...");
+        let chunked = ferry_sync(&args.ferry, &cfg3).await?;
+        Some((size, secs, rss, raw_secs, chunked.secs, chunked.peak_rss))
     } else {
         None
     };
@@ -637,13 +645,20 @@ async fn main() -> Result<()> {
         skopeo_noop / ferry_noop,
         skopeo_noop / raw_noop
     );
-    if let Some((size, secs, rss, raw_secs)) = gib {
+    if let Some((size, secs, rss, raw_secs, chunked_secs, chunked_rss)) = gib {
         println!(
             "| (c) one {:.0} MiB layer | {secs:.1} s ({:.0} MiB/s), peak RSS {:.1} MiB | – | {raw_secs:.1} s | {:.0}% of raw |",
             mib(size),
             mib(size) / secs,
             mib(rss),
             100.0 * raw_secs / secs
+        );
+        println!(
+            "| (d) the same layer in 16 MiB chunks (resumable) | {chunked_secs:.1} s ({:.0} MiB/s), peak RSS {:.1} MiB | – | {raw_secs:.1} s | {:.0}% of raw; {:.0}% of (c) |",
+            mib(size) / chunked_secs,
+            mib(chunked_rss),
+            100.0 * raw_secs / chunked_secs,
+            100.0 * secs / chunked_secs
         );
     }
     println!(
