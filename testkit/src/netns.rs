@@ -75,15 +75,26 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turns IPv4 forwarding on (namespaces reach each other through this machine); fine when it is
+/// already on, even if it cannot be written.
+fn enable_forwarding() -> anyhow::Result<()> {
+    const KNOB: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(KNOB).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(KNOB, "1").context("enabling IPv4 forwarding between namespaces")
+}
+
 impl Netns {
-    /// Whether namespaces can be made here (root, `ip` present): probes with a throwaway one.
+    /// Whether namespaces can be made and joined here (root, `ip` present, IPv4 forwarding on or
+    /// allowed): probes with a throwaway namespace.
     pub fn available() -> bool {
         let probe = format!("ferry-probe-{}", std::process::id());
         let ok = ip(&["netns", "add", &probe]).is_ok();
         if ok {
             let _ = ip(&["netns", "del", &probe]);
         }
-        ok
+        ok && enable_forwarding().is_ok()
     }
 
     /// Creates namespace `name` with the subnet `10.233.<index>.0/24` (index 1..=250), replacing a
@@ -122,8 +133,7 @@ impl Netns {
         ip(&[
             "netns", "exec", name, "ip", "route", "add", "default", "via", &root_gw,
         ])?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .context("enabling IPv4 forwarding between namespaces")?;
+        enable_forwarding()?;
         Ok(netns)
     }
 
