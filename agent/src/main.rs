@@ -23,7 +23,7 @@ use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::EventSink;
 use ferry_replicator::ingest::{self, IngestState};
-use ferry_replicator::pauses::RedisGate;
+use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
@@ -165,7 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let outbox: Arc<dyn Outbox> = Arc::new(RedisOutbox::new(&queue));
     let tag_ledger: Arc<dyn TagLedger> = Arc::new(RedisTagLedger::new(&queue));
-    let shared_gate = Arc::new(RedisGate::new(&queue));
+    let shared_gate = Arc::new(RedisLimits::new(&queue));
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
     let sink = EventSink {
         queue: queue.clone(),

@@ -48,32 +48,37 @@ return wait
     )
 });
 
-/// [`SharedSpeed`] in Redis/Valkey.
+/// The region's shared limits in Redis/Valkey: [`SharedGate`] (registry pauses) and
+/// [`SharedSpeed`] (policy bandwidth timelines).
 #[derive(Clone)]
-pub struct RedisSpeed {
+pub struct RedisLimits {
     con: ConnectionManager,
     prefix: String,
 }
 
-impl std::fmt::Debug for RedisSpeed {
+impl std::fmt::Debug for RedisLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSpeed")
+        f.debug_struct("RedisLimits")
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
 
-impl RedisSpeed {
-    pub fn new(queue: &RedisQueue) -> RedisSpeed {
-        RedisSpeed {
+impl RedisLimits {
+    pub fn new(queue: &RedisQueue) -> RedisLimits {
+        RedisLimits {
             con: queue.connection(),
             prefix: queue.prefix().to_string(),
         }
     }
+
+    fn pause_key(&self, registry: &str) -> String {
+        format!("{}:pause:{registry}", self.prefix)
+    }
 }
 
 #[async_trait::async_trait]
-impl SharedSpeed for RedisSpeed {
+impl SharedSpeed for RedisLimits {
     async fn reserve(
         &self,
         policy: &str,
@@ -95,41 +100,13 @@ impl SharedSpeed for RedisSpeed {
     }
 }
 
-/// [`SharedGate`] in Redis/Valkey.
-#[derive(Clone)]
-pub struct RedisGate {
-    con: ConnectionManager,
-    prefix: String,
-}
-
-impl std::fmt::Debug for RedisGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisGate")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisGate {
-    pub fn new(queue: &RedisQueue) -> RedisGate {
-        RedisGate {
-            con: queue.connection(),
-            prefix: queue.prefix().to_string(),
-        }
-    }
-
-    fn key(&self, registry: &str) -> String {
-        format!("{}:pause:{registry}", self.prefix)
-    }
-}
-
 #[async_trait::async_trait]
-impl SharedGate for RedisGate {
+impl SharedGate for RedisLimits {
     async fn paused_until(&self, registry: &str) -> Result<i64, String> {
         let mut con = self.con.clone();
         let v: Option<i64> = bounded(
             redis::cmd("GET")
-                .arg(self.key(registry))
+                .arg(self.pause_key(registry))
                 .query_async(&mut con),
         )
         .await
@@ -141,7 +118,7 @@ impl SharedGate for RedisGate {
         let mut con = self.con.clone();
         bounded(
             PAUSE_SCRIPT
-                .key(self.key(registry))
+                .key(self.pause_key(registry))
                 .arg(until_ms)
                 .invoke_async::<i64>(&mut con),
         )

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ferry_replicator::config::Config;
 use ferry_replicator::event::now_ms;
 use ferry_replicator::oci::gate::{SharedGate, SHARED_REFRESH};
-use ferry_replicator::pauses::RedisGate;
+use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::queue::{RedisQueue, RetryPolicy};
 use ferry_replicator::sync::Registries;
 use ferry_testkit::{Behavior, FakeRegistry, RedisServer};
@@ -17,7 +17,7 @@ use serde_json::json;
 async fn two_workers(
     fake: &FakeRegistry,
     redis: &RedisServer,
-) -> (Registries, Registries, RedisGate) {
+) -> (Registries, Registries, RedisLimits) {
     let config = Config::from_slice(
         &serde_json::to_vec(&json!({
             "registries": [{"name": "src", "url": fake.url(), "insecure": true}]
@@ -29,7 +29,7 @@ async fn two_workers(
     let queue = RedisQueue::connect(&redis.url(), "rl", RetryPolicy::default())
         .await
         .unwrap();
-    let gate = RedisGate::new(&queue);
+    let gate = RedisLimits::new(&queue);
     let one = Registries::from_config(&config)
         .unwrap()
         .with_shared_gate(Arc::new(gate.clone()));
@@ -120,7 +120,7 @@ async fn pauses_are_shared_and_only_grow_in_redis_and_valkey() {
         let queue = RedisQueue::connect(&redis.url(), "rl", RetryPolicy::default())
             .await
             .unwrap();
-        let gate = RedisGate::new(&queue);
+        let gate = RedisLimits::new(&queue);
         assert_eq!(gate.paused_until("hub").await.unwrap(), 0);
         let until = now_ms() + 60_000;
         gate.pause("hub", until).await.unwrap();
@@ -137,7 +137,6 @@ async fn pauses_are_shared_and_only_grow_in_redis_and_valkey() {
 /// Two processes' throttles of one policy sharing a timeline in Redis: together they hold the rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_of_a_policy_share_its_speed() {
-    use ferry_replicator::pauses::RedisSpeed;
     use ferry_replicator::throttle::{SharedSpeed, SharedSpeedSlot, Throttle};
     use tokio_util::sync::CancellationToken;
     for binary in ["redis-server", "valkey-server"] {
@@ -145,7 +144,7 @@ async fn two_workers_of_a_policy_share_its_speed() {
         let queue = RedisQueue::connect(&redis.url(), "sp", RetryPolicy::default())
             .await
             .unwrap();
-        let store: Arc<dyn SharedSpeed> = Arc::new(RedisSpeed::new(&queue));
+        let store: Arc<dyn SharedSpeed> = Arc::new(RedisLimits::new(&queue));
         let worker = || {
             let slot = SharedSpeedSlot::default();
             slot.set(store.clone()).unwrap();

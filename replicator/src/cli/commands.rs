@@ -15,8 +15,7 @@ use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
 use ferry_replicator::ingest::metrics::IngestMetrics;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::{EventSink, IngestState};
-use ferry_replicator::oci::gate::SharedGate;
-use ferry_replicator::pauses::{RedisGate, RedisSpeed};
+use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
@@ -324,17 +323,16 @@ struct Backend {
     store: Arc<dyn PolicyStore>,
     /// Last writes of tags, for bidirectional conflicts (shared by the region's writers).
     tag_ledger: Arc<dyn TagLedger>,
-    /// Registry pauses (429s, low quotas) shared by the region's processes; `None` in process.
-    shared_gate: Option<Arc<dyn SharedGate>>,
-    /// Policies' bandwidth timelines shared by the region's workers; `None` in process.
-    shared_speed: Option<Arc<dyn SharedSpeed>>,
+    /// Limits shared by the region's processes (registry pauses after 429s and low quotas, policy
+    /// bandwidth); `None` in process.
+    limits: Option<Arc<RedisLimits>>,
 }
 
 impl Backend {
     /// `registries` sharing this backend's registry pauses.
     fn share_pauses(&self, registries: Registries) -> Registries {
-        match &self.shared_gate {
-            Some(g) => registries.with_shared_gate(g.clone()),
+        match &self.limits {
+            Some(l) => registries.with_shared_gate(l.clone()),
             None => registries,
         }
     }
@@ -352,8 +350,7 @@ impl Backend {
             history: Arc::new(RedisHistory::new(&q, flags.retention())),
             store: Arc::new(RedisPolicyStore::new(&q)),
             tag_ledger: Arc::new(RedisTagLedger::new(&q)),
-            shared_gate: Some(Arc::new(RedisGate::new(&q))),
-            shared_speed: Some(Arc::new(RedisSpeed::new(&q))),
+            limits: Some(Arc::new(RedisLimits::new(&q))),
             queue: Arc::new(q),
         })
     }
@@ -365,8 +362,7 @@ impl Backend {
             history: Arc::new(MemoryHistory::new(flags.retention())),
             store: Arc::new(MemoryPolicyStore::default()),
             tag_ledger: Arc::new(MemoryTagLedger::default()),
-            shared_gate: None,
-            shared_speed: None,
+            limits: None,
         }
     }
 }
@@ -523,7 +519,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         )?
         .with_metrics(worker_metrics)
         .with_tag_ledger(backend.tag_ledger.clone())
-        .with_shared_speed(backend.shared_speed.clone()),
+        .with_shared_speed(backend.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
     );
 
     let shutdown = CancellationToken::new();
@@ -601,7 +597,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         )?
         .with_metrics(worker_metrics)
         .with_tag_ledger(backend.tag_ledger.clone())
-        .with_shared_speed(backend.shared_speed.clone()),
+        .with_shared_speed(backend.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
     );
     let reconciler = (args.reconcile_interval > 0)
         .then(|| {
