@@ -300,8 +300,8 @@ async fn forward_refuses_bad_tokens_missing_client_certificates_and_bad_events()
     h.stop.cancel();
 }
 
-/// The outbox contract, on both implementations: order, trimming, the forwarder lease and the
-/// accepted-id record.
+/// The outbox contract (redis-server and valkey-server): order, trimming, the forwarder lease and
+/// the accepted-id record.
 async fn outbox_contract(outbox: &dyn Outbox) {
     for i in 0..5 {
         outbox
@@ -347,11 +347,6 @@ async fn outbox_contract(outbox: &dyn Outbox) {
     assert!(!outbox.accepted("e7").await.unwrap());
     outbox.mark_accepted("e7").await.unwrap();
     assert!(outbox.accepted("e7").await.unwrap());
-}
-
-#[tokio::test]
-async fn outbox_contract_in_memory() {
-    outbox_contract(&forward::MemoryOutbox::default()).await;
 }
 
 /// The tag-write ledger of bidirectional conflicts: last write wins per (registry, repo, tag).

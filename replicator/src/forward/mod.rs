@@ -34,7 +34,7 @@ use ferry_proto::v1 as pb;
 use crate::event::{Event, EventKind};
 
 pub use client::{ForwardTls, Forwarder};
-pub use outbox::{Forwarded, MemoryOutbox, Outbox, RedisOutbox};
+pub use outbox::{Forwarded, Outbox, RedisOutbox};
 pub use server::ForwardService;
 
 /// Env var holding the token regions present to each other's Forward endpoints.

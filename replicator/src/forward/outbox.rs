@@ -7,8 +7,7 @@
 //! which keeps every repository's events in order. `<prefix>:forwarded:<event id>` marks an event
 //! this region accepted from another (forwarding is at-least-once; the mark makes it idempotent).
 //! `<prefix>:outbox:<region>:forwarder` is the lease that lets one forwarder per region deliver.
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -62,102 +61,6 @@ pub trait Outbox: Send + Sync {
 
     /// Remembers that the event's jobs are in this region's queue.
     async fn mark_accepted(&self, event_id: &str) -> Result<(), QueueError>;
-}
-
-/// An outbox in this process (tests; `ferry serve` does not forward).
-#[derive(Debug, Default)]
-pub struct MemoryOutbox {
-    state: Mutex<MemoryState>,
-}
-
-#[derive(Debug, Default)]
-struct MemoryState {
-    next: u64,
-    streams: HashMap<String, BTreeMap<u64, Forwarded>>,
-    leases: HashMap<String, (String, tokio::time::Instant)>,
-    accepted: HashSet<String>,
-}
-
-impl MemoryOutbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[async_trait::async_trait]
-impl Outbox for MemoryOutbox {
-    async fn append(&self, region: &str, entry: &Forwarded) -> Result<(), QueueError> {
-        let mut s = self.lock();
-        s.next += 1;
-        let id = s.next;
-        s.streams
-            .entry(region.to_string())
-            .or_default()
-            .insert(id, entry.clone());
-        Ok(())
-    }
-
-    async fn pending(
-        &self,
-        region: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Forwarded)>, QueueError> {
-        let s = self.lock();
-        Ok(s.streams
-            .get(region)
-            .into_iter()
-            .flatten()
-            .take(limit)
-            .map(|(id, e)| (id.to_string(), e.clone()))
-            .collect())
-    }
-
-    async fn remove(&self, region: &str, ids: &[String]) -> Result<(), QueueError> {
-        let mut s = self.lock();
-        if let Some(stream) = s.streams.get_mut(region) {
-            for id in ids {
-                if let Ok(id) = id.parse::<u64>() {
-                    stream.remove(&id);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn depth(&self, region: &str) -> Result<u64, QueueError> {
-        Ok(self
-            .lock()
-            .streams
-            .get(region)
-            .map_or(0, |s| s.len() as u64))
-    }
-
-    async fn lease_forwarder(
-        &self,
-        region: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<bool, QueueError> {
-        let mut s = self.lock();
-        let now = tokio::time::Instant::now();
-        match s.leases.get(region) {
-            Some((h, until)) if h != holder && *until > now => Ok(false),
-            _ => {
-                s.leases
-                    .insert(region.to_string(), (holder.to_string(), now + ttl));
-                Ok(true)
-            }
-        }
-    }
-
-    async fn accepted(&self, event_id: &str) -> Result<bool, QueueError> {
-        Ok(self.lock().accepted.contains(event_id))
-    }
-
-    async fn mark_accepted(&self, event_id: &str) -> Result<(), QueueError> {
-        self.lock().accepted.insert(event_id.to_string());
-        Ok(())
-    }
 }
 
 /// The outbox in the region's Redis/Valkey (see the module docs for the keys).
