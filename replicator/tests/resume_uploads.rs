@@ -317,8 +317,18 @@ fn completing_sessions(log: &str, digest: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reclaimed_job_continues_the_checkpointed_upload_on_distribution() {
+/// A fake source holding a one-layer image, a real distribution destination logging every
+/// request, and a chunked, event-based policy's worker between them.
+struct OnDistribution {
+    src: FakeRegistry,
+    layer: Vec<u8>,
+    image: Image,
+    dst: Registry,
+    _dir: tempfile::TempDir,
+    s: WorkerSetup,
+}
+
+async fn on_distribution() -> OnDistribution {
     let src = FakeRegistry::start(Behavior::default()).await.unwrap();
     let layer = layer_bytes();
     let image = seed(&src, layer.clone());
@@ -336,6 +346,26 @@ async fn a_reclaimed_job_continues_the_checkpointed_upload_on_distribution() {
         json!({"copy_by_chunk": true, "trigger": {"type": "event_based"}}),
     );
     let s = worker_for(&config);
+    OnDistribution {
+        src,
+        layer,
+        image,
+        dst,
+        _dir: dir,
+        s,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_job_continues_the_checkpointed_upload_on_distribution() {
+    let OnDistribution {
+        src,
+        layer,
+        image,
+        dst,
+        _dir,
+        s,
+    } = on_distribution().await;
     let (job, session) = dead_worker_left(&s, &image, &layer, 3).await;
 
     drain(&s).await;
@@ -405,23 +435,14 @@ async fn cut_patch(session: &BlobUpload, len: usize, sent: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cut_mid_chunk_starts_over_with_a_correct_blob_on_distribution() {
-    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
-    let layer = layer_bytes();
-    let image = seed(&src, layer.clone());
-    let dst = Registry::start_with(RegistryOptions {
-        log_level: "info",
-        ..RegistryOptions::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_for(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        json!({"copy_by_chunk": true, "trigger": {"type": "event_based"}}),
-    );
-    let s = worker_for(&config);
+    let OnDistribution {
+        src,
+        layer,
+        image,
+        dst,
+        _dir,
+        s,
+    } = on_distribution().await;
     let (_, session) = dead_worker_left(&s, &image, &layer, 2).await;
     // The dead worker's next chunk was cut off mid-body: the registry's data moved past the
     // checkpointed session state, and distribution refuses that session from now on.
