@@ -225,11 +225,6 @@ impl RegistryClient {
         self.gate.share(shared);
     }
 
-    /// When requests to this registry may resume (Unix ms; past: now).
-    pub fn paused_until_ms(&self) -> i64 {
-        self.gate.paused_until()
-    }
-
     /// Remembers an announced quota; one nearly used up pauses the registry (everywhere) for
     /// [`gate::LOW_QUOTA_PAUSE`] rather than running into 429s.
     async fn note_rate_limit(&self, headers: &HeaderMap) {
