@@ -218,6 +218,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn latency_delays_every_chunk() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        proxy.set_latency(Duration::from_millis(150));
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        let started = std::time::Instant::now();
+        let echoed = round_trip(&mut s, b"hi", Duration::from_secs(2)).await;
+        assert_eq!(echoed.as_deref(), Some(&b"hi"[..]));
+        // Once on the way there, once on the way back.
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(proxy.link(), Link::Up);
+    }
+
+    #[tokio::test]
     async fn blackhole_stalls_then_resumes_and_reset_cuts() {
         let proxy = FaultProxy::start(echo_server().await).await.unwrap();
         let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
