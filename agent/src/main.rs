@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ferry_replicator::catalog::{watch_and_reload, RedisPolicyStore, Reload};
-use ferry_replicator::config::{Config, RegionConfig};
+use ferry_replicator::config::{Config, CredentialRules, RegionConfig};
 use ferry_replicator::conflict::{RedisTagLedger, TagLedger};
 use ferry_replicator::forward::{
     self, ForwardMetrics, ForwardService, ForwardTls, Forwarder, Outbox, RedisOutbox,
@@ -57,6 +57,10 @@ struct Args {
     /// FERRY_WEBHOOK_TOKEN environment variable.
     #[arg(long)]
     webhook_token_file: Option<PathBuf>,
+    /// Directory whose files registries stored through the admin API may name as `password_file`
+    /// or auth file (repeatable); see `ferry serve --help`. Must match the workers' setting.
+    #[arg(long = "credentials-dir", value_name = "DIR")]
+    credentials_dirs: Vec<PathBuf>,
     /// Accept webhooks without a token when none is configured (trusted networks only).
     #[arg(long)]
     allow_unauthenticated: bool,
@@ -193,7 +197,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let file_config = config.clone();
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     // Pollers pause on a 429 or a low quota with every worker of the region.
-    let clients = Registries::from_config(&config)?.with_shared_gate(shared_gate);
+    let clients = Registries::from_config(&config)?
+        .with_credential_rules(CredentialRules::new(&config, &args.credentials_dirs)?)
+        .with_shared_gate(shared_gate);
     // Stops the safety net, the pollers and the policy watch.
     let reconcile_stop = tokio_util::sync::CancellationToken::new();
     let pollers = PollerSet::start(

@@ -194,17 +194,35 @@ pub trait Reload: Send + Sync {
 }
 
 /// Clients for the registries of `effective`: the file's own clients (`file_clients`, with their
-/// token caches) while no registry was stored through the API, new ones otherwise.
+/// token caches) while no registry was stored through the API, new ones otherwise. A stored
+/// registry whose credential the operator's rules do not allow is refused before anything reads
+/// it (the admin API refuses such a registry too; this guards what reached the store otherwise).
 pub fn clients(
     effective: &Config,
     file: &Config,
     file_clients: &Registries,
 ) -> Result<Registries, crate::sync::SyncError> {
     if effective.registries == file.registries {
-        Ok(file_clients.clone())
-    } else {
-        file_clients.rebuilt(effective)
+        return Ok(file_clients.clone());
     }
+    for stored in effective
+        .registries
+        .iter()
+        .filter(|r| file.registry(&r.name) != Some(*r))
+    {
+        if let Err(problems) = file_clients.credential_rules().check(stored) {
+            return Err(crate::config::CredentialError {
+                registry: stored.name.clone(),
+                message: problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+            .into());
+        }
+    }
+    file_clients.rebuilt(effective)
 }
 
 /// [`watch`] applying every change to `targets`: registry clients are rebuilt when registries

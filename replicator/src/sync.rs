@@ -45,6 +45,9 @@ pub struct Registries {
     clients: HashMap<String, Arc<RegistryClient>>,
     /// Where the clients share rate-limit pauses (kept for clients rebuilt from a new config).
     shared_gate: Option<Arc<dyn crate::oci::gate::SharedGate>>,
+    /// Which credential references registries stored through the admin API may use (the
+    /// strictest rules unless the daemon set the operator's).
+    credential_rules: Arc<crate::config::CredentialRules>,
 }
 
 impl Registries {
@@ -61,7 +64,19 @@ impl Registries {
         Ok(Registries {
             clients,
             shared_gate: None,
+            credential_rules: Arc::default(),
         })
+    }
+
+    /// Holds the operator's rules for the credentials of registries stored through the API
+    /// (checked by [`crate::catalog::clients`] and the admin API).
+    pub fn with_credential_rules(mut self, rules: crate::config::CredentialRules) -> Registries {
+        self.credential_rules = Arc::new(rules);
+        self
+    }
+
+    pub fn credential_rules(&self) -> &crate::config::CredentialRules {
+        &self.credential_rules
     }
 
     /// Shares every client's rate-limit pauses through `gate` (a region's Redis), so one worker's
@@ -76,7 +91,8 @@ impl Registries {
 
     /// Clients for `config` that share pauses like these do.
     pub fn rebuilt(&self, config: &Config) -> Result<Registries, SyncError> {
-        let fresh = Registries::from_config(config)?;
+        let mut fresh = Registries::from_config(config)?;
+        fresh.credential_rules = self.credential_rules.clone();
         Ok(match &self.shared_gate {
             Some(g) => fresh.with_shared_gate(g.clone()),
             None => fresh,

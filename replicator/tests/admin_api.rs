@@ -1201,11 +1201,11 @@ async fn policies_stored_through_the_api_are_validated_and_run_like_file_policie
     let (bad, msg) = code(
         c.registries
             .put_registry(put_registry(json!({"name": "extra", "url": extra.url(), "insecure": true,
-                "credential": {"type": "basic", "username": "u", "password_env": "FERRY_TEST_UNSET_PASSWORD"}})))
+                "credential": {"type": "basic", "username": "u", "password_env": "FERRY_CRED_TEST_UNSET"}})))
             .await,
     );
     assert_eq!(bad, Code::InvalidArgument, "{msg}");
-    assert!(msg.contains("FERRY_TEST_UNSET_PASSWORD"), "{msg}");
+    assert!(msg.contains("FERRY_CRED_TEST_UNSET"), "{msg}");
     let stored = c
         .registries
         .put_registry(put_registry(

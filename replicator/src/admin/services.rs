@@ -292,7 +292,13 @@ impl Admin {
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
-        // Credentials by reference must resolve here (env var set, file readable).
+        // Only the references the operator allowed; then they must resolve here (env var set,
+        // file readable).
+        self.state
+            .registries
+            .credential_rules()
+            .check(&registry)
+            .map_err(|problems| invalid(problems.iter().map(ToString::to_string).collect()))?;
         Registries::from_config(&merged).map_err(|e| invalid(vec![format!("credential: {e}")]))?;
         Ok(registry)
     }

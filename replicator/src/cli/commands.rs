@@ -8,7 +8,7 @@ use anyhow::Context;
 use ferry_replicator::catalog::{
     watch_and_reload, MemoryPolicyStore, PolicyStore, RedisPolicyStore, Reload,
 };
-use ferry_replicator::config::Config;
+use ferry_replicator::config::{Config, CredentialRules};
 use ferry_replicator::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
@@ -494,7 +494,8 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let registries = Registries::from_config(&config)?;
+    let registries = Registries::from_config(&config)?
+        .with_credential_rules(CredentialRules::new(&config, &args.admin.credentials_dirs)?);
     let backend = Backend::redis(&args.redis, &args.queue).await?;
     let registries = backend.share_pauses(registries);
     let (queue, history) = (backend.queue.clone(), backend.history.clone());
@@ -562,7 +563,8 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let registries = Registries::from_config(&config)?;
+    let registries = Registries::from_config(&config)?
+        .with_credential_rules(CredentialRules::new(&config, &args.admin.credentials_dirs)?);
     let tokens = ferry_replicator::ingest::http::load_tokens(args.webhook_token_file.as_deref())?;
     anyhow::ensure!(
         !tokens.is_empty() || args.allow_unauthenticated,

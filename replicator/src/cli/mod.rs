@@ -125,6 +125,11 @@ pub struct AdminFlags {
     /// Require client certificates signed by this PEM CA (mTLS); needs --admin-tls-cert.
     #[arg(long, requires = "admin_tls_cert")]
     pub admin_client_ca: Option<PathBuf>,
+    /// Directory whose files registries stored through the admin API may name as `password_file`
+    /// or auth file (repeatable). Without it they may use only FERRY_CRED_* environment variables
+    /// and the config file's own references, for the same registry origin.
+    #[arg(long = "credentials-dir", value_name = "DIR")]
+    pub credentials_dirs: Vec<PathBuf>,
 }
 
 /// How a process reaches the queue.

@@ -21,13 +21,12 @@
 use std::fmt;
 use std::path::Path;
 
-use base64::Engine as _;
 use serde_json::Value;
 
 use super::schema::{
     did_you_mean, is_policy_field, join_index, join_key, structural_problems, Entry,
 };
-use super::{Config, Credential, RegistryConfig, Secret};
+use super::{Config, Credential, RegistryConfig};
 use crate::policy::{FilterKind, Mode, Policy, Selector, TriggerKind};
 
 /// One problem in a config or policy file.
@@ -41,7 +40,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
         Problem {
             path: path.into(),
             message: message.into(),
@@ -49,7 +48,7 @@ impl Problem {
         }
     }
 
-    fn hint(mut self, hint: impl Into<String>) -> Problem {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Problem {
         self.hint = Some(hint.into());
         self
     }
@@ -809,199 +808,6 @@ fn check_cron_field(text: &str, field: &CronField) -> Result<(), String> {
     Ok(())
 }
 
-/// A credential reference that could not be resolved. The message names the env var, file or
-/// host involved, never a secret.
-#[derive(Debug, thiserror::Error)]
-#[error("registry {registry}: {message}")]
-pub struct CredentialError {
-    pub registry: String,
-    pub message: String,
-}
-
-impl Credential {
-    /// Reads the secret this credential refers to (env var, password file or auth file entry for
-    /// the registry's host).
-    pub fn resolve(&self, registry: &RegistryConfig) -> Result<Secret, CredentialError> {
-        let error = |message: String| CredentialError {
-            registry: registry.name.clone(),
-            message,
-        };
-        match self {
-            Credential::Basic {
-                username,
-                password_env,
-                password_file,
-            } => {
-                let password = match (password_env, password_file) {
-                    (Some(var), None) => password_from_env(var),
-                    (None, Some(file)) => password_from_file(file),
-                    _ => Err("set exactly one of `password_env` and `password_file`".to_string()),
-                }
-                .map_err(error)?;
-                Ok(Secret::Basic {
-                    username: username.clone(),
-                    password,
-                })
-            }
-            Credential::AuthFile { path } => from_auth_file(path, &registry.url).map_err(error),
-        }
-    }
-}
-
-fn password_from_env(var: &str) -> Result<String, String> {
-    match std::env::var_os(var) {
-        None => Err(format!("environment variable {var} is not set")),
-        Some(v) if v.is_empty() => Err(format!("environment variable {var} is empty")),
-        Some(v) => v
-            .into_string()
-            .map_err(|_| format!("environment variable {var} is not valid UTF-8")),
-    }
-}
-
-fn password_from_file(file: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read password file {}: {e}", file.display()))?;
-    let password = text.trim_end_matches(['\n', '\r']);
-    if password.is_empty() {
-        return Err(format!("password file {} is empty", file.display()));
-    }
-    Ok(password.to_string())
-}
-
-/// Hosts that all mean Docker Hub in auth files.
-const DOCKER_HUB: &[&str] = &[
-    "docker.io",
-    "index.docker.io",
-    "registry-1.docker.io",
-    "registry.hub.docker.com",
-];
-
-/// An auth file key without its scheme: `https://host:5000/v1/` → `host:5000/v1/`.
-fn auth_key_without_scheme(key: &str) -> &str {
-    key.strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key)
-}
-
-/// `host[:port]` of an auth file key: `https://host:5000/v1/` → `host:5000`.
-fn auth_key_host(key: &str) -> String {
-    auth_key_without_scheme(key)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-}
-
-/// How many path components an auth file key has after its host (podman scopes entries to
-/// namespaces: `quay.io/team`); `0` for a plain host.
-fn auth_key_depth(key: &str) -> usize {
-    auth_key_without_scheme(key)
-        .trim_end_matches('/')
-        .matches('/')
-        .count()
-}
-
-/// Reads the docker/podman auth file entry for the registry at `registry_url`.
-fn from_auth_file(file: &Path, registry_url: &str) -> Result<Secret, String> {
-    let shown = file.display();
-    let url =
-        url::Url::parse(registry_url).map_err(|_| "the registry URL is invalid".to_string())?;
-    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    let authority = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.clone(),
-    };
-    let matches_host = |key_host: &str| {
-        key_host == authority
-            || (DOCKER_HUB.contains(&host.as_str()) && DOCKER_HUB.contains(&key_host))
-    };
-
-    let text = std::fs::read(file).map_err(|e| format!("cannot read auth file {shown}: {e}"))?;
-    // Only the position of a syntax error is reported: the file holds secrets.
-    let document: Value = serde_json::from_slice(&text).map_err(|e| {
-        format!(
-            "auth file {shown} is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        )
-    })?;
-    let auths = document.get("auths").and_then(Value::as_object);
-    // An exact `host[:port]` key wins over a repository-scoped one (`host/namespace`).
-    let entry = auths.and_then(|auths| {
-        let mut candidates: Vec<(&String, &Value)> = auths
-            .iter()
-            .filter(|(key, _)| matches_host(&auth_key_host(key)))
-            .collect();
-        candidates.sort_by_key(|(key, _)| auth_key_depth(key));
-        candidates.first().map(|(_, entry)| *entry)
-    });
-    let Some(entry) = entry else {
-        let helper = document
-            .get("credHelpers")
-            .and_then(|h| h.as_object())
-            .and_then(|h| h.iter().find(|(k, _)| matches_host(&auth_key_host(k))))
-            .and_then(|(_, v)| v.as_str())
-            .or_else(|| document.get("credsStore").and_then(Value::as_str));
-        if let Some(helper) = helper {
-            return Err(format!(
-                "auth file {shown} has no `auths` entry for {authority}: it delegates to the credential helper `docker-credential-{helper}`, which Ferry does not run; log in with `--authfile`/`--config` pointing at a plain file"
-            ));
-        }
-        let known: Vec<&str> = auths
-            .map(|a| a.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        return Err(format!(
-            "auth file {shown} has no entry for {authority} (entries: {})",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ));
-    };
-
-    let field = |name: &str| {
-        entry
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    if let Some(auth) = field("auth") {
-        let engines = [
-            base64::engine::general_purpose::STANDARD,
-            base64::engine::general_purpose::STANDARD_NO_PAD,
-        ];
-        let decoded = engines
-            .iter()
-            .find_map(|engine| engine.decode(auth.trim()).ok())
-            .and_then(|bytes| String::from_utf8(bytes).ok());
-        // The decode error is not shown: it would quote bytes of the secret.
-        let Some((username, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
-            return Err(format!(
-                "the `auth` value for {authority} in auth file {shown} is not base64 of `user:password`"
-            ));
-        };
-        return Ok(Secret::Basic {
-            username: username.to_string(),
-            password: password.to_string(),
-        });
-    }
-    if let (Some(username), Some(password)) = (field("username"), field("password")) {
-        return Ok(Secret::Basic {
-            username: username.to_string(),
-            password: password.to_string(),
-        });
-    }
-    if field("identitytoken").is_some() {
-        return Err(format!(
-            "the entry for {authority} in auth file {shown} holds an identity token, which Ferry does not support; log in with a username and password or access token"
-        ));
-    }
-    Err(format!(
-        "the entry for {authority} in auth file {shown} has no `auth` value"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1429,169 +1235,5 @@ mod tests {
         let _ = Config::from_slice(br#"[1, "a", null, {"name": 5}]"#, "x");
         let _ = Config::from_slice(br#"{"policies": [{"name": "p", "src_registry": {"name": "a"}, "dest_namespace_replace_count": 99999999999999999999}]}"#, "x");
         let _ = Config::from_slice(&[0xff, 0xfe, 0x00], "binary");
-    }
-
-    // --- credentials --------------------------------------------------------------------------
-
-    fn registry(url: &str, credential: Credential) -> RegistryConfig {
-        RegistryConfig {
-            name: "r".into(),
-            url: url.into(),
-            insecure: false,
-            ca_file: None,
-            credential: Some(credential),
-            concurrency: None,
-            chunk_threshold: None,
-            chunk_size: None,
-            poll_interval_seconds: None,
-            requests_per_second: None,
-            region: None,
-        }
-    }
-
-    fn resolve(url: &str, credential: Credential) -> Result<Secret, CredentialError> {
-        let r = registry(url, credential);
-        r.credential
-            .as_ref()
-            .map_or(Ok(Secret::Anonymous), |c| c.resolve(&r))
-    }
-
-    fn basic(user: &str, password: &str) -> Secret {
-        Secret::Basic {
-            username: user.into(),
-            password: password.into(),
-        }
-    }
-
-    fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("ferry-validate-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join(name);
-        std::fs::write(&path, content).unwrap_or_else(|e| panic!("{e}"));
-        path
-    }
-
-    #[test]
-    fn basic_from_env() {
-        let var = "FERRY_TEST_VALIDATE_PASSWORD_SET";
-        std::env::set_var(var, "s3cret");
-        let cred = |v: &str| Credential::Basic {
-            username: "robot".into(),
-            password_env: Some(v.into()),
-            password_file: None,
-        };
-        assert_eq!(
-            resolve("https://r", cred(var)).ok(),
-            Some(basic("robot", "s3cret"))
-        );
-        let missing = resolve("https://r", cred("FERRY_TEST_VALIDATE_UNSET")).unwrap_err();
-        assert_eq!(missing.registry, "r");
-        assert!(
-            missing
-                .message
-                .contains("FERRY_TEST_VALIDATE_UNSET is not set"),
-            "{missing}"
-        );
-        std::env::set_var("FERRY_TEST_VALIDATE_EMPTY", "");
-        let empty = resolve("https://r", cred("FERRY_TEST_VALIDATE_EMPTY")).unwrap_err();
-        assert!(empty.message.contains("is empty"));
-    }
-
-    #[test]
-    fn basic_from_file() {
-        let file = temp_file("password", "hunter2\n");
-        let cred = |f: std::path::PathBuf| Credential::Basic {
-            username: "u".into(),
-            password_env: None,
-            password_file: Some(f),
-        };
-        assert_eq!(
-            resolve("https://r", cred(file.clone())).ok(),
-            Some(basic("u", "hunter2"))
-        );
-        let crlf = temp_file("password-crlf", "hunter2\r\n");
-        assert_eq!(
-            resolve("https://r", cred(crlf)).ok(),
-            Some(basic("u", "hunter2"))
-        );
-        let blank = temp_file("password-blank", "\n");
-        assert!(resolve("https://r", cred(blank))
-            .unwrap_err()
-            .message
-            .contains("is empty"));
-        let missing = resolve("https://r", cred("/nonexistent/pw".into())).unwrap_err();
-        assert!(missing.message.contains("/nonexistent/pw"), "{missing}");
-    }
-
-    #[test]
-    fn auth_files() {
-        let auth = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let file = temp_file(
-            "auth.json",
-            &format!(
-                r#"{{"auths": {{
-                    "registry.eu.example": {{"auth": "{}"}},
-                    "https://registry.us.example:5000/v2/": {{"auth": "{}"}},
-                    "https://quay.io/team/": {{"auth": "{}"}},
-                    "quay.io": {{"auth": "{}"}},
-                    "https://index.docker.io/v1/": {{"auth": "{}"}},
-                    "ghcr.io": {{"username": "gh", "password": "tok"}},
-                    "token.example": {{"identitytoken": "abc"}},
-                    "broken.example": {{"auth": "!!!notbase64"}}
-                }}, "credHelpers": {{"gcr.io": "gcloud"}}}}"#,
-                auth("eu:pw-eu"),
-                auth("us:pw-us"),
-                auth("team:pw-team"),
-                auth("quay:pw-quay"),
-                auth("hub:pw:with:colons"),
-            ),
-        );
-        let cred = || Credential::AuthFile { path: file.clone() };
-        let ok = |url: &str| resolve(url, cred()).unwrap_or_else(|e| panic!("{url}: {e}"));
-        assert_eq!(ok("https://registry.eu.example"), basic("eu", "pw-eu"));
-        assert_eq!(ok("https://REGISTRY.EU.example/"), basic("eu", "pw-eu"));
-        assert_eq!(ok("https://registry.us.example:5000"), basic("us", "pw-us"));
-        assert_eq!(
-            ok("https://quay.io"),
-            basic("quay", "pw-quay"),
-            "exact host wins"
-        );
-        assert_eq!(
-            ok("https://registry-1.docker.io"),
-            basic("hub", "pw:with:colons")
-        );
-        assert_eq!(ok("https://ghcr.io"), basic("gh", "tok"));
-
-        let err = |url: &str| resolve(url, cred()).unwrap_err().message;
-        let absent = err("https://registry.us.example");
-        assert!(
-            absent.contains("no entry for registry.us.example") && absent.contains("auth.json"),
-            "{absent}"
-        );
-        assert!(!absent.contains("pw-"), "no secret in {absent}");
-        assert!(err("https://gcr.io").contains("docker-credential-gcloud"));
-        assert!(err("https://token.example").contains("identity token"));
-        let broken = err("https://broken.example");
-        assert!(
-            broken.contains("not base64") && !broken.contains("notbase64"),
-            "{broken}"
-        );
-        let missing = resolve(
-            "https://x",
-            Credential::AuthFile {
-                path: "/nonexistent/auth.json".into(),
-            },
-        )
-        .unwrap_err();
-        assert!(missing.message.contains("/nonexistent/auth.json"));
-        let garbage = temp_file(
-            "garbage.json",
-            "{\"auths\": {\"x\": {\"auth\": \"secret-ish",
-        );
-        let bad = resolve("https://x", Credential::AuthFile { path: garbage }).unwrap_err();
-        assert!(
-            bad.message.contains("not valid JSON") && !bad.message.contains("secret-ish"),
-            "{bad}"
-        );
     }
 }
