@@ -30,6 +30,22 @@ fn basic_required() -> Behavior {
     }
 }
 
+/// A fresh docker-registry `dst` and, in the returned directory, `ferry.json` syncing `src` (read
+/// with the robot credential) into it.
+async fn credentialed_source(src: &FakeRegistry) -> (Registry, tempfile::TempDir) {
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config_with(
+        dir.path(),
+        vec![
+            with_credential(dir.path(), "src", &src.url()),
+            registry("dst", &dst.url()),
+        ],
+        policy(json!({})),
+    );
+    (dst, dir)
+}
+
 /// The requests `fake` received that carried an `Authorization` header.
 fn authorized(fake: &FakeRegistry) -> Vec<(String, String, Option<String>)> {
     fake.authorization_log()
@@ -106,16 +122,8 @@ async fn a_pagination_link_to_another_origin_is_followed_without_credentials() {
         seed_image(fake, "team/app", "v2", vec![2u8; 100]);
     }
     src.set_behavior(|b| b.link_origin = Some(elsewhere.url()));
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with(
-        dir.path(),
-        vec![
-            with_credential(dir.path(), "src", &src.url()),
-            registry("dst", &dst.url()),
-        ],
-        policy(json!({})),
-    );
+    let (_dst, dir) = credentialed_source(&src).await;
+    let cfg = dir.path().join("ferry.json");
     let (out, report) = sync(&cfg).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(outcomes(&report, "copied"), 2, "{report:#}");
@@ -138,16 +146,8 @@ async fn a_blob_redirected_to_another_origin_is_fetched_there_without_credential
     let (digest, layer) = seed_image(&src, "team/app", "v1", vec![3u8; 64 * 1024]);
     seed_image(&storage, "team/app", "v1", vec![3u8; 64 * 1024]);
     src.set_behavior(|b| b.redirect_blob_gets_to = Some(storage.url()));
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with(
-        dir.path(),
-        vec![
-            with_credential(dir.path(), "src", &src.url()),
-            registry("dst", &dst.url()),
-        ],
-        policy(json!({})),
-    );
+    let (_dst, dir) = credentialed_source(&src).await;
+    let cfg = dir.path().join("ferry.json");
     let (out, report) = sync(&cfg).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(report["tags"][0]["digest"], digest);
@@ -160,6 +160,34 @@ async fn a_blob_redirected_to_another_origin_is_fetched_there_without_credential
         storage.request_log()
     );
     assert_eq!(authorized(&storage), vec![]);
+}
+
+/// The redirect policy is Ferry's own (the https→http case is unit-tested in `oci::client`, the
+/// fake serves no TLS): a redirect to a scheme other than http(s), or a chain longer than ten hops,
+/// fails the tag with a refusal naming the registry, not a transport error to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_another_scheme_or_in_circles_is_refused() {
+    for (target, expected) in [
+        (None, "more than 10 redirects"),
+        (Some("ftp://127.0.0.1:1"), "scheme \"ftp\""),
+    ] {
+        let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+        seed_image(&src, "team/app", "v1", vec![11u8; 1024]);
+        let target = target.map_or_else(|| src.url(), str::to_owned);
+        src.set_behavior(|b| b.redirect_blob_gets_to = Some(target));
+        let dst = FakeRegistry::start(Behavior::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+        let (out, report) = sync(&cfg).await;
+        assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+        let error = report["tags"][0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("registry src")
+                && error.contains("refusing to follow a redirect")
+                && error.contains(expected),
+            "{error}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,16 +253,8 @@ async fn a_token_realm_on_another_plain_http_origin_is_asked_without_credentials
     .await
     .unwrap();
     seed_image(&src, "team/app", "v1", vec![5u8; 100]);
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with(
-        dir.path(),
-        vec![
-            with_credential(dir.path(), "src", &src.url()),
-            registry("dst", &dst.url()),
-        ],
-        policy(json!({})),
-    );
+    let (_dst, dir) = credentialed_source(&src).await;
+    let cfg = dir.path().join("ferry.json");
     let out = sync_plain(&cfg).await;
     assert_ne!(out.code, 101, "no panic: {}", out.stderr);
     let asked: Vec<_> = tokens
@@ -273,16 +293,8 @@ async fn a_token_that_expires_in_u64_max_is_used_and_capped_without_panicking() 
     .await
     .unwrap();
     let (digest, _) = seed_image(&src, "team/app", "v1", vec![6u8; 100]);
-    let dst = Registry::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with(
-        dir.path(),
-        vec![
-            with_credential(dir.path(), "src", &src.url()),
-            registry("dst", &dst.url()),
-        ],
-        policy(json!({})),
-    );
+    let (_dst, dir) = credentialed_source(&src).await;
+    let cfg = dir.path().join("ferry.json");
     let (out, report) = sync(&cfg).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(report["tags"][0]["digest"], digest);
@@ -355,16 +367,23 @@ fn list_too_large(r: Result<Vec<String>, RegistryError>) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endless_tag_list_is_cut_off_at_a_million_entries() {
+/// A fake answering `list` for `_catalog` and `tags/list`, holding `team/app:v1`, and a client.
+async fn hostile(list: HostileList) -> (FakeRegistry, RegistryClient) {
     let fake = FakeRegistry::start(Behavior {
-        hostile_lists: Some(HostileList::Endless { per_page: 1000 }),
+        hostile_lists: Some(list),
         ..Default::default()
     })
     .await
     .unwrap();
     seed_image(&fake, "team/app", "v1", vec![9u8; 10]);
-    let e = list_too_large(client(&fake).list_tags("team/app").await);
+    let client = client(&fake);
+    (fake, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_tag_list_is_cut_off_at_a_million_entries() {
+    let (fake, client) = hostile(HostileList::Endless { per_page: 1000 }).await;
+    let e = list_too_large(client.list_tags("team/app").await);
     assert!(
         e.contains("registry src")
             && e.contains("the tag list of team/app")
@@ -377,13 +396,8 @@ async fn an_endless_tag_list_is_cut_off_at_a_million_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_catalog_of_empty_pages_is_cut_off_at_the_page_limit() {
-    let fake = FakeRegistry::start(Behavior {
-        hostile_lists: Some(HostileList::Endless { per_page: 0 }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let e = list_too_large(client(&fake).catalog().await);
+    let (fake, client) = hostile(HostileList::Endless { per_page: 0 }).await;
+    let e = list_too_large(client.catalog().await);
     assert!(
         e.contains("registry src")
             && e.contains("the catalog")
@@ -395,16 +409,9 @@ async fn an_endless_catalog_of_empty_pages_is_cut_off_at_the_page_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_tag_list_page_is_cut_off_at_the_byte_limit() {
-    let fake = FakeRegistry::start(Behavior {
-        hostile_lists: Some(HostileList::Oversized {
-            bytes: MAX_LIST_BYTES as usize + 1024,
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    seed_image(&fake, "team/app", "v1", vec![9u8; 10]);
-    let e = list_too_large(client(&fake).list_tags("team/app").await);
+    let bytes = MAX_LIST_BYTES as usize + 1024;
+    let (_fake, client) = hostile(HostileList::Oversized { bytes }).await;
+    let e = list_too_large(client.list_tags("team/app").await);
     assert!(
         e.contains("registry src") && e.contains(&format!("{MAX_LIST_BYTES} bytes")),
         "{e}"
@@ -413,16 +420,10 @@ async fn an_oversized_tag_list_page_is_cut_off_at_the_byte_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_list_linking_back_to_its_first_page_ends_there() {
-    let fake = FakeRegistry::start(Behavior {
-        hostile_lists: Some(HostileList::LinkToFirst),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    seed_image(&fake, "team/app", "v1", vec![9u8; 10]);
+    let (fake, client) = hostile(HostileList::LinkToFirst).await;
     seed_image(&fake, "team/app", "v2", vec![10u8; 10]);
     fake.clear_request_log();
-    let tags = client(&fake).list_tags("team/app").await.unwrap();
+    let tags = client.list_tags("team/app").await.unwrap();
     assert_eq!(tags, vec!["v1", "v2"]);
     assert_eq!(fake.request_log().len(), 1, "the first page is read once");
 }
