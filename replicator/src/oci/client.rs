@@ -444,6 +444,12 @@ impl RegistryClient {
         url.origin() == self.base.origin()
     }
 
+    /// Whether a token realm may be sent the registry's credentials: on the registry's own origin,
+    /// or over https elsewhere (a plain-http realm on another host could be anyone on the path).
+    fn realm_gets_credentials(&self, realm: &Url) -> bool {
+        self.is_own_origin(realm) || realm.scheme() == "https"
+    }
+
     /// A URL the registry pointed a request at `from` to (`what`: an upload `Location`, a
     /// pagination `Link`), resolved against `from`; refused as [`refusal`] says.
     fn follow(&self, from: &Url, what: &'static str, target: &str) -> Result<Url> {
@@ -518,9 +524,7 @@ impl RegistryClient {
                 redact(&url)
             )));
         }
-        // The registry's credentials go to its own origin, and to a token server elsewhere only
-        // over https: a plain-http realm on another host could be anyone on the path.
-        let credentials = if self.is_own_origin(&url) || url.scheme() == "https" {
+        let credentials = if self.realm_gets_credentials(&url) {
             auth::basic_header(&self.secret)
         } else {
             if !matches!(self.secret, Secret::Anonymous)
@@ -1899,6 +1903,19 @@ mod tests {
         assert!(!own("http://127.0.0.1:5001/v2/x"), "another port");
         assert!(!own("https://127.0.0.1:5000/v2/x"), "another scheme");
         assert!(!own("http://localhost:5000/v2/x"), "another host");
+    }
+
+    #[test]
+    fn a_token_realm_gets_credentials_on_the_own_origin_or_over_https_only() {
+        let c = client_for("src", "http://127.0.0.1:5000", Secret::Anonymous);
+        let gets = |s: &str| c.realm_gets_credentials(&Url::parse(s).unwrap());
+        assert!(gets("http://127.0.0.1:5000/token"), "own origin");
+        assert!(gets("https://auth.example/token"), "https elsewhere");
+        assert!(!gets("http://auth.example/token"), "plain http elsewhere");
+        assert!(
+            !gets("http://127.0.0.1:5001/token"),
+            "plain http, another port"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
