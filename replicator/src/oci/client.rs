@@ -54,16 +54,15 @@ const MAX_TOKEN_RESPONSE_BYTES: u64 = 1024 * 1024;
 /// Redirects followed for one request (reqwest's default too); a longer chain is refused.
 const MAX_REDIRECTS: usize = 10;
 
-/// Entries one tag list or catalog may hold across all its pages. A million tags in one repository
-/// is far beyond any real registry (Docker Hub's largest repositories hold tens of thousands), and
-/// keeps a hostile endless list to ~100 MB of memory.
+/// Entries one tag list or catalog may hold across all its pages: far more than one repository or
+/// catalog holds in practice, while a hostile endless list stays under ~100 MB of memory (the
+/// names within [`MAX_LIST_BYTES`] plus a `String` each).
 pub const MAX_LIST_ENTRIES: usize = 1_000_000;
 /// Bytes of page bodies one tag list or catalog may take across all its pages: a million 60-byte
 /// names with JSON quoting; more is a registry sending padding, not names.
 pub const MAX_LIST_BYTES: u64 = 64 * 1024 * 1024;
-/// Pages one tag list or catalog may take: [`MAX_LIST_ENTRIES`] at 100 entries a page (the smallest
-/// page size registries that cap `n` use), so only a registry answering near-empty pages forever
-/// meets it.
+/// Pages one tag list or catalog may take: room for [`MAX_LIST_ENTRIES`] even from a registry that
+/// caps `n` at 100 entries a page, so only one answering near-empty pages forever meets it.
 pub const MAX_LIST_PAGES: usize = 10_000;
 
 /// What a HEAD on a manifest tells.
