@@ -4,7 +4,9 @@
 //! 429s with `Retry-After`, rejected manifest media types, tags that vanish
 //! between listing and fetching, mounts answered with an upload session, blob
 //! downloads cut off mid-body, `Range` requests ignored, a failing chunk
-//! `PATCH`, and garbled upload `Range` headers.
+//! `PATCH`, garbled upload `Range` headers, upload `Location`s, pagination
+//! `Link`s, blob redirects and token realms naming another origin, careless
+//! token lifetimes, and endless, looping or oversized list pages.
 //!
 //! Apart from the [`Behavior`] it is told to show, it behaves like a real
 //! registry (distribution 2.8 / OCI distribution spec): pagination with `n`,
@@ -18,6 +20,7 @@
 //! Repository names contain slashes, so one fallback handler parses
 //! `/v2/<name>/(manifests|blobs|tags)/…` itself instead of router patterns.
 //! Every request, including `/token`, is recorded in [`FakeRegistry::request_log`]
+//! (with its `Authorization` header in [`FakeRegistry::authorization_log`])
 //! before any behavior applies.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -110,6 +113,39 @@ pub struct Behavior {
     /// Upload status answers (`GET` on a session) carry this `Range` value
     /// instead of the true one.
     pub upload_status_range: Option<String>,
+    /// Upload `PATCH` answers carry this `Range` value instead of the true one.
+    pub patch_range: Option<String>,
+    /// The `expires_in` of `/token` answers (default 300), e.g. `u64::MAX` from a careless token
+    /// server.
+    pub token_expires_in: Option<u64>,
+    /// The Bearer challenge names this token realm instead of `<url>/token` (a token server on
+    /// another origin).
+    pub token_realm: Option<String>,
+    /// Upload session `Location`s (answers to the `POST` that opens a session and to `PATCH`es)
+    /// name this origin (`scheme://host:port`) instead of the fake's own.
+    pub upload_location_origin: Option<String>,
+    /// Pagination `Link`s of `_catalog` and `tags/list` name this origin (absolute URLs) instead of
+    /// being paths.
+    pub link_origin: Option<String>,
+    /// `_catalog` and `tags/list` pages hold at most this many entries, whatever `n` asks (as
+    /// registries that cap `n` do).
+    pub max_page_size: Option<usize>,
+    /// Blob `GET`s answer `307 Temporary Redirect` to the same path on this origin, as registries
+    /// serving blobs from object storage do.
+    pub redirect_blob_gets_to: Option<String>,
+    /// `_catalog` and `tags/list` answer pages no sane registry sends.
+    pub hostile_lists: Option<HostileList>,
+}
+
+/// Pages of `_catalog` and `tags/list` from a hostile or broken registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostileList {
+    /// Every page holds `per_page` new entries and a `Link` to yet another page, forever.
+    Endless { per_page: usize },
+    /// The true entries, with a `Link` back to the first page (the request without `last`).
+    LinkToFirst,
+    /// One page of about `bytes` bytes: a single entry padded to that length.
+    Oversized { bytes: usize },
 }
 
 /// A running fake registry on a free loopback port. Dropping it shuts the
@@ -139,6 +175,8 @@ struct Inner {
     uploads: HashMap<String, Upload>,
     tokens: HashSet<String>,
     log: Vec<(String, String)>,
+    /// The `Authorization` header of every request in `log`, in the same order.
+    authorizations: Vec<Option<String>>,
     /// The `Range` header of every blob GET, in order (`None`: no `Range`).
     blob_ranges: Vec<Option<String>>,
 }
@@ -246,6 +284,18 @@ impl FakeRegistry {
         self.lock().log.clone()
     }
 
+    /// Every request so far as (method, path and query, its `Authorization` header), in arrival
+    /// order: which requests carried credentials.
+    pub fn authorization_log(&self) -> Vec<(String, String, Option<String>)> {
+        let inner = self.lock();
+        inner
+            .log
+            .iter()
+            .zip(&inner.authorizations)
+            .map(|((m, p), a)| (m.clone(), p.clone(), a.clone()))
+            .collect()
+    }
+
     /// The `Range` header of every blob `GET` so far, in order (`None`: none).
     pub fn blob_ranges(&self) -> Vec<Option<String>> {
         self.lock().blob_ranges.clone()
@@ -253,7 +303,9 @@ impl FakeRegistry {
 
     /// Forgets the requests so far (e.g. after test setup).
     pub fn clear_request_log(&self) {
-        self.lock().log.clear();
+        let mut inner = self.lock();
+        inner.log.clear();
+        inner.authorizations.clear();
     }
 
     /// Whether a blob with this digest is stored (blobs are shared by all repos).
@@ -342,6 +394,11 @@ async fn handle(
     inner
         .log
         .push((method.to_string(), path_and_query.to_owned()));
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    inner.authorizations.push(authorization);
     dispatch(&shared, &mut inner, req)
 }
 
@@ -490,6 +547,20 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
         (Method::GET | Method::HEAD, Route::Base) => json(StatusCode::OK, serde_json::json!({})),
         (Method::GET, Route::Catalog) => catalog(inner, &req),
         (Method::GET, Route::Tags { name }) => tags_list(inner, &req, &name),
+        (Method::GET, Route::Blob { .. }) if inner.behavior.redirect_blob_gets_to.is_some() => {
+            let origin = inner
+                .behavior
+                .redirect_blob_gets_to
+                .as_deref()
+                .unwrap_or_default();
+            let mut resp = empty(StatusCode::TEMPORARY_REDIRECT);
+            insert(
+                &mut resp,
+                header::LOCATION,
+                &format!("{origin}{}", req.path),
+            );
+            resp
+        }
         (Method::GET, Route::Referrers { name, digest }) if inner.behavior.referrers_api => {
             referrers(inner, &name, &digest)
         }
@@ -536,7 +607,13 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
                     "unknown error: the fake fails this PATCH",
                 )
             } else {
-                patch_upload(shared, inner, &req, &name, &id)
+                let mut resp = patch_upload(shared, inner, &req, &name, &id);
+                if let Some(range) = &inner.behavior.patch_range {
+                    if resp.status() == StatusCode::ACCEPTED {
+                        insert(&mut resp, header::RANGE, range);
+                    }
+                }
+                resp
             }
         }
         (Method::PUT, Route::Upload { name, id }) => finish_upload(shared, inner, &req, &name, &id),
@@ -596,10 +673,12 @@ fn authorize(shared: &Shared, inner: &Inner, req: &Req<'_>, route: &Route) -> Op
             .strip_prefix("Bearer ")
             .is_some_and(|t| inner.tokens.contains(t.trim()));
         if !ok {
-            let mut challenge = format!(
-                "Bearer realm=\"{}/token\",service=\"{}\"",
-                shared.base_url, setup.service
-            );
+            let realm = inner
+                .behavior
+                .token_realm
+                .clone()
+                .unwrap_or_else(|| format!("{}/token", shared.base_url));
+            let mut challenge = format!("Bearer realm=\"{realm}\",service=\"{}\"", setup.service);
             let write = !matches!(*req.method, Method::GET | Method::HEAD);
             match route {
                 Route::Base => {}
@@ -654,24 +733,13 @@ fn token(inner: &mut Inner, req: &Req<'_>) -> Response {
     inner.tokens.insert(token.clone());
     json(
         StatusCode::OK,
-        serde_json::json!({ "token": token, "expires_in": 300 }),
+        serde_json::json!({ "token": token, "expires_in": inner.behavior.token_expires_in.unwrap_or(300) }),
     )
 }
 
 fn catalog(inner: &Inner, req: &Req<'_>) -> Response {
     let names: Vec<&String> = inner.repos.keys().collect();
-    match paginate(&names, req) {
-        Ok((page, more)) => {
-            let mut resp = json(StatusCode::OK, serde_json::json!({ "repositories": page }));
-            if let (Some(last), Some(n)) = (more.then(|| page.last()).flatten(), req.query.get("n"))
-            {
-                let link = format!("</v2/_catalog?last={last}&n={n}>; rel=\"next\"");
-                insert(&mut resp, header::LINK, &link);
-            }
-            resp
-        }
-        Err(resp) => *resp,
-    }
+    list_page(inner, req, "/v2/_catalog", "repositories", None, &names)
 }
 
 /// The referrers index of `digest` in `name`: descriptors of the manifests whose `subject` it is.
@@ -713,18 +781,71 @@ fn tags_list(inner: &Inner, req: &Req<'_>, name: &str) -> Response {
         );
     };
     let tags: Vec<&String> = repo.tags.keys().collect();
-    match paginate(&tags, req) {
+    list_page(
+        inner,
+        req,
+        &format!("/v2/{name}/tags/list"),
+        "tags",
+        Some(name),
+        &tags,
+    )
+}
+
+/// One page of a list answered at `path` (`_catalog`: `repositories`; `tags/list`: `name` and
+/// `tags`), with a `Link` to the next one; or what [`Behavior::hostile_lists`] says instead.
+fn list_page(
+    inner: &Inner,
+    req: &Req<'_>,
+    path: &str,
+    field: &str,
+    name: Option<&str>,
+    items: &[&String],
+) -> Response {
+    let b = &inner.behavior;
+    let n = req.query.get("n").cloned().unwrap_or_default();
+    let link_to = |query: String| {
+        let origin = b.link_origin.as_deref().unwrap_or_default();
+        format!("<{origin}{path}?{query}>; rel=\"next\"")
+    };
+    let answer = |entries: serde_json::Value, link: Option<String>| {
+        let mut body = serde_json::json!({ field: entries });
+        if let Some(name) = name {
+            body["name"] = name.into();
+        }
+        let mut resp = json(StatusCode::OK, body);
+        if let Some(link) = link {
+            insert(&mut resp, header::LINK, &link);
+        }
+        resp
+    };
+    match &b.hostile_lists {
+        Some(HostileList::Endless { per_page }) => {
+            let page: u64 = req
+                .query
+                .get("last")
+                .and_then(|l| l.strip_prefix('p')?.parse().ok())
+                .unwrap_or(0);
+            let entries: Vec<String> = (0..*per_page).map(|i| format!("p{page}-{i}")).collect();
+            let next = link_to(format!("last=p{}&n={n}", page + 1));
+            return answer(entries.into(), Some(next));
+        }
+        Some(HostileList::Oversized { bytes }) => {
+            return answer(vec!["x".repeat(*bytes)].into(), None);
+        }
+        Some(HostileList::LinkToFirst) => {
+            let entries: Vec<&String> = items.to_vec();
+            return answer(serde_json::json!(entries), Some(link_to(format!("n={n}"))));
+        }
+        None => {}
+    }
+    match paginate(items, req, b.max_page_size) {
         Ok((page, more)) => {
-            let mut resp = json(
-                StatusCode::OK,
-                serde_json::json!({ "name": name, "tags": page }),
-            );
-            if let (Some(last), Some(n)) = (more.then(|| page.last()).flatten(), req.query.get("n"))
-            {
-                let link = format!("</v2/{name}/tags/list?last={last}&n={n}>; rel=\"next\"");
-                insert(&mut resp, header::LINK, &link);
-            }
-            resp
+            let link = more
+                .then(|| page.last())
+                .flatten()
+                .filter(|_| !n.is_empty())
+                .map(|last| link_to(format!("last={last}&n={n}")));
+            answer(serde_json::json!(page), link)
         }
         Err(resp) => *resp,
     }
@@ -734,6 +855,7 @@ fn tags_list(inner: &Inner, req: &Req<'_>, name: &str) -> Response {
 fn paginate<'a>(
     items: &[&'a String],
     req: &Req<'_>,
+    max_page_size: Option<usize>,
 ) -> Result<(Vec<&'a String>, bool), Box<Response>> {
     let after: Vec<&String> = match req.query.get("last") {
         Some(last) => items
@@ -753,6 +875,7 @@ fn paginate<'a>(
                     "invalid number of results requested",
                 ))
             })?;
+            let n = max_page_size.map_or(n, |max| n.min(max));
             let more = after.len() > n;
             Ok((after.into_iter().take(n).collect(), more))
         }
@@ -1162,11 +1285,12 @@ fn store_blob(
 
 fn upload_headers(shared: &Shared, inner: &Inner, resp: &mut Response, name: &str, id: &str) {
     let len = inner.uploads.get(id).map_or(0, |u| u.data.len());
-    insert(
-        resp,
-        header::LOCATION,
-        &location(shared, inner, &format!("/v2/{name}/blobs/uploads/{id}")),
-    );
+    let path = format!("/v2/{name}/blobs/uploads/{id}");
+    let location = match &inner.behavior.upload_location_origin {
+        Some(origin) => format!("{origin}{path}"),
+        None => location(shared, inner, &path),
+    };
+    insert(resp, header::LOCATION, &location);
     insert(resp, "docker-upload-uuid", id);
     insert(resp, header::RANGE, &format!("0-{}", len.saturating_sub(1)));
 }

@@ -40,6 +40,10 @@ pub struct RegistryOptions {
     pub tls: bool,
     /// Where the registry runs (default: this machine's loopback).
     pub host: crate::Host,
+    /// distribution's `http.host` as `<scheme>://<addr>`: the registry builds the URLs it answers
+    /// (upload `Location`s) with this scheme instead of the request's, like a registry behind a
+    /// misconfigured TLS-terminating proxy. `None`: URLs follow the request.
+    pub advertised_scheme: Option<&'static str>,
 }
 
 impl Default for RegistryOptions {
@@ -50,6 +54,7 @@ impl Default for RegistryOptions {
             log_level: "error",
             tls: false,
             host: crate::Host::loopback(),
+            advertised_scheme: None,
         }
     }
 }
@@ -243,6 +248,12 @@ fn registry_config(
         level = opts.log_level,
         data = yaml_str(&data.to_string_lossy()),
     );
+    if let Some(scheme) = opts.advertised_scheme {
+        yaml.push_str(&format!(
+            "  host: {}\n",
+            yaml_str(&format!("{scheme}://{addr}"))
+        ));
+    }
     if let Some(t) = tls {
         yaml.push_str(&format!(
             "  tls:\n    certificate: {}\n    key: {}\n",

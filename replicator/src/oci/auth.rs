@@ -4,6 +4,10 @@
 //! token for the request's scope) are attached up front, so streaming uploads — which cannot be
 //! replayed — are never the request that discovers a challenge. Tokens are cached per scope until
 //! shortly before they expire. Secrets never appear in errors or logs.
+//!
+//! A token server's `expires_in` is whatever number it likes: lifetimes are read leniently
+//! (integers, floats, negatives, absurdly large), clamped to [`MIN_TOKEN_TTL`]..[`MAX_TOKEN_TTL`],
+//! and expiry instants are computed without overflow.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -98,6 +102,12 @@ pub fn basic_header(secret: &Secret) -> Option<String> {
     }
 }
 
+/// The longest a token is cached, whatever `expires_in` says: a day bounds how long a revoked
+/// or leaked token can keep working from Ferry's cache, and keeps `Instant + ttl` far from overflow.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The shortest lifetime assumed (the spec's minimum is 60 s; some servers send 0 or less).
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(10);
+
 /// What the token endpoint answers (`token` per the Docker spec, `access_token` per OAuth2).
 #[derive(Debug, Deserialize)]
 pub struct TokenResponse {
@@ -105,15 +115,21 @@ pub struct TokenResponse {
     pub token: Option<String>,
     #[serde(default)]
     pub access_token: Option<String>,
+    /// Seconds, as any JSON number (servers send floats, negatives and `u64::MAX`).
     #[serde(default)]
-    pub expires_in: Option<u64>,
+    pub expires_in: Option<serde_json::Number>,
 }
 
 impl TokenResponse {
     pub fn into_token(self) -> Option<(String, Duration)> {
         let token = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
-        // The spec's default lifetime is 60 s; renew a little early.
-        let ttl = Duration::from_secs(self.expires_in.unwrap_or(60).max(10));
+        // The spec's default lifetime is 60 s. `f64 as u64` saturates (negatives and NaN give 0).
+        let secs = self.expires_in.map_or(60, |n| {
+            n.as_u64()
+                .unwrap_or_else(|| n.as_f64().map_or(0, |f| f as u64))
+        });
+        let ttl = Duration::from_secs(secs).clamp(MIN_TOKEN_TTL, MAX_TOKEN_TTL);
+        // Renew a little early.
         Some((token, ttl.saturating_sub(Duration::from_secs(5))))
     }
 }
@@ -140,8 +156,10 @@ impl AuthState {
             let now = Instant::now();
             self.tokens.retain(|_, (_, until)| *until > now);
         }
-        self.tokens
-            .insert(scope.to_string(), (token, Instant::now() + ttl));
+        // `checked_add`: a lifetime that cannot be represented is treated as already expired.
+        let now = Instant::now();
+        let until = now.checked_add(ttl.min(MAX_TOKEN_TTL)).unwrap_or(now);
+        self.tokens.insert(scope.to_string(), (token, until));
     }
 }
 
@@ -239,6 +257,37 @@ mod tests {
         assert_eq!(t.into_token().unwrap().0, "a");
         let t: TokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert!(t.into_token().is_none());
+    }
+
+    #[test]
+    fn a_token_lifetime_is_clamped_to_a_day_whatever_the_server_says() {
+        let ttl = |expires_in: &str| {
+            let t: TokenResponse =
+                serde_json::from_str(&format!(r#"{{"token":"t","expires_in":{expires_in}}}"#))
+                    .unwrap();
+            t.into_token().unwrap().1
+        };
+        let day = MAX_TOKEN_TTL - Duration::from_secs(5);
+        assert_eq!(ttl("18446744073709551615"), day);
+        assert_eq!(ttl("1e300"), day);
+        assert_eq!(ttl("300"), Duration::from_secs(295));
+        assert_eq!(ttl("300.5"), Duration::from_secs(295));
+        assert_eq!(ttl("-1"), MIN_TOKEN_TTL - Duration::from_secs(5));
+        assert_eq!(
+            ttl("-18446744073709551615"),
+            MIN_TOKEN_TTL - Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn storing_a_token_with_an_unrepresentable_lifetime_does_not_panic() {
+        let mut s = AuthState::default();
+        s.store_token("x", "t".into(), Duration::MAX);
+        assert_eq!(
+            s.cached_token("x").as_deref(),
+            Some("t"),
+            "capped, not dropped"
+        );
     }
 
     #[test]

@@ -9,8 +9,17 @@
 //!   capped jittered backoff;
 //!   streaming uploads are sent once, after auth is settled;
 //! - concurrent blob transfers per registry are bounded by [`RegistryClient::transfer_slots`];
-//!   connections are pooled and reused.
-use std::sync::{Arc, Mutex};
+//!   connections are pooled and reused;
+//! - every registry answer is hostile until checked. Credentials (`Authorization`, basic or
+//!   bearer) go only to the registry's own origin (scheme, host and port of its configured URL):
+//!   an upload `Location`, a pagination `Link` or a redirect naming another origin is followed
+//!   without them, and one leaving https for plain http (or for another scheme) is refused
+//!   ([`RegistryError::Refused`]). Tag lists and catalogs are cut off at [`MAX_LIST_ENTRIES`],
+//!   [`MAX_LIST_BYTES`] and [`MAX_LIST_PAGES`]; no header, size or lifetime a registry sends can
+//!   make the client panic or overflow.
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -40,6 +49,21 @@ const DEFAULT_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
 const MAX_ATTEMPTS: u32 = 6;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 const PAGE_SIZE: usize = 1000;
+/// The largest token endpoint answer read (real ones are a few KiB: a JWT or two).
+const MAX_TOKEN_RESPONSE_BYTES: u64 = 1024 * 1024;
+/// Redirects followed for one request (reqwest's default too); a longer chain is refused.
+const MAX_REDIRECTS: usize = 10;
+
+/// Entries one tag list or catalog may hold across all its pages: far more than one repository or
+/// catalog holds in practice, while a hostile endless list stays under ~100 MB of memory (the
+/// names within [`MAX_LIST_BYTES`] plus a `String` each).
+pub const MAX_LIST_ENTRIES: usize = 1_000_000;
+/// Bytes of page bodies one tag list or catalog may take across all its pages: a million 60-byte
+/// names with JSON quoting; more is a registry sending padding, not names.
+pub const MAX_LIST_BYTES: u64 = 64 * 1024 * 1024;
+/// Pages one tag list or catalog may take: room for [`MAX_LIST_ENTRIES`] even from a registry that
+/// caps `n` at 100 entries a page, so only one answering near-empty pages forever meets it.
+pub const MAX_LIST_PAGES: usize = 10_000;
 
 /// What a HEAD on a manifest tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +125,68 @@ pub struct RegistryClient {
     gate: Gate,
     /// Set once the registry refused a chunked upload: blobs then go up in one `PUT`.
     refuses_chunks: std::sync::atomic::AtomicBool,
+    /// Set once the warning about a plain-http token realm on another origin was logged (it would
+    /// repeat on every token fetch otherwise).
+    warned_realm: AtomicBool,
+}
+
+/// A `std::sync::Mutex` guard whether or not a thread panicked while holding it: the data behind
+/// these locks (learned challenges, cached tokens, announced quotas) stays valid after any panic,
+/// and one panic must not turn every later request to the registry into another.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why following a `Location`, `Link` or redirect from `from` to `to` is refused, if it is: a
+/// scheme other than http(s), or plain http after https (the blob, the upload session and any
+/// token would cross the network in clear text).
+fn refusal(from: &Url, to: &Url) -> Option<String> {
+    match to.scheme() {
+        "https" => None,
+        "http" if from.scheme() != "https" => None,
+        "http" => Some(format!(
+            "{} leaves https for plain http; the registry's external URL (or its proxy's) must keep https",
+            redact(to)
+        )),
+        other => Some(format!(
+            "{} has scheme {other:?}; only http and https are followed",
+            redact(to)
+        )),
+    }
+}
+
+/// What a refused redirect carries to the caller (inside reqwest's error); see [`refusal`].
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// Ferry's redirect policy: at most [`MAX_REDIRECTS`] hops, none that [`refusal`] refuses. reqwest
+/// itself drops `Authorization` when a hop changes host or port (reqwest 0.12
+/// `redirect::remove_sensitive_headers`), so a blob `GET` redirected to object storage arrives there
+/// without the registry's credentials; with https→http refused here, no hop can carry them in clear
+/// text either.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            let e = RedirectRefused(format!("more than {MAX_REDIRECTS} redirects"));
+            return attempt.error(e);
+        }
+        let refused = attempt
+            .previous()
+            .last()
+            .and_then(|from| refusal(from, attempt.url()));
+        match refused {
+            Some(reason) => attempt.error(RedirectRefused(reason)),
+            None => attempt.follow(),
+        }
+    })
 }
 
 /// What a tag-only delete did.
@@ -165,6 +251,7 @@ impl RegistryClient {
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(redirect_policy())
             .tcp_nodelay(true);
         if cfg.insecure {
             builder = builder.danger_accept_invalid_certs(true);
@@ -200,12 +287,13 @@ impl RegistryClient {
             chunk_threshold: cfg.chunk_threshold,
             referrers_api: std::sync::OnceLock::new(),
             rate_limit: std::sync::Mutex::new(None),
+            warned_realm: AtomicBool::new(false),
         })
     }
 
     /// The request quota the registry announced last, if it announces one.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.rate_limit)
     }
 
     /// Whether this registry refused a chunked upload (then only monolithic uploads are tried).
@@ -231,7 +319,7 @@ impl RegistryClient {
         let Some(limit) = RateLimit::from_headers(headers) else {
             return;
         };
-        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some(limit);
+        *lock(&self.rate_limit) = Some(limit);
         if limit.remaining <= gate::low_quota_reserve(limit.limit) {
             let until = crate::event::now_ms() + crate::event::duration_ms(gate::LOW_QUOTA_PAUSE);
             let reason = format!(
@@ -278,6 +366,16 @@ impl RegistryClient {
     }
 
     fn transport(&self, url: &Url, source: reqwest::Error) -> RegistryError {
+        if source.is_redirect() {
+            let reason = std::error::Error::source(&source)
+                .map_or_else(|| source.to_string(), |c| c.to_string());
+            return RegistryError::Refused {
+                registry: self.name.clone(),
+                url: redact(url),
+                what: "a redirect",
+                reason,
+            };
+        }
         RegistryError::Transport {
             registry: self.name.clone(),
             url: redact(url),
@@ -339,8 +437,47 @@ impl RegistryClient {
 
     // ---- auth -------------------------------------------------------------------------------
 
+    /// Whether `url` is on the registry's own origin (scheme, host and port of its configured
+    /// URL): the only place its credentials go.
+    fn is_own_origin(&self, url: &Url) -> bool {
+        url.origin() == self.base.origin()
+    }
+
+    /// Whether a token realm may be sent the registry's credentials: on the registry's own origin,
+    /// or over https elsewhere (a plain-http realm on another host could be anyone on the path).
+    fn realm_gets_credentials(&self, realm: &Url) -> bool {
+        self.is_own_origin(realm) || realm.scheme() == "https"
+    }
+
+    /// A URL the registry pointed a request at `from` to (`what`: an upload `Location`, a
+    /// pagination `Link`), resolved against `from`; refused as [`refusal`] says.
+    fn follow(&self, from: &Url, what: &'static str, target: &str) -> Result<Url> {
+        let url = from
+            .join(target)
+            .map_err(|e| self.invalid(from, format!("bad {what} {target:?}: {e}")))?;
+        match refusal(from, &url) {
+            Some(reason) => Err(RegistryError::Refused {
+                registry: self.name.clone(),
+                url: redact(from),
+                what,
+                reason,
+            }),
+            None => Ok(url),
+        }
+    }
+
+    /// The `Authorization` for a request to `url` in `scope`: the registry's credentials on its
+    /// own origin, none anywhere else.
+    async fn authorization_for(&self, url: &Url, scope: &Scope) -> Result<Option<String>> {
+        if !self.is_own_origin(url) {
+            tracing::debug!(registry = %self.name, url = %redact(url), "another origin: sending no credentials");
+            return Ok(None);
+        }
+        self.authorization(scope).await
+    }
+
     async fn authorization(&self, scope: &Scope) -> Result<Option<String>> {
-        let challenge = self.auth.lock().expect("auth lock").challenge.clone();
+        let challenge = lock(&self.auth).challenge.clone();
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(auth::basic_header(&self.secret)),
@@ -356,16 +493,13 @@ impl RegistryClient {
                     }
                 }
                 let key = scopes.key();
-                if let Some(t) = self.auth.lock().expect("auth lock").cached_token(&key) {
+                if let Some(t) = lock(&self.auth).cached_token(&key) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
                 let (token, ttl) = self
                     .fetch_token(&realm, service.as_deref(), &scopes)
                     .await?;
-                self.auth
-                    .lock()
-                    .expect("auth lock")
-                    .store_token(&key, token.clone(), ttl);
+                lock(&self.auth).store_token(&key, token.clone(), ttl);
                 Ok(Some(format!("Bearer {token}")))
             }
         }
@@ -383,6 +517,22 @@ impl RegistryClient {
         };
         let mut url = Url::parse(realm)
             .map_err(|e| auth_err(format!("token realm {realm:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(auth_err(format!(
+                "token realm {} is not an http(s) URL",
+                redact(&url)
+            )));
+        }
+        let credentials = if self.realm_gets_credentials(&url) {
+            auth::basic_header(&self.secret)
+        } else {
+            if !matches!(self.secret, Secret::Anonymous)
+                && !self.warned_realm.swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(registry = %self.name, realm = %redact(&url), "token realm is plain http on another origin; asking it for tokens without the registry's credentials (serve the realm over https to use them)");
+            }
+            None
+        };
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -393,14 +543,20 @@ impl RegistryClient {
             }
         }
         let mut req = self.http.get(url.clone());
-        if let Some(h) = auth::basic_header(&self.secret) {
+        if let Some(h) = credentials {
             req = req.header(AUTHORIZATION, h);
         }
         let resp = req.send().await.map_err(|e| self.transport(&url, e))?;
         let status = resp.status();
-        let body = read_limited(resp, 1024 * 1024)
+        let body = read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
             .await
             .map_err(|e| self.transport(&url, e))?;
+        if body.len() as u64 > MAX_TOKEN_RESPONSE_BYTES {
+            return Err(auth_err(format!(
+                "token endpoint {} answered more than {MAX_TOKEN_RESPONSE_BYTES} bytes",
+                redact(&url)
+            )));
+        }
         if !status.is_success() {
             let detail = parse_error_body(&body)
                 .into_iter()
@@ -435,7 +591,7 @@ impl RegistryClient {
         else {
             return false;
         };
-        let mut st = self.auth.lock().expect("auth lock");
+        let mut st = lock(&self.auth);
         let changed =
             st.challenge.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&ch));
         st.challenge = Some(ch.clone());
@@ -469,7 +625,7 @@ impl RegistryClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let authz = self.authorization(scope).await?;
+            let authz = self.authorization_for(&url, scope).await?;
             self.gate.wait(&self.name).await;
             let mut req = self
                 .http
@@ -498,9 +654,15 @@ impl RegistryClient {
                 Err(e) => return Err(self.transport(&url, e)),
             };
             let status = resp.status();
-            self.note_rate_limit(resp.headers()).await;
+            // Another origin (a redirect target, a foreign Location) speaks for itself, not for
+            // the registry: its quotas and challenges are not the registry's.
+            let own_answer = self.is_own_origin(resp.url());
+            if own_answer {
+                self.note_rate_limit(resp.headers()).await;
+            }
             tracing::trace!(registry = %self.name, method = %method, url = %redact(&url), status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "registry request");
             if status == StatusCode::UNAUTHORIZED
+                && own_answer
                 && auth_retries < 2
                 && self.learn_challenge(resp.headers(), scope, authz.is_some())
             {
@@ -535,9 +697,7 @@ impl RegistryClient {
                     }
                     return Ok(resp);
                 }
-                let d = retry_after
-                    .map(|d| d.min(MAX_RETRY_DELAY))
-                    .unwrap_or_else(|| backoff(attempt));
+                let d = retry_delay(retry_after, attempt);
                 tracing::info!(registry = %self.name, url = %redact(&url), status = status.as_u16(), delay_ms = d.as_millis() as u64, "registry asked us to slow down");
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     // Every worker of the region waits too; the next attempt waits at the gate.
@@ -584,16 +744,10 @@ impl RegistryClient {
             return Err(self.status_error(&Method::GET, &url, resp).await);
         }
         let api_version = header_str(resp.headers(), "docker-distribution-api-version");
-        let auth = self
-            .auth
-            .lock()
-            .expect("auth lock")
-            .challenge
-            .as_ref()
-            .map(|c| match c {
-                Challenge::Basic => "basic".to_string(),
-                Challenge::Bearer { .. } => "bearer".to_string(),
-            });
+        let auth = lock(&self.auth).challenge.as_ref().map(|c| match c {
+            Challenge::Basic => "basic".to_string(),
+            Challenge::Bearer { .. } => "bearer".to_string(),
+        });
         Ok(ApiInfo { api_version, auth })
     }
 
@@ -984,9 +1138,7 @@ impl RegistryClient {
     fn upload_location(&self, url: &Url, resp: &Response) -> Result<Url> {
         let loc = header_str(resp.headers(), LOCATION.as_str())
             .ok_or_else(|| self.invalid(url, "upload answer has no Location header"))?;
-        self.base
-            .join(&loc)
-            .map_err(|e| self.invalid(url, format!("bad upload Location {loc:?}: {e}")))
+        self.follow(url, "an upload Location", &loc)
     }
 
     /// A session that was just opened (it holds no bytes).
@@ -1063,7 +1215,8 @@ impl RegistryClient {
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size)
             .body(body);
-        if let Some(a) = self.prepare_push(&upload.repository).await? {
+        let scope = Scope::push(&upload.repository);
+        if let Some(a) = self.authorization_for(&url, &scope).await? {
             req = req.header(AUTHORIZATION, a);
         }
         self.gate.wait(&self.name).await;
@@ -1083,7 +1236,19 @@ impl RegistryClient {
         digest: &Digest,
         chunk: Bytes,
     ) -> Result<BlobUpload> {
-        let end = upload.offset + chunk.len() as u64;
+        let url = upload.location.clone();
+        let end = upload
+            .offset
+            .checked_add(chunk.len() as u64)
+            .ok_or_else(|| {
+                self.invalid(
+                    &url,
+                    format!(
+                        "upload offset {} overflows with the next chunk",
+                        upload.offset
+                    ),
+                )
+            })?;
         let mut h = HeaderMap::new();
         h.insert(
             CONTENT_TYPE,
@@ -1096,7 +1261,6 @@ impl RegistryClient {
                 HeaderValue::from_str(&format!("{}-{}", upload.offset, end - 1)).expect("ascii"),
             );
         }
-        let url = upload.location.clone();
         let resp = self
             .send(
                 Method::PATCH,
@@ -1208,59 +1372,43 @@ impl RegistryClient {
     /// All tags of a repository (following `Link` pagination). A repository that does not exist has
     /// no tags.
     pub async fn list_tags(&self, repository: &str) -> Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct Tags {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
-        let pages = self
-            .paginate(
-                &format!("v2/{repository}/tags/list?n={PAGE_SIZE}"),
-                &Scope::pull(repository),
-                true,
-            )
-            .await?;
-        let mut out = Vec::new();
-        for (url, body) in pages {
-            let t: Tags = serde_json::from_slice(&body)
-                .map_err(|e| self.invalid(&url, format!("tag list is not valid JSON: {e}")))?;
-            out.extend(t.tags.unwrap_or_default());
-        }
-        Ok(out)
+        self.paginate(
+            &format!("v2/{repository}/tags/list?n={PAGE_SIZE}"),
+            &Scope::pull(repository),
+            List::Tags(repository),
+        )
+        .await
     }
 
     /// All repositories (`/v2/_catalog` with pagination).
     pub async fn catalog(&self) -> Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct Catalog {
-            #[serde(default)]
-            repositories: Option<Vec<String>>,
-        }
-        let pages = self
-            .paginate(
-                &format!("v2/_catalog?n={PAGE_SIZE}"),
-                &Scope::catalog(),
-                false,
-            )
-            .await?;
-        let mut out = Vec::new();
-        for (url, body) in pages {
-            let c: Catalog = serde_json::from_slice(&body)
-                .map_err(|e| self.invalid(&url, format!("catalog is not valid JSON: {e}")))?;
-            out.extend(c.repositories.unwrap_or_default());
-        }
-        Ok(out)
+        self.paginate(
+            &format!("v2/_catalog?n={PAGE_SIZE}"),
+            &Scope::catalog(),
+            List::Catalog,
+        )
+        .await
     }
 
-    async fn paginate(
-        &self,
-        first: &str,
-        scope: &Scope,
-        not_found_is_empty: bool,
-    ) -> Result<Vec<(Url, Bytes)>> {
+    /// The entries of a paginated list, page after page along `rel="next"` `Link`s, within
+    /// [`MAX_LIST_PAGES`], [`MAX_LIST_BYTES`] and [`MAX_LIST_ENTRIES`]. A `Link` back to a page
+    /// already read ends the list: every page of that cycle has been read.
+    async fn paginate(&self, first: &str, scope: &Scope, list: List<'_>) -> Result<Vec<String>> {
         let mut url = self.url(first)?;
-        let mut pages = Vec::new();
-        for _ in 0..100_000 {
+        let mut seen = HashSet::new();
+        let mut entries = Vec::new();
+        let mut bytes_left = MAX_LIST_BYTES;
+        let too_large = |url: &Url, limit: String| RegistryError::ListTooLarge {
+            registry: self.name.clone(),
+            list: list.to_string(),
+            url: redact(url),
+            limit,
+        };
+        loop {
+            if seen.len() >= MAX_LIST_PAGES {
+                return Err(too_large(&url, format!("{MAX_LIST_PAGES} pages")));
+            }
+            seen.insert(url.clone());
             let resp = self
                 .send(
                     Method::GET,
@@ -1270,28 +1418,43 @@ impl RegistryClient {
                     Body::Empty,
                 )
                 .await?;
-            if resp.status() == StatusCode::NOT_FOUND && not_found_is_empty && pages.is_empty() {
-                return Ok(pages);
+            // A repository that does not exist has no tags (its first page is a 404).
+            let first_tags_page = matches!(list, List::Tags(_)) && seen.len() == 1;
+            if resp.status() == StatusCode::NOT_FOUND && first_tags_page {
+                return Ok(entries);
             }
             if !resp.status().is_success() {
                 return Err(self.status_error(&Method::GET, &url, resp).await);
             }
             let next = header_str(resp.headers(), "link").and_then(|l| parse_next_link(&l));
-            let body = read_limited(resp, 64 * 1024 * 1024)
+            let body = read_limited(resp, bytes_left)
                 .await
                 .map_err(|e| self.transport(&url, e))?;
-            pages.push((url.clone(), body));
-            match next {
-                Some(n) => {
-                    url = self
-                        .base
-                        .join(&n)
-                        .map_err(|e| self.invalid(&url, format!("bad Link {n:?}: {e}")))?
-                }
-                None => return Ok(pages),
+            bytes_left = bytes_left
+                .checked_sub(body.len() as u64)
+                .ok_or_else(|| too_large(&url, format!("{MAX_LIST_BYTES} bytes")))?;
+            let parsed = serde::de::DeserializeSeed::deserialize(
+                ListPage {
+                    field: list.field(),
+                    entries: &mut entries,
+                },
+                &mut serde_json::Deserializer::from_slice(&body),
+            );
+            if entries.len() > MAX_LIST_ENTRIES {
+                return Err(too_large(&url, format!("{MAX_LIST_ENTRIES} entries")));
+            }
+            if let Err(e) = parsed {
+                return Err(self.invalid(&url, format!("{list} is not valid JSON: {e}")));
+            }
+            let Some(next) = next else {
+                return Ok(entries);
+            };
+            url = self.follow(&url, "a pagination Link", &next)?;
+            if seen.contains(&url) {
+                tracing::warn!(registry = %self.name, url = %redact(&url), "{list} pagination links back to a page already read; the list ends there");
+                return Ok(entries);
             }
         }
-        Err(self.invalid(&url, "pagination did not end"))
     }
 
     /// The OCI 1.1 referrers API. `Ok(None)` when the registry does not implement it.
@@ -1320,6 +1483,12 @@ impl RegistryClient {
                 let body = read_limited(resp, MAX_MANIFEST_BYTES)
                     .await
                     .map_err(|e| self.transport(&url, e))?;
+                if body.len() as u64 > MAX_MANIFEST_BYTES {
+                    return Err(self.invalid(
+                        &url,
+                        format!("referrers index is over the {MAX_MANIFEST_BYTES}-byte limit"),
+                    ));
+                }
                 if !ct.starts_with(manifest::OCI_INDEX) {
                     let _ = self.referrers_api.set(false);
                     return Ok(None);
@@ -1337,6 +1506,113 @@ impl RegistryClient {
             }
             _ => Err(self.status_error(&Method::GET, &url, resp).await),
         }
+    }
+}
+
+/// A paginated list: what errors call it and the JSON field holding its entries.
+#[derive(Clone, Copy)]
+enum List<'a> {
+    Catalog,
+    Tags(&'a str),
+}
+
+impl List<'_> {
+    fn field(self) -> &'static str {
+        match self {
+            List::Catalog => "repositories",
+            List::Tags(_) => "tags",
+        }
+    }
+}
+
+impl std::fmt::Display for List<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            List::Catalog => f.write_str("the catalog"),
+            List::Tags(repository) => write!(f, "the tag list of {repository}"),
+        }
+    }
+}
+
+/// One list page (`{"<field>": ["a", …], …}`, the field absent or `null` when empty), its entries
+/// appended to `entries` as they are parsed, stopping one past [`MAX_LIST_ENTRIES`]: a page of
+/// millions of empty strings never becomes millions of `String`s.
+struct ListPage<'a> {
+    field: &'static str,
+    entries: &'a mut Vec<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListPage<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListPage<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an object with a {:?} list", self.field)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.field {
+                map.next_value_seed(ListEntries(&mut *self.entries))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The entries of a [`ListPage`]: an array of strings, or `null`.
+struct ListEntries<'a>(&'a mut Vec<String>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListEntries<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListEntries<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of names")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<String>()? {
+            self.0.push(entry);
+            if self.0.len() > MAX_LIST_ENTRIES {
+                return Err(serde::de::Error::custom("too many entries"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1381,6 +1657,14 @@ pub fn backoff(attempt: u32) -> Duration {
     let capped = base.min(10_000);
     let jitter = rand::rng().random_range(0..=capped / 2);
     Duration::from_millis(capped / 2 + jitter)
+}
+
+/// How long to wait before retrying after a 429/503: what the registry's `Retry-After` asks, at
+/// most [`MAX_RETRY_DELAY`] (any number it sends is fine), else the backoff of `attempt`.
+fn retry_delay(retry_after: Option<Duration>, attempt: u32) -> Duration {
+    retry_after
+        .map(|d| d.min(MAX_RETRY_DELAY))
+        .unwrap_or_else(|| backoff(attempt))
 }
 
 /// `Retry-After`: delta seconds or an HTTP-date.
@@ -1561,10 +1845,7 @@ mod tests {
 
     #[test]
     fn a_bad_range_error_names_registry_repository_and_digest() {
-        let cfg: crate::config::RegistryConfig =
-            serde_json::from_value(serde_json::json!({"name": "us", "url": "http://127.0.0.1:9"}))
-                .unwrap();
-        let client = RegistryClient::new(&cfg, Secret::Anonymous).unwrap();
+        let client = client_for("us", "http://127.0.0.1:9", Secret::Anonymous);
         let digest = digest::sha256(b"layer");
         let url =
             Url::parse("http://127.0.0.1:9/v2/team/app/blobs/uploads/u1?_state=secret").unwrap();
@@ -1578,6 +1859,97 @@ mod tests {
             "{s}"
         );
         assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn a_retry_after_of_any_size_waits_at_most_the_cap() {
+        let huge = parse_retry_after("18446744073709551615");
+        assert_eq!(retry_delay(huge, 1), MAX_RETRY_DELAY);
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(retry_delay(far, 1), MAX_RETRY_DELAY);
+        assert_eq!(
+            retry_delay(Some(Duration::from_secs(2)), 1),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn following_refuses_https_to_http_and_other_schemes() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let https = url("https://r.example/v2/a/blobs/uploads/");
+        let http = url("http://r.example/v2/a/blobs/uploads/");
+        assert_eq!(refusal(&https, &url("https://s3.example/x?sig=1")), None);
+        assert_eq!(refusal(&http, &url("http://other:5000/x")), None);
+        assert_eq!(refusal(&http, &url("https://r.example/x")), None);
+        let e = refusal(&https, &url("http://r.example/x?_state=secret")).unwrap();
+        assert!(e.contains("plain http") && !e.contains("secret"), "{e}");
+        let e = refusal(&http, &url("file:///etc/passwd")).unwrap();
+        assert!(e.contains("\"file\""), "{e}");
+    }
+
+    fn client_for(name: &str, url: &str, secret: Secret) -> RegistryClient {
+        let cfg: crate::config::RegistryConfig =
+            serde_json::from_value(serde_json::json!({"name": name, "url": url, "insecure": true}))
+                .unwrap();
+        RegistryClient::new(&cfg, secret).unwrap()
+    }
+
+    #[test]
+    fn only_the_configured_origin_is_the_registrys_own() {
+        let c = client_for("src", "http://127.0.0.1:5000/prefix", Secret::Anonymous);
+        let own = |s: &str| c.is_own_origin(&Url::parse(s).unwrap());
+        assert!(own("http://127.0.0.1:5000/v2/x"));
+        assert!(!own("http://127.0.0.1:5001/v2/x"), "another port");
+        assert!(!own("https://127.0.0.1:5000/v2/x"), "another scheme");
+        assert!(!own("http://localhost:5000/v2/x"), "another host");
+    }
+
+    #[test]
+    fn a_token_realm_gets_credentials_on_the_own_origin_or_over_https_only() {
+        let c = client_for("src", "http://127.0.0.1:5000", Secret::Anonymous);
+        let gets = |s: &str| c.realm_gets_credentials(&Url::parse(s).unwrap());
+        assert!(gets("http://127.0.0.1:5000/token"), "own origin");
+        assert!(gets("https://auth.example/token"), "https elsewhere");
+        assert!(!gets("http://auth.example/token"), "plain http elsewhere");
+        assert!(
+            !gets("http://127.0.0.1:5001/token"),
+            "plain http, another port"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poisoned_auth_lock_does_not_take_the_registry_down() {
+        use ferry_testkit::{BearerSetup, Behavior, FakeRegistry};
+        let fake = FakeRegistry::start(Behavior {
+            require_bearer: Some(BearerSetup {
+                username: "u".into(),
+                password: "p".into(),
+                service: "fake".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let c = client_for(
+            "src",
+            &fake.url(),
+            Secret::Basic {
+                username: "u".into(),
+                password: "p".into(),
+            },
+        );
+        c.ping().await.unwrap();
+        let poisoned = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = c.auth.lock();
+                panic!("a panic while holding the auth lock");
+            })
+            .join()
+        });
+        assert!(poisoned.is_err() && c.auth.is_poisoned());
+        let info = c.ping().await.unwrap();
+        assert_eq!(info.auth.as_deref(), Some("bearer"));
+        c.list_tags("team/app").await.unwrap();
     }
 
     #[test]

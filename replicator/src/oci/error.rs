@@ -141,6 +141,26 @@ pub enum RegistryError {
         url: String,
         message: String,
     },
+    /// The registry pointed a request somewhere Ferry does not go: an upload `Location`, a
+    /// pagination `Link` or a redirect leaving https for plain http or http(s) for another scheme,
+    /// or a chain of more than ten redirects. `reason` names the target (without its query).
+    #[error("registry {registry}: refusing to follow {what} from {url}: {reason}")]
+    Refused {
+        registry: String,
+        url: String,
+        what: &'static str,
+        reason: String,
+    },
+    /// A tag list or catalog past one of the client's limits (`limit`, e.g. "1000000 entries").
+    #[error(
+        "registry {registry}: {list} is over the limit of {limit} (at {url}); refusing to read more: check the registry, whose list pagination is broken or hostile unless the list is really this long"
+    )]
+    ListTooLarge {
+        registry: String,
+        list: String,
+        url: String,
+        limit: String,
+    },
     #[error("registry {registry}: still rate limited after {attempts} attempts on {url} (last Retry-After {retry_after:?})")]
     RateLimited {
         registry: String,

@@ -2,7 +2,9 @@
 //!
 //! A [`Manifest`] is immutable: its `bytes` are what the registry served and what will be pushed,
 //! and `digest` is the hash of those bytes. Parsing ([`Manifest::graph`]) only reads; it never
-//! produces bytes to send.
+//! produces bytes to send. Descriptor sizes beyond the spec's `int64` range are refused when the
+//! graph is parsed, so no size a registry writes into a manifest reaches transfer arithmetic or a
+//! `Content-Length` unchecked.
 use bytes::Bytes;
 use oci_spec::image::{ArtifactManifest, Descriptor, ImageIndex, ImageManifest};
 use serde::Deserialize;
@@ -150,8 +152,35 @@ impl Manifest {
             .or_else(|| t.config.and_then(|c| c.media_type))
     }
 
-    /// Parses the edges of this manifest's graph.
+    /// Parses the edges of this manifest's graph; every descriptor's size must be within the OCI
+    /// spec's `int64` range.
     pub fn graph(&self) -> Result<ManifestGraph, ManifestError> {
+        let graph = self.edges()?;
+        let (descriptors, subject) = match &graph {
+            ManifestGraph::Index { children, subject } => (
+                children.iter().map(|c| &c.descriptor).collect::<Vec<_>>(),
+                subject,
+            ),
+            ManifestGraph::Image { blobs, subject, .. } => (blobs.iter().collect(), subject),
+        };
+        let too_large = descriptors
+            .into_iter()
+            .chain(subject)
+            .find(|d| i64::try_from(d.size()).is_err());
+        if let Some(d) = too_large {
+            return Err(malformed(
+                &self.media_type,
+                format!(
+                    "descriptor {} has size {}, beyond the spec's int64 range",
+                    d.digest(),
+                    d.size()
+                ),
+            ));
+        }
+        Ok(graph)
+    }
+
+    fn edges(&self) -> Result<ManifestGraph, ManifestError> {
         let mt = self.media_type.as_str();
         match mt {
             OCI_INDEX | DOCKER_LIST => {
@@ -318,6 +347,25 @@ mod tests {
             manifest("text/html", "{}").graph(),
             Err(ManifestError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn a_descriptor_size_beyond_int64_is_malformed() {
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D1}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{D2}","size":18446744073709551615}}]}}"#
+        );
+        match manifest(OCI_MANIFEST, &json).graph() {
+            Err(e @ ManifestError::Malformed { .. }) => {
+                let s = e.to_string();
+                assert!(s.contains(D2) && s.contains("18446744073709551615"), "{s}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let json = json.replace("18446744073709551615", "9223372036854775807");
+        assert!(
+            manifest(OCI_MANIFEST, &json).graph().is_ok(),
+            "int64::MAX is allowed"
+        );
     }
 
     #[test]

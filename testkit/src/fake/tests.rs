@@ -788,3 +788,123 @@ async fn request_log_records_method_path_and_query() {
     fake.clear_request_log();
     assert!(fake.request_log().is_empty());
 }
+
+#[tokio::test]
+async fn authorization_log_records_each_requests_credentials() {
+    let fake = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let c = client();
+    c.get(format!("{}/v2/", fake.url())).send().await.unwrap();
+    c.get(format!("{}/v2/", fake.url()))
+        .header("authorization", "Basic eDp5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.authorization_log(),
+        vec![
+            ("GET".to_owned(), "/v2/".to_owned(), None),
+            (
+                "GET".to_owned(),
+                "/v2/".to_owned(),
+                Some("Basic eDp5".to_owned())
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn locations_links_redirects_and_realms_can_name_another_origin() {
+    let fake = FakeRegistry::start(Behavior {
+        upload_location_origin: Some("http://elsewhere:1".into()),
+        link_origin: Some("http://elsewhere:2".into()),
+        redirect_blob_gets_to: Some("http://elsewhere:3".into()),
+        token_realm: Some("http://elsewhere:4/token".into()),
+        max_page_size: Some(1),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let m = image_manifest(&fake, 1);
+    fake.put_manifest("a", Some("v1"), OCI_MANIFEST, m.clone());
+    fake.put_manifest("a", Some("v2"), OCI_MANIFEST, m);
+    let c = Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = c
+        .post(format!("{}/v2/a/blobs/uploads/", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&resp, "location").starts_with("http://elsewhere:1/v2/a/blobs/uploads/"));
+    let resp = c
+        .get(format!("{}/v2/a/tags/list?n=10", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&resp, "link"),
+        "<http://elsewhere:2/v2/a/tags/list?last=v1&n=10>; rel=\"next\""
+    );
+    assert_eq!(body_json(resp).await["tags"], serde_json::json!(["v1"]));
+    let layer = fake.put_blob(vec![1; 100]);
+    let resp = c
+        .get(format!("{}/v2/a/blobs/{layer}", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        header(&resp, "location"),
+        format!("http://elsewhere:3/v2/a/blobs/{layer}")
+    );
+    fake.set_behavior(|b| {
+        b.require_bearer = Some(BearerSetup {
+            service: "fake".into(),
+            ..Default::default()
+        })
+    });
+    let resp = c.get(format!("{}/v2/", fake.url())).send().await.unwrap();
+    assert!(header(&resp, "www-authenticate").contains("realm=\"http://elsewhere:4/token\""));
+}
+
+#[tokio::test]
+async fn hostile_lists_are_endless_looping_or_oversized() {
+    let fake = FakeRegistry::start(Behavior {
+        hostile_lists: Some(HostileList::Endless { per_page: 2 }),
+        token_expires_in: Some(u64::MAX),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = client();
+    let page = |url: String| {
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap() }
+    };
+    let resp = page(format!("{}/v2/_catalog?last=p7&n=5", fake.url())).await;
+    assert_eq!(
+        header(&resp, "link"),
+        "</v2/_catalog?last=p8&n=5>; rel=\"next\""
+    );
+    assert_eq!(
+        body_json(resp).await["repositories"],
+        serde_json::json!(["p7-0", "p7-1"])
+    );
+    fake.put_manifest("a", Some("v1"), OCI_MANIFEST, image_manifest(&fake, 2));
+    fake.set_behavior(|b| b.hostile_lists = Some(HostileList::LinkToFirst));
+    let resp = page(format!("{}/v2/a/tags/list?last=v0&n=5", fake.url())).await;
+    assert_eq!(header(&resp, "link"), "</v2/a/tags/list?n=5>; rel=\"next\"");
+    fake.set_behavior(|b| b.hostile_lists = Some(HostileList::Oversized { bytes: 1000 }));
+    let resp = page(format!("{}/v2/a/tags/list", fake.url())).await;
+    assert!(resp.bytes().await.unwrap().len() > 1000);
+    fake.set_behavior(|b| {
+        b.require_bearer = Some(BearerSetup {
+            service: "fake".into(),
+            ..Default::default()
+        })
+    });
+    let token = body_json(page(format!("{}/token?service=fake", fake.url())).await).await;
+    assert_eq!(token["expires_in"], serde_json::json!(u64::MAX));
+}
