@@ -166,6 +166,38 @@ async fn literal_repository_names_are_polled_without_the_catalog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_registry_lists_outside_the_grammar_never_become_events() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    src.put_manifest("team/app", Some("v1"), OCI_MANIFEST, manifest(1));
+    let config = poll_config(
+        dir.path(),
+        &src.url(),
+        json!([{"type": "name", "value": "team/**"}]),
+    );
+    let queue = Arc::new(MemoryQueue::new(RetryPolicy::default()));
+    let mut p = poller(&config, queue.clone());
+    assert!(p.pass().await.unwrap().baseline);
+
+    // A hostile catalog and tag list: only `team/app:v2` follows the grammar.
+    let v2 = src.put_manifest("team/app", Some("v2"), OCI_MANIFEST, manifest(2));
+    src.put_manifest("team/App", Some("v1"), OCI_MANIFEST, manifest(3));
+    src.put_manifest("team/a..b", Some("v1"), OCI_MANIFEST, manifest(4));
+    src.put_manifest("team/app", Some("v2|x"), OCI_MANIFEST, manifest(5));
+    src.put_manifest("team/app", Some(".v2"), OCI_MANIFEST, manifest(6));
+    src.clear_request_log();
+    let r = p.pass().await.unwrap();
+    assert_eq!((r.repositories, r.tags, r.pushes), (1, 2, 1), "{r:?}");
+    let s = |v: &str| v.to_string();
+    assert_eq!(
+        drain_jobs(queue.as_ref()).await,
+        [(EventKind::Push, s("team/app"), s("v2"), Some(v2))]
+    );
+    let log = src.request_log();
+    assert_eq!(count(&log, "GET", "/team/App/"), 0, "never listed: {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nearly_used_quota_stops_the_pass_and_429s_delete_nothing() {
     let src = FakeRegistry::start(Behavior::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
