@@ -362,6 +362,21 @@ fn manifest(
     t
 }
 
+/// `team/app:v1`, an index, in request `request_id`.
+fn index_v1(action: &str, request_id: &str) -> Value {
+    event(
+        action,
+        manifest(
+            "team/app",
+            "application/vnd.oci.image.index.v1+json",
+            INDEX_DIGEST,
+            Some("v1"),
+            &[],
+        ),
+        request_id,
+    )
+}
+
 /// An index push as one batch: a blob event, a child manifest by digest, the tagged index.
 fn index_push_batch(repository: &str, tag: &str) -> Vec<u8> {
     let blob = json!({
@@ -720,17 +735,7 @@ async fn repositories_with_dot_or_empty_segments_are_refused_naming_the_field_an
 #[tokio::test]
 async fn a_body_with_more_events_than_the_limit_is_refused_with_413_naming_the_limit() {
     let agent = start_agent().await;
-    let pull = event(
-        "pull",
-        manifest(
-            "team/app",
-            "application/vnd.oci.image.index.v1+json",
-            INDEX_DIGEST,
-            Some("v1"),
-            &[],
-        ),
-        "p",
-    );
+    let pull = index_v1("pull", "p");
     let body = |n: usize| serde_json::to_vec(&json!({ "events": vec![pull.clone(); n] })).unwrap();
     let limit = ingest::MAX_EVENTS_PER_REQUEST;
     let answer = agent.distribution(body(limit)).await;
@@ -796,17 +801,7 @@ async fn event_times_are_clamped_before_they_reach_the_jobs_and_the_conflict_led
 
     let before = now_ms();
     // A registry clock in the year 9999, Harbor's in 2100, and Harbor's at the epoch.
-    let mut far_future = event(
-        "push",
-        manifest(
-            "team/app",
-            "application/vnd.oci.image.index.v1+json",
-            INDEX_DIGEST,
-            Some("v1"),
-            &[],
-        ),
-        "r1",
-    );
+    let mut far_future = index_v1("push", "r1");
     far_future["timestamp"] = json!("9999-12-31T23:59:59.999Z");
     let answer = agent
         .distribution(serde_json::to_vec(&json!({ "events": [far_future] })).unwrap())

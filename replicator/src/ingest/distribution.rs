@@ -755,12 +755,7 @@ pub(crate) mod tests {
 
     #[test]
     fn timestamps_missing_or_invalid_fall_back_to_now() {
-        let mut e = event(
-            "push",
-            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
-            "r",
-            "x",
-        );
+        let mut e = image_v2("push");
         e["timestamp"] = json!("yesterday");
         let mut f = e.clone();
         f.as_object_mut().unwrap().remove("timestamp");
@@ -774,18 +769,23 @@ pub(crate) mod tests {
         assert!(again.events[0].id.starts_with("sha256-"));
     }
 
+    /// `team/app:v2`, an image, from request `r` by user agent `x`.
+    fn image_v2(action: &str) -> Value {
+        event(
+            action,
+            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
+            "r",
+            "x",
+        )
+    }
+
     fn error(body: &[u8]) -> String {
         parse(body).unwrap_err().to_string()
     }
 
     #[test]
     fn ids_with_control_characters_or_oversized_are_replaced_by_a_hash() {
-        let good = event(
-            "push",
-            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
-            "r",
-            "x",
-        );
+        let good = image_v2("push");
         for bad in [
             "a\nb".to_string(),
             "x".repeat(crate::event::MAX_EVENT_ID_LEN + 1),
@@ -805,12 +805,7 @@ pub(crate) mod tests {
             "apps//x",
             "Platform/x?y=1",
         ] {
-            let mut e = event(
-                "push",
-                manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
-                "r",
-                "x",
-            );
+            let mut e = image_v2("push");
             e["target"]["repository"] = json!(repository);
             let err = parse(&envelope(vec![e])).unwrap_err();
             assert_eq!(err.path(), Some("events[0].target.repository"), "{err}");
@@ -819,12 +814,7 @@ pub(crate) mod tests {
 
     #[test]
     fn more_events_than_the_limit_are_refused_naming_the_limit() {
-        let one = event(
-            "pull",
-            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
-            "r",
-            "x",
-        );
+        let one = image_v2("pull");
         let at_limit = envelope(vec![one.clone(); crate::ingest::MAX_EVENTS_PER_REQUEST]);
         assert_eq!(
             parse(&at_limit).unwrap().received,
@@ -846,12 +836,7 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_bodies_name_the_path() {
-        let good = event(
-            "push",
-            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
-            "r",
-            "x",
-        );
+        let good = image_v2("push");
         let full = envelope(vec![good.clone()]);
         let truncated = &full[..full.len() / 2];
         assert!(
