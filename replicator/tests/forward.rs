@@ -24,6 +24,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
 const TOKEN: &str = "forward-test-token";
+/// `--max-clock-skew-seconds` of region b's Forward service.
+const SKEW: Duration = Duration::from_secs(90);
 const DIGEST: &str = "sha256:77d686e3e38b6ab19b76850261e0879edb760b1e9b603136d411c574862981cc";
 
 fn config(forward_url: &str) -> Config {
@@ -104,7 +106,8 @@ impl Harness {
             vec![TOKEN.to_string()],
             ForwardMetrics::default(),
         )
-        .unwrap();
+        .unwrap()
+        .with_max_clock_skew(SKEW);
         let tls = ferry_replicator::admin::tls_config(
             "forward",
             &certs.cert,
@@ -422,7 +425,7 @@ async fn peer_event_times_are_clamped_before_they_decide_anything() {
         .unwrap();
     assert_eq!(leases.len(), 3);
     // The job's event time is the time its copy records in the conflict ledger.
-    let skew = duration_ms(ferry_replicator::event::DEFAULT_MAX_CLOCK_SKEW);
+    let skew = duration_ms(SKEW);
     let age = duration_ms(MAX_EVENT_AGE);
     for l in &leases {
         let t = l.job.event_time_ms;

@@ -20,6 +20,10 @@
 //!   never lost between "the registry sent it" and "a worker will run it".
 //! - Parsing is pure (no I/O, no clock except for a missing timestamp) and never panics: every
 //!   problem is an [`IngestError`] naming the JSON path (`events[2].target.repository: missing`).
+//! - Webhooks are untrusted input: repositories, tags and digests follow the one grammar of
+//!   [`crate::policy::namespace`] (a name with a `..` segment is a 400 naming its JSON path, never
+//!   a job), a body carries at most [`MAX_EVENTS_PER_REQUEST`] events, and event times are
+//!   clamped ([`crate::event::TimeClamp`]) before they reach the matcher, the ledger or the outbox.
 //! - Events are hints, not commands: workers re-read the source (level-triggered), so dropping a
 //!   redundant event (a child manifest of an index) or accepting a duplicate is always safe.
 

@@ -540,18 +540,9 @@ impl Poller {
         Ok(repos)
     }
 
-    /// Whether a name the registry listed (or a digest it answered) follows the grammar; one that
-    /// does not is skipped with a warning, never turned into an event.
-    /// (The error quotes the offending value, shortened; `in_repository` is an already checked
-    /// name.)
+    /// [`crate::sync::listed_name`] for this registry.
     fn usable(&self, in_repository: Option<&str>, checked: Result<(), NameError>) -> bool {
-        match checked {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(registry = %self.registry, repository = in_repository, error = %e, "the registry listed a name outside the grammar; skipped");
-                false
-            }
-        }
+        crate::sync::listed_name(&self.registry, in_repository, checked)
     }
 
     fn covers_tag(&self, repo: &str, tag: &str) -> bool {
