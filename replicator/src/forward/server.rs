@@ -32,6 +32,7 @@ use crate::catalog::{Current, Reload};
 use crate::config::Config;
 use crate::event::TimeClamp;
 use crate::ingest::Matcher;
+use crate::policy::quoted;
 use crate::queue::new_job_id;
 use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
 use crate::sync::Registries;
@@ -74,8 +75,8 @@ impl Accepting {
         let known = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
         if !self.registries.contains(&entry.event.registry) {
             return Err(invalid(format!(
-                "registry: {:?} is not a configured registry (configured: {})",
-                shorten(&entry.event.registry),
+                "registry: {} is not a configured registry (configured: {})",
+                quoted(&entry.event.registry),
                 known(&self.registries)
             )));
         }
@@ -86,21 +87,13 @@ impl Accepting {
         }
         if !self.peers.contains(&entry.origin_region) {
             return Err(invalid(format!(
-                "origin_region: {:?} is not a configured region (other regions: {})",
-                shorten(&entry.origin_region),
+                "origin_region: {} is not a configured region (other regions: {})",
+                quoted(&entry.origin_region),
                 known(&self.peers)
             )));
         }
         Ok(entry)
     }
-}
-
-/// At most 64 characters of a value a peer sent, for an error message.
-fn shorten(value: &str) -> &str {
-    value
-        .char_indices()
-        .nth(64)
-        .map_or(value, |(cut, _)| &value[..cut])
 }
 
 /// The token check of `Events/Forward`, run on the request headers before the body is read.

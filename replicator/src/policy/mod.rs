@@ -13,6 +13,6 @@ mod namespace;
 pub use filter::{LabelFilter, Selector, SelectorError};
 pub use model::*;
 pub use namespace::{
-    check_digest, check_repository, check_tag, rewrite_repository, NameError, NamespaceError,
-    MAX_REPOSITORY_LEN, MAX_TAG_LEN,
+    check_digest, check_repository, check_tag, quoted, rewrite_repository, NameError,
+    NamespaceError, MAX_REPOSITORY_LEN, MAX_TAG_LEN,
 };

@@ -118,15 +118,20 @@ pub struct NameError {
 
 impl NameError {
     fn new(kind: &'static str, value: &str, problem: impl Into<String>) -> NameError {
-        let value = match value.char_indices().nth(SHOWN_CHARS) {
-            Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
-            None => format!("{value:?}"),
-        };
         NameError {
             kind,
-            value,
+            value: quoted(value),
             problem: problem.into(),
         }
+    }
+}
+
+/// `value` quoted for a message about untrusted input: escaped like `{:?}` and cut to
+/// [`SHOWN_CHARS`] characters (`"aaaa…"… (4194304 bytes)` when longer).
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
     }
 }
 
