@@ -100,6 +100,10 @@ struct Args {
     /// drift becomes jobs); the first runs at startup. 0 disables it.
     #[arg(long, default_value_t = 600)]
     reconcile_interval: u64,
+    /// How far (in seconds) an event time (webhook, Harbor, or a peer region's) may be ahead of
+    /// this process's clock; later times are clamped to it before they decide conflicts or lag.
+    #[arg(long, env = "FERRY_MAX_CLOCK_SKEW_SECONDS", default_value_t = ferry_replicator::event::DEFAULT_MAX_CLOCK_SKEW.as_secs())]
+    max_clock_skew_seconds: u64,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -220,6 +224,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let max_clock_skew = Duration::from_secs(args.max_clock_skew_seconds);
     let forward_metrics = ForwardMetrics::register(&mut metrics_registry);
     let forward_service = match &args.forward_listen {
         Some(_) => Some(Arc::new(
@@ -231,7 +236,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 forward_tokens.clone(),
                 forward_metrics.clone(),
             )
-            .map_err(|e| anyhow::anyhow!(e))?,
+            .map_err(|e| anyhow::anyhow!(e))?
+            .with_max_clock_skew(max_clock_skew),
         )),
         None => None,
     };
@@ -301,6 +307,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .metrics_registry(metrics_registry)
         .allow_unauthenticated(args.allow_unauthenticated)
         .body_limit(args.max_body_bytes)
+        .max_clock_skew(max_clock_skew)
         .harbor_options(HarborOptions {
             ignore_operator: args.harbor_operator.clone(),
         });

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::config::{Config, Credential, Secret};
 use crate::oci::digest::Digest;
 use crate::oci::{ManifestGraph, RegistryClient, RegistryError};
-use crate::policy::{rewrite_repository, Policy, Selector};
+use crate::policy::{check_repository, check_tag, rewrite_repository, NameError, Policy, Selector};
 use crate::throttle::Throttle;
 use crate::transfer::{
     self, BlobLedger, StatsSnapshot, TransferContext, TransferError, TransferStats,
@@ -244,7 +244,25 @@ pub struct SourceRepo {
     pub all_tags: Vec<String>,
 }
 
-/// Lists the source repositories and tags a policy covers.
+/// Whether a name a registry listed (or a digest it answered) follows the grammar of
+/// [`crate::policy::namespace`]; one that does not is skipped with a warning, never turned into a
+/// job or an event (its error quotes the offending value, shortened; `in_repository` is an
+/// already checked name).
+pub(crate) fn listed_name(
+    registry: &str,
+    in_repository: Option<&str>,
+    checked: Result<(), NameError>,
+) -> bool {
+    match checked {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(registry, repository = in_repository, error = %e, "the registry listed a name outside the grammar; skipped");
+            false
+        }
+    }
+}
+
+/// Lists the source repositories and tags a policy covers (names outside the grammar skipped).
 pub async fn list_source(
     src: &RegistryClient,
     policy: &Policy,
@@ -254,11 +272,17 @@ pub async fn list_source(
         .catalog()
         .await?
         .into_iter()
+        .filter(|r| listed_name(src.name(), None, check_repository(r)))
         .filter(|r| selector.matches_repository(r))
         .collect();
     let listed: Vec<Result<SourceRepo, RegistryError>> = stream::iter(repos)
         .map(|repository| async move {
-            let all_tags = src.list_tags(&repository).await?;
+            let all_tags: Vec<String> = src
+                .list_tags(&repository)
+                .await?
+                .into_iter()
+                .filter(|t| listed_name(src.name(), Some(&repository), check_tag(t)))
+                .collect();
             let tags = all_tags
                 .iter()
                 .filter(|t| {

@@ -258,6 +258,17 @@ async fn every_instance_answers_for_the_region() {
         .0,
         Code::NotFound
     );
+    // The probe repository follows the repository grammar: no `..` stepping out of `/v2/<name>/`.
+    let (bad, msg) = code(
+        c.registries
+            .ping_registry(pb::PingRegistryRequest {
+                name: "src".into(),
+                repository: "apps/../../v2/_catalog".into(),
+            })
+            .await,
+    );
+    assert_eq!(bad, Code::InvalidArgument, "{msg}");
+    assert!(msg.starts_with("repository: "), "{msg}");
 
     // A push replicated by the serve process shows up as an execution on the worker's API.
     let digest = push_image(dir.path(), 77, &src.host(), "team/app:v1").await;

@@ -1,17 +1,18 @@
 //! `ferry.v1.Events/Forward` end to end over mTLS, with a real `redis-server`: region `a`'s outbox
 //! delivered by the forwarder to region `b`'s service, which enqueues before acknowledging; bad
-//! tokens, missing client certificates and malformed events are refused with a reason; a
-//! redelivered event makes no second job.
+//! tokens (checked before the body is decoded), missing client certificates, malformed events,
+//! names outside the grammar and unknown regions are refused with a reason naming the field; event
+//! times are clamped; a redelivered event makes no second job, and the remembered ids are bounded.
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use common::*;
 use ferry_proto::v1 as pb;
 use ferry_replicator::config::{Config, RegionConfig};
 use ferry_replicator::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger, TagWrite};
-use ferry_replicator::event::{Event, EventKind};
+use ferry_replicator::event::{duration_ms, now_ms, Event, EventKind, MAX_EVENT_AGE};
 use ferry_replicator::forward::{
     self, ForwardMetrics, ForwardService, ForwardTls, Forwarded, Forwarder, Outbox, RedisOutbox,
 };
@@ -23,6 +24,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
 const TOKEN: &str = "forward-test-token";
+/// `--max-clock-skew-seconds` of region b's Forward service.
+const SKEW: Duration = Duration::from_secs(90);
 const DIGEST: &str = "sha256:77d686e3e38b6ab19b76850261e0879edb760b1e9b603136d411c574862981cc";
 
 fn config(forward_url: &str) -> Config {
@@ -46,6 +49,9 @@ fn config(forward_url: &str) -> Config {
     config
 }
 
+/// The time of the fixtures' events: a minute ago, inside the believable range (not clamped).
+static EVENT_TIME: LazyLock<i64> = LazyLock::new(|| now_ms() - 60_000);
+
 fn entry(id: &str, tag: &str) -> Forwarded {
     Forwarded {
         event: Event {
@@ -56,7 +62,7 @@ fn entry(id: &str, tag: &str) -> Forwarded {
             digest: Some(DIGEST.into()),
             media_type: None,
             kind: EventKind::Push,
-            occurred_at_ms: 1_000,
+            occurred_at_ms: *EVENT_TIME,
             request_id: None,
         },
         origin_region: "a".into(),
@@ -100,7 +106,8 @@ impl Harness {
             vec![TOKEN.to_string()],
             ForwardMetrics::default(),
         )
-        .unwrap();
+        .unwrap()
+        .with_max_clock_skew(SKEW);
         let tls = ferry_replicator::admin::tls_config(
             "forward",
             &certs.cert,
@@ -221,7 +228,7 @@ async fn the_forwarder_delivers_the_outbox_over_mtls_and_redelivery_is_idempoten
     for l in &leases {
         assert_eq!(l.job.policy, "pull");
         assert_eq!(l.job.origin_region.as_deref(), Some("a"));
-        assert_eq!(l.job.event_time_ms, 1_000);
+        assert_eq!(l.job.event_time_ms, *EVENT_TIME);
         h.queue_b.ack(l).await.unwrap();
     }
 
@@ -298,6 +305,167 @@ async fn forward_refuses_bad_tokens_missing_client_certificates_and_bad_events()
     assert!(refused, "a client without a certificate was served");
     assert_eq!(h.depth_b().await, 1);
     h.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_before_the_message_is_decoded() {
+    let h = Harness::start().await;
+    let mut client = h.client(true).await.unwrap();
+    // Over the decoding limit: decoding it first would answer OUT_OF_RANGE, not UNAUTHENTICATED.
+    let mut huge = forward::to_proto(&entry("e1", "v1"));
+    huge.repository = "a".repeat(forward::server::MAX_MESSAGE_BYTES + 1024);
+    let err = client
+        .forward(request(vec![huge.clone()], "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.message(), "invalid forward token");
+    // A message just under the limit, unauthenticated: refused the same way.
+    huge.repository = "a".repeat(forward::server::MAX_MESSAGE_BYTES - 1024);
+    let err = client
+        .forward(request(vec![huge.clone()], "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // With the token it is decoded, and then refused for what it says.
+    let err = client
+        .forward(request(vec![huge], TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("events[0].repository: "),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().len() < 400,
+        "the error quotes a bounded part of the name"
+    );
+    assert_eq!(h.depth_b().await, 0);
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_peer_with_a_valid_token_cannot_enqueue_names_outside_the_grammar_or_unknown_regions() {
+    let h = Harness::start().await;
+    let mut client = h.client(true).await.unwrap();
+    let good = forward::to_proto(&entry("e1", "v1"));
+    type Spoil = fn(&mut pb::Event);
+    let cases: [(Spoil, &str); 9] = [
+        (
+            |e| e.repository = "Platform/../../UPPER?x=1".into(),
+            "events[1].repository: ",
+        ),
+        (
+            |e| e.repository = "app/../../v2/_catalog".into(),
+            "events[1].repository: ",
+        ),
+        (|e| e.tag = "v1|x".into(), "events[1].tag: "),
+        (|e| e.tag = "v1\nx".into(), "events[1].tag: "),
+        (
+            |e| e.origin_region = "zz".into(),
+            "events[1].origin_region: \"zz\" is not a configured region",
+        ),
+        (
+            |e| e.origin_region = "b".into(),
+            "events[1].origin_region: \"b\" is this region",
+        ),
+        (
+            |e| e.registry = "elsewhere".into(),
+            "events[1].registry: \"elsewhere\" is not a configured registry",
+        ),
+        (|e| e.id = "e\n2".into(), "events[1].id: "),
+        (|e| e.digest = "sha384:00".into(), "events[1].digest: "),
+    ];
+    for (spoil, expected) in cases {
+        let mut bad = forward::to_proto(&entry("e2", "v2"));
+        spoil(&mut bad);
+        let err = client
+            .forward(request(vec![good.clone(), bad], TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().starts_with(expected),
+            "{} / {expected}",
+            err.message()
+        );
+    }
+    assert_eq!(h.depth_b().await, 0, "nothing of a refused batch is taken");
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn peer_event_times_are_clamped_before_they_decide_anything() {
+    let h = Harness::start().await;
+    let mut client = h.client(true).await.unwrap();
+    let at = |id: &str, tag: &str, occurred_at_ms: i64| {
+        let mut e = forward::to_proto(&entry(id, tag));
+        e.occurred_at_ms = occurred_at_ms;
+        e
+    };
+    let before = now_ms();
+    client
+        .forward(request(
+            vec![
+                at("e1", "v1", i64::MAX),
+                at("e2", "v2", i64::MIN),
+                at("e3", "v3", 0),
+            ],
+            TOKEN,
+        ))
+        .await
+        .unwrap();
+    let after = now_ms();
+    let leases = h
+        .queue_b
+        .claim("w", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 3);
+    // The job's event time is the time its copy records in the conflict ledger.
+    let skew = duration_ms(SKEW);
+    let age = duration_ms(MAX_EVENT_AGE);
+    for l in &leases {
+        let t = l.job.event_time_ms;
+        match l.job.reference.as_str() {
+            "v1" => assert!((before + skew..=after + skew).contains(&t), "{t}"),
+            _ => assert!((before - age..=after - age).contains(&t), "{t}"),
+        }
+    }
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn remembered_forward_ids_are_bounded_to_the_newest() {
+    let redis = RedisServer::start(false).await.unwrap();
+    let queue = RedisQueue::connect(&redis.url(), "ids", RetryPolicy::default())
+        .await
+        .unwrap();
+    let outbox = RedisOutbox::new(&queue).remember_at_most(3);
+    for i in 0..6 {
+        outbox.mark_accepted(&format!("e{i}")).await.unwrap();
+    }
+    assert_eq!(outbox.remembered().await.unwrap(), 3);
+    for i in 0..3 {
+        assert!(
+            !outbox.accepted(&format!("e{i}")).await.unwrap(),
+            "e{i} forgotten"
+        );
+    }
+    for i in 3..6 {
+        assert!(
+            outbox.accepted(&format!("e{i}")).await.unwrap(),
+            "e{i} remembered"
+        );
+    }
+    // Marking a remembered id again keeps it (newest) and the set at the bound.
+    outbox.mark_accepted("e3").await.unwrap();
+    outbox.mark_accepted("e6").await.unwrap();
+    assert_eq!(outbox.remembered().await.unwrap(), 3);
+    assert!(outbox.accepted("e3").await.unwrap());
+    assert!(!outbox.accepted("e4").await.unwrap());
 }
 
 /// The outbox contract (redis-server and valkey-server): order, trimming, the forwarder lease and

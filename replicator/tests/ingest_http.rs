@@ -1,13 +1,15 @@
 //! The ingest router over real HTTP: webhooks in, jobs in a real [`MemoryQueue`], every rejection
-//! path, health and metrics; and one end-to-end run with a real `docker-registry` whose
-//! notifications point at the router.
+//! path (names outside the grammar, oversized batches), event times clamped on the way to the jobs
+//! and the conflict ledger, health and metrics; and one end-to-end run with a real
+//! `docker-registry` whose notifications point at the router.
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use ferry_replicator::config::Config;
-use ferry_replicator::event::EventKind;
-use ferry_replicator::ingest::{self, IngestState};
+use ferry_replicator::conflict::{MemoryTagLedger, TagLedger};
+use ferry_replicator::event::{duration_ms, now_ms, EventKind, MAX_EVENT_AGE};
+use ferry_replicator::ingest::{self, EventSink, IngestState};
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
     RetryPolicy, UploadCheckpoint,
@@ -318,11 +320,21 @@ impl Agent {
     }
 }
 
+/// The event time of the fixtures: a minute ago (as RFC 3339 with nanoseconds, and in Unix ms),
+/// well inside the believable range, so it reaches the jobs unclamped.
+static EVENT_TIME: LazyLock<(String, i64)> = LazyLock::new(|| {
+    let at = chrono::Utc::now() - chrono::Duration::seconds(60);
+    (
+        at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        at.timestamp_millis(),
+    )
+});
+
 /// One event as distribution 2.8.2 sends it.
 fn event(action: &str, target: Value, request_id: &str) -> Value {
     json!({
         "id": format!("{request_id}-{}", target.get("tag").or(target.get("digest")).and_then(Value::as_str).unwrap_or("")),
-        "timestamp": "2026-11-23T11:36:33.776681309Z",
+        "timestamp": EVENT_TIME.0,
         "action": action,
         "target": target,
         "request": {"id": request_id, "addr": "127.0.0.1:46802", "host": "127.0.0.1:5001", "method": "PUT", "useragent": "skopeo/1.9.3"},
@@ -348,6 +360,21 @@ fn manifest(
         t["tag"] = json!(tag);
     }
     t
+}
+
+/// `team/app:v1`, an index, in request `request_id`.
+fn index_v1(action: &str, request_id: &str) -> Value {
+    event(
+        action,
+        manifest(
+            "team/app",
+            "application/vnd.oci.image.index.v1+json",
+            INDEX_DIGEST,
+            Some("v1"),
+            &[],
+        ),
+        request_id,
+    )
 }
 
 /// An index push as one batch: a blob event, a child manifest by digest, the tagged index.
@@ -419,7 +446,7 @@ async fn good_batch_is_enqueued_and_a_duplicate_delivery_collapses() {
             Some(INDEX_DIGEST)
         )
     );
-    assert_eq!(job.event_time_ms, 1_795_433_793_776);
+    assert_eq!(job.event_time_ms, EVENT_TIME.1);
     assert_eq!(job.event_id.as_deref(), Some("r3-v1"));
     assert!(!job.id.is_empty());
 
@@ -473,8 +500,9 @@ async fn delete_joins_into_one_job_and_empty_batches_are_fine() {
 #[tokio::test]
 async fn harbor_webhook_enqueues_and_ignores_other_types() {
     let agent = start_agent().await;
+    let occur_at = EVENT_TIME.1 / 1000;
     let push = json!({
-        "type": "PUSH_ARTIFACT", "occur_at": 1_680_501_893, "operator": "admin",
+        "type": "PUSH_ARTIFACT", "occur_at": occur_at, "operator": "admin",
         "event_data": {
             "resources": [{"digest": INDEX_DIGEST, "tag": "3.19", "resource_url": "harbor.example/team/alpine:3.19"}],
             "repository": {"date_created": 1_680_501_893, "name": "alpine", "namespace": "team", "repo_full_name": "team/alpine", "repo_type": "private"}
@@ -517,7 +545,7 @@ async fn harbor_webhook_enqueues_and_ignores_other_types() {
         (jobs[0].repository.as_str(), jobs[0].reference.as_str()),
         ("team/alpine", "3.19")
     );
-    assert_eq!(jobs[0].event_time_ms, 1_680_501_893_000);
+    assert_eq!(jobs[0].event_time_ms, occur_at * 1000);
 }
 
 #[tokio::test]
@@ -656,6 +684,175 @@ async fn rejections_leave_the_queue_untouched_and_the_server_serving() {
     agent.assert_healthy().await;
     assert_eq!(agent.distribution(good).await.status, 200);
     assert_eq!(agent.queue.take_all().await.len(), 1);
+}
+
+#[tokio::test]
+async fn repositories_with_dot_or_empty_segments_are_refused_naming_the_field_and_make_no_job() {
+    let agent = start_agent().await;
+    // `team/**` covers the first as a string, and a URL resolves it to `/v2/_catalog`.
+    for repository in [
+        "team/../../v2/_catalog",
+        "team/./app",
+        "team//app",
+        "team/App",
+    ] {
+        let answer = agent.distribution(index_push_batch(repository, "v1")).await;
+        assert_eq!(answer.status, 400, "{repository}: {}", answer.body);
+        assert_eq!(
+            answer.body["path"], "events[0].target.repository",
+            "{}",
+            answer.body
+        );
+        assert!(
+            answer.body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("events[0].target.repository: repository "),
+            "{}",
+            answer.body
+        );
+    }
+    let harbor = json!({
+        "type": "PUSH_ARTIFACT", "occur_at": EVENT_TIME.1 / 1000, "operator": "admin",
+        "event_data": {
+            "resources": [{"digest": INDEX_DIGEST, "tag": "v1"}],
+            "repository": {"name": "x", "namespace": "team", "repo_full_name": "team/../../v2/_catalog"}
+        }
+    });
+    let answer = agent
+        .post(
+            "/v1/events/harbor?registry=src",
+            "application/json",
+            Some(TOKEN),
+            serde_json::to_vec(&harbor).unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.body["path"], "event_data.repository.repo_full_name");
+    assert!(agent.queue.take_all().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_with_more_events_than_the_limit_is_refused_with_413_naming_the_limit() {
+    let agent = start_agent().await;
+    let pull = index_v1("pull", "p");
+    let body = |n: usize| serde_json::to_vec(&json!({ "events": vec![pull.clone(); n] })).unwrap();
+    let limit = ingest::MAX_EVENTS_PER_REQUEST;
+    let answer = agent.distribution(body(limit)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = agent.distribution(body(limit + 1)).await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert_eq!(answer.body["path"], "events");
+    assert!(
+        answer.body["error"].as_str().unwrap().contains(&format!(
+            "{} events in one request, more than the limit of {limit}",
+            limit + 1
+        )),
+        "{}",
+        answer.body
+    );
+}
+
+/// `src` and `dst` kept alike both ways: pushes to either are recorded in the conflict ledger.
+fn bidirectional_config() -> Config {
+    let doc = json!({
+        "registries": [
+            {"name": "src", "url": "http://127.0.0.1:9", "insecure": true},
+            {"name": "dst", "url": "http://127.0.0.1:9", "insecure": true}
+        ],
+        "policies": [{
+            "name": "both", "mode": "bidirectional",
+            "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
+            "trigger": {"type": "event_based"},
+            "filters": [{"type": "name", "value": "team/**"}]
+        }]
+    });
+    let config = Config::from_slice(&serde_json::to_vec(&doc).unwrap(), "test").expect("config");
+    assert!(config.validate().is_empty(), "{:?}", config.validate());
+    config
+}
+
+#[tokio::test]
+async fn event_times_are_clamped_before_they_reach_the_jobs_and_the_conflict_ledger() {
+    let queue = SwitchableQueue::new();
+    let ledger = Arc::new(MemoryTagLedger::default());
+    let skew = Duration::from_secs(120);
+    let sink = EventSink {
+        queue: queue.clone() as Arc<dyn JobQueue>,
+        region: String::new(),
+        outbox: None,
+        ledger: Some(ledger.clone() as Arc<dyn TagLedger>),
+    };
+    let state = IngestState::builder(bidirectional_config(), sink)
+        .token(TOKEN)
+        .max_clock_skew(skew)
+        .build()
+        .unwrap();
+    let agent = start_with(state, queue).await;
+    let harbor = |tag: &str, occur_at: i64| {
+        json!({
+            "type": "PUSH_ARTIFACT", "occur_at": occur_at, "operator": "admin",
+            "event_data": {
+                "resources": [{"digest": INDEX_DIGEST, "tag": tag}],
+                "repository": {"name": "app", "namespace": "team", "repo_full_name": "team/app"}
+            }
+        })
+    };
+
+    let before = now_ms();
+    // A registry clock in the year 9999, Harbor's in 2100, and Harbor's at the epoch.
+    let mut far_future = index_v1("push", "r1");
+    far_future["timestamp"] = json!("9999-12-31T23:59:59.999Z");
+    let answer = agent
+        .distribution(serde_json::to_vec(&json!({ "events": [far_future] })).unwrap())
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    for (tag, occur_at) in [("v2", 4_102_444_800), ("v3", 1)] {
+        let answer = agent
+            .post(
+                "/v1/events/harbor?registry=src",
+                "application/json",
+                Some(TOKEN),
+                serde_json::to_vec(&harbor(tag, occur_at)).unwrap(),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let after = now_ms();
+
+    let ahead = duration_ms(skew);
+    let behind = duration_ms(MAX_EVENT_AGE);
+    let recorded = |tag: &'static str| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .last_write("src", "team/app", tag)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("no ledger entry for {tag}"))
+                .at_ms
+        }
+    };
+    for tag in ["v1", "v2"] {
+        let at = recorded(tag).await;
+        assert!(
+            (before + ahead..=after + ahead).contains(&at),
+            "{tag}: {at} is not now + {ahead} ms ({before}..{after})"
+        );
+    }
+    let at = recorded("v3").await;
+    assert!(
+        (before - behind..=after - behind).contains(&at),
+        "v3: {at} is not now - {behind} ms"
+    );
+    let jobs = agent.queue.take_all().await;
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    for job in &jobs {
+        assert!(
+            (before - behind..=after + ahead).contains(&job.event_time_ms),
+            "{job:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The tag poller against registries: a fake registry where requests can be counted (HEADs, never
-//! manifest GETs), quotas announced and 429s answered; a real docker-registry where skopeo pushes
+//! manifest GETs), quotas announced and 429s answered, and hostile names listed (skipped by the
+//! poller and by full reconciliations); a real docker-registry where skopeo pushes
 //! and a delete are seen through HEADs; a real redis-server that goes away mid-pass.
 mod common;
 
@@ -11,8 +12,9 @@ use ferry_replicator::config::Config;
 use ferry_replicator::event::EventKind;
 use ferry_replicator::ingest::poll::{PollError, PollMetrics, PollOptions, Poller};
 use ferry_replicator::oci::RegistryError;
+use ferry_replicator::policy::Selector;
 use ferry_replicator::queue::{Job, JobQueue, MemoryQueue, RedisQueue, RetryPolicy};
-use ferry_replicator::sync::Registries;
+use ferry_replicator::sync::{list_source, Registries};
 use ferry_testkit::{Behavior, FakeRegistry, RedisServer, Registry};
 use serde_json::{json, Value};
 
@@ -163,6 +165,68 @@ async fn literal_repository_names_are_polled_without_the_catalog() {
     let log = src.request_log();
     assert_eq!(count(&log, "GET", "/_catalog"), 0, "{log:?}");
     assert_eq!(count(&log, "GET", "/library/other/"), 0, "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_registry_lists_outside_the_grammar_never_become_events() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    src.put_manifest("team/app", Some("v1"), OCI_MANIFEST, manifest(1));
+    let config = poll_config(
+        dir.path(),
+        &src.url(),
+        json!([{"type": "name", "value": "team/**"}]),
+    );
+    let queue = Arc::new(MemoryQueue::new(RetryPolicy::default()));
+    let mut p = poller(&config, queue.clone());
+    assert!(p.pass().await.unwrap().baseline);
+
+    // A hostile catalog and tag list: only `team/app:v2` follows the grammar.
+    let v2 = src.put_manifest("team/app", Some("v2"), OCI_MANIFEST, manifest(2));
+    src.put_manifest("team/App", Some("v1"), OCI_MANIFEST, manifest(3));
+    src.put_manifest("team/a..b", Some("v1"), OCI_MANIFEST, manifest(4));
+    src.put_manifest("team/app", Some("v2|x"), OCI_MANIFEST, manifest(5));
+    src.put_manifest("team/app", Some(".v2"), OCI_MANIFEST, manifest(6));
+    src.clear_request_log();
+    let r = p.pass().await.unwrap();
+    assert_eq!((r.repositories, r.tags, r.pushes), (1, 2, 1), "{r:?}");
+    let s = |v: &str| v.to_string();
+    assert_eq!(
+        drain_jobs(queue.as_ref()).await,
+        [(EventKind::Push, s("team/app"), s("v2"), Some(v2))]
+    );
+    let log = src.request_log();
+    assert_eq!(count(&log, "GET", "/team/App/"), 0, "never listed: {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_reconciliations_skip_listed_names_outside_the_grammar() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    src.put_manifest("team/app", Some("v1"), OCI_MANIFEST, manifest(1));
+    src.put_manifest("team/app", Some("v1|x"), OCI_MANIFEST, manifest(2));
+    src.put_manifest("team/App", Some("v1"), OCI_MANIFEST, manifest(3));
+    let config = poll_config(
+        dir.path(),
+        &src.url(),
+        json!([{"type": "name", "value": "team/**"}]),
+    );
+    let policy = &config.policies[0];
+    let client = Registries::from_config(&config)
+        .unwrap()
+        .get(&policy.name, "src")
+        .unwrap();
+    let listed = list_source(&client, policy, &Selector::new(policy).unwrap())
+        .await
+        .unwrap();
+    let names: Vec<_> = listed
+        .iter()
+        .map(|r| (r.repository.as_str(), r.tags.clone(), r.all_tags.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [("team/app", vec!["v1".to_string()], vec!["v1".to_string()])]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

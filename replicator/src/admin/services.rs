@@ -501,6 +501,14 @@ impl pb::registries_server::Registries for Admin {
         req: Request<pb::PingRegistryRequest>,
     ) -> Result<pb::PingRegistryResponse> {
         let name = &req.get_ref().name;
+        // Checked before any request: the probe opens an upload session in this repository.
+        let repository = match req.get_ref().repository.trim() {
+            "" => "ferry-probe",
+            r => r,
+        };
+        crate::policy::check_repository(repository).map_err(|e| AdminError::InvalidArgument {
+            violations: vec![format!("repository: {e}")],
+        })?;
         let snapshot = self.snapshot().await?;
         snapshot.find_registry(name)?;
         let client = snapshot
@@ -524,10 +532,7 @@ impl pb::registries_server::Registries for Admin {
                 });
             }
         };
-        let repository = match req.get_ref().repository.trim() {
-            "" => "ferry-probe",
-            r => r,
-        };
+
         let mut notes = Vec::new();
         let (referrers_api, chunked_upload) =
             probe_capabilities(&client, repository, &mut notes).await;

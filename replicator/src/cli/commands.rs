@@ -620,7 +620,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut builder = IngestState::builder(config, sink.clone())
         .metrics_registry(registry)
-        .allow_unauthenticated(args.allow_unauthenticated);
+        .allow_unauthenticated(args.allow_unauthenticated)
+        .max_clock_skew(Duration::from_secs(args.max_clock_skew_seconds));
     for t in tokens {
         builder = builder.token(t);
     }

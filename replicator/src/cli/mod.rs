@@ -203,6 +203,10 @@ pub struct ServeArgs {
     /// Seconds between safety-net reconciliations of every event_based policy; 0 disables.
     #[arg(long, default_value_t = 600)]
     pub reconcile_interval: u64,
+    /// How far (in seconds) a webhook's event time may be ahead of this process's clock; later
+    /// times are clamped to it before they decide conflicts or lag.
+    #[arg(long, env = "FERRY_MAX_CLOCK_SKEW_SECONDS", default_value_t = ferry_replicator::event::DEFAULT_MAX_CLOCK_SKEW.as_secs())]
+    pub max_clock_skew_seconds: u64,
     #[command(flatten)]
     pub admin: AdminFlags,
     #[command(flatten)]

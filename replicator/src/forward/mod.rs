@@ -31,7 +31,8 @@ use prometheus_client::registry::Registry;
 
 use ferry_proto::v1 as pb;
 
-use crate::event::{Event, EventKind};
+use crate::event::{check_event_id, Event, EventKind};
+use crate::policy::{check_digest, check_repository, check_tag};
 
 pub use client::{ForwardTls, Forwarder};
 pub use outbox::{Forwarded, Outbox, RedisOutbox};
@@ -133,7 +134,13 @@ pub fn to_proto(entry: &Forwarded) -> pb::Event {
     }
 }
 
-/// A received event, checked field by field; the error names the field.
+/// Longest media type kept from a received event (it is a hint that decides nothing; a longer one
+/// is dropped rather than refused).
+const MAX_MEDIA_TYPE_LEN: usize = 255;
+
+/// A received event, checked field by field against the one grammar
+/// ([`crate::policy::namespace`]); the error names the field (`repository: …`). Whether
+/// `registry` and `origin_region` are configured is the receiver's check.
 pub fn from_proto(e: pb::Event) -> Result<Forwarded, String> {
     let required = |value: &str, field: &str| {
         if value.is_empty() {
@@ -142,9 +149,10 @@ pub fn from_proto(e: pb::Event) -> Result<Forwarded, String> {
             Ok(())
         }
     };
-    required(&e.id, "id")?;
+    check_event_id(&e.id).map_err(|m| format!("id: {m}"))?;
     required(&e.registry, "registry")?;
     required(&e.repository, "repository")?;
+    check_repository(&e.repository).map_err(|m| format!("repository: {m}"))?;
     required(&e.origin_region, "origin_region")?;
     let kind = match pb::EventKind::try_from(e.kind) {
         Ok(pb::EventKind::Push) => EventKind::Push,
@@ -154,13 +162,15 @@ pub fn from_proto(e: pb::Event) -> Result<Forwarded, String> {
     if e.tag.is_empty() && e.digest.is_empty() {
         return Err("tag, digest: the event names neither".to_string());
     }
-    if !e.digest.is_empty() && crate::oci::digest::parse(&e.digest).is_none() {
-        return Err(format!(
-            "digest: {:?} is not a digest (algorithm:hex)",
-            e.digest
-        ));
+    if !e.tag.is_empty() {
+        check_tag(&e.tag).map_err(|m| format!("tag: {m}"))?;
+    }
+    if !e.digest.is_empty() {
+        check_digest(&e.digest).map_err(|m| format!("digest: {m}"))?;
     }
     let some = |s: String| (!s.is_empty()).then_some(s);
+    let media_type = some(e.media_type)
+        .filter(|m| m.len() <= MAX_MEDIA_TYPE_LEN && !m.chars().any(char::is_control));
     Ok(Forwarded {
         event: Event {
             id: e.id,
@@ -168,7 +178,7 @@ pub fn from_proto(e: pb::Event) -> Result<Forwarded, String> {
             repository: e.repository,
             tag: some(e.tag),
             digest: some(e.digest),
-            media_type: some(e.media_type),
+            media_type,
             kind,
             occurred_at_ms: e.occurred_at_ms,
             request_id: None,
@@ -206,6 +216,19 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_media_type_is_dropped_not_refused() {
+        let mut e = to_proto(&entry());
+        e.media_type = "x".repeat(MAX_MEDIA_TYPE_LEN + 1);
+        assert_eq!(from_proto(e).unwrap().event.media_type, None);
+        let mut e = to_proto(&entry());
+        e.media_type = "application/vnd.oci.image.manifest.v1+json\n".into();
+        assert_eq!(from_proto(e).unwrap().event.media_type, None);
+        let mut e = to_proto(&entry());
+        e.media_type = "application/vnd.oci.image.manifest.v1+json".into();
+        assert!(from_proto(e).unwrap().event.media_type.is_some());
+    }
+
+    #[test]
     fn bad_events_name_the_field() {
         let bad = |f: fn(&mut pb::Event)| {
             let mut e = to_proto(&entry());
@@ -218,8 +241,15 @@ mod tests {
         assert_eq!(bad(|e| e.kind = 99), "kind: 99 is not PUSH or DELETE");
         assert_eq!(
             bad(|e| e.digest = "sha256:zz".into()),
-            r#"digest: "sha256:zz" is not a digest (algorithm:hex)"#
+            "digest: digest \"sha256:zz\": it is not `sha256:<64 lowercase hex>` or `sha512:<128 lowercase hex>`"
         );
+        assert!(bad(|e| e.repository = "Platform/../../UPPER?x=1".into())
+            .starts_with("repository: repository \"Platform/../../UPPER?x=1\": "));
+        assert!(bad(|e| e.repository = "apps/../../v2/_catalog".into()).starts_with("repository: "));
+        assert!(bad(|e| e.tag = "v1|x".into()).starts_with("tag: tag \"v1|x\": "));
+        assert!(bad(|e| e.tag = "v1\nx".into()).starts_with("tag: "));
+        assert!(bad(|e| e.id = "a\nb".into()).starts_with("id: "));
+        assert!(bad(|e| e.id = "x".repeat(2000)).starts_with("id: 2000 bytes long"));
         assert_eq!(
             bad(|e| {
                 e.tag.clear();

@@ -4,9 +4,17 @@
 //! In Redis/Valkey: one stream per destination region, `<prefix>:outbox:<region>`, appended by
 //! the agent before it answers the registry and trimmed by the forwarder only after the other
 //! region acknowledged (so a partition only delays forwarding). Entries are read in stream order,
-//! which keeps every repository's events in order. `<prefix>:forwarded:<event id>` marks an event
-//! this region accepted from another (forwarding is at-least-once; the mark makes it idempotent).
-//! `<prefix>:outbox:<region>:forwarder` is the lease that lets one forwarder per region deliver.
+//! which keeps every repository's events in order. `<prefix>:outbox:<region>:forwarder` is the
+//! lease that lets one forwarder per region deliver.
+//!
+//! `<prefix>:forwarded` remembers the events this region accepted from others (forwarding is
+//! at-least-once; remembering makes it idempotent): a sorted set of event ids scored by the Redis
+//! server's time of acceptance in microseconds. It is **bounded** whatever peers send: every
+//! `mark_accepted` drops ids older than [`ACCEPTED_TTL`] and then all but the newest
+//! [`ACCEPTED_MAX`] (so a peer flooding new ids evicts old ones instead of growing Redis); ids
+//! are at most [`crate::event::MAX_EVENT_ID_LEN`] bytes (checked on receipt). A redelivery of a
+//! forgotten id makes duplicate jobs, which the level-triggered workers absorb. (Ids remembered
+//! by an older version as `<prefix>:forwarded:<id>` strings simply expire.)
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -21,6 +29,10 @@ use crate::queue::QueueError;
 /// How long an accepted event id is remembered (a redelivery after that makes duplicate jobs,
 /// which the level-triggered workers absorb).
 pub const ACCEPTED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How many accepted event ids are remembered at most (the newest). Redeliveries come within
+/// seconds or after a partition, long before this many newer events were accepted.
+pub const ACCEPTED_MAX: usize = 200_000;
 
 /// One outbox entry: the event and the region that accepted it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +80,8 @@ pub trait Outbox: Send + Sync {
 pub struct RedisOutbox {
     con: ConnectionManager,
     prefix: String,
+    /// [`ACCEPTED_MAX`] unless a test lowers it.
+    accepted_max: usize,
 }
 
 /// Takes the lease when free, renews it when `holder` has it.
@@ -88,6 +102,38 @@ return 0
     )
 });
 
+/// Remembers an accepted id, then forgets what is too old or too much. KEYS: the set. ARGV: id,
+/// TTL in microseconds, how many to keep.
+static MARK_ACCEPTED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- '%d': Lua's default number format keeps 14 digits, too few for microseconds.
+redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[2])))
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[2]) / 1000))
+return 1
+",
+    )
+});
+
+/// Whether an id is remembered and not older than the TTL. KEYS: the set. ARGV: id, TTL in
+/// microseconds.
+static ACCEPTED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if tonumber(score) < now - tonumber(ARGV[2]) then return 0 end
+return 1
+",
+    )
+});
+
 type StreamEntries = Vec<(String, Vec<(String, String)>)>;
 
 impl RedisOutbox {
@@ -95,7 +141,29 @@ impl RedisOutbox {
         RedisOutbox {
             con: queue.connection(),
             prefix: queue.prefix().to_string(),
+            accepted_max: ACCEPTED_MAX,
         }
+    }
+
+    /// Remembers at most `n` accepted ids instead of [`ACCEPTED_MAX`] (tests).
+    pub fn remember_at_most(mut self, n: usize) -> RedisOutbox {
+        self.accepted_max = n.max(1);
+        self
+    }
+
+    /// How many accepted ids are remembered now.
+    pub async fn remembered(&self) -> Result<u64, QueueError> {
+        let mut con = self.con.clone();
+        bounded(
+            redis::cmd("ZCARD")
+                .arg(self.accepted_key())
+                .query_async(&mut con),
+        )
+        .await
+    }
+
+    fn accepted_key(&self) -> String {
+        format!("{}:forwarded", self.prefix)
     }
 
     fn stream(&self, region: &str) -> String {
@@ -201,9 +269,11 @@ impl Outbox for RedisOutbox {
     async fn accepted(&self, event_id: &str) -> Result<bool, QueueError> {
         let mut con = self.con.clone();
         let n: i64 = bounded(
-            redis::cmd("EXISTS")
-                .arg(format!("{}:forwarded:{event_id}", self.prefix))
-                .query_async(&mut con),
+            ACCEPTED_SCRIPT
+                .key(self.accepted_key())
+                .arg(event_id)
+                .arg(ttl_us())
+                .invoke_async(&mut con),
         )
         .await?;
         Ok(n == 1)
@@ -212,13 +282,19 @@ impl Outbox for RedisOutbox {
     async fn mark_accepted(&self, event_id: &str) -> Result<(), QueueError> {
         let mut con = self.con.clone();
         bounded(
-            redis::cmd("SET")
-                .arg(format!("{}:forwarded:{event_id}", self.prefix))
-                .arg(1)
-                .arg("PX")
-                .arg(duration_ms(ACCEPTED_TTL))
-                .query_async::<()>(&mut con),
+            MARK_ACCEPTED_SCRIPT
+                .key(self.accepted_key())
+                .arg(event_id)
+                .arg(ttl_us())
+                .arg(self.accepted_max)
+                .invoke_async::<i64>(&mut con),
         )
         .await
+        .map(drop)
     }
+}
+
+/// [`ACCEPTED_TTL`] in microseconds (the unit of the set's scores).
+fn ttl_us() -> i64 {
+    duration_ms(ACCEPTED_TTL).saturating_mul(1000)
 }

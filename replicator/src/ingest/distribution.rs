@@ -31,7 +31,10 @@
 //! - Every problem is an [`IngestError`] naming its JSON path; no input panics.
 //! - Ignored events are validated only as far as needed to decide that they are ignored, so a
 //!   malformed `pull` event never blocks the registry's (head-of-line) delivery queue.
-//! - A missing or invalid `timestamp` becomes "now" (logged at debug level).
+//! - A missing or invalid `timestamp` becomes "now" (logged at debug level); a missing or unusable
+//!   `id` (control characters, longer than [`crate::event::MAX_EVENT_ID_LEN`]) a hash of the event.
+//! - Repositories, tags and digests follow the one grammar of [`crate::policy::namespace`]; at most
+//!   [`super::MAX_EVENTS_PER_REQUEST`] events per body.
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
@@ -39,12 +42,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::json::{self, index, join};
 use super::rfc3339;
-use super::{
-    check_digest, check_repository, check_tag, kind_label, Batch, IgnoreReason, Ignored,
-    IngestError, FERRY_USER_AGENT_PREFIX,
-};
-use crate::event::{Event, EventKind};
+use super::{kind_label, Batch, IgnoreReason, Ignored, IngestError, FERRY_USER_AGENT_PREFIX};
+use crate::event::{check_event_id, Event, EventKind};
 use crate::oci::manifest;
+use crate::policy::{check_digest, check_repository, check_tag};
 
 /// Content type of distribution 2.x notifications.
 pub const CONTENT_TYPE_V1: &str = "application/vnd.docker.distribution.events.v1+json";
@@ -66,7 +67,7 @@ pub fn parse_with_clock(
 ) -> Result<Batch, IngestError> {
     let document = json::parse(body)?;
     let root = json::object(&document, "$")?;
-    let items = json::req_array(root, "events", "")?;
+    let items = super::bounded_events(json::req_array(root, "events", "")?, "events")?;
 
     let mut batch = Batch {
         received: items.len(),
@@ -153,8 +154,7 @@ fn read_event(
     let target_path = join(&path, "target");
     let target = json::req_object(event, "target", &path)?;
     let repository = json::req_str(target, "repository", &target_path)?;
-    check_repository(repository)
-        .map_err(|m| IngestError::invalid(join(&target_path, "repository"), m))?;
+    check_repository(repository).map_err(IngestError::name_at(join(&target_path, "repository")))?;
     let media_type = json::opt_str(target, "mediaType", &target_path)?;
     let tag = json::opt_str(target, "tag", &target_path)?;
     let url = json::opt_str(target, "url", &target_path)?;
@@ -163,10 +163,10 @@ fn read_event(
     }
     let digest = json::opt_str(target, "digest", &target_path)?;
     if let Some(d) = digest {
-        check_digest(d).map_err(|m| IngestError::invalid(join(&target_path, "digest"), m))?;
+        check_digest(d).map_err(IngestError::name_at(join(&target_path, "digest")))?;
     }
     if let Some(t) = tag {
-        check_tag(t).map_err(|m| IngestError::invalid(join(&target_path, "tag"), m))?;
+        check_tag(t).map_err(IngestError::name_at(join(&target_path, "tag")))?;
     }
     if tag.is_none() && digest.is_none() {
         return Err(IngestError::invalid(
@@ -176,9 +176,10 @@ fn read_event(
     }
     let references = read_references(target, &target_path)?;
 
+    // An id that cannot travel (control characters, oversized) is replaced like a missing one.
     let id = match json::opt_str(event, "id", &path)? {
-        Some(id) => id.to_string(),
-        None => synthesized_id(item),
+        Some(id) if check_event_id(id).is_ok() => id.to_string(),
+        _ => synthesized_id(item),
     };
     let occurred_at_ms = match event.get("timestamp") {
         Some(Value::String(s)) => rfc3339::parse_ms(s),
@@ -754,12 +755,7 @@ pub(crate) mod tests {
 
     #[test]
     fn timestamps_missing_or_invalid_fall_back_to_now() {
-        let mut e = event(
-            "push",
-            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
-            "r",
-            "x",
-        );
+        let mut e = image_v2("push");
         e["timestamp"] = json!("yesterday");
         let mut f = e.clone();
         f.as_object_mut().unwrap().remove("timestamp");
@@ -773,18 +769,74 @@ pub(crate) mod tests {
         assert!(again.events[0].id.starts_with("sha256-"));
     }
 
+    /// `team/app:v2`, an image, from request `r` by user agent `x`.
+    fn image_v2(action: &str) -> Value {
+        event(
+            action,
+            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
+            "r",
+            "x",
+        )
+    }
+
     fn error(body: &[u8]) -> String {
         parse(body).unwrap_err().to_string()
     }
 
     #[test]
-    fn malformed_bodies_name_the_path() {
-        let good = event(
-            "push",
-            manifest_target(manifest::OCI_MANIFEST, IMAGE_DIGEST, Some("v2"), &[]),
-            "r",
-            "x",
+    fn ids_with_control_characters_or_oversized_are_replaced_by_a_hash() {
+        let good = image_v2("push");
+        for bad in [
+            "a\nb".to_string(),
+            "x".repeat(crate::event::MAX_EVENT_ID_LEN + 1),
+        ] {
+            let mut e = good.clone();
+            e["id"] = json!(bad);
+            let batch = parse(&envelope(vec![e])).unwrap();
+            assert!(batch.events[0].id.starts_with("sha256-"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn repositories_with_dot_or_empty_segments_are_refused_naming_the_field() {
+        for repository in [
+            "apps/../../v2/_catalog",
+            "apps/./x",
+            "apps//x",
+            "Platform/x?y=1",
+        ] {
+            let mut e = image_v2("push");
+            e["target"]["repository"] = json!(repository);
+            let err = parse(&envelope(vec![e])).unwrap_err();
+            assert_eq!(err.path(), Some("events[0].target.repository"), "{err}");
+        }
+    }
+
+    #[test]
+    fn more_events_than_the_limit_are_refused_naming_the_limit() {
+        let one = image_v2("pull");
+        let at_limit = envelope(vec![one.clone(); crate::ingest::MAX_EVENTS_PER_REQUEST]);
+        assert_eq!(
+            parse(&at_limit).unwrap().received,
+            crate::ingest::MAX_EVENTS_PER_REQUEST
         );
+        let over = envelope(vec![one; crate::ingest::MAX_EVENTS_PER_REQUEST + 1]);
+        let err = parse(&over).unwrap_err();
+        assert!(matches!(
+            err,
+            IngestError::TooManyEvents {
+                found: 1001,
+                limit: 1000,
+                ..
+            }
+        ));
+        assert_eq!(err.path(), Some("events"));
+        assert!(err.to_string().contains("limit of 1000"), "{err}");
+    }
+
+    #[test]
+    fn malformed_bodies_name_the_path() {
+        let good = image_v2("push");
         let full = envelope(vec![good.clone()]);
         let truncated = &full[..full.len() / 2];
         assert!(

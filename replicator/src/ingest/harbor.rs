@@ -18,16 +18,15 @@
 //!
 //! # Invariants
 //! Every problem is an [`IngestError`] naming its JSON path; no input panics; unknown fields are
-//! ignored (Harbor adds fields between versions).
+//! ignored (Harbor adds fields between versions); repositories, tags and digests follow the one
+//! grammar of [`crate::policy::namespace`]; at most [`super::MAX_EVENTS_PER_REQUEST`] resources.
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::json::{self, index, join};
-use super::{
-    check_digest, check_repository, check_tag, kind_label, Batch, IgnoreReason, Ignored,
-    IngestError,
-};
+use super::{kind_label, Batch, IgnoreReason, Ignored, IngestError};
 use crate::event::{Event, EventKind};
+use crate::policy::{check_digest, check_repository, check_tag};
 
 /// Every content type the Harbor endpoint accepts.
 pub const CONTENT_TYPES: &[&str] = &["application/json"];
@@ -73,7 +72,10 @@ pub fn parse_with_clock(
     };
 
     let data = json::req_object(root, "event_data", "")?;
-    let resources = json::req_array(data, "resources", "event_data")?;
+    let resources = super::bounded_events(
+        json::req_array(data, "resources", "event_data")?,
+        "event_data.resources",
+    )?;
     let operator = json::opt_str(root, "operator", "")?;
     if let (Some(operator), Some(ours)) = (operator, options.ignore_operator.as_deref()) {
         if operator == ours {
@@ -114,13 +116,13 @@ pub fn parse_with_clock(
         let resource = json::object(item, &path)?;
         let digest = json::opt_str(resource, "digest", &path)?;
         if let Some(d) = digest {
-            check_digest(d).map_err(|m| IngestError::invalid(join(&path, "digest"), m))?;
+            check_digest(d).map_err(IngestError::name_at(join(&path, "digest")))?;
         }
         let tag = json::opt_str(resource, "tag", &path)?.filter(|t| {
             Some(*t) != digest && !t.starts_with("sha256:") && !t.starts_with("sha512:")
         });
         if let Some(t) = tag {
-            check_tag(t).map_err(|m| IngestError::invalid(join(&path, "tag"), m))?;
+            check_tag(t).map_err(IngestError::name_at(join(&path, "tag")))?;
         }
         if tag.is_none() && digest.is_none() {
             return Err(IngestError::invalid(
@@ -158,7 +160,7 @@ fn read_repository(data: &serde_json::Map<String, Value>) -> Result<String, Inge
             }
         }
     };
-    check_repository(&full).map_err(|m| IngestError::invalid(join(path, "repo_full_name"), m))?;
+    check_repository(&full).map_err(IngestError::name_at(join(path, "repo_full_name")))?;
     Ok(full)
 }
 
@@ -358,6 +360,26 @@ mod tests {
             parse(&body, &HarborOptions::default()).unwrap().events[0].occurred_at_ms,
             NOW
         );
+    }
+
+    #[test]
+    fn dot_segment_repositories_and_oversized_batches_are_refused() {
+        let opts = HarborOptions::default();
+        let mut body = webhook("PUSH_ARTIFACT", "1", "admin");
+        body["event_data"]["repository"]["repo_full_name"] = json!("library/../../v2/_catalog");
+        let err = parse(&body, &opts).unwrap_err();
+        assert_eq!(
+            err.path(),
+            Some("event_data.repository.repo_full_name"),
+            "{err}"
+        );
+        let mut body = webhook("PUSH_ARTIFACT", "1", "admin");
+        let resource = body["event_data"]["resources"][0].clone();
+        body["event_data"]["resources"] =
+            json!(vec![resource; crate::ingest::MAX_EVENTS_PER_REQUEST + 1]);
+        let err = parse(&body, &opts).unwrap_err();
+        assert!(matches!(err, IngestError::TooManyEvents { .. }), "{err}");
+        assert_eq!(err.path(), Some("event_data.resources"));
     }
 
     #[test]

@@ -32,8 +32,10 @@
 //!   job of the batch is durably enqueued** ([`JobQueue::enqueue`] returned `Ok`);
 //! - 401 without a valid `Authorization: Bearer <token>` (tokens compared in constant time);
 //! - 400 for a missing/unknown `registry` parameter or a body that does not parse (`{"error",
-//!   "path"}` names the JSON path); 413 over the body limit (default 1 MiB); 415 for another
-//!   content type;
+//!   "path"}` names the JSON path, also for a repository, tag or digest outside the grammar of
+//!   [`crate::policy::namespace`]); 413 over the body limit (default 1 MiB) or over
+//!   [`super::MAX_EVENTS_PER_REQUEST`] events (`path` names the array); 415 for another content
+//!   type;
 //! - 503 when the queue is unavailable, 500 for other queue errors: the registry re-sends, and
 //!   jobs enqueued before the failure collapse with the re-sent ones.
 //!
@@ -41,6 +43,8 @@
 //! registry process lives; a body that Ferry rejects with 400 blocks that endpoint's queue until
 //! the registry restarts or the agent accepts it. That is why ignored events are validated only as
 //! far as needed to ignore them.
+//!
+//! Event times are clamped ([`TimeClamp`], `--max-clock-skew-seconds`) before anything reads them.
 //!
 //! # Tracing
 //! Each request runs in a `webhook` span (a child of the request's `traceparent` header, if any);
@@ -71,6 +75,7 @@ use super::metrics::IngestMetrics;
 // Assigned here (not by the queue) so that the webhook's log line names the job.
 use super::{distribution, harbor, Batch, EventSink, IngestError};
 use crate::config::Config;
+use crate::event::TimeClamp;
 use crate::queue::new_job_id;
 use crate::queue::{EnqueueOutcome, QueueError};
 
@@ -112,6 +117,8 @@ struct Inner {
     tokens: TokenSet,
     body_limit: usize,
     harbor: HarborOptions,
+    /// Clamps event times before they reach the matcher, the ledger and the outbox.
+    times: TimeClamp,
     metrics: Arc<IngestMetrics>,
 }
 
@@ -133,6 +140,7 @@ pub struct IngestStateBuilder {
     allow_unauthenticated: bool,
     body_limit: usize,
     harbor: HarborOptions,
+    times: TimeClamp,
     metrics_registry: Option<prometheus_client::registry::Registry>,
 }
 
@@ -147,6 +155,7 @@ impl IngestState {
             allow_unauthenticated: false,
             body_limit: DEFAULT_BODY_LIMIT,
             harbor: HarborOptions::default(),
+            times: TimeClamp::default(),
             metrics_registry: None,
         }
     }
@@ -192,6 +201,13 @@ impl IngestStateBuilder {
         self
     }
 
+    /// How far ahead of this process's clock an event time may be before it is clamped (default
+    /// [`crate::event::DEFAULT_MAX_CLOCK_SKEW`]; see [`TimeClamp`]).
+    pub fn max_clock_skew(mut self, skew: Duration) -> Self {
+        self.times = TimeClamp::new(skew);
+        self
+    }
+
     /// Registers the ingest metrics in this registry instead of a fresh one, so that `/metrics`
     /// also exports what else the process registered there.
     pub fn metrics_registry(mut self, registry: prometheus_client::registry::Registry) -> Self {
@@ -225,6 +241,7 @@ impl IngestStateBuilder {
                 tokens: TokenSet::new(&self.tokens),
                 body_limit: self.body_limit,
                 harbor: self.harbor,
+                times: self.times,
                 metrics: Arc::new(IngestMetrics::new(
                     self.metrics_registry.unwrap_or_default(),
                 )),
@@ -317,7 +334,9 @@ impl Reject {
 impl From<IngestError> for Reject {
     fn from(error: IngestError) -> Reject {
         let status = match &error {
-            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::TooLarge { .. } | IngestError::TooManyEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             IngestError::ContentType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Json { .. }
             | IngestError::Missing { .. }
@@ -388,10 +407,13 @@ async fn handle(
     let registry = registry_param(inner, query.as_deref())?;
     check_content_type(headers, endpoint.content_types())?;
     let bytes = read_body(headers, body, inner.body_limit).await?;
-    let batch = match endpoint {
+    let mut batch = match endpoint {
         Endpoint::Distribution => distribution::parse(&bytes, &registry)?,
         Endpoint::Harbor => harbor::parse(&bytes, &registry, &inner.harbor)?,
     };
+    for event in &mut batch.events {
+        inner.times.apply(event);
+    }
     enqueue_batch(inner, &registry, batch).await
 }
 

@@ -20,6 +20,8 @@
 //!   both are retried next interval.
 //! - The first pass after start only records the current state (a baseline): what changed while
 //!   the agent was down is repaired by the safety-net reconciliation that runs at start.
+//! - Names a registry lists are untrusted: a repository, tag or digest outside the grammar of
+//!   [`crate::policy::namespace`] is skipped with a warning, never turned into an event.
 //! - Repositories come from the catalog, except for policies whose `name` filter is a plain name
 //!   or one `{a,b}` alternation of names (`library/{nginx,redis}`): those are polled by name, so
 //!   registries without a catalog API (Docker Hub) work.
@@ -41,7 +43,10 @@ use super::EventSink;
 use crate::config::Config;
 use crate::event::{now_ms, Event, EventKind};
 use crate::oci::{RegistryClient, RegistryError};
-use crate::policy::{Decoration, FilterKind, Mode, Policy, Selector, TriggerKind};
+use crate::policy::{
+    check_digest, check_repository, check_tag, Decoration, FilterKind, Mode, NameError, Policy,
+    Selector, TriggerKind,
+};
 use crate::queue::{EnqueueOutcome, QueueError};
 use crate::sync::{is_referrer_tag, Registries, SyncError};
 
@@ -407,7 +412,9 @@ impl Poller {
             let tags = match self.client.list_tags(&repo).await {
                 Ok(tags) => Some(
                     tags.into_iter()
-                        .filter(|t| self.covers_tag(&repo, t))
+                        .filter(|t| {
+                            self.usable(Some(&repo), check_tag(t)) && self.covers_tag(&repo, t)
+                        })
                         .collect(),
                 ),
                 // The repository is gone: every tag it had is deleted.
@@ -449,9 +456,11 @@ impl Poller {
             let mut complete = true;
             for (tag, head) in heads {
                 match head {
-                    Ok(Some(d)) => {
+                    Ok(Some(d)) if self.usable(Some(&repo), check_digest(&d)) => {
                         current.insert(tag, d);
                     }
+                    // A digest Ferry cannot verify: as if the HEAD failed.
+                    Ok(Some(_)) => complete = false,
                     // Deleted between the listing and the HEAD: the next listing confirms it.
                     Ok(None) => complete = false,
                     Err(e @ RegistryError::RateLimited { .. }) => return Err(registry_err(e)),
@@ -508,22 +517,32 @@ impl Poller {
         let mut need_catalog = false;
         for c in &self.covered {
             match &c.literal_repositories {
-                Some(names) => repos.extend(names.iter().cloned()),
+                Some(names) => repos.extend(
+                    names
+                        .iter()
+                        .filter(|n| self.usable(None, check_repository(n)))
+                        .cloned(),
+                ),
                 None => need_catalog = true,
             }
         }
         if need_catalog {
             for r in self.client.catalog().await? {
-                if self
-                    .covered
-                    .iter()
-                    .any(|c| c.literal_repositories.is_none() && c.selector.matches_repository(&r))
+                if self.usable(None, check_repository(&r))
+                    && self.covered.iter().any(|c| {
+                        c.literal_repositories.is_none() && c.selector.matches_repository(&r)
+                    })
                 {
                     repos.insert(r);
                 }
             }
         }
         Ok(repos)
+    }
+
+    /// [`crate::sync::listed_name`] for this registry.
+    fn usable(&self, in_repository: Option<&str>, checked: Result<(), NameError>) -> bool {
+        crate::sync::listed_name(&self.registry, in_repository, checked)
     }
 
     fn covers_tag(&self, repo: &str, tag: &str) -> bool {

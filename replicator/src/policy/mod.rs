@@ -12,4 +12,7 @@ mod namespace;
 
 pub use filter::{LabelFilter, Selector, SelectorError};
 pub use model::*;
-pub use namespace::{rewrite_repository, NamespaceError};
+pub use namespace::{
+    check_digest, check_repository, check_tag, quoted, rewrite_repository, NameError,
+    NamespaceError, MAX_REPOSITORY_LEN, MAX_TAG_LEN,
+};

@@ -169,7 +169,9 @@ impl Policy {
         if self.dest_namespace.is_empty() {
             return None;
         }
-        super::namespace::check_repository(&self.dest_namespace).err()
+        super::namespace::check_repository(&self.dest_namespace)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// A bidirectional policy the other way round (its destination as source); `None` for other

@@ -1,5 +1,17 @@
-//! Destination repository names: Harbor's `dest_namespace` / `dest_namespace_replace_count` table.
+//! Repository names, tags and digests: the **one grammar** every name that enters Ferry is checked
+//! against (distribution webhooks, Harbor events, the names a polled registry lists, events from
+//! peer regions, admin API requests), and Harbor's `dest_namespace` /
+//! `dest_namespace_replace_count` table that builds destination names.
 //!
+//! # Grammar (the distribution spec's)
+//! - repository: path components `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`, at most
+//!   [`MAX_REPOSITORY_LEN`] characters ([`check_repository`]). Empty, `.` and `..` components are
+//!   refused, so a name can never step out of `/v2/<name>/` once a URL resolves it.
+//! - tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}` ([`check_tag`]).
+//! - digest: `algorithm:hex` for the algorithms Ferry can verify, `sha256:<64 hex>` and
+//!   `sha512:<128 hex>`, lowercase ([`check_digest`]).
+//!
+//! # Namespace rewrite
 //! With `dest_namespace = "n"` and source repository `a/b/c`:
 //!
 //! | replace count | destination |
@@ -16,9 +28,10 @@
 //! message saying so) rather than a silent rename: the policy says to strip components that the
 //! repository does not have.
 //!
-//! Invariants: the function is pure; whatever it returns is a valid distribution repository name
-//! (lowercase path components `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`, at most
-//! [`MAX_REPOSITORY_LEN`] characters), otherwise it returns a [`NamespaceError`] naming the problem.
+//! Invariants: every function is pure and never panics, whatever the input; whatever
+//! [`rewrite_repository`] returns passes [`check_repository`], otherwise it returns a
+//! [`NamespaceError`] naming the problem; a [`NameError`] quotes at most [`SHOWN_CHARS`]
+//! characters of the offending value (it may be hostile and megabytes long).
 
 /// Longest repository name the distribution registry accepts.
 pub const MAX_REPOSITORY_LEN: usize = 255;
@@ -50,15 +63,12 @@ pub fn rewrite_repository(
             "dest_namespace_replace_count must be -1 or more, got {replace_count}"
         )));
     }
-    check_repository(repository).map_err(|m| {
-        NamespaceError::new(format!("source repository {repository:?} is invalid: {m}"))
-    })?;
+    check_repository(repository).map_err(|e| NamespaceError::new(format!("source {e}")))?;
     if dest_namespace.is_empty() {
         return Ok(repository.to_string());
     }
-    check_repository(dest_namespace).map_err(|m| {
-        NamespaceError::new(format!("dest_namespace {dest_namespace:?} is invalid: {m}"))
-    })?;
+    check_repository(dest_namespace)
+        .map_err(|e| NamespaceError::new(format!("dest_namespace is invalid: {e}")))?;
 
     let segments: Vec<&str> = repository.split('/').collect();
     // `check_repository` guarantees at least one segment; the last one (the image name) is kept.
@@ -86,20 +96,59 @@ pub fn rewrite_repository(
     Ok(result)
 }
 
-/// Checks a repository path (or a namespace, which has the same grammar). Returns a message
-/// describing the first problem.
-pub(crate) fn check_repository(path: &str) -> Result<(), String> {
+/// Longest tag the distribution registry accepts.
+pub const MAX_TAG_LEN: usize = 128;
+
+/// How many characters of an offending value a [`NameError`] quotes.
+pub const SHOWN_CHARS: usize = 64;
+
+/// A repository name, tag or digest outside the grammar (see the module documentation). `Display`
+/// reads `repository "apps/../x": path component 2 ".." must start and end with a lowercase
+/// letter or digit`; callers prefix the field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {value}: {problem}")]
+pub struct NameError {
+    /// `repository`, `tag` or `digest`.
+    pub kind: &'static str,
+    /// The offending value, quoted, cut to [`SHOWN_CHARS`] characters.
+    pub value: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl NameError {
+    fn new(kind: &'static str, value: &str, problem: impl Into<String>) -> NameError {
+        NameError {
+            kind,
+            value: quoted(value),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// `value` quoted for a message about untrusted input: escaped like `{:?}` and cut to
+/// [`SHOWN_CHARS`] characters (`"aaaa…"… (4194304 bytes)` when longer).
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
+    }
+}
+
+/// Checks a repository path (or a namespace, which has the same grammar).
+pub fn check_repository(path: &str) -> Result<(), NameError> {
+    let error = |problem: String| NameError::new("repository", path, problem);
     if path.is_empty() {
-        return Err("it is empty".to_string());
+        return Err(error("it is empty".to_string()));
     }
     if path.len() > MAX_REPOSITORY_LEN {
-        return Err(format!(
+        return Err(error(format!(
             "it is {} characters long, more than {MAX_REPOSITORY_LEN}",
             path.len()
-        ));
+        )));
     }
     for (i, component) in path.split('/').enumerate() {
-        check_component(component).map_err(|m| format!("path component {} {m}", i + 1))?;
+        check_component(component).map_err(|m| error(format!("path component {} {m}", i + 1)))?;
     }
     Ok(())
 }
@@ -145,6 +194,42 @@ fn check_component(component: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks a tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn check_tag(tag: &str) -> Result<(), NameError> {
+    let error = |problem: &str| Err(NameError::new("tag", tag, problem));
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    let bytes = tag.as_bytes();
+    match bytes.first() {
+        None => error("it is empty"),
+        Some(_) if bytes.len() > MAX_TAG_LEN => error(&format!(
+            "it is {} bytes long, more than {MAX_TAG_LEN}",
+            bytes.len()
+        )),
+        Some(first) if !word(first) => error("it must start with a letter, digit or `_`"),
+        Some(_) if !bytes.iter().all(|b| word(b) || *b == b'.' || *b == b'-') => {
+            error("it may only contain letters, digits, `_`, `.` and `-`")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks `sha256:<64 hex>` or `sha512:<128 hex>` (lowercase): the digests Ferry can verify.
+pub fn check_digest(digest: &str) -> Result<(), NameError> {
+    let hex = match digest.split_once(':') {
+        Some(("sha256", hex)) if hex.len() == 64 => Some(hex),
+        Some(("sha512", hex)) if hex.len() == 128 => Some(hex),
+        _ => None,
+    };
+    match hex {
+        Some(hex) if hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),
+        _ => Err(NameError::new(
+            "digest",
+            digest,
+            "it is not `sha256:<64 lowercase hex>` or `sha512:<128 lowercase hex>`",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +308,86 @@ mod tests {
         ] {
             assert!(check_repository(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn dot_segments_and_empty_segments_are_not_repositories() {
+        for bad in [
+            "apps/../../v2/_catalog",
+            "apps/..",
+            "../apps",
+            "apps/./x",
+            ".",
+            "..",
+            "apps//x",
+            "Platform/../../UPPER?x=1",
+            "team/app?x=1",
+            "team/app#x",
+            "team/app%2F..",
+            "team/app\nx",
+        ] {
+            let e = check_repository(bad).unwrap_err();
+            assert_eq!(e.kind, "repository", "{bad}");
+        }
+        let e = check_repository("apps/../../v2/_catalog").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"repository "apps/../../v2/_catalog": path component 2 ".." must start and end with a lowercase letter or digit"#
+        );
+        assert!(check_repository(&"a".repeat(256)).is_err());
+        assert!(check_repository(&"a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn tag_grammar() {
+        for ok in ["v1.2.3-rc_1", "_", "latest", "A", &"a".repeat(128)] {
+            assert!(check_tag(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a b",
+            "v1|x",
+            "v1\nx",
+            "v1:x",
+            "v1/x",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert_eq!(check_tag(bad).unwrap_err().kind, "tag", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn digest_grammar() {
+        assert!(check_digest(&format!("sha256:{}", "0".repeat(64))).is_ok());
+        assert!(check_digest(&format!("sha512:{}", "f".repeat(128))).is_ok());
+        for bad in [
+            "sha256:xyz".to_string(),
+            "md5:abc".to_string(),
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha256:{}", "0".repeat(63)),
+            format!("sha512:{}", "0".repeat(64)),
+            format!("sha256:{}|x", "0".repeat(62)),
+            "sha256".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(check_digest(&bad).unwrap_err().kind, "digest", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_quote_a_bounded_part_of_a_huge_value() {
+        let huge = format!("{}é{}", "A".repeat(63), "x".repeat(4 << 20));
+        let e = check_repository(&huge).unwrap_err();
+        assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+        assert!(
+            e.value.ends_with(&format!("… ({} bytes)", huge.len())),
+            "{}",
+            e.value
+        );
+        let e = check_tag(&huge).unwrap_err();
+        assert!(e.to_string().len() < 300);
     }
 }

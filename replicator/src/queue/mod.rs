@@ -128,20 +128,48 @@ impl Job {
     /// `policy|kind|repository|reference` (plus `|from=<registry>` for the reverse direction of a
     /// bidirectional policy, and `|execution` for a run's jobs, which must not fold into an event's
     /// job or another run's): duplicate pending jobs collapse on it.
+    ///
+    /// Unambiguous by construction: every part is escaped with [`key_part`] (`%`, `|`, `=` and
+    /// control characters become `%XX`), so a part can never contain a separator or pass for the
+    /// `from=` part, and two different jobs never share a key whatever their names hold. Ordinary
+    /// names contain none of those characters and read unchanged.
     pub fn idempotency_key(&self) -> String {
         let kind = self.kind.as_str();
         let mut key = format!(
             "{}|{kind}|{}|{}",
-            self.policy, self.repository, self.reference
+            key_part(&self.policy),
+            key_part(&self.repository),
+            key_part(&self.reference)
         );
         if let Some(source) = &self.source {
-            key = format!("{key}|from={source}");
+            key = format!("{key}|from={}", key_part(source));
         }
         match &self.execution_id {
-            Some(run) => format!("{key}|{run}"),
+            Some(run) => format!("{key}|{}", key_part(run)),
             None => key,
         }
     }
+}
+
+/// One part of an idempotency key: `%`, `|`, `=` and control characters percent-escaped (`%25`,
+/// `%7C`, `%3D`, `%0A`, …); everything else as is.
+fn key_part(part: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| matches!(c, '%' | '|' | '=') || c.is_control();
+    if !part.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        if escaped(c) {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Where a job's chunked upload of one blob to one destination stands, so whoever runs the job next
@@ -349,4 +377,48 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// The checkpoints stored on job `job_id`, in `(destination, digest)` order.
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(policy: &str, repository: &str, reference: &str) -> Job {
+        Job::new(policy, EventKind::Push, repository, reference)
+    }
+
+    #[test]
+    fn ordinary_keys_read_as_before() {
+        assert_eq!(
+            job("mirror", "team/app", "v1").idempotency_key(),
+            "mirror|push|team/app|v1"
+        );
+        let mut back = job("sync", "team/app", "v1");
+        back.source = Some("us".into());
+        back.execution_id = Some("run-7".into());
+        assert_eq!(
+            back.idempotency_key(),
+            "sync|push|team/app|v1|from=us|run-7"
+        );
+    }
+
+    #[test]
+    fn separators_inside_parts_cannot_make_two_jobs_share_a_key() {
+        // Without escaping, both would be `a|push|b|c|d`.
+        let one = job("a", "b|c", "d");
+        let two = job("a", "b", "c|d");
+        assert_ne!(one.idempotency_key(), two.idempotency_key());
+        assert_eq!(one.idempotency_key(), "a|push|b%7Cc|d");
+        // A run id that looks like the `from=` part, and the `from=` part itself.
+        let mut from = job("p", "r", "t");
+        from.source = Some("x".into());
+        let mut run = job("p", "r", "t");
+        run.execution_id = Some("from=x".into());
+        assert_ne!(from.idempotency_key(), run.idempotency_key());
+        // Escapes are escaped too, and control characters never reach a Redis key.
+        let percent = job("p", "r", "a%7Cb");
+        let pipe = job("p", "r", "a|b");
+        assert_ne!(percent.idempotency_key(), pipe.idempotency_key());
+        assert_eq!(job("p", "r\nx", "t").idempotency_key(), "p|push|r%0Ax|t");
+    }
 }
