@@ -149,6 +149,7 @@ impl Mesh {
                 log_level,
                 tls: false,
                 host: host.clone(),
+                ..RegistryOptions::default()
             })
             .await
             .with_context(|| format!("starting region {name}'s registry"))?;
