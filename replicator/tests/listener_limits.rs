@@ -1,0 +1,311 @@
+//! Every listener of `ferry serve` survives hostile clients (issue 9, row 5): hundreds of stalled
+//! connections neither keep valid requests from being answered nor stay open past the
+//! header-read timeout; the connection cap holds; `/metrics` can require a token; webhook bodies
+//! are bounded.
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "listener-test-token";
+const ADMIN_TOKEN: &str = "listener-admin-token";
+/// Stalled connections per test: far more than the cap the tests set, well under `ulimit -n`.
+const STALLED: usize = 300;
+/// How long a served request or a closed connection may take: generous, the property is that it
+/// happens.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A config with two (never contacted) registries and an event-based policy.
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    write_config(
+        dir,
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        json!({"trigger": {"type": "event_based"}}),
+    )
+}
+
+/// Opens `n` connections to `addr`: half send `prefix` and then the next byte of `trickle` every
+/// 500 ms (a slowloris), half send nothing. Returns how many of them the server has closed so
+/// far (a counter that grows).
+async fn stall(
+    addr: &str,
+    n: usize,
+    prefix: &'static [u8],
+    trickle: &'static [u8],
+) -> Arc<AtomicUsize> {
+    let closed = Arc::new(AtomicUsize::new(0));
+    for i in 0..n {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect (queued in the backlog at worst)");
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.into_split();
+            let slow = i % 2 == 0;
+            let writing = async move {
+                if !slow {
+                    return std::future::pending::<()>().await;
+                }
+                if writer.write_all(prefix).await.is_err() {
+                    return std::future::pending().await;
+                }
+                for byte in trickle.iter().cycle() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if writer.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                }
+                std::future::pending().await
+            };
+            let reading = async {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            tokio::select! {
+                () = writing => {}
+                () = reading => {}
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    closed
+}
+
+/// Waits until the server closed all `n` connections counted by `closed`.
+async fn all_closed(closed: &AtomicUsize, n: usize) -> bool {
+    eventually(DEADLINE, || async { closed.load(Ordering::SeqCst) == n }).await
+}
+
+/// Sends an empty distribution notification; its status (0 when no answer came in time).
+async fn webhook(listen: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!(
+            "http://{listen}/v1/events/distribution?registry=src"
+        ))
+        .bearer_auth(TOKEN)
+        .header(
+            "content-type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )
+        .body(json!({"events": []}).to_string())
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_answered_while_hundreds_of_connections_stall_and_the_stalled_ones_are_closed_after_the_header_read_timeout(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_local_addr();
+    let serve = Serve::start_with(
+        &config(dir.path()),
+        &listen,
+        TOKEN,
+        &["--max-connections", "64", "--header-read-timeout", "1"],
+        &[],
+        dir.path().join("serve.log"),
+    )
+    .await;
+
+    let closed = stall(
+        &listen,
+        STALLED,
+        b"POST /v1/events/distribution?registry=src HTTP/1.1\r\nHost: ferry\r\nX-",
+        b"a",
+    )
+    .await;
+    let answered = eventually(DEADLINE, || async { webhook(&listen).await == 200 }).await;
+    assert!(
+        answered,
+        "no answer to a valid webhook while connections stall:\n{}",
+        serve.log()
+    );
+    assert!(
+        all_closed(&closed, STALLED).await,
+        "only {} of {STALLED} stalled connections were closed",
+        closed.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_closes_and_are_then_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_local_addr();
+    let serve = Serve::start_with(
+        &config(dir.path()),
+        &listen,
+        TOKEN,
+        &["--max-connections", "2", "--header-read-timeout", "600"],
+        &[],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    // Serve::start's health check may still hold a keep-alive connection: let it go first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle: Vec<TcpStream> =
+        futures_util::future::join_all((0..2).map(|_| TcpStream::connect(&listen)))
+            .await
+            .into_iter()
+            .map(|c| c.expect("connect"))
+            .collect();
+    let target = listen.clone();
+    let request = tokio::spawn(async move { webhook(&target).await });
+    // Both slots are held by idle connections (the header-read timeout is long): the webhook
+    // waits in the backlog.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !request.is_finished(),
+        "a third connection was served past a cap of 2"
+    );
+    drop(idle);
+    assert_eq!(
+        request.await.unwrap(),
+        200,
+        "the waiting webhook was not served once a slot freed:\n{}",
+        serve.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_while_hundreds_of_connections_stall_and_closes_them_after_the_header_read_timeout(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_local_addr();
+    let admin = free_local_addr();
+    let serve = Serve::start_with(
+        &config(dir.path()),
+        &listen,
+        TOKEN,
+        &[
+            "--admin-listen",
+            &admin,
+            "--max-connections",
+            "64",
+            "--header-read-timeout",
+            "1",
+        ],
+        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+        dir.path().join("serve.log"),
+    )
+    .await;
+
+    // Half of them send the HTTP/2 preface one byte at a time.
+    let closed = stall(&admin, STALLED, b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(20));
+    let answered = eventually(DEADLINE, || async {
+        let Ok(channel) = endpoint.connect().await else {
+            return false;
+        };
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        answered,
+        "the admin API did not answer while connections stall:\n{}",
+        serve.log()
+    );
+    assert!(
+        all_closed(&closed, STALLED).await,
+        "only {} of {STALLED} stalled admin connections were closed",
+        closed.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_metrics_token_when_one_is_set_and_healthz_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_local_addr();
+    let _serve = Serve::start_with(
+        &config(dir.path()),
+        &listen,
+        TOKEN,
+        &[],
+        &[("FERRY_METRICS_TOKEN", "scrape-me")],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{listen}/metrics");
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+    let wrong = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(
+        wrong.status().as_u16(),
+        401,
+        "the webhook token is not the metrics token"
+    );
+    let scraped = client
+        .get(&url)
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status().as_u16(), 200);
+    assert!(scraped.text().await.unwrap().contains("ferry_"));
+    let health = client
+        .get(format!("http://{listen}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(webhook(&listen).await, 200, "webhooks keep their own token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_rejects_webhook_bodies_over_max_body_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_local_addr();
+    let _serve = Serve::start_with(
+        &config(dir.path()),
+        &listen,
+        TOKEN,
+        &["--max-body-bytes", "64"],
+        &[],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    let padded = json!({"events": [], "padding": "x".repeat(100)}).to_string();
+    let status = reqwest::Client::new()
+        .post(format!(
+            "http://{listen}/v1/events/distribution?registry=src"
+        ))
+        .bearer_auth(TOKEN)
+        .header(
+            "content-type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )
+        .body(padded)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 413);
+    assert_eq!(
+        webhook(&listen).await,
+        200,
+        "a small body is still accepted"
+    );
+}
