@@ -200,9 +200,13 @@ impl Listener {
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return std::future::pending().await;
         };
+        let mut failing = false;
         loop {
             match self.tcp.accept().await {
                 Ok((stream, _)) => {
+                    if failing {
+                        tracing::info!("accepting connections again");
+                    }
                     let watchdog = watched.then(|| Watchdog::new(self.limits));
                     return Conn {
                         stream,
@@ -213,7 +217,11 @@ impl Listener {
                 // The peer gave up between SYN and accept: nothing to wait for.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a connection; pausing the listener");
+                    // Once per streak: EMFILE lasts until connections close.
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot accept connections; retrying every {} ms (is --max-connections above the open-file limit?)", ACCEPT_BACKOFF.as_millis());
+                        failing = true;
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
