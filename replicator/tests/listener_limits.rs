@@ -83,13 +83,47 @@ async fn stall(
     closed
 }
 
-/// Waits until the server closed all `n` connections counted by `closed`.
-async fn all_closed(closed: &AtomicUsize, n: usize) -> bool {
-    eventually(DEADLINE, || async { closed.load(Ordering::SeqCst) == n }).await
+/// `ferry serve` on a free address with the test config, extra flags `args` and environment
+/// `env`; returns it, its `--listen` address and its temp dir (which must outlive it).
+async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Serve, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_local_addr();
+    let log = dir.path().join("serve.log");
+    let serve = Serve::start_with(&config(dir.path()), &listen, TOKEN, args, env, log).await;
+    (serve, listen, dir)
+}
+
+/// Asserts that `what` was `answered` while the connections counted by `closed` stalled, and that
+/// the server then closes every one of them.
+async fn assert_answered_and_stalled_closed(
+    answered: bool,
+    what: &str,
+    serve: &Serve,
+    closed: &AtomicUsize,
+) {
+    assert!(
+        answered,
+        "no answer to {what} while connections stall:\n{}",
+        serve.log()
+    );
+    let all = eventually(DEADLINE, || async {
+        closed.load(Ordering::SeqCst) == STALLED
+    })
+    .await;
+    assert!(
+        all,
+        "only {} of {STALLED} stalled connections were closed",
+        closed.load(Ordering::SeqCst)
+    );
 }
 
 /// Sends an empty distribution notification; its status (0 when no answer came in time).
 async fn webhook(listen: &str) -> u16 {
+    webhook_with(listen, json!({"events": []}).to_string()).await
+}
+
+/// Sends `body` as a distribution notification; its status (0 when no answer came in time).
+async fn webhook_with(listen: &str, body: String) -> u16 {
     reqwest::Client::new()
         .post(format!(
             "http://{listen}/v1/events/distribution?registry=src"
@@ -99,7 +133,7 @@ async fn webhook(listen: &str) -> u16 {
             "content-type",
             "application/vnd.docker.distribution.events.v1+json",
         )
-        .body(json!({"events": []}).to_string())
+        .body(body)
         .timeout(Duration::from_secs(20))
         .send()
         .await
@@ -109,15 +143,9 @@ async fn webhook(listen: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_is_answered_while_hundreds_of_connections_stall_and_the_stalled_ones_are_closed_after_the_header_read_timeout(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_local_addr();
-    let serve = Serve::start_with(
-        &config(dir.path()),
-        &listen,
-        TOKEN,
+    let (serve, listen, _dir) = serve(
         &["--max-connections", "64", "--header-read-timeout", "1"],
         &[],
-        dir.path().join("serve.log"),
     )
     .await;
 
@@ -129,29 +157,14 @@ async fn a_webhook_is_answered_while_hundreds_of_connections_stall_and_the_stall
     )
     .await;
     let answered = eventually(DEADLINE, || async { webhook(&listen).await == 200 }).await;
-    assert!(
-        answered,
-        "no answer to a valid webhook while connections stall:\n{}",
-        serve.log()
-    );
-    assert!(
-        all_closed(&closed, STALLED).await,
-        "only {} of {STALLED} stalled connections were closed",
-        closed.load(Ordering::SeqCst)
-    );
+    assert_answered_and_stalled_closed(answered, "a valid webhook", &serve, &closed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_until_one_closes_and_are_then_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_local_addr();
-    let serve = Serve::start_with(
-        &config(dir.path()),
-        &listen,
-        TOKEN,
+    let (serve, listen, _dir) = serve(
         &["--max-connections", "2", "--header-read-timeout", "600"],
         &[],
-        dir.path().join("serve.log"),
     )
     .await;
     // Serve::start's health check may still hold a keep-alive connection: let it go first.
@@ -183,13 +196,8 @@ async fn connections_past_the_cap_wait_until_one_closes_and_are_then_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_answers_while_hundreds_of_connections_stall_and_closes_them_after_the_header_read_timeout(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_local_addr();
     let admin = free_local_addr();
-    let serve = Serve::start_with(
-        &config(dir.path()),
-        &listen,
-        TOKEN,
+    let (serve, _listen, _dir) = serve(
         &[
             "--admin-listen",
             &admin,
@@ -199,7 +207,6 @@ async fn the_admin_api_answers_while_hundreds_of_connections_stall_and_closes_th
             "1",
         ],
         &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
-        dir.path().join("serve.log"),
     )
     .await;
 
@@ -221,31 +228,12 @@ async fn the_admin_api_answers_while_hundreds_of_connections_stall_and_closes_th
             .is_ok()
     })
     .await;
-    assert!(
-        answered,
-        "the admin API did not answer while connections stall:\n{}",
-        serve.log()
-    );
-    assert!(
-        all_closed(&closed, STALLED).await,
-        "only {} of {STALLED} stalled admin connections were closed",
-        closed.load(Ordering::SeqCst)
-    );
+    assert_answered_and_stalled_closed(answered, "an admin health check", &serve, &closed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_the_metrics_token_when_one_is_set_and_healthz_stays_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_local_addr();
-    let _serve = Serve::start_with(
-        &config(dir.path()),
-        &listen,
-        TOKEN,
-        &[],
-        &[("FERRY_METRICS_TOKEN", "scrape-me")],
-        dir.path().join("serve.log"),
-    )
-    .await;
+    let (_serve, listen, _dir) = serve(&[], &[("FERRY_METRICS_TOKEN", "scrape-me")]).await;
     let client = reqwest::Client::new();
     let url = format!("http://{listen}/metrics");
     let anonymous = client.get(&url).send().await.unwrap();
@@ -276,33 +264,9 @@ async fn metrics_need_the_metrics_token_when_one_is_set_and_healthz_stays_open()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_rejects_webhook_bodies_over_max_body_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_local_addr();
-    let _serve = Serve::start_with(
-        &config(dir.path()),
-        &listen,
-        TOKEN,
-        &["--max-body-bytes", "64"],
-        &[],
-        dir.path().join("serve.log"),
-    )
-    .await;
+    let (_serve, listen, _dir) = serve(&["--max-body-bytes", "64"], &[]).await;
     let padded = json!({"events": [], "padding": "x".repeat(100)}).to_string();
-    let status = reqwest::Client::new()
-        .post(format!(
-            "http://{listen}/v1/events/distribution?registry=src"
-        ))
-        .bearer_auth(TOKEN)
-        .header(
-            "content-type",
-            "application/vnd.docker.distribution.events.v1+json",
-        )
-        .body(padded)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 413);
+    assert_eq!(webhook_with(&listen, padded).await, 413);
     assert_eq!(
         webhook(&listen).await,
         200,
