@@ -273,3 +273,66 @@ async fn serve_rejects_webhook_bodies_over_max_body_bytes() {
         "a small body is still accepted"
     );
 }
+
+/// Connects to `addr` for a tonic channel and counts the connections it opened.
+#[derive(Clone)]
+struct CountingConnector {
+    addr: String,
+    connects: Arc<AtomicUsize>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for CountingConnector {
+    type Response = hyper_util::rt::TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let (addr, connects) = (self.addr.clone(), self.connects.clone());
+        Box::pin(async move {
+            connects.fetch_add(1, Ordering::SeqCst);
+            Ok(hyper_util::rt::TokioIo::new(
+                TcpStream::connect(addr).await?,
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_connection_that_made_a_call_outlives_the_header_read_timeout() {
+    let admin = free_local_addr();
+    let (_serve, _listen, _dir) = serve(
+        &["--admin-listen", &admin, "--header-read-timeout", "1"],
+        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )
+    .await;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let channel = tonic::transport::Endpoint::from_static("http://ferry-admin")
+        .connect_with_connector(CountingConnector {
+            addr: admin,
+            connects: connects.clone(),
+        })
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = || tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(check()).await.unwrap();
+    // Past the first-call deadline (1 s), well within the idle timeout (300 s by default).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    health.check(check()).await.unwrap();
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        1,
+        "the connection was closed although it had made a call"
+    );
+}
