@@ -5,7 +5,6 @@
 //!
 //! Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 on usage, config or startup errors.
 #![forbid(unsafe_code)]
-use std::future::IntoFuture as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use ferry_replicator::ingest::harbor::HarborOptions;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::EventSink;
 use ferry_replicator::ingest::{self, IngestState};
+use ferry_replicator::listener::{self, ListenFlags};
 use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
@@ -104,6 +104,8 @@ struct Args {
     /// this process's clock; later times are clamped to it before they decide conflicts or lag.
     #[arg(long, env = "FERRY_MAX_CLOCK_SKEW_SECONDS", default_value_t = ferry_replicator::event::DEFAULT_MAX_CLOCK_SKEW.as_secs())]
     max_clock_skew_seconds: u64,
+    #[command(flatten)]
+    limits: ListenFlags,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -270,9 +272,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let forward_server = match (&args.forward_listen, &forward_service) {
         (Some(addr), Some(service)) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on --forward-listen {addr}"))?;
+            let listener = args.limits.bind_grpc("--forward-listen", addr).await?;
             let tls = match (&args.forward_tls_cert, &args.forward_tls_key) {
                 (Some(cert), Some(key)) => Some(
                     ferry_replicator::admin::tls_config(
@@ -292,14 +292,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 mtls = tls.is_some() && args.forward_ca.is_some(),
                 "serving ferry.v1.Events/Forward"
             );
-            let mut server = tonic::transport::Server::builder();
-            if let Some(tls) = tls {
-                server = server.tls_config(tls).context("forward TLS")?;
-            }
-            Some((
-                server.add_service((**service).clone().into_server()),
-                listener,
-            ))
+            let router = listener::grpc_server(tls)
+                .context("forward TLS")?
+                .add_service((**service).clone().into_server());
+            Some((router, listener))
         }
         _ => None,
     };
@@ -318,9 +314,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let state = builder.build()?;
     let ingest_state = state.clone();
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = args
+        .limits
+        .bind_http("--listen", &args.listen, ingest::router(state))
+        .await?;
     tracing::info!(
         listen = %listener.local_addr().map_or_else(|_| args.listen.clone(), |a| a.to_string()),
         registries = %registries.join(","),
@@ -338,21 +335,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("webhooks are accepted without a token (--allow-unauthenticated)");
     }
 
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, ingest::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing requests in flight");
-            let _ = stopping_tx.send(true);
-        })
-        .into_future();
-    let deadline = async {
-        // `wait_for` fails only if the sender is gone, i.e. the server already stopped.
-        if stopping_rx.wait_for(|stopping| *stopping).await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let server = listener.serve(http_stop.clone());
+    let stopping = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        http_stop.cancel();
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     let reconcile = async {
         match &reconciler {
@@ -379,11 +368,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some((router, listener)) = forward_server {
         let stop = reconcile_stop.clone();
         polling.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
-            {
+            if let Err(e) = listener::serve_grpc(router, listener, stop).await {
                 tracing::error!(error = %e, "the Forward endpoint stopped");
             }
         });
@@ -396,9 +381,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         watch_and_reload(&file_config, &clients, &store, &targets, watch_stop).await
     });
     tokio::select! {
-        served = server => served.context("serving webhooks")?,
+        () = server => {}
         () = reconcile => {}
-        () = deadline => tracing::warn!(
+        () = stopping => tracing::warn!(
             grace_seconds = SHUTDOWN_GRACE.as_secs(),
             "grace period over; exiting with requests in flight (registries will re-send them)"
         ),

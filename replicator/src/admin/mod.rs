@@ -18,7 +18,6 @@ pub mod status;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::ServerTlsConfig;
@@ -28,6 +27,7 @@ use ferry_proto::v1 as pb;
 use crate::catalog::PolicyStore;
 use crate::config::Config;
 use crate::history::History;
+use crate::listener::Listener;
 use crate::queue::JobQueue;
 use crate::sync::Registries;
 
@@ -85,10 +85,11 @@ pub fn tls_config(
     Ok(tls)
 }
 
-/// Serves the admin API on `listener` until `state.shutdown` fires, then waits for open streams.
-/// With `tls`, connections are TLS (and mTLS when it names a client CA).
+/// Serves the admin API on `listener` (with its connection limits, [`crate::listener`]) until
+/// `state.shutdown` fires, then waits for open streams. With `tls`, connections are TLS (and mTLS
+/// when it names a client CA).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     state: AdminState,
     auth: AdminAuth,
     tls: Option<ServerTlsConfig>,
@@ -124,12 +125,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    let result = server
+    let router = crate::listener::grpc_server(tls)?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -151,9 +147,8 @@ pub async fn serve(
         ))
         .add_service(pb::operations_server::OperationsServer::with_interceptor(
             admin, auth,
-        ))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await;
+        ));
+    let result = crate::listener::serve_grpc(router, listener, shutdown).await;
     tasks.close();
     tasks.wait().await;
     result.map_err(ServeError::from)

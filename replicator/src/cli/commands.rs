@@ -15,6 +15,7 @@ use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
 use ferry_replicator::ingest::metrics::IngestMetrics;
 use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
 use ferry_replicator::ingest::{EventSink, IngestState};
+use ferry_replicator::listener::ListenFlags;
 use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
@@ -393,6 +394,7 @@ fn spawn_policy_watch(
 async fn start_admin(
     tasks: &mut tokio::task::JoinSet<()>,
     flags: &AdminFlags,
+    limits: &ListenFlags,
     config: &Config,
     registries: &Registries,
     backend: &Backend,
@@ -407,9 +409,7 @@ async fn start_admin(
         "admin",
     )
     .map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (--admin-listen)"))?;
+    let listener = limits.bind_grpc("--admin-listen", listen).await?;
     let addr = listener.local_addr()?;
     let auth = admin::AdminAuth::new(tokens, flags.admin_allow_unauthenticated_loopback, addr)
         .map_err(anyhow::Error::msg)?;
@@ -466,30 +466,19 @@ fn spawn_scheduler(
     tasks.spawn(async move { scheduler.run(stop).await });
 }
 
-/// Serves `router` on `listener` until `shutdown`.
-fn spawn_server(
+/// Binds `listen` (`flag`) for `router` with the listener limits and serves it until `shutdown`.
+async fn spawn_server(
     tasks: &mut tokio::task::JoinSet<()>,
-    listener: tokio::net::TcpListener,
+    limits: &ListenFlags,
+    flag: &str,
+    listen: &str,
     router: axum::Router,
     shutdown: &CancellationToken,
-) {
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
-}
-
-async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+) -> anyhow::Result<()> {
+    let listener = limits.bind_http(flag, listen, router).await?;
     tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
-    Ok(listener)
+    tasks.spawn(listener.serve(shutdown.clone()));
+    Ok(())
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -529,6 +518,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     start_admin(
         &mut tasks,
         &args.admin,
+        &args.limits,
         &config,
         &registries,
         &backend,
@@ -538,10 +528,13 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(listen) = &args.listen {
         spawn_server(
             &mut tasks,
-            bind(listen).await?,
+            &args.limits,
+            "--listen",
+            listen,
             ferry_replicator::ops::router(queue.clone(), metrics),
             &shutdown,
-        );
+        )
+        .await?;
     }
     spawn_scheduler(&mut tasks, &scheduler, &shutdown);
     spawn_policy_watch(
@@ -621,7 +614,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut builder = IngestState::builder(config, sink.clone())
         .metrics_registry(registry)
         .allow_unauthenticated(args.allow_unauthenticated)
-        .max_clock_skew(Duration::from_secs(args.max_clock_skew_seconds));
+        .max_clock_skew(Duration::from_secs(args.max_clock_skew_seconds))
+        .body_limit(args.max_body_bytes);
     for t in tokens {
         builder = builder.token(t);
     }
@@ -634,6 +628,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     start_admin(
         &mut tasks,
         &args.admin,
+        &args.limits,
         &admin_config,
         &registries,
         &backend,
@@ -642,10 +637,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     spawn_server(
         &mut tasks,
-        bind(&args.listen).await?,
+        &args.limits,
+        "--listen",
+        &args.listen,
         ferry_replicator::ingest::router(state),
         &shutdown,
-    );
+    )
+    .await?;
     if let Some(r) = reconciler.clone() {
         let (stop, every) = (
             shutdown.clone(),

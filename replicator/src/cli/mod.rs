@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_replicator::listener::ListenFlags;
 use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat};
 
 mod admin;
@@ -100,6 +101,8 @@ pub struct WorkerArgs {
     pub listen: Option<String>,
     #[command(flatten)]
     pub admin: AdminFlags,
+    #[command(flatten)]
+    pub limits: ListenFlags,
     #[command(flatten)]
     pub jobs: JobFlags,
 }
@@ -200,6 +203,9 @@ pub struct ServeArgs {
     /// Accept webhooks without a token when none is configured (trusted networks only).
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, default_value_t = ferry_replicator::ingest::http::DEFAULT_BODY_LIMIT)]
+    pub max_body_bytes: usize,
     /// Seconds between safety-net reconciliations of every event_based policy; 0 disables.
     #[arg(long, default_value_t = 600)]
     pub reconcile_interval: u64,
@@ -209,6 +215,8 @@ pub struct ServeArgs {
     pub max_clock_skew_seconds: u64,
     #[command(flatten)]
     pub admin: AdminFlags,
+    #[command(flatten)]
+    pub limits: ListenFlags,
     #[command(flatten)]
     pub jobs: JobFlags,
 }
