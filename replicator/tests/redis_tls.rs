@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{eventually, free_local_addr, Serve};
+use common::{free_local_addr, Serve};
 use ferry_replicator::event::EventKind;
 use ferry_replicator::queue::redis::RedisTarget;
 use ferry_replicator::queue::{EnqueueOutcome, Job, JobQueue, RedisQueue, RetryPolicy};
@@ -69,6 +69,16 @@ async fn the_queue_works_over_tls_with_a_private_ca_on_valkey_server() {
     queue_basics_over_tls_with_the_private_ca("valkey-server").await;
 }
 
+/// `text` says each of `wanted` and shows none of `secrets`.
+fn assert_says(text: &str, wanted: &[&str], secrets: &[&str]) {
+    for w in wanted {
+        assert!(text.contains(w), "missing {w:?} in:\n{text}");
+    }
+    for s in secrets {
+        assert!(!text.contains(s), "shows a password in:\n{text}");
+    }
+}
+
 #[tokio::test]
 async fn a_server_certificate_from_an_unknown_ca_is_refused_with_a_certificate_error() {
     let server = tls_server("redis-server").await;
@@ -78,13 +88,12 @@ async fn a_server_certificate_from_an_unknown_ca_is_refused_with_a_certificate_e
         .await
         .err()
         .expect("an untrusted certificate must not connect");
-    let message = format!("{e:#} {:?}", e);
-    assert!(message.contains("certificate"), "{message}");
-    assert!(
-        message.contains("--redis-ca-file"),
-        "says what to do: {message}"
+    // The hint says what to do.
+    assert_says(
+        &format!("{e:#} {e:?}"),
+        &["certificate", "--redis-ca-file"],
+        &[PASSWORD],
     );
-    assert!(!message.contains(PASSWORD), "{message}");
 }
 
 #[tokio::test]
@@ -100,12 +109,10 @@ async fn a_wrong_password_is_refused_without_showing_it() {
         .await
         .err()
         .expect("a wrong password must not connect");
-    let message = format!("{e} {e:?} {target:?}");
-    assert!(!message.contains(wrong), "{message}");
-    assert!(!message.contains(PASSWORD), "{message}");
+    assert_says(&format!("{e} {e:?} {target:?}"), &[], &[wrong, PASSWORD]);
 }
 
-/// A one-registry config a daemon can start with (the registry is never contacted).
+/// A daemon's config (the registries are never contacted).
 fn write_config(dir: &Path) -> std::path::PathBuf {
     common::write_config_with(
         dir,
@@ -117,125 +124,102 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
     )
 }
 
-/// `ferry worker` with `args` and `env`, its stderr in `log`; killed when dropped.
-fn spawn_worker(
-    config: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    log: &Path,
-) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["worker", "--config", config.to_str().unwrap()])
-        .args(args)
-        .env_remove("FERRY_REDIS_URL")
-        .envs(env.iter().copied())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start ferry worker")
+/// How a `ferry worker` run ended.
+struct WorkerRun {
+    /// `/healthz` answered 200 (it does only while the queue answers); `None` when the worker
+    /// exited first, with this code.
+    exit_code: Option<i32>,
+    log: String,
 }
 
-async fn healthy(listen: &str) -> bool {
-    eventually(Duration::from_secs(15), || async {
-        reqwest::get(format!("http://{listen}/healthz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await
+/// Runs `ferry worker` with `args` (plus `--listen`) against `server`'s CA until its `/healthz`
+/// answers 200 or it exits, then kills it.
+async fn run_worker(server: &RedisServer, args: &[&str]) -> WorkerRun {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let (listen, log) = (free_local_addr(), dir.path().join("worker.log"));
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "worker",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ])
+        .arg("--redis-ca-file")
+        .arg(ca(server))
+        .args(args)
+        .env_remove("FERRY_REDIS_URL")
+        .env("FERRY_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ferry worker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit_code = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break Some(status.code().unwrap_or(-1));
+        }
+        let healthz = reqwest::get(format!("http://{listen}/healthz")).await;
+        if healthz.is_ok_and(|r| r.status().is_success()) {
+            worker.kill().await.unwrap();
+            break None;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither healthy nor exited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    WorkerRun {
+        exit_code,
+        log: std::fs::read_to_string(&log).unwrap(),
+    }
+}
+
+/// A file holding `url`, kept as long as the returned directory.
+fn url_file(url: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redis-url");
+    std::fs::write(&path, format!("{url}\n")).unwrap();
+    (dir, path.to_str().unwrap().to_string())
 }
 
 #[tokio::test]
 async fn a_worker_reads_the_url_with_its_password_from_redis_url_file_and_never_logs_it() {
     let server = tls_server("redis-server").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let url_file = dir.path().join("redis-url");
-    std::fs::write(&url_file, format!("{}\n", url_with_password(&server))).unwrap();
-    let (listen, log) = (free_local_addr(), dir.path().join("worker.log"));
-    let mut worker = spawn_worker(
-        &config,
-        &[
-            "--redis-url-file",
-            url_file.to_str().unwrap(),
-            "--redis-ca-file",
-            ca(&server).to_str().unwrap(),
-            "--listen",
-            &listen,
-        ],
-        &[("FERRY_LOG", "debug")],
-        &log,
+    let (_dir, file) = url_file(&url_with_password(&server));
+    let run = run_worker(&server, &["--redis-url-file", &file]).await;
+    assert_eq!(
+        run.exit_code, None,
+        "healthy while the queue answers:\n{}",
+        run.log
     );
-    let up = healthy(&listen).await;
-    worker.kill().await.unwrap();
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(up, "/healthz answers only while the queue does:\n{log}");
-    assert!(!log.contains(PASSWORD), "{log}");
-    assert!(!log.contains("/proc"), "no argv warning for a file:\n{log}");
+    // No warning about /proc for a URL from a file.
+    assert_says(&run.log, &[], &[PASSWORD, "/proc"]);
 }
 
 #[tokio::test]
 async fn a_password_on_the_command_line_is_warned_about_without_being_logged() {
     let server = tls_server("redis-server").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let (listen, log) = (free_local_addr(), dir.path().join("worker.log"));
-    let mut worker = spawn_worker(
-        &config,
-        &[
-            "--redis",
-            &url_with_password(&server),
-            "--redis-ca-file",
-            ca(&server).to_str().unwrap(),
-            "--listen",
-            &listen,
-        ],
-        &[],
-        &log,
-    );
-    let up = healthy(&listen).await;
-    worker.kill().await.unwrap();
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(up, "{log}");
-    assert!(
-        log.contains("/proc") && log.contains("--redis-url-file"),
-        "{log}"
-    );
-    assert!(!log.contains(PASSWORD), "{log}");
+    let run = run_worker(&server, &["--redis", &url_with_password(&server)]).await;
+    assert_eq!(run.exit_code, None, "{}", run.log);
+    assert_says(&run.log, &["/proc", "--redis-url-file"], &[PASSWORD]);
 }
 
 #[tokio::test]
 async fn a_worker_that_cannot_authenticate_exits_without_showing_the_password() {
     let server = tls_server("redis-server").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
     let wrong = "wrong-pw-71c0aa";
-    let url_file = dir.path().join("redis-url");
-    std::fs::write(&url_file, format!("rediss://:{wrong}@{}/0", server.host())).unwrap();
-    let log = dir.path().join("worker.log");
-    let mut worker = spawn_worker(
-        &config,
-        &[
-            "--redis-url-file",
-            url_file.to_str().unwrap(),
-            "--redis-ca-file",
-            ca(&server).to_str().unwrap(),
-            "--redis-connect-timeout",
-            "0",
-        ],
-        &[],
-        &log,
+    let (_dir, file) = url_file(&format!("rediss://:{wrong}@{}/0", server.host()));
+    let args = ["--redis-url-file", &file, "--redis-connect-timeout", "0"];
+    let run = run_worker(&server, &args).await;
+    assert_eq!(run.exit_code, Some(2), "{}", run.log);
+    assert_says(
+        &run.log,
+        &["cannot reach the queue at rediss://:***@"],
+        &[wrong, PASSWORD],
     );
-    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
-        .await
-        .expect("gives up")
-        .unwrap();
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(2), "{log}");
-    assert!(
-        log.contains("cannot reach the queue at rediss://:***@"),
-        "{log}"
-    );
-    assert!(!log.contains(wrong), "{log}");
 }
 
 #[tokio::test]
@@ -254,10 +238,5 @@ async fn serve_takes_its_redis_url_from_ferry_redis_url() {
     )
     .await;
     serve.terminate().await;
-    let log = serve.log();
-    assert!(
-        log.contains("queue=redis") || log.contains("queue=\"redis\""),
-        "{log}"
-    );
-    assert!(!log.contains(PASSWORD), "{log}");
+    assert_says(&serve.log(), &["queue=\"redis\""], &[PASSWORD]);
 }
