@@ -28,7 +28,7 @@ use ferry_replicator::policy::TriggerKind;
 use ferry_replicator::queue::JobQueue;
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
 use ferry_replicator::runtime::{
-    block_on_exit, connect_queue, init_logging, shutdown_signal, LogFormat,
+    block_on_exit, connect_queue, init_logging, shutdown_signal, LogFormat, RedisFlags,
 };
 use ferry_replicator::sync::Registries;
 
@@ -44,9 +44,8 @@ struct Args {
     /// Config file with registries and policies.
     #[arg(long)]
     config: PathBuf,
-    /// Redis/Valkey URL of this region's queue, e.g. redis://127.0.0.1:6379/0.
-    #[arg(long)]
-    redis: String,
+    #[command(flatten)]
+    redis: RedisFlags,
     /// Key prefix of the queue in Redis (workers must use the same).
     #[arg(long, default_value = "ferry")]
     queue_prefix: String,
@@ -142,7 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let queue = connect_queue(
-        &args.redis,
+        &args.redis.required_target()?,
         &args.queue_prefix,
         Duration::from_secs(args.redis_connect_timeout),
         CONNECT_RETRY,

@@ -1,10 +1,15 @@
 //! Process plumbing shared by Ferry's binaries (`ferry`, `ferry-agent`): logging (and OTLP trace)
-//! setup, the shutdown signal, and connecting to the queue while Redis may still be starting.
+//! setup, the shutdown signal, where the Redis URL comes from ([`RedisFlags`]), and connecting to
+//! the queue while Redis may still be starting.
 //!
-//! Invariant: every long-running binary stops on SIGINT or SIGTERM through [`shutdown_signal`], and
-//! never waits on Redis longer than the caller allows.
+//! Invariants: every long-running binary stops on SIGINT or SIGTERM through [`shutdown_signal`], and
+//! never waits on Redis longer than the caller allows. The three daemons (`ferry-agent`,
+//! `ferry worker`, `ferry serve`) resolve their Redis URL with [`RedisFlags::target`] only, and no
+//! message shows a Redis password ([`redact_url`]).
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::queue::redis::RedisTarget;
 use crate::queue::{QueueError, RedisQueue, RetryPolicy};
 pub use crate::telemetry::Telemetry;
 
@@ -100,15 +105,156 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The environment variable holding the Redis URL when neither `--redis` nor `--redis-url-file`
+/// is given.
+pub const REDIS_URL_ENV: &str = "FERRY_REDIS_URL";
+
+/// Where a daemon's Redis/Valkey is and how to trust it. The URL (with its password) comes from
+/// `--redis`, `--redis-url-file` or `FERRY_REDIS_URL`, in that order; prefer the last two, since
+/// every local user can read a process's command line in `/proc`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RedisFlags {
+    /// Redis/Valkey URL of this region's queue, e.g. redis://127.0.0.1:6379/0 or
+    /// rediss://:PASSWORD@valkey:6380/0 (TLS). Any local user can read it in /proc: put a URL with a
+    /// password in --redis-url-file or FERRY_REDIS_URL instead. Default: FERRY_REDIS_URL.
+    #[arg(long = "redis", value_name = "URL", conflicts_with = "redis_url_file")]
+    pub url: Option<String>,
+    /// File whose first line is the Redis/Valkey URL (e.g. a mounted Secret or a systemd
+    /// credential); keeps the password off the command line.
+    #[arg(long, value_name = "FILE")]
+    pub redis_url_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed the server's TLS certificate (rediss:// URLs); without it
+    /// the public web roots are trusted.
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+}
+
+/// Why the `--redis*` flags do not name a usable server. No variant holds a password.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFlagsError {
+    #[error("no Redis URL: set {REDIS_URL_ENV} or pass --redis-url-file FILE (or --redis URL)")]
+    Missing,
+    #[error("cannot read --redis-url-file {path}: {source}")]
+    ReadUrlFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--redis-url-file {path} holds no URL: write the redis:// or rediss:// URL on its first line")]
+    EmptyUrlFile { path: PathBuf },
+    #[error("cannot read --redis-ca-file {path}: {source}")]
+    ReadCaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--redis-ca-file needs a TLS URL: the Redis URL from {origin} ({url}) does not start with rediss://")]
+    CaWithoutTls { origin: &'static str, url: String },
+    #[error("the Redis URL from {origin} ({url}) is not usable{ca}: {source}")]
+    Invalid {
+        origin: &'static str,
+        url: String,
+        /// Names the CA file when the problem may be in it.
+        ca: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+impl RedisFlags {
+    /// The server these flags name, `None` when none is given (`ferry serve` then keeps its queue
+    /// in process). Reads the URL and CA files and `FERRY_REDIS_URL`; warns when a URL with a
+    /// password came on the command line.
+    pub fn target(&self) -> Result<Option<RedisTarget>, RedisFlagsError> {
+        let env = std::env::var(REDIS_URL_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        self.target_from(env)
+    }
+
+    /// Like [`RedisFlags::target`], for daemons that cannot run without Redis.
+    pub fn required_target(&self) -> Result<RedisTarget, RedisFlagsError> {
+        self.target()?.ok_or(RedisFlagsError::Missing)
+    }
+
+    /// [`RedisFlags::target`] with `env` as the value of `FERRY_REDIS_URL`.
+    fn target_from(&self, env: Option<String>) -> Result<Option<RedisTarget>, RedisFlagsError> {
+        let (url, origin) = match (&self.url, &self.redis_url_file, env) {
+            (Some(url), _, _) => {
+                if redact_url(url) != *url {
+                    tracing::warn!(
+                        url = %redact_url(url),
+                        "the --redis URL carries a password, which every local user can read in /proc; pass it with --redis-url-file or {REDIS_URL_ENV} instead"
+                    );
+                }
+                (url.trim().to_string(), "--redis")
+            }
+            (None, Some(path), _) => (read_url_file(path)?, "--redis-url-file"),
+            (None, None, Some(url)) => (url.trim().to_string(), REDIS_URL_ENV),
+            (None, None, None) if self.redis_ca_file.is_some() => {
+                return Err(RedisFlagsError::Missing)
+            }
+            (None, None, None) => return Ok(None),
+        };
+        let invalid = |ca: String| {
+            let url = redact_url(&url);
+            move |source| RedisFlagsError::Invalid {
+                origin,
+                url,
+                ca,
+                source,
+            }
+        };
+        let Some(ca_path) = &self.redis_ca_file else {
+            return RedisTarget::new(&url)
+                .map(Some)
+                .map_err(invalid(String::new()));
+        };
+        if !url.starts_with("rediss://") {
+            return Err(RedisFlagsError::CaWithoutTls {
+                origin,
+                url: redact_url(&url),
+            });
+        }
+        let pem = std::fs::read(ca_path).map_err(|source| RedisFlagsError::ReadCaFile {
+            path: ca_path.clone(),
+            source,
+        })?;
+        RedisTarget::with_ca(&url, pem)
+            .map(Some)
+            .map_err(invalid(format!(
+                " with --redis-ca-file {}",
+                ca_path.display()
+            )))
+    }
+}
+
+/// The first non-blank line of `path`, trimmed.
+fn read_url_file(path: &Path) -> Result<String, RedisFlagsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RedisFlagsError::ReadUrlFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| RedisFlagsError::EmptyUrlFile {
+            path: path.to_path_buf(),
+        })
+}
+
 /// Why the queue could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot reach the queue at {url} within {seconds} s: {source}")]
+    /// The cause is part of the message (not a `source`), so the hint follows it.
+    #[error("cannot reach the queue at {url} within {seconds} s: {cause}{hint}")]
     GaveUp {
         url: String,
         seconds: u64,
-        #[source]
-        source: QueueError,
+        cause: QueueError,
+        /// What to do about it, when the error says (empty otherwise).
+        hint: &'static str,
     },
     #[error("interrupted while connecting to the queue")]
     Interrupted,
@@ -117,14 +263,14 @@ pub enum ConnectError {
 /// Connects to Redis/Valkey, retrying every `retry_every` while it is not up yet (it may start
 /// after Ferry), for at most `give_up_after`; a shutdown signal ends the wait.
 pub async fn connect_queue(
-    url: &str,
+    target: &RedisTarget,
     prefix: &str,
     give_up_after: Duration,
     retry_every: Duration,
 ) -> Result<RedisQueue, ConnectError> {
     let started = Instant::now();
     loop {
-        match RedisQueue::connect(url, prefix, RetryPolicy::default()).await {
+        match RedisQueue::connect_to(target, prefix, RetryPolicy::default()).await {
             Ok(queue) => return Ok(queue),
             Err(e) if started.elapsed() < give_up_after => {
                 tracing::warn!(error = %e, "queue not reachable yet; retrying");
@@ -133,39 +279,184 @@ pub async fn connect_queue(
                     () = shutdown_signal() => return Err(ConnectError::Interrupted),
                 }
             }
-            Err(source) => {
+            Err(cause) => {
+                let hint = if cause.to_string().contains("certificate") {
+                    " (if a private CA signed the server's certificate, pass it with --redis-ca-file)"
+                } else {
+                    ""
+                };
                 return Err(ConnectError::GaveUp {
-                    url: redact_url(url),
+                    url: target.redacted().to_string(),
                     seconds: give_up_after.as_secs(),
-                    source,
-                })
+                    cause,
+                    hint,
+                });
             }
         }
     }
 }
 
-/// A Redis URL without its password, for messages.
+/// A Redis URL without its password (userinfo, or the `pass` query parameter of
+/// `redis+unix://`), for messages; any other URL comes back unchanged. A URL that does not parse
+/// loses everything before its last `@` (where a password would be).
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return match url.rsplit_once('@') {
+            Some((before, host)) => {
+                let scheme = before.split_once("://").map_or("", |(s, _)| s);
+                format!("{scheme}://***@{host}")
+            }
+            None => url.to_string(),
+        };
+    };
+    let pass_in_query = u.query_pairs().any(|(k, _)| k == "pass");
+    if u.password().is_none() && !pass_in_query {
+        return url.to_string();
     }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if pass_in_query {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "pass" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(
-            super::redact_url("redis://:s3cret@127.0.0.1:6379/0"),
+            redact_url("redis://:s3cret@127.0.0.1:6379/0"),
             "redis://:***@127.0.0.1:6379/0"
         );
         assert_eq!(
-            super::redact_url("redis://127.0.0.1:6379"),
+            redact_url("rediss://ferry:s3cret@valkey:6380/0"),
+            "rediss://ferry:***@valkey:6380/0"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///run/valkey.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/valkey.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn an_unparsable_url_loses_its_userinfo() {
+        let redacted = redact_url("redis://:s3cret@valkey:notaport");
+        assert_eq!(redacted, "redis://***@valkey:notaport");
+    }
+
+    fn flags(url: Option<&str>, file: Option<&Path>, ca: Option<&Path>) -> RedisFlags {
+        RedisFlags {
+            url: url.map(str::to_string),
+            redis_url_file: file.map(Path::to_path_buf),
+            redis_ca_file: ca.map(Path::to_path_buf),
+        }
+    }
+
+    fn refusal(url: Option<&str>, file: Option<&Path>, ca: Option<&Path>) -> RedisFlagsError {
+        flags(url, file, ca).target_from(None).unwrap_err()
+    }
+
+    fn resolved(flags: &RedisFlags, env: Option<&str>) -> String {
+        flags
+            .target_from(env.map(str::to_string))
+            .unwrap()
+            .expect("a target")
+            .redacted()
+            .to_string()
+    }
+
+    #[test]
+    fn the_url_comes_from_the_flag_then_the_file_then_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "\n  rediss://:from-file@valkey:6380/0  \n").unwrap();
+        let env = Some("redis://env-host:6379");
+        assert_eq!(
+            resolved(&flags(Some("redis://argv-host:6379"), None, None), env),
+            "redis://argv-host:6379"
+        );
+        assert_eq!(
+            resolved(&flags(None, Some(&file), None), env),
+            "rediss://:***@valkey:6380/0"
+        );
+        assert_eq!(
+            resolved(&flags(None, None, None), env),
+            "redis://env-host:6379"
+        );
+        assert!(flags(None, None, None).target_from(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_missing_or_empty_url_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n \n").unwrap();
+        let e = refusal(None, Some(&empty), None);
+        assert!(matches!(e, RedisFlagsError::EmptyUrlFile { .. }), "{e}");
+        let e = refusal(None, Some(&dir.path().join("absent")), None);
+        assert!(
+            e.to_string().starts_with("cannot read --redis-url-file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_tls_url_and_a_url_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let e = refusal(Some("redis://:s3cret@valkey:6379"), None, Some(&ca));
+        assert!(matches!(e, RedisFlagsError::CaWithoutTls { .. }), "{e}");
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e}");
+        let e = refusal(None, None, Some(&ca));
+        assert!(matches!(e, RedisFlagsError::Missing), "{e}");
+        let e = refusal(Some("rediss://valkey:6380"), None, Some(&ca));
+        assert!(
+            e.to_string().starts_with("cannot read --redis-ca-file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_is_refused_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = refusal(Some("rediss://:s3cret@valkey:6380"), None, Some(&ca));
+        let message = e.to_string();
+        assert!(message.contains("--redis-ca-file"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[test]
+    fn an_invalid_url_is_refused_without_showing_its_password() {
+        let e = flags(None, None, None)
+            .target_from(Some("redis://:s3cret@valkey:6379/notadb".into()))
+            .unwrap_err();
+        let message = format!("{e} {e:?}");
+        assert!(message.contains(REDIS_URL_ENV), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
     }
 }

@@ -128,6 +128,15 @@ where
     }
 }
 
+/// The lines of `log` written since the last start: the log is appended to across restarts.
+pub(crate) fn this_run(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.rsplit(START_MARKER)
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// `Some(error)` if the child has exited (or cannot be polled).
 fn exited(child: &mut Child, what: &str, log: &Path) -> Option<StartError> {
     match child.try_wait() {
@@ -135,10 +144,7 @@ fn exited(child: &mut Child, what: &str, log: &Path) -> Option<StartError> {
         Ok(Some(status)) => {
             let tail = log_tail(log, 30);
             let err = anyhow::anyhow!("{what} exited during startup ({status}); log tail:\n{tail}");
-            // Only this run's lines count: the log is appended to across restarts.
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let this_run = text.rsplit(START_MARKER).next().unwrap_or_default();
-            if this_run
+            if this_run(log)
                 .to_ascii_lowercase()
                 .contains("address already in use")
             {

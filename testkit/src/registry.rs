@@ -5,7 +5,8 @@
 //! Each server owns a [`TempDir`] holding its config, data and log file, and
 //! listens on a free `127.0.0.1` port picked just before start (retried when
 //! another process takes the port first). `start` returns only once the server
-//! answers (`GET /v2/` → 200, or `PING` → `+PONG`); a failed start reports the
+//! answers (`GET /v2/` → 200, `PING` → `+PONG`, or for a TLS-only Redis the log's
+//! `Ready to accept connections`); a failed start reports the
 //! tail of the server's log. Dropping a server SIGKILLs it; `restart` keeps the
 //! port and the data, which is what chaos tests need to model a crash.
 
@@ -296,6 +297,17 @@ pub struct RedisServer {
     dir: TempDir,
     /// Where it runs.
     host: crate::Host,
+    /// TLS and password, when started with [`RedisServer::start_tls`].
+    security: Security,
+}
+
+/// How a [`RedisServer`] protects itself, as a production deployment would.
+#[derive(Clone, Debug, Default)]
+struct Security {
+    /// Serve TLS only (no plaintext port) with this leaf, signed by its CA.
+    tls: Option<crate::tls::Certificates>,
+    /// `requirepass`.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -314,6 +326,21 @@ impl RedisServer {
         RedisServer::start_on(&crate::Host::loopback(), binary, appendonly).await
     }
 
+    /// Like [`RedisServer::start_binary`] (no AOF), but serving **only TLS** on its port, with a
+    /// leaf for `127.0.0.1` signed by a throwaway CA ([`RedisServer::ca_path`]; clients need not
+    /// present a certificate), and requiring `password` (`requirepass`) when one is given.
+    pub async fn start_tls(binary: &str, password: Option<&str>) -> anyhow::Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-redis-")
+            .tempdir()
+            .context("creating the redis temp dir")?;
+        let security = Security {
+            tls: Some(crate::tls::make_certificates(dir.path())?),
+            password: password.map(str::to_owned),
+        };
+        RedisServer::start_in(dir, &crate::Host::loopback(), binary, false, security).await
+    }
+
     /// Like [`RedisServer::start_binary`], on `host` (e.g. in a network namespace).
     pub async fn start_on(
         host: &crate::Host,
@@ -324,10 +351,20 @@ impl RedisServer {
             .prefix("ferry-redis-")
             .tempdir()
             .context("creating the redis temp dir")?;
+        RedisServer::start_in(dir, host, binary, appendonly, Security::default()).await
+    }
+
+    async fn start_in(
+        dir: TempDir,
+        host: &crate::Host,
+        binary: &str,
+        appendonly: bool,
+        security: Security,
+    ) -> anyhow::Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = process::free_port()?;
-            match spawn_redis(host, binary, dir.path(), port, appendonly).await {
+            match spawn_redis(host, binary, dir.path(), port, appendonly, &security).await {
                 Ok(child) => {
                     return Ok(RedisServer {
                         child: Managed::new(child),
@@ -336,6 +373,7 @@ impl RedisServer {
                         binary: binary.to_owned(),
                         dir,
                         host: host.clone(),
+                        security,
                     })
                 }
                 Err(StartError::AddrInUse(e)) => last_err = Some(e),
@@ -349,9 +387,20 @@ impl RedisServer {
             )))
     }
 
-    /// `redis://IP:PORT` (`127.0.0.1` unless started on another host)
+    /// `redis://IP:PORT` (`127.0.0.1` unless started on another host), `rediss://…` when started
+    /// with [`RedisServer::start_tls`]. Never carries the password.
     pub fn url(&self) -> String {
-        format!("redis://{}", self.host())
+        let scheme = if self.security.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{}", self.host())
+    }
+
+    /// The CA that signed the server's TLS certificate (PEM), when it serves TLS.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.security.tls.as_ref().map(|t| t.ca.as_path())
     }
 
     /// `IP:PORT`
@@ -389,6 +438,7 @@ impl RedisServer {
             self.dir.path(),
             self.port,
             self.appendonly,
+            &self.security,
         )
         .await
         .map_err(StartError::into_inner)
@@ -419,14 +469,30 @@ async fn spawn_redis(
     dir: &Path,
     port: u16,
     appendonly: bool,
+    security: &Security,
 ) -> Result<Child, StartError> {
     let log = dir.join("redis.log");
     let addr = std::net::SocketAddr::from((host.ip, port));
     let what = format!("{binary} on {addr}");
     let mut cmd = host.command(binary);
-    cmd.arg("--port")
-        .arg(port.to_string())
-        .arg("--bind")
+    match &security.tls {
+        None => cmd.arg("--port").arg(port.to_string()),
+        // `--port 0` turns the plaintext listener off.
+        Some(tls) => cmd
+            .args(["--port", "0", "--tls-port"])
+            .arg(port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&tls.cert)
+            .arg("--tls-key-file")
+            .arg(&tls.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&tls.ca)
+            .args(["--tls-auth-clients", "no"]),
+    };
+    if let Some(password) = &security.password {
+        cmd.arg("--requirepass").arg(password);
+    }
+    cmd.arg("--bind")
         .arg(host.ip.to_string())
         // Off the loopback, protected mode refuses every client of a password-less server.
         .arg("--protected-mode")
@@ -448,7 +514,16 @@ async fn spawn_redis(
                 "is `{binary}` installed? FERRY_REDIS_SERVER names the redis-server/valkey-server binary"
             )))
         })?;
-    process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || ping(addr)).await?;
+    if security.tls.is_some() {
+        // A plaintext PING cannot reach a TLS-only server; both servers log this line once they
+        // accept clients (after loading the AOF).
+        process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || async {
+            process::this_run(&log).contains("Ready to accept connections")
+        })
+        .await?;
+    } else {
+        process::wait_ready(&mut child, &what, &log, READY_TIMEOUT, || ping(addr)).await?;
+    }
     Ok(child)
 }
 
@@ -523,6 +598,7 @@ mod tests {
             dir.path(),
             addr.port(),
             false,
+            &Security::default(),
         )
         .await
         {

@@ -18,6 +18,7 @@ use ferry_replicator::ingest::{EventSink, IngestState};
 use ferry_replicator::listener::ListenFlags;
 use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::policy::Policy;
+use ferry_replicator::queue::redis::RedisTarget;
 use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
 use ferry_replicator::runtime::{connect_queue, shutdown_signal};
@@ -339,9 +340,9 @@ impl Backend {
     }
 
     /// In Redis/Valkey, shared by every process of the region.
-    async fn redis(url: &str, flags: &QueueFlags) -> anyhow::Result<Backend> {
+    async fn redis(target: &RedisTarget, flags: &QueueFlags) -> anyhow::Result<Backend> {
         let q = connect_queue(
-            url,
+            target,
             &flags.queue_prefix,
             Duration::from_secs(flags.redis_connect_timeout),
             Duration::from_secs(2),
@@ -485,7 +486,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let registries = Registries::from_config(&config)?
         .with_credential_rules(CredentialRules::new(&config, &args.admin.credentials_dirs)?);
-    let backend = Backend::redis(&args.redis, &args.queue).await?;
+    let backend = Backend::redis(&args.redis.required_target()?, &args.queue).await?;
     let registries = backend.share_pauses(registries);
     let (queue, history) = (backend.queue.clone(), backend.history.clone());
     let opts = worker_options(&args.jobs);
@@ -564,8 +565,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         "no webhook token: set {} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)",
         ferry_replicator::ingest::http::TOKEN_ENV
     );
-    let backend = match &args.redis {
-        Some(url) => Backend::redis(url, &args.queue).await?,
+    let redis = args.redis.target()?;
+    let backend = match &redis {
+        Some(target) => Backend::redis(target, &args.queue).await?,
         None => Backend::memory(&args.queue),
     };
     let registries = backend.share_pauses(registries);
@@ -677,7 +679,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         &shutdown,
     );
     tracing::info!(
-        queue = if args.redis.is_some() {
+        queue = if redis.is_some() {
             "redis"
         } else {
             "in-process"

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_replicator::listener::ListenFlags;
-use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat};
+use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
 
 mod admin;
 mod commands;
@@ -33,7 +33,7 @@ pub enum Command {
     /// Run replication jobs from the Redis/Valkey queue (fed by `ferry-agent`).
     Worker(WorkerArgs),
     /// All in one process: webhooks, workers and the safety net, with an in-process queue unless
-    /// --redis is given.
+    /// a Redis URL is given (--redis, --redis-url-file or FERRY_REDIS_URL).
     Serve(ServeArgs),
     /// Work with policy and config files.
     Policy {
@@ -91,9 +91,8 @@ pub struct WorkerArgs {
     /// Config file with registries and policies.
     #[arg(long, short = 'c')]
     pub config: PathBuf,
-    /// Redis/Valkey URL of this region's queue, e.g. redis://127.0.0.1:6379/0.
-    #[arg(long)]
-    pub redis: String,
+    #[command(flatten)]
+    pub redis: RedisFlags,
     #[command(flatten)]
     pub queue: QueueFlags,
     /// Address for /metrics and /healthz, e.g. 0.0.0.0:9090.
@@ -189,9 +188,10 @@ pub struct ServeArgs {
     /// Config file with registries and policies.
     #[arg(long, short = 'c')]
     pub config: PathBuf,
-    /// Redis/Valkey URL; without it the queue is in-process (single-process installs).
-    #[arg(long)]
-    pub redis: Option<String>,
+    /// Without a Redis URL (--redis, --redis-url-file or FERRY_REDIS_URL) the queue is in-process
+    /// (single-process installs).
+    #[command(flatten)]
+    pub redis: RedisFlags,
     #[command(flatten)]
     pub queue: QueueFlags,
     /// Address for webhooks (/v1/events/distribution, /v1/events/harbor), /metrics and /healthz.

@@ -73,6 +73,13 @@
 //! `appendonly yes` + `appendfsync everysec` (the recommended deployment setting; the tests use it) a crash of the
 //! Redis host loses at most about one second of acknowledged writes; `appendfsync always` closes
 //! that window at a throughput cost.
+//!
+//! # Reaching the server
+//! A [`RedisTarget`] is the URL plus how to trust the server: `redis://` is plaintext,
+//! `rediss://` is TLS (rustls with the `ring` provider), verified against the Mozilla roots
+//! (`webpki-roots`, as for registries) or, when a CA is given, against that CA only. A password
+//! travels in the URL's userinfo (`rediss://:PASSWORD@host:6380/0`, or `USER:PASSWORD@` with ACLs)
+//! and is sent with `AUTH` after the handshake; the target never shows it.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -319,6 +326,50 @@ static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE));
 static RELEASE_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_BLOB));
 static RENEW_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_BLOB));
 
+/// A Redis/Valkey server and how to trust it: a client built from a `redis://` or `rediss://` URL
+/// and, for `rediss://`, optionally the CA (PEM) that must have signed the server's certificate
+/// instead of the public roots. Its `Debug` and [`RedisTarget::redacted`] hide the password.
+#[derive(Clone)]
+pub struct RedisTarget {
+    client: redis::Client,
+    /// The URL without its password, for messages.
+    redacted: String,
+}
+
+impl RedisTarget {
+    /// Checks `url` (scheme, host, port, database) without connecting.
+    pub fn new(url: &str) -> Result<RedisTarget, RedisError> {
+        Ok(RedisTarget {
+            client: redis::Client::open(url)?,
+            redacted: crate::runtime::redact_url(url),
+        })
+    }
+
+    /// Like [`RedisTarget::new`] for a `rediss://` URL whose server certificate is signed by the
+    /// CA certificate(s) in `ca_pem` (PEM); the public roots are then not trusted.
+    pub fn with_ca(url: &str, ca_pem: Vec<u8>) -> Result<RedisTarget, RedisError> {
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem),
+        };
+        Ok(RedisTarget {
+            client: redis::Client::build_with_tls(url, certificates)?,
+            redacted: crate::runtime::redact_url(url),
+        })
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisTarget({})", self.redacted)
+    }
+}
+
 /// The Redis/Valkey queue. Clones share one connection.
 #[derive(Clone)]
 pub struct RedisQueue {
@@ -432,7 +483,17 @@ impl RedisQueue {
         prefix: &str,
         policy: RetryPolicy,
     ) -> Result<RedisQueue, QueueError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let target = RedisTarget::new(url).map_err(unavailable)?;
+        RedisQueue::connect_to(&target, prefix, policy).await
+    }
+
+    /// [`RedisQueue::connect`] to a [`RedisTarget`] (TLS with a private CA, for instance).
+    pub async fn connect_to(
+        target: &RedisTarget,
+        prefix: &str,
+        policy: RetryPolicy,
+    ) -> Result<RedisQueue, QueueError> {
+        let client = target.client.clone();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
