@@ -1744,7 +1744,7 @@ pub fn parse_content_range(value: &str) -> Result<(u64, u64, Option<u64>), Strin
 }
 
 /// The `rel="next"` target of a `Link` header.
-fn parse_next_link(link: &str) -> Option<String> {
+pub fn parse_next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
         let part = part.trim();
         let (target, params) = part.split_once(';')?;
