@@ -259,7 +259,7 @@ pub struct MemoryPolicyStore {
 
 impl MemoryPolicyStore {
     fn with<T>(&self, f: impl FnOnce(&mut Stored) -> T) -> T {
-        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut crate::locks::lock(&self.state))
     }
 }
 

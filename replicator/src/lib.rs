@@ -14,6 +14,7 @@
 //! - [`runs`]: manual and scheduled runs of a policy, as executions whose tasks are queue jobs.
 //! - [`schedule`]: cron ticks of scheduled policies, fired once per region.
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
+//! - [`locks`]: taking a mutex without ever panicking on poison.
 //! - [`listener`]: every listening socket, bound and served with the same limits.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
 //!
@@ -31,6 +32,7 @@ pub mod forward;
 pub mod history;
 pub mod ingest;
 pub mod listener;
+pub mod locks;
 pub mod oci;
 pub mod ops;
 pub mod pauses;

@@ -36,7 +36,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -339,7 +339,7 @@ struct ActivityState {
 
 impl Activity {
     fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::locks::lock(&self.0)
     }
 
     fn begin(self: &Arc<Self>) -> Call {

@@ -172,7 +172,7 @@ pub struct BlobLedger {
 
 impl BlobLedger {
     fn slot(&self, registry: &str, digest: &Digest) -> Slot {
-        let mut map = self.slots.lock().expect("ledger lock");
+        let mut map = crate::locks::lock(&self.slots);
         map.entry((registry.to_string(), digest.to_string()))
             .or_default()
             .clone()
@@ -266,8 +266,8 @@ impl Checkpoints {
                         Vec::new()
                     }
                 };
-                let mut known = self.known.lock().expect("checkpoints lock");
-                let mut inherited = self.inherited.lock().expect("checkpoints lock");
+                let mut known = crate::locks::lock(&self.known);
+                let mut inherited = crate::locks::lock(&self.inherited);
                 for c in stored {
                     let key = (c.destination.clone(), c.digest.clone());
                     inherited.insert(key.clone());
@@ -280,9 +280,7 @@ impl Checkpoints {
     /// The checkpoint of `digest`'s upload to `destination`, if any.
     pub async fn get(&self, destination: &str, digest: &str) -> Option<UploadCheckpoint> {
         self.load().await;
-        self.known
-            .lock()
-            .expect("checkpoints lock")
+        crate::locks::lock(&self.known)
             .get(&(destination.to_string(), digest.to_string()))
             .cloned()
     }
@@ -290,10 +288,7 @@ impl Checkpoints {
     /// True (once) when the checkpoint of `digest`'s upload to `destination` comes from an earlier
     /// run of the job: the bytes it covers were sent, but not counted, by another process.
     fn take_inherited(&self, destination: &str, digest: &str) -> bool {
-        self.inherited
-            .lock()
-            .expect("checkpoints lock")
-            .remove(&(destination.to_string(), digest.to_string()))
+        crate::locks::lock(&self.inherited).remove(&(destination.to_string(), digest.to_string()))
     }
 
     /// True once the job's lease is known to be lost.
@@ -307,7 +302,7 @@ impl Checkpoints {
     /// job belongs to another worker now: the upload must stop.
     async fn save(&self, checkpoint: UploadCheckpoint) -> Result<()> {
         self.load().await;
-        self.known.lock().expect("checkpoints lock").insert(
+        crate::locks::lock(&self.known).insert(
             (checkpoint.destination.clone(), checkpoint.digest.clone()),
             checkpoint.clone(),
         );
@@ -334,10 +329,7 @@ impl Checkpoints {
     async fn clear(&self, destination: &str, digest: &str) {
         self.load().await;
         self.take_inherited(destination, digest);
-        let had = self
-            .known
-            .lock()
-            .expect("checkpoints lock")
+        let had = crate::locks::lock(&self.known)
             .remove(&(destination.to_string(), digest.to_string()))
             .is_some();
         let Some(store) = self.store.as_ref().filter(|_| had) else {
@@ -805,7 +797,7 @@ async fn stream_monolithic(
             .map_err(TransferError::from);
         // A failure inside the stream (corruption, cancel) explains a failed request better than
         // the request error itself.
-        let cause = failure.lock().expect("failure lock").take();
+        let cause = crate::locks::lock(&failure).take();
         match cause {
             Some(cause) => Err(cause),
             None => sent,
@@ -1178,7 +1170,7 @@ struct VerifiedStream {
 
 impl VerifiedStream {
     fn fail(&self, e: TransferError) -> StreamFailure {
-        *self.failure.lock().expect("failure lock") = Some(e);
+        *crate::locks::lock(&self.failure) = Some(e);
         StreamFailure
     }
 

@@ -581,9 +581,7 @@ impl Worker {
                     () = finished.cancelled() => return,
                 }
                 loop {
-                    let progress: Vec<Task> = live
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                    let progress: Vec<Task> = crate::locks::lock(&live)
                         .as_ref()
                         .map(|(dst, stats, started)| running_task(job, dst, *started, &stats.snapshot()))
                         .into_iter()
@@ -677,7 +675,7 @@ impl Worker {
     /// counts as "not paused": the job runs).
     async fn is_paused(&self, policy: &str) -> bool {
         let fresh = {
-            let cached = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = crate::locks::lock(&self.paused);
             cached
                 .as_ref()
                 .filter(|(at, _)| at.elapsed() < PAUSED_TTL)
@@ -689,8 +687,7 @@ impl Worker {
         match self.queue.paused().await {
             Ok(set) => {
                 let paused = set.contains(policy);
-                *self.paused.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((tokio::time::Instant::now(), set));
+                *crate::locks::lock(&self.paused) = Some((tokio::time::Instant::now(), set));
                 paused
             }
             Err(e) => {
@@ -953,8 +950,7 @@ impl Worker {
             let stats = Arc::new(TransferStats::default());
             let ctx = self.context(prepared, &dst, cancel, &stats, checkpoints);
             let started = now_ms();
-            *live.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((dst.name().to_string(), stats.clone(), started));
+            *crate::locks::lock(live) = Some((dst.name().to_string(), stats.clone(), started));
             let result = match job.kind {
                 EventKind::Push => self.push(prepared, &ctx, job).await,
                 EventKind::Delete => guarded_delete(&prepared.policy, prepared, &ctx, job)

@@ -66,7 +66,7 @@ impl MemoryHistory {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that matters
         // more than losing the whole history: keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.state)
     }
 }
 

@@ -19,7 +19,9 @@
 //!   make the client panic or overflow.
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::locks::lock;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -128,13 +130,6 @@ pub struct RegistryClient {
     /// Set once the warning about a plain-http token realm on another origin was logged (it would
     /// repeat on every token fetch otherwise).
     warned_realm: AtomicBool,
-}
-
-/// A `std::sync::Mutex` guard whether or not a thread panicked while holding it: the data behind
-/// these locks (learned challenges, cached tokens, announced quotas) stays valid after any panic,
-/// and one panic must not turn every later request to the registry into another.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Why following a `Location`, `Link` or redirect from `from` to `to` is refused, if it is: a

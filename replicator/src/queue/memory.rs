@@ -151,9 +151,7 @@ impl MemoryQueue {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a way later calls
         // misread (every method finishes its bookkeeping before returning), so poisoning is ignored.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.state)
     }
 }
 
