@@ -174,8 +174,16 @@ fn basic_env(var: &str) -> serde_json::Value {
     json!({"type": "basic", "username": "robot", "password_env": var})
 }
 
-/// Asserts the apply was refused naming `field`, and that pinging the name reaches nothing.
-async fn assert_refused(f: &Fixture, trap: &Trap, applied: Applied, field: &str, rule: &str) {
+/// Applies a registry at the attacker's `trap` with `credential` and asserts it was refused naming
+/// `field` and `rule`, was not stored, and made Ferry send the trap nothing.
+async fn assert_refused(
+    f: &Fixture,
+    trap: &Trap,
+    credential: serde_json::Value,
+    field: &str,
+    rule: &str,
+) {
+    let applied = f.apply("attacker", &trap.url(), credential).await;
     assert!(!applied.accepted, "accepted: {}", applied.said);
     assert!(
         applied.said.contains("INVALID_ARGUMENT") || applied.said.contains("invalid"),
@@ -204,11 +212,10 @@ async fn assert_refused(f: &Fixture, trap: &Trap, applied: Applied, field: &str,
 async fn a_password_file_outside_the_credentials_dir_is_refused_and_never_sent() {
     let (f, trap) = (Fixture::start().await, Trap::start().await);
     let outside = f.dir.path().join("outside-secret");
-    let applied = f.apply("attacker", &trap.url(), basic_file(&outside)).await;
     assert_refused(
         &f,
         &trap,
-        applied,
+        basic_file(&outside),
         "credential.password_file",
         "--credentials-dir",
     )
@@ -218,27 +225,24 @@ async fn a_password_file_outside_the_credentials_dir_is_refused_and_never_sent()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_environment_in_proc_is_never_a_credential() {
     let (f, trap) = (Fixture::start().await, Trap::start().await);
-    let applied = f
-        .apply(
-            "attacker",
-            &trap.url(),
-            basic_file(Path::new("/proc/self/environ")),
-        )
-        .await;
-    assert_refused(&f, &trap, applied, "credential.password_file", "never read").await;
+    assert_refused(
+        &f,
+        &trap,
+        basic_file(Path::new("/proc/self/environ")),
+        "credential.password_file",
+        "never read",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_that_climbs_out_of_the_credentials_dir_is_refused() {
     let (f, trap) = (Fixture::start().await, Trap::start().await);
     let climbing = f.allowed().join("../outside-secret");
-    let applied = f
-        .apply("attacker", &trap.url(), basic_file(&climbing))
-        .await;
     assert_refused(
         &f,
         &trap,
-        applied,
+        basic_file(&climbing),
         "credential.password_file",
         "--credentials-dir",
     )
@@ -250,11 +254,10 @@ async fn a_symlink_in_the_credentials_dir_to_a_file_outside_is_refused() {
     let (f, trap) = (Fixture::start().await, Trap::start().await);
     let link = f.allowed().join("link-to-outside");
     std::os::unix::fs::symlink(f.dir.path().join("outside-secret"), &link).unwrap();
-    let applied = f.apply("attacker", &trap.url(), basic_file(&link)).await;
     assert_refused(
         &f,
         &trap,
-        applied,
+        basic_file(&link),
         "credential.password_file",
         "--credentials-dir",
     )
@@ -264,19 +267,27 @@ async fn a_symlink_in_the_credentials_dir_to_a_file_outside_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_token_variable_is_not_a_credential_for_an_api_registry() {
     let (f, trap) = (Fixture::start().await, Trap::start().await);
-    let applied = f
-        .apply("attacker", &trap.url(), basic_env("FERRY_WEBHOOK_TOKEN"))
-        .await;
-    assert_refused(&f, &trap, applied, "credential.password_env", "FERRY_CRED_").await;
+    assert_refused(
+        &f,
+        &trap,
+        basic_env("FERRY_WEBHOOK_TOKEN"),
+        "credential.password_env",
+        "FERRY_CRED_",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_registrys_credential_cannot_be_pointed_at_another_origin() {
     let (f, trap) = (Fixture::start().await, Trap::start().await);
-    let applied = f
-        .apply("attacker", &trap.url(), basic_env("FERRY_SRC_PASSWORD"))
-        .await;
-    assert_refused(&f, &trap, applied, "credential.password_env", "FERRY_CRED_").await;
+    assert_refused(
+        &f,
+        &trap,
+        basic_env("FERRY_SRC_PASSWORD"),
+        "credential.password_env",
+        "FERRY_CRED_",
+    )
+    .await;
     // The same reference for the config registry's own origin is the operator's to give.
     let own = f
         .apply("src-again", &f.src_url, basic_env("FERRY_SRC_PASSWORD"))
