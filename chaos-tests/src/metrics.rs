@@ -3,10 +3,11 @@
 //! Deliberately tiny: enough for `name{label="value",...} number` samples whose label values hold
 //! no quotes or commas (Ferry labels by policy, registry, kind and outcome — never free text).
 
-/// Sum of every sample of `name` whose labels include all of `labels` (0 when none matches).
+/// Sum of every sample of `name` whose labels include all of `labels`; `None` when none matches.
 /// `name` is the full sample name, e.g. `ferry_blobs_total`.
-pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
+pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let samples: Vec<f64> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
@@ -30,7 +31,8 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .then(|| value.trim().parse::<f64>().ok())
                 .flatten()
         })
-        .sum()
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 #[cfg(test)]
@@ -38,7 +40,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sums_matching_samples_only() {
+    fn sums_matching_samples_and_tells_an_absent_series_from_zero() {
         let text = "# HELP ferry_blobs Blobs handled\n\
                     # TYPE ferry_blobs counter\n\
                     ferry_blobs_total{policy=\"a-to-b\",outcome=\"copied\"} 4\n\
@@ -52,14 +54,19 @@ mod tests {
                 "ferry_blobs_total",
                 &[("policy", "a-to-b"), ("outcome", "copied")]
             ),
-            4.0
+            Some(4.0)
         );
         assert_eq!(
             sum(text, "ferry_blobs_total", &[("outcome", "copied")]),
-            11.0
+            Some(11.0)
         );
-        assert_eq!(sum(text, "ferry_blobs_total", &[]), 13.0);
-        assert_eq!(sum(text, "ferry_queue_depth", &[]), 3.0);
-        assert_eq!(sum(text, "ferry_blobs", &[]), 0.0);
+        assert_eq!(sum(text, "ferry_blobs_total", &[]), Some(13.0));
+        assert_eq!(sum(text, "ferry_queue_depth", &[]), Some(3.0));
+        // A missing series is absent, not zero: a renamed metric must not read as 0.
+        assert_eq!(sum(text, "ferry_blobs", &[]), None);
+        assert_eq!(
+            sum(text, "ferry_blobs_total", &[("outcome", "mounted")]),
+            None
+        );
     }
 }

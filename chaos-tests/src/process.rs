@@ -243,13 +243,23 @@ impl Daemon {
         Ok(response.text().await?)
     }
 
-    /// Sum of the samples of metric `name` matching `labels` (see [`crate::metrics::sum`]); 0 when
-    /// `/metrics` does not answer.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        match self.metrics().await {
-            Ok(text) => crate::metrics::sum(&text, name, labels),
-            Err(_) => 0.0,
-        }
+    /// Sum of the samples of metric `name` matching `labels` (see [`crate::metrics::sum`]). An
+    /// error when `/metrics` does not answer or no sample matches: a dead process or a renamed
+    /// metric must fail the check, never read as 0.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        self.metric_if_present(name, labels)
+            .await?
+            .with_context(|| format!("{} exports no sample of {name} with {labels:?}", self.url()))
+    }
+
+    /// [`Self::metric`] where a series not created yet (a labelled counter before its first
+    /// increment) is `None`; still an error when `/metrics` does not answer.
+    pub async fn metric_if_present(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Option<f64>> {
+        Ok(crate::metrics::sum(&self.metrics().await?, name, labels))
     }
 
     /// Sends SIGKILL and reaps the process.

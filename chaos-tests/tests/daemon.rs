@@ -149,7 +149,7 @@ async fn push_scenario(region: &Region) -> anyhow::Result<()> {
             "ferry_blobs_total",
             &[("policy", POLICY), ("outcome", "copied")],
         )
-        .await;
+        .await?;
     eprintln!("worker: ferry_blobs_total{{outcome=\"copied\"}} = {copied}");
     Ok(())
 }
@@ -172,7 +172,7 @@ async fn polled_source_scenario(region: &Region) -> anyhow::Result<()> {
             .agent
             .metric("ferry_poll_passes_total", &[("registry", "a")])
             .await
-            >= 1.0
+            .is_ok_and(|v| v >= 1.0)
     })
     .await?;
     let layers = [LayerSpec {
@@ -191,7 +191,7 @@ async fn polled_source_scenario(region: &Region) -> anyhow::Result<()> {
     let gets = region
         .agent
         .metric("ferry_poll_heads_total", &[("registry", "a")])
-        .await;
+        .await?;
     anyhow::ensure!(gets >= 1.0, "the poller's HEADs are counted: {gets}");
 
     // A delete on a, seen by the poller, follows to b.
@@ -387,7 +387,12 @@ async fn duplicate_webhook_scenario(region: &Region) -> anyhow::Result<()> {
     wait_for(
         "a worker to claim the job (queue depth 0)",
         Duration::from_secs(30),
-        || async { agent.metric("ferry_queue_depth", &[]).await == 0.0 },
+        || async {
+            agent
+                .metric("ferry_queue_depth", &[])
+                .await
+                .is_ok_and(|v| v == 0.0)
+        },
     )
     .await?;
     deliver(3).await?;
@@ -417,7 +422,7 @@ async fn duplicate_webhook_scenario(region: &Region) -> anyhow::Result<()> {
             "ferry_blobs_total",
             &[("policy", POLICY), ("outcome", "copied")],
         )
-        .await;
+        .await?;
     eprintln!("b received {puts} blob upload PUTs and {manifest_puts} manifest PUTs; worker ferry_blobs_total copied {copied}");
     anyhow::ensure!(
         puts == 4,
@@ -566,7 +571,7 @@ async fn redis_outage_scenario(region: &mut Region) -> anyhow::Result<()> {
                     &[("endpoint", "distribution"), ("code", "503")],
                 )
                 .await
-                >= 1.0
+                .is_ok_and(|v| v >= 1.0)
         },
     )
     .await?;
@@ -835,10 +840,16 @@ async fn worker_metrics_scenario(region: &Region) -> anyhow::Result<()> {
         labels.extend(outcome.map(|o| ("outcome", o)));
         ferry_chaos_tests::metrics::sum(&text, "ferry_jobs_total", &labels)
     };
-    let unsuccessful = jobs(Some("failed")) + jobs(Some("dead_lettered")) + jobs(Some("released"));
-    let lags = ferry_chaos_tests::metrics::sum(&text, "ferry_replication_lag_seconds_count", &[]);
+    // Outcomes that did not happen may have no series yet; the total and the lag must exist.
+    let unsuccessful: f64 = ["failed", "dead_lettered", "released"]
+        .iter()
+        .filter_map(|o| jobs(Some(o)))
+        .sum();
+    let total = jobs(None).context("ferry_jobs_total is not exported")?;
+    let lags = ferry_chaos_tests::metrics::sum(&text, "ferry_replication_lag_seconds_count", &[])
+        .context("ferry_replication_lag_seconds is not exported")?;
     anyhow::ensure!(
-        jobs(None) - unsuccessful >= 1.0,
+        total - unsuccessful >= 1.0,
         "ferry_jobs_total{{policy=\"{POLICY}\",kind=\"push\"}} counts no successful job after a copy:\n{}",
         text.lines().filter(|l| l.contains("ferry_jobs")).collect::<Vec<_>>().join("\n")
     );
