@@ -758,10 +758,14 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
         serve.log()
     );
     assert_eq!(done.counts.unwrap().succeeded, 2);
-    assert!(tasks_of(&mut c, &run.id)
-        .await
-        .iter()
-        .all(|t| t.outcome == "copied" && t.bytes_done > 0));
+    let tasks = tasks_of(&mut c, &run.id).await;
+    assert_eq!(tasks.len(), 2, "one task per tag: {tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.outcome == "copied" && t.bytes_done > 0),
+        "{tasks:?}"
+    );
     assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, v1);
     assert_eq!(raw_digest(&dst.host(), "team/app:v2").await, v2);
     // Again: nothing left to copy.
@@ -773,10 +777,9 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
         .into_inner();
     let again = watch_to_end(&mut c, &again.id).await;
     assert_eq!(again.state, pb::ExecutionState::Succeeded as i32);
-    assert!(tasks_of(&mut c, &again.id)
-        .await
-        .iter()
-        .all(|t| t.outcome == "unchanged"));
+    let tasks = tasks_of(&mut c, &again.id).await;
+    assert!(!tasks.is_empty(), "the second run recorded no task");
+    assert!(tasks.iter().all(|t| t.outcome == "unchanged"), "{tasks:?}");
 
     // Paused: a run is refused, and a job that arrives anyway (an event, a run started before) is
     // parked, not run; resuming puts it back and it runs.

@@ -6,8 +6,8 @@
 //! the two server backends only.
 //!
 //! Every Redis/Valkey case starts its own server on a free port with `appendonly yes`, so cases
-//! are independent and run in parallel. `valkey-server` missing is a failure, not a skip, unless
-//! `FERRY_SKIP_VALKEY=1` (CI installs it from bookworm-backports).
+//! are independent and run in parallel. `valkey-server` missing is a failure, never a skip (CI installs it from
+//! bookworm-backports; a skipped variant would count as passed).
 //!
 //! Timing: leases of 100–300 ms and retry backoffs of 50–200 ms keep the file well under 30 s;
 //! assertions that depend on "not yet due" check the clock first so a stalled machine cannot turn
@@ -46,32 +46,24 @@ struct Harness {
 }
 
 impl Harness {
-    /// The queue under test with `policy`, or `None` when valkey is missing and
-    /// `FERRY_SKIP_VALKEY=1` says that is fine.
-    async fn start(backend: Backend, policy: RetryPolicy) -> Option<Harness> {
+    /// The queue under test with `policy`; a missing server binary fails the test.
+    async fn start(backend: Backend, policy: RetryPolicy) -> Harness {
         let binary = match backend {
             Backend::Memory => {
-                return Some(Harness {
+                return Harness {
                     queue: Arc::new(MemoryQueue::new(policy)),
                     redis: None,
                     server: None,
-                });
+                };
             }
             Backend::Redis => "redis-server",
             Backend::Valkey => "valkey-server",
         };
-        if !on_path(binary) {
-            if backend == Backend::Valkey
-                && std::env::var("FERRY_SKIP_VALKEY").as_deref() == Ok("1")
-            {
-                eprintln!("valkey-server is not installed; skipped because FERRY_SKIP_VALKEY=1");
-                return None;
-            }
-            panic!(
-                "`{binary}` is not on PATH. Install it (valkey: `apt-get install -t bookworm-backports \
-                 valkey-server`) or set FERRY_SKIP_VALKEY=1 to skip the valkey variants"
-            );
-        }
+        assert!(
+            on_path(binary),
+            "`{binary}` is not on PATH. Install it (valkey: `apt-get install -t bookworm-backports \
+             valkey-server`; `bash .ci/run` installs everything)"
+        );
         let server = RedisServer::start_binary(binary, true)
             .await
             .expect("start the server");
@@ -86,11 +78,11 @@ impl Harness {
         let queue = RedisQueue::connect(&server.url(), PREFIX, policy)
             .await
             .expect("connect");
-        Some(Harness {
+        Harness {
             queue: Arc::new(queue.clone()),
             redis: Some(queue),
             server: Some(server),
-        })
+        }
     }
 
     /// The backend's history with `retention`.
@@ -180,9 +172,7 @@ fn assert_lease_lost<T: std::fmt::Debug>(r: Result<T, QueueError>, what: &str) {
 // Cases for every backend
 
 async fn enqueue_claim_ack(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     let before = now_ms();
     for r in ["v1", "v2", "v3"] {
@@ -227,9 +217,7 @@ async fn enqueue_claim_ack(backend: Backend) {
 }
 
 async fn collapses_duplicates_only_while_pending(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     assert_eq!(
         q.enqueue(job("v1")).await.unwrap(),
@@ -286,9 +274,7 @@ async fn collapses_duplicates_only_while_pending(backend: Backend) {
 }
 
 async fn expired_lease_is_reclaimed_and_old_holder_loses_it(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     q.enqueue(job("v1")).await.unwrap();
     let a = q
@@ -325,9 +311,7 @@ async fn expired_lease_is_reclaimed_and_old_holder_loses_it(backend: Backend) {
 }
 
 async fn renew_keeps_the_lease(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     q.enqueue(job("v1")).await.unwrap();
     let a = q
@@ -355,9 +339,7 @@ async fn renew_keeps_the_lease(backend: Backend) {
 }
 
 async fn claim_order_is_expired_then_retries_then_new(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     q.enqueue(job("retry")).await.unwrap();
     q.enqueue(job("expired")).await.unwrap();
@@ -381,9 +363,7 @@ async fn retryable_failure_waits_for_backoff(backend: Backend) {
         base: Duration::from_millis(400),
         max: Duration::from_secs(2),
     };
-    let Some(h) = Harness::start(backend, slow).await else {
-        return;
-    };
+    let h = Harness::start(backend, slow).await;
     let q = &h.queue;
     q.enqueue(job("v1")).await.unwrap();
     let mut lease = q.claim("a", 1, LONG).await.unwrap().remove(0);
@@ -433,9 +413,7 @@ async fn retryable_failure_waits_for_backoff(backend: Backend) {
 }
 
 async fn exhausted_attempts_dead_letter(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     q.enqueue(job("v1")).await.unwrap();
     let mut outcomes = Vec::new();
@@ -472,9 +450,7 @@ async fn exhausted_attempts_dead_letter(backend: Backend) {
 }
 
 async fn non_retryable_failure_dead_letters_at_once(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     q.enqueue(job("v1")).await.unwrap();
     let l = q.claim("w", 1, LONG).await.unwrap().remove(0);
@@ -495,9 +471,7 @@ async fn non_retryable_failure_dead_letters_at_once(backend: Backend) {
 }
 
 async fn dead_letters_retry_and_purge(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     for r in ["a", "b", "c"] {
         q.enqueue(job(r)).await.unwrap();
@@ -544,9 +518,7 @@ async fn dead_letters_retry_and_purge(backend: Backend) {
 }
 
 async fn release_makes_job_claimable_without_counting_an_attempt(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     q.enqueue(job("v1")).await.unwrap();
     q.enqueue(job("v2")).await.unwrap();
@@ -596,9 +568,7 @@ fn checkpoint(destination: &str, digest: &str, offset: u64) -> UploadCheckpoint 
 }
 
 async fn upload_checkpoints_follow_the_job_until_it_is_acked(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = h.queue.as_ref();
     let (d1, d2) = (digest('1'), digest('2'));
     q.enqueue(job("v1")).await.unwrap();
@@ -679,9 +649,7 @@ async fn upload_checkpoints_follow_the_job_until_it_is_acked(backend: Backend) {
 }
 
 async fn dead_lettered_jobs_drop_their_checkpoints(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = h.queue.as_ref();
     let d1 = digest('1');
     // A permanent failure.
@@ -730,9 +698,7 @@ async fn stats_count_each_state(backend: Backend) {
         base: Duration::from_secs(10),
         max: Duration::from_secs(10),
     };
-    let Some(h) = Harness::start(backend, slow).await else {
-        return;
-    };
+    let h = Harness::start(backend, slow).await;
     let q = &h.queue;
     assert_eq!(q.stats().await.unwrap(), QueueStats::default());
     for r in ["a", "b", "c", "d"] {
@@ -778,9 +744,7 @@ async fn stats_count_each_state(backend: Backend) {
 }
 
 async fn blob_leases_renew_and_name_their_holder(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     let d = "sha256:cccc";
     assert_eq!(q.blob_lease_holder("us", d).await.unwrap(), None);
@@ -818,9 +782,7 @@ async fn blob_leases_renew_and_name_their_holder(backend: Backend) {
 }
 
 async fn blob_leases_are_exclusive_and_expire(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     let ttl = Duration::from_millis(300);
     let d = "sha256:aaaa";
@@ -866,9 +828,7 @@ async fn blob_leases_are_exclusive_and_expire(backend: Backend) {
 }
 
 async fn concurrent_claimers_never_share_a_job(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = h.queue.clone();
     const JOBS: usize = 200;
     for i in 0..JOBS {
@@ -926,9 +886,7 @@ async fn concurrent_claimers_never_share_a_job(backend: Backend) {
 // Cases for the server backends only
 
 async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
-    let Some(mut h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let mut h = Harness::start(backend, fast()).await;
     let q = h.queue.clone();
     for r in ["a", "b", "c"] {
         q.enqueue(job(r)).await.unwrap();
@@ -974,9 +932,7 @@ async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
 }
 
 async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
-    let Some(mut h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let mut h = Harness::start(backend, fast()).await;
     let q = h.queue.clone();
     let url = h.url();
     q.enqueue(job("before")).await.unwrap();
@@ -1028,9 +984,7 @@ async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
 }
 
 async fn corrupt_entries_are_quarantined(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     let url = h.url();
     let jobs = format!("{PREFIX}:jobs");
@@ -1097,9 +1051,7 @@ async fn corrupt_entries_are_quarantined(backend: Backend) {
 }
 
 async fn prefixes_are_isolated(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let other = RedisQueue::connect(&h.url(), "other", fast())
         .await
         .unwrap();
@@ -1120,9 +1072,7 @@ async fn prefixes_are_isolated(backend: Backend) {
 }
 
 async fn paused_policies_park_jobs_until_resumed(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let q = h.queue.as_ref();
     q.enqueue(job("v1")).await.unwrap();
     let lease = claim_soon(q, "w1", Duration::from_secs(2)).await.remove(0);
@@ -1192,9 +1142,7 @@ fn counts(e: &Execution) -> Vec<(TaskState, u64)> {
 }
 
 async fn history_records_executions_and_counts_tasks(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let history = h.history(Retention::default());
     let now = now_ms();
     let mut e = execution("run-1", "eu-to-us", now);
@@ -1270,9 +1218,7 @@ async fn history_records_executions_and_counts_tasks(backend: Backend) {
 }
 
 async fn history_lists_newest_first_by_policy_with_paging(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let history = h.history(Retention::default());
     let t0 = now_ms() - 10_000;
     for (i, policy) in ["a", "b", "a", "b", "a"].iter().enumerate() {
@@ -1319,9 +1265,7 @@ async fn history_lists_newest_first_by_policy_with_paging(backend: Backend) {
 }
 
 async fn history_retention_drops_the_oldest_with_their_tasks(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let history = h.history(Retention {
         max_executions: 3,
         max_age: Duration::from_secs(3600),
@@ -1380,9 +1324,7 @@ async fn history_retention_drops_the_oldest_with_their_tasks(backend: Backend) {
 }
 
 async fn history_counts_stay_exact_under_concurrent_recorders(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let history = h.history(Retention::default());
     history
         .record(&execution("run", "a", now_ms()), &[])
@@ -1413,9 +1355,7 @@ async fn history_counts_stay_exact_under_concurrent_recorders(backend: Backend) 
 }
 
 async fn workers_are_listed_until_their_heartbeat_expires(backend: Backend) {
-    let Some(h) = Harness::start(backend, fast()).await else {
-        return;
-    };
+    let h = Harness::start(backend, fast()).await;
     let history = h.history(Retention::default());
     let worker = |id: &str| WorkerInfo {
         id: id.into(),
