@@ -2,6 +2,7 @@
 mod common;
 
 use common::*;
+use ferry_testkit::access_log::{all_manifest_puts, blob_upload_puts, blob_upload_puts_of};
 use ferry_testkit::{
     sha256_digest, skopeo, Behavior, FakeRegistry, LayerSpec, LayoutBuilder, Registry,
 };
@@ -10,6 +11,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicates_corpus_digest_exact_and_resync_moves_nothing() {
     let (src, dst, dir) = two_registries().await;
+    let dst_log = || std::fs::read_to_string(dst.log_path()).unwrap_or_default();
     let corpus = build_corpus(&dir.path().join("layout"));
     push_corpus(&corpus, &src.host()).await;
     let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
@@ -63,6 +65,13 @@ async fn replicates_corpus_digest_exact_and_resync_moves_nothing() {
             "{reference}"
         );
     }
+    let log = dst_log();
+    assert_eq!(
+        blob_upload_puts_of(&log, &corpus.base_layer.digest),
+        1,
+        "the destination received the shared base layer once"
+    );
+    let (blob_puts, manifest_puts) = (blob_upload_puts(&log), all_manifest_puts(&log));
     let copied_bytes = stats["bytes_copied"].as_u64().unwrap();
     assert!(copied_bytes >= corpus.base_layer.size, "{stats}");
     assert!(
@@ -78,6 +87,12 @@ async fn replicates_corpus_digest_exact_and_resync_moves_nothing() {
         "a resync moves no blob bytes"
     );
     assert_eq!(report["stats"]["manifests_pushed"], 0);
+    let log = dst_log();
+    assert_eq!(
+        (blob_upload_puts(&log), all_manifest_puts(&log)),
+        (blob_puts, manifest_puts),
+        "the resync sent the destination no blob and no manifest"
+    );
 
     let after = ferry(&["diff", "--config", cfg_s]).await;
     assert_eq!(after.code, 0, "no drift after sync:\n{}", after.stdout);

@@ -2,6 +2,8 @@
 //! guarded deletes, and a graceful stop.
 mod common;
 
+use ferry_testkit::access_log::{blob_upload_puts, manifest_puts};
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +119,14 @@ async fn push_jobs_replicate_and_duplicates_move_bytes_once() {
         t.bytes_copied < 2 * 256 * 1024,
         "five deliveries of one event move the layer once: {t:?}"
     );
+    // The destination's own record: one upload per blob (layer and config), one manifest PUT.
+    let log = std::fs::read_to_string(s.dst.log_path()).unwrap();
+    assert_eq!(
+        blob_upload_puts(&log),
+        2,
+        "blob uploads the destination received"
+    );
+    assert_eq!(manifest_puts(&log, "team/app", "v1"), 1);
     assert_eq!(s.worker.stats.jobs_failed.load(Ordering::Relaxed), 0);
 
     // One execution per job that ran (duplicates collapsed into one), with its task on the

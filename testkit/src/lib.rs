@@ -30,6 +30,7 @@
 //! `FERRY_REDIS_SERVER` overrides the Redis binary (CI also runs `valkey-server`).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod fake;
 pub mod fault;
 pub mod fixtures;

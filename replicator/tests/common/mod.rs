@@ -98,9 +98,13 @@ pub async fn two_registries() -> (
     let src = ferry_testkit::Registry::start()
         .await
         .expect("start source registry");
-    let dst = ferry_testkit::Registry::start()
-        .await
-        .expect("start destination registry");
+    // The destination logs every request: its access log is the tests' evidence of what crossed.
+    let dst = ferry_testkit::Registry::start_with(ferry_testkit::RegistryOptions {
+        log_level: "info",
+        ..ferry_testkit::RegistryOptions::default()
+    })
+    .await
+    .expect("start destination registry");
     (src, dst, tempfile::tempdir().expect("temp dir"))
 }
 
