@@ -172,10 +172,9 @@ async fn two_workers_of_a_policy_share_its_speed() {
         }
         let took = started.elapsed();
         eprintln!("{binary}: 1 MiB through two throttles sharing 512 KiB/s took {took:?}");
-        // Two seconds, less the burst allowance and the grant still in hand at the end.
-        assert!(
-            took >= Duration::from_millis(1500) && took <= Duration::from_millis(2500),
-            "{binary}: {took:?}"
-        );
+        // Two seconds, less the burst allowance and the grant still in hand at the end. Only the
+        // lower bound is the property (unshared, the two would take ~1 s); a loaded machine can
+        // only make it slower, so there is no upper bound.
+        assert!(took >= Duration::from_millis(1500), "{binary}: {took:?}");
     }
 }
