@@ -58,6 +58,8 @@ pub struct Mesh {
     dir: TempDir,
     config: PathBuf,
     workers: std::sync::atomic::AtomicUsize,
+    /// The throwaway CA and peer certificates, when the mesh runs Forward over mTLS.
+    certs: Option<ferry_testkit::Certificates>,
     _serial: SerialGuard,
 }
 
@@ -95,6 +97,58 @@ struct Planned {
 }
 
 impl Mesh {
+    /// Calls `Events/Forward` (an empty batch, no token) on `region`'s Forward endpoint over TLS
+    /// that trusts the mesh CA, presenting the peer certificate when `with_certificate`. The
+    /// gRPC status the endpoint answered; `Err` when the connection or the call failed below gRPC
+    /// (as when a TLS server requiring a client certificate refuses the handshake).
+    pub async fn forward_call(
+        &self,
+        region: &str,
+        with_certificate: bool,
+    ) -> anyhow::Result<Result<tonic::Code, String>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let certs = self
+            .certs
+            .as_ref()
+            .context("the mesh was started without TLS")?;
+        let addr = self.region(region).proxy.addr();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&certs.ca)?))
+            .domain_name(addr.ip().to_string());
+        if with_certificate {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(&certs.peer_cert)?,
+                std::fs::read(&certs.peer_key)?,
+            ));
+        }
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect_timeout(std::time::Duration::from_secs(10));
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(format!("connect: {e:?}"))),
+        };
+        let mut client = ferry_proto::v1::events_client::EventsClient::new(channel);
+        Ok(
+            match client
+                .forward(ferry_proto::v1::ForwardRequest { events: vec![] })
+                .await
+            {
+                Ok(_) => Ok(tonic::Code::Ok),
+                // How tonic reports a connection the server tore down (no gRPC answer).
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+                    ) =>
+                {
+                    Err(format!("{status:?}"))
+                }
+                Err(status) => Ok(status.code()),
+            },
+        )
+    }
+
     /// Starts the regions — each in its own network namespace (`10.233.<i>.2`, reached through
     /// the machine at `10.233.<i>.1`, where its fault proxy listens) when this machine allows
     /// namespaces (root and iproute2), else on loopback with a note on stderr.
@@ -281,6 +335,7 @@ impl Mesh {
             dir,
             config,
             workers: std::sync::atomic::AtomicUsize::new(0),
+            certs,
             _serial: serial,
         })
     }

@@ -280,6 +280,19 @@ async fn relay_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         ]) == 1,
         "agent c did not serve Forward over mTLS"
     );
+    // A client the CA does not vouch for is refused before any gRPC is spoken; the same call
+    // with the peer certificate reaches the token check (no token: UNAUTHENTICATED).
+    let without = mesh.forward_call("c", false).await?;
+    eprintln!("Forward without a client certificate: {without:?}");
+    anyhow::ensure!(
+        without.is_err(),
+        "a client without a certificate got a gRPC answer: {without:?}"
+    );
+    let with = mesh.forward_call("c", true).await?;
+    anyhow::ensure!(
+        with == Ok(tonic::Code::Unauthenticated),
+        "a client with the peer certificate and no token: {with:?}"
+    );
     Ok(())
 }
 
