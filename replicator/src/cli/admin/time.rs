@@ -1,20 +1,24 @@
 //! Times and durations as people read them in tables: `5m ago`, `2024-05-01T12:34:56Z (5m ago)`,
 //! `4m05s`. Times on the wire are Unix milliseconds, 0 meaning "not set".
 //!
-//! Invariant: total: every i64/u64 prints, and "not set" prints `-`.
+//! Invariant: total: every i64/u64 prints, and "not set" prints `-`. The clock is the library's
+//! (`event::now_ms`) and dates are chrono's: the CLI keeps no clock or calendar of
+//! its own.
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+use chrono::{DateTime, SecondsFormat};
+use ferry_replicator::event::now_ms;
 
 /// `12s ago`, `5m ago`, `3h ago`, `2d ago` (`-` for 0, "not set").
 pub fn ago(ms: i64) -> String {
+    ago_at(ms, now_ms())
+}
+
+/// [`ago`] seen at `now`.
+fn ago_at(ms: i64, now: i64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let secs = now_ms().saturating_sub(ms) / 1000;
+    let secs = now.saturating_sub(ms) / 1000;
     match secs {
         s if s < 0 => format!("in {}", duration_ms(s.unsigned_abs().saturating_mul(1000))),
         s if s < 120 => format!("{s}s ago"),
@@ -54,24 +58,13 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
-/// UTC RFC 3339 with second precision (civil-from-days, H. Hinnant); total for every i64.
+/// UTC RFC 3339 with second precision (`2024-05-01T12:34:56Z`); a time beyond chrono's range
+/// (about ±262 000 years) prints as its milliseconds.
 pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    match DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Secs, true),
+        None => format!("{ms} ms after 1970"),
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +79,17 @@ mod tests {
         assert_eq!(rfc3339(-1000), "1969-12-31T23:59:59Z");
         rfc3339(i64::MAX);
         rfc3339(i64::MIN);
+    }
+
+    #[test]
+    fn a_past_time_reads_in_its_largest_whole_unit_and_a_future_one_as_a_duration() {
+        let now = 1_714_566_896_000;
+        assert_eq!(ago_at(0, now), "-");
+        assert_eq!(ago_at(now - 12_000, now), "12s ago");
+        assert_eq!(ago_at(now - 300_000, now), "5m ago");
+        assert_eq!(ago_at(now - 3 * 3_600_000, now), "3h ago");
+        assert_eq!(ago_at(now - 2 * 86_400_000, now), "2d ago");
+        assert_eq!(ago_at(now + 90_000, now), "in 1m30s");
     }
 
     #[test]
