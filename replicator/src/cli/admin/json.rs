@@ -185,3 +185,174 @@ pub fn worker_json(w: &v1::WorkerInfo) -> Value {
         "policies": w.policies,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn execution() -> v1::Execution {
+        v1::Execution {
+            id: "e1".into(),
+            policy: "eu-to-us".into(),
+            trigger: v1::Trigger::EventBased.into(),
+            state: v1::ExecutionState::Succeeded.into(),
+            started_at_ms: 1_714_566_896_123,
+            ended_at_ms: 1_714_566_900_000,
+            attempts: 2,
+            next_try_at_ms: 0,
+            error: "".into(),
+            origin: Some(v1::Origin {
+                event_id: "ev1".into(),
+                event_time_ms: 1_714_566_890_000,
+                kind: v1::EventKind::Push.into(),
+                repository: "team/app".into(),
+                reference: "v1".into(),
+                digest: "sha256:abc".into(),
+            }),
+            worker: "w1".into(),
+            counts: Some(v1::TaskCounts {
+                pending: 1,
+                running: 2,
+                succeeded: 3,
+                failed: 4,
+                stopped: 5,
+            }),
+            dry_run: true,
+        }
+    }
+
+    fn task() -> v1::Task {
+        v1::Task {
+            id: "t1".into(),
+            execution_id: "e1".into(),
+            policy: "eu-to-us".into(),
+            kind: v1::EventKind::Delete.into(),
+            repository: "team/app".into(),
+            reference: "sha256:def".into(),
+            destination: "us".into(),
+            state: 77,
+            attempts: 1,
+            digest: "sha256:def".into(),
+            outcome: "copied".into(),
+            blobs_copied: 3,
+            blobs_mounted: 1,
+            blobs_skipped: 2,
+            bytes_done: u64::MAX,
+            bytes_total: 9,
+            started_at_ms: -5,
+            ended_at_ms: i64::MAX,
+            error: "boom\nline".into(),
+            lag_ms: 42,
+        }
+    }
+
+    /// One of every document the CLI prints, every field set, some enums unknown to the client.
+    fn documents() -> Vec<Value> {
+        let p = v1::Policy {
+            name: "eu-to-us".into(),
+            json: r#"{"name":"eu-to-us","filters":[{"type":"name","value":"a/**"}]}"#.into(),
+            source: v1::Source::Api.into(),
+            enabled: true,
+            paused: false,
+            mode: "push".into(),
+            trigger: "event_based".into(),
+            src_registry: "eu".into(),
+            dest_registries: vec!["us".into(), "ap".into()],
+            description: "d".into(),
+            cron: "".into(),
+        };
+        let r = v1::Registry {
+            name: "eu".into(),
+            url: "https://eu".into(),
+            insecure: true,
+            credential_type: "basic".into(),
+            credential_ref: "env X".into(),
+            source: 9,
+            json: "not json {".into(),
+            poll_interval_seconds: 30,
+        };
+        let ping = v1::PingRegistryResponse {
+            reachable: true,
+            authenticated: false,
+            api_version: "registry/2.0".into(),
+            auth_scheme: "bearer".into(),
+            referrers_api: true,
+            latency_ms: 12,
+            error: "e".into(),
+            chunked_upload: true,
+            notes: vec!["n1".into()],
+        };
+        let mut bare = execution();
+        bare.origin = None;
+        bare.counts = None;
+        bare.trigger = 0;
+        let d = v1::DriftEntry {
+            kind: v1::DriftKind::Missing.into(),
+            destination: "us".into(),
+            repository: "a".into(),
+            destination_repository: "b/a".into(),
+            tag: "v1".into(),
+            source_digest: "sha256:1".into(),
+            destination_digest: "".into(),
+        };
+        let q = v1::QueueStats {
+            depth: 1,
+            delayed: 2,
+            in_flight: 3,
+            dead_letters: 4,
+            oldest_age_ms: 5,
+        };
+        let j = v1::Job {
+            id: "j".into(),
+            policy: "p".into(),
+            kind: v1::EventKind::Push.into(),
+            repository: "r".into(),
+            reference: "t".into(),
+            digest: "sha256:2".into(),
+            attempt: 3,
+            last_error: "x".into(),
+            event_time_ms: 6,
+            enqueued_at_ms: 7,
+        };
+        let w = v1::WorkerInfo {
+            id: "w".into(),
+            host: "h".into(),
+            region: "eu".into(),
+            pid: 4,
+            version: "0.1".into(),
+            started_at_ms: 8,
+            last_seen_ms: 9,
+            concurrency: 10,
+            in_flight: 11,
+            jobs_succeeded: 12,
+            jobs_failed: 13,
+            policies: vec!["p".into()],
+        };
+        let progress = v1::ExecutionProgress {
+            execution: Some(execution()),
+            tasks: vec![task()],
+        };
+        vec![
+            policy_json(&p),
+            registry_json(&r),
+            ping_json("eu", &ping),
+            execution_json(&bare),
+            progress_json(&progress),
+            drift_json(&d),
+            queue_json(&q),
+            job_json(&j),
+            worker_json(&w),
+        ]
+    }
+
+    /// `json.golden` holds the documents as `-o json` printed them when they were written by hand
+    /// (before serde on the prost types): field names, key order, enum names, embedded documents.
+    #[test]
+    fn every_document_prints_byte_for_byte_as_the_golden_file() {
+        let printed: String = documents()
+            .iter()
+            .map(|v| format!("{}\n=====\n", serde_json::to_string_pretty(v).unwrap()))
+            .collect();
+        assert_eq!(printed, include_str!("json.golden"));
+    }
+}
