@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 use tonic::Code;
 
 use super::connection::Ctx;
-use super::json::{policy_json, registry_json};
-use super::output::{code_name, Failure};
+use super::output::{code_name, to_json, Failure};
 
 /// What `apply` creates.
 #[derive(Clone, Copy)]
@@ -57,13 +56,13 @@ pub async fn apply(ctx: &Ctx, file: &Path, kind: Kind) -> Result<u8, Failure> {
                 let req = v1::PutPolicyRequest { json };
                 ctx.call(&what, ctx.policies().await?.put_policy(req))
                     .await
-                    .map(|p| policy_json(&p))
+                    .map(|p| to_json(&p))
             }
             Kind::Registry => {
                 let req = v1::PutRegistryRequest { json };
                 ctx.call(&what, ctx.registries().await?.put_registry(req))
                     .await
-                    .map(|r| registry_json(&r))
+                    .map(|r| to_json(&r))
             }
         };
         match answer {
@@ -88,7 +87,7 @@ pub async fn apply(ctx: &Ctx, file: &Path, kind: Kind) -> Result<u8, Failure> {
             }
         }
     }
-    ctx.emit(Value::Array(results), || lines.join("\n"));
+    ctx.emit(&results, || lines.join("\n"));
     Ok(exit)
 }
 

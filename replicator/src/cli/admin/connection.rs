@@ -14,7 +14,7 @@ use ferry_proto::v1::executions_client::ExecutionsClient;
 use ferry_proto::v1::operations_client::OperationsClient;
 use ferry_proto::v1::policies_client::PoliciesClient;
 use ferry_proto::v1::registries_client::RegistriesClient;
-use serde_json::Value;
+use serde::Serialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -202,8 +202,8 @@ impl Ctx {
         }
     }
 
-    /// Prints the answer: `json` with `-o json`, else the table `table` makes.
-    pub fn emit(&self, json: Value, table: impl FnOnce() -> String) {
-        emit(self.output, json, table);
+    /// Prints the answer: `doc` with `-o json`, else the table `table` makes.
+    pub fn emit(&self, doc: &impl Serialize, table: impl FnOnce() -> String) {
+        emit(self.output, doc, table);
     }
 }

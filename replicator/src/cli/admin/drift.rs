@@ -3,12 +3,10 @@
 //! Invariant: exit 1 when any entry drifts, 0 when none; the whole stream is read before
 //! anything prints, so `-o json` is one array.
 use ferry_proto::v1;
-use serde_json::Value;
 
 use super::connection::Ctx;
-use super::enums::lower;
-use super::json::{drift_json, list};
 use super::output::{short_digest, table, Failure};
+use ferry_proto::json::enum_name;
 
 /// `Drift.Diff`: the entries as they stream in, shown at the end; exit 1 when there was any.
 pub async fn diff(ctx: &Ctx, policy: &str) -> Result<u8, Failure> {
@@ -31,7 +29,7 @@ pub async fn diff(ctx: &Ctx, policy: &str) -> Result<u8, Failure> {
     {
         entries.push(entry);
     }
-    ctx.emit(Value::Array(list(&entries, drift_json)), || {
+    ctx.emit(&entries, || {
         if entries.is_empty() {
             return format!("no drift: the destinations of policy {policy} match its source");
         }
@@ -44,7 +42,7 @@ pub async fn diff(ctx: &Ctx, policy: &str) -> Result<u8, Failure> {
                 format!("{} → {}", d.repository, d.destination_repository)
             };
             vec![
-                lower(d.kind, v1::DriftKind::as_str_name),
+                enum_name::<v1::DriftKind>(d.kind),
                 d.destination.clone(),
                 repository,
                 d.tag.clone(),

@@ -1,8 +1,9 @@
-//! Proto enums as operators type and read them: lowercase names without the enum's prefix
-//! (`succeeded` for `EXECUTION_STATE_SUCCEEDED`), in flags and in output alike.
+//! Proto enums given as flags (`--state succeeded`), by the lowercase names without prefix that
+//! the output prints too (`ferry_proto::json::enum_name`).
 //!
-//! Invariant: every value prints; one the client does not know prints as its number.
+//! Invariant: `--help` lists exactly the accepted names; any other value is a usage error.
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use ferry_proto::json::{enum_prefix, ProtoEnum};
 
 pub const EXECUTION_STATES: &[&str] = &[
     "queued",
@@ -17,45 +18,32 @@ pub const TRIGGERS: &[&str] = &["event_based", "manual", "scheduled", "reconcile
 
 /// A clap parser for a proto enum given by its lowercase name (`succeeded` →
 /// `EXECUTION_STATE_SUCCEEDED`); `names` are the accepted values shown in `--help`.
-pub fn enum_arg<E: Default + Clone + Send + Sync + 'static>(
+pub fn enum_arg<E: ProtoEnum + Clone + Send + Sync + 'static>(
     names: &'static [&'static str],
     from: fn(&str) -> Option<E>,
-    name: fn(&E) -> &'static str,
 ) -> impl TypedValueParser<Value = E> {
     PossibleValuesParser::new(names).map(move |s: String| {
-        from(&format!("{}{}", enum_prefix(name), s.to_ascii_uppercase())).unwrap_or_default()
+        from(&format!("{}{}", enum_prefix::<E>(), s.to_ascii_uppercase())).unwrap_or_default()
     })
-}
-
-/// `EXECUTION_STATE_` for `ExecutionState`: its zero value's name without `UNSPECIFIED`.
-fn enum_prefix<E: Default>(name: fn(&E) -> &'static str) -> &'static str {
-    name(&E::default()).trim_end_matches("UNSPECIFIED")
-}
-
-/// A proto enum field as a lowercase name without prefix (`event_based`); unknown values as
-/// their number.
-pub fn lower<E: TryFrom<i32> + Default>(value: i32, name: fn(&E) -> &'static str) -> String {
-    match E::try_from(value) {
-        Ok(e) => {
-            let full = name(&e);
-            full.strip_prefix(enum_prefix(name))
-                .unwrap_or(full)
-                .to_ascii_lowercase()
-        }
-        Err(_) => value.to_string(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_proto::json::enum_name;
     use ferry_proto::v1;
 
     #[test]
-    fn enum_names_without_prefix() {
-        assert_eq!(lower(4, v1::ExecutionState::as_str_name), "succeeded");
-        assert_eq!(lower(1, v1::Trigger::as_str_name), "event_based");
-        assert_eq!(lower(1, v1::DriftKind::as_str_name), "missing");
-        assert_eq!(lower(99, v1::DriftKind::as_str_name), "99");
+    fn every_accepted_name_is_a_value_that_prints_as_that_name() {
+        fn check<E: ProtoEnum + Into<i32>>(names: &[&str], from: fn(&str) -> Option<E>) {
+            for name in names {
+                let full = format!("{}{}", enum_prefix::<E>(), name.to_ascii_uppercase());
+                let value = from(&full).unwrap_or_else(|| panic!("{full}"));
+                assert_eq!(enum_name::<E>(value.into()), *name);
+            }
+        }
+        check(EXECUTION_STATES, v1::ExecutionState::from_str_name);
+        check(TASK_STATES, v1::TaskState::from_str_name);
+        check(TRIGGERS, v1::Trigger::from_str_name);
     }
 }

@@ -5,14 +5,13 @@
 //! `watch`); the other commands exit 0 on any answer.
 use clap::Subcommand;
 use ferry_proto::v1;
-use serde_json::json;
 
 use super::connection::Ctx;
-use super::enums::{enum_arg, lower, EXECUTION_STATES, TASK_STATES, TRIGGERS};
-use super::json::{execution_json, list, task_json};
+use super::enums::{enum_arg, EXECUTION_STATES, TASK_STATES, TRIGGERS};
 use super::output::{align, or_dash, out, reference, row, table, yes, Failure, Format};
 use super::time::{ago, duration_ms, span, when};
 use super::watch::watch_execution;
+use ferry_proto::json::enum_name;
 use indicatif::HumanBytes;
 
 // The flags of `ferry admin run` (the command's help is its variant's doc comment).
@@ -32,7 +31,7 @@ pub struct RunArgs {
 pub struct TasksArgs {
     execution_id: String,
     /// Only tasks in this state.
-    #[arg(long, value_parser = enum_arg(TASK_STATES, v1::TaskState::from_str_name, v1::TaskState::as_str_name))]
+    #[arg(long, value_parser = enum_arg(TASK_STATES, v1::TaskState::from_str_name))]
     state: Option<v1::TaskState>,
     /// At most this many tasks (server default 1000).
     #[arg(long)]
@@ -47,10 +46,10 @@ pub enum ExecutionsCommand {
         #[arg(long)]
         policy: Option<String>,
         /// Only executions in this state.
-        #[arg(long, value_parser = enum_arg(EXECUTION_STATES, v1::ExecutionState::from_str_name, v1::ExecutionState::as_str_name))]
+        #[arg(long, value_parser = enum_arg(EXECUTION_STATES, v1::ExecutionState::from_str_name))]
         state: Option<v1::ExecutionState>,
         /// Only executions started this way.
-        #[arg(long, value_parser = enum_arg(TRIGGERS, v1::Trigger::from_str_name, v1::Trigger::as_str_name))]
+        #[arg(long, value_parser = enum_arg(TRIGGERS, v1::Trigger::from_str_name))]
         trigger: Option<v1::Trigger>,
         /// Page size (server default 50, at most 1000).
         #[arg(long)]
@@ -88,7 +87,7 @@ pub async fn start(ctx: &Ctx, args: RunArgs) -> Result<u8, Failure> {
         }
         return watch_execution(ctx, &e.id).await;
     }
-    ctx.emit(execution_json(&e), || {
+    ctx.emit(&e, || {
         format!("started execution {} of policy {policy}", e.id)
     });
     Ok(0)
@@ -110,9 +109,7 @@ pub async fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<u8, Failure> {
     let r = ctx
         .call(&what, ctx.executions().await?.list_tasks(req))
         .await?;
-    ctx.emit(json!({"tasks": list(&r.tasks, task_json)}), || {
-        tasks_table(&r.tasks)
-    });
+    ctx.emit(&r, || tasks_table(&r.tasks));
     Ok(0)
 }
 
@@ -138,19 +135,13 @@ pub async fn run(ctx: &Ctx, command: ExecutionsCommand) -> Result<u8, Failure> {
                     ctx.executions().await?.list_executions(req),
                 )
                 .await?;
-            ctx.emit(
-                json!({
-                    "executions": list(&r.executions, execution_json),
-                    "next_before_ms": r.next_before_ms,
-                }),
-                || {
-                    let mut t = executions_table(&r.executions);
-                    if r.next_before_ms != 0 {
-                        t.push_str(&format!("\n(more: --before-ms {})", r.next_before_ms));
-                    }
-                    t
-                },
-            );
+            ctx.emit(&r, || {
+                let mut t = executions_table(&r.executions);
+                if r.next_before_ms != 0 {
+                    t.push_str(&format!("\n(more: --before-ms {})", r.next_before_ms));
+                }
+                t
+            });
             return Ok(0);
         }
         ExecutionsCommand::Get { id } => {
@@ -173,11 +164,11 @@ pub async fn run(ctx: &Ctx, command: ExecutionsCommand) -> Result<u8, Failure> {
         }
         ExecutionsCommand::Watch { id } => return watch_execution(ctx, &id).await,
     };
-    ctx.emit(execution_json(&e), || match verb {
+    ctx.emit(&e, || match verb {
         Some(verb) => format!(
             "execution {} {verb}: {}",
             e.id,
-            lower(e.state, v1::ExecutionState::as_str_name)
+            enum_name::<v1::ExecutionState>(e.state)
         ),
         None => execution_details(&e),
     });
@@ -194,15 +185,15 @@ fn executions_table(executions: &[v1::Execution]) -> String {
         let origin = e.origin.as_ref().map_or_else(String::new, |o| {
             format!(
                 "{} {}",
-                lower(o.kind, v1::EventKind::as_str_name),
+                enum_name::<v1::EventKind>(o.kind),
                 reference(&o.repository, &o.reference)
             )
         });
         vec![
             e.id.clone(),
             e.policy.clone(),
-            lower(e.trigger, v1::Trigger::as_str_name),
-            lower(e.state, v1::ExecutionState::as_str_name),
+            enum_name::<v1::Trigger>(e.trigger),
+            enum_name::<v1::ExecutionState>(e.state),
             ago(e.started_at_ms),
             span(e.started_at_ms, e.ended_at_ms),
             format!("{}/{total} ok, {} failed", c.succeeded, c.failed),
@@ -217,8 +208,8 @@ fn execution_details(e: &v1::Execution) -> String {
     let mut rows = vec![
         row(["id", &e.id]),
         row(["policy", &e.policy]),
-        row(["trigger", &lower(e.trigger, v1::Trigger::as_str_name)]),
-        row(["state", &lower(e.state, v1::ExecutionState::as_str_name)]),
+        row(["trigger", &enum_name::<v1::Trigger>(e.trigger)]),
+        row(["state", &enum_name::<v1::ExecutionState>(e.state)]),
         row(["dry run", &yes(e.dry_run)]),
         row(["started", &when(e.started_at_ms)]),
         row(["ended", &when(e.ended_at_ms)]),
@@ -237,7 +228,7 @@ fn execution_details(e: &v1::Execution) -> String {
     if let Some(o) = &e.origin {
         let event = format!(
             "{} {} ({}, event {})",
-            lower(o.kind, v1::EventKind::as_str_name),
+            enum_name::<v1::EventKind>(o.kind),
             reference(&o.repository, &o.reference),
             or_dash(&o.digest),
             or_dash(&o.event_id)
@@ -268,8 +259,8 @@ fn tasks_table(tasks: &[v1::Task]) -> String {
         vec![
             reference(&t.repository, &t.reference),
             t.destination.clone(),
-            lower(t.kind, v1::EventKind::as_str_name),
-            lower(t.state, v1::TaskState::as_str_name),
+            enum_name::<v1::EventKind>(t.kind),
+            enum_name::<v1::TaskState>(t.state),
             t.outcome.clone(),
             format!("{}/{}/{}", t.blobs_copied, t.blobs_mounted, t.blobs_skipped),
             HumanBytes(t.bytes_done).to_string(),

@@ -1,194 +1,33 @@
-//! The `-o json` document of each proto message: the message's fields under the proto's names,
-//! times as Unix milliseconds, enums as lowercase names without prefix, and the policy or registry
-//! document embedded as JSON (as a string when it is not JSON).
+//! The `-o json` documents. Every answer of the admin API prints as its proto message through
+//! serde (`ferry_proto::json`: the proto's field names, times as Unix milliseconds, enums as
+//! lowercase names without prefix, policy and registry documents embedded as JSON); this module
+//! holds the one document that adds to a message, and the golden test of them all.
 //!
-//! Invariant: keys are printed sorted (serde_json's map), whatever order they are written in.
+//! Invariant: `-o json` prints what it printed when these documents were written by hand:
+//! `json.golden` pins it byte for byte.
 use ferry_proto::v1;
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use super::enums::lower;
-
-pub fn list<T>(items: &[T], f: fn(&T) -> Value) -> Vec<Value> {
-    items.iter().map(f).collect()
+/// `registries ping NAME -o json`: the answer, with the name of the registry it is about.
+#[derive(Serialize)]
+pub struct Ping<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    answer: &'a v1::PingRegistryResponse,
 }
 
-/// A policy or registry document: parsed, or as the string it is when it is not JSON.
-pub fn document(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
-}
-
-pub fn policy_json(p: &v1::Policy) -> Value {
-    json!({
-        "name": p.name,
-        "source": lower(p.source, v1::Source::as_str_name),
-        "enabled": p.enabled,
-        "paused": p.paused,
-        "mode": p.mode,
-        "trigger": p.trigger,
-        "src_registry": p.src_registry,
-        "dest_registries": p.dest_registries,
-        "description": p.description,
-        "cron": p.cron,
-        "json": document(&p.json),
-    })
-}
-
-pub fn registry_json(r: &v1::Registry) -> Value {
-    json!({
-        "name": r.name,
-        "url": r.url,
-        "insecure": r.insecure,
-        "credential_type": r.credential_type,
-        "credential_ref": r.credential_ref,
-        "source": lower(r.source, v1::Source::as_str_name),
-        "poll_interval_seconds": r.poll_interval_seconds,
-        "json": document(&r.json),
-    })
-}
-
-pub fn ping_json(name: &str, p: &v1::PingRegistryResponse) -> Value {
-    json!({
-        "name": name,
-        "reachable": p.reachable,
-        "authenticated": p.authenticated,
-        "api_version": p.api_version,
-        "auth_scheme": p.auth_scheme,
-        "referrers_api": p.referrers_api,
-        "chunked_upload": p.chunked_upload,
-        "latency_ms": p.latency_ms,
-        "error": p.error,
-        "notes": p.notes,
-    })
-}
-
-pub fn origin_json(o: &v1::Origin) -> Value {
-    json!({
-        "event_id": o.event_id,
-        "event_time_ms": o.event_time_ms,
-        "kind": lower(o.kind, v1::EventKind::as_str_name),
-        "repository": o.repository,
-        "reference": o.reference,
-        "digest": o.digest,
-    })
-}
-
-pub fn counts_json(c: &v1::TaskCounts) -> Value {
-    json!({
-        "pending": c.pending,
-        "running": c.running,
-        "succeeded": c.succeeded,
-        "failed": c.failed,
-        "stopped": c.stopped,
-    })
-}
-
-pub fn execution_json(e: &v1::Execution) -> Value {
-    json!({
-        "id": e.id,
-        "policy": e.policy,
-        "trigger": lower(e.trigger, v1::Trigger::as_str_name),
-        "state": lower(e.state, v1::ExecutionState::as_str_name),
-        "started_at_ms": e.started_at_ms,
-        "ended_at_ms": e.ended_at_ms,
-        "attempts": e.attempts,
-        "next_try_at_ms": e.next_try_at_ms,
-        "error": e.error,
-        "origin": e.origin.as_ref().map(origin_json),
-        "worker": e.worker,
-        "counts": e.counts.as_ref().map(counts_json),
-        "dry_run": e.dry_run,
-    })
-}
-
-pub fn task_json(t: &v1::Task) -> Value {
-    json!({
-        "id": t.id,
-        "execution_id": t.execution_id,
-        "policy": t.policy,
-        "kind": lower(t.kind, v1::EventKind::as_str_name),
-        "repository": t.repository,
-        "reference": t.reference,
-        "destination": t.destination,
-        "state": lower(t.state, v1::TaskState::as_str_name),
-        "attempts": t.attempts,
-        "digest": t.digest,
-        "outcome": t.outcome,
-        "blobs_copied": t.blobs_copied,
-        "blobs_mounted": t.blobs_mounted,
-        "blobs_skipped": t.blobs_skipped,
-        "bytes_done": t.bytes_done,
-        "bytes_total": t.bytes_total,
-        "started_at_ms": t.started_at_ms,
-        "ended_at_ms": t.ended_at_ms,
-        "error": t.error,
-        "lag_ms": t.lag_ms,
-    })
-}
-
-pub fn progress_json(p: &v1::ExecutionProgress) -> Value {
-    json!({
-        "execution": p.execution.as_ref().map(execution_json),
-        "tasks": list(&p.tasks, task_json),
-    })
-}
-
-pub fn drift_json(d: &v1::DriftEntry) -> Value {
-    json!({
-        "kind": lower(d.kind, v1::DriftKind::as_str_name),
-        "destination": d.destination,
-        "repository": d.repository,
-        "destination_repository": d.destination_repository,
-        "tag": d.tag,
-        "source_digest": d.source_digest,
-        "destination_digest": d.destination_digest,
-    })
-}
-
-pub fn queue_json(q: &v1::QueueStats) -> Value {
-    json!({
-        "depth": q.depth,
-        "delayed": q.delayed,
-        "in_flight": q.in_flight,
-        "dead_letters": q.dead_letters,
-        "oldest_age_ms": q.oldest_age_ms,
-    })
-}
-
-pub fn job_json(j: &v1::Job) -> Value {
-    json!({
-        "id": j.id,
-        "policy": j.policy,
-        "kind": lower(j.kind, v1::EventKind::as_str_name),
-        "repository": j.repository,
-        "reference": j.reference,
-        "digest": j.digest,
-        "attempt": j.attempt,
-        "last_error": j.last_error,
-        "event_time_ms": j.event_time_ms,
-        "enqueued_at_ms": j.enqueued_at_ms,
-    })
-}
-
-pub fn worker_json(w: &v1::WorkerInfo) -> Value {
-    json!({
-        "id": w.id,
-        "host": w.host,
-        "region": w.region,
-        "pid": w.pid,
-        "version": w.version,
-        "started_at_ms": w.started_at_ms,
-        "last_seen_ms": w.last_seen_ms,
-        "concurrency": w.concurrency,
-        "in_flight": w.in_flight,
-        "jobs_succeeded": w.jobs_succeeded,
-        "jobs_failed": w.jobs_failed,
-        "policies": w.policies,
-    })
+impl<'a> Ping<'a> {
+    pub fn new(name: &'a str, answer: &'a v1::PingRegistryResponse) -> Ping<'a> {
+        Ping { name, answer }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    use super::super::output::to_json;
 
     fn execution() -> v1::Execution {
         v1::Execution {
@@ -333,15 +172,15 @@ mod tests {
             tasks: vec![task()],
         };
         vec![
-            policy_json(&p),
-            registry_json(&r),
-            ping_json("eu", &ping),
-            execution_json(&bare),
-            progress_json(&progress),
-            drift_json(&d),
-            queue_json(&q),
-            job_json(&j),
-            worker_json(&w),
+            to_json(&p),
+            to_json(&r),
+            to_json(&Ping::new("eu", &ping)),
+            to_json(&bare),
+            to_json(&progress),
+            to_json(&d),
+            to_json(&q),
+            to_json(&j),
+            to_json(&w),
         ]
     }
 
@@ -354,5 +193,38 @@ mod tests {
             .map(|v| format!("{}\n=====\n", serde_json::to_string_pretty(v).unwrap()))
             .collect();
         assert_eq!(printed, include_str!("json.golden"));
+    }
+
+    /// The list answers print as `{"<field>": [documents…]}` under the proto's field names, as
+    /// they did by hand.
+    #[test]
+    fn a_list_answer_prints_its_documents_under_the_proto_field_name() {
+        let executions = v1::ListExecutionsResponse {
+            executions: vec![execution()],
+            next_before_ms: 5,
+        };
+        let expected = serde_json::json!({
+            "executions": [to_json(&execution())],
+            "next_before_ms": 5,
+        });
+        assert_eq!(to_json(&executions), expected);
+        let tasks = v1::ListTasksResponse {
+            tasks: vec![task()],
+        };
+        assert_eq!(
+            to_json(&tasks),
+            serde_json::json!({"tasks": [to_json(&task())]})
+        );
+        let purged = v1::PurgeDeadLettersResponse { purged: 3 };
+        assert_eq!(to_json(&purged), serde_json::json!({"purged": 3}));
+        let empty = [
+            to_json(&v1::ListPoliciesResponse::default()),
+            to_json(&v1::ListRegistriesResponse::default()),
+            to_json(&v1::ListDeadLettersResponse::default()),
+            to_json(&v1::ListWorkersResponse::default()),
+        ];
+        let keys =
+            ["policies", "registries", "jobs", "workers"].map(|k| serde_json::json!({k: []}));
+        assert_eq!(empty, keys);
     }
 }

@@ -7,10 +7,9 @@ use ferry_proto::v1;
 use serde_json::json;
 
 use super::connection::Ctx;
-use super::enums::lower;
-use super::json::{job_json, list, queue_json, worker_json};
 use super::output::{align, or_dash, reference, row, table, Failure};
 use super::time::{ago, duration_ms, span};
+use ferry_proto::json::enum_name;
 use ferry_replicator::event::now_ms;
 
 #[derive(Subcommand, Debug)]
@@ -36,7 +35,7 @@ pub async fn queue(ctx: &Ctx) -> Result<u8, Failure> {
             ctx.operations().await?.get_queue_stats(req),
         )
         .await?;
-    ctx.emit(queue_json(&q), || {
+    ctx.emit(&q, || {
         let oldest = if q.depth == 0 {
             "-".into()
         } else {
@@ -62,9 +61,7 @@ pub async fn workers(ctx: &Ctx) -> Result<u8, Failure> {
             ctx.operations().await?.list_workers(req),
         )
         .await?;
-    ctx.emit(json!({"workers": list(&r.workers, worker_json)}), || {
-        workers_table(&r.workers)
-    });
+    ctx.emit(&r, || workers_table(&r.workers));
     Ok(0)
 }
 
@@ -80,9 +77,7 @@ pub async fn dead_letters(ctx: &Ctx, command: DeadLettersCommand) -> Result<u8, 
                     ctx.operations().await?.list_dead_letters(req),
                 )
                 .await?;
-            ctx.emit(json!({"jobs": list(&r.jobs, job_json)}), || {
-                jobs_table(&r.jobs)
-            });
+            ctx.emit(&r, || jobs_table(&r.jobs));
         }
         DeadLettersCommand::Retry { job_id } => {
             let req = v1::RetryDeadLetterRequest {
@@ -91,7 +86,7 @@ pub async fn dead_letters(ctx: &Ctx, command: DeadLettersCommand) -> Result<u8, 
             let what = format!("retry dead letter {job_id}");
             ctx.call(&what, ctx.operations().await?.retry_dead_letter(req))
                 .await?;
-            ctx.emit(json!({"retried": job_id}), || {
+            ctx.emit(&json!({"retried": job_id}), || {
                 format!("job {job_id} is back on the queue")
             });
         }
@@ -103,9 +98,7 @@ pub async fn dead_letters(ctx: &Ctx, command: DeadLettersCommand) -> Result<u8, 
                     ctx.operations().await?.purge_dead_letters(req),
                 )
                 .await?;
-            ctx.emit(json!({"purged": r.purged}), || {
-                format!("purged {} dead letters", r.purged)
-            });
+            ctx.emit(&r, || format!("purged {} dead letters", r.purged));
         }
     }
     Ok(0)
@@ -125,7 +118,7 @@ fn jobs_table(jobs: &[v1::Job]) -> String {
         vec![
             j.id.clone(),
             j.policy.clone(),
-            lower(j.kind, v1::EventKind::as_str_name),
+            enum_name::<v1::EventKind>(j.kind),
             reference(&j.repository, &j.reference),
             j.attempt.to_string(),
             ago(j.enqueued_at_ms),

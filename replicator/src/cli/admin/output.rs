@@ -8,6 +8,7 @@ use std::fmt;
 use std::io::Write as _;
 
 use clap::ValueEnum;
+use serde::Serialize;
 use serde_json::Value;
 use tonic::{Code, Status};
 
@@ -17,10 +18,10 @@ pub enum Format {
     Json,
 }
 
-/// Prints the answer: `json` with `-o json`, else the table `table` makes (nothing when empty).
-pub fn emit(format: Format, json: Value, table: impl FnOnce() -> String) {
+/// Prints the answer: `doc` with `-o json`, else the table `table` makes (nothing when empty).
+pub fn emit(format: Format, doc: &impl Serialize, table: impl FnOnce() -> String) {
     match format {
-        Format::Json => out(&serde_json::to_string_pretty(&json).unwrap_or_default()),
+        Format::Json => out(&serde_json::to_string_pretty(&to_json(doc)).unwrap_or_default()),
         Format::Table => {
             let t = table();
             if !t.is_empty() {
@@ -28,6 +29,13 @@ pub fn emit(format: Format, json: Value, table: impl FnOnce() -> String) {
             }
         }
     }
+}
+
+/// `doc` as a JSON value. Printing goes through it on purpose: serde_json's map keeps keys sorted,
+/// so a document prints with sorted keys whatever order its struct declares them in (the order
+/// `-o json` has always had). Serializing the admin API's messages cannot fail; if it did, `null`.
+pub fn to_json(doc: &impl Serialize) -> Value {
+    serde_json::to_value(doc).unwrap_or(Value::Null)
 }
 
 /// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.

@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 
 use super::apply::{apply, Kind};
 use super::connection::Ctx;
-use super::enums::lower;
-use super::json::{list, policy_json};
 use super::output::{align, or_dash, row, table, yes, Failure};
+use ferry_proto::json::enum_name;
 
 #[derive(Subcommand, Debug)]
 pub enum PoliciesCommand {
@@ -45,9 +44,7 @@ pub async fn run(ctx: &Ctx, command: PoliciesCommand) -> Result<u8, Failure> {
             let r = ctx
                 .call("list policies", ctx.policies().await?.list_policies(req))
                 .await?;
-            ctx.emit(json!({"policies": list(&r.policies, policy_json)}), || {
-                policies_table(&r.policies)
-            });
+            ctx.emit(&r, || policies_table(&r.policies));
             return Ok(0);
         }
         PoliciesCommand::Get { name } => {
@@ -56,7 +53,7 @@ pub async fn run(ctx: &Ctx, command: PoliciesCommand) -> Result<u8, Failure> {
             let p = ctx
                 .call(&what, ctx.policies().await?.get_policy(req))
                 .await?;
-            ctx.emit(policy_json(&p), || policy_details(&p));
+            ctx.emit(&p, || policy_details(&p));
             return Ok(0);
         }
         PoliciesCommand::Apply { file } => return apply(ctx, &file, Kind::Policy).await,
@@ -65,7 +62,7 @@ pub async fn run(ctx: &Ctx, command: PoliciesCommand) -> Result<u8, Failure> {
             let what = format!("delete policy {name}");
             ctx.call(&what, ctx.policies().await?.delete_policy(req))
                 .await?;
-            ctx.emit(json!({"deleted": name}), || {
+            ctx.emit(&json!({"deleted": name}), || {
                 format!("deleted policy {name}")
             });
             return Ok(0);
@@ -113,7 +110,7 @@ pub async fn run(ctx: &Ctx, command: PoliciesCommand) -> Result<u8, Failure> {
             )
         }
     };
-    ctx.emit(policy_json(&p), || format!("policy {} {what}", p.name));
+    ctx.emit(&p, || format!("policy {} {what}", p.name));
     Ok(0)
 }
 
@@ -137,7 +134,7 @@ fn policies_table(policies: &[v1::Policy]) -> String {
             p.dest_registries.join(","),
             yes(p.enabled),
             yes(p.paused),
-            lower(p.source, v1::Source::as_str_name),
+            enum_name::<v1::Source>(p.source),
         ]
     });
     table(&header, rows)
@@ -158,7 +155,7 @@ fn policy_details(p: &v1::Policy) -> String {
         row(["to", &p.dest_registries.join(", ")]),
         row(["enabled", &yes(p.enabled)]),
         row(["paused", &yes(p.paused)]),
-        row(["defined in", &lower(p.source, v1::Source::as_str_name)]),
+        row(["defined in", &enum_name::<v1::Source>(p.source)]),
     ]);
     format!("{fields}\n\n{doc}")
 }

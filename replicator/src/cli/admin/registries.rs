@@ -10,9 +10,9 @@ use serde_json::json;
 
 use super::apply::{apply, Kind};
 use super::connection::Ctx;
-use super::enums::lower;
-use super::json::{list, ping_json, registry_json};
+use super::json::Ping;
 use super::output::{align, or_dash, row, table, yes, Failure};
+use ferry_proto::json::enum_name;
 
 #[derive(Subcommand, Debug)]
 pub enum RegistriesCommand {
@@ -48,10 +48,7 @@ pub async fn run(ctx: &Ctx, command: RegistriesCommand) -> Result<u8, Failure> {
                     ctx.registries().await?.list_registries(req),
                 )
                 .await?;
-            ctx.emit(
-                json!({"registries": list(&r.registries, registry_json)}),
-                || registries_table(&r.registries),
-            );
+            ctx.emit(&r, || registries_table(&r.registries));
         }
         RegistriesCommand::Get { name } => {
             let req = v1::GetRegistryRequest { name: name.clone() };
@@ -59,7 +56,7 @@ pub async fn run(ctx: &Ctx, command: RegistriesCommand) -> Result<u8, Failure> {
             let r = ctx
                 .call(&what, ctx.registries().await?.get_registry(req))
                 .await?;
-            ctx.emit(registry_json(&r), || registry_details(&r));
+            ctx.emit(&r, || registry_details(&r));
         }
         RegistriesCommand::Ping { name, repository } => {
             let req = v1::PingRegistryRequest {
@@ -70,7 +67,7 @@ pub async fn run(ctx: &Ctx, command: RegistriesCommand) -> Result<u8, Failure> {
             let p = ctx
                 .call(&what, ctx.registries().await?.ping_registry(req))
                 .await?;
-            ctx.emit(ping_json(&name, &p), || ping_details(&name, &p));
+            ctx.emit(&Ping::new(&name, &p), || ping_details(&name, &p));
             return Ok(if p.reachable && p.authenticated { 0 } else { 1 });
         }
         RegistriesCommand::Apply { file } => return apply(ctx, &file, Kind::Registry).await,
@@ -79,7 +76,7 @@ pub async fn run(ctx: &Ctx, command: RegistriesCommand) -> Result<u8, Failure> {
             let what = format!("delete registry {name}");
             ctx.call(&what, ctx.registries().await?.delete_registry(req))
                 .await?;
-            ctx.emit(json!({"deleted": name}), || {
+            ctx.emit(&json!({"deleted": name}), || {
                 format!("deleted registry {name}")
             });
         }
@@ -103,7 +100,7 @@ fn registries_table(registries: &[v1::Registry]) -> String {
             yes(r.insecure),
             credential(r),
             poll(r.poll_interval_seconds),
-            lower(r.source, v1::Source::as_str_name),
+            enum_name::<v1::Source>(r.source),
         ]
     });
     table(&header, rows)
@@ -116,7 +113,7 @@ fn registry_details(r: &v1::Registry) -> String {
         row(["insecure", &yes(r.insecure)]),
         row(["credential", &credential(r)]),
         row(["polled every", &poll(r.poll_interval_seconds)]),
-        row(["defined in", &lower(r.source, v1::Source::as_str_name)]),
+        row(["defined in", &enum_name::<v1::Source>(r.source)]),
     ])
 }
 

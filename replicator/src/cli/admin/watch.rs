@@ -11,13 +11,11 @@ use std::time::Duration;
 
 use ferry_proto::v1;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
-use serde_json::Value;
 
 use super::connection::Ctx;
-use super::enums::lower;
-use super::json::progress_json;
 use super::output::{one_line, out, reference, Failure, Format};
 use super::time::span;
+use ferry_proto::json::enum_name;
 
 /// Follows `WatchExecution` until the stream ends; exit 0 when the execution succeeded, 1 when
 /// it failed or was stopped.
@@ -41,10 +39,10 @@ pub async fn watch_execution(ctx: &Ctx, id: &str) -> Result<u8, Failure> {
         match stream.message().await {
             Ok(Some(p)) => {
                 view.update(&p);
+                last = p.execution.clone().or(last);
                 if ctx.output == Format::Json {
-                    snapshots.push(progress_json(&p));
+                    snapshots.push(p);
                 }
-                last = p.execution.or(last);
             }
             Ok(None) => break Ok(()),
             Err(s) => break Err(Failure::status(&what, &s)),
@@ -59,7 +57,7 @@ pub async fn watch_execution(ctx: &Ctx, id: &str) -> Result<u8, Failure> {
         ));
     };
     let state = v1::ExecutionState::try_from(e.state).unwrap_or_default();
-    ctx.emit(Value::Array(snapshots), || {
+    ctx.emit(&snapshots, || {
         if shown {
             String::new()
         } else {
@@ -73,7 +71,7 @@ pub async fn watch_execution(ctx: &Ctx, id: &str) -> Result<u8, Failure> {
             &what,
             format!(
                 "the stream ended while the execution was {}",
-                lower(e.state, v1::ExecutionState::as_str_name)
+                enum_name::<v1::ExecutionState>(e.state)
             ),
         )),
     }
@@ -185,7 +183,7 @@ fn summary_line(e: &v1::Execution) -> String {
         "execution {} (policy {}): {}, tasks {} succeeded, {} failed, {} running, {} pending",
         e.id,
         e.policy,
-        lower(e.state, v1::ExecutionState::as_str_name),
+        enum_name::<v1::ExecutionState>(e.state),
         c.succeeded,
         c.failed,
         c.running,
@@ -222,7 +220,7 @@ fn task_end_line(t: &v1::Task) -> String {
     let mut s = format!(
         "{}: {} ({}), {}, {}",
         task_label(t),
-        lower(t.state, v1::TaskState::as_str_name),
+        enum_name::<v1::TaskState>(t.state),
         t.outcome,
         HumanBytes(t.bytes_done),
         blobs(t)
