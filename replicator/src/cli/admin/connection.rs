@@ -202,6 +202,18 @@ impl Ctx {
         }
     }
 
+    /// Opens a server stream; `what` names it in errors. Not bounded by the timeout: a stream
+    /// lasts as long as the server sends.
+    pub async fn stream<T>(
+        &self,
+        what: &str,
+        open: impl Future<Output = Result<tonic::Response<tonic::Streaming<T>>, Status>>,
+    ) -> Result<tonic::Streaming<T>, Failure> {
+        open.await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Failure::status(what, &s))
+    }
+
     /// Prints the answer: `doc` with `-o json`, else the table `table` makes.
     pub fn emit(&self, doc: &impl Serialize, table: impl FnOnce() -> String) {
         emit(self.output, doc, table);

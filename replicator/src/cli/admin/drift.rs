@@ -14,13 +14,7 @@ pub async fn diff(ctx: &Ctx, policy: &str) -> Result<u8, Failure> {
     let req = v1::DiffRequest {
         policy: policy.to_string(),
     };
-    let mut stream = ctx
-        .drift()
-        .await?
-        .diff(req)
-        .await
-        .map_err(|s| Failure::status(&what, &s))?
-        .into_inner();
+    let mut stream = ctx.stream(&what, ctx.drift().await?.diff(req)).await?;
     let mut entries = Vec::new();
     while let Some(entry) = stream
         .message()

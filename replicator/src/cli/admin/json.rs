@@ -85,9 +85,8 @@ mod tests {
         }
     }
 
-    /// One of every document the CLI prints, every field set, some enums unknown to the client.
-    fn documents() -> Vec<Value> {
-        let p = v1::Policy {
+    fn policy() -> v1::Policy {
+        v1::Policy {
             name: "eu-to-us".into(),
             json: r#"{"name":"eu-to-us","filters":[{"type":"name","value":"a/**"}]}"#.into(),
             source: v1::Source::Api.into(),
@@ -99,8 +98,11 @@ mod tests {
             dest_registries: vec!["us".into(), "ap".into()],
             description: "d".into(),
             cron: "".into(),
-        };
-        let r = v1::Registry {
+        }
+    }
+
+    fn registry() -> v1::Registry {
+        v1::Registry {
             name: "eu".into(),
             url: "https://eu".into(),
             insecure: true,
@@ -109,8 +111,11 @@ mod tests {
             source: 9,
             json: "not json {".into(),
             poll_interval_seconds: 30,
-        };
-        let ping = v1::PingRegistryResponse {
+        }
+    }
+
+    fn ping() -> v1::PingRegistryResponse {
+        v1::PingRegistryResponse {
             reachable: true,
             authenticated: false,
             api_version: "registry/2.0".into(),
@@ -120,12 +125,11 @@ mod tests {
             error: "e".into(),
             chunked_upload: true,
             notes: vec!["n1".into()],
-        };
-        let mut bare = execution();
-        bare.origin = None;
-        bare.counts = None;
-        bare.trigger = 0;
-        let d = v1::DriftEntry {
+        }
+    }
+
+    fn drift_entry() -> v1::DriftEntry {
+        v1::DriftEntry {
             kind: v1::DriftKind::Missing.into(),
             destination: "us".into(),
             repository: "a".into(),
@@ -133,15 +137,21 @@ mod tests {
             tag: "v1".into(),
             source_digest: "sha256:1".into(),
             destination_digest: "".into(),
-        };
-        let q = v1::QueueStats {
+        }
+    }
+
+    fn queue() -> v1::QueueStats {
+        v1::QueueStats {
             depth: 1,
             delayed: 2,
             in_flight: 3,
             dead_letters: 4,
             oldest_age_ms: 5,
-        };
-        let j = v1::Job {
+        }
+    }
+
+    fn job() -> v1::Job {
+        v1::Job {
             id: "j".into(),
             policy: "p".into(),
             kind: v1::EventKind::Push.into(),
@@ -152,8 +162,11 @@ mod tests {
             last_error: "x".into(),
             event_time_ms: 6,
             enqueued_at_ms: 7,
-        };
-        let w = v1::WorkerInfo {
+        }
+    }
+
+    fn worker() -> v1::WorkerInfo {
+        v1::WorkerInfo {
             id: "w".into(),
             host: "h".into(),
             region: "eu".into(),
@@ -166,7 +179,22 @@ mod tests {
             jobs_succeeded: 12,
             jobs_failed: 13,
             policies: vec!["p".into()],
-        };
+        }
+    }
+
+    /// One of every document the CLI prints, every field set, some enums unknown to the client.
+    fn documents() -> Vec<Value> {
+        let p = policy();
+        let r = registry();
+        let ping = ping();
+        let mut bare = execution();
+        bare.origin = None;
+        bare.counts = None;
+        bare.trigger = 0;
+        let d = drift_entry();
+        let q = queue();
+        let j = job();
+        let w = worker();
         let progress = v1::ExecutionProgress {
             execution: Some(execution()),
             tasks: vec![task()],

@@ -67,30 +67,8 @@ pub async fn run(ctx: &Ctx, command: PoliciesCommand) -> Result<u8, Failure> {
             });
             return Ok(0);
         }
-        PoliciesCommand::Enable { name } => {
-            let req = v1::SetPolicyEnabledRequest {
-                name: name.clone(),
-                enabled: true,
-            };
-            let what = format!("enable policy {name}");
-            (
-                "enabled",
-                ctx.call(&what, ctx.policies().await?.set_policy_enabled(req))
-                    .await?,
-            )
-        }
-        PoliciesCommand::Disable { name } => {
-            let req = v1::SetPolicyEnabledRequest {
-                name: name.clone(),
-                enabled: false,
-            };
-            let what = format!("disable policy {name}");
-            (
-                "disabled",
-                ctx.call(&what, ctx.policies().await?.set_policy_enabled(req))
-                    .await?,
-            )
-        }
+        PoliciesCommand::Enable { name } => ("enabled", set_enabled(ctx, &name, true).await?),
+        PoliciesCommand::Disable { name } => ("disabled", set_enabled(ctx, &name, false).await?),
         PoliciesCommand::Pause { name } => {
             let req = v1::PausePolicyRequest { name: name.clone() };
             let what = format!("pause policy {name}");
@@ -112,6 +90,18 @@ pub async fn run(ctx: &Ctx, command: PoliciesCommand) -> Result<u8, Failure> {
     };
     ctx.emit(&p, || format!("policy {} {what}", p.name));
     Ok(0)
+}
+
+/// `SetPolicyEnabled`: the policy as the server holds it afterwards.
+async fn set_enabled(ctx: &Ctx, name: &str, enabled: bool) -> Result<v1::Policy, Failure> {
+    let req = v1::SetPolicyEnabledRequest {
+        name: name.to_string(),
+        enabled,
+    };
+    let verb = if enabled { "enable" } else { "disable" };
+    let what = format!("{verb} policy {name}");
+    ctx.call(&what, ctx.policies().await?.set_policy_enabled(req))
+        .await
 }
 
 fn policies_table(policies: &[v1::Policy]) -> String {

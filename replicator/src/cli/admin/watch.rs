@@ -26,12 +26,8 @@ pub async fn watch_execution(ctx: &Ctx, id: &str) -> Result<u8, Failure> {
         interval_ms: 0,
     };
     let mut stream = ctx
-        .executions()
-        .await?
-        .watch_execution(req)
-        .await
-        .map_err(|s| Failure::status(&what, &s))?
-        .into_inner();
+        .stream(&what, ctx.executions().await?.watch_execution(req))
+        .await?;
     let mut view = WatchView::new(ctx.output);
     let mut snapshots = Vec::new();
     let mut last = None;
