@@ -27,10 +27,12 @@
 //!   both), [`executions`] (runs, executions, tasks), `watch` (following an execution),
 //!   [`drift`], [`operations`] (queue, dead letters, workers).
 //! - `connection`: the endpoint, TLS, the bearer token and the lazily connected channel; one
-//!   unary call within the timeout.
+//!   unary call within the timeout, or a server stream.
 //! - `output`: `-o table|json`, errors and their exit codes, aligned tables and cell helpers.
-//! - `json`: the JSON document of each proto message.
-//! - `enums`: proto enums as lowercase names, in flags and in output.
+//! - `json`: the `-o json` documents: every answer prints as its proto message through serde
+//!   (the derives and serializers are `ferry_proto::json`); this holds the one document that adds
+//!   to a message, and the golden test of them all.
+//! - `enums`: proto enums given as flags, by the lowercase names the output prints.
 //! - `time`: times and durations as people read them.
 //!
 //! Invariant: no input (flags, files, server answers) makes it panic; output to a closed pipe is
