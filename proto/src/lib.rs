@@ -2,7 +2,13 @@
 //!
 //! The `.proto` files under `proto/ferry/v1/` are the contract; this crate only owns code generation
 //! (`build.rs`, via `protox`, so no `protoc` is required) so that every other crate shares one copy.
+//!
+//! # Layout
+//! - [`v1`]: the generated messages, enums, clients and servers.
+//! - [`json`]: how the admin API's answers serialize with serde (`ferry admin -o json`).
 #![forbid(unsafe_code)]
+
+pub mod json;
 
 /// `ferry.v1`: events forwarding and the admin API.
 pub mod v1 {
