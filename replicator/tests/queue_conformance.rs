@@ -835,15 +835,22 @@ async fn concurrent_claimers_never_share_a_job(backend: Backend) {
         q.enqueue(job(&format!("t{i}"))).await.unwrap();
     }
     let seen: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    // Every claimer holds its first batch until all four hold one: the claims overlap for sure,
+    // however the runtime schedules the tasks on a loaded machine.
+    let all_hold_a_batch = Arc::new(tokio::sync::Barrier::new(4));
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (q, seen) = (q.clone(), seen.clone());
+        let (q, seen, barrier) = (q.clone(), seen.clone(), all_hold_a_batch.clone());
         workers.push(tokio::spawn(async move {
             let consumer = format!("w{w}");
             let deadline = Instant::now() + Duration::from_secs(15);
             let mut idle_rounds = 0;
+            let mut first = true;
             while idle_rounds < 3 && Instant::now() < deadline {
                 let got = q.claim(&consumer, 5, LONG).await.unwrap();
+                if std::mem::take(&mut first) {
+                    barrier.wait().await;
+                }
                 if got.is_empty() {
                     idle_rounds += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -878,7 +885,11 @@ async fn concurrent_claimers_never_share_a_job(backend: Backend) {
             *m.entry(c[0].as_str()).or_default() += 1;
             m
         });
-    assert!(per_worker.len() >= 2, "work was not spread: {per_worker:?}");
+    assert_eq!(
+        per_worker.len(),
+        4,
+        "each claimer held a batch at once: {per_worker:?}"
+    );
     assert_eq!(q.stats().await.unwrap(), QueueStats::default());
 }
 
