@@ -40,8 +40,6 @@ use self::lease::heartbeat;
 pub use self::metrics::WorkerMetrics;
 pub use self::pause::PAUSED_TTL;
 pub use self::record::finish_run_if_done;
-use self::record::running_task;
-use self::settle::Settled;
 use crate::catalog::Current;
 use crate::config::Config;
 use crate::conflict::{MemoryTagLedger, TagLedger};
@@ -54,12 +52,6 @@ use crate::runtime::hostname;
 use crate::sync::{Registries, SyncError, TagOutcome};
 use crate::throttle::{SharedSpeed, SharedSpeedSlot};
 use crate::transfer::{BlobLeases, BlobLedger, Checkpoints, TransferError, TransferStats};
-
-/// How often a running job's progress (bytes and blobs per destination) is recorded.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// A job running longer than this is recorded as `running` in the history.
-const RUNNING_NOTE_AFTER: Duration = Duration::from_millis(500);
 
 /// Knobs of a worker process.
 #[derive(Debug, Clone)]
@@ -104,6 +96,19 @@ pub enum JobOutcome {
     Pushed(Vec<(String, TagOutcome)>),
     /// Per destination: what the delete did.
     Deleted(Vec<(String, DeleteOutcome)>),
+}
+
+impl JobOutcome {
+    /// A push that found every destination already holding the source digest (a duplicate event,
+    /// or the echo of Ferry's own write): nothing moved.
+    pub fn is_noop(&self) -> bool {
+        matches!(self, JobOutcome::Pushed(v) if !v.is_empty() && v.iter().all(|(_, o)| matches!(o, TagOutcome::Unchanged { .. })))
+    }
+
+    /// A push that copied the tag to at least one destination.
+    pub fn copied(&self) -> bool {
+        matches!(self, JobOutcome::Pushed(v) if v.iter().any(|(_, o)| matches!(o, TagOutcome::Copied { .. })))
+    }
 }
 
 /// Counters for metrics and status.
@@ -363,119 +368,161 @@ impl Worker {
             crate::telemetry::set_parent(&span, traceparent);
         }
         async {
-            if self.is_paused(&job.policy).await {
-                match self.queue.park(&lease).await {
-                    Ok(true) => {
-                        tracing::info!("policy paused: job parked until it is resumed");
-                        self.record_with(job, ExecutionState::Queued, None, Some("the policy is paused; the job runs when it is resumed".into()), &[]).await;
-                        return;
-                    }
-                    // Resumed meanwhile: run it.
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot park the job of a paused policy; it will be handed out again");
-                        return;
-                    }
-                }
-            }
-            if let Some(run) = &job.execution_id {
-                if self.run_is_stopped(run).await {
-                    tracing::info!(execution = %run, "the run was stopped: skipping its job");
-                    if let Err(e) = self.queue.ack(&lease).await {
-                        tracing::warn!(error = %e, "cannot drop the job of a stopped run; it will be skipped again");
-                    }
-                    return;
-                }
-            }
-            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-            let job_cancel = hard_stop.child_token();
-            let run_stopped = CancellationToken::new();
-            let lease_lost = CancellationToken::new();
-            // Both arms own their data: borrowed captures make the spawned future's `Send` bound
-            // lifetime-specific.
-            let heartbeat = heartbeat(
-                self.queue.clone(),
-                lease.clone(),
-                self.opts.lease,
-                job_cancel.clone(),
-                lease_lost.clone(),
-            );
-            let live: Arc<LiveTask> = Arc::default();
-            // Where this job's chunked uploads stood when it last ran (on any worker).
-            let checkpoints = Arc::new(Checkpoints::for_lease(
-                self.queue.clone(),
-                lease.clone(),
-                lease_lost.clone(),
-            ));
-            let work = {
-                let (me, job, cancel, live) = (self.clone(), lease.job.clone(), job_cancel.clone(), live.clone());
-                async move { me.execute_recorded(&job, &cancel, &live, checkpoints).await }
-            };
-            let finished = CancellationToken::new();
-            let stop_watch = self.watch_run_stop(job, &job_cancel, &run_stopped);
-            let work = async {
-                let r = tokio::select! {
-                    r = work => r,
-                    // The heartbeat only returns after cancelling the job (lease lost).
-                    () = heartbeat => (Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }), Vec::new()),
-                    // Never returns: a stop cancels the job, which then ends (cancelling its
-                    // uploads) through `work`.
-                    () = stop_watch => unreachable!("the stop watch never returns"),
-                };
-                finished.cancel();
-                r
-            };
-            // A job still running after RUNNING_NOTE_AFTER is recorded as running, then its
-            // progress every PROGRESS_EVERY (quick jobs, most of them, only get their final
-            // record). These notes are written before the final record, which waits for them.
-            let note = async {
-                tokio::select! {
-                    () = tokio::time::sleep(RUNNING_NOTE_AFTER) => {}
-                    () = finished.cancelled() => return,
-                }
-                loop {
-                    let progress: Vec<Task> = crate::locks::lock(&live)
-                        .as_ref()
-                        .map(|(dst, stats, started)| running_task(job, dst, *started, &stats.snapshot()))
-                        .into_iter()
-                        .collect();
-                    self.record(job, ExecutionState::Running, None, &progress).await;
-                    tokio::select! {
-                        () = tokio::time::sleep(PROGRESS_EVERY) => {}
-                        () = finished.cancelled() => return,
-                    }
-                }
-            };
-            let ((), (result, tasks)) = tokio::join!(note, work);
-            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if result.is_ok() {
-                // The destination confirmed: the record does not depend on the ack, so both go
-                // out together.
-                tokio::join!(
-                    self.settle(&lease, result, &job_cancel, &lease_lost, &run_stopped, &shutdown),
-                    self.record(job, ExecutionState::Succeeded, None, &tasks)
-                );
+            if !self.admit(&lease).await {
                 return;
             }
-            let error = result.as_ref().err().map(|e| e.to_string());
-            let settled = self
-                .settle(&lease, result, &job_cancel, &lease_lost, &run_stopped, &shutdown)
-                .await;
-            let (state, next_try) = match settled {
-                // Another worker owns the job now; its records are that worker's to write.
-                None => return,
-                Some(Settled::Succeeded) => (ExecutionState::Succeeded, None),
-                Some(Settled::Retrying { next_try_at_ms }) => {
-                    (ExecutionState::Retrying, Some(next_try_at_ms))
-                }
-                Some(Settled::DeadLettered) => (ExecutionState::Failed, None),
-                Some(Settled::Released) => (ExecutionState::Queued, None),
-                Some(Settled::Stopped) => (ExecutionState::Stopped, None),
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let signals = JobSignals {
+                cancel: hard_stop.child_token(),
+                lease_lost: CancellationToken::new(),
+                run_stopped: CancellationToken::new(),
+                shutdown,
             };
-            self.record_with(job, state, next_try, error, &tasks).await;
+            let (result, tasks) = self.run_watched(&lease, &signals).await;
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.finish(&lease, result, tasks, &signals).await;
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether a claimed job runs now: the job of a paused policy is parked until it is resumed,
+    /// the job of a stopped run is dropped.
+    async fn admit(&self, lease: &Lease) -> bool {
+        let job = &lease.job;
+        if self.is_paused(&job.policy).await {
+            match self.queue.park(lease).await {
+                Ok(true) => {
+                    tracing::info!("policy paused: job parked until it is resumed");
+                    self.record_with(
+                        job,
+                        ExecutionState::Queued,
+                        None,
+                        Some("the policy is paused; the job runs when it is resumed".into()),
+                        &[],
+                    )
+                    .await;
+                    return false;
+                }
+                // Resumed meanwhile: run it.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot park the job of a paused policy; it will be handed out again");
+                    return false;
+                }
+            }
+        }
+        if let Some(run) = &job.execution_id {
+            if self.run_is_stopped(run).await {
+                tracing::info!(execution = %run, "the run was stopped: skipping its job");
+                if let Err(e) = self.queue.ack(lease).await {
+                    tracing::warn!(error = %e, "cannot drop the job of a stopped run; it will be skipped again");
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs the job while its heartbeat keeps the lease, the stop watch follows its run and its
+    /// progress is noted; returns its result and one task record per destination it reached.
+    async fn run_watched(
+        self: &Arc<Self>,
+        lease: &Lease,
+        signals: &JobSignals,
+    ) -> (Result<JobOutcome, JobError>, Vec<Task>) {
+        let job = &lease.job;
+        // Both arms own their data: borrowed captures make the spawned future's `Send` bound
+        // lifetime-specific.
+        let heartbeat = heartbeat(
+            self.queue.clone(),
+            lease.clone(),
+            self.opts.lease,
+            signals.cancel.clone(),
+            signals.lease_lost.clone(),
+        );
+        let live: Arc<LiveTask> = Arc::default();
+        // Where this job's chunked uploads stood when it last ran (on any worker).
+        let checkpoints = Arc::new(Checkpoints::for_lease(
+            self.queue.clone(),
+            lease.clone(),
+            signals.lease_lost.clone(),
+        ));
+        let work = {
+            let (me, job, cancel, live) = (
+                self.clone(),
+                job.clone(),
+                signals.cancel.clone(),
+                live.clone(),
+            );
+            async move { me.execute_recorded(&job, &cancel, &live, checkpoints).await }
+        };
+        let finished = CancellationToken::new();
+        let stop_watch = self.watch_run_stop(job, &signals.cancel, &signals.run_stopped);
+        let work = async {
+            let r = tokio::select! {
+                r = work => r,
+                // The heartbeat only returns after cancelling the job (lease lost).
+                () = heartbeat => (Err(JobError::Transfer { destination: String::new(), source: TransferError::Cancelled }), Vec::new()),
+                // Never returns: a stop cancels the job, which then ends (cancelling its
+                // uploads) through `work`.
+                () = stop_watch => unreachable!("the stop watch never returns"),
+            };
+            finished.cancel();
+            r
+        };
+        let ((), r) = tokio::join!(self.note_progress(job, &live, &finished), work);
+        r
+    }
+
+    /// Settles the job with the queue and records how it ended.
+    async fn finish(
+        &self,
+        lease: &Lease,
+        result: Result<JobOutcome, JobError>,
+        tasks: Vec<Task>,
+        signals: &JobSignals,
+    ) {
+        let job = &lease.job;
+        if result.is_ok() {
+            // The destination confirmed: the record does not depend on the ack, so both go
+            // out together.
+            tokio::join!(
+                self.settle(lease, result, signals),
+                self.record(job, ExecutionState::Succeeded, None, &tasks)
+            );
+            return;
+        }
+        let error = result.as_ref().err().map(|e| e.to_string());
+        // `None`: another worker owns the job now; its records are that worker's to write.
+        let Some(settled) = self.settle(lease, result, signals).await else {
+            return;
+        };
+        let (state, next_try) = settled.recorded_as();
+        self.record_with(job, state, next_try, error, &tasks).await;
+    }
+}
+
+/// The tokens that end one job early, each telling why.
+struct JobSignals {
+    /// Cancels the job (a child of the worker's hard stop).
+    cancel: CancellationToken,
+    /// Fired by the heartbeat when another worker reclaimed the lease.
+    lease_lost: CancellationToken,
+    /// Fired by the stop watch when the job's run was stopped.
+    run_stopped: CancellationToken,
+    /// The worker's shutdown.
+    shutdown: CancellationToken,
+}
+
+impl JobSignals {
+    fn interrupts(&self) -> settle::Interrupts {
+        settle::Interrupts {
+            lease_lost: self.lease_lost.is_cancelled(),
+            run_stopped: self.run_stopped.is_cancelled(),
+            cancelled: self.cancel.is_cancelled(),
+            shutting_down: self.shutdown.is_cancelled(),
+        }
     }
 }
 
@@ -486,5 +533,47 @@ impl crate::catalog::Reload for Worker {
 
     fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String> {
         Worker::reload(self, config, registries).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pushed(outcomes: &[TagOutcome]) -> JobOutcome {
+        JobOutcome::Pushed(
+            outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (format!("dst{i}"), o.clone()))
+                .collect(),
+        )
+    }
+
+    fn unchanged() -> TagOutcome {
+        TagOutcome::Unchanged {
+            digest: "sha256:a".into(),
+        }
+    }
+
+    fn copied() -> TagOutcome {
+        TagOutcome::Copied {
+            digest: "sha256:a".into(),
+        }
+    }
+
+    #[test]
+    fn a_push_is_a_noop_only_when_every_destination_already_held_the_digest() {
+        assert!(pushed(&[unchanged(), unchanged()]).is_noop());
+        assert!(!pushed(&[unchanged(), copied()]).is_noop());
+        assert!(!pushed(&[]).is_noop());
+        assert!(!JobOutcome::Deleted(Vec::new()).is_noop());
+    }
+
+    #[test]
+    fn a_push_copied_when_any_destination_received_the_tag() {
+        assert!(pushed(&[unchanged(), copied()]).copied());
+        assert!(!pushed(&[unchanged()]).copied());
+        assert!(!JobOutcome::Deleted(Vec::new()).copied());
     }
 }

@@ -4,7 +4,11 @@
 //! Invariants: recording is best effort (a history error is logged, the job's outcome does not
 //! depend on it); a failed attempt that will be retried leaves its run's tasks `pending`; whoever
 //! writes a run's last open task ends the run ([`finish_run_if_done`]).
-use super::execute::DestOutcome;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::execute::{DestOutcome, LiveTask};
 use super::Worker;
 use crate::delete::DeleteOutcome;
 use crate::event::now_ms;
@@ -19,7 +23,41 @@ pub(super) fn lag_since(event_time_ms: i64) -> Option<u64> {
     (event_time_ms > 0).then(|| now_ms().saturating_sub(event_time_ms).max(0) as u64)
 }
 
+/// How often a running job's progress (bytes and blobs per destination) is recorded.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// A job running longer than this is recorded as `running` in the history.
+const RUNNING_NOTE_AFTER: Duration = Duration::from_millis(500);
+
 impl Worker {
+    /// A job still running after [`RUNNING_NOTE_AFTER`] is recorded as running, then its progress
+    /// every [`PROGRESS_EVERY`] until `finished` (quick jobs, most of them, only get their final
+    /// record). Returns before the final record is written, which waits for it.
+    pub(super) async fn note_progress(
+        &self,
+        job: &Job,
+        live: &LiveTask,
+        finished: &CancellationToken,
+    ) {
+        tokio::select! {
+            () = tokio::time::sleep(RUNNING_NOTE_AFTER) => {}
+            () = finished.cancelled() => return,
+        }
+        loop {
+            let progress: Vec<Task> = crate::locks::lock(live)
+                .as_ref()
+                .map(|(dst, stats, started)| running_task(job, dst, *started, &stats.snapshot()))
+                .into_iter()
+                .collect();
+            self.record(job, ExecutionState::Running, None, &progress)
+                .await;
+            tokio::select! {
+                () = tokio::time::sleep(PROGRESS_EVERY) => {}
+                () = finished.cancelled() => return,
+            }
+        }
+    }
+
     /// Records the job's execution (its own, or its tasks under a run's execution). Best effort.
     pub(super) async fn record(
         &self,
