@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::task_record;
 use super::{JobError, JobOutcome, Worker};
-use crate::conflict::{self, Decision, TagWrite};
+use crate::conflict::{self, Decision, Heads, TagWrite};
 use crate::delete::{guarded_delete, DeleteOutcome};
 use crate::event::{now_ms, EventKind};
 use crate::history::Task;
@@ -110,7 +110,7 @@ impl Worker {
             *crate::locks::lock(live) = Some((dst.name().to_string(), stats.clone(), started));
             let result = match job.kind {
                 EventKind::Push => self.push(prepared, &ctx, job).await,
-                EventKind::Delete => guarded_delete(&prepared.policy, prepared, &ctx, job)
+                EventKind::Delete => guarded_delete(prepared, &ctx, job)
                     .await
                     .map(DestOutcome::Delete),
             };
@@ -209,21 +209,10 @@ impl Worker {
         let source = source.to_string();
         let destination = destination.map(|d| d.to_string());
         let skip = |reason: String| Ok(Arbitration::Skip(TagOutcome::Skipped { reason }));
-        match (&job.digest, destination.as_deref()) {
-            (_, Some(d)) if d == source => return Ok(Arbitration::Copy(None)),
-            // A newer change of the source has its own event, which decides.
-            (Some(announced), _) if *announced != source => {
-                return skip(format!(
-                    "superseded: the source now holds {source}, not the announced {announced}"
-                ))
-            }
-            // A run or safety-net job knows no event time: it only fills missing tags.
-            (None, Some(d)) => {
-                return skip(format!(
-                    "both sides hold the tag with different content ({source} here, {d} there); only events decide bidirectional conflicts"
-                ))
-            }
-            _ => {}
+        match conflict::compare_heads(job.digest.as_deref(), &source, destination.as_deref()) {
+            Heads::Same => return Ok(Arbitration::Copy(None)),
+            Heads::Skip(reason) => return skip(reason),
+            Heads::Contested => {}
         }
         let incoming = TagWrite {
             digest: source,
