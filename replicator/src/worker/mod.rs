@@ -38,6 +38,7 @@ use tracing::Instrument;
 use self::execute::LiveTask;
 use self::lease::heartbeat;
 pub use self::metrics::WorkerMetrics;
+use self::pause::PauseCache;
 pub use self::pause::PAUSED_TTL;
 pub use self::record::finish_run_if_done;
 use crate::catalog::Current;
@@ -166,7 +167,7 @@ pub struct Worker {
     /// Shared with every other worker of the queue: one uploader per (destination, blob).
     blob_leases: Arc<BlobLeases>,
     /// Paused policies as last read, and when (read at most every [`PAUSED_TTL`]).
-    paused: std::sync::Mutex<Option<(tokio::time::Instant, std::collections::BTreeSet<String>)>>,
+    paused: PauseCache,
 }
 
 impl Worker {
@@ -199,7 +200,7 @@ impl Worker {
             stats: Arc::default(),
             metrics: WorkerMetrics::default(),
             blob_leases,
-            paused: std::sync::Mutex::new(None),
+            paused: PauseCache::default(),
         })
     }
 
@@ -390,7 +391,11 @@ impl Worker {
     /// the job of a stopped run is dropped.
     async fn admit(&self, lease: &Lease) -> bool {
         let job = &lease.job;
-        if self.is_paused(&job.policy).await {
+        if self
+            .paused
+            .is_paused(self.queue.as_ref(), &job.policy)
+            .await
+        {
             match self.queue.park(lease).await {
                 Ok(true) => {
                     tracing::info!("policy paused: job parked until it is resumed");

@@ -249,3 +249,103 @@ pub(super) fn running_task(
         lag_ms: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn job() -> Job {
+        Job {
+            digest: Some("sha256:d".into()),
+            ..Job::new("p", EventKind::Push, "library/app", "v1")
+        }
+    }
+
+    fn moved() -> StatsSnapshot {
+        StatsSnapshot {
+            blobs_copied: 2,
+            bytes_copied: 10,
+            ..StatsSnapshot::default()
+        }
+    }
+
+    fn record(result: Result<DestOutcome, TransferError>) -> Task {
+        task_record(&job(), "dst", 1, &moved(), &result)
+    }
+
+    #[test]
+    fn a_copied_tag_is_a_succeeded_task_with_its_digest_and_what_moved() {
+        let t = record(Ok(DestOutcome::Push(TagOutcome::Copied {
+            digest: "sha256:c".into(),
+        })));
+        assert_eq!(t.state, TaskState::Succeeded);
+        assert_eq!(t.digest.as_deref(), Some("sha256:c"));
+        assert_eq!(t.outcome.as_deref(), Some("copied"));
+        assert_eq!((t.blobs_copied, t.bytes), (2, 10));
+        assert_eq!((t.destination.as_str(), t.started_at_ms), ("dst", 1));
+        assert!(t.ended_at_ms.is_some());
+    }
+
+    #[test]
+    fn only_a_copy_caused_by_an_event_records_a_lag() {
+        let copied = DestOutcome::Push(TagOutcome::Copied {
+            digest: "sha256:c".into(),
+        });
+        let with_event = Job {
+            event_time_ms: now_ms() - 1_000,
+            ..job()
+        };
+        let t = task_record(&with_event, "dst", 1, &moved(), &Ok(copied));
+        assert!(t.lag_ms.is_some_and(|l| l >= 1_000));
+        let unchanged = DestOutcome::Push(TagOutcome::Unchanged {
+            digest: "sha256:c".into(),
+        });
+        let t = task_record(&with_event, "dst", 1, &moved(), &Ok(unchanged));
+        assert_eq!(t.lag_ms, None);
+        assert_eq!(lag_since(0), None);
+    }
+
+    #[test]
+    fn a_kept_delete_succeeds_and_names_the_deleted_digest_and_why() {
+        let t = record(Ok(DestOutcome::Delete(DeleteOutcome::Kept {
+            reason: "gone".into(),
+        })));
+        assert_eq!(t.state, TaskState::Succeeded);
+        assert_eq!(t.digest.as_deref(), Some("sha256:d"));
+        assert_eq!(t.outcome.as_deref(), Some("kept: gone"));
+    }
+
+    #[test]
+    fn a_cancelled_destination_is_a_stopped_task() {
+        let t = record(Err(TransferError::Cancelled));
+        assert_eq!(t.state, TaskState::Stopped);
+        assert_eq!(t.outcome.as_deref(), Some("stopped"));
+        assert_eq!(t.error, None);
+    }
+
+    #[test]
+    fn a_failed_destination_is_a_failed_task_with_the_error() {
+        let t = record(Err(TransferError::Policy("bad".into())));
+        assert_eq!(t.state, TaskState::Failed);
+        assert_eq!(t.outcome.as_deref(), Some("failed"));
+        assert!(t.error.is_some_and(|e| e.contains("bad")));
+    }
+
+    #[test]
+    fn a_running_task_counts_its_attempt_and_its_progress() {
+        let t = running_task(
+            &Job {
+                attempt: 2,
+                ..job()
+            },
+            "dst",
+            1,
+            &moved(),
+        );
+        assert_eq!(t.state, TaskState::Running);
+        assert_eq!(t.attempts, 3);
+        assert_eq!(t.id, Task::id_for("dst", "library/app", "v1"));
+        assert_eq!((t.outcome, t.ended_at_ms), (None, None));
+    }
+}
