@@ -67,3 +67,90 @@ impl Policies {
             .find(|p| p.policy.src_registry.name == source)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use serde_json::json;
+
+    fn policies() -> Policies {
+        let policy = |name: &str, extra: serde_json::Value| {
+            let mut p = json!({
+                "name": name,
+                "src_registry": {"name": "eu"},
+                "dest_registry": {"name": "us"},
+                "trigger": {"type": "event_based"},
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            p
+        };
+        let value = json!({
+            "registries": [
+                {"name": "eu", "url": "https://eu.example"},
+                {"name": "us", "url": "https://us.example"}
+            ],
+            "policies": [
+                policy("one-way", json!({})),
+                policy("both", json!({"mode": "bidirectional", "speed": 100})),
+                policy("off", json!({"enabled": false})),
+            ]
+        });
+        let config = Config::from_slice(&serde_json::to_vec(&value).unwrap(), "test").unwrap();
+        let registries = Registries::from_config(&config).unwrap();
+        Policies::new(&config, &registries, &SharedSpeedSlot::default()).unwrap()
+    }
+
+    fn job(policy: &str, source: Option<&str>) -> Job {
+        Job {
+            source: source.map(str::to_string),
+            ..Job::new(policy, EventKind::Push, "library/app", "v1")
+        }
+    }
+
+    fn source_of(policies: &Policies, job: &Job) -> Option<String> {
+        policies
+            .for_job(job)
+            .map(|p| p.policy.src_registry.name.clone())
+    }
+
+    #[test]
+    fn a_job_without_a_source_runs_in_the_policys_own_direction() {
+        let p = policies();
+        assert_eq!(source_of(&p, &job("one-way", None)).as_deref(), Some("eu"));
+        assert_eq!(source_of(&p, &job("both", None)).as_deref(), Some("eu"));
+    }
+
+    #[test]
+    fn a_job_naming_the_destination_as_source_runs_a_bidirectional_policy_reversed() {
+        let p = policies();
+        assert_eq!(
+            source_of(&p, &job("both", Some("us"))).as_deref(),
+            Some("us")
+        );
+        assert_eq!(
+            source_of(&p, &job("both", Some("eu"))).as_deref(),
+            Some("eu")
+        );
+    }
+
+    #[test]
+    fn a_job_finds_no_policy_for_a_direction_or_policy_this_set_lacks() {
+        let p = policies();
+        assert_eq!(source_of(&p, &job("one-way", Some("us"))), None);
+        assert_eq!(source_of(&p, &job("off", None)), None);
+        assert_eq!(source_of(&p, &job("missing", None)), None);
+    }
+
+    #[test]
+    fn only_enabled_policies_are_prepared_and_only_those_with_a_speed_are_throttled() {
+        let p = policies();
+        let mut names: Vec<&String> = p.by_name.keys().collect();
+        names.sort_unstable();
+        assert_eq!(names, ["both", "one-way"]);
+        assert!(p.reversed.contains_key("both") && !p.reversed.contains_key("one-way"));
+        assert_eq!(p.throttles.keys().collect::<Vec<_>>(), ["both"]);
+    }
+}

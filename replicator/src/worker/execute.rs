@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::record::task_record;
-use super::{JobError, JobOutcome, Worker};
+use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
 use crate::conflict::{self, Decision, Heads, TagWrite};
-use crate::delete::{guarded_delete, DeleteOutcome};
+use crate::delete::guarded_delete;
 use crate::event::{now_ms, EventKind};
 use crate::history::Task;
 use crate::oci::digest;
@@ -19,15 +19,6 @@ use crate::policy::Mode;
 use crate::queue::Job;
 use crate::sync::{reconcile_reference, PreparedPolicy, TagOutcome};
 use crate::transfer::{Checkpoints, TransferContext, TransferError, TransferStats};
-
-/// The destination a job is working on now, its live counters and when it started there.
-pub(super) type LiveTask = std::sync::Mutex<Option<(String, Arc<TransferStats>, i64)>>;
-
-/// What one job did on one destination.
-pub(super) enum DestOutcome {
-    Push(TagOutcome),
-    Delete(DeleteOutcome),
-}
 
 impl Worker {
     fn context(

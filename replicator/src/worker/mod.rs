@@ -35,7 +35,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use self::execute::LiveTask;
 use self::lease::heartbeat;
 pub use self::metrics::WorkerMetrics;
 use self::pause::PauseCache;
@@ -111,6 +110,15 @@ impl JobOutcome {
         matches!(self, JobOutcome::Pushed(v) if v.iter().any(|(_, o)| matches!(o, TagOutcome::Copied { .. })))
     }
 }
+
+/// What one job did on one destination.
+enum DestOutcome {
+    Push(TagOutcome),
+    Delete(DeleteOutcome),
+}
+
+/// The destination a job is working on now, its live counters and when it started there.
+type LiveTask = std::sync::Mutex<Option<(String, Arc<TransferStats>, i64)>>;
 
 /// Counters for metrics and status.
 #[derive(Debug, Default)]

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::execute::{DestOutcome, LiveTask};
-use super::Worker;
+use super::{DestOutcome, LiveTask, Worker};
 use crate::delete::DeleteOutcome;
 use crate::event::now_ms;
 use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState};
