@@ -2,7 +2,8 @@
 //! slot, up to `concurrency` slots.
 //!
 //! Invariants:
-//! - **Level-triggered**: a push job re-reads the source when it runs ([`reconcile_reference`]), so
+//! - **Level-triggered**: a push job re-reads the source when it runs
+//!   ([`reconcile_reference`](crate::sync::reconcile_reference)), so
 //!   a stale, duplicated or reordered job can never roll a destination back; a delete job deletes a
 //!   destination manifest only if it still holds the deleted digest *and* the source no longer
 //!   has it, and never when a tag the policy does not cover points at it (reported instead).
@@ -15,10 +16,12 @@
 //!
 //! # Layout
 //! - this file: the worker, its claim loop, and one leased job from claim to record.
-//! - [`lease`]: the lease heartbeat.  [`pause`]: the cache of paused policies.  [`stop`]: the
-//!   watch for a stopped run.  [`settle`]: ack, fail or release with the queue.
-//! - [`execute`]: one job against every destination.  [`record`]: the history records of jobs
-//!   and tasks.  [`metrics`]: the worker's Prometheus metrics.
+//! - `lease.rs`: the lease heartbeat. `pause.rs`: the cache of paused policies. `stop.rs`: the
+//!   watch for a stopped run. `settle.rs`: ack, fail or release with the queue (a pure verdict).
+//! - `execute.rs`: one job against every destination. `record.rs`: the history records of jobs
+//!   and tasks. `metrics.rs`: the worker's Prometheus metrics.
+//! - Elsewhere: the guarded delete in [`crate::delete`], the conflict rule in [`crate::conflict`],
+//!   the policy set in [`crate::policies`].
 mod execute;
 mod lease;
 mod metrics;
