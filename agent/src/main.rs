@@ -251,7 +251,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let holder = format!(
         "agent-{}-{}",
-        ferry_replicator::worker::hostname(),
+        ferry_replicator::runtime::hostname(),
         std::process::id()
     );
     let forwarders = peers

@@ -13,7 +13,12 @@
 //! recorded yet (a webhook still on its way): the job waits ([`Decision::Wait`]) for up to
 //! [`DECISION_GRACE`] after its event before it treats the destination as older.
 //!
-//! Invariants: [`decide`] is pure; a ledger write never fails a copy that already happened (the
+//! Before the ledger is read, the two heads of the tag may settle it ([`compare_heads`]): the same
+//! content on both sides needs nothing, a source that moved on since the event leaves the decision
+//! to the newer event, and a job without an event (a run, the safety net) never replaces a
+//! different destination tag.
+//!
+//! Invariants: [`compare_heads`] and [`decide`] are pure; a ledger write never fails a copy that already happened (the
 //! caller logs it); entries expire after [`LEDGER_TTL`], long after any conflict could matter.
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -60,6 +65,35 @@ impl std::fmt::Display for TagWrite {
             "{} (pushed in {region} at {} ms)",
             self.digest, self.at_ms
         )
+    }
+}
+
+/// What the source and destination heads of a tag decide before the ledger is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heads {
+    /// Both sides hold the source's content: nothing to arbitrate.
+    Same,
+    /// Do not copy, and why.
+    Skip(String),
+    /// The job's event is weighed against the ledger ([`decide`]).
+    Contested,
+}
+
+/// Compares a bidirectional job's tag on both sides: `announced` is the digest its event named
+/// (`None` for runs and the safety net), `source` what the source holds now, `destination` what
+/// the destination holds (`None`: no such tag).
+pub fn compare_heads(announced: Option<&str>, source: &str, destination: Option<&str>) -> Heads {
+    match (announced, destination) {
+        (_, Some(d)) if d == source => Heads::Same,
+        // A newer change of the source has its own event, which decides.
+        (Some(announced), _) if announced != source => Heads::Skip(format!(
+            "superseded: the source now holds {source}, not the announced {announced}"
+        )),
+        // A run or safety-net job knows no event time: it only fills missing tags.
+        (None, Some(d)) => Heads::Skip(format!(
+            "both sides hold the tag with different content ({source} here, {d} there); only events decide bidirectional conflicts"
+        )),
+        _ => Heads::Contested,
     }
 }
 
@@ -240,6 +274,39 @@ mod tests {
             at_ms,
             region: region.into(),
         }
+    }
+
+    #[test]
+    fn the_same_content_on_both_sides_needs_no_arbitration() {
+        assert_eq!(compare_heads(Some("a"), "a", Some("a")), Heads::Same);
+        assert_eq!(compare_heads(None, "a", Some("a")), Heads::Same);
+    }
+
+    #[test]
+    fn a_source_that_moved_on_since_the_event_leaves_the_decision_to_the_newer_event() {
+        assert_eq!(
+            compare_heads(Some("a"), "b", Some("c")),
+            Heads::Skip("superseded: the source now holds b, not the announced a".into())
+        );
+        assert!(matches!(
+            compare_heads(Some("a"), "b", None),
+            Heads::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn a_job_without_an_event_fills_missing_tags_but_never_replaces_a_different_one() {
+        assert_eq!(compare_heads(None, "a", None), Heads::Contested);
+        assert_eq!(
+            compare_heads(None, "a", Some("b")),
+            Heads::Skip("both sides hold the tag with different content (a here, b there); only events decide bidirectional conflicts".into())
+        );
+    }
+
+    #[test]
+    fn an_event_for_the_current_source_content_is_weighed_against_the_ledger() {
+        assert_eq!(compare_heads(Some("a"), "a", Some("b")), Heads::Contested);
+        assert_eq!(compare_heads(Some("a"), "a", None), Heads::Contested);
     }
 
     #[test]

@@ -13,7 +13,13 @@
 //! - [`history`]: executions, tasks and live workers, for the admin API.
 //! - [`runs`]: manual and scheduled runs of a policy, as executions whose tasks are queue jobs.
 //! - [`schedule`]: cron ticks of scheduled policies, fired once per region.
-//! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
+//! - [`worker`]: claims queued jobs and runs them with leases (heartbeat, pause cache, stop watch,
+//!   settle), recording each in the history.
+//! - [`delete`]: a delete replicated to one destination, guarded by digest and by the policy's tags.
+//! - [`conflict`]: bidirectional conflicts: the later write wins, and the ledger of tag writes.
+//! - [`policies`]: the enabled policies a worker runs jobs with, looked up by name and direction.
+//! - [`labels`]: Prometheus label sets shared by several subsystems' metrics.
+//! - [`runtime`]: process plumbing of the binaries (logging, shutdown signal, Redis URL, hostname).
 //! - [`locks`]: taking a mutex without ever panicking on poison.
 //! - [`listener`]: every listening socket, bound and served with the same limits.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
@@ -26,16 +32,19 @@ pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod conflict;
+pub mod delete;
 pub mod diff;
 pub mod event;
 pub mod forward;
 pub mod history;
 pub mod ingest;
+pub mod labels;
 pub mod listener;
 pub mod locks;
 pub mod oci;
 pub mod ops;
 pub mod pauses;
+pub mod policies;
 pub mod policy;
 pub mod queue;
 pub mod reconcile;

@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -28,14 +27,10 @@ use crate::config::Config;
 use crate::diff::diff_policy;
 use crate::event::{now_ms, EventKind};
 use crate::history::Trigger;
+use crate::labels::PolicyLabel;
 use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::sync::{PreparedPolicy, Registries, SyncError};
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PolicyLabel {
-    policy: String,
-}
 
 /// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
 #[derive(Debug, Clone, Default)]

@@ -1,6 +1,6 @@
 //! Process plumbing shared by Ferry's binaries (`ferry`, `ferry-agent`): logging (and OTLP trace)
 //! setup, the shutdown signal, where the Redis URL comes from ([`RedisFlags`]), and connecting to
-//! the queue while Redis may still be starting.
+//! the queue while Redis may still be starting, and this host's name ([`hostname`]).
 //!
 //! Invariants: every long-running binary stops on SIGINT or SIGTERM through [`shutdown_signal`], and
 //! never waits on Redis longer than the caller allows. The three daemons (`ferry-agent`,
@@ -331,6 +331,16 @@ pub fn redact_url(url: &str) -> String {
         u.query_pairs_mut().clear().extend_pairs(pairs);
     }
     u.to_string()
+}
+
+/// This host's name, for the worker list (`HOSTNAME`, else `/etc/hostname`).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 #[cfg(test)]

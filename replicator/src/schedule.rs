@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -28,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::Current;
 use crate::config::Config;
 use crate::history::{ExecutionQuery, History, Trigger};
+use crate::labels::PolicyOutcome;
 use crate::policy::TriggerKind;
 use crate::queue::JobQueue;
 use crate::runs::start_run;
@@ -39,17 +39,11 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// How long the lease of one tick is kept (longer than any clock skew between processes).
 const TICK_LEASE: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TickLabels {
-    policy: String,
-    outcome: String,
-}
-
 /// `ferry_schedule_ticks_total{policy,outcome}` with outcome `fired`, `taken` (another process
 /// fired it), `skipped_active` or `failed`.
 #[derive(Debug, Clone, Default)]
 pub struct ScheduleMetrics {
-    ticks: Family<TickLabels, Counter>,
+    ticks: Family<PolicyOutcome, Counter>,
 }
 
 impl ScheduleMetrics {
@@ -173,7 +167,7 @@ impl Scheduler {
         };
         self.metrics
             .ticks
-            .get_or_create(&TickLabels {
+            .get_or_create(&PolicyOutcome {
                 policy: policy.clone(),
                 outcome: outcome.label().into(),
             })

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use ferry_replicator::config::Config;
+use ferry_replicator::delete::DeleteOutcome;
 use ferry_replicator::event::{now_ms, EventKind};
 use ferry_replicator::history::{
     ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, TaskState, Trigger,
@@ -17,7 +18,7 @@ use ferry_replicator::history::{
 use ferry_replicator::queue::memory::MemoryQueue;
 use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
 use ferry_replicator::sync::{Registries, TagOutcome};
-use ferry_replicator::worker::{DeleteOutcome, JobOutcome, Worker, WorkerOptions};
+use ferry_replicator::worker::{JobOutcome, Worker, WorkerOptions};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

@@ -42,6 +42,7 @@ use super::matcher::Matcher;
 use super::EventSink;
 use crate::config::Config;
 use crate::event::{now_ms, Event, EventKind};
+use crate::labels::EventLabels;
 use crate::oci::{RegistryClient, RegistryError};
 use crate::policy::{
     check_digest, check_repository, check_tag, Decoration, FilterKind, Mode, NameError, Policy,
@@ -53,13 +54,6 @@ use crate::sync::{is_referrer_tag, Registries, SyncError};
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PassLabels {
     registry: String,
-    outcome: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventLabels {
-    registry: String,
-    kind: String,
     outcome: String,
 }
 

@@ -1,0 +1,260 @@
+//! Running one job against every destination of its policy: a push is a level-triggered copy
+//! (arbitrated first when the policy is bidirectional), a delete is a guarded delete.
+//!
+//! Invariants: every destination is tried and gets its own task record, even after another one
+//! failed (the job then fails with the first error and retries); a cancellation ends the job at
+//! once; a tag write is recorded in the conflict ledger only after the copy happened.
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::record::task_record;
+use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
+use crate::conflict::{self, Decision, Heads, TagWrite};
+use crate::delete::guarded_delete;
+use crate::event::{now_ms, EventKind};
+use crate::history::Task;
+use crate::oci::digest;
+use crate::policy::Mode;
+use crate::queue::Job;
+use crate::sync::{reconcile_reference, PreparedPolicy, TagOutcome};
+use crate::transfer::{Checkpoints, TransferContext, TransferError, TransferStats};
+
+impl Worker {
+    fn context(
+        &self,
+        prepared: &PreparedPolicy,
+        dst: &Arc<crate::oci::RegistryClient>,
+        cancel: &CancellationToken,
+        stats: &Arc<TransferStats>,
+        checkpoints: &Arc<Checkpoints>,
+    ) -> TransferContext {
+        let mut ctx = prepared.transfer_context(
+            dst,
+            self.ledger.clone(),
+            stats.clone(),
+            self.policies()
+                .throttles
+                .get(&prepared.policy.name)
+                .cloned(),
+            cancel.clone(),
+            self.opts.blob_parallelism,
+        );
+        ctx.leases = Some(self.blob_leases.clone());
+        ctx.checkpoints = checkpoints.clone();
+        ctx
+    }
+
+    /// Runs a job against every destination of its policy, accounting what it moved. Interrupted
+    /// uploads are checkpointed in this call only (a leased job keeps them in the queue).
+    pub async fn execute(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+    ) -> Result<JobOutcome, JobError> {
+        let checkpoints = Arc::new(Checkpoints::local());
+        self.execute_recorded(job, cancel, &LiveTask::default(), checkpoints)
+            .await
+            .0
+    }
+
+    /// [`Worker::execute`], plus one task record per destination it reached; `live` names the
+    /// destination being worked on, for progress records; `checkpoints` are the job's upload
+    /// checkpoints.
+    pub(super) async fn execute_recorded(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+        live: &LiveTask,
+        checkpoints: Arc<Checkpoints>,
+    ) -> (Result<JobOutcome, JobError>, Vec<Task>) {
+        let mut tasks = Vec::new();
+        let result = self
+            .execute_with(job, cancel, &mut tasks, live, &checkpoints)
+            .await;
+        (result, tasks)
+    }
+
+    async fn execute_with(
+        &self,
+        job: &Job,
+        cancel: &CancellationToken,
+        tasks: &mut Vec<Task>,
+        live: &LiveTask,
+        checkpoints: &Arc<Checkpoints>,
+    ) -> Result<JobOutcome, JobError> {
+        let policies = self.policies();
+        let prepared = policies.for_job(job).ok_or_else(|| match &job.source {
+            Some(source) if policies.by_name.contains_key(&job.policy) => JobError::UnknownSource {
+                policy: job.policy.clone(),
+                source_registry: source.clone(),
+            },
+            _ => JobError::UnknownPolicy(job.policy.clone()),
+        })?;
+        let mut pushed = Vec::new();
+        let mut deleted = Vec::new();
+        let mut failed = None;
+        for dst in prepared.dsts.clone() {
+            let stats = Arc::new(TransferStats::default());
+            let ctx = self.context(prepared, &dst, cancel, &stats, checkpoints);
+            let started = now_ms();
+            *crate::locks::lock(live) = Some((dst.name().to_string(), stats.clone(), started));
+            let result = match job.kind {
+                EventKind::Push => self.push(prepared, &ctx, job).await,
+                EventKind::Delete => guarded_delete(prepared, &ctx, job)
+                    .await
+                    .map(DestOutcome::Delete),
+            };
+            let t = stats.snapshot();
+            self.stats.transfer.add(&t);
+            self.metrics.transfer(&job.policy, &t);
+            tasks.push(task_record(job, dst.name(), started, &t, &result));
+            let destination = dst.name().to_string();
+            match result {
+                Ok(DestOutcome::Push(o)) => pushed.push((destination, o)),
+                Ok(DestOutcome::Delete(o)) => {
+                    tracing::info!(destination = %destination, outcome = ?o, "delete handled");
+                    deleted.push((destination, o));
+                }
+                // A stop ends the job at once; another failure leaves the other destinations
+                // to be tried (each destination is its own task), and the job retries afterwards.
+                Err(TransferError::Cancelled) => {
+                    return Err(JobError::Transfer {
+                        destination,
+                        source: TransferError::Cancelled,
+                    })
+                }
+                Err(source) => {
+                    tracing::warn!(destination = %destination, error = %source, "destination failed; trying the others");
+                    failed.get_or_insert(JobError::Transfer {
+                        destination,
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(match job.kind {
+            EventKind::Push => JobOutcome::Pushed(pushed),
+            EventKind::Delete => JobOutcome::Deleted(deleted),
+        })
+    }
+
+    /// A push job on one destination: the level-triggered copy, arbitrated first when the policy
+    /// is bidirectional.
+    async fn push(
+        &self,
+        prepared: &PreparedPolicy,
+        ctx: &TransferContext,
+        job: &Job,
+    ) -> Result<DestOutcome, TransferError> {
+        let incoming = if prepared.policy.mode == Mode::Bidirectional {
+            match self.arbitrate(prepared, ctx, job).await? {
+                Arbitration::Copy(write) => write,
+                Arbitration::Skip(outcome) => return Ok(DestOutcome::Push(outcome)),
+            }
+        } else {
+            None
+        };
+        let (outcome, _) = reconcile_reference(
+            prepared,
+            ctx,
+            &job.repository,
+            &job.reference,
+            job.digest.as_deref(),
+        )
+        .await?;
+        if let (Some(write), TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. }) =
+            (incoming, &outcome)
+        {
+            // The copy happened; a lost ledger write only weakens a later conflict decision.
+            if let Err(e) = self
+                .tag_writes
+                .record_write(ctx.dst.name(), &job.repository, &job.reference, &write)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record the tag write in the ledger");
+            }
+        }
+        Ok(DestOutcome::Push(outcome))
+    }
+
+    /// Whether a bidirectional job may write its tag to `ctx.dst` (see [`crate::conflict`]).
+    async fn arbitrate(
+        &self,
+        prepared: &PreparedPolicy,
+        ctx: &TransferContext,
+        job: &Job,
+    ) -> Result<Arbitration, TransferError> {
+        let (repository, tag) = (&job.repository, &job.reference);
+        if digest::parse(tag).is_some() {
+            // By digest: content-addressed, nothing to conflict on.
+            return Ok(Arbitration::Copy(None));
+        }
+        let Some(source) = ctx.src.head_digest(repository, tag).await? else {
+            return Ok(Arbitration::Copy(None));
+        };
+        let destination = ctx.dst.head_digest(repository, tag).await?;
+        let source = source.to_string();
+        let destination = destination.map(|d| d.to_string());
+        let skip = |reason: String| Ok(Arbitration::Skip(TagOutcome::Skipped { reason }));
+        match conflict::compare_heads(job.digest.as_deref(), &source, destination.as_deref()) {
+            Heads::Same => return Ok(Arbitration::Copy(None)),
+            Heads::Skip(reason) => return skip(reason),
+            Heads::Contested => {}
+        }
+        let incoming = TagWrite {
+            digest: source,
+            at_ms: job.event_time_ms,
+            region: job
+                .origin_region
+                .clone()
+                .unwrap_or_else(|| self.opts.region.clone()),
+        };
+        let last = self
+            .tag_writes
+            .last_write(ctx.dst.name(), repository, tag)
+            .await
+            .map_err(|e| TransferError::Policy(format!("cannot read the tag ledger: {e}")))?;
+        let policy = &prepared.policy.name;
+        match conflict::decide(&incoming, destination.as_deref(), last.as_ref(), now_ms()) {
+            Decision::Copy { replaces } => {
+                if let Some(lost) = &replaces {
+                    self.metrics.conflict(policy, "replaced");
+                    tracing::info!(
+                        destination = ctx.dst.name(),
+                        winner = %incoming,
+                        loser = %lost,
+                        "conflict: the incoming push is newer; replacing the destination's"
+                    );
+                }
+                Ok(Arbitration::Copy(Some(incoming)))
+            }
+            Decision::Keep { kept } => {
+                self.metrics.conflict(policy, "kept");
+                tracing::warn!(
+                    destination = ctx.dst.name(),
+                    winner = %kept,
+                    loser = %incoming,
+                    "conflict: the destination's push is newer; keeping it"
+                );
+                skip(format!("conflict: kept {kept}, newer than {incoming}"))
+            }
+            Decision::Wait => Err(TransferError::ConflictPending {
+                registry: ctx.dst.name().to_string(),
+                repository: repository.clone(),
+                tag: tag.clone(),
+                digest: destination.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// What arbitration allows a bidirectional job.
+enum Arbitration {
+    /// Copy, and record this write in the ledger once done (`None`: nothing to record).
+    Copy(Option<TagWrite>),
+    Skip(TagOutcome),
+}
