@@ -22,6 +22,10 @@
 //! - [`runtime`]: process plumbing of the binaries (logging, shutdown signal, Redis URL, hostname).
 //! - [`locks`]: taking a mutex without ever panicking on poison.
 //! - [`listener`]: every listening socket, bound and served with the same limits.
+//! - [`app`]: one daemon assembly (`ferry-agent`, `ferry worker`, `ferry serve`): options →
+//!   build → spawn → drain.
+//! - [`background`]: long-running loops (scheduler, safety net, pollers, forwarders) as
+//!   routines under one supervisor that owns their waits, backoff and status.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
 //!
 //! The invariant every module keeps: bytes are never re-serialized, so every manifest and blob
@@ -29,6 +33,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
+pub mod background;
 pub mod catalog;
 pub mod config;
 pub mod conflict;

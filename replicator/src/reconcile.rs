@@ -20,8 +20,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
+use crate::background::{Next, Routine};
 use crate::catalog::Current;
 use crate::config::Config;
 use crate::diff::diff_policy;
@@ -172,52 +172,101 @@ impl Reconciler {
         out
     }
 
-    /// Runs a pass per policy now and then every `interval` until `shutdown`. Each pass is taken by
-    /// one process only (lease for 90% of the interval).
-    pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
-        loop {
-            let policies = self.policies.get();
-            for prepared in policies.iter() {
-                let lease_key = match prepared.job_source() {
-                    Some(from) => format!("reconcile/{}/from-{from}", prepared.policy.name),
-                    None => format!("reconcile/{}", prepared.policy.name),
-                };
-                let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));
-                match self
-                    .queue
-                    .lease_blob("ferry", &lease_key, &self.holder, ttl)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::debug!(policy = %prepared.policy.name, "reconciliation taken by another process");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(policy = %prepared.policy.name, error = %e, "cannot take the reconciliation lease; skipping this pass");
-                        continue;
-                    }
+    /// One pass per policy this process reconciles, each taken by one process only (a lease for
+    /// 90% of `interval`): what failed, by policy.
+    pub async fn sweep(&self, interval: Duration) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for prepared in self.policies.get().iter() {
+            let policy = &prepared.policy.name;
+            let lease_key = match prepared.job_source() {
+                Some(from) => format!("reconcile/{policy}/from-{from}"),
+                None => format!("reconcile/{policy}"),
+            };
+            let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));
+            match self
+                .queue
+                .lease_blob("ferry", &lease_key, &self.holder, ttl)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(policy = %policy, "reconciliation taken by another process");
+                    continue;
                 }
-                let pass = tokio::select! {
-                    p = self.pass(prepared) => p,
-                    _ = shutdown.cancelled() => return,
-                };
-                match pass {
-                    Ok(p) if p.enqueued + p.collapsed > 0 || p.extra > 0 => tracing::warn!(
-                        policy = %p.policy, missing = p.missing, different = p.different, extra = p.extra, enqueued = p.enqueued,
-                        "reconciliation found drift; repair jobs enqueued (extra tags are only reported)"
-                    ),
-                    Ok(p) => tracing::info!(policy = %p.policy, "reconciliation: no drift"),
-                    Err(e) => {
-                        tracing::warn!(policy = %prepared.policy.name, error = %e, "reconciliation failed; retrying next interval")
-                    }
+                Err(e) => {
+                    failed.push((
+                        policy.clone(),
+                        format!("cannot take the reconciliation lease: {e}"),
+                    ));
+                    continue;
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {},
-                _ = shutdown.cancelled() => return,
+            match self.pass(prepared).await {
+                Ok(p) if p.enqueued + p.collapsed > 0 || p.extra > 0 => tracing::warn!(
+                    policy = %p.policy, missing = p.missing, different = p.different, extra = p.extra, enqueued = p.enqueued,
+                    "reconciliation found drift; repair jobs enqueued (extra tags are only reported)"
+                ),
+                Ok(p) => tracing::info!(policy = %p.policy, "reconciliation: no drift"),
+                Err(e) => failed.push((policy.clone(), e)),
             }
         }
+        failed
+    }
+
+    /// The safety net's loop, to run under [`crate::background::supervise`]: a sweep now and
+    /// then every `interval`.
+    pub fn every(self: &Arc<Self>, interval: Duration) -> SafetyNet {
+        SafetyNet {
+            reconciler: self.clone(),
+            interval,
+        }
+    }
+}
+
+/// The safety net as a [`Routine`]: a sweep, then `interval`, whether the sweep failed or not (a
+/// policy that failed is retried on the next sweep, the others are not repeated early).
+pub struct SafetyNet {
+    reconciler: Arc<Reconciler>,
+    interval: Duration,
+}
+
+/// The policies a sweep could not reconcile.
+#[derive(Debug)]
+pub struct SweepFailed(Vec<(String, String)>);
+
+impl std::fmt::Display for SweepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let failed: Vec<String> = self
+            .0
+            .iter()
+            .map(|(p, e)| format!("policy {p}: {e}"))
+            .collect();
+        write!(
+            f,
+            "reconciliation failed ({}); retrying next interval",
+            failed.join("; ")
+        )
+    }
+}
+
+impl Routine for SafetyNet {
+    type Error = SweepFailed;
+
+    fn name(&self) -> String {
+        "safety-net".into()
+    }
+
+    async fn step(&mut self) -> Result<Next, SweepFailed> {
+        let failed = self.reconciler.sweep(self.interval).await;
+        if failed.is_empty() {
+            Ok(Next::After(self.interval))
+        } else {
+            Err(SweepFailed(failed))
+        }
+    }
+
+    fn retry_in(&self, _failures: u32, _error: &SweepFailed) -> Duration {
+        self.interval
     }
 }
 

@@ -22,8 +22,8 @@ use croner::Cron;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
+use crate::background::{Next, Routine};
 use crate::catalog::Current;
 use crate::config::Config;
 use crate::history::{ExecutionQuery, History, Trigger};
@@ -215,31 +215,59 @@ impl Scheduler {
             .map(|e| e.id))
     }
 
-    /// Fires ticks as they come until `shutdown`. Runs even with no scheduled policy, since
-    /// [`Scheduler::reload`] may add some; wakes at least every [`RECHECK`] to see them.
-    pub async fn run(&self, shutdown: CancellationToken) {
-        let mut after = Utc::now();
-        loop {
-            let entries = self.entries();
-            let next = entries.iter().filter_map(|e| e.next_after(&after)).min();
-            let wait = next.map_or(RECHECK, |at| {
-                (at - Utc::now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(RECHECK)
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let Some(at) = next.filter(|at| *at <= Utc::now()) else {
-                continue;
-            };
-            for entry in entries.iter().filter(|e| e.next_after(&after) == Some(at)) {
-                self.tick(entry, at).await;
-            }
-            after = at;
+    /// The scheduler's loop, to run under [`crate::background::supervise`]: fires ticks as they
+    /// come. Runs even with no scheduled policy, since [`Scheduler::reload`] may add some; wakes
+    /// at least every [`RECHECK`] to see them.
+    pub fn ticks(self: &Arc<Self>) -> Ticks {
+        Ticks {
+            scheduler: self.clone(),
+            after: Utc::now(),
         }
+    }
+}
+
+/// The scheduler as a [`Routine`]: each step fires the ticks that are due, then waits for the
+/// next one (at most [`RECHECK`]).
+pub struct Ticks {
+    scheduler: Arc<Scheduler>,
+    /// Ticks up to this time are done.
+    after: DateTime<Utc>,
+}
+
+impl Routine for Ticks {
+    /// A tick that fails is counted and logged as `failed`; the loop itself does not fail.
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> String {
+        "scheduler".into()
+    }
+
+    /// A tick runs to its end: one half-fired (lease taken, run not started) would be lost.
+    fn interruptible(&self) -> bool {
+        false
+    }
+
+    async fn step(&mut self) -> Result<Next, Self::Error> {
+        let entries = self.scheduler.entries();
+        let next = entries
+            .iter()
+            .filter_map(|e| e.next_after(&self.after))
+            .min();
+        let now = Utc::now();
+        if let Some(at) = next.filter(|at| *at <= now) {
+            for entry in entries
+                .iter()
+                .filter(|e| e.next_after(&self.after) == Some(at))
+            {
+                self.scheduler.tick(entry, at).await;
+            }
+            self.after = at;
+            return Ok(Next::Now);
+        }
+        let wait = next.map_or(RECHECK, |at| {
+            (at - now).to_std().unwrap_or(Duration::ZERO).min(RECHECK)
+        });
+        Ok(Next::After(wait))
     }
 }
 

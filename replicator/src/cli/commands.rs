@@ -1,40 +1,27 @@
-//! The commands behind `ferry sync`, `ferry diff` and `ferry policy validate`.
+//! The commands behind `ferry sync`, `ferry diff`, `ferry policy validate`, and the flags of
+//! `ferry worker` and `ferry serve` turned into the daemon assembly's options ([`ferry_replicator::app`]).
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_replicator::catalog::{
-    watch_and_reload, MemoryPolicyStore, PolicyStore, RedisPolicyStore, Reload,
-};
-use ferry_replicator::config::{Config, CredentialRules};
-use ferry_replicator::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
+use ferry_replicator::app::{AdminOptions, Daemon, DaemonOptions, QueueOptions, WebhookOptions};
+use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
-use ferry_replicator::history::{History, MemoryHistory, RedisHistory};
-use ferry_replicator::ingest::metrics::IngestMetrics;
-use ferry_replicator::ingest::poll::{PollMetrics, PollerSet};
-use ferry_replicator::ingest::{EventSink, IngestState};
-use ferry_replicator::listener::ListenFlags;
-use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::policy::Policy;
 use ferry_replicator::queue::redis::RedisTarget;
-use ferry_replicator::queue::{JobQueue, MemoryQueue, RetryPolicy};
-use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
-use ferry_replicator::runtime::{connect_queue, shutdown_signal};
-use ferry_replicator::schedule::{ScheduleMetrics, Scheduler};
+use ferry_replicator::runtime::shutdown_signal;
 use ferry_replicator::sync::{
     sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
 };
-use ferry_replicator::throttle::SharedSpeed;
-use ferry_replicator::worker::{Worker, WorkerMetrics, WorkerOptions};
+use ferry_replicator::worker::WorkerOptions;
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     progress, AdminFlags, DiffArgs, JobFlags, QueueFlags, ServeArgs, SyncArgs, Target, WorkerArgs,
 };
-use ferry_replicator::admin;
 
 const OK: u8 = 0;
 const NO: u8 = 1;
@@ -317,381 +304,94 @@ fn worker_options(flags: &JobFlags) -> WorkerOptions {
     }
 }
 
-/// A region's shared state: the queue, the history and the stored policies.
-#[derive(Clone)]
-struct Backend {
-    queue: Arc<dyn JobQueue>,
-    history: Arc<dyn History>,
-    store: Arc<dyn PolicyStore>,
-    /// Last writes of tags, for bidirectional conflicts (shared by the region's writers).
-    tag_ledger: Arc<dyn TagLedger>,
-    /// Limits shared by the region's processes (registry pauses after 429s and low quotas, policy
-    /// bandwidth); `None` in process.
-    limits: Option<Arc<RedisLimits>>,
+/// The `--admin-*` flags as the assembly's options (`None` without `--admin-listen`).
+fn admin_options(flags: &AdminFlags) -> Option<AdminOptions> {
+    Some(AdminOptions {
+        listen: flags.admin_listen.clone()?,
+        token_file: flags.admin_token_file.clone(),
+        allow_unauthenticated_loopback: flags.admin_allow_unauthenticated_loopback,
+        tls: flags
+            .admin_tls_cert
+            .clone()
+            .zip(flags.admin_tls_key.clone()),
+        client_ca: flags.admin_client_ca.clone(),
+    })
 }
 
-impl Backend {
-    /// `registries` sharing this backend's registry pauses.
-    fn share_pauses(&self, registries: Registries) -> Registries {
-        match &self.limits {
-            Some(l) => registries.with_shared_gate(l.clone()),
-            None => registries,
-        }
-    }
-
-    /// In Redis/Valkey, shared by every process of the region.
-    async fn redis(target: &RedisTarget, flags: &QueueFlags) -> anyhow::Result<Backend> {
-        let q = connect_queue(
-            target,
-            &flags.queue_prefix,
-            Duration::from_secs(flags.redis_connect_timeout),
-            Duration::from_secs(2),
-        )
-        .await?;
-        Ok(Backend {
-            history: Arc::new(RedisHistory::new(&q, flags.retention())),
-            store: Arc::new(RedisPolicyStore::new(&q)),
-            tag_ledger: Arc::new(RedisTagLedger::new(&q)),
-            limits: Some(Arc::new(RedisLimits::new(&q))),
-            queue: Arc::new(q),
-        })
-    }
-
-    /// In this process only (`ferry serve` without `--redis`).
-    fn memory(flags: &QueueFlags) -> Backend {
-        Backend {
-            queue: Arc::new(MemoryQueue::new(RetryPolicy::default())),
-            history: Arc::new(MemoryHistory::new(flags.retention())),
-            store: Arc::new(MemoryPolicyStore::default()),
-            tag_ledger: Arc::new(MemoryTagLedger::default()),
-            limits: None,
-        }
+/// The queue these flags name: Redis at `target`, or in this process without one.
+fn queue_options(target: Option<RedisTarget>, flags: &QueueFlags) -> QueueOptions {
+    match target {
+        Some(target) => QueueOptions::Redis {
+            target: Box::new(target),
+            prefix: flags.queue_prefix.clone(),
+            connect_timeout: Duration::from_secs(flags.redis_connect_timeout),
+            retention: flags.retention(),
+        },
+        None => QueueOptions::InProcess {
+            retention: flags.retention(),
+        },
     }
 }
 
-/// Keeps `targets` on the region's current policies: the config file's plus those stored through
-/// the admin API.
-fn spawn_policy_watch(
-    tasks: &mut tokio::task::JoinSet<()>,
-    config: &Config,
-    registries: &Registries,
-    backend: &Backend,
-    targets: Vec<Arc<dyn Reload>>,
-    shutdown: &CancellationToken,
-) {
-    let (config, registries, store, stop) = (
-        config.clone(),
-        registries.clone(),
-        backend.store.clone(),
-        shutdown.clone(),
-    );
-    tasks.spawn(async move {
-        watch_and_reload(&config, &registries, store.as_ref(), &targets, stop).await
-    });
-}
-
-/// Starts the gRPC admin API when `--admin-listen` is given (fails before serving anything when
-/// its tokens or address are unusable).
-async fn start_admin(
-    tasks: &mut tokio::task::JoinSet<()>,
-    flags: &AdminFlags,
-    limits: &ListenFlags,
-    config: &Config,
-    registries: &Registries,
-    backend: &Backend,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let Some(listen) = &flags.admin_listen else {
-        return Ok(());
-    };
-    let tokens = ferry_replicator::tokens::load(
-        flags.admin_token_file.as_deref(),
-        admin::auth::TOKEN_ENV,
-        "admin",
-    )
-    .map_err(anyhow::Error::msg)?;
-    let listener = limits.bind_grpc("--admin-listen", listen).await?;
-    let addr = listener.local_addr()?;
-    let auth = admin::AdminAuth::new(tokens, flags.admin_allow_unauthenticated_loopback, addr)
-        .map_err(anyhow::Error::msg)?;
-    let tls = match (&flags.admin_tls_cert, &flags.admin_tls_key) {
-        (Some(cert), Some(key)) => Some(
-            admin::tls_config("admin", cert, key, flags.admin_client_ca.as_deref())
-                .map_err(anyhow::Error::msg)?,
-        ),
-        _ => None,
-    };
-    let state = admin::AdminState {
-        config: config.clone(),
-        store: backend.store.clone(),
-        registries: registries.clone(),
-        queue: backend.queue.clone(),
-        history: backend.history.clone(),
-        shutdown: shutdown.clone(),
-        tasks: tokio_util::task::TaskTracker::new(),
-    };
-    tracing::info!(listen = %addr, tls = tls.is_some(), mtls = flags.admin_client_ca.is_some(), "admin API listening (gRPC, health, reflection)");
-    tasks.spawn(async move {
-        if let Err(e) = admin::serve(listener, state, auth, tls).await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
-    Ok(())
-}
-
-/// The scheduler of the config's scheduled policies, its metrics registered in `registry`.
-fn scheduler(
-    config: &Config,
-    registries: &Registries,
-    backend: &Backend,
-    holder: &str,
-    registry: &mut prometheus_client::registry::Registry,
-) -> anyhow::Result<Arc<Scheduler>> {
-    Ok(Arc::new(Scheduler::new(
-        config,
-        registries,
-        backend.queue.clone(),
-        backend.history.clone(),
-        holder,
-        ScheduleMetrics::register(registry),
-    )?))
-}
-
-/// Runs the scheduler until `shutdown` (policies added through the admin API may be scheduled).
-fn spawn_scheduler(
-    tasks: &mut tokio::task::JoinSet<()>,
-    scheduler: &Arc<Scheduler>,
-    shutdown: &CancellationToken,
-) {
-    let (scheduler, stop) = (scheduler.clone(), shutdown.clone());
-    tasks.spawn(async move { scheduler.run(stop).await });
-}
-
-/// Binds `listen` (`flag`) for `router` with the listener limits and serves it until `shutdown`.
-async fn spawn_server(
-    tasks: &mut tokio::task::JoinSet<()>,
-    limits: &ListenFlags,
-    flag: &str,
-    listen: &str,
-    router: axum::Router,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let listener = limits.bind_http(flag, listen, router).await?;
-    tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
-    tasks.spawn(listener.serve(shutdown.clone()));
-    Ok(())
-}
-
+/// `ferry worker`: job workers and the scheduler on the region's Redis, `/metrics` and `/healthz`
+/// on `--listen` and the admin API when asked.
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let registries = Registries::from_config(&config)?
-        .with_credential_rules(CredentialRules::new(&config, &args.admin.credentials_dirs)?);
-    let backend = Backend::redis(&args.redis.required_target()?, &args.queue).await?;
-    let registries = backend.share_pauses(registries);
-    let (queue, history) = (backend.queue.clone(), backend.history.clone());
-    let opts = worker_options(&args.jobs);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let worker_metrics = WorkerMetrics::register(&mut registry);
-    let scheduler = scheduler(
-        &config,
-        &registries,
-        &backend,
-        &opts.consumer,
-        &mut registry,
-    )?;
-    let metrics = Arc::new(IngestMetrics::new(registry));
-    let worker = Arc::new(
-        Worker::new(
-            &config,
-            &registries,
-            queue.clone(),
-            history.clone(),
-            opts.clone(),
-        )?
-        .with_metrics(worker_metrics)
-        .with_tag_ledger(backend.tag_ledger.clone())
-        .with_shared_speed(backend.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
-    );
-
-    let shutdown = CancellationToken::new();
-    let signals = cancel_on_signal(shutdown.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-    start_admin(
-        &mut tasks,
-        &args.admin,
-        &args.limits,
-        &config,
-        &registries,
-        &backend,
-        &shutdown,
-    )
+    let jobs = worker_options(&args.jobs);
+    let daemon = Daemon::build(DaemonOptions {
+        name: "ferry worker",
+        config,
+        config_path: args.config,
+        queue: queue_options(Some(args.redis.required_target()?), &args.queue),
+        credentials_dirs: args.admin.credentials_dirs.clone(),
+        holder: jobs.consumer.clone(),
+        listen_flags: args.limits,
+        listen: args.listen,
+        webhooks: None,
+        jobs: Some(jobs),
+        scheduler: true,
+        safety_net: None,
+        pollers: false,
+        admin: admin_options(&args.admin),
+        regions: None,
+        max_clock_skew: ferry_replicator::event::DEFAULT_MAX_CLOCK_SKEW,
+        intake_grace: None,
+    })
     .await?;
-    if let Some(listen) = &args.listen {
-        spawn_server(
-            &mut tasks,
-            &args.limits,
-            "--listen",
-            listen,
-            ferry_replicator::ops::router(queue.clone(), metrics),
-            &shutdown,
-        )
-        .await?;
-    }
-    spawn_scheduler(&mut tasks, &scheduler, &shutdown);
-    spawn_policy_watch(
-        &mut tasks,
-        &config,
-        &registries,
-        &backend,
-        vec![worker.clone(), scheduler.clone()],
-        &shutdown,
-    );
-    tracing::info!(consumer = %opts.consumer, concurrency = opts.concurrency, "ferry worker running");
-    worker.run(shutdown.clone()).await;
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    let _ = signals.await;
-    tracing::info!("ferry worker stopped");
+    daemon.spawn().drain().await;
     Ok(())
 }
 
+/// `ferry serve`: everything of a one-site install in one process (webhooks, pollers, safety net,
+/// workers, scheduler, admin API), on Redis or in process.
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let registries = Registries::from_config(&config)?
-        .with_credential_rules(CredentialRules::new(&config, &args.admin.credentials_dirs)?);
-    let tokens = ferry_replicator::ingest::http::load_tokens(args.webhook_token_file.as_deref())?;
-    anyhow::ensure!(
-        !tokens.is_empty() || args.allow_unauthenticated,
-        "no webhook token: set {} or --webhook-token-file (or pass --allow-unauthenticated on a trusted network)",
-        ferry_replicator::ingest::http::TOKEN_ENV
-    );
-    let redis = args.redis.target()?;
-    let backend = match &redis {
-        Some(target) => Backend::redis(target, &args.queue).await?,
-        None => Backend::memory(&args.queue),
-    };
-    let registries = backend.share_pauses(registries);
-    let (queue, history) = (backend.queue.clone(), backend.history.clone());
-    let opts = worker_options(&args.jobs);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let worker_metrics = WorkerMetrics::register(&mut registry);
-    let reconcile_metrics = ReconcileMetrics::register(&mut registry);
-    let scheduler = scheduler(
-        &config,
-        &registries,
-        &backend,
-        &opts.consumer,
-        &mut registry,
-    )?;
-    let poll_metrics = PollMetrics::register(&mut registry);
-    let worker = Arc::new(
-        Worker::new(
-            &config,
-            &registries,
-            queue.clone(),
-            history.clone(),
-            opts.clone(),
-        )?
-        .with_metrics(worker_metrics)
-        .with_tag_ledger(backend.tag_ledger.clone())
-        .with_shared_speed(backend.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
-    );
-    let reconciler = (args.reconcile_interval > 0)
-        .then(|| {
-            Reconciler::new(
-                &config,
-                &registries,
-                queue.clone(),
-                &opts.consumer,
-                reconcile_metrics,
-            )
-            .map(Arc::new)
-        })
-        .transpose()?;
-    let admin_config = config.clone();
-    let sink = EventSink {
-        ledger: Some(backend.tag_ledger.clone()),
-        ..EventSink::from(queue.clone())
-    };
-    let mut builder = IngestState::builder(config, sink.clone())
-        .metrics_registry(registry)
-        .allow_unauthenticated(args.allow_unauthenticated)
-        .max_clock_skew(Duration::from_secs(args.max_clock_skew_seconds))
-        .body_limit(args.max_body_bytes);
-    for t in tokens {
-        builder = builder.token(t);
-    }
-    let state = builder.build()?;
-    let ingest_state = state.clone();
-
-    let shutdown = CancellationToken::new();
-    let signals = cancel_on_signal(shutdown.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-    start_admin(
-        &mut tasks,
-        &args.admin,
-        &args.limits,
-        &admin_config,
-        &registries,
-        &backend,
-        &shutdown,
-    )
+    let jobs = worker_options(&args.jobs);
+    let daemon = Daemon::build(DaemonOptions {
+        name: "ferry serve",
+        config,
+        config_path: args.config,
+        queue: queue_options(args.redis.target()?, &args.queue),
+        credentials_dirs: args.admin.credentials_dirs.clone(),
+        holder: jobs.consumer.clone(),
+        listen_flags: args.limits,
+        listen: Some(args.listen),
+        webhooks: Some(WebhookOptions {
+            token_file: args.webhook_token_file,
+            allow_unauthenticated: args.allow_unauthenticated,
+            body_limit: args.max_body_bytes,
+            harbor_operator: None,
+        }),
+        jobs: Some(jobs),
+        scheduler: true,
+        safety_net: Some(Duration::from_secs(args.reconcile_interval)),
+        pollers: true,
+        admin: admin_options(&args.admin),
+        regions: None,
+        max_clock_skew: Duration::from_secs(args.max_clock_skew_seconds),
+        intake_grace: None,
+    })
     .await?;
-    spawn_server(
-        &mut tasks,
-        &args.limits,
-        "--listen",
-        &args.listen,
-        ferry_replicator::ingest::router(state),
-        &shutdown,
-    )
-    .await?;
-    if let Some(r) = reconciler.clone() {
-        let (stop, every) = (
-            shutdown.clone(),
-            Duration::from_secs(args.reconcile_interval),
-        );
-        tasks.spawn(async move { r.run(every, stop).await });
-    }
-    let pollers = PollerSet::start(
-        &admin_config,
-        &registries,
-        sink.clone(),
-        poll_metrics,
-        shutdown.clone(),
-    )?;
-    spawn_scheduler(&mut tasks, &scheduler, &shutdown);
-    let mut targets: Vec<Arc<dyn Reload>> = vec![
-        worker.clone(),
-        scheduler.clone(),
-        Arc::new(ingest_state),
-        pollers.clone(),
-    ];
-    if let Some(r) = &reconciler {
-        targets.push(r.clone());
-    }
-    spawn_policy_watch(
-        &mut tasks,
-        &admin_config,
-        &registries,
-        &backend,
-        targets,
-        &shutdown,
-    );
-    tracing::info!(
-        queue = if redis.is_some() {
-            "redis"
-        } else {
-            "in-process"
-        },
-        concurrency = opts.concurrency,
-        "ferry serve running"
-    );
-    worker.run(shutdown.clone()).await;
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    pollers.wait().await;
-    let _ = signals.await;
-    tracing::info!("ferry serve stopped");
+    daemon.spawn().drain().await;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! one agent of the region deliver at a time, so the outbox is read in order by one reader. Each
 //! round sends the oldest [`BATCH`] entries and trims those the peer acknowledged. A failed round
 //! (peer down, link cut, peer's queue unavailable) is retried after a capped, jittered backoff
-//! (`backon`, through [`crate::queue::backoff`]) and leaves the outbox untouched.
+//! (the supervisor's, [`crate::background`]) and leaves the outbox untouched.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use ferry_proto::v1 as pb;
 
 use super::{to_proto, ForwardMetrics, Outbox};
+use crate::background::{supervise, Next, Routine, Statuses, Supervisor};
 use crate::config::RegionConfig;
-use crate::queue::backoff;
 use crate::queue::RetryPolicy;
 
 /// Entries per call.
@@ -109,42 +109,17 @@ impl Forwarder {
     }
 
     /// Delivers until `cancel` fires (an entry being delivered then is sent again later).
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(self, cancel: CancellationToken) {
         let region = self.peer.name.clone();
-        let mut failures = 0u32;
         tracing::info!(peer_region = %region, url = %self.peer.forward_url, "forwarding events");
-        loop {
-            let pause = match self.round().await {
-                Ok(0) => {
-                    failures = 0;
-                    IDLE
-                }
-                Ok(_) => {
-                    failures = 0;
-                    Duration::ZERO
-                }
-                Err(Round::NotLeader) => LEASE / 3,
-                Err(Round::Failed(message)) => {
-                    failures = failures.saturating_add(1);
-                    self.metrics.sent(&region, "failed", 1);
-                    let delay = backoff::delay(&RETRY, failures);
-                    tracing::warn!(
-                        peer_region = %region,
-                        url = %self.peer.forward_url,
-                        attempt = failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        error = %message,
-                        "cannot forward events; they stay in the outbox"
-                    );
-                    delay
-                }
-            };
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
+        supervise(self, Statuses::default(), cancel).await;
         tracing::info!(peer_region = %region, "forwarder stopped");
+    }
+
+    /// Delivers under `supervisor` until it stops.
+    pub fn supervised(self, supervisor: &Supervisor) {
+        tracing::info!(peer_region = %self.peer.name, url = %self.peer.forward_url, "forwarding events");
+        supervisor.spawn(self);
     }
 
     /// One round: the number of entries delivered.
@@ -215,4 +190,48 @@ enum Round {
     /// Another agent of this region delivers to that peer.
     NotLeader,
     Failed(String),
+}
+
+/// Why a round failed; the events stay in the outbox.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot forward events to region {region} at {url}; they stay in the outbox: {message}")]
+pub struct ForwardFailed {
+    region: String,
+    url: String,
+    message: String,
+}
+
+/// A forwarder as a [`Routine`]: a round, then at once while the outbox is full, [`IDLE`] when it
+/// is empty, or a third of the lease when another agent holds it.
+impl Routine for Forwarder {
+    type Error = ForwardFailed;
+
+    fn name(&self) -> String {
+        format!("forwarder/{}", self.peer.name)
+    }
+
+    /// A round runs to its end, so that what the peer acknowledged leaves the outbox.
+    fn interruptible(&self) -> bool {
+        false
+    }
+
+    fn retry(&self) -> RetryPolicy {
+        RETRY
+    }
+
+    async fn step(&mut self) -> Result<Next, ForwardFailed> {
+        match self.round().await {
+            Ok(0) => Ok(Next::After(IDLE)),
+            Ok(_) => Ok(Next::Now),
+            Err(Round::NotLeader) => Ok(Next::After(LEASE / 3)),
+            Err(Round::Failed(message)) => {
+                self.metrics.sent(&self.peer.name, "failed", 1);
+                Err(ForwardFailed {
+                    region: self.peer.name.clone(),
+                    url: self.peer.forward_url.clone(),
+                    message,
+                })
+            }
+        }
+    }
 }

@@ -40,9 +40,11 @@ use prometheus_client::registry::Registry;
 
 use super::matcher::Matcher;
 use super::EventSink;
+use crate::background::{Next, Routine, Supervisor};
 use crate::config::Config;
 use crate::event::{now_ms, Event, EventKind};
 use crate::labels::EventLabels;
+use crate::locks::lock;
 use crate::oci::{RegistryClient, RegistryError};
 use crate::policy::{
     check_digest, check_repository, check_tag, Decoration, FilterKind, Mode, NameError, Policy,
@@ -170,8 +172,9 @@ struct PollState {
 /// A registry's shared poll state.
 type SharedState = Arc<tokio::sync::Mutex<PollState>>;
 
-/// The running generation of pollers: its stop token and each registry's state.
-type Generation = (CancellationToken, HashMap<String, SharedState>);
+/// The running generation of pollers: its supervisor (stopped on the next reload) and each
+/// registry's state.
+type Generation = (Supervisor, HashMap<String, SharedState>);
 
 /// The pollers of a process, rebuilt when the region's policies or registries change (admin
 /// API). A registry polled before and after a change keeps what its passes saw, so no change
@@ -179,10 +182,12 @@ type Generation = (CancellationToken, HashMap<String, SharedState>);
 pub struct PollerSet {
     sink: EventSink,
     metrics: PollMetrics,
-    shutdown: CancellationToken,
-    tasks: tokio_util::task::TaskTracker,
-    /// The running generation's stop token, and each registry's state.
+    /// Runs every generation (each under a child of its own).
+    supervisor: Supervisor,
+    /// The running generation.
     current: std::sync::Mutex<Generation>,
+    /// The first generation, built but not started yet ([`PollerSet::begin`]).
+    pending: std::sync::Mutex<Vec<Poller>>,
 }
 
 impl PollerSet {
@@ -194,23 +199,60 @@ impl PollerSet {
         metrics: PollMetrics,
         shutdown: CancellationToken,
     ) -> Result<Arc<PollerSet>, SyncError> {
+        let set =
+            PollerSet::supervised(config, registries, sink, metrics, Supervisor::new(shutdown))?;
+        set.begin();
+        Ok(set)
+    }
+
+    /// The pollers of `config`'s polled registries, run by `supervisor` from
+    /// [`PollerSet::begin`] on (no network I/O until then).
+    pub fn supervised(
+        config: &Config,
+        registries: &Registries,
+        sink: impl Into<EventSink>,
+        metrics: PollMetrics,
+        supervisor: Supervisor,
+    ) -> Result<Arc<PollerSet>, SyncError> {
         let set = Arc::new(PollerSet {
             sink: sink.into(),
             metrics,
-            current: std::sync::Mutex::new((shutdown.child_token(), HashMap::new())),
-            shutdown,
-            tasks: tokio_util::task::TaskTracker::new(),
+            current: std::sync::Mutex::new((supervisor.child(), HashMap::new())),
+            supervisor,
+            pending: std::sync::Mutex::default(),
         });
-        set.replace(config, registries)?;
+        *lock(&set.pending) = set.next_generation(config, registries)?.1;
         Ok(set)
+    }
+
+    /// Starts the pollers built by [`PollerSet::supervised`].
+    pub fn begin(&self) {
+        let generation = lock(&self.current).0.clone();
+        for p in std::mem::take(&mut *lock(&self.pending)) {
+            p.spawn(&generation);
+        }
     }
 
     /// Stops the running pollers and starts those of `config`, handing each registry's state over.
     fn replace(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
+        let (generation, pollers) = self.next_generation(config, registries)?;
+        for p in pollers {
+            p.spawn(&generation);
+        }
+        Ok(())
+    }
+
+    /// Builds the pollers of `config` with the states of the registries polled now, and makes
+    /// them the current generation (stopping the running one).
+    fn next_generation(
+        &self,
+        config: &Config,
+        registries: &Registries,
+    ) -> Result<(Supervisor, Vec<Poller>), SyncError> {
         let mut pollers =
             Poller::from_config(config, registries, self.sink.clone(), self.metrics.clone())?;
-        let token = self.shutdown.child_token();
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.supervisor.child();
+        let mut current = lock(&self.current);
         let mut states = HashMap::new();
         for p in &mut pollers {
             if let Some(state) = current.1.get(&p.registry) {
@@ -218,24 +260,19 @@ impl PollerSet {
             }
             states.insert(p.registry.clone(), p.state.clone());
         }
-        current.0.cancel();
-        *current = (token.clone(), states);
-        for p in pollers {
-            self.tasks.spawn(p.run(token.clone()));
-        }
-        Ok(())
+        current.0.stop();
+        *current = (generation.clone(), states);
+        Ok((generation, pollers))
     }
 
     /// The registries polled now.
     pub fn registries(&self) -> Vec<String> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        current.1.keys().cloned().collect()
+        lock(&self.current).1.keys().cloned().collect()
     }
 
     /// Waits until every poller stopped (after `shutdown`).
     pub async fn wait(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.supervisor.wait().await;
     }
 }
 
@@ -246,6 +283,55 @@ impl crate::catalog::Reload for PollerSet {
 
     fn reload(&self, config: &Config, registries: &Registries) -> Result<(), String> {
         self.replace(config, registries).map_err(|e| e.to_string())
+    }
+}
+
+/// A poller as a [`Routine`]: a pass, then the registry's interval; after a failed pass the
+/// interval too, or the later time a 429 named.
+impl Routine for Poller {
+    type Error = PollError;
+
+    fn name(&self) -> String {
+        format!("poller/{}", self.registry)
+    }
+
+    async fn step(&mut self) -> Result<Next, PollError> {
+        let pass = self.pass().await;
+        let outcome = match &pass {
+            Ok(r) if r.rate_limited => "rate_limited",
+            Ok(_) => "ok",
+            Err(PollError::Registry { .. }) => "registry_error",
+            Err(PollError::Queue(_)) => "queue_error",
+        };
+        self.metrics.pass(&self.registry, outcome);
+        match pass? {
+            r if r.pushes + r.deletes > 0 => tracing::info!(
+                registry = %self.registry, pushes = r.pushes, deletes = r.deletes,
+                enqueued = r.enqueued, collapsed = r.collapsed, "poll found changes"
+            ),
+            r if r.rate_limited => tracing::warn!(
+                registry = %self.registry, heads = r.heads,
+                "poll stopped early: the registry's rate limit is nearly used up"
+            ),
+            r => {
+                tracing::debug!(registry = %self.registry, tags = r.tags, heads = r.heads, baseline = r.baseline, "poll: no change")
+            }
+        }
+        Ok(Next::After(self.opts.interval))
+    }
+
+    fn retry_in(&self, _failures: u32, error: &PollError) -> Duration {
+        match error {
+            PollError::Registry {
+                source:
+                    RegistryError::RateLimited {
+                        retry_after: Some(later),
+                        ..
+                    },
+                ..
+            } => self.opts.interval.max(*later),
+            _ => self.opts.interval,
+        }
     }
 }
 
@@ -336,55 +422,11 @@ impl Poller {
         &self.registry
     }
 
-    /// Polls until `shutdown`: a pass now, then one every interval (longer after a 429 that
-    /// named a later time).
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Polls under `supervisor` until it stops: a pass now, then one every interval (longer after
+    /// a 429 that named a later time).
+    fn spawn(self, supervisor: &Supervisor) {
         tracing::info!(registry = %self.registry, interval_s = self.opts.interval.as_secs_f64(), "polling tags");
-        loop {
-            let pass = tokio::select! {
-                p = self.pass() => p,
-                _ = shutdown.cancelled() => return,
-            };
-            let mut wait = self.opts.interval;
-            let outcome = match &pass {
-                Ok(r) if r.rate_limited => "rate_limited",
-                Ok(_) => "ok",
-                Err(PollError::Registry { .. }) => "registry_error",
-                Err(PollError::Queue(_)) => "queue_error",
-            };
-            self.metrics.pass(&self.registry, outcome);
-            match pass {
-                Ok(r) if r.pushes + r.deletes > 0 => tracing::info!(
-                    registry = %self.registry, pushes = r.pushes, deletes = r.deletes,
-                    enqueued = r.enqueued, collapsed = r.collapsed, "poll found changes"
-                ),
-                Ok(r) if r.rate_limited => tracing::warn!(
-                    registry = %self.registry, heads = r.heads,
-                    "poll stopped early: the registry's rate limit is nearly used up"
-                ),
-                Ok(r) => {
-                    tracing::debug!(registry = %self.registry, tags = r.tags, heads = r.heads, baseline = r.baseline, "poll: no change")
-                }
-                Err(e) => {
-                    if let PollError::Registry {
-                        source:
-                            RegistryError::RateLimited {
-                                retry_after: Some(d),
-                                ..
-                            },
-                        ..
-                    } = &e
-                    {
-                        wait = wait.max(*d);
-                    }
-                    tracing::warn!(registry = %self.registry, error = %e, retry_in_s = wait.as_secs_f64(), "poll failed");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {},
-                _ = shutdown.cancelled() => return,
-            }
-        }
+        supervisor.spawn(self);
     }
 
     /// One pass: list, HEAD, compare, enqueue.

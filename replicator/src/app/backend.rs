@@ -1,0 +1,103 @@
+//! A region's shared state as one daemon sees it: the job queue, the execution history, the
+//! policies stored through the admin API, the tag ledger of bidirectional policies and the limits
+//! the region's processes share — all in Redis/Valkey, or all in this process.
+//!
+//! Invariant: every part of a daemon reads and writes the same [`Backend`]; a Redis backend is
+//! shared with every other process of the region that uses the same URL and key prefix.
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
+use crate::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
+use crate::forward::{Outbox, RedisOutbox};
+use crate::history::{History, MemoryHistory, RedisHistory, Retention};
+use crate::pauses::RedisLimits;
+use crate::queue::redis::RedisTarget;
+use crate::queue::{JobQueue, MemoryQueue, RetryPolicy};
+use crate::runtime::{connect_queue, ConnectError};
+use crate::sync::Registries;
+
+/// Pause between attempts to reach Redis at startup.
+const CONNECT_RETRY: Duration = Duration::from_secs(2);
+
+/// Where a daemon keeps the region's shared state.
+#[derive(Clone)]
+pub enum QueueOptions {
+    /// Redis/Valkey, shared with the region's other processes (`--redis`, `--redis-url-file` or
+    /// `FERRY_REDIS_URL`): every daemon but `ferry serve` without a URL.
+    Redis {
+        target: Box<RedisTarget>,
+        /// `--queue-prefix`: agents and workers of a region must use the same.
+        prefix: String,
+        /// `--redis-connect-timeout`: Redis may start after Ferry.
+        connect_timeout: Duration,
+        retention: Retention,
+    },
+    /// In this process only (`ferry serve` without a Redis URL): lost on exit.
+    InProcess { retention: Retention },
+}
+
+/// The region's shared state.
+#[derive(Clone)]
+pub struct Backend {
+    pub queue: Arc<dyn JobQueue>,
+    pub history: Arc<dyn History>,
+    pub store: Arc<dyn PolicyStore>,
+    /// Last writes of tags, for bidirectional conflicts (shared by the region's writers).
+    pub tag_ledger: Arc<dyn TagLedger>,
+    /// Events waiting for other regions; `None` in process (nothing is forwarded).
+    pub outbox: Option<Arc<dyn Outbox>>,
+    /// Limits shared by the region's processes (registry pauses after 429s and low quotas, policy
+    /// bandwidth); `None` in process.
+    pub limits: Option<Arc<RedisLimits>>,
+}
+
+impl Backend {
+    /// Connects (waiting for Redis up to its connect timeout) or creates the in-process state.
+    pub async fn open(options: &QueueOptions) -> Result<Backend, ConnectError> {
+        match options {
+            QueueOptions::Redis {
+                target,
+                prefix,
+                connect_timeout,
+                retention,
+            } => {
+                let q = connect_queue(target, prefix, *connect_timeout, CONNECT_RETRY).await?;
+                Ok(Backend {
+                    history: Arc::new(RedisHistory::new(&q, *retention)),
+                    store: Arc::new(RedisPolicyStore::new(&q)),
+                    tag_ledger: Arc::new(RedisTagLedger::new(&q)),
+                    outbox: Some(Arc::new(RedisOutbox::new(&q))),
+                    limits: Some(Arc::new(RedisLimits::new(&q))),
+                    queue: Arc::new(q),
+                })
+            }
+            QueueOptions::InProcess { retention } => Ok(Backend {
+                queue: Arc::new(MemoryQueue::new(RetryPolicy::default())),
+                history: Arc::new(MemoryHistory::new(*retention)),
+                store: Arc::new(MemoryPolicyStore::default()),
+                tag_ledger: Arc::new(MemoryTagLedger::default()),
+                outbox: None,
+                limits: None,
+            }),
+        }
+    }
+
+    /// `registries` sharing this backend's registry pauses (a 429 seen by one process pauses the
+    /// registry for all of the region's).
+    pub fn share_pauses(&self, registries: Registries) -> Registries {
+        match &self.limits {
+            Some(l) => registries.with_shared_gate(l.clone()),
+            None => registries,
+        }
+    }
+
+    /// Names the kind of backend in logs.
+    pub fn kind(&self) -> &'static str {
+        if self.limits.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        }
+    }
+}
