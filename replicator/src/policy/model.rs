@@ -1,5 +1,5 @@
 //! The policy types as they appear in JSON. `deny_unknown_fields` everywhere; semantic checks
-//! live in `crate::config::validate` so that all problems are reported at once.
+//! live in `crate::config` (its `check` module) so that all problems are reported at once.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
