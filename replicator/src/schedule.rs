@@ -2,7 +2,8 @@
 //! cron, exactly once across all the processes of a region.
 //!
 //! Cron expressions are Harbor's 6-field form with seconds first (`0 0 */6 * * *`) or the classic
-//! 5-field form, evaluated in UTC (parsed by `croner`).
+//! 5-field form, evaluated in UTC (parsed by [`crate::policy::cron::parse`], the parser validation
+//! uses too).
 //!
 //! # Invariants
 //! - **One firing per tick**: a process fires tick `T` of policy `P` only after taking the
@@ -13,7 +14,6 @@
 //!   counted as such, while an earlier run of the policy has not ended.
 //! - Ticks missed while no process was running are not replayed (the next tick runs a full
 //!   reconciliation anyway).
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,7 +259,7 @@ fn entries(config: &Config, registries: &Registries) -> Result<Vec<Entry>, SyncE
     {
         let settings = p.trigger.trigger_settings.as_ref();
         let expression = settings.map(|s| s.cron.trim()).unwrap_or_default();
-        let cron = Cron::from_str(expression).map_err(|e| SyncError::Policy {
+        let cron = crate::policy::cron::parse(expression).map_err(|e| SyncError::Policy {
             policy: p.name.clone(),
             message: format!("trigger_settings.cron {expression:?}: {e}"),
         })?;

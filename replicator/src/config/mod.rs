@@ -10,7 +10,7 @@
 //! - `schema`: the JSON Schema generated from those types, and the structural walk against it.
 //! - `load`: reading a file, detecting its shape (config, policy, array of policies), the three
 //!   phases, and how a [`Problem`] and a [`ConfigError`] are shown.
-//! - `check`: the semantic checks, one file per concern (registries, policies, regions, cron).
+//! - `check`: the semantic checks, one file per concern (registries, policies, regions).
 //! - `credentials`: resolving credential references, and which ones an API registry may use.
 
 mod check;

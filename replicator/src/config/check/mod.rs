@@ -2,13 +2,13 @@
 //!
 //! One file per concern: [`registries`] (names, URLs, sizes, credential references),
 //! [`policies`] (names, registry references, destinations, namespace, trigger, filters) and
-//! [`regions`] (names, forward URLs, which region a policy runs in).
+//! [`regions`] (names, forward URLs, which region a policy runs in). Cron expressions are checked
+//! by [`crate::policy::cron::parse`], the scheduler's own parser.
 //!
 //! Invariants: every problem is reported (no check stops at the first one), each with its JSON
 //! path and, where there is something useful to say, a hint; problems come out in document order
 //! (registries, then policies, then regions); nothing here does I/O or echoes a value that could be
 //! a secret.
-mod cron;
 mod policies;
 mod regions;
 mod registries;

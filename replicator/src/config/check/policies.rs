@@ -4,12 +4,11 @@
 //!
 //! Invariant: each policy is checked on its own, in document order, and every problem is kept; a
 //! policy file's paths start at the policy (see [`Shape::policy_path`]).
-use super::cron::check_cron;
 use super::FirstUse;
 use crate::config::load::Shape;
 use crate::config::schema::{did_you_mean, join_index, join_key};
 use crate::config::Problem;
-use crate::policy::{FilterKind, Mode, Policy, Selector, TriggerKind};
+use crate::policy::{cron, FilterKind, Mode, Policy, Selector, TriggerKind};
 
 /// Every problem of the `policies` list. `declared`: the config's registry names, or `None` when
 /// references are not checked.
@@ -188,7 +187,7 @@ fn check_namespace(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
 
 /// A `scheduled` trigger has a valid cron; no other trigger has one.
 fn check_trigger(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
-    let cron = policy
+    let expression = policy
         .trigger
         .trigger_settings
         .as_ref()
@@ -199,19 +198,19 @@ fn check_trigger(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
         "cron",
     );
     match policy.trigger.kind {
-        TriggerKind::Scheduled if cron.is_empty() => problems.push(
+        TriggerKind::Scheduled if expression.is_empty() => problems.push(
             Problem::new(cron_path, "a scheduled trigger needs a cron expression").hint(
                 r#"e.g. "trigger_settings": {"cron": "0 0 */6 * * *"} (seconds minutes hours day-of-month month day-of-week)"#,
             ),
         ),
         TriggerKind::Scheduled => {
-            if let Err(message) = check_cron(cron) {
+            if let Err(message) = cron::parse(expression) {
                 problems.push(Problem::new(cron_path, format!("invalid cron expression: {message}")).hint(
                     "5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first; each `*`, `n`, `a-b`, lists `a,b`, steps `*/n`; names like MON or JAN",
                 ));
             }
         }
-        TriggerKind::Manual | TriggerKind::EventBased if !cron.is_empty() => problems.push(
+        TriggerKind::Manual | TriggerKind::EventBased if !expression.is_empty() => problems.push(
             Problem::new(cron_path, "only a `scheduled` trigger takes a cron expression")
                 .hint(r#"set "trigger": {"type": "scheduled", ...} or remove the cron"#),
         ),
@@ -356,5 +355,31 @@ mod tests {
         ))
         .is_empty());
         assert!(paths(&policy(r#"{"type": "event_based"}"#)).is_empty());
+    }
+
+    #[test]
+    fn validation_refuses_exactly_the_crons_the_scheduler_cannot_parse() {
+        for expression in [
+            "0 0 */6 * * *",
+            "*/5 * * * *",
+            "5/15 * * * *",
+            "0 0 L * *",
+            "1,,2 * * * *",
+            "* * * * * * *",
+            "@daily",
+            "0 0 30 2 *",
+            "61 * * * *",
+        ] {
+            let json = config_with_policy(&format!(
+                r#"{{"name": "p", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "us"}},
+                    "trigger": {{"type": "scheduled", "trigger_settings": {{"cron": "{expression}"}}}}}}"#
+            ));
+            assert_eq!(
+                problems(&json).is_empty(),
+                crate::policy::cron::parse(expression).is_ok(),
+                "{expression}: {:?}",
+                problems(&json)
+            );
+        }
     }
 }
