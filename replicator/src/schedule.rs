@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Current;
 use crate::config::Config;
-use crate::history::{ExecutionQuery, History, Trigger};
+use crate::history::{ExecutionQuery, History, StartedBy};
 use crate::policy::TriggerKind;
 use crate::queue::JobQueue;
 use crate::runs::start_run;
@@ -159,7 +159,7 @@ impl Scheduler {
                 Ok(Some(active)) => TickOutcome::SkippedActive(active),
                 Ok(None) => match start_run(
                     &entry.prepared,
-                    Trigger::Scheduled,
+                    StartedBy::Scheduled,
                     false,
                     self.queue.as_ref(),
                     self.history.as_ref(),
@@ -216,7 +216,7 @@ impl Scheduler {
         Ok(recent
             .into_iter()
             .find(|e| {
-                matches!(e.trigger, Trigger::Manual | Trigger::Scheduled) && !e.state.is_final()
+                matches!(e.trigger, StartedBy::Manual | StartedBy::Scheduled) && !e.state.is_final()
             })
             .map(|e| e.id))
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ferry_replicator::event::EventKind;
 use ferry_replicator::history::{
     Execution, ExecutionQuery, ExecutionState, History, MemoryHistory, RedisHistory, Retention,
-    Task, TaskState, Trigger, WorkerInfo,
+    StartedBy, Task, TaskState, WorkerInfo,
 };
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
@@ -1159,7 +1159,7 @@ async fn paused_policies_park_jobs_until_resumed(backend: Backend) {
 // History (executions, tasks, workers): same backends, same suite
 
 fn execution(id: &str, policy: &str, started_at_ms: i64) -> Execution {
-    Execution::new(id, policy, Trigger::Manual, started_at_ms)
+    Execution::new(id, policy, StartedBy::Manual, started_at_ms)
 }
 
 fn task(execution_id: &str, n: u32, state: TaskState) -> Task {
@@ -1211,7 +1211,7 @@ async fn history_records_executions_and_counts_tasks(backend: Backend) {
         .unwrap();
     let got = history.execution("run-1").await.unwrap().expect("recorded");
     assert_eq!(got.state, ExecutionState::Running);
-    assert_eq!(got.trigger, Trigger::Manual);
+    assert_eq!(got.trigger, StartedBy::Manual);
     assert_eq!(
         counts(&got),
         [(TaskState::Pending, 1), (TaskState::Running, 1)]

@@ -108,6 +108,9 @@ pub struct Trigger {
     pub trigger_settings: Option<TriggerSettings>,
 }
 
+// How a policy fires (Harbor's `trigger.type`; absent means `manual`, as in Harbor). What
+// actually started one execution is a `crate::history::StartedBy`. (A `//` comment: doc comments
+// here would change the generated schema.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
