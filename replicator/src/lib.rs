@@ -15,6 +15,7 @@
 //! - [`schedule`]: cron ticks of scheduled policies, fired once per region.
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
 //! - [`locks`]: taking a mutex without ever panicking on poison.
+//! - [`clock`]: Unix milliseconds, and RFC 3339 in and out (via `chrono`).
 //! - [`listener`]: every listening socket, bound and served with the same limits.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
 //!
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod conflict;
 pub mod diff;

@@ -24,9 +24,10 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Current;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::diff::diff_policy;
-use crate::event::{now_ms, EventKind};
+use crate::event::EventKind;
 use crate::history::StartedBy;
 use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};

@@ -13,8 +13,9 @@
 //!   is enqueued and no registry is written to.
 use std::collections::HashSet;
 
+use crate::clock::now_ms;
 use crate::diff::diff_policy;
-use crate::event::{now_ms, EventKind};
+use crate::event::EventKind;
 use crate::history::{Execution, ExecutionState, History, StartedBy, Task, TaskState};
 use crate::oci::RegistryError;
 use crate::queue::{new_job_id, Job, JobQueue, QueueError};

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_replicator::clock::now_ms;
 use ferry_replicator::event::EventKind;
 use ferry_replicator::history::{
     Execution, ExecutionQuery, ExecutionState, History, MemoryHistory, RedisHistory, Retention,
@@ -142,13 +143,6 @@ fn job(reference: &str) -> Job {
         event_time_ms: 1_700_000_000_000,
         ..Job::new("eu-to-us", EventKind::Push, "platform/api", reference)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn refs(leases: &[Lease]) -> Vec<&str> {

@@ -43,6 +43,7 @@ use ferry_proto::v1::executions_client::ExecutionsClient;
 use ferry_proto::v1::operations_client::OperationsClient;
 use ferry_proto::v1::policies_client::PoliciesClient;
 use ferry_proto::v1::registries_client::RegistriesClient;
+use ferry_replicator::clock::{now_ms, rfc3339};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -1838,12 +1839,6 @@ fn short_digest(d: &str) -> String {
         .map_or_else(|| d.to_string(), |(i, _)| d[..i].to_string())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// `12s ago`, `5m ago`, `3h ago`, `2d ago` (`-` for 0, "not set").
 fn ago(ms: i64) -> String {
     if ms == 0 {
@@ -1889,39 +1884,9 @@ fn duration_ms(ms: u64) -> String {
     }
 }
 
-/// UTC RFC 3339 with second precision (civil-from-days, H. Hinnant); total for every i64.
-fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_714_566_896_123), "2024-05-01T12:34:56Z");
-        assert_eq!(rfc3339(-1000), "1969-12-31T23:59:59Z");
-        rfc3339(i64::MAX);
-        rfc3339(i64::MIN);
-    }
 
     #[test]
     fn enum_names_without_prefix() {

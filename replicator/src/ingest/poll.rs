@@ -40,8 +40,9 @@ use prometheus_client::registry::Registry;
 
 use super::matcher::Matcher;
 use super::EventSink;
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::event::{now_ms, Event, EventKind};
+use crate::event::{Event, EventKind};
 use crate::oci::{RegistryClient, RegistryError};
 use crate::policy::{
     check_digest, check_repository, check_tag, Decoration, FilterKind, Mode, NameError, Policy,

@@ -316,7 +316,7 @@ impl RegistryClient {
         };
         *lock(&self.rate_limit) = Some(limit);
         if limit.remaining <= gate::low_quota_reserve(limit.limit) {
-            let until = crate::event::now_ms() + crate::event::duration_ms(gate::LOW_QUOTA_PAUSE);
+            let until = crate::clock::now_ms() + crate::clock::duration_ms(gate::LOW_QUOTA_PAUSE);
             let reason = format!(
                 "RateLimit-Remaining is {} of {}",
                 limit.remaining,
@@ -696,7 +696,7 @@ impl RegistryClient {
                 tracing::info!(registry = %self.name, url = %redact(&url), status = status.as_u16(), delay_ms = d.as_millis() as u64, "registry asked us to slow down");
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     // Every worker of the region waits too; the next attempt waits at the gate.
-                    let until = crate::event::now_ms() + crate::event::duration_ms(d);
+                    let until = crate::clock::now_ms() + crate::clock::duration_ms(d);
                     self.gate
                         .pause(&self.name, until, "429 Too Many Requests")
                         .await;
