@@ -16,6 +16,7 @@
 //! - [`worker`]: runs queued jobs (level-triggered copies and guarded deletes) with leases.
 //! - [`locks`]: taking a mutex without ever panicking on poison.
 //! - [`clock`]: Unix milliseconds, and RFC 3339 in and out (via `chrono`).
+//! - [`errors`]: an error and its causes on one line, for every layer's error types.
 //! - [`listener`]: every listening socket, bound and served with the same limits.
 //! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
 //!
@@ -29,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod conflict;
 pub mod diff;
+pub mod errors;
 pub mod event;
 pub mod forward;
 pub mod history;

@@ -44,6 +44,7 @@ use ferry_proto::v1::operations_client::OperationsClient;
 use ferry_proto::v1::policies_client::PoliciesClient;
 use ferry_proto::v1::registries_client::RegistriesClient;
 use ferry_replicator::clock::{now_ms, rfc3339};
+use ferry_replicator::errors::error_chain;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -1268,20 +1269,6 @@ fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
-}
-
-/// `e` and its sources, `: `-separated, each message once.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(e) = next {
-        let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 // ---------------------------------------------------------------------------------------------
