@@ -14,6 +14,7 @@ mod regions;
 mod registries;
 
 use super::load::Shape;
+use super::schema::join_key;
 use super::{Config, Problem};
 
 impl Config {
@@ -46,6 +47,37 @@ impl<'a> FirstUse<'a> {
                 self.seen.push((name, path.to_string()));
                 None
             }
+        }
+    }
+}
+
+/// How a list of named things (registries, regions) words its name problems.
+struct NameRules {
+    /// `registry` or `region`.
+    what: &'static str,
+    /// The hint of an empty name.
+    empty_hint: &'static str,
+    /// Said after "already used by <path>" for a duplicate.
+    duplicate_note: &'static str,
+}
+
+impl<'a> FirstUse<'a> {
+    /// The `name` of the entry at `path`: not blank, and not used by an earlier entry.
+    fn check_name(
+        &mut self,
+        rules: &NameRules,
+        name: &'a str,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) {
+        let at = join_key(path, "name");
+        if name.trim().is_empty() {
+            let message = format!("{} name is empty", rules.what);
+            problems.push(Problem::new(at, message).hint(rules.empty_hint));
+        } else if let Some(first) = self.record(name, path) {
+            let message = format!("duplicate {} name {name:?}", rules.what);
+            let hint = format!("already used by {first}{}", rules.duplicate_note);
+            problems.push(Problem::new(at, message).hint(hint));
         }
     }
 }

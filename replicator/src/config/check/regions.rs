@@ -4,7 +4,7 @@
 //!
 //! Invariant: a policy file (a bare policy or an array) has no `regions`, so the regions its
 //! policies name are not checked against anything.
-use super::FirstUse;
+use super::{FirstUse, NameRules};
 use crate::config::load::Shape;
 use crate::config::schema::{join_index, join_key};
 use crate::config::{Config, Problem, RegionConfig};
@@ -33,25 +33,18 @@ pub(super) fn check(config: &Config, shape: Shape, problems: &mut Vec<Problem>) 
     }
 }
 
+const NAMES: NameRules = NameRules {
+    what: "region",
+    empty_hint: "use the name given to `--region` in that region",
+    duplicate_note: "",
+};
+
 /// The `regions` list itself: names unique and non-empty, forward URLs http(s) with a host.
 fn check_declared(regions: &[RegionConfig], problems: &mut Vec<Problem>) {
     let mut names = FirstUse::default();
     for (i, region) in regions.iter().enumerate() {
         let path = join_index("regions", i);
-        if region.name.trim().is_empty() {
-            problems.push(
-                Problem::new(join_key(&path, "name"), "region name is empty")
-                    .hint("use the name given to `--region` in that region"),
-            );
-        } else if let Some(first) = names.record(&region.name, &path) {
-            problems.push(
-                Problem::new(
-                    join_key(&path, "name"),
-                    format!("duplicate region name {:?}", region.name),
-                )
-                .hint(format!("already used by {first}")),
-            );
-        }
+        names.check_name(&NAMES, &region.name, &path, problems);
         match url::Url::parse(&region.forward_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
             _ => problems.push(

@@ -3,31 +3,22 @@
 //!
 //! Invariant: a URL is never echoed in a message (it could carry credentials), and a credential
 //! problem names the field, never a value that could be the secret itself.
-use super::FirstUse;
+use super::{FirstUse, NameRules};
 use crate::config::schema::{join_index, join_key};
 use crate::config::{Credential, Problem, RegistryConfig};
+
+const NAMES: NameRules = NameRules {
+    what: "registry",
+    empty_hint: "policies refer to registries by this name",
+    duplicate_note: "; registry names must be unique",
+};
 
 /// Every problem of the `registries` list, in order.
 pub(super) fn check(registries: &[RegistryConfig], problems: &mut Vec<Problem>) {
     let mut names = FirstUse::default();
     for (i, registry) in registries.iter().enumerate() {
         let path = join_index("registries", i);
-        if registry.name.trim().is_empty() {
-            problems.push(
-                Problem::new(join_key(&path, "name"), "registry name is empty")
-                    .hint("policies refer to registries by this name"),
-            );
-        } else if let Some(first) = names.record(&registry.name, &path) {
-            problems.push(
-                Problem::new(
-                    join_key(&path, "name"),
-                    format!("duplicate registry name {:?}", registry.name),
-                )
-                .hint(format!(
-                    "already used by {first}; registry names must be unique"
-                )),
-            );
-        }
+        names.check_name(&NAMES, &registry.name, &path, problems);
         check_registry(registry, &path, problems);
     }
 }
