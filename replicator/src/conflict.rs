@@ -135,7 +135,7 @@ pub fn decide(
                 }
             }
         }
-        _ if now_ms.saturating_sub(incoming.at_ms) < crate::event::duration_ms(DECISION_GRACE) => {
+        _ if now_ms.saturating_sub(incoming.at_ms) < crate::clock::duration_ms(DECISION_GRACE) => {
             Decision::Wait
         }
         _ => Decision::Copy { replaces: None },
@@ -257,7 +257,7 @@ impl TagLedger for RedisTagLedger {
                 .arg(self.key(registry, repository, tag))
                 .arg(raw)
                 .arg("PX")
-                .arg(crate::event::duration_ms(LEDGER_TTL))
+                .arg(crate::clock::duration_ms(LEDGER_TTL))
                 .query_async::<()>(&mut con),
         )
         .await
@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn an_unrecorded_destination_waits_for_its_event_then_gives_way() {
         let w = write("sha256:a", 10_000, "eu");
-        let grace = crate::event::duration_ms(DECISION_GRACE);
+        let grace = crate::clock::duration_ms(DECISION_GRACE);
         assert_eq!(decide(&w, Some("sha256:b"), None, 10_500), Decision::Wait);
         // The ledger knows an older write of another digest: the destination changed since.
         let stale = write("sha256:c", 1, "us");

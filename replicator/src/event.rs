@@ -82,18 +82,7 @@ pub fn check_event_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// A duration in whole milliseconds as stored in Unix-ms fields (saturating).
-pub fn duration_ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Current time in Unix milliseconds (0 if the clock is before 1970).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use crate::clock::{duration_ms, now_ms};
 
 /// Default of `--max-clock-skew-seconds`: how far ahead of this process's clock an event time may
 /// be (registry and agent clocks disagree by this much at most when NTP works).

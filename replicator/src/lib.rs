@@ -21,6 +21,8 @@
 //! - [`labels`]: Prometheus label sets shared by several subsystems' metrics.
 //! - [`runtime`]: process plumbing of the binaries (logging, shutdown signal, Redis URL, hostname).
 //! - [`locks`]: taking a mutex without ever panicking on poison.
+//! - [`clock`]: Unix milliseconds, and RFC 3339 in and out (via `chrono`).
+//! - [`errors`]: an error and its causes on one line, for every layer's error types.
 //! - [`listener`]: every listening socket, bound and served with the same limits.
 //! - [`app`]: one daemon assembly (`ferry-agent`, `ferry worker`, `ferry serve`): options →
 //!   build → spawn → drain.
@@ -36,10 +38,12 @@ pub mod admin;
 pub mod app;
 pub mod background;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod conflict;
 pub mod delete;
 pub mod diff;
+pub mod errors;
 pub mod event;
 pub mod forward;
 pub mod history;

@@ -23,10 +23,11 @@ use prometheus_client::registry::Registry;
 
 use crate::background::{Next, Routine};
 use crate::catalog::Current;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::diff::diff_policy;
-use crate::event::{now_ms, EventKind};
-use crate::history::Trigger;
+use crate::event::EventKind;
+use crate::history::StartedBy;
 use crate::labels::PolicyLabel;
 use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
@@ -145,7 +146,7 @@ impl Reconciler {
                 // Lag is measured from when the drift was found; the real event time is unknown.
                 event_time_ms: now_ms(),
                 event_id: Some("reconcile".to_string()),
-                trigger: Trigger::Reconcile,
+                trigger: StartedBy::Reconcile,
                 source: prepared.job_source(),
                 ..Job::new(policy, EventKind::Push, repository, tag)
             };

@@ -13,9 +13,10 @@
 //!   is enqueued and no registry is written to.
 use std::collections::HashSet;
 
+use crate::clock::now_ms;
 use crate::diff::diff_policy;
-use crate::event::{now_ms, EventKind};
-use crate::history::{Execution, ExecutionState, History, Task, TaskState, Trigger};
+use crate::event::EventKind;
+use crate::history::{Execution, ExecutionState, History, StartedBy, Task, TaskState};
 use crate::oci::RegistryError;
 use crate::queue::{new_job_id, Job, JobQueue, QueueError};
 use crate::sync::{is_referrer_tag, list_source, PreparedPolicy};
@@ -64,7 +65,7 @@ fn task(run: &str, policy: &str, destination: &str, repository: &str, tag: &str,
 /// Starts a run of `prepared`'s policy and returns its execution as recorded.
 pub async fn start_run(
     prepared: &PreparedPolicy,
-    trigger: Trigger,
+    trigger: StartedBy,
     dry_run: bool,
     queue: &dyn JobQueue,
     history: &dyn History,
@@ -183,7 +184,7 @@ pub async fn stop_run(history: &dyn History, id: &str) -> Result<Execution, Stop
     if e.state.is_final() {
         return Ok(e);
     }
-    if !matches!(e.trigger, Trigger::Manual | Trigger::Scheduled) {
+    if !matches!(e.trigger, StartedBy::Manual | StartedBy::Scheduled) {
         return Err(StopError::NotARun { id: id.to_string() });
     }
     let now = now_ms();

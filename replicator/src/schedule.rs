@@ -2,7 +2,8 @@
 //! cron, exactly once across all the processes of a region.
 //!
 //! Cron expressions are Harbor's 6-field form with seconds first (`0 0 */6 * * *`) or the classic
-//! 5-field form, evaluated in UTC (parsed by `croner`).
+//! 5-field form, evaluated in UTC (parsed by [`crate::policy::cron::parse`], the parser validation
+//! uses too).
 //!
 //! # Invariants
 //! - **One firing per tick**: a process fires tick `T` of policy `P` only after taking the
@@ -13,7 +14,6 @@
 //!   counted as such, while an earlier run of the policy has not ended.
 //! - Ticks missed while no process was running are not replayed (the next tick runs a full
 //!   reconciliation anyway).
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use crate::background::{Next, Routine};
 use crate::catalog::Current;
 use crate::config::Config;
-use crate::history::{ExecutionQuery, History, Trigger};
+use crate::history::{ExecutionQuery, History, StartedBy};
 use crate::labels::PolicyOutcome;
 use crate::policy::TriggerKind;
 use crate::queue::JobQueue;
@@ -153,7 +153,7 @@ impl Scheduler {
                 Ok(Some(active)) => TickOutcome::SkippedActive(active),
                 Ok(None) => match start_run(
                     &entry.prepared,
-                    Trigger::Scheduled,
+                    StartedBy::Scheduled,
                     false,
                     self.queue.as_ref(),
                     self.history.as_ref(),
@@ -210,7 +210,7 @@ impl Scheduler {
         Ok(recent
             .into_iter()
             .find(|e| {
-                matches!(e.trigger, Trigger::Manual | Trigger::Scheduled) && !e.state.is_final()
+                matches!(e.trigger, StartedBy::Manual | StartedBy::Scheduled) && !e.state.is_final()
             })
             .map(|e| e.id))
     }
@@ -281,7 +281,7 @@ fn entries(config: &Config, registries: &Registries) -> Result<Vec<Entry>, SyncE
     {
         let settings = p.trigger.trigger_settings.as_ref();
         let expression = settings.map(|s| s.cron.trim()).unwrap_or_default();
-        let cron = Cron::from_str(expression).map_err(|e| SyncError::Policy {
+        let cron = crate::policy::cron::parse(expression).map_err(|e| SyncError::Policy {
             policy: p.name.clone(),
             message: format!("trigger_settings.cron {expression:?}: {e}"),
         })?;

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use common::*;
 use ferry_proto::v1 as pb;
+use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::{Config, RegionConfig};
 use ferry_replicator::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger, TagWrite};
-use ferry_replicator::event::{duration_ms, now_ms, Event, EventKind, MAX_EVENT_AGE};
+use ferry_replicator::event::{Event, EventKind, MAX_EVENT_AGE};
 use ferry_replicator::forward::{
     self, ForwardMetrics, ForwardService, ForwardTls, Forwarded, Forwarder, Outbox, RedisOutbox,
 };

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::Config;
 use ferry_replicator::conflict::{MemoryTagLedger, TagLedger};
-use ferry_replicator::event::{duration_ms, now_ms, EventKind, MAX_EVENT_AGE};
+use ferry_replicator::event::{EventKind, MAX_EVENT_AGE};
 use ferry_replicator::ingest::{self, EventSink, IngestState};
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,

@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_replicator::clock::now_ms;
 use ferry_replicator::event::EventKind;
 use ferry_replicator::history::{
     Execution, ExecutionQuery, ExecutionState, History, MemoryHistory, RedisHistory, Retention,
-    Task, TaskState, Trigger, WorkerInfo,
+    StartedBy, Task, TaskState, WorkerInfo,
 };
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
@@ -134,13 +135,6 @@ fn job(reference: &str) -> Job {
         event_time_ms: 1_700_000_000_000,
         ..Job::new("eu-to-us", EventKind::Push, "platform/api", reference)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn refs(leases: &[Lease]) -> Vec<&str> {
@@ -1120,7 +1114,7 @@ async fn paused_policies_park_jobs_until_resumed(backend: Backend) {
 // History (executions, tasks, workers): same backends, same suite
 
 fn execution(id: &str, policy: &str, started_at_ms: i64) -> Execution {
-    Execution::new(id, policy, Trigger::Manual, started_at_ms)
+    Execution::new(id, policy, StartedBy::Manual, started_at_ms)
 }
 
 fn task(execution_id: &str, n: u32, state: TaskState) -> Task {
@@ -1170,7 +1164,7 @@ async fn history_records_executions_and_counts_tasks(backend: Backend) {
         .unwrap();
     let got = history.execution("run-1").await.unwrap().expect("recorded");
     assert_eq!(got.state, ExecutionState::Running);
-    assert_eq!(got.trigger, Trigger::Manual);
+    assert_eq!(got.trigger, StartedBy::Manual);
     assert_eq!(
         counts(&got),
         [(TaskState::Pending, 1), (TaskState::Running, 1)]

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
-use ferry_replicator::event::now_ms;
 use ferry_replicator::oci::gate::{SharedGate, SHARED_REFRESH};
 use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::queue::{RedisQueue, RetryPolicy};

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
-use ferry_replicator::event::{now_ms, EventKind};
+use ferry_replicator::event::EventKind;
 use ferry_replicator::history::{MemoryHistory, Retention};
 use ferry_replicator::oci::{BlobUpload, Digest, DigestVerifier, RegistryClient};
 use ferry_replicator::queue::{Job, JobQueue, MemoryQueue, RetryPolicy, UploadCheckpoint};

@@ -10,7 +10,7 @@ use chrono::Utc;
 use common::*;
 use ferry_replicator::config::Config;
 use ferry_replicator::history::{
-    ExecutionQuery, ExecutionState, History, RedisHistory, Retention, Trigger,
+    ExecutionQuery, ExecutionState, History, RedisHistory, Retention, StartedBy,
 };
 use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
 use ferry_replicator::schedule::{ScheduleMetrics, Scheduler, TickOutcome};
@@ -59,7 +59,7 @@ async fn scheduled_runs(history: &dyn History) -> Vec<ferry_replicator::history:
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.trigger == Trigger::Scheduled)
+        .filter(|e| e.trigger == StartedBy::Scheduled)
         .collect()
 }
 

@@ -116,7 +116,7 @@ async fn serve_clamps_webhook_event_times_to_max_clock_skew_seconds() {
                    "digest": format!("sha256:{}", "a".repeat(64))},
         "request": {"id": "r1", "useragent": "skopeo/1.9.3"}
     }]});
-    let before = ferry_replicator::event::now_ms();
+    let before = ferry_replicator::clock::now_ms();
     let answer = reqwest::Client::new()
         .post(format!(
             "http://{listen}/v1/events/distribution?registry=src"
@@ -131,7 +131,7 @@ async fn serve_clamps_webhook_event_times_to_max_clock_skew_seconds() {
         .await
         .unwrap();
     assert_eq!(answer.status().as_u16(), 200);
-    let after = ferry_replicator::event::now_ms();
+    let after = ferry_replicator::clock::now_ms();
 
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{admin}")).unwrap();
     let mut channel = endpoint.connect().await;

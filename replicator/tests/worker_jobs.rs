@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
 use ferry_replicator::delete::DeleteOutcome;
-use ferry_replicator::event::{now_ms, EventKind};
+use ferry_replicator::event::EventKind;
 use ferry_replicator::history::{
-    ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, TaskState, Trigger,
+    ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, StartedBy, TaskState,
 };
 use ferry_replicator::queue::memory::MemoryQueue;
 use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
@@ -136,7 +137,7 @@ async fn push_jobs_replicate_and_duplicates_move_bytes_once() {
     assert_eq!(execs.len(), 1, "{execs:?}");
     let e = &execs[0];
     assert_eq!(e.state, ExecutionState::Succeeded, "{e:?}");
-    assert_eq!(e.trigger, Trigger::EventBased);
+    assert_eq!(e.trigger, StartedBy::EventBased);
     assert_eq!(e.policy, "test");
     assert_eq!(e.attempts, 1);
     assert!(e.ended_at_ms.is_some_and(|t| t >= e.started_at_ms), "{e:?}");
@@ -757,7 +758,7 @@ async fn one_failing_destination_does_not_hold_back_the_others() {
 /// says so first) and leaves a tag that differs between the sides alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
-    use ferry_replicator::history::{ExecutionState, Trigger};
+    use ferry_replicator::history::{ExecutionState, StartedBy};
     use ferry_replicator::runs::start_run;
     let s = setup(json!({"mode": "bidirectional"})).await;
     let dir = s._dir.path();
@@ -770,7 +771,7 @@ async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
 
     let plan = start_run(
         &prepared,
-        Trigger::Manual,
+        StartedBy::Manual,
         true,
         s.queue.as_ref(),
         s.history.as_ref(),
@@ -795,7 +796,7 @@ async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
 
     let run = start_run(
         &prepared,
-        Trigger::Manual,
+        StartedBy::Manual,
         false,
         s.queue.as_ref(),
         s.history.as_ref(),

@@ -4,7 +4,7 @@ use ferry_proto::v1 as pb;
 use crate::config::{Credential, RegistryConfig};
 use crate::diff::Drift;
 use crate::event::EventKind;
-use crate::history::{Execution, ExecutionState, Task, TaskState, Trigger, WorkerInfo};
+use crate::history::{Execution, ExecutionState, StartedBy, Task, TaskState, WorkerInfo};
 use crate::policy::Policy;
 use crate::queue::{Job, QueueStats};
 
@@ -80,12 +80,12 @@ pub fn registry(r: &RegistryConfig) -> pb::Registry {
     }
 }
 
-pub fn trigger(t: Trigger) -> i32 {
+pub fn trigger(t: StartedBy) -> i32 {
     (match t {
-        Trigger::EventBased => pb::Trigger::EventBased,
-        Trigger::Manual => pb::Trigger::Manual,
-        Trigger::Scheduled => pb::Trigger::Scheduled,
-        Trigger::Reconcile => pb::Trigger::Reconcile,
+        StartedBy::EventBased => pb::Trigger::EventBased,
+        StartedBy::Manual => pb::Trigger::Manual,
+        StartedBy::Scheduled => pb::Trigger::Scheduled,
+        StartedBy::Reconcile => pb::Trigger::Reconcile,
     }) as i32
 }
 

@@ -16,7 +16,7 @@ use super::status::AdminError;
 use super::AdminState;
 use crate::catalog::{effective, PolicySource, WATCH_EVERY};
 use crate::diff::diff_policy;
-use crate::history::{Execution, ExecutionQuery, Task, Trigger};
+use crate::history::{Execution, ExecutionQuery, StartedBy, Task};
 use crate::runs::{start_run, stop_run, RunError, StopError};
 use crate::sync::{PreparedPolicy, Registries};
 
@@ -579,7 +579,7 @@ impl pb::executions_server::Executions for Admin {
             .map_err(|e| AdminError::FailedPrecondition(e.to_string()))?;
         let execution = start_run(
             &prepared,
-            Trigger::Manual,
+            StartedBy::Manual,
             r.dry_run,
             self.state.queue.as_ref(),
             self.state.history.as_ref(),

@@ -18,7 +18,7 @@ use std::path::Path;
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::validate::Problem;
+use super::Problem;
 use super::{Credential, RegistryConfig, Secret};
 /// A credential reference that could not be resolved. The message names the env var, file or
 /// host involved, never a secret.

@@ -22,7 +22,8 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{duration_ms, Event};
+use crate::clock::duration_ms;
+use crate::event::Event;
 use crate::queue::redis::{bounded, RedisQueue};
 use crate::queue::QueueError;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{count_states, Execution, ExecutionQuery, History, Retention, Task, WorkerInfo};
-use crate::event::{duration_ms, now_ms};
+use crate::clock::{duration_ms, now_ms};
 use crate::queue::QueueError;
 
 /// The in-process history. Cheap to share behind an `Arc`.

@@ -39,10 +39,14 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventKind;
 use crate::queue::QueueError;
 
-/// What started an execution (Harbor's trigger names, plus Ferry's safety net).
+/// What started an execution or queued a job (Harbor's trigger names, plus Ferry's safety net).
+///
+/// Not [`crate::policy::TriggerKind`], which says how a *policy* may fire: a policy's kind
+/// defaults to `manual` (Harbor's default), while a job defaults to having been started by an
+/// event; and a reconciliation starts executions no policy trigger names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Trigger {
+pub enum StartedBy {
     /// A registry event (webhook or poller).
     #[default]
     EventBased,
@@ -52,13 +56,13 @@ pub enum Trigger {
     Reconcile,
 }
 
-impl Trigger {
+impl StartedBy {
     pub fn as_str(self) -> &'static str {
         match self {
-            Trigger::EventBased => "event_based",
-            Trigger::Manual => "manual",
-            Trigger::Scheduled => "scheduled",
-            Trigger::Reconcile => "reconcile",
+            StartedBy::EventBased => "event_based",
+            StartedBy::Manual => "manual",
+            StartedBy::Scheduled => "scheduled",
+            StartedBy::Reconcile => "reconcile",
         }
     }
 }
@@ -151,7 +155,7 @@ pub struct Origin {
 pub struct Execution {
     pub id: String,
     pub policy: String,
-    pub trigger: Trigger,
+    pub trigger: StartedBy,
     pub state: ExecutionState,
     /// When it was triggered (Unix ms): the enqueue time of an event-driven job.
     pub started_at_ms: i64,
@@ -179,7 +183,7 @@ pub struct Execution {
 
 impl Execution {
     /// A new execution in state `Running`, no tasks yet.
-    pub fn new(id: &str, policy: &str, trigger: Trigger, started_at_ms: i64) -> Execution {
+    pub fn new(id: &str, policy: &str, trigger: StartedBy, started_at_ms: i64) -> Execution {
         Execution {
             id: id.to_string(),
             policy: policy.to_string(),
@@ -357,7 +361,7 @@ mod tests {
 
     #[test]
     fn counts_serialize_as_a_map_by_state_name() {
-        let mut e = Execution::new("x", "p", Trigger::Manual, 1);
+        let mut e = Execution::new("x", "p", StartedBy::Manual, 1);
         e.counts.insert(TaskState::Succeeded, 2);
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["counts"]["succeeded"], 2);

@@ -25,7 +25,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::{Execution, ExecutionQuery, History, Retention, Task, TaskState, WorkerInfo};
-use crate::event::{duration_ms, now_ms};
+use crate::clock::{duration_ms, now_ms};
 use crate::queue::redis::bounded;
 use crate::queue::{QueueError, RedisQueue};
 

@@ -41,7 +41,6 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::json::{self, index, join};
-use super::rfc3339;
 use super::{kind_label, Batch, IgnoreReason, Ignored, IngestError, FERRY_USER_AGENT_PREFIX};
 use crate::event::{check_event_id, Event, EventKind};
 use crate::oci::manifest;
@@ -56,7 +55,7 @@ pub const CONTENT_TYPES: &[&str] = &[CONTENT_TYPE_V1, CONTENT_TYPE_V2, "applicat
 
 /// Parses a notification body from the registry configured as `registry`.
 pub fn parse(body: &[u8], registry: &str) -> Result<Batch, IngestError> {
-    parse_with_clock(body, registry, super::now_ms)
+    parse_with_clock(body, registry, crate::clock::now_ms)
 }
 
 /// [`parse`] with an injectable clock (used when an event has no usable timestamp).
@@ -182,7 +181,7 @@ fn read_event(
         _ => synthesized_id(item),
     };
     let occurred_at_ms = match event.get("timestamp") {
-        Some(Value::String(s)) => rfc3339::parse_ms(s),
+        Some(Value::String(s)) => crate::clock::parse_rfc3339_ms(s),
         _ => None,
     };
     let occurred_at_ms = occurred_at_ms.unwrap_or_else(|| {

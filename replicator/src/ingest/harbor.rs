@@ -41,7 +41,7 @@ pub struct HarborOptions {
 
 /// Parses a Harbor webhook body from the registry configured as `registry`.
 pub fn parse(body: &[u8], registry: &str, options: &HarborOptions) -> Result<Batch, IngestError> {
-    parse_with_clock(body, registry, options, super::now_ms)
+    parse_with_clock(body, registry, options, crate::clock::now_ms)
 }
 
 /// [`parse`] with an injectable clock (used when `occur_at` is missing or invalid).

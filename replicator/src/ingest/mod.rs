@@ -34,7 +34,6 @@ mod json;
 pub mod matcher;
 pub mod metrics;
 pub mod poll;
-mod rfc3339;
 
 pub use http::{router, IngestState, IngestStateBuilder, SetupError};
 pub use matcher::{Matcher, Route};
@@ -275,8 +274,6 @@ pub(crate) fn kind_label(action: &str) -> &'static str {
         _ => "other",
     }
 }
-
-pub(crate) use crate::event::now_ms;
 
 pub use crate::sync::is_referrer_tag;
 

@@ -27,7 +27,6 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use oci_spec::image::{Descriptor, ImageIndex};
-use rand::Rng;
 use reqwest::header::{
     HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
     WWW_AUTHENTICATE,
@@ -42,6 +41,7 @@ use super::error::{parse_error_body, RegistryError, Result};
 use super::gate::{self, Gate, SharedGate};
 use super::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
 use crate::config::{RegistryConfig, Secret};
+use crate::queue::RetryPolicy;
 
 /// `User-Agent` of every request Ferry makes; agents recognize Ferry's own writes by it.
 pub const USER_AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
@@ -316,7 +316,7 @@ impl RegistryClient {
         };
         *lock(&self.rate_limit) = Some(limit);
         if limit.remaining <= gate::low_quota_reserve(limit.limit) {
-            let until = crate::event::now_ms() + crate::event::duration_ms(gate::LOW_QUOTA_PAUSE);
+            let until = crate::clock::now_ms() + crate::clock::duration_ms(gate::LOW_QUOTA_PAUSE);
             let reason = format!(
                 "RateLimit-Remaining is {} of {}",
                 limit.remaining,
@@ -696,7 +696,7 @@ impl RegistryClient {
                 tracing::info!(registry = %self.name, url = %redact(&url), status = status.as_u16(), delay_ms = d.as_millis() as u64, "registry asked us to slow down");
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     // Every worker of the region waits too; the next attempt waits at the gate.
-                    let until = crate::event::now_ms() + crate::event::duration_ms(d);
+                    let until = crate::clock::now_ms() + crate::clock::duration_ms(d);
                     self.gate
                         .pause(&self.name, until, "429 Too Many Requests")
                         .await;
@@ -1646,12 +1646,18 @@ async fn read_limited(resp: Response, limit: u64) -> std::result::Result<Bytes, 
     Ok(buf.freeze())
 }
 
-/// Capped, jittered exponential backoff: ~200 ms, 400 ms, … up to 10 s.
+/// The backoff of a retried request: the queue's capped, jittered exponential backoff
+/// ([`crate::queue::backoff`]) from 200 ms, doubling up to 6.4 s (the curve requests always had).
+const REQUEST_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: MAX_ATTEMPTS,
+    base: Duration::from_millis(200),
+    max: Duration::from_millis(6_400),
+};
+
+/// The delay before retrying a request after failed attempt `attempt` (1-based): from
+/// [`REQUEST_RETRY`], each delay drawn from `[ceiling / 2, ceiling]`.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 200u64.saturating_mul(1 << attempt.min(6).saturating_sub(1));
-    let capped = base.min(10_000);
-    let jitter = rand::rng().random_range(0..=capped / 2);
-    Duration::from_millis(capped / 2 + jitter)
+    crate::queue::backoff::delay(&REQUEST_RETRY, attempt)
 }
 
 /// How long to wait before retrying after a 429/503: what the registry's `Retry-After` asks, at
@@ -1953,5 +1959,22 @@ mod tests {
             assert!(backoff(a) <= Duration::from_secs(10));
         }
         assert!(backoff(1) <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn request_backoff_doubles_from_200ms_and_caps_at_6400ms() {
+        let ceilings: Vec<u128> = (1..=8)
+            .map(|a| crate::queue::backoff::ceiling(&REQUEST_RETRY, a).as_millis())
+            .collect();
+        assert_eq!(ceilings, [200, 400, 800, 1_600, 3_200, 6_400, 6_400, 6_400]);
+        for attempt in 1..=8 {
+            let c = crate::queue::backoff::ceiling(&REQUEST_RETRY, attempt);
+            let d = backoff(attempt);
+            assert!(
+                d >= c / 2 && d <= c,
+                "attempt {attempt}: {d:?} outside [{:?}, {c:?}]",
+                c / 2
+            );
+        }
     }
 }

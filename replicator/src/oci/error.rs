@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::errors::error_chain;
+
 /// One entry of the OCI error envelope `{"errors":[{"code","message","detail"}]}`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct ErrorEntry {
@@ -36,20 +38,6 @@ pub fn parse_error_body(body: &[u8]) -> Vec<ErrorEntry> {
             message: line.chars().take(300).collect(),
         }]
     }
-}
-
-/// `outer: inner: innermost`, skipping repeats.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = c.source();
-    }
-    parts.join(": ")
 }
 
 fn describe(errors: &[ErrorEntry]) -> String {

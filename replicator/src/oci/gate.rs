@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::event::{duration_ms, now_ms};
+use crate::clock::{duration_ms, now_ms};
 
 /// How often a process re-reads a registry's shared pause.
 pub const SHARED_REFRESH: Duration = Duration::from_millis(200);

@@ -6,6 +6,7 @@
 //! `dest_namespace_replace_count` strips is still an error, as in Harbor); all matching is pure
 //! (no I/O), so the same policy answers the same way in the agent, the worker and `ferry diff`.
 
+pub mod cron;
 mod filter;
 mod model;
 mod namespace;

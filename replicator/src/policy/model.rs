@@ -1,5 +1,5 @@
 //! The policy types as they appear in JSON. `deny_unknown_fields` everywhere; semantic checks
-//! live in `crate::config::validate` so that all problems are reported at once.
+//! live in `crate::config` (its `check` module) so that all problems are reported at once.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +108,9 @@ pub struct Trigger {
     pub trigger_settings: Option<TriggerSettings>,
 }
 
+// How a policy fires (Harbor's `trigger.type`; absent means `manual`, as in Harbor). What
+// actually started one execution is a `crate::history::StartedBy`. (A `//` comment: doc comments
+// here would change the generated schema.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {

@@ -8,8 +8,6 @@
 
 use super::{backoff, FailOutcome, Job, RetryPolicy};
 
-pub use crate::event::now_ms;
-
 /// A fresh job id: 128 random bits as 32 hex digits.
 pub fn new_job_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -42,7 +40,7 @@ pub fn record_failure(
         return (job, FailOutcome::DeadLettered);
     }
     let delay = backoff::delay(policy, job.attempt);
-    let delay_ms = crate::event::duration_ms(delay);
+    let delay_ms = crate::clock::duration_ms(delay);
     job.next_try_at_ms = now_ms.saturating_add(delay_ms);
     let next_try_at_ms = job.next_try_at_ms;
     (job, FailOutcome::Retry { next_try_at_ms })

@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lifecycle::{now_ms, prepare_enqueue, record_failure, reset_dead_letter};
+use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
     UploadCheckpoint,
 };
+use crate::clock::now_ms;
 
 /// Leases longer than this are clamped (an `Instant` cannot hold "forever").
 const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

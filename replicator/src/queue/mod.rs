@@ -42,7 +42,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
-use crate::history::Trigger;
+use crate::history::StartedBy;
 
 /// One unit of work: make `repository:reference` on the policy's destinations match the source
 /// (or apply a delete).
@@ -82,7 +82,7 @@ pub struct Job {
     pub traceparent: Option<String>,
     /// What caused the job (recorded on its execution).
     #[serde(default)]
-    pub trigger: Trigger,
+    pub trigger: StartedBy,
     /// The run this job is a task of (manual and scheduled runs); `None`: the job is an execution
     /// of its own, with the job id as execution id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,7 +113,7 @@ impl Job {
             next_try_at_ms: 0,
             enqueued_at_ms: 0,
             traceparent: None,
-            trigger: Trigger::EventBased,
+            trigger: StartedBy::EventBased,
             execution_id: None,
             source: None,
             origin_region: None,

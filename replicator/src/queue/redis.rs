@@ -87,12 +87,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
-use super::lifecycle::{now_ms, prepare_enqueue, record_failure, reset_dead_letter};
+use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
     UploadCheckpoint,
 };
-use crate::event::duration_ms;
+use crate::clock::{duration_ms, now_ms};
 
 /// How long a job's upload checkpoints outlive their last write.
 pub const CHECKPOINT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);

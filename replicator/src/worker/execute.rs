@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::task_record;
 use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
+use crate::clock::now_ms;
 use crate::conflict::{self, Decision, Heads, TagWrite};
 use crate::delete::guarded_delete;
-use crate::event::{now_ms, EventKind};
+use crate::event::EventKind;
 use crate::history::Task;
 use crate::oci::digest;
 use crate::policy::Mode;

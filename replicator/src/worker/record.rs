@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{DestOutcome, LiveTask, Worker};
+use crate::clock::now_ms;
 use crate::delete::DeleteOutcome;
-use crate::event::now_ms;
 use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState};
 use crate::queue::{Job, QueueError};
 use crate::sync::TagOutcome;

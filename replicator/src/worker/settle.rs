@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::record::lag_since;
 use super::{JobError, JobOutcome, JobSignals, Worker};
-use crate::event::{duration_ms, now_ms};
+use crate::clock::{duration_ms, now_ms};
 use crate::history::ExecutionState;
 use crate::queue::{FailOutcome, Lease, QueueError};
 use crate::transfer::TransferError;

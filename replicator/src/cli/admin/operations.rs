@@ -10,7 +10,7 @@ use super::connection::Ctx;
 use super::output::{align, or_dash, reference, row, table, Failure};
 use super::time::{ago, duration_ms, span};
 use ferry_proto::json::enum_name;
-use ferry_replicator::event::now_ms;
+use ferry_replicator::clock::now_ms;
 
 #[derive(Subcommand, Debug)]
 pub enum DeadLettersCommand {

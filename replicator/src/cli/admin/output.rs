@@ -4,6 +4,7 @@
 //! Invariants: stdout carries either the table or exactly one JSON document; a closed pipe
 //! (`| head`) is not an error; table cells are one line each (newlines become spaces); the exit
 //! code of a gRPC status is the one the table in the module above documents.
+pub use ferry_replicator::errors::error_chain;
 use std::fmt;
 use std::io::Write as _;
 
@@ -142,20 +143,6 @@ pub fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
-}
-
-/// `e` and its sources, `: `-separated, each message once.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(e) = next {
-        let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,11 +2,10 @@
 //! `4m05s`. Times on the wire are Unix milliseconds, 0 meaning "not set".
 //!
 //! Invariant: total: every i64/u64 prints, and "not set" prints `-`. The clock is the library's
-//! (`event::now_ms`) and dates are chrono's: the CLI keeps no clock or calendar of
+//! (`clock::now_ms`) and dates are `clock::rfc3339` (chrono): the CLI keeps no clock or calendar of
 //! its own.
 
-use chrono::{DateTime, SecondsFormat};
-use ferry_replicator::event::now_ms;
+use ferry_replicator::clock::{now_ms, rfc3339};
 
 /// `12s ago`, `5m ago`, `3h ago`, `2d ago` (`-` for 0, "not set").
 pub fn ago(ms: i64) -> String {
@@ -58,28 +57,9 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
-/// UTC RFC 3339 with second precision (`2024-05-01T12:34:56Z`); a time beyond chrono's range
-/// (about ±262 000 years) prints as its milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    match DateTime::from_timestamp_millis(ms) {
-        Some(t) => t.to_rfc3339_opts(SecondsFormat::Secs, true),
-        None => format!("{ms} ms after 1970"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_714_566_896_123), "2024-05-01T12:34:56Z");
-        assert_eq!(rfc3339(-1000), "1969-12-31T23:59:59Z");
-        rfc3339(i64::MAX);
-        rfc3339(i64::MIN);
-    }
 
     #[test]
     fn a_past_time_reads_in_its_largest_whole_unit_and_a_future_one_as_a_duration() {

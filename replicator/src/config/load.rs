@@ -1,0 +1,388 @@
+//! Loading config and policy files: reading, shape detection, the structural walk, and how
+//! problems are reported.
+//!
+//! A document goes through three phases, and each reports **every** problem it finds, with its
+//! JSON path and a hint, before the next phase runs:
+//! 1. syntax: serde_json, reported with line and column;
+//! 2. structure: the document is walked against the schemars schema of the types
+//!    ([`super::schema`]): unknown fields, wrong types, missing fields, bad enum values; then serde
+//!    deserializes it;
+//! 3. semantics ([`Config::validate`], in [`super::check`]): unique names, registry URLs,
+//!    credential references, registry references, destinations, filters, triggers (cron),
+//!    namespaces, regions.
+//!
+//! Accepted documents: a config `{"registries": [...], "policies": [...]}`, a bare policy object,
+//! or an array of policies. The last two are *policy files*: they load as a [`Config`] with no
+//! registries, and their registry references are not checked (there is nothing to check them
+//! against); their paths start at the policy (`filters[0].value`, `[1].name`).
+//!
+//! Invariants: no network I/O and no file I/O besides reading the document (credential files and
+//! env vars are only read by [`super::Credential::resolve`]); no input makes this module panic; no
+//! message ever contains a secret (string values are not echoed where a secret could have been
+//! pasted, and credential errors name the env var or file, never its content).
+use std::fmt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::schema::{is_policy_field, join_index, structural_problems, Entry};
+use super::{Config, RegistryConfig};
+use crate::policy::Policy;
+
+/// One problem in a config or policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// JSON path, e.g. `policies[0].filters[1].value`; empty for the whole document.
+    pub path: String,
+    pub message: String,
+    /// How to fix it, when there is something useful to say.
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Problem {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// `<path>: <message> (hint: <hint>)` on one line; the document root is shown as `$`.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let one_line = |s: &str| s.replace(['\r', '\n'], " ");
+        let path = if self.path.is_empty() {
+            "$"
+        } else {
+            &self.path
+        };
+        write!(f, "{}: {}", one_line(path), one_line(&self.message))?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {})", one_line(hint))?;
+        }
+        Ok(())
+    }
+}
+
+/// A config file that could not be used, with every problem found. Displays one line per problem:
+/// `<source>: <path>: <message> (hint: ...)`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render(.source_name, .problems))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+fn render(source_name: &str, problems: &[Problem]) -> String {
+    if problems.is_empty() {
+        return format!("{source_name}: invalid");
+    }
+    problems
+        .iter()
+        .map(|p| format!("{source_name}: {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The kind of document that was loaded; decides the paths of policy problems and whether
+/// registry references are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    Config,
+    Policy,
+    Policies,
+}
+
+impl Shape {
+    /// Detects the shape from the top-level JSON value.
+    fn of(value: &Value) -> Result<Shape, Problem> {
+        match value {
+            Value::Array(_) => Ok(Shape::Policies),
+            Value::Object(map)
+                if map.contains_key("registries") || map.contains_key("policies") =>
+            {
+                Ok(Shape::Config)
+            }
+            Value::Object(map) if map.keys().any(|k| is_policy_field(k)) => Ok(Shape::Policy),
+            Value::Object(_) => Ok(Shape::Config),
+            _ => Err(Problem::new(
+                "",
+                "expected a config object, a policy object or an array of policies",
+            )
+            .hint(r#"a config looks like {"registries": [...], "policies": [...]}"#)),
+        }
+    }
+
+    fn entry(self) -> Entry {
+        match self {
+            Shape::Config => Entry::Config,
+            Shape::Policy => Entry::Policy,
+            Shape::Policies => Entry::Policies,
+        }
+    }
+
+    /// Path of the `i`th policy.
+    pub(super) fn policy_path(self, i: usize) -> String {
+        match self {
+            Shape::Config => join_index("policies", i),
+            Shape::Policy => String::new(),
+            Shape::Policies => join_index("", i),
+        }
+    }
+}
+impl Config {
+    /// Reads, parses and validates a config or policy file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source_name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![Problem::new("", format!("cannot read the file: {e}"))
+                .hint("check the path and its permissions")],
+        })?;
+        Self::from_slice(&bytes, &source_name)
+    }
+
+    /// Parses and validates a config document, a bare policy or an array of policies.
+    /// `source_name` (usually the file name) prefixes every line of the error.
+    pub fn from_slice(bytes: &[u8], source_name: &str) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<Problem>| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| fail(vec![syntax_problem(&e)]))?;
+        let shape = Shape::of(&value).map_err(|p| fail(vec![p]))?;
+        let problems = structural_problems(&value, shape.entry());
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        let config = deserialize(value, shape).map_err(|p| fail(vec![p]))?;
+        let problems = config.check(shape, shape == Shape::Config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Semantic checks only (the value is already well-typed): every problem, with JSON paths as in
+    /// a config file (`policies[0]...`). Registry references are checked when the config has
+    /// registries; a config without registries is a set of standalone policies.
+    pub fn validate(&self) -> Vec<Problem> {
+        self.check(Shape::Config, !self.registries.is_empty())
+    }
+
+    /// The registry called `name`.
+    pub fn registry(&self, name: &str) -> Option<&RegistryConfig> {
+        self.registries.iter().find(|r| r.name == name)
+    }
+
+    /// The policy called `name`.
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+/// A JSON syntax error, with line and column.
+fn syntax_problem(error: &serde_json::Error) -> Problem {
+    let full = error.to_string();
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
+    let hint = match error.classify() {
+        serde_json::error::Category::Eof => {
+            "the document ends too early: is a closing `}`, `]` or `\"` missing?"
+        }
+        _ => "look for a missing or trailing comma, an unquoted key or a missing quote near that position",
+    };
+    Problem::new(
+        "",
+        format!(
+            "invalid JSON at line {}, column {}: {message}",
+            error.line(),
+            error.column()
+        ),
+    )
+    .hint(hint)
+}
+
+/// serde deserialization of a structurally valid document.
+fn deserialize(value: Value, shape: Shape) -> Result<Config, Problem> {
+    let result = match shape {
+        Shape::Config => serde_json::from_value::<Config>(value),
+        Shape::Policy => serde_json::from_value::<Policy>(value).map(|p| Config {
+            policies: vec![p],
+            ..Config::default()
+        }),
+        Shape::Policies => serde_json::from_value::<Vec<Policy>>(value).map(|policies| Config {
+            policies,
+            ..Config::default()
+        }),
+    };
+    // Not expected after the structural walk; kept as a safety net without a precise path.
+    result.map_err(|e| Problem::new("", e.to_string()))
+}
+
+/// Helpers shared by the tests of loading and of every semantic check.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::{Config, Problem};
+
+    /// Every problem `json` has when loaded (none when it loads).
+    pub(crate) fn problems(json: &str) -> Vec<Problem> {
+        match Config::from_slice(json.as_bytes(), "test.json") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        }
+    }
+
+    /// The paths of [`problems`].
+    pub(crate) fn paths(json: &str) -> Vec<String> {
+        problems(json).into_iter().map(|p| p.path).collect()
+    }
+
+    pub(crate) const REGISTRIES: &str = r#"[
+        {"name": "eu", "url": "https://registry.eu.example"},
+        {"name": "us", "url": "https://registry.us.example:5000/"},
+        {"name": "ap", "url": "https://registry.ap.example"}]"#;
+
+    /// A config with the three registries of [`REGISTRIES`] and one policy.
+    pub(crate) fn config_with_policy(policy: &str) -> String {
+        format!(r#"{{"registries": {REGISTRIES}, "policies": [{policy}]}}"#)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{config_with_policy, paths, problems};
+    use super::*;
+
+    #[test]
+    fn valid_config_loads() {
+        let json = config_with_policy(
+            r#"{"name": "eu-to-us", "src_registry": {"name": "eu"}, "dest_registry": {"name": "us"},
+                "trigger": {"type": "scheduled", "trigger_settings": {"cron": "0 */5 * * * MON-FRI"}},
+                "filters": [{"type": "name", "value": "platform/**"},
+                            {"type": "platform", "value": "linux/arm64/v8"}],
+                "dest_namespace": "mirror/eu", "dest_namespace_replace_count": 1, "deletion": true}"#,
+        );
+        let config = Config::from_slice(json.as_bytes(), "t").unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.validate().is_empty());
+        assert!(config
+            .policy("eu-to-us")
+            .is_some_and(|p| p.replicate_deletion));
+        assert_eq!(
+            config.registry("us").map(|r| r.url.as_str()),
+            Some("https://registry.us.example:5000/")
+        );
+        assert!(config.registry("nope").is_none());
+    }
+
+    #[test]
+    fn bare_policy_and_policy_arrays_skip_registry_checks() {
+        let policy = r#"{"name": "p", "src_registry": {"name": "anywhere"}, "dest_registry": {"name": "else"},
+                         "filters": [{"type": "tag", "value": "v*", "bogus": 1}]}"#;
+        assert_eq!(paths(policy), ["filters[0].bogus"]);
+        let fixed = policy.replace(r#", "bogus": 1"#, "");
+        let config = Config::from_slice(fixed.as_bytes(), "t").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.policies.len(), 1);
+        assert!(config.registries.is_empty());
+        assert!(
+            config.validate().is_empty(),
+            "standalone policies are not checked against registries"
+        );
+
+        let array = format!("[{fixed}, {fixed}]");
+        let problems = problems(&array);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "[1].name");
+        assert!(problems[0].message.contains("duplicate policy name"));
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let p = problems("{\n  \"registries\": [,]\n}");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "");
+        assert!(
+            p[0].message
+                .starts_with("invalid JSON at line 2, column 18"),
+            "{}",
+            p[0].message
+        );
+        let eof = problems("{\"policies\": [");
+        assert!(eof[0]
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("ends too early")));
+        assert_eq!(problems("")[0].path, "");
+        assert_eq!(
+            problems("\u{feff}{}").len(),
+            1,
+            "a BOM is a syntax error, not a panic"
+        );
+        assert_eq!(paths("42"), [""]);
+        assert!(problems("{}").is_empty());
+    }
+
+    #[test]
+    fn display_lists_every_problem_on_its_own_line() {
+        let err = Config::from_slice(
+            br#"{"registries": [{"name": "a"}], "bogus": 1}"#,
+            "cfg.json",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "cfg.json: bogus: unknown field `bogus` (hint: allowed fields: policies, regions, registries)",
+                "cfg.json: registries[0].url: missing required field `url` (hint: Base URL, `https://host[:port]` (or `http://` with `insecure: true`).)",
+            ]
+        );
+        let syntax = Config::from_slice(b"{", "x.json").unwrap_err().to_string();
+        assert!(
+            syntax.starts_with("x.json: $: invalid JSON at line 1, column 1"),
+            "{syntax}"
+        );
+    }
+
+    #[test]
+    fn deletion_alias() {
+        let base = r#"{"name": "p", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}"#;
+        let config = Config::from_slice(format!(r#"{base}, "deletion": true}}"#).as_bytes(), "t")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.policies[0].replicate_deletion);
+        let both = problems(&format!(
+            r#"{base}, "deletion": true, "replicate_deletion": true}}"#
+        ));
+        assert_eq!(both.len(), 1);
+        assert_eq!(both[0].path, "deletion");
+    }
+
+    #[test]
+    fn load_reports_unreadable_files() {
+        let err = Config::load(Path::new("/nonexistent/ferry.json")).unwrap_err();
+        assert_eq!(err.source_name, "/nonexistent/ferry.json");
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.problems[0].message.starts_with("cannot read the file"));
+    }
+
+    #[test]
+    fn hostile_inputs_do_not_panic() {
+        let deep = "[".repeat(10_000);
+        let _ = Config::from_slice(deep.as_bytes(), "deep");
+        let many_types = r#"{"registries": {"a": 1}, "policies": "x"}"#;
+        assert_eq!(paths(many_types), ["policies", "registries"]);
+        let _ = Config::from_slice(br#"[1, "a", null, {"name": 5}]"#, "x");
+        let _ = Config::from_slice(br#"{"policies": [{"name": "p", "src_registry": {"name": "a"}, "dest_namespace_replace_count": 99999999999999999999}]}"#, "x");
+        let _ = Config::from_slice(&[0xff, 0xfe, 0x00], "binary");
+    }
+}
