@@ -1,34 +1,48 @@
 //! Ferry's replication engine.
 //!
 //! # Layout
-//! - [`oci`]: a distribution-spec client (auth, manifests as exact bytes, blobs streamed, mounts).
-//! - [`config`] and [`policy`]: the config file (registries + policies) and Harbor-compatible
-//!   replication policies, validated before any network I/O.
-//! - [`diff`]: what differs between a policy's source and destination, by digest.
-//! - [`transfer`]: moves one manifest graph, copying only the blobs the destination lacks.
-//! - [`sync`]: a full reconciliation of a policy (list, filter, diff, transfer, verify).
-//! - [`event`] and [`queue`]: normalized registry events and the job queue contract (issue 3).
-//! - [`catalog`]: policies stored through the admin API, merged with the config file's.
-//! - [`admin`]: the gRPC admin API over the config, queue and history.
-//! - [`history`]: executions, tasks and live workers, for the admin API.
-//! - [`runs`]: manual and scheduled runs of a policy, as executions whose tasks are queue jobs.
-//! - [`schedule`]: cron ticks of scheduled policies, fired once per region.
-//! - [`worker`]: claims queued jobs and runs them with leases (heartbeat, pause cache, stop watch,
-//!   settle), recording each in the history.
-//! - [`delete`]: a delete replicated to one destination, guarded by digest and by the policy's tags.
-//! - [`conflict`]: bidirectional conflicts: the later write wins, and the ledger of tag writes.
+//! Grouped by the data flow: an event comes in, a policy decides, a job is queued, a worker runs
+//! it against the registries, operators watch and steer.
+//!
+//! **In — events from registries and peer regions**
+//! - [`ingest`]: webhooks to events to jobs (`ingest::distribution` parses CNCF distribution
+//!   notifications, **`ingest::harbor` turns a Harbor webhook into events**, `ingest::poll`
+//!   polls registries without webhooks, `ingest::http` serves the routes).
+//! - [`event`]: the normalized event, and clamping the times outsiders send.
+//! - [`forward`]: events between regions (durable outbox, forwarder, `Events/Forward` server).
+//! - [`tokens`]: the bearer tokens webhooks and the admin API accept.
+//!
+//! **Decide — what the operator asked for**
+//! - [`config`] and [`policy`]: the config file and Harbor-compatible policies, validated before
+//!   any network I/O; the one repository/tag grammar and the one cron grammar live in `policy`.
+//! - [`catalog`]: policies and registries stored through the admin API, merged with the file's.
 //! - [`policies`]: the enabled policies a worker runs jobs with, looked up by name and direction.
-//! - [`labels`]: Prometheus label sets shared by several subsystems' metrics.
-//! - [`runtime`]: process plumbing of the binaries (logging, shutdown signal, Redis URL, hostname).
-//! - [`locks`]: taking a mutex without ever panicking on poison.
-//! - [`clock`]: Unix milliseconds, and RFC 3339 in and out (via `chrono`).
-//! - [`errors`]: an error and its causes on one line, for every layer's error types.
-//! - [`listener`]: every listening socket, bound and served with the same limits.
+//! - [`conflict`]: bidirectional conflicts: the later write wins, and the ledger of tag writes.
+//!
+//! **Queue and shared state (memory or Redis/Valkey)**
+//! - [`queue`]: the job queue contract and its backends; [`history`]: executions and tasks.
+//! - [`pauses`] and [`throttle`]: registry pauses and policy speed, shared by a region.
+//!
+//! **Run a job — against the registries**
+//! - [`worker`]: claims queued jobs and runs them under a lease (heartbeat, pause cache, stop
+//!   watch, settle), recording each in the history.
+//! - [`sync`]: the per-tag copy (also `ferry sync`'s full reconciliation); [`diff`]: drift by
+//!   digest; [`delete`]: digest-guarded deletes.
+//! - [`transfer`]: moves one manifest graph — **the file that decides whether a blob is skipped,
+//!   mounted or copied**, and how an upload resumes.
+//! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts).
+//!
+//! **Control — operators**
+//! - [`admin`]: the gRPC admin API; [`runs`]: manual and scheduled runs; [`schedule`]: cron
+//!   ticks fired once per region; [`reconcile`]: the safety net that repairs drift.
+//!
+//! **Process — what every binary shares**
 //! - [`app`]: one daemon assembly (`ferry-agent`, `ferry worker`, `ferry serve`): options →
-//!   build → spawn → drain.
-//! - [`background`]: long-running loops (scheduler, safety net, pollers, forwarders) as
-//!   routines under one supervisor that owns their waits, backoff and status.
-//! - [`telemetry`]: OTLP trace export and the trace context carried from a webhook to its jobs.
+//!   build → spawn → drain; [`background`]: routines under one supervisor.
+//! - [`listener`]: every listening socket and its limits; [`ops`]: `/healthz` and `/metrics`.
+//! - [`runtime`]: logging, shutdown signal, Redis URL, hostname; [`telemetry`]: OTLP traces.
+//! - [`labels`]: shared metric label sets; [`locks`]: mutexes that never panic on poison;
+//!   [`clock`]: Unix ms and RFC 3339; [`errors`]: an error and its causes on one line.
 //!
 //! The invariant every module keeps: bytes are never re-serialized, so every manifest and blob
 //! arrives on the destination under the digest it had on the source, or the operation fails.
