@@ -14,7 +14,6 @@ use clap::Parser;
 use ferry_replicator::app::{Daemon, DaemonOptions, QueueOptions, RegionOptions, WebhookOptions};
 use ferry_replicator::config::Config;
 use ferry_replicator::forward::ForwardTls;
-use ferry_replicator::ingest;
 use ferry_replicator::listener::ListenFlags;
 use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
 
@@ -36,20 +35,12 @@ struct Args {
     /// Address for webhooks, /metrics and /healthz, e.g. 0.0.0.0:8080.
     #[arg(long)]
     listen: String,
-    /// File with the webhook bearer token(s), one per line (several allow rotation). Default: the
-    /// FERRY_WEBHOOK_TOKEN environment variable.
-    #[arg(long)]
-    webhook_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    webhooks: WebhookOptions,
     /// Directory whose files registries stored through the admin API may name as `password_file`
     /// or auth file (repeatable); see `ferry serve --help`. Must match the workers' setting.
     #[arg(long = "credentials-dir", value_name = "DIR")]
     credentials_dirs: Vec<PathBuf>,
-    /// Accept webhooks without a token when none is configured (trusted networks only).
-    #[arg(long)]
-    allow_unauthenticated: bool,
-    /// Largest accepted webhook body, in bytes.
-    #[arg(long, default_value_t = ingest::http::DEFAULT_BODY_LIMIT)]
-    max_body_bytes: usize,
     /// Harbor user Ferry writes as (e.g. `robot$ferry`): Harbor events it caused are ignored.
     #[arg(long)]
     harbor_operator: Option<String>,
@@ -135,10 +126,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listen_flags: args.limits,
         listen: Some(args.listen),
         webhooks: Some(WebhookOptions {
-            token_file: args.webhook_token_file,
-            allow_unauthenticated: args.allow_unauthenticated,
-            body_limit: args.max_body_bytes,
             harbor_operator: args.harbor_operator,
+            ..args.webhooks
         }),
         jobs: None,
         scheduler: false,

@@ -112,17 +112,22 @@ pub struct DaemonOptions {
     pub intake_grace: Option<Duration>,
 }
 
-/// How webhooks are accepted (`ferry-agent` and `ferry serve`).
-#[derive(Debug, Clone, Default)]
+/// How webhooks are accepted: the same flags on `ferry-agent` and `ferry serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct WebhookOptions {
-    /// `--webhook-token-file`; without it `FERRY_WEBHOOK_TOKEN`.
+    /// File with the webhook bearer token(s), one per line (several allow rotation). Default: the
+    /// FERRY_WEBHOOK_TOKEN environment variable.
+    #[arg(long = "webhook-token-file", value_name = "WEBHOOK_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// `--allow-unauthenticated`: accept webhooks without a token when none is configured.
+    /// Accept webhooks without a token when none is configured (trusted networks only).
+    #[arg(long)]
     pub allow_unauthenticated: bool,
-    /// `--max-body-bytes`.
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long = "max-body-bytes", value_name = "MAX_BODY_BYTES", default_value_t = crate::ingest::http::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
-    /// `--harbor-operator` (the agent only): Harbor user Ferry writes as, whose events are
-    /// ignored. `serve` has no such flag (see the README's open questions).
+    /// Harbor user Ferry writes as, whose events are ignored: `--harbor-operator`, a flag of the
+    /// agent only (set after parsing). `serve` has no such flag (see the README's open questions).
+    #[arg(skip)]
     pub harbor_operator: Option<String>,
 }
 

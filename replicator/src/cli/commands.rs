@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_replicator::app::{AdminOptions, Daemon, DaemonOptions, QueueOptions, WebhookOptions};
+use ferry_replicator::app::{AdminOptions, Daemon, DaemonOptions, QueueOptions};
 use ferry_replicator::config::Config;
 use ferry_replicator::diff::{diff_policy, DriftReport};
 use ferry_replicator::policy::Policy;
@@ -376,12 +376,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         holder: jobs.consumer.clone(),
         listen_flags: args.limits,
         listen: Some(args.listen),
-        webhooks: Some(WebhookOptions {
-            token_file: args.webhook_token_file,
-            allow_unauthenticated: args.allow_unauthenticated,
-            body_limit: args.max_body_bytes,
-            harbor_operator: None,
-        }),
+        webhooks: Some(args.webhooks),
         jobs: Some(jobs),
         scheduler: true,
         safety_net: Some(Duration::from_secs(args.reconcile_interval)),

@@ -197,15 +197,8 @@ pub struct ServeArgs {
     /// Address for webhooks (/v1/events/distribution, /v1/events/harbor), /metrics and /healthz.
     #[arg(long)]
     pub listen: String,
-    /// File with the webhook bearer token(s), one per line. Default: FERRY_WEBHOOK_TOKEN.
-    #[arg(long)]
-    pub webhook_token_file: Option<PathBuf>,
-    /// Accept webhooks without a token when none is configured (trusted networks only).
-    #[arg(long)]
-    pub allow_unauthenticated: bool,
-    /// Largest accepted webhook body, in bytes.
-    #[arg(long, default_value_t = ferry_replicator::ingest::http::DEFAULT_BODY_LIMIT)]
-    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub webhooks: ferry_replicator::app::WebhookOptions,
     /// Seconds between safety-net reconciliations of every event_based policy; 0 disables.
     #[arg(long, default_value_t = 600)]
     pub reconcile_interval: u64,
