@@ -8,7 +8,7 @@ use prost::Message as _;
 fuzz_target!(|body: &[u8]| {
     if let Ok(request) = pb::ForwardRequest::decode(body) {
         for event in request.events {
-            let _ = ferry_replicator::forward::from_proto(event);
+            let _ = ferry_replicator::regions::from_proto(event);
         }
     }
 });

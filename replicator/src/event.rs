@@ -5,7 +5,7 @@
 //! never roll a destination back.
 //!
 //! Event times come from outside (a registry's clock, a peer region's claim) and decide bidirectional
-//! conflicts (`crate::conflict`: the later write wins) and the lag metric, so every place an event
+//! conflicts (`crate::regions::conflict`: the later write wins) and the lag metric, so every place an event
 //! enters clamps its time with [`TimeClamp`] before anything reads it: a time far in the future
 //! would otherwise win every conflict on its tag for as long as the ledger remembers it.
 use std::time::Duration;
@@ -92,8 +92,8 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// legitimately be old (it waited in a registry's retry queue while the agent was down, or in an
 /// outbox during a partition), and a forwarded write must keep the time its origin region recorded
 /// so that both regions decide its conflicts alike. Older than the conflict ledger remembers
-/// ([`crate::conflict::LEDGER_TTL`]) decides nothing anyway.
-pub const MAX_EVENT_AGE: Duration = crate::conflict::LEDGER_TTL;
+/// ([`crate::regions::conflict::LEDGER_TTL`]) decides nothing anyway.
+pub const MAX_EVENT_AGE: Duration = crate::regions::conflict::LEDGER_TTL;
 
 /// The believable range of event times, `[now − MAX_EVENT_AGE, now + max skew]`, and the clamp into
 /// it that every entry point applies (webhooks, Harbor events, `Events/Forward`).

@@ -12,12 +12,12 @@ use common::*;
 use ferry_proto::v1 as pb;
 use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::{Config, RegionConfig};
-use ferry_replicator::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger, TagWrite};
 use ferry_replicator::event::{Event, EventKind, MAX_EVENT_AGE};
-use ferry_replicator::forward::{
+use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
+use ferry_replicator::regions::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger, TagWrite};
+use ferry_replicator::regions::{
     self, ForwardMetrics, ForwardService, ForwardTls, Forwarded, Forwarder, Outbox, RedisOutbox,
 };
-use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
 use ferry_testkit::RedisServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -109,7 +109,7 @@ impl Harness {
         )
         .unwrap()
         .with_max_clock_skew(SKEW);
-        let tls = ferry_replicator::admin::tls_config(
+        let tls = ferry_replicator::control::admin::tls_config(
             "forward",
             &certs.cert,
             &certs.key,
@@ -255,7 +255,7 @@ async fn the_forwarder_delivers_the_outbox_over_mtls_and_redelivery_is_idempoten
 #[tokio::test]
 async fn forward_refuses_bad_tokens_missing_client_certificates_and_bad_events() {
     let h = Harness::start().await;
-    let good = forward::to_proto(&entry("e1", "v1"));
+    let good = regions::to_proto(&entry("e1", "v1"));
 
     let mut client = h.client(true).await.unwrap();
     let err = client
@@ -299,7 +299,7 @@ async fn forward_refuses_bad_tokens_missing_client_certificates_and_bad_events()
     let refused = match h.client(false).await {
         Err(_) => true,
         Ok(mut c) => c
-            .forward(request(vec![forward::to_proto(&entry("e9", "v9"))], TOKEN))
+            .forward(request(vec![regions::to_proto(&entry("e9", "v9"))], TOKEN))
             .await
             .is_err(),
     };
@@ -313,8 +313,8 @@ async fn a_wrong_token_is_refused_before_the_message_is_decoded() {
     let h = Harness::start().await;
     let mut client = h.client(true).await.unwrap();
     // Over the decoding limit: decoding it first would answer OUT_OF_RANGE, not UNAUTHENTICATED.
-    let mut huge = forward::to_proto(&entry("e1", "v1"));
-    huge.repository = "a".repeat(forward::server::MAX_MESSAGE_BYTES + 1024);
+    let mut huge = regions::to_proto(&entry("e1", "v1"));
+    huge.repository = "a".repeat(regions::server::MAX_MESSAGE_BYTES + 1024);
     let err = client
         .forward(request(vec![huge.clone()], "wrong"))
         .await
@@ -322,7 +322,7 @@ async fn a_wrong_token_is_refused_before_the_message_is_decoded() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert_eq!(err.message(), "invalid forward token");
     // A message just under the limit, unauthenticated: refused the same way.
-    huge.repository = "a".repeat(forward::server::MAX_MESSAGE_BYTES - 1024);
+    huge.repository = "a".repeat(regions::server::MAX_MESSAGE_BYTES - 1024);
     let err = client
         .forward(request(vec![huge.clone()], "wrong"))
         .await
@@ -351,7 +351,7 @@ async fn a_wrong_token_is_refused_before_the_message_is_decoded() {
 async fn a_peer_with_a_valid_token_cannot_enqueue_names_outside_the_grammar_or_unknown_regions() {
     let h = Harness::start().await;
     let mut client = h.client(true).await.unwrap();
-    let good = forward::to_proto(&entry("e1", "v1"));
+    let good = regions::to_proto(&entry("e1", "v1"));
     type Spoil = fn(&mut pb::Event);
     let cases: [(Spoil, &str); 9] = [
         (
@@ -380,7 +380,7 @@ async fn a_peer_with_a_valid_token_cannot_enqueue_names_outside_the_grammar_or_u
         (|e| e.digest = "sha384:00".into(), "events[1].digest: "),
     ];
     for (spoil, expected) in cases {
-        let mut bad = forward::to_proto(&entry("e2", "v2"));
+        let mut bad = regions::to_proto(&entry("e2", "v2"));
         spoil(&mut bad);
         let err = client
             .forward(request(vec![good.clone(), bad], TOKEN))
@@ -402,7 +402,7 @@ async fn peer_event_times_are_clamped_before_they_decide_anything() {
     let h = Harness::start().await;
     let mut client = h.client(true).await.unwrap();
     let at = |id: &str, tag: &str, occurred_at_ms: i64| {
-        let mut e = forward::to_proto(&entry(id, tag));
+        let mut e = regions::to_proto(&entry(id, tag));
         e.occurred_at_ms = occurred_at_ms;
         e
     };

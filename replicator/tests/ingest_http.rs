@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::Config;
-use ferry_replicator::conflict::{MemoryTagLedger, TagLedger};
 use ferry_replicator::event::{EventKind, MAX_EVENT_AGE};
 use ferry_replicator::ingest::{self, EventSink, IngestState};
 use ferry_replicator::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
     RetryPolicy, UploadCheckpoint,
 };
+use ferry_replicator::regions::conflict::{MemoryTagLedger, TagLedger};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry, RegistryOptions};
 use serde_json::{json, Value};
 

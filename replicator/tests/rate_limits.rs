@@ -9,7 +9,7 @@ use ferry_replicator::config::Config;
 use ferry_replicator::oci::gate::{SharedGate, SHARED_REFRESH};
 use ferry_replicator::pauses::RedisLimits;
 use ferry_replicator::queue::{RedisQueue, RetryPolicy};
-use ferry_replicator::sync::Registries;
+use ferry_replicator::replicate::Registries;
 use ferry_testkit::{Behavior, FakeRegistry, RedisServer};
 use serde_json::json;
 

@@ -18,7 +18,7 @@ use ferry_replicator::event::EventKind;
 use ferry_replicator::history::{MemoryHistory, Retention};
 use ferry_replicator::oci::{BlobUpload, Digest, DigestVerifier, RegistryClient};
 use ferry_replicator::queue::{Job, JobQueue, MemoryQueue, RetryPolicy, UploadCheckpoint};
-use ferry_replicator::sync::Registries;
+use ferry_replicator::replicate::Registries;
 use ferry_replicator::transfer::READ_RESUMES;
 use ferry_replicator::worker::{Worker, WorkerOptions};
 use ferry_testkit::{sha256_digest, Behavior, FakeRegistry, Registry, RegistryOptions};

@@ -9,12 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use ferry_replicator::config::Config;
+use ferry_replicator::control::schedule::{ScheduleMetrics, Scheduler, TickOutcome};
 use ferry_replicator::history::{
     ExecutionQuery, ExecutionState, History, RedisHistory, Retention, StartedBy,
 };
 use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
-use ferry_replicator::schedule::{ScheduleMetrics, Scheduler, TickOutcome};
-use ferry_replicator::sync::Registries;
+use ferry_replicator::replicate::Registries;
 use ferry_testkit::RedisServer;
 use serde_json::json;
 
@@ -175,7 +175,10 @@ async fn two_worker_processes_fire_each_tick_once() {
                 ])
                 .args(["--queue-prefix", "sched-test", "--consumer", name])
                 // Debug for the scheduler: each process logs the ticks it lost to the other.
-                .env("FERRY_LOG", "info,ferry_replicator::schedule=debug")
+                .env(
+                    "FERRY_LOG",
+                    "info,ferry_replicator::control::schedule=debug",
+                )
                 .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
                 .kill_on_drop(true)
                 .spawn()

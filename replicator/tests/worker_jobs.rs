@@ -11,14 +11,14 @@ use std::time::Duration;
 use common::*;
 use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
-use ferry_replicator::delete::DeleteOutcome;
 use ferry_replicator::event::EventKind;
 use ferry_replicator::history::{
     ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, StartedBy, TaskState,
 };
 use ferry_replicator::queue::memory::MemoryQueue;
 use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
-use ferry_replicator::sync::{Registries, TagOutcome};
+use ferry_replicator::replicate::delete::DeleteOutcome;
+use ferry_replicator::replicate::{Registries, TagOutcome};
 use ferry_replicator::worker::{JobOutcome, Worker, WorkerOptions};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
@@ -366,7 +366,7 @@ async fn unrunnable_jobs_are_dead_lettered_and_missing_tags_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
-    use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
+    use ferry_replicator::control::safety_net::{ReconcileMetrics, Reconciler};
     let s = setup(json!({"trigger": {"type": "event_based"}})).await;
     let dir = s._dir.path();
     // Pushed while no agent was listening: no event, no job.
@@ -382,7 +382,8 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
     )
     .unwrap();
     let prepared =
-        ferry_replicator::sync::PreparedPolicy::new(&s.config.policies[0], &s.registries).unwrap();
+        ferry_replicator::replicate::PreparedPolicy::new(&s.config.policies[0], &s.registries)
+            .unwrap();
     let pass = r.pass(&prepared).await.unwrap();
     assert_eq!(
         (pass.missing, pass.different, pass.extra, pass.enqueued),
@@ -528,7 +529,7 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
     let outcome = worker.execute(&j, &CancellationToken::new()).await.unwrap();
     linker.await.unwrap();
     assert!(
-        matches!(&outcome, JobOutcome::Pushed(v) if matches!(&v[0].1, ferry_replicator::sync::TagOutcome::Copied { .. })),
+        matches!(&outcome, JobOutcome::Pushed(v) if matches!(&v[0].1, ferry_replicator::replicate::TagOutcome::Copied { .. })),
         "{outcome:?}"
     );
     assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, digest);
@@ -683,7 +684,7 @@ async fn referrers_pushed_after_the_subject_follow_and_artifact_type_filters_the
 /// that differs between the sides alone (only events, with their times, settle conflicts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_no_conflict() {
-    use ferry_replicator::reconcile::{ReconcileMetrics, Reconciler};
+    use ferry_replicator::control::safety_net::{ReconcileMetrics, Reconciler};
     let s = setup(json!({"trigger": {"type": "event_based"}, "mode": "bidirectional"})).await;
     let dir = s._dir.path();
     let only_src = push_image(dir, 40, &s.src.host(), "team/a:v1").await;
@@ -758,8 +759,8 @@ async fn one_failing_destination_does_not_hold_back_the_others() {
 /// says so first) and leaves a tag that differs between the sides alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
+    use ferry_replicator::control::runs::start_run;
     use ferry_replicator::history::{ExecutionState, StartedBy};
-    use ferry_replicator::runs::start_run;
     let s = setup(json!({"mode": "bidirectional"})).await;
     let dir = s._dir.path();
     let only_src = push_image(dir, 60, &s.src.host(), "team/a:v1").await;
@@ -767,7 +768,8 @@ async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
     let on_src = push_image(dir, 62, &s.src.host(), "team/c:v1").await;
     let on_dst = push_image(dir, 63, &s.dst.host(), "team/c:v1").await;
     let prepared =
-        ferry_replicator::sync::PreparedPolicy::new(&s.config.policies[0], &s.registries).unwrap();
+        ferry_replicator::replicate::PreparedPolicy::new(&s.config.policies[0], &s.registries)
+            .unwrap();
 
     let plan = start_run(
         &prepared,

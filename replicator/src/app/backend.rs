@@ -7,15 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
-use crate::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
-use crate::forward::{Outbox, RedisOutbox};
+use crate::app::runtime::{connect_queue, ConnectError};
+use crate::control::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
 use crate::history::{History, MemoryHistory, RedisHistory, Retention};
 use crate::pauses::RedisLimits;
 use crate::queue::redis::RedisTarget;
 use crate::queue::{JobQueue, MemoryQueue, RetryPolicy};
-use crate::runtime::{connect_queue, ConnectError};
-use crate::sync::Registries;
+use crate::regions::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
+use crate::regions::{Outbox, RedisOutbox};
+use crate::replicate::Registries;
 
 /// Pause between attempts to reach Redis at startup.
 const CONNECT_RETRY: Duration = Duration::from_secs(2);

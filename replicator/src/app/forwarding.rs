@@ -10,9 +10,9 @@ use std::sync::Arc;
 use futures_util::FutureExt as _;
 
 use super::{AppError, DaemonOptions, Parts, Pending, PendingRoutine, RegionOptions};
+use crate::app::listener;
 use crate::config::{Config, RegionConfig};
-use crate::forward::{self, ForwardMetrics, ForwardService, Forwarder};
-use crate::listener;
+use crate::regions::{self, ForwardMetrics, ForwardService, Forwarder};
 
 /// What `--region` and the config say this agent forwards, checked before connecting.
 pub(super) struct Plan {
@@ -50,7 +50,7 @@ impl Plan {
             .cloned()
             .collect();
         let tokens =
-            crate::tokens::load(options.token_file.as_deref(), forward::TOKEN_ENV, "forward")
+            crate::tokens::load(options.token_file.as_deref(), regions::TOKEN_ENV, "forward")
                 .map_err(AppError::Unusable)?;
         if tokens.is_empty() && !(peers.is_empty() && options.forward_listen.is_none()) {
             return Err(AppError::NoForwardToken { region });
@@ -124,7 +124,7 @@ pub(super) async fn build(
     let listener = o.listen_flags.bind_grpc("--forward-listen", addr).await?;
     let tls = match &options.tls.identity {
         Some((cert, key)) => Some(
-            crate::admin::tls_config("forward", cert, key, options.tls.ca.as_deref())
+            crate::control::admin::tls_config("forward", cert, key, options.tls.ca.as_deref())
                 .map_err(AppError::Unusable)?,
         ),
         None => None,

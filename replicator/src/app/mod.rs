@@ -27,7 +27,12 @@
 //! - **One policy watch**: policies stored through the admin API reach every part that matches,
 //!   polls, schedules, reconciles, forwards or runs jobs (each a [`Reload`] target).
 pub mod backend;
+pub mod background;
 mod forwarding;
+pub mod listener;
+pub mod ops;
+pub mod runtime;
+pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,21 +46,21 @@ use tokio_util::task::TaskTracker;
 
 pub use backend::{Backend, QueueOptions};
 
-use crate::background::{Statuses, Supervisor};
-use crate::catalog::{watch_and_reload, Reload};
+use crate::app::background::{Statuses, Supervisor};
+use crate::app::listener::{HttpListener, ListenError, ListenFlags};
+use crate::app::runtime::{shutdown_signal, ConnectError};
 use crate::config::{Config, CredentialRules, CredentialsDirError};
-use crate::forward::{ForwardMetrics, ForwardTls};
+use crate::control::catalog::{watch_and_reload, Reload};
+use crate::control::safety_net::{ReconcileMetrics, Reconciler};
+use crate::control::schedule::{ScheduleMetrics, Scheduler};
 use crate::ingest::harbor::HarborOptions;
 use crate::ingest::http::SetupError;
 use crate::ingest::metrics::IngestMetrics;
 use crate::ingest::poll::{PollMetrics, PollerSet};
 use crate::ingest::{EventSink, IngestState};
-use crate::listener::{HttpListener, ListenError, ListenFlags};
 use crate::policy::TriggerKind;
-use crate::reconcile::{ReconcileMetrics, Reconciler};
-use crate::runtime::{shutdown_signal, ConnectError};
-use crate::schedule::{ScheduleMetrics, Scheduler};
-use crate::sync::{Registries, SyncError};
+use crate::regions::{ForwardMetrics, ForwardTls};
+use crate::replicate::{Registries, SyncError};
 use crate::throttle::SharedSpeed;
 use crate::worker::{Worker, WorkerMetrics, WorkerOptions};
 
@@ -173,7 +178,7 @@ pub enum AppError {
     },
     #[error(
         "region {region:?} forwards to and from other regions: set {} or --forward-token-file",
-        crate::forward::TOKEN_ENV
+        crate::regions::TOKEN_ENV
     )]
     NoForwardToken { region: String },
     /// A token file, TLS material or a peer's URL that cannot be used (the message names it).
@@ -544,7 +549,7 @@ impl Parts {
     ) -> Result<(HttpListener, Option<IngestState>), AppError> {
         let Some((sink, tokens)) = webhooks else {
             let metrics = Arc::new(IngestMetrics::new(std::mem::take(&mut self.metrics)));
-            let router = crate::ops::router(self.backend.queue.clone(), metrics);
+            let router = crate::app::ops::router(self.backend.queue.clone(), metrics);
             let listener = o.listen_flags.bind_http("--listen", listen, router).await?;
             tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
             return Ok((listener, None));
@@ -593,7 +598,7 @@ impl Parts {
     /// Binds the admin API (fails before serving anything when its tokens, TLS material or
     /// address are unusable).
     async fn admin(&mut self, o: &AdminOptions, limits: &ListenFlags) -> Result<(), AppError> {
-        use crate::admin;
+        use crate::control::admin;
         let tokens = crate::tokens::load(o.token_file.as_deref(), admin::auth::TOKEN_ENV, "admin")
             .map_err(AppError::Unusable)?;
         let listener = limits.bind_grpc("--admin-listen", &o.listen).await?;

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_replicator::sync::RunProgress;
+use ferry_replicator::replicate::RunProgress;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 

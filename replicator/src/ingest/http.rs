@@ -48,7 +48,7 @@
 //!
 //! # Tracing
 //! Each request runs in a `webhook` span (a child of the request's `traceparent` header, if any);
-//! every job it enqueues carries that span's W3C trace context ([`crate::telemetry`]).
+//! every job it enqueues carries that span's W3C trace context ([`crate::app::telemetry`]).
 //!
 //! # Invariants
 //! An [`IngestState`] cannot be built without a token unless unauthenticated access was asked for
@@ -57,7 +57,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::Current;
+use crate::control::catalog::Current;
 use crate::tokens::TokenSet;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -259,9 +259,9 @@ pub fn load_tokens(file: Option<&std::path::Path>) -> Result<Vec<String>, SetupE
     crate::tokens::load(file, TOKEN_ENV, "webhook").map_err(SetupError::Tokens)
 }
 
-/// The ingest routes: webhooks, plus `/healthz` and `/metrics` ([`crate::ops::router`]).
+/// The ingest routes: webhooks, plus `/healthz` and `/metrics` ([`crate::app::ops::router`]).
 pub fn router(state: IngestState) -> Router {
-    let ops = crate::ops::router(state.inner.sink.queue.clone(), state.inner.metrics.clone());
+    let ops = crate::app::ops::router(state.inner.sink.queue.clone(), state.inner.metrics.clone());
     Router::new()
         .route("/v1/events/distribution", post(distribution_webhook))
         .route("/v1/events/harbor", post(harbor_webhook))
@@ -365,7 +365,7 @@ async fn webhook(
         status = tracing::field::Empty
     );
     if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        crate::telemetry::set_parent(&span, traceparent);
+        crate::app::telemetry::set_parent(&span, traceparent);
     }
     let handled = handle(state, endpoint, query, headers, body)
         .instrument(span.clone())
@@ -552,7 +552,7 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         metrics.event(registry, ignored.kind, ignored.reason.as_str());
     }
     let (mut jobs, mut enqueued, mut collapsed) = (0u64, 0u64, 0u64);
-    let traceparent = crate::telemetry::current_traceparent();
+    let traceparent = crate::app::telemetry::current_traceparent();
     // One policy set for the whole batch.
     let matcher = inner.matcher.get();
     for event in &batch.events {
@@ -672,12 +672,12 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
     }))
 }
 
-impl crate::catalog::Reload for IngestState {
+impl crate::control::catalog::Reload for IngestState {
     fn what(&self) -> &'static str {
         "webhook matching"
     }
 
-    fn reload(&self, config: &Config, _: &crate::sync::Registries) -> Result<(), String> {
+    fn reload(&self, config: &Config, _: &crate::replicate::Registries) -> Result<(), String> {
         self.reload_policies(config).map_err(|e| e.to_string())
     }
 }

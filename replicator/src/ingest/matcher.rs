@@ -129,7 +129,7 @@ impl Matcher {
     }
 
     /// Whether `registry` is a side of a bidirectional policy: its pushes are recorded so that a
-    /// conflicting push from the other side can be decided (see `crate::conflict`).
+    /// conflicting push from the other side can be decided (see `crate::regions::conflict`).
     pub fn records_writes(&self, registry: &str) -> bool {
         self.policies.iter().any(|(p, _)| {
             p.mode == Mode::Bidirectional

@@ -41,11 +41,11 @@ pub use matcher::{Matcher, Route};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::conflict::{TagLedger, TagWrite};
 use crate::event::{Event, EventKind};
-use crate::forward::{Forwarded, Outbox};
 use crate::policy::NameError;
 use crate::queue::{JobQueue, QueueError};
+use crate::regions::conflict::{TagLedger, TagWrite};
+use crate::regions::{Forwarded, Outbox};
 
 /// Where accepted events go: this region's queue, the outbox of the regions that run the event's
 /// other policies, and the ledger of user pushes that bidirectional conflicts are decided on.
@@ -275,7 +275,7 @@ pub(crate) fn kind_label(action: &str) -> &'static str {
     }
 }
 
-pub use crate::sync::is_referrer_tag;
+pub use crate::replicate::is_referrer_tag;
 
 #[cfg(test)]
 mod tests {

@@ -40,7 +40,7 @@ use prometheus_client::registry::Registry;
 
 use super::matcher::Matcher;
 use super::EventSink;
-use crate::background::{Next, Routine, Supervisor};
+use crate::app::background::{Next, Routine, Supervisor};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::event::{Event, EventKind};
@@ -52,7 +52,7 @@ use crate::policy::{
     Selector, TriggerKind,
 };
 use crate::queue::{EnqueueOutcome, QueueError};
-use crate::sync::{is_referrer_tag, Registries, SyncError};
+use crate::replicate::{is_referrer_tag, Registries, SyncError};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PassLabels {
@@ -277,7 +277,7 @@ impl PollerSet {
     }
 }
 
-impl crate::catalog::Reload for PollerSet {
+impl crate::control::catalog::Reload for PollerSet {
     fn what(&self) -> &'static str {
         "tag pollers"
     }
@@ -577,9 +577,9 @@ impl Poller {
         Ok(repos)
     }
 
-    /// [`crate::sync::listed_name`] for this registry.
+    /// [`crate::replicate::listed_name`] for this registry.
     fn usable(&self, in_repository: Option<&str>, checked: Result<(), NameError>) -> bool {
-        crate::sync::listed_name(&self.registry, in_repository, checked)
+        crate::replicate::listed_name(&self.registry, in_repository, checked)
     }
 
     fn covers_tag(&self, repo: &str, tag: &str) -> bool {

@@ -5,7 +5,7 @@
 //! in the day fields, and a start with a step (`5/15`, as Harbor's Go parser reads it). No year
 //! field and no `@daily`-style nicknames (Harbor has neither).
 //!
-//! Invariant: [`crate::config::Config::validate`] and [`crate::schedule`] both call [`parse`], so
+//! Invariant: [`crate::config::Config::validate`] and [`crate::control::schedule`] both call [`parse`], so
 //! an expression that validates is one the scheduler runs, and the other way round.
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;

@@ -11,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 use super::record::task_record;
 use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
 use crate::clock::now_ms;
-use crate::conflict::{self, Decision, Heads, TagWrite};
-use crate::delete::guarded_delete;
 use crate::event::EventKind;
 use crate::history::Task;
 use crate::oci::digest;
 use crate::policy::Mode;
 use crate::queue::Job;
-use crate::sync::{reconcile_reference, PreparedPolicy, TagOutcome};
+use crate::regions::conflict::{self, Decision, Heads, TagWrite};
+use crate::replicate::delete::guarded_delete;
+use crate::replicate::{replicate_reference, PreparedPolicy, TagOutcome};
 use crate::transfer::{Checkpoints, TransferContext, TransferError, TransferStats};
 
 impl Worker {
@@ -159,7 +159,7 @@ impl Worker {
         } else {
             None
         };
-        let (outcome, _) = reconcile_reference(
+        let (outcome, _) = replicate_reference(
             prepared,
             ctx,
             &job.repository,
@@ -182,7 +182,7 @@ impl Worker {
         Ok(DestOutcome::Push(outcome))
     }
 
-    /// Whether a bidirectional job may write its tag to `ctx.dst` (see [`crate::conflict`]).
+    /// Whether a bidirectional job may write its tag to `ctx.dst` (see [`crate::regions::conflict`]).
     async fn arbitrate(
         &self,
         prepared: &PreparedPolicy,

@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - **Level-triggered**: a push job re-reads the source when it runs
-//!   ([`reconcile_reference`](crate::sync::reconcile_reference)), so
+//!   ([`replicate_reference`](crate::replicate::replicate_reference)), so
 //!   a stale, duplicated or reordered job can never roll a destination back; a delete job deletes a
 //!   destination manifest only if it still holds the deleted digest *and* the source no longer
 //!   has it, and never when a tag the policy does not cover points at it (reported instead).
@@ -20,8 +20,8 @@
 //!   watch for a stopped run. `settle.rs`: ack, fail or release with the queue (a pure verdict).
 //! - `execute.rs`: one job against every destination. `record.rs`: the history records of jobs
 //!   and tasks. `metrics.rs`: the worker's Prometheus metrics.
-//! - Elsewhere: the guarded delete in [`crate::delete`], the conflict rule in [`crate::conflict`],
-//!   the policy set in [`crate::policies`].
+//! - Elsewhere: the guarded delete in [`crate::replicate::delete`], the conflict rule in [`crate::regions::conflict`],
+//!   the policy set in [`crate::replicate::policies`].
 mod execute;
 mod lease;
 mod metrics;
@@ -43,16 +43,16 @@ pub use self::metrics::WorkerMetrics;
 use self::pause::PauseCache;
 pub use self::pause::PAUSED_TTL;
 pub use self::record::finish_run_if_done;
-use crate::catalog::Current;
+use crate::app::runtime::hostname;
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::conflict::{MemoryTagLedger, TagLedger};
-use crate::delete::DeleteOutcome;
+use crate::control::catalog::Current;
 use crate::history::{ExecutionState, History, Task, WorkerInfo};
-use crate::policies::Policies;
 use crate::queue::{JobQueue, Lease};
-use crate::runtime::hostname;
-use crate::sync::{Registries, SyncError, TagOutcome};
+use crate::regions::conflict::{MemoryTagLedger, TagLedger};
+use crate::replicate::delete::DeleteOutcome;
+use crate::replicate::policies::Policies;
+use crate::replicate::{Registries, SyncError, TagOutcome};
 use crate::throttle::{SharedSpeed, SharedSpeedSlot};
 use crate::transfer::{BlobLeases, BlobLedger, Checkpoints, TransferError, TransferStats};
 
@@ -377,7 +377,7 @@ impl Worker {
         let span = tracing::info_span!("job", job_id = %job.id, policy = %job.policy, kind = ?job.kind, repository = %job.repository, reference = %job.reference, attempt = job.attempt + 1);
         if let Some(traceparent) = &job.traceparent {
             // Before the span is first entered: the job joins the trace of the event behind it.
-            crate::telemetry::set_parent(&span, traceparent);
+            crate::app::telemetry::set_parent(&span, traceparent);
         }
         async {
             if !self.admit(&lease).await {
@@ -542,7 +542,7 @@ impl JobSignals {
     }
 }
 
-impl crate::catalog::Reload for Worker {
+impl crate::control::catalog::Reload for Worker {
     fn what(&self) -> &'static str {
         "worker"
     }

@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DestOutcome, LiveTask, Worker};
 use crate::clock::now_ms;
-use crate::delete::DeleteOutcome;
 use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState};
 use crate::queue::{Job, QueueError};
-use crate::sync::TagOutcome;
+use crate::replicate::delete::DeleteOutcome;
+use crate::replicate::TagOutcome;
 use crate::transfer::{StatsSnapshot, TransferError};
 
 /// Replication lag (ms) of a copy caused by an event at `event_time_ms`; `None` when the job has

@@ -182,7 +182,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::TagOutcome;
+    use crate::replicate::TagOutcome;
 
     fn done() -> JobOutcome {
         JobOutcome::Pushed(vec![(

@@ -1,4 +1,4 @@
-//! Cross-region coordination (DESIGN.md "Topology"): events one region's agent accepted that
+//! Regions: cross-region coordination (DESIGN.md "Topology"): events one region's agent accepted that
 //! another region must act on travel over gRPC (`ferry.v1.Events/Forward`), never through a
 //! shared Redis.
 //!
@@ -7,6 +7,8 @@
 //!   and the receiver's record of accepted event ids.
 //! - [`server`]: the `Events` service: matches forwarded events against this region's policies
 //!   and answers only after their jobs are in the local queue.
+//! - [`conflict`]: bidirectional conflicts between regions: the later write wins, decided from
+//!   the ledger of tag writes every region records.
 //! - [`client`]: the forwarder: one delivery loop per peer region, in outbox order, with
 //!   backoff while the peer is unreachable.
 //!
@@ -20,6 +22,7 @@
 //!   in order: events of one repository arrive in the order they were accepted.
 //! - A forwarded event is never forwarded again (see `ingest::matcher`).
 pub mod client;
+pub mod conflict;
 pub mod outbox;
 pub mod server;
 

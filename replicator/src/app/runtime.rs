@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::app::telemetry::Telemetry;
 use crate::queue::redis::RedisTarget;
 use crate::queue::{QueueError, RedisQueue, RetryPolicy};
-pub use crate::telemetry::Telemetry;
 
 /// Log line format on stderr (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -14,12 +14,12 @@
 use std::collections::HashSet;
 
 use crate::clock::now_ms;
-use crate::diff::diff_policy;
 use crate::event::EventKind;
 use crate::history::{Execution, ExecutionState, History, StartedBy, Task, TaskState};
 use crate::oci::RegistryError;
 use crate::queue::{new_job_id, Job, JobQueue, QueueError};
-use crate::sync::{is_referrer_tag, list_source, PreparedPolicy};
+use crate::replicate::drift::diff_policy;
+use crate::replicate::{is_referrer_tag, list_source, PreparedPolicy};
 
 /// Tasks recorded per history call (a run may have many thousands).
 const RECORD_CHUNK: usize = 500;

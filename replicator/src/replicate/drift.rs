@@ -10,7 +10,7 @@ use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
 use crate::oci::{RegistryClient, RegistryError, RemoteDescriptor};
-use crate::sync::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
+use crate::replicate::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
 
 /// `(tag, source digest, destination digest)` of one checked tag.
 type TagCheck = (String, Option<String>, Option<String>);

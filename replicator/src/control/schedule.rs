@@ -1,4 +1,4 @@
-//! The scheduler: `scheduled` policies start a run (see [`crate::runs`]) on every tick of their
+//! The scheduler: `scheduled` policies start a run (see [`crate::control::runs`]) on every tick of their
 //! cron, exactly once across all the processes of a region.
 //!
 //! Cron expressions are Harbor's 6-field form with seconds first (`0 0 */6 * * *`) or the classic
@@ -23,15 +23,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::background::{Next, Routine};
-use crate::catalog::Current;
+use crate::app::background::{Next, Routine};
 use crate::config::Config;
+use crate::control::catalog::Current;
+use crate::control::runs::start_run;
 use crate::history::{ExecutionQuery, History, StartedBy};
 use crate::labels::PolicyOutcome;
 use crate::policy::TriggerKind;
 use crate::queue::JobQueue;
-use crate::runs::start_run;
-use crate::sync::{PreparedPolicy, Registries, SyncError};
+use crate::replicate::{PreparedPolicy, Registries, SyncError};
 
 /// Longest sleep of the scheduler loop (how soon a policy added through the API is scheduled).
 const RECHECK: Duration = Duration::from_secs(5);
@@ -215,7 +215,7 @@ impl Scheduler {
             .map(|e| e.id))
     }
 
-    /// The scheduler's loop, to run under [`crate::background::supervise`]: fires ticks as they
+    /// The scheduler's loop, to run under [`crate::app::background::supervise`]: fires ticks as they
     /// come. Runs even with no scheduled policy, since [`Scheduler::reload`] may add some; wakes
     /// at least every [`RECHECK`] to see them.
     pub fn ticks(self: &Arc<Self>) -> Ticks {
@@ -294,7 +294,7 @@ fn entries(config: &Config, registries: &Registries) -> Result<Vec<Entry>, SyncE
     Ok(entries)
 }
 
-impl crate::catalog::Reload for Scheduler {
+impl crate::control::catalog::Reload for Scheduler {
     fn what(&self) -> &'static str {
         "scheduler"
     }

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::policy::Policy;
 use crate::queue::redis::bounded;
 use crate::queue::{QueueError, RedisQueue};
-use crate::sync::Registries;
+use crate::replicate::Registries;
 
 /// Where a policy is defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +201,7 @@ pub fn clients(
     effective: &Config,
     file: &Config,
     file_clients: &Registries,
-) -> Result<Registries, crate::sync::SyncError> {
+) -> Result<Registries, crate::replicate::SyncError> {
     if effective.registries == file.registries {
         return Ok(file_clients.clone());
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::queue::Job;
-use crate::sync::{PreparedPolicy, Registries, SyncError};
+use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::throttle::{SharedSpeedSlot, Throttle};
 
 /// The enabled policies of a config, prepared, with their throttles.

@@ -9,7 +9,7 @@
 //!   swallowed delete cannot be told apart from content someone else put there.
 //! - A bidirectional policy is reconciled in both directions, each by the region that writes that
 //!   side; its jobs fill missing tags, and the worker never settles a *different* tag without an
-//!   event (see `crate::conflict`).
+//!   event (see `crate::regions::conflict`).
 //! - One pass per policy per interval across all processes sharing a queue: a pass takes a named
 //!   lease in the queue (the blob-lease primitive, keyed `reconcile/<policy>`) for most of the
 //!   interval.
@@ -21,17 +21,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::background::{Next, Routine};
-use crate::catalog::Current;
+use crate::app::background::{Next, Routine};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::diff::diff_policy;
+use crate::control::catalog::Current;
 use crate::event::EventKind;
 use crate::history::StartedBy;
 use crate::labels::PolicyLabel;
 use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
-use crate::sync::{PreparedPolicy, Registries, SyncError};
+use crate::replicate::drift::diff_policy;
+use crate::replicate::{PreparedPolicy, Registries, SyncError};
 
 /// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
 #[derive(Debug, Clone, Default)]
@@ -214,7 +214,7 @@ impl Reconciler {
         failed
     }
 
-    /// The safety net's loop, to run under [`crate::background::supervise`]: a sweep now and
+    /// The safety net's loop, to run under [`crate::app::background::supervise`]: a sweep now and
     /// then every `interval`.
     pub fn every(self: &Arc<Self>, interval: Duration) -> SafetyNet {
         SafetyNet {
@@ -289,7 +289,7 @@ fn event_policies(
         .collect()
 }
 
-impl crate::catalog::Reload for Reconciler {
+impl crate::control::catalog::Reload for Reconciler {
     fn what(&self) -> &'static str {
         "safety net"
     }

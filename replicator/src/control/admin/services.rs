@@ -14,11 +14,11 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::AdminError;
 use super::AdminState;
-use crate::catalog::{effective, PolicySource, WATCH_EVERY};
-use crate::diff::diff_policy;
+use crate::control::catalog::{effective, PolicySource, WATCH_EVERY};
+use crate::control::runs::{start_run, stop_run, RunError, StopError};
 use crate::history::{Execution, ExecutionQuery, StartedBy, Task};
-use crate::runs::{start_run, stop_run, RunError, StopError};
-use crate::sync::{PreparedPolicy, Registries};
+use crate::replicate::drift::diff_policy;
+use crate::replicate::{PreparedPolicy, Registries};
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
@@ -169,7 +169,7 @@ impl Snapshot {
 
     /// Clients of the snapshot's registries (the process's own when none was stored).
     fn clients(&self, state: &AdminState) -> std::result::Result<Registries, AdminError> {
-        crate::catalog::clients(&self.config, &state.config, &state.registries)
+        crate::control::catalog::clients(&self.config, &state.config, &state.registries)
             .map_err(|e| AdminError::FailedPrecondition(e.to_string()))
     }
 

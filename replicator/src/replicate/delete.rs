@@ -7,7 +7,7 @@
 use crate::oci::digest::{self, Digest};
 use crate::oci::TagDelete;
 use crate::queue::Job;
-use crate::sync::PreparedPolicy;
+use crate::replicate::PreparedPolicy;
 use crate::transfer::{TransferContext, TransferError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

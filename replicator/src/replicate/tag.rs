@@ -1,0 +1,263 @@
+//! Replicates one tag to one destination, level-triggered: `HEAD` both sides, and only when the
+//! destination differs `GET` the source manifest, filter it, move its graph ([`crate::transfer`]),
+//! push it by tag and confirm with a `HEAD`; then its referrers ([`super::referrers`]).
+//!
+//! Invariants: whatever the source holds *now* is what the destination gets, so re-running a tag
+//! or running it on a stale event is always safe; a tag is `Copied` only after the destination
+//! answered the source digest; `override: false` never overwrites a differing destination tag.
+use serde::Serialize;
+
+use crate::oci::digest::Digest;
+use crate::oci::{ManifestGraph, RegistryError};
+use crate::transfer::{self, TransferContext, TransferError};
+
+use super::plan::{is_referrer_tag, PreparedPolicy, SourceRepo};
+use super::referrers::copy_referrers;
+
+/// What happened to one tag on one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TagOutcome {
+    Copied {
+        digest: String,
+    },
+    Unchanged {
+        digest: String,
+    },
+    /// `override: false` and the destination holds other content under this tag.
+    Kept {
+        source_digest: String,
+        destination_digest: String,
+    },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// Skip reason of a tag the source no longer has.
+pub const TAG_GONE: &str = "tag disappeared from the source during the sync";
+
+/// When a tag's referrers are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Referrers {
+    /// Also for unchanged tags (full reconciliations catch referrers pushed while events were lost).
+    Always,
+    /// Only after the tag was copied (event-driven jobs: a later referrer has its own event).
+    OnCopy,
+}
+
+/// Explains a destination's `MANIFEST_BLOB_UNKNOWN` for an index whose children a platform filter
+/// thinned out: the registry requires every child (distribution 2.x does).
+fn refused_sparse_index(e: TransferError, sparse: bool, registry: &str) -> TransferError {
+    let refused = matches!(
+        &e,
+        TransferError::Registry(RegistryError::Status { status: 400, errors, .. })
+            if errors.iter().any(|x| x.code == "MANIFEST_BLOB_UNKNOWN")
+    );
+    if sparse && refused {
+        TransferError::Policy(format!(
+            "registry {registry} refuses a sparse index (the platform filter left children out; it wants every child present): {e}. Remove the platform filter for this destination, or use a registry that accepts sparse indexes"
+        ))
+    } else {
+        e
+    }
+}
+
+pub(super) async fn copy_tag(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repo: &SourceRepo,
+    dst_repo: &str,
+    tag: &str,
+    referrers: Referrers,
+    referrers_copied: &mut u64,
+) -> Result<TagOutcome, TransferError> {
+    let src_repo = &repo.repository;
+    // Both sides at once: a no-op resync costs one round trip per tag.
+    let (src_head, dst_head) = tokio::join!(
+        ctx.src.head_manifest(src_repo, tag),
+        ctx.dst.head_manifest(dst_repo, tag)
+    );
+    let Some(src_head) = src_head? else {
+        return Ok(TagOutcome::Skipped {
+            reason: TAG_GONE.into(),
+        });
+    };
+    let dst_head = dst_head?;
+    let outcome = match &dst_head {
+        Some(d) if d.digest == src_head.digest => TagOutcome::Unchanged {
+            digest: d.digest.to_string(),
+        },
+        Some(d) if !prepared.policy.override_ => {
+            tracing::info!(source_digest = %src_head.digest, destination_digest = %d.digest, "destination tag differs; kept (override: false)");
+            return Ok(TagOutcome::Kept {
+                source_digest: src_head.digest.to_string(),
+                destination_digest: d.digest.to_string(),
+            });
+        }
+        _ => {
+            if prepared.selector.has_label_filters() {
+                let labels = ctx.src.harbor_labels(src_repo, tag).await?.ok_or_else(|| {
+                    TransferError::Policy(format!(
+                        "label filter: registry {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
+                        ctx.src.name()
+                    ))
+                })?;
+                if !prepared.selector.matches_labels(&labels) {
+                    return Ok(TagOutcome::Skipped {
+                        reason: format!("excluded by the label filter (labels: {labels:?})"),
+                    });
+                }
+            }
+            let manifest = match ctx.src.get_manifest(src_repo, tag).await {
+                Ok(m) => m,
+                Err(e) if e.is_not_found() => {
+                    return Ok(TagOutcome::Skipped {
+                        reason: TAG_GONE.into(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let graph = manifest.graph().map_err(|source| TransferError::Manifest {
+                registry: ctx.src.name().to_string(),
+                repository: src_repo.clone(),
+                digest: manifest.digest.to_string(),
+                source,
+            })?;
+            if !prepared.selector.matches_resource(graph.is_image()) {
+                return Ok(TagOutcome::Skipped {
+                    reason: "excluded by the resource filter".into(),
+                });
+            }
+            // A referrer pushed under the tag scheme (its own event) follows the artifact_type
+            // filter like a referrer found through its subject.
+            if is_referrer_tag(tag)
+                && !prepared
+                    .selector
+                    .matches_artifact_type(manifest.artifact_type().as_deref())
+            {
+                return Ok(TagOutcome::Skipped {
+                    reason: "excluded by the artifact_type filter".into(),
+                });
+            }
+            transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
+            let sparse = matches!(graph, ManifestGraph::Index { .. })
+                && prepared.selector.has_platform_filter();
+            transfer::push_manifest(ctx, dst_repo, tag, &manifest)
+                .await
+                .map_err(|e| refused_sparse_index(e, sparse, ctx.dst.name()))?;
+            verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
+            TagOutcome::Copied {
+                digest: manifest.digest.to_string(),
+            }
+        }
+    };
+    if prepared.policy.copy_referrers {
+        let subject = match (&outcome, referrers) {
+            (TagOutcome::Copied { digest }, _)
+            | (TagOutcome::Unchanged { digest }, Referrers::Always) => {
+                digest.parse::<Digest>().ok()
+            }
+            _ => None,
+        };
+        if let Some(subject) = subject {
+            // Referrer tags are found in the repository's tag list; a job listed none up front.
+            let listed;
+            let repo = if repo.all_tags.is_empty() {
+                listed = SourceRepo {
+                    all_tags: ctx.src.list_tags(&repo.repository).await?,
+                    ..repo.clone()
+                };
+                &listed
+            } else {
+                repo
+            };
+            *referrers_copied += copy_referrers(prepared, ctx, repo, dst_repo, &subject, 0).await?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Replicates one `repository:reference` (tag or digest) on `ctx.dst`, level-triggered: whatever
+/// the source holds *now* is what the destination gets. Used by workers for event-driven jobs.
+/// Returns the outcome and the number of referrers copied; errors keep their retryability.
+pub async fn replicate_reference(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repository: &str,
+    reference: &str,
+    event_digest: Option<&str>,
+) -> Result<(TagOutcome, u64), TransferError> {
+    let dst_repo = prepared
+        .dest_repository(repository)
+        .map_err(TransferError::Policy)?;
+    // The tag list (for referrer tags) is fetched only if something is copied: a referrer pushed
+    // later arrives as its own event, so an unchanged tag needs no referrer check here.
+    let repo = SourceRepo {
+        repository: repository.to_string(),
+        tags: vec![reference.to_string()],
+        all_tags: Vec::new(),
+    };
+    // distribution announces a push from its manifest store *before* it links the tag, so a fast
+    // worker can find the tag missing while the pushed manifest exists: wait briefly for the tag,
+    // then hand the job back as retryable. (A delete removes the manifest too: then it is gone.)
+    let mut waits = [50u64, 100, 200, 400, 800].into_iter();
+    loop {
+        let mut referrers = 0;
+        let outcome = copy_tag(
+            prepared,
+            ctx,
+            &repo,
+            &dst_repo,
+            reference,
+            Referrers::OnCopy,
+            &mut referrers,
+        )
+        .await?;
+        let announced = match (&outcome, event_digest) {
+            (TagOutcome::Skipped { reason }, Some(d)) if reason == TAG_GONE && d != reference => {
+                ctx.src.head_manifest(repository, d).await?.is_some()
+            }
+            _ => false,
+        };
+        if !announced {
+            return Ok((outcome, referrers));
+        }
+        match waits.next() {
+            Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+            None => {
+                return Err(TransferError::NotYetVisible {
+                    registry: ctx.src.name().to_string(),
+                    repository: repository.to_string(),
+                    reference: reference.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Confirms the destination tag resolves to `digest`.
+async fn verify_tag(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<(), TransferError> {
+    match ctx.dst.head_manifest(dst_repo, tag).await? {
+        Some(d) if &d.digest == digest => Ok(()),
+        other => Err(RegistryError::InvalidResponse {
+            registry: ctx.dst.name().to_string(),
+            url: format!("{}v2/{dst_repo}/manifests/{tag}", ctx.dst.base_url()),
+            message: format!(
+                "after the push the tag resolves to {}, not {digest}",
+                other
+                    .map(|d| d.digest.to_string())
+                    .unwrap_or_else(|| "nothing".into())
+            ),
+        }
+        .into()),
+    }
+}
