@@ -11,11 +11,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ferry_replicator::app::listener::ListenFlags;
-use ferry_replicator::app::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
 use ferry_replicator::app::{Daemon, DaemonOptions, QueueOptions, RegionOptions, WebhookOptions};
 use ferry_replicator::config::Config;
 use ferry_replicator::regions::ForwardTls;
+use ferry_replicator::runtime::listener::ListenFlags;
+use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -120,7 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         credentials_dirs: args.credentials_dirs,
         holder: format!(
             "agent-{}-{}",
-            ferry_replicator::app::runtime::hostname(),
+            ferry_replicator::runtime::hostname(),
             std::process::id()
         ),
         listen_flags: args.limits,

@@ -17,6 +17,8 @@
 //! **Decide — what the operator asked for**
 //! - [`config`] and [`policy`]: the config file and Harbor-compatible policies, validated before
 //!   any network I/O; the one repository/tag grammar and the one cron grammar live in `policy`.
+//! - [`catalog`]: policies and registries stored through the admin API merged with the file's,
+//!   and the policy watch (`catalog::Current`, `catalog::Reload`) every long-running part follows.
 //!
 //! **Queue and shared state (memory or Redis/Valkey)**
 //! - [`queue`]: the job queue contract and its backends; [`history`]: executions and tasks.
@@ -32,16 +34,17 @@
 //! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts).
 //!
 //! **Control — operators**
-//! - [`control`]: the gRPC admin API (`control::admin`), stored policies and registries
-//!   (`control::catalog`), manual and scheduled runs (`control::runs`, `control::schedule`), and
-//!   the safety net that turns drift into jobs (`control::safety_net`).
+//! - [`control`]: the gRPC admin API (`control::admin`), manual and scheduled runs
+//!   (`control::runs`, `control::schedule`), and the safety net that turns drift into jobs
+//!   (`control::safety_net`).
 //!
 //! **Process — what every binary shares**
 //! - [`app`]: one daemon assembly (`ferry-agent`, `ferry worker`, `ferry serve`): options →
-//!   build → spawn → drain; `app::background` runs routines under one supervisor;
-//!   `app::listener` owns every listening socket and its limits; `app::ops` serves `/healthz` and
-//!   `/metrics`; `app::runtime` logging, shutdown signal, Redis URL, hostname; `app::telemetry`
-//!   OTLP traces.
+//!   build → spawn → drain. It sits on top: nothing below imports it.
+//! - [`runtime`]: what every part runs on: `runtime::background` runs routines under one
+//!   supervisor; `runtime::listener` owns every listening socket and its limits; `runtime::ops`
+//!   serves `/healthz` and `/metrics` from the process's one metrics registry; logging, shutdown
+//!   signal, Redis URL, hostname; `runtime::telemetry` OTLP traces.
 //! - [`labels`]: shared metric label sets; [`locks`]: mutexes that never panic on poison;
 //!   [`clock`]: Unix ms and RFC 3339; [`errors`]: an error and its causes on one line.
 //!
@@ -50,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -65,6 +69,7 @@ pub mod policy;
 pub mod queue;
 pub mod regions;
 pub mod replicate;
+pub mod runtime;
 pub mod throttle;
 pub mod tokens;
 pub mod transfer;

@@ -1,4 +1,4 @@
-//! Bearer tokens shared by the webhook endpoints and the admin API: loading them from a file or
+//! Bearer tokens shared by the webhook endpoints, the Forward endpoint and the admin API: loading them from a file or
 //! an env var, and checking a presented token.
 //!
 //! Invariants: tokens are kept only as SHA-256 hashes; a presented token is compared against every
@@ -86,6 +86,30 @@ pub fn load(file: Option<&std::path::Path>, env: &str, what: &str) -> Result<Vec
             .filter(|t| !t.is_empty())
             .into_iter()
             .collect()),
+    }
+}
+
+/// Checks a gRPC call's `authorization: Bearer <token>` against `tokens`; `UNAUTHENTICATED` otherwise, naming
+/// `what` kind of token was expected.
+pub fn authorize<T>(
+    tokens: &TokenSet,
+    req: &tonic::Request<T>,
+    what: &str,
+) -> Result<(), tonic::Status> {
+    let presented = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+        })?;
+    if tokens.accepts(presented) {
+        Ok(())
+    } else {
+        Err(tonic::Status::unauthenticated(format!(
+            "invalid {what} token"
+        )))
     }
 }
 

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_replicator::app::runtime::connect_queue;
 use ferry_replicator::queue::redis::RedisTarget;
 use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
+use ferry_replicator::runtime::connect_queue;
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -355,7 +355,7 @@ async fn pushes_and_deletes_on_a_real_registry_are_seen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_what_the_pollers_saw() {
-    use ferry_replicator::control::catalog::Reload as _;
+    use ferry_replicator::catalog::Reload as _;
     let src = FakeRegistry::start(Behavior::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     src.put_manifest("team/app", Some("v1"), OCI_MANIFEST, manifest(1));

@@ -10,10 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{free_local_addr, Serve};
-use ferry_replicator::app::runtime::{connect_queue, RedisFlags};
 use ferry_replicator::event::EventKind;
 use ferry_replicator::queue::redis::RedisTarget;
 use ferry_replicator::queue::{EnqueueOutcome, Job, JobQueue, RedisQueue, RetryPolicy};
+use ferry_replicator::runtime::{connect_queue, RedisFlags};
 use ferry_testkit::RedisServer;
 
 const PASSWORD: &str = "pw-3f9c1a7e-never-logged";

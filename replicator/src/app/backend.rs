@@ -7,8 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::runtime::{connect_queue, ConnectError};
-use crate::control::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
+use crate::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
 use crate::history::{History, MemoryHistory, RedisHistory, Retention};
 use crate::pauses::RedisLimits;
 use crate::queue::redis::RedisTarget;
@@ -16,6 +15,7 @@ use crate::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use crate::regions::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
 use crate::regions::{Outbox, RedisOutbox};
 use crate::replicate::Registries;
+use crate::runtime::{connect_queue, ConnectError};
 
 /// Pause between attempts to reach Redis at startup.
 const CONNECT_RETRY: Duration = Duration::from_secs(2);

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use futures_util::FutureExt as _;
 
 use super::{AppError, DaemonOptions, Parts, Pending, PendingRoutine, RegionOptions};
-use crate::app::listener;
 use crate::config::{Config, RegionConfig};
 use crate::regions::{self, ForwardMetrics, ForwardService, Forwarder};
+use crate::runtime::listener;
 
 /// What `--region` and the config say this agent forwards, checked before connecting.
 pub(super) struct Plan {

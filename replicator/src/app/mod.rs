@@ -27,12 +27,7 @@
 //! - **One policy watch**: policies stored through the admin API reach every part that matches,
 //!   polls, schedules, reconciles, forwards or runs jobs (each a [`Reload`] target).
 pub mod backend;
-pub mod background;
 mod forwarding;
-pub mod listener;
-pub mod ops;
-pub mod runtime;
-pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,21 +41,21 @@ use tokio_util::task::TaskTracker;
 
 pub use backend::{Backend, QueueOptions};
 
-use crate::app::background::{Statuses, Supervisor};
-use crate::app::listener::{HttpListener, ListenError, ListenFlags};
-use crate::app::runtime::{shutdown_signal, ConnectError};
+use crate::catalog::{watch_and_reload, Reload};
 use crate::config::{Config, CredentialRules, CredentialsDirError};
-use crate::control::catalog::{watch_and_reload, Reload};
 use crate::control::safety_net::{ReconcileMetrics, Reconciler};
 use crate::control::schedule::{ScheduleMetrics, Scheduler};
 use crate::ingest::harbor::HarborOptions;
 use crate::ingest::http::SetupError;
-use crate::ingest::metrics::IngestMetrics;
 use crate::ingest::poll::{PollMetrics, PollerSet};
 use crate::ingest::{EventSink, IngestState};
 use crate::policy::TriggerKind;
 use crate::regions::{ForwardMetrics, ForwardTls};
 use crate::replicate::{Registries, SyncError};
+use crate::runtime::background::{Statuses, Supervisor};
+use crate::runtime::listener::{HttpListener, ListenError, ListenFlags};
+use crate::runtime::ops::ProcessMetrics;
+use crate::runtime::{shutdown_signal, ConnectError};
 use crate::throttle::SharedSpeed;
 use crate::worker::{Worker, WorkerMetrics, WorkerOptions};
 
@@ -548,8 +543,8 @@ impl Parts {
         pollers: Option<&PollerSet>,
     ) -> Result<(HttpListener, Option<IngestState>), AppError> {
         let Some((sink, tokens)) = webhooks else {
-            let metrics = Arc::new(IngestMetrics::new(std::mem::take(&mut self.metrics)));
-            let router = crate::app::ops::router(self.backend.queue.clone(), metrics);
+            let metrics = Arc::new(ProcessMetrics::new(std::mem::take(&mut self.metrics)));
+            let router = crate::runtime::ops::router(self.backend.queue.clone(), metrics);
             let listener = o.listen_flags.bind_http("--listen", listen, router).await?;
             tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
             return Ok((listener, None));

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_replicator::app::runtime::shutdown_signal;
 use ferry_replicator::app::{AdminOptions, Daemon, DaemonOptions, QueueOptions};
 use ferry_replicator::config::Config;
 use ferry_replicator::policy::Policy;
@@ -15,6 +14,7 @@ use ferry_replicator::replicate::drift::{diff_policy, DriftReport};
 use ferry_replicator::replicate::{
     sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
 };
+use ferry_replicator::runtime::shutdown_signal;
 use ferry_replicator::worker::WorkerOptions;
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;

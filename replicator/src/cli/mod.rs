@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_replicator::app::listener::ListenFlags;
-use ferry_replicator::app::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
+use ferry_replicator::runtime::listener::ListenFlags;
+use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
 
 mod admin;
 mod commands;

@@ -1,8 +1,6 @@
 //! Control: what operators drive and watch.
 //!
 //! - [`admin`]: the gRPC admin API (policies, registries, runs, executions, pauses, workers).
-//! - [`catalog`]: policies and registries stored through the admin API, merged with the config
-//!   file's, and the revision every long-running process watches.
 //! - [`runs`]: manual and scheduled runs: a full sync of one policy as an execution whose tasks are
 //!   ordinary queue jobs.
 //! - [`schedule`]: cron ticks, each fired once per region.
@@ -11,7 +9,6 @@
 //! Invariant: control only decides and records; every byte is moved by workers running queued
 //! jobs ([`crate::worker`]), under the same rules as event-driven jobs.
 pub mod admin;
-pub mod catalog;
 pub mod runs;
 pub mod safety_net;
 pub mod schedule;

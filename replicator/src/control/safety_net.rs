@@ -21,10 +21,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::app::background::{Next, Routine};
+use crate::catalog::Current;
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::control::catalog::Current;
 use crate::event::EventKind;
 use crate::history::StartedBy;
 use crate::labels::PolicyLabel;
@@ -32,6 +31,7 @@ use crate::policy::TriggerKind;
 use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::replicate::drift::diff_policy;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
+use crate::runtime::background::{Next, Routine};
 
 /// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
 #[derive(Debug, Clone, Default)]
@@ -214,7 +214,7 @@ impl Reconciler {
         failed
     }
 
-    /// The safety net's loop, to run under [`crate::app::background::supervise`]: a sweep now and
+    /// The safety net's loop, to run under [`crate::runtime::background::supervise`]: a sweep now and
     /// then every `interval`.
     pub fn every(self: &Arc<Self>, interval: Duration) -> SafetyNet {
         SafetyNet {
@@ -289,7 +289,7 @@ fn event_policies(
         .collect()
 }
 
-impl crate::control::catalog::Reload for Reconciler {
+impl crate::catalog::Reload for Reconciler {
     fn what(&self) -> &'static str {
         "safety net"
     }

@@ -23,15 +23,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::app::background::{Next, Routine};
+use crate::catalog::Current;
 use crate::config::Config;
-use crate::control::catalog::Current;
 use crate::control::runs::start_run;
 use crate::history::{ExecutionQuery, History, StartedBy};
 use crate::labels::PolicyOutcome;
 use crate::policy::TriggerKind;
 use crate::queue::JobQueue;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
+use crate::runtime::background::{Next, Routine};
 
 /// Longest sleep of the scheduler loop (how soon a policy added through the API is scheduled).
 const RECHECK: Duration = Duration::from_secs(5);
@@ -215,7 +215,7 @@ impl Scheduler {
             .map(|e| e.id))
     }
 
-    /// The scheduler's loop, to run under [`crate::app::background::supervise`]: fires ticks as they
+    /// The scheduler's loop, to run under [`crate::runtime::background::supervise`]: fires ticks as they
     /// come. Runs even with no scheduled policy, since [`Scheduler::reload`] may add some; wakes
     /// at least every [`RECHECK`] to see them.
     pub fn ticks(self: &Arc<Self>) -> Ticks {
@@ -294,7 +294,7 @@ fn entries(config: &Config, registries: &Registries) -> Result<Vec<Entry>, SyncE
     Ok(entries)
 }
 
-impl crate::control::catalog::Reload for Scheduler {
+impl crate::catalog::Reload for Scheduler {
     fn what(&self) -> &'static str {
         "scheduler"
     }

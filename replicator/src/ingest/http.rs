@@ -48,7 +48,7 @@
 //!
 //! # Tracing
 //! Each request runs in a `webhook` span (a child of the request's `traceparent` header, if any);
-//! every job it enqueues carries that span's W3C trace context ([`crate::app::telemetry`]).
+//! every job it enqueues carries that span's W3C trace context ([`crate::runtime::telemetry`]).
 //!
 //! # Invariants
 //! An [`IngestState`] cannot be built without a token unless unauthenticated access was asked for
@@ -57,7 +57,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::control::catalog::Current;
+use crate::catalog::Current;
 use crate::tokens::TokenSet;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -72,6 +72,7 @@ use tracing::Instrument as _;
 use super::harbor::HarborOptions;
 use super::matcher::{Matcher, MatcherError};
 use super::metrics::IngestMetrics;
+use crate::runtime::ops::ProcessMetrics;
 // Assigned here (not by the queue) so that the webhook's log line names the job.
 use super::{distribution, harbor, Batch, EventSink, IngestError};
 use crate::config::Config;
@@ -120,6 +121,8 @@ struct Inner {
     /// Clamps event times before they reach the matcher, the ledger and the outbox.
     times: TimeClamp,
     metrics: Arc<IngestMetrics>,
+    /// The process's registry (ingest's families and every other part's) for `/metrics`.
+    process_metrics: Arc<ProcessMetrics>,
 }
 
 impl std::fmt::Debug for IngestState {
@@ -228,6 +231,8 @@ impl IngestStateBuilder {
             return Err(SetupError::InvalidConfig(lines.join("\n")));
         }
         let matcher = Matcher::for_region(&self.config, self.sink.region())?;
+        let mut registry = self.metrics_registry.unwrap_or_default();
+        let metrics = IngestMetrics::register(&mut registry);
         Ok(IngestState {
             inner: Arc::new(Inner {
                 registries: self
@@ -242,9 +247,8 @@ impl IngestStateBuilder {
                 body_limit: self.body_limit,
                 harbor: self.harbor,
                 times: self.times,
-                metrics: Arc::new(IngestMetrics::new(
-                    self.metrics_registry.unwrap_or_default(),
-                )),
+                metrics: Arc::new(metrics),
+                process_metrics: Arc::new(ProcessMetrics::new(registry)),
             }),
         })
     }
@@ -259,9 +263,12 @@ pub fn load_tokens(file: Option<&std::path::Path>) -> Result<Vec<String>, SetupE
     crate::tokens::load(file, TOKEN_ENV, "webhook").map_err(SetupError::Tokens)
 }
 
-/// The ingest routes: webhooks, plus `/healthz` and `/metrics` ([`crate::app::ops::router`]).
+/// The ingest routes: webhooks, plus `/healthz` and `/metrics` ([`crate::runtime::ops::router`]).
 pub fn router(state: IngestState) -> Router {
-    let ops = crate::app::ops::router(state.inner.sink.queue.clone(), state.inner.metrics.clone());
+    let ops = crate::runtime::ops::router(
+        state.inner.sink.queue.clone(),
+        state.inner.process_metrics.clone(),
+    );
     Router::new()
         .route("/v1/events/distribution", post(distribution_webhook))
         .route("/v1/events/harbor", post(harbor_webhook))
@@ -365,7 +372,7 @@ async fn webhook(
         status = tracing::field::Empty
     );
     if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        crate::app::telemetry::set_parent(&span, traceparent);
+        crate::runtime::telemetry::set_parent(&span, traceparent);
     }
     let handled = handle(state, endpoint, query, headers, body)
         .instrument(span.clone())
@@ -552,7 +559,7 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         metrics.event(registry, ignored.kind, ignored.reason.as_str());
     }
     let (mut jobs, mut enqueued, mut collapsed) = (0u64, 0u64, 0u64);
-    let traceparent = crate::app::telemetry::current_traceparent();
+    let traceparent = crate::runtime::telemetry::current_traceparent();
     // One policy set for the whole batch.
     let matcher = inner.matcher.get();
     for event in &batch.events {
@@ -672,7 +679,7 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
     }))
 }
 
-impl crate::control::catalog::Reload for IngestState {
+impl crate::catalog::Reload for IngestState {
     fn what(&self) -> &'static str {
         "webhook matching"
     }

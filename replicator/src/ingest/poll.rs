@@ -40,7 +40,6 @@ use prometheus_client::registry::Registry;
 
 use super::matcher::Matcher;
 use super::EventSink;
-use crate::app::background::{Next, Routine, Supervisor};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::event::{Event, EventKind};
@@ -53,6 +52,7 @@ use crate::policy::{
 };
 use crate::queue::{EnqueueOutcome, QueueError};
 use crate::replicate::{is_referrer_tag, Registries, SyncError};
+use crate::runtime::background::{Next, Routine, Supervisor};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PassLabels {
@@ -277,7 +277,7 @@ impl PollerSet {
     }
 }
 
-impl crate::control::catalog::Reload for PollerSet {
+impl crate::catalog::Reload for PollerSet {
     fn what(&self) -> &'static str {
         "tag pollers"
     }

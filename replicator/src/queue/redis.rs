@@ -341,7 +341,7 @@ impl RedisTarget {
     pub fn new(url: &str) -> Result<RedisTarget, RedisError> {
         Ok(RedisTarget {
             client: redis::Client::open(url)?,
-            redacted: crate::app::runtime::redact_url(url),
+            redacted: crate::runtime::redact_url(url),
         })
     }
 
@@ -354,7 +354,7 @@ impl RedisTarget {
         };
         Ok(RedisTarget {
             client: redis::Client::build_with_tls(url, certificates)?,
-            redacted: crate::app::runtime::redact_url(url),
+            redacted: crate::runtime::redact_url(url),
         })
     }
 

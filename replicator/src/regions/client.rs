@@ -4,7 +4,7 @@
 //! one agent of the region deliver at a time, so the outbox is read in order by one reader. Each
 //! round sends the oldest [`BATCH`] entries and trims those the peer acknowledged. A failed round
 //! (peer down, link cut, peer's queue unavailable) is retried after a capped, jittered backoff
-//! (the supervisor's, [`crate::app::background`]) and leaves the outbox untouched.
+//! (the supervisor's, [`crate::runtime::background`]) and leaves the outbox untouched.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +15,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use ferry_proto::v1 as pb;
 
 use super::{to_proto, ForwardMetrics, Outbox};
-use crate::app::background::{supervise, Next, Routine, Statuses, Supervisor};
 use crate::config::RegionConfig;
 use crate::queue::RetryPolicy;
+use crate::runtime::background::{supervise, Next, Routine, Statuses, Supervisor};
 
 /// Entries per call.
 pub const BATCH: usize = 100;

@@ -28,8 +28,8 @@ use tonic::{Request, Response, Status};
 use ferry_proto::v1 as pb;
 
 use super::{ForwardMetrics, Forwarded, Outbox};
+use crate::catalog::{Current, Reload};
 use crate::config::Config;
-use crate::control::catalog::{Current, Reload};
 use crate::event::TimeClamp;
 use crate::ingest::Matcher;
 use crate::policy::quoted;
@@ -104,7 +104,7 @@ pub struct ForwardAuth {
 
 impl Interceptor for ForwardAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        crate::control::admin::auth::authorize(&self.tokens, &req, "forward")?;
+        crate::tokens::authorize(&self.tokens, &req, "forward")?;
         Ok(req)
     }
 }

@@ -41,7 +41,7 @@ impl Registries {
     }
 
     /// Holds the operator's rules for the credentials of registries stored through the API
-    /// (checked by [`crate::control::catalog::clients`] and the admin API).
+    /// (checked by [`crate::catalog::clients`] and the admin API).
     pub fn with_credential_rules(mut self, rules: crate::config::CredentialRules) -> Registries {
         self.credential_rules = Arc::new(rules);
         self

@@ -43,16 +43,16 @@ pub use self::metrics::WorkerMetrics;
 use self::pause::PauseCache;
 pub use self::pause::PAUSED_TTL;
 pub use self::record::finish_run_if_done;
-use crate::app::runtime::hostname;
+use crate::catalog::Current;
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::control::catalog::Current;
 use crate::history::{ExecutionState, History, Task, WorkerInfo};
 use crate::queue::{JobQueue, Lease};
 use crate::regions::conflict::{MemoryTagLedger, TagLedger};
 use crate::replicate::delete::DeleteOutcome;
 use crate::replicate::policies::Policies;
 use crate::replicate::{Registries, SyncError, TagOutcome};
+use crate::runtime::hostname;
 use crate::throttle::{SharedSpeed, SharedSpeedSlot};
 use crate::transfer::{BlobLeases, BlobLedger, Checkpoints, TransferError, TransferStats};
 
@@ -377,7 +377,7 @@ impl Worker {
         let span = tracing::info_span!("job", job_id = %job.id, policy = %job.policy, kind = ?job.kind, repository = %job.repository, reference = %job.reference, attempt = job.attempt + 1);
         if let Some(traceparent) = &job.traceparent {
             // Before the span is first entered: the job joins the trace of the event behind it.
-            crate::app::telemetry::set_parent(&span, traceparent);
+            crate::runtime::telemetry::set_parent(&span, traceparent);
         }
         async {
             if !self.admit(&lease).await {
@@ -542,7 +542,7 @@ impl JobSignals {
     }
 }
 
-impl crate::control::catalog::Reload for Worker {
+impl crate::catalog::Reload for Worker {
     fn what(&self) -> &'static str {
         "worker"
     }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use crate::tokens::TokenSet;
+use crate::tokens::{authorize, TokenSet};
 
 /// Who may call the admin API.
 #[derive(Debug, Clone)]
@@ -52,24 +52,6 @@ impl Interceptor for AdminAuth {
         }
         authorize(&self.tokens, &req, "admin")?;
         Ok(req)
-    }
-}
-
-/// Checks `authorization: Bearer <token>` against `tokens`; `UNAUTHENTICATED` otherwise, naming
-/// `what` kind of token was expected.
-pub(crate) fn authorize<T>(tokens: &TokenSet, req: &Request<T>, what: &str) -> Result<(), Status> {
-    let presented = req
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::tokens::bearer)
-        .ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-        })?;
-    if tokens.accepts(presented) {
-        Ok(())
-    } else {
-        Err(Status::unauthenticated(format!("invalid {what} token")))
     }
 }
 

@@ -24,12 +24,12 @@ use tonic::transport::ServerTlsConfig;
 
 use ferry_proto::v1 as pb;
 
-use crate::app::listener::Listener;
+use crate::catalog::PolicyStore;
 use crate::config::Config;
-use crate::control::catalog::PolicyStore;
 use crate::history::History;
 use crate::queue::JobQueue;
 use crate::replicate::Registries;
+use crate::runtime::listener::Listener;
 
 pub use auth::AdminAuth;
 pub use services::Admin;
@@ -85,7 +85,7 @@ pub fn tls_config(
     Ok(tls)
 }
 
-/// Serves the admin API on `listener` (with its connection limits, [`crate::app::listener`]) until
+/// Serves the admin API on `listener` (with its connection limits, [`crate::runtime::listener`]) until
 /// `state.shutdown` fires, then waits for open streams. With `tls`, connections are TLS (and mTLS
 /// when it names a client CA).
 pub async fn serve(
@@ -125,7 +125,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let router = crate::app::listener::grpc_server(tls)?
+    let router = crate::runtime::listener::grpc_server(tls)?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -148,7 +148,7 @@ pub async fn serve(
         .add_service(pb::operations_server::OperationsServer::with_interceptor(
             admin, auth,
         ));
-    let result = crate::app::listener::serve_grpc(router, listener, shutdown).await;
+    let result = crate::runtime::listener::serve_grpc(router, listener, shutdown).await;
     tasks.close();
     tasks.wait().await;
     result.map_err(ServeError::from)

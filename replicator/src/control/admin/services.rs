@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::AdminError;
 use super::AdminState;
-use crate::control::catalog::{effective, PolicySource, WATCH_EVERY};
+use crate::catalog::{effective, PolicySource, WATCH_EVERY};
 use crate::control::runs::{start_run, stop_run, RunError, StopError};
 use crate::history::{Execution, ExecutionQuery, StartedBy, Task};
 use crate::replicate::drift::diff_policy;
@@ -169,7 +169,7 @@ impl Snapshot {
 
     /// Clients of the snapshot's registries (the process's own when none was stored).
     fn clients(&self, state: &AdminState) -> std::result::Result<Registries, AdminError> {
-        crate::control::catalog::clients(&self.config, &state.config, &state.registries)
+        crate::catalog::clients(&self.config, &state.config, &state.registries)
             .map_err(|e| AdminError::FailedPrecondition(e.to_string()))
     }
 

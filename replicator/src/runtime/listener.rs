@@ -134,7 +134,7 @@ impl ListenFlags {
         let listener = Listener::bind(flag, addr, self.limits()).await?;
         Ok(HttpListener {
             listener,
-            router: crate::app::ops::protect_metrics(router, TokenSet::new(&tokens)),
+            router: crate::runtime::ops::protect_metrics(router, TokenSet::new(&tokens)),
         })
     }
 

@@ -1,17 +1,29 @@
-//! Process plumbing shared by Ferry's binaries (`ferry`, `ferry-agent`): logging (and OTLP trace)
-//! setup, the shutdown signal, where the Redis URL comes from ([`RedisFlags`]), and connecting to
-//! the queue while Redis may still be starting, and this host's name ([`hostname`]).
+//! Runtime: what every long-running process of Ferry runs on, below the daemon assembly
+//! ([`crate::app`]) and used by every part of it.
+//!
+//! - [`background`]: long-running routines under one supervisor (cancellation, backoff, status).
+//! - [`listener`]: every listening socket and its limits (connections, header and idle timeouts).
+//! - [`ops`]: `/healthz` and `/metrics` (the process's one metrics registry, [`ops::ProcessMetrics`]);
+//!   [`telemetry`]: OTLP traces.
+//! - this file: logging (and OTLP trace) setup, the shutdown signal, where the Redis URL comes
+//!   from ([`RedisFlags`]), connecting to the queue while Redis may still be starting, and this
+//!   host's name ([`hostname`]).
 //!
 //! Invariants: every long-running binary stops on SIGINT or SIGTERM through [`shutdown_signal`], and
 //! never waits on Redis longer than the caller allows. The three daemons (`ferry-agent`,
 //! `ferry worker`, `ferry serve`) resolve their Redis URL with [`RedisFlags::target`] only, and no
 //! message shows a Redis password ([`redact_url`]).
+pub mod background;
+pub mod listener;
+pub mod ops;
+pub mod telemetry;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use crate::app::telemetry::Telemetry;
 use crate::queue::redis::RedisTarget;
 use crate::queue::{QueueError, RedisQueue, RetryPolicy};
+pub use crate::runtime::telemetry::Telemetry;
 
 /// Log line format on stderr (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,202 @@
+//! The operator endpoints every Ferry process serves: `GET /healthz` (200 while the queue answers,
+//! 503 otherwise) and `GET /metrics` (every metric of the process, OpenMetrics text; queue gauges
+//! refreshed on each scrape).
+//!
+//! `/metrics` can require a bearer token ([`protect_metrics`]); `/healthz` stays open because
+//! kubelet and load balancers probe it without credentials, and it reveals only "ok" or the
+//! queue's outage.
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::queue::{JobQueue, QueueStats};
+use crate::tokens::TokenSet;
+
+/// Content type of [`ProcessMetrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The process's metrics registry, closed for registration: every part of the daemon registered
+/// its families in it while it was built. Adds the queue gauges, refreshed from
+/// [`JobQueue::stats`] on every scrape: `ferry_queue_depth`, `ferry_queue_oldest_seconds`,
+/// `ferry_dead_letters`.
+#[derive(Debug)]
+pub struct ProcessMetrics {
+    registry: Registry,
+    queue_depth: Gauge,
+    queue_oldest_seconds: Gauge<f64, AtomicU64>,
+    dead_letters: Gauge,
+}
+
+impl Default for ProcessMetrics {
+    fn default() -> Self {
+        ProcessMetrics::new(Registry::default())
+    }
+}
+
+impl ProcessMetrics {
+    /// Takes the process's `registry` (holding every other family) and adds the queue gauges.
+    pub fn new(mut registry: Registry) -> ProcessMetrics {
+        let queue_depth = Gauge::default();
+        let queue_oldest_seconds = Gauge::<f64, AtomicU64>::default();
+        let dead_letters = Gauge::default();
+        registry.register(
+            "ferry_queue_depth",
+            "Jobs waiting in the queue (ready or delayed, not claimed)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "ferry_queue_oldest_seconds",
+            "Age of the oldest waiting job",
+            queue_oldest_seconds.clone(),
+        );
+        registry.register(
+            "ferry_dead_letters",
+            "Jobs in the dead-letter list",
+            dead_letters.clone(),
+        );
+        ProcessMetrics {
+            registry,
+            queue_depth,
+            queue_oldest_seconds,
+            dead_letters,
+        }
+    }
+
+    /// Refreshes the queue gauges.
+    pub fn set_queue(&self, stats: &QueueStats) {
+        self.queue_depth
+            .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
+        self.queue_oldest_seconds
+            .set(stats.oldest_age_ms as f64 / 1000.0);
+        self.dead_letters
+            .set(i64::try_from(stats.dead_letters).unwrap_or(i64::MAX));
+    }
+
+    /// Every metric of the process in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // Writing to a String cannot fail; a metric's own encoder might.
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+type OpsState = (Arc<dyn JobQueue>, Arc<ProcessMetrics>);
+
+/// `/healthz` and `/metrics` for a process whose metrics live in `metrics`' registry.
+pub fn router(queue: Arc<dyn JobQueue>, metrics: Arc<ProcessMetrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_handler))
+        .with_state((queue, metrics))
+}
+
+async fn healthz(State((queue, metrics)): State<OpsState>) -> Response {
+    match queue.stats().await {
+        Ok(stats) => {
+            metrics.set_queue(&stats);
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "health check: queue unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("queue unavailable: {error}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics_handler(State((queue, metrics)): State<OpsState>) -> Response {
+    match queue.stats().await {
+        Ok(stats) => metrics.set_queue(&stats),
+        // The gauges keep their last values; /healthz reports the outage.
+        Err(error) => tracing::debug!(error = %error, "metrics: queue stats unavailable"),
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()).into_response()
+}
+
+/// `router` with `GET /metrics` answering 401 unless it carries `Authorization: Bearer <token>`
+/// with one of `tokens` (compared in constant time); unchanged when `tokens` is empty. Other
+/// routes are not affected.
+pub fn protect_metrics(router: Router, tokens: TokenSet) -> Router {
+    if tokens.is_empty() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(
+        Arc::new(tokens),
+        require_metrics_token,
+    ))
+}
+
+async fn require_metrics_token(
+    State(tokens): State<Arc<TokenSet>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = request.uri().path() != "/metrics"
+        || request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::tokens::bearer)
+            .is_some_and(|token| tokens.accepts(token));
+    if allowed {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="ferry-metrics""#),
+        )],
+        "/metrics needs `Authorization: Bearer <metrics token>`\n",
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_the_queue_gauges_with_every_family_of_the_process() {
+        let mut registry = Registry::default();
+        let other = prometheus_client::metrics::counter::Counter::<u64>::default();
+        registry.register(
+            "ferry_other",
+            "A family another part registered",
+            other.clone(),
+        );
+        other.inc();
+        let m = ProcessMetrics::new(registry);
+        m.set_queue(&QueueStats {
+            depth: 3,
+            in_flight: 1,
+            delayed: 0,
+            dead_letters: 2,
+            oldest_age_ms: 1500,
+        });
+        let text = m.encode();
+        for line in [
+            "ferry_other_total 1",
+            "ferry_queue_depth 3",
+            "ferry_queue_oldest_seconds 1.5",
+            "ferry_dead_letters 2",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
+}
