@@ -28,8 +28,8 @@
 //!   watch, settle), recording each in the history.
 //! - [`sync`]: the per-tag copy (also `ferry sync`'s full reconciliation); [`diff`]: drift by
 //!   digest; [`delete`]: digest-guarded deletes.
-//! - [`transfer`]: moves one manifest graph — **the file that decides whether a blob is skipped,
-//!   mounted or copied**, and how an upload resumes.
+//! - [`transfer`]: moves one manifest graph — **`transfer/mod.rs` is the file that decides
+//!   whether a blob is skipped, mounted or copied**; `transfer::upload` how an upload resumes.
 //! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts).
 //!
 //! **Control — operators**
