@@ -55,11 +55,7 @@ impl TagWrite {
 
 impl std::fmt::Display for TagWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let region = if self.region.is_empty() {
-            "this site"
-        } else {
-            &self.region
-        };
+        let region = crate::config::Region::new(&self.region);
         write!(
             f,
             "{} (pushed in {region} at {} ms)",
