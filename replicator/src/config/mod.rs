@@ -17,6 +17,7 @@ mod check;
 mod credentials;
 mod load;
 mod model;
+mod partial;
 mod region;
 mod schema;
 
