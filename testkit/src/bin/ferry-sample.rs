@@ -1,5 +1,6 @@
 //! `ferry-sample DIR`: writes a small OCI image layout for demos — `app:v1` and `app:v2` sharing a
-//! base layer, and a two-platform index `multi:1.0` — that `skopeo copy --all` can push.
+//! base layer, a two-platform index `multi:1.0` and a signature of it (`multi-sig`) — that `skopeo
+//! copy --all` can push.
 use anyhow::{Context, Result};
 use ferry_testkit::{LayerSpec, LayoutBuilder};
 
@@ -48,12 +49,22 @@ fn main() -> Result<()> {
             size: 1024 * 1024,
         }],
     )?;
-    b.index(
+    let multi = b.index(
         "multi",
         &[
             (amd, "linux", "amd64", None),
             (arm, "linux", "arm64", Some("v8")),
         ],
+    )?;
+    // A signature of the index (an OCI 1.1 artifact whose subject is the index), as a signing
+    // tool would push it; registries without the referrers API list it under the subject's
+    // `sha256-<hex>.sig` tag.
+    b.artifact(
+        "multi-sig",
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        br#"{"critical":{"type":"ferry sample signature"}}"#,
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        Some(&multi),
     )?;
     let path = b.finish()?;
     println!("{}", path.display());
