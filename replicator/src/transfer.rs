@@ -36,7 +36,8 @@ use crate::oci::digest::{Digest, DigestVerifier};
 use crate::oci::manifest::{self, ManifestError, ManifestGraph};
 use crate::oci::{Manifest, MountOutcome, RegistryClient, RegistryError};
 use crate::policy::Selector;
-use crate::queue::{JobQueue, Lease, QueueError, UploadCheckpoint};
+use crate::store::queue::{JobQueue, Lease, UploadCheckpoint};
+use crate::store::StoreError;
 use crate::throttle::Throttle;
 
 /// How often one blob read from the source may resume after its body broke off.
@@ -314,7 +315,7 @@ impl Checkpoints {
         }
         match store.queue.checkpoint(&store.lease, &checkpoint).await {
             Ok(()) => Ok(()),
-            Err(QueueError::LeaseLost { .. }) => {
+            Err(StoreError::LeaseLost { .. }) => {
                 store.lease_lost.cancel();
                 Err(TransferError::LeaseLost)
             }
@@ -341,7 +342,7 @@ impl Checkpoints {
             .await
         {
             Ok(()) => {}
-            Err(QueueError::LeaseLost { .. }) => store.lease_lost.cancel(),
+            Err(StoreError::LeaseLost { .. }) => store.lease_lost.cancel(),
             // A leftover checkpoint is harmless: its session is checked before any use.
             Err(e) => tracing::debug!(%digest, error = %e, "cannot clear the upload checkpoint"),
         }
@@ -350,7 +351,7 @@ impl Checkpoints {
 
 /// Makes one process the uploader of a `(destination, digest)` among all workers of a queue.
 pub struct BlobLeases {
-    pub queue: Arc<dyn crate::queue::JobQueue>,
+    pub queue: Arc<dyn crate::store::queue::JobQueue>,
     /// This process's name (the queue consumer).
     pub holder: String,
     /// Lease length; renewed every third of it while the upload runs, so a crashed holder blocks

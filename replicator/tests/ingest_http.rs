@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::Config;
 use ferry_replicator::event::{EventKind, MAX_EVENT_AGE};
 use ferry_replicator::ingest::{self, EventSink, IngestState};
-use ferry_replicator::queue::{
-    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
-    RetryPolicy, UploadCheckpoint,
-};
 use ferry_replicator::regions::conflict::{MemoryTagLedger, TagLedger};
+use ferry_replicator::store::queue::{
+    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueStats, UploadCheckpoint,
+};
+use ferry_replicator::store::StoreError;
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry, RegistryOptions};
 use serde_json::{json, Value};
 
@@ -46,9 +47,9 @@ impl SwitchableQueue {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    fn check(&self) -> Result<(), QueueError> {
+    fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(QueueError::Unavailable("switched off by the test".into()))
+            Err(StoreError::Unavailable("switched off by the test".into()))
         } else {
             Ok(())
         }
@@ -68,7 +69,7 @@ impl SwitchableQueue {
 
 #[async_trait::async_trait]
 impl JobQueue for SwitchableQueue {
-    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError> {
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, StoreError> {
         self.check()?;
         self.inner.enqueue(job).await
     }
@@ -77,15 +78,15 @@ impl JobQueue for SwitchableQueue {
         consumer: &str,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Vec<Lease>, StoreError> {
         self.check()?;
         self.inner.claim(consumer, max, lease).await
     }
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError> {
         self.check()?;
         self.inner.renew(lease, lease_for).await
     }
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn ack(&self, lease: &Lease) -> Result<(), StoreError> {
         self.check()?;
         self.inner.ack(lease).await
     }
@@ -94,27 +95,27 @@ impl JobQueue for SwitchableQueue {
         lease: &Lease,
         error: &str,
         retryable: bool,
-    ) -> Result<FailOutcome, QueueError> {
+    ) -> Result<FailOutcome, StoreError> {
         self.check()?;
         self.inner.fail(lease, error, retryable).await
     }
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.check()?;
         self.inner.release(lease).await
     }
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
         self.check()?;
         self.inner.stats().await
     }
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         self.check()?;
         self.inner.dead_letters(limit).await
     }
-    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError> {
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, StoreError> {
         self.check()?;
         self.inner.retry_dead_letter(job_id).await
     }
-    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+    async fn purge_dead_letters(&self) -> Result<u64, StoreError> {
         self.check()?;
         self.inner.purge_dead_letters().await
     }
@@ -124,7 +125,7 @@ impl JobQueue for SwitchableQueue {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, StoreError> {
         self.check()?;
         self.inner
             .lease_blob(destination, digest, holder, ttl)
@@ -135,23 +136,23 @@ impl JobQueue for SwitchableQueue {
         destination: &str,
         digest: &str,
         holder: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         self.check()?;
         self.inner.release_blob(destination, digest, holder).await
     }
-    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError> {
         self.check()?;
         self.inner.set_paused(policy, paused).await
     }
-    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         self.check()?;
         self.inner.paused().await
     }
-    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
+    async fn park(&self, lease: &Lease) -> Result<bool, StoreError> {
         self.check()?;
         self.inner.park(lease).await
     }
-    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
+    async fn unpark(&self, policy: &str) -> Result<u64, StoreError> {
         self.check()?;
         self.inner.unpark(policy).await
     }
@@ -161,7 +162,7 @@ impl JobQueue for SwitchableQueue {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, StoreError> {
         self.check()?;
         self.inner
             .renew_blob(destination, digest, holder, ttl)
@@ -171,7 +172,7 @@ impl JobQueue for SwitchableQueue {
         &self,
         destination: &str,
         digest: &str,
-    ) -> Result<Option<String>, QueueError> {
+    ) -> Result<Option<String>, StoreError> {
         self.check()?;
         self.inner.blob_lease_holder(destination, digest).await
     }
@@ -179,7 +180,7 @@ impl JobQueue for SwitchableQueue {
         &self,
         lease: &Lease,
         checkpoint: &UploadCheckpoint,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         self.check()?;
         self.inner.checkpoint(lease, checkpoint).await
     }
@@ -188,13 +189,13 @@ impl JobQueue for SwitchableQueue {
         lease: &Lease,
         destination: &str,
         digest: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         self.check()?;
         self.inner
             .clear_checkpoint(lease, destination, digest)
             .await
     }
-    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, StoreError> {
         self.check()?;
         self.inner.checkpoints(job_id).await
     }

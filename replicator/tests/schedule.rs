@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::config::Config;
 use ferry_replicator::control::schedule::{ScheduleMetrics, Scheduler, TickOutcome};
-use ferry_replicator::history::{
-    ExecutionQuery, ExecutionState, History, RedisHistory, Retention, StartedBy,
-};
-use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
 use ferry_replicator::replicate::Registries;
+use ferry_replicator::store::history::{
+    ExecutionQuery, ExecutionState, History, RedisHistory, Retention,
+};
+use ferry_replicator::store::queue::{JobQueue, RedisQueue};
+use ferry_replicator::store::StartedBy;
 use ferry_testkit::RedisServer;
 use serde_json::json;
 
@@ -50,7 +52,7 @@ async fn scheduler(config: &Config, redis: &RedisServer, holder: &str) -> Schedu
     .unwrap()
 }
 
-async fn scheduled_runs(history: &dyn History) -> Vec<ferry_replicator::history::Execution> {
+async fn scheduled_runs(history: &dyn History) -> Vec<ferry_replicator::store::history::Execution> {
     history
         .executions(&ExecutionQuery {
             limit: 1000,

@@ -9,16 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
 use ferry_replicator::event::EventKind;
-use ferry_replicator::history::{
-    ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, StartedBy, TaskState,
-};
-use ferry_replicator::queue::memory::MemoryQueue;
-use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
 use ferry_replicator::replicate::delete::DeleteOutcome;
 use ferry_replicator::replicate::{Registries, TagOutcome};
+use ferry_replicator::store::history::{
+    ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, TaskState,
+};
+use ferry_replicator::store::queue::memory::MemoryQueue;
+use ferry_replicator::store::queue::{Job, JobQueue};
+use ferry_replicator::store::StartedBy;
 use ferry_replicator::worker::{JobOutcome, Worker, WorkerOptions};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
@@ -88,7 +90,7 @@ fn memory_worker(config: &Config, registries: &Registries) -> Worker {
 }
 
 /// The newest executions in the worker's history (up to 10).
-async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::history::Execution> {
+async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::store::history::Execution> {
     s.history
         .executions(&ExecutionQuery {
             limit: 10,
@@ -760,7 +762,8 @@ async fn one_failing_destination_does_not_hold_back_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
     use ferry_replicator::control::runs::start_run;
-    use ferry_replicator::history::{ExecutionState, StartedBy};
+    use ferry_replicator::store::history::ExecutionState;
+    use ferry_replicator::store::StartedBy;
     let s = setup(json!({"mode": "bidirectional"})).await;
     let dir = s._dir.path();
     let only_src = push_image(dir, 60, &s.src.host(), "team/a:v1").await;

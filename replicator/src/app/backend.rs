@@ -7,15 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::RetryPolicy;
 use crate::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
-use crate::history::{History, MemoryHistory, RedisHistory, Retention};
-use crate::pauses::RedisLimits;
-use crate::queue::redis::RedisTarget;
-use crate::queue::{JobQueue, MemoryQueue, RetryPolicy};
 use crate::regions::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
 use crate::regions::{Outbox, RedisOutbox};
 use crate::replicate::Registries;
-use crate::runtime::{connect_queue, ConnectError};
+use crate::runtime::shutdown_signal;
+use crate::store::history::{History, MemoryHistory, RedisHistory, Retention};
+use crate::store::limits::RedisLimits;
+use crate::store::queue::{JobQueue, MemoryQueue, RedisQueue};
+use crate::store::redis::{connect_waiting, ConnectError, RedisStore, RedisTarget};
 
 /// Pause between attempts to reach Redis at startup.
 const CONNECT_RETRY: Duration = Duration::from_secs(2);
@@ -62,14 +63,26 @@ impl Backend {
                 connect_timeout,
                 retention,
             } => {
-                let q = connect_queue(target, prefix, *connect_timeout, CONNECT_RETRY).await?;
+                let open = || async {
+                    let redis = RedisStore::connect_to(target, prefix).await?;
+                    let queue = RedisQueue::open(&redis, RetryPolicy::default()).await?;
+                    Ok((redis, queue))
+                };
+                let (redis, queue) = connect_waiting(
+                    target,
+                    *connect_timeout,
+                    CONNECT_RETRY,
+                    shutdown_signal(),
+                    open,
+                )
+                .await?;
                 Ok(Backend {
-                    history: Arc::new(RedisHistory::new(&q, *retention)),
-                    store: Arc::new(RedisPolicyStore::new(&q)),
-                    tag_ledger: Arc::new(RedisTagLedger::new(&q)),
-                    outbox: Some(Arc::new(RedisOutbox::new(&q))),
-                    limits: Some(Arc::new(RedisLimits::new(&q))),
-                    queue: Arc::new(q),
+                    history: Arc::new(RedisHistory::new(&redis, *retention)),
+                    store: Arc::new(RedisPolicyStore::new(&redis)),
+                    tag_ledger: Arc::new(RedisTagLedger::new(&redis)),
+                    outbox: Some(Arc::new(RedisOutbox::new(&redis))),
+                    limits: Some(Arc::new(RedisLimits::new(&redis))),
+                    queue: Arc::new(queue),
                 })
             }
             QueueOptions::InProcess { retention } => Ok(Backend {

@@ -55,7 +55,8 @@ use crate::replicate::{Registries, SyncError};
 use crate::runtime::background::{Statuses, Supervisor};
 use crate::runtime::listener::{HttpListener, ListenError, ListenFlags};
 use crate::runtime::ops::ProcessMetrics;
-use crate::runtime::{shutdown_signal, ConnectError};
+use crate::runtime::shutdown_signal;
+use crate::store::redis::ConnectError;
 use crate::throttle::SharedSpeed;
 use crate::worker::{Worker, WorkerMetrics, WorkerOptions};
 

@@ -25,13 +25,13 @@ use crate::catalog::Current;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::event::EventKind;
-use crate::history::StartedBy;
 use crate::labels::PolicyLabel;
 use crate::policy::TriggerKind;
-use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::replicate::drift::diff_policy;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
+use crate::store::queue::{EnqueueOutcome, Job, JobQueue};
+use crate::store::StartedBy;
 
 /// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
 #[derive(Debug, Clone, Default)]

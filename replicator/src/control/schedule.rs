@@ -26,12 +26,13 @@ use prometheus_client::registry::Registry;
 use crate::catalog::Current;
 use crate::config::Config;
 use crate::control::runs::start_run;
-use crate::history::{ExecutionQuery, History, StartedBy};
 use crate::labels::PolicyOutcome;
 use crate::policy::TriggerKind;
-use crate::queue::JobQueue;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
+use crate::store::history::{ExecutionQuery, History};
+use crate::store::queue::JobQueue;
+use crate::store::StartedBy;
 
 /// Longest sleep of the scheduler loop (how soon a policy added through the API is scheduled).
 const RECHECK: Duration = Duration::from_secs(5);

@@ -40,8 +40,8 @@ use super::digest::{self, Digest, DigestVerifier};
 use super::error::{parse_error_body, RegistryError, Result};
 use super::gate::{self, Gate, SharedGate};
 use super::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+use crate::backoff::RetryPolicy;
 use crate::config::{RegistryConfig, Secret};
-use crate::queue::RetryPolicy;
 
 /// `User-Agent` of every request Ferry makes; agents recognize Ferry's own writes by it.
 pub const USER_AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
@@ -1647,7 +1647,7 @@ async fn read_limited(resp: Response, limit: u64) -> std::result::Result<Bytes, 
 }
 
 /// The backoff of a retried request: the queue's capped, jittered exponential backoff
-/// ([`crate::queue::backoff`]) from 200 ms, doubling up to 6.4 s (the curve requests always had).
+/// ([`crate::backoff`]) from 200 ms, doubling up to 6.4 s (the curve requests always had).
 const REQUEST_RETRY: RetryPolicy = RetryPolicy {
     max_attempts: MAX_ATTEMPTS,
     base: Duration::from_millis(200),
@@ -1657,7 +1657,7 @@ const REQUEST_RETRY: RetryPolicy = RetryPolicy {
 /// The delay before retrying a request after failed attempt `attempt` (1-based): from
 /// [`REQUEST_RETRY`], each delay drawn from `[ceiling / 2, ceiling]`.
 pub fn backoff(attempt: u32) -> Duration {
-    crate::queue::backoff::delay(&REQUEST_RETRY, attempt)
+    crate::backoff::delay(&REQUEST_RETRY, attempt)
 }
 
 /// How long to wait before retrying after a 429/503: what the registry's `Retry-After` asks, at
@@ -1964,11 +1964,11 @@ mod tests {
     #[test]
     fn request_backoff_doubles_from_200ms_and_caps_at_6400ms() {
         let ceilings: Vec<u128> = (1..=8)
-            .map(|a| crate::queue::backoff::ceiling(&REQUEST_RETRY, a).as_millis())
+            .map(|a| crate::backoff::ceiling(&REQUEST_RETRY, a).as_millis())
             .collect();
         assert_eq!(ceilings, [200, 400, 800, 1_600, 3_200, 6_400, 6_400, 6_400]);
         for attempt in 1..=8 {
-            let c = crate::queue::backoff::ceiling(&REQUEST_RETRY, attempt);
+            let c = crate::backoff::ceiling(&REQUEST_RETRY, attempt);
             let d = backoff(attempt);
             assert!(
                 d >= c / 2 && d <= c,

@@ -15,8 +15,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use ferry_proto::v1 as pb;
 
 use super::{to_proto, ForwardMetrics, Outbox};
+use crate::backoff::RetryPolicy;
 use crate::config::RegionConfig;
-use crate::queue::RetryPolicy;
 use crate::runtime::background::{supervise, Next, Routine, Statuses, Supervisor};
 
 /// Entries per call.
@@ -125,7 +125,7 @@ impl Forwarder {
     /// One round: the number of entries delivered.
     async fn round(&mut self) -> Result<usize, Round> {
         let region = self.peer.name.clone();
-        let store = |e: crate::queue::QueueError| Round::Failed(format!("outbox: {e}"));
+        let store = |e: crate::store::StoreError| Round::Failed(format!("outbox: {e}"));
         if !self
             .outbox
             .lease_forwarder(&region, &self.holder, LEASE)

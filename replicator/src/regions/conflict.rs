@@ -24,16 +24,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::redis::{bounded, RedisQueue};
-use crate::queue::QueueError;
+use crate::store::redis::{bounded, RedisStore};
+use crate::store::StoreError;
 
 /// How long a destination digest without a recorded write holds a job back.
 pub const DECISION_GRACE: Duration = Duration::from_secs(15);
-/// How long the ledger remembers a write.
-pub const LEDGER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long the ledger remembers a write: as long as an event time is believed
+/// ([`crate::event::MAX_EVENT_AGE`]).
+pub const LEDGER_TTL: Duration = crate::event::MAX_EVENT_AGE;
 
 /// One write of a tag: what it holds since, when the change happened and in which region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ pub trait TagLedger: Send + Sync {
         registry: &str,
         repository: &str,
         tag: &str,
-    ) -> Result<Option<TagWrite>, QueueError>;
+    ) -> Result<Option<TagWrite>, StoreError>;
 
     async fn record_write(
         &self,
@@ -158,7 +158,7 @@ pub trait TagLedger: Send + Sync {
         repository: &str,
         tag: &str,
         write: &TagWrite,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), StoreError>;
 }
 
 /// A ledger in this process (`ferry serve` without Redis, tests).
@@ -174,7 +174,7 @@ impl TagLedger for MemoryTagLedger {
         registry: &str,
         repository: &str,
         tag: &str,
-    ) -> Result<Option<TagWrite>, QueueError> {
+    ) -> Result<Option<TagWrite>, StoreError> {
         let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         Ok(writes
             .get(&(registry.into(), repository.into(), tag.into()))
@@ -187,7 +187,7 @@ impl TagLedger for MemoryTagLedger {
         repository: &str,
         tag: &str,
         write: &TagWrite,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         writes.insert(
             (registry.into(), repository.into(), tag.into()),
@@ -201,20 +201,20 @@ impl TagLedger for MemoryTagLedger {
 /// `<prefix>:tagwrite:<registry>:<repository>:<tag>`, expiring after [`LEDGER_TTL`].
 #[derive(Clone)]
 pub struct RedisTagLedger {
-    con: ConnectionManager,
-    prefix: String,
+    redis: RedisStore,
 }
 
 impl RedisTagLedger {
-    pub fn new(queue: &RedisQueue) -> RedisTagLedger {
+    /// On `redis` (the region's shared connection and key prefix).
+    pub fn new(redis: &impl AsRef<RedisStore>) -> RedisTagLedger {
         RedisTagLedger {
-            con: queue.connection(),
-            prefix: queue.prefix().to_string(),
+            redis: redis.as_ref().clone(),
         }
     }
 
     fn key(&self, registry: &str, repository: &str, tag: &str) -> String {
-        format!("{}:tagwrite:{registry}:{repository}:{tag}", self.prefix)
+        self.redis
+            .key(&format!("tagwrite:{registry}:{repository}:{tag}"))
     }
 }
 
@@ -225,8 +225,8 @@ impl TagLedger for RedisTagLedger {
         registry: &str,
         repository: &str,
         tag: &str,
-    ) -> Result<Option<TagWrite>, QueueError> {
-        let mut con = self.con.clone();
+    ) -> Result<Option<TagWrite>, StoreError> {
+        let mut con = self.redis.connection();
         let raw: Option<String> = bounded(
             redis::cmd("GET")
                 .arg(self.key(registry, repository, tag))
@@ -235,7 +235,7 @@ impl TagLedger for RedisTagLedger {
         .await?;
         raw.map(|raw| {
             serde_json::from_str(&raw).map_err(|e| {
-                QueueError::Corrupt(format!(
+                StoreError::Corrupt(format!(
                     "tag write of {registry}/{repository}:{tag} is not valid JSON: {e}"
                 ))
             })
@@ -249,9 +249,9 @@ impl TagLedger for RedisTagLedger {
         repository: &str,
         tag: &str,
         write: &TagWrite,
-    ) -> Result<(), QueueError> {
-        let raw = serde_json::to_string(write).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-        let mut con = self.con.clone();
+    ) -> Result<(), StoreError> {
+        let raw = serde_json::to_string(write).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("SET")
                 .arg(self.key(registry, repository, tag))

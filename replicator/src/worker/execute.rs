@@ -12,13 +12,13 @@ use super::record::task_record;
 use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
 use crate::clock::now_ms;
 use crate::event::EventKind;
-use crate::history::Task;
 use crate::oci::digest;
 use crate::policy::Mode;
-use crate::queue::Job;
 use crate::regions::conflict::{self, Decision, Heads, TagWrite};
 use crate::replicate::delete::guarded_delete;
 use crate::replicate::{replicate_reference, PreparedPolicy, TagOutcome};
+use crate::store::history::Task;
+use crate::store::queue::Job;
 use crate::transfer::{Checkpoints, TransferContext, TransferError, TransferStats};
 
 impl Worker {

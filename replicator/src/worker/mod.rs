@@ -46,13 +46,13 @@ pub use self::record::finish_run_if_done;
 use crate::catalog::Current;
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::history::{ExecutionState, History, Task, WorkerInfo};
-use crate::queue::{JobQueue, Lease};
 use crate::regions::conflict::{MemoryTagLedger, TagLedger};
 use crate::replicate::delete::DeleteOutcome;
 use crate::replicate::policies::Policies;
 use crate::replicate::{Registries, SyncError, TagOutcome};
 use crate::runtime::hostname;
+use crate::store::history::{ExecutionState, History, Task, WorkerInfo};
+use crate::store::queue::{JobQueue, Lease};
 use crate::throttle::{SharedSpeed, SharedSpeedSlot};
 use crate::transfer::{BlobLeases, BlobLedger, Checkpoints, TransferError, TransferStats};
 

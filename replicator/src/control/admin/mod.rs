@@ -26,10 +26,10 @@ use ferry_proto::v1 as pb;
 
 use crate::catalog::PolicyStore;
 use crate::config::Config;
-use crate::history::History;
-use crate::queue::JobQueue;
 use crate::replicate::Registries;
 use crate::runtime::listener::Listener;
+use crate::store::history::History;
+use crate::store::queue::JobQueue;
 
 pub use auth::AdminAuth;
 pub use services::Admin;

@@ -16,9 +16,10 @@ use super::status::AdminError;
 use super::AdminState;
 use crate::catalog::{effective, PolicySource, WATCH_EVERY};
 use crate::control::runs::{start_run, stop_run, RunError, StopError};
-use crate::history::{Execution, ExecutionQuery, StartedBy, Task};
 use crate::replicate::drift::diff_policy;
 use crate::replicate::{PreparedPolicy, Registries};
+use crate::store::history::{Execution, ExecutionQuery, Task};
+use crate::store::StartedBy;
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
@@ -718,7 +719,7 @@ impl pb::executions_server::Executions for Admin {
                 let snapshot = async {
                     let e = state.history.execution(&r.id).await?;
                     let tasks = state.history.tasks(&r.id, usize::MAX).await?;
-                    Ok::<_, crate::queue::QueueError>((e, tasks))
+                    Ok::<_, crate::store::StoreError>((e, tasks))
                 };
                 let item = match snapshot.await {
                     Ok((Some(e), tasks)) => {

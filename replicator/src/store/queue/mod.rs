@@ -26,9 +26,8 @@
 //!
 //! Backends: [`MemoryQueue`] (in-process, for `ferry serve` without `--redis`) and [`RedisQueue`]
 //! (Redis/Valkey Streams with a consumer group; its module doc has the key layout and lease
-//! semantics). [`backoff`] computes retry delays for both.
+//! semantics). [`crate::backoff`] computes retry delays for both.
 
-pub mod backoff;
 mod lifecycle;
 pub use lifecycle::new_job_id;
 pub mod memory;
@@ -42,7 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
-use crate::history::StartedBy;
+use crate::store::{StartedBy, StoreError};
 
 /// One unit of work: make `repository:reference` on the policy's destinations match the source
 /// (or apply a delete).
@@ -220,24 +219,6 @@ pub enum FailOutcome {
     DeadLettered,
 }
 
-/// Retry policy: capped, jittered exponential backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
 /// What an operator alerts on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
@@ -252,24 +233,12 @@ pub struct QueueStats {
     pub oldest_age_ms: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("queue backend unavailable: {0}")]
-    Unavailable(String),
-    #[error("queue data is corrupt: {0}")]
-    Corrupt(String),
-    #[error(
-        "lease of job {job_id} is no longer held by {consumer} (it expired and was reclaimed)"
-    )]
-    LeaseLost { job_id: String, consumer: String },
-}
-
 /// A job queue backend. Object-safe so binaries pick the backend at run time.
 #[async_trait::async_trait]
 pub trait JobQueue: Send + Sync + 'static {
     /// Stores a job durably (see the module contract for collapsing). Assigns `id` and
     /// `enqueued_at_ms` when empty/zero.
-    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError>;
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, StoreError>;
 
     /// Up to `max` runnable jobs for `consumer`, each leased for `lease`: expired leases of other
     /// consumers first, then due retries, then new jobs. Returns quickly (may be empty); callers poll.
@@ -278,13 +247,13 @@ pub trait JobQueue: Send + Sync + 'static {
         consumer: &str,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError>;
+    ) -> Result<Vec<Lease>, StoreError>;
 
     /// Extends a lease (heartbeat of a long transfer). `LeaseLost` if it was reclaimed meanwhile.
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError>;
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError>;
 
     /// The job is done: remove it for good.
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
+    async fn ack(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// The job failed: reschedule with backoff (`retryable` and attempts left) or dead-letter it.
     /// A rescheduled job keeps its upload checkpoints ([`JobQueue::checkpoint`]) for the next
@@ -294,21 +263,21 @@ pub trait JobQueue: Send + Sync + 'static {
         lease: &Lease,
         error: &str,
         retryable: bool,
-    ) -> Result<FailOutcome, QueueError>;
+    ) -> Result<FailOutcome, StoreError>;
 
     /// Gives a job back without counting an attempt (graceful shutdown).
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError>;
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    async fn stats(&self) -> Result<QueueStats, QueueError>;
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
 
     /// Dead-lettered jobs, oldest first.
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError>;
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError>;
 
     /// Moves a dead-lettered job back to the queue with its attempts reset. False if unknown.
-    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError>;
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, StoreError>;
 
     /// Deletes all dead letters; returns how many.
-    async fn purge_dead_letters(&self) -> Result<u64, QueueError>;
+    async fn purge_dead_letters(&self) -> Result<u64, StoreError>;
 
     /// Tries to become the one mover of `digest` to `destination` for `ttl`. True when acquired.
     async fn lease_blob(
@@ -317,7 +286,7 @@ pub trait JobQueue: Send + Sync + 'static {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError>;
+    ) -> Result<bool, StoreError>;
 
     /// Extends a blob lease `holder` still holds, to `ttl` from now. False when it expired or is
     /// someone else's (a long transfer renews its lease while it runs).
@@ -327,7 +296,7 @@ pub trait JobQueue: Send + Sync + 'static {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError>;
+    ) -> Result<bool, StoreError>;
 
     /// Who holds the lease of `(destination, digest)`, if anyone (a waiting job learns where the
     /// blob is being uploaded, to mount it from there).
@@ -335,20 +304,20 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         destination: &str,
         digest: &str,
-    ) -> Result<Option<String>, QueueError>;
+    ) -> Result<Option<String>, StoreError>;
 
     /// Pauses (`true`) or resumes a policy. Resuming does not move parked jobs: call [`JobQueue::unpark`].
-    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError>;
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError>;
 
     /// The paused policies.
-    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError>;
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, StoreError>;
 
     /// Ends the lease by parking the job until its policy is resumed. `Ok(false)` (and the lease
     /// kept) when the policy is not paused (any more): run the job.
-    async fn park(&self, lease: &Lease) -> Result<bool, QueueError>;
+    async fn park(&self, lease: &Lease) -> Result<bool, StoreError>;
 
     /// Moves every parked job of `policy` back to the queue; returns how many.
-    async fn unpark(&self, policy: &str) -> Result<u64, QueueError>;
+    async fn unpark(&self, policy: &str) -> Result<u64, StoreError>;
 
     /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
     async fn release_blob(
@@ -356,7 +325,7 @@ pub trait JobQueue: Send + Sync + 'static {
         destination: &str,
         digest: &str,
         holder: &str,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), StoreError>;
 
     /// Stores `checkpoint` on the leased job, replacing the one for the same `(destination,
     /// digest)`. `LeaseLost` (nothing stored) when `lease` is no longer the job's owner.
@@ -364,7 +333,7 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         lease: &Lease,
         checkpoint: &UploadCheckpoint,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), StoreError>;
 
     /// Deletes the job's checkpoint for `(destination, digest)` (no-op when there is none).
     /// `LeaseLost` when `lease` is no longer the job's owner.
@@ -373,10 +342,10 @@ pub trait JobQueue: Send + Sync + 'static {
         lease: &Lease,
         destination: &str,
         digest: &str,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), StoreError>;
 
     /// The checkpoints stored on job `job_id`, in `(destination, digest)` order.
-    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError>;
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, StoreError>;
 }
 
 #[cfg(test)]

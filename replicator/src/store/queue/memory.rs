@@ -30,11 +30,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
-use super::{
-    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
-    UploadCheckpoint,
-};
+use super::{EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueStats, UploadCheckpoint};
+use crate::backoff::RetryPolicy;
 use crate::clock::now_ms;
+use crate::store::StoreError;
 
 /// Leases longer than this are clamped (an `Instant` cannot hold "forever").
 const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -115,7 +114,7 @@ impl State {
     }
 
     /// Whether `lease.consumer` still owns the in-flight job behind `lease`.
-    fn owns(&self, lease: &Lease) -> Result<(), QueueError> {
+    fn owns(&self, lease: &Lease) -> Result<(), StoreError> {
         match self.in_flight.get(&lease.token) {
             Some(f) if f.consumer == lease.consumer => Ok(()),
             _ => Err(lease_lost(lease)),
@@ -123,7 +122,7 @@ impl State {
     }
 
     /// Removes the in-flight job behind `lease` if `lease.consumer` still owns it.
-    fn take_owned(&mut self, lease: &Lease) -> Result<InFlight, QueueError> {
+    fn take_owned(&mut self, lease: &Lease) -> Result<InFlight, StoreError> {
         match self.in_flight.get(&lease.token) {
             Some(f) if f.consumer == lease.consumer => Ok(self
                 .in_flight
@@ -134,8 +133,8 @@ impl State {
     }
 }
 
-fn lease_lost(lease: &Lease) -> QueueError {
-    QueueError::LeaseLost {
+fn lease_lost(lease: &Lease) -> StoreError {
+    StoreError::LeaseLost {
         job_id: lease.job.id.clone(),
         consumer: lease.consumer.clone(),
     }
@@ -158,7 +157,7 @@ impl MemoryQueue {
 
 #[async_trait::async_trait]
 impl JobQueue for MemoryQueue {
-    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError> {
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, StoreError> {
         let job = prepare_enqueue(job, now_ms());
         Ok(self.state().push_fresh(job))
     }
@@ -168,7 +167,7 @@ impl JobQueue for MemoryQueue {
         consumer: &str,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Vec<Lease>, StoreError> {
         let now = Instant::now();
         let deadline = now + lease.min(MAX_LEASE);
         let now_unix = now_ms();
@@ -224,7 +223,7 @@ impl JobQueue for MemoryQueue {
         Ok(out)
     }
 
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError> {
         let mut st = self.state();
         match st.in_flight.get_mut(&lease.token) {
             Some(f) if f.consumer == lease.consumer => {
@@ -235,7 +234,7 @@ impl JobQueue for MemoryQueue {
         }
     }
 
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn ack(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut st = self.state();
         st.take_owned(lease)?;
         st.checkpoints.remove(&lease.job.id);
@@ -247,7 +246,7 @@ impl JobQueue for MemoryQueue {
         lease: &Lease,
         error: &str,
         retryable: bool,
-    ) -> Result<FailOutcome, QueueError> {
+    ) -> Result<FailOutcome, StoreError> {
         let now = now_ms();
         let mut st = self.state();
         st.take_owned(lease)?;
@@ -267,7 +266,7 @@ impl JobQueue for MemoryQueue {
         Ok(outcome)
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut st = self.state();
         st.take_owned(lease)?;
         let token = st.token();
@@ -278,7 +277,7 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
         let now = Instant::now();
         let now_unix = now_ms();
         let st = self.state();
@@ -296,11 +295,11 @@ impl JobQueue for MemoryQueue {
         })
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         Ok(self.state().dead.iter().take(limit).cloned().collect())
     }
 
-    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError> {
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, StoreError> {
         let mut st = self.state();
         let Some(pos) = st.dead.iter().position(|j| j.id == job_id) else {
             return Ok(false);
@@ -311,7 +310,7 @@ impl JobQueue for MemoryQueue {
         Ok(true)
     }
 
-    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+    async fn purge_dead_letters(&self) -> Result<u64, StoreError> {
         let mut st = self.state();
         let n = st.dead.len() as u64;
         st.dead.clear();
@@ -324,7 +323,7 @@ impl JobQueue for MemoryQueue {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut st = self.state();
         st.blobs.retain(|_, (_, expiry)| *expiry > now);
@@ -343,7 +342,7 @@ impl JobQueue for MemoryQueue {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut st = self.state();
         let key = (destination.to_owned(), digest.to_owned());
@@ -360,7 +359,7 @@ impl JobQueue for MemoryQueue {
         &self,
         destination: &str,
         digest: &str,
-    ) -> Result<Option<String>, QueueError> {
+    ) -> Result<Option<String>, StoreError> {
         let now = Instant::now();
         let st = self.state();
         let key = (destination.to_owned(), digest.to_owned());
@@ -371,7 +370,7 @@ impl JobQueue for MemoryQueue {
             .map(|(h, _)| h.clone()))
     }
 
-    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError> {
         let mut st = self.state();
         if paused {
             st.paused.insert(policy.to_string());
@@ -381,11 +380,11 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         Ok(self.state().paused.clone())
     }
 
-    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
+    async fn park(&self, lease: &Lease) -> Result<bool, StoreError> {
         let mut st = self.state();
         if !st.paused.contains(&lease.job.policy) {
             return Ok(false);
@@ -398,7 +397,7 @@ impl JobQueue for MemoryQueue {
         Ok(true)
     }
 
-    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
+    async fn unpark(&self, policy: &str) -> Result<u64, StoreError> {
         let mut st = self.state();
         let jobs = st.parked.remove(policy).unwrap_or_default();
         let n = jobs.len() as u64;
@@ -413,7 +412,7 @@ impl JobQueue for MemoryQueue {
         destination: &str,
         digest: &str,
         holder: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let mut st = self.state();
         let key = (destination.to_owned(), digest.to_owned());
         if st
@@ -430,7 +429,7 @@ impl JobQueue for MemoryQueue {
         &self,
         lease: &Lease,
         checkpoint: &UploadCheckpoint,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let mut st = self.state();
         st.owns(lease)?;
         st.checkpoints
@@ -448,7 +447,7 @@ impl JobQueue for MemoryQueue {
         lease: &Lease,
         destination: &str,
         digest: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let mut st = self.state();
         st.owns(lease)?;
         if let Some(of_job) = st.checkpoints.get_mut(&lease.job.id) {
@@ -460,7 +459,7 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, StoreError> {
         Ok(self
             .state()
             .checkpoints
