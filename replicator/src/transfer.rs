@@ -36,7 +36,7 @@ use crate::oci::digest::{Digest, DigestVerifier};
 use crate::oci::manifest::{self, ManifestError, ManifestGraph};
 use crate::oci::{Manifest, MountOutcome, RegistryClient, RegistryError};
 use crate::policy::Selector;
-use crate::store::queue::{JobQueue, Lease, UploadCheckpoint};
+use crate::store::queue::{Lease, UploadCheckpoint};
 use crate::store::StoreError;
 use crate::throttle::Throttle;
 
@@ -217,7 +217,7 @@ pub struct Checkpoints {
 }
 
 struct CheckpointStore {
-    queue: Arc<dyn JobQueue>,
+    checkpoints: Arc<dyn crate::store::queue::Checkpoints>,
     lease: Lease,
     /// Fired when the job's lease is lost (by the worker's heartbeat, or here when a write is
     /// refused): the session may be another worker's now.
@@ -238,13 +238,13 @@ impl Checkpoints {
     /// The checkpoints stored on `lease`'s job, written back there as the job progresses (no I/O
     /// until a blob needs them).
     pub fn for_lease(
-        queue: Arc<dyn JobQueue>,
+        checkpoints: Arc<dyn crate::store::queue::Checkpoints>,
         lease: Lease,
         lease_lost: CancellationToken,
     ) -> Checkpoints {
         Checkpoints {
             store: Some(CheckpointStore {
-                queue,
+                checkpoints,
                 lease,
                 lease_lost,
             }),
@@ -260,7 +260,7 @@ impl Checkpoints {
         };
         self.loaded
             .get_or_init(|| async {
-                let stored = match store.queue.checkpoints(&store.lease.job.id).await {
+                let stored = match store.checkpoints.checkpoints(&store.lease.job.id).await {
                     Ok(stored) => stored,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the job's upload checkpoints; interrupted uploads start over");
@@ -313,7 +313,11 @@ impl Checkpoints {
         if store.lease_lost.is_cancelled() {
             return Err(TransferError::LeaseLost);
         }
-        match store.queue.checkpoint(&store.lease, &checkpoint).await {
+        match store
+            .checkpoints
+            .checkpoint(&store.lease, &checkpoint)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(StoreError::LeaseLost { .. }) => {
                 store.lease_lost.cancel();
@@ -337,7 +341,7 @@ impl Checkpoints {
             return;
         };
         match store
-            .queue
+            .checkpoints
             .clear_checkpoint(&store.lease, destination, digest)
             .await
         {
@@ -351,7 +355,7 @@ impl Checkpoints {
 
 /// Makes one process the uploader of a `(destination, digest)` among all workers of a queue.
 pub struct BlobLeases {
-    pub queue: Arc<dyn crate::store::queue::JobQueue>,
+    pub leases: Arc<dyn crate::store::queue::BlobLeases>,
     /// This process's name (the queue consumer).
     pub holder: String,
     /// Lease length; renewed every third of it while the upload runs, so a crashed holder blocks
@@ -382,7 +386,7 @@ async fn coordinate(
     let mut waited_for: Option<String> = None;
     loop {
         match leases
-            .queue
+            .leases
             .lease_blob(ctx.dst.name(), digest.as_ref(), &me, leases.ttl)
             .await
         {
@@ -392,7 +396,7 @@ async fn coordinate(
                 if let Some(from) = &waited_for {
                     if let Some(outcome) = made_available(ctx, dst_repo, digest, from).await? {
                         if let Err(e) = leases
-                            .queue
+                            .leases
                             .release_blob(ctx.dst.name(), digest.as_ref(), &me)
                             .await
                         {
@@ -410,7 +414,7 @@ async fn coordinate(
             }
         }
         let other_repo = leases
-            .queue
+            .leases
             .blob_lease_holder(ctx.dst.name(), digest.as_ref())
             .await
             .ok()
@@ -459,7 +463,7 @@ async fn keep_lease(ctx: &TransferContext, leases: &BlobLeases, digest: &Digest,
     loop {
         tokio::time::sleep(leases.ttl / 3).await;
         match leases
-            .queue
+            .leases
             .renew_blob(ctx.dst.name(), digest.as_ref(), holder, leases.ttl)
             .await
         {
@@ -669,7 +673,7 @@ async fn copy_blob_locked(
     };
     if let (Some(leases), Some(holder)) = (&ctx.leases, &held) {
         if let Err(e) = leases
-            .queue
+            .leases
             .release_blob(ctx.dst.name(), digest.as_ref(), holder)
             .await
         {

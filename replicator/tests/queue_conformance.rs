@@ -1,5 +1,5 @@
 //! One conformance suite for every [`JobQueue`] backend (the Quickwit `storage_test_suite` idea):
-//! each case is an `async fn(Backend)` written against `Arc<dyn JobQueue>`, and the `suite!`
+//! each case is an `async fn(Backend)` written against `Arc<dyn QueueBackend>`, and the `suite!`
 //! macro instantiates it for the in-memory queue, `RedisQueue` on `redis-server` and `RedisQueue`
 //! on `valkey-server` (modules `memory_backend`, `redis_server`, `valkey_server`). Cases that need
 //! a server process (crash/restart, outage, corrupt data written behind the queue's back) run for
@@ -25,8 +25,8 @@ use ferry_replicator::store::history::{
     Task, TaskState, WorkerInfo,
 };
 use ferry_replicator::store::queue::{
-    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueStats, RedisQueue,
-    UploadCheckpoint,
+    BlobLeases, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueBackend,
+    QueueStats, RedisQueue, UploadCheckpoint,
 };
 use ferry_replicator::store::{StartedBy, StoreError};
 use ferry_testkit::RedisServer;
@@ -41,7 +41,7 @@ enum Backend {
 }
 
 struct Harness {
-    queue: Arc<dyn JobQueue>,
+    queue: Arc<dyn QueueBackend>,
     /// The Redis queue behind `queue` (its history lives next to it); `None` for memory.
     redis: Option<RedisQueue>,
     /// `None` for the in-memory backend.

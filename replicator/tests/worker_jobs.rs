@@ -19,8 +19,8 @@ use ferry_replicator::store::history::{
     ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, TaskState,
 };
 use ferry_replicator::store::queue::memory::MemoryQueue;
-use ferry_replicator::store::queue::{Job, JobQueue};
-use ferry_replicator::store::StartedBy;
+use ferry_replicator::store::queue::{DeadLetters, Job, JobQueue};
+use ferry_replicator::store::{StartedBy, Store};
 use ferry_replicator::worker::{JobOutcome, Worker, WorkerOptions};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
@@ -63,7 +63,13 @@ async fn setup(policy_extra: serde_json::Value) -> Setup {
     };
     let history = Arc::new(MemoryHistory::new(Retention::default()));
     let worker = Arc::new(
-        Worker::new(&config, &registries, queue.clone(), history.clone(), opts).expect("worker"),
+        Worker::new(
+            &config,
+            &registries,
+            &Store::new(queue.clone(), history.clone()),
+            opts,
+        )
+        .expect("worker"),
     );
     Setup {
         src,
@@ -82,8 +88,10 @@ fn memory_worker(config: &Config, registries: &Registries) -> Worker {
     Worker::new(
         config,
         registries,
-        Arc::new(MemoryQueue::new(RetryPolicy::default())),
-        Arc::new(MemoryHistory::new(Retention::default())),
+        &Store::new(
+            Arc::new(MemoryQueue::new(RetryPolicy::default())),
+            Arc::new(MemoryHistory::new(Retention::default())),
+        ),
         WorkerOptions::default(),
     )
     .expect("worker")
@@ -379,6 +387,7 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
         &s.config,
         &s.registries,
         s.queue.clone(),
+        s.queue.clone(),
         "test",
         ReconcileMetrics::default(),
     )
@@ -495,8 +504,7 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
     let worker = Worker::new(
         &config,
         &registries,
-        queue,
-        history,
+        &Store::new(queue, history),
         WorkerOptions::default(),
     )
     .unwrap();
@@ -696,6 +704,7 @@ async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_n
     let r = Reconciler::new(
         &s.config,
         &s.registries,
+        s.queue.clone(),
         s.queue.clone(),
         "test",
         ReconcileMetrics::default(),

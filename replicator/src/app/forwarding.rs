@@ -86,7 +86,7 @@ pub(super) async fn build(
         peers,
         tokens,
     } = plan;
-    let queue = parts.backend.queue.clone();
+    let queue = parts.backend.store.jobs.clone();
     let Some(outbox) = parts.backend.outbox.clone() else {
         // In process there is no outbox, and nobody to forward to.
         return Ok(Forwarding {

@@ -459,16 +459,10 @@ impl Parts {
         let metrics = WorkerMetrics::register(&mut self.metrics);
         let b = &self.backend;
         let worker = Arc::new(
-            Worker::new(
-                &self.config,
-                &self.registries,
-                b.queue.clone(),
-                b.history.clone(),
-                options.clone(),
-            )?
-            .with_metrics(metrics)
-            .with_tag_ledger(b.tag_ledger.clone())
-            .with_shared_speed(b.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
+            Worker::new(&self.config, &self.registries, &b.store, options.clone())?
+                .with_metrics(metrics)
+                .with_tag_ledger(b.tag_ledger.clone())
+                .with_shared_speed(b.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
         );
         tracing::info!(consumer = %options.consumer, concurrency = options.concurrency, "running jobs");
         self.reload.push(worker.clone());
@@ -492,7 +486,8 @@ impl Parts {
             Reconciler::new(
                 &self.config,
                 &self.registries,
-                self.backend.queue.clone(),
+                self.backend.store.jobs.clone(),
+                self.backend.store.leases.clone(),
                 holder,
                 metrics,
             )?
@@ -509,8 +504,9 @@ impl Parts {
         let scheduler = Arc::new(Scheduler::new(
             &self.config,
             &self.registries,
-            self.backend.queue.clone(),
-            self.backend.history.clone(),
+            self.backend.store.jobs.clone(),
+            self.backend.store.leases.clone(),
+            self.backend.store.history.clone(),
             holder,
             ScheduleMetrics::register(&mut self.metrics),
         )?);
@@ -545,7 +541,7 @@ impl Parts {
     ) -> Result<(HttpListener, Option<IngestState>), AppError> {
         let Some((sink, tokens)) = webhooks else {
             let metrics = Arc::new(ProcessMetrics::new(std::mem::take(&mut self.metrics)));
-            let router = crate::runtime::ops::router(self.backend.queue.clone(), metrics);
+            let router = crate::runtime::ops::router(self.backend.store.jobs.clone(), metrics);
             let listener = o.listen_flags.bind_http("--listen", listen, router).await?;
             tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
             return Ok((listener, None));
@@ -562,7 +558,7 @@ impl Parts {
     /// Where accepted events go: this region's queue and ledger, and with regions the outbox.
     fn sink(&self, regions: Option<&forwarding::Plan>) -> EventSink {
         EventSink {
-            queue: self.backend.queue.clone(),
+            queue: self.backend.store.jobs.clone(),
             region: regions.map(|r| r.region.clone()).unwrap_or_default(),
             outbox: regions.and(self.backend.outbox.clone()),
             ledger: Some(self.backend.tag_ledger.clone()),
@@ -610,10 +606,12 @@ impl Parts {
         };
         let state = admin::AdminState {
             config: self.config.clone(),
-            store: self.backend.store.clone(),
+            store: self.backend.policies.clone(),
             registries: self.registries.clone(),
-            queue: self.backend.queue.clone(),
-            history: self.backend.history.clone(),
+            queue: self.backend.store.jobs.clone(),
+            dead_letters: self.backend.store.dead_letters.clone(),
+            pauses: self.backend.store.pauses.clone(),
+            history: self.backend.store.history.clone(),
             shutdown: self.shutdown.clone(),
             tasks: TaskTracker::new(),
         };
@@ -635,7 +633,7 @@ impl Parts {
         let (config, registries, store, stop) = (
             self.config.clone(),
             self.registries.clone(),
-            self.backend.store.clone(),
+            self.backend.policies.clone(),
             self.shutdown.clone(),
         );
         self.tasks.push(

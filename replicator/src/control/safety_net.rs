@@ -30,7 +30,7 @@ use crate::policy::TriggerKind;
 use crate::replicate::drift::diff_policy;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
-use crate::store::queue::{EnqueueOutcome, Job, JobQueue};
+use crate::store::queue::{BlobLeases, EnqueueOutcome, Job, JobQueue};
 use crate::store::StartedBy;
 
 /// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
@@ -70,6 +70,8 @@ pub struct Reconciler {
     /// Replaced as a whole by [`Reconciler::reload`].
     policies: Current<Vec<Arc<PreparedPolicy>>>,
     queue: Arc<dyn JobQueue>,
+    /// The per-policy lease that lets one process of the region run each pass.
+    leases: Arc<dyn BlobLeases>,
     holder: String,
     metrics: ReconcileMetrics,
     /// This process's region: only policies that run here are reconciled here.
@@ -78,17 +80,19 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// Prepares every enabled `event_based` policy (no network I/O). `holder` names this process in
-    /// the per-policy lease.
+    /// the per-policy lease, taken in `leases`.
     pub fn new(
         config: &Config,
         registries: &Registries,
         queue: Arc<dyn JobQueue>,
+        leases: Arc<dyn BlobLeases>,
         holder: &str,
         metrics: ReconcileMetrics,
     ) -> Result<Reconciler, SyncError> {
         Ok(Reconciler {
             policies: Current::new(event_policies(config, registries, None)?),
             queue,
+            leases,
             holder: holder.to_string(),
             metrics,
             region: None,
@@ -185,7 +189,7 @@ impl Reconciler {
             };
             let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));
             match self
-                .queue
+                .leases
                 .lease_blob("ferry", &lease_key, &self.holder, ttl)
                 .await
             {

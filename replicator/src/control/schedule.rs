@@ -31,7 +31,7 @@ use crate::policy::TriggerKind;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
 use crate::store::history::{ExecutionQuery, History};
-use crate::store::queue::JobQueue;
+use crate::store::queue::{BlobLeases, JobQueue};
 use crate::store::StartedBy;
 
 /// Longest sleep of the scheduler loop (how soon a policy added through the API is scheduled).
@@ -101,6 +101,8 @@ pub struct Scheduler {
     /// Replaced as a whole by [`Scheduler::reload`].
     entries: Current<Vec<Entry>>,
     queue: Arc<dyn JobQueue>,
+    /// The tick leases that let one process of the region fire each tick.
+    leases: Arc<dyn BlobLeases>,
     history: Arc<dyn History>,
     holder: String,
     metrics: ScheduleMetrics,
@@ -108,11 +110,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Every enabled `scheduled` policy of `config` (no network I/O). `holder` names this process
-    /// in the tick leases.
+    /// in the tick leases, taken in `leases`.
     pub fn new(
         config: &Config,
         registries: &Registries,
         queue: Arc<dyn JobQueue>,
+        leases: Arc<dyn BlobLeases>,
         history: Arc<dyn History>,
         holder: &str,
         metrics: ScheduleMetrics,
@@ -120,6 +123,7 @@ impl Scheduler {
         Ok(Scheduler {
             entries: Current::new(entries(config, registries)?),
             queue,
+            leases,
             history,
             holder: holder.to_string(),
             metrics,
@@ -143,7 +147,7 @@ impl Scheduler {
         let policy = &entry.prepared.policy.name;
         let key = format!("schedule/{policy}/{}", at.timestamp());
         let outcome = match self
-            .queue
+            .leases
             .lease_blob("ferry", &key, &self.holder, TICK_LEASE)
             .await
         {

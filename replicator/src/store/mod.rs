@@ -34,7 +34,39 @@ pub mod redis;
 
 pub use self::redis::RedisStore;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use self::history::History;
+use self::queue::{BlobLeases, Checkpoints, DeadLetters, JobQueue, Pauses, QueueBackend};
+
+/// One backend's state as the narrow views the parts of a daemon take (each part gets only the
+/// ones it uses: the transfer gets `leases` and `checkpoints`, the agent `jobs`). Built once per
+/// backend (`app::backend`); clones share the backend.
+#[derive(Clone)]
+pub struct Store {
+    pub jobs: Arc<dyn JobQueue>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+    pub leases: Arc<dyn BlobLeases>,
+    pub checkpoints: Arc<dyn Checkpoints>,
+    pub pauses: Arc<dyn Pauses>,
+    pub history: Arc<dyn History>,
+}
+
+impl Store {
+    /// The views of `queue` (every view is the same backend) and `history`.
+    pub fn new<Q: QueueBackend>(queue: Arc<Q>, history: Arc<dyn History>) -> Store {
+        Store {
+            jobs: queue.clone(),
+            dead_letters: queue.clone(),
+            leases: queue.clone(),
+            checkpoints: queue.clone(),
+            pauses: queue,
+            history,
+        }
+    }
+}
 
 /// Why stored state could not be read or written. Wording names the queue, where most of it
 /// lives, as operators know it.

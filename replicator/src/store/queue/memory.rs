@@ -30,7 +30,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
-use super::{EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueStats, UploadCheckpoint};
+use super::{
+    BlobLeases, Checkpoints, DeadLetters, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease,
+    Pauses, QueueStats, UploadCheckpoint,
+};
 use crate::backoff::RetryPolicy;
 use crate::clock::now_ms;
 use crate::store::StoreError;
@@ -294,7 +297,10 @@ impl JobQueue for MemoryQueue {
             }),
         })
     }
+}
 
+#[async_trait::async_trait]
+impl DeadLetters for MemoryQueue {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         Ok(self.state().dead.iter().take(limit).cloned().collect())
     }
@@ -316,7 +322,10 @@ impl JobQueue for MemoryQueue {
         st.dead.clear();
         Ok(n)
     }
+}
 
+#[async_trait::async_trait]
+impl BlobLeases for MemoryQueue {
     async fn lease_blob(
         &self,
         destination: &str,
@@ -370,6 +379,27 @@ impl JobQueue for MemoryQueue {
             .map(|(h, _)| h.clone()))
     }
 
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let key = (destination.to_owned(), digest.to_owned());
+        if st
+            .blobs
+            .get(&key)
+            .is_some_and(|(h, expiry)| h == holder && *expiry > Instant::now())
+        {
+            st.blobs.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pauses for MemoryQueue {
     async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError> {
         let mut st = self.state();
         if paused {
@@ -406,25 +436,10 @@ impl JobQueue for MemoryQueue {
         }
         Ok(n)
     }
+}
 
-    async fn release_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-    ) -> Result<(), StoreError> {
-        let mut st = self.state();
-        let key = (destination.to_owned(), digest.to_owned());
-        if st
-            .blobs
-            .get(&key)
-            .is_some_and(|(h, expiry)| h == holder && *expiry > Instant::now())
-        {
-            st.blobs.remove(&key);
-        }
-        Ok(())
-    }
-
+#[async_trait::async_trait]
+impl Checkpoints for MemoryQueue {
     async fn checkpoint(
         &self,
         lease: &Lease,

@@ -1,5 +1,10 @@
 //! The job queue between agents and workers.
 //!
+//! One trait per concern, so each part of Ferry depends only on what it uses: [`JobQueue`] (jobs:
+//! enqueue, claim, renew, ack, fail, release, stats), [`DeadLetters`], [`BlobLeases`], [`Pauses`]
+//! (paused policies and parked jobs) and [`Checkpoints`] (upload checkpoints). Every backend
+//! implements all five on one struct ([`QueueBackend`]), so they share one state.
+//!
 //! # Contract (every backend; `tests/queue_conformance.rs` runs one suite against all)
 //! - **Durable enqueue**: [`JobQueue::enqueue`] returns only after the job is stored (Redis: the
 //!   write is acknowledged; AOF makes it survive a restart). An agent answers a registry 2xx only
@@ -13,20 +18,21 @@
 //! - **Retries**: [`JobQueue::fail`] with a retryable error reschedules the job after a capped,
 //!   jittered exponential backoff, recording `attempt`, `last_error` and `next_try_at_ms` on it;
 //!   after `max_attempts` (or a permanent error) it moves to the dead-letter list.
-//! - **Blob leases**: [`JobQueue::lease_blob`] makes one holder the mover of a `(destination,
+//! - **Blob leases**: [`BlobLeases::lease_blob`] makes one holder the mover of a `(destination,
 //!   digest)` so concurrent jobs move a shared layer once.
-//! - **Upload checkpoints**: [`JobQueue::checkpoint`] stores, per `(destination, digest)`, where
+//! - **Upload checkpoints**: [`Checkpoints::checkpoint`] stores, per `(destination, digest)`, where
 //!   a chunked upload of the job stands ([`UploadCheckpoint`]: session URL, confirmed offset, hash
 //!   state). Only the lease holder writes; checkpoints stay with the job through lease expiry and
 //!   reclaim, retries, release and parking, and are deleted when the job is acked or dead-lettered.
-//! - **Pausing**: while a policy is paused ([`JobQueue::set_paused`]), workers [`JobQueue::park`]
+//! - **Pausing**: while a policy is paused ([`Pauses::set_paused`]), workers [`Pauses::park`]
 //!   its jobs instead of running them; parking checks the flag in the same atomic step, so a job
-//!   is never parked after the policy was resumed, and [`JobQueue::unpark`] (called on resume,
+//!   is never parked after the policy was resumed, and [`Pauses::unpark`] (called on resume,
 //!   after the flag is cleared) moves every parked job back to the queue, collapsing duplicates.
 //!
 //! Backends: [`MemoryQueue`] (in-process, for `ferry serve` without `--redis`) and [`RedisQueue`]
 //! (Redis/Valkey Streams with a consumer group; its module doc has the key layout and lease
 //! semantics). [`crate::backoff`] computes retry delays for both.
+//! [`crate::store::Store`] hands the five views of one backend to the parts that need them.
 
 mod lifecycle;
 pub use lifecycle::new_job_id;
@@ -233,7 +239,8 @@ pub struct QueueStats {
     pub oldest_age_ms: u64,
 }
 
-/// A job queue backend. Object-safe so binaries pick the backend at run time.
+/// The jobs themselves: enqueue, claim under a lease, settle. Object-safe so binaries pick the
+/// backend at run time.
 #[async_trait::async_trait]
 pub trait JobQueue: Send + Sync + 'static {
     /// Stores a job durably (see the module contract for collapsing). Assigns `id` and
@@ -256,7 +263,7 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn ack(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// The job failed: reschedule with backoff (`retryable` and attempts left) or dead-letter it.
-    /// A rescheduled job keeps its upload checkpoints ([`JobQueue::checkpoint`]) for the next
+    /// A rescheduled job keeps its upload checkpoints ([`Checkpoints::checkpoint`]) for the next
     /// attempt; a dead-lettered one loses them.
     async fn fail(
         &self,
@@ -269,7 +276,11 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
     async fn stats(&self) -> Result<QueueStats, StoreError>;
+}
 
+/// Jobs that failed for good, as the admin API shows and retries them.
+#[async_trait::async_trait]
+pub trait DeadLetters: Send + Sync + 'static {
     /// Dead-lettered jobs, oldest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError>;
 
@@ -278,7 +289,12 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Deletes all dead letters; returns how many.
     async fn purge_dead_letters(&self) -> Result<u64, StoreError>;
+}
 
+/// One mover per `(destination, digest)` among every worker of a region (also a lock with expiry:
+/// the scheduler's tick and the safety net take a lease on a key of their own).
+#[async_trait::async_trait]
+pub trait BlobLeases: Send + Sync + 'static {
     /// Tries to become the one mover of `digest` to `destination` for `ttl`. True when acquired.
     async fn lease_blob(
         &self,
@@ -306,7 +322,19 @@ pub trait JobQueue: Send + Sync + 'static {
         digest: &str,
     ) -> Result<Option<String>, StoreError>;
 
-    /// Pauses (`true`) or resumes a policy. Resuming does not move parked jobs: call [`JobQueue::unpark`].
+    /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// Paused policies and the jobs parked while they are paused.
+#[async_trait::async_trait]
+pub trait Pauses: Send + Sync + 'static {
+    /// Pauses (`true`) or resumes a policy. Resuming does not move parked jobs: call [`Pauses::unpark`].
     async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError>;
 
     /// The paused policies.
@@ -318,15 +346,11 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Moves every parked job of `policy` back to the queue; returns how many.
     async fn unpark(&self, policy: &str) -> Result<u64, StoreError>;
+}
 
-    /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
-    async fn release_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-    ) -> Result<(), StoreError>;
-
+/// Where a job's chunked uploads stand, kept with the job (see [`UploadCheckpoint`]).
+#[async_trait::async_trait]
+pub trait Checkpoints: Send + Sync + 'static {
     /// Stores `checkpoint` on the leased job, replacing the one for the same `(destination,
     /// digest)`. `LeaseLost` (nothing stored) when `lease` is no longer the job's owner.
     async fn checkpoint(
@@ -347,6 +371,13 @@ pub trait JobQueue: Send + Sync + 'static {
     /// The checkpoints stored on job `job_id`, in `(destination, digest)` order.
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, StoreError>;
 }
+
+/// Every queue concern at once: what one backend ([`MemoryQueue`], [`RedisQueue`]) implements, and
+/// what the conformance suite and [`crate::store::Store::new`] take. Consumers take only the narrow
+/// traits they use.
+pub trait QueueBackend: JobQueue + DeadLetters + BlobLeases + Pauses + Checkpoints {}
+
+impl<Q: JobQueue + DeadLetters + BlobLeases + Pauses + Checkpoints> QueueBackend for Q {}
 
 #[cfg(test)]
 mod tests {

@@ -80,7 +80,10 @@ use std::time::Duration;
 use redis::Script;
 
 use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
-use super::{EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueStats, UploadCheckpoint};
+use super::{
+    BlobLeases, Checkpoints, DeadLetters, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease,
+    Pauses, QueueStats, UploadCheckpoint,
+};
 use crate::backoff::RetryPolicy;
 use crate::clock::{duration_ms, now_ms};
 use crate::store::redis::{bounded, RedisStore, RedisTarget};
@@ -667,7 +670,10 @@ impl JobQueue for RedisQueue {
             oldest_age_ms,
         })
     }
+}
 
+#[async_trait::async_trait]
+impl DeadLetters for RedisQueue {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -723,7 +729,10 @@ impl JobQueue for RedisQueue {
         let n: i64 = bounded(PURGE_SCRIPT.key(&self.keys.dead).invoke_async(&mut con)).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
 
+#[async_trait::async_trait]
+impl BlobLeases for RedisQueue {
     async fn lease_blob(
         &self,
         destination: &str,
@@ -778,6 +787,26 @@ impl JobQueue for RedisQueue {
         .await
     }
 
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut con = self.redis.connection();
+        let _: i64 = bounded(
+            RELEASE_BLOB_SCRIPT
+                .key(self.keys.blob(destination, digest))
+                .arg(holder)
+                .invoke_async(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pauses for RedisQueue {
     async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError> {
         let mut con = self.redis.connection();
         let cmd = if paused { "SADD" } else { "SREM" };
@@ -870,24 +899,10 @@ impl JobQueue for RedisQueue {
         }
         Ok(moved)
     }
+}
 
-    async fn release_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-    ) -> Result<(), StoreError> {
-        let mut con = self.redis.connection();
-        let _: i64 = bounded(
-            RELEASE_BLOB_SCRIPT
-                .key(self.keys.blob(destination, digest))
-                .arg(holder)
-                .invoke_async(&mut con),
-        )
-        .await?;
-        Ok(())
-    }
-
+#[async_trait::async_trait]
+impl Checkpoints for RedisQueue {
     async fn checkpoint(
         &self,
         lease: &Lease,
