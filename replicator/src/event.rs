@@ -92,7 +92,7 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// legitimately be old (it waited in a registry's retry queue while the agent was down, or in an
 /// outbox during a partition), and a forwarded write must keep the time its origin region recorded
 /// so that both regions decide its conflicts alike. The conflict ledger remembers a write exactly this
-/// long (`regions::conflict::LEDGER_TTL`): an older event decides nothing anyway.
+/// long (`store::ledger::LEDGER_TTL`): an older event decides nothing anyway.
 pub const MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The believable range of event times, `[now − MAX_EVENT_AGE, now + max skew]`, and the clamp into

@@ -11,7 +11,7 @@ use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::Config;
 use ferry_replicator::event::{EventKind, MAX_EVENT_AGE};
 use ferry_replicator::ingest::{self, EventSink, IngestState};
-use ferry_replicator::regions::conflict::{MemoryTagLedger, TagLedger};
+use ferry_replicator::store::ledger::{MemoryTagLedger, TagLedger};
 use ferry_replicator::store::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueStats,
 };

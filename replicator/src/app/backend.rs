@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use crate::backoff::RetryPolicy;
 use crate::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
-use crate::regions::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
-use crate::regions::{Outbox, RedisOutbox};
 use crate::replicate::Registries;
 use crate::runtime::shutdown_signal;
 use crate::store::history::{MemoryHistory, RedisHistory, Retention};
+use crate::store::ledger::{MemoryTagLedger, RedisTagLedger, TagLedger};
 use crate::store::limits::RedisLimits;
+use crate::store::outbox::{Outbox, RedisOutbox};
 use crate::store::queue::{MemoryQueue, RedisQueue};
 use crate::store::redis::{connect_waiting, ConnectError, RedisStore, RedisTarget};
 use crate::store::Store;

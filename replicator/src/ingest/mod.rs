@@ -43,8 +43,8 @@ use std::sync::Arc;
 
 use crate::event::{Event, EventKind};
 use crate::policy::NameError;
-use crate::regions::conflict::{TagLedger, TagWrite};
-use crate::regions::{Forwarded, Outbox};
+use crate::store::ledger::{TagLedger, TagWrite};
+use crate::store::outbox::{Forwarded, Outbox};
 use crate::store::queue::JobQueue;
 use crate::store::StoreError;
 

@@ -14,10 +14,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use ferry_proto::v1 as pb;
 
-use super::{to_proto, ForwardMetrics, Outbox};
+use super::{to_proto, ForwardMetrics};
 use crate::backoff::RetryPolicy;
 use crate::config::RegionConfig;
 use crate::runtime::background::{supervise, Next, Routine, Statuses, Supervisor};
+use crate::store::outbox::Outbox;
 
 /// Entries per call.
 pub const BATCH: usize = 100;

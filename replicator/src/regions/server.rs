@@ -27,13 +27,14 @@ use tonic::{Request, Response, Status};
 
 use ferry_proto::v1 as pb;
 
-use super::{ForwardMetrics, Forwarded, Outbox};
+use super::ForwardMetrics;
 use crate::catalog::{Current, Reload};
 use crate::config::Config;
 use crate::event::TimeClamp;
 use crate::ingest::Matcher;
 use crate::policy::quoted;
 use crate::replicate::Registries;
+use crate::store::outbox::{Forwarded, Outbox};
 use crate::store::queue::new_job_id;
 use crate::store::queue::{EnqueueOutcome, JobQueue};
 use crate::store::StoreError;

@@ -6,6 +6,8 @@
 //!   pauses and upload checkpoints.
 //! - [`history`]: executions, tasks and live workers.
 //! - [`limits`]: registry pauses and policy bandwidth shared by a region's processes.
+//! - [`ledger`]: the last write of each tag, for bidirectional conflicts.
+//! - [`outbox`]: events waiting for other regions, and the events accepted from them.
 //! - [`redis`]: the one Redis/Valkey connection every Redis-backed part shares ([`RedisStore`]),
 //!   which server to trust ([`redis::RedisTarget`]) and the bound on every operation.
 //!
@@ -24,11 +26,13 @@
 //! | `{p}:execs`, `{p}:execs:policy:*`, `{p}:exec:*`, `{p}:workers` | [`history::RedisHistory`] | its module doc |
 //! | `{p}:pause:{registry}`, `{p}:speed:{policy}` | [`limits::RedisLimits`] | its module doc |
 //! | `{p}:catalog:*` | `catalog::RedisPolicyStore` | policies and registries stored through the admin API |
-//! | `{p}:tagwrite:{registry}:{repository}:{tag}` | `regions::conflict::RedisTagLedger` | the last write of each tag |
-//! | `{p}:outbox:{region}`, `{p}:forwarded` | `regions::RedisOutbox` | events waiting for other regions, event ids already accepted |
+//! | `{p}:tagwrite:{registry}:{repository}:{tag}` | [`ledger::RedisTagLedger`] | the last write of each tag (its module doc) |
+//! | `{p}:outbox:{region}`, `{p}:forwarded` | [`outbox::RedisOutbox`] | events waiting for other regions, event ids already accepted (its module doc) |
 
 pub mod history;
+pub mod ledger;
 pub mod limits;
+pub mod outbox;
 pub mod queue;
 pub mod redis;
 
