@@ -10,8 +10,9 @@
 //!   polls registries without webhooks, `ingest::matcher` turns events into jobs,
 //!   `ingest::http` serves the routes).
 //! - [`event`]: the normalized event, and clamping the times outsiders send.
-//! - [`regions`]: events between regions (durable outbox, forwarder, `Events/Forward` server)
-//!   and bidirectional conflicts (`regions::conflict`: the later write wins).
+//! - [`regions`]: events between regions (forwarder, `Events/Forward` server; the durable outbox
+//!   is `store::outbox`) and bidirectional conflicts (`regions::conflict`: the later write wins,
+//!   from the tag ledger in `store::ledger`).
 //! - [`tokens`]: the bearer tokens webhooks, peers and the admin API accept.
 //!
 //! **Decide — what the operator asked for**
@@ -22,10 +23,12 @@
 //!
 //! **Store — a region's shared state (memory or Redis/Valkey)**
 //! - [`store`]: everything a region's processes share and how it is kept: the job queue
-//!   (`store::queue`: jobs, dead letters, blob leases, pauses, upload checkpoints), executions
-//!   and tasks (`store::history`), registry pauses and policy speed (`store::limits`), the one
-//!   Redis connection (`store::redis`) and [`store::StoreError`]; its module doc has the Redis key
-//!   layout.
+//!   (`store::queue`: one narrow trait per concern — jobs, dead letters, blob leases, pauses,
+//!   upload checkpoints), executions and tasks (`store::history`), registry pauses and policy
+//!   speed (`store::limits`), the tag ledger (`store::ledger`), the regions outbox
+//!   (`store::outbox`), the one Redis connection (`store::redis`), [`store::Store`] (a backend's
+//!   views, handed to each part) and [`store::StoreError`]; its module doc has the Redis key
+//!   layout. It imports none of the parts that use it.
 //! - [`throttle`]: policy speed; [`backoff`]: the one capped, jittered retry backoff (jobs,
 //!   registry requests, background routines, forwarding).
 //!

@@ -15,7 +15,7 @@ use ferry_replicator::replicate::Registries;
 use ferry_replicator::store::history::{
     ExecutionQuery, ExecutionState, History, RedisHistory, Retention,
 };
-use ferry_replicator::store::queue::RedisQueue;
+use ferry_replicator::store::queue::{RedisQueue, RegionLock};
 use ferry_replicator::store::{StartedBy, Store};
 use ferry_testkit::RedisServer;
 use serde_json::json;
@@ -45,9 +45,8 @@ async fn scheduler(config: &Config, redis: &RedisServer, holder: &str) -> Schedu
         config,
         &registries,
         store.jobs,
-        store.leases,
         store.history,
-        holder,
+        RegionLock::new(store.leases, holder),
         ScheduleMetrics::default(),
     )
     .unwrap()

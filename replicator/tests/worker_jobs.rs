@@ -19,7 +19,7 @@ use ferry_replicator::store::history::{
     ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, TaskState,
 };
 use ferry_replicator::store::queue::memory::MemoryQueue;
-use ferry_replicator::store::queue::{DeadLetters, Job, JobQueue};
+use ferry_replicator::store::queue::{DeadLetters, Job, JobQueue, RegionLock};
 use ferry_replicator::store::{StartedBy, Store};
 use ferry_replicator::worker::{JobOutcome, Worker, WorkerOptions};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
@@ -387,8 +387,7 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
         &s.config,
         &s.registries,
         s.queue.clone(),
-        s.queue.clone(),
-        "test",
+        RegionLock::new(s.queue.clone(), "test"),
         ReconcileMetrics::default(),
     )
     .unwrap();
@@ -705,8 +704,7 @@ async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_n
         &s.config,
         &s.registries,
         s.queue.clone(),
-        s.queue.clone(),
-        "test",
+        RegionLock::new(s.queue.clone(), "test"),
         ReconcileMetrics::default(),
     )
     .unwrap();

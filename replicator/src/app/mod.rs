@@ -56,6 +56,7 @@ use crate::runtime::background::{Statuses, Supervisor};
 use crate::runtime::listener::{HttpListener, ListenError, ListenFlags};
 use crate::runtime::ops::ProcessMetrics;
 use crate::runtime::shutdown_signal;
+use crate::store::queue::RegionLock;
 use crate::store::redis::ConnectError;
 use crate::throttle::SharedSpeed;
 use crate::worker::{Worker, WorkerMetrics, WorkerOptions};
@@ -487,8 +488,7 @@ impl Parts {
                 &self.config,
                 &self.registries,
                 self.backend.store.jobs.clone(),
-                self.backend.store.leases.clone(),
-                holder,
+                RegionLock::new(self.backend.store.leases.clone(), holder),
                 metrics,
             )?
             .in_region(region, &self.config, &self.registries)?,
@@ -505,9 +505,8 @@ impl Parts {
             &self.config,
             &self.registries,
             self.backend.store.jobs.clone(),
-            self.backend.store.leases.clone(),
             self.backend.store.history.clone(),
-            holder,
+            RegionLock::new(self.backend.store.leases.clone(), holder),
             ScheduleMetrics::register(&mut self.metrics),
         )?);
         self.reload.push(scheduler.clone());

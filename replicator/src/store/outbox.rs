@@ -173,7 +173,12 @@ impl RedisOutbox {
 #[async_trait::async_trait]
 impl Outbox for RedisOutbox {
     async fn append(&self, region: &str, entry: &Forwarded) -> Result<(), StoreError> {
-        let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(entry).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "outbox entry for region {region} (event {}) does not serialize: {e}",
+                entry.event.id
+            ))
+        })?;
         let mut con = self.redis.connection();
         bounded(
             redis::cmd("XADD")

@@ -331,6 +331,31 @@ pub trait BlobLeases: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// A lock with expiry that one process of a region holds at a time, taken as a blob lease on the
+/// pseudo-destination `ferry`: the scheduler takes one per tick, the safety net one per pass.
+#[derive(Clone)]
+pub struct RegionLock {
+    leases: std::sync::Arc<dyn BlobLeases>,
+    /// This process's name in the lease.
+    holder: String,
+}
+
+impl RegionLock {
+    pub fn new(leases: std::sync::Arc<dyn BlobLeases>, holder: &str) -> RegionLock {
+        RegionLock {
+            leases,
+            holder: holder.to_string(),
+        }
+    }
+
+    /// Tries to take `key` for `ttl`; false when another process holds it.
+    pub async fn try_take(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.leases
+            .lease_blob("ferry", key, &self.holder, ttl)
+            .await
+    }
+}
+
 /// Paused policies and the jobs parked while they are paused.
 #[async_trait::async_trait]
 pub trait Pauses: Send + Sync + 'static {
