@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ferry_replicator::app::{Daemon, DaemonOptions, QueueOptions, RegionOptions, WebhookOptions};
-use ferry_replicator::config::Config;
+use ferry_replicator::config::{Config, Region};
 use ferry_replicator::regions::ForwardTls;
 use ferry_replicator::runtime::listener::ListenFlags;
 use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
@@ -135,7 +135,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pollers: true,
         admin: None,
         regions: Some(RegionOptions {
-            region: args.region,
+            region: Region::new(&args.region),
             forward_listen: args.forward_listen,
             token_file: args.forward_token_file,
             tls: ForwardTls {

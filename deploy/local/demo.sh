@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
-# Ferry in one command: installs Debian's registry and skopeo if missing, starts two local
+# Ferry in one command: installs what is missing (deploy/local/setup.sh), starts two local
 # registries (127.0.0.1:5001 = "src", 127.0.0.1:5002 = "dst"), pushes sample images to src with
 # skopeo, shows the drift, syncs with ferry, and shows that a resync moves nothing.
 # Everything lives in a temp dir and the registries stop when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
-  echo "==> installing docker-registry and skopeo (Debian packages)"
-  ${SUDO:-$([ "$(id -u)" -eq 0 ] || echo sudo)} apt-get update -q
-  ${SUDO:-$([ "$(id -u)" -eq 0 ] || echo sudo)} apt-get install -y -q --no-install-recommends docker-registry skopeo
-fi
+bash deploy/local/setup.sh --no-nextest
 echo "==> building ferry"
 cargo build --release -q -p ferry-replicator -p ferry-testkit
 FERRY=target/release/ferry

@@ -37,8 +37,8 @@
 //!   watch, settle), recording each in the history.
 //! - [`replicate`]: the per-job algorithm: one tag to one destination (`replicate::tag`),
 //!   referrers, digest-guarded deletes, a full sync of a policy, drift by digest.
-//! - [`transfer`]: moves one manifest graph — **the file that decides whether a blob is skipped,
-//!   mounted or copied**, and how an upload resumes.
+//! - [`transfer`]: moves one manifest graph — **`transfer/mod.rs` is the file that decides
+//!   whether a blob is skipped, mounted or copied**; `transfer::upload` how an upload resumes.
 //! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts).
 //!
 //! **Control — operators**

@@ -695,7 +695,7 @@ async fn event_times_are_clamped_before_they_reach_the_jobs_and_the_conflict_led
     let skew = Duration::from_secs(120);
     let sink = EventSink {
         queue: queue.clone() as Arc<dyn JobQueue>,
-        region: String::new(),
+        region: ferry_replicator::config::Region::single_site(),
         outbox: None,
         ledger: Some(ledger.clone() as Arc<dyn TagLedger>),
     };

@@ -10,14 +10,13 @@ use std::sync::Arc;
 use futures_util::FutureExt as _;
 
 use super::{AppError, DaemonOptions, Parts, Pending, PendingRoutine, RegionOptions};
-use crate::config::{Config, RegionConfig};
+use crate::config::{Config, Region, RegionConfig};
 use crate::regions::{self, ForwardMetrics, ForwardService, Forwarder};
 use crate::runtime::listener;
 
 /// What `--region` and the config say this agent forwards, checked before connecting.
 pub(super) struct Plan {
-    /// Empty on a single site.
-    pub region: String,
+    pub region: Region,
     /// The other declared regions (none on a single site).
     peers: Vec<RegionConfig>,
     tokens: Vec<String>,
@@ -25,11 +24,14 @@ pub(super) struct Plan {
 
 impl Plan {
     pub fn new(options: &RegionOptions, config: &Config, path: &Path) -> Result<Plan, AppError> {
-        let region = options.region.trim().to_string();
-        if !region.is_empty() && !config.regions.iter().any(|r| r.name == region) {
+        let region = options.region.clone();
+        if let Some(name) = region
+            .name()
+            .filter(|n| !config.regions.iter().any(|r| &r.name == n))
+        {
             let declared: Vec<&str> = config.regions.iter().map(|r| r.name.as_str()).collect();
             return Err(AppError::UnknownRegion {
-                region,
+                region: name.to_string(),
                 config: path.display().to_string(),
                 declared: if declared.is_empty() {
                     "none".to_string()
@@ -38,7 +40,12 @@ impl Plan {
                 },
             });
         }
-        if region.is_empty() && !config.regions.is_empty() {
+        if region.name().is_none() && options.forward_listen.is_some() {
+            return Err(AppError::Unusable(
+                "--forward-listen needs --region: other regions forward to a named region".into(),
+            ));
+        }
+        if region.name().is_none() && !config.regions.is_empty() {
             tracing::warn!(
                 "the config declares regions but --region (FERRY_REGION) is not set: every event is handled in this region and nothing is forwarded"
             );
@@ -46,14 +53,16 @@ impl Plan {
         let peers: Vec<RegionConfig> = config
             .regions
             .iter()
-            .filter(|r| !region.is_empty() && r.name != region)
+            .filter(|r| region.name().is_some() && !region.is(&r.name))
             .cloned()
             .collect();
         let tokens =
             crate::tokens::load(options.token_file.as_deref(), regions::TOKEN_ENV, "forward")
                 .map_err(AppError::Unusable)?;
         if tokens.is_empty() && !(peers.is_empty() && options.forward_listen.is_none()) {
-            return Err(AppError::NoForwardToken { region });
+            return Err(AppError::NoForwardToken {
+                region: region.recorded(),
+            });
         }
         Ok(Plan {
             region,
@@ -87,7 +96,8 @@ pub(super) async fn build(
         tokens,
     } = plan;
     let queue = parts.backend.store.jobs.clone();
-    let Some(outbox) = parts.backend.outbox.clone() else {
+    // A single site has no peers and no Forward endpoint (see `Plan::new`).
+    let (Some(outbox), Some(region)) = (parts.backend.outbox.clone(), region.name()) else {
         // In process there is no outbox, and nobody to forward to.
         return Ok(Forwarding {
             service: None,
@@ -98,7 +108,7 @@ pub(super) async fn build(
     let mut routines: Vec<PendingRoutine> = Vec::new();
     for peer in &peers {
         let forwarder = Forwarder::new(
-            &region,
+            region,
             peer,
             outbox.clone(),
             tokens.first().map_or("", String::as_str),
@@ -117,7 +127,7 @@ pub(super) async fn build(
         });
     };
     let service = Arc::new(
-        ForwardService::new(&region, &o.config, queue, outbox, tokens, metrics)
+        ForwardService::new(region, &o.config, queue, outbox, tokens, metrics)
             .map_err(AppError::Unusable)?
             .with_max_clock_skew(o.max_clock_skew),
     );

@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 pub use backend::{Backend, QueueOptions};
 
 use crate::catalog::{watch_and_reload, Reload};
-use crate::config::{Config, CredentialRules, CredentialsDirError};
+use crate::config::{Config, CredentialRules, CredentialsDirError, Region};
 use crate::control::safety_net::{ReconcileMetrics, Reconciler};
 use crate::control::schedule::{ScheduleMetrics, Scheduler};
 use crate::ingest::harbor::HarborOptions;
@@ -151,8 +151,8 @@ pub struct AdminOptions {
 /// This process's region and how it talks to the others (`ferry-agent`).
 #[derive(Debug, Clone, Default)]
 pub struct RegionOptions {
-    /// `--region`; empty on a single site, where every event is handled here.
-    pub region: String,
+    /// `--region`; a single site, where every event is handled here, without it.
+    pub region: Region,
     /// `--forward-listen`: where other regions deliver their events.
     pub forward_listen: Option<String>,
     /// `--forward-token-file`; without it `FERRY_FORWARD_TOKEN`.
@@ -482,7 +482,7 @@ impl Parts {
         if interval.is_zero() {
             return Ok(());
         }
-        let region = regions.map_or("", |r| r.region.as_str());
+        let region = regions.map_or_else(Region::single_site, |r| r.region.clone());
         let reconciler = Arc::new(
             Reconciler::new(
                 &self.config,
@@ -558,7 +558,7 @@ impl Parts {
     fn sink(&self, regions: Option<&forwarding::Plan>) -> EventSink {
         EventSink {
             queue: self.backend.store.jobs.clone(),
-            region: regions.map(|r| r.region.clone()).unwrap_or_default(),
+            region: regions.map_or_else(Region::single_site, |r| r.region.clone()),
             outbox: regions.and(self.backend.outbox.clone()),
             ledger: Some(self.backend.tag_ledger.clone()),
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_replicator::app::{AdminOptions, Daemon, DaemonOptions, QueueOptions};
-use ferry_replicator::config::Config;
+use ferry_replicator::config::{Config, Region};
 use ferry_replicator::policy::Policy;
 use ferry_replicator::replicate::drift::{diff_policy, DriftReport};
 use ferry_replicator::replicate::{
@@ -299,7 +299,7 @@ fn worker_options(flags: &JobFlags) -> WorkerOptions {
         concurrency: flags.concurrency.max(1),
         lease: Duration::from_secs(flags.lease_seconds.max(1)),
         grace: Duration::from_secs(flags.grace_seconds),
-        region: flags.region.clone(),
+        region: Region::new(&flags.region),
         ..WorkerOptions::default()
     }
 }

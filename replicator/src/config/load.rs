@@ -1,8 +1,9 @@
 //! Loading config and policy files: reading, shape detection, the structural walk, and how
 //! problems are reported.
 //!
-//! A document goes through three phases, and each reports **every** problem it finds, with its
-//! JSON path and a hint, before the next phase runs:
+//! A document goes through three phases, each reporting **every** problem it finds with its JSON
+//! path and a hint; when the structure has problems inside some registries or policies, the
+//! semantics of the others are still checked ([`super::partial`]), so one round shows everything:
 //! 1. syntax: serde_json, reported with line and column;
 //! 2. structure: the document is walked against the schemars schema of the types
 //!    ([`super::schema`]): unknown fields, wrong types, missing fields, bad enum values; then serde
@@ -25,6 +26,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::partial::semantic_problems_of_sound_items;
 use super::schema::{is_policy_field, join_index, structural_problems, Entry};
 use super::{Config, RegistryConfig};
 use crate::policy::Policy;
@@ -159,8 +161,11 @@ impl Config {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| fail(vec![syntax_problem(&e)]))?;
         let shape = Shape::of(&value).map_err(|p| fail(vec![p]))?;
-        let problems = structural_problems(&value, shape.entry());
+        let mut problems = structural_problems(&value, shape.entry());
         if !problems.is_empty() {
+            // Every problem in one round: the sound items are still checked semantically.
+            let semantic = semantic_problems_of_sound_items(&value, shape, &problems);
+            problems.extend(semantic);
             return Err(fail(problems));
         }
         let config = deserialize(value, shape).map_err(|p| fail(vec![p]))?;
@@ -213,7 +218,7 @@ fn syntax_problem(error: &serde_json::Error) -> Problem {
 }
 
 /// serde deserialization of a structurally valid document.
-fn deserialize(value: Value, shape: Shape) -> Result<Config, Problem> {
+pub(super) fn deserialize(value: Value, shape: Shape) -> Result<Config, Problem> {
     let result = match shape {
         Shape::Config => serde_json::from_value::<Config>(value),
         Shape::Policy => serde_json::from_value::<Policy>(value).map(|p| Config {
@@ -260,7 +265,7 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{config_with_policy, paths, problems};
+    use super::testing::{config_with_policy, paths, problems, REGISTRIES};
     use super::*;
 
     #[test]
@@ -282,6 +287,71 @@ mod tests {
             Some("https://registry.us.example:5000/")
         );
         assert!(config.registry("nope").is_none());
+    }
+
+    #[test]
+    fn schema_and_reference_problems_come_out_in_one_round() {
+        let json = format!(
+            r#"{{"registries": {REGISTRIES}, "policies": [
+                {{"name": "a", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "us"}}, "bogus": 1}},
+                {{"name": "b", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "nowhere"}}}},
+                {{"name": "b", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "ap"}}}}]}}"#
+        );
+        let problems = problems(&json);
+        let shown: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(shown[0].0, "policies[0].bogus");
+        assert!(
+            shown.contains(&(
+                "policies[1].dest_registry.name",
+                r#"unknown registry "nowhere""#
+            )),
+            "{shown:?}"
+        );
+        let duplicate = problems
+            .iter()
+            .find(|p| p.path == "policies[2].name")
+            .unwrap_or_else(|| panic!("no duplicate reported: {shown:?}"));
+        assert!(
+            duplicate
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.contains("policies[1]")),
+            "{duplicate:?}"
+        );
+    }
+
+    #[test]
+    fn a_registry_with_a_schema_problem_still_counts_as_declared() {
+        let json = r#"{"registries": [
+                {"name": "eu", "url": "https://registry.eu.example", "bogus": true},
+                {"name": "us", "url": "https://registry.us.example"}],
+            "policies": [{"name": "p", "src_registry": {"name": "eu"}, "dest_registry": {"name": "us"}}]}"#;
+        assert_eq!(paths(json), ["registries[0].bogus"]);
+    }
+
+    #[test]
+    fn a_policy_array_reports_schema_and_semantic_problems_of_different_items_together() {
+        let json = r#"[{"name": "p", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}, "bogus": 1},
+                       {"name": "q", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"},
+                        "trigger": {"type": "scheduled", "trigger_settings": {"cron": "not a cron"}}}]"#;
+        let paths = paths(json);
+        assert_eq!(paths[0], "[0].bogus");
+        assert!(
+            paths.iter().any(|p| p.starts_with("[1].trigger")),
+            "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn a_problem_outside_the_item_lists_leaves_semantics_for_the_next_round() {
+        let json = format!(
+            r#"{{"registries": {REGISTRIES}, "bogus": 1, "policies": [
+                {{"name": "b", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "nowhere"}}}}]}}"#
+        );
+        assert_eq!(paths(&json), ["bogus"]);
     }
 
     #[test]

@@ -17,9 +17,12 @@ mod check;
 mod credentials;
 mod load;
 mod model;
+mod partial;
+mod region;
 mod schema;
 
 pub use credentials::{CredentialError, CredentialRules, CredentialsDirError, API_ENV_PREFIX};
 pub use load::{ConfigError, Problem};
 pub use model::*;
+pub use region::Region;
 pub use schema::json_schema;

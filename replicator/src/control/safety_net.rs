@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use crate::catalog::Current;
 use crate::clock::now_ms;
-use crate::config::Config;
+use crate::config::{Config, Region};
 use crate::event::EventKind;
 use crate::labels::PolicyLabel;
 use crate::policy::TriggerKind;
@@ -74,7 +74,7 @@ pub struct Reconciler {
     lock: RegionLock,
     metrics: ReconcileMetrics,
     /// This process's region: only policies that run here are reconciled here.
-    region: Option<String>,
+    region: Region,
 }
 
 impl Reconciler {
@@ -88,22 +88,22 @@ impl Reconciler {
         metrics: ReconcileMetrics,
     ) -> Result<Reconciler, SyncError> {
         Ok(Reconciler {
-            policies: Current::new(event_policies(config, registries, None)?),
+            policies: Current::new(event_policies(config, registries, &Region::single_site())?),
             queue,
             lock,
             metrics,
-            region: None,
+            region: Region::single_site(),
         })
     }
 
     /// Reconciles only the policies whose jobs run in `region` (README "Regions").
     pub fn in_region(
         mut self,
-        region: &str,
+        region: Region,
         config: &Config,
         registries: &Registries,
     ) -> Result<Reconciler, SyncError> {
-        self.region = Some(region.to_string()).filter(|r| !r.is_empty());
+        self.region = region;
         self.reload(config, registries)?;
         Ok(self)
     }
@@ -112,7 +112,7 @@ impl Reconciler {
     /// the admin API); on error the old set stays.
     pub fn reload(&self, config: &Config, registries: &Registries) -> Result<(), SyncError> {
         self.policies
-            .set(event_policies(config, registries, self.region.as_deref())?);
+            .set(event_policies(config, registries, &self.region)?);
         Ok(())
     }
 
@@ -274,7 +274,7 @@ impl Routine for SafetyNet {
 fn event_policies(
     config: &Config,
     registries: &Registries,
-    region: Option<&str>,
+    region: &Region,
 ) -> Result<Vec<Arc<PreparedPolicy>>, SyncError> {
     config
         .policies

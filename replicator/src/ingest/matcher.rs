@@ -24,7 +24,7 @@
 //! [`Matcher::new`], so a policy whose filters do not compile is rejected up front.
 use std::collections::{BTreeSet, HashMap};
 
-use crate::config::Config;
+use crate::config::{Config, Region};
 use crate::event::{Event, EventKind};
 use crate::policy::{FilterKind, Mode, Policy, Selector, SelectorError, TriggerKind};
 use crate::store::queue::Job;
@@ -37,8 +37,8 @@ pub struct Matcher {
     policies: Vec<(Policy, Selector)>,
     /// Region of every registry that names one.
     regions: HashMap<String, String>,
-    /// This process's region; `None`: every job is local.
-    local: Option<String>,
+    /// This process's region; on a single site every job is local.
+    local: Region,
 }
 
 /// A policy whose filters do not compile (the config was not validated).
@@ -61,11 +61,11 @@ impl Matcher {
     /// Compiles the selectors of every enabled event-based policy of `config` (which should have
     /// passed [`Config::validate`]); every job is local.
     pub fn new(config: &Config) -> Result<Matcher, MatcherError> {
-        Matcher::for_region(config, None)
+        Matcher::for_region(config, &Region::single_site())
     }
 
     /// Like [`Matcher::new`] for a process of `region`: jobs that run elsewhere are forwarded.
-    pub fn for_region(config: &Config, region: Option<&str>) -> Result<Matcher, MatcherError> {
+    pub fn for_region(config: &Config, region: &Region) -> Result<Matcher, MatcherError> {
         let policies = config
             .policies
             .iter()
@@ -87,7 +87,7 @@ impl Matcher {
         Ok(Matcher {
             policies,
             regions,
-            local: region.filter(|r| !r.is_empty()).map(str::to_string),
+            local: region.clone(),
         })
     }
 
@@ -111,7 +111,7 @@ impl Matcher {
                 }
                 _ => route
                     .jobs
-                    .push(self.job(policy, source, event, self.local.as_deref())),
+                    .push(self.job(policy, source, event, self.local.name())),
             }
         }
         route
@@ -153,7 +153,7 @@ impl Matcher {
     }
 
     fn is_local(&self, region: &str) -> bool {
-        self.local.as_deref().is_none_or(|l| l == region)
+        self.local.runs(region)
     }
 
     fn job(&self, policy: &Policy, source: &str, event: &Event, origin: Option<&str>) -> Job {
@@ -190,16 +190,13 @@ pub fn runs_in<'a>(
     }
 }
 
-/// Whether a process of `region` (`None`: one site) runs `policy`'s jobs for content flowing from
-/// its `src_registry` — what a full reconciliation of the policy does.
-pub fn runs_here(config: &Config, policy: &Policy, region: Option<&str>) -> bool {
-    let Some(region) = region.filter(|r| !r.is_empty()) else {
-        return true;
-    };
+/// Whether a process of `region` runs `policy`'s jobs for content flowing from its
+/// `src_registry` — what a full reconciliation of the policy does.
+pub fn runs_here(config: &Config, policy: &Policy, region: &Region) -> bool {
     runs_in(policy, &policy.src_registry.name, |name| {
         config.registry(name)?.region.as_deref()
     })
-    .is_none_or(|r| r == region)
+    .is_none_or(|r| region.runs(r))
 }
 
 /// The registry content flows from when `registry` changed: itself when it is the policy's
@@ -457,7 +454,7 @@ mod tests {
             ),
         ]));
         let push = event(EventKind::Push, "platform/api", Some("v1"), Some(DIGEST));
-        let eu = Matcher::for_region(&config, Some("eu")).unwrap();
+        let eu = Matcher::for_region(&config, &Region::new("eu")).unwrap();
         let route = eu.route(&push);
         assert_eq!(names(&route.jobs), vec!["push"]);
         assert_eq!(route.jobs[0].origin_region.as_deref(), Some("eu"));
@@ -466,13 +463,13 @@ mod tests {
             vec!["ap", "us"]
         );
         // us runs what eu forwarded, with eu as origin, and forwards nothing.
-        let us = Matcher::for_region(&config, Some("us")).unwrap();
+        let us = Matcher::for_region(&config, &Region::new("us")).unwrap();
         let forwarded = us.forwarded_jobs(&push, "eu");
         assert_eq!(names(&forwarded), vec!["pull", "bidi"]);
         assert!(forwarded
             .iter()
             .all(|j| j.origin_region.as_deref() == Some("eu") && j.source.is_none()));
-        let ap = Matcher::for_region(&config, Some("ap")).unwrap();
+        let ap = Matcher::for_region(&config, &Region::new("ap")).unwrap();
         assert_eq!(names(&ap.forwarded_jobs(&push, "eu")), vec!["relay"]);
         // A push in us flows back to eu through the bidirectional policy, run by eu.
         let mut in_us = push.clone();

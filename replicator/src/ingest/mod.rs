@@ -41,6 +41,7 @@ pub use matcher::{Matcher, Route};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::config::Region;
 use crate::event::{Event, EventKind};
 use crate::policy::NameError;
 use crate::store::ledger::{TagLedger, TagWrite};
@@ -53,8 +54,8 @@ use crate::store::StoreError;
 #[derive(Clone)]
 pub struct EventSink {
     pub queue: Arc<dyn JobQueue>,
-    /// This process's region (`--region`); empty on a single site, where nothing is forwarded.
-    pub region: String,
+    /// This process's region (`--region`); on a single site nothing is forwarded.
+    pub region: Region,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub ledger: Option<Arc<dyn TagLedger>>,
 }
@@ -64,7 +65,7 @@ impl From<Arc<dyn JobQueue>> for EventSink {
     fn from(queue: Arc<dyn JobQueue>) -> EventSink {
         EventSink {
             queue,
-            region: String::new(),
+            region: Region::single_site(),
             outbox: None,
             ledger: None,
         }
@@ -79,9 +80,9 @@ impl<Q: JobQueue + 'static> From<Arc<Q>> for EventSink {
 }
 
 impl EventSink {
-    /// The region given to matchers (`None` on a single site).
-    pub fn region(&self) -> Option<&str> {
-        Some(self.region.as_str()).filter(|r| !r.is_empty())
+    /// This process's region, given to matchers.
+    pub fn region(&self) -> &Region {
+        &self.region
     }
 
     /// Everything but the local jobs: records a user's push of a tag of a bidirectional policy's
@@ -100,7 +101,7 @@ impl EventSink {
                 let write = TagWrite {
                     digest: digest.clone(),
                     at_ms: event.occurred_at_ms,
-                    region: self.region.clone(),
+                    region: self.region.recorded(),
                 };
                 ledger
                     .record_write(&event.registry, &event.repository, tag, &write)
@@ -118,7 +119,7 @@ impl EventSink {
         };
         let entry = Forwarded {
             event: event.clone(),
-            origin_region: self.region.clone(),
+            origin_region: self.region.recorded(),
         };
         for region in forward {
             outbox.append(region, &entry).await?;

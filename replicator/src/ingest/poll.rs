@@ -372,11 +372,12 @@ impl Poller {
             let Some(secs) = r.poll_interval_seconds else {
                 continue;
             };
-            if let (Some(theirs), Some(ours)) = (&r.region, sink.region()) {
-                if theirs != ours {
-                    // Its own region polls it.
-                    continue;
-                }
+            if r.region
+                .as_deref()
+                .is_some_and(|theirs| !sink.region().runs(theirs))
+            {
+                // Its own region polls it.
+                continue;
             }
             let mut covered = Vec::new();
             for p in config.policies.iter().filter(|p| {

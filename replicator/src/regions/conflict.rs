@@ -37,6 +37,17 @@ impl TagWrite {
     }
 }
 
+impl std::fmt::Display for TagWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let region = crate::config::Region::new(&self.region);
+        write!(
+            f,
+            "{} (pushed in {region} at {} ms)",
+            self.digest, self.at_ms
+        )
+    }
+}
+
 /// What the source and destination heads of a tag decide before the ledger is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Heads {

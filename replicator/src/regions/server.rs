@@ -29,7 +29,7 @@ use ferry_proto::v1 as pb;
 
 use super::ForwardMetrics;
 use crate::catalog::{Current, Reload};
-use crate::config::Config;
+use crate::config::{Config, Region};
 use crate::event::TimeClamp;
 use crate::ingest::Matcher;
 use crate::policy::quoted;
@@ -59,7 +59,8 @@ struct Accepting {
 impl Accepting {
     fn new(region: &str, config: &Config) -> Result<Accepting, String> {
         Ok(Accepting {
-            matcher: Matcher::for_region(config, Some(region)).map_err(|e| e.to_string())?,
+            matcher: Matcher::for_region(config, &Region::new(region))
+                .map_err(|e| e.to_string())?,
             peers: config
                 .regions
                 .iter()

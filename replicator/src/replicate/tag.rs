@@ -66,6 +66,9 @@ fn refused_sparse_index(e: TransferError, sparse: bool, registry: &str) -> Trans
     }
 }
 
+/// Replicates `tag` of `repo` to `dst_repo` on `ctx.dst`: unchanged, kept (`override: false`),
+/// copied or skipped; then, when the policy copies referrers, its referrers (counted in
+/// `referrers_copied`).
 pub(super) async fn copy_tag(
     prepared: &PreparedPolicy,
     ctx: &TransferContext,
@@ -98,87 +101,110 @@ pub(super) async fn copy_tag(
                 destination_digest: d.digest.to_string(),
             });
         }
-        _ => {
-            if prepared.selector.has_label_filters() {
-                let labels = ctx.src.harbor_labels(src_repo, tag).await?.ok_or_else(|| {
-                    TransferError::Policy(format!(
-                        "label filter: registry {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
-                        ctx.src.name()
-                    ))
-                })?;
-                if !prepared.selector.matches_labels(&labels) {
-                    return Ok(TagOutcome::Skipped {
-                        reason: format!("excluded by the label filter (labels: {labels:?})"),
-                    });
-                }
-            }
-            let manifest = match ctx.src.get_manifest(src_repo, tag).await {
-                Ok(m) => m,
-                Err(e) if e.is_not_found() => {
-                    return Ok(TagOutcome::Skipped {
-                        reason: TAG_GONE.into(),
-                    })
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let graph = manifest.graph().map_err(|source| TransferError::Manifest {
-                registry: ctx.src.name().to_string(),
-                repository: src_repo.clone(),
-                digest: manifest.digest.to_string(),
-                source,
-            })?;
-            if !prepared.selector.matches_resource(graph.is_image()) {
-                return Ok(TagOutcome::Skipped {
-                    reason: "excluded by the resource filter".into(),
-                });
-            }
-            // A referrer pushed under the tag scheme (its own event) follows the artifact_type
-            // filter like a referrer found through its subject.
-            if is_referrer_tag(tag)
-                && !prepared
-                    .selector
-                    .matches_artifact_type(manifest.artifact_type().as_deref())
-            {
-                return Ok(TagOutcome::Skipped {
-                    reason: "excluded by the artifact_type filter".into(),
-                });
-            }
-            transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
-            let sparse = matches!(graph, ManifestGraph::Index { .. })
-                && prepared.selector.has_platform_filter();
-            transfer::push_manifest(ctx, dst_repo, tag, &manifest)
-                .await
-                .map_err(|e| refused_sparse_index(e, sparse, ctx.dst.name()))?;
-            verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
-            TagOutcome::Copied {
-                digest: manifest.digest.to_string(),
-            }
-        }
+        _ => copy_manifest(prepared, ctx, src_repo, dst_repo, tag).await?,
     };
     if prepared.policy.copy_referrers {
-        let subject = match (&outcome, referrers) {
-            (TagOutcome::Copied { digest }, _)
-            | (TagOutcome::Unchanged { digest }, Referrers::Always) => {
-                digest.parse::<Digest>().ok()
-            }
-            _ => None,
-        };
-        if let Some(subject) = subject {
-            // Referrer tags are found in the repository's tag list; a job listed none up front.
-            let listed;
-            let repo = if repo.all_tags.is_empty() {
-                listed = SourceRepo {
-                    all_tags: ctx.src.list_tags(&repo.repository).await?,
-                    ..repo.clone()
-                };
-                &listed
-            } else {
-                repo
-            };
-            *referrers_copied += copy_referrers(prepared, ctx, repo, dst_repo, &subject, 0).await?;
-        }
+        *referrers_copied +=
+            follow_referrers(prepared, ctx, repo, dst_repo, &outcome, referrers).await?;
     }
     Ok(outcome)
+}
+
+/// Copies the source's manifest of `tag` (its graph first) unless a filter excludes it, pushes it
+/// by tag and confirms the destination answers its digest.
+async fn copy_manifest(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    src_repo: &str,
+    dst_repo: &str,
+    tag: &str,
+) -> Result<TagOutcome, TransferError> {
+    if prepared.selector.has_label_filters() {
+        let labels = ctx.src.harbor_labels(src_repo, tag).await?.ok_or_else(|| {
+            TransferError::Policy(format!(
+                "label filter: registry {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
+                ctx.src.name()
+            ))
+        })?;
+        if !prepared.selector.matches_labels(&labels) {
+            return Ok(TagOutcome::Skipped {
+                reason: format!("excluded by the label filter (labels: {labels:?})"),
+            });
+        }
+    }
+    let manifest = match ctx.src.get_manifest(src_repo, tag).await {
+        Ok(m) => m,
+        Err(e) if e.is_not_found() => {
+            return Ok(TagOutcome::Skipped {
+                reason: TAG_GONE.into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let graph = manifest.graph().map_err(|source| TransferError::Manifest {
+        registry: ctx.src.name().to_string(),
+        repository: src_repo.to_string(),
+        digest: manifest.digest.to_string(),
+        source,
+    })?;
+    if !prepared.selector.matches_resource(graph.is_image()) {
+        return Ok(TagOutcome::Skipped {
+            reason: "excluded by the resource filter".into(),
+        });
+    }
+    // A referrer pushed under the tag scheme (its own event) follows the artifact_type
+    // filter like a referrer found through its subject.
+    if is_referrer_tag(tag)
+        && !prepared
+            .selector
+            .matches_artifact_type(manifest.artifact_type().as_deref())
+    {
+        return Ok(TagOutcome::Skipped {
+            reason: "excluded by the artifact_type filter".into(),
+        });
+    }
+    transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
+    let sparse =
+        matches!(graph, ManifestGraph::Index { .. }) && prepared.selector.has_platform_filter();
+    transfer::push_manifest(ctx, dst_repo, tag, &manifest)
+        .await
+        .map_err(|e| refused_sparse_index(e, sparse, ctx.dst.name()))?;
+    verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
+    Ok(TagOutcome::Copied {
+        digest: manifest.digest.to_string(),
+    })
+}
+
+/// Copies the referrers of a copied tag's manifest (and of an unchanged one's when `referrers`
+/// says `Always`). Returns how many were pushed.
+async fn follow_referrers(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repo: &SourceRepo,
+    dst_repo: &str,
+    outcome: &TagOutcome,
+    referrers: Referrers,
+) -> Result<u64, TransferError> {
+    let subject = match (outcome, referrers) {
+        (TagOutcome::Copied { digest }, _)
+        | (TagOutcome::Unchanged { digest }, Referrers::Always) => digest.parse::<Digest>().ok(),
+        _ => None,
+    };
+    let Some(subject) = subject else {
+        return Ok(0);
+    };
+    // Referrer tags are found in the repository's tag list; a job listed none up front.
+    let listed;
+    let repo = if repo.all_tags.is_empty() {
+        listed = SourceRepo {
+            all_tags: ctx.src.list_tags(&repo.repository).await?,
+            ..repo.clone()
+        };
+        &listed
+    } else {
+        repo
+    };
+    copy_referrers(prepared, ctx, repo, dst_repo, &subject, 0).await
 }
 
 /// Replicates one `repository:reference` (tag or digest) on `ctx.dst`, level-triggered: whatever

@@ -30,21 +30,6 @@ pub struct TagWrite {
     pub region: String,
 }
 
-impl std::fmt::Display for TagWrite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let region = if self.region.is_empty() {
-            "this site"
-        } else {
-            &self.region
-        };
-        write!(
-            f,
-            "{} (pushed in {region} at {} ms)",
-            self.digest, self.at_ms
-        )
-    }
-}
-
 /// The last write of each tag of the registries this region writes.
 #[async_trait::async_trait]
 pub trait TagLedger: Send + Sync {

@@ -213,7 +213,7 @@ impl Worker {
             region: job
                 .origin_region
                 .clone()
-                .unwrap_or_else(|| self.opts.region.clone()),
+                .unwrap_or_else(|| self.opts.region.recorded()),
         };
         let last = self
             .tag_writes

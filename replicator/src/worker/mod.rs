@@ -45,7 +45,7 @@ pub use self::pause::PAUSED_TTL;
 pub use self::record::finish_run_if_done;
 use crate::catalog::Current;
 use crate::clock::now_ms;
-use crate::config::Config;
+use crate::config::{Config, Region};
 use crate::replicate::delete::DeleteOutcome;
 use crate::replicate::policies::Policies;
 use crate::replicate::{Registries, SyncError, TagOutcome};
@@ -74,8 +74,9 @@ pub struct WorkerOptions {
     pub blob_parallelism: usize,
     /// How often the worker announces itself in the history (listed as live for 3 periods).
     pub heartbeat: Duration,
-    /// Region name shown in the worker list.
-    pub region: String,
+    /// This worker's region: shown in the worker list, and recorded as where a tag write was
+    /// made when the job does not say.
+    pub region: Region,
 }
 
 impl Default for WorkerOptions {
@@ -88,7 +89,7 @@ impl Default for WorkerOptions {
             grace: Duration::from_secs(20),
             blob_parallelism: 8,
             heartbeat: Duration::from_secs(5),
-            region: String::new(),
+            region: Region::single_site(),
         }
     }
 }
@@ -279,7 +280,7 @@ impl Worker {
         WorkerInfo {
             id: self.opts.consumer.clone(),
             host: hostname(),
-            region: self.opts.region.clone(),
+            region: self.opts.region.recorded(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at_ms: self.started_at_ms,

@@ -21,11 +21,21 @@ impl Config {
     /// Every semantic problem of the document loaded as `shape`. Registry references are checked
     /// only when `check_registry_refs` (a policy file has no registries to check them against).
     pub(super) fn check(&self, shape: Shape, check_registry_refs: bool) -> Vec<Problem> {
+        let declared =
+            check_registry_refs.then(|| self.registries.iter().map(|r| r.name.clone()).collect());
+        self.check_against(shape, declared)
+    }
+
+    /// [`Config::check`] with the registry names references may use (`None`: references are not
+    /// checked); a document's registries that could not be loaded still count as declared.
+    pub(super) fn check_against(
+        &self,
+        shape: Shape,
+        declared: Option<Vec<String>>,
+    ) -> Vec<Problem> {
         let mut problems = Vec::new();
         registries::check(&self.registries, &mut problems);
-        let declared: Vec<String> = self.registries.iter().map(|r| r.name.clone()).collect();
-        let refs = check_registry_refs.then_some(declared.as_slice());
-        policies::check(&self.policies, shape, refs, &mut problems);
+        policies::check(&self.policies, shape, declared.as_deref(), &mut problems);
         regions::check(self, shape, &mut problems);
         problems
     }
