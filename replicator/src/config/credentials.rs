@@ -114,63 +114,107 @@ fn auth_key_depth(key: &str) -> usize {
 
 /// Reads the docker/podman auth file entry for the registry at `registry_url`.
 fn from_auth_file(file: &Path, registry_url: &str) -> Result<Secret, String> {
-    let shown = file.display();
-    let url =
-        url::Url::parse(registry_url).map_err(|_| "the registry URL is invalid".to_string())?;
-    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    let authority = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.clone(),
-    };
-    let matches_host = |key_host: &str| {
-        key_host == authority
-            || (DOCKER_HUB.contains(&host.as_str()) && DOCKER_HUB.contains(&key_host))
-    };
-
-    let text = std::fs::read(file).map_err(|e| format!("cannot read auth file {shown}: {e}"))?;
-    // Only the position of a syntax error is reported: the file holds secrets.
-    let document: Value = serde_json::from_slice(&text).map_err(|e| {
-        format!(
-            "auth file {shown} is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        )
-    })?;
+    let target = AuthTarget::new(registry_url)?;
+    let document = read_auth_document(file)?;
     let auths = document.get("auths").and_then(Value::as_object);
-    // An exact `host[:port]` key wins over a repository-scoped one (`host/namespace`).
-    let entry = auths.and_then(|auths| {
+    let Some(entry) = auths.and_then(|auths| target.entry(auths)) else {
+        return Err(target.no_entry(file, &document, auths));
+    };
+    entry_secret(entry, &target.authority, file)
+}
+
+/// The registry an auth file is searched for.
+struct AuthTarget {
+    /// Its host, lowercase (Docker Hub's aliases are recognized by it).
+    host: String,
+    /// `host[:port]`, as auth file keys name it.
+    authority: String,
+}
+
+impl AuthTarget {
+    /// The target for the registry at `registry_url`.
+    fn new(registry_url: &str) -> Result<AuthTarget, String> {
+        let url =
+            url::Url::parse(registry_url).map_err(|_| "the registry URL is invalid".to_string())?;
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
+        Ok(AuthTarget { host, authority })
+    }
+
+    /// Whether an auth file key's `host[:port]` names this registry (any Docker Hub alias names
+    /// Docker Hub).
+    fn matches_host(&self, key_host: &str) -> bool {
+        key_host == self.authority
+            || (DOCKER_HUB.contains(&self.host.as_str()) && DOCKER_HUB.contains(&key_host))
+    }
+
+    /// The `auths` entry for this registry.
+    fn entry<'a>(&self, auths: &'a serde_json::Map<String, Value>) -> Option<&'a Value> {
+        // An exact `host[:port]` key wins over a repository-scoped one (`host/namespace`).
         let mut candidates: Vec<(&String, &Value)> = auths
             .iter()
-            .filter(|(key, _)| matches_host(&auth_key_host(key)))
+            .filter(|(key, _)| self.matches_host(&auth_key_host(key)))
             .collect();
         candidates.sort_by_key(|(key, _)| auth_key_depth(key));
         candidates.first().map(|(_, entry)| *entry)
-    });
-    let Some(entry) = entry else {
+    }
+
+    /// The error for an auth `file` without an entry for this registry: the credential helper it
+    /// delegates to, else the entries it has.
+    fn no_entry(
+        &self,
+        file: &Path,
+        document: &Value,
+        auths: Option<&serde_json::Map<String, Value>>,
+    ) -> String {
+        let shown = file.display();
+        let authority = &self.authority;
         let helper = document
             .get("credHelpers")
             .and_then(|h| h.as_object())
-            .and_then(|h| h.iter().find(|(k, _)| matches_host(&auth_key_host(k))))
+            .and_then(|h| h.iter().find(|(k, _)| self.matches_host(&auth_key_host(k))))
             .and_then(|(_, v)| v.as_str())
             .or_else(|| document.get("credsStore").and_then(Value::as_str));
         if let Some(helper) = helper {
-            return Err(format!(
+            return format!(
                 "auth file {shown} has no `auths` entry for {authority}: it delegates to the credential helper `docker-credential-{helper}`, which Ferry does not run; log in with `--authfile`/`--config` pointing at a plain file"
-            ));
+            );
         }
         let known: Vec<&str> = auths
             .map(|a| a.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        return Err(format!(
+        format!(
             "auth file {shown} has no entry for {authority} (entries: {})",
             if known.is_empty() {
                 "none".to_string()
             } else {
                 known.join(", ")
             }
-        ));
-    };
+        )
+    }
+}
 
+/// The JSON document of an auth `file`.
+fn read_auth_document(file: &Path) -> Result<Value, String> {
+    let shown = file.display();
+    let text = std::fs::read(file).map_err(|e| format!("cannot read auth file {shown}: {e}"))?;
+    // Only the position of a syntax error is reported: the file holds secrets.
+    serde_json::from_slice(&text).map_err(|e| {
+        format!(
+            "auth file {shown} is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+/// The credential an auth file `entry` for `authority` holds: `auth` (base64 of `user:password`),
+/// else `username` and `password`.
+fn entry_secret(entry: &Value, authority: &str, file: &Path) -> Result<Secret, String> {
+    let shown = file.display();
     let field = |name: &str| {
         entry
             .get(name)
@@ -545,6 +589,28 @@ mod tests {
             bad.message.contains("not valid JSON") && !bad.message.contains("secret-ish"),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn an_auth_value_without_base64_padding_is_read_too() {
+        let padded = base64::engine::general_purpose::STANDARD.encode("u:pw");
+        assert!(
+            padded.ends_with('='),
+            "the test needs a value that is padded normally"
+        );
+        let entry = serde_json::json!({ "auth": padded.trim_end_matches('=') });
+        assert_eq!(
+            entry_secret(&entry, "r.example", Path::new("auth.json")),
+            Ok(basic("u", "pw"))
+        );
+    }
+
+    #[test]
+    fn a_registry_without_an_entry_is_told_of_the_creds_store_it_delegates_to() {
+        let target = AuthTarget::new("https://r.example").unwrap();
+        let document = serde_json::json!({ "auths": {}, "credsStore": "desktop" });
+        let message = target.no_entry(Path::new("auth.json"), &document, None);
+        assert!(message.contains("docker-credential-desktop"), "{message}");
     }
 
     // --- rules for registries stored through the admin API ------------------------------------

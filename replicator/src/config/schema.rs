@@ -356,44 +356,67 @@ impl<'a> Walker<'a> {
 
         // An internally tagged enum: every branch pins the same property with a `const`.
         if let Some(tag) = tag_property(&others) {
-            let Value::Object(map) = value else {
-                self.push(
-                    path.to_string(),
-                    format!("expected an object, found {}", describe_value(value)),
-                    description.map(str::to_string),
-                );
-                return;
-            };
-            let consts: Vec<Value> = others
-                .iter()
-                .filter_map(|b| b.pointer(&format!("/properties/{tag}/const")).cloned())
-                .collect();
-            match map.get(&tag) {
-                None => {
-                    let names: Vec<String> = consts
-                        .iter()
-                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                        .collect();
-                    self.push(
-                        join_key(path, &tag),
-                        format!("missing required field `{tag}`"),
-                        Some(format!("expected one of: {}", names.join(", "))),
-                    );
-                }
-                Some(tag_value) => {
-                    let branch = others.iter().find(|b| {
-                        b.pointer(&format!("/properties/{tag}/const")) == Some(tag_value)
-                    });
-                    match branch {
-                        Some(branch) => self.walk(branch, value, path, description),
-                        None => self.bad_value(&join_key(path, &tag), tag_value, &consts),
-                    }
-                }
-            }
+            self.tagged_enum(&others, &tag, value, path, description);
             return;
         }
+        self.closest_branch(others, value, path, description);
+    }
 
-        // Generic: accept the first branch without problems, else report the closest branch.
+    /// An internally tagged enum: walks the branch whose `const` matches `value`'s `tag` property,
+    /// else reports the missing or unknown tag.
+    fn tagged_enum(
+        &mut self,
+        others: &[&'a Value],
+        tag: &str,
+        value: &Value,
+        path: &str,
+        description: Option<&'a str>,
+    ) {
+        let Value::Object(map) = value else {
+            self.push(
+                path.to_string(),
+                format!("expected an object, found {}", describe_value(value)),
+                description.map(str::to_string),
+            );
+            return;
+        };
+        let consts: Vec<Value> = others
+            .iter()
+            .filter_map(|b| b.pointer(&format!("/properties/{tag}/const")).cloned())
+            .collect();
+        match map.get(tag) {
+            None => {
+                let names: Vec<String> = consts
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect();
+                self.push(
+                    join_key(path, tag),
+                    format!("missing required field `{tag}`"),
+                    Some(format!("expected one of: {}", names.join(", "))),
+                );
+            }
+            Some(tag_value) => {
+                let branch = others
+                    .iter()
+                    .find(|b| b.pointer(&format!("/properties/{tag}/const")) == Some(tag_value));
+                match branch {
+                    Some(branch) => self.walk(branch, value, path, description),
+                    None => self.bad_value(&join_key(path, tag), tag_value, &consts),
+                }
+            }
+        }
+    }
+
+    /// Generic alternatives: accepts the first branch without problems, else reports the closest
+    /// branch's problems (the fewest).
+    fn closest_branch(
+        &mut self,
+        others: Vec<&'a Value>,
+        value: &Value,
+        path: &str,
+        description: Option<&'a str>,
+    ) {
         let mut best: Option<Vec<Problem>> = None;
         for branch in others {
             let mut trial = Walker {

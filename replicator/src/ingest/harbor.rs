@@ -59,15 +59,7 @@ pub fn parse_with_clock(
         "DELETE_ARTIFACT" => EventKind::Delete,
         other => {
             tracing::debug!(registry, event_type = other, "harbor event type ignored");
-            return Ok(Batch {
-                received: 1,
-                events: Vec::new(),
-                ignored: vec![Ignored {
-                    index: 0,
-                    kind: kind_label(other),
-                    reason: IgnoreReason::Action,
-                }],
-            });
+            return Ok(all_ignored(1, other, IgnoreReason::Action));
         }
     };
 
@@ -80,56 +72,27 @@ pub fn parse_with_clock(
     if let (Some(operator), Some(ours)) = (operator, options.ignore_operator.as_deref()) {
         if operator == ours {
             tracing::debug!(registry, operator, "harbor event caused by ferry ignored");
-            return Ok(Batch {
-                received: resources.len(),
-                events: Vec::new(),
-                ignored: (0..resources.len())
-                    .map(|index| Ignored {
-                        index,
-                        kind: kind_label(event_type),
-                        reason: IgnoreReason::OwnWrite,
-                    })
-                    .collect(),
-            });
+            return Ok(all_ignored(
+                resources.len(),
+                event_type,
+                IgnoreReason::OwnWrite,
+            ));
         }
     }
 
     let repository = read_repository(data)?;
     let occur_at = root.get("occur_at");
-    let occurred_at_ms = occur_at
-        .and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-        })
-        .and_then(|secs| secs.checked_mul(1000))
-        .unwrap_or_else(|| {
-            tracing::debug!(registry, occur_at = ?occur_at, "harbor event has no valid occur_at; using the time of receipt");
-            now_ms()
-        });
+    let occurred_at_ms = occur_at_ms(occur_at).unwrap_or_else(|| {
+        tracing::debug!(registry, occur_at = ?occur_at, "harbor event has no valid occur_at; using the time of receipt");
+        now_ms()
+    });
 
     let mut batch = Batch {
         received: resources.len(),
         ..Batch::default()
     };
     for (j, item) in resources.iter().enumerate() {
-        let path = index("event_data.resources", j);
-        let resource = json::object(item, &path)?;
-        let digest = json::opt_str(resource, "digest", &path)?;
-        if let Some(d) = digest {
-            check_digest(d).map_err(IngestError::name_at(join(&path, "digest")))?;
-        }
-        let tag = json::opt_str(resource, "tag", &path)?.filter(|t| {
-            Some(*t) != digest && !t.starts_with("sha256:") && !t.starts_with("sha512:")
-        });
-        if let Some(t) = tag {
-            check_tag(t).map_err(IngestError::name_at(join(&path, "tag")))?;
-        }
-        if tag.is_none() && digest.is_none() {
-            return Err(IngestError::invalid(
-                path,
-                "neither `tag` nor `digest` is set",
-            ));
-        }
+        let (digest, tag) = read_resource(item, &index("event_data.resources", j))?;
         batch.events.push(Event {
             id: event_id(event_type, occur_at, &repository, digest, tag),
             registry: registry.to_string(),
@@ -143,6 +106,56 @@ pub fn parse_with_clock(
         });
     }
     Ok(batch)
+}
+
+/// A batch of `received` notifications of type `event_type`, every one ignored for `reason`.
+fn all_ignored(received: usize, event_type: &str, reason: IgnoreReason) -> Batch {
+    Batch {
+        received,
+        events: Vec::new(),
+        ignored: (0..received)
+            .map(|index| Ignored {
+                index,
+                kind: kind_label(event_type),
+                reason,
+            })
+            .collect(),
+    }
+}
+
+/// `occur_at` (Unix seconds, whole or fractional) in Unix ms; `None` when missing or invalid.
+fn occur_at_ms(occur_at: Option<&Value>) -> Option<i64> {
+    occur_at
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+        })
+        .and_then(|secs| secs.checked_mul(1000))
+}
+
+/// The `(digest, tag)` of the resource at `path`, each checked; a "tag" that is a digest (Harbor
+/// writes one for a push by digest) is dropped, and one of the two must remain.
+fn read_resource<'a>(
+    item: &'a Value,
+    path: &str,
+) -> Result<(Option<&'a str>, Option<&'a str>), IngestError> {
+    let resource = json::object(item, path)?;
+    let digest = json::opt_str(resource, "digest", path)?;
+    if let Some(d) = digest {
+        check_digest(d).map_err(IngestError::name_at(join(path, "digest")))?;
+    }
+    let tag = json::opt_str(resource, "tag", path)?
+        .filter(|t| Some(*t) != digest && !t.starts_with("sha256:") && !t.starts_with("sha512:"));
+    if let Some(t) = tag {
+        check_tag(t).map_err(IngestError::name_at(join(path, "tag")))?;
+    }
+    if tag.is_none() && digest.is_none() {
+        return Err(IngestError::invalid(
+            path.to_string(),
+            "neither `tag` nor `digest` is set",
+        ));
+    }
+    Ok((digest, tag))
 }
 
 /// `event_data.repository.repo_full_name`, else `namespace/name`.
@@ -220,6 +233,39 @@ mod tests {
             options,
             || NOW,
         )
+    }
+
+    #[test]
+    fn occur_at_is_whole_or_fractional_seconds_and_anything_else_is_missing() {
+        assert_eq!(
+            occur_at_ms(Some(&json!(1_680_501_893))),
+            Some(1_680_501_893_000)
+        );
+        assert_eq!(
+            occur_at_ms(Some(&json!(1_680_501_893.9))),
+            Some(1_680_501_893_000)
+        );
+        assert_eq!(occur_at_ms(Some(&json!("soon"))), None);
+        assert_eq!(occur_at_ms(Some(&json!(i64::MAX))), None);
+        assert_eq!(occur_at_ms(None), None);
+    }
+
+    #[test]
+    fn a_tag_that_is_a_digest_is_no_tag() {
+        let other = "sha512:abc";
+        for tag in [DIGEST, other] {
+            let item = json!({"digest": DIGEST, "tag": tag});
+            assert_eq!(
+                read_resource(&item, "r").unwrap(),
+                (Some(DIGEST), None),
+                "{tag}"
+            );
+        }
+        let item = json!({"digest": DIGEST, "tag": "3.19"});
+        assert_eq!(
+            read_resource(&item, "r").unwrap(),
+            (Some(DIGEST), Some("3.19"))
+        );
     }
 
     #[test]

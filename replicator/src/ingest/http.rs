@@ -76,7 +76,7 @@ use crate::runtime::ops::ProcessMetrics;
 // Assigned here (not by the queue) so that the webhook's log line names the job.
 use super::{distribution, harbor, Batch, EventSink, IngestError};
 use crate::config::Config;
-use crate::event::TimeClamp;
+use crate::event::{Event, TimeClamp};
 use crate::store::queue::{new_job_id, EnqueueOutcome};
 use crate::store::StoreError;
 
@@ -551,6 +551,21 @@ fn store_failed(
     Reject::new(status, error).with("enqueued_before_failure", json!(stored_before))
 }
 
+/// How many jobs a batch produced, and what the queue did with them.
+#[derive(Default)]
+struct Tally {
+    jobs: u64,
+    enqueued: u64,
+    collapsed: u64,
+}
+
+impl Tally {
+    /// Jobs the queue holds so far (enqueued or collapsed into a pending one).
+    fn stored(&self) -> u64 {
+        self.enqueued + self.collapsed
+    }
+}
+
 /// Matches every event, enqueues every job, stores what other regions need, and summarizes;
 /// fails on the first queue error.
 async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Value, Reject> {
@@ -558,7 +573,7 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
     for ignored in &batch.ignored {
         metrics.event(registry, ignored.kind, ignored.reason.as_str());
     }
-    let (mut jobs, mut enqueued, mut collapsed) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     let traceparent = crate::runtime::telemetry::current_traceparent();
     // One policy set for the whole batch.
     let matcher = inner.matcher.get();
@@ -578,85 +593,17 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
             continue;
         }
         for mut job in route.jobs {
-            jobs += 1;
+            tally.jobs += 1;
             job.id = new_job_id();
             job.traceparent.clone_from(&traceparent);
             let job_id = job.id.clone();
             let policy = job.policy.clone();
-            match inner.sink.queue.enqueue(job).await {
-                Ok(EnqueueOutcome::Enqueued) => {
-                    enqueued += 1;
-                    tracing::info!(
-                        registry,
-                        policy = %policy,
-                        repository = %event.repository,
-                        tag = event.tag.as_deref(),
-                        digest = event.digest.as_deref(),
-                        job_id = %job_id,
-                        kind,
-                        "job enqueued"
-                    );
-                }
-                Ok(EnqueueOutcome::Collapsed) => {
-                    collapsed += 1;
-                    tracing::debug!(
-                        registry,
-                        policy = %policy,
-                        repository = %event.repository,
-                        tag = event.tag.as_deref(),
-                        digest = event.digest.as_deref(),
-                        kind,
-                        "job collapsed into a pending one"
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        registry,
-                        policy = %policy,
-                        repository = %event.repository,
-                        tag = event.tag.as_deref(),
-                        digest = event.digest.as_deref(),
-                        error = %error,
-                        "cannot enqueue job; the registry will re-send the batch"
-                    );
-                    return Err(store_failed(
-                        inner,
-                        registry,
-                        kind,
-                        &error,
-                        enqueued + collapsed,
-                    ));
-                }
-            }
+            let outcome = inner.sink.queue.enqueue(job).await;
+            record_enqueue(
+                inner, registry, event, &policy, &job_id, outcome, &mut tally,
+            )?;
         }
-        if let Err(error) = inner.sink.relay(&matcher, event, &route.forward).await {
-            tracing::warn!(
-                registry,
-                repository = %event.repository,
-                tag = event.tag.as_deref(),
-                digest = event.digest.as_deref(),
-                regions = ?route.forward,
-                error = %error,
-                "cannot store the event for other regions; the registry will re-send the batch"
-            );
-            return Err(store_failed(
-                inner,
-                registry,
-                kind,
-                &error,
-                enqueued + collapsed,
-            ));
-        }
-        if !route.forward.is_empty() {
-            tracing::info!(
-                registry,
-                repository = %event.repository,
-                tag = event.tag.as_deref(),
-                digest = event.digest.as_deref(),
-                regions = ?route.forward,
-                "event queued for forwarding"
-            );
-        }
+        relay_event(inner, registry, &matcher, event, &route.forward, &tally).await?;
         metrics.event(registry, kind, "matched");
     }
     tracing::debug!(
@@ -664,19 +611,114 @@ async fn enqueue_batch(inner: &Inner, registry: &str, batch: Batch) -> Result<Va
         received = batch.received,
         events = batch.events.len(),
         ignored = batch.ignored.len(),
-        jobs,
-        enqueued,
-        collapsed,
+        jobs = tally.jobs,
+        enqueued = tally.enqueued,
+        collapsed = tally.collapsed,
         "webhook batch accepted"
     );
     Ok(json!({
         "received": batch.received,
         "events": batch.events.len(),
         "ignored": batch.ignored.len(),
-        "jobs": jobs,
-        "enqueued": enqueued,
-        "collapsed": collapsed,
+        "jobs": tally.jobs,
+        "enqueued": tally.enqueued,
+        "collapsed": tally.collapsed,
     }))
+}
+
+/// Logs and counts what the queue did with one job of `event`; a queue error becomes the answer.
+fn record_enqueue(
+    inner: &Inner,
+    registry: &str,
+    event: &Event,
+    policy: &str,
+    job_id: &str,
+    outcome: Result<EnqueueOutcome, StoreError>,
+    tally: &mut Tally,
+) -> Result<(), Reject> {
+    let kind = event.kind.as_str();
+    match outcome {
+        Ok(EnqueueOutcome::Enqueued) => {
+            tally.enqueued += 1;
+            tracing::info!(
+                registry,
+                policy = %policy,
+                repository = %event.repository,
+                tag = event.tag.as_deref(),
+                digest = event.digest.as_deref(),
+                job_id = %job_id,
+                kind,
+                "job enqueued"
+            );
+            Ok(())
+        }
+        Ok(EnqueueOutcome::Collapsed) => {
+            tally.collapsed += 1;
+            tracing::debug!(
+                registry,
+                policy = %policy,
+                repository = %event.repository,
+                tag = event.tag.as_deref(),
+                digest = event.digest.as_deref(),
+                kind,
+                "job collapsed into a pending one"
+            );
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(
+                registry,
+                policy = %policy,
+                repository = %event.repository,
+                tag = event.tag.as_deref(),
+                digest = event.digest.as_deref(),
+                error = %error,
+                "cannot enqueue job; the registry will re-send the batch"
+            );
+            Err(store_failed(inner, registry, kind, &error, tally.stored()))
+        }
+    }
+}
+
+/// Stores what other regions (and the tag ledger) need of `event`; a queue error becomes the
+/// answer.
+async fn relay_event(
+    inner: &Inner,
+    registry: &str,
+    matcher: &Matcher,
+    event: &Event,
+    forward: &BTreeSet<String>,
+    tally: &Tally,
+) -> Result<(), Reject> {
+    if let Err(error) = inner.sink.relay(matcher, event, forward).await {
+        tracing::warn!(
+            registry,
+            repository = %event.repository,
+            tag = event.tag.as_deref(),
+            digest = event.digest.as_deref(),
+            regions = ?forward,
+            error = %error,
+            "cannot store the event for other regions; the registry will re-send the batch"
+        );
+        return Err(store_failed(
+            inner,
+            registry,
+            event.kind.as_str(),
+            &error,
+            tally.stored(),
+        ));
+    }
+    if !forward.is_empty() {
+        tracing::info!(
+            registry,
+            repository = %event.repository,
+            tag = event.tag.as_deref(),
+            digest = event.digest.as_deref(),
+            regions = ?forward,
+            "event queued for forwarding"
+        );
+    }
+    Ok(())
 }
 
 impl crate::catalog::Reload for IngestState {

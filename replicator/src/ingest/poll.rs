@@ -445,84 +445,15 @@ impl Poller {
             registry: self.registry.clone(),
             source,
         };
-        // Repository → tags worth a HEAD (covered by some policy, or a referrer tag).
-        let mut wanted: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
-        for repo in self.repositories().await.map_err(registry_err)? {
-            let tags = match self.client.list_tags(&repo).await {
-                Ok(tags) => Some(
-                    tags.into_iter()
-                        .filter(|t| {
-                            self.usable(Some(&repo), check_tag(t)) && self.covers_tag(&repo, t)
-                        })
-                        .collect(),
-                ),
-                // The repository is gone: every tag it had is deleted.
-                Err(e) if e.is_not_found() => None,
-                Err(e) => {
-                    tracing::warn!(registry = %self.registry, repository = %repo, error = %e, "cannot list tags; skipping this repository this pass");
-                    continue;
-                }
-            };
-            wanted.insert(repo, tags);
-        }
+        let wanted = self.wanted_tags().await.map_err(registry_err)?;
         report.repositories = wanted.len();
         for (repo, tags) in wanted {
             let tags = tags.unwrap_or_default();
             report.tags += tags.len();
-            let mut current: BTreeMap<String, String> = BTreeMap::new();
-            let heads: Vec<(String, Result<Option<String>, RegistryError>)> =
-                stream::iter(tags.iter().cloned())
-                    .map(|tag| {
-                        let (client, repo) = (&self.client, &repo);
-                        async move {
-                            let d = client
-                                .head_digest(repo, &tag)
-                                .await
-                                .map(|d| d.map(|d| d.to_string()));
-                            (tag, d)
-                        }
-                    })
-                    .buffer_unordered(self.opts.concurrency.max(1))
-                    .collect()
-                    .await;
+            let heads = self.head_tags(&repo, &tags).await;
             report.heads += heads.len();
-            self.metrics
-                .heads
-                .get_or_create(&RegistryLabel {
-                    registry: self.registry.clone(),
-                })
-                .inc_by(heads.len() as u64);
-            let mut complete = true;
-            for (tag, head) in heads {
-                match head {
-                    Ok(Some(d)) if self.usable(Some(&repo), check_digest(&d)) => {
-                        current.insert(tag, d);
-                    }
-                    // A digest Ferry cannot verify: as if the HEAD failed.
-                    Ok(Some(_)) => complete = false,
-                    // Deleted between the listing and the HEAD: the next listing confirms it.
-                    Ok(None) => complete = false,
-                    Err(e @ RegistryError::RateLimited { .. }) => return Err(registry_err(e)),
-                    Err(e) => {
-                        complete = false;
-                        tracing::warn!(registry = %self.registry, repository = %repo, tag = %tag, error = %e, "cannot HEAD tag; checking it again next pass");
-                        // Keep the last known digest: not seen is not deleted.
-                        if let Some(old) = st.seen.get(&repo).and_then(|m| m.get(&tag)) {
-                            current.insert(tag, old.clone());
-                        }
-                    }
-                }
-            }
-            if !complete {
-                // Tags we could not check keep their old state (no delete event for them).
-                if let Some(old) = st.seen.get(&repo) {
-                    for (tag, d) in old {
-                        if tags.contains(tag) {
-                            current.entry(tag.clone()).or_insert_with(|| d.clone());
-                        }
-                    }
-                }
-            }
+            let current = current_digests(&self.registry, &repo, &tags, st.seen.get(&repo), heads)
+                .map_err(registry_err)?;
             let events = if st.baseline_done {
                 self.changes(&st, &repo, &current)
             } else {
@@ -547,6 +478,63 @@ impl Poller {
         }
         st.baseline_done = true;
         Ok(report)
+    }
+
+    /// Repository → tags worth a HEAD (covered by some policy, or a referrer tag); `None` for a
+    /// repository that is gone. A repository whose tags cannot be listed is left out this pass.
+    async fn wanted_tags(
+        &self,
+    ) -> Result<BTreeMap<String, Option<BTreeSet<String>>>, RegistryError> {
+        let mut wanted: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+        for repo in self.repositories().await? {
+            let tags = match self.client.list_tags(&repo).await {
+                Ok(tags) => Some(
+                    tags.into_iter()
+                        .filter(|t| {
+                            self.usable(Some(&repo), check_tag(t)) && self.covers_tag(&repo, t)
+                        })
+                        .collect(),
+                ),
+                // The repository is gone: every tag it had is deleted.
+                Err(e) if e.is_not_found() => None,
+                Err(e) => {
+                    tracing::warn!(registry = %self.registry, repository = %repo, error = %e, "cannot list tags; skipping this repository this pass");
+                    continue;
+                }
+            };
+            wanted.insert(repo, tags);
+        }
+        Ok(wanted)
+    }
+
+    /// HEADs every tag of `repo` (at most `concurrency` at a time) and counts them.
+    async fn head_tags(
+        &self,
+        repo: &str,
+        tags: &BTreeSet<String>,
+    ) -> Vec<(String, Result<Option<String>, RegistryError>)> {
+        let heads: Vec<(String, Result<Option<String>, RegistryError>)> =
+            stream::iter(tags.iter().cloned())
+                .map(|tag| {
+                    let client = &self.client;
+                    async move {
+                        let d = client
+                            .head_digest(repo, &tag)
+                            .await
+                            .map(|d| d.map(|d| d.to_string()));
+                        (tag, d)
+                    }
+                })
+                .buffer_unordered(self.opts.concurrency.max(1))
+                .collect()
+                .await;
+        self.metrics
+            .heads
+            .get_or_create(&RegistryLabel {
+                registry: self.registry.clone(),
+            })
+            .inc_by(heads.len() as u64);
+        heads
     }
 
     /// Repositories to poll: the literal names of policies that have them, the catalog (filtered
@@ -680,6 +668,53 @@ impl Poller {
     }
 }
 
+/// Tag → digest of `repo` after a pass's HEADs of `tags`: a tag that could not be checked (HEAD
+/// failed, digest outside the grammar, gone meanwhile) keeps its digest from `old`, so it never
+/// counts as deleted; a rate-limited HEAD ends the pass.
+fn current_digests(
+    registry: &str,
+    repo: &str,
+    tags: &BTreeSet<String>,
+    old: Option<&BTreeMap<String, String>>,
+    heads: Vec<(String, Result<Option<String>, RegistryError>)>,
+) -> Result<BTreeMap<String, String>, RegistryError> {
+    let mut current: BTreeMap<String, String> = BTreeMap::new();
+    let mut complete = true;
+    for (tag, head) in heads {
+        match head {
+            Ok(Some(d))
+                if crate::replicate::listed_name(registry, Some(repo), check_digest(&d)) =>
+            {
+                current.insert(tag, d);
+            }
+            // A digest Ferry cannot verify: as if the HEAD failed.
+            Ok(Some(_)) => complete = false,
+            // Deleted between the listing and the HEAD: the next listing confirms it.
+            Ok(None) => complete = false,
+            Err(e @ RegistryError::RateLimited { .. }) => return Err(e),
+            Err(e) => {
+                complete = false;
+                tracing::warn!(registry = %registry, repository = %repo, tag = %tag, error = %e, "cannot HEAD tag; checking it again next pass");
+                // Keep the last known digest: not seen is not deleted.
+                if let Some(old) = old.and_then(|m| m.get(&tag)) {
+                    current.insert(tag, old.clone());
+                }
+            }
+        }
+    }
+    if !complete {
+        // Tags we could not check keep their old state (no delete event for them).
+        if let Some(old) = old {
+            for (tag, d) in old {
+                if tags.contains(tag) {
+                    current.entry(tag.clone()).or_insert_with(|| d.clone());
+                }
+            }
+        }
+    }
+    Ok(current)
+}
+
 /// The repository names a policy's one `name` filter allows when it is a plain name or a single
 /// `{a,b,…}` alternation of plain names (`library/{nginx,redis}`); `None` when the catalog must be
 /// listed (globs, excludes, several name filters, no name filter).
@@ -721,6 +756,79 @@ mod tests {
             "trigger": {"type": "event_based"}, "filters": filters
         }))
         .unwrap()
+    }
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn tags(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn seen(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(t, d)| (t.to_string(), d.to_string()))
+            .collect()
+    }
+
+    fn server_error() -> RegistryError {
+        RegistryError::Status {
+            registry: "hub".into(),
+            method: "HEAD".into(),
+            url: "https://hub/v2/app/manifests/a".into(),
+            status: 500,
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_tag_whose_head_failed_keeps_its_last_known_digest() {
+        let old = seen(&[("a", D1), ("b", D1)]);
+        let heads = vec![
+            ("a".to_string(), Err(server_error())),
+            ("b".to_string(), Ok(Some(D2.to_string()))),
+        ];
+        let current = current_digests("hub", "app", &tags(&["a", "b"]), Some(&old), heads).unwrap();
+        assert_eq!(current, seen(&[("a", D1), ("b", D2)]));
+    }
+
+    #[test]
+    fn an_unchecked_pass_keeps_listed_tags_and_drops_unlisted_ones() {
+        let old = seen(&[("a", D1), ("gone", D1)]);
+        // Deleted between the listing and the HEAD: unchecked, so the old state stays.
+        let heads = vec![("a".to_string(), Ok(None))];
+        let current = current_digests("hub", "app", &tags(&["a"]), Some(&old), heads).unwrap();
+        assert_eq!(current, seen(&[("a", D1)]));
+    }
+
+    #[test]
+    fn a_digest_outside_the_grammar_counts_as_an_unchecked_tag() {
+        let old = seen(&[("a", D1)]);
+        let heads = vec![("a".to_string(), Ok(Some("md5:nope".to_string())))];
+        let current = current_digests("hub", "app", &tags(&["a"]), Some(&old), heads).unwrap();
+        assert_eq!(current, seen(&[("a", D1)]));
+    }
+
+    #[test]
+    fn a_complete_pass_forgets_tags_that_were_not_listed() {
+        let old = seen(&[("a", D1), ("gone", D1)]);
+        let heads = vec![("a".to_string(), Ok(Some(D2.to_string())))];
+        let current = current_digests("hub", "app", &tags(&["a"]), Some(&old), heads).unwrap();
+        assert_eq!(current, seen(&[("a", D2)]));
+    }
+
+    #[test]
+    fn a_rate_limited_head_ends_the_pass() {
+        let limited = RegistryError::RateLimited {
+            registry: "hub".into(),
+            url: "https://hub/v2/app/manifests/a".into(),
+            attempts: 3,
+            retry_after: None,
+        };
+        let heads = vec![("a".to_string(), Err(limited))];
+        let result = current_digests("hub", "app", &tags(&["a"]), None, heads);
+        assert!(matches!(result, Err(RegistryError::RateLimited { .. })));
     }
 
     #[test]

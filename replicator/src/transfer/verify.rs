@@ -32,20 +32,7 @@ pub(super) fn source_bytes(
     from: u64,
     size: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + Unpin + 'static {
-    struct Read {
-        src: Arc<RegistryClient>,
-        repository: String,
-        digest: Digest,
-        size: u64,
-        /// The next byte to deliver.
-        pos: u64,
-        body: Option<stream::BoxStream<'static, reqwest::Result<Bytes>>>,
-        /// Bytes of the current body to drop (it started before `pos`).
-        skip: u64,
-        resumes_left: u32,
-        done: bool,
-    }
-    let read = Read {
+    let read = BlobRead {
         src: ctx.src.clone(),
         repository: src_repo.to_string(),
         digest: digest.clone(),
@@ -61,33 +48,19 @@ pub(super) fn source_bytes(
             if r.done {
                 return None;
             }
-            let body = match &mut r.body {
-                Some(body) => body,
-                None => match r.src.get_blob(&r.repository, &r.digest, r.pos).await {
-                    Ok(got) => {
-                        r.skip = r.pos - got.start.min(r.pos);
-                        if r.skip > 0 {
-                            tracing::debug!(registry = %r.src.name(), repository = %r.repository, digest = %r.digest, offset = r.pos, "the source ignored the Range request; dropping the bytes before the offset");
-                        }
-                        r.body.insert(got.response.bytes_stream().boxed())
-                    }
-                    Err(e) => {
-                        r.done = true;
-                        return Some((Err(e.into()), r));
-                    }
-                },
+            let body = match r.body().await {
+                Ok(body) => body,
+                Err(e) => {
+                    r.done = true;
+                    return Some((Err(e.into()), r));
+                }
             };
             match body.next().await {
                 None => return None,
-                Some(Ok(mut chunk)) => {
-                    if r.skip > 0 {
-                        let drop = r.skip.min(chunk.len() as u64);
-                        chunk = chunk.slice(drop as usize..);
-                        r.skip -= drop;
-                        if chunk.is_empty() {
-                            continue;
-                        }
-                    }
+                Some(Ok(chunk)) => {
+                    let Some(chunk) = drop_skipped(chunk, &mut r.skip) else {
+                        continue;
+                    };
                     r.pos += chunk.len() as u64;
                     return Some((Ok(chunk), r));
                 }
@@ -108,6 +81,60 @@ pub(super) fn source_bytes(
             }
         }
     }))
+}
+
+/// The state of one [`source_bytes`] read.
+struct BlobRead {
+    src: Arc<RegistryClient>,
+    repository: String,
+    digest: Digest,
+    size: u64,
+    /// The next byte to deliver.
+    pos: u64,
+    body: Option<stream::BoxStream<'static, reqwest::Result<Bytes>>>,
+    /// Bytes of the current body to drop (it started before `pos`).
+    skip: u64,
+    resumes_left: u32,
+    done: bool,
+}
+
+impl BlobRead {
+    /// The body being read, else a new `GET` of the blob from `pos` (noting the bytes to drop when
+    /// the source ignored `Range`).
+    async fn body(
+        &mut self,
+    ) -> std::result::Result<&mut stream::BoxStream<'static, reqwest::Result<Bytes>>, RegistryError>
+    {
+        let body = match self.body.take() {
+            Some(body) => body,
+            None => {
+                let got = self
+                    .src
+                    .get_blob(&self.repository, &self.digest, self.pos)
+                    .await?;
+                self.skip = self.pos - got.start.min(self.pos);
+                if self.skip > 0 {
+                    tracing::debug!(registry = %self.src.name(), repository = %self.repository, digest = %self.digest, offset = self.pos, "the source ignored the Range request; dropping the bytes before the offset");
+                }
+                got.response.bytes_stream().boxed()
+            }
+        };
+        Ok(self.body.insert(body))
+    }
+}
+
+/// `chunk` without the `skip` bytes still to drop (counting them off); `None` when nothing of it
+/// is left to deliver.
+fn drop_skipped(mut chunk: Bytes, skip: &mut u64) -> Option<Bytes> {
+    if *skip > 0 {
+        let drop = (*skip).min(chunk.len() as u64);
+        chunk = chunk.slice(drop as usize..);
+        *skip -= drop;
+        if chunk.is_empty() {
+            return None;
+        }
+    }
+    Some(chunk)
 }
 
 /// The error a [`VerifiedStream`] yields to the HTTP body; the real cause is in the failure slot.
@@ -244,5 +271,32 @@ impl VerifiedStream {
                 }
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_before_the_offset_are_dropped_across_chunks() {
+        let mut skip = 5;
+        assert_eq!(drop_skipped(Bytes::from_static(b"abc"), &mut skip), None);
+        assert_eq!(skip, 2);
+        assert_eq!(
+            drop_skipped(Bytes::from_static(b"defgh"), &mut skip),
+            Some(Bytes::from_static(b"fgh"))
+        );
+        assert_eq!(skip, 0);
+        assert_eq!(
+            drop_skipped(Bytes::from_static(b"ijk"), &mut skip),
+            Some(Bytes::from_static(b"ijk"))
+        );
+    }
+
+    #[test]
+    fn an_empty_chunk_is_delivered_when_nothing_is_to_be_dropped() {
+        let mut skip = 0;
+        assert_eq!(drop_skipped(Bytes::new(), &mut skip), Some(Bytes::new()));
     }
 }

@@ -14,6 +14,46 @@ use crate::ingest::{Batch, IgnoreReason, Ignored};
 
 /// Joins deletes, drops child-manifest pushes, and emits events in body order.
 pub(super) fn normalize(raws: Vec<Raw>, registry: &str, batch: &mut Batch) {
+    let (consumed, mut joined_digest) = join_deletes(&raws);
+    let child_pushes = child_pushes(&raws);
+
+    for (k, raw) in raws.into_iter().enumerate() {
+        if consumed.contains(&k) {
+            continue;
+        }
+        if child_pushes.contains(&k) {
+            tracing::debug!(
+                registry,
+                repository = %raw.repository,
+                digest = raw.digest.as_deref(),
+                "child manifest push covered by a tagged push of the same batch"
+            );
+            batch.ignored.push(Ignored {
+                index: raw.index,
+                kind: "push",
+                reason: IgnoreReason::ChildManifest,
+            });
+            continue;
+        }
+        let digest = raw.digest.or_else(|| joined_digest.remove(&k));
+        batch.events.push(Event {
+            id: raw.id,
+            registry: registry.to_string(),
+            repository: raw.repository,
+            tag: raw.tag,
+            digest,
+            media_type: raw.media_type,
+            kind: raw.kind,
+            occurred_at_ms: raw.occurred_at_ms,
+            request_id: raw.request_id,
+        });
+    }
+    batch.ignored.sort_by_key(|i| i.index);
+}
+
+/// Pairs the deletes of one request and repository: returns the positions of the manifest events
+/// folded into their tag events, and the digest each of those tag events gets.
+fn join_deletes(raws: &[Raw]) -> (HashSet<usize>, HashMap<usize, String>) {
     // Deletes of one request and repository: one manifest event plus its tag events.
     let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     for (k, raw) in raws.iter().enumerate() {
@@ -50,7 +90,12 @@ pub(super) fn normalize(raws: Vec<Raw>, registry: &str, batch: &mut Batch) {
             }
         }
     }
+    (consumed, joined_digest)
+}
 
+/// Positions of the tagless pushes whose digest a tagged push of this batch covers (itself or
+/// among its references): an index's children.
+fn child_pushes(raws: &[Raw]) -> HashSet<usize> {
     // Digests a tagged push of this batch covers.
     let covered: HashSet<&str> = raws
         .iter()
@@ -62,8 +107,7 @@ pub(super) fn normalize(raws: Vec<Raw>, registry: &str, batch: &mut Batch) {
                 .chain(r.digest.as_deref())
         })
         .collect();
-    let child_pushes: HashSet<usize> = raws
-        .iter()
+    raws.iter()
         .enumerate()
         .filter(|(_, r)| {
             r.kind == EventKind::Push
@@ -71,40 +115,7 @@ pub(super) fn normalize(raws: Vec<Raw>, registry: &str, batch: &mut Batch) {
                 && r.digest.as_deref().is_some_and(|d| covered.contains(d))
         })
         .map(|(k, _)| k)
-        .collect();
-
-    for (k, raw) in raws.into_iter().enumerate() {
-        if consumed.contains(&k) {
-            continue;
-        }
-        if child_pushes.contains(&k) {
-            tracing::debug!(
-                registry,
-                repository = %raw.repository,
-                digest = raw.digest.as_deref(),
-                "child manifest push covered by a tagged push of the same batch"
-            );
-            batch.ignored.push(Ignored {
-                index: raw.index,
-                kind: "push",
-                reason: IgnoreReason::ChildManifest,
-            });
-            continue;
-        }
-        let digest = raw.digest.or_else(|| joined_digest.remove(&k));
-        batch.events.push(Event {
-            id: raw.id,
-            registry: registry.to_string(),
-            repository: raw.repository,
-            tag: raw.tag,
-            digest,
-            media_type: raw.media_type,
-            kind: raw.kind,
-            occurred_at_ms: raw.occurred_at_ms,
-            request_id: raw.request_id,
-        });
-    }
-    batch.ignored.sort_by_key(|i| i.index);
+        .collect()
 }
 
 #[cfg(test)]
@@ -114,6 +125,56 @@ mod tests {
     use super::super::tests::*;
     use super::*;
     use crate::oci::manifest;
+
+    fn raw(kind: EventKind, request_id: &str, tag: Option<&str>, digest: Option<&str>) -> Raw {
+        Raw {
+            index: 0,
+            id: String::new(),
+            kind,
+            repository: "team/app".into(),
+            tag: tag.map(str::to_string),
+            digest: digest.map(str::to_string),
+            media_type: None,
+            references: Vec::new(),
+            occurred_at_ms: 0,
+            request_id: Some(request_id.into()),
+        }
+    }
+
+    #[test]
+    fn deletes_of_two_manifests_in_one_request_are_not_joined() {
+        let raws = [
+            raw(EventKind::Delete, "r1", None, Some(AMD64_DIGEST)),
+            raw(EventKind::Delete, "r1", None, Some(ARM64_DIGEST)),
+            raw(EventKind::Delete, "r1", Some("v1"), None),
+        ];
+        let (consumed, joined) = join_deletes(&raws);
+        assert!(consumed.is_empty() && joined.is_empty());
+    }
+
+    #[test]
+    fn tag_deletes_of_one_request_get_the_digest_of_its_manifest_delete() {
+        let raws = [
+            raw(EventKind::Delete, "r1", Some("v1"), None),
+            raw(EventKind::Delete, "r1", None, Some(INDEX_DIGEST)),
+            raw(EventKind::Delete, "r2", Some("v2"), None),
+        ];
+        let (consumed, joined) = join_deletes(&raws);
+        assert_eq!(consumed, HashSet::from([1]));
+        assert_eq!(joined, HashMap::from([(0, INDEX_DIGEST.to_string())]));
+    }
+
+    #[test]
+    fn a_tagless_push_is_a_child_only_when_a_tagged_push_covers_its_digest() {
+        let mut index = raw(EventKind::Push, "r1", Some("v1"), Some(INDEX_DIGEST));
+        index.references = vec![AMD64_DIGEST.to_string()];
+        let raws = [
+            raw(EventKind::Push, "r1", None, Some(AMD64_DIGEST)),
+            raw(EventKind::Push, "r1", None, Some(ARM64_DIGEST)),
+            index,
+        ];
+        assert_eq!(child_pushes(&raws), HashSet::from([0]));
+    }
 
     #[test]
     fn index_push_keeps_only_the_tagged_index() {

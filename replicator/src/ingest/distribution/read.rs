@@ -16,6 +16,7 @@ use crate::ingest::{kind_label, IgnoreReason, Ignored, IngestError, FERRY_USER_A
 use crate::oci::manifest;
 use crate::policy::{check_digest, check_repository, check_tag};
 
+/// Reads `events[i]`: a push or delete to keep, or the reason it is ignored.
 pub(super) fn read_event(
     item: &Value,
     i: usize,
@@ -53,15 +54,51 @@ pub(super) fn read_event(
         None => None,
     };
 
-    let target_path = join(&path, "target");
-    let target = json::req_object(event, "target", &path)?;
+    let Some(target) = read_target(event, &path)? else {
+        return ignored(IgnoreReason::Blob);
+    };
+    let id = read_id(event, item, &path)?;
+    let occurred_at_ms = occurred_at_ms(event, registry, i, now_ms);
+
+    Ok(Read::Event(Raw {
+        index: i,
+        id,
+        kind,
+        repository: target.repository.to_string(),
+        tag: target.tag.map(str::to_string),
+        digest: target.digest.map(str::to_string),
+        media_type: target.media_type.map(str::to_string),
+        references: target.references,
+        occurred_at_ms,
+        request_id: request_id.map(str::to_string),
+    }))
+}
+
+/// The manifest an event's `target` names, checked.
+#[derive(Debug, PartialEq)]
+struct Target<'a> {
+    repository: &'a str,
+    media_type: Option<&'a str>,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+    /// Digests of `target.references`.
+    references: Vec<String>,
+}
+
+/// The `target` of the event at `path`; `None` for a blob, which is validated no further.
+fn read_target<'a>(
+    event: &'a Map<String, Value>,
+    path: &str,
+) -> Result<Option<Target<'a>>, IngestError> {
+    let target_path = join(path, "target");
+    let target = json::req_object(event, "target", path)?;
     let repository = json::req_str(target, "repository", &target_path)?;
     check_repository(repository).map_err(IngestError::name_at(join(&target_path, "repository")))?;
     let media_type = json::opt_str(target, "mediaType", &target_path)?;
     let tag = json::opt_str(target, "tag", &target_path)?;
     let url = json::opt_str(target, "url", &target_path)?;
     if is_blob(media_type, url, tag.is_some()) {
-        return ignored(IgnoreReason::Blob);
+        return Ok(None);
     }
     let digest = json::opt_str(target, "digest", &target_path)?;
     if let Some(d) = digest {
@@ -77,17 +114,36 @@ pub(super) fn read_event(
         ));
     }
     let references = read_references(target, &target_path)?;
+    Ok(Some(Target {
+        repository,
+        media_type,
+        tag,
+        digest,
+        references,
+    }))
+}
 
+/// The event's `id`, or a hash of `item` when it has none that can travel.
+fn read_id(event: &Map<String, Value>, item: &Value, path: &str) -> Result<String, IngestError> {
     // An id that cannot travel (control characters, oversized) is replaced like a missing one.
-    let id = match json::opt_str(event, "id", &path)? {
+    Ok(match json::opt_str(event, "id", path)? {
         Some(id) if check_event_id(id).is_ok() => id.to_string(),
         _ => synthesized_id(item),
-    };
+    })
+}
+
+/// The event's RFC 3339 `timestamp` in Unix ms, else the time of receipt.
+fn occurred_at_ms(
+    event: &Map<String, Value>,
+    registry: &str,
+    i: usize,
+    now_ms: &impl Fn() -> i64,
+) -> i64 {
     let occurred_at_ms = match event.get("timestamp") {
         Some(Value::String(s)) => crate::clock::parse_rfc3339_ms(s),
         _ => None,
     };
-    let occurred_at_ms = occurred_at_ms.unwrap_or_else(|| {
+    occurred_at_ms.unwrap_or_else(|| {
         tracing::debug!(
             registry,
             index = i,
@@ -95,20 +151,7 @@ pub(super) fn read_event(
             "event has no valid rfc 3339 timestamp; using the time of receipt"
         );
         now_ms()
-    });
-
-    Ok(Read::Event(Raw {
-        index: i,
-        id,
-        kind,
-        repository: repository.to_string(),
-        tag: tag.map(str::to_string),
-        digest: digest.map(str::to_string),
-        media_type: media_type.map(str::to_string),
-        references,
-        occurred_at_ms,
-        request_id: request_id.map(str::to_string),
-    }))
+    })
 }
 
 /// Digests listed in `target.references` (each `{"mediaType", "digest", "size"}`).
@@ -183,6 +226,38 @@ mod tests {
     use super::super::tests::*;
     use super::*;
     use crate::event::Event;
+
+    #[test]
+    fn a_blob_target_is_ignored_before_its_tag_and_digest_are_checked() {
+        let event = json!({"target": {
+            "repository": "team/app",
+            "url": "https://r.example/v2/team/app/blobs/sha256:1",
+            "digest": "not a digest",
+        }});
+        let event = event.as_object().unwrap();
+        assert_eq!(read_target(event, "events[0]").unwrap(), None);
+    }
+
+    #[test]
+    fn a_manifest_target_keeps_its_reference_digests() {
+        let event = json!({"target": {
+            "repository": "team/app",
+            "mediaType": manifest::OCI_INDEX,
+            "tag": "v1",
+            "references": [{"digest": IMAGE_DIGEST}, {"mediaType": "x"}],
+        }});
+        let event = event.as_object().unwrap();
+        assert_eq!(
+            read_target(event, "events[0]").unwrap(),
+            Some(Target {
+                repository: "team/app",
+                media_type: Some(manifest::OCI_INDEX),
+                tag: Some("v1"),
+                digest: None,
+                references: vec![IMAGE_DIGEST.to_string()],
+            })
+        );
+    }
 
     #[test]
     fn image_push_with_its_blob_events() {

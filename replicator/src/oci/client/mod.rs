@@ -381,17 +381,7 @@ impl RegistryClient {
             attempt += 1;
             let authz = self.authorization_for(&url, scope).await?;
             self.gate.wait(&self.name).await;
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
-            if let Some(a) = &authz {
-                req = req.header(AUTHORIZATION, a);
-            }
-            req = match &body {
-                Body::Empty => req,
-                Body::Bytes(b) => req.body(b.clone()),
-            };
+            let req = self.build_request(&method, &url, &headers, authz.as_ref(), &body);
             let started = std::time::Instant::now();
             let resp = match req.send().await {
                 Ok(r) => r,
@@ -423,18 +413,7 @@ impl RegistryClient {
                 auth_retries += 1;
                 continue;
             }
-            // 500 is retried for reads: distribution 2.8 answers it when a read races a concurrent
-            // non-atomic write of a link file ("invalid checksum digest format").
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::SERVICE_UNAVAILABLE
-                || (idempotent
-                    && matches!(
-                        status,
-                        StatusCode::INTERNAL_SERVER_ERROR
-                            | StatusCode::BAD_GATEWAY
-                            | StatusCode::GATEWAY_TIMEOUT
-                    ));
-            if retryable {
+            if retryable_status(status, idempotent) {
                 let retry_after = resp
                     .headers()
                     .get("retry-after")
@@ -451,20 +430,54 @@ impl RegistryClient {
                     }
                     return Ok(resp);
                 }
-                let d = retry_delay(retry_after, attempt);
-                tracing::info!(registry = %self.name, url = %redact(&url), status = status.as_u16(), delay_ms = d.as_millis() as u64, "registry asked us to slow down");
-                if status == StatusCode::TOO_MANY_REQUESTS {
-                    // Every worker of the region waits too; the next attempt waits at the gate.
-                    let until = crate::clock::now_ms() + crate::clock::duration_ms(d);
-                    self.gate
-                        .pause(&self.name, until, "429 Too Many Requests")
-                        .await;
-                } else {
-                    tokio::time::sleep(d).await;
-                }
+                self.wait_to_retry(&url, status, retry_after, attempt).await;
                 continue;
             }
             return Ok(resp);
+        }
+    }
+
+    /// The request of one attempt: `headers`, the credentials `authz` (if any) and a copy of `body`.
+    fn build_request(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        authz: Option<&String>,
+        body: &Body,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .headers(headers.clone());
+        if let Some(a) = authz {
+            req = req.header(AUTHORIZATION, a);
+        }
+        match body {
+            Body::Empty => req,
+            Body::Bytes(b) => req.body(b.clone()),
+        }
+    }
+
+    /// Waits before retrying after a retryable `status`: a 429 pauses every worker of the region
+    /// at the gate, anything else sleeps here.
+    async fn wait_to_retry(
+        &self,
+        url: &Url,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        attempt: u32,
+    ) {
+        let d = retry_delay(retry_after, attempt);
+        tracing::info!(registry = %self.name, url = %redact(url), status = status.as_u16(), delay_ms = d.as_millis() as u64, "registry asked us to slow down");
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // Every worker of the region waits too; the next attempt waits at the gate.
+            let until = crate::clock::now_ms() + crate::clock::duration_ms(d);
+            self.gate
+                .pause(&self.name, until, "429 Too Many Requests")
+                .await;
+        } else {
+            tokio::time::sleep(d).await;
         }
     }
 
@@ -553,6 +566,22 @@ pub fn backoff(attempt: u32) -> Duration {
     crate::backoff::delay(&REQUEST_RETRY, attempt)
 }
 
+/// Whether an answer with `status` is worth another attempt: 429 and 503 always, 500, 502 and
+/// 504 only for reads (`idempotent`).
+fn retryable_status(status: StatusCode, idempotent: bool) -> bool {
+    // 500 is retried for reads: distribution 2.8 answers it when a read races a concurrent
+    // non-atomic write of a link file ("invalid checksum digest format").
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::SERVICE_UNAVAILABLE
+        || (idempotent
+            && matches!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR
+                    | StatusCode::BAD_GATEWAY
+                    | StatusCode::GATEWAY_TIMEOUT
+            ))
+}
+
 /// How long to wait before retrying after a 429/503: what the registry's `Retry-After` asks, at
 /// most [`MAX_RETRY_DELAY`] (any number it sends is fine), else the backoff of `attempt`.
 fn retry_delay(retry_after: Option<Duration>, attempt: u32) -> Duration {
@@ -601,6 +630,33 @@ mod tests {
             serde_json::from_value(serde_json::json!({"name": name, "url": url, "insecure": true}))
                 .unwrap();
         RegistryClient::new(&cfg, secret).unwrap()
+    }
+
+    #[test]
+    fn reads_are_retried_on_server_errors_and_writes_only_on_429_and_503() {
+        for status in [
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(retryable_status(status, true), "{status}");
+            assert!(retryable_status(status, false), "{status}");
+        }
+        for status in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::GATEWAY_TIMEOUT,
+        ] {
+            assert!(retryable_status(status, true), "{status}");
+            assert!(!retryable_status(status, false), "{status}");
+        }
+        for status in [
+            StatusCode::OK,
+            StatusCode::NOT_FOUND,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::NOT_IMPLEMENTED,
+        ] {
+            assert!(!retryable_status(status, true), "{status}");
+        }
     }
 
     #[test]
