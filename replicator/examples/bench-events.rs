@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::event::EventKind;
-use ferry_replicator::queue::{Job, JobQueue, RedisQueue, RetryPolicy};
+use ferry_replicator::store::queue::{Job, JobQueue, RedisQueue};
 use ferry_testkit::{RedisServer, Registry, RegistryOptions};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};

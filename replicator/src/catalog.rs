@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::policy::Policy;
-use crate::queue::redis::bounded;
-use crate::queue::{QueueError, RedisQueue};
 use crate::replicate::Registries;
+use crate::store::redis::{bounded, RedisStore};
+use crate::store::StoreError;
 
 /// Where a policy is defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,17 +45,17 @@ pub struct Stored {
 /// Policies stored through the API. Object-safe; binaries pick the backend at run time.
 #[async_trait::async_trait]
 pub trait PolicyStore: Send + Sync + 'static {
-    async fn load(&self) -> Result<Stored, QueueError>;
-    async fn revision(&self) -> Result<u64, QueueError>;
+    async fn load(&self) -> Result<Stored, StoreError>;
+    async fn revision(&self) -> Result<u64, StoreError>;
     /// Creates or replaces a policy (already validated).
-    async fn put_policy(&self, name: &str, json: &str) -> Result<(), QueueError>;
+    async fn put_policy(&self, name: &str, json: &str) -> Result<(), StoreError>;
     /// False when there was none.
-    async fn delete_policy(&self, name: &str) -> Result<bool, QueueError>;
-    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), QueueError>;
+    async fn delete_policy(&self, name: &str) -> Result<bool, StoreError>;
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError>;
     /// Creates or replaces a registry (already validated).
-    async fn put_registry(&self, name: &str, json: &str) -> Result<(), QueueError>;
+    async fn put_registry(&self, name: &str, json: &str) -> Result<(), StoreError>;
     /// False when there was none.
-    async fn delete_registry(&self, name: &str) -> Result<bool, QueueError>;
+    async fn delete_registry(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 /// The effective config and where each policy and registry is defined.
@@ -265,15 +265,15 @@ impl MemoryPolicyStore {
 
 #[async_trait::async_trait]
 impl PolicyStore for MemoryPolicyStore {
-    async fn load(&self) -> Result<Stored, QueueError> {
+    async fn load(&self) -> Result<Stored, StoreError> {
         Ok(self.with(|s| s.clone()))
     }
 
-    async fn revision(&self) -> Result<u64, QueueError> {
+    async fn revision(&self) -> Result<u64, StoreError> {
         Ok(self.with(|s| s.revision))
     }
 
-    async fn put_policy(&self, name: &str, json: &str) -> Result<(), QueueError> {
+    async fn put_policy(&self, name: &str, json: &str) -> Result<(), StoreError> {
         self.with(|s| {
             s.policies.insert(name.to_string(), json.to_string());
             s.revision += 1;
@@ -281,7 +281,7 @@ impl PolicyStore for MemoryPolicyStore {
         Ok(())
     }
 
-    async fn delete_policy(&self, name: &str) -> Result<bool, QueueError> {
+    async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.with(|s| {
             let removed = s.policies.remove(name).is_some();
             s.enabled.remove(name);
@@ -290,7 +290,7 @@ impl PolicyStore for MemoryPolicyStore {
         }))
     }
 
-    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), QueueError> {
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
         self.with(|s| {
             s.enabled.insert(name.to_string(), enabled);
             s.revision += 1;
@@ -298,7 +298,7 @@ impl PolicyStore for MemoryPolicyStore {
         Ok(())
     }
 
-    async fn put_registry(&self, name: &str, json: &str) -> Result<(), QueueError> {
+    async fn put_registry(&self, name: &str, json: &str) -> Result<(), StoreError> {
         self.with(|s| {
             s.registries.insert(name.to_string(), json.to_string());
             s.revision += 1;
@@ -306,7 +306,7 @@ impl PolicyStore for MemoryPolicyStore {
         Ok(())
     }
 
-    async fn delete_registry(&self, name: &str) -> Result<bool, QueueError> {
+    async fn delete_registry(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.with(|s| {
             s.revision += 1;
             s.registries.remove(name).is_some()
@@ -320,34 +320,33 @@ impl PolicyStore for MemoryPolicyStore {
 /// `MULTI`/`EXEC` with the revision bump.
 #[derive(Clone)]
 pub struct RedisPolicyStore {
-    con: redis::aio::ConnectionManager,
-    prefix: String,
+    redis: RedisStore,
 }
 
 impl RedisPolicyStore {
-    pub fn new(queue: &RedisQueue) -> RedisPolicyStore {
+    /// On `redis` (the region's shared connection and key prefix).
+    pub fn new(redis: &impl AsRef<RedisStore>) -> RedisPolicyStore {
         RedisPolicyStore {
-            con: queue.connection(),
-            prefix: queue.prefix().to_string(),
+            redis: redis.as_ref().clone(),
         }
     }
 
     fn key(&self, what: &str) -> String {
-        format!("{}:catalog:{what}", self.prefix)
+        self.redis.key(&format!("catalog:{what}"))
     }
 
     /// Runs `pipe` (atomic) with the revision bump.
-    async fn change(&self, mut pipe: redis::Pipeline) -> Result<Vec<i64>, QueueError> {
+    async fn change(&self, mut pipe: redis::Pipeline) -> Result<Vec<i64>, StoreError> {
         pipe.atomic().cmd("INCR").arg(self.key("rev"));
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         bounded(pipe.query_async(&mut con)).await
     }
 }
 
 #[async_trait::async_trait]
 impl PolicyStore for RedisPolicyStore {
-    async fn load(&self) -> Result<Stored, QueueError> {
-        let mut con = self.con.clone();
+    async fn load(&self) -> Result<Stored, StoreError> {
+        let mut con = self.redis.connection();
         let (policies, enabled, registries, revision): (
             BTreeMap<String, String>,
             BTreeMap<String, String>,
@@ -375,14 +374,14 @@ impl PolicyStore for RedisPolicyStore {
         })
     }
 
-    async fn revision(&self) -> Result<u64, QueueError> {
-        let mut con = self.con.clone();
+    async fn revision(&self) -> Result<u64, StoreError> {
+        let mut con = self.redis.connection();
         let rev: Option<u64> =
             bounded(redis::cmd("GET").arg(self.key("rev")).query_async(&mut con)).await?;
         Ok(rev.unwrap_or(0))
     }
 
-    async fn put_policy(&self, name: &str, json: &str) -> Result<(), QueueError> {
+    async fn put_policy(&self, name: &str, json: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(self.key("policies"))
@@ -391,14 +390,14 @@ impl PolicyStore for RedisPolicyStore {
         self.change(pipe).await.map(drop)
     }
 
-    async fn delete_policy(&self, name: &str) -> Result<bool, QueueError> {
+    async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HDEL").arg(self.key("policies")).arg(name);
         pipe.cmd("HDEL").arg(self.key("enabled")).arg(name);
         Ok(self.change(pipe).await?.first().copied().unwrap_or(0) == 1)
     }
 
-    async fn put_registry(&self, name: &str, json: &str) -> Result<(), QueueError> {
+    async fn put_registry(&self, name: &str, json: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(self.key("registries"))
@@ -407,13 +406,13 @@ impl PolicyStore for RedisPolicyStore {
         self.change(pipe).await.map(drop)
     }
 
-    async fn delete_registry(&self, name: &str) -> Result<bool, QueueError> {
+    async fn delete_registry(&self, name: &str) -> Result<bool, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HDEL").arg(self.key("registries")).arg(name);
         Ok(self.change(pipe).await?.first().copied().unwrap_or(0) == 1)
     }
 
-    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), QueueError> {
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(self.key("enabled"))

@@ -91,9 +91,9 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// How far behind this process's clock an event time may be. Not the skew: an event may
 /// legitimately be old (it waited in a registry's retry queue while the agent was down, or in an
 /// outbox during a partition), and a forwarded write must keep the time its origin region recorded
-/// so that both regions decide its conflicts alike. Older than the conflict ledger remembers
-/// ([`crate::regions::conflict::LEDGER_TTL`]) decides nothing anyway.
-pub const MAX_EVENT_AGE: Duration = crate::regions::conflict::LEDGER_TTL;
+/// so that both regions decide its conflicts alike. The conflict ledger remembers a write exactly this
+/// long (`store::ledger::LEDGER_TTL`): an older event decides nothing anyway.
+pub const MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The believable range of event times, `[now − MAX_EVENT_AGE, now + max skew]`, and the clamp into
 /// it that every entry point applies (webhooks, Harbor events, `Events/Forward`).

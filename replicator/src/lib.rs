@@ -10,8 +10,9 @@
 //!   polls registries without webhooks, `ingest::matcher` turns events into jobs,
 //!   `ingest::http` serves the routes).
 //! - [`event`]: the normalized event, and clamping the times outsiders send.
-//! - [`regions`]: events between regions (durable outbox, forwarder, `Events/Forward` server)
-//!   and bidirectional conflicts (`regions::conflict`: the later write wins).
+//! - [`regions`]: events between regions (forwarder, `Events/Forward` server; the durable outbox
+//!   is `store::outbox`) and bidirectional conflicts (`regions::conflict`: the later write wins,
+//!   from the tag ledger in `store::ledger`).
 //! - [`tokens`]: the bearer tokens webhooks, peers and the admin API accept.
 //!
 //! **Decide — what the operator asked for**
@@ -20,9 +21,16 @@
 //! - [`catalog`]: policies and registries stored through the admin API merged with the file's,
 //!   and the policy watch (`catalog::Current`, `catalog::Reload`) every long-running part follows.
 //!
-//! **Queue and shared state (memory or Redis/Valkey)**
-//! - [`queue`]: the job queue contract and its backends; [`history`]: executions and tasks.
-//! - [`pauses`] and [`throttle`]: registry pauses and policy speed, shared by a region.
+//! **Store — a region's shared state (memory or Redis/Valkey)**
+//! - [`store`]: everything a region's processes share and how it is kept: the job queue
+//!   (`store::queue`: one narrow trait per concern — jobs, dead letters, blob leases, pauses,
+//!   upload checkpoints), executions and tasks (`store::history`), registry pauses and policy
+//!   speed (`store::limits`), the tag ledger (`store::ledger`), the regions outbox
+//!   (`store::outbox`), the one Redis connection (`store::redis`), [`store::Store`] (a backend's
+//!   views, handed to each part) and [`store::StoreError`]; its module doc has the Redis key
+//!   layout. It imports none of the parts that use it.
+//! - [`throttle`]: policy speed; [`backoff`]: the one capped, jittered retry backoff (jobs,
+//!   registry requests, background routines, forwarding).
 //!
 //! **Run a job — against the registries**
 //! - [`worker`]: claims queued jobs and runs them under a lease (heartbeat, pause cache, stop
@@ -53,23 +61,22 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod backoff;
 pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod errors;
 pub mod event;
-pub mod history;
 pub mod ingest;
 pub mod labels;
 pub mod locks;
 pub mod oci;
-pub mod pauses;
 pub mod policy;
-pub mod queue;
 pub mod regions;
 pub mod replicate;
 pub mod runtime;
+pub mod store;
 pub mod throttle;
 pub mod tokens;
 pub mod transfer;

@@ -593,15 +593,15 @@ async fn reflection_services(ch: Channel) -> Vec<String> {
 
 /// Enqueues a push job straight into the region's queue, as an agent would for an event.
 async fn enqueue_behind_the_api(redis: &RedisServer, policy: &str, repository: &str, tag: &str) {
-    use ferry_replicator::queue::JobQueue as _;
-    let queue = ferry_replicator::queue::RedisQueue::connect(
+    use ferry_replicator::store::queue::JobQueue as _;
+    let queue = ferry_replicator::store::queue::RedisQueue::connect(
         &redis.url(),
         "ferry",
-        ferry_replicator::queue::RetryPolicy::default(),
+        ferry_replicator::backoff::RetryPolicy::default(),
     )
     .await
     .unwrap();
-    let job = ferry_replicator::queue::Job::new(
+    let job = ferry_replicator::store::queue::Job::new(
         policy,
         ferry_replicator::event::EventKind::Push,
         repository,

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_replicator::queue::redis::RedisTarget;
-use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
-use ferry_replicator::runtime::connect_queue;
+use ferry_replicator::backoff::RetryPolicy;
+use ferry_replicator::store::queue::{JobQueue, RedisQueue};
+use ferry_replicator::store::redis::{connect_waiting, RedisTarget};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,11 +74,12 @@ async fn the_valkey_manifest_requires_the_secret_password_that_the_ferry_pods_us
         .replace("$(VALKEY_PASSWORD)", password)
         .replace("valkey:6379", &format!("127.0.0.1:{port}"));
     let target = RedisTarget::new(&url).unwrap();
-    let queue = connect_queue(
+    let queue = connect_waiting(
         &target,
-        "ferry",
         Duration::from_secs(10),
         Duration::from_millis(50),
+        std::future::pending(),
+        || RedisQueue::connect_to(&target, "ferry", RetryPolicy::default()),
     )
     .await
     .expect("the URL built from the Secret opens the manifest's Valkey");

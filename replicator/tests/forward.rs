@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use common::*;
 use ferry_proto::v1 as pb;
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::{Config, RegionConfig};
 use ferry_replicator::event::{Event, EventKind, MAX_EVENT_AGE};
-use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
-use ferry_replicator::regions::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger, TagWrite};
-use ferry_replicator::regions::{
-    self, ForwardMetrics, ForwardService, ForwardTls, Forwarded, Forwarder, Outbox, RedisOutbox,
-};
+use ferry_replicator::regions::{self, ForwardMetrics, ForwardService, ForwardTls, Forwarder};
+use ferry_replicator::store::ledger::{MemoryTagLedger, RedisTagLedger, TagLedger, TagWrite};
+use ferry_replicator::store::outbox::{Forwarded, Outbox, RedisOutbox};
+use ferry_replicator::store::queue::{JobQueue, RedisQueue};
 use ferry_testkit::RedisServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -103,7 +103,7 @@ impl Harness {
             "b",
             &config(&format!("https://{addr}")),
             queue_b.clone(),
-            Arc::new(RedisOutbox::new(&queue_b)),
+            Arc::new(RedisOutbox::new(queue_b.as_ref())),
             vec![TOKEN.to_string()],
             ForwardMetrics::default(),
         )

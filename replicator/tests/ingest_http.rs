@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::Config;
 use ferry_replicator::event::{EventKind, MAX_EVENT_AGE};
 use ferry_replicator::ingest::{self, EventSink, IngestState};
-use ferry_replicator::queue::{
-    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
-    RetryPolicy, UploadCheckpoint,
+use ferry_replicator::store::ledger::{MemoryTagLedger, TagLedger};
+use ferry_replicator::store::queue::{
+    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueStats,
 };
-use ferry_replicator::regions::conflict::{MemoryTagLedger, TagLedger};
+use ferry_replicator::store::StoreError;
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry, RegistryOptions};
 use serde_json::{json, Value};
 
@@ -46,9 +47,9 @@ impl SwitchableQueue {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    fn check(&self) -> Result<(), QueueError> {
+    fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(QueueError::Unavailable("switched off by the test".into()))
+            Err(StoreError::Unavailable("switched off by the test".into()))
         } else {
             Ok(())
         }
@@ -68,135 +69,49 @@ impl SwitchableQueue {
 
 #[async_trait::async_trait]
 impl JobQueue for SwitchableQueue {
-    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError> {
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, StoreError> {
         self.check()?;
         self.inner.enqueue(job).await
     }
+
     async fn claim(
         &self,
         consumer: &str,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Vec<Lease>, StoreError> {
         self.check()?;
         self.inner.claim(consumer, max, lease).await
     }
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError> {
         self.check()?;
         self.inner.renew(lease, lease_for).await
     }
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+
+    async fn ack(&self, lease: &Lease) -> Result<(), StoreError> {
         self.check()?;
         self.inner.ack(lease).await
     }
+
     async fn fail(
         &self,
         lease: &Lease,
         error: &str,
         retryable: bool,
-    ) -> Result<FailOutcome, QueueError> {
+    ) -> Result<FailOutcome, StoreError> {
         self.check()?;
         self.inner.fail(lease, error, retryable).await
     }
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.check()?;
         self.inner.release(lease).await
     }
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
         self.check()?;
         self.inner.stats().await
-    }
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
-        self.check()?;
-        self.inner.dead_letters(limit).await
-    }
-    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError> {
-        self.check()?;
-        self.inner.retry_dead_letter(job_id).await
-    }
-    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
-        self.check()?;
-        self.inner.purge_dead_letters().await
-    }
-    async fn lease_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<bool, QueueError> {
-        self.check()?;
-        self.inner
-            .lease_blob(destination, digest, holder, ttl)
-            .await
-    }
-    async fn release_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-    ) -> Result<(), QueueError> {
-        self.check()?;
-        self.inner.release_blob(destination, digest, holder).await
-    }
-    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
-        self.check()?;
-        self.inner.set_paused(policy, paused).await
-    }
-    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
-        self.check()?;
-        self.inner.paused().await
-    }
-    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
-        self.check()?;
-        self.inner.park(lease).await
-    }
-    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
-        self.check()?;
-        self.inner.unpark(policy).await
-    }
-    async fn renew_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<bool, QueueError> {
-        self.check()?;
-        self.inner
-            .renew_blob(destination, digest, holder, ttl)
-            .await
-    }
-    async fn blob_lease_holder(
-        &self,
-        destination: &str,
-        digest: &str,
-    ) -> Result<Option<String>, QueueError> {
-        self.check()?;
-        self.inner.blob_lease_holder(destination, digest).await
-    }
-    async fn checkpoint(
-        &self,
-        lease: &Lease,
-        checkpoint: &UploadCheckpoint,
-    ) -> Result<(), QueueError> {
-        self.check()?;
-        self.inner.checkpoint(lease, checkpoint).await
-    }
-    async fn clear_checkpoint(
-        &self,
-        lease: &Lease,
-        destination: &str,
-        digest: &str,
-    ) -> Result<(), QueueError> {
-        self.check()?;
-        self.inner
-            .clear_checkpoint(lease, destination, digest)
-            .await
-    }
-    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
-        self.check()?;
-        self.inner.checkpoints(job_id).await
     }
 }
 

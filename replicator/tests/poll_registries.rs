@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::config::Config;
 use ferry_replicator::event::EventKind;
 use ferry_replicator::ingest::poll::{PollError, PollMetrics, PollOptions, Poller};
 use ferry_replicator::oci::RegistryError;
 use ferry_replicator::policy::Selector;
-use ferry_replicator::queue::{Job, JobQueue, MemoryQueue, RedisQueue, RetryPolicy};
 use ferry_replicator::replicate::{list_source, Registries};
+use ferry_replicator::store::queue::{Job, JobQueue, MemoryQueue, RedisQueue};
 use ferry_testkit::{Behavior, FakeRegistry, RedisServer, Registry};
 use serde_json::{json, Value};
 

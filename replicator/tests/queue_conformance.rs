@@ -1,5 +1,5 @@
 //! One conformance suite for every [`JobQueue`] backend (the Quickwit `storage_test_suite` idea):
-//! each case is an `async fn(Backend)` written against `Arc<dyn JobQueue>`, and the `suite!`
+//! each case is an `async fn(Backend)` written against `Arc<dyn QueueBackend>`, and the `suite!`
 //! macro instantiates it for the in-memory queue, `RedisQueue` on `redis-server` and `RedisQueue`
 //! on `valkey-server` (modules `memory_backend`, `redis_server`, `valkey_server`). Cases that need
 //! a server process (crash/restart, outage, corrupt data written behind the queue's back) run for
@@ -17,16 +17,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::now_ms;
 use ferry_replicator::event::EventKind;
-use ferry_replicator::history::{
+use ferry_replicator::store::history::{
     Execution, ExecutionQuery, ExecutionState, History, MemoryHistory, RedisHistory, Retention,
-    StartedBy, Task, TaskState, WorkerInfo,
+    Task, TaskState, WorkerInfo,
 };
-use ferry_replicator::queue::{
-    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueError, QueueStats,
-    RedisQueue, RetryPolicy, UploadCheckpoint,
+use ferry_replicator::store::queue::{
+    BlobLeases, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueBackend,
+    QueueStats, RedisQueue, UploadCheckpoint,
 };
+use ferry_replicator::store::{StartedBy, StoreError};
 use ferry_testkit::RedisServer;
 
 const PREFIX: &str = "ferry-test";
@@ -39,7 +41,7 @@ enum Backend {
 }
 
 struct Harness {
-    queue: Arc<dyn JobQueue>,
+    queue: Arc<dyn QueueBackend>,
     /// The Redis queue behind `queue` (its history lives next to it); `None` for memory.
     redis: Option<RedisQueue>,
     /// `None` for the in-memory backend.
@@ -155,9 +157,9 @@ async fn claim_soon(q: &dyn JobQueue, consumer: &str, within: Duration) -> Vec<L
     }
 }
 
-fn assert_lease_lost<T: std::fmt::Debug>(r: Result<T, QueueError>, what: &str) {
+fn assert_lease_lost<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
     assert!(
-        matches!(r, Err(QueueError::LeaseLost { .. })),
+        matches!(r, Err(StoreError::LeaseLost { .. })),
         "{what}: expected LeaseLost, got {r:?}"
     );
 }
@@ -295,7 +297,7 @@ async fn expired_lease_is_reclaimed_and_old_holder_loses_it(backend: Backend) {
     assert_lease_lost(q.fail(&a, "late", true).await, "fail after reclaim");
     assert_lease_lost(q.release(&a).await, "release after reclaim");
     assert!(
-        matches!(q.renew(&a, LONG).await, Err(QueueError::LeaseLost { ref job_id, ref consumer })
+        matches!(q.renew(&a, LONG).await, Err(StoreError::LeaseLost { ref job_id, ref consumer })
         if *job_id == a.job.id && consumer == "a")
     );
 
@@ -919,7 +921,7 @@ async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
     let stats = loop {
         match q.stats().await {
             Ok(s) => break s,
-            Err(QueueError::Unavailable(_)) if start.elapsed() < Duration::from_secs(10) => {
+            Err(StoreError::Unavailable(_)) if start.elapsed() < Duration::from_secs(10) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("no recovery after restart: {e}"),
@@ -947,7 +949,7 @@ async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
         let start = Instant::now();
         let r = q.enqueue(job("during")).await;
         assert!(
-            matches!(r, Err(QueueError::Unavailable(_))),
+            matches!(r, Err(StoreError::Unavailable(_))),
             "round {round}: {r:?}"
         );
         assert!(
@@ -958,12 +960,12 @@ async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
     }
     let start = Instant::now();
     let r = q.claim("w", 1, LONG).await;
-    assert!(matches!(r, Err(QueueError::Unavailable(_))), "{r:?}");
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     assert!(start.elapsed() < Duration::from_secs(5));
     let start = Instant::now();
     let r = RedisQueue::connect(&url, PREFIX, fast()).await;
     assert!(
-        matches!(r, Err(QueueError::Unavailable(_))),
+        matches!(r, Err(StoreError::Unavailable(_))),
         "connect to a dead server"
     );
     assert!(
@@ -978,7 +980,7 @@ async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
         match q.enqueue(job("after")).await {
             Ok(EnqueueOutcome::Enqueued) => break,
             Ok(other) => panic!("{other:?}"),
-            Err(QueueError::Unavailable(_)) if start.elapsed() < Duration::from_secs(10) => {
+            Err(StoreError::Unavailable(_)) if start.elapsed() < Duration::from_secs(10) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("no recovery after restart: {e}"),

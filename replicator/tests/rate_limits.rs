@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
 use ferry_replicator::oci::gate::{SharedGate, SHARED_REFRESH};
-use ferry_replicator::pauses::RedisLimits;
-use ferry_replicator::queue::{RedisQueue, RetryPolicy};
 use ferry_replicator::replicate::Registries;
+use ferry_replicator::store::limits::RedisLimits;
+use ferry_replicator::store::queue::RedisQueue;
 use ferry_testkit::{Behavior, FakeRegistry, RedisServer};
 use serde_json::json;
 

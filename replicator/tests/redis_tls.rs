@@ -10,10 +10,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{free_local_addr, Serve};
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::event::EventKind;
-use ferry_replicator::queue::redis::RedisTarget;
-use ferry_replicator::queue::{EnqueueOutcome, Job, JobQueue, RedisQueue, RetryPolicy};
-use ferry_replicator::runtime::{connect_queue, RedisFlags};
+use ferry_replicator::runtime::RedisFlags;
+use ferry_replicator::store::queue::{EnqueueOutcome, Job, JobQueue, RedisQueue};
+use ferry_replicator::store::redis::{connect_waiting, RedisTarget};
 use ferry_testkit::RedisServer;
 
 const PASSWORD: &str = "pw-3f9c1a7e-never-logged";
@@ -84,10 +85,16 @@ async fn a_server_certificate_from_an_unknown_ca_is_refused_with_a_certificate_e
     let server = tls_server("redis-server").await;
     // Without --redis-ca-file only the public roots are trusted.
     let target = RedisTarget::new(&url_with_password(&server)).unwrap();
-    let e = connect_queue(&target, PREFIX, Duration::ZERO, Duration::from_millis(10))
-        .await
-        .err()
-        .expect("an untrusted certificate must not connect");
+    let e = connect_waiting(
+        &target,
+        Duration::ZERO,
+        Duration::from_millis(10),
+        std::future::pending(),
+        || RedisQueue::connect_to(&target, PREFIX, RetryPolicy::default()),
+    )
+    .await
+    .err()
+    .expect("an untrusted certificate must not connect");
     // The hint says what to do.
     assert_says(
         &format!("{e:#} {e:?}"),

@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
 use ferry_replicator::event::EventKind;
-use ferry_replicator::history::{MemoryHistory, Retention};
 use ferry_replicator::oci::{BlobUpload, Digest, DigestVerifier, RegistryClient};
-use ferry_replicator::queue::{Job, JobQueue, MemoryQueue, RetryPolicy, UploadCheckpoint};
 use ferry_replicator::replicate::Registries;
+use ferry_replicator::store::history::{MemoryHistory, Retention};
+use ferry_replicator::store::queue::{Checkpoints, Job, JobQueue, MemoryQueue, UploadCheckpoint};
+use ferry_replicator::store::Store;
 use ferry_replicator::transfer::READ_RESUMES;
 use ferry_replicator::worker::{Worker, WorkerOptions};
 use ferry_testkit::{sha256_digest, Behavior, FakeRegistry, Registry, RegistryOptions};
@@ -237,8 +239,15 @@ fn worker_for(config: &Config) -> WorkerSetup {
         ..Default::default()
     };
     let history = Arc::new(MemoryHistory::new(Retention::default()));
-    let worker =
-        Arc::new(Worker::new(config, &registries, queue.clone(), history, opts).expect("worker"));
+    let worker = Arc::new(
+        Worker::new(
+            config,
+            &registries,
+            &Store::new(queue.clone(), history),
+            opts,
+        )
+        .expect("worker"),
+    );
     WorkerSetup {
         queue,
         worker,

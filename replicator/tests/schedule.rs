@@ -8,22 +8,24 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::config::Config;
 use ferry_replicator::control::schedule::{ScheduleMetrics, Scheduler, TickOutcome};
-use ferry_replicator::history::{
-    ExecutionQuery, ExecutionState, History, RedisHistory, Retention, StartedBy,
-};
-use ferry_replicator::queue::{JobQueue, RedisQueue, RetryPolicy};
 use ferry_replicator::replicate::Registries;
+use ferry_replicator::store::history::{
+    ExecutionQuery, ExecutionState, History, RedisHistory, Retention,
+};
+use ferry_replicator::store::queue::{RedisQueue, RegionLock};
+use ferry_replicator::store::{StartedBy, Store};
 use ferry_testkit::RedisServer;
 use serde_json::json;
 
-async fn backend(redis: &RedisServer) -> (Arc<dyn JobQueue>, Arc<dyn History>) {
+async fn backend(redis: &RedisServer) -> Store {
     let q = RedisQueue::connect(&redis.url(), "sched-test", RetryPolicy::default())
         .await
         .unwrap();
     let h = Arc::new(RedisHistory::new(&q, Retention::default()));
-    (Arc::new(q), h)
+    Store::new(Arc::new(q), h)
 }
 
 fn scheduled(dir: &std::path::Path, src: &str, dst: &str, settings: serde_json::Value) -> Config {
@@ -37,20 +39,20 @@ fn scheduled(dir: &std::path::Path, src: &str, dst: &str, settings: serde_json::
 }
 
 async fn scheduler(config: &Config, redis: &RedisServer, holder: &str) -> Scheduler {
-    let (queue, history) = backend(redis).await;
+    let store = backend(redis).await;
     let registries = Registries::from_config(config).unwrap();
     Scheduler::new(
         config,
         &registries,
-        queue,
-        history,
-        holder,
+        store.jobs,
+        store.history,
+        RegionLock::new(store.leases, holder),
         ScheduleMetrics::default(),
     )
     .unwrap()
 }
 
-async fn scheduled_runs(history: &dyn History) -> Vec<ferry_replicator::history::Execution> {
+async fn scheduled_runs(history: &dyn History) -> Vec<ferry_replicator::store::history::Execution> {
     history
         .executions(&ExecutionQuery {
             limit: 1000,
@@ -100,7 +102,7 @@ async fn each_tick_fires_once_across_schedulers() {
         // A late wake-up for the same tick does not fire it again.
         assert_eq!(a.tick(entry_a, at).await, TickOutcome::Taken);
     }
-    let (_, history) = backend(&redis).await;
+    let history = backend(&redis).await.history;
     let runs = scheduled_runs(history.as_ref()).await;
     assert_eq!(runs.len(), 5, "{runs:?}");
     // The source is empty: each run ends at once.
@@ -185,7 +187,7 @@ async fn two_worker_processes_fire_each_tick_once() {
                 .unwrap(),
         );
     }
-    let (_, history) = backend(&redis).await;
+    let history = backend(&redis).await.history;
     let enough = eventually(Duration::from_secs(60), || async {
         scheduled_runs(history.as_ref()).await.len() >= 5
     })

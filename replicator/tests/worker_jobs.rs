@@ -9,16 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::clock::now_ms;
 use ferry_replicator::config::Config;
 use ferry_replicator::event::EventKind;
-use ferry_replicator::history::{
-    ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, StartedBy, TaskState,
-};
-use ferry_replicator::queue::memory::MemoryQueue;
-use ferry_replicator::queue::{Job, JobQueue, RetryPolicy};
 use ferry_replicator::replicate::delete::DeleteOutcome;
 use ferry_replicator::replicate::{Registries, TagOutcome};
+use ferry_replicator::store::history::{
+    ExecutionQuery, ExecutionState, History, MemoryHistory, Retention, TaskState,
+};
+use ferry_replicator::store::queue::memory::MemoryQueue;
+use ferry_replicator::store::queue::{DeadLetters, Job, JobQueue, RegionLock};
+use ferry_replicator::store::{StartedBy, Store};
 use ferry_replicator::worker::{JobOutcome, Worker, WorkerOptions};
 use ferry_testkit::{skopeo, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
@@ -61,7 +63,13 @@ async fn setup(policy_extra: serde_json::Value) -> Setup {
     };
     let history = Arc::new(MemoryHistory::new(Retention::default()));
     let worker = Arc::new(
-        Worker::new(&config, &registries, queue.clone(), history.clone(), opts).expect("worker"),
+        Worker::new(
+            &config,
+            &registries,
+            &Store::new(queue.clone(), history.clone()),
+            opts,
+        )
+        .expect("worker"),
     );
     Setup {
         src,
@@ -80,15 +88,17 @@ fn memory_worker(config: &Config, registries: &Registries) -> Worker {
     Worker::new(
         config,
         registries,
-        Arc::new(MemoryQueue::new(RetryPolicy::default())),
-        Arc::new(MemoryHistory::new(Retention::default())),
+        &Store::new(
+            Arc::new(MemoryQueue::new(RetryPolicy::default())),
+            Arc::new(MemoryHistory::new(Retention::default())),
+        ),
         WorkerOptions::default(),
     )
     .expect("worker")
 }
 
 /// The newest executions in the worker's history (up to 10).
-async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::history::Execution> {
+async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::store::history::Execution> {
     s.history
         .executions(&ExecutionQuery {
             limit: 10,
@@ -377,7 +387,7 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
         &s.config,
         &s.registries,
         s.queue.clone(),
-        "test",
+        RegionLock::new(s.queue.clone(), "test"),
         ReconcileMetrics::default(),
     )
     .unwrap();
@@ -493,8 +503,7 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
     let worker = Worker::new(
         &config,
         &registries,
-        queue,
-        history,
+        &Store::new(queue, history),
         WorkerOptions::default(),
     )
     .unwrap();
@@ -695,7 +704,7 @@ async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_n
         &s.config,
         &s.registries,
         s.queue.clone(),
-        "test",
+        RegionLock::new(s.queue.clone(), "test"),
         ReconcileMetrics::default(),
     )
     .unwrap();
@@ -760,7 +769,8 @@ async fn one_failing_destination_does_not_hold_back_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_a_bidirectional_policy_fills_both_sides() {
     use ferry_replicator::control::runs::start_run;
-    use ferry_replicator::history::{ExecutionState, StartedBy};
+    use ferry_replicator::store::history::ExecutionState;
+    use ferry_replicator::store::StartedBy;
     let s = setup(json!({"mode": "bidirectional"})).await;
     let dir = s._dir.path();
     let only_src = push_image(dir, 60, &s.src.host(), "team/a:v1").await;

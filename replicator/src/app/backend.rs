@@ -7,15 +7,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::RetryPolicy;
 use crate::catalog::{MemoryPolicyStore, PolicyStore, RedisPolicyStore};
-use crate::history::{History, MemoryHistory, RedisHistory, Retention};
-use crate::pauses::RedisLimits;
-use crate::queue::redis::RedisTarget;
-use crate::queue::{JobQueue, MemoryQueue, RetryPolicy};
-use crate::regions::conflict::{MemoryTagLedger, RedisTagLedger, TagLedger};
-use crate::regions::{Outbox, RedisOutbox};
 use crate::replicate::Registries;
-use crate::runtime::{connect_queue, ConnectError};
+use crate::runtime::shutdown_signal;
+use crate::store::history::{MemoryHistory, RedisHistory, Retention};
+use crate::store::ledger::{MemoryTagLedger, RedisTagLedger, TagLedger};
+use crate::store::limits::RedisLimits;
+use crate::store::outbox::{Outbox, RedisOutbox};
+use crate::store::queue::{MemoryQueue, RedisQueue};
+use crate::store::redis::{connect_waiting, ConnectError, RedisStore, RedisTarget};
+use crate::store::Store;
 
 /// Pause between attempts to reach Redis at startup.
 const CONNECT_RETRY: Duration = Duration::from_secs(2);
@@ -40,9 +42,11 @@ pub enum QueueOptions {
 /// The region's shared state.
 #[derive(Clone)]
 pub struct Backend {
-    pub queue: Arc<dyn JobQueue>,
-    pub history: Arc<dyn History>,
-    pub store: Arc<dyn PolicyStore>,
+    /// Jobs, dead letters, blob leases, pauses, upload checkpoints and history: each part takes
+    /// the views it uses.
+    pub store: Store,
+    /// Policies and registries stored through the admin API.
+    pub policies: Arc<dyn PolicyStore>,
     /// Last writes of tags, for bidirectional conflicts (shared by the region's writers).
     pub tag_ledger: Arc<dyn TagLedger>,
     /// Events waiting for other regions; `None` in process (nothing is forwarded).
@@ -62,20 +66,36 @@ impl Backend {
                 connect_timeout,
                 retention,
             } => {
-                let q = connect_queue(target, prefix, *connect_timeout, CONNECT_RETRY).await?;
+                let open = || async {
+                    let redis = RedisStore::connect_to(target, prefix).await?;
+                    let queue = RedisQueue::open(&redis, RetryPolicy::default()).await?;
+                    Ok((redis, queue))
+                };
+                let (redis, queue) = connect_waiting(
+                    target,
+                    *connect_timeout,
+                    CONNECT_RETRY,
+                    shutdown_signal(),
+                    open,
+                )
+                .await?;
                 Ok(Backend {
-                    history: Arc::new(RedisHistory::new(&q, *retention)),
-                    store: Arc::new(RedisPolicyStore::new(&q)),
-                    tag_ledger: Arc::new(RedisTagLedger::new(&q)),
-                    outbox: Some(Arc::new(RedisOutbox::new(&q))),
-                    limits: Some(Arc::new(RedisLimits::new(&q))),
-                    queue: Arc::new(q),
+                    store: Store::new(
+                        Arc::new(queue),
+                        Arc::new(RedisHistory::new(&redis, *retention)),
+                    ),
+                    policies: Arc::new(RedisPolicyStore::new(&redis)),
+                    tag_ledger: Arc::new(RedisTagLedger::new(&redis)),
+                    outbox: Some(Arc::new(RedisOutbox::new(&redis))),
+                    limits: Some(Arc::new(RedisLimits::new(&redis))),
                 })
             }
             QueueOptions::InProcess { retention } => Ok(Backend {
-                queue: Arc::new(MemoryQueue::new(RetryPolicy::default())),
-                history: Arc::new(MemoryHistory::new(*retention)),
-                store: Arc::new(MemoryPolicyStore::default()),
+                store: Store::new(
+                    Arc::new(MemoryQueue::new(RetryPolicy::default())),
+                    Arc::new(MemoryHistory::new(*retention)),
+                ),
+                policies: Arc::new(MemoryPolicyStore::default()),
                 tag_ledger: Arc::new(MemoryTagLedger::default()),
                 outbox: None,
                 limits: None,

@@ -95,7 +95,7 @@ pub(super) async fn build(
         peers,
         tokens,
     } = plan;
-    let queue = parts.backend.queue.clone();
+    let queue = parts.backend.store.jobs.clone();
     // A single site has no peers and no Forward endpoint (see `Plan::new`).
     let (Some(outbox), Some(region)) = (parts.backend.outbox.clone(), region.name()) else {
         // In process there is no outbox, and nobody to forward to.

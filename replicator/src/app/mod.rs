@@ -55,7 +55,9 @@ use crate::replicate::{Registries, SyncError};
 use crate::runtime::background::{Statuses, Supervisor};
 use crate::runtime::listener::{HttpListener, ListenError, ListenFlags};
 use crate::runtime::ops::ProcessMetrics;
-use crate::runtime::{shutdown_signal, ConnectError};
+use crate::runtime::shutdown_signal;
+use crate::store::queue::RegionLock;
+use crate::store::redis::ConnectError;
 use crate::throttle::SharedSpeed;
 use crate::worker::{Worker, WorkerMetrics, WorkerOptions};
 
@@ -458,16 +460,10 @@ impl Parts {
         let metrics = WorkerMetrics::register(&mut self.metrics);
         let b = &self.backend;
         let worker = Arc::new(
-            Worker::new(
-                &self.config,
-                &self.registries,
-                b.queue.clone(),
-                b.history.clone(),
-                options.clone(),
-            )?
-            .with_metrics(metrics)
-            .with_tag_ledger(b.tag_ledger.clone())
-            .with_shared_speed(b.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
+            Worker::new(&self.config, &self.registries, &b.store, options.clone())?
+                .with_metrics(metrics)
+                .with_tag_ledger(b.tag_ledger.clone())
+                .with_shared_speed(b.limits.clone().map(|l| l as Arc<dyn SharedSpeed>)),
         );
         tracing::info!(consumer = %options.consumer, concurrency = options.concurrency, "running jobs");
         self.reload.push(worker.clone());
@@ -491,8 +487,8 @@ impl Parts {
             Reconciler::new(
                 &self.config,
                 &self.registries,
-                self.backend.queue.clone(),
-                holder,
+                self.backend.store.jobs.clone(),
+                RegionLock::new(self.backend.store.leases.clone(), holder),
                 metrics,
             )?
             .in_region(region, &self.config, &self.registries)?,
@@ -508,9 +504,9 @@ impl Parts {
         let scheduler = Arc::new(Scheduler::new(
             &self.config,
             &self.registries,
-            self.backend.queue.clone(),
-            self.backend.history.clone(),
-            holder,
+            self.backend.store.jobs.clone(),
+            self.backend.store.history.clone(),
+            RegionLock::new(self.backend.store.leases.clone(), holder),
             ScheduleMetrics::register(&mut self.metrics),
         )?);
         self.reload.push(scheduler.clone());
@@ -544,7 +540,7 @@ impl Parts {
     ) -> Result<(HttpListener, Option<IngestState>), AppError> {
         let Some((sink, tokens)) = webhooks else {
             let metrics = Arc::new(ProcessMetrics::new(std::mem::take(&mut self.metrics)));
-            let router = crate::runtime::ops::router(self.backend.queue.clone(), metrics);
+            let router = crate::runtime::ops::router(self.backend.store.jobs.clone(), metrics);
             let listener = o.listen_flags.bind_http("--listen", listen, router).await?;
             tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
             return Ok((listener, None));
@@ -561,7 +557,7 @@ impl Parts {
     /// Where accepted events go: this region's queue and ledger, and with regions the outbox.
     fn sink(&self, regions: Option<&forwarding::Plan>) -> EventSink {
         EventSink {
-            queue: self.backend.queue.clone(),
+            queue: self.backend.store.jobs.clone(),
             region: regions.map_or_else(Region::single_site, |r| r.region.clone()),
             outbox: regions.and(self.backend.outbox.clone()),
             ledger: Some(self.backend.tag_ledger.clone()),
@@ -609,10 +605,12 @@ impl Parts {
         };
         let state = admin::AdminState {
             config: self.config.clone(),
-            store: self.backend.store.clone(),
+            store: self.backend.policies.clone(),
             registries: self.registries.clone(),
-            queue: self.backend.queue.clone(),
-            history: self.backend.history.clone(),
+            queue: self.backend.store.jobs.clone(),
+            dead_letters: self.backend.store.dead_letters.clone(),
+            pauses: self.backend.store.pauses.clone(),
+            history: self.backend.store.history.clone(),
             shutdown: self.shutdown.clone(),
             tasks: TaskTracker::new(),
         };
@@ -634,7 +632,7 @@ impl Parts {
         let (config, registries, store, stop) = (
             self.config.clone(),
             self.registries.clone(),
-            self.backend.store.clone(),
+            self.backend.policies.clone(),
             self.shutdown.clone(),
         );
         self.tasks.push(

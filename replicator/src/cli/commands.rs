@@ -9,12 +9,12 @@ use anyhow::Context;
 use ferry_replicator::app::{AdminOptions, Daemon, DaemonOptions, QueueOptions};
 use ferry_replicator::config::{Config, Region};
 use ferry_replicator::policy::Policy;
-use ferry_replicator::queue::redis::RedisTarget;
 use ferry_replicator::replicate::drift::{diff_policy, DriftReport};
 use ferry_replicator::replicate::{
     sync_policy, PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
 };
 use ferry_replicator::runtime::shutdown_signal;
+use ferry_replicator::store::redis::RedisTarget;
 use ferry_replicator::worker::WorkerOptions;
 use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;

@@ -153,8 +153,8 @@ pub struct QueueFlags {
 
 impl QueueFlags {
     /// The history retention these flags ask for.
-    pub fn retention(&self) -> ferry_replicator::history::Retention {
-        ferry_replicator::history::Retention {
+    pub fn retention(&self) -> ferry_replicator::store::history::Retention {
+        ferry_replicator::store::history::Retention {
             max_executions: self.history_max_executions.max(1),
             max_age: std::time::Duration::from_secs(
                 self.history_max_age_hours.saturating_mul(3600),

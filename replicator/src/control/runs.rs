@@ -15,11 +15,12 @@ use std::collections::HashSet;
 
 use crate::clock::now_ms;
 use crate::event::EventKind;
-use crate::history::{Execution, ExecutionState, History, StartedBy, Task, TaskState};
 use crate::oci::RegistryError;
-use crate::queue::{new_job_id, Job, JobQueue, QueueError};
 use crate::replicate::drift::{diff_policy, DriftReport};
 use crate::replicate::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
+use crate::store::history::{Execution, ExecutionState, History, Task, TaskState};
+use crate::store::queue::{new_job_id, Job, JobQueue};
+use crate::store::{StartedBy, StoreError};
 
 /// Tasks recorded per history call (a run may have many thousands).
 const RECORD_CHUNK: usize = 500;
@@ -34,7 +35,7 @@ pub enum RunError {
         source: RegistryError,
     },
     #[error(transparent)]
-    Queue(#[from] QueueError),
+    Queue(#[from] StoreError),
 }
 
 fn task(run: &str, policy: &str, destination: &str, repository: &str, tag: &str, now: i64) -> Task {
@@ -216,7 +217,7 @@ pub enum StopError {
     #[error("execution {id} is event-driven (a single job that retries on its own); only manual and scheduled runs can be stopped")]
     NotARun { id: String },
     #[error(transparent)]
-    Queue(#[from] QueueError),
+    Queue(#[from] StoreError),
 }
 
 /// Stops a run: the execution ends `stopped` now and its open tasks with it; workers skip its

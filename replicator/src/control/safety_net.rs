@@ -25,13 +25,13 @@ use crate::catalog::Current;
 use crate::clock::now_ms;
 use crate::config::{Config, Region};
 use crate::event::EventKind;
-use crate::history::StartedBy;
 use crate::labels::PolicyLabel;
 use crate::policy::TriggerKind;
-use crate::queue::{EnqueueOutcome, Job, JobQueue};
 use crate::replicate::drift::diff_policy;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
+use crate::store::queue::{EnqueueOutcome, Job, JobQueue, RegionLock};
+use crate::store::StartedBy;
 
 /// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
 #[derive(Debug, Clone, Default)]
@@ -70,26 +70,27 @@ pub struct Reconciler {
     /// Replaced as a whole by [`Reconciler::reload`].
     policies: Current<Vec<Arc<PreparedPolicy>>>,
     queue: Arc<dyn JobQueue>,
-    holder: String,
+    /// The per-policy lock that lets one process of the region run each pass.
+    lock: RegionLock,
     metrics: ReconcileMetrics,
     /// This process's region: only policies that run here are reconciled here.
     region: Region,
 }
 
 impl Reconciler {
-    /// Prepares every enabled `event_based` policy (no network I/O). `holder` names this process in
-    /// the per-policy lease.
+    /// Prepares every enabled `event_based` policy (no network I/O); each pass of a policy takes
+    /// `lock` first.
     pub fn new(
         config: &Config,
         registries: &Registries,
         queue: Arc<dyn JobQueue>,
-        holder: &str,
+        lock: RegionLock,
         metrics: ReconcileMetrics,
     ) -> Result<Reconciler, SyncError> {
         Ok(Reconciler {
             policies: Current::new(event_policies(config, registries, &Region::single_site())?),
             queue,
-            holder: holder.to_string(),
+            lock,
             metrics,
             region: Region::single_site(),
         })
@@ -184,11 +185,7 @@ impl Reconciler {
                 None => format!("reconcile/{policy}"),
             };
             let ttl = interval.mul_f64(0.9).max(Duration::from_secs(1));
-            match self
-                .queue
-                .lease_blob("ferry", &lease_key, &self.holder, ttl)
-                .await
-            {
+            match self.lock.try_take(&lease_key, ttl).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::debug!(policy = %policy, "reconciliation taken by another process");

@@ -26,12 +26,13 @@ use prometheus_client::registry::Registry;
 use crate::catalog::Current;
 use crate::config::Config;
 use crate::control::runs::start_run;
-use crate::history::{ExecutionQuery, History, StartedBy};
 use crate::labels::PolicyOutcome;
 use crate::policy::TriggerKind;
-use crate::queue::JobQueue;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
+use crate::store::history::{ExecutionQuery, History};
+use crate::store::queue::{JobQueue, RegionLock};
+use crate::store::StartedBy;
 
 /// Longest sleep of the scheduler loop (how soon a policy added through the API is scheduled).
 const RECHECK: Duration = Duration::from_secs(5);
@@ -101,26 +102,26 @@ pub struct Scheduler {
     entries: Current<Vec<Entry>>,
     queue: Arc<dyn JobQueue>,
     history: Arc<dyn History>,
-    holder: String,
+    /// The lock that lets one process of the region fire each tick.
+    lock: RegionLock,
     metrics: ScheduleMetrics,
 }
 
 impl Scheduler {
-    /// Every enabled `scheduled` policy of `config` (no network I/O). `holder` names this process
-    /// in the tick leases.
+    /// Every enabled `scheduled` policy of `config` (no network I/O); each tick takes `lock` first.
     pub fn new(
         config: &Config,
         registries: &Registries,
         queue: Arc<dyn JobQueue>,
         history: Arc<dyn History>,
-        holder: &str,
+        lock: RegionLock,
         metrics: ScheduleMetrics,
     ) -> Result<Scheduler, SyncError> {
         Ok(Scheduler {
             entries: Current::new(entries(config, registries)?),
             queue,
             history,
-            holder: holder.to_string(),
+            lock,
             metrics,
         })
     }
@@ -141,11 +142,7 @@ impl Scheduler {
     pub async fn tick(&self, entry: &Entry, at: DateTime<Utc>) -> TickOutcome {
         let policy = &entry.prepared.policy.name;
         let key = format!("schedule/{policy}/{}", at.timestamp());
-        let outcome = match self
-            .queue
-            .lease_blob("ferry", &key, &self.holder, TICK_LEASE)
-            .await
-        {
+        let outcome = match self.lock.try_take(&key, TICK_LEASE).await {
             Ok(false) => TickOutcome::Taken,
             Err(e) => TickOutcome::Failed(format!("cannot take the tick lease: {e}")),
             Ok(true) => match self.active_run(policy, entry.single_active).await {

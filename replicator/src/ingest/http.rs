@@ -77,8 +77,8 @@ use crate::runtime::ops::ProcessMetrics;
 use super::{distribution, harbor, Batch, EventSink, IngestError};
 use crate::config::Config;
 use crate::event::{Event, TimeClamp};
-use crate::queue::new_job_id;
-use crate::queue::{EnqueueOutcome, QueueError};
+use crate::store::queue::{new_job_id, EnqueueOutcome};
+use crate::store::StoreError;
 
 /// Default request body limit: 1 MiB (a distribution batch is a few KiB per event).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -540,13 +540,13 @@ fn store_failed(
     inner: &Inner,
     registry: &str,
     kind: &str,
-    error: &QueueError,
+    error: &StoreError,
     stored_before: u64,
 ) -> Reject {
     inner.metrics.event(registry, kind, "queue_unavailable");
     let status = match error {
-        QueueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        QueueError::Corrupt(_) | QueueError::LeaseLost { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Corrupt(_) | StoreError::LeaseLost { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Reject::new(status, error).with("enqueued_before_failure", json!(stored_before))
 }
@@ -633,7 +633,7 @@ fn record_enqueue(
     event: &Event,
     policy: &str,
     job_id: &str,
-    outcome: Result<EnqueueOutcome, QueueError>,
+    outcome: Result<EnqueueOutcome, StoreError>,
     tally: &mut Tally,
 ) -> Result<(), Reject> {
     let kind = event.kind.as_str();

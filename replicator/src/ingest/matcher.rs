@@ -27,7 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::config::{Config, Region};
 use crate::event::{Event, EventKind};
 use crate::policy::{FilterKind, Mode, Policy, Selector, SelectorError, TriggerKind};
-use crate::queue::Job;
+use crate::store::queue::Job;
 
 use super::is_referrer_tag;
 

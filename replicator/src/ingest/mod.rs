@@ -7,7 +7,7 @@
 //!   suppression), the manifest and tag events of one delete joined, child manifests of an index
 //!   push folded into the tagged index event.
 //! - [`harbor`]: Harbor's webhook JSON → [`Event`]s.
-//! - [`matcher`]: [`Event`] + config → one [`Job`](crate::queue::Job) per matching event-based
+//! - [`matcher`]: [`Event`] + config → one [`Job`](crate::store::queue::Job) per matching event-based
 //!   policy.
 //! - [`http`]: the axum router (`POST /v1/events/{distribution,harbor}`, `/healthz`, `/metrics`):
 //!   bearer-token auth, body limit, content-type check, and the delivery rule below.
@@ -44,9 +44,10 @@ use std::sync::Arc;
 use crate::config::Region;
 use crate::event::{Event, EventKind};
 use crate::policy::NameError;
-use crate::queue::{JobQueue, QueueError};
-use crate::regions::conflict::{TagLedger, TagWrite};
-use crate::regions::{Forwarded, Outbox};
+use crate::store::ledger::{TagLedger, TagWrite};
+use crate::store::outbox::{Forwarded, Outbox};
+use crate::store::queue::JobQueue;
+use crate::store::StoreError;
 
 /// Where accepted events go: this region's queue, the outbox of the regions that run the event's
 /// other policies, and the ledger of user pushes that bidirectional conflicts are decided on.
@@ -92,7 +93,7 @@ impl EventSink {
         matcher: &Matcher,
         event: &Event,
         forward: &BTreeSet<String>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         if let (Some(ledger), EventKind::Push, Some(tag), Some(digest)) =
             (&self.ledger, event.kind, &event.tag, &event.digest)
         {
@@ -111,7 +112,7 @@ impl EventSink {
             return Ok(());
         }
         let Some(outbox) = &self.outbox else {
-            return Err(QueueError::Unavailable(format!(
+            return Err(StoreError::Unavailable(format!(
                 "the event must be forwarded to region(s) {} but this process has no outbox",
                 forward.iter().cloned().collect::<Vec<_>>().join(", ")
             )));

@@ -50,9 +50,10 @@ use crate::policy::{
     check_digest, check_repository, check_tag, Decoration, FilterKind, Mode, NameError, Policy,
     Selector, TriggerKind,
 };
-use crate::queue::{EnqueueOutcome, QueueError};
 use crate::replicate::{is_referrer_tag, Registries, SyncError};
 use crate::runtime::background::{Next, Routine, Supervisor};
+use crate::store::queue::EnqueueOutcome;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PassLabels {
@@ -152,7 +153,7 @@ pub enum PollError {
         source: RegistryError,
     },
     #[error("cannot enqueue the jobs of a polled change (it is picked up again next pass): {0}")]
-    Queue(#[from] QueueError),
+    Queue(#[from] StoreError),
 }
 
 /// A policy's view of the polled registry.
@@ -618,7 +619,7 @@ impl Poller {
         events
     }
 
-    async fn enqueue(&self, event: &Event, report: &mut PassReport) -> Result<(), QueueError> {
+    async fn enqueue(&self, event: &Event, report: &mut PassReport) -> Result<(), StoreError> {
         let kind = event.kind.as_str();
         let route = self.matcher.route(event);
         if route.jobs.is_empty() && route.forward.is_empty() {

@@ -109,7 +109,7 @@ pub struct Trigger {
 }
 
 // How a policy fires (Harbor's `trigger.type`; absent means `manual`, as in Harbor). What
-// actually started one execution is a `crate::history::StartedBy`. (A `//` comment: doc comments
+// actually started one execution is a `crate::store::StartedBy`. (A `//` comment: doc comments
 // here would change the generated schema.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -14,10 +14,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use ferry_proto::v1 as pb;
 
-use super::{to_proto, ForwardMetrics, Outbox};
+use super::{to_proto, ForwardMetrics};
+use crate::backoff::RetryPolicy;
 use crate::config::RegionConfig;
-use crate::queue::RetryPolicy;
 use crate::runtime::background::{supervise, Next, Routine, Statuses, Supervisor};
+use crate::store::outbox::Outbox;
 
 /// Entries per call.
 pub const BATCH: usize = 100;
@@ -125,7 +126,7 @@ impl Forwarder {
     /// One round: the number of entries delivered.
     async fn round(&mut self) -> Result<usize, Round> {
         let region = self.peer.name.clone();
-        let store = |e: crate::queue::QueueError| Round::Failed(format!("outbox: {e}"));
+        let store = |e: crate::store::StoreError| Round::Failed(format!("outbox: {e}"));
         if !self
             .outbox
             .lease_forwarder(&region, &self.holder, LEASE)

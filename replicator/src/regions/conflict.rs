@@ -19,32 +19,16 @@
 //! different destination tag.
 //!
 //! Invariants: [`compare_heads`] and [`decide`] are pure; a ledger write never fails a copy that already happened (the
-//! caller logs it); entries expire after [`LEDGER_TTL`], long after any conflict could matter.
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! caller logs it); the ledger itself ([`crate::store::ledger`]) forgets a write after
+//! [`crate::store::ledger::LEDGER_TTL`], long after any conflict could matter.
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
-
-use crate::queue::redis::{bounded, RedisQueue};
-use crate::queue::QueueError;
+use crate::store::ledger::TagWrite;
 
 /// How long a destination digest without a recorded write holds a job back.
 pub const DECISION_GRACE: Duration = Duration::from_secs(15);
-/// How long the ledger remembers a write.
-pub const LEDGER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// One write of a tag: what it holds since, when the change happened and in which region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagWrite {
-    pub digest: String,
-    /// Event time of the change (Unix ms).
-    pub at_ms: i64,
-    /// Region where the change was made (empty on a single site).
-    pub region: String,
-}
-
+/// The rule both regions apply to two writes of a tag.
 impl TagWrite {
     /// Later event time wins; on a tie, the greater region name (then digest, so that two writes
     /// never tie).
@@ -135,128 +119,6 @@ pub fn decide(
             Decision::Wait
         }
         _ => Decision::Copy { replaces: None },
-    }
-}
-
-/// The last write of each tag of the registries this region writes.
-#[async_trait::async_trait]
-pub trait TagLedger: Send + Sync {
-    async fn last_write(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-    ) -> Result<Option<TagWrite>, QueueError>;
-
-    async fn record_write(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-        write: &TagWrite,
-    ) -> Result<(), QueueError>;
-}
-
-/// A ledger in this process (`ferry serve` without Redis, tests).
-#[derive(Debug, Default)]
-pub struct MemoryTagLedger {
-    writes: Mutex<HashMap<(String, String, String), TagWrite>>,
-}
-
-#[async_trait::async_trait]
-impl TagLedger for MemoryTagLedger {
-    async fn last_write(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-    ) -> Result<Option<TagWrite>, QueueError> {
-        let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(writes
-            .get(&(registry.into(), repository.into(), tag.into()))
-            .cloned())
-    }
-
-    async fn record_write(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-        write: &TagWrite,
-    ) -> Result<(), QueueError> {
-        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        writes.insert(
-            (registry.into(), repository.into(), tag.into()),
-            write.clone(),
-        );
-        Ok(())
-    }
-}
-
-/// The ledger in the region's Redis/Valkey: one JSON string per tag,
-/// `<prefix>:tagwrite:<registry>:<repository>:<tag>`, expiring after [`LEDGER_TTL`].
-#[derive(Clone)]
-pub struct RedisTagLedger {
-    con: ConnectionManager,
-    prefix: String,
-}
-
-impl RedisTagLedger {
-    pub fn new(queue: &RedisQueue) -> RedisTagLedger {
-        RedisTagLedger {
-            con: queue.connection(),
-            prefix: queue.prefix().to_string(),
-        }
-    }
-
-    fn key(&self, registry: &str, repository: &str, tag: &str) -> String {
-        format!("{}:tagwrite:{registry}:{repository}:{tag}", self.prefix)
-    }
-}
-
-#[async_trait::async_trait]
-impl TagLedger for RedisTagLedger {
-    async fn last_write(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-    ) -> Result<Option<TagWrite>, QueueError> {
-        let mut con = self.con.clone();
-        let raw: Option<String> = bounded(
-            redis::cmd("GET")
-                .arg(self.key(registry, repository, tag))
-                .query_async(&mut con),
-        )
-        .await?;
-        raw.map(|raw| {
-            serde_json::from_str(&raw).map_err(|e| {
-                QueueError::Corrupt(format!(
-                    "tag write of {registry}/{repository}:{tag} is not valid JSON: {e}"
-                ))
-            })
-        })
-        .transpose()
-    }
-
-    async fn record_write(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-        write: &TagWrite,
-    ) -> Result<(), QueueError> {
-        let raw = serde_json::to_string(write).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-        let mut con = self.con.clone();
-        bounded(
-            redis::cmd("SET")
-                .arg(self.key(registry, repository, tag))
-                .arg(raw)
-                .arg("PX")
-                .arg(crate::clock::duration_ms(LEDGER_TTL))
-                .query_async::<()>(&mut con),
-        )
-        .await
     }
 }
 

@@ -3,7 +3,7 @@
 //! shared Redis.
 //!
 //! # Layout
-//! - [`outbox`]: the durable per-region outbox the agent writes before answering the registry,
+//! - [`crate::store::outbox`] (stored with the rest of the region's state): the durable per-region outbox the agent writes before answering the registry,
 //!   and the receiver's record of accepted event ids.
 //! - [`server`]: the `Events` service: matches forwarded events against this region's policies
 //!   and answers only after their jobs are in the local queue.
@@ -23,7 +23,6 @@
 //! - A forwarded event is never forwarded again (see `ingest::matcher`).
 pub mod client;
 pub mod conflict;
-pub mod outbox;
 pub mod server;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,9 +35,9 @@ use ferry_proto::v1 as pb;
 
 use crate::event::{check_event_id, Event, EventKind};
 use crate::policy::{check_digest, check_repository, check_tag};
+use crate::store::outbox::Forwarded;
 
 pub use client::{ForwardTls, Forwarder};
-pub use outbox::{Forwarded, Outbox, RedisOutbox};
 pub use server::ForwardService;
 
 /// Env var holding the token regions present to each other's Forward endpoints.

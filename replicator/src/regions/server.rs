@@ -27,15 +27,17 @@ use tonic::{Request, Response, Status};
 
 use ferry_proto::v1 as pb;
 
-use super::{ForwardMetrics, Forwarded, Outbox};
+use super::ForwardMetrics;
 use crate::catalog::{Current, Reload};
 use crate::config::{Config, Region};
 use crate::event::TimeClamp;
 use crate::ingest::Matcher;
 use crate::policy::quoted;
-use crate::queue::new_job_id;
-use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
 use crate::replicate::Registries;
+use crate::store::outbox::{Forwarded, Outbox};
+use crate::store::queue::new_job_id;
+use crate::store::queue::{EnqueueOutcome, JobQueue};
+use crate::store::StoreError;
 use crate::tokens::TokenSet;
 
 /// Largest batch a peer may send.
@@ -189,7 +191,7 @@ impl Reload for ForwardService {
     }
 }
 
-fn unavailable(e: &QueueError) -> Status {
+fn unavailable(e: &StoreError) -> Status {
     Status::unavailable(format!("this region's queue cannot store the events: {e}"))
 }
 

@@ -6,8 +6,8 @@
 //! the registry deletes manifests by digest only. Every "not deleting" says why.
 use crate::oci::digest::{self, Digest};
 use crate::oci::TagDelete;
-use crate::queue::Job;
 use crate::replicate::PreparedPolicy;
+use crate::store::queue::Job;
 use crate::transfer::{TransferContext, TransferError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

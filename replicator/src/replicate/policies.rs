@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::queue::Job;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
+use crate::store::queue::Job;
 use crate::throttle::{SharedSpeedSlot, Throttle};
 
 /// The enabled policies of a config, prepared, with their throttles.

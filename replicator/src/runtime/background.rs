@@ -9,7 +9,7 @@
 //!   may be dropped half-way ([`Routine::interruptible`]), otherwise when the step ends.
 //! - **Failures back off**: after `n` failed steps in a row the routine waits
 //!   [`Routine::retry_in`] — by default the crate's one backoff schedule
-//!   ([`crate::queue::backoff`]) with [`Routine::retry`] — and the count resets on the first
+//!   ([`crate::backoff`]) with [`Routine::retry`] — and the count resets on the first
 //!   success. Every failure is logged once, here.
 //! - **Status is current**: `Busy` while a step runs, `Idle` or `Backoff` while it waits, `Stopped`
 //!   once it returned; with the failures in a row, the errors in total and the last error.
@@ -21,8 +21,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff;
+use crate::backoff::RetryPolicy;
 use crate::locks::lock;
-use crate::queue::{backoff, RetryPolicy};
 
 /// Backoff between failed steps unless a routine says otherwise: from 1 s, doubling, capped at
 /// one minute.

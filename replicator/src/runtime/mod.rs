@@ -6,11 +6,11 @@
 //! - [`ops`]: `/healthz` and `/metrics` (the process's one metrics registry, [`ops::ProcessMetrics`]);
 //!   [`telemetry`]: OTLP traces.
 //! - this file: logging (and OTLP trace) setup, the shutdown signal, where the Redis URL comes
-//!   from ([`RedisFlags`]), connecting to the queue while Redis may still be starting, and this
-//!   host's name ([`hostname`]).
+//!   from ([`RedisFlags`]; connecting is [`crate::store::redis`]'s), and this host's name
+//!   ([`hostname`]).
 //!
-//! Invariants: every long-running binary stops on SIGINT or SIGTERM through [`shutdown_signal`], and
-//! never waits on Redis longer than the caller allows. The three daemons (`ferry-agent`,
+//! Invariants: every long-running binary stops on SIGINT or SIGTERM through [`shutdown_signal`]
+//! (which also ends a wait for Redis at start-up). The three daemons (`ferry-agent`,
 //! `ferry worker`, `ferry serve`) resolve their Redis URL with [`RedisFlags::target`] only, and no
 //! message shows a Redis password ([`redact_url`]).
 pub mod background;
@@ -19,11 +19,9 @@ pub mod ops;
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::queue::redis::RedisTarget;
-use crate::queue::{QueueError, RedisQueue, RetryPolicy};
 pub use crate::runtime::telemetry::Telemetry;
+use crate::store::redis::{redact_url, RedisTarget};
 
 /// Log line format on stderr (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -256,95 +254,6 @@ fn read_url_file(path: &Path) -> Result<String, RedisFlagsError> {
         })
 }
 
-/// Why the queue could not be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The cause is part of the message (not a `source`), so the hint follows it.
-    #[error("cannot reach the queue at {url} within {seconds} s: {cause}{hint}")]
-    GaveUp {
-        url: String,
-        seconds: u64,
-        cause: QueueError,
-        /// What to do about it, when the error says (empty otherwise).
-        hint: &'static str,
-    },
-    #[error("interrupted while connecting to the queue")]
-    Interrupted,
-}
-
-/// Connects to Redis/Valkey, retrying every `retry_every` while it is not up yet (it may start
-/// after Ferry), for at most `give_up_after`; a shutdown signal ends the wait.
-pub async fn connect_queue(
-    target: &RedisTarget,
-    prefix: &str,
-    give_up_after: Duration,
-    retry_every: Duration,
-) -> Result<RedisQueue, ConnectError> {
-    let started = Instant::now();
-    loop {
-        match RedisQueue::connect_to(target, prefix, RetryPolicy::default()).await {
-            Ok(queue) => return Ok(queue),
-            Err(e) if started.elapsed() < give_up_after => {
-                tracing::warn!(error = %e, "queue not reachable yet; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(retry_every) => {}
-                    () = shutdown_signal() => return Err(ConnectError::Interrupted),
-                }
-            }
-            Err(cause) => {
-                let hint = if cause.to_string().contains("certificate") {
-                    " (if a private CA signed the server's certificate, pass it with --redis-ca-file)"
-                } else {
-                    ""
-                };
-                return Err(ConnectError::GaveUp {
-                    url: target.redacted().to_string(),
-                    seconds: give_up_after.as_secs(),
-                    cause,
-                    hint,
-                });
-            }
-        }
-    }
-}
-
-/// A Redis URL without its password (userinfo, or the `pass` query parameter of
-/// `redis+unix://`), for messages; any other URL comes back unchanged. A URL that does not parse
-/// loses everything before its last `@` (where a password would be).
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        return match url.rsplit_once('@') {
-            Some((before, host)) => {
-                let scheme = before.split_once("://").map_or("", |(s, _)| s);
-                format!("{scheme}://***@{host}")
-            }
-            None => url.to_string(),
-        };
-    };
-    let pass_in_query = u.query_pairs().any(|(k, _)| k == "pass");
-    if u.password().is_none() && !pass_in_query {
-        return url.to_string();
-    }
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    if pass_in_query {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "pass" {
-                    "***".into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
-}
-
 /// This host's name, for the worker list (`HOSTNAME`, else `/etc/hostname`).
 pub fn hostname() -> String {
     std::env::var("HOSTNAME")
@@ -358,32 +267,6 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("redis://:s3cret@127.0.0.1:6379/0"),
-            "redis://:***@127.0.0.1:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://ferry:s3cret@valkey:6380/0"),
-            "rediss://ferry:***@valkey:6380/0"
-        );
-        assert_eq!(
-            redact_url("redis+unix:///run/valkey.sock?db=1&pass=s3cret"),
-            "redis+unix:///run/valkey.sock?db=1&pass=***"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-    }
-
-    #[test]
-    fn an_unparsable_url_loses_its_userinfo() {
-        let redacted = redact_url("redis://:s3cret@valkey:notaport");
-        assert_eq!(redacted, "redis://***@valkey:notaport");
-    }
 
     fn flags(url: Option<&str>, file: Option<&Path>, ca: Option<&Path>) -> RedisFlags {
         RedisFlags {

@@ -17,7 +17,7 @@ use axum::Router;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::queue::{JobQueue, QueueStats};
+use crate::store::queue::{JobQueue, QueueStats};
 use crate::tokens::TokenSet;
 
 /// Content type of [`ProcessMetrics::encode`]'s output.

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{JobQueue, Lease, QueueError, UploadCheckpoint};
+use crate::store::queue::{Lease, UploadCheckpoint};
+use crate::store::StoreError;
 
 use super::{Result, TransferError};
 
@@ -32,7 +33,7 @@ pub struct Checkpoints {
 }
 
 struct CheckpointStore {
-    queue: Arc<dyn JobQueue>,
+    checkpoints: Arc<dyn crate::store::queue::Checkpoints>,
     lease: Lease,
     /// Fired when the job's lease is lost (by the worker's heartbeat, or here when a write is
     /// refused): the session may be another worker's now.
@@ -53,13 +54,13 @@ impl Checkpoints {
     /// The checkpoints stored on `lease`'s job, written back there as the job progresses (no I/O
     /// until a blob needs them).
     pub fn for_lease(
-        queue: Arc<dyn JobQueue>,
+        checkpoints: Arc<dyn crate::store::queue::Checkpoints>,
         lease: Lease,
         lease_lost: CancellationToken,
     ) -> Checkpoints {
         Checkpoints {
             store: Some(CheckpointStore {
-                queue,
+                checkpoints,
                 lease,
                 lease_lost,
             }),
@@ -75,7 +76,7 @@ impl Checkpoints {
         };
         self.loaded
             .get_or_init(|| async {
-                let stored = match store.queue.checkpoints(&store.lease.job.id).await {
+                let stored = match store.checkpoints.checkpoints(&store.lease.job.id).await {
                     Ok(stored) => stored,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the job's upload checkpoints; interrupted uploads start over");
@@ -128,9 +129,13 @@ impl Checkpoints {
         if store.lease_lost.is_cancelled() {
             return Err(TransferError::LeaseLost);
         }
-        match store.queue.checkpoint(&store.lease, &checkpoint).await {
+        match store
+            .checkpoints
+            .checkpoint(&store.lease, &checkpoint)
+            .await
+        {
             Ok(()) => Ok(()),
-            Err(QueueError::LeaseLost { .. }) => {
+            Err(StoreError::LeaseLost { .. }) => {
                 store.lease_lost.cancel();
                 Err(TransferError::LeaseLost)
             }
@@ -152,12 +157,12 @@ impl Checkpoints {
             return;
         };
         match store
-            .queue
+            .checkpoints
             .clear_checkpoint(&store.lease, destination, digest)
             .await
         {
             Ok(()) => {}
-            Err(QueueError::LeaseLost { .. }) => store.lease_lost.cancel(),
+            Err(StoreError::LeaseLost { .. }) => store.lease_lost.cancel(),
             // A leftover checkpoint is harmless: its session is checked before any use.
             Err(e) => tracing::debug!(%digest, error = %e, "cannot clear the upload checkpoint"),
         }

@@ -34,7 +34,7 @@ impl BlobLedger {
 
 /// Makes one process the uploader of a `(destination, digest)` among all workers of a queue.
 pub struct BlobLeases {
-    pub queue: Arc<dyn crate::queue::JobQueue>,
+    pub leases: Arc<dyn crate::store::queue::BlobLeases>,
     /// This process's name (the queue consumer).
     pub holder: String,
     /// Lease length; renewed every third of it while the upload runs, so a crashed holder blocks
@@ -65,7 +65,7 @@ pub(super) async fn coordinate(
     let mut waited_for: Option<String> = None;
     loop {
         match leases
-            .queue
+            .leases
             .lease_blob(ctx.dst.name(), digest.as_ref(), &me, leases.ttl)
             .await
         {
@@ -75,7 +75,7 @@ pub(super) async fn coordinate(
                 if let Some(from) = &waited_for {
                     if let Some(outcome) = made_available(ctx, dst_repo, digest, from).await? {
                         if let Err(e) = leases
-                            .queue
+                            .leases
                             .release_blob(ctx.dst.name(), digest.as_ref(), &me)
                             .await
                         {
@@ -93,7 +93,7 @@ pub(super) async fn coordinate(
             }
         }
         let other_repo = leases
-            .queue
+            .leases
             .blob_lease_holder(ctx.dst.name(), digest.as_ref())
             .await
             .ok()
@@ -147,7 +147,7 @@ pub(super) async fn keep_lease(
     loop {
         tokio::time::sleep(leases.ttl / 3).await;
         match leases
-            .queue
+            .leases
             .renew_blob(ctx.dst.name(), digest.as_ref(), holder, leases.ttl)
             .await
         {

@@ -396,7 +396,7 @@ async fn copy_blob_locked(
     };
     if let (Some(leases), Some(holder)) = (&ctx.leases, &held) {
         if let Err(e) = leases
-            .queue
+            .leases
             .release_blob(ctx.dst.name(), digest.as_ref(), holder)
             .await
         {

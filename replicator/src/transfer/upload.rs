@@ -18,7 +18,7 @@ use url::Url;
 use crate::oci::client::BlobUpload;
 use crate::oci::digest::{Digest, DigestVerifier};
 use crate::oci::RegistryError;
-use crate::queue::UploadCheckpoint;
+use crate::store::queue::UploadCheckpoint;
 
 use super::verify::{source_bytes, VerifiedStream};
 use super::{Result, TransferContext, TransferError};

@@ -12,13 +12,14 @@ use super::record::task_record;
 use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
 use crate::clock::now_ms;
 use crate::event::EventKind;
-use crate::history::Task;
 use crate::oci::digest;
 use crate::policy::Mode;
-use crate::queue::Job;
-use crate::regions::conflict::{self, Decision, Heads, TagWrite};
+use crate::regions::conflict::{self, Decision, Heads};
 use crate::replicate::delete::guarded_delete;
 use crate::replicate::{replicate_reference, PreparedPolicy, TagOutcome};
+use crate::store::history::Task;
+use crate::store::ledger::TagWrite;
+use crate::store::queue::Job;
 use crate::transfer::{Checkpoints, TransferContext, TransferError, TransferStats};
 
 impl Worker {

@@ -1,7 +1,7 @@
 //! The lease heartbeat: while a job runs, its lease is renewed every third of its length, so no
 //! other worker reclaims it.
 //!
-//! Invariants: a renewal the queue refuses because the lease is gone (`QueueError::LeaseLost`)
+//! Invariants: a renewal the queue refuses because the lease is gone (`StoreError::LeaseLost`)
 //! cancels the job at once and is the only way [`heartbeat`] returns; a queue that is briefly
 //! unreachable only logs (the next renewal may succeed); once the job ends the heartbeat stays
 //! pending and renews nothing more.
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{JobQueue, Lease, QueueError};
+use crate::store::queue::{JobQueue, Lease};
+use crate::store::StoreError;
 
 /// Renews `lease` every third of its length until the job ends (`job_cancel` fired by the job's
 /// owner) — then stays pending. Returns only when the lease was lost, after cancelling the job.
@@ -29,7 +30,7 @@ pub(super) async fn heartbeat(
         }
         match queue.renew(&lease, lease_for).await {
             Ok(()) => {}
-            Err(QueueError::LeaseLost { .. }) => {
+            Err(StoreError::LeaseLost { .. }) => {
                 tracing::warn!("lease lost (reclaimed by another worker): cancelling this run");
                 lease_lost.cancel();
                 job_cancel.cancel();

@@ -46,13 +46,14 @@ pub use self::record::finish_run_if_done;
 use crate::catalog::Current;
 use crate::clock::now_ms;
 use crate::config::{Config, Region};
-use crate::history::{ExecutionState, History, Task, WorkerInfo};
-use crate::queue::{JobQueue, Lease};
-use crate::regions::conflict::{MemoryTagLedger, TagLedger};
 use crate::replicate::delete::DeleteOutcome;
 use crate::replicate::policies::Policies;
 use crate::replicate::{Registries, SyncError, TagOutcome};
 use crate::runtime::hostname;
+use crate::store::history::{ExecutionState, History, Task, WorkerInfo};
+use crate::store::ledger::{MemoryTagLedger, TagLedger};
+use crate::store::queue::{JobQueue, Lease, Pauses};
+use crate::store::Store;
 use crate::throttle::{SharedSpeed, SharedSpeedSlot};
 use crate::transfer::{BlobLeases, BlobLedger, Checkpoints, TransferError, TransferStats};
 
@@ -164,6 +165,10 @@ impl JobError {
 /// A worker: policies prepared once, a queue, and the run loop.
 pub struct Worker {
     queue: Arc<dyn JobQueue>,
+    /// Paused policies, and where the jobs of one wait.
+    pauses: Arc<dyn Pauses>,
+    /// Where a job's chunked uploads stand (handed to the transfer with the job's lease).
+    checkpoints: Arc<dyn crate::store::queue::Checkpoints>,
     history: Arc<dyn History>,
     started_at_ms: i64,
     /// The enabled policies, replaced as a whole by [`Worker::reload`].
@@ -183,26 +188,28 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Prepares every enabled policy of `config` (no network I/O). Executions, tasks and this
-    /// worker's heartbeat are recorded in `history`.
+    /// Prepares every enabled policy of `config` (no network I/O). Takes jobs, pauses, blob leases
+    /// and upload checkpoints from `store`; executions, tasks and this worker's heartbeat are
+    /// recorded in its history.
     pub fn new(
         config: &Config,
         registries: &Registries,
-        queue: Arc<dyn JobQueue>,
-        history: Arc<dyn History>,
+        store: &Store,
         opts: WorkerOptions,
     ) -> Result<Worker, SyncError> {
         let shared_speed = SharedSpeedSlot::default();
         let prepared = Current::new(Policies::new(config, registries, &shared_speed)?);
         // A dead worker's blob leases expire when its job leases do.
         let blob_leases = Arc::new(BlobLeases {
-            queue: queue.clone(),
+            leases: store.leases.clone(),
             holder: opts.consumer.clone(),
             ttl: opts.lease,
         });
         Ok(Worker {
-            queue,
-            history,
+            queue: store.jobs.clone(),
+            pauses: store.pauses.clone(),
+            checkpoints: store.checkpoints.clone(),
+            history: store.history.clone(),
             started_at_ms: now_ms(),
             prepared,
             ledger: Arc::default(),
@@ -405,10 +412,10 @@ impl Worker {
         let job = &lease.job;
         if self
             .paused
-            .is_paused(self.queue.as_ref(), &job.policy)
+            .is_paused(self.pauses.as_ref(), &job.policy)
             .await
         {
-            match self.queue.park(lease).await {
+            match self.pauses.park(lease).await {
                 Ok(true) => {
                     tracing::info!("policy paused: job parked until it is resumed");
                     self.record_with(
@@ -461,7 +468,7 @@ impl Worker {
         let live: Arc<LiveTask> = Arc::default();
         // Where this job's chunked uploads stood when it last ran (on any worker).
         let checkpoints = Arc::new(Checkpoints::for_lease(
-            self.queue.clone(),
+            self.checkpoints.clone(),
             lease.clone(),
             signals.lease_lost.clone(),
         ));

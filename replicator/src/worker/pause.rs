@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::queue::JobQueue;
+use crate::store::queue::Pauses;
 
 /// How long a worker trusts its list of paused policies: a pause takes effect on every worker
 /// within this time (the admin API's PausePolicy answers only after it).
@@ -24,7 +24,7 @@ pub(super) struct PauseCache {
 impl PauseCache {
     /// Whether `policy` is paused, from a list read from `queue` at most every [`PAUSED_TTL`] (a
     /// queue error counts as "not paused": the job runs).
-    pub(super) async fn is_paused(&self, queue: &dyn JobQueue, policy: &str) -> bool {
+    pub(super) async fn is_paused(&self, queue: &dyn Pauses, policy: &str) -> bool {
         let fresh = {
             let cached = crate::locks::lock(&self.read);
             cached
@@ -52,7 +52,8 @@ impl PauseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{MemoryQueue, RetryPolicy};
+    use crate::backoff::RetryPolicy;
+    use crate::store::queue::MemoryQueue;
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_is_seen_once_the_cached_list_expires() {

@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DestOutcome, LiveTask, Worker};
 use crate::clock::now_ms;
-use crate::history::{Execution, ExecutionState, History, Origin, Task, TaskState};
-use crate::queue::{Job, QueueError};
 use crate::replicate::delete::DeleteOutcome;
 use crate::replicate::TagOutcome;
+use crate::store::history::{Execution, ExecutionState, History, Origin, Task, TaskState};
+use crate::store::queue::Job;
+use crate::store::StoreError;
 use crate::transfer::{StatsSnapshot, TransferError};
 
 /// Replication lag (ms) of a copy caused by an event at `event_time_ms`; `None` when the job has
@@ -116,7 +117,7 @@ impl Worker {
         state: ExecutionState,
         error: Option<String>,
         tasks: &[Task],
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let mut tasks = tasks.to_vec();
         match state {
             ExecutionState::Running if tasks.is_empty() => return Ok(()),
@@ -156,7 +157,7 @@ impl Worker {
 
 /// Ends a running run whose tasks are all final: `failed` if any failed, else `succeeded`. Each
 /// recorder calls it after its own write, so whoever writes the last open task sees it closed.
-pub async fn finish_run_if_done(history: &dyn History, run: &str) -> Result<(), QueueError> {
+pub async fn finish_run_if_done(history: &dyn History, run: &str) -> Result<(), StoreError> {
     let Some(mut e) = history.execution(run).await? else {
         return Ok(());
     };

@@ -11,8 +11,9 @@ use std::time::Duration;
 use super::record::lag_since;
 use super::{JobError, JobOutcome, JobSignals, Worker};
 use crate::clock::{duration_ms, now_ms};
-use crate::history::ExecutionState;
-use crate::queue::{FailOutcome, Lease, QueueError};
+use crate::store::history::ExecutionState;
+use crate::store::queue::{FailOutcome, Lease};
+use crate::store::StoreError;
 use crate::transfer::TransferError;
 
 /// How a leased job ended with the queue.
@@ -97,7 +98,7 @@ pub(super) fn verdict(result: Result<JobOutcome, JobError>, i: Interrupts) -> Ve
 /// The `ferry_jobs` outcome and the settled state after `fail` answered `r`; a job the queue could
 /// not reschedule runs again when its lease (`lease`) expires.
 pub(super) fn after_fail(
-    r: &Result<FailOutcome, QueueError>,
+    r: &Result<FailOutcome, StoreError>,
     lease: Duration,
     now_ms: i64,
 ) -> (&'static str, Settled) {
@@ -284,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_failed_job_the_queue_could_not_reschedule_retries_when_its_lease_expires() {
-        let unreachable = Err(QueueError::Corrupt("down".into()));
+        let unreachable = Err(StoreError::Corrupt("down".into()));
         assert_eq!(
             after_fail(&unreachable, Duration::from_secs(30), 1_000),
             (

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
-use crate::history::ExecutionState;
-use crate::queue::Job;
+use crate::store::history::ExecutionState;
+use crate::store::queue::Job;
 
 /// How often a run's job checks whether the run was stopped (a stop takes effect within this plus
 /// the time to cancel the transfer).

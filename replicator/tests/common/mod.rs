@@ -501,7 +501,7 @@ pub fn seed_image(
 
 /// Runs `worker` until `queue` has nothing waiting or running (30 s at most), then stops it.
 pub async fn drain_queue(
-    queue: &dyn ferry_replicator::queue::JobQueue,
+    queue: &dyn ferry_replicator::store::queue::JobQueue,
     worker: std::sync::Arc<ferry_replicator::worker::Worker>,
 ) {
     let stop = tokio_util::sync::CancellationToken::new();

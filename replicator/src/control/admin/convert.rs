@@ -3,10 +3,11 @@ use ferry_proto::v1 as pb;
 
 use crate::config::{Credential, RegistryConfig};
 use crate::event::EventKind;
-use crate::history::{Execution, ExecutionState, StartedBy, Task, TaskState, WorkerInfo};
 use crate::policy::Policy;
-use crate::queue::{Job, QueueStats};
 use crate::replicate::drift::Drift;
+use crate::store::history::{Execution, ExecutionState, Task, TaskState, WorkerInfo};
+use crate::store::queue::{Job, QueueStats};
+use crate::store::StartedBy;
 
 /// A serde enum's JSON name (`push`, `event_based`).
 fn name_of<T: serde::Serialize>(v: &T) -> String {

@@ -26,10 +26,10 @@ use ferry_proto::v1 as pb;
 
 use crate::catalog::PolicyStore;
 use crate::config::Config;
-use crate::history::History;
-use crate::queue::JobQueue;
 use crate::replicate::Registries;
 use crate::runtime::listener::Listener;
+use crate::store::history::History;
+use crate::store::queue::{DeadLetters, JobQueue, Pauses};
 
 pub use auth::AdminAuth;
 pub use services::Admin;
@@ -43,6 +43,9 @@ pub struct AdminState {
     pub store: Arc<dyn PolicyStore>,
     pub registries: Registries,
     pub queue: Arc<dyn JobQueue>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+    /// Pausing and resuming policies (and their parked jobs).
+    pub pauses: Arc<dyn Pauses>,
     pub history: Arc<dyn History>,
     /// Ends streams and the server.
     pub shutdown: CancellationToken,

@@ -4,7 +4,7 @@
 //! job concerned, and never contain a secret.
 use tonic::{Code, Status};
 
-use crate::queue::QueueError;
+use crate::store::StoreError;
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +56,10 @@ impl AdminError {
     }
 }
 
-impl From<QueueError> for AdminError {
-    fn from(e: QueueError) -> Self {
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
         match e {
-            QueueError::Unavailable(m) => AdminError::Unavailable(m),
+            StoreError::Unavailable(m) => AdminError::Unavailable(m),
             other => AdminError::Internal(other.to_string()),
         }
     }
@@ -85,7 +85,7 @@ mod tests {
         let s = Status::from(nf);
         assert_eq!(s.code(), Code::NotFound);
         assert_eq!(s.message(), "no policy named \"x\" (known: a, b)");
-        let s = Status::from(AdminError::from(QueueError::Unavailable("down".into())));
+        let s = Status::from(AdminError::from(StoreError::Unavailable("down".into())));
         assert_eq!(s.code(), Code::Unavailable);
         let s = Status::from(AdminError::InvalidArgument {
             violations: vec!["a: bad".into(), "b: worse".into()],

@@ -58,8 +58,8 @@ use super::auth::{self, AuthState, Challenge, Scope};
 use super::digest::Digest;
 use super::error::{parse_error_body, RegistryError, Result};
 use super::gate::{self, Gate, SharedGate};
+use crate::backoff::RetryPolicy;
 use crate::config::{RegistryConfig, Secret};
-use crate::queue::RetryPolicy;
 
 pub use blobs::BlobRead;
 pub use headers::{
@@ -553,7 +553,7 @@ async fn read_limited(resp: Response, limit: u64) -> std::result::Result<Bytes, 
 }
 
 /// The backoff of a retried request: the queue's capped, jittered exponential backoff
-/// ([`crate::queue::backoff`]) from 200 ms, doubling up to 6.4 s (the curve requests always had).
+/// ([`crate::backoff`]) from 200 ms, doubling up to 6.4 s (the curve requests always had).
 const REQUEST_RETRY: RetryPolicy = RetryPolicy {
     max_attempts: MAX_ATTEMPTS,
     base: Duration::from_millis(200),
@@ -563,7 +563,7 @@ const REQUEST_RETRY: RetryPolicy = RetryPolicy {
 /// The delay before retrying a request after failed attempt `attempt` (1-based): from
 /// [`REQUEST_RETRY`], each delay drawn from `[ceiling / 2, ceiling]`.
 pub fn backoff(attempt: u32) -> Duration {
-    crate::queue::backoff::delay(&REQUEST_RETRY, attempt)
+    crate::backoff::delay(&REQUEST_RETRY, attempt)
 }
 
 /// Whether an answer with `status` is worth another attempt: 429 and 503 always, 500, 502 and
@@ -670,11 +670,11 @@ mod tests {
     #[test]
     fn request_backoff_doubles_from_200ms_and_caps_at_6400ms() {
         let ceilings: Vec<u128> = (1..=8)
-            .map(|a| crate::queue::backoff::ceiling(&REQUEST_RETRY, a).as_millis())
+            .map(|a| crate::backoff::ceiling(&REQUEST_RETRY, a).as_millis())
             .collect();
         assert_eq!(ceilings, [200, 400, 800, 1_600, 3_200, 6_400, 6_400, 6_400]);
         for attempt in 1..=8 {
-            let c = crate::queue::backoff::ceiling(&REQUEST_RETRY, attempt);
+            let c = crate::backoff::ceiling(&REQUEST_RETRY, attempt);
             let d = backoff(attempt);
             assert!(
                 d >= c / 2 && d <= c,

@@ -15,9 +15,10 @@ use tonic::{Request, Status};
 
 use super::{convert, ok, Admin, AdminError, BoxStream, Result, MAX_PAGE};
 use crate::control::runs::{start_run, stop_run, RunError, StopError};
-use crate::history::{Execution, ExecutionQuery, StartedBy, Task};
 use crate::replicate::drift::diff_policy;
 use crate::replicate::PreparedPolicy;
+use crate::store::history::{Execution, ExecutionQuery, Task};
+use crate::store::StartedBy;
 
 impl Admin {
     async fn execution(&self, id: &str) -> std::result::Result<Execution, AdminError> {
@@ -204,7 +205,7 @@ impl pb::executions_server::Executions for Admin {
                 let snapshot = async {
                     let e = state.history.execution(&r.id).await?;
                     let tasks = state.history.tasks(&r.id, usize::MAX).await?;
-                    Ok::<_, crate::queue::QueueError>((e, tasks))
+                    Ok::<_, crate::store::StoreError>((e, tasks))
                 };
                 let item = match snapshot.await {
                     Ok((Some(e), tasks)) => {

@@ -132,7 +132,7 @@ impl Admin {
     async fn snapshot(&self) -> std::result::Result<Snapshot, AdminError> {
         let stored = self.state.store.load().await?;
         let e = effective(&self.state.config, &stored);
-        let paused = self.state.queue.paused().await?;
+        let paused = self.state.pauses.paused().await?;
         Ok(Snapshot {
             config: e.config,
             sources: e.policies,

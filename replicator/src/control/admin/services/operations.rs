@@ -15,13 +15,13 @@ impl Admin {
     /// Pauses or resumes a policy; resuming moves its parked jobs back to the queue.
     async fn set_paused(&self, name: &str, paused: bool) -> Result<pb::Policy> {
         let (policy, mut snapshot) = self.policy(name).await?;
-        let queue = &self.state.queue;
-        queue
+        let pauses = &self.state.pauses;
+        pauses
             .set_paused(name, paused)
             .await
             .map_err(AdminError::from)?;
         if !paused {
-            let moved = queue.unpark(name).await.map_err(AdminError::from)?;
+            let moved = pauses.unpark(name).await.map_err(AdminError::from)?;
             tracing::info!(
                 policy = name,
                 jobs = moved,
@@ -59,7 +59,7 @@ impl pb::operations_server::Operations for Admin {
         };
         let jobs = self
             .state
-            .queue
+            .dead_letters
             .dead_letters(limit)
             .await
             .map_err(AdminError::from)?;
@@ -78,7 +78,7 @@ impl pb::operations_server::Operations for Admin {
         }
         if self
             .state
-            .queue
+            .dead_letters
             .retry_dead_letter(id)
             .await
             .map_err(AdminError::from)?
@@ -100,7 +100,7 @@ impl pb::operations_server::Operations for Admin {
     ) -> Result<pb::PurgeDeadLettersResponse> {
         let purged = self
             .state
-            .queue
+            .dead_letters
             .purge_dead_letters()
             .await
             .map_err(AdminError::from)?;

@@ -18,14 +18,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::duration_ms;
 use crate::event::Event;
-use crate::queue::redis::{bounded, RedisQueue};
-use crate::queue::QueueError;
+use crate::store::redis::{bounded, RedisStore};
+use crate::store::StoreError;
 
 /// How long an accepted event id is remembered (a redelivery after that makes duplicate jobs,
 /// which the level-triggered workers absorb).
@@ -46,20 +45,20 @@ pub struct Forwarded {
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
     /// Appends `entry` to `region`'s outbox; returns once it is durable.
-    async fn append(&self, region: &str, entry: &Forwarded) -> Result<(), QueueError>;
+    async fn append(&self, region: &str, entry: &Forwarded) -> Result<(), StoreError>;
 
     /// The oldest `limit` entries of `region`'s outbox, in order, with their ids.
     async fn pending(
         &self,
         region: &str,
         limit: usize,
-    ) -> Result<Vec<(String, Forwarded)>, QueueError>;
+    ) -> Result<Vec<(String, Forwarded)>, StoreError>;
 
     /// Removes delivered entries.
-    async fn remove(&self, region: &str, ids: &[String]) -> Result<(), QueueError>;
+    async fn remove(&self, region: &str, ids: &[String]) -> Result<(), StoreError>;
 
     /// Entries waiting for `region`.
-    async fn depth(&self, region: &str) -> Result<u64, QueueError>;
+    async fn depth(&self, region: &str) -> Result<u64, StoreError>;
 
     /// Takes or renews the lease of `region`'s forwarder for `holder`; false when another holds it.
     async fn lease_forwarder(
@@ -67,20 +66,19 @@ pub trait Outbox: Send + Sync {
         region: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError>;
+    ) -> Result<bool, StoreError>;
 
     /// Whether an event with this id was accepted from another region already.
-    async fn accepted(&self, event_id: &str) -> Result<bool, QueueError>;
+    async fn accepted(&self, event_id: &str) -> Result<bool, StoreError>;
 
     /// Remembers that the event's jobs are in this region's queue.
-    async fn mark_accepted(&self, event_id: &str) -> Result<(), QueueError>;
+    async fn mark_accepted(&self, event_id: &str) -> Result<(), StoreError>;
 }
 
 /// The outbox in the region's Redis/Valkey (see the module docs for the keys).
 #[derive(Clone)]
 pub struct RedisOutbox {
-    con: ConnectionManager,
-    prefix: String,
+    redis: RedisStore,
     /// [`ACCEPTED_MAX`] unless a test lowers it.
     accepted_max: usize,
 }
@@ -138,10 +136,10 @@ return 1
 type StreamEntries = Vec<(String, Vec<(String, String)>)>;
 
 impl RedisOutbox {
-    pub fn new(queue: &RedisQueue) -> RedisOutbox {
+    /// On `redis` (the region's shared connection and key prefix).
+    pub fn new(redis: &impl AsRef<RedisStore>) -> RedisOutbox {
         RedisOutbox {
-            con: queue.connection(),
-            prefix: queue.prefix().to_string(),
+            redis: redis.as_ref().clone(),
             accepted_max: ACCEPTED_MAX,
         }
     }
@@ -153,8 +151,8 @@ impl RedisOutbox {
     }
 
     /// How many accepted ids are remembered now.
-    pub async fn remembered(&self) -> Result<u64, QueueError> {
-        let mut con = self.con.clone();
+    pub async fn remembered(&self) -> Result<u64, StoreError> {
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("ZCARD")
                 .arg(self.accepted_key())
@@ -164,19 +162,24 @@ impl RedisOutbox {
     }
 
     fn accepted_key(&self) -> String {
-        format!("{}:forwarded", self.prefix)
+        self.redis.key("forwarded")
     }
 
     fn stream(&self, region: &str) -> String {
-        format!("{}:outbox:{region}", self.prefix)
+        self.redis.key(&format!("outbox:{region}"))
     }
 }
 
 #[async_trait::async_trait]
 impl Outbox for RedisOutbox {
-    async fn append(&self, region: &str, entry: &Forwarded) -> Result<(), QueueError> {
-        let json = serde_json::to_string(entry).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-        let mut con = self.con.clone();
+    async fn append(&self, region: &str, entry: &Forwarded) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "outbox entry for region {region} (event {}) does not serialize: {e}",
+                entry.event.id
+            ))
+        })?;
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("XADD")
                 .arg(self.stream(region))
@@ -193,8 +196,8 @@ impl Outbox for RedisOutbox {
         &self,
         region: &str,
         limit: usize,
-    ) -> Result<Vec<(String, Forwarded)>, QueueError> {
-        let mut con = self.con.clone();
+    ) -> Result<Vec<(String, Forwarded)>, StoreError> {
+        let mut con = self.redis.connection();
         let entries: StreamEntries = bounded(
             redis::cmd("XRANGE")
                 .arg(self.stream(region))
@@ -224,11 +227,11 @@ impl Outbox for RedisOutbox {
         Ok(out)
     }
 
-    async fn remove(&self, region: &str, ids: &[String]) -> Result<(), QueueError> {
+    async fn remove(&self, region: &str, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("XDEL")
                 .arg(self.stream(region))
@@ -239,8 +242,8 @@ impl Outbox for RedisOutbox {
         .map(drop)
     }
 
-    async fn depth(&self, region: &str) -> Result<u64, QueueError> {
-        let mut con = self.con.clone();
+    async fn depth(&self, region: &str) -> Result<u64, StoreError> {
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("XLEN")
                 .arg(self.stream(region))
@@ -254,8 +257,8 @@ impl Outbox for RedisOutbox {
         region: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
-        let mut con = self.con.clone();
+    ) -> Result<bool, StoreError> {
+        let mut con = self.redis.connection();
         let got: i64 = bounded(
             LEASE_SCRIPT
                 .key(format!("{}:forwarder", self.stream(region)))
@@ -267,8 +270,8 @@ impl Outbox for RedisOutbox {
         Ok(got == 1)
     }
 
-    async fn accepted(&self, event_id: &str) -> Result<bool, QueueError> {
-        let mut con = self.con.clone();
+    async fn accepted(&self, event_id: &str) -> Result<bool, StoreError> {
+        let mut con = self.redis.connection();
         let n: i64 = bounded(
             ACCEPTED_SCRIPT
                 .key(self.accepted_key())
@@ -280,8 +283,8 @@ impl Outbox for RedisOutbox {
         Ok(n == 1)
     }
 
-    async fn mark_accepted(&self, event_id: &str) -> Result<(), QueueError> {
-        let mut con = self.con.clone();
+    async fn mark_accepted(&self, event_id: &str) -> Result<(), StoreError> {
+        let mut con = self.redis.connection();
         bounded(
             MARK_ACCEPTED_SCRIPT
                 .key(self.accepted_key())

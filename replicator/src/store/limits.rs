@@ -7,11 +7,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::oci::gate::SharedGate;
-use crate::queue::redis::{bounded, RedisQueue};
+use crate::store::redis::{bounded, RedisStore};
 use crate::throttle::SharedSpeed;
 
 /// Sets the pause end unless a later one is set; the key expires when the pause ends.
@@ -52,28 +51,27 @@ return wait
 /// [`SharedSpeed`] (policy bandwidth timelines).
 #[derive(Clone)]
 pub struct RedisLimits {
-    con: ConnectionManager,
-    prefix: String,
+    redis: RedisStore,
 }
 
 impl std::fmt::Debug for RedisLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLimits")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.redis.prefix())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisLimits {
-    pub fn new(queue: &RedisQueue) -> RedisLimits {
+    /// On `redis` (the region's shared connection and key prefix).
+    pub fn new(redis: &impl AsRef<RedisStore>) -> RedisLimits {
         RedisLimits {
-            con: queue.connection(),
-            prefix: queue.prefix().to_string(),
+            redis: redis.as_ref().clone(),
         }
     }
 
     fn pause_key(&self, registry: &str) -> String {
-        format!("{}:pause:{registry}", self.prefix)
+        self.redis.key(&format!("pause:{registry}"))
     }
 }
 
@@ -86,10 +84,10 @@ impl SharedSpeed for RedisLimits {
         burst: Duration,
     ) -> Result<Duration, String> {
         let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let wait: i64 = bounded(
             SPEED_SCRIPT
-                .key(format!("{}:speed:{policy}", self.prefix))
+                .key(self.redis.key(&format!("speed:{policy}")))
                 .arg(micros(cost))
                 .arg(micros(burst))
                 .invoke_async(&mut con),
@@ -103,7 +101,7 @@ impl SharedSpeed for RedisLimits {
 #[async_trait::async_trait]
 impl SharedGate for RedisLimits {
     async fn paused_until(&self, registry: &str) -> Result<i64, String> {
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let v: Option<i64> = bounded(
             redis::cmd("GET")
                 .arg(self.pause_key(registry))
@@ -115,7 +113,7 @@ impl SharedGate for RedisLimits {
     }
 
     async fn pause(&self, registry: &str, until_ms: i64) -> Result<(), String> {
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         bounded(
             PAUSE_SCRIPT
                 .key(self.pause_key(registry))

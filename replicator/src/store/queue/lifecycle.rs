@@ -6,7 +6,8 @@
 //! - A job with `attempt >= max_attempts` after a failure, or a non-retryable failure, is dead.
 //! - `next_try_at_ms` is a Unix time taken from the clock of the process that called `fail`.
 
-use super::{backoff, FailOutcome, Job, RetryPolicy};
+use super::{FailOutcome, Job};
+use crate::backoff::{self, RetryPolicy};
 
 /// A fresh job id: 128 random bits as 32 hex digits.
 pub fn new_job_id() -> String {

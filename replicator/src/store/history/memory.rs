@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{count_states, Execution, ExecutionQuery, History, Retention, Task, WorkerInfo};
 use crate::clock::{duration_ms, now_ms};
-use crate::queue::QueueError;
+use crate::store::StoreError;
 
 /// The in-process history. Cheap to share behind an `Arc`.
 pub struct MemoryHistory {
@@ -72,7 +72,7 @@ impl MemoryHistory {
 
 #[async_trait::async_trait]
 impl History for MemoryHistory {
-    async fn record(&self, execution: &Execution, tasks: &[Task]) -> Result<(), QueueError> {
+    async fn record(&self, execution: &Execution, tasks: &[Task]) -> Result<(), StoreError> {
         let mut st = self.state();
         let key = (execution.started_at_ms, execution.id.clone());
         let is_new = match st.executions.get_mut(&execution.id) {
@@ -102,7 +102,7 @@ impl History for MemoryHistory {
         Ok(())
     }
 
-    async fn record_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), QueueError> {
+    async fn record_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError> {
         if let Some((_, stored)) = self.state().executions.get_mut(execution_id) {
             for t in tasks {
                 stored.insert(t.id.clone(), t.clone());
@@ -111,11 +111,11 @@ impl History for MemoryHistory {
         Ok(())
     }
 
-    async fn execution(&self, id: &str) -> Result<Option<Execution>, QueueError> {
+    async fn execution(&self, id: &str) -> Result<Option<Execution>, StoreError> {
         Ok(self.state().view(id))
     }
 
-    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>, QueueError> {
+    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>, StoreError> {
         let st = self.state();
         let before = query.before_ms.unwrap_or(i64::MAX);
         Ok(st
@@ -129,7 +129,7 @@ impl History for MemoryHistory {
             .collect())
     }
 
-    async fn tasks(&self, execution_id: &str, limit: usize) -> Result<Vec<Task>, QueueError> {
+    async fn tasks(&self, execution_id: &str, limit: usize) -> Result<Vec<Task>, StoreError> {
         Ok(self
             .state()
             .executions
@@ -138,7 +138,7 @@ impl History for MemoryHistory {
             .unwrap_or_default())
     }
 
-    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), QueueError> {
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
         let expiry = Instant::now() + ttl.min(Duration::from_secs(365 * 24 * 3600));
         self.state()
             .workers
@@ -146,12 +146,12 @@ impl History for MemoryHistory {
         Ok(())
     }
 
-    async fn deregister(&self, worker_id: &str) -> Result<(), QueueError> {
+    async fn deregister(&self, worker_id: &str) -> Result<(), StoreError> {
         self.state().workers.remove(worker_id);
         Ok(())
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         let now = Instant::now();
         let mut st = self.state();
         st.workers.retain(|_, (_, expiry)| *expiry > now);

@@ -24,7 +24,7 @@
 //! # Claims and leases
 //! [`JobQueue::claim`] is one script, in this order: (1) jobs whose lease deadline passed
 //! (`ZRANGEBYSCORE {p}:leases -inf now`), taken over with `XCLAIM` (the PEL owner changes, so the
-//! previous holder's later `renew`/`ack`/`fail`/`release` get [`QueueError::LeaseLost`]); (2) due
+//! previous holder's later `renew`/`ack`/`fail`/`release` get [`StoreError::LeaseLost`]); (2) due
 //! retries move from `{p}:delayed` to `{p}:retries` and `XREADGROUP … {p}:retries >` reads them;
 //! (3) `XREADGROUP … {p}:jobs >` reads new jobs FIFO and deletes each one's pending key if it
 //! still names that entry, so a later event enqueues a new job. Claims never block (`BLOCK` is
@@ -44,7 +44,7 @@
 //! `release` acks and deletes the entry and appends the lease's job (unchanged attempt, with any
 //! checkpoint fields the caller set) to `{p}:retries`, so it runs again before new jobs but after
 //! expired leases, and its old token is void. `fail` acks and deletes the entry, then either adds
-//! the job (attempt + 1, `last_error`, `next_try_at_ms` from [`super::backoff`]) to
+//! the job (attempt + 1, `last_error`, `next_try_at_ms` from [`crate::backoff`]) to
 //! `{p}:delayed` or appends it to `{p}:dead` when attempts are exhausted or the error is permanent.
 //! A released or retried job does not take a pending key: only never-claimed jobs collapse
 //! duplicates (see the contract in [`super`]). `retry_dead_letter` re-enqueues like `enqueue`
@@ -67,45 +67,30 @@
 //!
 //! # Failures and durability
 //! Every Redis error, and any operation not finished within [`OP_TIMEOUT`], is
-//! [`QueueError::Unavailable`] (agents answer 503, so the registry retries the webhook). A timed-out
+//! [`StoreError::Unavailable`] (agents answer 503, so the registry retries the webhook). A timed-out
 //! enqueue may still have been applied; the retry then collapses into it. Connections go through
-//! [`ConnectionManager`], which reconnects in the background after a failure. With
+//! the shared [`RedisStore`] connection, which reconnects in the background after a failure. With
 //! `appendonly yes` + `appendfsync everysec` (the recommended deployment setting; the tests use it) a crash of the
 //! Redis host loses at most about one second of acknowledged writes; `appendfsync always` closes
 //! that window at a throughput cost.
-//!
-//! # Reaching the server
-//! A [`RedisTarget`] is the URL plus how to trust the server: `redis://` is plaintext,
-//! `rediss://` is TLS (rustls with the `ring` provider), verified against the Mozilla roots
-//! (`webpki-roots`, as for registries) or, when a CA is given, against that CA only. A password
-//! travels in the URL's userinfo (`rediss://:PASSWORD@host:6380/0`, or `USER:PASSWORD@` with ACLs)
-//! and is sent with `AUTH` after the handshake; the target never shows it.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use redis::Script;
 
 use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
-    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
-    UploadCheckpoint,
+    BlobLeases, Checkpoints, DeadLetters, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease,
+    Pauses, QueueStats, UploadCheckpoint,
 };
+use crate::backoff::RetryPolicy;
 use crate::clock::{duration_ms, now_ms};
+use crate::store::redis::{bounded, RedisStore, RedisTarget};
+use crate::store::StoreError;
 
 /// How long a job's upload checkpoints outlive their last write.
 pub const CHECKPOINT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Upper bound of one queue operation, reconnect included; beyond it the caller gets
-/// [`QueueError::Unavailable`].
-pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// One TCP connect attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Reconnect attempts per failure (each after a jittered delay of at most `RECONNECT_MAX_DELAY`).
-const RECONNECT_RETRIES: usize = 2;
-const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// Lua helpers shared by the scripts.
 const PRELUDE: &str = r#"
@@ -326,54 +311,10 @@ static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE));
 static RELEASE_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_BLOB));
 static RENEW_BLOB_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_BLOB));
 
-/// A Redis/Valkey server and how to trust it: a client built from a `redis://` or `rediss://` URL
-/// and, for `rediss://`, optionally the CA (PEM) that must have signed the server's certificate
-/// instead of the public roots. Its `Debug` and [`RedisTarget::redacted`] hide the password.
-#[derive(Clone)]
-pub struct RedisTarget {
-    client: redis::Client,
-    /// The URL without its password, for messages.
-    redacted: String,
-}
-
-impl RedisTarget {
-    /// Checks `url` (scheme, host, port, database) without connecting.
-    pub fn new(url: &str) -> Result<RedisTarget, RedisError> {
-        Ok(RedisTarget {
-            client: redis::Client::open(url)?,
-            redacted: crate::runtime::redact_url(url),
-        })
-    }
-
-    /// Like [`RedisTarget::new`] for a `rediss://` URL whose server certificate is signed by the
-    /// CA certificate(s) in `ca_pem` (PEM); the public roots are then not trusted.
-    pub fn with_ca(url: &str, ca_pem: Vec<u8>) -> Result<RedisTarget, RedisError> {
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(ca_pem),
-        };
-        Ok(RedisTarget {
-            client: redis::Client::build_with_tls(url, certificates)?,
-            redacted: crate::runtime::redact_url(url),
-        })
-    }
-
-    /// The URL with its password replaced by `***`.
-    pub fn redacted(&self) -> &str {
-        &self.redacted
-    }
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RedisTarget({})", self.redacted)
-    }
-}
-
 /// The Redis/Valkey queue. Clones share one connection.
 #[derive(Clone)]
 pub struct RedisQueue {
-    con: ConnectionManager,
+    redis: RedisStore,
     policy: RetryPolicy,
     keys: Keys,
 }
@@ -439,12 +380,8 @@ impl Keys {
     }
 }
 
-fn unavailable(e: RedisError) -> QueueError {
-    QueueError::Unavailable(e.to_string())
-}
-
-fn lease_lost(lease: &Lease) -> QueueError {
-    QueueError::LeaseLost {
+fn lease_lost(lease: &Lease) -> StoreError {
+    StoreError::LeaseLost {
         job_id: lease.job.id.clone(),
         consumer: lease.consumer.clone(),
     }
@@ -452,18 +389,6 @@ fn lease_lost(lease: &Lease) -> QueueError {
 
 fn to_json(job: &Job) -> String {
     serde_json::to_string(job).expect("a Job always serializes to JSON")
-}
-
-/// Runs one Redis operation under [`OP_TIMEOUT`], mapping every failure to `Unavailable`.
-pub(crate) async fn bounded<T>(
-    fut: impl std::future::Future<Output = Result<T, RedisError>>,
-) -> Result<T, QueueError> {
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
-        Ok(r) => r.map_err(unavailable),
-        Err(_) => Err(QueueError::Unavailable(format!(
-            "no answer from redis within {OP_TIMEOUT:?}"
-        ))),
-    }
 }
 
 /// How a lease ends (the `mode` of the FINISH script).
@@ -482,9 +407,8 @@ impl RedisQueue {
         url: &str,
         prefix: &str,
         policy: RetryPolicy,
-    ) -> Result<RedisQueue, QueueError> {
-        let target = RedisTarget::new(url).map_err(unavailable)?;
-        RedisQueue::connect_to(&target, prefix, policy).await
+    ) -> Result<RedisQueue, StoreError> {
+        RedisQueue::open(&RedisStore::connect(url, prefix).await?, policy).await
     }
 
     /// [`RedisQueue::connect`] to a [`RedisTarget`] (TLS with a private CA, for instance).
@@ -492,22 +416,20 @@ impl RedisQueue {
         target: &RedisTarget,
         prefix: &str,
         policy: RetryPolicy,
-    ) -> Result<RedisQueue, QueueError> {
-        let client = target.client.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let con = bounded(ConnectionManager::new_with_config(client, config)).await?;
+    ) -> Result<RedisQueue, StoreError> {
+        RedisQueue::open(&RedisStore::connect_to(target, prefix).await?, policy).await
+    }
+
+    /// The queue on `redis` (its connection and prefix), creating the consumer group on both
+    /// streams if missing.
+    pub async fn open(redis: &RedisStore, policy: RetryPolicy) -> Result<RedisQueue, StoreError> {
         let queue = RedisQueue {
-            con,
+            redis: redis.clone(),
             policy,
-            keys: Keys::new(prefix),
+            keys: Keys::new(redis.prefix()),
         };
         for stream in [&queue.keys.jobs, &queue.keys.retries] {
-            let mut con = queue.con.clone();
+            let mut con = queue.redis.connection();
             let created = bounded(
                 redis::cmd("XGROUP")
                     .arg("CREATE")
@@ -520,7 +442,7 @@ impl RedisQueue {
             .await;
             match created {
                 Ok(()) => {}
-                Err(QueueError::Unavailable(msg)) if msg.contains("BUSYGROUP") => {}
+                Err(StoreError::Unavailable(msg)) if msg.contains("BUSYGROUP") => {}
                 Err(e) => return Err(e),
             }
         }
@@ -531,14 +453,18 @@ impl RedisQueue {
     pub fn prefix(&self) -> &str {
         &self.keys.prefix
     }
+}
 
-    /// The queue's connection (shared by the history records kept next to it).
-    pub(crate) fn connection(&self) -> ConnectionManager {
-        self.con.clone()
+/// The queue's connection, shared by the history, limits and records kept next to it.
+impl AsRef<RedisStore> for RedisQueue {
+    fn as_ref(&self) -> &RedisStore {
+        &self.redis
     }
+}
 
+impl RedisQueue {
     /// Ends the lease behind `lease`; `LeaseLost` when its consumer no longer owns the entry.
-    async fn finish(&self, lease: &Lease, how: Finish<'_>) -> Result<(), QueueError> {
+    async fn finish(&self, lease: &Lease, how: Finish<'_>) -> Result<(), StoreError> {
         if self
             .finish_token(&lease.token, &lease.consumer, Some(&lease.job.id), how)
             .await?
@@ -557,7 +483,7 @@ impl RedisQueue {
         consumer: &str,
         job_id: Option<&str>,
         how: Finish<'_>,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, StoreError> {
         let Some((stream, id)) = self.keys.parse_token(token) else {
             return Ok(false);
         };
@@ -568,7 +494,7 @@ impl RedisQueue {
             Finish::Release { json } => ("release", &self.keys.retries, json.as_bytes(), 0),
             Finish::Corrupt { raw } => ("corrupt", &self.keys.corrupt, raw, 0),
         };
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let done: i64 = bounded(
             FINISH_SCRIPT
                 .key(stream)
@@ -591,9 +517,9 @@ impl RedisQueue {
 
 #[async_trait::async_trait]
 impl JobQueue for RedisQueue {
-    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError> {
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, StoreError> {
         let job = prepare_enqueue(job, now_ms());
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let added: i64 = bounded(
             ENQUEUE_SCRIPT
                 .key(&self.keys.jobs)
@@ -615,12 +541,12 @@ impl JobQueue for RedisQueue {
         consumer: &str,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Vec<Lease>, StoreError> {
         if max == 0 {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let flat: Vec<Vec<u8>> = bounded(
             CLAIM_SCRIPT
                 .key(&self.keys.jobs)
@@ -660,11 +586,11 @@ impl JobQueue for RedisQueue {
         Ok(leases)
     }
 
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError> {
         let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
             return Err(lease_lost(lease));
         };
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let renewed: i64 = bounded(
             RENEW_SCRIPT
                 .key(stream)
@@ -684,7 +610,7 @@ impl JobQueue for RedisQueue {
         }
     }
 
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn ack(&self, lease: &Lease) -> Result<(), StoreError> {
         self.finish(lease, Finish::Ack).await
     }
 
@@ -693,7 +619,7 @@ impl JobQueue for RedisQueue {
         lease: &Lease,
         error: &str,
         retryable: bool,
-    ) -> Result<FailOutcome, QueueError> {
+    ) -> Result<FailOutcome, StoreError> {
         let (job, outcome) =
             record_failure(lease.job.clone(), error, retryable, &self.policy, now_ms());
         let json = to_json(&job);
@@ -708,7 +634,7 @@ impl JobQueue for RedisQueue {
         Ok(outcome)
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.finish(
             lease,
             Finish::Release {
@@ -718,9 +644,9 @@ impl JobQueue for RedisQueue {
         .await
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
         let now = now_ms();
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let (depth, in_flight, delayed, dead, head): (i64, i64, i64, i64, Vec<u8>) = bounded(
             STATS_SCRIPT
                 .key(&self.keys.jobs)
@@ -744,13 +670,16 @@ impl JobQueue for RedisQueue {
             oldest_age_ms,
         })
     }
+}
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
+#[async_trait::async_trait]
+impl DeadLetters for RedisQueue {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let end = isize::try_from(limit).map_or(-1, |l| l - 1);
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let raw: Vec<Vec<u8>> = bounded(
             redis::cmd("LRANGE")
                 .arg(&self.keys.dead)
@@ -762,8 +691,8 @@ impl JobQueue for RedisQueue {
         Ok(raw.iter().filter_map(|r| self.parse_dead(r)).collect())
     }
 
-    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError> {
-        let mut con = self.con.clone();
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, StoreError> {
+        let mut con = self.redis.connection();
         let raw: Vec<Vec<u8>> = bounded(
             redis::cmd("LRANGE")
                 .arg(&self.keys.dead)
@@ -795,20 +724,23 @@ impl JobQueue for RedisQueue {
         Ok(moved == 1)
     }
 
-    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
-        let mut con = self.con.clone();
+    async fn purge_dead_letters(&self) -> Result<u64, StoreError> {
+        let mut con = self.redis.connection();
         let n: i64 = bounded(PURGE_SCRIPT.key(&self.keys.dead).invoke_async(&mut con)).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
 
+#[async_trait::async_trait]
+impl BlobLeases for RedisQueue {
     async fn lease_blob(
         &self,
         destination: &str,
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
-        let mut con = self.con.clone();
+    ) -> Result<bool, StoreError> {
+        let mut con = self.redis.connection();
         let set: Option<String> = bounded(
             redis::cmd("SET")
                 .arg(self.keys.blob(destination, digest))
@@ -828,8 +760,8 @@ impl JobQueue for RedisQueue {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
-        let mut con = self.con.clone();
+    ) -> Result<bool, StoreError> {
+        let mut con = self.redis.connection();
         let extended: i64 = bounded(
             RENEW_BLOB_SCRIPT
                 .key(self.keys.blob(destination, digest))
@@ -845,8 +777,8 @@ impl JobQueue for RedisQueue {
         &self,
         destination: &str,
         digest: &str,
-    ) -> Result<Option<String>, QueueError> {
-        let mut con = self.con.clone();
+    ) -> Result<Option<String>, StoreError> {
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("GET")
                 .arg(self.keys.blob(destination, digest))
@@ -855,8 +787,28 @@ impl JobQueue for RedisQueue {
         .await
     }
 
-    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
-        let mut con = self.con.clone();
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut con = self.redis.connection();
+        let _: i64 = bounded(
+            RELEASE_BLOB_SCRIPT
+                .key(self.keys.blob(destination, digest))
+                .arg(holder)
+                .invoke_async(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pauses for RedisQueue {
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError> {
+        let mut con = self.redis.connection();
         let cmd = if paused { "SADD" } else { "SREM" };
         bounded(
             redis::cmd(cmd)
@@ -868,8 +820,8 @@ impl JobQueue for RedisQueue {
         Ok(())
     }
 
-    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
-        let mut con = self.con.clone();
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("SMEMBERS")
                 .arg(self.keys.paused())
@@ -878,11 +830,11 @@ impl JobQueue for RedisQueue {
         .await
     }
 
-    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
+    async fn park(&self, lease: &Lease) -> Result<bool, StoreError> {
         let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
             return Err(lease_lost(lease));
         };
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let r: i64 = bounded(
             PARK_SCRIPT
                 .key(stream)
@@ -905,9 +857,9 @@ impl JobQueue for RedisQueue {
         }
     }
 
-    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
+    async fn unpark(&self, policy: &str) -> Result<u64, StoreError> {
         let key = self.keys.parked(policy);
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let raw: Vec<Vec<u8>> = bounded(
             redis::cmd("LRANGE")
                 .arg(&key)
@@ -947,29 +899,15 @@ impl JobQueue for RedisQueue {
         }
         Ok(moved)
     }
+}
 
-    async fn release_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-    ) -> Result<(), QueueError> {
-        let mut con = self.con.clone();
-        let _: i64 = bounded(
-            RELEASE_BLOB_SCRIPT
-                .key(self.keys.blob(destination, digest))
-                .arg(holder)
-                .invoke_async(&mut con),
-        )
-        .await?;
-        Ok(())
-    }
-
+#[async_trait::async_trait]
+impl Checkpoints for RedisQueue {
     async fn checkpoint(
         &self,
         lease: &Lease,
         checkpoint: &UploadCheckpoint,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let json = serde_json::to_string(checkpoint)
             .expect("an UploadCheckpoint always serializes to JSON");
         let field = checkpoint_field(&checkpoint.destination, &checkpoint.digest);
@@ -981,14 +919,14 @@ impl JobQueue for RedisQueue {
         lease: &Lease,
         destination: &str,
         digest: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         self.write_checkpoint(lease, &checkpoint_field(destination, digest), "")
             .await
     }
 
-    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, StoreError> {
         let key = self.keys.checkpoints(job_id);
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let raw: Vec<Vec<u8>> =
             bounded(redis::cmd("HVALS").arg(&key).query_async(&mut con)).await?;
         let mut out: Vec<UploadCheckpoint> = raw
@@ -1019,11 +957,11 @@ impl RedisQueue {
         lease: &Lease,
         field: &str,
         json: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
             return Err(lease_lost(lease));
         };
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let done: i64 = bounded(
             CHECKPOINT_SCRIPT
                 .key(stream)

@@ -31,10 +31,12 @@ use tokio::time::Instant;
 
 use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
-    EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, QueueError, QueueStats, RetryPolicy,
-    UploadCheckpoint,
+    BlobLeases, Checkpoints, DeadLetters, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease,
+    Pauses, QueueStats, UploadCheckpoint,
 };
+use crate::backoff::RetryPolicy;
 use crate::clock::now_ms;
+use crate::store::StoreError;
 
 /// Leases longer than this are clamped (an `Instant` cannot hold "forever").
 const MAX_LEASE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -115,7 +117,7 @@ impl State {
     }
 
     /// Whether `lease.consumer` still owns the in-flight job behind `lease`.
-    fn owns(&self, lease: &Lease) -> Result<(), QueueError> {
+    fn owns(&self, lease: &Lease) -> Result<(), StoreError> {
         match self.in_flight.get(&lease.token) {
             Some(f) if f.consumer == lease.consumer => Ok(()),
             _ => Err(lease_lost(lease)),
@@ -123,7 +125,7 @@ impl State {
     }
 
     /// Removes the in-flight job behind `lease` if `lease.consumer` still owns it.
-    fn take_owned(&mut self, lease: &Lease) -> Result<InFlight, QueueError> {
+    fn take_owned(&mut self, lease: &Lease) -> Result<InFlight, StoreError> {
         match self.in_flight.get(&lease.token) {
             Some(f) if f.consumer == lease.consumer => Ok(self
                 .in_flight
@@ -134,8 +136,8 @@ impl State {
     }
 }
 
-fn lease_lost(lease: &Lease) -> QueueError {
-    QueueError::LeaseLost {
+fn lease_lost(lease: &Lease) -> StoreError {
+    StoreError::LeaseLost {
         job_id: lease.job.id.clone(),
         consumer: lease.consumer.clone(),
     }
@@ -158,7 +160,7 @@ impl MemoryQueue {
 
 #[async_trait::async_trait]
 impl JobQueue for MemoryQueue {
-    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError> {
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, StoreError> {
         let job = prepare_enqueue(job, now_ms());
         Ok(self.state().push_fresh(job))
     }
@@ -168,7 +170,7 @@ impl JobQueue for MemoryQueue {
         consumer: &str,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Vec<Lease>, StoreError> {
         let now = Instant::now();
         let deadline = now + lease.min(MAX_LEASE);
         let now_unix = now_ms();
@@ -224,7 +226,7 @@ impl JobQueue for MemoryQueue {
         Ok(out)
     }
 
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError> {
         let mut st = self.state();
         match st.in_flight.get_mut(&lease.token) {
             Some(f) if f.consumer == lease.consumer => {
@@ -235,7 +237,7 @@ impl JobQueue for MemoryQueue {
         }
     }
 
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn ack(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut st = self.state();
         st.take_owned(lease)?;
         st.checkpoints.remove(&lease.job.id);
@@ -247,7 +249,7 @@ impl JobQueue for MemoryQueue {
         lease: &Lease,
         error: &str,
         retryable: bool,
-    ) -> Result<FailOutcome, QueueError> {
+    ) -> Result<FailOutcome, StoreError> {
         let now = now_ms();
         let mut st = self.state();
         st.take_owned(lease)?;
@@ -267,7 +269,7 @@ impl JobQueue for MemoryQueue {
         Ok(outcome)
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut st = self.state();
         st.take_owned(lease)?;
         let token = st.token();
@@ -278,7 +280,7 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
         let now = Instant::now();
         let now_unix = now_ms();
         let st = self.state();
@@ -295,12 +297,15 @@ impl JobQueue for MemoryQueue {
             }),
         })
     }
+}
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
+#[async_trait::async_trait]
+impl DeadLetters for MemoryQueue {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         Ok(self.state().dead.iter().take(limit).cloned().collect())
     }
 
-    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError> {
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, StoreError> {
         let mut st = self.state();
         let Some(pos) = st.dead.iter().position(|j| j.id == job_id) else {
             return Ok(false);
@@ -311,20 +316,23 @@ impl JobQueue for MemoryQueue {
         Ok(true)
     }
 
-    async fn purge_dead_letters(&self) -> Result<u64, QueueError> {
+    async fn purge_dead_letters(&self) -> Result<u64, StoreError> {
         let mut st = self.state();
         let n = st.dead.len() as u64;
         st.dead.clear();
         Ok(n)
     }
+}
 
+#[async_trait::async_trait]
+impl BlobLeases for MemoryQueue {
     async fn lease_blob(
         &self,
         destination: &str,
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut st = self.state();
         st.blobs.retain(|_, (_, expiry)| *expiry > now);
@@ -343,7 +351,7 @@ impl JobQueue for MemoryQueue {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut st = self.state();
         let key = (destination.to_owned(), digest.to_owned());
@@ -360,7 +368,7 @@ impl JobQueue for MemoryQueue {
         &self,
         destination: &str,
         digest: &str,
-    ) -> Result<Option<String>, QueueError> {
+    ) -> Result<Option<String>, StoreError> {
         let now = Instant::now();
         let st = self.state();
         let key = (destination.to_owned(), digest.to_owned());
@@ -371,7 +379,28 @@ impl JobQueue for MemoryQueue {
             .map(|(h, _)| h.clone()))
     }
 
-    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError> {
+    async fn release_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let key = (destination.to_owned(), digest.to_owned());
+        if st
+            .blobs
+            .get(&key)
+            .is_some_and(|(h, expiry)| h == holder && *expiry > Instant::now())
+        {
+            st.blobs.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pauses for MemoryQueue {
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError> {
         let mut st = self.state();
         if paused {
             st.paused.insert(policy.to_string());
@@ -381,11 +410,11 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError> {
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         Ok(self.state().paused.clone())
     }
 
-    async fn park(&self, lease: &Lease) -> Result<bool, QueueError> {
+    async fn park(&self, lease: &Lease) -> Result<bool, StoreError> {
         let mut st = self.state();
         if !st.paused.contains(&lease.job.policy) {
             return Ok(false);
@@ -398,7 +427,7 @@ impl JobQueue for MemoryQueue {
         Ok(true)
     }
 
-    async fn unpark(&self, policy: &str) -> Result<u64, QueueError> {
+    async fn unpark(&self, policy: &str) -> Result<u64, StoreError> {
         let mut st = self.state();
         let jobs = st.parked.remove(policy).unwrap_or_default();
         let n = jobs.len() as u64;
@@ -407,30 +436,15 @@ impl JobQueue for MemoryQueue {
         }
         Ok(n)
     }
+}
 
-    async fn release_blob(
-        &self,
-        destination: &str,
-        digest: &str,
-        holder: &str,
-    ) -> Result<(), QueueError> {
-        let mut st = self.state();
-        let key = (destination.to_owned(), digest.to_owned());
-        if st
-            .blobs
-            .get(&key)
-            .is_some_and(|(h, expiry)| h == holder && *expiry > Instant::now())
-        {
-            st.blobs.remove(&key);
-        }
-        Ok(())
-    }
-
+#[async_trait::async_trait]
+impl Checkpoints for MemoryQueue {
     async fn checkpoint(
         &self,
         lease: &Lease,
         checkpoint: &UploadCheckpoint,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let mut st = self.state();
         st.owns(lease)?;
         st.checkpoints
@@ -448,7 +462,7 @@ impl JobQueue for MemoryQueue {
         lease: &Lease,
         destination: &str,
         digest: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let mut st = self.state();
         st.owns(lease)?;
         if let Some(of_job) = st.checkpoints.get_mut(&lease.job.id) {
@@ -460,7 +474,7 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError> {
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, StoreError> {
         Ok(self
             .state()
             .checkpoints

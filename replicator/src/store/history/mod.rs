@@ -37,35 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
-use crate::queue::QueueError;
-
-/// What started an execution or queued a job (Harbor's trigger names, plus Ferry's safety net).
-///
-/// Not [`crate::policy::TriggerKind`], which says how a *policy* may fire: a policy's kind
-/// defaults to `manual` (Harbor's default), while a job defaults to having been started by an
-/// event; and a reconciliation starts executions no policy trigger names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StartedBy {
-    /// A registry event (webhook or poller).
-    #[default]
-    EventBased,
-    Manual,
-    Scheduled,
-    /// The periodic safety-net reconciliation repairing drift.
-    Reconcile,
-}
-
-impl StartedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StartedBy::EventBased => "event_based",
-            StartedBy::Manual => "manual",
-            StartedBy::Scheduled => "scheduled",
-            StartedBy::Reconcile => "reconcile",
-        }
-    }
-}
+use crate::store::{StartedBy, StoreError};
 
 /// Where an execution stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -303,29 +275,29 @@ pub struct ExecutionQuery {
 #[async_trait::async_trait]
 pub trait History: Send + Sync + 'static {
     /// Upserts `execution` (its `counts` are ignored) and `tasks` (all of that execution).
-    async fn record(&self, execution: &Execution, tasks: &[Task]) -> Result<(), QueueError>;
+    async fn record(&self, execution: &Execution, tasks: &[Task]) -> Result<(), StoreError>;
 
     /// Upserts tasks of an execution someone else owns (a worker running one job of a manual or
     /// scheduled run). Tasks of an unknown (never recorded, or trimmed) execution are dropped.
-    async fn record_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), QueueError>;
+    async fn record_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError>;
 
     /// One execution with its task counts.
-    async fn execution(&self, id: &str) -> Result<Option<Execution>, QueueError>;
+    async fn execution(&self, id: &str) -> Result<Option<Execution>, StoreError>;
 
     /// Executions newest first (see [`ExecutionQuery`]).
-    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>, QueueError>;
+    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>, StoreError>;
 
     /// Up to `limit` tasks of an execution, ordered by id.
-    async fn tasks(&self, execution_id: &str, limit: usize) -> Result<Vec<Task>, QueueError>;
+    async fn tasks(&self, execution_id: &str, limit: usize) -> Result<Vec<Task>, StoreError>;
 
     /// Announces (or refreshes) a worker for `ttl`.
-    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), QueueError>;
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError>;
 
     /// Removes a worker that is shutting down.
-    async fn deregister(&self, worker_id: &str) -> Result<(), QueueError>;
+    async fn deregister(&self, worker_id: &str) -> Result<(), StoreError>;
 
     /// Workers whose last heartbeat has not expired, ordered by id.
-    async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError>;
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError>;
 }
 
 /// Counts tasks by state (the memory backend, and the reference the Redis counters must match).

@@ -1,4 +1,6 @@
-//! Retry delays: capped exponential backoff with "equal jitter", computed by [`backon`].
+//! Retry delays: capped exponential backoff with "equal jitter", computed by [`backon`] — the one
+//! backoff of Ferry: queued jobs ([`RetryPolicy`] on the queue), registry requests, background
+//! routines and forwarding between regions all draw their delays here.
 //!
 //! After the `n`-th failed attempt (`n >= 1`) the ceiling is `min(max, base * 2^(n-1))` and the
 //! delay is drawn uniformly from `[ceiling / 2, ceiling]`.
@@ -25,7 +27,23 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use super::RetryPolicy;
+/// Retry policy: capped, jittered exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
 
 /// Beyond this many doublings every delay is capped anyway (`base * 2^64` exceeds any `Duration`).
 const MAX_STEPS: u32 = 64;

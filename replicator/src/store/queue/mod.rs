@@ -1,5 +1,10 @@
 //! The job queue between agents and workers.
 //!
+//! One trait per concern, so each part of Ferry depends only on what it uses: [`JobQueue`] (jobs:
+//! enqueue, claim, renew, ack, fail, release, stats), [`DeadLetters`], [`BlobLeases`], [`Pauses`]
+//! (paused policies and parked jobs) and [`Checkpoints`] (upload checkpoints). Every backend
+//! implements all five on one struct ([`QueueBackend`]), so they share one state.
+//!
 //! # Contract (every backend; `tests/queue_conformance.rs` runs one suite against all)
 //! - **Durable enqueue**: [`JobQueue::enqueue`] returns only after the job is stored (Redis: the
 //!   write is acknowledged; AOF makes it survive a restart). An agent answers a registry 2xx only
@@ -13,22 +18,22 @@
 //! - **Retries**: [`JobQueue::fail`] with a retryable error reschedules the job after a capped,
 //!   jittered exponential backoff, recording `attempt`, `last_error` and `next_try_at_ms` on it;
 //!   after `max_attempts` (or a permanent error) it moves to the dead-letter list.
-//! - **Blob leases**: [`JobQueue::lease_blob`] makes one holder the mover of a `(destination,
+//! - **Blob leases**: [`BlobLeases::lease_blob`] makes one holder the mover of a `(destination,
 //!   digest)` so concurrent jobs move a shared layer once.
-//! - **Upload checkpoints**: [`JobQueue::checkpoint`] stores, per `(destination, digest)`, where
+//! - **Upload checkpoints**: [`Checkpoints::checkpoint`] stores, per `(destination, digest)`, where
 //!   a chunked upload of the job stands ([`UploadCheckpoint`]: session URL, confirmed offset, hash
 //!   state). Only the lease holder writes; checkpoints stay with the job through lease expiry and
 //!   reclaim, retries, release and parking, and are deleted when the job is acked or dead-lettered.
-//! - **Pausing**: while a policy is paused ([`JobQueue::set_paused`]), workers [`JobQueue::park`]
+//! - **Pausing**: while a policy is paused ([`Pauses::set_paused`]), workers [`Pauses::park`]
 //!   its jobs instead of running them; parking checks the flag in the same atomic step, so a job
-//!   is never parked after the policy was resumed, and [`JobQueue::unpark`] (called on resume,
+//!   is never parked after the policy was resumed, and [`Pauses::unpark`] (called on resume,
 //!   after the flag is cleared) moves every parked job back to the queue, collapsing duplicates.
 //!
 //! Backends: [`MemoryQueue`] (in-process, for `ferry serve` without `--redis`) and [`RedisQueue`]
 //! (Redis/Valkey Streams with a consumer group; its module doc has the key layout and lease
-//! semantics). [`backoff`] computes retry delays for both.
+//! semantics). [`crate::backoff`] computes retry delays for both.
+//! [`crate::store::Store`] hands the five views of one backend to the parts that need them.
 
-pub mod backoff;
 mod lifecycle;
 pub use lifecycle::new_job_id;
 pub mod memory;
@@ -42,7 +47,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventKind;
-use crate::history::StartedBy;
+use crate::store::{StartedBy, StoreError};
 
 /// One unit of work: make `repository:reference` on the policy's destinations match the source
 /// (or apply a delete).
@@ -220,24 +225,6 @@ pub enum FailOutcome {
     DeadLettered,
 }
 
-/// Retry policy: capped, jittered exponential backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
 /// What an operator alerts on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
@@ -252,24 +239,13 @@ pub struct QueueStats {
     pub oldest_age_ms: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("queue backend unavailable: {0}")]
-    Unavailable(String),
-    #[error("queue data is corrupt: {0}")]
-    Corrupt(String),
-    #[error(
-        "lease of job {job_id} is no longer held by {consumer} (it expired and was reclaimed)"
-    )]
-    LeaseLost { job_id: String, consumer: String },
-}
-
-/// A job queue backend. Object-safe so binaries pick the backend at run time.
+/// The jobs themselves: enqueue, claim under a lease, settle. Object-safe so binaries pick the
+/// backend at run time.
 #[async_trait::async_trait]
 pub trait JobQueue: Send + Sync + 'static {
     /// Stores a job durably (see the module contract for collapsing). Assigns `id` and
     /// `enqueued_at_ms` when empty/zero.
-    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, QueueError>;
+    async fn enqueue(&self, job: Job) -> Result<EnqueueOutcome, StoreError>;
 
     /// Up to `max` runnable jobs for `consumer`, each leased for `lease`: expired leases of other
     /// consumers first, then due retries, then new jobs. Returns quickly (may be empty); callers poll.
@@ -278,38 +254,47 @@ pub trait JobQueue: Send + Sync + 'static {
         consumer: &str,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError>;
+    ) -> Result<Vec<Lease>, StoreError>;
 
     /// Extends a lease (heartbeat of a long transfer). `LeaseLost` if it was reclaimed meanwhile.
-    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError>;
+    async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError>;
 
     /// The job is done: remove it for good.
-    async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
+    async fn ack(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// The job failed: reschedule with backoff (`retryable` and attempts left) or dead-letter it.
-    /// A rescheduled job keeps its upload checkpoints ([`JobQueue::checkpoint`]) for the next
+    /// A rescheduled job keeps its upload checkpoints ([`Checkpoints::checkpoint`]) for the next
     /// attempt; a dead-lettered one loses them.
     async fn fail(
         &self,
         lease: &Lease,
         error: &str,
         retryable: bool,
-    ) -> Result<FailOutcome, QueueError>;
+    ) -> Result<FailOutcome, StoreError>;
 
     /// Gives a job back without counting an attempt (graceful shutdown).
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError>;
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    async fn stats(&self) -> Result<QueueStats, QueueError>;
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
+}
 
+/// Jobs that failed for good, as the admin API shows and retries them.
+#[async_trait::async_trait]
+pub trait DeadLetters: Send + Sync + 'static {
     /// Dead-lettered jobs, oldest first.
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, QueueError>;
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Job>, StoreError>;
 
     /// Moves a dead-lettered job back to the queue with its attempts reset. False if unknown.
-    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, QueueError>;
+    async fn retry_dead_letter(&self, job_id: &str) -> Result<bool, StoreError>;
 
     /// Deletes all dead letters; returns how many.
-    async fn purge_dead_letters(&self) -> Result<u64, QueueError>;
+    async fn purge_dead_letters(&self) -> Result<u64, StoreError>;
+}
 
+/// One mover per `(destination, digest)` among every worker of a region (also a lock with expiry:
+/// the scheduler's tick and the safety net take a lease on a key of their own).
+#[async_trait::async_trait]
+pub trait BlobLeases: Send + Sync + 'static {
     /// Tries to become the one mover of `digest` to `destination` for `ttl`. True when acquired.
     async fn lease_blob(
         &self,
@@ -317,7 +302,7 @@ pub trait JobQueue: Send + Sync + 'static {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError>;
+    ) -> Result<bool, StoreError>;
 
     /// Extends a blob lease `holder` still holds, to `ttl` from now. False when it expired or is
     /// someone else's (a long transfer renews its lease while it runs).
@@ -327,7 +312,7 @@ pub trait JobQueue: Send + Sync + 'static {
         digest: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<bool, QueueError>;
+    ) -> Result<bool, StoreError>;
 
     /// Who holds the lease of `(destination, digest)`, if anyone (a waiting job learns where the
     /// blob is being uploaded, to mount it from there).
@@ -335,20 +320,7 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         destination: &str,
         digest: &str,
-    ) -> Result<Option<String>, QueueError>;
-
-    /// Pauses (`true`) or resumes a policy. Resuming does not move parked jobs: call [`JobQueue::unpark`].
-    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), QueueError>;
-
-    /// The paused policies.
-    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, QueueError>;
-
-    /// Ends the lease by parking the job until its policy is resumed. `Ok(false)` (and the lease
-    /// kept) when the policy is not paused (any more): run the job.
-    async fn park(&self, lease: &Lease) -> Result<bool, QueueError>;
-
-    /// Moves every parked job of `policy` back to the queue; returns how many.
-    async fn unpark(&self, policy: &str) -> Result<u64, QueueError>;
+    ) -> Result<Option<String>, StoreError>;
 
     /// Releases a blob lease held by `holder` (no-op if it expired or is someone else's).
     async fn release_blob(
@@ -356,15 +328,61 @@ pub trait JobQueue: Send + Sync + 'static {
         destination: &str,
         digest: &str,
         holder: &str,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), StoreError>;
+}
 
+/// A lock with expiry that one process of a region holds at a time, taken as a blob lease on the
+/// pseudo-destination `ferry`: the scheduler takes one per tick, the safety net one per pass.
+#[derive(Clone)]
+pub struct RegionLock {
+    leases: std::sync::Arc<dyn BlobLeases>,
+    /// This process's name in the lease.
+    holder: String,
+}
+
+impl RegionLock {
+    pub fn new(leases: std::sync::Arc<dyn BlobLeases>, holder: &str) -> RegionLock {
+        RegionLock {
+            leases,
+            holder: holder.to_string(),
+        }
+    }
+
+    /// Tries to take `key` for `ttl`; false when another process holds it.
+    pub async fn try_take(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.leases
+            .lease_blob("ferry", key, &self.holder, ttl)
+            .await
+    }
+}
+
+/// Paused policies and the jobs parked while they are paused.
+#[async_trait::async_trait]
+pub trait Pauses: Send + Sync + 'static {
+    /// Pauses (`true`) or resumes a policy. Resuming does not move parked jobs: call [`Pauses::unpark`].
+    async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError>;
+
+    /// The paused policies.
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, StoreError>;
+
+    /// Ends the lease by parking the job until its policy is resumed. `Ok(false)` (and the lease
+    /// kept) when the policy is not paused (any more): run the job.
+    async fn park(&self, lease: &Lease) -> Result<bool, StoreError>;
+
+    /// Moves every parked job of `policy` back to the queue; returns how many.
+    async fn unpark(&self, policy: &str) -> Result<u64, StoreError>;
+}
+
+/// Where a job's chunked uploads stand, kept with the job (see [`UploadCheckpoint`]).
+#[async_trait::async_trait]
+pub trait Checkpoints: Send + Sync + 'static {
     /// Stores `checkpoint` on the leased job, replacing the one for the same `(destination,
     /// digest)`. `LeaseLost` (nothing stored) when `lease` is no longer the job's owner.
     async fn checkpoint(
         &self,
         lease: &Lease,
         checkpoint: &UploadCheckpoint,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), StoreError>;
 
     /// Deletes the job's checkpoint for `(destination, digest)` (no-op when there is none).
     /// `LeaseLost` when `lease` is no longer the job's owner.
@@ -373,11 +391,18 @@ pub trait JobQueue: Send + Sync + 'static {
         lease: &Lease,
         destination: &str,
         digest: &str,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), StoreError>;
 
     /// The checkpoints stored on job `job_id`, in `(destination, digest)` order.
-    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, QueueError>;
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<UploadCheckpoint>, StoreError>;
 }
+
+/// Every queue concern at once: what one backend ([`MemoryQueue`], [`RedisQueue`]) implements, and
+/// what the conformance suite and [`crate::store::Store::new`] take. Consumers take only the narrow
+/// traits they use.
+pub trait QueueBackend: JobQueue + DeadLetters + BlobLeases + Pauses + Checkpoints {}
+
+impl<Q: JobQueue + DeadLetters + BlobLeases + Pauses + Checkpoints> QueueBackend for Q {}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! [`History`] in the region's Redis/Valkey, next to the queue (same connection and prefix).
 //!
-//! # Layout (`{p}` is the queue prefix)
+//! # Layout (`{p}` is the store's key prefix)
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{p}:execs` | sorted set | execution ids, score `started_at_ms` |
@@ -20,14 +20,13 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::{Execution, ExecutionQuery, History, Retention, Task, TaskState, WorkerInfo};
 use crate::clock::{duration_ms, now_ms};
-use crate::queue::redis::bounded;
-use crate::queue::{QueueError, RedisQueue};
+use crate::store::redis::{bounded, RedisStore};
+use crate::store::StoreError;
 
 /// KEYS: execs, execs by policy, exec, tasks, states. ARGV: id, score, doc, policy, max count,
 /// cutoff ms, prefix, then (task id, task JSON, state) triples. An empty doc records tasks only,
@@ -95,31 +94,29 @@ struct WorkerEntry {
 /// History in Redis/Valkey. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisHistory {
-    con: ConnectionManager,
-    prefix: String,
+    redis: RedisStore,
     retention: Retention,
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Corrupt(format!("{what}: {e}"))
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
 }
 
 impl RedisHistory {
-    /// History next to `queue` (its connection and key prefix).
-    pub fn new(queue: &RedisQueue, retention: Retention) -> RedisHistory {
+    /// History on `redis` (the region's shared connection and key prefix).
+    pub fn new(redis: &impl AsRef<RedisStore>, retention: Retention) -> RedisHistory {
         RedisHistory {
-            con: queue.connection(),
-            prefix: queue.prefix().to_string(),
+            redis: redis.as_ref().clone(),
             retention,
         }
     }
 
     fn exec_key(&self, id: &str) -> String {
-        format!("{}:exec:{id}", self.prefix)
+        self.redis.key(&format!("exec:{id}"))
     }
 
     fn workers_key(&self) -> String {
-        format!("{}:workers", self.prefix)
+        self.redis.key("workers")
     }
 
     /// Runs the RECORD script; `execution` `None` records tasks of an existing execution only.
@@ -128,14 +125,14 @@ impl RedisHistory {
         id: &str,
         execution: Option<(&Execution, &str)>,
         tasks: &[Task],
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StoreError> {
         let (policy, started, doc) = execution
             .map(|(e, doc)| (e.policy.as_str(), e.started_at_ms, doc))
             .unwrap_or(("", 0, ""));
         let ek = self.exec_key(id);
         let mut inv = RECORD_SCRIPT.prepare_invoke();
-        inv.key(format!("{}:execs", self.prefix))
-            .key(format!("{}:execs:policy:{policy}", self.prefix))
+        inv.key(self.redis.key("execs"))
+            .key(self.redis.key(&format!("execs:policy:{policy}")))
             .key(&ek)
             .key(format!("{ek}:tasks"))
             .key(format!("{ek}:states"))
@@ -145,20 +142,20 @@ impl RedisHistory {
             .arg(policy)
             .arg(self.retention.max_executions)
             .arg(now_ms().saturating_sub(duration_ms(self.retention.max_age)))
-            .arg(&self.prefix);
+            .arg(self.redis.prefix());
         for t in tasks {
             inv.arg(&t.id)
                 .arg(serde_json::to_string(t).map_err(|e| corrupt("task", e))?)
                 .arg(t.state.as_str());
         }
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         bounded(inv.invoke_async::<i64>(&mut con)).await?;
         Ok(())
     }
 
     /// An execution from its hash (`doc` plus `n:{state}` counters); `None` when it has no doc
     /// (trimmed meanwhile).
-    fn parse_exec(fields: BTreeMap<String, Vec<u8>>) -> Result<Option<Execution>, QueueError> {
+    fn parse_exec(fields: BTreeMap<String, Vec<u8>>) -> Result<Option<Execution>, StoreError> {
         let Some(doc) = fields.get("doc") else {
             return Ok(None);
         };
@@ -183,7 +180,7 @@ impl RedisHistory {
 
 #[async_trait::async_trait]
 impl History for RedisHistory {
-    async fn record(&self, execution: &Execution, tasks: &[Task]) -> Result<(), QueueError> {
+    async fn record(&self, execution: &Execution, tasks: &[Task]) -> Result<(), StoreError> {
         let mut doc = execution.clone();
         doc.counts.clear();
         let doc = serde_json::to_string(&doc).map_err(|e| corrupt("execution", e))?;
@@ -191,12 +188,12 @@ impl History for RedisHistory {
             .await
     }
 
-    async fn record_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), QueueError> {
+    async fn record_tasks(&self, execution_id: &str, tasks: &[Task]) -> Result<(), StoreError> {
         self.run_record(execution_id, None, tasks).await
     }
 
-    async fn execution(&self, id: &str) -> Result<Option<Execution>, QueueError> {
-        let mut con = self.con.clone();
+    async fn execution(&self, id: &str) -> Result<Option<Execution>, StoreError> {
+        let mut con = self.redis.connection();
         let fields: BTreeMap<String, Vec<u8>> = bounded(
             redis::cmd("HGETALL")
                 .arg(self.exec_key(id))
@@ -205,19 +202,19 @@ impl History for RedisHistory {
         .await?;
         RedisHistory::parse_exec(fields)
     }
-    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>, QueueError> {
+    async fn executions(&self, query: &ExecutionQuery) -> Result<Vec<Execution>, StoreError> {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
         let index = match &query.policy {
-            Some(p) => format!("{}:execs:policy:{p}", self.prefix),
-            None => format!("{}:execs", self.prefix),
+            Some(p) => self.redis.key(&format!("execs:policy:{p}")),
+            None => self.redis.key("execs"),
         };
         let max = match query.before_ms {
             Some(b) => format!("({b}"),
             None => "+inf".to_string(),
         };
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         let ids: Vec<String> = bounded(
             redis::cmd("ZREVRANGEBYSCORE")
                 .arg(&index)
@@ -246,8 +243,8 @@ impl History for RedisHistory {
         Ok(out)
     }
 
-    async fn tasks(&self, execution_id: &str, limit: usize) -> Result<Vec<Task>, QueueError> {
-        let mut con = self.con.clone();
+    async fn tasks(&self, execution_id: &str, limit: usize) -> Result<Vec<Task>, StoreError> {
+        let mut con = self.redis.connection();
         let all: BTreeMap<String, Vec<u8>> = bounded(
             redis::cmd("HGETALL")
                 .arg(format!("{}:tasks", self.exec_key(execution_id)))
@@ -260,13 +257,13 @@ impl History for RedisHistory {
             .collect()
     }
 
-    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), QueueError> {
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
         let entry = WorkerEntry {
             info: worker.clone(),
             expires_at_ms: now_ms().saturating_add(duration_ms(ttl)),
         };
         let json = serde_json::to_string(&entry).map_err(|e| corrupt("worker", e))?;
-        let mut con = self.con.clone();
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("HSET")
                 .arg(self.workers_key())
@@ -278,8 +275,8 @@ impl History for RedisHistory {
         Ok(())
     }
 
-    async fn deregister(&self, worker_id: &str) -> Result<(), QueueError> {
-        let mut con = self.con.clone();
+    async fn deregister(&self, worker_id: &str) -> Result<(), StoreError> {
+        let mut con = self.redis.connection();
         bounded(
             redis::cmd("HDEL")
                 .arg(self.workers_key())
@@ -290,8 +287,8 @@ impl History for RedisHistory {
         Ok(())
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
-        let mut con = self.con.clone();
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let mut con = self.redis.connection();
         let all: BTreeMap<String, Vec<u8>> = bounded(
             redis::cmd("HGETALL")
                 .arg(self.workers_key())
