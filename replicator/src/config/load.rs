@@ -1,5 +1,5 @@
-//! Loading config and policy files: reading, shape detection, the structural walk, and how
-//! problems are reported.
+//! Loading config and policy files: reading, the structural walk, and how problems are reported
+//! (which kind of document it is: [`super::shape`]; one problem: [`super::Problem`]).
 //!
 //! A document goes through three phases, each reporting **every** problem it finds with its JSON
 //! path and a hint; when the structure has problems inside some registries or policies, the
@@ -21,57 +21,16 @@
 //! env vars are only read by [`super::Credential::resolve`]); no input makes this module panic; no
 //! message ever contains a secret (string values are not echoed where a secret could have been
 //! pasted, and credential errors name the env var or file, never its content).
-use std::fmt;
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::partial::semantic_problems_of_sound_items;
-use super::schema::{is_policy_field, join_index, structural_problems, Entry};
+use super::schema::structural_problems;
+pub(super) use super::shape::{deserialize, Shape};
+use super::Problem;
 use super::{Config, RegistryConfig};
 use crate::policy::Policy;
-
-/// One problem in a config or policy file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// JSON path, e.g. `policies[0].filters[1].value`; empty for the whole document.
-    pub path: String,
-    pub message: String,
-    /// How to fix it, when there is something useful to say.
-    pub hint: Option<String>,
-}
-
-impl Problem {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            path: path.into(),
-            message: message.into(),
-            hint: None,
-        }
-    }
-
-    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Problem {
-        self.hint = Some(hint.into());
-        self
-    }
-}
-
-/// `<path>: <message> (hint: <hint>)` on one line; the document root is shown as `$`.
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let one_line = |s: &str| s.replace(['\r', '\n'], " ");
-        let path = if self.path.is_empty() {
-            "$"
-        } else {
-            &self.path
-        };
-        write!(f, "{}: {}", one_line(path), one_line(&self.message))?;
-        if let Some(hint) = &self.hint {
-            write!(f, " (hint: {})", one_line(hint))?;
-        }
-        Ok(())
-    }
-}
 
 /// A config file that could not be used, with every problem found. Displays one line per problem:
 /// `<source>: <path>: <message> (hint: ...)`.
@@ -93,52 +52,6 @@ fn render(source_name: &str, problems: &[Problem]) -> String {
         .join("\n")
 }
 
-/// The kind of document that was loaded; decides the paths of policy problems and whether
-/// registry references are checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shape {
-    Config,
-    Policy,
-    Policies,
-}
-
-impl Shape {
-    /// Detects the shape from the top-level JSON value.
-    fn of(value: &Value) -> Result<Shape, Problem> {
-        match value {
-            Value::Array(_) => Ok(Shape::Policies),
-            Value::Object(map)
-                if map.contains_key("registries") || map.contains_key("policies") =>
-            {
-                Ok(Shape::Config)
-            }
-            Value::Object(map) if map.keys().any(|k| is_policy_field(k)) => Ok(Shape::Policy),
-            Value::Object(_) => Ok(Shape::Config),
-            _ => Err(Problem::new(
-                "",
-                "expected a config object, a policy object or an array of policies",
-            )
-            .hint(r#"a config looks like {"registries": [...], "policies": [...]}"#)),
-        }
-    }
-
-    fn entry(self) -> Entry {
-        match self {
-            Shape::Config => Entry::Config,
-            Shape::Policy => Entry::Policy,
-            Shape::Policies => Entry::Policies,
-        }
-    }
-
-    /// Path of the `i`th policy.
-    pub(super) fn policy_path(self, i: usize) -> String {
-        match self {
-            Shape::Config => join_index("policies", i),
-            Shape::Policy => String::new(),
-            Shape::Policies => join_index("", i),
-        }
-    }
-}
 impl Config {
     /// Reads, parses and validates a config or policy file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -215,23 +128,6 @@ fn syntax_problem(error: &serde_json::Error) -> Problem {
         ),
     )
     .hint(hint)
-}
-
-/// serde deserialization of a structurally valid document.
-pub(super) fn deserialize(value: Value, shape: Shape) -> Result<Config, Problem> {
-    let result = match shape {
-        Shape::Config => serde_json::from_value::<Config>(value),
-        Shape::Policy => serde_json::from_value::<Policy>(value).map(|p| Config {
-            policies: vec![p],
-            ..Config::default()
-        }),
-        Shape::Policies => serde_json::from_value::<Vec<Policy>>(value).map(|policies| Config {
-            policies,
-            ..Config::default()
-        }),
-    };
-    // Not expected after the structural walk; kept as a safety net without a precise path.
-    result.map_err(|e| Problem::new("", e.to_string()))
 }
 
 /// Helpers shared by the tests of loading and of every semantic check.

@@ -18,11 +18,14 @@ mod credentials;
 mod load;
 mod model;
 mod partial;
+mod problem;
 mod region;
 mod schema;
+mod shape;
 
 pub use credentials::{CredentialError, CredentialRules, CredentialsDirError, API_ENV_PREFIX};
-pub use load::{ConfigError, Problem};
+pub use load::ConfigError;
 pub use model::*;
+pub use problem::Problem;
 pub use region::Region;
 pub use schema::json_schema;

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::load::{deserialize, Shape};
+use super::shape::{deserialize, Shape};
 use super::Problem;
 
 /// A list of items in the document: where it is and how its items' paths start.

@@ -13,8 +13,8 @@ mod policies;
 mod regions;
 mod registries;
 
-use super::load::Shape;
 use super::schema::join_key;
+use super::shape::Shape;
 use super::{Config, Problem};
 
 impl Config {

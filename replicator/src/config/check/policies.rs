@@ -5,8 +5,8 @@
 //! Invariant: each policy is checked on its own, in document order, and every problem is kept; a
 //! policy file's paths start at the policy (see [`Shape::policy_path`]).
 use super::FirstUse;
-use crate::config::load::Shape;
 use crate::config::schema::{did_you_mean, join_index, join_key};
+use crate::config::shape::Shape;
 use crate::config::Problem;
 use crate::policy::{cron, FilterKind, Mode, Policy, Selector, TriggerKind};
 

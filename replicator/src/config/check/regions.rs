@@ -5,8 +5,8 @@
 //! Invariant: a policy file (a bare policy or an array) has no `regions`, so the regions its
 //! policies name are not checked against anything.
 use super::{FirstUse, NameRules};
-use crate::config::load::Shape;
 use crate::config::schema::{join_index, join_key};
+use crate::config::shape::Shape;
 use crate::config::{Config, Problem, RegionConfig};
 use crate::policy::{Mode, Policy};
 
