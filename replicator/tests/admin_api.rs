@@ -1466,8 +1466,33 @@ async fn policies_stored_through_the_api_are_validated_and_run_like_file_policie
         .0,
         Code::NotFound
     );
+    // A marker policy, so that the absence below is checked only once the push was seen: the
+    // source delivers its notifications in order, so the marker's copy arriving means the push's
+    // notification was handled before it, and an idle queue then means any job it made has run.
+    c.policies
+        .put_policy(put(json!({
+            "name": "marker",
+            "src_registry": {"name": "src"},
+            "dest_registry": {"name": "dst"},
+            "trigger": {"type": "event_based"},
+            "filters": [{"type": "name", "value": "marker/**"}],
+        })))
+        .await
+        .unwrap();
     push_image(dir.path(), 82, &src.host(), "api/app:v2").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let marker = push_image(dir.path(), 83, &src.host(), "marker/app:v1").await;
+    let marked = eventually(Duration::from_secs(30), || async {
+        manifest_status(&dst.url(), "marker/app", "v1").await == 200
+    })
+    .await;
+    assert!(
+        marked,
+        "the marker push was not replicated; webhooks stopped working:\n{}",
+        serve.log()
+    );
+    assert_eq!(raw_digest(&dst.host(), "marker/app:v1").await, marker);
+    let idle = eventually(Duration::from_secs(30), || queue_idle(&c)).await;
+    assert!(idle, "the queue did not drain:\n{}", serve.log());
     assert_eq!(
         manifest_status(&dst.url(), "api/app", "v2").await,
         404,
