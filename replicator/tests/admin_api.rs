@@ -887,6 +887,9 @@ async fn manual_runs_plan_copy_and_a_stop_cancels_the_running_transfer() {
         .map(|t| (t.reference.as_str(), t.outcome.as_str()))
         .collect();
     assert_eq!(outcomes, [("v1", "would copy"), ("v2", "would copy")]);
+    // Had the plan enqueued anything, it would run before the queue is idle.
+    let idle = eventually(Duration::from_secs(30), || queue_idle(&c)).await;
+    assert!(idle, "the queue did not drain:\n{}", serve.log());
     assert_eq!(manifest_status(&dst.url(), "team/app", "v1").await, 404);
 
     // A run: every task pending from the start, then copied by the worker; the run ends itself.
@@ -958,7 +961,7 @@ async fn manual_runs_plan_copy_and_a_stop_cancels_the_running_transfer() {
     // Behind the API's back, as an event would: a job for v3.
     let v3 = push_image(dir.path(), 94, &src.host(), "team/app:v3").await;
     enqueue_behind_the_api(&redis, "fast", "team/app", "v3").await;
-    let parked = eventually(Duration::from_secs(10), || queue_idle(&c)).await;
+    let parked = eventually(Duration::from_secs(30), || queue_idle(&c)).await;
     assert!(parked, "the job was not taken:\n{}", serve.log());
     assert_eq!(
         manifest_status(&dst.url(), "team/app", "v3").await,
