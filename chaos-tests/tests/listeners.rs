@@ -84,10 +84,14 @@ async fn scenario(region: &Region) -> anyhow::Result<()> {
             .map(|d| d.count())
             .unwrap_or(0)
     };
-    let filled = wait_for("the storm to take the agent's descriptors", DEADLINE, || {
-        let n = open_fds();
-        async move { n >= 240 }
-    })
+    let filled = wait_for(
+        "the storm to take the agent's descriptors",
+        DEADLINE,
+        || {
+            let n = open_fds();
+            async move { n >= 240 }
+        },
+    )
     .await?;
     eprintln!(
         "the agent held {} of its 256 descriptors {filled:?} into the storm",
