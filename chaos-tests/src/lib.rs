@@ -26,6 +26,7 @@
 //! - [`webhook`]: notification bodies shaped exactly like distribution 2.8's, a client for the
 //!   agent's webhook, and a raw HTTP/1.1 client for bodies over the agent's size limit.
 //! - [`metrics`]: reading one value out of a Prometheus/OpenMetrics text page.
+//! - [`tcp`]: bytes still on their way between local processes, from `/proc/net/tcp`.
 //!
 //! # Invariants
 //! - Every child process is killed when its owner is dropped (`kill_on_drop`), so a failing test
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod oci;
 pub mod process;
 pub mod region;
+pub mod tcp;
 pub mod webhook;
 
 use std::future::Future;

@@ -1071,10 +1071,12 @@ async fn a_chunked_upload_resumes_where_a_killed_worker_left_it() {
 /// on distribution; Ferry then starts over (`resume_uploads.rs` tests that path). A chunk is sent
 /// from memory in a few tens of ms, while reading the next one from the throttled source takes
 /// ~320 ms: the worker is killed in such a pause — after the upload stopped growing for a while,
-/// frozen (SIGSTOP), checked still unchanged, then killed; if a chunk had started meanwhile, it
-/// is let go (SIGCONT) and the next pause is used.
+/// frozen (SIGSTOP), everything it had sent delivered to the registry (no byte queued on a
+/// connection to `registry_port`), checked still unchanged, then killed; if a chunk had started
+/// meanwhile, it is let go (SIGCONT) and the next pause is used.
 async fn kill_between_chunks(
     worker: &mut ferry_chaos_tests::Daemon,
+    registry_port: u16,
     storage: &std::path::Path,
     at_least: u64,
 ) -> anyhow::Result<oci::UploadInProgress> {
@@ -1099,8 +1101,26 @@ async fn kill_between_chunks(
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         worker.sigstop().await?;
-        // Whatever was in flight lands in the registry's data file meanwhile.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Whatever the worker sent before it froze reaches the registry (nothing left queued on
+        // a connection to b, either way) and lands in its data file (the size holds still again).
+        wait_for(
+            "the bytes the frozen worker sent to reach b",
+            Duration::from_secs(30),
+            || {
+                let queued = ferry_chaos_tests::tcp::bytes_in_flight(registry_port);
+                async move { queued.is_ok_and(|n| n == 0) }
+            },
+        )
+        .await?;
+        let mut landed = oci::largest_upload_in_progress(storage);
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = oci::largest_upload_in_progress(storage);
+            if now == landed {
+                break;
+            }
+            landed = now;
+        }
         let upload = oci::uploads_in_progress(storage)
             .into_iter()
             .next()
@@ -1146,7 +1166,8 @@ async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
     skopeo::push_layout(&big.layout, "img", &a, "chaos/resume:v1").await?;
     let storage = region.b.data_dir().to_path_buf();
     // 80% of the layer, a chunk boundary.
-    let interrupted = kill_between_chunks(&mut first, &storage, size * 4 / 5).await?;
+    let interrupted =
+        kill_between_chunks(&mut first, region.b.addr().port(), &storage, size * 4 / 5).await?;
     let killed_at = Instant::now();
     anyhow::ensure!(
         interrupted.bytes % RESUME_CHUNK == 0,
