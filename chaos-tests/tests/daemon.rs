@@ -167,7 +167,7 @@ async fn polled_source_scenario(region: &Region) -> anyhow::Result<()> {
     let dir = fixtures();
     let (a, b) = (region.a.host(), region.b.host());
     // Let the first poll record its (empty) baseline, so the push below is a change it sees.
-    wait_for("the first poll pass", Duration::from_secs(10), || async {
+    wait_for("the first poll pass", Duration::from_secs(30), || async {
         region
             .agent
             .metric("ferry_poll_passes_total", &[("registry", "a")])
@@ -831,7 +831,7 @@ async fn worker_metrics_scenario(region: &Region) -> anyhow::Result<()> {
         &worker,
         &["repository=chaos/metrics "],
         1,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await?;
     let text = worker.metrics().await?;
@@ -941,8 +941,8 @@ async fn shared_blob_scenario(region: &Region) -> anyhow::Result<()> {
         .await?;
     skopeo::pull_and_verify(&b, "chaos/share-y:v1").await?;
     // Both workers ran their job: otherwise one process did both and nothing was shared.
-    jobs_done(&first, &["chaos/share-x"], 1, Duration::from_secs(10)).await?;
-    jobs_done(&second, &["chaos/share-y"], 1, Duration::from_secs(10)).await?;
+    jobs_done(&first, &["chaos/share-x"], 1, Duration::from_secs(30)).await?;
+    jobs_done(&second, &["chaos/share-y"], 1, Duration::from_secs(30)).await?;
 
     let log = std::fs::read_to_string(region.b.log_path())?;
     let uploads = oci::blob_upload_puts_of(&log, &shared_digest);
@@ -1043,7 +1043,7 @@ async fn shared_speed_scenario(region: &Region) -> anyhow::Result<()> {
     );
     // Each worker ran one of the two jobs (concurrency 1), so the limit held across processes.
     for w in &workers {
-        jobs_done(w, &["chaos/speed-"], 1, Duration::from_secs(10)).await?;
+        jobs_done(w, &["chaos/speed-"], 1, Duration::from_secs(30)).await?;
     }
     Ok(())
 }
@@ -1375,7 +1375,7 @@ async fn operator_cli_scenario(region: &Region) -> anyhow::Result<()> {
     );
     wait_for(
         "the stopped job to leave the workers",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             admin_json(region, api, &["queue"])
                 .await
