@@ -518,7 +518,8 @@ async fn outbox_contract(outbox: &dyn Outbox) {
     .await;
     assert!(taken, "after expiry");
     assert!(
-        renewed.elapsed() >= short,
+        // Redis expires keys to the millisecond: allow one step.
+        renewed.elapsed() + Duration::from_millis(2) >= short,
         "a {short:?} lease taken over after {:?}",
         renewed.elapsed()
     );

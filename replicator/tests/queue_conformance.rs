@@ -154,6 +154,11 @@ const HOLDS: Duration = Duration::from_secs(3);
 /// How long a case polls for something that must happen (an expiry, a due retry) before failing.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The resolution of the backends' deadlines: Redis keeps them in whole milliseconds of the wall
+/// clock, so "not before the lease ended" is checked to within one step of it (a lease measured
+/// on `Instant` can end up to a millisecond early).
+const CLOCK_STEP: Duration = Duration::from_millis(2);
+
 /// Polls `condition` every 20 ms until it holds; fails the case naming `what` after [`PATIENCE`].
 async fn eventually<F, Fut>(what: &str, mut condition: F)
 where
@@ -308,7 +313,7 @@ async fn expired_lease_is_reclaimed_and_old_holder_loses_it(backend: Backend) {
     let b = claim_soon(q.as_ref(), "b", PATIENCE).await;
     assert_eq!(b.len(), 1, "expired lease handed out again");
     assert!(
-        claimed.elapsed() >= HOLDS,
+        claimed.elapsed() + CLOCK_STEP >= HOLDS,
         "handed out {:?} into a {HOLDS:?} lease",
         claimed.elapsed()
     );
@@ -359,7 +364,7 @@ async fn renew_keeps_the_lease(backend: Backend) {
     let b = claim_soon(q.as_ref(), "b", PATIENCE).await;
     assert_eq!(b.len(), 1, "a lease renewed for 300 ms never expired");
     assert!(
-        renewed.elapsed() >= Duration::from_millis(300),
+        renewed.elapsed() + CLOCK_STEP >= Duration::from_millis(300),
         "lease_for of renew ignored: taken over after {:?}",
         renewed.elapsed()
     );
@@ -808,7 +813,7 @@ async fn stats_count_each_state(backend: Backend) {
     })
     .await;
     assert!(
-        claimed.elapsed() >= HOLDS,
+        claimed.elapsed() + CLOCK_STEP >= HOLDS,
         "leases of {HOLDS:?} counted as expired after {:?}",
         claimed.elapsed()
     );
@@ -882,7 +887,7 @@ async fn blob_leases_are_exclusive_and_expire(backend: Backend) {
     })
     .await;
     assert!(
-        leased.elapsed() >= ttl,
+        leased.elapsed() + CLOCK_STEP >= ttl,
         "a {ttl:?} blob lease taken over after {:?}",
         leased.elapsed()
     );
@@ -1495,7 +1500,7 @@ async fn workers_are_listed_until_their_heartbeat_expires(backend: Backend) {
     })
     .await;
     assert!(
-        last.elapsed() >= Duration::from_millis(300),
+        last.elapsed() + CLOCK_STEP >= Duration::from_millis(300),
         "a 300 ms heartbeat dropped after {:?}",
         last.elapsed()
     );
