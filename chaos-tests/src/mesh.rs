@@ -6,6 +6,8 @@
 //! free port behind the proxy), and workers started on demand with `--region x`. Optionally a
 //! `hub` registry without webhooks, polled every second by one region's agent. All processes read
 //! one config file (the regions, the registries with their region, and the test's policies).
+//! The namespaces have machine-wide names and subnets, so a mesh holds a machine-wide lock while
+//! they exist: meshes of different checkouts take turns.
 //!
 //! Agents run with `--reconcile-interval 0`: these tests check the event path, and the safety
 //! net would hide a lost event. Workers also serve the admin API (the mesh token), so a test can
@@ -73,6 +75,8 @@ pub struct Mesh {
     pub regions: BTreeMap<String, MeshRegion>,
     pub hub: Option<Registry>,
     _hub_netns: Option<Netns>,
+    /// Held while this mesh's namespaces exist (see [`lock_namespaces`]); released after them.
+    _netns_lock: Option<std::fs::File>,
     dir: TempDir,
     config: PathBuf,
     /// `log.level` of the regions' registries ([`Mesh::wait_quiescent`] reads their access logs).
@@ -199,6 +203,11 @@ impl Mesh {
         if !use_netns {
             eprintln!("mesh: network namespaces are not available here (root and iproute2 needed); the regions share loopback");
         }
+        let netns_lock = if use_netns {
+            Some(lock_namespaces().await?)
+        } else {
+            None
+        };
         let redis_binary =
             std::env::var("FERRY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
 
@@ -354,6 +363,7 @@ impl Mesh {
             regions,
             hub,
             _hub_netns: hub_netns,
+            _netns_lock: netns_lock,
             dir,
             config,
             registry_log_level: log_level,
@@ -683,6 +693,24 @@ impl Drop for Mesh {
             eprintln!("{}", self.diagnostics(40));
         }
     }
+}
+
+/// Waits for the machine-wide lock of the mesh namespaces. Their names (`ferry-mesh-<region>`)
+/// and subnets (`10.233.<i>.0/24`) are fixed, and creating one deletes any namespace of that name:
+/// two meshes at once — from two checkouts, whose [`serial`] locks are separate — would cut each
+/// other's regions off their own Redis (seen as minutes of "queue backend unavailable").
+async fn lock_namespaces() -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join("ferry-mesh-netns.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .context("the lock task panicked")?
+        .with_context(|| format!("locking {}", path.display()))
 }
 
 fn path_str(path: &std::path::Path) -> anyhow::Result<&str> {
