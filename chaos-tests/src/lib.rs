@@ -17,13 +17,16 @@
 //!   cross-process lock that runs scenarios one at a time.
 //! - [`region`]: [`Region`], [`RegionOptions`], [`WorkerSpec`] and the config writer.
 //! - [`mesh`]: several regions, each with its own Redis, coordinating over gRPC through fault
-//!   proxies.
+//!   proxies; their queues through the workers' admin API, their outboxes read in Redis, and
+//!   [`mesh::Mesh::wait_quiescent`], the wait that precedes every "nothing more happened" check.
 //! - [`oci`]: independent registry checks (manifest `HEAD`/`DELETE` over plain HTTP, skopeo digests),
 //!   counting uploads in a registry's access log and the bytes its upload requests carried (read
-//!   from distribution's signed session state), uploads in progress on its disk, fixture images.
+//!   from distribution's signed session state), request spans to the nanosecond from its
+//!   `response completed` lines, uploads in progress on its disk, fixture images.
 //! - [`webhook`]: notification bodies shaped exactly like distribution 2.8's, a client for the
 //!   agent's webhook, and a raw HTTP/1.1 client for bodies over the agent's size limit.
 //! - [`metrics`]: reading one value out of a Prometheus/OpenMetrics text page.
+//! - [`tcp`]: bytes still on their way between local processes, from `/proc/net/tcp`.
 //!
 //! # Invariants
 //! - Every child process is killed when its owner is dropped (`kill_on_drop`), so a failing test
@@ -32,7 +35,8 @@
 //!   (registries, Redis, agent, workers) and keeps its log dir for inspection (set
 //!   `FERRY_CHAOS_KEEP_LOGS=1` to keep it after a passing test too).
 //! - Waiting is polling ([`wait_for`]) with a generous timeout, never a fixed sleep before an
-//!   assertion: tests assert behaviour, and print (not assert) timings.
+//!   assertion: tests assert behaviour, and print (not assert) timings. An absence is asserted
+//!   only after proof that it would have shown by then (a quiescent mesh, a failed delivery).
 #![forbid(unsafe_code)]
 
 pub mod mesh;
@@ -40,6 +44,7 @@ pub mod metrics;
 pub mod oci;
 pub mod process;
 pub mod region;
+pub mod tcp;
 pub mod webhook;
 
 use std::future::Future;

@@ -6,13 +6,25 @@
 //! free port behind the proxy), and workers started on demand with `--region x`. Optionally a
 //! `hub` registry without webhooks, polled every second by one region's agent. All processes read
 //! one config file (the regions, the registries with their region, and the test's policies).
+//! The namespaces have machine-wide names and subnets, so a mesh holds a machine-wide lock while
+//! they exist: meshes of different checkouts take turns.
 //!
 //! Agents run with `--reconcile-interval 0`: these tests check the event path, and the safety
-//! net would hide a lost event.
+//! net would hide a lost event. Workers also serve the admin API (the mesh token), so a test can
+//! read its region's queue ([`Mesh::queue_stats`]).
+//!
+//! # Quiescence
+//! An absence ("nothing echoed back", "no flip-flop") is checked only once nothing more can
+//! happen without a new push: [`Mesh::wait_quiescent`] waits until every notification a registry
+//! logged was handled by its agent, every outbox is empty and every queue has nothing waiting or
+//! running, with no counter of work moving while it looked. The outboxes are read in each
+//! region's Redis ([`Mesh::outbox_len`]): the agents' `ferry_forward_outbox_depth` gauge is set
+//! only when a forwarding round starts, so it can miss an event appended since.
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ferry_testkit::{FaultProxy, Host, Netns, RedisServer, Registry, RegistryOptions};
@@ -36,6 +48,14 @@ pub struct MeshOptions {
     pub tls: bool,
 }
 
+/// Where a mesh worker answers: `/metrics` and the admin API.
+#[derive(Clone, Debug)]
+struct WorkerEndpoints {
+    region: String,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
 /// One region of a [`Mesh`]. Fields drop in order: processes first, the namespace last.
 pub struct MeshRegion {
     pub name: String,
@@ -55,9 +75,15 @@ pub struct Mesh {
     pub regions: BTreeMap<String, MeshRegion>,
     pub hub: Option<Registry>,
     _hub_netns: Option<Netns>,
+    /// Held while this mesh's namespaces exist (see [`lock_namespaces`]); released after them.
+    _netns_lock: Option<std::fs::File>,
     dir: TempDir,
     config: PathBuf,
+    /// `log.level` of the regions' registries ([`Mesh::wait_quiescent`] reads their access logs).
+    registry_log_level: &'static str,
     workers: std::sync::atomic::AtomicUsize,
+    /// Every worker started, for [`Mesh::queue_stats`] and [`Mesh::wait_quiescent`].
+    worker_endpoints: Mutex<Vec<WorkerEndpoints>>,
     /// The throwaway CA and peer certificates, when the mesh runs Forward over mTLS.
     certs: Option<ferry_testkit::Certificates>,
     _serial: SerialGuard,
@@ -177,6 +203,11 @@ impl Mesh {
         if !use_netns {
             eprintln!("mesh: network namespaces are not available here (root and iproute2 needed); the regions share loopback");
         }
+        let netns_lock = if use_netns {
+            Some(lock_namespaces().await?)
+        } else {
+            None
+        };
         let redis_binary =
             std::env::var("FERRY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
 
@@ -332,9 +363,12 @@ impl Mesh {
             regions,
             hub,
             _hub_netns: hub_netns,
+            _netns_lock: netns_lock,
             dir,
             config,
+            registry_log_level: log_level,
             workers: std::sync::atomic::AtomicUsize::new(0),
+            worker_endpoints: Mutex::new(Vec::new()),
             certs,
             _serial: serial,
         })
@@ -344,7 +378,8 @@ impl Mesh {
         &self.regions[name]
     }
 
-    /// Starts a `ferry worker --region <region>` on that region's Redis.
+    /// Starts a `ferry worker --region <region>` on that region's Redis, serving the admin API with
+    /// the mesh token.
     pub async fn start_worker(&self, region: &str) -> anyhow::Result<Daemon> {
         let r = self.region(region);
         let n = self
@@ -354,8 +389,10 @@ impl Mesh {
         let name = format!("worker-{region}-{n}");
         let ferry = binary("ferry")?;
         let mut last = None;
+        let token_file = self.dir.path().join("token");
         for _ in 0..3 {
-            let listen = hold_port(&r.host)?.1;
+            let (listen_hold, listen) = hold_port(&r.host)?;
+            let (admin_hold, admin) = hold_port(&r.host)?;
             let args: Vec<String> = [
                 "worker",
                 "--config",
@@ -368,18 +405,244 @@ impl Mesh {
                 region,
                 "--consumer",
                 &name,
+                "--admin-listen",
+                &admin.to_string(),
+                "--admin-token-file",
+                path_str(&token_file)?,
             ]
             .iter()
             .map(|s| s.to_string())
             .collect();
             let log = self.dir.path().join(format!("{name}.log"));
+            drop((listen_hold, admin_hold));
             match Daemon::start_on(&r.host, &name, &ferry, &args, &log, listen).await {
-                Ok(d) => return Ok(d),
+                Ok(d) => {
+                    self.worker_endpoints
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(WorkerEndpoints {
+                            region: region.to_string(),
+                            listen,
+                            admin,
+                        });
+                    return Ok(d);
+                }
                 Err(StartError::AddrInUse(e)) => last = Some(e),
                 Err(StartError::Fatal(e)) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no start attempt")))
+    }
+
+    /// The queue of `region` as its first worker's admin API reports it (`GetQueueStats`: one read
+    /// of the region's Redis, counting waiting, delayed and running jobs). `None` when the region
+    /// runs no worker: then nothing can run its jobs, and its agent's `ferry_queue_depth` says
+    /// what waits.
+    pub async fn queue_stats(
+        &self,
+        region: &str,
+    ) -> anyhow::Result<Option<ferry_proto::v1::QueueStats>> {
+        let admin = self
+            .worker_endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|w| w.region == region)
+            .map(|w| w.admin);
+        let Some(admin) = admin else {
+            return Ok(None);
+        };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to region {region}'s admin API at {admin}"))?;
+        let mut ops = ferry_proto::v1::operations_client::OperationsClient::new(channel);
+        let mut request = tonic::Request::new(ferry_proto::v1::GetQueueStatsRequest {});
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+        let stats = ops
+            .get_queue_stats(request)
+            .await
+            .with_context(|| format!("GetQueueStats of region {region}"))?
+            .into_inner();
+        Ok(Some(stats))
+    }
+
+    /// How many events `region`'s agent holds in its durable outbox for `peer`: the length of the
+    /// stream `ferry:outbox:<peer>` in the region's Redis (the layout in `forward/outbox.rs`),
+    /// asked over RESP. The stream outlives its last entry, so once `region` delivered anything
+    /// to `peer` a missing key means the layout changed — an error, never a silent 0.
+    pub async fn outbox_len(&self, region: &str, peer: &str) -> anyhow::Result<u64> {
+        let r = self.region(region);
+        let key = format!("ferry:outbox:{peer}");
+        let addr = r.redis.host();
+        match redis_command(&addr, &["TYPE", &key]).await?.as_str() {
+            "stream" => {}
+            "none" => {
+                let delivered = r
+                    .agent
+                    .metric_if_present(
+                        "ferry_forward_events_total",
+                        &[("region", peer), ("outcome", "delivered")],
+                    )
+                    .await?
+                    .unwrap_or(0.0);
+                anyhow::ensure!(
+                    delivered == 0.0,
+                    "region {region} delivered {delivered} events to {peer}, yet its Redis has \
+                     no {key}: the outbox layout changed"
+                );
+                return Ok(0);
+            }
+            other => anyhow::bail!("{key} in region {region}'s Redis is a {other}, not a stream"),
+        }
+        let len = redis_command(&addr, &["XLEN", &key]).await?;
+        len.parse()
+            .with_context(|| format!("XLEN {key} answered {len:?}"))
+    }
+
+    /// Waits until nothing more can happen in the mesh without a new push, so that an absence
+    /// checked afterwards is not a race against a slow echo; returns how long that took.
+    ///
+    /// Quiescent means, in two consecutive looks with no counter of work moving during them:
+    /// every manifest write (`PUT` or `DELETE`, 2xx) a region's registry logged has been handled
+    /// by its agent (`ferry_events_total`, outcomes other than `ignored_blob`/`ignored_action`),
+    /// every outbox is empty ([`Mesh::outbox_len`]), and every region's queue has nothing waiting,
+    /// delayed or running ([`Mesh::queue_stats`]; the agent's `ferry_queue_depth` where no worker
+    /// runs). The counters — writes in the access logs, notifications, forwarded and received
+    /// events, tag-poller events, jobs finished by every worker — rule out work that moved from
+    /// one place to another between two reads.
+    ///
+    /// Needs `registry_log_level: "info"` (the access logs) and every started worker alive. A
+    /// notification the registry re-sent after a timeout is counted twice by its agent, which can
+    /// only make the wait end one notification early; the tests' echo checks would then still
+    /// see an echo of any other write.
+    pub async fn wait_quiescent(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            self.registry_log_level == "info",
+            "wait_quiescent reads the registries' access logs: start the mesh with \
+             registry_log_level \"info\", not {:?}",
+            self.registry_log_level
+        );
+        let started = Instant::now();
+        let mut previous: Option<Vec<u64>> = None;
+        let mut last_state = String::new();
+        loop {
+            match self.look().await {
+                Ok(Look::Quiet(counters)) => {
+                    if previous.as_ref() == Some(&counters) {
+                        return Ok(started.elapsed());
+                    }
+                    previous = Some(counters);
+                }
+                Ok(Look::Busy(why)) => {
+                    previous = None;
+                    last_state = why;
+                }
+                Err(e) => {
+                    previous = None;
+                    last_state = format!("{e:#}");
+                }
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "the mesh did not become quiescent within {timeout:?}: {last_state}"
+            );
+            tokio::time::sleep(crate::POLL).await;
+        }
+    }
+
+    /// One look for [`Mesh::wait_quiescent`]: the counters before, the work in progress, the
+    /// counters after.
+    async fn look(&self) -> anyhow::Result<Look> {
+        let before = self.work_counters().await?;
+        for (name, r) in &self.regions {
+            let writes = manifest_writes(&std::fs::read_to_string(r.registry.log_path())?);
+            let metrics = r.agent.metrics().await?;
+            let handled = handled_notifications(&metrics, name);
+            if handled < writes {
+                return Ok(Look::Busy(format!(
+                    "agent {name} handled {handled} of the {writes} manifest writes registry \
+                     {name} logged"
+                )));
+            }
+            for peer in self.regions.keys().filter(|p| *p != name) {
+                let held = self.outbox_len(name, peer).await?;
+                if held > 0 {
+                    return Ok(Look::Busy(format!(
+                        "region {name} holds {held} events for {peer}"
+                    )));
+                }
+            }
+            match self.queue_stats(name).await? {
+                Some(q) if q.depth > 0 || q.in_flight > 0 => {
+                    return Ok(Look::Busy(format!(
+                        "region {name}'s queue: {} waiting, {} running",
+                        q.depth, q.in_flight
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let depth = crate::metrics::sum(&metrics, "ferry_queue_depth", &[])
+                        .context("the agent exports no ferry_queue_depth")?;
+                    if depth > 0.0 {
+                        return Ok(Look::Busy(format!(
+                            "region {name}'s queue: {depth} waiting"
+                        )));
+                    }
+                }
+            }
+        }
+        let after = self.work_counters().await?;
+        if before == after {
+            Ok(Look::Quiet(after))
+        } else {
+            Ok(Look::Busy("work moved while looking".to_string()))
+        }
+    }
+
+    /// Counters that move whenever work moves (see [`Mesh::wait_quiescent`]).
+    async fn work_counters(&self) -> anyhow::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for r in self.regions.values() {
+            out.push(manifest_writes(&std::fs::read_to_string(
+                r.registry.log_path(),
+            )?));
+            let metrics = r.agent.metrics().await?;
+            for name in [
+                "ferry_events_total",
+                "ferry_forward_events_total",
+                "ferry_forward_received_total",
+                "ferry_poll_events_total",
+            ] {
+                out.push(crate::metrics::sum(&metrics, name, &[]).unwrap_or(0.0) as u64);
+            }
+        }
+        let workers = self
+            .worker_endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        for w in workers {
+            let url = format!("http://{}/metrics", w.listen);
+            let text = http
+                .get(&url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("GET {url} (a worker of region {})", w.region))?
+                .text()
+                .await?;
+            out.push(crate::metrics::sum(&text, "ferry_jobs_total", &[]).unwrap_or(0.0) as u64);
+        }
+        Ok(out)
     }
 
     /// Waits until `repo:tag` on registry `host` resolves to `digest`.
@@ -432,7 +695,130 @@ impl Drop for Mesh {
     }
 }
 
+/// Waits for the machine-wide lock of the mesh namespaces. Their names (`ferry-mesh-<region>`)
+/// and subnets (`10.233.<i>.0/24`) are fixed, and creating one deletes any namespace of that name:
+/// two meshes at once — from two checkouts, whose [`serial`] locks are separate — would cut each
+/// other's regions off their own Redis (seen as minutes of "queue backend unavailable").
+async fn lock_namespaces() -> anyhow::Result<std::fs::File> {
+    let path = std::env::temp_dir().join("ferry-mesh-netns.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .context("the lock task panicked")?
+        .with_context(|| format!("locking {}", path.display()))
+}
+
 fn path_str(path: &std::path::Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// The outcome of one look at the mesh.
+enum Look {
+    /// Nothing in progress; the work counters.
+    Quiet(Vec<u64>),
+    /// What is still going on.
+    Busy(String),
+}
+
+/// Manifest `PUT`s and `DELETE`s a registry answered with 2xx, from its access log (one
+/// combined-log-format line per request at `log.level: info`): each one queued a notification.
+fn manifest_writes(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| {
+            // `… [date] "METHOD /path HTTP/1.1" STATUS SIZE "referer" "user agent"`
+            let Some((request, rest)) = l.split_once(" \"").and_then(|(_, r)| r.split_once("\" "))
+            else {
+                return false;
+            };
+            let is_write = request.starts_with("PUT /v2/") || request.starts_with("DELETE /v2/");
+            is_write && request.contains("/manifests/") && rest.starts_with('2')
+        })
+        .count() as u64
+}
+
+/// Notifications of manifest pushes and deletes on registry `registry` that its agent handled
+/// (matched, unmatched or dropped as Ferry's own write or an index child) — every outcome but
+/// blob and pull events and batches that failed (the registry re-sends those).
+fn handled_notifications(metrics: &str, registry: &str) -> u64 {
+    let mut n = 0.0;
+    for kind in ["push", "delete"] {
+        for outcome in [
+            "matched",
+            "unmatched",
+            "ignored_own_write",
+            "ignored_child_manifest",
+        ] {
+            n += crate::metrics::sum(
+                metrics,
+                "ferry_events_total",
+                &[("registry", registry), ("kind", kind), ("outcome", outcome)],
+            )
+            .unwrap_or(0.0);
+        }
+    }
+    n as u64
+}
+
+/// Sends one command to the Redis at `addr` (`IP:PORT`, no TLS, no password) and returns its
+/// one-line reply: a simple string or an integer. Enough for `TYPE` and `XLEN`.
+async fn redis_command(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    let talk = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .await?;
+        anyhow::Ok(line)
+    };
+    let line = tokio::time::timeout(Duration::from_secs(10), talk)
+        .await
+        .with_context(|| format!("no answer from Redis at {addr} to {args:?}"))?
+        .with_context(|| format!("asking Redis at {addr} {args:?}"))?;
+    let line = line.trim_end();
+    match line.split_at_checked(1) {
+        Some(("+" | ":", value)) => Ok(value.to_string()),
+        _ => anyhow::bail!("Redis at {addr} answered {args:?} with {line:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_writes_count_successful_manifest_puts_and_deletes_only() {
+        let log = r#"10.0.0.1 - - [05/Dec/2025:00:03:12 +0000] "PUT /v2/app/x/manifests/v1 HTTP/1.1" 201 0 "" "skopeo/1.9"
+10.0.0.1 - - [05/Dec/2025:00:03:12 +0000] "PUT /v2/app/x/blobs/uploads/u?digest=sha256%3Aab HTTP/1.1" 201 0 "" "ferry/0.1.0"
+10.0.0.1 - - [05/Dec/2025:00:03:13 +0000] "HEAD /v2/app/x/manifests/v1 HTTP/1.1" 200 0 "" "ferry/0.1.0"
+10.0.0.1 - - [05/Dec/2025:00:03:13 +0000] "PUT /v2/app/y/manifests/sha256:ab HTTP/1.1" 400 0 "" "ferry/0.1.0"
+10.0.0.1 - - [05/Dec/2025:00:03:14 +0000] "DELETE /v2/app/x/manifests/sha256:ab HTTP/1.1" 202 0 "" "curl"
+time="2025-12-05T00:03:14Z" level=info msg="response completed" http.request.method=PUT http.request.uri="/v2/app/x/manifests/v1"
+"#;
+        assert_eq!(manifest_writes(log), 2);
+    }
+
+    #[test]
+    fn handled_notifications_leave_out_blob_and_pull_events_and_failed_batches() {
+        let metrics = "ferry_events_total{registry=\"a\",kind=\"push\",outcome=\"matched\"} 2\n\
+                       ferry_events_total{registry=\"a\",kind=\"push\",outcome=\"ignored_own_write\"} 1\n\
+                       ferry_events_total{registry=\"a\",kind=\"delete\",outcome=\"unmatched\"} 1\n\
+                       ferry_events_total{registry=\"a\",kind=\"push\",outcome=\"ignored_blob\"} 5\n\
+                       ferry_events_total{registry=\"a\",kind=\"pull\",outcome=\"ignored_action\"} 3\n\
+                       ferry_events_total{registry=\"a\",kind=\"push\",outcome=\"queue_unavailable\"} 4\n\
+                       ferry_events_total{registry=\"b\",kind=\"push\",outcome=\"matched\"} 7\n";
+        assert_eq!(handled_notifications(metrics, "a"), 4);
+        assert_eq!(handled_notifications(metrics, "c"), 0);
+    }
 }

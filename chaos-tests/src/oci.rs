@@ -206,9 +206,175 @@ pub fn image(dir: &Path, layers: &[LayerSpec]) -> anyhow::Result<Image> {
     })
 }
 
+/// One request as distribution's own log records it when the response is done (`msg="response
+/// completed"`, `log.level: info`): nanosecond times, unlike the access log's whole seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompletedRequest {
+    pub method: String,
+    /// Path and query as requested.
+    pub uri: String,
+    pub status: u16,
+    /// When the request began and when its response was done, in seconds since the Unix epoch
+    /// (`time` minus `http.response.duration`, and `time`).
+    pub start: f64,
+    pub end: f64,
+}
+
+/// Every `response completed` line of a registry's log, in log order.
+pub fn completed_requests(log: &str) -> Vec<CompletedRequest> {
+    log.lines()
+        .filter(|l| l.contains("msg=\"response completed\""))
+        .filter_map(|l| {
+            let fields = logfmt_fields(l);
+            let field = |k: &str| {
+                fields
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            let end = rfc3339_seconds(field("time")?)?;
+            Some(CompletedRequest {
+                method: field("http.request.method")?.to_string(),
+                uri: field("http.request.uri")?.to_string(),
+                status: field("http.response.status")?.parse().ok()?,
+                start: end - go_duration_seconds(field("http.response.duration")?)?,
+                end,
+            })
+        })
+        .collect()
+}
+
+/// The `key=value` pairs of a logrus text line (values may be double-quoted with `\` escapes).
+fn logfmt_fields(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ' ').is_some() {}
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ' ')).collect();
+        if key.is_empty() || chars.next_if_eq(&'=').is_none() {
+            return out;
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => value.extend(chars.next()),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value.extend(std::iter::from_fn(|| chars.next_if(|c| *c != ' ')));
+        }
+        out.push((key, value));
+    }
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time (`2026-12-05T01:00:10.734219008Z`, or with
+/// a `±HH:MM` offset).
+fn rfc3339_seconds(t: &str) -> Option<f64> {
+    let (date, rest) = t.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (clock, offset) = match rest.strip_suffix('Z') {
+        Some(clock) => (clock, 0),
+        None => {
+            let at = rest.rfind(['+', '-'])?;
+            let (clock, off) = rest.split_at(at);
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            let (h, min) = off[1..].split_once(':')?;
+            (
+                clock,
+                sign * (h.parse::<i64>().ok()? * 3600 + min.parse::<i64>().ok()? * 60),
+            )
+        }
+    };
+    let mut hms = clock.splitn(3, ':');
+    let (h, min) = (
+        hms.next()?.parse::<i64>().ok()?,
+        hms.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = hms.next()?.parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60 - offset) as f64 + sec)
+}
+
+/// Seconds in a Go duration string (`26.152238ms`, `509.616µs`, `1m2.5s`).
+fn go_duration_seconds(d: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = d;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_len);
+        let number: f64 = number.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = after;
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_request_spans_from_response_completed_lines() {
+        let log = r#"127.0.0.1 - - [05/Dec/2026:01:00:10 +0000] "PUT /v2/app/x/manifests/v1 HTTP/1.1" 201 0 "" "ferry/0.1.0"
+time="2026-12-05T01:00:10.734219008Z" level=info msg="response completed" go.version=go1.19.8 http.request.host="10.233.1.2:46845" http.request.method=PUT http.request.uri=/v2/app/x/manifests/v1 http.request.useragent=skopeo/1.9.3 http.response.duration=26.152238ms http.response.status=201 http.response.written=0
+time="2026-12-05T01:00:11.046260202Z" level=info msg="response completed" http.request.method=GET http.request.uri="/v2/app/y/manifests/sha256:61" http.request.useragent="a \"quoted\" agent" http.response.duration="509.616µs" http.response.status=200
+time="2026-12-05T02:00:11+01:00" level=info msg="response completed" http.request.method=PATCH http.request.uri=/v2/t/blobs/uploads/u http.response.duration=1m2.5s http.response.status=202
+time="2026-12-05T01:00:12Z" level=info msg="something else" http.request.method=PUT"#;
+        let got = completed_requests(log);
+        let summary: Vec<(&str, &str, u16)> = got
+            .iter()
+            .map(|r| (r.method.as_str(), r.uri.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("PUT", "/v2/app/x/manifests/v1", 201),
+                ("GET", "/v2/app/y/manifests/sha256:61", 200),
+                ("PATCH", "/v2/t/blobs/uploads/u", 202)
+            ]
+        );
+        // 2026-12-05T01:00:10Z is 1_796_432_410 s after the epoch.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(close(got[0].end, 1_796_432_410.734_219), "{:?}", got[0]);
+        assert!(
+            close(got[0].end - got[0].start, 0.026_152_238),
+            "{:?}",
+            got[0]
+        );
+        assert!(
+            close(got[1].end - got[1].start, 0.000_509_616),
+            "{:?}",
+            got[1]
+        );
+        assert!(close(got[2].end, 1_796_432_411.0), "{:?}", got[2]);
+        assert!(close(got[2].end - got[2].start, 62.5), "{:?}", got[2]);
+    }
 
     /// Lines written by Debian's docker-registry 2.8.2 (chunks of 1 MiB; the second `PATCH` was
     /// cut off by its client).

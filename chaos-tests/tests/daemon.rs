@@ -167,7 +167,7 @@ async fn polled_source_scenario(region: &Region) -> anyhow::Result<()> {
     let dir = fixtures();
     let (a, b) = (region.a.host(), region.b.host());
     // Let the first poll record its (empty) baseline, so the push below is a change it sees.
-    wait_for("the first poll pass", Duration::from_secs(10), || async {
+    wait_for("the first poll pass", Duration::from_secs(30), || async {
         region
             .agent
             .metric("ferry_poll_passes_total", &[("registry", "a")])
@@ -831,7 +831,7 @@ async fn worker_metrics_scenario(region: &Region) -> anyhow::Result<()> {
         &worker,
         &["repository=chaos/metrics "],
         1,
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await?;
     let text = worker.metrics().await?;
@@ -941,8 +941,8 @@ async fn shared_blob_scenario(region: &Region) -> anyhow::Result<()> {
         .await?;
     skopeo::pull_and_verify(&b, "chaos/share-y:v1").await?;
     // Both workers ran their job: otherwise one process did both and nothing was shared.
-    jobs_done(&first, &["chaos/share-x"], 1, Duration::from_secs(10)).await?;
-    jobs_done(&second, &["chaos/share-y"], 1, Duration::from_secs(10)).await?;
+    jobs_done(&first, &["chaos/share-x"], 1, Duration::from_secs(30)).await?;
+    jobs_done(&second, &["chaos/share-y"], 1, Duration::from_secs(30)).await?;
 
     let log = std::fs::read_to_string(region.b.log_path())?;
     let uploads = oci::blob_upload_puts_of(&log, &shared_digest);
@@ -965,15 +965,17 @@ const RESUME_CHUNK: u64 = 16 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_hold_the_policy_speed_together() {
-    let region = Region::start(RegionOptions::default().speed(2048))
+    let region = Region::start(RegionOptions::default().speed(2048).dest_log_level("info"))
         .await
         .expect("starting the region");
     check(shared_speed_scenario(&region).await);
 }
 
 /// `speed` is per policy, not per worker: two workers, one job each, at most 2048 KiB/s in all
-/// (+15%). The window starts before the pushes, so a slow machine can only make the measured rate
-/// lower; how close to 2048 it gets is printed, not asserted.
+/// (+15%). The rate is measured over what the limit governs only — the uploads to `b`, from the
+/// first upload request's start to the last one's end as `b`'s own log times them (every byte
+/// reaches `b` inside one of them) — not around the skopeo pushes, whose time would lower it. How
+/// close to 2048 it gets is printed, not asserted.
 async fn shared_speed_scenario(region: &Region) -> anyhow::Result<()> {
     let spec = WorkerSpec {
         concurrency: 1,
@@ -991,7 +993,6 @@ async fn shared_speed_scenario(region: &Region) -> anyhow::Result<()> {
     };
     let one = oci::image(&dir.path().join("one"), &[layer(9001)])?;
     let two = oci::image(&dir.path().join("two"), &[layer(9002)])?;
-    let started = Instant::now();
     let (p1, p2) = tokio::join!(
         skopeo::push_layout(&one.layout, "img", &a, "chaos/speed-one:v1"),
         skopeo::push_layout(&two.layout, "img", &a, "chaos/speed-two:v1"),
@@ -1005,10 +1006,36 @@ async fn shared_speed_scenario(region: &Region) -> anyhow::Result<()> {
     region
         .wait_on_b("chaos/speed-two", "v1", &two.manifest.digest, timeout)
         .await?;
-    let took = started.elapsed();
-    let rate = (16 * MIB) as f64 / 1024.0 / took.as_secs_f64();
+    let log = std::fs::read_to_string(region.b.log_path())?;
+    let uploads: Vec<_> = oci::completed_requests(&log)
+        .into_iter()
+        .filter(|r| r.uri.starts_with("/v2/chaos/speed-") && r.uri.contains("/blobs/uploads/"))
+        .collect();
+    // Both layers crossed in an upload that b completed (besides the small config blobs).
+    for layer in [&one.layers[0], &two.layers[0]] {
+        let hex = layer.digest.trim_start_matches("sha256:");
+        anyhow::ensure!(
+            uploads
+                .iter()
+                .any(|r| r.method == "PUT" && r.status == 201 && r.uri.contains(hex)),
+            "no completed upload of {} on b: {uploads:?}",
+            layer.digest
+        );
+    }
+    let first = uploads
+        .iter()
+        .map(|r| r.start)
+        .fold(f64::INFINITY, f64::min);
+    let last = uploads
+        .iter()
+        .map(|r| r.end)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let took = last - first;
+    let rate = (16 * MIB) as f64 / 1024.0 / took;
     eprintln!(
-        "two workers moved 16 MiB in {took:?}: {rate:.0} KiB/s for a policy speed of 2048 KiB/s"
+        "two workers uploaded 16 MiB to b in {took:.2} s ({} upload requests): {rate:.0} KiB/s \
+         for a policy speed of 2048 KiB/s",
+        uploads.len()
     );
     anyhow::ensure!(
         rate <= 2048.0 * 1.15,
@@ -1016,7 +1043,7 @@ async fn shared_speed_scenario(region: &Region) -> anyhow::Result<()> {
     );
     // Each worker ran one of the two jobs (concurrency 1), so the limit held across processes.
     for w in &workers {
-        jobs_done(w, &["chaos/speed-"], 1, Duration::from_secs(10)).await?;
+        jobs_done(w, &["chaos/speed-"], 1, Duration::from_secs(30)).await?;
     }
     Ok(())
 }
@@ -1044,10 +1071,12 @@ async fn a_chunked_upload_resumes_where_a_killed_worker_left_it() {
 /// on distribution; Ferry then starts over (`resume_uploads.rs` tests that path). A chunk is sent
 /// from memory in a few tens of ms, while reading the next one from the throttled source takes
 /// ~320 ms: the worker is killed in such a pause — after the upload stopped growing for a while,
-/// frozen (SIGSTOP), checked still unchanged, then killed; if a chunk had started meanwhile, it
-/// is let go (SIGCONT) and the next pause is used.
+/// frozen (SIGSTOP), everything it had sent delivered to the registry (no byte queued on a
+/// connection to `registry_port`), checked still unchanged, then killed; if a chunk had started
+/// meanwhile, it is let go (SIGCONT) and the next pause is used.
 async fn kill_between_chunks(
     worker: &mut ferry_chaos_tests::Daemon,
+    registry_port: u16,
     storage: &std::path::Path,
     at_least: u64,
 ) -> anyhow::Result<oci::UploadInProgress> {
@@ -1072,8 +1101,26 @@ async fn kill_between_chunks(
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         worker.sigstop().await?;
-        // Whatever was in flight lands in the registry's data file meanwhile.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Whatever the worker sent before it froze reaches the registry (nothing left queued on
+        // a connection to b, either way) and lands in its data file (the size holds still again).
+        wait_for(
+            "the bytes the frozen worker sent to reach b",
+            Duration::from_secs(30),
+            || {
+                let queued = ferry_chaos_tests::tcp::bytes_in_flight(registry_port);
+                async move { queued.is_ok_and(|n| n == 0) }
+            },
+        )
+        .await?;
+        let mut landed = oci::largest_upload_in_progress(storage);
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = oci::largest_upload_in_progress(storage);
+            if now == landed {
+                break;
+            }
+            landed = now;
+        }
         let upload = oci::uploads_in_progress(storage)
             .into_iter()
             .next()
@@ -1119,7 +1166,8 @@ async fn resume_scenario(region: &Region) -> anyhow::Result<()> {
     skopeo::push_layout(&big.layout, "img", &a, "chaos/resume:v1").await?;
     let storage = region.b.data_dir().to_path_buf();
     // 80% of the layer, a chunk boundary.
-    let interrupted = kill_between_chunks(&mut first, &storage, size * 4 / 5).await?;
+    let interrupted =
+        kill_between_chunks(&mut first, region.b.addr().port(), &storage, size * 4 / 5).await?;
     let killed_at = Instant::now();
     anyhow::ensure!(
         interrupted.bytes % RESUME_CHUNK == 0,
@@ -1327,7 +1375,7 @@ async fn operator_cli_scenario(region: &Region) -> anyhow::Result<()> {
     );
     wait_for(
         "the stopped job to leave the workers",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             admin_json(region, api, &["queue"])
                 .await

@@ -77,8 +77,26 @@ async fn scenario(region: &Region) -> anyhow::Result<()> {
     let agent = region.agent.url();
     let addr = agent.trim_start_matches("http://").to_string();
     let closed = slowloris(&addr, STALLED);
-    // Let the storm take the agent's descriptors first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The storm takes the agent's descriptors before the valid webhook is tried (answered before
+    // the storm, it would prove nothing): wait until the agent holds nearly all 256.
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let filled = wait_for(
+        "the storm to take the agent's descriptors",
+        DEADLINE,
+        || {
+            let n = open_fds();
+            async move { n >= 240 }
+        },
+    )
+    .await?;
+    eprintln!(
+        "the agent held {} of its 256 descriptors {filled:?} into the storm",
+        open_fds()
+    );
     let empty = serde_json::json!({"events": []}).to_string();
     let took = wait_for("a valid webhook answered with 200", DEADLINE, || async {
         webhook::post(

@@ -95,7 +95,10 @@ fn policy(name: &str, mode: &str, src: &str, dest: &str, extra: Value) -> Value 
     p
 }
 
-const WAIT: Duration = Duration::from_secs(45);
+/// How long a scenario waits for something that must happen. Generous: on a shared, loaded
+/// machine both regions' Redis (AOF, `appendfsync everysec`) were seen to stop answering for 40 s
+/// at once while the disk was busy, and a 45 s wait then failed with nothing wrong in Ferry.
+const WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pull_mode_runs_where_the_destination_is_and_a_cut_link_loses_nothing() {
@@ -163,6 +166,12 @@ async fn pull_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         .await?;
 
     // Cut the link to b: a keeps accepting events into its outbox.
+    let from_a = [("region", "a")];
+    let received_before = b
+        .agent
+        .metric_if_present("ferry_forward_received_total", &from_a)
+        .await?
+        .unwrap_or(0.0);
     b.proxy.set_link(Link::Blackhole);
     let v2 = push(dir.path(), 3, &a_host, "app/one:v2").await?;
     let v3 = push(dir.path(), 4, &a_host, "app/two:v3").await?;
@@ -174,7 +183,43 @@ async fn pull_scenario(mesh: &Mesh) -> anyhow::Result<()> {
             .is_ok_and(|v| v >= 3.0)
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not a pause but proof that the events were offered: a round that started with all three
+    // pending (the depth above is set when a round starts; rounds run one after the other) failed
+    // — its call got no answer through the blackhole. A leak would have reached b by then.
+    let failed = [("region", "b"), ("outcome", "failed")];
+    let failed_before = a
+        .agent
+        .metric_if_present("ferry_forward_events_total", &failed)
+        .await?
+        .unwrap_or(0.0);
+    let offered = wait_for(
+        "a round forwarding the held events to fail",
+        WAIT,
+        || async {
+            a.agent
+                .metric_if_present("ferry_forward_events_total", &failed)
+                .await
+                .is_ok_and(|v| v.unwrap_or(0.0) > failed_before)
+        },
+    )
+    .await?;
+    wait_for("region b's queue to be idle", WAIT, || async {
+        mesh.queue_stats("b")
+            .await
+            .is_ok_and(|q| q.is_some_and(|q| q.depth == 0 && q.in_flight == 0))
+    })
+    .await?;
+    eprintln!("a forwarding round failed {offered:?} after the held events were pending");
+    let received = b
+        .agent
+        .metric_if_present("ferry_forward_received_total", &from_a)
+        .await?
+        .unwrap_or(0.0);
+    anyhow::ensure!(
+        received == received_before,
+        "b received {} events from a through a blackholed link",
+        received - received_before
+    );
     anyhow::ensure!(
         oci::manifest_digest(&b_host, "app/one", "v2")
             .await?
@@ -320,8 +365,10 @@ async fn bidirectional_scenario(mesh: &Mesh) -> anyhow::Result<()> {
     let y = push(dir.path(), 21, &b_host, "app/y:v1").await?;
     mesh.wait_for_tag(&b_host, "app/x", "v1", &x, WAIT).await?;
     mesh.wait_for_tag(&a_host, "app/y", "v1", &y, WAIT).await?;
-    // Give an echo every chance to show up before counting.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Count only once every notification of those writes was handled and every job and
+    // forwarded event they made has run: an echo, however slow, would have written by then.
+    let quiet = mesh.wait_quiescent(WAIT).await?;
+    eprintln!("quiescent {quiet:?} after both copies arrived");
     let log = |r: &ferry_chaos_tests::mesh::MeshRegion| {
         std::fs::read_to_string(r.registry.log_path()).unwrap_or_default()
     };
@@ -394,8 +441,8 @@ async fn bidirectional_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         },
     )
     .await?;
-    // Stays settled: no flip-flop once both sides agree.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Stays settled: no flip-flop once both sides agree and nothing is left to run.
+    mesh.wait_quiescent(WAIT).await?;
     let on_a = oci::manifest_digest(&a_host, "app/conflict", "v1").await?;
     let on_b = oci::manifest_digest(&b_host, "app/conflict", "v1").await?;
     anyhow::ensure!(on_a == on_b, "diverged again: a={on_a:?} b={on_b:?}");

@@ -1,9 +1,11 @@
 //! The gRPC admin API served by real processes sharing one real redis-server: `ferry serve` runs
 //! the webhooks and a worker, a separate `ferry worker --admin-listen` answers the API — and sees
 //! everything the other process recorded (one region, one shared state). Real registries, real
-//! registry notifications, skopeo pushes.
+//! registry notifications, skopeo pushes. Each behaviour is its own test over its own
+//! [`SharedRegion`].
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -38,13 +40,15 @@ fn with_token(token: &'static str) -> Auth {
 
 async fn channel(addr: &str) -> Channel {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
-    for _ in 0..100 {
+    // Generous: several processes start at once on a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if let Ok(c) = endpoint.connect().await {
             return c;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("admin API at {addr} did not come up");
+    panic!("admin API at {addr} did not come up within 30 s");
 }
 
 struct Clients {
@@ -100,58 +104,183 @@ async fn drift_entries(c: &mut Clients, policy: &str) -> Vec<pb::DriftEntry> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_instance_answers_for_the_region() {
-    let mut redis = RedisServer::start(true).await.unwrap();
-    let listen = free_local_addr();
-    let RegistryPair {
-        src,
-        dst,
-        dir,
-        config: cfg,
-    } = registry_pair(
-        Some(&listen),
-        WEBHOOK_TOKEN,
-        json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}),
-    )
-    .await;
-    let serve_admin = free_local_addr();
-    let _serve = Serve::start_with(
-        &cfg,
-        &listen,
-        WEBHOOK_TOKEN,
-        &["--redis", &redis.url(), "--admin-listen", &serve_admin],
-        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
-        dir.path().join("serve.log"),
-    )
-    .await;
-    // A second process of the region: a worker whose admin API the test talks to.
-    let worker_admin = free_local_addr();
-    let worker_log = dir.path().join("worker.log");
-    let _worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "worker",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--redis",
-            &redis.url(),
-            "--admin-listen",
-            &worker_admin,
-            "--consumer",
-            "second-worker",
-            "--region",
-            "eu-west",
-        ])
-        .env("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stderr(std::fs::File::create(&worker_log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let ch = channel(&worker_admin).await;
-    let mut c = clients(&ch, ADMIN_TOKEN);
+/// One region of two processes sharing one real redis-server: `ferry serve` takes the source
+/// registry's notifications and runs a worker; a separate `ferry worker --admin-listen` (consumer
+/// `second-worker`, region `eu-west`) answers the admin API the tests call. What that API reports
+/// about the serve process's work can only have come through the shared state. Policy `test`
+/// replicates `src` → `dst` on events, deletions included.
+///
+/// Every test starts its own (processes first in the field order, so they stop before the servers
+/// they use).
+struct SharedRegion {
+    _serve: Serve,
+    _worker: tokio::process::Child,
+    worker_log: PathBuf,
+    redis: RedisServer,
+    src: Registry,
+    dst: Registry,
+    dir: tempfile::TempDir,
+    /// The worker's admin API, without credentials.
+    ch: Channel,
+    /// The worker's admin API with the admin token.
+    c: Clients,
+}
 
-    // Health and reflection need no token.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+impl SharedRegion {
+    async fn start() -> SharedRegion {
+        let redis = RedisServer::start(true).await.unwrap();
+        let listen = free_local_addr();
+        let RegistryPair {
+            src,
+            dst,
+            dir,
+            config: cfg,
+        } = registry_pair(
+            Some(&listen),
+            WEBHOOK_TOKEN,
+            json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}),
+        )
+        .await;
+        let serve_admin = free_local_addr();
+        let serve = Serve::start_with(
+            &cfg,
+            &listen,
+            WEBHOOK_TOKEN,
+            &["--redis", &redis.url(), "--admin-listen", &serve_admin],
+            &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+            dir.path().join("serve.log"),
+        )
+        .await;
+        // A second process of the region: a worker whose admin API the tests talk to.
+        let worker_admin = free_local_addr();
+        let worker_log = dir.path().join("worker.log");
+        let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "worker",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--redis",
+                &redis.url(),
+                "--admin-listen",
+                &worker_admin,
+                "--consumer",
+                "second-worker",
+                "--region",
+                "eu-west",
+            ])
+            .env("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stderr(std::fs::File::create(&worker_log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let ch = channel(&worker_admin).await;
+        let c = clients(&ch, ADMIN_TOKEN);
+        SharedRegion {
+            _serve: serve,
+            _worker: worker,
+            worker_log,
+            redis,
+            src,
+            dst,
+            dir,
+            ch,
+            c,
+        }
+    }
+
+    /// What the second worker logged so far.
+    fn worker_log(&self) -> String {
+        std::fs::read_to_string(&self.worker_log).unwrap_or_default()
+    }
+
+    /// Pushes `team/app:v1` (one 256 KiB layer) to the source with skopeo and waits until the
+    /// worker's API lists a succeeded execution for it (30 s at most); returns the image's digest
+    /// and that execution.
+    async fn replicate_a_push(&mut self) -> (String, pb::Execution) {
+        let digest = push_image(self.dir.path(), 77, &self.src.host(), "team/app:v1").await;
+        let seen = eventually(Duration::from_secs(30), || {
+            let mut ex = self.c.executions.clone();
+            async move {
+                ex.list_executions(pb::ListExecutionsRequest {
+                    state: pb::ExecutionState::Succeeded as i32,
+                    ..Default::default()
+                })
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner()
+                        .executions
+                        .iter()
+                        .any(|e| e.origin.as_ref().is_some_and(|o| o.reference == "v1"))
+                })
+            }
+        })
+        .await;
+        assert!(
+            seen,
+            "no succeeded execution for team/app:v1; worker log:\n{}",
+            self.worker_log()
+        );
+        let execs = self
+            .c
+            .executions
+            .list_executions(pb::ListExecutionsRequest {
+                policy: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let e = execs
+            .executions
+            .iter()
+            .find(|e| {
+                e.state == pb::ExecutionState::Succeeded as i32
+                    && e.origin.as_ref().is_some_and(|o| o.reference == "v1")
+            })
+            .unwrap_or_else(|| panic!("policy `test` lists no succeeded v1 run: {execs:?}"))
+            .clone();
+        (digest, e)
+    }
+
+    /// The dead-lettered jobs (10 at most).
+    async fn dead_letters(&self) -> Vec<pb::Job> {
+        let mut ops = self.c.operations.clone();
+        ops.list_dead_letters(pb::ListDeadLettersRequest { limit: 10 })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+    }
+
+    /// Enqueues, behind the API, a job of policy `removed` (not in the config, so no worker can
+    /// run it) and waits until it is the one dead letter (30 s at most); returns it.
+    async fn dead_letter_a_job_of_a_removed_policy(&self) -> pb::Job {
+        enqueue_behind_the_api(&self.redis, "removed", "team/app", "v9").await;
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                self.dead_letters().await.len() == 1
+            })
+            .await,
+            "the job was not dead-lettered; worker log:\n{}",
+            self.worker_log()
+        );
+        self.dead_letters().await.remove(0)
+    }
+
+    /// The execution `id`, `None` when the API does not know it.
+    async fn execution(&self, id: &str) -> Option<pb::Execution> {
+        let mut ex = self.c.executions.clone();
+        ex.get_execution(pb::GetExecutionRequest { id: id.into() })
+            .await
+            .map(|e| e.into_inner())
+            .ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_without_a_token() {
+    let r = SharedRegion::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(r.ch.clone());
     let h = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "ferry.v1.Executions".into(),
@@ -163,7 +292,7 @@ async fn every_instance_answers_for_the_region() {
         h.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    let services = reflection_services(ch.clone()).await;
+    let services = reflection_services(r.ch.clone()).await;
     for s in [
         "ferry.v1.Policies",
         "ferry.v1.Registries",
@@ -177,14 +306,17 @@ async fn every_instance_answers_for_the_region() {
             "{s} missing from reflection: {services:?}"
         );
     }
+}
 
-    // Auth: no token or a wrong one is UNAUTHENTICATED.
-    let mut anonymous = pb::policies_client::PoliciesClient::new(ch.clone());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_the_token_or_with_a_wrong_one_is_unauthenticated() {
+    let mut r = SharedRegion::start().await;
+    let mut anonymous = pb::policies_client::PoliciesClient::new(r.ch.clone());
     assert_eq!(
         code(anonymous.list_policies(pb::ListPoliciesRequest {}).await).0,
         Code::Unauthenticated
     );
-    let mut wrong = clients(&ch, "not-the-token");
+    let mut wrong = clients(&r.ch, "not-the-token");
     assert_eq!(
         code(
             wrong
@@ -195,15 +327,23 @@ async fn every_instance_answers_for_the_region() {
         .0,
         Code::Unauthenticated
     );
-
-    // Policies and registries from the config.
-    let policies = c
-        .policies
+    // The same call with the token is served: the refusals above were about the token.
+    r.c.policies
         .list_policies(pb::ListPoliciesRequest {})
         .await
-        .unwrap()
-        .into_inner()
-        .policies;
+        .expect("served with the admin token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_policy_is_listed_with_its_trigger_mode_source_and_destination() {
+    let mut r = SharedRegion::start().await;
+    let policies =
+        r.c.policies
+            .list_policies(pb::ListPoliciesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .policies;
     assert_eq!(policies.len(), 1);
     let p = &policies[0];
     assert_eq!(
@@ -214,8 +354,13 @@ async fn every_instance_answers_for_the_region() {
     assert_eq!(p.dest_registries, ["dst"]);
     let parsed: serde_json::Value = serde_json::from_str(&p.json).unwrap();
     assert_eq!(parsed["replicate_deletion"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_policy_is_not_found_and_the_answer_names_the_known_ones() {
+    let mut r = SharedRegion::start().await;
     let (nf, msg) = code(
-        c.policies
+        r.c.policies
             .get_policy(pb::GetPolicyRequest {
                 name: "nope".into(),
             })
@@ -223,32 +368,47 @@ async fn every_instance_answers_for_the_region() {
     );
     assert_eq!(nf, Code::NotFound);
     assert!(msg.contains("known: test"), "{msg}");
-    let regs = c
-        .registries
-        .list_registries(pb::ListRegistriesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .registries;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_registries_are_listed_in_config_order() {
+    let mut r = SharedRegion::start().await;
+    let regs =
+        r.c.registries
+            .list_registries(pb::ListRegistriesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .registries;
     let names: Vec<_> = regs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["src", "dst"]);
-    let ping = c
-        .registries
-        .ping_registry(pb::PingRegistryRequest {
-            name: "src".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_reports_reachability_authentication_api_version_and_upload_features() {
+    let mut r = SharedRegion::start().await;
+    let ping =
+        r.c.registries
+            .ping_registry(pb::PingRegistryRequest {
+                name: "src".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
     assert!(ping.reachable && ping.authenticated, "{ping:?}");
     assert_eq!(ping.api_version, "registry/2.0");
     // distribution 2.8: chunked uploads yes, OCI 1.1 referrers API no.
     assert!(ping.chunked_upload && !ping.referrers_api, "{ping:?}");
     assert!(ping.notes.is_empty(), "{ping:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinging_an_unknown_registry_is_not_found() {
+    let mut r = SharedRegion::start().await;
     assert_eq!(
         code(
-            c.registries
+            r.c.registries
                 .ping_registry(pb::PingRegistryRequest {
                     name: "nope".into(),
                     ..Default::default()
@@ -258,9 +418,14 @@ async fn every_instance_answers_for_the_region() {
         .0,
         Code::NotFound
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_probe_repository_stepping_out_of_the_repository_grammar_is_an_invalid_argument() {
+    let mut r = SharedRegion::start().await;
     // The probe repository follows the repository grammar: no `..` stepping out of `/v2/<name>/`.
     let (bad, msg) = code(
-        c.registries
+        r.c.registries
             .ping_registry(pb::PingRegistryRequest {
                 name: "src".into(),
                 repository: "apps/../../v2/_catalog".into(),
@@ -269,71 +434,42 @@ async fn every_instance_answers_for_the_region() {
     );
     assert_eq!(bad, Code::InvalidArgument, "{msg}");
     assert!(msg.starts_with("repository: "), "{msg}");
+}
 
-    // A push replicated by the serve process shows up as an execution on the worker's API.
-    let digest = push_image(dir.path(), 77, &src.host(), "team/app:v1").await;
-    let seen = eventually(Duration::from_secs(30), || {
-        let mut ex = c.executions.clone();
-        async move {
-            ex.list_executions(pb::ListExecutionsRequest {
-                state: pb::ExecutionState::Succeeded as i32,
-                ..Default::default()
-            })
-            .await
-            .is_ok_and(|r| {
-                r.into_inner()
-                    .executions
-                    .iter()
-                    .any(|e| e.origin.as_ref().is_some_and(|o| o.reference == "v1"))
-            })
-        }
-    })
-    .await;
-    assert!(
-        seen,
-        "no succeeded execution for team/app:v1; worker log:\n{}",
-        std::fs::read_to_string(&worker_log).unwrap_or_default()
-    );
-    let execs = c
-        .executions
-        .list_executions(pb::ListExecutionsRequest {
-            policy: "test".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let e = execs
-        .executions
-        .iter()
-        .find(|e| {
-            e.state == pb::ExecutionState::Succeeded as i32
-                && e.origin.as_ref().is_some_and(|o| o.reference == "v1")
-        })
-        .unwrap()
-        .clone();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_replicated_by_one_instance_is_a_succeeded_execution_on_another() {
+    let mut r = SharedRegion::start().await;
+    // The serve process takes the notification and copies; the worker's API reports it.
+    let (_, e) = r.replicate_a_push().await;
     assert_eq!(e.trigger, pb::Trigger::EventBased as i32);
     assert!(
         e.ended_at_ms >= e.started_at_ms && e.started_at_ms > 0,
         "{e:?}"
     );
-    let got = c
-        .executions
-        .get_execution(pb::GetExecutionRequest { id: e.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let got =
+        r.c.executions
+            .get_execution(pb::GetExecutionRequest { id: e.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(got.id, e.id);
-    let tasks = c
-        .executions
-        .list_tasks(pb::ListTasksRequest {
-            execution_id: e.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
+    let failed =
+        r.c.executions
+            .list_executions(pb::ListExecutionsRequest {
+                state: pb::ExecutionState::Failed as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(failed.executions.is_empty(), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_execution_of_a_replicated_push_lists_its_copied_task_with_digest_bytes_and_lag() {
+    let mut r = SharedRegion::start().await;
+    let (digest, e) = r.replicate_a_push().await;
+    let tasks = tasks_of(&mut r.c, &e.id).await;
     let copied: Vec<_> = tasks.iter().filter(|t| t.outcome == "copied").collect();
     assert_eq!(copied.len(), 1, "{tasks:?}");
     assert_eq!(copied[0].digest, digest);
@@ -342,35 +478,35 @@ async fn every_instance_answers_for_the_region() {
         "{:?}",
         copied[0]
     );
-    let failed = c
-        .executions
-        .list_executions(pb::ListExecutionsRequest {
-            state: pb::ExecutionState::Failed as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(failed.executions.is_empty(), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_execution_is_not_found() {
+    let mut r = SharedRegion::start().await;
     assert_eq!(
         code(
-            c.executions
+            r.c.executions
                 .get_execution(pb::GetExecutionRequest { id: "nope".into() })
                 .await
         )
         .0,
         Code::NotFound
     );
-    // Watching a finished execution yields its final state and ends.
-    let mut watch = c
-        .executions
-        .watch_execution(pb::WatchExecutionRequest {
-            id: e.id.clone(),
-            interval_ms: 100,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_a_finished_execution_yields_its_final_state_and_ends() {
+    let mut r = SharedRegion::start().await;
+    let (_, e) = r.replicate_a_push().await;
+    let mut watch =
+        r.c.executions
+            .watch_execution(pb::WatchExecutionRequest {
+                id: e.id.clone(),
+                interval_ms: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner();
     let first = watch.message().await.unwrap().expect("one snapshot");
     assert_eq!(
         first.execution.unwrap().state,
@@ -380,41 +516,60 @@ async fn every_instance_answers_for_the_region() {
         watch.message().await.unwrap().is_none(),
         "the stream ends with the execution"
     );
+}
 
-    // Drift: none, then a tag removed behind Ferry's back on the destination is missing.
-    assert!(drift_entries(&mut c, "test").await.is_empty());
-    let r = reqwest::Client::new()
-        .delete(format!("{}/v2/team/app/manifests/{digest}", dst.url()))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_empty_after_replication_and_lists_a_tag_deleted_from_the_destination_as_missing()
+{
+    let mut r = SharedRegion::start().await;
+    let (digest, _) = r.replicate_a_push().await;
+    assert!(drift_entries(&mut r.c, "test").await.is_empty());
+    // Removed behind Ferry's back on the destination.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/v2/team/app/manifests/{digest}", r.dst.url()))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let drift = drift_entries(&mut c, "test").await;
+    assert_eq!(deleted.status().as_u16(), 202);
+    let drift = drift_entries(&mut r.c, "test").await;
     assert_eq!(drift.len(), 1, "{drift:?}");
     assert_eq!(drift[0].kind, pb::DriftKind::Missing as i32);
     assert_eq!(
         (drift[0].repository.as_str(), drift[0].tag.as_str()),
         ("team/app", "v1")
     );
+}
 
-    // Operations.
-    let q = c
-        .operations
-        .get_queue_stats(pb::GetQueueStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_replicated_push_the_queue_is_empty_and_there_are_no_dead_letters() {
+    let mut r = SharedRegion::start().await;
+    r.replicate_a_push().await;
+    // The execution is recorded before the job is acked: wait for the ack, then check the counts.
+    let idle = eventually(Duration::from_secs(30), || queue_idle(&r.c)).await;
+    assert!(idle, "the job did not leave the queue");
+    let q =
+        r.c.operations
+            .get_queue_stats(pb::GetQueueStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!((q.depth, q.in_flight, q.dead_letters), (0, 0, 0), "{q:?}");
-    let dead = c
-        .operations
-        .list_dead_letters(pb::ListDeadLettersRequest { limit: 10 })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(dead.jobs.is_empty());
+    assert!(r.dead_letters().await.is_empty());
+    let purged =
+        r.c.operations
+            .purge_dead_letters(pb::PurgeDeadLettersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(purged.purged, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_an_unknown_or_unnamed_dead_letter_is_refused() {
+    let mut r = SharedRegion::start().await;
     assert_eq!(
         code(
-            c.operations
+            r.c.operations
                 .retry_dead_letter(pb::RetryDeadLetterRequest {
                     job_id: "nope".into()
                 })
@@ -425,7 +580,7 @@ async fn every_instance_answers_for_the_region() {
     );
     assert_eq!(
         code(
-            c.operations
+            r.c.operations
                 .retry_dead_letter(pb::RetryDeadLetterRequest {
                     job_id: String::new()
                 })
@@ -434,79 +589,69 @@ async fn every_instance_answers_for_the_region() {
         .0,
         Code::InvalidArgument
     );
-    let purged = c
-        .operations
-        .purge_dead_letters(pb::PurgeDeadLettersRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(purged.purged, 0);
-    // A job no worker can run (its policy was removed from the config) is dead-lettered at once;
-    // the API lists it with its error, retries it (it fails again) and purges it.
-    enqueue_behind_the_api(&redis, "removed", "team/app", "v9").await;
-    let dead_letters = |c: &Clients| {
-        let mut ops = c.operations.clone();
-        async move {
-            ops.list_dead_letters(pb::ListDeadLettersRequest { limit: 10 })
-                .await
-                .unwrap()
-                .into_inner()
-                .jobs
-        }
-    };
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            dead_letters(&c).await.len() == 1
-        })
-        .await,
-        "the job was not dead-lettered"
-    );
-    let dead = dead_letters(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_policy_was_removed_is_dead_lettered_and_its_execution_says_why() {
+    let r = SharedRegion::start().await;
+    // No worker can run it: it is dead-lettered at once, listed with its error.
+    let dead = r.dead_letter_a_job_of_a_removed_policy().await;
     assert_eq!(
-        (dead[0].policy.as_str(), dead[0].reference.as_str()),
+        (dead.policy.as_str(), dead.reference.as_str()),
         ("removed", "v9")
     );
-    assert!(dead[0].last_error.contains("removed"), "{:?}", dead[0]);
-    // Its execution says why it failed; a retry runs it again (it fails again).
-    let ended = |c: &Clients, id: String| {
-        let mut ex = c.executions.clone();
-        async move {
-            ex.get_execution(pb::GetExecutionRequest { id })
-                .await
-                .map(|e| e.into_inner())
-                .ok()
-        }
-    };
-    let first = ended(&c, dead[0].id.clone())
+    assert!(dead.last_error.contains("removed"), "{dead:?}");
+    let failed = r
+        .execution(&dead.id)
         .await
         .expect("the dead job's execution");
-    assert_eq!(first.state, pb::ExecutionState::Failed as i32, "{first:?}");
-    assert!(first.error.contains("removed"), "{first:?}");
-    c.operations
+    assert_eq!(
+        failed.state,
+        pb::ExecutionState::Failed as i32,
+        "{failed:?}"
+    );
+    assert!(failed.error.contains("removed"), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_dead_letter_runs_again_and_a_purge_removes_it() {
+    let mut r = SharedRegion::start().await;
+    let dead = r.dead_letter_a_job_of_a_removed_policy().await;
+    let first = r
+        .execution(&dead.id)
+        .await
+        .expect("the dead job's execution");
+    r.c.operations
         .retry_dead_letter(pb::RetryDeadLetterRequest {
-            job_id: dead[0].id.clone(),
+            job_id: dead.id.clone(),
         })
         .await
         .unwrap();
-    let rerun = eventually(Duration::from_secs(15), || {
-        let (c, id) = (&c, dead[0].id.clone());
+    // It runs again (a later end) and fails again, back in the dead letters.
+    let rerun = eventually(Duration::from_secs(30), || {
+        let (r, id) = (&r, dead.id.clone());
         async move {
-            ended(c, id).await.is_some_and(|e| {
+            r.execution(&id).await.is_some_and(|e| {
                 e.ended_at_ms > first.ended_at_ms && e.state == pb::ExecutionState::Failed as i32
-            }) && dead_letters(c).await.len() == 1
+            }) && r.dead_letters().await.len() == 1
         }
     })
     .await;
     assert!(rerun, "the retried dead letter did not run again");
-    let purged = c
-        .operations
-        .purge_dead_letters(pb::PurgeDeadLettersRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let purged =
+        r.c.operations
+            .purge_dead_letters(pb::PurgeDeadLettersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(purged.purged, 1);
-    let workers_listed = eventually(Duration::from_secs(15), || {
-        let mut ops = c.operations.clone();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_of_every_instance_are_listed_with_their_region_and_policies() {
+    let mut r = SharedRegion::start().await;
+    let workers_listed = eventually(Duration::from_secs(30), || {
+        let mut ops = r.c.operations.clone();
         async move {
             ops.list_workers(pb::ListWorkersRequest {})
                 .await
@@ -514,13 +659,13 @@ async fn every_instance_answers_for_the_region() {
         }
     })
     .await;
-    let workers = c
-        .operations
-        .list_workers(pb::ListWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .workers;
+    let workers =
+        r.c.operations
+            .list_workers(pb::ListWorkersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .workers;
     assert!(
         workers_listed,
         "both processes' workers are listed: {workers:?}"
@@ -531,28 +676,36 @@ async fn every_instance_answers_for_the_region() {
             .any(|w| w.id == "second-worker" && w.policies == ["test"] && w.region == "eu-west"),
         "{workers:?}"
     );
+}
 
-    // An empty registry document: every missing field, one line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_registry_document_is_refused_naming_every_missing_field() {
+    let mut r = SharedRegion::start().await;
     let (invalid, msg) = code(
-        c.registries
+        r.c.registries
             .put_registry(pb::PutRegistryRequest { json: "{}".into() })
             .await,
     );
     assert_eq!(invalid, Code::InvalidArgument, "{msg}");
+    // One line per missing field.
     assert!(
         msg.lines().any(|l| l.starts_with("name:")) && msg.lines().any(|l| l.starts_with("url:")),
         "{msg}"
     );
+}
 
-    // Redis down: UNAVAILABLE, and the server keeps serving.
-    redis.kill().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_calls_are_unavailable_and_the_server_keeps_serving() {
+    let mut r = SharedRegion::start().await;
+    r.redis.kill().await;
     let (unavailable, msg) = code(
-        c.operations
+        r.c.operations
             .get_queue_stats(pb::GetQueueStatsRequest {})
             .await,
     );
     assert_eq!(unavailable, Code::Unavailable, "{msg}");
     // The server itself keeps serving.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(r.ch.clone());
     let h = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -734,6 +887,9 @@ async fn manual_runs_plan_copy_and_a_stop_cancels_the_running_transfer() {
         .map(|t| (t.reference.as_str(), t.outcome.as_str()))
         .collect();
     assert_eq!(outcomes, [("v1", "would copy"), ("v2", "would copy")]);
+    // Had the plan enqueued anything, it would run before the queue is idle.
+    let idle = eventually(Duration::from_secs(30), || queue_idle(&c)).await;
+    assert!(idle, "the queue did not drain:\n{}", serve.log());
     assert_eq!(manifest_status(&dst.url(), "team/app", "v1").await, 404);
 
     // A run: every task pending from the start, then copied by the worker; the run ends itself.
@@ -805,7 +961,7 @@ async fn manual_runs_plan_copy_and_a_stop_cancels_the_running_transfer() {
     // Behind the API's back, as an event would: a job for v3.
     let v3 = push_image(dir.path(), 94, &src.host(), "team/app:v3").await;
     enqueue_behind_the_api(&redis, "fast", "team/app", "v3").await;
-    let parked = eventually(Duration::from_secs(10), || queue_idle(&c)).await;
+    let parked = eventually(Duration::from_secs(30), || queue_idle(&c)).await;
     assert!(parked, "the job was not taken:\n{}", serve.log());
     assert_eq!(
         manifest_status(&dst.url(), "team/app", "v3").await,
@@ -903,6 +1059,7 @@ async fn manual_runs_plan_copy_and_a_stop_cancels_the_running_transfer() {
         .into_inner();
     assert_eq!(after.state, pb::ExecutionState::Stopped as i32, "{after:?}");
     let t = tasks_of(&mut c, &slow.id).await;
+    assert!(!t.is_empty(), "the stopped run recorded no task");
     assert!(
         t.iter().all(|t| t.state == pb::TaskState::Stopped as i32),
         "{t:?}"
@@ -1312,8 +1469,33 @@ async fn policies_stored_through_the_api_are_validated_and_run_like_file_policie
         .0,
         Code::NotFound
     );
+    // A marker policy, so that the absence below is checked only once the push was seen: the
+    // source delivers its notifications in order, so the marker's copy arriving means the push's
+    // notification was handled before it, and an idle queue then means any job it made has run.
+    c.policies
+        .put_policy(put(json!({
+            "name": "marker",
+            "src_registry": {"name": "src"},
+            "dest_registry": {"name": "dst"},
+            "trigger": {"type": "event_based"},
+            "filters": [{"type": "name", "value": "marker/**"}],
+        })))
+        .await
+        .unwrap();
     push_image(dir.path(), 82, &src.host(), "api/app:v2").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let marker = push_image(dir.path(), 83, &src.host(), "marker/app:v1").await;
+    let marked = eventually(Duration::from_secs(30), || async {
+        manifest_status(&dst.url(), "marker/app", "v1").await == 200
+    })
+    .await;
+    assert!(
+        marked,
+        "the marker push was not replicated; webhooks stopped working:\n{}",
+        serve.log()
+    );
+    assert_eq!(raw_digest(&dst.host(), "marker/app:v1").await, marker);
+    let idle = eventually(Duration::from_secs(30), || queue_idle(&c)).await;
+    assert!(idle, "the queue did not drain:\n{}", serve.log());
     assert_eq!(
         manifest_status(&dst.url(), "api/app", "v2").await,
         404,

@@ -117,6 +117,41 @@ async fn assert_answered_and_stalled_closed(
     );
 }
 
+/// This machine's IPv4 TCP sockets bound to local port `port`: `(state, rx_queue)` from
+/// `/proc/net/tcp` (state `0A` is LISTEN, whose `rx_queue` is the number of connections waiting
+/// to be accepted).
+fn sockets_on(port: u16) -> Vec<(u8, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+            let rx_queue = u64::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()?;
+            (local_port == port).then_some((state, rx_queue))
+        })
+        .collect()
+}
+
+/// Connections waiting to be accepted on the listener at `port` (`None` when nothing listens).
+fn accept_queue(port: u16) -> Option<u64> {
+    sockets_on(port)
+        .into_iter()
+        .find(|(state, _)| *state == 0x0A)
+        .map(|(_, queued)| queued)
+}
+
+/// Server-side connections of the listener at `port` that are open or not yet closed by the
+/// server (ESTABLISHED or CLOSE_WAIT): the ones that can hold one of its slots.
+fn server_connections(port: u16) -> usize {
+    sockets_on(port)
+        .into_iter()
+        .filter(|(state, _)| matches!(state, 0x01 | 0x08))
+        .count()
+}
+
 /// Sends an empty distribution notification; its status (0 when no answer came in time).
 async fn webhook(listen: &str) -> u16 {
     webhook_with(listen, json!({"events": []}).to_string()).await
@@ -167,21 +202,40 @@ async fn connections_past_the_cap_wait_until_one_closes_and_are_then_served() {
         &[],
     )
     .await;
-    // Serve::start's health check may still hold a keep-alive connection: let it go first.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    // Serve::start's health check may still hold a keep-alive connection: wait until the server
+    // holds none.
+    let released = eventually(DEADLINE, || async { server_connections(port) == 0 }).await;
+    assert!(released, "the health check's connection stays open");
     let idle: Vec<TcpStream> =
         futures_util::future::join_all((0..2).map(|_| TcpStream::connect(&listen)))
             .await
             .into_iter()
             .map(|c| c.expect("connect"))
             .collect();
+    // Both taken by the server (its accept queue empty again): they hold the two slots, idle
+    // (the header-read timeout is long).
+    let accepted = eventually(DEADLINE, || async { accept_queue(port) == Some(0) }).await;
+    assert!(accepted, "the two idle connections were not accepted");
     let target = listen.clone();
     let request = tokio::spawn(async move { webhook(&target).await });
-    // Both slots are held by idle connections (the header-read timeout is long): the webhook
-    // waits in the backlog.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The webhook's connection waits in the accept queue: the server, which took the two before
+    // it at once, leaves it there while the cap is reached.
+    let settled = eventually(DEADLINE, || async {
+        accept_queue(port) == Some(1) || request.is_finished()
+    })
+    .await;
+    assert!(
+        settled,
+        "the third connection never reached the accept queue"
+    );
     assert!(
         !request.is_finished(),
+        "a third connection was served past a cap of 2"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        accept_queue(port) == Some(1) && !request.is_finished(),
         "a third connection was served past a cap of 2"
     );
     drop(idle);

@@ -66,6 +66,12 @@ async fn a_429_seen_by_one_worker_pauses_every_worker_of_the_region() {
     // A pause reaches every worker within one refresh of the shared state.
     tokio::time::sleep(SHARED_REFRESH + Duration::from_millis(20)).await;
     let asked = now_ms();
+    // Asked while the 2 s pause still runs (200 ms after it was seen): else nothing is tested.
+    assert!(
+        asked < until,
+        "worker two asked {} ms after the pause ended",
+        asked - until
+    );
     b.head_digest("team/app", "v1").await.unwrap();
     let answered = now_ms();
     first.await.unwrap().unwrap();
