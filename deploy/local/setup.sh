@@ -10,6 +10,10 @@
 #   openssl          throwaway CAs and certificates for the TLS/mTLS tests
 #   iproute2 (ip)    the network namespaces multi-region tests put each region in
 #   curl             the demos wait for registries with it
+#   promtool         checks and unit-tests the shipped alert rules (package prometheus; the
+#                    observability test also runs a real prometheus server)
+#   kubectl          renders the kustomize overlays offline (package kubernetes-client)
+#   buildah          builds the Containerfile without a daemon or a base image pull
 #   cargo-nextest    the test runner (built from crates.io when missing)
 #
 # Needs root or sudo for apt. Never stops or kills a process by name: after installing
@@ -22,7 +26,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=()
-for tool in docker-registry skopeo redis-server valkey-server openssl ip curl; do
+for tool in docker-registry skopeo redis-server valkey-server openssl ip curl promtool kubectl buildah; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 
@@ -34,13 +38,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO sed -i '0,/^Suites:.*bookworm-updates/ s/^\(Suites:.*bookworm-updates.*\)$/\1 bookworm-backports/' "$SOURCES"
   fi
   $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends docker-registry skopeo redis-server openssl iproute2 curl
+  $SUDO apt-get install -y -q --no-install-recommends docker-registry skopeo redis-server openssl iproute2 curl prometheus buildah
+  # A kubectl from another source (a cloud SDK's) owns /usr/bin/kubectl: keep it, it renders too.
+  command -v kubectl >/dev/null || $SUDO apt-get install -y -q --no-install-recommends kubernetes-client
   $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports valkey-server
   case " ${missing[*]} " in
     *" docker-registry "*)
       # The install just started the packaged registry service; tests start their own on free
       # ports. Stop that one service through its unit or pidfile, never by process name.
       $SUDO service docker-registry stop >/dev/null 2>&1 || true ;;
+  esac
+  case " ${missing[*]} " in
+    *" promtool "*)
+      # Likewise the packaged prometheus server (on :9090): the observability test starts its own.
+      $SUDO service prometheus stop >/dev/null 2>&1 || true ;;
   esac
 fi
 
