@@ -27,11 +27,11 @@ use ferry_replicator::store::history::{
     Execution, ExecutionQuery, ExecutionState, History, MemoryHistory, RedisHistory, Retention,
     Task, TaskState, WorkerInfo,
 };
-use ferry_replicator::store::redis::OP_TIMEOUT;
 use ferry_replicator::store::queue::{
     BlobLeases, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueBackend,
     QueueStats, RedisQueue, UploadCheckpoint,
 };
+use ferry_replicator::store::redis::OP_TIMEOUT;
 use ferry_replicator::store::{StartedBy, StoreError};
 use ferry_testkit::RedisServer;
 

@@ -3,25 +3,16 @@
 //! password, the URL the Ferry pods build from that Secret opens it, the NetworkPolicy admits only
 //! the Ferry pods, and no systemd unit or manifest puts a Redis URL on a command line.
 //!
-//! The manifests are read as text (no YAML parser in the workspace): the lines checked here are
-//! flow sequences of double-quoted strings, which are JSON.
+//! The base manifests are read as text: the lines checked here are flow sequences of double-quoted
+//! strings, which are JSON (the rendered overlays are parsed in [`super::kubernetes`]).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_replicator::backoff::RetryPolicy;
 use ferry_replicator::store::queue::{JobQueue, RedisQueue};
 use ferry_replicator::store::redis::{connect_waiting, RedisTarget};
 
-fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(path)
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("read deploy/{path}: {e}"))
-}
+use super::read;
 
 /// The JSON value after `key` on the first line of `text` holding `marker`.
 fn value_on_line(text: &str, marker: &str, key: &str) -> serde_json::Value {
@@ -45,7 +36,7 @@ fn manifest_url(file: &str) -> String {
 
 #[tokio::test]
 async fn the_valkey_manifest_requires_the_secret_password_that_the_ferry_pods_use() {
-    let valkey = read("kubernetes/region/valkey.yaml");
+    let valkey = read("kubernetes/base/valkey.yaml");
     let command: Vec<String> =
         serde_json::from_value(value_on_line(&valkey, "command: [\"sh\"", "command: ")).unwrap();
     assert_eq!(command[..2], ["sh", "-c"], "{command:?}");
@@ -68,8 +59,8 @@ async fn the_valkey_manifest_requires_the_secret_password_that_the_ferry_pods_us
         .spawn()
         .expect("run the manifest's valkey command (valkey-server on PATH)");
 
-    let url = manifest_url("kubernetes/region/agent.yaml");
-    assert_eq!(url, manifest_url("kubernetes/region/worker.yaml"));
+    let url = manifest_url("kubernetes/base/agent.yaml");
+    assert_eq!(url, manifest_url("kubernetes/base/worker.yaml"));
     let url = url
         .replace("$(VALKEY_PASSWORD)", password)
         .replace("valkey:6379", &format!("127.0.0.1:{port}"));
@@ -98,7 +89,7 @@ async fn the_valkey_manifest_requires_the_secret_password_that_the_ferry_pods_us
 
 #[test]
 fn the_valkey_network_policy_admits_only_the_ferry_pods() {
-    let valkey = read("kubernetes/region/valkey.yaml");
+    let valkey = read("kubernetes/base/valkey.yaml");
     assert!(valkey.contains("kind: NetworkPolicy"));
     let admitted: Vec<String> =
         serde_json::from_value(value_on_line(&valkey, "operator: In", "values: ")).unwrap();
@@ -117,8 +108,8 @@ fn the_valkey_network_policy_admits_only_the_ferry_pods() {
     assert_eq!(
         admitted,
         [
-            app("kubernetes/region/agent.yaml"),
-            app("kubernetes/region/worker.yaml")
+            app("kubernetes/base/agent.yaml"),
+            app("kubernetes/base/worker.yaml")
         ]
     );
 }
@@ -128,8 +119,8 @@ fn no_shipped_unit_or_manifest_puts_a_redis_url_on_the_command_line() {
     for file in [
         "systemd/ferry-agent.service",
         "systemd/ferry-worker@.service",
-        "kubernetes/region/agent.yaml",
-        "kubernetes/region/worker.yaml",
+        "kubernetes/base/agent.yaml",
+        "kubernetes/base/worker.yaml",
     ] {
         let text = read(file);
         for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
