@@ -10,9 +10,12 @@
 //! - sustained no-op jobs/s: jobs for tags the destination already has (each is a `HEAD` on both
 //!   sides, a tag list and a referrers probe), enqueued straight into Redis.
 //! - RSS of the agent and the worker at rest and at their peak (VmHWM).
+//! - Footprint (README "Footprint"): RSS and CPU of the agent, the worker (concurrency 4) and the
+//!   queue server, idle for 10 s and under the concurrency-4 lag run, from `/proc`.
 //!
 //! Usage: `cargo build --release --workspace && cargo run --release -p ferry-replicator --example
-//! bench-events [-- --pushes N] [--bin-dir target/release]`.
+//! bench-events [-- --pushes N] [--bin-dir target/release] [--queue-server redis-server]`
+//! (the queue is `valkey-server` by default, with AOF on).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,18 +35,21 @@ const REPO: &str = "bench/lag";
 struct Args {
     pushes: usize,
     bin_dir: PathBuf,
+    queue_server: String,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         pushes: 200,
         bin_dir: PathBuf::from("target/release"),
+        queue_server: "valkey-server".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--pushes" => a.pushes = it.next().context("--pushes N")?.parse()?,
             "--bin-dir" => a.bin_dir = it.next().context("--bin-dir DIR")?.into(),
+            "--queue-server" => a.queue_server = it.next().context("--queue-server BINARY")?,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -141,25 +147,16 @@ impl Proc {
         Ok(Proc { child, name, log })
     }
 
-    fn status_kib(&self, field: &str) -> u64 {
-        let Some(pid) = self.child.id() else { return 0 };
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix(field)
-                        .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
-                })
-            })
-            .unwrap_or(0)
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
     }
 
     fn rss_mib(&self) -> f64 {
-        self.status_kib("VmRSS:") as f64 / 1024.0
+        status_kib(self.pid(), "VmRSS:") as f64 / 1024.0
     }
 
     fn peak_mib(&self) -> f64 {
-        self.status_kib("VmHWM:") as f64 / 1024.0
+        status_kib(self.pid(), "VmHWM:") as f64 / 1024.0
     }
 
     async fn stop(mut self) {
@@ -170,6 +167,79 @@ impl Proc {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
+}
+
+/// A field of `/proc/PID/status` in KiB (0 once the process is gone).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of the whole process (all threads), from `/proc/PID/stat` (fields 14
+/// and 15, in USER_HZ = 100 ticks per second on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: count from the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// What one process used over a window: average CPU (cores) and the largest RSS sampled.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu_cores: f64,
+    rss_max_mib: f64,
+}
+
+/// Runs `work` while sampling the processes' RSS every 100 ms; returns each one's usage over it.
+async fn measure_usage<T>(
+    pids: &[u32],
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, Vec<Usage>)> {
+    let start = Instant::now();
+    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let mut rss_max = vec![0.0f64; pids.len()];
+    let sample = |rss_max: &mut Vec<f64>| {
+        for (max, pid) in rss_max.iter_mut().zip(pids) {
+            *max = max.max(status_kib(*pid, "VmRSS:") as f64 / 1024.0);
+        }
+    };
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out?,
+            _ = tick.tick() => sample(&mut rss_max),
+        }
+    };
+    sample(&mut rss_max);
+    let wall = start.elapsed().as_secs_f64();
+    let usage = pids
+        .iter()
+        .zip(cpu_before)
+        .zip(rss_max)
+        .map(|((pid, before), rss_max_mib)| Usage {
+            cpu_cores: (cpu_seconds(*pid) - before) / wall,
+            rss_max_mib,
+        })
+        .collect();
+    Ok((out, usage))
 }
 
 async fn wait_healthy(http: &reqwest::Client, url: &str, p: &Proc) -> Result<()> {
@@ -286,7 +356,7 @@ async fn main() -> Result<()> {
 
 async fn run(args: &Args, dir: &Path) -> Result<()> {
     let http = reqwest::Client::new();
-    let redis = RedisServer::start(true).await?;
+    let redis = RedisServer::start_binary(&args.queue_server, true).await?;
     let agent_port = free_port()?;
     let agent_addr = format!("127.0.0.1:{agent_port}");
     let src = Registry::start_with(RegistryOptions {
@@ -328,6 +398,8 @@ async fn run(args: &Args, dir: &Path) -> Result<()> {
     let mut noop: Vec<(usize, usize, f64)> = Vec::new();
     let mut worker_rest = 0.0;
     let mut worker_peak: f64 = 0.0;
+    // (idle, under events) for agent, worker, queue server; from the concurrency-4 round.
+    let mut footprint: Option<(Vec<Usage>, Vec<Usage>)> = None;
     for (round, concurrency) in [(1usize, 1usize), (2, 4), (3, 16)] {
         let wport = free_port()?;
         let worker = Proc::spawn(
@@ -356,7 +428,26 @@ async fn run(args: &Args, dir: &Path) -> Result<()> {
                 "lag: {} pushes with a worker of concurrency {concurrency}...",
                 args.pushes
             );
-            let lags = measure_lag(&http, &src.url(), &dst.url(), args.pushes, round).await?;
+            let (src_url, dst_url) = (src.url(), dst.url());
+            let lag_run = measure_lag(&http, &src_url, &dst_url, args.pushes, round);
+            let lags = if concurrency == 4 {
+                let pids = [
+                    agent.pid(),
+                    worker.pid(),
+                    redis.pid().context("queue server pid")?,
+                ];
+                eprintln!("footprint: 10 s idle...");
+                let ((), idle) = measure_usage(&pids, async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok(())
+                })
+                .await?;
+                let (lags, busy) = measure_usage(&pids, lag_run).await?;
+                footprint = Some((idle, busy));
+                lags
+            } else {
+                lag_run.await?
+            };
             worker_peak = worker_peak.max(worker.peak_mib());
             rows.push((
                 concurrency,
@@ -425,5 +516,19 @@ async fn run(args: &Args, dir: &Path) -> Result<()> {
         println!("| {c} | {:.0} | {jobs} | {secs:.2} |", *jobs as f64 / secs);
     }
     println!("\nRSS: agent {agent_rest:.1} MiB at rest after the runs, peak {agent_peak:.1} MiB; worker {worker_rest:.1} MiB at rest, peak {worker_peak:.1} MiB.");
+    if let Some((idle, busy)) = footprint {
+        println!("\nFootprint (worker concurrency 4, queue {}): idle = 10 s with nothing to do; under events = the {} pushes at 10/s above. CPU in cores (1.0 = one core busy), RSS the largest sampled every 100 ms:\n", args.queue_server, args.pushes);
+        println!("| process | idle RSS | idle CPU | under events RSS | under events CPU |");
+        println!("|---|---|---|---|---|");
+        for (i, name) in ["ferry-agent", "ferry worker", args.queue_server.as_str()]
+            .iter()
+            .enumerate()
+        {
+            println!(
+                "| {name} | {:.1} MiB | {:.3} | {:.1} MiB | {:.3} |",
+                idle[i].rss_max_mib, idle[i].cpu_cores, busy[i].rss_max_mib, busy[i].cpu_cores
+            );
+        }
+    }
     Ok(())
 }

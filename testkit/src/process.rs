@@ -180,6 +180,11 @@ impl Managed {
         }
     }
 
+    /// The process id while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.0.as_ref().and_then(Child::id)
+    }
+
     /// Takes ownership of a (re)started process.
     pub(crate) fn set(&mut self, child: Child) {
         self.0 = Some(child);

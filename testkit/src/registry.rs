@@ -408,6 +408,11 @@ impl RedisServer {
         std::net::SocketAddr::from((self.host.ip, self.port)).to_string()
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.pid()
+    }
+
     /// The listening port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
