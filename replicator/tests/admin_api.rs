@@ -104,6 +104,40 @@ async fn drift_entries(c: &mut Clients, policy: &str) -> Vec<pb::DriftEntry> {
     out
 }
 
+/// `ferry serve` with its admin API (admin token [`ADMIN_TOKEN`]) on a real redis-server, taking
+/// the source registry's notifications for policy `test` (`src` → `dst`, with `policy`'s fields).
+struct Served {
+    redis: RedisServer,
+    pair: RegistryPair,
+    serve: Serve,
+    /// The serve process's admin API address.
+    admin: String,
+}
+
+impl Served {
+    async fn start(policy: serde_json::Value) -> Served {
+        let redis = RedisServer::start(true).await.unwrap();
+        let listen = free_local_addr();
+        let pair = registry_pair(Some(&listen), WEBHOOK_TOKEN, policy).await;
+        let admin = free_local_addr();
+        let serve = Serve::start_with(
+            &pair.config,
+            &listen,
+            WEBHOOK_TOKEN,
+            &["--redis", &redis.url(), "--admin-listen", &admin],
+            &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
+            pair.dir.path().join("serve.log"),
+        )
+        .await;
+        Served {
+            redis,
+            pair,
+            serve,
+            admin,
+        }
+    }
+}
+
 /// One region of two processes sharing one real redis-server: `ferry serve` takes the source
 /// registry's notifications and runs a worker; a separate `ferry worker --admin-listen` (consumer
 /// `second-worker`, region `eu-west`) answers the admin API the tests call. What that API reports
@@ -128,29 +162,19 @@ struct SharedRegion {
 
 impl SharedRegion {
     async fn start() -> SharedRegion {
-        let redis = RedisServer::start(true).await.unwrap();
-        let listen = free_local_addr();
-        let RegistryPair {
-            src,
-            dst,
-            dir,
-            config: cfg,
-        } = registry_pair(
-            Some(&listen),
-            WEBHOOK_TOKEN,
-            json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}),
-        )
-        .await;
-        let serve_admin = free_local_addr();
-        let serve = Serve::start_with(
-            &cfg,
-            &listen,
-            WEBHOOK_TOKEN,
-            &["--redis", &redis.url(), "--admin-listen", &serve_admin],
-            &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
-            dir.path().join("serve.log"),
-        )
-        .await;
+        let Served {
+            redis,
+            pair:
+                RegistryPair {
+                    src,
+                    dst,
+                    dir,
+                    config: cfg,
+                },
+            serve,
+            admin: _,
+        } = Served::start(json!({"trigger": {"type": "event_based"}, "replicate_deletion": true}))
+            .await;
         // A second process of the region: a worker whose admin API the tests talk to.
         let worker_admin = free_local_addr();
         let worker_log = dir.path().join("worker.log");
@@ -186,6 +210,17 @@ impl SharedRegion {
             ch,
             c,
         }
+    }
+
+    /// Purges the region's dead letters through the API; returns how many went.
+    async fn purge_dead_letters(&mut self) -> u64 {
+        self.c
+            .operations
+            .purge_dead_letters(pb::PurgeDeadLettersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .purged
     }
 
     /// What the second worker logged so far.
@@ -555,13 +590,7 @@ async fn after_a_replicated_push_the_queue_is_empty_and_there_are_no_dead_letter
             .into_inner();
     assert_eq!((q.depth, q.in_flight, q.dead_letters), (0, 0, 0), "{q:?}");
     assert!(r.dead_letters().await.is_empty());
-    let purged =
-        r.c.operations
-            .purge_dead_letters(pb::PurgeDeadLettersRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-    assert_eq!(purged.purged, 0);
+    assert_eq!(r.purge_dead_letters().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,13 +667,7 @@ async fn a_retried_dead_letter_runs_again_and_a_purge_removes_it() {
     })
     .await;
     assert!(rerun, "the retried dead letter did not run again");
-    let purged =
-        r.c.operations
-            .purge_dead_letters(pb::PurgeDeadLettersRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-    assert_eq!(purged.purged, 1);
+    assert_eq!(r.purge_dead_letters().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1214,29 +1237,12 @@ async fn mtls_admits_only_clients_with_a_certificate_from_the_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_stored_through_the_api_are_validated_and_run_like_file_policies() {
-    let redis = RedisServer::start(true).await.unwrap();
-    let listen = free_local_addr();
-    let RegistryPair {
-        src,
-        dst,
-        dir,
-        config: cfg,
-    } = registry_pair(
-        Some(&listen),
-        WEBHOOK_TOKEN,
-        json!({"trigger": {"type": "manual"}}),
-    )
-    .await;
-    let admin = free_local_addr();
-    let serve = Serve::start_with(
-        &cfg,
-        &listen,
-        WEBHOOK_TOKEN,
-        &["--redis", &redis.url(), "--admin-listen", &admin],
-        &[("FERRY_ADMIN_TOKEN", ADMIN_TOKEN)],
-        dir.path().join("serve.log"),
-    )
-    .await;
+    let Served {
+        redis: _redis,
+        pair: RegistryPair { src, dst, dir, .. },
+        serve,
+        admin,
+    } = Served::start(json!({"trigger": {"type": "manual"}})).await;
     let mut c = clients(&channel(&admin).await, ADMIN_TOKEN);
     let put = |v: serde_json::Value| pb::PutPolicyRequest {
         json: v.to_string(),
