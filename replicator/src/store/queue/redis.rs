@@ -378,6 +378,13 @@ impl Keys {
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         (digits(ms) && digits(seq)).then_some((stream.as_str(), id))
     }
+
+    /// The stream and entry id of a lease this queue handed out; a token it could not have
+    /// issued means the lease is not (or no longer) this consumer's.
+    fn lease_entry<'l>(&self, lease: &'l Lease) -> Result<(&str, &'l str), StoreError> {
+        self.parse_token(&lease.token)
+            .ok_or_else(|| lease_lost(lease))
+    }
 }
 
 fn lease_lost(lease: &Lease) -> StoreError {
@@ -587,9 +594,7 @@ impl JobQueue for RedisQueue {
     }
 
     async fn renew(&self, lease: &Lease, lease_for: Duration) -> Result<(), StoreError> {
-        let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
-            return Err(lease_lost(lease));
-        };
+        let (stream, id) = self.keys.lease_entry(lease)?;
         let mut con = self.redis.connection();
         let renewed: i64 = bounded(
             RENEW_SCRIPT
@@ -831,9 +836,7 @@ impl Pauses for RedisQueue {
     }
 
     async fn park(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
-            return Err(lease_lost(lease));
-        };
+        let (stream, id) = self.keys.lease_entry(lease)?;
         let mut con = self.redis.connection();
         let r: i64 = bounded(
             PARK_SCRIPT
@@ -958,9 +961,7 @@ impl RedisQueue {
         field: &str,
         json: &str,
     ) -> Result<(), StoreError> {
-        let Some((stream, id)) = self.keys.parse_token(&lease.token) else {
-            return Err(lease_lost(lease));
-        };
+        let (stream, id) = self.keys.lease_entry(lease)?;
         let mut con = self.redis.connection();
         let done: i64 = bounded(
             CHECKPOINT_SCRIPT
