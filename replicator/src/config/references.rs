@@ -48,21 +48,9 @@ impl Known<'_> {
         path: &str,
         problems: &mut Vec<Problem>,
     ) -> Policy {
+        refuse_inline_secrets(policy, path, problems);
         let mut resolved = policy.clone();
-        for site in sites(policy, path) {
-            if site.reference.has_inline_secret() {
-                problems.push(
-                    Problem::new(
-                        join_key(&join_key(&site.path, "credential"), "access_secret"),
-                        "a secret in a policy: Harbor's API shows it masked, and Ferry takes secrets only from the config's registries",
-                    )
-                    .hint(r#"write "*****" (as Harbor shows it) or remove `credential`; give the registry's secret in `registries` by `password_env`, `password_file` or an auth file"#),
-                );
-            }
-        }
-        let has_source = !policy.src_registry.is_unset();
-        let has_destination = policy.destinations().next().is_some();
-        if !has_source && !has_destination {
+        if policy.src_registry.is_unset() && policy.destinations().next().is_none() {
             problems.push(
                 Problem::new(
                     join_key(path, "src_registry"),
@@ -78,46 +66,76 @@ impl Known<'_> {
         let Some(declared) = self.declared else {
             return resolved;
         };
-
         // Named sides first: the local registry is then the one not already on the other side.
+        if let Some(named) = self.resolve_named(policy, path, declared, &mut resolved, problems) {
+            self.resolve_local(policy, path, &named, &mut resolved, problems);
+        }
+        resolved
+    }
+
+    /// Resolves the references by name or by a non-zero id into `resolved`; their names, or `None`
+    /// when one could not be resolved (which registry is local depends on the other side, so that
+    /// is fixed first).
+    fn resolve_named(
+        &self,
+        policy: &Policy,
+        path: &str,
+        declared: &[String],
+        resolved: &mut Policy,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Vec<String>> {
         let mut named = Vec::new();
-        let mut local_sites = Vec::new();
+        let mut complete = true;
         for (k, site) in sites(policy, path).enumerate() {
             if site.reference.id == Some(HARBOR_LOCAL_ID) {
-                local_sites.push((k, site));
                 continue;
             }
             match self.by_reference(&site, declared) {
                 Ok(name) => {
                     named.push(name.clone());
-                    set(&mut resolved, k, name);
+                    set(resolved, k, name);
                 }
-                Err(problem) => problems.push(problem),
+                Err(problem) => {
+                    problems.push(problem);
+                    complete = false;
+                }
             }
         }
-        if named.len() + local_sites.len() < sites(policy, path).count() {
-            // Which registry is local depends on the other side, which is wrong: fix that first.
-            return resolved;
-        }
-        if !has_source {
-            match self.local(policy, path, &named, "src_registry", "pushes from") {
+        complete.then_some(named)
+    }
+
+    /// Resolves the left-out sides and the references by Harbor's `id: 0` into `resolved`: the
+    /// local registry not among `named`.
+    fn resolve_local(
+        &self,
+        policy: &Policy,
+        path: &str,
+        named: &[String],
+        resolved: &mut Policy,
+        problems: &mut Vec<Problem>,
+    ) {
+        if policy.src_registry.is_unset() {
+            match self.local(policy, path, named, "src_registry", "pushes from") {
                 Ok(name) => resolved.src_registry = RegistryRef::named(name),
                 Err(problem) => problems.extend(problem),
             }
         }
-        if !has_destination {
-            match self.local(policy, path, &named, "dest_registry", "pulls into") {
+        if policy.destinations().next().is_none() {
+            match self.local(policy, path, named, "dest_registry", "pulls into") {
                 Ok(name) => resolved.dest_registry = Some(RegistryRef::named(name)),
                 Err(problem) => problems.extend(problem),
             }
         }
-        for (k, site) in local_sites {
-            match self.local(policy, path, &named, site.field, "replicates with") {
+        for (k, site) in sites(policy, path).enumerate() {
+            if site.reference.id != Some(HARBOR_LOCAL_ID) {
+                continue;
+            }
+            match self.local(policy, path, named, site.field, "replicates with") {
                 Ok(name)
                     if matches!(site.reference.name.as_str(), "" | HARBOR_LOCAL_NAME)
                         || site.reference.name == name =>
                 {
-                    set(&mut resolved, k, name);
+                    set(resolved, k, name);
                 }
                 Ok(name) => problems.push(
                     Problem::new(
@@ -134,7 +152,6 @@ impl Known<'_> {
                 Err(problem) => problems.extend(problem),
             }
         }
-        resolved
     }
 
     /// The name of the registry a reference with a name and/or a non-zero id names.
@@ -250,6 +267,20 @@ impl Known<'_> {
             d.iter()
                 .any(|n| !self.registries.iter().any(|r| &r.name == n))
         })
+    }
+}
+
+/// A pasted credential secret in any reference of `policy` (at `path`) is a problem; the secret is
+/// never echoed.
+fn refuse_inline_secrets(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
+    for site in sites(policy, path).filter(|s| s.reference.has_inline_secret()) {
+        problems.push(
+            Problem::new(
+                join_key(&join_key(&site.path, "credential"), "access_secret"),
+                "a secret in a policy: Harbor's API shows it masked, and Ferry takes secrets only from the config's registries",
+            )
+            .hint(r#"write "*****" (as Harbor shows it) or remove `credential`; give the registry's secret in `registries` by `password_env`, `password_file` or an auth file"#),
+        );
     }
 }
 
