@@ -390,6 +390,15 @@ mod tests {
     }
 
     #[test]
+    fn a_null_src_registry_is_left_out_as_harbors_clients_send_it() {
+        let json = config(
+            TWO_HARBORS,
+            r#"{"name": "p", "src_registry": null, "dest_registry": {"id": 1}}"#,
+        );
+        assert_eq!(sides(&json), ("harbor-1".into(), vec!["harbor-2".into()]));
+    }
+
+    #[test]
     fn a_policy_without_dest_registry_pulls_into_the_local_registry_not_at_its_source() {
         let json = config(
             TWO_HARBORS,
