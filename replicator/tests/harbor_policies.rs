@@ -85,7 +85,7 @@ fn the_seed_validates_and_pushes_from_region1s_harbor_to_region2s() {
     assert_eq!(config.validate(), Vec::new());
     let policy = &config.policies[0];
     assert_eq!(sides(policy), ("harbor-region1", vec!["harbor-region2"]));
-    assert!(policy.replicates_deletion(), "Harbor's `deletion: true`");
+    assert!(policy.replicate_deletion, "Harbor's `deletion: true`");
     assert_eq!(policy.speed, 0, "Harbor's -1 is unlimited");
 }
 

@@ -334,7 +334,10 @@ mod tests {
         let base = r#"{"name": "p", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}"#;
         let config = Config::from_slice(format!(r#"{base}, "deletion": true}}"#).as_bytes(), "t")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(config.policies[0].replicates_deletion());
+        assert!(
+            config.policies[0].replicate_deletion,
+            "folded at load, so every reader of the field sees it"
+        );
     }
 
     #[test]

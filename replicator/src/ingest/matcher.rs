@@ -218,7 +218,7 @@ fn matches(policy: &Policy, selector: &Selector, event: &Event) -> bool {
     if event.reference().is_none() {
         return false;
     }
-    if event.kind == EventKind::Delete && !policy.replicates_deletion() {
+    if event.kind == EventKind::Delete && !policy.replicate_deletion {
         return false;
     }
     if !selector.matches_repository(&event.repository) {

@@ -301,6 +301,14 @@ impl Policy {
         })
     }
 
+    /// Moves Harbor's deprecated `deletion` into `replicate_deletion` (loading a config does, so
+    /// that every reader of `replicate_deletion` sees it).
+    pub fn fold_deletion_alias(&mut self) {
+        if let Some(deletion) = self.deletion.take() {
+            self.replicate_deletion |= deletion;
+        }
+    }
+
     /// Whether deletes are propagated: `replicate_deletion`, or Harbor's deprecated `deletion`.
     pub fn replicates_deletion(&self) -> bool {
         self.replicate_deletion || self.deletion == Some(true)

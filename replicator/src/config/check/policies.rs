@@ -36,7 +36,8 @@ pub(super) fn check(
             );
         }
         check_name(policy, &path, problems);
-        let policy = known.resolve(policy, &path, problems);
+        let mut policy = known.resolve(policy, &path, problems);
+        policy.fold_deletion_alias();
         check_destinations(&policy, &path, problems);
         check_namespace(&policy, &path, problems);
         check_trigger(&policy, &path, problems);
