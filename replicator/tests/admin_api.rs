@@ -701,6 +701,88 @@ async fn the_workers_of_every_instance_are_listed_with_their_region_and_policies
     );
 }
 
+/// A policy as Harbor's `GET /api/v2.0/replication/policies/{id}` returns it, between the region's
+/// `src` and `dst` (embedded registry objects with ids, masked secrets and times).
+fn harbor_shaped_policy(name: &str) -> serde_json::Value {
+    let registry = |id: i64, name: &str| {
+        json!({"id": id, "name": name, "type": "docker-registry", "url": "http://127.0.0.1:1",
+               "insecure": true, "status": "healthy",
+               "credential": {"type": "basic", "access_key": "robot", "access_secret": "*****"},
+               "creation_time": "2025-03-01T10:00:00.000Z", "update_time": "2025-03-01T10:00:00.000Z"})
+    };
+    json!({
+        "id": 3, "name": name, "description": "pasted from Harbor",
+        "src_registry": registry(4, "src"), "dest_registry": registry(5, "dst"),
+        "dest_namespace": "", "dest_namespace_replace_count": -1,
+        "trigger": {"type": "manual", "trigger_settings": {}},
+        "filters": [{"type": "name", "value": "harbor/**"}],
+        "replicate_deletion": true, "deletion": true, "override": true, "enabled": true,
+        "speed": 0, "copy_by_chunk": false, "single_active_replication": false,
+        "creation_time": "2025-03-01T10:05:00.000Z", "update_time": "2025-03-02T08:00:00.000Z"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_shaped_as_harbors_api_returns_it_is_stored_by_registry_name() {
+    let mut r = SharedRegion::start().await;
+    let stored =
+        r.c.policies
+            .put_policy(pb::PutPolicyRequest {
+                json: harbor_shaped_policy("from-harbor").to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        (
+            stored.src_registry.as_str(),
+            stored.dest_registries.as_slice()
+        ),
+        ("src", &["dst".to_string()][..])
+    );
+    let document: serde_json::Value = serde_json::from_str(&stored.json).unwrap();
+    assert_eq!(
+        document["src_registry"],
+        json!({"name": "src"}),
+        "{document}"
+    );
+    assert_eq!(
+        document["dest_registry"],
+        json!({"name": "dst"}),
+        "{document}"
+    );
+    assert!(document.get("creation_time").is_none(), "{document}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harbor_policy_put_through_the_api_meets_the_config_files_rules() {
+    let mut r = SharedRegion::start().await;
+    let mut typo = harbor_shaped_policy("typo");
+    typo["dest_registry"]["statuss"] = json!("healthy");
+    let mut pull_into_local = harbor_shaped_policy("pull-into-local");
+    pull_into_local
+        .as_object_mut()
+        .unwrap()
+        .remove("dest_registry");
+    for (policy, expected) in [
+        (typo, "dest_registry.statuss: unknown field"),
+        (
+            pull_into_local,
+            r#"dest_registry: policy "pull-into-local" has no `dest_registry`"#,
+        ),
+    ] {
+        let (invalid, msg) = code(
+            r.c.policies
+                .put_policy(pb::PutPolicyRequest {
+                    json: policy.to_string(),
+                })
+                .await,
+        );
+        assert_eq!(invalid, Code::InvalidArgument, "{msg}");
+        assert!(msg.contains(expected), "{msg}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_registry_document_is_refused_naming_every_missing_field() {
     let mut r = SharedRegion::start().await;

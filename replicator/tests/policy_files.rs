@@ -247,10 +247,12 @@ fn bare_policy_and_array_of_policies() {
         ),
         ["[0].filters[0].type"]
     );
+    // Harbor's pull into the local registry: resolved once the policy is in a config.
     assert_eq!(
         paths(r#"{"name": "p", "src_registry": {"name": "a"}}"#),
-        ["dest_registry"]
+        Vec::<String>::new()
     );
+    assert_eq!(paths(r#"{"name": "p"}"#), ["src_registry"]);
 }
 
 #[test]
@@ -258,7 +260,7 @@ fn harbor_deletion_alias() {
     let base = r#"{"name": "p", "src_registry": {"name": "eu"}, "dest_registry": {"name": "us"}"#;
     let json = config(&format!(r#"{base}, "deletion": true}}"#));
     let config_ok = Config::from_slice(json.as_bytes(), "t").unwrap_or_else(|e| panic!("{e}"));
-    assert!(config_ok.policies[0].replicate_deletion);
+    assert!(config_ok.policies[0].replicates_deletion());
     let both = config(&format!(
         r#"{base}, "deletion": true, "replicate_deletion": false}}"#
     ));

@@ -432,6 +432,8 @@ mod tests {
     fn registry(url: &str, credential: Credential) -> RegistryConfig {
         RegistryConfig {
             name: "r".into(),
+            id: None,
+            local: false,
             url: url.into(),
             insecure: false,
             ca_file: None,

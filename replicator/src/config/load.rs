@@ -9,7 +9,8 @@
 //!    ([`super::schema`]): unknown fields, wrong types, missing fields, bad enum values; then serde
 //!    deserializes it;
 //! 3. semantics ([`Config::validate`], in [`super::check`]): unique names, registry URLs,
-//!    credential references, registry references, destinations, filters, triggers (cron),
+//!    credential references, registry references (Harbor's ids and left-out sides resolved to
+//!    names, [`super::references`]), destinations, filters, triggers (cron),
 //!    namespaces, regions.
 //!
 //! Accepted documents: a config `{"registries": [...], "policies": [...]}`, a bare policy object,
@@ -82,7 +83,7 @@ impl Config {
             return Err(fail(problems));
         }
         let config = deserialize(value, shape).map_err(|p| fail(vec![p]))?;
-        let problems = config.check(shape, shape == Shape::Config);
+        let (config, problems) = config.check(shape, shape == Shape::Config);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -94,6 +95,14 @@ impl Config {
     /// a config file (`policies[0]...`). Registry references are checked when the config has
     /// registries; a config without registries is a set of standalone policies.
     pub fn validate(&self) -> Vec<Problem> {
+        self.resolve().1
+    }
+
+    /// This config with every policy's registry references resolved to names (Harbor's `id`s and
+    /// left-out sides: the local registry), and its semantic problems as [`Config::validate`]
+    /// reports them; a reference that could not be resolved stays as written. A loaded config is
+    /// resolved already.
+    pub fn resolve(&self) -> (Config, Vec<Problem>) {
         self.check(Shape::Config, !self.registries.is_empty())
     }
 
@@ -177,7 +186,7 @@ mod tests {
         assert!(config.validate().is_empty());
         assert!(config
             .policy("eu-to-us")
-            .is_some_and(|p| p.replicate_deletion));
+            .is_some_and(|p| p.replicates_deletion()));
         assert_eq!(
             config.registry("us").map(|r| r.url.as_str()),
             Some("https://registry.us.example:5000/")
@@ -321,16 +330,28 @@ mod tests {
     }
 
     #[test]
-    fn deletion_alias() {
+    fn harbors_deprecated_deletion_turns_on_replicate_deletion() {
         let base = r#"{"name": "p", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}"#;
         let config = Config::from_slice(format!(r#"{base}, "deletion": true}}"#).as_bytes(), "t")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(config.policies[0].replicate_deletion);
-        let both = problems(&format!(
+        assert!(
+            config.policies[0].replicate_deletion,
+            "folded at load, so every reader of the field sees it"
+        );
+    }
+
+    #[test]
+    fn deletion_and_replicate_deletion_may_both_be_set_when_they_agree() {
+        let base = r#"{"name": "p", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}"#;
+        assert!(problems(&format!(
             r#"{base}, "deletion": true, "replicate_deletion": true}}"#
+        ))
+        .is_empty());
+        let disagree = problems(&format!(
+            r#"{base}, "deletion": false, "replicate_deletion": true}}"#
         ));
-        assert_eq!(both.len(), 1);
-        assert_eq!(both[0].path, "deletion");
+        assert_eq!(disagree.len(), 1, "{disagree:?}");
+        assert_eq!(disagree[0].path, "deletion");
     }
 
     #[test]

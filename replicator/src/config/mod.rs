@@ -11,6 +11,8 @@
 //! - `load`: reading a file, detecting its shape (config, policy, array of policies), the three
 //!   phases, and how a [`Problem`] and a [`ConfigError`] are shown.
 //! - `check`: the semantic checks, one file per concern (registries, policies, regions).
+//! - `references`: registry references as Harbor writes them (by `id`, or left out for the local
+//!   registry), resolved to names.
 //! - `credentials`: resolving credential references, and which ones an API registry may use.
 
 mod check;
@@ -19,6 +21,7 @@ mod load;
 mod model;
 mod partial;
 mod problem;
+mod references;
 mod region;
 mod schema;
 mod shape;
@@ -27,5 +30,6 @@ pub use credentials::{CredentialError, CredentialRules, CredentialsDirError, API
 pub use load::ConfigError;
 pub use model::*;
 pub use problem::Problem;
+pub use references::{HARBOR_LOCAL_ID, HARBOR_LOCAL_NAME};
 pub use region::Region;
 pub use schema::json_schema;

@@ -42,6 +42,18 @@ pub struct RegionConfig {
 pub struct RegistryConfig {
     /// Name used by policies (`src_registry.name`) and in metrics.
     pub name: String,
+    /// Harbor's id of this registry (as `GET /api/v2.0/registries` shows it), so that a pasted
+    /// Harbor policy's `{"id": n}` reference finds it; unique. Harbor's `0` is the local registry,
+    /// which `local` marks instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub id: Option<i64>,
+    /// This registry is its region's local registry (the Harbor whose policies are pasted): a
+    /// policy without `src_registry` pushes from it, one without `dest_registry` pulls into it, and
+    /// a reference with Harbor's `id: 0` names it. At most one per region (per `region`, or one in
+    /// a config without regions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
     /// Base URL, `https://host[:port]` (or `http://` with `insecure: true`).
     pub url: String,
     /// Allow plain HTTP and skip TLS verification.

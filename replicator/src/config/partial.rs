@@ -98,6 +98,7 @@ pub(super) fn semantic_problems_of_sound_items(
     });
     config
         .check_against(shape, declared)
+        .1
         .into_iter()
         .map(|mut p| {
             for (list, place) in lists.iter().zip(&original) {

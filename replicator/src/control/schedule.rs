@@ -10,7 +10,8 @@
 //!   queue lease `schedule/P/T` (the blob-lease primitive: Redis `SET NX PX`). The key names the
 //!   tick, so it is its own fencing token: a process that wakes late for a tick another one fired
 //!   finds the key taken, and a later tick can never be fired under an earlier tick's lease.
-//! - **`single_active`** (`trigger_settings.single_active`): a tick is skipped, and logged and
+//! - **`single_active`** (`trigger_settings.single_active`, or Harbor's policy-level
+//!   `single_active_replication`): a tick is skipped, and logged and
 //!   counted as such, while an earlier run of the policy has not ended.
 //! - Ticks missed while no process was running are not replayed (the next tick runs a full
 //!   reconciliation anyway).
@@ -285,7 +286,7 @@ fn entries(config: &Config, registries: &Registries) -> Result<Vec<Entry>, SyncE
         entries.push(Entry {
             prepared: Arc::new(PreparedPolicy::new(p, registries)?),
             cron,
-            single_active: settings.is_some_and(|s| s.single_active),
+            single_active: p.single_active(),
         });
     }
     Ok(entries)

@@ -310,35 +310,21 @@ fn all_globs(filters: &[(GlobMatcher, Decoration)], candidate: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Mode, RegistryRef, Trigger};
 
     fn policy(filters: &[(FilterKind, &str, Decoration)]) -> Policy {
-        Policy {
-            name: "p".into(),
-            description: String::new(),
-            mode: Mode::Push,
-            src_registry: RegistryRef { name: "a".into() },
-            dest_registry: Some(RegistryRef { name: "b".into() }),
-            dest_registries: Vec::new(),
-            dest_namespace: String::new(),
-            dest_namespace_replace_count: -1,
-            trigger: Trigger::default(),
-            filters: filters
-                .iter()
-                .map(|(kind, value, decoration)| Filter {
-                    kind: *kind,
-                    value: value.to_string(),
-                    decoration: *decoration,
-                })
-                .collect(),
-            replicate_deletion: false,
-            override_: true,
-            enabled: true,
-            speed: 0,
-            copy_by_chunk: false,
-            copy_referrers: true,
-            region: None,
-        }
+        let mut policy: Policy = serde_json::from_value(serde_json::json!({
+            "name": "p", "src_registry": {"name": "a"}, "dest_registry": {"name": "b"}
+        }))
+        .expect("a minimal policy");
+        policy.filters = filters
+            .iter()
+            .map(|(kind, value, decoration)| Filter {
+                kind: *kind,
+                value: value.to_string(),
+                decoration: *decoration,
+            })
+            .collect();
+        policy
     }
 
     fn selector(filters: &[(FilterKind, &str, Decoration)]) -> Selector {

@@ -1,12 +1,19 @@
 //! The policy types as they appear in JSON. `deny_unknown_fields` everywhere; semantic checks
 //! live in `crate::config` (its `check` module) so that all problems are reported at once.
+//!
+//! A policy pastes in as Harbor's API returns it (`GET /api/v2.0/replication/policies/{id}`):
+//! Harbor's read-only fields (`id`, `creation_time`, `update_time`, and in an embedded registry
+//! `url`, `type`, `credential`, `status`, ...) are accepted and ignored, so only Harbor's documented
+//! fields are let through and a typo is still an error. A registry reference may name its registry
+//! by Harbor's `id`, and a policy may leave out `src_registry` or `dest_registry` (Harbor's local
+//! registry); `crate::config` resolves both to names when the config is loaded, so past loading
+//! every reference has a `name`.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One replication policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(transform = add_deprecated_deletion_alias)]
 pub struct Policy {
     /// Unique name; used in metrics, logs and `--policy`.
     pub name: String,
@@ -15,9 +22,19 @@ pub struct Policy {
     /// Which way content flows (see README "Modes").
     #[serde(default)]
     pub mode: Mode,
-    /// Registry content is read from (by name, from the config's `registries`).
+    /// Registry content is read from (by name or Harbor `id`, from the config's `registries`).
+    /// Absent (or `null`): the local registry, as in Harbor, where a policy without a source
+    /// pushes from the local Harbor (the registry marked `local` in `registries`).
+    #[serde(
+        default,
+        deserialize_with = "null_as_unset",
+        skip_serializing_if = "RegistryRef::is_unset"
+    )]
+    #[schemars(with = "Option<RegistryRef>")]
     pub src_registry: RegistryRef,
-    /// Registry content is written to. Exactly one of `dest_registry`/`dest_registries`.
+    /// Registry content is written to. At most one of `dest_registry`/`dest_registries`; neither:
+    /// the local registry, as in Harbor, where a policy without a destination pulls into the local
+    /// Harbor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dest_registry: Option<RegistryRef>,
     /// Ferry extension: several destinations, each its own task.
@@ -34,16 +51,23 @@ pub struct Policy {
     pub trigger: Trigger,
     #[serde(default)]
     pub filters: Vec<Filter>,
-    /// Propagate deletes (Harbor's deprecated `deletion` is accepted as an alias).
-    #[serde(default, alias = "deletion")]
+    /// Propagate deletes (see [`Policy::replicates_deletion`]).
+    #[serde(default)]
     pub replicate_deletion: bool,
+    /// Harbor's deprecated name of `replicate_deletion`, which its API still returns beside it;
+    /// both may be set when they agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub deletion: Option<bool>,
     /// Overwrite a destination tag that holds different content.
     #[serde(default = "default_true", rename = "override")]
     pub override_: bool,
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Bandwidth cap in KiB/s (1024 bytes per second) for this policy; 0 = unlimited.
-    #[serde(default)]
+    /// Bandwidth cap in KiB/s (1024 bytes per second) for this policy; 0 = unlimited (so is
+    /// Harbor's `-1`, which its UI sends for "unlimited").
+    #[serde(default, deserialize_with = "minus_one_as_unlimited")]
+    #[schemars(with = "i64", range(min = -1))]
     pub speed: u64,
     /// Upload blobs in chunks (PATCH + Content-Range) instead of one PUT.
     #[serde(default)]
@@ -56,24 +80,30 @@ pub struct Policy {
     /// region relays between two remote registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Harbor's: skip a scheduled run while the previous one has not ended (Ferry's
+    /// `trigger_settings.single_active`; either turns it on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_active_replication: Option<bool>,
+    /// Harbor's read-only policy id, as its API returns it: accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub id: Option<i64>,
+    /// Harbor's read-only creation time: accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub creation_time: Option<String>,
+    /// Harbor's read-only update time: accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub update_time: Option<String>,
 }
 
-/// Lists Harbor's deprecated `deletion` (read by serde as an alias of `replicate_deletion`) in
-/// the schema, so that editors and the structural check accept it.
-fn add_deprecated_deletion_alias(schema: &mut schemars::Schema) {
-    if let Some(properties) = schema
-        .get_mut("properties")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        properties.insert(
-            "deletion".to_string(),
-            serde_json::json!({
-                "type": "boolean",
-                "deprecated": true,
-                "description": "Harbor's deprecated name for `replicate_deletion`; set only one of them."
-            }),
-        );
-    }
+/// Harbor's `-1` ("unlimited") reads as Ferry's 0; the schema refuses anything below -1.
+fn minus_one_as_unlimited<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    i64::deserialize(d).map(|speed| u64::try_from(speed).unwrap_or(0))
+}
+
+/// `null` reads as an unset reference (Harbor's clients send `"src_registry": null` for the local
+/// registry).
+fn null_as_unset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RegistryRef, D::Error> {
+    Option::<RegistryRef>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 fn default_replace_count() -> i32 {
@@ -83,11 +113,90 @@ fn default_true() -> bool {
     true
 }
 
-/// Reference to a registry declared in the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Reference to a registry declared in the config file: its `name`, or Harbor's `id` for it, or
+/// both (they must agree with the config). Harbor's API embeds the whole registry object; its
+/// other fields are read-only there and accepted and ignored here (the config's registry decides
+/// URL and credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryRef {
+    /// The registry's `name` in the config's `registries`; may be left out when `id` is given.
+    #[serde(default)]
     pub name: String,
+    /// Harbor's registry id: matched against the `id` a config registry declares. `0` is Harbor's
+    /// id for itself: the local registry (Harbor's API calls it "Local").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub id: Option<i64>,
+    /// Harbor's read-only: the registry's URL as Harbor reaches it. Ignored.
+    #[serde(default, skip_serializing)]
+    url: Option<String>,
+    /// Harbor's read-only: the adapter type (`harbor`, `docker-registry`, ...). Ignored.
+    #[serde(default, skip_serializing, rename = "type")]
+    kind: Option<String>,
+    /// Harbor's read-only. Ignored: the config's registry says.
+    #[serde(default, skip_serializing)]
+    insecure: Option<bool>,
+    /// Harbor's read-only credential, its secret masked (`*****`). An unmasked secret is refused.
+    #[serde(default, skip_serializing)]
+    credential: Option<HarborCredential>,
+    /// Harbor's read-only CA certificate (PEM). Ignored: the config's `ca_file` says.
+    #[serde(default, skip_serializing)]
+    ca_certificate: Option<String>,
+    /// Harbor's read-only description. Ignored.
+    #[serde(default, skip_serializing)]
+    description: Option<String>,
+    /// Harbor's read-only health status. Ignored.
+    #[serde(default, skip_serializing)]
+    status: Option<String>,
+    /// Harbor's read-only creation time. Ignored.
+    #[serde(default, skip_serializing)]
+    creation_time: Option<String>,
+    /// Harbor's read-only update time. Ignored.
+    #[serde(default, skip_serializing)]
+    update_time: Option<String>,
+}
+
+/// A registry's credential as Harbor's API shows it inside a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HarborCredential {
+    /// `basic`, `oauth`, or `secret` (Harbor's own).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The user name.
+    #[serde(default)]
+    pub access_key: Option<String>,
+    /// Masked by Harbor's API (`*****`); Ferry takes secrets only from the config's registries.
+    #[serde(default)]
+    pub access_secret: Option<String>,
+}
+
+/// How Harbor's API masks a secret.
+pub const HARBOR_MASKED_SECRET: &str = "*****";
+
+impl RegistryRef {
+    /// A reference by name.
+    pub fn named(name: impl Into<String>) -> RegistryRef {
+        RegistryRef {
+            name: name.into(),
+            ..RegistryRef::default()
+        }
+    }
+
+    /// Neither a name nor an id: the policy left the field out (the local registry).
+    pub fn is_unset(&self) -> bool {
+        self.name.is_empty() && self.id.is_none()
+    }
+
+    /// Whether the embedded credential carries a secret that Harbor's API would have masked: a
+    /// pasted secret, which Ferry never takes inline.
+    pub fn has_inline_secret(&self) -> bool {
+        self.credential
+            .as_ref()
+            .and_then(|c| c.access_secret.as_deref())
+            .is_some_and(|s| !s.is_empty() && s != HARBOR_MASKED_SECRET)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -190,6 +299,30 @@ impl Policy {
             dest_registries: Vec::new(),
             ..self.clone()
         })
+    }
+
+    /// Moves Harbor's deprecated `deletion` into `replicate_deletion` (loading a config does, so
+    /// that every reader of `replicate_deletion` sees it).
+    pub fn fold_deletion_alias(&mut self) {
+        if let Some(deletion) = self.deletion.take() {
+            self.replicate_deletion |= deletion;
+        }
+    }
+
+    /// Whether deletes are propagated: `replicate_deletion`, or Harbor's deprecated `deletion`.
+    pub fn replicates_deletion(&self) -> bool {
+        self.replicate_deletion || self.deletion == Some(true)
+    }
+
+    /// Whether a scheduled run is skipped while the previous one has not ended: Ferry's
+    /// `trigger_settings.single_active` or Harbor's `single_active_replication`.
+    pub fn single_active(&self) -> bool {
+        self.single_active_replication == Some(true)
+            || self
+                .trigger
+                .trigger_settings
+                .as_ref()
+                .is_some_and(|s| s.single_active)
     }
 
     /// Every destination of this policy (`dest_registry` and `dest_registries`).

@@ -31,7 +31,7 @@ pub async fn guarded_delete(
     job: &Job,
 ) -> Result<DeleteOutcome, TransferError> {
     let kept = |reason: String| Ok(DeleteOutcome::Kept { reason });
-    if !prepared.policy.replicate_deletion {
+    if !prepared.policy.replicates_deletion() {
         return kept("the policy does not replicate deletions".into());
     }
     let Some(deleted) = deleted_digest(job) else {

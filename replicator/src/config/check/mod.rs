@@ -1,7 +1,8 @@
 //! Semantic checks of a well-typed [`Config`]: everything the schema cannot say.
 //!
 //! One file per concern: [`registries`] (names, URLs, sizes, credential references),
-//! [`policies`] (names, registry references, destinations, namespace, trigger, filters) and
+//! [`policies`] (names, registry references — resolved by [`super::references`] —, destinations,
+//! namespace, trigger, filters) and
 //! [`regions`] (names, forward URLs, which region a policy runs in). Cron expressions are checked
 //! by [`crate::policy::cron::parse`], the scheduler's own parser.
 //!
@@ -13,14 +14,16 @@ mod policies;
 mod regions;
 mod registries;
 
+use super::references::Known;
 use super::schema::join_key;
 use super::shape::Shape;
 use super::{Config, Problem};
 
 impl Config {
-    /// Every semantic problem of the document loaded as `shape`. Registry references are checked
+    /// The document loaded as `shape` with its registry references resolved to names
+    /// ([`super::references`]), and every semantic problem. References are checked and resolved
     /// only when `check_registry_refs` (a policy file has no registries to check them against).
-    pub(super) fn check(&self, shape: Shape, check_registry_refs: bool) -> Vec<Problem> {
+    pub(super) fn check(&self, shape: Shape, check_registry_refs: bool) -> (Config, Vec<Problem>) {
         let declared =
             check_registry_refs.then(|| self.registries.iter().map(|r| r.name.clone()).collect());
         self.check_against(shape, declared)
@@ -32,29 +35,37 @@ impl Config {
         &self,
         shape: Shape,
         declared: Option<Vec<String>>,
-    ) -> Vec<Problem> {
+    ) -> (Config, Vec<Problem>) {
         let mut problems = Vec::new();
         registries::check(&self.registries, &mut problems);
-        policies::check(&self.policies, shape, declared.as_deref(), &mut problems);
-        regions::check(self, shape, &mut problems);
-        problems
+        let known = Known {
+            registries: &self.registries,
+            declared: declared.as_deref(),
+        };
+        let resolved = Config {
+            policies: policies::check(&self.policies, shape, &known, &mut problems),
+            ..self.clone()
+        };
+        // Regions are checked on the resolved policies: a Harbor policy's left-out side counts.
+        regions::check(&resolved, shape, &mut problems);
+        (resolved, problems)
     }
 }
 
 /// Names seen so far in one list (registries, policies or regions), with the path of each first
 /// use, so that a duplicate can say where the name is already used.
 #[derive(Default)]
-struct FirstUse<'a> {
-    seen: Vec<(&'a str, String)>,
+struct FirstUse {
+    seen: Vec<(String, String)>,
 }
 
-impl<'a> FirstUse<'a> {
+impl FirstUse {
     /// `None` when `name` is new (and remembers it at `path`); else the path of its first use.
-    fn record(&mut self, name: &'a str, path: &str) -> Option<&str> {
-        match self.seen.iter().position(|(n, _)| *n == name) {
+    fn record(&mut self, name: &str, path: &str) -> Option<&str> {
+        match self.seen.iter().position(|(n, _)| n == name) {
             Some(i) => Some(self.seen[i].1.as_str()),
             None => {
-                self.seen.push((name, path.to_string()));
+                self.seen.push((name.to_string(), path.to_string()));
                 None
             }
         }
@@ -71,12 +82,12 @@ struct NameRules {
     duplicate_note: &'static str,
 }
 
-impl<'a> FirstUse<'a> {
+impl FirstUse {
     /// The `name` of the entry at `path`: not blank, and not used by an earlier entry.
     fn check_name(
         &mut self,
         rules: &NameRules,
-        name: &'a str,
+        name: &str,
         path: &str,
         problems: &mut Vec<Problem>,
     ) {

@@ -1,24 +1,26 @@
-//! Checks of `policies`: unique valid names, registry references (when the document has
-//! registries to check them against), destinations, the namespace rewrite, the trigger and its
+//! Checks of `policies`: unique valid names, registry references (resolved, when the document has
+//! registries to resolve them against, by [`crate::config::references`]), destinations, the namespace rewrite, the trigger and its
 //! cron, and filters.
 //!
 //! Invariant: each policy is checked on its own, in document order, and every problem is kept; a
 //! policy file's paths start at the policy (see [`Shape::policy_path`]).
 use super::FirstUse;
-use crate::config::schema::{did_you_mean, join_index, join_key};
+use crate::config::references::Known;
+use crate::config::schema::{join_index, join_key};
 use crate::config::shape::Shape;
 use crate::config::Problem;
 use crate::policy::{cron, FilterKind, Mode, Policy, Selector, TriggerKind};
 
-/// Every problem of the `policies` list. `declared`: the config's registry names, or `None` when
-/// references are not checked.
+/// Every problem of the `policies` list, and the policies with their registry references resolved
+/// against `known` (as written where they could not be).
 pub(super) fn check(
     policies: &[Policy],
     shape: Shape,
-    declared: Option<&[String]>,
+    known: &Known,
     problems: &mut Vec<Problem>,
-) {
+) -> Vec<Policy> {
     let mut names = FirstUse::default();
+    let mut resolved = Vec::with_capacity(policies.len());
     for (i, policy) in policies.iter().enumerate() {
         let path = shape.policy_path(i);
         if let Some(first) = names.record(&policy.name, &path) {
@@ -34,11 +36,15 @@ pub(super) fn check(
             );
         }
         check_name(policy, &path, problems);
-        check_destinations(policy, &path, declared, problems);
-        check_namespace(policy, &path, problems);
-        check_trigger(policy, &path, problems);
-        check_filters(policy, &path, problems);
+        let mut policy = known.resolve(policy, &path, problems);
+        policy.fold_deletion_alias();
+        check_destinations(&policy, &path, problems);
+        check_namespace(&policy, &path, problems);
+        check_trigger(&policy, &path, problems);
+        check_filters(&policy, &path, problems);
+        resolved.push(policy);
     }
+    resolved
 }
 
 fn check_name(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
@@ -59,47 +65,11 @@ fn check_name(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
     }
 }
 
-/// A registry reference at `path`: not empty and, when `declared` is known, declared.
-fn check_ref(name: &str, path: String, declared: Option<&[String]>, problems: &mut Vec<Problem>) {
-    if name.is_empty() {
-        problems.push(
-            Problem::new(path, "registry name is empty")
-                .hint("name a registry declared in `registries`"),
-        );
-        return;
-    }
-    let Some(declared) = declared else {
-        return;
-    };
-    if declared.iter().any(|d| d == name) {
-        return;
-    }
-    let mut hint = if declared.is_empty() {
-        "no registries are declared; add one to `registries` (or validate a bare policy, or an array of policies, on its own)".to_string()
-    } else {
-        format!("declared registries: {}", declared.join(", "))
-    };
-    if let Some(suggestion) = did_you_mean(name, declared) {
-        hint = format!("did you mean `{suggestion}`? {hint}");
-    }
-    problems.push(Problem::new(path, format!("unknown registry {name:?}")).hint(hint));
-}
-
-/// The source and the destinations: declared, one way of listing destinations, none the source,
-/// none twice, and what a bidirectional policy allows.
-fn check_destinations(
-    policy: &Policy,
-    path: &str,
-    declared: Option<&[String]>,
-    problems: &mut Vec<Problem>,
-) {
+/// The destinations of a resolved policy: one way of listing them, none the source, none twice,
+/// and what a bidirectional policy allows. (Whether the references name declared registries is
+/// [`Known::resolve`]'s.)
+fn check_destinations(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
     let at = |field: &str| join_key(path, field);
-    check_ref(
-        &policy.src_registry.name,
-        join_key(&at("src_registry"), "name"),
-        declared,
-        problems,
-    );
 
     let mut destinations: Vec<(&str, String)> = Vec::new();
     if let Some(dest) = &policy.dest_registry {
@@ -111,16 +81,12 @@ fn check_destinations(
             join_key(&join_index(&at("dest_registries"), k), "name"),
         ));
     }
-    match (&policy.dest_registry, policy.dest_registries.is_empty()) {
-        (Some(_), false) => problems.push(
+    // A policy without a destination pulls into the local registry (Known::resolve).
+    if policy.dest_registry.is_some() && !policy.dest_registries.is_empty() {
+        problems.push(
             Problem::new(at("dest_registries"), "both `dest_registry` and `dest_registries` are set")
                 .hint("use `dest_registry` for one destination or `dest_registries` for several, not both"),
-        ),
-        (None, true) => problems.push(
-            Problem::new(at("dest_registry"), "the policy has no destination")
-                .hint(r#"add "dest_registry": {"name": "..."} (or `dest_registries` for several)"#),
-        ),
-        _ => {}
+        );
     }
     if policy.mode == Mode::Bidirectional && !policy.dest_namespace.is_empty() {
         problems.push(
@@ -141,7 +107,6 @@ fn check_destinations(
         );
     }
     for (k, (name, dest_path)) in destinations.iter().enumerate() {
-        check_ref(name, dest_path.clone(), declared, problems);
         if !name.is_empty() && *name == policy.src_registry.name {
             problems.push(
                 Problem::new(
@@ -305,9 +270,9 @@ mod tests {
                 "policies[3].dest_namespace",
                 "policies[3].dest_namespace",
                 "policies[4].name",
-                "policies[4].dest_registries",
-                "policies[4].dest_registries",
                 "policies[4].dest_registry.name",
+                "policies[4].dest_registries",
+                "policies[4].dest_registries",
                 "policies[5].name",
                 "policies[5].filters[0].value",
                 "policies[5].filters[2].value",

@@ -16,10 +16,32 @@ const NAMES: NameRules = NameRules {
 /// Every problem of the `registries` list, in order.
 pub(super) fn check(registries: &[RegistryConfig], problems: &mut Vec<Problem>) {
     let mut names = FirstUse::default();
+    let mut ids = FirstUse::default();
+    let mut locals = FirstUse::default();
     for (i, registry) in registries.iter().enumerate() {
         let path = join_index("registries", i);
         names.check_name(&NAMES, &registry.name, &path, problems);
         check_registry(registry, &path, problems);
+        let id = registry.id.map(|id| id.to_string());
+        if let Some(first) = id.and_then(|id| ids.record(&id, &path).map(str::to_string)) {
+            problems.push(
+                Problem::new(join_key(&path, "id"), "duplicate registry id")
+                    .hint(format!("already used by {first}; a Harbor policy's `{{\"id\": n}}` must name one registry")),
+            );
+        }
+        if !registry.local {
+            continue;
+        }
+        let region = registry.region.as_deref().unwrap_or_default();
+        if let Some(first) = locals.record(region, &path) {
+            problems.push(
+                Problem::new(join_key(&path, "local"), format!(
+                    "a second local registry{}",
+                    registry.region.as_ref().map(|r| format!(" in region {r:?}")).unwrap_or_default()
+                ))
+                .hint(format!("{first} is the local registry already; a region has one (the Harbor whose policies leave out a side)")),
+            );
+        }
     }
 }
 
@@ -242,6 +264,8 @@ mod tests {
         let mut config = Config::default();
         config.registries.push(RegistryConfig {
             name: "a".into(),
+            id: None,
+            local: false,
             url: "https://a".into(),
             insecure: false,
             ca_file: None,

@@ -86,7 +86,8 @@ async fn until_applied() {
 }
 
 impl Admin {
-    /// Validates one policy document against the region's registries and other policies; every
+    /// Validates one policy document against the region's registries and other policies, and
+    /// resolves its registry references (Harbor's ids, the local registry) to names; every
     /// problem is reported with its path in the document.
     fn check_new_policy(
         &self,
@@ -120,12 +121,18 @@ impl Admin {
         merged.policies.retain(|p| p.name != policy.name);
         merged.policies.push(policy.clone());
         let prefix = format!("policies[{}]", merged.policies.len() - 1);
-        let problems = problems_under(merged.validate(), &prefix);
-        if problems.is_empty() {
-            Ok(policy.clone())
-        } else {
-            Err(invalid(problems))
+        // Resolved against the region's registries: a Harbor policy's ids and left-out sides are
+        // stored as names, so every process reads the same registries whatever changes later.
+        let (resolved, problems) = merged.resolve();
+        let problems = problems_under(problems, &prefix);
+        if !problems.is_empty() {
+            return Err(invalid(problems));
         }
+        resolved
+            .policies
+            .last()
+            .cloned()
+            .ok_or_else(|| AdminError::Internal("the resolved config lost the new policy".into()))
     }
 
     /// Validates one registry document against the region (structure, name, URL, credentials
