@@ -183,11 +183,9 @@ async fn scrape_during_replication(region: &Region) -> anyhow::Result<()> {
     )
     .await;
     if let Err(e) = waited {
-        anyhow::bail!(
-            "{e}: missing {:?}; targets {:?}",
-            missing.lock().unwrap(),
-            prometheus.targets().await.unwrap_or_default()
-        );
+        let missing = missing.lock().unwrap().clone();
+        let targets = prometheus.targets().await.unwrap_or_default();
+        anyhow::bail!("{e}: missing {missing:?}; targets {targets:?}");
     }
     eprintln!(
         "Prometheus holds all {} metrics read by {} rules and the dashboard: {wanted:?}",
