@@ -26,6 +26,8 @@
 //! - [`webhook`]: notification bodies shaped exactly like distribution 2.8's, a client for the
 //!   agent's webhook, and a raw HTTP/1.1 client for bodies over the agent's size limit.
 //! - [`metrics`]: reading one value out of a Prometheus/OpenMetrics text page.
+//! - [`prometheus`]: a real `prometheus` server scraping the region, `promtool`, and the PromQL of
+//!   `deploy/observability/` (dashboard expressions, the metric names they read).
 //! - [`tcp`]: bytes still on their way between local processes, from `/proc/net/tcp`.
 //!
 //! # Invariants
@@ -43,6 +45,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod oci;
 pub mod process;
+pub mod prometheus;
 pub mod region;
 pub mod tcp;
 pub mod webhook;

@@ -44,6 +44,8 @@ pub struct RegionOptions {
     pub agent_args: Vec<String>,
     /// The agent polls registry `a`'s tags every so many seconds (`poll_interval_seconds`).
     pub poll_source_seconds: Option<u64>,
+    /// Fields merged into the config file's top level (`regions`, …).
+    pub config: Map<String, Value>,
 }
 
 impl Default for RegionOptions {
@@ -56,6 +58,7 @@ impl Default for RegionOptions {
             dest_registry: Map::new(),
             agent_args: vec!["--reconcile-interval".into(), "0".into()],
             poll_source_seconds: None,
+            config: Map::new(),
         }
     }
 }
@@ -93,6 +96,12 @@ impl RegionOptions {
     pub fn polled_source(mut self, seconds: u64) -> Self {
         self.poll_source_seconds = Some(seconds);
         self.source_notifications = false;
+        self
+    }
+
+    /// Sets a top-level field of the config file (e.g. `regions`).
+    pub fn config_field(mut self, key: &str, value: Value) -> Self {
+        self.config.insert(key.to_string(), value);
         self
     }
 
@@ -187,6 +196,7 @@ impl Region {
             &opts.policy,
             &opts.dest_registry,
             opts.poll_source_seconds,
+            &opts.config,
         )?;
         let token_file = dir.path().join("webhook-token");
         std::fs::write(&token_file, format!("{token}\n")).context("writing the token file")?;
@@ -380,8 +390,8 @@ impl Drop for Region {
     }
 }
 
-/// Writes the region's config: registries `a` and `b` (plain HTTP; `b` with `b_extra` merged in)
-/// and policy [`POLICY`].
+/// Writes the region's config: registries `a` and `b` (plain HTTP; `b` with `b_extra` merged in),
+/// policy [`POLICY`], and `config_extra` merged into the top level.
 pub fn write_config(
     path: &Path,
     a_url: &str,
@@ -389,6 +399,7 @@ pub fn write_config(
     policy_extra: &Map<String, Value>,
     b_extra: &Map<String, Value>,
     poll_a_seconds: Option<u64>,
+    config_extra: &Map<String, Value>,
 ) -> anyhow::Result<()> {
     let mut policy = json!({
         "name": POLICY,
@@ -411,10 +422,13 @@ pub fn write_config(
     if let Some(entry) = b.as_object_mut() {
         entry.extend(b_extra.clone());
     }
-    let config = json!({
+    let mut config = json!({
         "registries": [a, b],
         "policies": [policy],
     });
+    if let Some(top) = config.as_object_mut() {
+        top.extend(config_extra.clone());
+    }
     std::fs::write(path, serde_json::to_vec_pretty(&config)?)
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -39,7 +39,8 @@
 //!   referrers, digest-guarded deletes, a full sync of a policy, drift by digest.
 //! - [`transfer`]: moves one manifest graph — **`transfer/mod.rs` is the file that decides
 //!   whether a blob is skipped, mounted or copied**; `transfer::upload` how an upload resumes.
-//! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts).
+//! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts), and
+//!   `oci::metrics`: every request it sends counted by registry, method and status.
 //!
 //! **Control — operators**
 //! - [`control`]: the gRPC admin API (`control::admin`), manual and scheduled runs
@@ -52,7 +53,8 @@
 //! - [`runtime`]: what every part runs on: `runtime::background` runs routines under one
 //!   supervisor; `runtime::listener` owns every listening socket and its limits; `runtime::ops`
 //!   serves `/healthz` and `/metrics` from the process's one metrics registry; logging, shutdown
-//!   signal, Redis URL, hostname; `runtime::telemetry` OTLP traces.
+//!   signal, Redis URL, hostname; `runtime::telemetry` OTLP traces. Operators' dashboard and
+//!   alert rules over these metrics: `deploy/observability/`.
 //! - [`labels`]: shared metric label sets; [`locks`]: mutexes that never panic on poison;
 //!   [`clock`]: Unix ms and RFC 3339; [`errors`]: an error and its causes on one line.
 //!

@@ -1,6 +1,7 @@
 //! `ferry serve`: one process (webhooks + worker + safety net, in-process queue) replicating pushes
-//! and deletes between two real registries, driven by the registry's own notifications; and its
-//! `--max-clock-skew-seconds` clamping a webhook's event time.
+//! and deletes between two real registries, driven by the registry's own notifications; its
+//! `--max-clock-skew-seconds` clamping a webhook's event time; and the metrics it exports before
+//! its first job.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -172,4 +173,47 @@ async fn serve_clamps_webhook_event_times_to_max_clock_skew_seconds() {
         (before + 7_000..=after + 7_000).contains(&at),
         "event time {at} is not now + 7 s ({before}..{after})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_registry_requests_jobs_and_its_live_worker_before_the_first_job() {
+    let listen = free_local_addr();
+    let RegistryPair {
+        src: _src,
+        dst: _dst,
+        dir,
+        config: cfg,
+    } = registry_pair(
+        Some(&listen),
+        TOKEN,
+        json!({"trigger": {"type": "event_based"}}),
+    )
+    .await;
+    let mut serve = Serve::start(&cfg, &listen, TOKEN, &[], dir.path().join("serve.log")).await;
+    let page = || async {
+        reqwest::get(format!("http://{listen}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Its worker announces itself with its first heartbeat.
+    let live = eventually(Duration::from_secs(30), || async {
+        page().await.lines().any(|l| l == "ferry_live_workers 1")
+    })
+    .await;
+    let text = page().await;
+    assert!(live, "no live worker counted:\n{text}\n{}", serve.log());
+    for line in [
+        r#"ferry_registry_requests_total{registry="src",method="GET",code="429"} 0"#,
+        r#"ferry_registry_requests_total{registry="dst",method="PUT",code="error"} 0"#,
+        r#"ferry_registry_request_duration_seconds_count{registry="dst",method="PATCH"} 0"#,
+        r#"ferry_jobs_total{policy="test",kind="push",outcome="dead_lettered"} 0"#,
+        r#"ferry_conflicts_total{policy="test",outcome="replaced"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    let status = serve.terminate().await;
+    assert!(status.success(), "{status}\n{}", serve.log());
 }

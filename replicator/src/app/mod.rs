@@ -49,6 +49,7 @@ use crate::ingest::harbor::HarborOptions;
 use crate::ingest::http::SetupError;
 use crate::ingest::poll::{PollMetrics, PollerSet};
 use crate::ingest::{EventSink, IngestState};
+use crate::oci::RegistryMetrics;
 use crate::policy::TriggerKind;
 use crate::regions::{ForwardMetrics, ForwardTls};
 use crate::replicate::{Registries, SyncError};
@@ -442,12 +443,15 @@ impl Parts {
         backend: Backend,
         shutdown: &CancellationToken,
     ) -> Parts {
+        // The registry clients count their requests first: every daemon sends some.
+        let mut metrics = Registry::default();
+        let requests = RegistryMetrics::register(&mut metrics);
         Parts {
-            registries: backend.share_pauses(registries),
+            registries: backend.share_pauses(registries).with_metrics(requests),
             config: config.clone(),
             backend,
             shutdown: shutdown.clone(),
-            metrics: Registry::default(),
+            metrics,
             reload: Vec::new(),
             tasks: Vec::new(),
             routines: Vec::new(),
@@ -458,6 +462,9 @@ impl Parts {
     /// The job workers; their metrics first in the registry.
     fn jobs(&mut self, options: &WorkerOptions) -> Result<(), AppError> {
         let metrics = WorkerMetrics::register(&mut self.metrics);
+        for policy in &self.config.policies {
+            metrics.init_policy(&policy.name);
+        }
         let b = &self.backend;
         let worker = Arc::new(
             Worker::new(&self.config, &self.registries, &b.store, options.clone())?
@@ -539,7 +546,10 @@ impl Parts {
         pollers: Option<&PollerSet>,
     ) -> Result<(HttpListener, Option<IngestState>), AppError> {
         let Some((sink, tokens)) = webhooks else {
-            let metrics = Arc::new(ProcessMetrics::new(std::mem::take(&mut self.metrics)));
+            let metrics = Arc::new(
+                ProcessMetrics::new(std::mem::take(&mut self.metrics))
+                    .with_workers(self.backend.store.history.clone()),
+            );
             let router = crate::runtime::ops::router(self.backend.store.jobs.clone(), metrics);
             let listener = o.listen_flags.bind_http("--listen", listen, router).await?;
             tracing::info!(listen = %listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string()), "listening");
@@ -574,6 +584,7 @@ impl Parts {
     ) -> Result<IngestState, AppError> {
         let mut builder = IngestState::builder(self.config.clone(), sink)
             .metrics_registry(std::mem::take(&mut self.metrics))
+            .live_workers(self.backend.store.history.clone())
             .allow_unauthenticated(options.allow_unauthenticated)
             .body_limit(options.body_limit)
             .max_clock_skew(max_clock_skew)

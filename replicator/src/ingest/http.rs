@@ -73,6 +73,7 @@ use super::harbor::HarborOptions;
 use super::matcher::{Matcher, MatcherError};
 use super::metrics::IngestMetrics;
 use crate::runtime::ops::ProcessMetrics;
+use crate::store::history::History;
 // Assigned here (not by the queue) so that the webhook's log line names the job.
 use super::{distribution, harbor, Batch, EventSink, IngestError};
 use crate::config::Config;
@@ -145,6 +146,8 @@ pub struct IngestStateBuilder {
     harbor: HarborOptions,
     times: TimeClamp,
     metrics_registry: Option<prometheus_client::registry::Registry>,
+    /// Where `/metrics` counts the region's live workers (a daemon's history).
+    live_workers: Option<Arc<dyn History>>,
 }
 
 impl IngestState {
@@ -160,6 +163,7 @@ impl IngestState {
             harbor: HarborOptions::default(),
             times: TimeClamp::default(),
             metrics_registry: None,
+            live_workers: None,
         }
     }
 
@@ -218,6 +222,13 @@ impl IngestStateBuilder {
         self
     }
 
+    /// Exports `ferry_live_workers` at `/metrics`, counted from the worker heartbeats in `history`
+    /// (see [`ProcessMetrics::with_workers`]).
+    pub fn live_workers(mut self, history: Arc<dyn History>) -> Self {
+        self.live_workers = Some(history);
+        self
+    }
+
     pub fn build(self) -> Result<IngestState, SetupError> {
         if self.tokens.iter().any(String::is_empty) {
             return Err(SetupError::EmptyToken);
@@ -233,6 +244,10 @@ impl IngestStateBuilder {
         let matcher = Matcher::for_region(&self.config, self.sink.region())?;
         let mut registry = self.metrics_registry.unwrap_or_default();
         let metrics = IngestMetrics::register(&mut registry);
+        let mut process_metrics = ProcessMetrics::new(registry);
+        if let Some(history) = self.live_workers {
+            process_metrics = process_metrics.with_workers(history);
+        }
         Ok(IngestState {
             inner: Arc::new(Inner {
                 registries: self
@@ -248,7 +263,7 @@ impl IngestStateBuilder {
                 harbor: self.harbor,
                 times: self.times,
                 metrics: Arc::new(metrics),
-                process_metrics: Arc::new(ProcessMetrics::new(registry)),
+                process_metrics: Arc::new(process_metrics),
             }),
         })
     }

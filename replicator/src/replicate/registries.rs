@@ -1,13 +1,13 @@
 //! The registry clients of a config: one [`RegistryClient`] per configured registry, built once
 //! (credentials resolved, no network I/O) and shared by every job, run and report.
 //!
-//! Invariants: clients rebuilt for a new config keep the shared rate-limit gate and the operator's
-//! credential rules; a policy naming a registry the config does not define is an error naming both.
+//! Invariants: clients rebuilt for a new config keep the shared rate-limit gate, the process's
+//! registry request metrics and the operator's credential rules; a policy naming a registry the config does not define is an error naming both.
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, Credential, Secret};
-use crate::oci::RegistryClient;
+use crate::oci::{RegistryClient, RegistryMetrics};
 
 use super::SyncError;
 
@@ -17,6 +17,8 @@ pub struct Registries {
     clients: HashMap<String, Arc<RegistryClient>>,
     /// Where the clients share rate-limit pauses (kept for clients rebuilt from a new config).
     shared_gate: Option<Arc<dyn crate::oci::gate::SharedGate>>,
+    /// Where the clients count their requests (kept for clients rebuilt from a new config).
+    metrics: Option<RegistryMetrics>,
     /// Which credential references registries stored through the admin API may use (the
     /// strictest rules unless the daemon set the operator's).
     credential_rules: Arc<crate::config::CredentialRules>,
@@ -36,6 +38,7 @@ impl Registries {
         Ok(Registries {
             clients,
             shared_gate: None,
+            metrics: None,
             credential_rules: Arc::default(),
         })
     }
@@ -61,10 +64,23 @@ impl Registries {
         self
     }
 
-    /// Clients for `config` that share pauses like these do.
+    /// Counts every client's requests in `metrics` (the process's registry request metrics), and
+    /// exports each configured registry's series at 0.
+    pub fn with_metrics(mut self, metrics: RegistryMetrics) -> Registries {
+        for c in self.clients.values() {
+            c.export_metrics(&metrics);
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Clients for `config` that share pauses and count requests like these do.
     pub fn rebuilt(&self, config: &Config) -> Result<Registries, SyncError> {
         let mut fresh = Registries::from_config(config)?;
         fresh.credential_rules = self.credential_rules.clone();
+        if let Some(m) = &self.metrics {
+            fresh = fresh.with_metrics(m.clone());
+        }
         Ok(match &self.shared_gate {
             Some(g) => fresh.with_shared_gate(g.clone()),
             None => fresh,

@@ -1,6 +1,6 @@
 //! The operator endpoints every Ferry process serves: `GET /healthz` (200 while the queue answers,
-//! 503 otherwise) and `GET /metrics` (every metric of the process, OpenMetrics text; queue gauges
-//! refreshed on each scrape).
+//! 503 otherwise) and `GET /metrics` (every metric of the process, OpenMetrics text; the queue
+//! gauges and the live worker count refreshed on each scrape).
 //!
 //! `/metrics` can require a bearer token ([`protect_metrics`]); `/healthz` stays open because
 //! kubelet and load balancers probe it without credentials, and it reveals only "ok" or the
@@ -17,6 +17,7 @@ use axum::Router;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::store::history::History;
 use crate::store::queue::{JobQueue, QueueStats};
 use crate::tokens::TokenSet;
 
@@ -26,13 +27,23 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The process's metrics registry, closed for registration: every part of the daemon registered
 /// its families in it while it was built. Adds the queue gauges, refreshed from
 /// [`JobQueue::stats`] on every scrape: `ferry_queue_depth`, `ferry_queue_oldest_seconds`,
-/// `ferry_dead_letters`.
-#[derive(Debug)]
+/// `ferry_dead_letters`; and, in a daemon ([`ProcessMetrics::with_workers`]), `ferry_live_workers`.
 pub struct ProcessMetrics {
     registry: Registry,
     queue_depth: Gauge,
     queue_oldest_seconds: Gauge<f64, AtomicU64>,
     dead_letters: Gauge,
+    /// `ferry_live_workers` and where it is counted: the region's worker heartbeats.
+    live_workers: Option<(Gauge, Arc<dyn History>)>,
+}
+
+impl std::fmt::Debug for ProcessMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessMetrics")
+            .field("registry", &self.registry)
+            .field("counts_live_workers", &self.live_workers.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ProcessMetrics {
@@ -67,6 +78,35 @@ impl ProcessMetrics {
             queue_depth,
             queue_oldest_seconds,
             dead_letters,
+            live_workers: None,
+        }
+    }
+
+    /// Adds `ferry_live_workers`: the worker processes whose heartbeat in `history` (the region's
+    /// shared state, so every process of the region sees them all) is live, counted on every
+    /// scrape. Exported by every daemon, the agent included, so that "no live worker" can be
+    /// alerted on from a process that is not a worker.
+    pub fn with_workers(mut self, history: Arc<dyn History>) -> ProcessMetrics {
+        let gauge = Gauge::default();
+        self.registry.register(
+            "ferry_live_workers",
+            "Worker processes of the region with a live heartbeat (counted on each scrape)",
+            gauge.clone(),
+        );
+        self.live_workers = Some((gauge, history));
+        self
+    }
+
+    /// Refreshes `ferry_live_workers` (when exported); on an error it keeps its last value.
+    pub async fn refresh_workers(&self) {
+        let Some((gauge, history)) = &self.live_workers else {
+            return;
+        };
+        match history.workers().await {
+            Ok(workers) => {
+                gauge.set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
+            }
+            Err(error) => tracing::debug!(error = %error, "metrics: live workers unavailable"),
         }
     }
 
@@ -124,6 +164,7 @@ async fn metrics_handler(State((queue, metrics)): State<OpsState>) -> Response {
         // The gauges keep their last values; /healthz reports the outage.
         Err(error) => tracing::debug!(error = %error, "metrics: queue stats unavailable"),
     }
+    metrics.refresh_workers().await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()).into_response()
 }
 
@@ -198,5 +239,43 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn counts_the_workers_with_a_live_heartbeat_on_each_scrape() {
+        use crate::store::history::{MemoryHistory, Retention, WorkerInfo};
+        use std::time::Duration;
+        let history = Arc::new(MemoryHistory::new(Retention::default()));
+        let m = ProcessMetrics::new(Registry::default()).with_workers(history.clone());
+        assert!(
+            m.encode().lines().any(|l| l == "ferry_live_workers 0"),
+            "exported at 0 before any worker:\n{}",
+            m.encode()
+        );
+        for id in ["w1", "w2"] {
+            let worker = WorkerInfo {
+                id: id.into(),
+                host: "host".into(),
+                region: String::new(),
+                pid: 1,
+                version: "test".into(),
+                started_at_ms: crate::clock::now_ms(),
+                last_seen_ms: crate::clock::now_ms(),
+                concurrency: 1,
+                in_flight: 0,
+                jobs_succeeded: 0,
+                jobs_failed: 0,
+                policies: Vec::new(),
+            };
+            history
+                .heartbeat(&worker, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        m.refresh_workers().await;
+        assert!(m.encode().lines().any(|l| l == "ferry_live_workers 2"));
+        history.deregister("w1").await.unwrap();
+        m.refresh_workers().await;
+        assert!(m.encode().lines().any(|l| l == "ferry_live_workers 1"));
     }
 }

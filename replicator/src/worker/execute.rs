@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::{CONFLICT_KEPT, CONFLICT_REPLACED};
 use super::record::task_record;
 use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
 use crate::clock::now_ms;
@@ -224,7 +225,7 @@ impl Worker {
         match conflict::decide(&incoming, destination.as_deref(), last.as_ref(), now_ms()) {
             Decision::Copy { replaces } => {
                 if let Some(lost) = &replaces {
-                    self.metrics.conflict(policy, "replaced");
+                    self.metrics.conflict(policy, CONFLICT_REPLACED);
                     tracing::info!(
                         destination = ctx.dst.name(),
                         winner = %incoming,
@@ -235,7 +236,7 @@ impl Worker {
                 Ok(Arbitration::Copy(Some(incoming)))
             }
             Decision::Keep { kept } => {
-                self.metrics.conflict(policy, "kept");
+                self.metrics.conflict(policy, CONFLICT_KEPT);
                 tracing::warn!(
                     destination = ctx.dst.name(),
                     winner = %kept,

@@ -2,7 +2,9 @@
 //! replication lag, bytes and blobs moved, no-op jobs and conflict decisions.
 //!
 //! Invariant: labels are bounded — policy names, job kinds and fixed outcomes; never a tag or
-//! digest.
+//! digest. Every policy the worker starts with is exported at 0 from start-up
+//! ([`WorkerMetrics::init_policy`]: every kind and outcome of `ferry_jobs_total`, both outcomes
+//! of `ferry_conflicts_total`, …), so that rates and alerts see zeros rather than absent series.
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -37,6 +39,25 @@ impl Default for WorkerMetrics {
         }
     }
 }
+
+/// How a job ends, as `ferry_jobs_total{outcome}` says it (`settle` counts each).
+pub(super) const JOB_OUTCOMES: [&str; 5] = [
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "stopped",
+    "released",
+];
+
+/// What became of a blob, as `ferry_blobs_total{outcome}` says it.
+const BLOB_OUTCOMES: [&str; 3] = ["copied", "mounted", "skipped"];
+
+/// How a bidirectional conflict was decided, as `ferry_conflicts_total{outcome}` says it.
+pub(super) const CONFLICT_KEPT: &str = "kept";
+pub(super) const CONFLICT_REPLACED: &str = "replaced";
+
+/// Which way bytes moved, as `ferry_bytes_total{direction}` says it.
+const TO_DESTINATION: &str = "to_destination";
 
 impl WorkerMetrics {
     /// Registers the worker metrics in `registry`.
@@ -74,6 +95,37 @@ impl WorkerMetrics {
             m.conflicts.clone(),
         );
         m
+    }
+
+    /// Exports `policy`'s series at 0: jobs of every kind and outcome, bytes, blobs of every
+    /// outcome, no-op jobs and conflicts of both outcomes.
+    pub fn init_policy(&self, policy: &str) {
+        for kind in [EventKind::Push, EventKind::Delete] {
+            for outcome in JOB_OUTCOMES {
+                self.jobs.get_or_create_owned(&JobLabels {
+                    policy: policy.into(),
+                    kind: kind.as_str().into(),
+                    outcome: outcome.into(),
+                });
+            }
+        }
+        self.bytes.get_or_create_owned(&PolicyDirection {
+            policy: policy.into(),
+            direction: TO_DESTINATION.into(),
+        });
+        let outcome = |o: &str| PolicyOutcome {
+            policy: policy.into(),
+            outcome: o.into(),
+        };
+        for o in BLOB_OUTCOMES {
+            self.blobs.get_or_create_owned(&outcome(o));
+        }
+        for o in [CONFLICT_KEPT, CONFLICT_REPLACED] {
+            self.conflicts.get_or_create_owned(&outcome(o));
+        }
+        self.noops.get_or_create_owned(&PolicyLabel {
+            policy: policy.into(),
+        });
     }
 
     pub(super) fn conflict(&self, policy: &str, outcome: &str) {
@@ -118,7 +170,7 @@ impl WorkerMetrics {
         self.bytes
             .get_or_create(&PolicyDirection {
                 policy: policy.into(),
-                direction: "to_destination".into(),
+                direction: TO_DESTINATION.into(),
             })
             .inc_by(t.bytes_copied);
         self.blobs
@@ -130,5 +182,44 @@ impl WorkerMetrics {
         self.blobs
             .get_or_create(&p("skipped"))
             .inc_by(t.blobs_skipped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_is_exported_at_zero_for_every_kind_and_outcome_before_its_first_job() {
+        let mut registry = Registry::default();
+        let m = WorkerMetrics::register(&mut registry);
+        m.init_policy("eu-to-us");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut expected = Vec::new();
+        for kind in ["push", "delete"] {
+            for outcome in JOB_OUTCOMES {
+                expected.push(format!(
+                    r#"ferry_jobs_total{{policy="eu-to-us",kind="{kind}",outcome="{outcome}"}} 0"#
+                ));
+            }
+        }
+        for outcome in [CONFLICT_KEPT, CONFLICT_REPLACED] {
+            expected.push(format!(
+                r#"ferry_conflicts_total{{policy="eu-to-us",outcome="{outcome}"}} 0"#
+            ));
+        }
+        for outcome in BLOB_OUTCOMES {
+            expected.push(format!(
+                r#"ferry_blobs_total{{policy="eu-to-us",outcome="{outcome}"}} 0"#
+            ));
+        }
+        expected.push(
+            r#"ferry_bytes_total{policy="eu-to-us",direction="to_destination"} 0"#.to_string(),
+        );
+        expected.push(r#"ferry_noop_jobs_total{policy="eu-to-us"} 0"#.to_string());
+        for line in expected {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 }

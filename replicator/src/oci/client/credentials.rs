@@ -176,7 +176,10 @@ impl RegistryClient {
         if let Some(h) = credentials {
             req = req.header(AUTHORIZATION, h);
         }
-        let resp = req.send().await.map_err(|e| self.transport(&url, e))?;
+        let resp = self
+            .dispatch(req)
+            .await
+            .map_err(|e| self.transport(&url, e))?;
         let status = resp.status();
         let body = read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
             .await

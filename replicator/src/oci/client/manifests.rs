@@ -325,7 +325,10 @@ impl RegistryClient {
         if let Some(h) = auth::basic_header(&self.secret) {
             req = req.header(AUTHORIZATION, h);
         }
-        let resp = req.send().await.map_err(|e| self.transport(&url, e))?;
+        let resp = self
+            .dispatch(req)
+            .await
+            .map_err(|e| self.transport(&url, e))?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {

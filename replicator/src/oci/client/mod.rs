@@ -21,7 +21,9 @@
 //! # Layout
 //! - this file (`client/mod.rs`): the [`RegistryClient`] struct, its construction and settings,
 //!   the errors it builds, and the request core — the credentials a request gets, `401`
-//!   challenges, rate limits and the retries of `send` (with the backoff).
+//!   challenges, rate limits and the retries of `send` (with the backoff), and `dispatch`, the one
+//!   place every request (token requests included) goes out and is counted
+//!   ([`crate::oci::metrics`]).
 //! - `credentials`: where the registry's credentials may go (its own origin only; the redirect
 //!   policy and the `Location`/`Link` targets followed) and the bearer-token flow.
 //! - `manifests`: manifests as exact, verified bytes (`GET`, `HEAD`, `PUT`, `DELETE`), tag deletes,
@@ -42,7 +44,7 @@ mod manifests;
 mod uploads;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::locks::lock;
 use std::time::Duration;
@@ -58,6 +60,7 @@ use super::auth::{self, AuthState, Challenge, Scope};
 use super::digest::Digest;
 use super::error::{parse_error_body, RegistryError, Result};
 use super::gate::{self, Gate, SharedGate};
+use super::metrics::{Outcome, RegistryMetrics};
 use crate::backoff::RetryPolicy;
 use crate::config::{RegistryConfig, Secret};
 
@@ -108,6 +111,8 @@ pub struct RegistryClient {
     /// Set once the warning about a plain-http token realm on another origin was logged (it would
     /// repeat on every token fetch otherwise).
     warned_realm: AtomicBool,
+    /// Where requests are counted once the process exports them ([`RegistryClient::export_metrics`]).
+    metrics: OnceLock<RegistryMetrics>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -178,6 +183,7 @@ impl RegistryClient {
             referrers_api: std::sync::OnceLock::new(),
             rate_limit: std::sync::Mutex::new(None),
             warned_realm: AtomicBool::new(false),
+            metrics: OnceLock::new(),
         })
     }
 
@@ -196,6 +202,37 @@ impl RegistryClient {
     pub fn mark_refuses_chunks(&self) {
         self.refuses_chunks
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts this client's requests in `metrics` (the process's, exported at `/metrics`) from now
+    /// on, and exports the registry's series at 0. The first call wins: a client counts into one
+    /// process registry.
+    pub fn export_metrics(&self, metrics: &RegistryMetrics) {
+        if self.metrics.set(metrics.clone()).is_ok() {
+            metrics.init(&self.name);
+        }
+    }
+
+    /// Sends one request — to the registry, a host its answers pointed to, or its token realm —
+    /// and counts it with its outcome and the time to its answer's headers. Every request of the
+    /// client goes out here, so the counts are complete; retries are the callers' (each attempt is
+    /// a request).
+    async fn dispatch(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> std::result::Result<Response, reqwest::Error> {
+        let request = request.build()?;
+        let method = request.method().clone();
+        let started = std::time::Instant::now();
+        let result = self.http.execute(request).await;
+        if let Some(metrics) = self.metrics.get() {
+            let outcome = match &result {
+                Ok(resp) => Outcome::Status(resp.status().as_u16()),
+                Err(e) => Outcome::of_error(e),
+            };
+            metrics.request(&self.name, method.as_str(), outcome, started.elapsed());
+        }
+        result
     }
 
     /// Shares this registry's rate-limit pauses with the other processes of the region.
@@ -383,7 +420,7 @@ impl RegistryClient {
             self.gate.wait(&self.name).await;
             let req = self.build_request(&method, &url, &headers, authz.as_ref(), &body);
             let started = std::time::Instant::now();
-            let resp = match req.send().await {
+            let resp = match self.dispatch(req).await {
                 Ok(r) => r,
                 Err(e)
                     if idempotent

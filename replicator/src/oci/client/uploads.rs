@@ -123,7 +123,10 @@ impl RegistryClient {
             req = req.header(AUTHORIZATION, a);
         }
         self.gate.wait(&self.name).await;
-        let resp = req.send().await.map_err(|e| self.transport(&url, e))?;
+        let resp = self
+            .dispatch(req)
+            .await
+            .map_err(|e| self.transport(&url, e))?;
         self.note_rate_limit(resp.headers()).await;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
             return Err(self.status_error(&Method::PUT, &url, resp).await);
