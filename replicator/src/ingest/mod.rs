@@ -6,7 +6,7 @@
 //!   [`Event`]s: blob, pull and mount events dropped, Ferry's own writes dropped (echo
 //!   suppression), the manifest and tag events of one delete joined, child manifests of an index
 //!   push folded into the tagged index event.
-//! - [`harbor`]: Harbor's webhook JSON → [`Event`]s.
+//! - [`harbor`]: Harbor's webhook JSON, Default and CloudEvents formats → [`Event`]s.
 //! - [`matcher`]: [`Event`] + config → one [`Job`](crate::store::queue::Job) per matching event-based
 //!   policy.
 //! - [`http`]: the axum router (`POST /v1/events/{distribution,harbor}`, `/healthz`, `/metrics`):
@@ -266,12 +266,12 @@ pub struct Batch {
     pub ignored: Vec<Ignored>,
 }
 
-/// Bounded `kind` label for an action or Harbor event type.
+/// Bounded `kind` label for an action or Harbor event type (Default or CloudEvents format).
 pub(crate) fn kind_label(action: &str) -> &'static str {
     match action {
-        "push" | "PUSH_ARTIFACT" => "push",
-        "delete" | "DELETE_ARTIFACT" => "delete",
-        "pull" | "PULL_ARTIFACT" => "pull",
+        "push" | "PUSH_ARTIFACT" | "harbor.artifact.pushed" => "push",
+        "delete" | "DELETE_ARTIFACT" | "harbor.artifact.deleted" => "delete",
+        "pull" | "PULL_ARTIFACT" | "harbor.artifact.pulled" => "pull",
         "mount" => "mount",
         _ => "other",
     }
