@@ -3,7 +3,8 @@
 //! # Routes
 //! - `POST /v1/events/distribution?registry=<name>`: CNCF distribution notifications
 //!   (`application/vnd.docker.distribution.events.v1+json`, `…v2+json`, or `application/json`).
-//! - `POST /v1/events/harbor?registry=<name>`: Harbor webhooks (`application/json`).
+//! - `POST /v1/events/harbor?registry=<name>`: Harbor webhooks, Default (`application/json`) or
+//!   CloudEvents (`application/cloudevents+json`) payload format, either with a charset.
 //! - `GET /healthz`: `200 ok` while the queue answers [`JobQueue::stats`], 503 otherwise.
 //! - `GET /metrics`: Prometheus/OpenMetrics text (see [`super::metrics`]).
 //!
@@ -25,12 +26,15 @@
 //! ```
 //!
 //! and a Harbor webhook policy with notify type `http`, endpoint
-//! `http://ferry-agent:8080/v1/events/harbor?registry=harbor-eu`, auth header `Bearer <token>`.
+//! `http://ferry-agent:8080/v1/events/harbor?registry=harbor-eu`, auth header `Bearer <token>`
+//! (or the bare token: Harbor sends its "Auth Header" field verbatim as `Authorization`).
 //!
 //! # Answers
 //! - 200 `{"received", "events", "ignored", "jobs", "enqueued", "collapsed"}` **only after every
 //!   job of the batch is durably enqueued** ([`JobQueue::enqueue`] returned `Ok`);
-//! - 401 without a valid `Authorization: Bearer <token>` (tokens compared in constant time);
+//! - 401 without a valid token (compared in constant time): `Authorization: Bearer <token>` on
+//!   the distribution route — distribution's `headers` are written by the operator, so the scheme
+//!   stays strict there — and `Bearer <token>` or the bare `<token>` on the Harbor route;
 //! - 400 for a missing/unknown `registry` parameter or a body that does not parse (`{"error",
 //!   "path"}` names the JSON path, also for a repository, tag or digest outside the grammar of
 //!   [`crate::policy::namespace`]); 413 over the body limit (default 1 MiB) or over
@@ -296,6 +300,22 @@ impl Endpoint {
             Endpoint::Harbor => harbor::CONTENT_TYPES,
         }
     }
+
+    /// The token an `Authorization` value presents: `Bearer <token>` on both routes, and on the
+    /// Harbor route also the bare token (Harbor sends its "Auth Header" field verbatim).
+    fn presented_token(self, authorization: &str) -> Option<&str> {
+        match self {
+            Endpoint::Distribution => crate::tokens::bearer(authorization),
+            Endpoint::Harbor => crate::tokens::bearer_or_bare(authorization),
+        }
+    }
+
+    fn token_hint(self) -> &'static str {
+        match self {
+            Endpoint::Distribution => "missing `Authorization: Bearer <token>` header",
+            Endpoint::Harbor => "missing `Authorization` header: set the Harbor webhook's Auth Header to `Bearer <token>` (or the bare token)",
+        }
+    }
 }
 
 async fn distribution_webhook(
@@ -410,7 +430,7 @@ async fn handle(
     body: Body,
 ) -> Result<Value, Reject> {
     let inner = &state.inner;
-    authenticate(inner, headers)?;
+    authenticate(inner, endpoint, headers)?;
     let registry = registry_param(inner, query.as_deref())?;
     check_content_type(headers, endpoint.content_types())?;
     let bytes = read_body(headers, body, inner.body_limit).await?;
@@ -424,20 +444,15 @@ async fn handle(
     enqueue_batch(inner, &registry, batch).await
 }
 
-fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<(), Reject> {
+fn authenticate(inner: &Inner, endpoint: Endpoint, headers: &HeaderMap) -> Result<(), Reject> {
     if inner.tokens.is_empty() {
         return Ok(());
     }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::tokens::bearer)
-        .ok_or_else(|| {
-            Reject::new(
-                StatusCode::UNAUTHORIZED,
-                "missing `Authorization: Bearer <token>` header",
-            )
-        })?;
+        .and_then(|v| endpoint.presented_token(v))
+        .ok_or_else(|| Reject::new(StatusCode::UNAUTHORIZED, endpoint.token_hint()))?;
     if inner.tokens.accepts(presented) {
         Ok(())
     } else {
