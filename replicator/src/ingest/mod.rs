@@ -7,6 +7,8 @@
 //!   suppression), the manifest and tag events of one delete joined, child manifests of an index
 //!   push folded into the tagged index event.
 //! - [`harbor`]: Harbor's webhook JSON, Default and CloudEvents formats → [`Event`]s.
+//! - [`origin`]: which configured registry sent a webhook whose URL has no `?registry=` (the hosts
+//!   the body names matched against the registries' URLs).
 //! - [`matcher`]: [`Event`] + config → one [`Job`](crate::store::queue::Job) per matching event-based
 //!   policy.
 //! - [`http`]: the axum router (`POST /v1/events/{distribution,harbor}`, `/healthz`, `/metrics`):
@@ -33,6 +35,7 @@ pub mod http;
 mod json;
 pub mod matcher;
 pub mod metrics;
+pub mod origin;
 pub mod poll;
 
 pub use http::{router, IngestState, IngestStateBuilder, SetupError};
