@@ -110,7 +110,7 @@ pub enum Unrecognised {
         candidates: Vec<String>,
     },
     /// No registry is reached there, and more (or fewer) than one can be a source.
-    #[error("cannot tell which configured registry sent this notification: it names {}, which no registry's URL matches, and the candidates are {}; add `?registry=NAME` to the notification endpoint URL", list(hosts), if candidates.is_empty() { "none (no registry is configured)".to_string() } else { candidates.join(", ") })]
+    #[error("cannot tell which configured registry sent this notification: {}, and the candidates are {}; add `?registry=NAME` to the notification endpoint URL", unmatched(hosts), if candidates.is_empty() { "none (no registry is configured)".to_string() } else { candidates.join(", ") })]
     Unknown {
         hosts: Vec<String>,
         candidates: Vec<String>,
@@ -127,11 +127,25 @@ impl Unrecognised {
     }
 }
 
+/// Most hosts an answer lists (a body may name a thousand).
+const LISTED_HOSTS: usize = 5;
+
 fn list(hosts: &[String]) -> String {
+    let mut text = format!(
+        "host(s) {}",
+        hosts[..hosts.len().min(LISTED_HOSTS)].join(", ")
+    );
+    if hosts.len() > LISTED_HOSTS {
+        text.push_str(&format!(" and {} more", hosts.len() - LISTED_HOSTS));
+    }
+    text
+}
+
+fn unmatched(hosts: &[String]) -> String {
     if hosts.is_empty() {
-        "no host".to_string()
+        "it names no host".to_string()
     } else {
-        format!("host(s) {}", hosts.join(", "))
+        format!("it names {}, which no registry's URL matches", list(hosts))
     }
 }
 
@@ -344,6 +358,23 @@ mod tests {
             senders.recognise(["a.example", "b.example"]),
             Err(Unrecognised::Ambiguous { .. })
         ));
+    }
+
+    #[test]
+    fn an_answer_lists_a_few_hosts_and_counts_the_rest() {
+        let senders = Senders::new(&config(&[("a", "https://a.example")]), ["a", "b"]);
+        let hosts: Vec<String> = (0..1000).map(|i| format!("h{i}.example")).collect();
+        let text = senders
+            .recognise(hosts.iter().map(String::as_str))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains(" and 995 more"), "{text}");
+        assert!(text.len() < 400, "{text}");
+        let text = senders.recognise([]).unwrap_err().to_string();
+        assert!(
+            text.contains("it names no host, and the candidates are a, b"),
+            "{text}"
+        );
     }
 
     #[test]
