@@ -1,9 +1,9 @@
 //! The agent's HTTP surface: registry webhooks in, durable jobs out; plus health and metrics.
 //!
 //! # Routes
-//! - `POST /v1/events/distribution?registry=<name>`: CNCF distribution notifications
+//! - `POST /v1/events/distribution[?registry=<name>]`: CNCF distribution notifications
 //!   (`application/vnd.docker.distribution.events.v1+json`, `…v2+json`, or `application/json`).
-//! - `POST /v1/events/harbor?registry=<name>`: Harbor webhooks, Default (`application/json`) or
+//! - `POST /v1/events/harbor[?registry=<name>]`: Harbor webhooks, Default (`application/json`) or
 //!   CloudEvents (`application/cloudevents+json`) payload format, either with a charset.
 //! - `GET /healthz`: `200 ok` while the queue answers [`JobQueue::stats`], 503 otherwise.
 //! - `GET /metrics`: Prometheus/OpenMetrics text (see [`super::metrics`]).
