@@ -6,7 +6,8 @@
 //!
 //! **In — events from registries and peer regions**
 //! - [`ingest`]: webhooks to events to jobs (`ingest::distribution` parses CNCF distribution
-//!   notifications, **`ingest::harbor` turns a Harbor webhook into events**, `ingest::poll`
+//!   notifications, **`ingest::harbor` turns a Harbor webhook into events**, `ingest::origin`
+//!   recognises the sending registry without `?registry=`, `ingest::poll`
 //!   polls registries without webhooks, `ingest::matcher` turns events into jobs,
 //!   `ingest::http` serves the routes).
 //! - [`event`]: the normalized event, and clamping the times outsiders send.

@@ -57,6 +57,13 @@ pub fn bearer(header_value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The token of an `Authorization` value that is `Bearer <token>` or the bare `<token>` (Harbor
+/// sends its webhook's "Auth Header" field verbatim, and users type either). Only for senders
+/// that cannot choose a scheme: a bare value is compared whole, like any presented token.
+pub fn bearer_or_bare(header_value: &str) -> Option<&str> {
+    bearer(header_value).or_else(|| Some(header_value.trim()).filter(|t| !t.is_empty()))
+}
+
 /// Tokens from `file` (one per line, blank lines ignored; several allow rotation) or, with no
 /// file, from the env var `env`. Empty when neither holds one. `what` names them in errors
 /// ("webhook", "admin").
@@ -135,6 +142,15 @@ mod tests {
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(bearer("abc"), None);
+    }
+
+    #[test]
+    fn a_harbor_auth_header_is_a_bearer_token_or_the_bare_token() {
+        assert_eq!(bearer_or_bare("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_or_bare("bearer abc "), Some("abc"));
+        assert_eq!(bearer_or_bare(" abc "), Some("abc"));
+        assert_eq!(bearer_or_bare("Basic abc"), Some("Basic abc"));
+        assert_eq!(bearer_or_bare("  "), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The ingest router over real HTTP: webhooks in, jobs in a real [`MemoryQueue`], every rejection
 //! path (names outside the grammar, oversized batches), event times clamped on the way to the jobs
-//! and the conflict ledger, health and metrics; and one end-to-end run with a real
-//! `docker-registry` whose notifications point at the router.
+//! and the conflict ledger, health and metrics; Harbor's documented payloads in both formats
+//! (`tests/fixtures/harbor/`); the sender recognised without `?registry=`; and end-to-end runs
+//! with real `docker-registry`s whose notifications point at the router.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -161,6 +162,16 @@ async fn start_agent() -> Agent {
 
 async fn start_with(state: IngestState, queue: Arc<SwitchableQueue>) -> Agent {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, state, queue)
+}
+
+/// An agent on `listener` (bound before the config was known: registries that notify it must be
+/// started with its address first).
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: IngestState,
+    queue: Arc<SwitchableQueue>,
+) -> Agent {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         axum::serve(listener, ingest::router(state)).await.unwrap();
@@ -170,6 +181,16 @@ async fn start_with(state: IngestState, queue: Arc<SwitchableQueue>) -> Agent {
         queue,
         http: reqwest::Client::new(),
     }
+}
+
+/// An agent for `config` with the test token.
+async fn start_for(config: Config) -> Agent {
+    let queue = SwitchableQueue::new();
+    let state = IngestState::builder(config, queue.clone())
+        .token(TOKEN)
+        .build()
+        .expect("state");
+    start_with(state, queue).await
 }
 
 struct Answer {
@@ -186,13 +207,26 @@ impl Agent {
         token: Option<&str>,
         body: Vec<u8>,
     ) -> Answer {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        self.post_authorized(path, content_type, authorization.as_deref(), body)
+            .await
+    }
+
+    /// [`Agent::post`] with this `Authorization` value as it is.
+    async fn post_authorized(
+        &self,
+        path: &str,
+        content_type: &str,
+        authorization: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", content_type)
             .body(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
         }
         let response = request.send().await.expect("request");
         let status = response.status().as_u16();
@@ -495,23 +529,25 @@ async fn rejections_leave_the_queue_untouched_and_the_server_serving() {
         .unwrap();
     assert_eq!(basic.status().as_u16(), 401);
 
-    // The registry parameter: missing, unknown.
-    for (path, needle) in [
-        ("/v1/events/distribution", "is required"),
-        (
+    // A registry parameter naming no configured registry.
+    let answer = agent
+        .post(
             "/v1/events/distribution?registry=nowhere",
-            "\"nowhere\" is not a configured registry",
-        ),
-    ] {
-        let answer = agent.post(path, V1, Some(TOKEN), good.clone()).await;
-        assert_eq!(answer.status, 400);
-        assert_eq!(answer.body["param"], "registry");
-        assert!(
-            answer.body["error"].as_str().unwrap().contains(needle),
-            "{}",
-            answer.body
-        );
-    }
+            V1,
+            Some(TOKEN),
+            good.clone(),
+        )
+        .await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.body["param"], "registry");
+    assert!(
+        answer.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"nowhere\" is not a configured registry (one of: src, dst)"),
+        "{}",
+        answer.body
+    );
 
     // Content type.
     let answer = agent
@@ -959,4 +995,489 @@ async fn real_registry_push_and_delete_become_jobs() {
         "{jobs:?}"
     );
     registry.stop().await;
+}
+
+/// Harbor's documented payload `name`, byte for byte (`tests/fixtures/harbor/README.md`).
+fn harbor_documented(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/harbor/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+const CLOUDEVENTS: &str = "application/cloudevents+json";
+
+/// Harbor `harbor` at `https://localhost` (the host of the documented `resource_url`s), a second
+/// source `other` and `dst`; `from-harbor` copies `harbor/**` with deletes, `from-other` all of
+/// `other`. Two sources: a webhook without `?registry=` is recognised only by its host.
+fn harbor_config() -> Config {
+    let doc = json!({
+        "registries": [
+            {"name": "harbor", "url": "https://localhost"},
+            {"name": "other", "url": "https://other.example"},
+            {"name": "dst", "url": "https://dst.example"}
+        ],
+        "policies": [
+            {
+                "name": "from-harbor",
+                "src_registry": {"name": "harbor"}, "dest_registry": {"name": "dst"},
+                "trigger": {"type": "event_based"},
+                "filters": [{"type": "name", "value": "harbor/**"}],
+                "replicate_deletion": true
+            },
+            {
+                "name": "from-other",
+                "src_registry": {"name": "other"}, "dest_registry": {"name": "dst"},
+                "trigger": {"type": "event_based"},
+                "replicate_deletion": true
+            }
+        ]
+    });
+    let config = Config::from_slice(&serde_json::to_vec(&doc).unwrap(), "test").expect("config");
+    assert!(config.validate().is_empty(), "{:?}", config.validate());
+    config
+}
+
+const HARBOR_URL: &str = "/v1/events/harbor?registry=harbor";
+
+/// `(policy, kind, repository, reference, digest)` of every job, deletes first.
+fn job_summaries(jobs: &[Job]) -> Vec<(String, EventKind, String, String, Option<String>)> {
+    let mut got: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j.policy.clone(),
+                j.kind,
+                j.repository.clone(),
+                j.reference.clone(),
+                j.digest.clone(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| (a.1.as_str(), &a.3).cmp(&(b.1.as_str(), &b.3)));
+    got
+}
+
+#[tokio::test]
+async fn harbor_documented_pushes_and_deletes_become_jobs_in_both_formats() {
+    let agent = start_for(harbor_config()).await;
+    for (name, content_type) in [
+        ("default-push", "application/json"),
+        ("cloudevents-push", CLOUDEVENTS),
+        ("default-delete", "application/json; charset=utf-8"),
+        (
+            "cloudevents-delete",
+            "application/cloudevents+json; charset=UTF-8",
+        ),
+    ] {
+        let answer = agent
+            .post(
+                HARBOR_URL,
+                content_type,
+                Some(TOKEN),
+                harbor_documented(name),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+        assert_eq!(
+            (answer.body["events"].clone(), answer.body["jobs"].clone()),
+            (json!(1), json!(1)),
+            "{name}: {}",
+            answer.body
+        );
+    }
+    let pushed = "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4";
+    let deleted = "sha256:2bb501e6173d9d006e56de5bce2720eb06396803300fe1687b58a7ff32bf4c14";
+    // Each format's event collapsed into the other's pending job: one push, one delete.
+    assert_eq!(
+        job_summaries(&agent.queue.take_all().await),
+        vec![
+            (
+                "from-harbor".into(),
+                EventKind::Delete,
+                "harbor/alpine".into(),
+                "3.8".into(),
+                Some(deleted.into())
+            ),
+            (
+                "from-harbor".into(),
+                EventKind::Push,
+                "harbor/alpine".into(),
+                pushed.into(),
+                Some(pushed.into())
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn harbor_documented_pulls_scans_quotas_replications_and_retentions_are_acknowledged_without_jobs(
+) {
+    let agent = start_for(harbor_config()).await;
+    for kind in [
+        "pull",
+        "scan-completed",
+        "scan-stopped",
+        "scan-failed",
+        "quota-exceeded",
+        "quota-warning",
+        "replication",
+        "tag-retention",
+    ] {
+        for (format, content_type) in [
+            ("default", "application/json"),
+            ("cloudevents", CLOUDEVENTS),
+        ] {
+            let name = format!("{format}-{kind}");
+            let answer = agent
+                .post(
+                    HARBOR_URL,
+                    content_type,
+                    Some(TOKEN),
+                    harbor_documented(&name),
+                )
+                .await;
+            assert_eq!(
+                (answer.status, answer.body.clone()),
+                (
+                    200,
+                    json!({"received": 1, "events": 0, "ignored": 1, "jobs": 0, "enqueued": 0, "collapsed": 0})
+                ),
+                "{name}"
+            );
+        }
+    }
+    assert!(agent.queue.take_all().await.is_empty());
+}
+
+#[tokio::test]
+async fn harbor_auth_header_is_accepted_with_or_without_bearer_and_distribution_keeps_bearer() {
+    let agent = start_for(harbor_config()).await;
+    let push = || harbor_documented("cloudevents-push");
+    for authorization in [
+        format!("Bearer {TOKEN}"),
+        TOKEN.to_string(),
+        format!("  {TOKEN} "),
+    ] {
+        let answer = agent
+            .post_authorized(HARBOR_URL, CLOUDEVENTS, Some(&authorization), push())
+            .await;
+        assert_eq!(answer.status, 200, "{authorization:?}: {}", answer.body);
+    }
+    for authorization in ["wrong", "Bearer wrong", "Basic s3cret-token"] {
+        let answer = agent
+            .post_authorized(HARBOR_URL, CLOUDEVENTS, Some(authorization), push())
+            .await;
+        assert_eq!(answer.status, 401, "{authorization:?}");
+    }
+    let answer = agent
+        .post_authorized(HARBOR_URL, CLOUDEVENTS, None, push())
+        .await;
+    assert_eq!(answer.status, 401);
+    assert!(
+        answer.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Auth Header"),
+        "{}",
+        answer.body
+    );
+    // The distribution route: `Bearer` only.
+    let answer = agent
+        .post_authorized(
+            "/v1/events/distribution?registry=harbor",
+            V1,
+            Some(TOKEN),
+            br#"{"events": []}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn harbor_bodies_of_another_content_type_are_refused_with_415() {
+    let agent = start_for(harbor_config()).await;
+    for content_type in ["text/plain", V1, "application/cloudevents-batch+json"] {
+        let answer = agent
+            .post(
+                HARBOR_URL,
+                content_type,
+                Some(TOKEN),
+                harbor_documented("cloudevents-push"),
+            )
+            .await;
+        assert_eq!(answer.status, 415, "{content_type}");
+        assert!(
+            answer.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("application/json, application/cloudevents+json"),
+            "{}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_harbor_bodies_get_a_4xx_naming_the_field_and_make_no_job() {
+    let agent = start_for(harbor_config()).await;
+    let edited = |name: &str, edit: &dyn Fn(&mut Value)| {
+        let mut body: Value = serde_json::from_slice(&harbor_documented(name)).unwrap();
+        edit(&mut body);
+        serde_json::to_vec(&body).unwrap()
+    };
+    let resource = |b: &Value, data: &str| b[data]["resources"][0].clone();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (
+            edited("cloudevents-push", &|b| {
+                b["data"].as_object_mut().unwrap().remove("resources");
+            }),
+            400,
+            "data.resources",
+        ),
+        (
+            edited("default-push", &|b| {
+                b["event_data"].as_object_mut().unwrap().remove("resources");
+            }),
+            400,
+            "event_data.resources",
+        ),
+        (
+            edited("cloudevents-push", &|b| b["data"]["resources"] = json!({})),
+            400,
+            "data.resources",
+        ),
+        (
+            edited("cloudevents-delete", &|b| {
+                b["data"]["resources"][0]["tag"] = json!(3.8)
+            }),
+            400,
+            "data.resources[0].tag",
+        ),
+        (
+            edited("cloudevents-push", &|b| {
+                b["data"]["resources"][0]["digest"] = json!("sha256:not-hex")
+            }),
+            400,
+            "data.resources[0].digest",
+        ),
+        (
+            edited("default-delete", &|b| {
+                b["event_data"]["repository"]["repo_full_name"] = json!("harbor/../../v2/_catalog")
+            }),
+            400,
+            "event_data.repository.repo_full_name",
+        ),
+        (
+            edited("cloudevents-push", &|b| b["specversion"] = json!("0.3")),
+            400,
+            "specversion",
+        ),
+        (
+            edited("cloudevents-push", &|b| b["type"] = Value::Null),
+            400,
+            "type",
+        ),
+        (
+            edited("cloudevents-push", &|b| {
+                let one = resource(b, "data");
+                b["data"]["resources"] = json!(vec![one; ingest::MAX_EVENTS_PER_REQUEST + 1]);
+            }),
+            413,
+            "data.resources",
+        ),
+    ];
+    for (body, status, path) in cases {
+        let answer = agent.post(HARBOR_URL, CLOUDEVENTS, Some(TOKEN), body).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.body);
+        assert_eq!(answer.body["path"], path, "{}", answer.body);
+        assert!(
+            answer.body["error"].as_str().unwrap().starts_with(path),
+            "{}",
+            answer.body
+        );
+    }
+    // Larger than the body limit: refused before it is read.
+    let mut huge = harbor_documented("cloudevents-push");
+    huge.truncate(huge.len() - 2);
+    huge.extend_from_slice(format!(r#", "pad": "{}"}}"#, "x".repeat(1024 * 1024)).as_bytes());
+    let answer = agent.post(HARBOR_URL, CLOUDEVENTS, Some(TOKEN), huge).await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert!(agent.queue.take_all().await.is_empty());
+    agent.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn a_harbor_webhook_without_registry_parameter_is_recognised_by_its_resource_url() {
+    let agent = start_for(harbor_config()).await;
+    for (name, content_type) in [
+        ("default-delete", "application/json"),
+        ("cloudevents-push", CLOUDEVENTS),
+    ] {
+        let answer = agent
+            .post(
+                "/v1/events/harbor",
+                content_type,
+                Some(TOKEN),
+                harbor_documented(name),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    let jobs = agent.queue.take_all().await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j.policy == "from-harbor"), "{jobs:?}");
+}
+
+#[tokio::test]
+async fn a_notification_from_an_unrecognised_sender_is_refused_naming_the_candidates() {
+    let agent = start_for(harbor_config()).await;
+    // Hosts 127.0.0.1:5001 match no registry, and two registries are sources.
+    let answer = agent
+        .post(
+            "/v1/events/distribution",
+            V1,
+            Some(TOKEN),
+            index_push_batch("team/app", "v1"),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.body["param"], "registry");
+    assert_eq!(answer.body["candidates"], json!(["harbor", "other"]));
+    let error = answer.body["error"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1:5001")
+            && error.contains("add `?registry=NAME` to the notification endpoint URL"),
+        "{error}"
+    );
+    // The same body with the parameter goes through; one with nothing to act on needs none.
+    let answer = agent
+        .post(
+            "/v1/events/distribution?registry=other",
+            V1,
+            Some(TOKEN),
+            index_push_batch("team/app", "v1"),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let pulls = serde_json::to_vec(&json!({"events": [index_v1("pull", "p1")]})).unwrap();
+    let answer = agent
+        .post("/v1/events/distribution", V1, Some(TOKEN), pulls)
+        .await;
+    assert_eq!(
+        (answer.status, answer.body["ignored"].clone()),
+        (200, json!(1)),
+        "{}",
+        answer.body
+    );
+    let jobs = agent.queue.take_all().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].policy, "from-other");
+}
+
+#[tokio::test]
+async fn a_notification_without_registry_parameter_comes_from_the_only_source() {
+    // `config()`: `src` (127.0.0.1:9) is the only source; the batch names 127.0.0.1:5001.
+    let agent = start_agent().await;
+    let answer = agent
+        .post(
+            "/v1/events/distribution",
+            V1,
+            Some(TOKEN),
+            index_push_batch("team/app", "v1"),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let jobs = agent.queue.take_all().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].policy, "mirror");
+}
+
+/// Pushes `repository:tag` (a fresh one-layer image) to `registry`; returns its digest.
+async fn push_image(registry: &Registry, seed: u64, reference: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = LayoutBuilder::new(&dir.path().join("layout")).unwrap();
+    let image = layout
+        .image("img", &[LayerSpec { seed, size: 2048 }])
+        .unwrap();
+    let layout = layout.finish().unwrap();
+    skopeo::push_layout(&layout, "img", &registry.host(), reference)
+        .await
+        .expect("push");
+    image.digest
+}
+
+#[tokio::test]
+async fn real_registries_on_one_host_without_the_registry_parameter_are_told_apart_by_port() {
+    // The agent's address first: the registries are configured to notify it, and the agent's
+    // config names the registries' URLs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = format!(
+        "http://{}/v1/events/distribution",
+        listener.local_addr().unwrap()
+    );
+    let start = || {
+        Registry::start_with(RegistryOptions {
+            notifications_url: Some(webhook.clone()),
+            notifications_token: Some(TOKEN.to_string()),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (
+        start().await.expect("registry a"),
+        start().await.expect("registry b"),
+    );
+    assert_eq!(a.addr().ip(), b.addr().ip());
+    let policies: Vec<Value> = ["a", "b"]
+        .iter()
+        .map(|src| {
+            json!({
+                "name": format!("from-{src}"),
+                "src_registry": {"name": src}, "dest_registry": {"name": "dst"},
+                "trigger": {"type": "event_based"}
+            })
+        })
+        .collect();
+    let doc = json!({
+        "registries": [
+            // Scheme and trailing slash differ from what the registries send: still a match.
+            {"name": "a", "url": format!("{}/", a.url()), "insecure": true},
+            {"name": "b", "url": b.url().replace("http://", "https://"), "insecure": true},
+            {"name": "dst", "url": "http://127.0.0.1:9", "insecure": true}
+        ],
+        "policies": policies
+    });
+    let config = Config::from_slice(&serde_json::to_vec(&doc).unwrap(), "test").expect("config");
+    let queue = SwitchableQueue::new();
+    let state = IngestState::builder(config, queue.clone())
+        .token(TOKEN)
+        .build()
+        .expect("state");
+    let agent = serve_on(listener, state, queue);
+
+    let in_a = push_image(&a, 11, "team/app:v1").await;
+    let in_b = push_image(&b, 12, "team/app:v2").await;
+    let jobs = wait_for_jobs(&agent, &a, |jobs| {
+        ["v1", "v2"]
+            .iter()
+            .all(|t| jobs.iter().any(|j| j.reference == *t))
+    })
+    .await;
+    let mut got: Vec<_> = jobs
+        .iter()
+        .map(|j| (j.policy.as_str(), j.reference.as_str(), j.digest.as_deref()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("from-a", "v1", Some(in_a.as_str())),
+            ("from-b", "v2", Some(in_b.as_str()))
+        ],
+        "registry b log:\n{}",
+        b.log_tail(30)
+    );
+    a.stop().await;
+    b.stop().await;
 }

@@ -1,26 +1,41 @@
-//! Harbor webhooks (the "http" notify type, `application/json`) → [`Event`]s.
+//! Harbor webhooks (the "http" notify type) → [`Event`]s, in both payload formats a Harbor
+//! webhook policy can choose (`payload_format`, Harbor ≥ 2.8):
 //!
-//! Payload: `{"type": "PUSH_ARTIFACT", "occur_at": <unix seconds>, "operator": "...",
-//! "event_data": {"resources": [{"digest", "tag", "resource_url"}], "repository": {"name",
-//! "namespace", "repo_full_name", "repo_type"}}}`.
+//! - **Default** (`Content-Type: application/json`): `{"type": "PUSH_ARTIFACT", "occur_at": <unix
+//!   seconds>, "operator", "event_data": {...}}`.
+//! - **CloudEvents** (`Content-Type: application/cloudevents+json`): `{"specversion": "1.0", "id",
+//!   "requestid", "source", "type": "harbor.artifact.pushed", "datacontenttype":
+//!   "application/json", "time": <RFC 3339>, "data": {...}, "operator"}`.
+//!
+//! Both carry the same data, `{"resources": [{"digest", "tag", "resource_url"}], "repository":
+//! {"name", "namespace", "repo_full_name", "repo_type"}}` (Harbor's `src/pkg/notifier/formats`:
+//! the CloudEvents formatter wraps the Default payload's `event_data` as `data`). The format is
+//! told by the body — a `specversion` member means CloudEvents — so either content type carries
+//! either format; the envelope is read per format ([`Format`]), the data by one reader.
 //!
 //! # Normalization
-//! - `PUSH_ARTIFACT` → one push event per resource, `DELETE_ARTIFACT` → one delete event per
-//!   resource; the repository is `repo_full_name` (else `namespace/name`).
-//! - Every other type (`PULL_ARTIFACT`, `SCANNING_*`, `QUOTA_*`, `REPLICATION`, ...) is ignored as
-//!   a whole (one ignored notification), and the endpoint still answers 2xx.
+//! - `PUSH_ARTIFACT` / `harbor.artifact.pushed` → one push event per resource, `DELETE_ARTIFACT` /
+//!   `harbor.artifact.deleted` → one delete event per resource; the repository is
+//!   `repo_full_name` (else `namespace/name`).
+//! - Every other type (pull, scan, quota, replication, tag retention, ...) is ignored as a whole
+//!   (one ignored notification, its type named in the debug log), validated no further, and the
+//!   endpoint still answers 2xx.
 //! - Harbor writes the digest into `tag` for a push by digest; such a "tag" (anything starting with
 //!   `sha256:`/`sha512:` or equal to the digest) is dropped, leaving a digest-only event.
 //! - When [`HarborOptions::ignore_operator`] names Ferry's robot account, events it caused are
 //!   ignored (echo suppression; Harbor does not pass the User-Agent on).
-//! - Harbor sends no event id; the id is a hash of (type, time, repository, digest, tag), so a
-//!   redelivery gets the same id.
+//! - The event id is a hash of (kind, time, repository, digest, tag), the same in both formats and
+//!   for a redelivery (CloudEvents' `id` is one UUID for all resources of a delivery).
+//! - A missing or invalid `occur_at` / `time` becomes the time of receipt.
+//! - [`senders`] reads the hosts a body names (`resource_url`, `harbor.example/library/app:v1`),
+//!   for recognising the sending registry when the webhook URL has no `?registry=`.
 //!
 //! # Invariants
-//! Every problem is an [`IngestError`] naming its JSON path; no input panics; unknown fields are
-//! ignored (Harbor adds fields between versions); repositories, tags and digests follow the one
-//! grammar of [`crate::policy::namespace`]; at most [`super::MAX_EVENTS_PER_REQUEST`] resources.
-use serde_json::Value;
+//! Every problem is an [`IngestError`] naming its JSON path (`data.resources[0].digest`); no
+//! input panics; unknown fields are ignored (Harbor adds fields between versions); repositories,
+//! tags and digests follow the one grammar of [`crate::policy::namespace`]; at most
+//! [`super::MAX_EVENTS_PER_REQUEST`] resources.
+use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::json::{self, index, join};
@@ -28,8 +43,15 @@ use super::{kind_label, Batch, IgnoreReason, Ignored, IngestError};
 use crate::event::{Event, EventKind};
 use crate::policy::{check_digest, check_repository, check_tag};
 
+/// Content type of the Default format.
+pub const CONTENT_TYPE_DEFAULT: &str = "application/json";
+/// Content type of the CloudEvents format (structured mode).
+pub const CONTENT_TYPE_CLOUDEVENTS: &str = "application/cloudevents+json";
 /// Every content type the Harbor endpoint accepts.
-pub const CONTENT_TYPES: &[&str] = &["application/json"];
+pub const CONTENT_TYPES: &[&str] = &[CONTENT_TYPE_DEFAULT, CONTENT_TYPE_CLOUDEVENTS];
+
+/// The CloudEvents version Harbor sends (and the only one there is).
+const CLOUDEVENTS_VERSION: &str = "1.0";
 
 /// Options of the Harbor parser.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,34 +61,106 @@ pub struct HarborOptions {
     pub ignore_operator: Option<String>,
 }
 
-/// Parses a Harbor webhook body from the registry configured as `registry`.
+/// A Harbor webhook policy's `payload_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Default,
+    CloudEvents,
+}
+
+impl Format {
+    /// The format of a body: CloudEvents when it has a `specversion` member.
+    pub fn of(root: &Map<String, Value>) -> Format {
+        if root.contains_key("specversion") {
+            Format::CloudEvents
+        } else {
+            Format::Default
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Default => "Default",
+            Format::CloudEvents => "CloudEvents",
+        }
+    }
+
+    /// Where the resources and the repository are.
+    fn data_key(self) -> &'static str {
+        match self {
+            Format::Default => "event_data",
+            Format::CloudEvents => "data",
+        }
+    }
+
+    /// The kind of event a Harbor type of this format becomes; `None`: ignored.
+    fn kind(self, event_type: &str) -> Option<EventKind> {
+        match (self, event_type) {
+            (Format::Default, "PUSH_ARTIFACT")
+            | (Format::CloudEvents, "harbor.artifact.pushed") => Some(EventKind::Push),
+            (Format::Default, "DELETE_ARTIFACT")
+            | (Format::CloudEvents, "harbor.artifact.deleted") => Some(EventKind::Delete),
+            _ => None,
+        }
+    }
+
+    /// The event time in Unix ms (`occur_at` in seconds, or `time` in RFC 3339); `None` when
+    /// missing or invalid.
+    fn time_ms(self, root: &Map<String, Value>) -> Option<i64> {
+        match self {
+            Format::Default => occur_at_ms(root.get("occur_at")),
+            Format::CloudEvents => root
+                .get("time")
+                .and_then(Value::as_str)
+                .and_then(crate::clock::parse_rfc3339_ms),
+        }
+    }
+}
+
+/// Parses a Harbor webhook body (either format) from the registry configured as `registry`.
 pub fn parse(body: &[u8], registry: &str, options: &HarborOptions) -> Result<Batch, IngestError> {
     parse_with_clock(body, registry, options, crate::clock::now_ms)
 }
 
-/// [`parse`] with an injectable clock (used when `occur_at` is missing or invalid).
+/// [`parse`] with an injectable clock (used when the event time is missing or invalid).
 pub fn parse_with_clock(
     body: &[u8],
     registry: &str,
     options: &HarborOptions,
     now_ms: impl Fn() -> i64,
 ) -> Result<Batch, IngestError> {
-    let document = json::parse(body)?;
-    let root = json::object(&document, "$")?;
+    parse_document(&json::parse(body)?, registry, options, now_ms)
+}
+
+/// [`parse_with_clock`] of a body already parsed as JSON.
+pub(crate) fn parse_document(
+    document: &Value,
+    registry: &str,
+    options: &HarborOptions,
+    now_ms: impl Fn() -> i64,
+) -> Result<Batch, IngestError> {
+    let root = json::object(document, "$")?;
+    let format = Format::of(root);
+    if format == Format::CloudEvents {
+        check_specversion(root)?;
+    }
     let event_type = json::req_str(root, "type", "")?;
-    let kind = match event_type {
-        "PUSH_ARTIFACT" => EventKind::Push,
-        "DELETE_ARTIFACT" => EventKind::Delete,
-        other => {
-            tracing::debug!(registry, event_type = other, "harbor event type ignored");
-            return Ok(all_ignored(1, other, IgnoreReason::Action));
-        }
+    let Some(kind) = format.kind(event_type) else {
+        tracing::debug!(
+            registry,
+            event_type,
+            format = format.as_str(),
+            "harbor event type ignored"
+        );
+        return Ok(all_ignored(1, event_type, IgnoreReason::Action));
     };
 
-    let data = json::req_object(root, "event_data", "")?;
+    let data_key = format.data_key();
+    let data = json::req_object(root, data_key, "")?;
+    let resources_path = join(data_key, "resources");
     let resources = super::bounded_events(
-        json::req_array(data, "resources", "event_data")?,
-        "event_data.resources",
+        json::req_array(data, "resources", data_key)?,
+        &resources_path,
     )?;
     let operator = json::opt_str(root, "operator", "")?;
     if let (Some(operator), Some(ours)) = (operator, options.ignore_operator.as_deref()) {
@@ -80,10 +174,14 @@ pub fn parse_with_clock(
         }
     }
 
-    let repository = read_repository(data)?;
-    let occur_at = root.get("occur_at");
-    let occurred_at_ms = occur_at_ms(occur_at).unwrap_or_else(|| {
-        tracing::debug!(registry, occur_at = ?occur_at, "harbor event has no valid occur_at; using the time of receipt");
+    let repository = read_repository(data, data_key)?;
+    let time_ms = format.time_ms(root);
+    let occurred_at_ms = time_ms.unwrap_or_else(|| {
+        tracing::debug!(
+            registry,
+            format = format.as_str(),
+            "harbor event has no valid time; using the time of receipt"
+        );
         now_ms()
     });
 
@@ -92,9 +190,9 @@ pub fn parse_with_clock(
         ..Batch::default()
     };
     for (j, item) in resources.iter().enumerate() {
-        let (digest, tag) = read_resource(item, &index("event_data.resources", j))?;
+        let (digest, tag) = read_resource(item, &index(&resources_path, j))?;
         batch.events.push(Event {
-            id: event_id(event_type, occur_at, &repository, digest, tag),
+            id: event_id(kind, time_ms, &repository, digest, tag),
             registry: registry.to_string(),
             repository: repository.clone(),
             tag: tag.map(str::to_string),
@@ -106,6 +204,35 @@ pub fn parse_with_clock(
         });
     }
     Ok(batch)
+}
+
+/// The hosts a Harbor body names: the `resource_url` of every resource (`host[:port]/repo:tag`,
+/// Harbor's external URL without its scheme), read leniently — what is missing or not a string
+/// is skipped; [`parse`] reports it.
+pub fn senders(document: &Value) -> Vec<&str> {
+    let Some(root) = document.as_object() else {
+        return Vec::new();
+    };
+    root.get(Format::of(root).data_key())
+        .and_then(|data| data.get("resources"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("resource_url").and_then(Value::as_str))
+        .collect()
+}
+
+/// A CloudEvents body must say `"specversion": "1.0"`.
+fn check_specversion(root: &Map<String, Value>) -> Result<(), IngestError> {
+    let version = json::req_str(root, "specversion", "")?;
+    if version == CLOUDEVENTS_VERSION {
+        Ok(())
+    } else {
+        Err(IngestError::invalid(
+            "specversion",
+            format!("CloudEvents version {version:?} is not supported (Harbor sends {CLOUDEVENTS_VERSION:?})"),
+        ))
+    }
 }
 
 /// A batch of `received` notifications of type `event_type`, every one ignored for `reason`.
@@ -158,35 +285,37 @@ fn read_resource<'a>(
     Ok((digest, tag))
 }
 
-/// `event_data.repository.repo_full_name`, else `namespace/name`.
-fn read_repository(data: &serde_json::Map<String, Value>) -> Result<String, IngestError> {
-    let path = "event_data.repository";
-    let repo = json::req_object(data, "repository", "event_data")?;
-    let full = match json::opt_str(repo, "repo_full_name", path)? {
+/// `<data>.repository.repo_full_name`, else `namespace/name`.
+fn read_repository(data: &Map<String, Value>, data_key: &str) -> Result<String, IngestError> {
+    let path = join(data_key, "repository");
+    let repo = json::req_object(data, "repository", data_key)?;
+    let full = match json::opt_str(repo, "repo_full_name", &path)? {
         Some(full) => full.to_string(),
         None => {
-            let namespace = json::opt_str(repo, "namespace", path)?;
-            let name = json::opt_str(repo, "name", path)?;
+            let namespace = json::opt_str(repo, "namespace", &path)?;
+            let name = json::opt_str(repo, "name", &path)?;
             match (namespace, name) {
                 (Some(ns), Some(name)) => format!("{ns}/{name}"),
-                _ => return Err(IngestError::missing(join(path, "repo_full_name"))),
+                _ => return Err(IngestError::missing(join(&path, "repo_full_name"))),
             }
         }
     };
-    check_repository(&full).map_err(IngestError::name_at(join(path, "repo_full_name")))?;
+    check_repository(&full).map_err(IngestError::name_at(join(&path, "repo_full_name")))?;
     Ok(full)
 }
 
+/// A stable id: the same event in either format, or delivered again, gets the same id.
 fn event_id(
-    event_type: &str,
-    occur_at: Option<&Value>,
+    kind: EventKind,
+    time_ms: Option<i64>,
     repository: &str,
     digest: Option<&str>,
     tag: Option<&str>,
 ) -> String {
-    let occur_at = occur_at.map(Value::to_string).unwrap_or_default();
+    let time = time_ms.map(|t| t.to_string()).unwrap_or_default();
     let key = format!(
-        "{event_type}\n{occur_at}\n{repository}\n{}\n{}",
+        "{}\n{time}\n{repository}\n{}\n{}",
+        kind.as_str(),
         digest.unwrap_or_default(),
         tag.unwrap_or_default()
     );
@@ -233,6 +362,248 @@ mod tests {
             options,
             || NOW,
         )
+    }
+
+    /// Harbor's documented payload `name` (`tests/fixtures/harbor/README.md`).
+    fn documented(name: &str) -> &'static str {
+        macro_rules! fixtures {
+            ($($file:literal),*) => {
+                match name {
+                    $($file => include_str!(concat!("../../tests/fixtures/harbor/", $file, ".json")),)*
+                    other => panic!("no fixture {other}"),
+                }
+            };
+        }
+        fixtures!(
+            "default-push",
+            "cloudevents-push",
+            "default-delete",
+            "cloudevents-delete",
+            "default-pull",
+            "cloudevents-pull",
+            "default-scan-completed",
+            "cloudevents-scan-completed",
+            "default-scan-stopped",
+            "cloudevents-scan-stopped",
+            "default-scan-failed",
+            "cloudevents-scan-failed",
+            "default-quota-exceeded",
+            "cloudevents-quota-exceeded",
+            "default-quota-warning",
+            "cloudevents-quota-warning",
+            "default-replication",
+            "cloudevents-replication",
+            "default-tag-retention",
+            "cloudevents-tag-retention"
+        )
+    }
+
+    fn parse_documented(name: &str) -> Batch {
+        super::parse_with_clock(
+            documented(name).as_bytes(),
+            "harbor",
+            &HarborOptions::default(),
+            || NOW,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn the_documented_push_is_one_push_by_digest_in_both_formats() {
+        let default = parse_documented("default-push");
+        let cloudevents = parse_documented("cloudevents-push");
+        let e = &default.events[0];
+        assert_eq!(
+            (
+                e.kind,
+                e.repository.as_str(),
+                e.tag.as_deref(),
+                e.digest.as_deref()
+            ),
+            (
+                EventKind::Push,
+                "harbor/alpine",
+                None,
+                Some("sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4")
+            )
+        );
+        // `occur_at` 1680501893 is the Default event's time; CloudEvents says 06:04:46Z.
+        assert_eq!(e.occurred_at_ms, 1_680_501_893_000);
+        assert_eq!(cloudevents.events.len(), 1);
+        let c = &cloudevents.events[0];
+        assert_eq!(c.occurred_at_ms, 1_680_501_886_000);
+        assert_eq!(
+            (c.kind, &c.repository, &c.tag, &c.digest),
+            (e.kind, &e.repository, &e.tag, &e.digest)
+        );
+    }
+
+    #[test]
+    fn the_documented_delete_is_one_delete_of_the_tag_in_both_formats() {
+        for name in ["default-delete", "cloudevents-delete"] {
+            let batch = parse_documented(name);
+            let got: Vec<_> = batch
+                .events
+                .iter()
+                .map(|e| {
+                    (
+                        e.kind,
+                        e.repository.as_str(),
+                        e.tag.as_deref(),
+                        e.digest.as_deref(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![(
+                    EventKind::Delete,
+                    "harbor/alpine",
+                    Some("3.8"),
+                    Some("sha256:2bb501e6173d9d006e56de5bce2720eb06396803300fe1687b58a7ff32bf4c14")
+                )],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_event_in_either_format_gets_the_same_id() {
+        // The samples are one delete: `occur_at` 1680502598 is `time` 2023-04-03T06:16:38Z.
+        let default = parse_documented("default-delete");
+        let cloudevents = parse_documented("cloudevents-delete");
+        assert_eq!(default.events[0].id, cloudevents.events[0].id);
+    }
+
+    #[test]
+    fn every_other_documented_type_is_ignored_in_both_formats() {
+        for kind in [
+            "pull",
+            "scan-completed",
+            "scan-stopped",
+            "scan-failed",
+            "quota-exceeded",
+            "quota-warning",
+            "replication",
+            "tag-retention",
+        ] {
+            for format in ["default", "cloudevents"] {
+                let name = format!("{format}-{kind}");
+                let batch = parse_documented(&name);
+                assert!(batch.events.is_empty(), "{name}");
+                assert_eq!(batch.received, 1, "{name}");
+                assert_eq!(batch.ignored[0].reason, IgnoreReason::Action, "{name}");
+                let label = if kind == "pull" { "pull" } else { "other" };
+                assert_eq!(batch.ignored[0].kind, label, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_format_is_told_by_specversion() {
+        for (name, format) in [
+            ("default-push", Format::Default),
+            ("cloudevents-push", Format::CloudEvents),
+        ] {
+            let value: Value = serde_json::from_str(documented(name)).unwrap();
+            assert_eq!(Format::of(value.as_object().unwrap()), format, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_cloudevents_body_of_another_version_is_refused_naming_specversion() {
+        let mut body: Value = serde_json::from_str(documented("cloudevents-push")).unwrap();
+        body["specversion"] = json!("0.3");
+        let err = parse(&body, &HarborOptions::default()).unwrap_err();
+        assert_eq!(err.path(), Some("specversion"));
+        assert!(
+            err.to_string().contains("\"0.3\" is not supported"),
+            "{err}"
+        );
+        body["specversion"] = json!(1);
+        let err = parse(&body, &HarborOptions::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "specversion: expected a string, found a number"
+        );
+    }
+
+    #[test]
+    fn a_cloudevents_time_missing_or_invalid_is_now() {
+        let mut body: Value = serde_json::from_str(documented("cloudevents-push")).unwrap();
+        for time in [json!("yesterday"), json!(1_680_501_886), Value::Null] {
+            body["time"] = time.clone();
+            let batch = parse(&body, &HarborOptions::default()).unwrap();
+            assert_eq!(batch.events[0].occurred_at_ms, NOW, "{time}");
+        }
+    }
+
+    #[test]
+    fn malformed_cloudevents_bodies_name_the_path_under_data() {
+        let opts = HarborOptions::default();
+        let body = |edit: &dyn Fn(&mut Value)| {
+            let mut body: Value = serde_json::from_str(documented("cloudevents-delete")).unwrap();
+            edit(&mut body);
+            parse(&body, &opts).unwrap_err().to_string()
+        };
+        assert_eq!(
+            body(&|b| {
+                b["data"].as_object_mut().unwrap().remove("resources");
+            }),
+            "data.resources: missing"
+        );
+        assert_eq!(
+            body(&|b| b["data"]["resources"] = json!("sha256:ab")),
+            "data.resources: expected an array, found a string"
+        );
+        assert_eq!(
+            body(&|b| b["data"] = json!([])),
+            "data: expected an object, found an array"
+        );
+        assert_eq!(
+            body(&|b| {
+                b.as_object_mut().unwrap().remove("data");
+            }),
+            "data: missing"
+        );
+        assert_eq!(
+            body(&|b| b["data"]["resources"][0]["tag"] = json!(["3.8"])),
+            "data.resources[0].tag: expected a string, found an array"
+        );
+        assert!(
+            body(&|b| b["data"]["resources"][0]["digest"] = json!("sha256:XYZ"))
+                .starts_with("data.resources[0].digest: ")
+        );
+        assert_eq!(
+            body(&|b| b["type"] = json!(7)),
+            "type: expected a string, found a number"
+        );
+        assert_eq!(
+            body(&|b| b["data"]["repository"] = json!({"name": "alpine"})),
+            "data.repository.repo_full_name: missing"
+        );
+    }
+
+    #[test]
+    fn senders_are_the_resource_urls_in_both_formats() {
+        for name in [
+            "default-delete",
+            "cloudevents-delete",
+            "default-quota-exceeded",
+        ] {
+            let value: Value = serde_json::from_str(documented(name)).unwrap();
+            let expected: Vec<&str> = if name.contains("quota") {
+                vec![]
+            } else {
+                vec!["localhost/harbor/alpine:3.8"]
+            };
+            assert_eq!(senders(&value), expected, "{name}");
+        }
+        assert!(senders(&json!([1])).is_empty());
+        assert!(senders(
+            &json!({"data": {"resources": [{"resource_url": 5}]}, "specversion": "1.0"})
+        )
+        .is_empty());
     }
 
     #[test]

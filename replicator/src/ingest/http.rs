@@ -1,15 +1,21 @@
 //! The agent's HTTP surface: registry webhooks in, durable jobs out; plus health and metrics.
 //!
 //! # Routes
-//! - `POST /v1/events/distribution?registry=<name>`: CNCF distribution notifications
+//! - `POST /v1/events/distribution[?registry=<name>]`: CNCF distribution notifications
 //!   (`application/vnd.docker.distribution.events.v1+json`, `…v2+json`, or `application/json`).
-//! - `POST /v1/events/harbor?registry=<name>`: Harbor webhooks (`application/json`).
+//! - `POST /v1/events/harbor[?registry=<name>]`: Harbor webhooks, Default (`application/json`) or
+//!   CloudEvents (`application/cloudevents+json`) payload format, either with a charset.
 //! - `GET /healthz`: `200 ok` while the queue answers [`JobQueue::stats`], 503 otherwise.
 //! - `GET /metrics`: Prometheus/OpenMetrics text (see [`super::metrics`]).
 //!
-//! `registry` names the configured registry (config `registries[].name`) the webhook comes from;
-//! it is required, because notifications do not say reliably which registry sent them
-//! (`source.addr` is the registry's own view of its host name). Configure distribution with:
+//! `registry` names the configured registry (config `registries[].name`) the webhook comes from.
+//! It may be omitted: the sender is then recognised from the hosts the body names
+//! ([`super::origin`]: distribution's `target.url` and `request.host`, Harbor's `resource_url`,
+//! matched against the registries' URLs; else the only registry that can be a source). When that
+//! is ambiguous or unknown the answer is a 400 naming the candidates — unless the body holds no
+//! event to act on (only pulls, blobs, scans...), which is acknowledged anyway so that a
+//! registry's (head-of-line) delivery queue never blocks on it. A `registry` naming no configured
+//! registry is always a 400. Configure distribution with:
 //!
 //! ```yaml
 //! notifications:
@@ -25,13 +31,17 @@
 //! ```
 //!
 //! and a Harbor webhook policy with notify type `http`, endpoint
-//! `http://ferry-agent:8080/v1/events/harbor?registry=harbor-eu`, auth header `Bearer <token>`.
+//! `http://ferry-agent:8080/v1/events/harbor?registry=harbor-eu`, auth header `Bearer <token>`
+//! (or the bare token: Harbor sends its "Auth Header" field verbatim as `Authorization`).
 //!
 //! # Answers
 //! - 200 `{"received", "events", "ignored", "jobs", "enqueued", "collapsed"}` **only after every
 //!   job of the batch is durably enqueued** ([`JobQueue::enqueue`] returned `Ok`);
-//! - 401 without a valid `Authorization: Bearer <token>` (tokens compared in constant time);
-//! - 400 for a missing/unknown `registry` parameter or a body that does not parse (`{"error",
+//! - 401 without a valid token (compared in constant time): `Authorization: Bearer <token>` on
+//!   the distribution route — distribution's `headers` are written by the operator, so the scheme
+//!   stays strict there — and `Bearer <token>` or the bare `<token>` on the Harbor route;
+//! - 400 for an unknown `registry` parameter, a sender that cannot be recognised without one
+//!   (`{"error", "param": "registry", "candidates"}`), or a body that does not parse (`{"error",
 //!   "path"}` names the JSON path, also for a repository, tag or digest outside the grammar of
 //!   [`crate::policy::namespace`]); 413 over the body limit (default 1 MiB) or over
 //!   [`super::MAX_EVENTS_PER_REQUEST`] events (`path` names the array); 415 for another content
@@ -75,7 +85,8 @@ use super::metrics::IngestMetrics;
 use crate::runtime::ops::ProcessMetrics;
 use crate::store::history::History;
 // Assigned here (not by the queue) so that the webhook's log line names the job.
-use super::{distribution, harbor, Batch, EventSink, IngestError};
+use super::origin::{Senders, Unrecognised};
+use super::{distribution, harbor, json as body_json, Batch, EventSink, IngestError};
 use crate::config::Config;
 use crate::event::{Event, TimeClamp};
 use crate::store::queue::{new_job_id, EnqueueOutcome};
@@ -109,8 +120,9 @@ pub struct IngestState {
 }
 
 struct Inner {
-    /// Configured registry names: the valid values of `?registry=`.
-    registries: BTreeSet<String>,
+    /// Configured registries (the valid values of `?registry=`) and the sources of the current
+    /// policies: who a webhook without `?registry=` comes from. Replaced with the matcher.
+    senders: Current<Senders>,
     /// Replaced as a whole by [`IngestState::reload_policies`].
     matcher: Current<Matcher>,
     sink: EventSink,
@@ -129,7 +141,10 @@ struct Inner {
 impl std::fmt::Debug for IngestState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngestState")
-            .field("registries", &self.inner.registries)
+            .field(
+                "registries",
+                &self.inner.senders.get().names().collect::<Vec<_>>(),
+            )
             .field("tokens", &self.inner.tokens.len())
             .field("body_limit", &self.inner.body_limit)
             .finish_non_exhaustive()
@@ -170,9 +185,11 @@ impl IngestState {
     /// Matches events against `config`'s policies from now on (policies changed through the admin
     /// API); on error the old policies stay.
     pub fn reload_policies(&self, config: &Config) -> Result<(), MatcherError> {
+        let matcher = Matcher::for_region(config, self.inner.sink.region())?;
         self.inner
-            .matcher
-            .set(Matcher::for_region(config, self.inner.sink.region())?);
+            .senders
+            .set(Senders::new(config, matcher.sources()));
+        self.inner.matcher.set(matcher);
         Ok(())
     }
 
@@ -250,12 +267,7 @@ impl IngestStateBuilder {
         }
         Ok(IngestState {
             inner: Arc::new(Inner {
-                registries: self
-                    .config
-                    .registries
-                    .iter()
-                    .map(|r| r.name.clone())
-                    .collect(),
+                senders: Current::new(Senders::new(&self.config, matcher.sources())),
                 matcher: Current::new(matcher),
                 sink: self.sink,
                 tokens: TokenSet::new(&self.tokens),
@@ -309,6 +321,30 @@ impl Endpoint {
         match self {
             Endpoint::Distribution => distribution::CONTENT_TYPES,
             Endpoint::Harbor => harbor::CONTENT_TYPES,
+        }
+    }
+
+    /// The token an `Authorization` value presents: `Bearer <token>` on both routes, and on the
+    /// Harbor route also the bare token (Harbor sends its "Auth Header" field verbatim).
+    fn presented_token(self, authorization: &str) -> Option<&str> {
+        match self {
+            Endpoint::Distribution => crate::tokens::bearer(authorization),
+            Endpoint::Harbor => crate::tokens::bearer_or_bare(authorization),
+        }
+    }
+
+    fn token_hint(self) -> &'static str {
+        match self {
+            Endpoint::Distribution => "missing `Authorization: Bearer <token>` header",
+            Endpoint::Harbor => "missing `Authorization` header: set the Harbor webhook's Auth Header to `Bearer <token>` (or the bare token)",
+        }
+    }
+
+    /// The hosts a body names (see [`super::origin`]).
+    fn senders(self, document: &Value) -> Vec<&str> {
+        match self {
+            Endpoint::Distribution => distribution::senders(document),
+            Endpoint::Harbor => harbor::senders(document),
         }
     }
 }
@@ -425,34 +461,56 @@ async fn handle(
     body: Body,
 ) -> Result<Value, Reject> {
     let inner = &state.inner;
-    authenticate(inner, headers)?;
-    let registry = registry_param(inner, query.as_deref())?;
+    authenticate(inner, endpoint, headers)?;
+    let senders = inner.senders.get();
+    let named = registry_param(&senders, query.as_deref())?;
     check_content_type(headers, endpoint.content_types())?;
     let bytes = read_body(headers, body, inner.body_limit).await?;
-    let mut batch = match endpoint {
-        Endpoint::Distribution => distribution::parse(&bytes, &registry)?,
-        Endpoint::Harbor => harbor::parse(&bytes, &registry, &inner.harbor)?,
-    };
+    let document = body_json::parse(&bytes)?;
+    let (registry, mut batch) = read_batch(inner, &senders, endpoint, named, &document)?;
     for event in &mut batch.events {
         inner.times.apply(event);
     }
     enqueue_batch(inner, &registry, batch).await
 }
 
-fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<(), Reject> {
+/// The sending registry (named by `?registry=`, else recognised from the body) and the body's
+/// batch. A sender that cannot be recognised is a 400 only when the batch holds events to act on:
+/// the body is parsed first, so a malformed body is answered with its JSON path either way.
+fn read_batch(
+    inner: &Inner,
+    senders: &Senders,
+    endpoint: Endpoint,
+    named: Option<String>,
+    document: &Value,
+) -> Result<(String, Batch), Reject> {
+    let sender = match named {
+        Some(name) => Ok(name),
+        None => recognise(senders, endpoint, document),
+    };
+    let label = sender.as_deref().unwrap_or(UNRECOGNISED);
+    let now = crate::clock::now_ms;
+    let batch = match endpoint {
+        Endpoint::Distribution => distribution::parse_document(document, label, now)?,
+        Endpoint::Harbor => harbor::parse_document(document, label, &inner.harbor, now)?,
+    };
+    match sender {
+        Ok(registry) => Ok((registry, batch)),
+        // Nothing to act on: acknowledged, so the registry's delivery queue moves on.
+        Err(_) if batch.events.is_empty() => Ok((UNRECOGNISED.to_string(), batch)),
+        Err(reject) => Err(reject),
+    }
+}
+
+fn authenticate(inner: &Inner, endpoint: Endpoint, headers: &HeaderMap) -> Result<(), Reject> {
     if inner.tokens.is_empty() {
         return Ok(());
     }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::tokens::bearer)
-        .ok_or_else(|| {
-            Reject::new(
-                StatusCode::UNAUTHORIZED,
-                "missing `Authorization: Bearer <token>` header",
-            )
-        })?;
+        .and_then(|v| endpoint.presented_token(v))
+        .ok_or_else(|| Reject::new(StatusCode::UNAUTHORIZED, endpoint.token_hint()))?;
     if inner.tokens.accepts(presented) {
         Ok(())
     } else {
@@ -463,39 +521,52 @@ fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<(), Reject> {
     }
 }
 
-fn registry_param(inner: &Inner, query: Option<&str>) -> Result<String, Reject> {
+/// The registry `?registry=` names: `None` when absent (the sender is then recognised from the
+/// body), a 400 when it names no configured registry.
+fn registry_param(senders: &Senders, query: Option<&str>) -> Result<Option<String>, Reject> {
     let value = query.and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "registry")
             .map(|(_, v)| v.into_owned())
     });
-    let known = || {
-        inner
-            .registries
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     match value {
-        None => Err(Reject::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "query parameter `registry` is required: the name of the configured registry that sends this webhook (one of: {})",
-                known()
-            ),
-        )
-        .with("param", json!("registry"))),
-        Some(name) if !inner.registries.contains(&name) => Err(Reject::new(
+        Some(name) if !senders.contains(&name) => Err(Reject::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "query parameter `registry`: {name:?} is not a configured registry (one of: {})",
-                known()
+                senders.names().collect::<Vec<_>>().join(", ")
             ),
         )
         .with("param", json!("registry"))),
-        Some(name) => Ok(name),
+        other => Ok(other),
     }
+}
+
+/// `registry` label of what arrived without `?registry=` from a sender that could not be
+/// recognised (acknowledged only when it holds nothing to act on).
+const UNRECOGNISED: &str = "unrecognised";
+
+/// The registry that sent `document`, recognised from the hosts it names; a 400 naming the
+/// candidates otherwise.
+fn recognise(senders: &Senders, endpoint: Endpoint, document: &Value) -> Result<String, Reject> {
+    match senders.recognise(endpoint.senders(document)) {
+        Ok(recognised) => {
+            tracing::debug!(
+                endpoint = endpoint.label(),
+                registry = recognised.registry(),
+                by = recognised.how(),
+                "webhook without `registry` parameter; sender recognised"
+            );
+            Ok(recognised.registry().to_string())
+        }
+        Err(unrecognised) => Err(unrecognised_reject(&unrecognised)),
+    }
+}
+
+fn unrecognised_reject(unrecognised: &Unrecognised) -> Reject {
+    Reject::new(StatusCode::BAD_REQUEST, unrecognised)
+        .with("param", json!("registry"))
+        .with("candidates", json!(unrecognised.candidates()))
 }
 
 fn check_content_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), IngestError> {

@@ -137,6 +137,22 @@ impl Matcher {
         })
     }
 
+    /// Registries content flows from under these policies (every `src_registry`, and both sides
+    /// of a bidirectional policy): where a webhook that matters can come from.
+    pub fn sources(&self) -> BTreeSet<&str> {
+        self.policies
+            .iter()
+            .flat_map(|(p, _)| {
+                let both = p.mode == Mode::Bidirectional;
+                std::iter::once(p.src_registry.name.as_str()).chain(
+                    p.destinations()
+                        .filter(move |_| both)
+                        .map(|d| d.name.as_str()),
+                )
+            })
+            .collect()
+    }
+
     /// Policies that `event` concerns, each with the registry content flows from.
     fn matching<'a>(&'a self, event: &'a Event) -> impl Iterator<Item = (&'a Policy, &'a str)> {
         self.policies.iter().filter_map(move |(policy, selector)| {
@@ -274,6 +290,30 @@ mod tests {
             p[k] = v.clone();
         }
         p
+    }
+
+    #[test]
+    fn sources_are_the_src_registries_of_enabled_event_based_policies_and_both_sides_of_bidirectional_ones(
+    ) {
+        let sources = |policies: serde_json::Value| {
+            let config = config(policies);
+            let matcher = Matcher::new(&config).unwrap();
+            matcher
+                .sources()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sources(json!([policy("p", json!({}))])), ["eu"]);
+        assert_eq!(
+            sources(json!([policy("p", json!({"mode": "bidirectional"}))])),
+            ["eu", "us"]
+        );
+        assert!(sources(json!([
+            policy("manual", json!({"trigger": {"type": "manual"}})),
+            policy("off", json!({"enabled": false}))
+        ]))
+        .is_empty());
     }
 
     fn event(kind: EventKind, repository: &str, tag: Option<&str>, digest: Option<&str>) -> Event {

@@ -8,8 +8,10 @@
 //! - `ferry_webhook_requests_total{endpoint,code}`: webhook requests by endpoint
 //!   (`distribution`/`harbor`) and HTTP status.
 //!
-//! Invariant: label values come from bounded sets (configured registry names, fixed kinds and
-//! outcomes, status codes); never a tag, digest or repository.
+//! Invariant: label values come from bounded sets (configured registry names — or
+//! `unrecognised` for a body without `?registry=` whose sender was not recognised and that held
+//! nothing to act on —, fixed kinds and outcomes, status codes); never a tag, digest, host or
+//! repository.
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

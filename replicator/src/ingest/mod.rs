@@ -6,7 +6,9 @@
 //!   [`Event`]s: blob, pull and mount events dropped, Ferry's own writes dropped (echo
 //!   suppression), the manifest and tag events of one delete joined, child manifests of an index
 //!   push folded into the tagged index event.
-//! - [`harbor`]: Harbor's webhook JSON → [`Event`]s.
+//! - [`harbor`]: Harbor's webhook JSON, Default and CloudEvents formats → [`Event`]s.
+//! - [`origin`]: which configured registry sent a webhook whose URL has no `?registry=` (the hosts
+//!   the body names matched against the registries' URLs).
 //! - [`matcher`]: [`Event`] + config → one [`Job`](crate::store::queue::Job) per matching event-based
 //!   policy.
 //! - [`http`]: the axum router (`POST /v1/events/{distribution,harbor}`, `/healthz`, `/metrics`):
@@ -33,6 +35,7 @@ pub mod http;
 mod json;
 pub mod matcher;
 pub mod metrics;
+pub mod origin;
 pub mod poll;
 
 pub use http::{router, IngestState, IngestStateBuilder, SetupError};
@@ -266,12 +269,12 @@ pub struct Batch {
     pub ignored: Vec<Ignored>,
 }
 
-/// Bounded `kind` label for an action or Harbor event type.
+/// Bounded `kind` label for an action or Harbor event type (Default or CloudEvents format).
 pub(crate) fn kind_label(action: &str) -> &'static str {
     match action {
-        "push" | "PUSH_ARTIFACT" => "push",
-        "delete" | "DELETE_ARTIFACT" => "delete",
-        "pull" | "PULL_ARTIFACT" => "pull",
+        "push" | "PUSH_ARTIFACT" | "harbor.artifact.pushed" => "push",
+        "delete" | "DELETE_ARTIFACT" | "harbor.artifact.deleted" => "delete",
+        "pull" | "PULL_ARTIFACT" | "harbor.artifact.pulled" => "pull",
         "mount" => "mount",
         _ => "other",
     }

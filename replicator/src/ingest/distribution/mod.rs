@@ -35,6 +35,8 @@
 //!   `id` (control characters, longer than [`crate::event::MAX_EVENT_ID_LEN`]) a hash of the event.
 //! - Repositories, tags and digests follow the one grammar of [`crate::policy::namespace`]; at most
 //!   [`super::MAX_EVENTS_PER_REQUEST`] events per body.
+//! - [`senders`] reads the hosts a body names (`target.url`, `request.host`), for recognising the
+//!   sending registry when the webhook URL has no `?registry=` ([`super::origin`]).
 //!
 //! # Layout
 //! - this file (`distribution/mod.rs`): the content types, [`parse`] (envelope → events, in two
@@ -45,6 +47,8 @@
 //!   index push dropped, events emitted in body order.
 mod normalize;
 mod read;
+
+use serde_json::Value;
 
 use super::json;
 use super::{Batch, Ignored, IngestError};
@@ -75,8 +79,16 @@ pub fn parse_with_clock(
     registry: &str,
     now_ms: impl Fn() -> i64,
 ) -> Result<Batch, IngestError> {
-    let document = json::parse(body)?;
-    let root = json::object(&document, "$")?;
+    parse_document(&json::parse(body)?, registry, now_ms)
+}
+
+/// [`parse_with_clock`] of a body already parsed as JSON.
+pub(crate) fn parse_document(
+    document: &Value,
+    registry: &str,
+    now_ms: impl Fn() -> i64,
+) -> Result<Batch, IngestError> {
+    let root = json::object(document, "$")?;
     let items = super::bounded_events(json::req_array(root, "events", "")?, "events")?;
 
     let mut batch = Batch {
@@ -101,6 +113,26 @@ pub fn parse_with_clock(
     }
     normalize(raws, registry, &mut batch);
     Ok(batch)
+}
+
+/// The hosts a notification body names, for recognising the sending registry when the webhook
+/// URL has no `?registry=`: every event's `target.url` (built by the registry from the request's
+/// host) and `request.host` (the `Host` the client used). Read leniently — what is missing or not
+/// a string is skipped; [`parse`] reports it.
+pub fn senders(document: &Value) -> Vec<&str> {
+    document
+        .get("events")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|event| {
+            [
+                event.get("target").and_then(|t| t.get("url")),
+                event.get("request").and_then(|r| r.get("host")),
+            ]
+        })
+        .filter_map(|v| v.and_then(Value::as_str))
+        .collect()
 }
 
 /// A push or delete event that passed validation.
