@@ -363,13 +363,21 @@ mod tests {
     }
 
     #[test]
-    fn hostile_inputs_do_not_panic() {
-        let deep = "[".repeat(10_000);
-        let _ = Config::from_slice(deep.as_bytes(), "deep");
+    fn hostile_inputs_are_refused_with_a_problem_and_no_panic() {
         let many_types = r#"{"registries": {"a": 1}, "policies": "x"}"#;
         assert_eq!(paths(many_types), ["policies", "registries"]);
-        let _ = Config::from_slice(br#"[1, "a", null, {"name": 5}]"#, "x");
-        let _ = Config::from_slice(br#"{"policies": [{"name": "p", "src_registry": {"name": "a"}, "dest_namespace_replace_count": 99999999999999999999}]}"#, "x");
-        let _ = Config::from_slice(&[0xff, 0xfe, 0x00], "binary");
+        let deep = "[".repeat(10_000);
+        for (name, bytes) in [
+            ("deep", deep.as_bytes()),
+            ("mixed", br#"[1, "a", null, {"name": 5}]"#.as_slice()),
+            ("huge-number", br#"{"policies": [{"name": "p", "src_registry": {"name": "a"}, "dest_namespace_replace_count": 99999999999999999999}]}"#.as_slice()),
+            ("binary", [0xff, 0xfe, 0x00].as_slice()),
+        ] {
+            let err = Config::from_slice(bytes, name)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: accepted"));
+            assert_eq!(err.source_name, name);
+            assert!(!err.problems.is_empty(), "{name}: refused without a problem");
+        }
     }
 }
