@@ -725,6 +725,62 @@ async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_n
     );
 }
 
+/// A push that lands on the destination while a bidirectional job copies the other side's older
+/// push is overwritten by the copy; once its write is in the ledger (its webhook came), the job
+/// puts it back instead of recording its own, so the two sides cannot end up swapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_push_overwritten_during_a_bidirectional_copy_is_put_back() {
+    use ferry_replicator::store::ledger::{MemoryTagLedger, TagLedger, TagWrite};
+    let (src, dst, dir) = two_registries().await;
+    let cfg = write_config(
+        dir.path(),
+        &src.url(),
+        &dst.url(),
+        json!({"trigger": {"type": "event_based"}, "mode": "bidirectional"}),
+    );
+    let config = Config::load(&cfg).unwrap();
+    let registries = Registries::from_config(&config).unwrap();
+    let ledger = Arc::new(MemoryTagLedger::default());
+    let worker = memory_worker(&config, &registries).with_tag_ledger(ledger.clone());
+
+    let older = push_image(dir.path(), 60, &src.host(), "team/c:v1").await;
+    // The destination's newer push: its manifest is in the repository (under another tag here;
+    // in the race, under v1 until the copy replaced it), and its webhook is in the ledger.
+    let newer = push_image(dir.path(), 61, &dst.host(), "team/c:pushed-meanwhile").await;
+    let job = job(EventKind::Push, "team/c", "v1", Some(&older));
+    let newer_write = TagWrite {
+        digest: newer.clone(),
+        at_ms: job.event_time_ms + 1_000,
+        region: "b".into(),
+    };
+    ledger
+        .record_write("dst", "team/c", "v1", &newer_write)
+        .await
+        .unwrap();
+
+    let outcome = worker
+        .execute(&job, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_digest(&dst.host(), "team/c:v1").await,
+        newer,
+        "the newer push holds the tag again: {outcome:?}"
+    );
+    assert_eq!(
+        ledger.last_write("dst", "team/c", "v1").await.unwrap(),
+        Some(newer_write),
+        "the ledger keeps the newer write"
+    );
+    let JobOutcome::Pushed(outcomes) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        matches!(&outcomes[..], [(d, TagOutcome::Skipped { reason })] if d == "dst" && reason.contains("put back")),
+        "{outcomes:?}"
+    );
+}
+
 /// Each destination is its own task: one refusing destination does not keep the others from
 /// getting the tag, and the job still fails (and retries) for the one that refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

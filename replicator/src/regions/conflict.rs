@@ -13,6 +13,12 @@
 //! recorded yet (a webhook still on its way): the job waits ([`Decision::Wait`]) for up to
 //! [`DECISION_GRACE`] after its event before it treats the destination as older.
 //!
+//! A push to the destination can land between a job's `HEAD` and its `PUT`; the copy then
+//! overwrites it. When that push's webhook has been recorded by the time the copy is (the usual
+//! order: the registry notifies at once, a copy takes longer), the ledger holds a write newer than
+//! the copy's ([`overtaken_by`]) and the worker puts the newer content back instead of recording
+//! its own: without this the two sides would swap contents and stay apart.
+//!
 //! Before the ledger is read, the two heads of the tag may settle it ([`compare_heads`]): the same
 //! content on both sides needs nothing, a source that moved on since the event leaves the decision
 //! to the newer event, and a job without an event (a run, the safety net) never replaces a
@@ -122,9 +128,37 @@ pub fn decide(
     }
 }
 
+/// After a copy wrote `ours`: the newer write of the same tag the ledger learned of meanwhile,
+/// which the copy overwrote and the destination must hold again (`last`: the ledger's last write).
+pub fn overtaken_by(ours: &TagWrite, last: Option<&TagWrite>) -> Option<TagWrite> {
+    last.filter(|last| last.digest != ours.digest && last.wins_over(ours))
+        .cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_is_overtaken_only_by_a_newer_write_of_other_content() {
+        let ours = write("x", 100, "b");
+        assert_eq!(overtaken_by(&ours, None), None);
+        assert_eq!(
+            overtaken_by(&ours, Some(&write("y", 90, "a"))),
+            None,
+            "older"
+        );
+        assert_eq!(
+            overtaken_by(&ours, Some(&write("x", 200, "a"))),
+            None,
+            "same content"
+        );
+        assert_eq!(overtaken_by(&ours, Some(&ours)), None, "our own write");
+        assert_eq!(
+            overtaken_by(&ours, Some(&write("y", 200, "a"))),
+            Some(write("y", 200, "a"))
+        );
+    }
 
     fn write(digest: &str, at_ms: i64, region: &str) -> TagWrite {
         TagWrite {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::{CONFLICT_KEPT, CONFLICT_REPLACED};
+use super::metrics::{CONFLICT_KEPT, CONFLICT_REPLACED, CONFLICT_RESTORED};
 use super::record::task_record;
 use super::{DestOutcome, JobError, JobOutcome, LiveTask, Worker};
 use crate::clock::now_ms;
@@ -169,19 +169,70 @@ impl Worker {
             job.digest.as_deref(),
         )
         .await?;
-        if let (Some(write), TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. }) =
-            (incoming, &outcome)
-        {
-            // The copy happened; a lost ledger write only weakens a later conflict decision.
-            if let Err(e) = self
-                .tag_writes
-                .record_write(ctx.dst.name(), &job.repository, &job.reference, &write)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot record the tag write in the ledger");
+        let outcome = match (incoming, outcome) {
+            (Some(write), outcome @ (TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. })) => {
+                self.settle_write(prepared, ctx, job, write, outcome)
+                    .await?
             }
-        }
+            (_, outcome) => outcome,
+        };
         Ok(DestOutcome::Push(outcome))
+    }
+
+    /// After a bidirectional copy: records its write in the ledger, unless a newer push of the tag
+    /// reached the destination during the copy (its write is in the ledger by now), in which case
+    /// the copy overwrote it and the newer content is put back (see [`crate::regions::conflict`]).
+    async fn settle_write(
+        &self,
+        prepared: &PreparedPolicy,
+        ctx: &TransferContext,
+        job: &Job,
+        write: TagWrite,
+        outcome: TagOutcome,
+    ) -> Result<TagOutcome, TransferError> {
+        let (repository, tag) = (&job.repository, &job.reference);
+        let last = match self
+            .tag_writes
+            .last_write(ctx.dst.name(), repository, tag)
+            .await
+        {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the tag ledger after the copy");
+                None
+            }
+        };
+        if let Some(newer) = conflict::overtaken_by(&write, last.as_ref()) {
+            let digest = digest::parse(&newer.digest).ok_or_else(|| {
+                TransferError::Policy(format!(
+                    "the tag ledger of {}/{repository}:{tag} holds a malformed digest {:?}",
+                    ctx.dst.name(),
+                    newer.digest
+                ))
+            })?;
+            let manifest = ctx.dst.get_manifest(repository, digest.as_ref()).await?;
+            ctx.dst.put_manifest(repository, tag, &manifest).await?;
+            self.metrics
+                .conflict(&prepared.policy.name, CONFLICT_RESTORED);
+            tracing::warn!(
+                destination = ctx.dst.name(),
+                winner = %newer,
+                loser = %write,
+                "conflict: a newer push reached the destination during the copy; put it back"
+            );
+            return Ok(TagOutcome::Skipped {
+                reason: format!("conflict: {newer} reached the destination during the copy of {write} and was put back"),
+            });
+        }
+        // The copy happened; a lost ledger write only weakens a later conflict decision.
+        if let Err(e) = self
+            .tag_writes
+            .record_write(ctx.dst.name(), repository, tag, &write)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the tag write in the ledger");
+        }
+        Ok(outcome)
     }
 
     /// Whether a bidirectional job may write its tag to `ctx.dst` (see [`crate::regions::conflict`]).

@@ -55,6 +55,8 @@ const BLOB_OUTCOMES: [&str; 3] = ["copied", "mounted", "skipped"];
 /// How a bidirectional conflict was decided, as `ferry_conflicts_total{outcome}` says it.
 pub(super) const CONFLICT_KEPT: &str = "kept";
 pub(super) const CONFLICT_REPLACED: &str = "replaced";
+/// A newer push landed on the destination during the copy, which overwrote it; it was put back.
+pub(super) const CONFLICT_RESTORED: &str = "restored";
 
 /// Which way bytes moved, as `ferry_bytes_total{direction}` says it.
 const TO_DESTINATION: &str = "to_destination";
@@ -120,7 +122,7 @@ impl WorkerMetrics {
         for o in BLOB_OUTCOMES {
             self.blobs.get_or_create_owned(&outcome(o));
         }
-        for o in [CONFLICT_KEPT, CONFLICT_REPLACED] {
+        for o in [CONFLICT_KEPT, CONFLICT_REPLACED, CONFLICT_RESTORED] {
             self.conflicts.get_or_create_owned(&outcome(o));
         }
         self.noops.get_or_create_owned(&PolicyLabel {
@@ -204,7 +206,7 @@ mod tests {
                 ));
             }
         }
-        for outcome in [CONFLICT_KEPT, CONFLICT_REPLACED] {
+        for outcome in [CONFLICT_KEPT, CONFLICT_REPLACED, CONFLICT_RESTORED] {
             expected.push(format!(
                 r#"ferry_conflicts_total{{policy="eu-to-us",outcome="{outcome}"}} 0"#
             ));
