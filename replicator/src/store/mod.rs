@@ -32,7 +32,9 @@
 //! # Queue servers: what Ferry asks of Redis/Valkey
 //! The README's "Queue servers" section summarises this; this list is the source. It covers every
 //! command Ferry sends (`grep -rn 'redis::cmd\|\.cmd(\|Script::new\|redis.call' replicator/src`:
-//! the store's modules and `catalog.rs`), inside Lua scripts or not.
+//! the store's modules and `catalog.rs`), inside Lua scripts or not; a test
+//! (`the_acl_rule_grants_exactly_the_commands_the_store_sends`) fails when the sources send a
+//! command [`ACL_COMMANDS`] does not grant, or it grants one they do not send.
 //!
 //! **Server version: Redis ≥ 6.2** (or a server compatible with it). The newest features used:
 //! `SET … PXAT` (6.2, the registry pause in [`limits`]); Streams with consumer groups (5.0:
