@@ -36,7 +36,8 @@
 //! (`the_acl_rule_grants_exactly_the_commands_the_store_sends`) fails when the sources send a
 //! command [`ACL_COMMANDS`] does not grant, or it grants one they do not send.
 //!
-//! **Server version: Redis ≥ 6.2** (or a server compatible with it). The newest features used:
+//! **Server version: Redis ≥ 6.2** (or a server compatible with it), by the versions Redis documents
+//! for the commands used (nothing older than 7.0 is tested). The newest features used:
 //! `SET … PXAT` (6.2, the registry pause in [`limits`]); Streams with consumer groups (5.0:
 //! `XADD`, `XRANGE`, `XDEL`, `XLEN`, `XACK`, `XCLAIM` incl. `JUSTID`, `XREADGROUP`, the extended
 //! form `XPENDING key group start end count`, `XGROUP CREATE … MKSTREAM`, `XINFO GROUPS`); scripts
