@@ -1,8 +1,8 @@
 //! One conformance suite for every [`JobQueue`] backend (the Quickwit `storage_test_suite` idea):
 //! each case is an `async fn(Backend)` written against `Arc<dyn QueueBackend>`, and the `suite!`
 //! macro instantiates it for the in-memory queue, `RedisQueue` on `redis-server` and `RedisQueue`
-//! on `valkey-server` (modules `memory_backend`, `redis_server`, `valkey_server`), on
-//! `redis-server` through a user restricted by the documented ACL rule (`redis_acl`), and on a
+//! on `valkey-server` (modules `memory_backend`, `redis_server`, `valkey_server`), on both
+//! through a user restricted by the documented ACL rule (`redis_acl`, `valkey_acl`), and on a
 //! server the operator names (`other_server`). Cases that need a server (corrupt data written
 //! behind the queue's back, other prefixes) run for the server backends only, and cases that kill
 //! and restart it only where the harness started it.
@@ -79,6 +79,8 @@ enum Backend {
     Valkey,
     /// `redis-server`, the queue connected as a user holding only [`acl_rule`].
     RedisAcl,
+    /// The same on `valkey-server`.
+    ValkeyAcl,
     /// What [`SERVER_ENV`] or [`URL_ENV`] names.
     Other,
 }
@@ -130,7 +132,7 @@ impl Harness {
                 };
             }
             Backend::Redis | Backend::RedisAcl => "redis-server".to_owned(),
-            Backend::Valkey => "valkey-server".to_owned(),
+            Backend::Valkey | Backend::ValkeyAcl => "valkey-server".to_owned(),
             Backend::Other => match OtherServer::from_env() {
                 OtherServer::Binary(binary) => binary,
                 OtherServer::Url(url) => return Harness::on_running_server(url, policy).await,
@@ -151,11 +153,11 @@ impl Harness {
             Backend::Other => eprintln!("{binary}: {}", server_version(&info)),
             _ => assert_eq!(
                 info.contains("server_name:valkey"),
-                backend == Backend::Valkey,
+                matches!(backend, Backend::Valkey | Backend::ValkeyAcl),
                 "{binary} is not what it claims: {info}"
             ),
         }
-        let queue_url = if backend == Backend::RedisAcl {
+        let queue_url = if matches!(backend, Backend::RedisAcl | Backend::ValkeyAcl) {
             restricted_user(&admin_url, PREFIX).await
         } else {
             admin_url.clone()
@@ -1854,11 +1856,9 @@ async fn the_acl_rule_refuses_commands_and_keys_outside_the_grant(backend: Backe
     for (what, cmd) in &cmds {
         match cmd.query_async::<redis::Value>(&mut con).await {
             // NOPERM (the client shows `NoPerm`); a command inside a script fails the script
-            // with "The user executing the script can't access …".
-            Err(e)
-                if e.to_string().to_ascii_lowercase().contains("noperm")
-                    || e.to_string().contains("user executing the script can't") =>
-            {
+            // with "The user executing the script can't access …" (Redis 7.0) or "ACL failure in
+            // script: No permissions to access a key" (Valkey 8.0).
+            Err(e) if acl_refusal(&e.to_string()) => {
                 eprintln!("refused, as it must be: {what}: {e}");
                 refused.push(*what);
             }
@@ -1866,6 +1866,14 @@ async fn the_acl_rule_refuses_commands_and_keys_outside_the_grant(backend: Backe
         }
     }
     assert_eq!(refused.len(), cmds.len());
+}
+
+/// Whether a server's error says the ACL refused the command or a key.
+fn acl_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["noperm", "no permissions", "can't access"]
+        .iter()
+        .any(|s| m.contains(s))
 }
 
 /// Every case of the list as a test on `$backend`, each with the `$attr`s (one case at a time: the
@@ -1903,6 +1911,10 @@ macro_rules! suite {
         mod redis_acl {
             cases!(RedisAcl: $all);
             cases!(RedisAcl: $acl);
+        }
+        mod valkey_acl {
+            cases!(ValkeyAcl: $all);
+            cases!(ValkeyAcl: $acl);
         }
         /// The server the operator names (see the module docs); ignored unless named.
         mod other_server {

@@ -84,9 +84,10 @@
 //! repairs the rest), or `appendfsync always` to close that window. Without persistence a restart
 //! loses every queued job and lease.
 //!
-//! **ACL**: [`acl_rule`] is the rule for a Ferry user (tested against redis-server with the
-//! queue, history, limits, tag ledger, outbox and policy catalog working through it, and
-//! commands and keys outside it refused: `tests/queue_conformance.rs`, module `redis_acl`):
+//! **ACL**: [`acl_rule`] is the rule for a Ferry user (tested against redis-server 7.0 and
+//! valkey-server 8.0 with the queue, history, limits, tag ledger, outbox and policy catalog
+//! working through it, and commands and keys outside it refused: `tests/queue_conformance.rs`,
+//! modules `redis_acl` and `valkey_acl`):
 //! ```text
 //! ACL SETUSER ferry on >PASSWORD resetkeys ~ferry:* resetchannels -@all +evalsha +script|load +multi +exec +xgroup|create +xadd +xrange +xdel +xlen +xpending +xclaim +xreadgroup +xack +xinfo|groups +get +set +incr +del +exists +pexpire +time +lrange +rpush +lrem +llen +sadd +srem +smembers +sismember +hset +hdel +hget +hgetall +hvals +hexists +hincrby +zadd +zrem +zcard +zcount +zscore +zrange +zrangebyscore +zrevrangebyscore +zremrangebyscore +zremrangebyrank
 //! ```
