@@ -1,13 +1,32 @@
 //! One conformance suite for every [`JobQueue`] backend (the Quickwit `storage_test_suite` idea):
 //! each case is an `async fn(Backend)` written against `Arc<dyn QueueBackend>`, and the `suite!`
 //! macro instantiates it for the in-memory queue, `RedisQueue` on `redis-server` and `RedisQueue`
-//! on `valkey-server` (modules `memory_backend`, `redis_server`, `valkey_server`). Cases that need
-//! a server process (crash/restart, outage, corrupt data written behind the queue's back) run for
-//! the two server backends only.
+//! on `valkey-server` (modules `memory_backend`, `redis_server`, `valkey_server`), on both
+//! through a user restricted by the documented ACL rule (`redis_acl`, `valkey_acl`), and on a
+//! server the operator names (`other_server`). Cases that need a server (corrupt data written
+//! behind the queue's back, other prefixes) run for the server backends only, and cases that kill
+//! and restart it only where the harness started it.
 //!
-//! Every Redis/Valkey case starts its own server on a free port with `appendonly yes`, so cases
-//! are independent and run in parallel. `valkey-server` missing is a failure, never a skip (CI installs it from
-//! bookworm-backports; a skipped variant would count as passed).
+//! # Another Redis-protocol server (`other_server`)
+//! - `FERRY_CONFORMANCE_SERVER=/usr/bin/keydb-server`: the harness starts that binary per case,
+//!   as it starts `redis-server` (same flags: `--port --bind --dir --appendonly yes --appendfsync
+//!   everysec --save ''`), so every case runs, restarts included.
+//! - `FERRY_CONFORMANCE_URL=redis://[user:password@]host:port[/db]`: a server already running
+//!   (Dragonfly in a container, a managed service). Each case works under its own random key
+//!   prefix and deletes its keys afterwards; nothing else on the server is touched. The cases that
+//!   kill and restart the server are **ignored** (listed as skipped with the reason), since the
+//!   harness cannot restart it.
+//!
+//! Which cases are ignored is decided when the tests are compiled (`build.rs` sets a `cfg` per
+//! variable; cargo rebuilds when one changes): with neither variable, every `other_server` case
+//! is ignored — skipped, never an empty pass — and run on purpose without one
+//! (`--run-ignored all`) it fails saying what to set. Run:
+//! `FERRY_CONFORMANCE_URL=redis://127.0.0.1:6379/0 cargo nextest run -p ferry-replicator --test
+//! queue_conformance --status-level skip other_server`.
+//!
+//! Every server case started by the harness gets its own server on a free port with `appendonly
+//! yes`, so cases are independent and run in parallel. `valkey-server` missing is a failure, never
+//! a skip (CI installs it from bookworm-backports; a skipped variant would count as passed).
 //!
 //! Timing: a check that something is *not yet* expired or due uses a lease, TTL or backoff of
 //! seconds ([`HOLDS`], or a 10 s retry backoff), which no pause between two calls on a loaded
@@ -21,35 +40,82 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_replicator::backoff::RetryPolicy;
+use ferry_replicator::catalog::{PolicyStore, RedisPolicyStore};
 use ferry_replicator::clock::now_ms;
-use ferry_replicator::event::EventKind;
+use ferry_replicator::event::{Event, EventKind};
+use ferry_replicator::oci::gate::SharedGate;
 use ferry_replicator::store::history::{
     Execution, ExecutionQuery, ExecutionState, History, MemoryHistory, RedisHistory, Retention,
     Task, TaskState, WorkerInfo,
 };
+use ferry_replicator::store::ledger::{RedisTagLedger, TagLedger, TagWrite};
+use ferry_replicator::store::limits::RedisLimits;
+use ferry_replicator::store::outbox::{Forwarded, Outbox, RedisOutbox};
 use ferry_replicator::store::queue::{
     BlobLeases, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueBackend,
     QueueStats, RedisQueue, UploadCheckpoint,
 };
 use ferry_replicator::store::redis::OP_TIMEOUT;
-use ferry_replicator::store::{StartedBy, StoreError};
+use ferry_replicator::store::{acl_rule, StartedBy, StoreError};
+use ferry_replicator::throttle::SharedSpeed;
 use ferry_testkit::RedisServer;
 
+/// The key prefix of cases on a server the harness started (a server of their own).
 const PREFIX: &str = "ferry-test";
+
+/// The operator's server binary for `other_server` (started per case).
+const SERVER_ENV: &str = "FERRY_CONFORMANCE_SERVER";
+/// The operator's running server for `other_server`.
+const URL_ENV: &str = "FERRY_CONFORMANCE_URL";
+
+/// The user and password `redis_acl` cases connect as.
+const ACL_USER: &str = "ferry";
+const ACL_PASSWORD: &str = "conformance-secret";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Memory,
     Redis,
     Valkey,
+    /// `redis-server`, the queue connected as a user holding only [`acl_rule`].
+    RedisAcl,
+    /// The same on `valkey-server`.
+    ValkeyAcl,
+    /// What [`SERVER_ENV`] or [`URL_ENV`] names.
+    Other,
 }
 
 struct Harness {
     queue: Arc<dyn QueueBackend>,
     /// The Redis queue behind `queue` (its history lives next to it); `None` for memory.
     redis: Option<RedisQueue>,
-    /// `None` for the in-memory backend.
+    /// The server the harness started; `None` for memory and a [`URL_ENV`] server.
     server: Option<RedisServer>,
+    /// A URL with every right, for commands behind the queue's back; `None` for memory.
+    admin_url: Option<String>,
+    /// The queue's key prefix: [`PREFIX`], or a random one on a shared server.
+    prefix: String,
+}
+
+/// Where the `other_server` cases run, from the environment.
+enum OtherServer {
+    Binary(String),
+    Url(String),
+}
+
+impl OtherServer {
+    fn from_env() -> OtherServer {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        match (var(SERVER_ENV), var(URL_ENV)) {
+            (Some(binary), None) => OtherServer::Binary(binary),
+            (None, Some(url)) => OtherServer::Url(url),
+            (Some(_), Some(_)) => panic!("set one of {SERVER_ENV} and {URL_ENV}, not both"),
+            (None, None) => panic!(
+                "the other_server cases need {SERVER_ENV}=/path/to/server-binary or \
+                 {URL_ENV}=redis://host:port/db (see this file's docs)"
+            ),
+        }
+    }
 }
 
 impl Harness {
@@ -61,34 +127,71 @@ impl Harness {
                     queue: Arc::new(MemoryQueue::new(policy)),
                     redis: None,
                     server: None,
+                    admin_url: None,
+                    prefix: PREFIX.into(),
                 };
             }
-            Backend::Redis => "redis-server",
-            Backend::Valkey => "valkey-server",
+            Backend::Redis | Backend::RedisAcl => "redis-server".to_owned(),
+            Backend::Valkey | Backend::ValkeyAcl => "valkey-server".to_owned(),
+            Backend::Other => match OtherServer::from_env() {
+                OtherServer::Binary(binary) => binary,
+                OtherServer::Url(url) => return Harness::on_running_server(url, policy).await,
+            },
         };
         assert!(
-            on_path(binary),
+            on_path(&binary),
             "`{binary}` is not on PATH. Install it (valkey: `apt-get install -t bookworm-backports \
              valkey-server`; `bash .ci/run` installs everything)"
         );
-        let server = RedisServer::start_binary(binary, true)
+        let server = RedisServer::start_binary(&binary, true)
             .await
             .expect("start the server");
-        let info = raw_command(&server.url(), redis::cmd("INFO").arg("server")).await;
+        let admin_url = server.url();
+        let info = raw_command(&admin_url, redis::cmd("INFO").arg("server")).await;
         let info = String::from_utf8_lossy(&info);
-        let is_valkey = info.contains("server_name:valkey");
-        assert_eq!(
-            is_valkey,
-            backend == Backend::Valkey,
-            "{binary} is not what it claims: {info}"
-        );
-        let queue = RedisQueue::connect(&server.url(), PREFIX, policy)
+        match backend {
+            Backend::Other => eprintln!("{binary}: {}", server_version(&info)),
+            _ => assert_eq!(
+                info.contains("server_name:valkey"),
+                matches!(backend, Backend::Valkey | Backend::ValkeyAcl),
+                "{binary} is not what it claims: {info}"
+            ),
+        }
+        let queue_url = if matches!(backend, Backend::RedisAcl | Backend::ValkeyAcl) {
+            restricted_user(&admin_url, PREFIX).await
+        } else {
+            admin_url.clone()
+        };
+        let queue = RedisQueue::connect(&queue_url, PREFIX, policy)
             .await
             .expect("connect");
         Harness {
             queue: Arc::new(queue.clone()),
             redis: Some(queue),
             server: Some(server),
+            admin_url: Some(admin_url),
+            prefix: PREFIX.into(),
+        }
+    }
+
+    /// The queue on the operator's running server under a prefix of its own (cases run in
+    /// parallel on it), removed when the case ends.
+    async fn on_running_server(url: String, policy: RetryPolicy) -> Harness {
+        let info = raw_command(&url, redis::cmd("INFO").arg("server")).await;
+        eprintln!(
+            "{URL_ENV}: {}",
+            server_version(&String::from_utf8_lossy(&info))
+        );
+        let prefix = format!("ferry-conformance-{:016x}", rand::random::<u64>());
+        let queue = RedisQueue::connect(&url, &prefix, policy)
+            .await
+            .expect("connect to FERRY_CONFORMANCE_URL");
+        Harness {
+            queue: Arc::new(queue.clone()),
+            redis: Some(queue),
+            server: None,
+            admin_url: Some(url),
+            prefix,
         }
     }
 
@@ -100,9 +203,87 @@ impl Harness {
         }
     }
 
+    /// A URL with every right on the server (not the ACL user's).
     fn url(&self) -> String {
-        self.server.as_ref().expect("a server backend").url()
+        self.admin_url.clone().expect("a server backend")
     }
+
+    /// The server the harness started, to kill or restart it.
+    fn own_server(&mut self) -> &mut RedisServer {
+        self.server
+            .as_mut()
+            .expect("a case that restarts the server runs only on one the harness started")
+    }
+
+    /// `{prefix}:{name}`, a key of the queue under test.
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+}
+
+/// A case on a shared server leaves nothing behind: its keys go when it ends, passed or failed.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if self.server.is_some() || self.prefix == PREFIX {
+            return;
+        }
+        let Some(url) = &self.admin_url else { return };
+        let Ok(mut con) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        // `*`, not `:*`: also the keys of the other prefixes a case derives from its own.
+        let pattern = format!("{}*", self.prefix);
+        let keys: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut con)
+            .map(|it| it.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        for key in keys {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query(&mut con);
+        }
+    }
+}
+
+/// `redis_version`, and `server_name` where the server reports one, from `INFO server`.
+fn server_version(info: &str) -> String {
+    info.lines()
+        .filter(|l| {
+            l.starts_with("redis_version:")
+                || l.starts_with("server_name:")
+                || l.starts_with("valkey_version:")
+                || l.starts_with("dragonfly_version:")
+        })
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Creates [`ACL_USER`] with only [`acl_rule`] for `prefix` on the server at `admin_url`; returns
+/// the URL that connects as that user.
+async fn restricted_user(admin_url: &str, prefix: &str) -> String {
+    let mut setuser = redis::cmd("ACL");
+    setuser
+        .arg("SETUSER")
+        .arg(ACL_USER)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{ACL_PASSWORD}"));
+    for part in acl_rule(prefix).split_whitespace() {
+        setuser.arg(part);
+    }
+    let ok = raw_command(admin_url, &mut setuser).await;
+    assert_eq!(ok, b"ok", "ACL SETUSER {}", acl_rule(prefix));
+    acl_user_url(admin_url)
+}
+
+/// `admin_url` as [`ACL_USER`].
+fn acl_user_url(admin_url: &str) -> String {
+    admin_url.replacen("://", &format!("://{ACL_USER}:{ACL_PASSWORD}@"), 1)
 }
 
 fn on_path(binary: &str) -> bool {
@@ -973,10 +1154,11 @@ async fn concurrent_claimers_never_share_a_job(backend: Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cases for the server backends only
+// Cases that kill and restart the server (only where the harness started it)
 
 async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
     let mut h = Harness::start(backend, fast()).await;
+    h.own_server(); // fails at once where the harness cannot restart the server
     let q = h.queue.clone();
     for r in ["a", "b", "c"] {
         q.enqueue(job(r)).await.unwrap();
@@ -987,7 +1169,7 @@ async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
     // Behind the queue's back: the checkpoints expire on their own if the job never ends.
     let ttl = raw_command(
         &h.url(),
-        redis::cmd("PTTL").arg(format!("{PREFIX}:checkpoints:{}", a.job.id)),
+        redis::cmd("PTTL").arg(h.key(&format!("checkpoints:{}", a.job.id))),
     )
     .await;
     let ttl: i64 = String::from_utf8_lossy(&ttl).parse().unwrap();
@@ -1005,7 +1187,7 @@ async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
             .any(|l| l.trim() == "aof_buffer_length:0")
     })
     .await;
-    h.server.as_mut().unwrap().restart().await.unwrap();
+    h.own_server().restart().await.unwrap();
 
     // Same queue object: the connection manager reconnects.
     let start = Instant::now();
@@ -1031,10 +1213,11 @@ async fn aof_restart_keeps_jobs_and_leases(backend: Backend) {
 
 async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
     let mut h = Harness::start(backend, fast()).await;
+    h.own_server(); // fails at once where the harness cannot restart the server
     let q = h.queue.clone();
     let url = h.url();
     q.enqueue(job("before")).await.unwrap();
-    h.server.as_mut().unwrap().kill().await;
+    h.own_server().kill().await;
     // "Quickly": within the queue's operation timeout, plus room for a loaded machine — a call
     // that waits for the server to come back (it does not, here) never gets under this.
     let fails_fast = OP_TIMEOUT + Duration::from_secs(5);
@@ -1061,7 +1244,7 @@ async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
         start.elapsed()
     );
     let start = Instant::now();
-    let r = RedisQueue::connect(&url, PREFIX, fast()).await;
+    let r = RedisQueue::connect(&url, &h.prefix, fast()).await;
     assert!(
         matches!(r, Err(StoreError::Unavailable(_))),
         "connect to a dead server"
@@ -1072,7 +1255,7 @@ async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
         start.elapsed()
     );
 
-    h.server.as_mut().unwrap().restart().await.unwrap();
+    h.own_server().restart().await.unwrap();
     let start = Instant::now();
     loop {
         match q.enqueue(job("after")).await {
@@ -1088,11 +1271,14 @@ async fn outage_is_unavailable_quickly_and_recovers(backend: Backend) {
     assert!(refs(&got).contains(&"after"), "{:?}", refs(&got));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cases for the server backends only
+
 async fn corrupt_entries_are_quarantined(backend: Backend) {
     let h = Harness::start(backend, fast()).await;
     let q = &h.queue;
     let url = h.url();
-    let jobs = format!("{PREFIX}:jobs");
+    let jobs = h.key("jobs");
     raw_command(
         &url,
         redis::cmd("XADD")
@@ -1114,16 +1300,13 @@ async fn corrupt_entries_are_quarantined(backend: Backend) {
     .await;
     raw_command(
         &url,
-        redis::cmd("ZADD")
-            .arg(format!("{PREFIX}:delayed"))
-            .arg(0)
-            .arg("[1,2]"),
+        redis::cmd("ZADD").arg(h.key("delayed")).arg(0).arg("[1,2]"),
     )
     .await;
 
     let got = q.claim("w", 10, LONG).await.unwrap();
     assert_eq!(refs(&got), ["good"], "corrupt entries are skipped");
-    let corrupt = raw_command(&url, redis::cmd("LLEN").arg(format!("{PREFIX}:corrupt"))).await;
+    let corrupt = raw_command(&url, redis::cmd("LLEN").arg(h.key("corrupt"))).await;
     assert_eq!(corrupt, b"3");
     let s = q.stats().await.unwrap();
     assert_eq!((s.depth, s.in_flight), (0, 1), "{s:?}");
@@ -1133,13 +1316,7 @@ async fn corrupt_entries_are_quarantined(backend: Backend) {
     );
 
     // Dead letters: garbage is skipped by readers, removed by purge.
-    raw_command(
-        &url,
-        redis::cmd("RPUSH")
-            .arg(format!("{PREFIX}:dead"))
-            .arg("garbage"),
-    )
-    .await;
+    raw_command(&url, redis::cmd("RPUSH").arg(h.key("dead")).arg("garbage")).await;
     q.fail(&got[0], "permanent", false).await.unwrap();
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -1157,7 +1334,8 @@ async fn corrupt_entries_are_quarantined(backend: Backend) {
 
 async fn prefixes_are_isolated(backend: Backend) {
     let h = Harness::start(backend, fast()).await;
-    let other = RedisQueue::connect(&h.url(), "other", fast())
+    let other_prefix = format!("{}-other", h.prefix);
+    let other = RedisQueue::connect(&h.url(), &other_prefix, fast())
         .await
         .unwrap();
     h.queue.enqueue(job("v1")).await.unwrap();
@@ -1173,7 +1351,7 @@ async fn prefixes_are_isolated(backend: Backend) {
         .lease_blob("us", "sha256:a", "y", LONG)
         .await
         .unwrap());
-    assert_eq!(other.prefix(), "other");
+    assert_eq!(other.prefix(), other_prefix);
 }
 
 async fn paused_policies_park_jobs_until_resumed(backend: Backend) {
@@ -1527,43 +1705,237 @@ impl CloneWithTimes for WorkerInfo {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cases for the ACL user only: what the queue and history cases do not reach
+
+/// Registry pauses and policy bandwidth ([`RedisLimits`]), the tag ledger, the outbox and the
+/// policy catalog work through the ACL user, as the queue and history do in the suite's cases.
+async fn the_acl_rule_lets_limits_ledger_outbox_and_catalog_work(backend: Backend) {
+    let h = Harness::start(backend, fast()).await;
+    let store = h.redis.as_ref().expect("a server backend");
+
+    let limits = RedisLimits::new(store);
+    let until = now_ms() + 60_000;
+    limits.pause("hub", until).await.unwrap();
+    limits.pause("hub", until - 1_000).await.unwrap();
+    assert_eq!(
+        limits.paused_until("hub").await.unwrap(),
+        until,
+        "a pause only grows"
+    );
+    let cost = Duration::from_secs(10);
+    let first = limits
+        .reserve("eu-to-us", cost, Duration::ZERO)
+        .await
+        .unwrap();
+    let second = limits
+        .reserve("eu-to-us", cost, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        second > first,
+        "the second reservation waits behind the first: {first:?}, {second:?}"
+    );
+
+    let ledger = RedisTagLedger::new(store);
+    let write = TagWrite {
+        digest: digest('a'),
+        at_ms: 5,
+        region: "eu".into(),
+    };
+    ledger
+        .record_write("eu", "platform/api", "v1", &write)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.last_write("eu", "platform/api", "v1").await.unwrap(),
+        Some(write)
+    );
+
+    let outbox = RedisOutbox::new(store);
+    let entry = Forwarded {
+        event: Event {
+            id: "e1".into(),
+            registry: "eu".into(),
+            repository: "platform/api".into(),
+            tag: Some("v1".into()),
+            digest: Some(digest('a')),
+            media_type: None,
+            kind: EventKind::Push,
+            occurred_at_ms: 5,
+            request_id: None,
+        },
+        origin_region: "eu".into(),
+    };
+    outbox.append("us", &entry).await.unwrap();
+    let pending = outbox.pending("us", 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1, entry);
+    outbox.remove("us", &[pending[0].0.clone()]).await.unwrap();
+    assert_eq!(outbox.depth("us").await.unwrap(), 0);
+    assert!(outbox.lease_forwarder("us", "a", LONG).await.unwrap());
+    assert!(!outbox.lease_forwarder("us", "b", LONG).await.unwrap());
+    assert!(!outbox.accepted("e1").await.unwrap());
+    outbox.mark_accepted("e1").await.unwrap();
+    assert!(outbox.accepted("e1").await.unwrap());
+
+    let catalog = RedisPolicyStore::new(store);
+    catalog.put_policy("p", r#"{"name":"p"}"#).await.unwrap();
+    catalog.set_enabled("p", false).await.unwrap();
+    catalog.put_registry("r", r#"{"name":"r"}"#).await.unwrap();
+    let stored = catalog.load().await.unwrap();
+    assert_eq!(stored.revision, 3);
+    assert_eq!(stored.policies["p"], r#"{"name":"p"}"#);
+    assert_eq!(stored.enabled.get("p"), Some(&false));
+    assert!(catalog.delete_policy("p").await.unwrap());
+    assert!(catalog.delete_registry("r").await.unwrap());
+    assert_eq!(catalog.revision().await.unwrap(), 5);
+}
+
+/// The rule is narrow: commands Ferry never sends, `EVAL` of arbitrary code, and keys outside the
+/// prefix (also through a granted script) are refused, while a key under the prefix is not.
+async fn the_acl_rule_refuses_commands_and_keys_outside_the_grant(backend: Backend) {
+    let h = Harness::start(backend, fast()).await;
+    let admin = h.url();
+    let client = redis::Client::open(acl_user_url(&admin)).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let allowed: redis::Value = redis::cmd("SET")
+        .arg(h.key("probe"))
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(allowed, redis::Value::Okay, "a key under the prefix");
+    // Loaded by the admin: EVALSHA is granted, so only the keys can stop these.
+    let load = |body: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let sha = raw_command(&admin, redis::cmd("SCRIPT").arg("LOAD").arg(body)).await;
+            String::from_utf8(sha).unwrap()
+        }
+    };
+    let get_declared = load("return redis.call('GET', KEYS[1])").await;
+    let get_undeclared = load("return redis.call('GET', ARGV[1])").await;
+
+    let mut refused = Vec::new();
+    let cmds: Vec<(&str, redis::Cmd)> = vec![
+        ("FLUSHALL", redis::cmd("FLUSHALL")),
+        (
+            "CONFIG GET",
+            redis::cmd("CONFIG").arg("GET").arg("maxmemory").clone(),
+        ),
+        ("KEYS", redis::cmd("KEYS").arg("*").clone()),
+        ("INFO", redis::cmd("INFO").clone()),
+        ("SCRIPT FLUSH", redis::cmd("SCRIPT").arg("FLUSH").clone()),
+        ("EVAL", redis::cmd("EVAL").arg("return 1").arg(0).clone()),
+        (
+            "SET outside the prefix",
+            redis::cmd("SET").arg("other:x").arg(1).clone(),
+        ),
+        (
+            "GET outside the prefix",
+            redis::cmd("GET").arg("other:x").clone(),
+        ),
+        (
+            "a script given a key outside the prefix",
+            redis::cmd("EVALSHA")
+                .arg(&get_declared)
+                .arg(1)
+                .arg("other:x")
+                .clone(),
+        ),
+        (
+            "a script reaching a key outside the prefix it was not given",
+            redis::cmd("EVALSHA")
+                .arg(&get_undeclared)
+                .arg(0)
+                .arg("other:x")
+                .clone(),
+        ),
+    ];
+    for (what, cmd) in &cmds {
+        match cmd.query_async::<redis::Value>(&mut con).await {
+            // NOPERM (the client shows `NoPerm`); a command inside a script fails the script
+            // with "The user executing the script can't access …" (Redis 7.0) or "ACL failure in
+            // script: No permissions to access a key" (Valkey 8.0).
+            Err(e) if acl_refusal(&e.to_string()) => {
+                eprintln!("refused, as it must be: {what}: {e}");
+                refused.push(*what);
+            }
+            other => panic!("{what} was not refused by the ACL: {other:?}"),
+        }
+    }
+    assert_eq!(refused.len(), cmds.len());
+}
+
+/// Whether a server's error says the ACL refused the command or a key.
+fn acl_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["noperm", "no permissions", "can't access"]
+        .iter()
+        .any(|s| m.contains(s))
+}
+
+/// Every case of the list as a test on `$backend`, each with the `$attr`s (one case at a time: the
+/// attributes repeat once per case).
+macro_rules! cases {
+    ($backend:ident $(#[$attr:meta])* : [$(,)?]) => {};
+    ($backend:ident $(#[$attr:meta])* : [$case:ident $(, $rest:ident)* $(,)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $case() {
+            super::$case(super::Backend::$backend).await
+        }
+        cases!($backend $(#[$attr])* : [$($rest),*]);
+    };
+}
+
+/// `all` cases run on every backend, `servers` on every server, `restarts` where the harness
+/// started the server, `acl` on the ACL user only.
 macro_rules! suite {
-    (all: [$($all:ident),* $(,)?], servers: [$($srv:ident),* $(,)?] $(,)?) => {
+    (all: $all:tt, servers: $srv:tt, restarts: $rst:tt, acl: $acl:tt $(,)?) => {
         mod memory_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $all() {
-                    super::$all(super::Backend::Memory).await
-                }
-            )*
+            cases!(Memory: $all);
         }
         mod redis_server {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $all() {
-                    super::$all(super::Backend::Redis).await
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $srv() {
-                    super::$srv(super::Backend::Redis).await
-                }
-            )*
+            cases!(Redis: $all);
+            cases!(Redis: $srv);
+            cases!(Redis: $rst);
         }
         mod valkey_server {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $all() {
-                    super::$all(super::Backend::Valkey).await
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $srv() {
-                    super::$srv(super::Backend::Valkey).await
-                }
-            )*
+            cases!(Valkey: $all);
+            cases!(Valkey: $srv);
+            cases!(Valkey: $rst);
+        }
+        /// The queue and history connected as a user holding only the documented ACL rule.
+        mod redis_acl {
+            cases!(RedisAcl: $all);
+            cases!(RedisAcl: $acl);
+        }
+        mod valkey_acl {
+            cases!(ValkeyAcl: $all);
+            cases!(ValkeyAcl: $acl);
+        }
+        /// The server the operator names (see the module docs); ignored unless named.
+        mod other_server {
+            cases!(Other
+                #[cfg_attr(
+                    not(any(ferry_conformance_server, ferry_conformance_url)),
+                    ignore = "set FERRY_CONFORMANCE_SERVER=/path/to/server or FERRY_CONFORMANCE_URL=redis://host:port/db"
+                )]
+                : $all);
+            cases!(Other
+                #[cfg_attr(
+                    not(any(ferry_conformance_server, ferry_conformance_url)),
+                    ignore = "set FERRY_CONFORMANCE_SERVER=/path/to/server or FERRY_CONFORMANCE_URL=redis://host:port/db"
+                )]
+                : $srv);
+            cases!(Other
+                #[cfg_attr(
+                    not(ferry_conformance_server),
+                    ignore = "kills and restarts the server: needs FERRY_CONFORMANCE_SERVER (a FERRY_CONFORMANCE_URL server cannot be restarted by the harness)"
+                )]
+                : $rst);
         }
     };
 }
@@ -1595,9 +1967,79 @@ suite! {
         dead_lettered_jobs_drop_their_checkpoints,
     ],
     servers: [
-        aof_restart_keeps_jobs_and_leases,
-        outage_is_unavailable_quickly_and_recovers,
         corrupt_entries_are_quarantined,
         prefixes_are_isolated,
     ],
+    restarts: [
+        aof_restart_keeps_jobs_and_leases,
+        outage_is_unavailable_quickly_and_recovers,
+    ],
+    acl: [
+        the_acl_rule_lets_limits_ledger_outbox_and_catalog_work,
+        the_acl_rule_refuses_commands_and_keys_outside_the_grant,
+    ],
+}
+
+/// The rule the README and `store`'s docs show is the one `redis_acl` grants.
+#[test]
+fn the_documented_acl_rule_is_the_tested_one() {
+    let line = format!("ACL SETUSER ferry on >PASSWORD {}", acl_rule("ferry"));
+    for (file, text) in [
+        ("README.md", include_str!("../../README.md")),
+        (
+            "replicator/src/store/mod.rs",
+            include_str!("../src/store/mod.rs"),
+        ),
+    ] {
+        assert!(
+            text.contains(&line),
+            "{file} does not show the tested ACL rule:\n{line}"
+        );
+    }
+}
+
+/// The ACL grant and the code agree: every command the store's sources send (`redis::cmd`,
+/// pipelines, `redis.call` in scripts) is granted, and every granted command is sent — so a new
+/// command cannot slip past the documented rule, nor an unused grant stay in it.
+#[test]
+fn the_acl_rule_grants_exactly_the_commands_the_store_sends() {
+    let sources = [
+        include_str!("../src/store/queue/redis.rs"),
+        include_str!("../src/store/history/redis.rs"),
+        include_str!("../src/store/limits.rs"),
+        include_str!("../src/store/ledger.rs"),
+        include_str!("../src/store/outbox.rs"),
+        include_str!("../src/catalog.rs"),
+    ]
+    .join("\n");
+    // What the client sends for us: scripts by SHA (loaded on NOSCRIPT), atomic pipelines.
+    let mut sent: std::collections::BTreeSet<String> =
+        ["evalsha", "script|load"].map(String::from).into();
+    if sources.contains(".atomic()") {
+        sent.extend(["multi", "exec"].map(String::from));
+    }
+    for opener in ["redis.call('", "cmd(\"", "pcall(redis.call, '"] {
+        for (i, _) in sources.match_indices(opener) {
+            let name = sources[i + opener.len()..]
+                .chars()
+                .take_while(char::is_ascii_alphabetic)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            // Commands used with a subcommand are granted per subcommand.
+            sent.insert(match name.as_str() {
+                "xgroup" => "xgroup|create".to_owned(),
+                "xinfo" => "xinfo|groups".to_owned(),
+                _ => name,
+            });
+        }
+    }
+    let granted: std::collections::BTreeSet<String> = ferry_replicator::store::ACL_COMMANDS
+        .split_whitespace()
+        .filter_map(|g| g.strip_prefix('+'))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        sent, granted,
+        "sent by the store (left) vs granted by ACL_COMMANDS (right)"
+    );
 }

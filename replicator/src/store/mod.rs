@@ -28,6 +28,72 @@
 //! | `{p}:catalog:*` | `catalog::RedisPolicyStore` | policies and registries stored through the admin API |
 //! | `{p}:tagwrite:{registry}:{repository}:{tag}` | [`ledger::RedisTagLedger`] | the last write of each tag (its module doc) |
 //! | `{p}:outbox:{region}`, `{p}:forwarded` | [`outbox::RedisOutbox`] | events waiting for other regions, event ids already accepted (its module doc) |
+//!
+//! # Queue servers: what Ferry asks of Redis/Valkey
+//! The README's "Queue servers" section summarises this; this list is the source. It covers every
+//! command Ferry sends (`grep -rn 'redis::cmd\|\.cmd(\|Script::new\|redis.call' replicator/src`:
+//! the store's modules and `catalog.rs`), inside Lua scripts or not; a test
+//! (`the_acl_rule_grants_exactly_the_commands_the_store_sends`) fails when the sources send a
+//! command [`ACL_COMMANDS`] does not grant, or it grants one they do not send.
+//!
+//! **Server version: Redis ≥ 6.2** (or a server compatible with it), by the versions Redis documents
+//! for the commands used (nothing older than 7.0 is tested). The newest features used:
+//! `SET … PXAT` (6.2, the registry pause in [`limits`]); Streams with consumer groups (5.0:
+//! `XADD`, `XRANGE`, `XDEL`, `XLEN`, `XACK`, `XCLAIM` incl. `JUSTID`, `XREADGROUP`, the extended
+//! form `XPENDING key group start end count`, `XGROUP CREATE … MKSTREAM`, `XINFO GROUPS`); scripts
+//! that write after calling `TIME` (effects replication, the default since 5.0 and the only mode
+//! since 7.0). `XAUTOCLAIM` (6.2) is **not** used: leases are deadlines in a sorted set, taken over
+//! with `XCLAIM` (see [`queue::RedisQueue`]). Tested: redis-server 7.0 and valkey-server 8.0
+//! (`tests/queue_conformance.rs`); any other server with the env vars described there.
+//!
+//! **Commands** (ACL names; `|` is a subcommand):
+//! - sent directly: `evalsha`, `script|load` (how the client runs scripts: `EVALSHA`, and on
+//!   `NOSCRIPT` `SCRIPT LOAD` then `EVALSHA` again — never `EVAL` or `FUNCTION`), `multi`, `exec`
+//!   (the policy catalog's changes), `xgroup|create`, `xadd`, `xrange`, `xdel`, `xlen`, `get`,
+//!   `set` (`NX PX` for blob leases, `PX` for the tag ledger), `incr`, `lrange`, `rpush`, `lrem`,
+//!   `sadd`, `srem`, `smembers`, `hset`, `hdel`, `hgetall`, `hvals`, `zcard`, `zrevrangebyscore`;
+//! - inside scripts only: `exists`, `del`, `pexpire`, `time`, `xpending`, `xclaim`, `xreadgroup`,
+//!   `xack`, `xinfo|groups`, `llen`, `sismember`, `hget`, `hexists`, `hincrby`, `zadd`, `zrem`,
+//!   `zrange`, `zrangebyscore`, `zcount`, `zscore`, `zremrangebyscore`, `zremrangebyrank`, and
+//!   `set … PXAT`/`PX`.
+//! - on connecting (the `redis` crate): `AUTH` with the URL's user and password (always allowed),
+//!   `SELECT` only when the URL names a database other than 0, and `CLIENT SETINFO`, whose refusal
+//!   the client ignores. Nothing else: no `INFO`, `KEYS`, `SCAN`, `CONFIG`, pub/sub or blocking
+//!   reads (workers poll).
+//!
+//! **Lua** (5.1 as in Redis): `redis.call` only (one Lua `pcall(redis.call, 'XRANGE', …)` in
+//! enqueue tolerates a pending key that holds no valid stream id); no `redis.pcall`, `cjson`,
+//! `cmsgpack`, `bit`, `redis.replicate_commands` or `redis.set_repl`; plain `string`, `math`,
+//! `table` functions. Two scripts call `TIME` and then write (the policy bandwidth timeline in
+//! [`limits`], remembering a forwarded event in [`outbox`]; a third reads `TIME` only), which
+//! needs effects replication (default since Redis 5, the only mode since 7; Redis < 5 refuses
+//! such writes).
+//!
+//! **Keys**: every key is `{p}:…` (the prefix, `--queue-prefix`). Scripts touch only the keys
+//! passed in `KEYS`, except two: the queue's claim (`GET`/`DEL` of the pending key
+//! `{p}:pending:*` named in a stream entry's `pending` field) and the history's record (its
+//! retention deletes the `{p}:exec:*` hashes and `{p}:execs:policy:*` members of trimmed
+//! executions, named from `ARGV`). A server that requires declared keys (Dragonfly, by default)
+//! must allow undeclared ones (`--default_lua_flags=allow-undeclared-keys`, per its docs; not
+//! tested here). Keys carry no hash tags, the keys of one script map to different Redis Cluster
+//! slots, and the client holds one plain connection (no `MOVED`/`ASK` handling): **Redis Cluster
+//! is not supported**; use a standalone server (with replicas and failover if wanted).
+//!
+//! **Persistence**: `appendonly yes` with `appendfsync everysec` (a crash loses at most about one
+//! second of acknowledged writes; registries re-send what they got no 2xx for, and the safety net
+//! repairs the rest), or `appendfsync always` to close that window. Without persistence a restart
+//! loses every queued job and lease.
+//!
+//! **ACL**: [`acl_rule`] is the rule for a Ferry user (tested against redis-server 7.0 and
+//! valkey-server 8.0 with the queue, history, limits, tag ledger, outbox and policy catalog
+//! working through it, and commands and keys outside it refused: `tests/queue_conformance.rs`,
+//! modules `redis_acl` and `valkey_acl`):
+//! ```text
+//! ACL SETUSER ferry on >PASSWORD resetkeys ~ferry:* resetchannels -@all +evalsha +script|load +multi +exec +xgroup|create +xadd +xrange +xdel +xlen +xpending +xclaim +xreadgroup +xack +xinfo|groups +get +set +incr +del +exists +pexpire +time +lrange +rpush +lrem +llen +sadd +srem +smembers +sismember +hset +hdel +hget +hgetall +hvals +hexists +hincrby +zadd +zrem +zcard +zcount +zscore +zrange +zrangebyscore +zrevrangebyscore +zremrangebyscore +zremrangebyrank
+//! ```
+//! (`~ferry:*` is the default prefix's pattern: use `~<prefix>:*` with `--queue-prefix`; add
+//! `+select` for a URL naming a database other than 0.) Scripts' commands are checked against the
+//! user's ACL too, so the commands used only inside scripts must be granted as well.
 
 pub mod history;
 pub mod ledger;
@@ -44,6 +110,21 @@ use serde::{Deserialize, Serialize};
 
 use self::history::History;
 use self::queue::{BlobLeases, Checkpoints, DeadLetters, JobQueue, Pauses, QueueBackend};
+
+/// The commands a Ferry user needs (ACL syntax), every one named, nothing by category: see
+/// "Queue servers" above for where each is used.
+pub const ACL_COMMANDS: &str = "-@all +evalsha +script|load +multi +exec +xgroup|create +xadd \
++xrange +xdel +xlen +xpending +xclaim +xreadgroup +xack +xinfo|groups +get +set +incr +del +exists \
++pexpire +time +lrange +rpush +lrem +llen +sadd +srem +smembers +sismember +hset +hdel +hget \
++hgetall +hvals +hexists +hincrby +zadd +zrem +zcard +zcount +zscore +zrange +zrangebyscore \
++zrevrangebyscore +zremrangebyscore +zremrangebyrank";
+
+/// The ACL rule (the part after `ACL SETUSER <user> on >PASSWORD`) that lets a user do what
+/// Ferry does with keys under `prefix` and nothing else: its keys (`~<prefix>:*`), no pub/sub
+/// channels, [`ACL_COMMANDS`].
+pub fn acl_rule(prefix: &str) -> String {
+    format!("resetkeys ~{prefix}:* resetchannels {ACL_COMMANDS}")
+}
 
 /// One backend's state as the narrow views the parts of a daemon take (each part gets only the
 /// ones it uses: the transfer gets `leases` and `checkpoints`, the agent `jobs`). Built once per

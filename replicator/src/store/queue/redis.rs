@@ -814,10 +814,14 @@ impl BlobLeases for RedisQueue {
 impl Pauses for RedisQueue {
     async fn set_paused(&self, policy: &str, paused: bool) -> Result<(), StoreError> {
         let mut con = self.redis.connection();
-        let cmd = if paused { "SADD" } else { "SREM" };
+        // Each command spelled out, so a search for the commands Ferry sends finds both.
+        let mut cmd = if paused {
+            redis::cmd("SADD")
+        } else {
+            redis::cmd("SREM")
+        };
         bounded(
-            redis::cmd(cmd)
-                .arg(self.keys.paused())
+            cmd.arg(self.keys.paused())
                 .arg(policy)
                 .query_async::<i64>(&mut con),
         )
