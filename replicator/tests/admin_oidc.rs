@@ -269,3 +269,65 @@ async fn ferry_admin_passes_a_jwt_from_the_env_or_a_token_file_unchanged() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("NOT_FOUND"), "past authorization: {out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_oidc_settings_stop_serve_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        json!({}),
+    );
+    let config = config.to_str().unwrap();
+    let (listen, admin) = (free_local_addr(), free_local_addr());
+    let serve = |oidc: &'static [&'static str]| {
+        let mut args = vec![
+            "serve",
+            "--config",
+            config,
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+            "--allow-unauthenticated",
+        ];
+        args.extend_from_slice(oidc);
+        async move { ferry(&args).await }
+    };
+    let plain = serve(&[
+        "--admin-oidc-issuer",
+        "http://sso.example/realms/ferry",
+        "--admin-oidc-audience",
+        AUDIENCE,
+        "--admin-oidc-viewer",
+        "v",
+    ])
+    .await;
+    assert_eq!(plain.code, 2, "{}", plain.stderr);
+    assert!(
+        plain.stderr.contains("--admin-oidc-issuer") && plain.stderr.contains("https://"),
+        "{}",
+        plain.stderr
+    );
+    let no_roles = serve(&[
+        "--admin-oidc-issuer",
+        "https://sso.example/realms/ferry",
+        "--admin-oidc-audience",
+        AUDIENCE,
+    ])
+    .await;
+    assert_eq!(no_roles.code, 2, "{}", no_roles.stderr);
+    assert!(
+        no_roles.stderr.contains("--admin-oidc-operator"),
+        "{}",
+        no_roles.stderr
+    );
+    let no_audience = serve(&["--admin-oidc-issuer", "https://sso.example/realms/ferry"]).await;
+    assert_eq!(no_audience.code, 2, "{}", no_audience.stderr);
+    assert!(
+        no_audience.stderr.contains("--admin-oidc-audience"),
+        "{}",
+        no_audience.stderr
+    );
+}
