@@ -333,6 +333,7 @@ fn oidc_config(flags: &OidcFlags) -> Option<OidcConfig> {
         operator_values: flags.admin_oidc_operators.clone(),
         leeway: Duration::from_secs(flags.admin_oidc_leeway_seconds),
         min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+        ca_file: flags.admin_oidc_ca_file.clone(),
     })
 }
 

@@ -166,6 +166,9 @@ pub struct OidcFlags {
         requires = "admin_oidc_issuer"
     )]
     pub admin_oidc_operators: Vec<String>,
+    /// PEM CA bundle trusted for the issuer's https:// URLs, besides the Mozilla roots.
+    #[arg(long, requires = "admin_oidc_issuer")]
+    pub admin_oidc_ca_file: Option<PathBuf>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[arg(long, default_value_t = ferry_replicator::control::admin::oidc::DEFAULT_LEEWAY.as_secs(), requires = "admin_oidc_issuer")]
     pub admin_oidc_leeway_seconds: u64,

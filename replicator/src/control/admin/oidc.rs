@@ -69,6 +69,9 @@ pub struct OidcConfig {
     pub leeway: Duration,
     /// Shortest time between two JWKS fetches caused by unknown `kid`s.
     pub min_refresh_interval: Duration,
+    /// PEM CA bundle trusted for the issuer's `https://` URLs besides the Mozilla roots (an
+    /// in-house Keycloak).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Why the OIDC settings are unusable (checked at start, before anything is served).
@@ -88,6 +91,10 @@ pub enum OidcConfigError {
         "no claim value maps to a role: pass --admin-oidc-viewer and/or --admin-oidc-operator"
     )]
     NoRoleValues,
+    #[error("--admin-oidc-ca-file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("cannot build the HTTP client for the issuer: {0}")]
+    HttpClient(String),
 }
 
 impl OidcConfig {
@@ -367,13 +374,29 @@ impl OidcVerifier {
     /// A verifier for `config` (validated here); fetches nothing until the first token.
     pub fn new(config: OidcConfig) -> Result<OidcVerifier, OidcConfigError> {
         config.validate()?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let ca_error = |message: String| OidcConfigError::CaFile {
+                path: path.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_error(crate::errors::error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(ca_error("holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
-            .map_err(|_| OidcConfigError::IssuerNotUrl(config.issuer.clone()))?;
+            .map_err(|e| OidcConfigError::HttpClient(crate::errors::error_chain(&e)))?;
         Ok(OidcVerifier {
             keys: tokio::sync::RwLock::new(Keys {
                 jwks_url: config.jwks_url.clone(),

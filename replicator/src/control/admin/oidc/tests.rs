@@ -19,6 +19,7 @@ fn config(issuer: &TestIssuer) -> OidcConfig {
         operator_values: vec!["ferry-operators".into()],
         leeway: Duration::from_secs(30),
         min_refresh_interval: Duration::ZERO,
+        ca_file: None,
     }
 }
 
@@ -405,6 +406,7 @@ fn settings_are_checked_and_errors_name_the_flag() {
         operator_values: vec!["ops".into()],
         leeway: DEFAULT_LEEWAY,
         min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+        ca_file: None,
     };
     assert_eq!(base.validate(), Ok(()));
     let plain = OidcConfig {
@@ -448,4 +450,37 @@ fn settings_are_checked_and_errors_name_the_flag() {
         ..base
     };
     assert_eq!(no_aud.validate(), Err(OidcConfigError::NoAudience));
+}
+
+#[test]
+fn an_unreadable_or_empty_ca_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = OidcConfig {
+        issuer: "https://sso.example/realms/ferry".into(),
+        audience: AUDIENCE.into(),
+        jwks_url: None,
+        claim: "groups".into(),
+        viewer_values: vec!["v".into()],
+        operator_values: vec![],
+        leeway: DEFAULT_LEEWAY,
+        min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+        ca_file: Some(dir.path().join("missing.pem")),
+    };
+    let e = OidcVerifier::new(base.clone()).unwrap_err().to_string();
+    assert!(
+        e.contains("--admin-oidc-ca-file") && e.contains("missing.pem"),
+        "{e}"
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let e = OidcVerifier::new(OidcConfig {
+        ca_file: Some(empty),
+        ..base
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("empty.pem") && e.contains("no PEM certificate"),
+        "{e}"
+    );
 }
