@@ -44,7 +44,8 @@
 //!   `oci::metrics`: every request it sends counted by registry, method and status.
 //!
 //! **Control — operators**
-//! - [`control`]: the gRPC admin API (`control::admin`), manual and scheduled runs
+//! - [`control`]: the gRPC admin API (`control::admin`; who may call what: `admin::auth`, the
+//!   RPC→role table `admin::roles`, SSO tokens `admin::oidc`), manual and scheduled runs
 //!   (`control::runs`, `control::schedule`), and the safety net that turns drift into jobs
 //!   (`control::safety_net`).
 //!

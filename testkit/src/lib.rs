@@ -22,6 +22,7 @@
 //! - [`netns`]: network namespaces joined by veth pairs, so each test region has its own
 //!   addresses; [`Host`] says where a child process runs.
 //! - [`fault`]: a userspace TCP fault proxy (blackhole, reset, latency) for links between regions.
+//! - [`oidc`]: a test OpenID Connect issuer (discovery, JWKS, rotation) and token minting.
 //!
 //! Errors are `anyhow` (this is test code) and always say what failed, with
 //! the tail of the child's log or skopeo's stderr where there is one.
@@ -35,6 +36,7 @@ pub mod fake;
 pub mod fault;
 pub mod fixtures;
 pub mod netns;
+pub mod oidc;
 pub mod registry;
 pub mod skopeo;
 pub mod tls;

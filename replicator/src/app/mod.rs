@@ -147,6 +147,8 @@ pub struct AdminOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `--admin-client-ca`: require client certificates (mTLS).
     pub client_ca: Option<PathBuf>,
+    /// `--admin-oidc-*`: also accept OIDC JWTs from this issuer, their claim mapped to roles.
+    pub oidc: Option<crate::control::admin::oidc::OidcConfig>,
 }
 
 /// This process's region and how it talks to the others (`ferry-agent`).
@@ -605,7 +607,14 @@ impl Parts {
             .map_err(AppError::Unusable)?;
         let listener = limits.bind_grpc("--admin-listen", &o.listen).await?;
         let addr = listener.local_addr()?;
-        let auth = admin::AdminAuth::new(tokens, o.allow_unauthenticated_loopback, addr)
+        let oidc = o
+            .oidc
+            .clone()
+            .map(admin::oidc::OidcVerifier::new)
+            .transpose()
+            .map_err(|e| AppError::Unusable(e.to_string()))?;
+        let sso = oidc.is_some();
+        let auth = admin::AdminAuth::new(tokens, oidc, o.allow_unauthenticated_loopback, addr)
             .map_err(AppError::Unusable)?;
         let tls = match &o.tls {
             Some((cert, key)) => Some(
@@ -625,7 +634,7 @@ impl Parts {
             shutdown: self.shutdown.clone(),
             tasks: TaskTracker::new(),
         };
-        tracing::info!(listen = %addr, tls = tls.is_some(), mtls = o.client_ca.is_some(), "admin API listening (gRPC, health, reflection)");
+        tracing::info!(listen = %addr, tls = tls.is_some(), mtls = o.client_ca.is_some(), oidc = sso, "admin API listening (gRPC, health, reflection)");
         self.tasks.push(
             async move {
                 if let Err(e) = admin::serve(listener, state, auth, tls).await {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_replicator::app::{AdminOptions, Daemon, DaemonOptions, QueueOptions};
 use ferry_replicator::config::{Config, Region};
+use ferry_replicator::control::admin::oidc::{OidcConfig, DEFAULT_MIN_REFRESH_INTERVAL};
 use ferry_replicator::policy::Policy;
 use ferry_replicator::replicate::drift::{diff_policy, DriftReport};
 use ferry_replicator::replicate::{
@@ -20,7 +21,8 @@ use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    progress, AdminFlags, DiffArgs, JobFlags, QueueFlags, ServeArgs, SyncArgs, Target, WorkerArgs,
+    progress, AdminFlags, DiffArgs, JobFlags, OidcFlags, QueueFlags, ServeArgs, SyncArgs, Target,
+    WorkerArgs,
 };
 
 const OK: u8 = 0;
@@ -315,6 +317,23 @@ fn admin_options(flags: &AdminFlags) -> Option<AdminOptions> {
             .clone()
             .zip(flags.admin_tls_key.clone()),
         client_ca: flags.admin_client_ca.clone(),
+        oidc: oidc_config(&flags.oidc),
+    })
+}
+
+/// The `--admin-oidc-*` flags (`None` without `--admin-oidc-issuer`); checked when the daemon is
+/// built.
+fn oidc_config(flags: &OidcFlags) -> Option<OidcConfig> {
+    Some(OidcConfig {
+        issuer: flags.admin_oidc_issuer.clone()?,
+        audience: flags.admin_oidc_audience.clone().unwrap_or_default(),
+        jwks_url: flags.admin_oidc_jwks_url.clone(),
+        claim: flags.admin_oidc_claim.clone(),
+        viewer_values: flags.admin_oidc_viewers.clone(),
+        operator_values: flags.admin_oidc_operators.clone(),
+        leeway: Duration::from_secs(flags.admin_oidc_leeway_seconds),
+        min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+        ca_file: flags.admin_oidc_ca_file.clone(),
     })
 }
 

@@ -127,11 +127,51 @@ pub struct AdminFlags {
     /// Require client certificates signed by this PEM CA (mTLS); needs --admin-tls-cert.
     #[arg(long, requires = "admin_tls_cert")]
     pub admin_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub oidc: OidcFlags,
     /// Directory whose files registries stored through the admin API may name as `password_file`
     /// or auth file (repeatable). Without it they may use only FERRY_CRED_* environment variables
     /// and the config file's own references, for the same registry origin.
     #[arg(long = "credentials-dir", value_name = "DIR")]
     pub credentials_dirs: Vec<PathBuf>,
+}
+
+/// SSO for the admin API: OIDC bearer JWTs besides the static tokens (README "SSO (OIDC)").
+#[derive(clap::Args, Debug)]
+pub struct OidcFlags {
+    /// Also accept OIDC JWTs whose `iss` is this URL, e.g. https://sso.example/realms/ferry.
+    #[arg(long, requires = "admin_oidc_audience")]
+    pub admin_oidc_issuer: Option<String>,
+    /// The audience tokens must carry in `aud` (Keycloak: the client ID, via an audience mapper).
+    #[arg(long, requires = "admin_oidc_issuer")]
+    pub admin_oidc_audience: Option<String>,
+    /// The issuer's JWKS URL. Default: `jwks_uri` of <issuer>/.well-known/openid-configuration.
+    #[arg(long, requires = "admin_oidc_issuer")]
+    pub admin_oidc_jwks_url: Option<url::Url>,
+    /// The claim that holds groups or roles: a dot path to a string or a list of strings
+    /// (`groups`; Keycloak realm roles: `realm_access.roles`).
+    #[arg(long, default_value = "groups", requires = "admin_oidc_issuer")]
+    pub admin_oidc_claim: String,
+    /// A claim value that grants the viewer role (read-only RPCs); repeatable.
+    #[arg(
+        long = "admin-oidc-viewer",
+        value_name = "VALUE",
+        requires = "admin_oidc_issuer"
+    )]
+    pub admin_oidc_viewers: Vec<String>,
+    /// A claim value that grants the operator role (every RPC); repeatable.
+    #[arg(
+        long = "admin-oidc-operator",
+        value_name = "VALUE",
+        requires = "admin_oidc_issuer"
+    )]
+    pub admin_oidc_operators: Vec<String>,
+    /// PEM CA bundle trusted for the issuer's https:// URLs, besides the Mozilla roots.
+    #[arg(long, requires = "admin_oidc_issuer")]
+    pub admin_oidc_ca_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, default_value_t = ferry_replicator::control::admin::oidc::DEFAULT_LEEWAY.as_secs(), requires = "admin_oidc_issuer")]
+    pub admin_oidc_leeway_seconds: u64,
 }
 
 /// How a process reaches the queue.

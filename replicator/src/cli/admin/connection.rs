@@ -4,7 +4,8 @@
 //! Invariants: local problems (no endpoint, unreadable token or certificate files) are reported
 //! before any connection is attempted, because the channel connects on first use; every unary
 //! call is bounded by `--timeout`, streams are not; the token is a sensitive header value, never
-//! printed.
+//! printed; it is sent as it was read (a static token or an OIDC JWT alike — the server tells
+//! them apart).
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +30,8 @@ pub struct ConnectionFlags {
     /// means http://).
     #[arg(long, env = "FERRY_ADMIN_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
-    /// File with the bearer token (its first non-empty line). Default: FERRY_ADMIN_TOKEN.
+    /// File with the bearer token (its first non-empty line): a static admin token or an OIDC
+    /// access token (JWT), sent unchanged. Default: FERRY_ADMIN_TOKEN.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// PEM CA bundle that signed the server's certificate (https:// endpoints).

@@ -6,13 +6,17 @@
 //! them answers for the whole region.
 //!
 //! # Invariants
-//! - Admin services require `authorization: Bearer <token>` ([`auth`]); health and reflection are
-//!   open so probes and `grpcurl` work without a token (they reveal no data).
+//! - Admin services require `authorization: Bearer <token>` ([`auth`]: a static token, or an OIDC
+//!   JWT ([`oidc`]) whose claim maps to a role) and the role [`roles::RPCS`] names for the RPC;
+//!   health and reflection are open so probes and `grpcurl` work without a token (they reveal no
+//!   data).
 //! - Errors map to gRPC codes in one place ([`status`]).
 //! - Streams are owned by the server's task tracker and end with the client, the execution or
 //!   the server; the server stops on its cancellation token and waits for them.
 pub mod auth;
 mod convert;
+pub mod oidc;
+pub mod roles;
 mod services;
 pub mod status;
 
@@ -31,7 +35,7 @@ use crate::runtime::listener::Listener;
 use crate::store::history::History;
 use crate::store::queue::{DeadLetters, JobQueue, Pauses};
 
-pub use auth::AdminAuth;
+pub use auth::{AdminAuth, Authorized};
 pub use services::Admin;
 pub use status::AdminError;
 
@@ -132,24 +136,25 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::policies_server::PoliciesServer::with_interceptor(
-            admin.clone(),
+        .add_service(Authorized::new(
+            pb::policies_server::PoliciesServer::new(admin.clone()),
             auth.clone(),
         ))
-        .add_service(pb::registries_server::RegistriesServer::with_interceptor(
-            admin.clone(),
+        .add_service(Authorized::new(
+            pb::registries_server::RegistriesServer::new(admin.clone()),
             auth.clone(),
         ))
-        .add_service(pb::executions_server::ExecutionsServer::with_interceptor(
-            admin.clone(),
+        .add_service(Authorized::new(
+            pb::executions_server::ExecutionsServer::new(admin.clone()),
             auth.clone(),
         ))
-        .add_service(pb::drift_server::DriftServer::with_interceptor(
-            admin.clone(),
+        .add_service(Authorized::new(
+            pb::drift_server::DriftServer::new(admin.clone()),
             auth.clone(),
         ))
-        .add_service(pb::operations_server::OperationsServer::with_interceptor(
-            admin, auth,
+        .add_service(Authorized::new(
+            pb::operations_server::OperationsServer::new(admin),
+            auth,
         ));
     let result = crate::runtime::listener::serve_grpc(router, listener, shutdown).await;
     tasks.close();
