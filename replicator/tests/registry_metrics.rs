@@ -12,11 +12,14 @@ use serde_json::json;
 
 /// The clients of one registry `r` at `url`, counting into a fresh metrics registry.
 fn clients(url: &str) -> (Registries, MetricsRegistry) {
+    clients_of(json!({"name": "r", "url": url, "insecure": true}))
+}
+
+/// The clients of the one registry `registry` (config JSON) names, counting into a fresh metrics
+/// registry.
+fn clients_of(registry: serde_json::Value) -> (Registries, MetricsRegistry) {
     let config = Config::from_slice(
-        &serde_json::to_vec(&json!({
-            "registries": [{"name": "r", "url": url, "insecure": true}]
-        }))
-        .unwrap(),
+        &serde_json::to_vec(&json!({ "registries": [registry] })).unwrap(),
         "test",
     )
     .unwrap();
@@ -170,19 +173,9 @@ async fn token_requests_to_the_bearer_realm_count_as_the_registrys_gets() {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, "p").unwrap();
-    let config = Config::from_slice(
-        &serde_json::to_vec(&json!({
-            "registries": [{"name": "r", "url": fake.url(), "insecure": true,
-                "credential": {"type": "basic", "username": "u", "password_file": password}}]
-        }))
-        .unwrap(),
-        "test",
-    )
-    .unwrap();
-    let mut metrics = MetricsRegistry::default();
-    let registries = Registries::from_config(&config)
-        .unwrap()
-        .with_metrics(RegistryMetrics::register(&mut metrics));
+    let (registries, metrics) =
+        clients_of(json!({"name": "r", "url": fake.url(), "insecure": true,
+        "credential": {"type": "basic", "username": "u", "password_file": password}}));
     registries.get("p", "r").unwrap().ping().await.unwrap();
 
     // GET /v2/ → 401, GET /token → 200, GET /v2/ with the token → 200.
