@@ -453,7 +453,7 @@ async fn bidirectional_scenario(mesh: &Mesh) -> anyhow::Result<()> {
     );
     let mut decisions = 0.0;
     for w in &workers {
-        for outcome in ["kept", "replaced"] {
+        for outcome in ["kept", "replaced", "restored"] {
             // A worker that decided nothing may not have the series; its scrape must answer.
             decisions += w
                 .metric_if_present(

@@ -49,20 +49,33 @@ pub(super) enum Referrers {
     OnCopy,
 }
 
-/// Explains a destination's `MANIFEST_BLOB_UNKNOWN` for an index whose children a platform filter
-/// thinned out: the registry requires every child (distribution 2.x does).
-fn refused_sparse_index(e: TransferError, sparse: bool, registry: &str) -> TransferError {
+/// Explains a destination's `MANIFEST_BLOB_UNKNOWN` for a manifest whose graph this transfer has
+/// just made present: for an index whose children a platform filter thinned out, the registry
+/// requires every child (distribution 2.x does; permanent); otherwise a child another worker is
+/// copying at the same time is not visible yet (retryable).
+fn refused_incomplete(
+    e: TransferError,
+    sparse: bool,
+    registry: &str,
+    repository: &str,
+    reference: &str,
+) -> TransferError {
     let refused = matches!(
         &e,
         TransferError::Registry(RegistryError::Status { status: 400, errors, .. })
             if errors.iter().any(|x| x.code == "MANIFEST_BLOB_UNKNOWN")
     );
-    if sparse && refused {
-        TransferError::Policy(format!(
+    match e {
+        TransferError::Registry(source) if refused && !sparse => TransferError::NotYetComplete {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            reference: reference.to_string(),
+            source: Box::new(source),
+        },
+        e if refused => TransferError::Policy(format!(
             "registry {registry} refuses a sparse index (the platform filter left children out; it wants every child present): {e}. Remove the platform filter for this destination, or use a registry that accepts sparse indexes"
-        ))
-    } else {
-        e
+        )),
+        e => e,
     }
 }
 
@@ -168,7 +181,7 @@ async fn copy_manifest(
         matches!(graph, ManifestGraph::Index { .. }) && prepared.selector.has_platform_filter();
     transfer::push_manifest(ctx, dst_repo, tag, &manifest)
         .await
-        .map_err(|e| refused_sparse_index(e, sparse, ctx.dst.name()))?;
+        .map_err(|e| refused_incomplete(e, sparse, ctx.dst.name(), dst_repo, tag))?;
     verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
     Ok(TagOutcome::Copied {
         digest: manifest.digest.to_string(),
@@ -285,5 +298,58 @@ async fn verify_tag(
             ),
         }
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::error::ErrorEntry;
+
+    fn put_refused(code: &str) -> TransferError {
+        TransferError::Registry(RegistryError::Status {
+            registry: "dst".into(),
+            method: "PUT".into(),
+            url: "http://dst/v2/app/manifests/v1".into(),
+            status: 400,
+            errors: vec![ErrorEntry {
+                code: code.into(),
+                message: "blob unknown to registry".into(),
+            }],
+        })
+    }
+
+    #[test]
+    fn an_index_refused_for_a_child_not_visible_yet_is_retried() {
+        let e = refused_incomplete(
+            put_refused("MANIFEST_BLOB_UNKNOWN"),
+            false,
+            "dst",
+            "app",
+            "v1",
+        );
+        assert!(matches!(e, TransferError::NotYetComplete { .. }), "{e:?}");
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("app:v1"), "{e}");
+    }
+
+    #[test]
+    fn a_sparse_index_refused_for_its_left_out_children_is_a_policy_error() {
+        let e = refused_incomplete(
+            put_refused("MANIFEST_BLOB_UNKNOWN"),
+            true,
+            "dst",
+            "app",
+            "v1",
+        );
+        assert!(matches!(e, TransferError::Policy(_)), "{e:?}");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn other_refusals_are_left_as_they_are() {
+        let e = refused_incomplete(put_refused("MANIFEST_INVALID"), false, "dst", "app", "v1");
+        assert!(matches!(e, TransferError::Registry(_)), "{e:?}");
+        assert!(!e.is_retryable());
     }
 }

@@ -85,6 +85,16 @@ pub enum TransferError {
         repository: String,
         reference: String,
     },
+    /// The destination refused a manifest because content it references is not there yet, after
+    /// this transfer found (or made) all of it present: another worker's copy of the same child is
+    /// still being written (distribution answers `MANIFEST_BLOB_UNKNOWN`); retryable.
+    #[error("registry {registry}: {repository}:{reference} references content the registry does not show yet (another copy of it may still be in flight): {source}")]
+    NotYetComplete {
+        registry: String,
+        repository: String,
+        reference: String,
+        source: Box<crate::oci::RegistryError>,
+    },
     /// A bidirectional conflict cannot be decided yet: the destination holds content whose push is
     /// not in the ledger (its event is on the way); retryable.
     #[error("registry {registry}: {repository}:{tag} holds {digest}, whose push is not recorded yet; waiting for its event to decide the conflict")]
@@ -110,7 +120,9 @@ impl TransferError {
     pub fn is_retryable(&self) -> bool {
         match self {
             TransferError::Registry(e) => e.is_retryable(),
-            TransferError::NotYetVisible { .. } | TransferError::ConflictPending { .. } => true,
+            TransferError::NotYetVisible { .. }
+            | TransferError::NotYetComplete { .. }
+            | TransferError::ConflictPending { .. } => true,
             _ => false,
         }
     }
