@@ -39,3 +39,10 @@ pub struct EventLabels {
     pub kind: String,
     pub outcome: String,
 }
+
+/// `{registry, outcome}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryOutcome {
+    pub registry: String,
+    pub outcome: String,
+}

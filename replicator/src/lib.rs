@@ -13,7 +13,8 @@
 //! - [`event`]: the normalized event, and clamping the times outsiders send.
 //! - [`regions`]: events between regions (forwarder, `Events/Forward` server; the durable outbox
 //!   is `store::outbox`) and bidirectional conflicts (`regions::conflict`: the later write wins,
-//!   from the tag ledger in `store::ledger`).
+//!   from the tag ledger in `store::ledger`; `regions::restore`: the agent puts back a push an
+//!   older copy overwrote).
 //! - [`tokens`]: the bearer tokens webhooks, peers and the admin API accept.
 //!
 //! **Decide — what the operator asked for**

@@ -529,7 +529,8 @@ async fn outbox_contract(outbox: &dyn Outbox) {
     assert!(outbox.accepted("e7").await.unwrap());
 }
 
-/// The tag-write ledger of bidirectional conflicts: last write wins per (registry, repo, tag).
+/// The tag-write ledger of bidirectional conflicts: last write wins per (registry, repo, tag), and
+/// recording one returns the write it replaced.
 async fn ledger_contract(ledger: &dyn TagLedger) {
     let w = |digest: &str, at_ms| TagWrite {
         digest: digest.into(),
@@ -540,18 +541,30 @@ async fn ledger_contract(ledger: &dyn TagLedger) {
         ledger.last_write("ra", "app/api", "v1").await.unwrap(),
         None
     );
-    ledger
-        .record_write("ra", "app/api", "v1", &w("sha256:1", 1))
-        .await
-        .unwrap();
-    ledger
-        .record_write("ra", "app/api", "v1", &w("sha256:2", 2))
-        .await
-        .unwrap();
-    ledger
-        .record_write("rb", "app/api", "v1", &w("sha256:3", 3))
-        .await
-        .unwrap();
+    assert_eq!(
+        ledger
+            .record_write("ra", "app/api", "v1", &w("sha256:1", 1))
+            .await
+            .unwrap(),
+        None,
+        "the first write replaces nothing"
+    );
+    assert_eq!(
+        ledger
+            .record_write("ra", "app/api", "v1", &w("sha256:2", 2))
+            .await
+            .unwrap(),
+        Some(w("sha256:1", 1)),
+        "recording returns the write it replaced"
+    );
+    assert_eq!(
+        ledger
+            .record_write("rb", "app/api", "v1", &w("sha256:3", 3))
+            .await
+            .unwrap(),
+        None,
+        "another registry's tag is another entry"
+    );
     assert_eq!(
         ledger.last_write("ra", "app/api", "v1").await.unwrap(),
         Some(w("sha256:2", 2))

@@ -12,7 +12,9 @@ use ferry_replicator::clock::{duration_ms, now_ms};
 use ferry_replicator::config::Config;
 use ferry_replicator::event::{EventKind, MAX_EVENT_AGE};
 use ferry_replicator::ingest::{self, EventSink, IngestState};
-use ferry_replicator::store::ledger::{MemoryTagLedger, TagLedger};
+use ferry_replicator::regions::restore::{PushRestorer, Restored};
+use ferry_replicator::replicate::Registries;
+use ferry_replicator::store::ledger::{MemoryTagLedger, TagLedger, TagWrite};
 use ferry_replicator::store::queue::{
     EnqueueOutcome, FailOutcome, Job, JobQueue, Lease, MemoryQueue, QueueStats,
 };
@@ -734,6 +736,7 @@ async fn event_times_are_clamped_before_they_reach_the_jobs_and_the_conflict_led
         region: ferry_replicator::config::Region::single_site(),
         outbox: None,
         ledger: Some(ledger.clone() as Arc<dyn TagLedger>),
+        restorer: None,
     };
     let state = IngestState::builder(bidirectional_config(), sink)
         .token(TOKEN)
@@ -1480,4 +1483,159 @@ async fn real_registries_on_one_host_without_the_registry_parameter_are_told_apa
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// The digest `reference` resolves to on `host`, from skopeo's raw manifest.
+async fn digest_on(host: &str, reference: &str) -> String {
+    let raw = skopeo::inspect_raw(host, reference).await.expect("inspect");
+    ferry_replicator::oci::digest::sha256(&raw).to_string()
+}
+
+/// A bidirectional pair whose `src` side is the real `registry`; the put-back of overwritten
+/// pushes for it.
+fn restoring_sink(registry: &Registry) -> (Config, Arc<MemoryTagLedger>, EventSink) {
+    let doc = json!({
+        "registries": [
+            {"name": "src", "url": registry.url(), "insecure": true},
+            {"name": "dst", "url": "http://127.0.0.1:9", "insecure": true}
+        ],
+        "policies": [{
+            "name": "both", "mode": "bidirectional",
+            "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
+            "trigger": {"type": "event_based"}
+        }]
+    });
+    let config = Config::from_slice(&serde_json::to_vec(&doc).unwrap(), "test").expect("config");
+    let registries = Registries::from_config(&config).unwrap();
+    let restorer = PushRestorer::new(
+        &registries,
+        &mut prometheus_client::registry::Registry::default(),
+    );
+    let ledger = Arc::new(MemoryTagLedger::default());
+    let sink = EventSink {
+        queue: SwitchableQueue::new() as Arc<dyn JobQueue>,
+        region: ferry_replicator::config::Region::single_site(),
+        outbox: None,
+        ledger: Some(ledger.clone() as Arc<dyn TagLedger>),
+        restorer: Some(Arc::new(restorer)),
+    };
+    (config, ledger, sink)
+}
+
+/// A copy's write of `digest` to `src`'s `team/app:v1`, recorded a minute before [`EVENT_TIME`].
+fn older_copy(digest: &str) -> TagWrite {
+    TagWrite {
+        digest: digest.to_string(),
+        at_ms: EVENT_TIME.1 - 60_000,
+        region: "other".into(),
+    }
+}
+
+/// The race a worker cannot see: a copy of the other side's older push overwrote a user's push of
+/// `team/app:v1`, and the push's webhook arrives only after the copy was recorded. The agent puts
+/// the push back before the event goes on, so the other side copies the push, not the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_overwritten_by_an_older_copy_recorded_before_its_webhook_is_put_back() {
+    let registry = Registry::start().await.expect("registry");
+    let host = registry.host();
+    let pushed = push_image(&registry, 71, "team/app:v1").await;
+    // The copy's PUT lands after the push, and its write is recorded before the push's webhook.
+    let copied = push_image(&registry, 72, "team/app:v1").await;
+    let (config, ledger, sink) = restoring_sink(&registry);
+    ledger
+        .record_write("src", "team/app", "v1", &older_copy(&copied))
+        .await
+        .unwrap();
+    let queue = SwitchableQueue::new();
+    let state = IngestState::builder(config, sink)
+        .token(TOKEN)
+        .build()
+        .unwrap();
+    let agent = start_with(state, queue).await;
+
+    let target = manifest(
+        "team/app",
+        "application/vnd.oci.image.manifest.v1+json",
+        &pushed,
+        Some("v1"),
+        &[],
+    );
+    let body = serde_json::to_vec(&json!({"events": [event("push", target, "p1")]})).unwrap();
+    let answer = agent
+        .post(
+            "/v1/events/distribution?registry=src",
+            V1,
+            Some(TOKEN),
+            body,
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        digest_on(&host, "team/app:v1").await,
+        pushed,
+        "the user's push holds the tag again"
+    );
+    assert_eq!(
+        ledger
+            .last_write("src", "team/app", "v1")
+            .await
+            .unwrap()
+            .map(|w| w.digest),
+        Some(pushed),
+        "the ledger holds the push"
+    );
+}
+
+/// A tag that holds something other than the older recorded write (the push itself, or a third
+/// digest) was not overwritten by that write: nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_not_holding_the_older_recorded_write_is_left_alone() {
+    let registry = Registry::start_with(RegistryOptions {
+        log_level: "info",
+        ..RegistryOptions::default()
+    })
+    .await
+    .expect("registry");
+    let pushed = push_image(&registry, 73, "team/app:v1").await;
+    let older = push_image(&registry, 74, "team/app:older").await;
+    let (_, _, sink) = restoring_sink(&registry);
+    let restorer = sink.restorer.unwrap();
+    let write = TagWrite {
+        digest: pushed.clone(),
+        at_ms: EVENT_TIME.1,
+        region: String::new(),
+    };
+    let event = ferry_replicator::event::Event {
+        id: "e".into(),
+        registry: "src".into(),
+        repository: "team/app".into(),
+        tag: Some("v1".into()),
+        digest: Some(pushed.clone()),
+        media_type: None,
+        kind: EventKind::Push,
+        occurred_at_ms: EVENT_TIME.1,
+        request_id: None,
+    };
+    assert_eq!(
+        restorer
+            .after_push(&event, "v1", &write, Some(&older_copy(&older)))
+            .await,
+        Restored::Intact,
+        "the tag holds the push"
+    );
+    let third = push_image(&registry, 75, "team/app:v1").await;
+    assert_eq!(
+        restorer
+            .after_push(&event, "v1", &write, Some(&older_copy(&older)))
+            .await,
+        Restored::Intact,
+        "the tag moved on to a third digest"
+    );
+    assert_eq!(digest_on(&registry.host(), "team/app:v1").await, third);
+    let log = std::fs::read_to_string(registry.log_path()).unwrap();
+    assert_eq!(
+        ferry_testkit::access_log::manifest_puts(&log, "team/app", "v1"),
+        2,
+        "only the two pushes of the test wrote the tag"
+    );
 }

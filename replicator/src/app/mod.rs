@@ -51,6 +51,7 @@ use crate::ingest::poll::{PollMetrics, PollerSet};
 use crate::ingest::{EventSink, IngestState};
 use crate::oci::RegistryMetrics;
 use crate::policy::TriggerKind;
+use crate::regions::restore::PushRestorer;
 use crate::regions::{ForwardMetrics, ForwardTls};
 use crate::replicate::{Registries, SyncError};
 use crate::runtime::background::{Statuses, Supervisor};
@@ -263,10 +264,11 @@ impl Daemon {
         if o.scheduler {
             parts.scheduler(&o.holder)?;
         }
-        let sink = parts.sink(regions.as_ref());
-        let pollers = match o.pollers {
-            true => Some(parts.pollers(sink.clone())?),
-            false => None,
+        // Only a process that takes in events (webhooks or polls) needs a sink.
+        let sink = (o.pollers || webhook_tokens.is_some()).then(|| parts.sink(regions.as_ref()));
+        let pollers = match (o.pollers, &sink) {
+            (true, Some(sink)) => Some(parts.pollers(sink.clone())?),
+            _ => None,
         };
         let forward_service = match (&o.regions, regions) {
             (Some(options), Some(plan)) => {
@@ -285,7 +287,7 @@ impl Daemon {
         let mut intake_tasks = Vec::new();
         let ingest = match &o.listen {
             Some(listen) => {
-                let webhooks = webhook_tokens.map(|tokens| (sink, tokens));
+                let webhooks = sink.zip(webhook_tokens);
                 let (server, ingest) = parts
                     .listen(&o, listen, webhooks, pollers.as_deref())
                     .await?;
@@ -566,13 +568,17 @@ impl Parts {
         Ok((listener, Some(state)))
     }
 
-    /// Where accepted events go: this region's queue and ledger, and with regions the outbox.
-    fn sink(&self, regions: Option<&forwarding::Plan>) -> EventSink {
+    /// Where accepted events go: this region's queue and ledger (with the put-back of overwritten
+    /// pushes, following the policies), and with regions the outbox.
+    fn sink(&mut self, regions: Option<&forwarding::Plan>) -> EventSink {
+        let restorer = Arc::new(PushRestorer::new(&self.registries, &mut self.metrics));
+        self.reload.push(restorer.clone());
         EventSink {
             queue: self.backend.store.jobs.clone(),
             region: regions.map_or_else(Region::single_site, |r| r.region.clone()),
             outbox: regions.and(self.backend.outbox.clone()),
             ledger: Some(self.backend.tag_ledger.clone()),
+            restorer: Some(restorer),
         }
     }
 

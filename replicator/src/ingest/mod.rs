@@ -47,6 +47,7 @@ use std::sync::Arc;
 use crate::config::Region;
 use crate::event::{Event, EventKind};
 use crate::policy::NameError;
+use crate::regions::restore::PushRestorer;
 use crate::store::ledger::{TagLedger, TagWrite};
 use crate::store::outbox::{Forwarded, Outbox};
 use crate::store::queue::JobQueue;
@@ -61,6 +62,8 @@ pub struct EventSink {
     pub region: Region,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub ledger: Option<Arc<dyn TagLedger>>,
+    /// Puts a recorded push back when a copy of an older write overwrote it (with `ledger`).
+    pub restorer: Option<Arc<PushRestorer>>,
 }
 
 impl From<Arc<dyn JobQueue>> for EventSink {
@@ -71,6 +74,7 @@ impl From<Arc<dyn JobQueue>> for EventSink {
             region: Region::single_site(),
             outbox: None,
             ledger: None,
+            restorer: None,
         }
     }
 }
@@ -89,8 +93,9 @@ impl EventSink {
     }
 
     /// Everything but the local jobs: records a user's push of a tag of a bidirectional policy's
-    /// registry in the ledger, and appends the event to the outbox of every region in `forward`.
-    /// Returns once all of it is durable; the caller answers the registry only then.
+    /// registry in the ledger (and puts it back if a copy of an older write overwrote it:
+    /// [`crate::regions::restore`]), and appends the event to the outbox of every region in
+    /// `forward`. Returns once all of it is durable; the caller answers the registry only then.
     pub async fn relay(
         &self,
         matcher: &Matcher,
@@ -106,9 +111,14 @@ impl EventSink {
                     at_ms: event.occurred_at_ms,
                     region: self.region.recorded(),
                 };
-                ledger
+                let previous = ledger
                     .record_write(&event.registry, &event.repository, tag, &write)
                     .await?;
+                if let Some(restorer) = &self.restorer {
+                    restorer
+                        .after_push(event, tag, &write, previous.as_ref())
+                        .await;
+                }
             }
         }
         if forward.is_empty() {

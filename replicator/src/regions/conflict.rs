@@ -19,6 +19,11 @@
 //! the copy's ([`overtaken_by`]) and the worker puts the newer content back instead of recording
 //! its own: without this the two sides would swap contents and stay apart.
 //!
+//! When that webhook arrives only *after* the copy was recorded, the worker cannot see the push;
+//! the agent recording the push can: the ledger hands it the write it replaces, and when that is
+//! an older write of other content ([`may_have_overwritten`]) which the tag now holds, the agent
+//! puts the push back before forwarding its event ([`crate::regions::restore`]).
+//!
 //! Before the ledger is read, the two heads of the tag may settle it ([`compare_heads`]): the same
 //! content on both sides needs nothing, a source that moved on since the event leaves the decision
 //! to the newer event, and a job without an event (a run, the safety net) never replaces a
@@ -135,9 +140,46 @@ pub fn overtaken_by(ours: &TagWrite, last: Option<&TagWrite>) -> Option<TagWrite
         .cloned()
 }
 
+/// After a user's push `pushed` of a tag was recorded over `previous` (the ledger's write it
+/// replaced): the older write of other content that may have overwritten the push on the registry
+/// — a copy whose `PUT` landed after the push and was recorded before the push's webhook arrived.
+/// It did overwrite the push when the tag now holds that write's digest
+/// ([`crate::regions::restore`] looks); `None` when no older write of other content was recorded.
+pub fn may_have_overwritten<'a>(
+    pushed: &TagWrite,
+    previous: Option<&'a TagWrite>,
+) -> Option<&'a TagWrite> {
+    previous.filter(|previous| previous.digest != pushed.digest && pushed.wins_over(previous))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_older_recorded_write_of_other_content_may_have_overwritten_a_push() {
+        let pushed = write("p", 200, "b");
+        let older_copy = write("x", 100, "a");
+        assert_eq!(
+            may_have_overwritten(&pushed, Some(&older_copy)),
+            Some(&older_copy)
+        );
+        assert_eq!(
+            may_have_overwritten(&pushed, None),
+            None,
+            "nothing recorded"
+        );
+        assert_eq!(
+            may_have_overwritten(&pushed, Some(&write("p", 100, "a"))),
+            None,
+            "same content"
+        );
+        assert_eq!(
+            may_have_overwritten(&pushed, Some(&write("x", 300, "a"))),
+            None,
+            "a newer write legitimately replaced the push"
+        );
+    }
 
     #[test]
     fn a_copy_is_overtaken_only_by_a_newer_write_of_other_content() {

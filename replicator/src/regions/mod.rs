@@ -8,7 +8,8 @@
 //! - [`server`]: the `Events` service: matches forwarded events against this region's policies
 //!   and answers only after their jobs are in the local queue.
 //! - [`conflict`]: bidirectional conflicts between regions: the later write wins, decided from
-//!   the ledger of tag writes every region records.
+//!   the ledger of tag writes every region records; [`restore`]: the agent puts a user's push
+//!   back when a copy of an older write overwrote it.
 //! - [`client`]: the forwarder: one delivery loop per peer region, in outbox order, with
 //!   backoff while the peer is unreachable.
 //!
@@ -23,6 +24,7 @@
 //! - A forwarded event is never forwarded again (see `ingest::matcher`).
 pub mod client;
 pub mod conflict;
+pub mod restore;
 pub mod server;
 
 use prometheus_client::encoding::EncodeLabelSet;

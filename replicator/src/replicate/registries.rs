@@ -87,13 +87,21 @@ impl Registries {
         })
     }
 
+    /// The configured registries' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.clients.keys().map(String::as_str)
+    }
+
+    /// The client of the registry called `name`, if configured.
+    pub fn client(&self, name: &str) -> Option<Arc<RegistryClient>> {
+        self.clients.get(name).cloned()
+    }
+
+    /// The client of a registry `policy` names; an error naming both when it is not configured.
     pub fn get(&self, policy: &str, name: &str) -> Result<Arc<RegistryClient>, SyncError> {
-        self.clients
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SyncError::UnknownRegistry {
-                policy: policy.to_string(),
-                registry: name.to_string(),
-            })
+        self.client(name).ok_or_else(|| SyncError::UnknownRegistry {
+            policy: policy.to_string(),
+            registry: name.to_string(),
+        })
     }
 }

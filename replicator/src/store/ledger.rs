@@ -6,7 +6,8 @@
 //! Invariants: a write is remembered for [`LEDGER_TTL`] (as long as an event time is believed) and
 //! then forgotten; a stored write that does not parse is [`StoreError::Corrupt`] naming the tag.
 //! Redis layout: one JSON string per tag, `{p}:tagwrite:{registry}:{repository}:{tag}`, with a
-//! PX expiry of [`LEDGER_TTL`].
+//! PX expiry of [`LEDGER_TTL`]; recording is `SET … PX … GET`, which returns the write it replaced
+//! (Redis 6.2).
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -40,13 +41,15 @@ pub trait TagLedger: Send + Sync {
         tag: &str,
     ) -> Result<Option<TagWrite>, StoreError>;
 
+    /// Records `write` as the tag's last write and returns the one it replaced (atomically: two
+    /// recorders never both see the same previous write).
     async fn record_write(
         &self,
         registry: &str,
         repository: &str,
         tag: &str,
         write: &TagWrite,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<TagWrite>, StoreError>;
 }
 
 /// A ledger in this process (`ferry serve` without Redis, tests).
@@ -75,13 +78,12 @@ impl TagLedger for MemoryTagLedger {
         repository: &str,
         tag: &str,
         write: &TagWrite,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<TagWrite>, StoreError> {
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        writes.insert(
+        Ok(writes.insert(
             (registry.into(), repository.into(), tag.into()),
             write.clone(),
-        );
-        Ok(())
+        ))
     }
 }
 
@@ -121,14 +123,7 @@ impl TagLedger for RedisTagLedger {
                 .query_async(&mut con),
         )
         .await?;
-        raw.map(|raw| {
-            serde_json::from_str(&raw).map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "tag write of {registry}/{repository}:{tag} is not valid JSON: {e}"
-                ))
-            })
-        })
-        .transpose()
+        parse_write(raw, registry, repository, tag)
     }
 
     async fn record_write(
@@ -137,21 +132,40 @@ impl TagLedger for RedisTagLedger {
         repository: &str,
         tag: &str,
         write: &TagWrite,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<TagWrite>, StoreError> {
         let raw = serde_json::to_string(write).map_err(|e| {
             StoreError::Corrupt(format!(
                 "tag write of {registry}/{repository}:{tag} does not serialize: {e}"
             ))
         })?;
         let mut con = self.redis.connection();
-        bounded(
+        let previous: Option<String> = bounded(
             redis::cmd("SET")
                 .arg(self.key(registry, repository, tag))
                 .arg(raw)
                 .arg("PX")
                 .arg(crate::clock::duration_ms(LEDGER_TTL))
-                .query_async::<()>(&mut con),
+                .arg("GET")
+                .query_async(&mut con),
         )
-        .await
+        .await?;
+        parse_write(previous, registry, repository, tag)
     }
+}
+
+/// A stored write, read back; one that does not parse is [`StoreError::Corrupt`] naming the tag.
+fn parse_write(
+    raw: Option<String>,
+    registry: &str,
+    repository: &str,
+    tag: &str,
+) -> Result<Option<TagWrite>, StoreError> {
+    raw.map(|raw| {
+        serde_json::from_str(&raw).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "tag write of {registry}/{repository}:{tag} is not valid JSON: {e}"
+            ))
+        })
+    })
+    .transpose()
 }

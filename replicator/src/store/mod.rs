@@ -38,7 +38,8 @@
 //!
 //! **Server version: Redis ≥ 6.2** (or a server compatible with it), by the versions Redis documents
 //! for the commands used (nothing older than 7.0 is tested). The newest features used:
-//! `SET … PXAT` (6.2, the registry pause in [`limits`]); Streams with consumer groups (5.0:
+//! `SET … PXAT` (6.2, the registry pause in [`limits`]), `SET … GET` (6.2, the tag ledger in
+//! [`ledger`]); Streams with consumer groups (5.0:
 //! `XADD`, `XRANGE`, `XDEL`, `XLEN`, `XACK`, `XCLAIM` incl. `JUSTID`, `XREADGROUP`, the extended
 //! form `XPENDING key group start end count`, `XGROUP CREATE … MKSTREAM`, `XINFO GROUPS`); scripts
 //! that write after calling `TIME` (effects replication, the default since 5.0 and the only mode
@@ -50,7 +51,7 @@
 //! - sent directly: `evalsha`, `script|load` (how the client runs scripts: `EVALSHA`, and on
 //!   `NOSCRIPT` `SCRIPT LOAD` then `EVALSHA` again — never `EVAL` or `FUNCTION`), `multi`, `exec`
 //!   (the policy catalog's changes), `xgroup|create`, `xadd`, `xrange`, `xdel`, `xlen`, `get`,
-//!   `set` (`NX PX` for blob leases, `PX` for the tag ledger), `incr`, `lrange`, `rpush`, `lrem`,
+//!   `set` (`NX PX` for blob leases, `PX GET` for the tag ledger), `incr`, `lrange`, `rpush`, `lrem`,
 //!   `sadd`, `srem`, `smembers`, `hset`, `hdel`, `hgetall`, `hvals`, `zcard`, `zrevrangebyscore`;
 //! - inside scripts only: `exists`, `del`, `pexpire`, `time`, `xpending`, `xclaim`, `xreadgroup`,
 //!   `xack`, `xinfo|groups`, `llen`, `sismember`, `hget`, `hexists`, `hincrby`, `zadd`, `zrem`,
