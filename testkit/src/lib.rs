@@ -13,6 +13,7 @@
 //! # Layout
 //! - [`registry`]: [`Registry`] and [`RedisServer`] child processes, each owning
 //!   a temporary directory that holds its config, data and log.
+//! - [`sentinel`]: a Redis/Valkey Sentinel watching a [`RedisServer`] primary, for failovers.
 //! - [`fixtures`]: [`LayoutBuilder`] writes OCI image layouts (images,
 //!   multi-arch indexes, OCI 1.1 artifacts) whose layer content is derived
 //!   from a seed, streamed to disk so gigabyte layers cost constant memory.
@@ -38,6 +39,7 @@ pub mod fixtures;
 pub mod netns;
 pub mod oidc;
 pub mod registry;
+pub mod sentinel;
 pub mod skopeo;
 pub mod tls;
 

@@ -308,6 +308,8 @@ struct Security {
     tls: Option<crate::tls::Certificates>,
     /// `requirepass`.
     password: Option<String>,
+    /// `replicaof`: a replica of this primary (for Sentinel failovers).
+    replica_of: Option<std::net::SocketAddr>,
 }
 
 impl RedisServer {
@@ -337,8 +339,23 @@ impl RedisServer {
         let security = Security {
             tls: Some(crate::tls::make_certificates(dir.path())?),
             password: password.map(str::to_owned),
+            replica_of: None,
         };
         RedisServer::start_in(dir, &crate::Host::loopback(), binary, false, security).await
+    }
+
+    /// A replica of `primary` (same binary, no AOF), for failovers through Sentinel
+    /// ([`crate::sentinel::Sentinel`]).
+    pub async fn start_replica(primary: &RedisServer) -> anyhow::Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-redis-")
+            .tempdir()
+            .context("creating the redis temp dir")?;
+        let security = Security {
+            replica_of: Some(std::net::SocketAddr::from((primary.host.ip, primary.port))),
+            ..Security::default()
+        };
+        RedisServer::start_in(dir, &primary.host, &primary.binary, false, security).await
     }
 
     /// Like [`RedisServer::start_binary`], on `host` (e.g. in a network namespace).
@@ -496,6 +513,11 @@ async fn spawn_redis(
     };
     if let Some(password) = &security.password {
         cmd.arg("--requirepass").arg(password);
+    }
+    if let Some(primary) = &security.replica_of {
+        cmd.arg("--replicaof")
+            .arg(primary.ip().to_string())
+            .arg(primary.port().to_string());
     }
     cmd.arg("--bind")
         .arg(host.ip.to_string())

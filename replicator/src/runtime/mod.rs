@@ -125,7 +125,8 @@ pub const REDIS_URL_ENV: &str = "FERRY_REDIS_URL";
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RedisFlags {
     /// Redis/Valkey URL of this region's queue, e.g. redis://127.0.0.1:6379/0 or
-    /// rediss://:PASSWORD@valkey:6380/0 (TLS). Any local user can read it in /proc: put a URL with a
+    /// rediss://:PASSWORD@valkey:6380/0 (TLS), or redis+sentinel://s1:26379,s2:26379/MASTER (the
+    /// primary a Sentinel setup names, followed through failovers). Any local user can read it in /proc: put a URL with a
     /// password in --redis-url-file or FERRY_REDIS_URL instead. Default: FERRY_REDIS_URL.
     #[arg(long = "redis", value_name = "URL", conflicts_with = "redis_url_file")]
     pub url: Option<String>,
@@ -150,7 +151,7 @@ pub enum RedisFlagsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--redis-url-file {path} holds no URL: write the redis:// or rediss:// URL on its first line")]
+    #[error("--redis-url-file {path} holds no URL: write the redis://, rediss:// or redis+sentinel:// URL on its first line")]
     EmptyUrlFile { path: PathBuf },
     #[error("cannot read --redis-ca-file {path}: {source}")]
     ReadCaFile {

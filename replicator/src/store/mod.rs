@@ -9,7 +9,8 @@
 //! - [`ledger`]: the last write of each tag, for bidirectional conflicts.
 //! - [`outbox`]: events waiting for other regions, and the events accepted from them.
 //! - [`redis`]: the one Redis/Valkey connection every Redis-backed part shares ([`RedisStore`]),
-//!   which server to trust ([`redis::RedisTarget`]) and the bound on every operation.
+//!   which server to trust ([`redis::RedisTarget`]) and the bound on every operation;
+//!   [`sentinel`]: the primary a Sentinel setup names, followed through failovers.
 //!
 //! # Invariants
 //! - Every failure to read or write stored state is a [`StoreError`]: `Unavailable` (the backend
@@ -78,7 +79,8 @@
 //! must allow undeclared ones (`--default_lua_flags=allow-undeclared-keys`, per its docs; not
 //! tested here). Keys carry no hash tags, the keys of one script map to different Redis Cluster
 //! slots, and the client holds one plain connection (no `MOVED`/`ASK` handling): **Redis Cluster
-//! is not supported**; use a standalone server (with replicas and failover if wanted).
+//! is not supported**; use a standalone server (with replicas and Sentinel for failover:
+//! [`sentinel`]; sentinels are sent only `SENTINEL GET-MASTER-ADDR-BY-NAME`).
 //!
 //! **Persistence**: `appendonly yes` with `appendfsync everysec` (a crash loses at most about one
 //! second of acknowledged writes; registries re-send what they got no 2xx for, and the safety net
@@ -102,6 +104,7 @@ pub mod limits;
 pub mod outbox;
 pub mod queue;
 pub mod redis;
+pub mod sentinel;
 
 pub use self::redis::RedisStore;
 

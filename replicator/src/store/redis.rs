@@ -16,14 +16,17 @@
 //! and is sent with `AUTH` after the handshake; the target never shows it.
 //!
 //! Connections go through [`ConnectionManager`], which reconnects in the background after a
-//! failure; clones of a [`RedisStore`] share it.
+//! failure; clones of a [`RedisStore`] share it. With a `redis+sentinel://` URL the store connects
+//! to the primary the sentinels name and follows a failover ([`crate::store::sentinel`]).
 
 use std::future::Future;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisError;
+use redis::{ErrorKind, RedisError};
 
+use crate::store::sentinel::{Sentinels, FOLLOW_EVERY};
 use crate::store::StoreError;
 
 /// Upper bound of one store operation, reconnect included; beyond it the caller gets
@@ -41,16 +44,31 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// instead of the public roots. Its `Debug` and [`RedisTarget::redacted`] hide the password.
 #[derive(Clone)]
 pub struct RedisTarget {
-    client: redis::Client,
+    server: Server,
     /// The URL without its password, for messages.
     redacted: String,
 }
 
+/// One server, or the primary the sentinels name.
+#[derive(Clone)]
+enum Server {
+    Direct(redis::Client),
+    Sentinel(Sentinels),
+}
+
 impl RedisTarget {
-    /// Checks `url` (scheme, host, port, database) without connecting.
+    /// Checks `url` (scheme, host, port, database; or a `redis+sentinel://` URL, see
+    /// [`crate::store::sentinel`]) without connecting.
     pub fn new(url: &str) -> Result<RedisTarget, RedisError> {
+        let server = if Sentinels::is_sentinel_url(url) {
+            Server::Sentinel(Sentinels::parse(url).map_err(|e| {
+                RedisError::from((ErrorKind::InvalidClientConfig, "invalid URL", e.to_string()))
+            })?)
+        } else {
+            Server::Direct(redis::Client::open(url)?)
+        };
         Ok(RedisTarget {
-            client: redis::Client::open(url)?,
+            server,
             redacted: redact_url(url),
         })
     }
@@ -63,7 +81,7 @@ impl RedisTarget {
             root_cert: Some(ca_pem),
         };
         Ok(RedisTarget {
-            client: redis::Client::build_with_tls(url, certificates)?,
+            server: Server::Direct(redis::Client::build_with_tls(url, certificates)?),
             redacted: redact_url(url),
         })
     }
@@ -81,10 +99,11 @@ impl std::fmt::Debug for RedisTarget {
 }
 
 /// One connection to the region's Redis/Valkey and the key prefix all of its state lives under
-/// (`{p}` in the key layouts). Clones share the connection.
+/// (`{p}` in the key layouts). Clones share the connection; behind Sentinel, the connection is
+/// replaced when the sentinels name another primary.
 #[derive(Clone)]
 pub struct RedisStore {
-    con: ConnectionManager,
+    con: Arc<RwLock<ConnectionManager>>,
     prefix: String,
 }
 
@@ -104,18 +123,27 @@ impl RedisStore {
 
     /// [`RedisStore::connect`] to a [`RedisTarget`] (TLS with a private CA, for instance).
     pub async fn connect_to(target: &RedisTarget, prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = target.client.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let con = bounded(ConnectionManager::new_with_config(client, config)).await?;
-        Ok(RedisStore {
-            con,
+        let (con, sentinels) = match &target.server {
+            Server::Direct(client) => (manage(client.clone()).await?, None),
+            Server::Sentinel(sentinels) => {
+                let primary = sentinels.primary().await?;
+                let con = manage(sentinels.client_for(&primary)?).await?;
+                tracing::info!(master = %sentinels.master, primary = %format!("{}:{}", primary.0, primary.1), "queue server: the primary the sentinels name");
+                (con, Some((sentinels.clone(), primary)))
+            }
+        };
+        let store = RedisStore {
+            con: Arc::new(RwLock::new(con)),
             prefix: prefix.to_owned(),
-        })
+        };
+        if let Some((sentinels, primary)) = sentinels {
+            tokio::spawn(follow_primary(
+                Arc::downgrade(&store.con),
+                sentinels,
+                primary,
+            ));
+        }
+        Ok(store)
     }
 
     /// The key prefix.
@@ -130,7 +158,63 @@ impl RedisStore {
 
     /// The shared connection (cheap to clone; commands on clones are multiplexed).
     pub(crate) fn connection(&self) -> ConnectionManager {
-        self.con.clone()
+        self.con.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A reconnecting connection to `client`'s server.
+async fn manage(client: redis::Client) -> Result<ConnectionManager, StoreError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(OP_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_min_delay(RECONNECT_MIN_DELAY)
+        .set_max_delay(RECONNECT_MAX_DELAY);
+    bounded(ConnectionManager::new_with_config(client, config)).await
+}
+
+/// Asks the sentinels where the primary is every [`FOLLOW_EVERY`] and moves `con` to a new one
+/// (see [`crate::store::sentinel`]); ends when the last clone of the store is dropped.
+async fn follow_primary(
+    con: Weak<RwLock<ConnectionManager>>,
+    sentinels: Sentinels,
+    mut primary: (String, u16),
+) {
+    loop {
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        let Some(current) = con.upgrade() else {
+            return;
+        };
+        let named = match sentinels.primary().await {
+            Ok(named) if named != primary => named,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the sentinels where the queue's primary is");
+                continue;
+            }
+        };
+        let client = match sentinels.client_for(&named) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the primary the sentinels name");
+                continue;
+            }
+        };
+        match manage(client).await {
+            Ok(new) => {
+                *current.write().unwrap_or_else(|p| p.into_inner()) = new;
+                tracing::warn!(
+                    master = %sentinels.master,
+                    from = %format!("{}:{}", primary.0, primary.1),
+                    to = %format!("{}:{}", named.0, named.1),
+                    "queue server failover: now using the primary the sentinels name"
+                );
+                primary = named;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, primary = %format!("{}:{}", named.0, named.1), "cannot reach the new primary yet");
+            }
+        }
     }
 }
 
