@@ -2004,6 +2004,7 @@ fn the_documented_acl_rule_is_the_tested_one() {
 #[test]
 fn the_acl_rule_grants_exactly_the_commands_the_store_sends() {
     let sources = [
+        include_str!("../src/store/redis.rs"),
         include_str!("../src/store/queue/redis.rs"),
         include_str!("../src/store/history/redis.rs"),
         include_str!("../src/store/limits.rs"),

@@ -42,6 +42,7 @@ async fn queue_basics_over_tls_with_the_private_ca(binary: &str) {
         url: Some(url_with_password(&server)),
         redis_url_file: None,
         redis_ca_file: Some(ca(&server).to_path_buf()),
+        redis_wait_replicas: 0,
     };
     let target = flags.required_target().expect("the flags name a server");
     let queue = RedisQueue::connect_to(&target, PREFIX, RetryPolicy::default())

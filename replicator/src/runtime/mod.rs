@@ -138,6 +138,12 @@ pub struct RedisFlags {
     /// the public web roots are trusted.
     #[arg(long, value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
+    /// Replicas that must confirm (Redis `WAIT`, up to 1 s) every job and forwarded event before
+    /// the sender gets its answer, so that a primary's death loses no acknowledged event once
+    /// Sentinel promotes a replica; too few confirmations answer 503 and the sender re-sends.
+    /// 0 (default): asynchronous replication, as Redis does by default.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
 }
 
 /// Why the `--redis*` flags do not name a usable server. No variant holds a password.
@@ -180,7 +186,9 @@ impl RedisFlags {
         let env = std::env::var(REDIS_URL_ENV)
             .ok()
             .filter(|v| !v.trim().is_empty());
-        self.target_from(env)
+        Ok(self
+            .target_from(env)?
+            .map(|t| t.with_wait_replicas(self.redis_wait_replicas)))
     }
 
     /// Like [`RedisFlags::target`], for daemons that cannot run without Redis.
@@ -274,6 +282,7 @@ mod tests {
             url: url.map(str::to_string),
             redis_url_file: file.map(Path::to_path_buf),
             redis_ca_file: ca.map(Path::to_path_buf),
+            redis_wait_replicas: 0,
         }
     }
 

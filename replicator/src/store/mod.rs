@@ -53,7 +53,9 @@
 //!   `NOSCRIPT` `SCRIPT LOAD` then `EVALSHA` again — never `EVAL` or `FUNCTION`), `multi`, `exec`
 //!   (the policy catalog's changes), `xgroup|create`, `xadd`, `xrange`, `xdel`, `xlen`, `get`,
 //!   `set` (`NX PX` for blob leases, `PX GET` for the tag ledger), `incr`, `lrange`, `rpush`, `lrem`,
-//!   `sadd`, `srem`, `smembers`, `hset`, `hdel`, `hgetall`, `hvals`, `zcard`, `zrevrangebyscore`;
+//!   `sadd`, `srem`, `smembers`, `hset`, `hdel`, `hgetall`, `hvals`, `zcard`, `zrevrangebyscore`,
+//!   and `wait` (only with `--redis-wait-replicas`: after enqueueing a job and appending to an
+//!   outbox, see [`redis::RedisStore::confirm_replicated`]);
 //! - inside scripts only: `exists`, `del`, `pexpire`, `time`, `xpending`, `xclaim`, `xreadgroup`,
 //!   `xack`, `xinfo|groups`, `llen`, `sismember`, `hget`, `hexists`, `hincrby`, `zadd`, `zrem`,
 //!   `zrange`, `zrangebyscore`, `zcount`, `zscore`, `zremrangebyscore`, `zremrangebyrank`, and
@@ -92,7 +94,7 @@
 //! working through it, and commands and keys outside it refused: `tests/queue_conformance.rs`,
 //! modules `redis_acl` and `valkey_acl`):
 //! ```text
-//! ACL SETUSER ferry on >PASSWORD resetkeys ~ferry:* resetchannels -@all +evalsha +script|load +multi +exec +xgroup|create +xadd +xrange +xdel +xlen +xpending +xclaim +xreadgroup +xack +xinfo|groups +get +set +incr +del +exists +pexpire +time +lrange +rpush +lrem +llen +sadd +srem +smembers +sismember +hset +hdel +hget +hgetall +hvals +hexists +hincrby +zadd +zrem +zcard +zcount +zscore +zrange +zrangebyscore +zrevrangebyscore +zremrangebyscore +zremrangebyrank
+//! ACL SETUSER ferry on >PASSWORD resetkeys ~ferry:* resetchannels -@all +evalsha +script|load +multi +exec +xgroup|create +xadd +xrange +xdel +xlen +xpending +xclaim +xreadgroup +xack +xinfo|groups +get +set +incr +del +exists +pexpire +time +lrange +rpush +lrem +llen +sadd +srem +smembers +sismember +hset +hdel +hget +hgetall +hvals +hexists +hincrby +zadd +zrem +zcard +zcount +zscore +zrange +zrangebyscore +zrevrangebyscore +zremrangebyscore +zremrangebyrank +wait
 //! ```
 //! (`~ferry:*` is the default prefix's pattern: use `~<prefix>:*` with `--queue-prefix`; add
 //! `+select` for a URL naming a database other than 0.) Scripts' commands are checked against the
@@ -121,7 +123,7 @@ pub const ACL_COMMANDS: &str = "-@all +evalsha +script|load +multi +exec +xgroup
 +xrange +xdel +xlen +xpending +xclaim +xreadgroup +xack +xinfo|groups +get +set +incr +del +exists \
 +pexpire +time +lrange +rpush +lrem +llen +sadd +srem +smembers +sismember +hset +hdel +hget \
 +hgetall +hvals +hexists +hincrby +zadd +zrem +zcard +zcount +zscore +zrange +zrangebyscore \
-+zrevrangebyscore +zremrangebyscore +zremrangebyrank";
++zrevrangebyscore +zremrangebyscore +zremrangebyrank +wait";
 
 /// The ACL rule (the part after `ACL SETUSER <user> on >PASSWORD`) that lets a user do what
 /// Ferry does with keys under `prefix` and nothing else: its keys (`~<prefix>:*`), no pub/sub

@@ -188,8 +188,16 @@ impl Outbox for RedisOutbox {
                 .arg(json)
                 .query_async::<String>(&mut con),
         )
-        .await
-        .map(drop)
+        .await?;
+        self.redis
+            .confirm_replicated(
+                &mut con,
+                &format!(
+                    "outbox entry for region {region} (event {})",
+                    entry.event.id
+                ),
+            )
+            .await
     }
 
     async fn pending(

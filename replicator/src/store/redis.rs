@@ -47,6 +47,8 @@ pub struct RedisTarget {
     server: Server,
     /// The URL without its password, for messages.
     redacted: String,
+    /// Replicas that must confirm an acknowledged write (`--redis-wait-replicas`); 0: none.
+    wait_replicas: u32,
 }
 
 /// One server, or the primary the sentinels name.
@@ -70,6 +72,7 @@ impl RedisTarget {
         Ok(RedisTarget {
             server,
             redacted: redact_url(url),
+            wait_replicas: 0,
         })
     }
 
@@ -83,7 +86,15 @@ impl RedisTarget {
         Ok(RedisTarget {
             server: Server::Direct(redis::Client::build_with_tls(url, certificates)?),
             redacted: redact_url(url),
+            wait_replicas: 0,
         })
+    }
+
+    /// Writes that acknowledge an event to its sender (a job enqueued, an outbox entry) count
+    /// only once `replicas` replicas confirmed them (`WAIT`, see [`RedisStore::confirm_replicated`]).
+    pub fn with_wait_replicas(mut self, replicas: u32) -> RedisTarget {
+        self.wait_replicas = replicas;
+        self
     }
 
     /// The URL with its password replaced by `***`.
@@ -105,6 +116,8 @@ impl std::fmt::Debug for RedisTarget {
 pub struct RedisStore {
     con: Arc<RwLock<ConnectionManager>>,
     prefix: String,
+    /// See [`RedisTarget::with_wait_replicas`].
+    wait_replicas: u32,
 }
 
 impl AsRef<RedisStore> for RedisStore {
@@ -135,6 +148,7 @@ impl RedisStore {
         let store = RedisStore {
             con: Arc::new(RwLock::new(con)),
             prefix: prefix.to_owned(),
+            wait_replicas: target.wait_replicas,
         };
         if let Some((sentinels, primary)) = sentinels {
             tokio::spawn(follow_primary(
@@ -160,7 +174,40 @@ impl RedisStore {
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.con.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// With `--redis-wait-replicas N`: `WAIT N` on `con` after a write that acknowledges an
+    /// event (`what` names it), so that the event survives the primary's death once a replica is
+    /// promoted. Fewer confirmations within [`REPLICA_WAIT`] make the write `Unavailable`: the
+    /// caller refuses the event (503) and its sender re-sends it, collapsing into the job already
+    /// written. `WAIT` holds the shared connection while it waits (a healthy replica confirms in
+    /// well under a millisecond on a LAN).
+    pub(crate) async fn confirm_replicated(
+        &self,
+        con: &mut ConnectionManager,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let confirmed: i64 = bounded(
+            redis::cmd("WAIT")
+                .arg(self.wait_replicas)
+                .arg(crate::clock::duration_ms(REPLICA_WAIT))
+                .query_async(con),
+        )
+        .await?;
+        if confirmed < i64::from(self.wait_replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "{what}: {confirmed} of the {} replica(s) --redis-wait-replicas asks for confirmed it within {REPLICA_WAIT:?}; refused so that its sender sends it again",
+                self.wait_replicas
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// How long a write waits for its replicas (`WAIT`'s timeout), well inside [`OP_TIMEOUT`].
+pub const REPLICA_WAIT: Duration = Duration::from_millis(1000);
 
 /// A reconnecting connection to `client`'s server.
 async fn manage(client: redis::Client) -> Result<ConnectionManager, StoreError> {

@@ -536,6 +536,9 @@ impl JobQueue for RedisQueue {
                 .invoke_async(&mut con),
         )
         .await?;
+        self.redis
+            .confirm_replicated(&mut con, &format!("job {}", job.id))
+            .await?;
         Ok(if added == 1 {
             EnqueueOutcome::Enqueued
         } else {
