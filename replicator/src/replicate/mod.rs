@@ -27,7 +27,7 @@ use crate::oci::RegistryError;
 pub(crate) use plan::listed_name;
 pub use plan::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
 pub use registries::Registries;
-pub use sync::{sync_policy, RunProgress, SyncOptions, SyncReport, TagResult};
+pub use sync::{sync_policy, sync_repos, RunProgress, SyncOptions, SyncReport, TagResult};
 pub use tag::{replicate_reference, TagOutcome, TAG_GONE};
 
 #[derive(Debug, thiserror::Error)]
