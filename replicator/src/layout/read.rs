@@ -462,3 +462,56 @@ impl Source for LayoutSource {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_dir(index: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(dir.path().join("oci-layout"), super::super::OCI_LAYOUT).unwrap();
+        std::fs::write(dir.path().join("index.json"), index).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_huge_index_is_refused_before_it_is_read() {
+        let dir = layout_dir(b"");
+        // Sparse: costs no disk, but says its size.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("index.json"))
+            .unwrap();
+        f.set_len(MAX_INDEX_BYTES + 1).unwrap();
+        let e = LayoutSource::open(dir.path()).await.unwrap_err();
+        assert!(e.to_string().contains("index.json"), "{e}");
+        assert!(e.to_string().contains("limit"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_blob_is_refused() {
+        let hex = "a".repeat(64);
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{hex}","size":10,"annotations":{{"dev.ferry.repository":"a","org.opencontainers.image.ref.name":"v1"}}}}]}}"#
+        );
+        let dir = layout_dir(index.as_bytes());
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("blobs/sha256").join(&hex))
+            .unwrap();
+        let layout = LayoutSource::open(dir.path()).await.unwrap();
+        let e = layout.get_manifest("a", "v1").await.unwrap_err();
+        assert!(e.to_string().contains("symlinks are refused"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_tag_the_layout_does_not_hold_is_not_found() {
+        let dir = layout_dir(br#"{"schemaVersion":2,"manifests":[]}"#);
+        let layout = LayoutSource::open(dir.path()).await.unwrap();
+        assert!(layout.head_manifest("a", "v1").await.unwrap().is_none());
+        assert!(layout
+            .get_manifest("a", "v1")
+            .await
+            .unwrap_err()
+            .is_not_found());
+    }
+}
