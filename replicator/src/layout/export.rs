@@ -339,7 +339,7 @@ impl Run<'_> {
                 Admitted::Skipped(outcome) => return Ok(outcome),
             };
         let written = self
-            .export_manifest(&repo.repository, &manifest, graph, &mut done.carried)
+            .export_manifest(&repo.repository, &manifest, *graph, &mut done.carried)
             .await?;
         done.entries.push(Entry {
             repository: repo.repository.clone(),

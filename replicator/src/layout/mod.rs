@@ -95,7 +95,7 @@ const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("layout {layout}: {file}: {source}")]
+    #[error("{layout}: {file}: {source}")]
     Io {
         layout: String,
         file: String,
@@ -103,13 +103,13 @@ pub enum LayoutError {
         source: std::io::Error,
     },
     /// Unreadable or hostile content: bad JSON, a bad digest or name, an entry that is not a file.
-    #[error("layout {layout}: {file}: {message}")]
+    #[error("{layout}: {file}: {message}")]
     Invalid {
         layout: String,
         file: String,
         message: String,
     },
-    #[error("layout {layout}: {file} hashes to {actual}, not {expected}: the layout was altered or damaged; refusing it (export it again)")]
+    #[error("{layout}: {file} hashes to {actual}, not {expected}: the layout was altered or damaged; refusing it (export it again)")]
     Tampered {
         layout: String,
         file: String,
@@ -117,7 +117,7 @@ pub enum LayoutError {
         actual: String,
     },
     /// Content an incremental export left out (the destination has to have it already).
-    #[error("layout {layout}: {what} of {repository} is not in this layout{hint}")]
+    #[error("{layout}: {what} of {repository} is not in this layout{hint}")]
     Missing {
         layout: String,
         what: String,
@@ -125,7 +125,7 @@ pub enum LayoutError {
         hint: String,
     },
     /// The layout has no such tag (or manifest) in this repository.
-    #[error("layout {layout}: no {repository}:{reference}")]
+    #[error("{layout}: no {repository}:{reference}")]
     NotFound {
         layout: String,
         repository: String,

@@ -126,7 +126,7 @@ pub(super) async fn copy_tag(
 /// What the policy makes of a source tag: its manifest (with the graph parsed out of it), or why
 /// the tag is skipped.
 pub(crate) enum Admitted {
-    Manifest(Manifest, ManifestGraph),
+    Manifest(Manifest, Box<ManifestGraph>),
     Skipped(TagOutcome),
 }
 
@@ -178,7 +178,7 @@ pub(crate) async fn admit_tag(
     {
         return skipped("excluded by the artifact_type filter".into());
     }
-    Ok(Admitted::Manifest(manifest, graph))
+    Ok(Admitted::Manifest(manifest, Box::new(graph)))
 }
 
 /// Copies the source's manifest of `tag` (its graph first) unless a filter excludes it, pushes it
@@ -196,7 +196,7 @@ async fn copy_manifest(
     };
     transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
     let sparse =
-        matches!(graph, ManifestGraph::Index { .. }) && prepared.selector.has_platform_filter();
+        matches!(*graph, ManifestGraph::Index { .. }) && prepared.selector.has_platform_filter();
     transfer::push_manifest(ctx, dst_repo, tag, &manifest)
         .await
         .map_err(|e| refused_incomplete(e, sparse, ctx.dst.name(), dst_repo, tag))?;
