@@ -22,8 +22,8 @@ use crate::transfer::{Source, TransferError};
 
 use super::archive::{self, Span};
 use super::{
-    blob_path, is_tar, layout_name, ExportRecord, Index, LayoutError, MAX_INDEX_BYTES,
-    MAX_RECORD_BYTES, RECORD_FILE,
+    blob_path, layout_name, ExportRecord, Index, LayoutError, MAX_INDEX_BYTES, MAX_RECORD_BYTES,
+    RECORD_FILE,
 };
 
 /// Bytes read from disk at a time.
@@ -53,7 +53,8 @@ impl LayoutSource {
     pub async fn open(path: &Path) -> Result<LayoutSource, LayoutError> {
         let path = path.to_path_buf();
         let name = layout_name(&path);
-        let storage = if is_tar(&path) && !path.is_dir() {
+        // A file is read as a tar whatever its name; anything else must be a layout directory.
+        let storage = if path.is_file() {
             let p = path.clone();
             let files = tokio::task::spawn_blocking(move || archive::scan(&p))
                 .await
@@ -501,6 +502,40 @@ mod tests {
         let layout = LayoutSource::open(dir.path()).await.unwrap();
         let e = layout.get_manifest("a", "v1").await.unwrap_err();
         assert!(e.to_string().contains("symlinks are refused"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn referrers_found_through_the_api_are_answered_from_their_entries() {
+        let (subject, referrer) = ("a".repeat(64), "b".repeat(64));
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{subject}","size":10,"annotations":{{"dev.ferry.repository":"app","org.opencontainers.image.ref.name":"v1"}}}},
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{referrer}","size":20,"artifactType":"application/vnd.example.sbom","annotations":{{"dev.ferry.repository":"app","dev.ferry.referrer-of":"sha256:{subject}"}}}}]}}"#
+        );
+        let dir = layout_dir(index.as_bytes());
+        let layout = LayoutSource::open(dir.path()).await.unwrap();
+        let subject: Digest = format!("sha256:{subject}").parse().unwrap();
+        let found = layout.referrers("app", &subject).await.unwrap().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].digest().to_string(), format!("sha256:{referrer}"));
+        assert_eq!(
+            found[0]
+                .artifact_type()
+                .as_ref()
+                .map(|m| m.to_string())
+                .as_deref(),
+            Some("application/vnd.example.sbom")
+        );
+        assert!(layout
+            .referrers("other", &subject)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            layout.list_tags("app").await.unwrap(),
+            vec!["v1".to_string()]
+        );
     }
 
     #[tokio::test]
