@@ -384,8 +384,11 @@ async fn a_flipped_byte_in_a_layout_blob_is_refused_naming_it() {
         .unwrap();
     assert_eq!(v1["outcome"], "failed", "{report:#}");
     let error = v1["error"].as_str().unwrap();
-    assert!(error.contains(&corpus.base_layer.digest), "{error}");
-    assert!(error.contains("refusing corrupt data"), "{error}");
+    let hex = corpus.base_layer.digest.trim_start_matches("sha256:");
+    assert!(
+        error.contains(&format!("blobs/sha256/{hex}")) && error.contains("altered"),
+        "names the tampered file: {error}"
+    );
     assert_eq!(
         manifest_status(&dst.url(), "platform/app", "v1").await,
         404,

@@ -422,6 +422,16 @@ impl Source for LayoutSource {
         }))
     }
 
+    fn corrupt(&self, _repository: &str, digest: &Digest, actual: String) -> TransferError {
+        LayoutError::Tampered {
+            layout: self.name.clone(),
+            file: blob_path(digest),
+            expected: digest.to_string(),
+            actual,
+        }
+        .into()
+    }
+
     async fn referrers(
         &self,
         repository: &str,

@@ -17,7 +17,7 @@ use oci_spec::image::Descriptor;
 use tokio::sync::Semaphore;
 
 use crate::oci::digest::Digest;
-use crate::oci::{Manifest, RegistryClient, RemoteDescriptor};
+use crate::oci::{Manifest, RegistryClient, RegistryError, RemoteDescriptor};
 
 use super::{Result, TransferError};
 
@@ -51,6 +51,17 @@ pub trait Source: Send + Sync + std::fmt::Debug {
         from: u64,
         size: u64,
     ) -> BoxStream<'static, Result<Bytes>>;
+    /// The error for blob `digest` of `repository` whose bytes from this source hash to `actual`
+    /// (a registry's names the registry; a layout's names the file).
+    fn corrupt(&self, repository: &str, digest: &Digest, actual: String) -> TransferError {
+        RegistryError::DigestMismatch {
+            registry: self.name().to_string(),
+            repository: repository.to_string(),
+            expected: digest.to_string(),
+            actual,
+        }
+        .into()
+    }
     /// The referrers of `subject` (OCI 1.1 referrers API); `None` when the source has no such API.
     async fn referrers(
         &self,

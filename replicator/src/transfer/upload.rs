@@ -124,12 +124,7 @@ fn digest_mismatch(
     digest: &Digest,
     actual: String,
 ) -> TransferError {
-    TransferError::Registry(RegistryError::DigestMismatch {
-        registry: ctx.src.name().to_string(),
-        repository: src_repo.to_string(),
-        expected: digest.to_string(),
-        actual,
-    })
+    ctx.src.corrupt(src_repo, digest, actual)
 }
 
 fn size_mismatch(

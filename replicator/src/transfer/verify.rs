@@ -180,12 +180,7 @@ impl VerifiedStream {
     }
 
     fn mismatch(&self, actual: String) -> TransferError {
-        TransferError::Registry(RegistryError::DigestMismatch {
-            registry: self.registry.clone(),
-            repository: self.repository.clone(),
-            expected: self.digest.to_string(),
-            actual,
-        })
+        self.ctx.src.corrupt(&self.repository, &self.digest, actual)
     }
 
     fn size_mismatch(&self, actual: u64) -> TransferError {
