@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use ferry_testkit::{sha256_digest, skopeo, Registry};
+use ferry_testkit::{sha256_digest, skopeo, LayerSpec, LayoutBuilder, Registry};
 use serde_json::{json, Value};
 
 /// A port nothing listens on: the import side's config names the source registry there, so any
@@ -330,31 +330,70 @@ async fn an_incremental_import_onto_a_destination_without_the_earlier_export_nam
     let first = dir.path().join("first.tar");
     let out = export(&ecfg, &first, None).await;
     let first_id = out.json()[0]["id"].as_str().unwrap().to_string();
-    push_image(dir.path(), 78, &src.host(), "platform/app:v3").await;
+    // v3 shares the base layer the first export carried for platform/app: the second leaves it out.
+    let mut b = LayoutBuilder::new(&dir.path().join("v3")).unwrap();
+    b.image(
+        "v3",
+        &[
+            LayerSpec {
+                seed: 1,
+                size: 2 * 1024 * 1024,
+            },
+            LayerSpec {
+                seed: 78,
+                size: 1000,
+            },
+        ],
+    )
+    .unwrap();
+    skopeo::push_layout(&b.finish().unwrap(), "v3", &src.host(), "platform/app:v3")
+        .await
+        .unwrap();
     let second = dir.path().join("second.tar");
     let out = export(&ecfg, &second, Some(&first)).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!tar_blobs(&second).contains(&corpus.base_layer.digest));
 
     let out = import(&icfg, &second).await;
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     let report = &out.json()[0];
-    let v1 = report["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["repository"] == "platform/app" && t["tag"] == "v1")
-        .unwrap();
-    let error = v1["error"].as_str().unwrap();
-    assert!(error.contains(&corpus.app_v1.digest), "{error}");
+    let error_of = |tag: &str| {
+        report["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["repository"] == "platform/app" && t["tag"] == tag)
+            .and_then(|t| t["error"].as_str())
+            .unwrap_or_else(|| panic!("{tag} did not fail: {report:#}"))
+            .to_string()
+    };
+    // An unchanged tag: its manifest is only in the first export.
+    let v1 = error_of("v1");
     assert!(
-        error.contains(&first_id),
-        "names the export to import first: {error}"
+        v1.contains(&format!("manifest {}", corpus.app_v1.digest)),
+        "{v1}"
     );
-    assert_eq!(
-        manifest_status(&dst.url(), "platform/app", "v1").await,
-        404,
-        "nothing was tagged"
+    assert!(
+        v1.contains(&first_id),
+        "names the export to import first: {v1}"
     );
+    // The new tag: its manifest is here, its shared layer only in the first export.
+    let v3 = error_of("v3");
+    assert!(
+        v3.contains(&format!("blob {}", corpus.base_layer.digest)),
+        "{v3}"
+    );
+    assert!(
+        v3.contains(&first_id),
+        "names the export to import first: {v3}"
+    );
+    for tag in ["v1", "v3"] {
+        assert_eq!(
+            manifest_status(&dst.url(), "platform/app", tag).await,
+            404,
+            "{tag} was not tagged"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,14 @@ impl LayoutSource {
         } else {
             for d in ["", "blobs", "blobs/sha256"] {
                 let p = path.join(d);
-                match std::fs::symlink_metadata(&p) {
+                // The layout itself may be reached through a symlink (a mount point); inside it,
+                // nothing may be one.
+                let meta = if d.is_empty() {
+                    std::fs::metadata(&p)
+                } else {
+                    std::fs::symlink_metadata(&p)
+                };
+                match meta {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => {
                         return Err(LayoutError::invalid(

@@ -30,7 +30,8 @@ impl LayoutWriter {
     pub fn create(dir: &Path) -> Result<LayoutWriter, LayoutError> {
         let name = layout_name(dir);
         let io = |file: &str, e| LayoutError::io(&name, file, e);
-        if let Ok(m) = std::fs::symlink_metadata(dir) {
+        // The directory itself may be reached through a symlink (a mount point); inside it, none.
+        if let Ok(m) = std::fs::metadata(dir) {
             if !m.is_dir() {
                 return Err(LayoutError::invalid(
                     &name,
