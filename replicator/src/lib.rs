@@ -41,6 +41,10 @@
 //!   referrers, digest-guarded deletes, a full sync of a policy, drift by digest.
 //! - [`transfer`]: moves one manifest graph — **`transfer/mod.rs` is the file that decides
 //!   whether a blob is skipped, mounted or copied**; `transfer::upload` how an upload resumes.
+//! - [`layout`]: air-gapped sites — an OCI image layout (directory or tar) as the far side of a
+//!   policy: `layout::export` writes what a policy covers on its source into one, and
+//!   `layout::import` replicates one into the destinations through `replicate`/`transfer`, the
+//!   layout being a `transfer::Source` like a registry.
 //! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts), and
 //!   `oci::metrics`: every request it sends counted by registry, method and status.
 //!
@@ -75,6 +79,7 @@ pub mod errors;
 pub mod event;
 pub mod ingest;
 pub mod labels;
+pub mod layout;
 pub mod locks;
 pub mod oci;
 pub mod policy;

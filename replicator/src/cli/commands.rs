@@ -25,10 +25,10 @@ use super::{
     WorkerArgs,
 };
 
-const OK: u8 = 0;
-const NO: u8 = 1;
-const ERROR: u8 = 2;
-const INTERRUPTED: u8 = 130;
+pub(super) const OK: u8 = 0;
+pub(super) const NO: u8 = 1;
+pub(super) const ERROR: u8 = 2;
+pub(super) const INTERRUPTED: u8 = 130;
 
 /// Loads and validates the config and builds the selected policies; prints every problem on
 /// failure.
@@ -50,7 +50,10 @@ fn load_target(target: &Target) -> Option<Vec<PreparedPolicy>> {
 }
 
 /// The policies a command runs on: the named one, or every enabled one.
-fn selected<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<Vec<&'a Policy>> {
+pub(super) fn selected<'a>(
+    config: &'a Config,
+    name: Option<&str>,
+) -> anyhow::Result<Vec<&'a Policy>> {
     match name {
         Some(n) => {
             let p = config.policy(n).with_context(|| {
@@ -82,7 +85,7 @@ fn prepare(config: &Config, policy: Option<&str>) -> anyhow::Result<Vec<Prepared
 }
 
 /// Cancels `token` on Ctrl-C / SIGTERM.
-fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub(super) fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::select! {
             () = shutdown_signal() => {},
@@ -143,7 +146,7 @@ pub async fn sync(args: SyncArgs) -> u8 {
     code
 }
 
-fn print_sync_summary(r: &SyncReport) {
+pub(super) fn print_sync_summary(r: &SyncReport) {
     let n = |f: fn(&TagOutcome) -> bool| r.count(f);
     println!(
         "policy {}: tags {} copied, {} unchanged, {} kept, {} skipped, {} failed",

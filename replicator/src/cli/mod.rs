@@ -10,6 +10,7 @@ use ferry_replicator::runtime::listener::ListenFlags;
 use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
 
 mod admin;
+mod airgap;
 mod commands;
 mod progress;
 
@@ -30,6 +31,12 @@ pub enum Command {
     Sync(SyncArgs),
     /// Report drift by digest: missing, different and extra tags. Exit 1 on drift.
     Diff(DiffArgs),
+    /// Write what a policy covers on its source registry into an OCI image layout (directory or
+    /// .tar), for an air-gapped site. Exit 1 when a tag could not be exported.
+    Export(ExportArgs),
+    /// Replicate an OCI image layout written by `ferry export` into a policy's destinations.
+    /// Exit 1 when a destination does not match the layout.
+    Import(ImportArgs),
     /// Run replication jobs from the Redis/Valkey queue (fed by `ferry-agent`).
     Worker(WorkerArgs),
     /// All in one process: webhooks, workers and the safety net, with an in-process queue unless
@@ -57,6 +64,58 @@ pub struct SyncArgs {
     /// Progress display: auto (bars on a terminal), bars, or plain log lines.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+}
+
+/// How tags and blobs move, and how progress shows (shared by sync, export and import).
+#[derive(clap::Args, Debug)]
+pub struct RunFlags {
+    /// Tags handled concurrently.
+    #[arg(long, default_value_t = 16)]
+    pub tag_parallelism: usize,
+    /// Blobs of one manifest moved concurrently.
+    #[arg(long, default_value_t = 8)]
+    pub blob_parallelism: usize,
+    /// Progress display: auto (bars on a terminal), bars, or plain log lines.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Config file with registries and policies (only the policy's source registry is contacted).
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// The policy whose source content is exported.
+    #[arg(long, short = 'p')]
+    pub policy: String,
+    /// The layout to write: a directory (blobs it holds are not written again), or a file ending
+    /// in .tar (replaced when complete).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// A previous export (directory or .tar): write only what it, and those before it, did not
+    /// carry (an incremental export).
+    #[arg(long)]
+    pub since: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The layout written by `ferry export`: a directory or a .tar file.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Config file with registries and policies (the policy's source registry is never contacted).
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// The policy whose destinations, namespace rewrite, filters and override apply.
+    #[arg(long, short = 'p')]
+    pub policy: String,
+    #[command(flatten)]
+    pub run: RunFlags,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -266,7 +325,12 @@ pub enum PolicyCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet_logs = matches!(&cli.command, Command::Sync(a) if progress::use_bars(a.progress));
+    let quiet_logs = match &cli.command {
+        Command::Sync(a) => progress::use_bars(a.progress),
+        Command::Export(a) => progress::use_bars(a.run.progress),
+        Command::Import(a) => progress::use_bars(a.run.progress),
+        _ => false,
+    };
     // Kept until exit: dropping it flushes the spans not yet exported.
     let _telemetry = init_logging(
         cli.log_format,
@@ -277,6 +341,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => commands::sync(args).await,
             Command::Diff(args) => commands::diff(args).await,
+            Command::Export(args) => airgap::export(args).await,
+            Command::Import(args) => airgap::import(args).await,
             Command::Worker(args) => commands::worker(args).await,
             Command::Serve(args) => commands::serve(args).await,
             Command::Policy {

@@ -4,10 +4,12 @@
 //! - [`plan`]: a policy compiled for running ([`PreparedPolicy`]) and what it covers on the source.
 //! - [`tag`]: one tag to one destination, level-triggered (`HEAD` both sides, copy only on
 //!   difference, confirm by `HEAD`); the entry point of event-driven jobs is
-//!   [`replicate_reference`].
+//!   [`replicate_reference`]; `tag::admit_tag` applies the tag-level filters (`ferry export`
+//!   shares it).
 //! - [`referrers`]: signatures and SBOMs follow their subject.
 //! - [`delete`]: a delete event becomes a digest-guarded delete on the destination.
-//! - [`sync`]: a full sync of one policy (`ferry sync`, runs); [`drift`]: drift by digest
+//! - [`sync`]: a full sync of one policy (`ferry sync`, runs; [`sync_repos`] from any
+//!   [`crate::transfer::Source`], which `ferry import` uses with a layout); [`drift`]: drift by digest
 //!   (`ferry diff`, the safety net), `HEAD`s only.
 //! - [`registries`]: the configured registries' clients; [`policies`]: the enabled policies a worker
 //!   runs jobs with.
@@ -27,7 +29,7 @@ use crate::oci::RegistryError;
 pub(crate) use plan::listed_name;
 pub use plan::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
 pub use registries::Registries;
-pub use sync::{sync_policy, RunProgress, SyncOptions, SyncReport, TagResult};
+pub use sync::{sync_policy, sync_repos, RunProgress, SyncOptions, SyncReport, TagResult};
 pub use tag::{replicate_reference, TagOutcome, TAG_GONE};
 
 #[derive(Debug, thiserror::Error)]

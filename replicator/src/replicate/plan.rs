@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::oci::{RegistryClient, RegistryError};
 use crate::policy::{check_repository, check_tag, rewrite_repository, NameError, Policy, Selector};
 use crate::throttle::Throttle;
-use crate::transfer::{self, BlobLedger, TransferContext, TransferStats};
+use crate::transfer::{self, BlobLedger, Source, TransferContext, TransferStats};
 
 use super::{Registries, SyncError};
 
@@ -43,6 +43,28 @@ pub struct SourceRepo {
     pub tags: Vec<String>,
     /// Every tag of the repository (referrer tags are found here).
     pub all_tags: Vec<String>,
+}
+
+impl SourceRepo {
+    /// `repository` with the tags of `all_tags` the policy covers: its tag filters, and referrer
+    /// tags left to their subject when the policy copies referrers.
+    pub fn covered(
+        policy: &Policy,
+        selector: &Selector,
+        repository: String,
+        all_tags: Vec<String>,
+    ) -> SourceRepo {
+        let tags = all_tags
+            .iter()
+            .filter(|t| selector.matches_tag(t) && !(policy.copy_referrers && is_referrer_tag(t)))
+            .cloned()
+            .collect();
+        SourceRepo {
+            repository,
+            tags,
+            all_tags,
+        }
+    }
 }
 
 /// Whether a name a registry listed (or a digest it answered) follows the grammar of
@@ -84,18 +106,7 @@ pub async fn list_source(
                 .into_iter()
                 .filter(|t| listed_name(src.name(), Some(&repository), check_tag(t)))
                 .collect();
-            let tags = all_tags
-                .iter()
-                .filter(|t| {
-                    selector.matches_tag(t) && !(policy.copy_referrers && is_referrer_tag(t))
-                })
-                .cloned()
-                .collect();
-            Ok(SourceRepo {
-                repository,
-                tags,
-                all_tags,
-            })
+            Ok(SourceRepo::covered(policy, selector, repository, all_tags))
         })
         .buffer_unordered(8)
         .collect()
@@ -166,8 +177,32 @@ impl PreparedPolicy {
         cancel: CancellationToken,
         blob_parallelism: usize,
     ) -> TransferContext {
+        self.transfer_context_from(
+            self.src.clone(),
+            dst,
+            ledger,
+            stats,
+            throttle,
+            cancel,
+            blob_parallelism,
+        )
+    }
+
+    /// Everything a transfer from `src` (the policy's source registry, or a layout on disk for
+    /// `ferry import`) to `dst` needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn transfer_context_from(
+        &self,
+        src: Arc<dyn Source>,
+        dst: &Arc<RegistryClient>,
+        ledger: Arc<BlobLedger>,
+        stats: Arc<TransferStats>,
+        throttle: Option<Arc<Throttle>>,
+        cancel: CancellationToken,
+        blob_parallelism: usize,
+    ) -> TransferContext {
         TransferContext {
-            src: self.src.clone(),
+            src,
             dst: dst.clone(),
             ledger,
             stats,

@@ -4,10 +4,12 @@
 //! referrers API.
 //!
 //! Invariant: a referrer outside the policy's `artifact_type` filter is never copied.
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use oci_spec::image::Descriptor;
 
 use crate::oci::digest::Digest;
-use crate::transfer::{self, TransferContext, TransferError};
+use crate::transfer::{self, Source, TransferContext, TransferError};
 
 use super::plan::{is_referrer_tag, PreparedPolicy, SourceRepo};
 
@@ -24,34 +26,17 @@ pub(super) async fn copy_referrers(
         return Ok(0);
     }
     let src_repo = &repo.repository;
-    // (reference on the source, reference to push on the destination)
-    let mut refs: BTreeMap<String, String> = BTreeMap::new();
-    // `None` when the registry has no referrers API (learned once per registry).
-    let listed = ctx
-        .src
-        .referrers(src_repo, subject)
-        .await?
-        .unwrap_or_default();
-    for d in &listed {
-        refs.insert(d.digest().to_string(), d.digest().to_string());
-    }
-    let prefix = format!("{}-{}", subject.algorithm(), subject.digest());
-    for t in repo
-        .all_tags
-        .iter()
-        .filter(|t| t.starts_with(&prefix) && is_referrer_tag(t))
-    {
-        refs.insert(t.clone(), t.clone());
-    }
+    let (listed, refs) = find_referrers(ctx.src.as_ref(), repo, subject).await?;
     let mut pushed = 0;
     let mut copied = Vec::new();
-    for (src_ref, dst_ref) in refs {
+    for src_ref in refs {
+        let dst_ref = &src_ref;
         let Some(src_head) = ctx.src.head_manifest(src_repo, &src_ref).await? else {
             continue;
         };
         let unchanged = ctx
             .dst
-            .head_manifest(dst_repo, &dst_ref)
+            .head_manifest(dst_repo, dst_ref)
             .await?
             .is_some_and(|d| d.digest == src_head.digest);
         if !unchanged {
@@ -65,7 +50,7 @@ pub(super) async fn copy_referrers(
                 continue;
             }
             transfer::ensure_graph(ctx, src_repo, dst_repo, &m, &prepared.selector).await?;
-            transfer::push_manifest(ctx, dst_repo, &dst_ref, &m).await?;
+            transfer::push_manifest(ctx, dst_repo, dst_ref, &m).await?;
             pushed += 1;
             tracing::info!(referrer = %src_ref, %subject, "referrer copied");
         }
@@ -88,6 +73,29 @@ pub(super) async fn copy_referrers(
     Ok(pushed)
 }
 
+/// The referrers of `subject` on `src`: what its referrers API lists (`None` from a source without
+/// one counts as none), and every reference to read them by — those digests plus the repository's
+/// `<alg>-<hex>[.suffix]` tags — each once, in order.
+pub(crate) async fn find_referrers(
+    src: &dyn Source,
+    repo: &SourceRepo,
+    subject: &Digest,
+) -> Result<(Vec<Descriptor>, Vec<String>), TransferError> {
+    let listed = src
+        .referrers(&repo.repository, subject)
+        .await?
+        .unwrap_or_default();
+    let mut refs: BTreeSet<String> = listed.iter().map(|d| d.digest().to_string()).collect();
+    let prefix = format!("{}-{}", subject.algorithm(), subject.digest());
+    refs.extend(
+        repo.all_tags
+            .iter()
+            .filter(|t| t.starts_with(&prefix) && is_referrer_tag(t))
+            .cloned(),
+    );
+    Ok((listed, refs.into_iter().collect()))
+}
+
 /// On a destination without the referrers API, lists `referrers` in the subject's fallback tag
 /// (`<alg>-<hex>`, an OCI index), as the distribution spec tells clients to, so they can be found
 /// there. Returns 1 when the index was written, 0 when it already listed them all.
@@ -95,23 +103,22 @@ async fn update_referrers_tag(
     ctx: &TransferContext,
     dst_repo: &str,
     subject: &Digest,
-    referrers: &[oci_spec::image::Descriptor],
+    referrers: &[Descriptor],
 ) -> Result<u64, TransferError> {
     let tag = format!("{}-{}", subject.algorithm(), subject.digest());
-    let mut manifests: Vec<oci_spec::image::Descriptor> =
-        match ctx.dst.head_manifest(dst_repo, &tag).await? {
-            Some(_) => {
-                let current = ctx.dst.get_manifest(dst_repo, &tag).await?;
-                match current.graph() {
-                    Ok(crate::oci::ManifestGraph::Index { children, .. }) => {
-                        children.into_iter().map(|c| c.descriptor).collect()
-                    }
-                    // Something else holds the tag: leave it alone.
-                    _ => return Ok(0),
+    let mut manifests: Vec<Descriptor> = match ctx.dst.head_manifest(dst_repo, &tag).await? {
+        Some(_) => {
+            let current = ctx.dst.get_manifest(dst_repo, &tag).await?;
+            match current.graph() {
+                Ok(crate::oci::ManifestGraph::Index { children, .. }) => {
+                    children.into_iter().map(|c| c.descriptor).collect()
                 }
+                // Something else holds the tag: leave it alone.
+                _ => return Ok(0),
             }
-            None => Vec::new(),
-        };
+        }
+        None => Vec::new(),
+    };
     let before = manifests.len();
     for d in referrers {
         if !manifests.iter().any(|m| m.digest() == d.digest()) {

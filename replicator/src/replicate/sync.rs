@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::throttle::Throttle;
-use crate::transfer::{BlobLedger, StatsSnapshot, TransferContext, TransferStats};
+use crate::transfer::{BlobLedger, Source, StatsSnapshot, TransferContext, TransferStats};
 
 use super::plan::{list_source, PreparedPolicy, SourceRepo};
 use super::tag::{copy_tag, Referrers, TagOutcome};
@@ -97,13 +97,27 @@ pub async fn sync_policy(
     opts: &SyncOptions,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
+    let repos = list_source(&prepared.src, &prepared.policy, &prepared.selector).await?;
+    Ok(sync_repos(prepared, prepared.src.clone(), &repos, started, opts).await)
+}
+
+/// Replicates every tag of `repos` from `src` (the policy's source registry, or a layout on disk
+/// for `ferry import`) to every destination of the policy, concurrently; `started` is when the
+/// run began (its listing included).
+pub async fn sync_repos(
+    prepared: &PreparedPolicy,
+    src: Arc<dyn Source>,
+    repos: &[SourceRepo],
+    started: Instant,
+    opts: &SyncOptions,
+) -> SyncReport {
     let policy = &prepared.policy;
-    let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
     let ledger = Arc::new(BlobLedger::default());
     let throttle = Throttle::from_kib_per_sec(policy.speed).map(Arc::new);
     let mut work = Vec::new();
     for dst in &prepared.dsts {
-        let ctx = prepared.transfer_context(
+        let ctx = prepared.transfer_context_from(
+            src.clone(),
             dst,
             ledger.clone(),
             opts.progress.stats.clone(),
@@ -111,7 +125,7 @@ pub async fn sync_policy(
             opts.cancel.clone(),
             opts.blob_parallelism,
         );
-        for repo in &repos {
+        for repo in repos {
             for tag in &repo.tags {
                 work.push((ctx.clone(), repo, tag.clone()));
             }
@@ -137,12 +151,12 @@ pub async fn sync_policy(
     tags.sort_by(|a, b| {
         (&a.destination, &a.repository, &a.tag).cmp(&(&b.destination, &b.repository, &b.tag))
     });
-    Ok(SyncReport {
+    SyncReport {
         policy: policy.name.clone(),
         tags,
         stats: opts.progress.stats.snapshot(),
         seconds: started.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 async fn sync_tag(

@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use crate::oci::digest::Digest;
-use crate::oci::{ManifestGraph, RegistryError};
-use crate::transfer::{self, TransferContext, TransferError};
+use crate::oci::{Manifest, ManifestGraph, RegistryError};
+use crate::transfer::{self, Source, TransferContext, TransferError};
 
 use super::plan::{is_referrer_tag, PreparedPolicy, SourceRepo};
 use super::referrers::copy_referrers;
@@ -123,6 +123,64 @@ pub(super) async fn copy_tag(
     Ok(outcome)
 }
 
+/// What the policy makes of a source tag: its manifest (with the graph parsed out of it), or why
+/// the tag is skipped.
+pub(crate) enum Admitted {
+    Manifest(Manifest, Box<ManifestGraph>),
+    Skipped(TagOutcome),
+}
+
+/// Reads the manifest of `src_repo:tag` from `src` and applies the policy's tag-level filters
+/// (labels, resource, artifact_type of a referrer tag). `ferry sync`, jobs and `ferry export` all
+/// decide here which tags they carry.
+pub(crate) async fn admit_tag(
+    prepared: &PreparedPolicy,
+    src: &dyn Source,
+    src_repo: &str,
+    tag: &str,
+) -> Result<Admitted, TransferError> {
+    let skipped = |reason: String| Ok(Admitted::Skipped(TagOutcome::Skipped { reason }));
+    if prepared.selector.has_label_filters() {
+        let labels = match src.registry() {
+            Some(r) => r.harbor_labels(src_repo, tag).await?,
+            None => None,
+        };
+        let labels = labels.ok_or_else(|| {
+            TransferError::Policy(format!(
+                "label filter: {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
+                src.name()
+            ))
+        })?;
+        if !prepared.selector.matches_labels(&labels) {
+            return skipped(format!("excluded by the label filter (labels: {labels:?})"));
+        }
+    }
+    let manifest = match src.get_manifest(src_repo, tag).await {
+        Ok(m) => m,
+        Err(e) if e.is_not_found() => return skipped(TAG_GONE.into()),
+        Err(e) => return Err(e),
+    };
+    let graph = manifest.graph().map_err(|source| TransferError::Manifest {
+        registry: src.name().to_string(),
+        repository: src_repo.to_string(),
+        digest: manifest.digest.to_string(),
+        source,
+    })?;
+    if !prepared.selector.matches_resource(graph.is_image()) {
+        return skipped("excluded by the resource filter".into());
+    }
+    // A referrer pushed under the tag scheme (its own event) follows the artifact_type
+    // filter like a referrer found through its subject.
+    if is_referrer_tag(tag)
+        && !prepared
+            .selector
+            .matches_artifact_type(manifest.artifact_type().as_deref())
+    {
+        return skipped("excluded by the artifact_type filter".into());
+    }
+    Ok(Admitted::Manifest(manifest, Box::new(graph)))
+}
+
 /// Copies the source's manifest of `tag` (its graph first) unless a filter excludes it, pushes it
 /// by tag and confirms the destination answers its digest.
 async fn copy_manifest(
@@ -132,53 +190,13 @@ async fn copy_manifest(
     dst_repo: &str,
     tag: &str,
 ) -> Result<TagOutcome, TransferError> {
-    if prepared.selector.has_label_filters() {
-        let labels = ctx.src.harbor_labels(src_repo, tag).await?.ok_or_else(|| {
-            TransferError::Policy(format!(
-                "label filter: registry {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
-                ctx.src.name()
-            ))
-        })?;
-        if !prepared.selector.matches_labels(&labels) {
-            return Ok(TagOutcome::Skipped {
-                reason: format!("excluded by the label filter (labels: {labels:?})"),
-            });
-        }
-    }
-    let manifest = match ctx.src.get_manifest(src_repo, tag).await {
-        Ok(m) => m,
-        Err(e) if e.is_not_found() => {
-            return Ok(TagOutcome::Skipped {
-                reason: TAG_GONE.into(),
-            })
-        }
-        Err(e) => return Err(e.into()),
+    let (manifest, graph) = match admit_tag(prepared, ctx.src.as_ref(), src_repo, tag).await? {
+        Admitted::Manifest(m, g) => (m, g),
+        Admitted::Skipped(outcome) => return Ok(outcome),
     };
-    let graph = manifest.graph().map_err(|source| TransferError::Manifest {
-        registry: ctx.src.name().to_string(),
-        repository: src_repo.to_string(),
-        digest: manifest.digest.to_string(),
-        source,
-    })?;
-    if !prepared.selector.matches_resource(graph.is_image()) {
-        return Ok(TagOutcome::Skipped {
-            reason: "excluded by the resource filter".into(),
-        });
-    }
-    // A referrer pushed under the tag scheme (its own event) follows the artifact_type
-    // filter like a referrer found through its subject.
-    if is_referrer_tag(tag)
-        && !prepared
-            .selector
-            .matches_artifact_type(manifest.artifact_type().as_deref())
-    {
-        return Ok(TagOutcome::Skipped {
-            reason: "excluded by the artifact_type filter".into(),
-        });
-    }
     transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
     let sparse =
-        matches!(graph, ManifestGraph::Index { .. }) && prepared.selector.has_platform_filter();
+        matches!(*graph, ManifestGraph::Index { .. }) && prepared.selector.has_platform_filter();
     transfer::push_manifest(ctx, dst_repo, tag, &manifest)
         .await
         .map_err(|e| refused_incomplete(e, sparse, ctx.dst.name(), dst_repo, tag))?;

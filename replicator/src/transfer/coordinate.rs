@@ -24,7 +24,7 @@ pub struct BlobLedger {
 }
 
 impl BlobLedger {
-    pub(super) fn slot(&self, registry: &str, digest: &Digest) -> Slot {
+    pub(crate) fn slot(&self, registry: &str, digest: &Digest) -> Slot {
         let mut map = crate::locks::lock(&self.slots);
         map.entry((registry.to_string(), digest.to_string()))
             .or_default()

@@ -29,12 +29,15 @@
 //! - `coordinate`: [`BlobLedger`] (one upload per blob within a process) and [`BlobLeases`] (one
 //!   uploader per blob among the workers of a queue).
 //! - `checkpoints`: [`Checkpoints`], where interrupted chunked uploads stand.
+//! - `source`: [`Source`], what a transfer reads from — a registry, or an OCI image layout on disk
+//!   (`ferry import`, [`crate::layout`]).
 //! - `upload`: one blob's upload — monolithic or chunked, retries, and whether a checkpointed
 //!   session can be continued.
 //! - `verify`: the source's bytes — read with `Range` resumes, and verified on their way so the
 //!   last byte is released only after size and digest matched.
 mod checkpoints;
 mod coordinate;
+mod source;
 mod upload;
 mod verify;
 
@@ -55,6 +58,7 @@ use crate::throttle::Throttle;
 
 pub use checkpoints::Checkpoints;
 pub use coordinate::{BlobLeases, BlobLedger};
+pub use source::Source;
 pub use verify::{StreamFailure, READ_RESUMES};
 
 use coordinate::{coordinate, keep_lease, Coordinated};
@@ -104,6 +108,9 @@ pub enum TransferError {
         tag: String,
         digest: String,
     },
+    /// An OCI image layout (`ferry import`) is unreadable, tampered with or lacks content; permanent.
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
     /// The policy cannot be applied to this content (e.g. its namespace rule); permanent.
     #[error("{0}")]
     Policy(String),
@@ -194,7 +201,8 @@ pub enum BlobOutcome {
 /// Everything one transfer needs; cheap to clone.
 #[derive(Clone)]
 pub struct TransferContext {
-    pub src: Arc<RegistryClient>,
+    /// Where manifests and blobs are read: a registry, or a layout on disk (`ferry import`).
+    pub src: Arc<dyn Source>,
     pub dst: Arc<RegistryClient>,
     pub ledger: Arc<BlobLedger>,
     pub stats: Arc<TransferStats>,
@@ -223,27 +231,14 @@ pub async fn ensure_graph(
     let graph = parse_graph(ctx, src_repo, manifest)?;
     match graph {
         ManifestGraph::Index { children, .. } => {
-            let wanted = children.into_iter().filter(|c| {
-                match (&c.platform, selector.has_platform_filter()) {
-                    (_, false) => true,
-                    (Some((os, arch, variant)), true) => {
-                        selector.matches_platform(os, arch, variant.as_deref())
-                    }
-                    // Children without a platform (attestations, etc.) follow the index.
-                    (None, true) => true,
-                }
-            });
-            for child in wanted {
+            for child in children.iter().filter(|c| wanted_child(selector, c)) {
                 copy_child_manifest(ctx, src_repo, dst_repo, child.descriptor.digest(), selector)
                     .await?;
             }
             Ok(())
         }
         ManifestGraph::Image { blobs, .. } => {
-            let blobs: Vec<Descriptor> = blobs
-                .into_iter()
-                .filter(|d| !manifest::is_non_distributable(d))
-                .collect();
+            let blobs: Vec<Descriptor> = blobs.into_iter().filter(distributable).collect();
             // Futures built in a loop (not a closure) keep concrete lifetimes, so callers can spawn.
             let mut copies = Vec::with_capacity(blobs.len());
             for d in &blobs {
@@ -256,6 +251,23 @@ pub async fn ensure_graph(
             Ok(())
         }
     }
+}
+
+/// Whether an index's child is part of what the policy copies (its platform filter; children
+/// without a platform, such as attestations, follow the index).
+pub fn wanted_child(selector: &Selector, child: &manifest::Child) -> bool {
+    match (&child.platform, selector.has_platform_filter()) {
+        (_, false) => true,
+        (Some((os, arch, variant)), true) => {
+            selector.matches_platform(os, arch, variant.as_deref())
+        }
+        (None, true) => true,
+    }
+}
+
+/// Whether a blob may be pushed to another registry (foreign/non-distributable layers are not).
+pub fn distributable(desc: &Descriptor) -> bool {
+    !manifest::is_non_distributable(desc)
 }
 
 /// Copies a child manifest (and its graph) by digest, unless the destination has it already.

@@ -54,13 +54,20 @@ pub(super) async fn upload_with_retries(
 async fn transfer_permits(ctx: &TransferContext) -> Result<Vec<tokio::sync::OwnedSemaphorePermit>> {
     // Owned handles: borrowed ones held across the awaits below make the future's `Send` bound
     // lifetime-specific, which breaks spawning it.
-    let mut regs = vec![ctx.src.clone(), ctx.dst.clone()];
-    regs.sort_by(|a, b| a.name().cmp(b.name()));
-    regs.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    // A source on disk has no slots: only the destination's bound the upload.
+    let mut regs: Vec<(String, Arc<tokio::sync::Semaphore>)> = ctx
+        .src
+        .transfer_slots()
+        .map(|s| (ctx.src.name().to_string(), s.clone()))
+        .into_iter()
+        .chain([(ctx.dst.name().to_string(), ctx.dst.transfer_slots().clone())])
+        .collect();
+    regs.sort_by(|a, b| a.0.cmp(&b.0));
+    regs.dedup_by(|a, b| Arc::ptr_eq(&a.1, &b.1));
     let mut permits = Vec::with_capacity(2);
-    for r in regs {
+    for (_, slots) in regs {
         let p = tokio::select! {
-            p = r.transfer_slots().clone().acquire_owned() => p.map_err(|_| TransferError::Cancelled)?,
+            p = slots.acquire_owned() => p.map_err(|_| TransferError::Cancelled)?,
             _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
         };
         permits.push(p);
@@ -117,12 +124,7 @@ fn digest_mismatch(
     digest: &Digest,
     actual: String,
 ) -> TransferError {
-    TransferError::Registry(RegistryError::DigestMismatch {
-        registry: ctx.src.name().to_string(),
-        repository: src_repo.to_string(),
-        expected: digest.to_string(),
-        actual,
-    })
+    ctx.src.corrupt(src_repo, digest, actual)
 }
 
 fn size_mismatch(

@@ -1,6 +1,7 @@
-//! The source's bytes on their way to the destination: [`source_bytes`] reads a blob and resumes
-//! a body that broke off with `Range`; [`VerifiedStream`] counts, throttles, makes cancellable and
-//! verifies them for a monolithic upload.
+//! The source's bytes on their way to the destination: [`source_bytes`] reads a blob from the
+//! transfer's [`super::Source`] ([`registry_bytes`] is a registry's: it resumes a body that broke
+//! off with `Range`); [`VerifiedStream`] counts, throttles, makes cancellable and verifies them for
+//! a monolithic upload.
 //!
 //! Invariants: the final chunk of a [`VerifiedStream`] is released only after size and digest
 //! matched, so a corrupt source never completes an upload; a stream failure leaves its real cause
@@ -20,11 +21,8 @@ use super::{Result, TransferContext, TransferError};
 /// How often one blob read from the source may resume after its body broke off.
 pub const READ_RESUMES: u32 = 3;
 
-/// The bytes of blob `digest` (`size` bytes) in `src_repo` on the source, from `from` to the end.
-/// A body that breaks off (connection reset, timeout) is requested again with `Range` from the
-/// first byte not received yet, at most [`READ_RESUMES`] times; a source that ignores `Range` (200
-/// instead of 206) sends the whole blob and the bytes before the wanted offset are dropped. Ends
-/// where the source's body ends: sizes and digests are the consumer's to check.
+/// The bytes of blob `digest` (`size` bytes) in `src_repo` on the transfer's source, from `from` to
+/// the end; sizes and digests are the consumer's to check.
 pub(super) fn source_bytes(
     ctx: &TransferContext,
     src_repo: &str,
@@ -32,8 +30,23 @@ pub(super) fn source_bytes(
     from: u64,
     size: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + Unpin + 'static {
+    ctx.src.clone().blob_bytes(src_repo, digest, from, size)
+}
+
+/// The bytes of blob `digest` (`size` bytes) in `src_repo` on registry `src`, from `from` to the
+/// end. A body that breaks off (connection reset, timeout) is requested again with `Range` from the
+/// first byte not received yet, at most [`READ_RESUMES`] times; a source that ignores `Range` (200
+/// instead of 206) sends the whole blob and the bytes before the wanted offset are dropped. Ends
+/// where the source's body ends: sizes and digests are the consumer's to check.
+pub(super) fn registry_bytes(
+    src: Arc<RegistryClient>,
+    src_repo: &str,
+    digest: &Digest,
+    from: u64,
+    size: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + Unpin + 'static {
     let read = BlobRead {
-        src: ctx.src.clone(),
+        src,
         repository: src_repo.to_string(),
         digest: digest.clone(),
         size,
@@ -167,12 +180,7 @@ impl VerifiedStream {
     }
 
     fn mismatch(&self, actual: String) -> TransferError {
-        TransferError::Registry(RegistryError::DigestMismatch {
-            registry: self.registry.clone(),
-            repository: self.repository.clone(),
-            expected: self.digest.to_string(),
-            actual,
-        })
+        self.ctx.src.corrupt(&self.repository, &self.digest, actual)
     }
 
     fn size_mismatch(&self, actual: u64) -> TransferError {
