@@ -32,12 +32,16 @@
 //! - `uploads`: upload sessions — start, mount, monolithic `PUT`, `PATCH` chunks, status, finish,
 //!   cancel.
 //! - `lists`: tag lists and the catalog, paginated and bounded.
+//! - `harbor`: Harbor's own API for `type: harbor` registries — projects created before the first
+//!   write into them, repositories listed without `_catalog`, and the refusals (project creation,
+//!   quota, immutable tags) no retry fixes.
 //! - `headers`: parsing the headers a registry controls (`Retry-After`, `Range`, `Content-Range`,
 //!   `Link`, `RateLimit-*`).
 //!
 //! [`MAX_MANIFEST_BYTES`]: super::manifest::MAX_MANIFEST_BYTES
 mod blobs;
 mod credentials;
+mod harbor;
 mod headers;
 mod lists;
 mod manifests;
@@ -62,7 +66,7 @@ use super::error::{parse_error_body, RegistryError, Result};
 use super::gate::{self, Gate, SharedGate};
 use super::metrics::{Outcome, RegistryMetrics};
 use crate::backoff::RetryPolicy;
-use crate::config::{RegistryConfig, Secret};
+use crate::config::{RegistryConfig, RegistryKind, Secret};
 
 pub use blobs::BlobRead;
 pub use headers::{
@@ -113,6 +117,10 @@ pub struct RegistryClient {
     warned_realm: AtomicBool,
     /// Where requests are counted once the process exports them ([`RegistryClient::export_metrics`]).
     metrics: OnceLock<RegistryMetrics>,
+    /// The registry's `type`: a Harbor gets its projects made and is listed through its API.
+    kind: RegistryKind,
+    /// Harbor projects known to exist (looked up or created once per process; `harbor`).
+    harbor_projects: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -184,6 +192,8 @@ impl RegistryClient {
             rate_limit: std::sync::Mutex::new(None),
             warned_realm: AtomicBool::new(false),
             metrics: OnceLock::new(),
+            kind: cfg.kind,
+            harbor_projects: tokio::sync::Mutex::default(),
         })
     }
 
@@ -342,6 +352,12 @@ impl RegistryClient {
         let status = resp.status().as_u16();
         let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
         let errors = parse_error_body(&body);
+        if let Some(refusal) = harbor::refusal(url, status, &errors) {
+            return RegistryError::Harbor {
+                registry: self.name.clone(),
+                refusal,
+            };
+        }
         let (registry, method, url) = (self.name.clone(), method.to_string(), redact(url));
         if status == 401 || status == 403 {
             RegistryError::Denied {
@@ -370,6 +386,10 @@ impl RegistryClient {
         if !self.is_own_origin(url) {
             tracing::debug!(registry = %self.name, url = %redact(url), "another origin: sending no credentials");
             return Ok(None);
+        }
+        if self.is_harbor_api(url) {
+            // Harbor's API takes the robot's credentials as they are, never a registry token.
+            return Ok(auth::basic_header(&self.secret));
         }
         self.authorization(scope).await
     }
@@ -412,6 +432,7 @@ impl RegistryClient {
         body: Body,
     ) -> Result<Response> {
         let idempotent = matches!(method, Method::GET | Method::HEAD);
+        self.harbor_before(&method, &url).await?;
         let mut auth_retries = 0;
         let mut attempt = 0u32;
         loop {
@@ -445,10 +466,19 @@ impl RegistryClient {
             if status == StatusCode::UNAUTHORIZED
                 && own_answer
                 && auth_retries < 2
+                && !self.is_harbor_api(&url)
                 && self.learn_challenge(resp.headers(), scope, authz.is_some())
             {
                 auth_retries += 1;
                 continue;
+            }
+            if status == StatusCode::UNAUTHORIZED
+                && own_answer
+                && !matches!(method, Method::POST | Method::PUT | Method::PATCH)
+            {
+                if let Some(missing) = self.harbor_missing_project(&url).await? {
+                    return Ok(missing);
+                }
             }
             if retryable_status(status, idempotent) {
                 let retry_after = resp
