@@ -55,18 +55,19 @@ impl RegistryClient {
         }
     }
 
-    /// After a 401 to a read of `/v2/<project>/…` on a Harbor: when the project does not exist
-    /// (Harbor answers reads there 401 "project … not found"), the answer a missing repository
-    /// gets on any registry — 404 `NAME_UNKNOWN` — so callers see "missing", not "denied".
-    pub(super) async fn harbor_missing_project(&self, url: &Url) -> Result<Option<Response>> {
+    /// After a 401 to a read of `/v2/<project>/…` on a Harbor: whether its project exists (Harbor
+    /// answers reads in a project that does not exist 401 "project … not found"). A missing one
+    /// gets the answer a missing repository gets on any registry — 404 `NAME_UNKNOWN` — so callers
+    /// see "missing", not "denied".
+    pub(super) async fn harbor_read_refused(&self, url: &Url) -> Result<HarborRead> {
         let Some(target) = v2_target(url).filter(|_| self.is_harbor()) else {
-            return Ok(None);
+            return Ok(HarborRead::NotHarbor);
         };
         let project = project_of(target.repository);
         if self.harbor_projects.lock().await.contains(project)
             || self.harbor_project_exists(project).await?
         {
-            return Ok(None);
+            return Ok(HarborRead::ProjectExists);
         }
         let body = serde_json::json!({"errors": [{
             "code": "NAME_UNKNOWN",
@@ -77,7 +78,7 @@ impl RegistryClient {
             .header(CONTENT_TYPE, "application/json")
             .body(Bytes::from(body.to_string()))
             .map_err(|e| self.invalid(url, format!("cannot build the 404 answer: {e}")))?;
-        Ok(Some(Response::from(answer)))
+        Ok(HarborRead::ProjectMissing(Response::from(answer)))
     }
 
     /// Makes sure `project` exists on this Harbor, creating it (private) when it does not; at
@@ -206,6 +207,16 @@ impl RegistryClient {
         repositories.dedup();
         Ok(repositories)
     }
+}
+
+/// What a 401 to a read on a Harbor means ([`RegistryClient::harbor_read_refused`]).
+pub(super) enum HarborRead {
+    /// Not a Harbor, or not a repository's URL: the 401 is what it says.
+    NotHarbor,
+    /// The project exists (now: another task may have created it since the read was refused).
+    ProjectExists,
+    /// The project does not exist: the answer a missing repository gets.
+    ProjectMissing(Response),
 }
 
 /// The repository (and, for a manifest, its reference) a `/v2/<name>/…` URL addresses.

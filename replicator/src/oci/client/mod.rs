@@ -77,6 +77,7 @@ pub use manifests::{RemoteDescriptor, TagDelete};
 pub use uploads::{BlobUpload, MountOutcome};
 
 use credentials::redirect_policy;
+use harbor::HarborRead;
 
 /// `User-Agent` of every request Ferry makes; agents recognize Ferry's own writes by it.
 pub const USER_AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
@@ -409,7 +410,9 @@ impl RegistryClient {
             st.challenge.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&ch));
         st.challenge = Some(ch.clone());
         match ch {
-            Challenge::Basic => changed && !matches!(self.secret, Secret::Anonymous),
+            // A request sent before a concurrent one learned the challenge went out without
+            // credentials: it is worth another attempt with them too.
+            Challenge::Basic => (changed || !had_auth) && !matches!(self.secret, Secret::Anonymous),
             // A bearer challenge: retry when we sent nothing, or our cached token may be stale.
             Challenge::Bearer { .. } => {
                 if had_auth {
@@ -434,6 +437,7 @@ impl RegistryClient {
         let idempotent = matches!(method, Method::GET | Method::HEAD);
         self.harbor_before(&method, &url).await?;
         let mut auth_retries = 0;
+        let mut harbor_rechecked = false;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -474,10 +478,18 @@ impl RegistryClient {
             }
             if status == StatusCode::UNAUTHORIZED
                 && own_answer
+                && !harbor_rechecked
                 && !matches!(method, Method::POST | Method::PUT | Method::PATCH)
             {
-                if let Some(missing) = self.harbor_missing_project(&url).await? {
-                    return Ok(missing);
+                match self.harbor_read_refused(&url).await? {
+                    HarborRead::ProjectMissing(answer) => return Ok(answer),
+                    // Refused while the project did not exist yet, or refused for good: one more
+                    // attempt tells.
+                    HarborRead::ProjectExists => {
+                        harbor_rechecked = true;
+                        continue;
+                    }
+                    HarborRead::NotHarbor => {}
                 }
             }
             if retryable_status(status, idempotent) {
