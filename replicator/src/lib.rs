@@ -40,7 +40,8 @@
 //!   referrers, digest-guarded deletes, a full sync of a policy, drift by digest.
 //! - [`transfer`]: moves one manifest graph — **`transfer/mod.rs` is the file that decides
 //!   whether a blob is skipped, mounted or copied**; `transfer::upload` how an upload resumes.
-//! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts), and
+//! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts; for
+//!   `type: harbor` registries Harbor's projects API in `oci::client::harbor`), and
 //!   `oci::metrics`: every request it sends counted by registry, method and status.
 //!
 //! **Control — operators**

@@ -235,16 +235,9 @@ async fn an_immutable_tag_fails_the_task_naming_tag_and_rule() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_job_into_a_harbor_destination_creates_the_project_and_pushes() {
-    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
-    let (digest, _) = seed_image(&src, "team/app", "v1", vec![6u8; 512]);
-    let dst = harbor(HarborSetup::default()).await;
-    let dir = into_harbor(
-        &src.url(),
-        &dst,
-        json!({"trigger": {"type": "event_based"}}),
-    );
+/// Runs a worker over an in-process queue (3 attempts) on `dir`'s config until a push job for
+/// `team/app:v1` is settled; returns the dead letters.
+async fn run_push_job(dir: &tempfile::TempDir, digest: &str) -> Vec<Job> {
     let config = Config::load(&dir.path().join("ferry.json")).expect("config");
     let registries = Registries::from_config(&config).expect("registries");
     let queue = Arc::new(MemoryQueue::new(RetryPolicy {
@@ -267,19 +260,57 @@ async fn a_worker_job_into_a_harbor_destination_creates_the_project_and_pushes()
     .expect("worker");
     queue
         .enqueue(Job {
-            digest: Some(digest.clone()),
+            digest: Some(digest.to_string()),
             event_time_ms: now_ms(),
             ..Job::new("test", EventKind::Push, "team/app", "v1")
         })
         .await
         .unwrap();
     drain_queue(queue.as_ref(), Arc::new(worker)).await;
-    let dead = queue.dead_letters(10).await.unwrap();
+    queue.dead_letters(10).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_job_into_a_harbor_destination_creates_the_project_and_pushes() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let (digest, _) = seed_image(&src, "team/app", "v1", vec![6u8; 512]);
+    let dst = harbor(HarborSetup::default()).await;
+    let dir = into_harbor(
+        &src.url(),
+        &dst,
+        json!({"trigger": {"type": "event_based"}}),
+    );
+    let dead = run_push_job(&dir, &digest).await;
     assert!(dead.is_empty(), "{dead:?}");
     let (_, bytes) = dst.manifest("team/app", "v1").expect("pushed");
     assert_eq!(ferry_testkit::sha256_digest(&bytes), digest);
     assert_eq!(dst.harbor_projects(), ["team"]);
     assert_eq!(count(&dst, "POST", "/api/v2.0/projects"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_job_refused_by_a_full_quota_is_dead_lettered_on_its_first_attempt() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let (digest, _) = seed_image(&src, "team/app", "v1", vec![7u8; 512]);
+    let dst = harbor(HarborSetup {
+        projects: vec!["team".into()],
+        quota_exceeded: ["team".to_string()].into(),
+        ..Default::default()
+    })
+    .await;
+    let dir = into_harbor(
+        &src.url(),
+        &dst,
+        json!({"trigger": {"type": "event_based"}}),
+    );
+    let dead = run_push_job(&dir, &digest).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].attempt, 1, "not retried: {dead:?}");
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("project team: storage quota exceeded"),
+        "{error}"
+    );
 }
 
 // ---- Harbor as source ---------------------------------------------------------------------------
@@ -407,4 +438,48 @@ async fn an_endless_harbor_project_list_is_cut_off_at_the_page_limit() {
         "{e}"
     );
     assert_eq!(src.request_log().len(), MAX_LIST_PAGES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_harbor_source_without_catalog_is_listed_through_its_projects() {
+    use ferry_replicator::ingest::poll::{PollMetrics, PollOptions, Poller};
+    let src = harbor(HarborSetup {
+        projects: vec!["alpha".into(), "beta".into()],
+        max_page_size: 1,
+        ..Default::default()
+    })
+    .await;
+    seed_image(&src, "alpha/app", "v1", vec![30u8; 64]);
+    seed_image(&src, "beta/web", "v1", vec![31u8; 64]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut polled = harbor_registry(dir.path(), "src", &src.url());
+    polled["poll_interval_seconds"] = json!(1);
+    let path = write_config_with(
+        dir.path(),
+        vec![polled, registry("dst", "http://127.0.0.1:9")],
+        policy(json!({"trigger": {"type": "event_based"}})),
+    );
+    let config = Config::load(&path).expect("config");
+    let registries = Registries::from_config(&config).expect("registries");
+    let queue = Arc::new(MemoryQueue::new(RetryPolicy::default()));
+    let mut poller =
+        Poller::from_config(&config, &registries, queue.clone(), PollMetrics::default())
+            .expect("pollers")
+            .remove(0)
+            .with_options(PollOptions::every(Duration::from_secs(1)));
+    let baseline = poller.pass().await.unwrap();
+    assert_eq!(
+        (baseline.repositories, baseline.tags),
+        (2, 2),
+        "{baseline:?}"
+    );
+    seed_image(&src, "beta/web", "v2", vec![32u8; 64]);
+    let pass = poller.pass().await.unwrap();
+    assert_eq!((pass.pushes, pass.enqueued), (1, 1), "{pass:?}");
+    assert_eq!(
+        count(&src, "GET", "/v2/_catalog"),
+        0,
+        "{:?}",
+        src.request_log()
+    );
 }

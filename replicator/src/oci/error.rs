@@ -175,7 +175,7 @@ pub enum RegistryError {
 pub enum HarborRefusal {
     /// `POST /api/v2.0/projects` answered 401/403: the robot account may not create projects.
     #[error(
-        "project {project} does not exist and Harbor refused to create it ({status}: {}): give the robot account the permission to create projects (system permission \"Project: Create\"), or create the project in Harbor",
+        "project {project} does not exist and Harbor refused to create it ({status}: {}): give the robot account the permission to create projects (a system robot account with \"project: create\", covering all projects), or create the project in Harbor",
         describe(.errors)
     )]
     ProjectCreation {

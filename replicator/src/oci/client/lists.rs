@@ -314,3 +314,48 @@ impl<'de> serde::de::Visitor<'de> for ListEntries<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_harbor_page_is_an_array_of_named_objects_and_nothing_else() {
+        let mut names = Vec::new();
+        List::HarborProjects
+            .parse_page(
+                br#"[{"project_id": 1, "name": "team", "metadata": {"public": "false"}}, {"name": "ops"}]"#,
+                &mut names,
+            )
+            .unwrap();
+        assert_eq!(names, ["team", "ops"]);
+        for hostile in [
+            &b"<html>502 Bad Gateway</html>"[..],
+            br#"{"errors": [{"code": "UNAUTHORIZED"}]}"#,
+            br#"[{"id": 1}]"#,
+            br#"[{"name": 7}]"#,
+            br#"["team"]"#,
+            b"",
+        ] {
+            let mut names = Vec::new();
+            assert!(
+                List::HarborRepositories("team")
+                    .parse_page(hostile, &mut names)
+                    .is_err(),
+                "{}",
+                String::from_utf8_lossy(hostile)
+            );
+        }
+    }
+
+    #[test]
+    fn only_harbor_lists_name_their_project_by_name_and_ask_for_json() {
+        let headers = List::HarborRepositories("123").headers();
+        assert_eq!(
+            headers.get("x-is-resource-name").map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+        assert!(List::Catalog.headers().is_empty());
+        assert_eq!(List::HarborProjects.to_string(), "Harbor's project list");
+    }
+}
