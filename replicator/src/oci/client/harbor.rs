@@ -23,6 +23,7 @@ use url::Url;
 use super::lists::{List, MAX_LIST_ENTRIES};
 use super::{redact, Body, RegistryClient};
 use crate::config::RegistryKind;
+use crate::locks::lock;
 use crate::oci::auth::Scope;
 use crate::oci::error::{ErrorEntry, HarborRefusal, RegistryError, Result};
 
@@ -64,9 +65,7 @@ impl RegistryClient {
             return Ok(HarborRead::NotHarbor);
         };
         let project = project_of(target.repository);
-        if self.harbor_projects.lock().await.contains(project)
-            || self.harbor_project_exists(project).await?
-        {
+        if self.harbor_project_known(project) || self.harbor_project_exists(project).await? {
             return Ok(HarborRead::ProjectExists);
         }
         let body = serde_json::json!({"errors": [{
@@ -85,17 +84,28 @@ impl RegistryClient {
     /// most one lookup per project per client. A concurrent creation (409) is success; a refused
     /// one (401/403) is [`HarborRefusal::ProjectCreation`].
     pub async fn ensure_harbor_project(&self, project: &str) -> Result<()> {
-        // Held across the lookup: concurrent first pushes into one project wait for one answer
-        // instead of each creating it.
-        let mut known = self.harbor_projects.lock().await;
-        if known.contains(project) {
-            return Ok(());
-        }
-        if !self.harbor_project_exists(project).await? {
-            self.create_harbor_project(project).await?;
-        }
-        known.insert(project.to_string());
-        Ok(())
+        // One cell per project: concurrent first writes into a project wait for one lookup
+        // instead of each creating it, writes into other projects do not wait; a failed lookup
+        // leaves the cell empty for the next write to try again.
+        let cell = lock(&self.harbor_projects)
+            .entry(project.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            if !self.harbor_project_exists(project).await? {
+                self.create_harbor_project(project).await?;
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether `project` is known to exist (looked up or created by this client).
+    fn harbor_project_known(&self, project: &str) -> bool {
+        lock(&self.harbor_projects)
+            .get(project)
+            .is_some_and(|cell| cell.initialized())
     }
 
     /// `HEAD /api/v2.0/projects?project_name=<project>`: 200 exists, 404 does not.

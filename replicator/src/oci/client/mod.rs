@@ -120,8 +120,9 @@ pub struct RegistryClient {
     metrics: OnceLock<RegistryMetrics>,
     /// The registry's `type`: a Harbor gets its projects made and is listed through its API.
     kind: RegistryKind,
-    /// Harbor projects known to exist (looked up or created once per process; `harbor`).
-    harbor_projects: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// Harbor projects looked up (and created) once per process, each set once it is known to
+    /// exist (`harbor`).
+    harbor_projects: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -194,7 +195,7 @@ impl RegistryClient {
             warned_realm: AtomicBool::new(false),
             metrics: OnceLock::new(),
             kind: cfg.kind,
-            harbor_projects: tokio::sync::Mutex::default(),
+            harbor_projects: Mutex::default(),
         })
     }
 
