@@ -483,3 +483,17 @@ async fn a_polled_harbor_source_without_catalog_is_listed_through_its_projects()
         src.request_log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_harbor_page_is_cut_off_at_the_byte_limit() {
+    use ferry_replicator::oci::client::MAX_LIST_BYTES;
+    let src = harbor(HarborSetup::default()).await;
+    let bytes = MAX_LIST_BYTES as usize + 1024;
+    src.set_behavior(|b| b.hostile_lists = Some(HostileList::Oversized { bytes }));
+    let e = harbor_client(&src).catalog().await.unwrap_err();
+    assert!(
+        matches!(e, RegistryError::ListTooLarge { .. })
+            && e.to_string().contains(&format!("{MAX_LIST_BYTES} bytes")),
+        "{e}"
+    );
+}

@@ -8,8 +8,9 @@
 //!   Harbor's API gets the registry's credential as basic auth (it takes no registry token) and
 //!   only on the registry's own origin, and a pagination `Link` of its listings naming another
 //!   origin is refused ([`RegistryError::Refused`]), never followed;
-//! - a project is looked up (and created) at most once per client: one `HEAD` (and at most one
-//!   `POST`) per project per process, whatever the number of pushes into it;
+//! - a project known to exist is never looked up again: one `HEAD` (and at most one `POST`) per
+//!   project per process, whatever the number of pushes into it; only a project not known yet is
+//!   looked up again (after a failed lookup or creation, or a read Harbor refused);
 //! - only writes (`POST`, `PUT`, `PATCH` under `/v2/<project>/…`) create projects; a read in a
 //!   project that does not exist — Harbor answers it 401 — is answered like a read of a missing
 //!   repository (404), so `ferry diff` never creates anything;
