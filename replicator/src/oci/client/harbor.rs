@@ -48,11 +48,8 @@ impl RegistryClient {
         if !self.is_harbor() || !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
             return Ok(());
         }
-        match v2_target(url) {
-            Some(target) if self.is_own_origin(url) => {
-                self.ensure_harbor_project(project_of(target.repository))
-                    .await
-            }
+        match v2_target(url).and_then(|t| project_of(t.repository)) {
+            Some(project) if self.is_own_origin(url) => self.ensure_harbor_project(project).await,
             _ => Ok(()),
         }
     }
@@ -62,10 +59,10 @@ impl RegistryClient {
     /// gets the answer a missing repository gets on any registry — 404 `NAME_UNKNOWN` — so callers
     /// see "missing", not "denied".
     pub(super) async fn harbor_read_refused(&self, url: &Url) -> Result<HarborRead> {
-        let Some(target) = v2_target(url).filter(|_| self.is_harbor()) else {
+        let project = v2_target(url).and_then(|t| project_of(t.repository));
+        let Some(project) = project.filter(|_| self.is_harbor()) else {
             return Ok(HarborRead::NotHarbor);
         };
-        let project = project_of(target.repository);
         if self.harbor_project_known(project) || self.harbor_project_exists(project).await? {
             return Ok(HarborRead::ProjectExists);
         }
@@ -100,6 +97,19 @@ impl RegistryClient {
         })
         .await
         .map(|_| ())
+    }
+
+    /// The Harbor project a write into `repository` would create first: `Some(project)` on a
+    /// `type: harbor` registry where it does not exist, `None` otherwise (not a Harbor, no
+    /// project in the name, or it exists). For probes that must not create anything.
+    pub async fn harbor_project_to_create(&self, repository: &str) -> Result<Option<String>> {
+        let Some(project) = project_of(repository).filter(|_| self.is_harbor()) else {
+            return Ok(None);
+        };
+        if self.harbor_project_known(project) || self.harbor_project_exists(project).await? {
+            return Ok(None);
+        }
+        Ok(Some(project.to_string()))
     }
 
     /// Whether `project` is known to exist (looked up or created by this client).
@@ -267,9 +277,10 @@ pub(super) fn v2_target(url: &Url) -> Option<V2Target<'_>> {
     None
 }
 
-/// A repository's Harbor project: its first path segment.
-fn project_of(repository: &str) -> &str {
-    repository.split('/').next().unwrap_or(repository)
+/// A repository's Harbor project: its first path segment (Harbor's repositories are always
+/// `project/name`; a name of one segment has none).
+fn project_of(repository: &str) -> Option<&str> {
+    repository.split_once('/').map(|(project, _)| project)
 }
 
 /// Harbor's project name grammar (`^[a-z0-9]+(?:[._-][a-z0-9]+)*$`, at most 255 characters): a
@@ -302,7 +313,9 @@ pub(super) fn is_project_name(name: &str) -> bool {
 /// The project, repository and tag come from the request's own URL, not from the message.
 pub(super) fn refusal(url: &Url, status: u16, errors: &[ErrorEntry]) -> Option<HarborRefusal> {
     let target = v2_target(url)?;
-    let project = project_of(target.repository).to_string();
+    let project = project_of(target.repository)
+        .unwrap_or(target.repository)
+        .to_string();
     let quota = errors
         .iter()
         .find(|e| e.code == "DENIED" && e.message.starts_with("Quota exceeded"));
