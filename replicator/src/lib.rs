@@ -45,7 +45,8 @@
 //!   policy: `layout::export` writes what a policy covers on its source into one, and
 //!   `layout::import` replicates one into the destinations through `replicate`/`transfer`, the
 //!   layout being a `transfer::Source` like a registry.
-//! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts), and
+//! - [`oci`]: the distribution-spec client (auth, manifests as exact bytes, blobs, mounts; for
+//!   `type: harbor` registries Harbor's projects API in `oci::client::harbor`), and
 //!   `oci::metrics`: every request it sends counted by registry, method and status.
 //!
 //! **Control — operators**

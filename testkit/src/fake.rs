@@ -6,7 +6,8 @@
 //! downloads cut off mid-body, `Range` requests ignored, a failing chunk
 //! `PATCH`, garbled upload `Range` headers, upload `Location`s, pagination
 //! `Link`s, blob redirects and token realms naming another origin, careless
-//! token lifetimes, and endless, looping or oversized list pages.
+//! token lifetimes, and endless, looping or oversized list pages. It also plays Harbor's
+//! projects ([`HarborSetup`], `fake/harbor.rs`), which no real server here has.
 //!
 //! Apart from the [`Behavior`] it is told to show, it behaves like a real
 //! registry (distribution 2.8 / OCI distribution spec): pagination with `n`,
@@ -38,6 +39,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::fixtures::sha256_digest;
+
+mod harbor;
+pub use harbor::HarborSetup;
 
 /// What a Bearer-protected fake demands: `GET /token` with these Basic
 /// credentials (an empty `username` allows anonymous token requests) and
@@ -101,6 +105,10 @@ pub struct Behavior {
     /// the repository percent-encoded twice) with these labels per `repo:tag`; `None`: no Harbor
     /// API (404).
     pub harbor_labels: Option<HashMap<String, Vec<String>>>,
+    /// Play Harbor's projects: its project and repository API, `_catalog` for administrators
+    /// only, no repository outside an existing project, quota and immutable-tag refusals
+    /// (`fake/harbor.rs`); `None`: a plain registry.
+    pub harbor: Option<HarborSetup>,
     /// `(n, bytes)`: the next `n` blob GETs whose body is longer than `bytes`
     /// send only `bytes` bytes of it (announcing the full `Content-Length`),
     /// then drop the connection, as a reset link does. Counts down.
@@ -124,8 +132,8 @@ pub struct Behavior {
     /// Upload session `Location`s (answers to the `POST` that opens a session and to `PATCH`es)
     /// name this origin (`scheme://host:port`) instead of the fake's own.
     pub upload_location_origin: Option<String>,
-    /// Pagination `Link`s of `_catalog` and `tags/list` name this origin (absolute URLs) instead of
-    /// being paths.
+    /// Pagination `Link`s of `_catalog` and `tags/list` (and of Harbor's lists) name this origin
+    /// (absolute URLs) instead of being paths.
     pub link_origin: Option<String>,
     /// `_catalog` and `tags/list` pages hold at most this many entries, whatever `n` asks (as
     /// registries that cap `n` do).
@@ -133,7 +141,7 @@ pub struct Behavior {
     /// Blob `GET`s answer `307 Temporary Redirect` to the same path on this origin, as registries
     /// serving blobs from object storage do.
     pub redirect_blob_gets_to: Option<String>,
-    /// `_catalog` and `tags/list` answer pages no sane registry sends.
+    /// `_catalog` and `tags/list` (and Harbor's lists) answer pages no sane registry sends.
     pub hostile_lists: Option<HostileList>,
 }
 
@@ -179,6 +187,8 @@ struct Inner {
     authorizations: Vec<Option<String>>,
     /// The `Range` header of every blob GET, in order (`None`: no `Range`).
     blob_ranges: Vec<Option<String>>,
+    /// Harbor's projects, when [`Behavior::harbor`] plays Harbor.
+    harbor_projects: harbor::Projects,
 }
 
 #[derive(Default)]
@@ -204,11 +214,16 @@ impl FakeRegistry {
             .local_addr()
             .context("reading the fake registry's address")?;
         let throttled_left = behavior.retry_after.as_ref().map_or(0, |(n, _)| *n);
+        let mut harbor_projects = harbor::Projects::default();
+        for project in behavior.harbor.iter().flat_map(|h| &h.projects) {
+            harbor_projects.create(project);
+        }
         let state = Arc::new(Shared {
             base_url: format!("http://{addr}"),
             inner: Mutex::new(Inner {
                 behavior,
                 throttled_left,
+                harbor_projects,
                 ..Inner::default()
             }),
         });
@@ -306,6 +321,11 @@ impl FakeRegistry {
         let mut inner = self.lock();
         inner.log.clear();
         inner.authorizations.clear();
+    }
+
+    /// The Harbor projects that exist (see [`Behavior::harbor`]), sorted.
+    pub fn harbor_projects(&self) -> Vec<String> {
+        self.lock().harbor_projects.names()
     }
 
     /// Whether a blob with this digest is stored (blobs are shared by all repos).
@@ -494,6 +514,9 @@ impl Route {
 fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
     if req.path == "/token" {
         return token(inner, &req);
+    }
+    if let Some(resp) = harbor::intercept(inner, &req) {
+        return resp;
     }
     if let Some(rest) = req.path.strip_prefix("/api/v2.0/projects/") {
         return harbor_artifact(inner, rest);

@@ -45,7 +45,7 @@ pub mod tls;
 
 mod process;
 
-pub use fake::{BearerSetup, Behavior, FakeRegistry, HostileList};
+pub use fake::{BearerSetup, Behavior, FakeRegistry, HarborSetup, HostileList};
 pub use fault::{FaultProxy, Link};
 pub use fixtures::{sha256_digest, sha256_file, Blob, LayerSpec, LayoutBuilder};
 pub use netns::{Host, Netns};

@@ -434,6 +434,7 @@ mod tests {
             name: "r".into(),
             id: None,
             local: false,
+            kind: Default::default(),
             url: url.into(),
             insecure: false,
             ca_file: None,

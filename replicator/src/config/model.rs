@@ -54,6 +54,16 @@ pub struct RegistryConfig {
     /// a config without regions).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local: bool,
+    /// What kind of registry this is: `distribution` (default: any registry speaking the OCI
+    /// distribution API) or `harbor` (README "Harbor": projects are created before the first push
+    /// into them, and repositories are listed through Harbor's projects API instead of
+    /// `_catalog`).
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "RegistryKind::is_distribution"
+    )]
+    pub kind: RegistryKind,
     /// Base URL, `https://host[:port]` (or `http://` with `insecure: true`).
     pub url: String,
     /// Allow plain HTTP and skip TLS verification.
@@ -92,6 +102,28 @@ pub struct RegistryConfig {
     /// to it in pull and bidirectional modes. Absent: every region treats it as its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+}
+
+/// The kind of registry behind a [`RegistryConfig`], as its `type` field names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryKind {
+    /// Any registry speaking the OCI distribution API (distribution, Zot, GHCR, ECR, Harbor used
+    /// as a plain registry, ...).
+    #[default]
+    Distribution,
+    /// Harbor 2.x: Ferry creates a missing project (the first path segment) through Harbor's API
+    /// before pushing into it, lists repositories through `/api/v2.0/projects` (Harbor answers
+    /// `_catalog` to system administrators only), and names Harbor's quota and immutable-tag
+    /// refusals.
+    Harbor,
+}
+
+impl RegistryKind {
+    /// True for the default, `distribution` (left out when a config is written back).
+    pub fn is_distribution(&self) -> bool {
+        *self == RegistryKind::Distribution
+    }
 }
 
 /// How to authenticate. Secrets are never inline: they come from env vars, files, or a

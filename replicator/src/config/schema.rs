@@ -353,6 +353,15 @@ impl<'a> Walker<'a> {
             return;
         }
 
+        // An enum of documented unit variants: every branch is one `const`.
+        let consts: Option<Vec<Value>> = others.iter().map(|b| b.get("const").cloned()).collect();
+        if let Some(consts) = consts {
+            if !consts.contains(value) {
+                self.bad_value(path, value, &consts);
+            }
+            return;
+        }
+
         // An internally tagged enum: every branch pins the same property with a `const`.
         if let Some(tag) = tag_property(&others) {
             self.tagged_enum(&others, &tag, value, path, description);

@@ -156,10 +156,60 @@ pub enum RegistryError {
         attempts: u32,
         retry_after: Option<Duration>,
     },
+    /// Harbor refused a request for a reason no retry fixes until an operator acts (a project
+    /// Ferry may not create, a project's quota, an immutability rule); recognised from Harbor's
+    /// exact answers in `oci::client::harbor`.
+    #[error("registry {registry}: {refusal}")]
+    Harbor {
+        registry: String,
+        refusal: HarborRefusal,
+    },
     #[error("registry {registry}: bad configuration: {message}")]
     Config { registry: String, message: String },
     #[error("operation cancelled")]
     Cancelled,
+}
+
+/// Why Harbor refused a write, when a retry cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HarborRefusal {
+    /// `POST /api/v2.0/projects` answered 401/403: the robot account may not create projects.
+    #[error(
+        "project {project} does not exist and Harbor refused to create it ({status}: {}): give the robot account the permission to create projects (a system robot account with \"project: create\", covering all projects), or create the project in Harbor",
+        describe(.errors)
+    )]
+    ProjectCreation {
+        project: String,
+        status: u16,
+        errors: Vec<ErrorEntry>,
+    },
+    /// The project's quota has no room for the blob or manifest (Harbor: 403 `DENIED` "Quota
+    /// exceeded …").
+    #[error(
+        "project {project}: {} exceeded ({message}); raise the project's quota in Harbor or free space in the project, then run again",
+        quota_kind(.message)
+    )]
+    QuotaExceeded { project: String, message: String },
+    /// A tag immutability rule of the project matches the tag being overwritten (Harbor: 412
+    /// `PRECONDITION` "… configured as immutable").
+    #[error(
+        "tag {tag} in project {project} is immutable (an immutability rule matches {repository}:{tag}): Harbor refuses to overwrite it; change the project's immutability rules in Harbor, or exclude the tag from the policy"
+    )]
+    ImmutableTag {
+        project: String,
+        repository: String,
+        tag: String,
+    },
+}
+
+/// "storage quota" when Harbor's message says the storage resource overflowed (Harbor 2.x has
+/// no other quota, older versions also counted artifacts), else "quota".
+fn quota_kind(message: &str) -> &'static str {
+    if message.contains("storage resource") {
+        "storage quota"
+    } else {
+        "quota"
+    }
 }
 
 impl RegistryError {

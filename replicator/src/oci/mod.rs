@@ -24,6 +24,6 @@ pub mod metrics;
 
 pub use client::{BlobUpload, MountOutcome, RegistryClient, RemoteDescriptor, TagDelete};
 pub use digest::{Digest, DigestVerifier};
-pub use error::RegistryError;
+pub use error::{HarborRefusal, RegistryError};
 pub use manifest::{Manifest, ManifestGraph};
 pub use metrics::RegistryMetrics;

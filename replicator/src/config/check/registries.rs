@@ -250,6 +250,37 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_registry_type_is_named_with_its_path_and_the_known_types() {
+        let json = r#"{"registries": [
+            {"name": "a", "url": "https://a", "type": "harbor"},
+            {"name": "b", "url": "https://b", "type": "distribution"},
+            {"name": "c", "url": "https://c", "type": "harbour"}
+        ]}"#;
+        let p = problems(json);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_eq!(p[0].path, "registries[2].type");
+        assert!(p[0].message.contains("harbour"), "{p:#?}");
+        let hint = p[0].hint.as_deref().unwrap_or_default();
+        assert!(
+            hint.contains("distribution") && hint.contains("harbor"),
+            "{hint}"
+        );
+        let config = Config::from_slice(
+            br#"{"registries": [{"name": "a", "url": "https://a", "type": "harbor"}, {"name": "b", "url": "https://b"}]}"#,
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.registries[0].kind,
+            crate::config::RegistryKind::Harbor
+        );
+        assert_eq!(
+            config.registries[1].kind,
+            crate::config::RegistryKind::Distribution
+        );
+    }
+
+    #[test]
     fn zero_sizes_are_rejected_structurally() {
         let json = r#"{"registries": [{"name": "a", "url": "https://a", "concurrency": 0, "chunk_size": 0, "chunk_threshold": 0}]}"#;
         assert_eq!(
@@ -266,6 +297,7 @@ mod tests {
             name: "a".into(),
             id: None,
             local: false,
+            kind: Default::default(),
             url: "https://a".into(),
             insecure: false,
             ca_file: None,

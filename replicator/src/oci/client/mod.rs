@@ -32,12 +32,16 @@
 //! - `uploads`: upload sessions — start, mount, monolithic `PUT`, `PATCH` chunks, status, finish,
 //!   cancel.
 //! - `lists`: tag lists and the catalog, paginated and bounded.
+//! - `harbor`: Harbor's own API for `type: harbor` registries — projects created before the first
+//!   write into them, repositories listed without `_catalog`, and the refusals (project creation,
+//!   quota, immutable tags) no retry fixes.
 //! - `headers`: parsing the headers a registry controls (`Retry-After`, `Range`, `Content-Range`,
 //!   `Link`, `RateLimit-*`).
 //!
 //! [`MAX_MANIFEST_BYTES`]: super::manifest::MAX_MANIFEST_BYTES
 mod blobs;
 mod credentials;
+mod harbor;
 mod headers;
 mod lists;
 mod manifests;
@@ -62,7 +66,7 @@ use super::error::{parse_error_body, RegistryError, Result};
 use super::gate::{self, Gate, SharedGate};
 use super::metrics::{Outcome, RegistryMetrics};
 use crate::backoff::RetryPolicy;
-use crate::config::{RegistryConfig, Secret};
+use crate::config::{RegistryConfig, RegistryKind, Secret};
 
 pub use blobs::BlobRead;
 pub use headers::{
@@ -73,6 +77,7 @@ pub use manifests::{RemoteDescriptor, TagDelete};
 pub use uploads::{BlobUpload, MountOutcome};
 
 use credentials::redirect_policy;
+use harbor::HarborRead;
 
 /// `User-Agent` of every request Ferry makes; agents recognize Ferry's own writes by it.
 pub const USER_AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
@@ -113,6 +118,11 @@ pub struct RegistryClient {
     warned_realm: AtomicBool,
     /// Where requests are counted once the process exports them ([`RegistryClient::export_metrics`]).
     metrics: OnceLock<RegistryMetrics>,
+    /// The registry's `type`: a Harbor gets its projects made and is listed through its API.
+    kind: RegistryKind,
+    /// Harbor projects looked up (and created) once per process, each set once it is known to
+    /// exist (`harbor`).
+    harbor_projects: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -184,6 +194,8 @@ impl RegistryClient {
             rate_limit: std::sync::Mutex::new(None),
             warned_realm: AtomicBool::new(false),
             metrics: OnceLock::new(),
+            kind: cfg.kind,
+            harbor_projects: Mutex::default(),
         })
     }
 
@@ -342,6 +354,12 @@ impl RegistryClient {
         let status = resp.status().as_u16();
         let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
         let errors = parse_error_body(&body);
+        if let Some(refusal) = harbor::refusal(url, status, &errors) {
+            return RegistryError::Harbor {
+                registry: self.name.clone(),
+                refusal,
+            };
+        }
         let (registry, method, url) = (self.name.clone(), method.to_string(), redact(url));
         if status == 401 || status == 403 {
             RegistryError::Denied {
@@ -371,6 +389,10 @@ impl RegistryClient {
             tracing::debug!(registry = %self.name, url = %redact(url), "another origin: sending no credentials");
             return Ok(None);
         }
+        if self.is_harbor_api(url) {
+            // Harbor's API takes the robot's credentials as they are, never a registry token.
+            return Ok(auth::basic_header(&self.secret));
+        }
         self.authorization(scope).await
     }
 
@@ -389,7 +411,9 @@ impl RegistryClient {
             st.challenge.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&ch));
         st.challenge = Some(ch.clone());
         match ch {
-            Challenge::Basic => changed && !matches!(self.secret, Secret::Anonymous),
+            // A request sent before a concurrent one learned the challenge went out without
+            // credentials: it is worth another attempt with them too.
+            Challenge::Basic => (changed || !had_auth) && !matches!(self.secret, Secret::Anonymous),
             // A bearer challenge: retry when we sent nothing, or our cached token may be stale.
             Challenge::Bearer { .. } => {
                 if had_auth {
@@ -412,7 +436,9 @@ impl RegistryClient {
         body: Body,
     ) -> Result<Response> {
         let idempotent = matches!(method, Method::GET | Method::HEAD);
+        self.harbor_before(&method, &url).await?;
         let mut auth_retries = 0;
+        let mut harbor_rechecked = false;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -445,10 +471,27 @@ impl RegistryClient {
             if status == StatusCode::UNAUTHORIZED
                 && own_answer
                 && auth_retries < 2
+                && !self.is_harbor_api(&url)
                 && self.learn_challenge(resp.headers(), scope, authz.is_some())
             {
                 auth_retries += 1;
                 continue;
+            }
+            if status == StatusCode::UNAUTHORIZED
+                && own_answer
+                && !harbor_rechecked
+                && !matches!(method, Method::POST | Method::PUT | Method::PATCH)
+            {
+                match self.harbor_read_refused(&url).await? {
+                    HarborRead::ProjectMissing(answer) => return Ok(answer),
+                    // Refused while the project did not exist yet, or refused for good: one more
+                    // attempt tells.
+                    HarborRead::ProjectExists => {
+                        harbor_rechecked = true;
+                        continue;
+                    }
+                    HarborRead::NotHarbor => {}
+                }
             }
             if retryable_status(status, idempotent) {
                 let retry_after = resp

@@ -33,6 +33,18 @@ async fn probe_capabilities(
             false
         }
     };
+    // A probe never creates anything: a Harbor project a write would create is left alone.
+    match client.harbor_project_to_create(repository).await {
+        Ok(None) => {}
+        Ok(Some(project)) => {
+            notes.push(format!("chunked upload: not probed, Harbor project {project} does not exist and a probe does not create it; name a repository of an existing project"));
+            return (referrers, false);
+        }
+        Err(e) => {
+            notes.push(format!("chunked upload: cannot tell ({e})"));
+            return (referrers, false);
+        }
+    }
     let chunked = match client.start_upload(repository).await {
         Ok(upload) => {
             let r = client
@@ -403,6 +415,36 @@ mod tests {
             message: "bad".into(),
             hint: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_ping_probe_never_creates_a_harbor_project() {
+        let harbor = ferry_testkit::FakeRegistry::start(ferry_testkit::Behavior {
+            harbor: Some(ferry_testkit::HarborSetup::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let cfg: crate::config::RegistryConfig = serde_json::from_value(serde_json::json!(
+            {"name": "h", "url": harbor.url(), "insecure": true, "type": "harbor"}
+        ))
+        .unwrap();
+        let client = crate::oci::RegistryClient::new(&cfg, Default::default()).unwrap();
+        let mut notes = Vec::new();
+        let (_, chunked) = super::probe_capabilities(&client, "team/ferry-probe", &mut notes).await;
+        assert!(!chunked);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("Harbor project team does not exist")),
+            "{notes:?}"
+        );
+        assert!(harbor.harbor_projects().is_empty());
+        assert!(
+            harbor.request_log().iter().all(|(m, _)| m != "POST"),
+            "{:?}",
+            harbor.request_log()
+        );
     }
 
     #[test]
