@@ -6,6 +6,7 @@
 //!   difference, confirm by `HEAD`); the entry point of event-driven jobs is
 //!   [`replicate_reference`].
 //! - [`referrers`]: signatures and SBOMs follow their subject.
+//! - [`gates`]: `only_signed` and `max_severity`, which hold an image back before it is copied.
 //! - [`delete`]: a delete event becomes a digest-guarded delete on the destination.
 //! - [`sync`]: a full sync of one policy (`ferry sync`, runs); [`drift`]: drift by digest
 //!   (`ferry diff`, the safety net), `HEAD`s only.
@@ -15,6 +16,7 @@
 //! The blobs themselves move in [`crate::transfer`].
 pub mod delete;
 pub mod drift;
+pub mod gates;
 pub mod plan;
 pub mod policies;
 pub mod referrers;

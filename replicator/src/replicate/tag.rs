@@ -11,6 +11,7 @@ use crate::oci::digest::Digest;
 use crate::oci::{ManifestGraph, RegistryError};
 use crate::transfer::{self, TransferContext, TransferError};
 
+use super::gates::{Gate, HarborLookup};
 use super::plan::{is_referrer_tag, PreparedPolicy, SourceRepo};
 use super::referrers::copy_referrers;
 
@@ -30,6 +31,12 @@ pub enum TagOutcome {
         destination_digest: String,
     },
     Skipped {
+        reason: String,
+    },
+    /// A gate (`only_signed`, `max_severity`) held the image back: a decision, not an error (not
+    /// retried; re-evaluated by the next full sync, or when the image's signature or scan arrives).
+    Blocked {
+        gate: Gate,
         reason: String,
     },
     Failed {
@@ -132,16 +139,33 @@ async fn copy_manifest(
     dst_repo: &str,
     tag: &str,
 ) -> Result<TagOutcome, TransferError> {
+    // One Harbor artifact request serves the label filter and the scan gate.
+    let gates = &prepared.gates;
+    let harbor = if prepared.selector.has_label_filters() {
+        match ctx
+            .src
+            .harbor_artifact(src_repo, tag, gates.max_severity.is_some())
+            .await?
+        {
+            Some(a) => HarborLookup::Found(a),
+            None => HarborLookup::Missing,
+        }
+    } else {
+        HarborLookup::NotAsked
+    };
     if prepared.selector.has_label_filters() {
-        let labels = ctx.src.harbor_labels(src_repo, tag).await?.ok_or_else(|| {
-            TransferError::Policy(format!(
+        let HarborLookup::Found(artifact) = &harbor else {
+            return Err(TransferError::Policy(format!(
                 "label filter: registry {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
                 ctx.src.name()
-            ))
-        })?;
-        if !prepared.selector.matches_labels(&labels) {
+            )));
+        };
+        if !prepared.selector.matches_labels(&artifact.labels) {
             return Ok(TagOutcome::Skipped {
-                reason: format!("excluded by the label filter (labels: {labels:?})"),
+                reason: format!(
+                    "excluded by the label filter (labels: {:?})",
+                    artifact.labels
+                ),
             });
         }
     }
@@ -175,6 +199,22 @@ async fn copy_manifest(
         return Ok(TagOutcome::Skipped {
             reason: "excluded by the artifact_type filter".into(),
         });
+    }
+    // Referrers are not gated (signatures are not signed): a referrer-scheme tag, or a manifest
+    // with a subject.
+    let is_referrer = is_referrer_tag(tag)
+        || matches!(&graph, ManifestGraph::Index { subject: Some(_), .. } | ManifestGraph::Image { subject: Some(_), .. });
+    if gates.any() && !is_referrer {
+        if let Some(blocked) = gates
+            .check(&ctx.src, src_repo, tag, &manifest.digest, harbor)
+            .await?
+        {
+            tracing::info!(gate = %blocked.gate, reason = %blocked.reason, digest = %manifest.digest, "tag blocked by a gate");
+            return Ok(TagOutcome::Blocked {
+                gate: blocked.gate,
+                reason: blocked.reason,
+            });
+        }
     }
     transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
     let sparse =

@@ -1,4 +1,5 @@
-//! Reading blobs: `HEAD` for presence and size, and a streaming `GET` from an offset.
+//! Reading blobs: `HEAD` for presence and size, a streaming `GET` from an offset, and a small blob
+//! read whole ([`RegistryClient::get_small_blob`], verified here: signature payloads).
 //!
 //! Invariants: a `206` answer's `Content-Range` must start at the offset asked for (else
 //! [`RegistryError::InvalidRange`]); a registry that ignores `Range` is reported through
@@ -6,7 +7,7 @@
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 
-use super::{header_str, parse_content_range, Body, RegistryClient};
+use super::{header_str, parse_content_range, read_limited, Body, RegistryClient};
 use crate::oci::auth::Scope;
 use crate::oci::digest::Digest;
 #[cfg(doc)]
@@ -93,5 +94,28 @@ impl RegistryClient {
             response: resp,
             start: 0,
         })
+    }
+
+    /// `GET` a small blob whole (a signature payload): at most `limit` bytes, else
+    /// [`RegistryError::InvalidResponse`]; the bytes are verified against `digest` here.
+    pub async fn get_small_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<bytes::Bytes> {
+        let read = self.get_blob(repository, digest, 0).await?;
+        let url = read.response.url().clone();
+        let body = read_limited(read.response, limit)
+            .await
+            .map_err(|e| self.transport(&url, e))?;
+        if body.len() as u64 > limit {
+            return Err(self.invalid(
+                &url,
+                format!("blob {digest} is over the {limit}-byte limit for this read"),
+            ));
+        }
+        self.verify_bytes(repository, digest, &body)?;
+        Ok(body)
     }
 }
