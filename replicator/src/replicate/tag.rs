@@ -5,6 +5,7 @@
 //! Invariants: whatever the source holds *now* is what the destination gets, so re-running a tag
 //! or running it on a stale event is always safe; a tag is `Copied` only after the destination
 //! answered the source digest; `override: false` never overwrites a differing destination tag.
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::oci::digest::Digest;
@@ -316,6 +317,126 @@ pub async fn replicate_reference(
             }
         }
     }
+}
+
+/// What an event about a signature or a scan changes under a gated policy
+/// ([`replicate_gated_tags`]).
+#[derive(Debug, Clone, Default)]
+pub struct GateRecheck {
+    /// The digest whose covered tags were re-evaluated: a signature's subject, or the scanned
+    /// image; `None` when the reference is an ordinary tag (its own job decides it).
+    pub digest: Option<Digest>,
+    /// The reference is a referrer (a referrer-scheme tag, or a manifest with a subject): it is
+    /// copied as usual, after its subject's tags.
+    pub is_referrer: bool,
+    /// Each covered tag pointing at `digest`, and what became of it on this destination.
+    pub tags: Vec<(String, TagOutcome)>,
+}
+
+/// For a gated policy: a signature arriving after its image (cosign's `sha256-<hex>.sig` tag, a
+/// referrer-scheme tag, or a referrer pushed by digest) or Harbor's scan finishing (an event by
+/// the image's digest) can release tags a gate held back. Re-evaluates the covered tags of
+/// `repository` that point at that digest (a tag listing and a `HEAD` per covered tag; nothing
+/// when the destination already has the digest), each like a tag of a full sync.
+pub async fn replicate_gated_tags(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repository: &str,
+    reference: &str,
+) -> Result<GateRecheck, TransferError> {
+    let mut recheck = GateRecheck::default();
+    let digest = if is_referrer_tag(reference) {
+        recheck.is_referrer = true;
+        let (alg, rest) = reference.split_once('-').unwrap_or_default();
+        let hex = rest.split('.').next().unwrap_or_default();
+        crate::oci::digest::parse(&format!("{alg}:{hex}"))
+    } else if let Some(d) = crate::oci::digest::parse(reference) {
+        let manifest = match ctx.src.get_manifest(repository, reference).await {
+            Ok(m) => m,
+            Err(e) if e.is_not_found() => return Ok(recheck),
+            Err(e) => return Err(e.into()),
+        };
+        match manifest.graph() {
+            Ok(ManifestGraph::Index {
+                subject: Some(s), ..
+            })
+            | Ok(ManifestGraph::Image {
+                subject: Some(s), ..
+            }) => {
+                recheck.is_referrer = true;
+                Some(s.digest().clone())
+            }
+            _ => Some(d),
+        }
+    } else {
+        None
+    };
+    let Some(digest) = digest else {
+        return Ok(recheck);
+    };
+    recheck.digest = Some(digest.clone());
+    let dst_repo = prepared
+        .dest_repository(repository)
+        .map_err(TransferError::Policy)?;
+    if ctx.dst.head_manifest(&dst_repo, digest.as_ref()).await?.is_some() {
+        return Ok(recheck);
+    }
+    let all_tags: Vec<String> = ctx
+        .src
+        .list_tags(repository)
+        .await?
+        .into_iter()
+        .filter(|t| {
+            super::listed_name(
+                ctx.src.name(),
+                Some(repository),
+                crate::policy::check_tag(t),
+            )
+        })
+        .collect();
+    // Futures built in a loop (not a closure) keep concrete lifetimes, so workers can spawn this.
+    let mut heads = Vec::new();
+    for t in all_tags
+        .iter()
+        .filter(|t| prepared.selector.matches_tag(t) && !is_referrer_tag(t))
+    {
+        heads.push(async move {
+            Ok::<_, RegistryError>((t.clone(), ctx.src.head_digest(repository, t).await?))
+        });
+    }
+    let heads: Vec<(String, Option<Digest>)> = futures_util::stream::iter(heads)
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut at: Vec<String> = heads
+        .into_iter()
+        .filter(|(_, d)| d.as_ref() == Some(&digest))
+        .map(|(t, _)| t)
+        .collect();
+    at.sort();
+    let repo = SourceRepo {
+        repository: repository.to_string(),
+        tags: at.clone(),
+        all_tags,
+    };
+    for tag in at {
+        let mut referrers = 0;
+        let outcome = copy_tag(
+            prepared,
+            ctx,
+            &repo,
+            &dst_repo,
+            &tag,
+            Referrers::OnCopy,
+            &mut referrers,
+        )
+        .await?;
+        tracing::info!(tag = %tag, %digest, outcome = ?outcome, "tag re-evaluated after its signature or scan arrived");
+        recheck.tags.push((tag, outcome));
+    }
+    Ok(recheck)
 }
 
 /// Confirms the destination tag resolves to `digest`.

@@ -17,7 +17,7 @@ use crate::oci::digest;
 use crate::policy::Mode;
 use crate::regions::conflict::{self, Decision, Heads};
 use crate::replicate::delete::guarded_delete;
-use crate::replicate::{replicate_reference, PreparedPolicy, TagOutcome};
+use crate::replicate::{replicate_gated_tags, replicate_reference, GateRecheck, PreparedPolicy, TagOutcome};
 use crate::store::history::Task;
 use crate::store::ledger::TagWrite;
 use crate::store::queue::Job;
@@ -145,6 +145,13 @@ impl Worker {
         })
     }
 
+    /// Counts a tag a gate held back.
+    fn count_blocked(&self, policy: &str, outcome: &TagOutcome) {
+        if let TagOutcome::Blocked { gate, .. } = outcome {
+            self.metrics.gate_blocked(policy, *gate);
+        }
+    }
+
     /// A push job on one destination: the level-triggered copy, arbitrated first when the policy
     /// is bidirectional.
     async fn push(
@@ -161,14 +168,38 @@ impl Worker {
         } else {
             None
         };
-        let (outcome, _) = replicate_reference(
-            prepared,
-            ctx,
-            &job.repository,
-            &job.reference,
-            job.digest.as_deref(),
-        )
-        .await?;
+        // A gated policy: a signature or a scan arriving can release tags a gate held back
+        // (their subject's, or the scanned image's), replicated first.
+        let recheck = if prepared.policy.has_gates() {
+            let r = replicate_gated_tags(prepared, ctx, &job.repository, &job.reference).await?;
+            for (_, o) in &r.tags {
+                self.count_blocked(&prepared.policy.name, o);
+            }
+            Some(r)
+        } else {
+            None
+        };
+        let outcome = match &recheck {
+            // A push by digest of an image (not a referrer): it was matched for its tags' sake
+            // (a scan finished); the tag filter decides what is copied, not the digest push.
+            Some(r) if r.digest.is_some() && !r.is_referrer && prepared.policy.filters.iter().any(|f| f.kind == crate::policy::FilterKind::Tag) => {
+                TagOutcome::Skipped {
+                    reason: recheck_summary(r),
+                }
+            }
+            _ => {
+                replicate_reference(
+                    prepared,
+                    ctx,
+                    &job.repository,
+                    &job.reference,
+                    job.digest.as_deref(),
+                )
+                .await?
+                .0
+            }
+        };
+        self.count_blocked(&prepared.policy.name, &outcome);
         let outcome = match (incoming, outcome) {
             (Some(write), outcome @ (TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. })) => {
                 self.settle_write(prepared, ctx, job, write, outcome)
@@ -304,6 +335,27 @@ impl Worker {
             }),
         }
     }
+}
+
+/// The outcome text of a by-digest job that only re-evaluated the covered tags at its digest.
+fn recheck_summary(r: &GateRecheck) -> String {
+    let digest = r.digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
+    if r.tags.is_empty() {
+        return format!("a push by digest: no covered tag at {digest} to re-evaluate");
+    }
+    let tags: Vec<String> = r
+        .tags
+        .iter()
+        .map(|(t, o)| match o {
+            TagOutcome::Copied { .. } => format!("{t} copied"),
+            TagOutcome::Unchanged { .. } => format!("{t} unchanged"),
+            TagOutcome::Blocked { gate, .. } => format!("{t} blocked by {gate}"),
+            TagOutcome::Kept { .. } => format!("{t} kept"),
+            TagOutcome::Skipped { .. } => format!("{t} skipped"),
+            TagOutcome::Failed { .. } => format!("{t} failed"),
+        })
+        .collect();
+    format!("covered tags at {digest} re-evaluated: {}", tags.join(", "))
 }
 
 /// What arbitration allows a bidirectional job.
