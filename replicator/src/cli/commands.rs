@@ -178,7 +178,7 @@ fn print_sync_summary(r: &SyncReport) {
                 t.destination, t.destination_repository, t.tag
             ),
             TagOutcome::Skipped { reason } => println!("  skipped {}:{}: {reason}", t.repository, t.tag),
-            TagOutcome::Blocked { gate, reason } => println!("  blocked {}:{} by {gate}: {reason}", t.repository, t.tag),
+            TagOutcome::Blocked { gate, reason, .. } => println!("  blocked {}:{} by {gate}: {reason}", t.repository, t.tag),
             _ => {}
         }
     }

@@ -37,6 +37,8 @@ pub enum TagOutcome {
     /// A gate (`only_signed`, `max_severity`) held the image back: a decision, not an error (not
     /// retried; re-evaluated by the next full sync, or when the image's signature or scan arrives).
     Blocked {
+        /// The source digest held back.
+        digest: String,
         gate: Gate,
         reason: String,
     },
@@ -212,6 +214,7 @@ async fn copy_manifest(
         {
             tracing::info!(gate = %blocked.gate, reason = %blocked.reason, digest = %manifest.digest, "tag blocked by a gate");
             return Ok(TagOutcome::Blocked {
+                digest: manifest.digest.to_string(),
                 gate: blocked.gate,
                 reason: blocked.reason,
             });

@@ -17,6 +17,7 @@ use crate::oci::digest;
 use crate::policy::Mode;
 use crate::regions::conflict::{self, Decision, Heads};
 use crate::replicate::delete::guarded_delete;
+use crate::replicate::gates::{blocked_key, BLOCKED_MEMO};
 use crate::replicate::{replicate_gated_tags, replicate_reference, GateRecheck, PreparedPolicy, TagOutcome};
 use crate::store::history::Task;
 use crate::store::ledger::TagWrite;
@@ -145,10 +146,21 @@ impl Worker {
         })
     }
 
-    /// Counts a tag a gate held back.
-    fn count_blocked(&self, policy: &str, outcome: &TagOutcome) {
-        if let TagOutcome::Blocked { gate, .. } = outcome {
-            self.metrics.gate_blocked(policy, *gate);
+    /// Counts a tag a gate held back, and remembers the decision in the region (so the safety net
+    /// does not enqueue the same tag and digest again for [`BLOCKED_MEMO`]). Best effort.
+    async fn note_blocked(&self, policy: &str, repository: &str, tag: &str, outcome: &TagOutcome) {
+        let TagOutcome::Blocked { digest, gate, .. } = outcome else {
+            return;
+        };
+        self.metrics.gate_blocked(policy, *gate);
+        let key = blocked_key(policy, repository, tag, digest);
+        if let Err(e) = self
+            .blob_leases
+            .leases
+            .lease_blob("ferry", &key, &self.opts.consumer, BLOCKED_MEMO)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot remember the gate decision; the safety net may enqueue the tag again");
         }
     }
 
@@ -172,8 +184,9 @@ impl Worker {
         // (their subject's, or the scanned image's), replicated first.
         let recheck = if prepared.policy.has_gates() {
             let r = replicate_gated_tags(prepared, ctx, &job.repository, &job.reference).await?;
-            for (_, o) in &r.tags {
-                self.count_blocked(&prepared.policy.name, o);
+            for (tag, o) in &r.tags {
+                self.note_blocked(&prepared.policy.name, &job.repository, tag, o)
+                    .await;
             }
             Some(r)
         } else {
@@ -199,7 +212,8 @@ impl Worker {
                 .0
             }
         };
-        self.count_blocked(&prepared.policy.name, &outcome);
+        self.note_blocked(&prepared.policy.name, &job.repository, &job.reference, &outcome)
+            .await;
         let outcome = match (incoming, outcome) {
             (Some(write), outcome @ (TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. })) => {
                 self.settle_write(prepared, ctx, job, write, outcome)

@@ -195,7 +195,7 @@ pub(super) fn task_record(
             ),
             TagOutcome::Skipped { reason } => (TaskState::Succeeded, None, format!("skipped: {reason}"), None),
             // A gate's decision: the task is done (not retried), its outcome says which gate and why.
-            TagOutcome::Blocked { gate, reason } => (TaskState::Succeeded, None, format!("blocked by {gate}: {reason}"), None),
+            TagOutcome::Blocked { digest, gate, reason } => (TaskState::Succeeded, Some(digest.clone()), format!("blocked by {gate}: {reason}"), None),
             TagOutcome::Failed { error } => (TaskState::Failed, None, "failed".to_string(), Some(error.clone())),
         },
         Ok(DestOutcome::Delete(o)) => match o {

@@ -41,6 +41,18 @@ const MAX_PAYLOAD_BYTES: u64 = 256 * 1024;
 /// Signature manifests whose layers are checked, at most (a hostile source could list many).
 const MAX_SIGNATURE_MANIFESTS: usize = 16;
 
+/// How long a gate's decision about a tag's digest keeps the safety net from enqueueing that tag
+/// again (`crate::control::safety_net`): a signature or scan that arrives has its own event; this
+/// bounds how late one whose event was lost is noticed.
+pub const BLOCKED_MEMO: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// The name under which a region remembers that a gate held `repository:tag` at `digest` back
+/// (a lease on the pseudo-destination `ferry`, like the region's locks, expiring after
+/// [`BLOCKED_MEMO`]).
+pub fn blocked_key(policy: &str, repository: &str, tag: &str, digest: &str) -> String {
+    format!("gate-blocked/{policy}/{repository}:{tag}@{digest}")
+}
+
 /// Which gate held a tag back; its name is the `gate` label of `ferry_gate_blocked_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
