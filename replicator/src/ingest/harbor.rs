@@ -501,7 +501,12 @@ mod tests {
             let e = &batch.events[..];
             assert_eq!(e.len(), 1, "{name}");
             assert_eq!(
-                (e[0].kind, e[0].repository.as_str(), e[0].tag.as_deref(), e[0].digest.as_deref()),
+                (
+                    e[0].kind,
+                    e[0].repository.as_str(),
+                    e[0].tag.as_deref(),
+                    e[0].digest.as_deref()
+                ),
                 (EventKind::Push, "harbor/alpine", None, Some(digest)),
                 "{name}"
             );
@@ -531,7 +536,11 @@ mod tests {
         let jobs = matcher.jobs(&parse_documented("default-scan-completed").events[0]);
         assert_eq!(jobs.len(), 1);
         assert_eq!(
-            (jobs[0].kind, jobs[0].repository.as_str(), jobs[0].reference.as_str()),
+            (
+                jobs[0].kind,
+                jobs[0].repository.as_str(),
+                jobs[0].reference.as_str()
+            ),
             (
                 EventKind::Push,
                 "harbor/alpine",

@@ -206,7 +206,16 @@ async fn copy_manifest(
     // Referrers are not gated (signatures are not signed): a referrer-scheme tag, or a manifest
     // with a subject.
     let is_referrer = is_referrer_tag(tag)
-        || matches!(&graph, ManifestGraph::Index { subject: Some(_), .. } | ManifestGraph::Image { subject: Some(_), .. });
+        || matches!(
+            &graph,
+            ManifestGraph::Index {
+                subject: Some(_),
+                ..
+            } | ManifestGraph::Image {
+                subject: Some(_),
+                ..
+            }
+        );
     if gates.any() && !is_referrer {
         if let Some(blocked) = gates
             .check(&ctx.src, src_repo, tag, &manifest.digest, harbor)
@@ -381,7 +390,12 @@ pub async fn replicate_gated_tags(
     let dst_repo = prepared
         .dest_repository(repository)
         .map_err(TransferError::Policy)?;
-    if ctx.dst.head_manifest(&dst_repo, digest.as_ref()).await?.is_some() {
+    if ctx
+        .dst
+        .head_manifest(&dst_repo, digest.as_ref())
+        .await?
+        .is_some()
+    {
         return Ok(recheck);
     }
     let all_tags: Vec<String> = ctx

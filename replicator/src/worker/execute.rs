@@ -18,7 +18,9 @@ use crate::policy::Mode;
 use crate::regions::conflict::{self, Decision, Heads};
 use crate::replicate::delete::guarded_delete;
 use crate::replicate::gates::{blocked_key, BLOCKED_MEMO};
-use crate::replicate::{replicate_gated_tags, replicate_reference, GateRecheck, PreparedPolicy, TagOutcome};
+use crate::replicate::{
+    replicate_gated_tags, replicate_reference, GateRecheck, PreparedPolicy, TagOutcome,
+};
 use crate::store::history::Task;
 use crate::store::ledger::TagWrite;
 use crate::store::queue::Job;
@@ -195,7 +197,15 @@ impl Worker {
         let outcome = match &recheck {
             // A push by digest of an image (not a referrer): it was matched for its tags' sake
             // (a scan finished); the tag filter decides what is copied, not the digest push.
-            Some(r) if r.digest.is_some() && !r.is_referrer && prepared.policy.filters.iter().any(|f| f.kind == crate::policy::FilterKind::Tag) => {
+            Some(r)
+                if r.digest.is_some()
+                    && !r.is_referrer
+                    && prepared
+                        .policy
+                        .filters
+                        .iter()
+                        .any(|f| f.kind == crate::policy::FilterKind::Tag) =>
+            {
                 TagOutcome::Skipped {
                     reason: recheck_summary(r),
                 }
@@ -212,8 +222,13 @@ impl Worker {
                 .0
             }
         };
-        self.note_blocked(&prepared.policy.name, &job.repository, &job.reference, &outcome)
-            .await;
+        self.note_blocked(
+            &prepared.policy.name,
+            &job.repository,
+            &job.reference,
+            &outcome,
+        )
+        .await;
         let outcome = match (incoming, outcome) {
             (Some(write), outcome @ (TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. })) => {
                 self.settle_write(prepared, ctx, job, write, outcome)

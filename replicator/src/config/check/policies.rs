@@ -411,11 +411,14 @@ mod tests {
                 .message
                 .clone()
         };
-        assert!(at("policies[0].signature_public_key_file").contains(&format!("{not_pem}: not PEM")));
+        assert!(
+            at("policies[0].signature_public_key_file").contains(&format!("{not_pem}: not PEM"))
+        );
         assert!(at("policies[0].max_severity").contains("unknown severity \"severe\""));
         assert!(at("policies[1].signature_public_key_file").contains("without `only_signed: true`"));
         assert!(at("policies[1].allow_unscanned").contains("only applies with `max_severity`"));
-        assert!(at("policies[2].signature_public_key_file").contains("/nonexistent/cosign.pub: cannot read it"));
+        assert!(at("policies[2].signature_public_key_file")
+            .contains("/nonexistent/cosign.pub: cannot read it"));
         assert_eq!(p.len(), 5, "{p:?}");
     }
 }

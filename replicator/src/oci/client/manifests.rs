@@ -129,7 +129,12 @@ impl RegistryClient {
         })
     }
 
-    pub(super) fn verify_bytes(&self, repository: &str, expected: &Digest, bytes: &[u8]) -> Result<()> {
+    pub(super) fn verify_bytes(
+        &self,
+        repository: &str,
+        expected: &Digest,
+        bytes: &[u8],
+    ) -> Result<()> {
         let mismatch = |actual: String| RegistryError::DigestMismatch {
             registry: self.name.clone(),
             repository: repository.to_string(),

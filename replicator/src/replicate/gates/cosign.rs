@@ -224,7 +224,11 @@ mod tests {
             let mut der = P256_SPKI_PREFIX.to_vec();
             der.extend_from_slice(self.0.public_key().as_ref());
             let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-            format!("-----BEGIN PUBLIC KEY-----\n{}\n{}\n-----END PUBLIC KEY-----\n", &b64[..64], &b64[64..])
+            format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n{}\n-----END PUBLIC KEY-----\n",
+                &b64[..64],
+                &b64[64..]
+            )
         }
         fn key(&self) -> CosignKey {
             CosignKey::from_pem(&self.pem(), "cosign.pub").unwrap()
@@ -301,9 +305,15 @@ mod tests {
             Err(SignatureError::NotBase64)
         );
         let junk = base64::engine::general_purpose::STANDARD.encode([0x30, 0x03, 0x02, 0x01]);
-        assert_eq!(s.key().verify(&p, &junk, &image()), Err(SignatureError::NotDer));
+        assert_eq!(
+            s.key().verify(&p, &junk, &image()),
+            Err(SignatureError::NotDer)
+        );
         let empty = base64::engine::general_purpose::STANDARD.encode([]);
-        assert_eq!(s.key().verify(&p, &empty, &image()), Err(SignatureError::NotDer));
+        assert_eq!(
+            s.key().verify(&p, &empty, &image()),
+            Err(SignatureError::NotDer)
+        );
         // Well-formed DER that is no ECDSA signature of this payload.
         let zeros = base64::engine::general_purpose::STANDARD
             .encode([0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00]);

@@ -163,7 +163,10 @@ impl Gates {
                 HarborLookup::Missing => None,
                 // Not asked yet, or the tag moved between Harbor's answer and the manifest read:
                 // ask about the digest being copied.
-                _ => src.harbor_artifact(repository, image.as_ref(), true).await?,
+                _ => {
+                    src.harbor_artifact(repository, image.as_ref(), true)
+                        .await?
+                }
             };
             let Some(artifact) = artifact else {
                 return Ok(Some(Blocked {
@@ -219,7 +222,10 @@ impl Gates {
             }
         }
         let mut reason = if failures.is_empty() {
-            format!("no cosign signature for {image} to verify against {}", key.file())
+            format!(
+                "no cosign signature for {image} to verify against {}",
+                key.file()
+            )
         } else {
             format!(
                 "no cosign signature for {image} verified against {} ({})",
@@ -326,7 +332,10 @@ async fn verify_manifest(
             .as_ref()
             .and_then(|a| a.get(SIGNATURE_ANNOTATION))
         else {
-            why.push(format!("layer {} has no {SIGNATURE_ANNOTATION} annotation", layer.digest()));
+            why.push(format!(
+                "layer {} has no {SIGNATURE_ANNOTATION} annotation",
+                layer.digest()
+            ));
             continue;
         };
         // A payload that is too large or not what its digest says is a bad signature, not a

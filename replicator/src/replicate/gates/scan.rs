@@ -68,11 +68,14 @@ impl std::fmt::Display for Severity {
 
 /// Why an image with this `scan_overview` is held back under `max`, or `None` when it may be
 /// copied. `allow_unscanned` lets through images without a finished, successful scan.
-pub fn judge(scan_overview: Option<&Value>, max: Severity, allow_unscanned: bool) -> Option<String> {
+pub fn judge(
+    scan_overview: Option<&Value>,
+    max: Severity,
+    allow_unscanned: bool,
+) -> Option<String> {
     let unscanned = |why: String| {
-        (!allow_unscanned).then(|| {
-            format!("{why} (set allow_unscanned to copy images without a finished scan)")
-        })
+        (!allow_unscanned)
+            .then(|| format!("{why} (set allow_unscanned to copy images without a finished scan)"))
     };
     let reports = match scan_overview {
         None => return unscanned("Harbor has not scanned it".into()),
@@ -159,7 +162,10 @@ mod tests {
         assert!(Severity::Negligible < Severity::Low);
         assert!(Severity::High < Severity::Critical);
         let e = "severe".parse::<Severity>().unwrap_err();
-        assert!(e.contains("none, unknown, negligible, low, medium, high, critical"), "{e}");
+        assert!(
+            e.contains("none, unknown, negligible, low, medium, high, critical"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -173,9 +179,18 @@ mod tests {
 
     #[test]
     fn a_severity_at_or_below_the_limit_passes() {
-        assert_eq!(judge(Some(&overview("Success", "High")), Severity::High, false), None);
-        assert_eq!(judge(Some(&overview("Success", "None")), Severity::None, false), None);
-        assert_eq!(judge(Some(&overview("Success", "Low")), Severity::High, false), None);
+        assert_eq!(
+            judge(Some(&overview("Success", "High")), Severity::High, false),
+            None
+        );
+        assert_eq!(
+            judge(Some(&overview("Success", "None")), Severity::None, false),
+            None
+        );
+        assert_eq!(
+            judge(Some(&overview("Success", "Low")), Severity::High, false),
+            None
+        );
     }
 
     #[test]
@@ -183,8 +198,14 @@ mod tests {
         for (o, expected) in [
             (None, "has not scanned"),
             (Some(json!({})), "has not scanned"),
-            (Some(overview("Running", "")), "has not finished (scan_status Running)"),
-            (Some(overview("Error", "")), "did not succeed (scan_status Error)"),
+            (
+                Some(overview("Running", "")),
+                "has not finished (scan_status Running)",
+            ),
+            (
+                Some(overview("Error", "")),
+                "did not succeed (scan_status Error)",
+            ),
         ] {
             let why = judge(o.as_ref(), Severity::Critical, false).unwrap();
             assert!(why.contains(expected), "{why}");
