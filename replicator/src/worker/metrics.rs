@@ -109,13 +109,11 @@ impl WorkerMetrics {
     }
 
     /// Exports `policy`'s series at 0: jobs of every kind and outcome, bytes, blobs of every
-    /// outcome, no-op jobs, conflicts of both outcomes, and each gate the policy turns on.
+    /// outcome, no-op jobs, conflicts of both outcomes and tags held back by each gate (also for
+    /// a policy without gates, as conflicts for one that is not bidirectional: dashboards and
+    /// alerts see zeros, and a gate added through the admin API needs no new series).
     pub fn init_policy(&self, policy: &crate::policy::Policy) {
-        let gates = [
-            (Gate::OnlySigned, policy.only_signed),
-            (Gate::MaxSeverity, policy.max_severity.is_some()),
-        ];
-        for (gate, _) in gates.into_iter().filter(|(_, on)| *on) {
+        for gate in Gate::ALL {
             self.gate_blocked.get_or_create_owned(&PolicyGate {
                 policy: policy.name.clone(),
                 gate: gate.as_str().into(),
@@ -229,8 +227,7 @@ mod tests {
         let mut registry = Registry::default();
         let m = WorkerMetrics::register(&mut registry);
         let policy: crate::policy::Policy = serde_json::from_value(serde_json::json!({
-            "name": "eu-to-us", "src_registry": {"name": "eu"}, "dest_registry": {"name": "us"},
-            "only_signed": true
+            "name": "eu-to-us", "src_registry": {"name": "eu"}, "dest_registry": {"name": "us"}
         }))
         .unwrap();
         m.init_policy(&policy);
@@ -258,13 +255,13 @@ mod tests {
             r#"ferry_bytes_total{policy="eu-to-us",direction="to_destination"} 0"#.to_string(),
         );
         expected.push(r#"ferry_noop_jobs_total{policy="eu-to-us"} 0"#.to_string());
-        expected.push(
-            r#"ferry_gate_blocked_total{policy="eu-to-us",gate="only_signed"} 0"#.to_string(),
-        );
+        for gate in ["only_signed", "max_severity"] {
+            expected.push(format!(
+                r#"ferry_gate_blocked_total{{policy="eu-to-us",gate="{gate}"}} 0"#
+            ));
+        }
         for line in expected {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
-        // Only the gates the policy turns on.
-        assert!(!text.contains(r#"gate="max_severity""#), "{text}");
     }
 }
