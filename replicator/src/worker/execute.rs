@@ -195,21 +195,12 @@ impl Worker {
             None
         };
         let outcome = match &recheck {
-            // A push by digest of an image (not a referrer): it was matched for its tags' sake
-            // (a scan finished); the tag filter decides what is copied, not the digest push.
-            Some(r)
-                if r.digest.is_some()
-                    && !r.is_referrer
-                    && prepared
-                        .policy
-                        .filters
-                        .iter()
-                        .any(|f| f.kind == crate::policy::FilterKind::Tag) =>
-            {
-                TagOutcome::Skipped {
-                    reason: recheck_summary(r),
-                }
-            }
+            // A push by digest of an image (not a referrer: a scan finished, an index child): a
+            // gated policy copies images only through the tags the gates judge, so the digest
+            // itself is not copied (an index's children come with it).
+            Some(r) if r.digest.is_some() && !r.is_referrer => TagOutcome::Skipped {
+                reason: recheck_summary(r),
+            },
             _ => {
                 replicate_reference(
                     prepared,

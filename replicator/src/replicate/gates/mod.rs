@@ -40,6 +40,8 @@ pub const NOTATION_SIGNATURE_TYPE: &str = "application/vnd.cncf.notary.signature
 const MAX_PAYLOAD_BYTES: u64 = 256 * 1024;
 /// Signature manifests whose layers are checked, at most (a hostile source could list many).
 const MAX_SIGNATURE_MANIFESTS: usize = 16;
+/// Signature layers checked per manifest, at most (each costs a blob read).
+const MAX_SIGNATURE_LAYERS: usize = 16;
 
 /// How long a gate's decision about a tag's digest keeps the safety net from enqueueing that tag
 /// again (`crate::control::safety_net`): a signature or scan that arrives has its own event; this
@@ -137,14 +139,6 @@ impl Gates {
     /// Whether any gate is on.
     pub fn any(&self) -> bool {
         self.only_signed || self.max_severity.is_some()
-    }
-
-    /// The gates that are on.
-    pub fn enabled(&self) -> impl Iterator<Item = Gate> + '_ {
-        Gate::ALL.into_iter().filter(|g| match g {
-            Gate::OnlySigned => self.only_signed,
-            Gate::MaxSeverity => self.max_severity.is_some(),
-        })
     }
 
     /// Decides whether `repository@image` (read as `reference`) may be copied from `src`:
@@ -326,6 +320,7 @@ async fn verify_manifest(
     for layer in layers
         .iter()
         .filter(|l| l.media_type().to_string() == SIMPLE_SIGNING)
+        .take(MAX_SIGNATURE_LAYERS)
     {
         let Some(signature) = layer
             .annotations()
