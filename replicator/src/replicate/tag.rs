@@ -359,9 +359,7 @@ pub async fn replicate_gated_tags(
     let mut recheck = GateRecheck::default();
     let digest = if is_referrer_tag(reference) {
         recheck.is_referrer = true;
-        let (alg, rest) = reference.split_once('-').unwrap_or_default();
-        let hex = rest.split('.').next().unwrap_or_default();
-        crate::oci::digest::parse(&format!("{alg}:{hex}"))
+        referrer_tag_subject(reference)
     } else if let Some(d) = crate::oci::digest::parse(reference) {
         let manifest = match ctx.src.get_manifest(repository, reference).await {
             Ok(m) => m,
@@ -456,6 +454,16 @@ pub async fn replicate_gated_tags(
     Ok(recheck)
 }
 
+/// The subject digest a referrer-scheme tag names: `sha256-<hex>[.suffix]` → `sha256:<hex>`.
+fn referrer_tag_subject(tag: &str) -> Option<Digest> {
+    if !is_referrer_tag(tag) {
+        return None;
+    }
+    let (alg, rest) = tag.split_once('-')?;
+    let hex = rest.split('.').next()?;
+    crate::oci::digest::parse(&format!("{alg}:{hex}"))
+}
+
 /// Confirms the destination tag resolves to `digest`.
 async fn verify_tag(
     ctx: &TransferContext,
@@ -495,6 +503,24 @@ mod tests {
                 message: "blob unknown to registry".into(),
             }],
         })
+    }
+
+    #[test]
+    fn a_referrer_tag_names_its_subject_and_other_tags_name_none() {
+        let hex = "a".repeat(64);
+        for tag in [
+            format!("sha256-{hex}"),
+            format!("sha256-{hex}.sig"),
+            format!("sha256-{hex}.att"),
+        ] {
+            assert_eq!(
+                referrer_tag_subject(&tag).map(|d| d.to_string()),
+                Some(format!("sha256:{hex}")),
+                "{tag}"
+            );
+        }
+        assert_eq!(referrer_tag_subject("v1"), None);
+        assert_eq!(referrer_tag_subject("sha256-short.sig"), None);
     }
 
     #[test]

@@ -290,6 +290,23 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_a_gate_held_back_is_a_finished_task_naming_the_gate_the_reason_and_the_digest() {
+        let t = record(Ok(DestOutcome::Push(TagOutcome::Blocked {
+            digest: "sha256:b".into(),
+            gate: crate::replicate::gates::Gate::OnlySigned,
+            reason: "no signature for sha256:b".into(),
+        })));
+        // A decision, not a failure: nothing to retry.
+        assert_eq!(t.state, TaskState::Succeeded);
+        assert_eq!(t.digest.as_deref(), Some("sha256:b"));
+        assert_eq!(
+            t.outcome.as_deref(),
+            Some("blocked by only_signed: no signature for sha256:b")
+        );
+        assert_eq!(t.error, None);
+    }
+
+    #[test]
     fn only_a_copy_caused_by_an_event_records_a_lag() {
         let copied = DestOutcome::Push(TagOutcome::Copied {
             digest: "sha256:c".into(),
