@@ -31,10 +31,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// Pushes `img` as `team/app:v1` and `referrer` (a manifest with `img` as subject) by digest,
-/// listed in `img`'s referrers fallback tag index (`sha256-<hex>`), as clients do on a registry
-/// without the referrers API (distribution 2.8). The referrer travels with skopeo under the
-/// fallback tag first; the index then replaces it there, `PUT` as its bytes (skopeo will not
-/// push an index whose entries carry `artifactType`).
+/// listed in `img`'s referrers fallback tag index ([`push_referrer`]).
 async fn push_with_referrer(
     mut b: LayoutBuilder,
     src: &Registry,
@@ -44,9 +41,26 @@ async fn push_with_referrer(
     let (layout_ref, blob, artifact_type) = referrer;
     let index = referrers_index(&mut b, "referrers", &[(blob, artifact_type)]).unwrap();
     let layout = b.finish().unwrap();
+    push(&layout, &src.host(), &[]).await;
+    push_referrer(&layout, src, img, layout_ref, &index).await;
+}
+
+/// Pushes the referrer at `layout_ref` of `layout` by digest, listed in `img`'s referrers fallback
+/// tag index (`sha256-<hex>`, the layout's `index`), as clients do on a registry without the
+/// referrers API (distribution 2.8). The referrer travels with skopeo under the fallback tag
+/// first; the index then replaces it there, `PUT` as its bytes (skopeo will not push an index
+/// whose entries carry `artifactType`).
+async fn push_referrer(layout: &Path, src: &Registry, img: &Blob, layout_ref: &str, index: &Blob) {
     let fallback = format!("sha256-{}", img.hex());
-    push(&layout, &src.host(), &[(layout_ref, fallback.clone())]).await;
-    let bytes = std::fs::read(ferry_testkit::fixtures::blob_path(&layout, &index.digest)).unwrap();
+    skopeo::push_layout(
+        layout,
+        layout_ref,
+        &src.host(),
+        &format!("team/app:{fallback}"),
+    )
+    .await
+    .unwrap();
+    let bytes = std::fs::read(ferry_testkit::fixtures::blob_path(layout, &index.digest)).unwrap();
     put_manifest(&src.url(), "team/app", &fallback, &index.media_type, bytes)
         .await
         .unwrap();
@@ -647,5 +661,85 @@ async fn the_safety_net_does_not_enqueue_a_blocked_tag_again() {
         (pass.missing, pass.enqueued, pass.held_back),
         (1, 0, 1),
         "{pass:?}"
+    );
+}
+
+/// A signature stored as an OCI 1.1 referrer arrives as a push by digest (its own event on a
+/// registry with the referrers API): its job releases the subject's held-back tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_referrer_pushed_by_digest_releases_its_subjects_tags() {
+    let (src, dst, dir) = two_registries().await;
+    let (mut b, img) = image_layout(dir.path(), 71);
+    let notation = b
+        .artifact(
+            "notation",
+            NOTATION_SIGNATURE_TYPE,
+            b"{\"payload\":\"jws\"}",
+            "application/jose+json",
+            Some(&img),
+        )
+        .unwrap();
+    let index =
+        referrers_index(&mut b, "referrers", &[(&notation, NOTATION_SIGNATURE_TYPE)]).unwrap();
+    let layout = b.finish().unwrap();
+    let policy = json!({"trigger": {"type": "event_based"}, "only_signed": true,
+                        "filters": [{"type": "tag", "value": "v*"}]});
+    let (_, _, _, worker) = worker_for(&src.url(), &dst.url(), dir.path(), policy);
+    push(&layout, &src.host(), &[]).await;
+    let outcome = run(&worker, &push_job("team/app", "v1")).await;
+    assert!(
+        matches!(&outcome, TagOutcome::Blocked { .. }),
+        "{outcome:?}"
+    );
+
+    push_referrer(&layout, &src, &img, "notation", &index).await;
+    run(&worker, &push_job("team/app", &notation.digest)).await;
+    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, img.digest);
+    assert_eq!(
+        manifest_status(&dst.url(), "team/app", &notation.digest).await,
+        200,
+        "the signature followed its subject"
+    );
+}
+
+/// A gated policy that does not copy referrers still hears a signature's tag: its job releases
+/// the subject's tags, and the signature itself stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_tag_releases_its_subject_under_a_policy_that_does_not_copy_referrers() {
+    let (src, dst, dir) = two_registries().await;
+    let (mut b, img) = image_layout(dir.path(), 72);
+    let sig = Signer::generate()
+        .unwrap()
+        .sign("team/app", &img.digest)
+        .unwrap();
+    signature_manifest(&mut b, "sig", &[sig], None).unwrap();
+    let layout = b.finish().unwrap();
+    let policy = json!({"trigger": {"type": "event_based"}, "only_signed": true,
+                        "copy_referrers": false, "filters": [{"type": "tag", "value": "v*"}]});
+    let (_, _, _, worker) = worker_for(&src.url(), &dst.url(), dir.path(), policy);
+    push(&layout, &src.host(), &[]).await;
+    let outcome = run(&worker, &push_job("team/app", "v1")).await;
+    assert!(
+        matches!(&outcome, TagOutcome::Blocked { .. }),
+        "{outcome:?}"
+    );
+
+    skopeo::push_layout(
+        &layout,
+        "sig",
+        &src.host(),
+        &format!("team/app:{}", sig_tag(&img)),
+    )
+    .await
+    .unwrap();
+    let outcome = run(&worker, &push_job("team/app", &sig_tag(&img))).await;
+    assert!(
+        matches!(&outcome, TagOutcome::Skipped { reason } if reason.contains("v1 copied")),
+        "{outcome:?}"
+    );
+    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, img.digest);
+    assert_eq!(
+        manifest_status(&dst.url(), "team/app", &sig_tag(&img)).await,
+        404
     );
 }

@@ -253,7 +253,9 @@ fn matches(policy: &Policy, selector: &Selector, event: &Event) -> bool {
             policy.has_gates() || !policy.filters.iter().any(|f| f.kind == FilterKind::Tag)
         }
         None => true,
-        Some(tag) if policy.copy_referrers && is_referrer_tag(tag) => true,
+        // A gated policy hears signatures even when it does not copy referrers: one can release
+        // the tags of its subject.
+        Some(tag) if (policy.copy_referrers || policy.has_gates()) && is_referrer_tag(tag) => true,
         Some(tag) => selector.matches_tag(tag),
     }
 }
@@ -444,6 +446,21 @@ mod tests {
         // A signature pushed by digest, or Harbor's scan of an image, can release held-back tags.
         let by_digest = event(EventKind::Push, "platform/api", None, Some(DIGEST));
         assert_eq!(names(&m.jobs(&by_digest)), vec!["signed", "scanned"]);
+    }
+
+    #[test]
+    fn a_signature_tag_reaches_a_gated_policy_that_does_not_copy_referrers() {
+        let m = Matcher::new(&config(json!([
+            policy("plain", json!({"copy_referrers": false})),
+            policy(
+                "signed",
+                json!({"copy_referrers": false, "only_signed": true})
+            ),
+        ])))
+        .unwrap();
+        let sig = format!("sha256-{}.sig", "a".repeat(64));
+        let signature = event(EventKind::Push, "platform/api", Some(&sig), Some(DIGEST));
+        assert_eq!(names(&m.jobs(&signature)), vec!["signed"]);
     }
 
     #[test]

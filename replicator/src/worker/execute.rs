@@ -197,10 +197,15 @@ impl Worker {
         let outcome = match &recheck {
             // A push by digest of an image (not a referrer: a scan finished, an index child): a
             // gated policy copies images only through the tags the gates judge, so the digest
-            // itself is not copied (an index's children come with it).
-            Some(r) if r.digest.is_some() && !r.is_referrer => TagOutcome::Skipped {
-                reason: recheck_summary(r),
-            },
+            // itself is not copied (an index's children come with it). Nor is a referrer when
+            // the policy does not copy referrers (it was matched for its subject's sake).
+            Some(r)
+                if r.digest.is_some() && (!r.is_referrer || !prepared.policy.copy_referrers) =>
+            {
+                TagOutcome::Skipped {
+                    reason: recheck_summary(r),
+                }
+            }
             _ => {
                 replicate_reference(
                     prepared,
@@ -361,7 +366,7 @@ impl Worker {
 fn recheck_summary(r: &GateRecheck) -> String {
     let digest = r.digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
     if r.tags.is_empty() {
-        return format!("a push by digest: no covered tag at {digest} to re-evaluate");
+        return format!("no covered tag at {digest} to re-evaluate");
     }
     let tags: Vec<String> = r
         .tags
