@@ -1,10 +1,13 @@
 //! Replicates one tag to one destination, level-triggered: `HEAD` both sides, and only when the
-//! destination differs `GET` the source manifest, filter it, move its graph ([`crate::transfer`]),
-//! push it by tag and confirm with a `HEAD`; then its referrers ([`super::referrers`]).
+//! destination differs `GET` the source manifest, filter it, judge it by the policy's gates
+//! ([`super::gates`]), move its graph ([`crate::transfer`]), push it by tag and confirm with a
+//! `HEAD`; then its referrers ([`super::referrers`]). For a gated policy, a signature or a scan
+//! arriving later re-evaluates the tags at its digest ([`replicate_gated_tags`]).
 //!
 //! Invariants: whatever the source holds *now* is what the destination gets, so re-running a tag
 //! or running it on a stale event is always safe; a tag is `Copied` only after the destination
-//! answered the source digest; `override: false` never overwrites a differing destination tag.
+//! answered the source digest; `override: false` never overwrites a differing destination tag; a
+//! tag a gate holds back is `Blocked`, never an error.
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -339,7 +342,7 @@ pub struct GateRecheck {
     /// image; `None` when the reference is an ordinary tag (its own job decides it).
     pub digest: Option<Digest>,
     /// The reference is a referrer (a referrer-scheme tag, or a manifest with a subject): it is
-    /// copied as usual, after its subject's tags.
+    /// copied as usual after its subject's tags, when the policy copies referrers.
     pub is_referrer: bool,
     /// Each covered tag pointing at `digest`, and what became of it on this destination.
     pub tags: Vec<(String, TagOutcome)>,
@@ -349,7 +352,8 @@ pub struct GateRecheck {
 /// referrer-scheme tag, or a referrer pushed by digest) or Harbor's scan finishing (an event by
 /// the image's digest) can release tags a gate held back. Re-evaluates the covered tags of
 /// `repository` that point at that digest (a tag listing and a `HEAD` per covered tag; nothing
-/// when the destination already has the digest), each like a tag of a full sync.
+/// when the destination already has the digest), each like the tag of a push event (its
+/// referrers follow when it is copied).
 pub async fn replicate_gated_tags(
     prepared: &PreparedPolicy,
     ctx: &TransferContext,
