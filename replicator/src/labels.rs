@@ -17,6 +17,13 @@ pub struct PolicyOutcome {
     pub outcome: String,
 }
 
+/// `{policy, gate}`: which gate held a tag back (`only_signed`, `max_severity`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyGate {
+    pub policy: String,
+    pub gate: String,
+}
+
 /// `{policy, direction}`: which way bytes moved.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyDirection {

@@ -38,7 +38,8 @@
 //! - [`worker`]: claims queued jobs and runs them under a lease (heartbeat, pause cache, stop
 //!   watch, settle), recording each in the history.
 //! - [`replicate`]: the per-job algorithm: one tag to one destination (`replicate::tag`),
-//!   referrers, digest-guarded deletes, a full sync of a policy, drift by digest.
+//!   referrers, the gates that hold an image back (`replicate::gates`: `only_signed`,
+//!   `max_severity`), digest-guarded deletes, a full sync of a policy, drift by digest.
 //! - [`transfer`]: moves one manifest graph — **`transfer/mod.rs` is the file that decides
 //!   whether a blob is skipped, mounted or copied**; `transfer::upload` how an upload resumes.
 //! - [`layout`]: air-gapped sites — an OCI image layout (directory or tar) as the far side of a

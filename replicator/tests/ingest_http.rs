@@ -472,7 +472,7 @@ async fn harbor_webhook_enqueues_and_ignores_other_types() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body["enqueued"], 1);
     let scan =
-        json!({"type": "SCANNING_COMPLETED", "occur_at": 1, "operator": "auto", "event_data": {}});
+        json!({"type": "SCANNING_FAILED", "occur_at": 1, "operator": "auto", "event_data": {}});
     let answer = agent
         .post(
             url,
@@ -1115,12 +1115,12 @@ async fn harbor_documented_pushes_and_deletes_become_jobs_in_both_formats() {
 }
 
 #[tokio::test]
-async fn harbor_documented_pulls_scans_quotas_replications_and_retentions_are_acknowledged_without_jobs(
+async fn harbor_documented_pulls_failed_scans_quotas_replications_and_retentions_are_acknowledged_without_jobs(
 ) {
+    // A completed scan is a push by digest (the `max_severity` gate): `ingest::harbor` tests it.
     let agent = start_for(harbor_config()).await;
     for kind in [
         "pull",
-        "scan-completed",
         "scan-stopped",
         "scan-failed",
         "quota-exceeded",

@@ -109,6 +109,13 @@ pub struct Behavior {
     /// only, no repository outside an existing project, quota and immutable-tag refusals
     /// (`fake/harbor.rs`); `None`: a plain registry.
     pub harbor: Option<HarborSetup>,
+    /// Harbor's `scan_overview` per artifact, keyed `repo@digest` (Harbor scans artifacts, not
+    /// tags), served on the artifact API when asked `with_scan_overview=true`: an object keyed by
+    /// report MIME type whose values use Harbor's swagger names (`NativeReportSummary`:
+    /// `report_id`, `scan_status`, `severity`, `duration`, `summary` {`total`, `fixable`,
+    /// `summary`}, `start_time`, `end_time`, `complete_percent`, `scanner`); see
+    /// [`harbor_scan_overview`]. Setting it (even empty) serves Harbor's artifact API.
+    pub harbor_scans: Option<HashMap<String, serde_json::Value>>,
     /// `(n, bytes)`: the next `n` blob GETs whose body is longer than `bytes`
     /// send only `bytes` bytes of it (announcing the full `Content-Length`),
     /// then drop the connection, as a reset link does. Counts down.
@@ -519,7 +526,7 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
         return resp;
     }
     if let Some(rest) = req.path.strip_prefix("/api/v2.0/projects/") {
-        return harbor_artifact(inner, rest);
+        return harbor_artifact(inner, rest, &req.query);
     }
     if req.path != "/v2" && !req.path.starts_with("/v2/") {
         return plain(StatusCode::NOT_FOUND, "not a registry path");
@@ -1402,11 +1409,12 @@ fn parse_query(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// Harbor's `…/projects/<p>/repositories/<r>/artifacts/<ref>` with the artifact's labels.
-fn harbor_artifact(inner: &Inner, rest: &str) -> Response {
-    let Some(labels) = &inner.behavior.harbor_labels else {
+/// Harbor's `…/projects/<p>/repositories/<r>/artifacts/<ref>` with the artifact's labels and, when
+/// asked `with_scan_overview=true`, its scan overview.
+fn harbor_artifact(inner: &Inner, rest: &str, query: &HashMap<String, String>) -> Response {
+    if inner.behavior.harbor_labels.is_none() && inner.behavior.harbor_scans.is_none() {
         return plain(StatusCode::NOT_FOUND, "404 page not found");
-    };
+    }
     let segs: Vec<&str> = rest.split('/').collect();
     let [project, "repositories", repo, "artifacts", reference] = segs.as_slice() else {
         return plain(StatusCode::NOT_FOUND, "404 page not found");
@@ -1422,18 +1430,58 @@ fn harbor_artifact(inner: &Inner, rest: &str) -> Response {
     let Some(digest) = inner.repos.get(&name).and_then(|r| resolve(r, &reference)) else {
         return not_found();
     };
-    let names = labels
-        .get(&format!("{name}:{reference}"))
+    let names = inner
+        .behavior
+        .harbor_labels
+        .as_ref()
+        .and_then(|l| l.get(&format!("{name}:{reference}")))
         .cloned()
         .unwrap_or_default();
     let labels: Vec<serde_json::Value> = names
         .iter()
         .map(|n| serde_json::json!({"name": n, "scope": "g"}))
         .collect();
-    json(
-        StatusCode::OK,
-        serde_json::json!({"digest": digest, "labels": if labels.is_empty() { serde_json::Value::Null } else { labels.into() }}),
-    )
+    let mut artifact = serde_json::json!({"digest": digest, "labels": if labels.is_empty() { serde_json::Value::Null } else { labels.into() }});
+    if query.get("with_scan_overview").map(String::as_str) == Some("true") {
+        if let Some(overview) = inner
+            .behavior
+            .harbor_scans
+            .as_ref()
+            .and_then(|s| s.get(&format!("{name}@{digest}")))
+        {
+            artifact["scan_overview"] = overview.clone();
+        }
+    }
+    json(StatusCode::OK, artifact)
+}
+
+/// A `scan_overview` as Harbor's artifact API and `SCANNING_COMPLETED` webhook carry it (one
+/// Trivy report; Harbor's swagger `NativeReportSummary`): `scan_status` (`Success`, `Running`,
+/// `Pending`, `Error`, …), `severity` (`None`, `Low`, `Medium`, `High`, `Critical`, …) and the
+/// per-severity counts in `summary.summary`.
+pub fn harbor_scan_overview(
+    scan_status: &str,
+    severity: &str,
+    counts: &[(&str, u64)],
+) -> serde_json::Value {
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    let summary: serde_json::Map<String, serde_json::Value> = counts
+        .iter()
+        .map(|(k, n)| ((*k).to_string(), serde_json::Value::from(*n)))
+        .collect();
+    serde_json::json!({
+        "application/vnd.security.vulnerability.report; version=1.1": {
+            "report_id": "af0546c1-67dc-4e9d-927e-372900ead0df",
+            "scan_status": scan_status,
+            "severity": severity,
+            "duration": 8,
+            "summary": {"total": total, "fixable": 0, "summary": summary},
+            "start_time": "2023-04-03T06:12:47Z",
+            "end_time": "2023-04-03T06:12:55Z",
+            "scanner": {"name": "Trivy", "vendor": "Aqua Security", "version": "v0.37.2"},
+            "complete_percent": if scan_status == "Success" { 100 } else { 50 }
+        }
+    })
 }
 
 fn percent_decode(s: &str) -> String {

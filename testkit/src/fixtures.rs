@@ -341,6 +341,19 @@ impl LayoutBuilder {
         Ok(blob)
     }
 
+    /// A manifest written as given (e.g. a cosign signature manifest, a referrers fallback index),
+    /// tagged `ref_name` in `index.json`; its blobs must be written already.
+    pub fn raw_manifest(
+        &mut self,
+        ref_name: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<Blob> {
+        let blob = self.write_blob(media_type, bytes)?;
+        self.tag(ref_name, &blob);
+        Ok(blob)
+    }
+
     /// Names `manifest` `ref_name` in `index.json` (replacing an earlier entry).
     pub fn tag(&mut self, ref_name: &str, manifest: &Blob) {
         self.refs.retain(|(name, _)| name != ref_name);

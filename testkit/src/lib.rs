@@ -23,6 +23,9 @@
 //! - [`netns`]: network namespaces joined by veth pairs, so each test region has its own
 //!   addresses; [`Host`] says where a child process runs.
 //! - [`fault`]: a userspace TCP fault proxy (blackhole, reset, latency) for links between regions.
+//! - [`api`]: a manifest `PUT` as exact bytes, for what skopeo refuses to push.
+//! - [`cosign`]: cosign-format signatures (P-256 key, simple signing payload, signature
+//!   manifest) made without a cosign binary.
 //! - [`oidc`]: a test OpenID Connect issuer (discovery, JWKS, rotation) and token minting.
 //!
 //! Errors are `anyhow` (this is test code) and always say what failed, with
@@ -33,6 +36,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod api;
+pub mod cosign;
 pub mod fake;
 pub mod fault;
 pub mod fixtures;
@@ -45,7 +50,9 @@ pub mod tls;
 
 mod process;
 
-pub use fake::{BearerSetup, Behavior, FakeRegistry, HarborSetup, HostileList};
+pub use fake::{
+    harbor_scan_overview, BearerSetup, Behavior, FakeRegistry, HarborSetup, HostileList,
+};
 pub use fault::{FaultProxy, Link};
 pub use fixtures::{sha256_digest, sha256_file, Blob, LayerSpec, LayoutBuilder};
 pub use netns::{Host, Netns};

@@ -467,7 +467,7 @@ impl Parts {
     fn jobs(&mut self, options: &WorkerOptions) -> Result<(), AppError> {
         let metrics = WorkerMetrics::register(&mut self.metrics);
         for policy in &self.config.policies {
-            metrics.init_policy(&policy.name);
+            metrics.init_policy(policy);
         }
         let b = &self.backend;
         let worker = Arc::new(

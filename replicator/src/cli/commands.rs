@@ -149,12 +149,13 @@ pub async fn sync(args: SyncArgs) -> u8 {
 pub(super) fn print_sync_summary(r: &SyncReport) {
     let n = |f: fn(&TagOutcome) -> bool| r.count(f);
     println!(
-        "policy {}: tags {} copied, {} unchanged, {} kept, {} skipped, {} failed",
+        "policy {}: tags {} copied, {} unchanged, {} kept, {} skipped, {} blocked, {} failed",
         r.policy,
         n(|o| matches!(o, TagOutcome::Copied { .. })),
         n(|o| matches!(o, TagOutcome::Unchanged { .. })),
         n(|o| matches!(o, TagOutcome::Kept { .. })),
         n(|o| matches!(o, TagOutcome::Skipped { .. })),
+        n(|o| matches!(o, TagOutcome::Blocked { .. })),
         n(|o| matches!(o, TagOutcome::Failed { .. })),
     );
     let s = r.stats;
@@ -180,6 +181,7 @@ pub(super) fn print_sync_summary(r: &SyncReport) {
                 t.destination, t.destination_repository, t.tag
             ),
             TagOutcome::Skipped { reason } => println!("  skipped {}:{}: {reason}", t.repository, t.tag),
+            TagOutcome::Blocked { gate, reason, .. } => println!("  blocked {}:{} by {gate}: {reason}", t.repository, t.tag),
             _ => {}
         }
     }

@@ -5,6 +5,10 @@
 //! Invariants:
 //! - It only **enqueues** (push jobs for missing and different tags); workers do the copying with
 //!   the usual level-triggered rules, `override: false` included. Jobs collapse with pending ones.
+//! - A tag a gate (`only_signed`, `max_severity`) held back is not enqueued again while a worker's
+//!   decision about that source digest is remembered (6 h, `replicate::gates::BLOCKED_MEMO`), and
+//!   is not counted in `ferry_drift_tags`: it is missing on purpose. After that it is enqueued
+//!   once more (a signature or scan whose event was lost is noticed then).
 //! - Extra destination tags are reported (`ferry_drift_tags`), never deleted: from the source alone a
 //!   swallowed delete cannot be told apart from content someone else put there.
 //! - A bidirectional policy is reconciled in both directions, each by the region that writes that
@@ -28,6 +32,7 @@ use crate::event::EventKind;
 use crate::labels::PolicyLabel;
 use crate::policy::TriggerKind;
 use crate::replicate::drift::diff_policy;
+use crate::replicate::gates::blocked_key;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
 use crate::store::queue::{EnqueueOutcome, Job, JobQueue, RegionLock};
@@ -63,6 +68,9 @@ pub struct PolicyPass {
     /// Jobs enqueued (new) and collapsed into pending ones.
     pub enqueued: usize,
     pub collapsed: usize,
+    /// Missing tags not enqueued: a gate held that source digest back recently (a worker
+    /// remembered the decision for [`crate::replicate::gates::BLOCKED_MEMO`]).
+    pub held_back: usize,
 }
 
 /// Runs the safety net for the event-based policies of a config.
@@ -127,22 +135,43 @@ impl Reconciler {
             extra: report.extra.len(),
             ..Default::default()
         };
+        // One job per source tag: a job covers every destination of the policy.
+        let mut refs: Vec<(&str, &str, Option<&str>)> = report
+            .missing
+            .iter()
+            .chain(report.different.iter())
+            .map(|d| {
+                (
+                    d.repository.as_str(),
+                    d.tag.as_str(),
+                    d.source_digest.as_deref(),
+                )
+            })
+            .collect();
+        refs.sort_unstable();
+        refs.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+        // A tag a gate held back stays missing on purpose: it is not enqueued again while the
+        // decision about its digest is remembered (its signature or scan has its own event).
+        if prepared.policy.has_gates() {
+            let mut kept = Vec::with_capacity(refs.len());
+            for r in refs {
+                let (repository, tag, digest) = r;
+                let key = blocked_key(policy, repository, tag, digest.unwrap_or_default());
+                if digest.is_some() && self.lock.is_held(&key).await.map_err(|e| e.to_string())? {
+                    pass.held_back += 1;
+                } else {
+                    kept.push(r);
+                }
+            }
+            refs = kept;
+        }
         self.metrics
             .drift
             .get_or_create(&PolicyLabel {
                 policy: policy.clone(),
             })
-            .set((pass.missing + pass.different + pass.extra) as i64);
-        // One job per source tag: a job covers every destination of the policy.
-        let mut refs: Vec<(&str, &str)> = report
-            .missing
-            .iter()
-            .chain(report.different.iter())
-            .map(|d| (d.repository.as_str(), d.tag.as_str()))
-            .collect();
-        refs.sort_unstable();
-        refs.dedup();
-        for (repository, tag) in refs {
+            .set((pass.missing + pass.different + pass.extra - pass.held_back) as i64);
+        for (repository, tag, _) in refs {
             let job = Job {
                 // Lag is measured from when the drift was found; the real event time is unknown.
                 event_time_ms: now_ms(),

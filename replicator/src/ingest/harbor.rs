@@ -17,7 +17,11 @@
 //! - `PUSH_ARTIFACT` / `harbor.artifact.pushed` → one push event per resource, `DELETE_ARTIFACT` /
 //!   `harbor.artifact.deleted` → one delete event per resource; the repository is
 //!   `repo_full_name` (else `namespace/name`).
-//! - Every other type (pull, scan, quota, replication, tag retention, ...) is ignored as a whole
+//! - `SCANNING_COMPLETED` / `harbor.scan.completed` → one push event **by digest** per resource
+//!   (Harbor names no tag; the id ends in `-scan`): its job re-evaluates the covered tags at that
+//!   digest for policies with a `max_severity` gate (`crate::replicate::gates`).
+//! - Every other type (pull, failed or stopped scan, quota, replication, tag retention, ...) is
+//!   ignored as a whole
 //!   (one ignored notification, its type named in the debug log), validated no further, and the
 //!   endpoint still answers 2xx.
 //! - Harbor writes the digest into `tag` for a push by digest; such a "tag" (anything starting with
@@ -49,6 +53,9 @@ pub const CONTENT_TYPE_DEFAULT: &str = "application/json";
 pub const CONTENT_TYPE_CLOUDEVENTS: &str = "application/cloudevents+json";
 /// Every content type the Harbor endpoint accepts.
 pub const CONTENT_TYPES: &[&str] = &[CONTENT_TYPE_DEFAULT, CONTENT_TYPE_CLOUDEVENTS];
+
+/// Harbor's type of a finished scan in the Default format.
+const SCANNING_COMPLETED: &str = "SCANNING_COMPLETED";
 
 /// The CloudEvents version Harbor sends (and the only one there is).
 const CLOUDEVENTS_VERSION: &str = "1.0";
@@ -100,6 +107,11 @@ impl Format {
             | (Format::CloudEvents, "harbor.artifact.pushed") => Some(EventKind::Push),
             (Format::Default, "DELETE_ARTIFACT")
             | (Format::CloudEvents, "harbor.artifact.deleted") => Some(EventKind::Delete),
+            // A finished scan can release an image the `max_severity` gate held back: a push
+            // event by the scanned digest (Harbor sends no tag), whose job re-evaluates the
+            // covered tags at that digest.
+            (Format::Default, SCANNING_COMPLETED)
+            | (Format::CloudEvents, "harbor.scan.completed") => Some(EventKind::Push),
             _ => None,
         }
     }
@@ -191,8 +203,14 @@ pub(crate) fn parse_document(
     };
     for (j, item) in resources.iter().enumerate() {
         let (digest, tag) = read_resource(item, &index(&resources_path, j))?;
+        let id = event_id(kind, time_ms, &repository, digest, tag);
         batch.events.push(Event {
-            id: event_id(kind, time_ms, &repository, digest, tag),
+            // A scan of a digest is not its push: another id, or forwarding would drop it.
+            id: if is_scan(format, event_type) {
+                format!("{id}-scan")
+            } else {
+                id
+            },
             registry: registry.to_string(),
             repository: repository.clone(),
             tag: tag.map(str::to_string),
@@ -220,6 +238,14 @@ pub fn senders(document: &Value) -> Vec<&str> {
         .flatten()
         .filter_map(|r| r.get("resource_url").and_then(Value::as_str))
         .collect()
+}
+
+/// Whether `event_type` is a finished scan.
+fn is_scan(format: Format, event_type: &str) -> bool {
+    matches!(
+        (format, event_type),
+        (Format::Default, SCANNING_COMPLETED) | (Format::CloudEvents, "harbor.scan.completed")
+    )
 }
 
 /// A CloudEvents body must say `"specversion": "1.0"`.
@@ -468,6 +494,62 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_scanning_completed_is_a_push_by_the_scanned_digest_in_both_formats() {
+        let digest = "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4";
+        for name in ["default-scan-completed", "cloudevents-scan-completed"] {
+            let batch = parse_documented(name);
+            let e = &batch.events[..];
+            assert_eq!(e.len(), 1, "{name}");
+            assert_eq!(
+                (
+                    e[0].kind,
+                    e[0].repository.as_str(),
+                    e[0].tag.as_deref(),
+                    e[0].digest.as_deref()
+                ),
+                (EventKind::Push, "harbor/alpine", None, Some(digest)),
+                "{name}"
+            );
+            assert!(e[0].id.ends_with("-scan"), "{name}: {}", e[0].id);
+            // 2023-04-03T06:12:55Z
+            assert_eq!(e[0].occurred_at_ms, 1_680_502_375_000, "{name}");
+        }
+        // The same scan in either format is one event.
+        assert_eq!(
+            parse_documented("default-scan-completed").events[0].id,
+            parse_documented("cloudevents-scan-completed").events[0].id
+        );
+    }
+
+    #[test]
+    fn a_scanning_completed_job_is_one_push_job_by_digest_for_a_gated_policy() {
+        let config = crate::config::Config::from_slice(
+            br#"{"registries": [{"name": "harbor", "url": "https://harbor.example"},
+                               {"name": "us", "url": "https://us.example"}],
+                 "policies": [{"name": "scanned", "src_registry": {"name": "harbor"},
+                   "dest_registry": {"name": "us"}, "trigger": {"type": "event_based"},
+                   "filters": [{"type": "tag", "value": "v*"}], "max_severity": "high"}]}"#,
+            "test",
+        )
+        .unwrap();
+        let matcher = crate::ingest::matcher::Matcher::new(&config).unwrap();
+        let jobs = matcher.jobs(&parse_documented("default-scan-completed").events[0]);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (
+                jobs[0].kind,
+                jobs[0].repository.as_str(),
+                jobs[0].reference.as_str()
+            ),
+            (
+                EventKind::Push,
+                "harbor/alpine",
+                "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4"
+            )
+        );
+    }
+
+    #[test]
     fn one_event_in_either_format_gets_the_same_id() {
         // The samples are one delete: `occur_at` 1680502598 is `time` 2023-04-03T06:16:38Z.
         let default = parse_documented("default-delete");
@@ -479,7 +561,6 @@ mod tests {
     fn every_other_documented_type_is_ignored_in_both_formats() {
         for kind in [
             "pull",
-            "scan-completed",
             "scan-stopped",
             "scan-failed",
             "quota-exceeded",
@@ -719,7 +800,6 @@ mod tests {
     fn other_types_are_ignored() {
         for t in [
             "PULL_ARTIFACT",
-            "SCANNING_COMPLETED",
             "SCANNING_FAILED",
             "QUOTA_EXCEED",
             "REPLICATION",

@@ -6,7 +6,8 @@
 //! its `dest_registry`, and the job then flows back, `Job::source` naming the registry it reads),
 //! its selector covers the repository and — for an event with an ordinary tag — the tag. Deletes
 //! match only policies with `replicate_deletion: true`. Digest-only events (a push by digest, a
-//! manifest delete) are matched on the repository alone; so are referrer-scheme tags
+//! manifest delete) are matched on the repository alone (a push by digest only by policies without
+//! tag filters, or with a gate); so are referrer-scheme tags
 //! (`sha256-<hex>[.sig]`) when the policy copies referrers (`copy_referrers`), since they belong to
 //! a subject the tag filter already decided about. Every match yields one job (the worker fans
 //! out to the destinations).
@@ -245,11 +246,16 @@ fn matches(policy: &Policy, selector: &Selector, event: &Event) -> bool {
         // tagged job copies the children). Matching it on repository alone would copy children of
         // tags the policy excludes, so it only matches policies without tag filters. Deletes by
         // digest always match: the worker's guard decides.
+        // A gated policy hears them all: a referrer pushed by digest or Harbor's finished scan
+        // can release tags a gate held back, and its job looks only at the covered tags at
+        // that digest (`crate::replicate::replicate_gated_tags`).
         None if event.kind == EventKind::Push => {
-            !policy.filters.iter().any(|f| f.kind == FilterKind::Tag)
+            policy.has_gates() || !policy.filters.iter().any(|f| f.kind == FilterKind::Tag)
         }
         None => true,
-        Some(tag) if policy.copy_referrers && is_referrer_tag(tag) => true,
+        // A gated policy hears signatures even when it does not copy referrers: one can release
+        // the tags of its subject.
+        Some(tag) if (policy.copy_referrers || policy.has_gates()) && is_referrer_tag(tag) => true,
         Some(tag) => selector.matches_tag(tag),
     }
 }
@@ -427,6 +433,34 @@ mod tests {
         assert_eq!(names(&m.jobs(&referrer)), vec!["referrers", "all-tags"]);
         let elsewhere = event(EventKind::Push, "tools/x", None, Some(DIGEST));
         assert!(m.jobs(&elsewhere).is_empty());
+    }
+
+    #[test]
+    fn a_push_by_digest_reaches_gated_policies_with_tag_filters() {
+        let m = Matcher::new(&config(json!([
+            policy("plain", json!({})),
+            policy("signed", json!({"only_signed": true})),
+            policy("scanned", json!({"max_severity": "high"})),
+        ])))
+        .unwrap();
+        // A signature pushed by digest, or Harbor's scan of an image, can release held-back tags.
+        let by_digest = event(EventKind::Push, "platform/api", None, Some(DIGEST));
+        assert_eq!(names(&m.jobs(&by_digest)), vec!["signed", "scanned"]);
+    }
+
+    #[test]
+    fn a_signature_tag_reaches_a_gated_policy_that_does_not_copy_referrers() {
+        let m = Matcher::new(&config(json!([
+            policy("plain", json!({"copy_referrers": false})),
+            policy(
+                "signed",
+                json!({"copy_referrers": false, "only_signed": true})
+            ),
+        ])))
+        .unwrap();
+        let sig = format!("sha256-{}.sig", "a".repeat(64));
+        let signature = event(EventKind::Push, "platform/api", Some(&sig), Some(DIGEST));
+        assert_eq!(names(&m.jobs(&signature)), vec!["signed"]);
     }
 
     #[test]

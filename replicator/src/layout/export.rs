@@ -333,11 +333,17 @@ impl Run<'_> {
         referrers: &mut u64,
     ) -> Result<TagOutcome, TransferError> {
         self.check_cancel()?;
-        let (manifest, graph) =
-            match admit_tag(self.prepared, self.src.as_ref(), &repo.repository, tag).await? {
-                Admitted::Manifest(m, g) => (m, g),
-                Admitted::Skipped(outcome) => return Ok(outcome),
-            };
+        let (manifest, graph) = match admit_tag(
+            self.prepared,
+            &(self.src.clone() as Arc<dyn Source>),
+            &repo.repository,
+            tag,
+        )
+        .await?
+        {
+            Admitted::Manifest(m, g) => (m, g),
+            Admitted::Skipped(outcome) => return Ok(outcome),
+        };
         let written = self
             .export_manifest(&repo.repository, &manifest, *graph, &mut done.carried)
             .await?;

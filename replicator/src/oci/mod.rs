@@ -22,7 +22,9 @@ pub mod gate;
 pub mod manifest;
 pub mod metrics;
 
-pub use client::{BlobUpload, MountOutcome, RegistryClient, RemoteDescriptor, TagDelete};
+pub use client::{
+    BlobUpload, HarborArtifact, MountOutcome, RegistryClient, RemoteDescriptor, TagDelete,
+};
 pub use digest::{Digest, DigestVerifier};
 pub use error::{HarborRefusal, RegistryError};
 pub use manifest::{Manifest, ManifestGraph};

@@ -75,6 +75,25 @@ pub struct Policy {
     /// Copy referrers (signatures, SBOMs, attestations) of every copied manifest.
     #[serde(default = "default_true")]
     pub copy_referrers: bool,
+    /// Ferry's gate: copy an image only when a signature exists for its digest (a cosign
+    /// `sha256-<hex>.sig` tag, or an OCI referrer of a cosign or notation signature type); with
+    /// `signature_public_key_file`, only when a cosign signature verifies against that key. A tag
+    /// it holds back is reported `blocked` (README "Gates").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_signed: bool,
+    /// With `only_signed`: PEM file of the cosign public key (ECDSA P-256, `cosign.pub`) a cosign
+    /// signature must verify against. Read when the config is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_public_key_file: Option<String>,
+    /// Ferry's gate (Harbor sources): the highest vulnerability severity Harbor's scan may report
+    /// for an image to be copied: `none`, `low`, `medium`, `high` or `critical` (Harbor's levels,
+    /// also `unknown` and `negligible`; any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_severity: Option<String>,
+    /// With `max_severity`: also copy images Harbor has not scanned, or whose scan has not
+    /// finished (default: they are held back until the scan succeeds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unscanned: bool,
     /// Ferry's: the region whose workers run this policy's jobs. Default: the source registry's
     /// region in push mode, the destination's in pull and bidirectional modes. Naming a third
     /// region relays between two remote registries.
@@ -323,6 +342,11 @@ impl Policy {
                 .trigger_settings
                 .as_ref()
                 .is_some_and(|s| s.single_active)
+    }
+
+    /// Whether a gate (`only_signed`, `max_severity`) may hold a tag back.
+    pub fn has_gates(&self) -> bool {
+        self.only_signed || self.max_severity.is_some()
     }
 
     /// Every destination of this policy (`dest_registry` and `dest_registries`).

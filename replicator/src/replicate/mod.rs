@@ -7,6 +7,7 @@
 //!   [`replicate_reference`]; `tag::admit_tag` applies the tag-level filters (`ferry export`
 //!   shares it).
 //! - [`referrers`]: signatures and SBOMs follow their subject.
+//! - [`gates`]: `only_signed` and `max_severity`, which hold an image back before it is copied.
 //! - [`delete`]: a delete event becomes a digest-guarded delete on the destination.
 //! - [`sync`]: a full sync of one policy (`ferry sync`, runs; [`sync_repos`] from any
 //!   [`crate::transfer::Source`], which `ferry import` uses with a layout); [`drift`]: drift by digest
@@ -17,6 +18,7 @@
 //! The blobs themselves move in [`crate::transfer`].
 pub mod delete;
 pub mod drift;
+pub mod gates;
 pub mod plan;
 pub mod policies;
 pub mod referrers;
@@ -30,7 +32,7 @@ pub(crate) use plan::listed_name;
 pub use plan::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
 pub use registries::Registries;
 pub use sync::{sync_policy, sync_repos, RunProgress, SyncOptions, SyncReport, TagResult};
-pub use tag::{replicate_reference, TagOutcome, TAG_GONE};
+pub use tag::{replicate_gated_tags, replicate_reference, GateRecheck, TagOutcome, TAG_GONE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

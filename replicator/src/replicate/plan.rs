@@ -15,6 +15,7 @@ use crate::policy::{check_repository, check_tag, rewrite_repository, NameError, 
 use crate::throttle::Throttle;
 use crate::transfer::{self, BlobLedger, Source, TransferContext, TransferStats};
 
+use super::gates::Gates;
 use super::{Registries, SyncError};
 
 /// Is `tag` a tag of the OCI referrers tag scheme (`sha256-<hex>`, optionally with a suffix such as
@@ -120,6 +121,8 @@ pub async fn list_source(
 pub struct PreparedPolicy {
     pub policy: Policy,
     pub selector: Selector,
+    /// `only_signed` and `max_severity`, the key file read.
+    pub gates: Gates,
     pub src: Arc<RegistryClient>,
     pub dsts: Vec<Arc<RegistryClient>>,
 }
@@ -127,6 +130,10 @@ pub struct PreparedPolicy {
 impl PreparedPolicy {
     pub fn new(policy: &Policy, registries: &Registries) -> Result<PreparedPolicy, SyncError> {
         let selector = Selector::new(policy).map_err(|e| SyncError::Policy {
+            policy: policy.name.clone(),
+            message: e.to_string(),
+        })?;
+        let gates = Gates::new(policy).map_err(|e| SyncError::Policy {
             policy: policy.name.clone(),
             message: e.to_string(),
         })?;
@@ -144,6 +151,7 @@ impl PreparedPolicy {
         Ok(PreparedPolicy {
             policy: policy.clone(),
             selector,
+            gates,
             src,
             dsts,
         })
@@ -155,6 +163,7 @@ impl PreparedPolicy {
         Some(PreparedPolicy {
             policy,
             selector: self.selector.clone(),
+            gates: self.gates.clone(),
             src: self.dsts.first()?.clone(),
             dsts: vec![self.src.clone()],
         })

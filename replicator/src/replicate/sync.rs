@@ -78,7 +78,8 @@ impl SyncReport {
     pub fn failed(&self) -> usize {
         self.count(|o| matches!(o, TagOutcome::Failed { .. }))
     }
-    /// True when every covered tag holds the source digest on every destination.
+    /// True when every covered tag holds the source digest on every destination (or was skipped
+    /// or held back by a gate, as the policy asks).
     pub fn converged(&self) -> bool {
         self.tags.iter().all(|t| {
             matches!(
@@ -86,6 +87,7 @@ impl SyncReport {
                 TagOutcome::Copied { .. }
                     | TagOutcome::Unchanged { .. }
                     | TagOutcome::Skipped { .. }
+                    | TagOutcome::Blocked { .. }
             )
         })
     }

@@ -1,16 +1,23 @@
 //! Replicates one tag to one destination, level-triggered: `HEAD` both sides, and only when the
-//! destination differs `GET` the source manifest, filter it, move its graph ([`crate::transfer`]),
-//! push it by tag and confirm with a `HEAD`; then its referrers ([`super::referrers`]).
+//! destination differs `GET` the source manifest, filter it, judge it by the policy's gates
+//! ([`super::gates`]), move its graph ([`crate::transfer`]), push it by tag and confirm with a
+//! `HEAD`; then its referrers ([`super::referrers`]). For a gated policy, a signature or a scan
+//! arriving later re-evaluates the tags at its digest ([`replicate_gated_tags`]).
 //!
 //! Invariants: whatever the source holds *now* is what the destination gets, so re-running a tag
 //! or running it on a stale event is always safe; a tag is `Copied` only after the destination
-//! answered the source digest; `override: false` never overwrites a differing destination tag.
+//! answered the source digest; `override: false` never overwrites a differing destination tag; a
+//! tag a gate holds back is `Blocked`, never an error.
+use std::sync::Arc;
+
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::oci::digest::Digest;
 use crate::oci::{Manifest, ManifestGraph, RegistryError};
 use crate::transfer::{self, Source, TransferContext, TransferError};
 
+use super::gates::{Gate, HarborLookup};
 use super::plan::{is_referrer_tag, PreparedPolicy, SourceRepo};
 use super::referrers::copy_referrers;
 
@@ -30,6 +37,14 @@ pub enum TagOutcome {
         destination_digest: String,
     },
     Skipped {
+        reason: String,
+    },
+    /// A gate (`only_signed`, `max_severity`) held the image back: a decision, not an error (not
+    /// retried; re-evaluated by the next full sync, or when the image's signature or scan arrives).
+    Blocked {
+        /// The source digest held back.
+        digest: String,
+        gate: Gate,
         reason: String,
     },
     Failed {
@@ -130,29 +145,46 @@ pub(crate) enum Admitted {
     Skipped(TagOutcome),
 }
 
-/// Reads the manifest of `src_repo:tag` from `src` and applies the policy's tag-level filters
-/// (labels, resource, artifact_type of a referrer tag). `ferry sync`, jobs and `ferry export` all
-/// decide here which tags they carry.
+/// Reads the manifest of `src_repo:tag` from `src`, applies the policy's tag-level filters
+/// (labels, resource, artifact_type of a referrer tag) and judges the image by the policy's gates
+/// ([`super::gates`]; a held-back image is `TagOutcome::Blocked`). `ferry sync`, jobs and
+/// `ferry export` all decide here which tags they carry.
 pub(crate) async fn admit_tag(
     prepared: &PreparedPolicy,
-    src: &dyn Source,
+    src: &Arc<dyn Source>,
     src_repo: &str,
     tag: &str,
 ) -> Result<Admitted, TransferError> {
     let skipped = |reason: String| Ok(Admitted::Skipped(TagOutcome::Skipped { reason }));
-    if prepared.selector.has_label_filters() {
-        let labels = match src.registry() {
-            Some(r) => r.harbor_labels(src_repo, tag).await?,
+    // One Harbor artifact request serves the label filter and the scan gate.
+    let gates = &prepared.gates;
+    let harbor = if prepared.selector.has_label_filters() {
+        let artifact = match src.registry() {
+            Some(r) => {
+                r.harbor_artifact(src_repo, tag, gates.max_severity.is_some())
+                    .await?
+            }
             None => None,
         };
-        let labels = labels.ok_or_else(|| {
-            TransferError::Policy(format!(
+        match artifact {
+            Some(a) => HarborLookup::Found(a),
+            None => HarborLookup::Missing,
+        }
+    } else {
+        HarborLookup::NotAsked
+    };
+    if prepared.selector.has_label_filters() {
+        let HarborLookup::Found(artifact) = &harbor else {
+            return Err(TransferError::Policy(format!(
                 "label filter: {} did not answer Harbor's artifact API for {src_repo}:{tag} (404); label filters need a Harbor source registry",
                 src.name()
-            ))
-        })?;
-        if !prepared.selector.matches_labels(&labels) {
-            return skipped(format!("excluded by the label filter (labels: {labels:?})"));
+            )));
+        };
+        if !prepared.selector.matches_labels(&artifact.labels) {
+            return skipped(format!(
+                "excluded by the label filter (labels: {:?})",
+                artifact.labels
+            ));
         }
     }
     let manifest = match src.get_manifest(src_repo, tag).await {
@@ -178,6 +210,32 @@ pub(crate) async fn admit_tag(
     {
         return skipped("excluded by the artifact_type filter".into());
     }
+    // Referrers are not gated (signatures are not signed): a referrer-scheme tag, or a manifest
+    // with a subject.
+    let is_referrer = is_referrer_tag(tag)
+        || matches!(
+            &graph,
+            ManifestGraph::Index {
+                subject: Some(_),
+                ..
+            } | ManifestGraph::Image {
+                subject: Some(_),
+                ..
+            }
+        );
+    if gates.any() && !is_referrer {
+        if let Some(blocked) = gates
+            .check(src, src_repo, tag, &manifest.digest, harbor)
+            .await?
+        {
+            tracing::info!(gate = %blocked.gate, reason = %blocked.reason, digest = %manifest.digest, "tag blocked by a gate");
+            return Ok(Admitted::Skipped(TagOutcome::Blocked {
+                digest: manifest.digest.to_string(),
+                gate: blocked.gate,
+                reason: blocked.reason,
+            }));
+        }
+    }
     Ok(Admitted::Manifest(manifest, Box::new(graph)))
 }
 
@@ -190,7 +248,7 @@ async fn copy_manifest(
     dst_repo: &str,
     tag: &str,
 ) -> Result<TagOutcome, TransferError> {
-    let (manifest, graph) = match admit_tag(prepared, ctx.src.as_ref(), src_repo, tag).await? {
+    let (manifest, graph) = match admit_tag(prepared, &ctx.src, src_repo, tag).await? {
         Admitted::Manifest(m, g) => (m, g),
         Admitted::Skipped(outcome) => return Ok(outcome),
     };
@@ -296,6 +354,140 @@ pub async fn replicate_reference(
     }
 }
 
+/// What an event about a signature or a scan changes under a gated policy
+/// ([`replicate_gated_tags`]).
+#[derive(Debug, Clone, Default)]
+pub struct GateRecheck {
+    /// The digest whose covered tags were re-evaluated: a signature's subject, or the scanned
+    /// image; `None` when the reference is an ordinary tag (its own job decides it).
+    pub digest: Option<Digest>,
+    /// The reference is a referrer (a referrer-scheme tag, or a manifest with a subject): it is
+    /// copied as usual after its subject's tags, when the policy copies referrers.
+    pub is_referrer: bool,
+    /// Each covered tag pointing at `digest`, and what became of it on this destination.
+    pub tags: Vec<(String, TagOutcome)>,
+}
+
+/// For a gated policy: a signature arriving after its image (cosign's `sha256-<hex>.sig` tag, a
+/// referrer-scheme tag, or a referrer pushed by digest) or Harbor's scan finishing (an event by
+/// the image's digest) can release tags a gate held back. Re-evaluates the covered tags of
+/// `repository` that point at that digest (a tag listing and a `HEAD` per covered tag; nothing
+/// when the destination already has the digest), each like the tag of a push event (its
+/// referrers follow when it is copied).
+pub async fn replicate_gated_tags(
+    prepared: &PreparedPolicy,
+    ctx: &TransferContext,
+    repository: &str,
+    reference: &str,
+) -> Result<GateRecheck, TransferError> {
+    let mut recheck = GateRecheck::default();
+    let digest = if is_referrer_tag(reference) {
+        recheck.is_referrer = true;
+        referrer_tag_subject(reference)
+    } else if let Some(d) = crate::oci::digest::parse(reference) {
+        let manifest = match ctx.src.get_manifest(repository, reference).await {
+            Ok(m) => m,
+            Err(e) if e.is_not_found() => return Ok(recheck),
+            Err(e) => return Err(e),
+        };
+        match manifest.graph() {
+            Ok(ManifestGraph::Index {
+                subject: Some(s), ..
+            })
+            | Ok(ManifestGraph::Image {
+                subject: Some(s), ..
+            }) => {
+                recheck.is_referrer = true;
+                Some(s.digest().clone())
+            }
+            _ => Some(d),
+        }
+    } else {
+        None
+    };
+    let Some(digest) = digest else {
+        return Ok(recheck);
+    };
+    recheck.digest = Some(digest.clone());
+    let dst_repo = prepared
+        .dest_repository(repository)
+        .map_err(TransferError::Policy)?;
+    if ctx
+        .dst
+        .head_manifest(&dst_repo, digest.as_ref())
+        .await?
+        .is_some()
+    {
+        return Ok(recheck);
+    }
+    let all_tags: Vec<String> = ctx
+        .src
+        .list_tags(repository)
+        .await?
+        .into_iter()
+        .filter(|t| {
+            super::listed_name(
+                ctx.src.name(),
+                Some(repository),
+                crate::policy::check_tag(t),
+            )
+        })
+        .collect();
+    // Futures built in a loop (not a closure) keep concrete lifetimes, so workers can spawn this.
+    let mut heads = Vec::new();
+    for t in all_tags
+        .iter()
+        .filter(|t| prepared.selector.matches_tag(t) && !is_referrer_tag(t))
+    {
+        heads.push(async move {
+            Ok::<_, TransferError>((t.clone(), ctx.src.head_digest(repository, t).await?))
+        });
+    }
+    let heads: Vec<(String, Option<Digest>)> = futures_util::stream::iter(heads)
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut at: Vec<String> = heads
+        .into_iter()
+        .filter(|(_, d)| d.as_ref() == Some(&digest))
+        .map(|(t, _)| t)
+        .collect();
+    at.sort();
+    let repo = SourceRepo {
+        repository: repository.to_string(),
+        tags: at.clone(),
+        all_tags,
+    };
+    for tag in at {
+        let mut referrers = 0;
+        let outcome = copy_tag(
+            prepared,
+            ctx,
+            &repo,
+            &dst_repo,
+            &tag,
+            Referrers::OnCopy,
+            &mut referrers,
+        )
+        .await?;
+        tracing::info!(tag = %tag, %digest, outcome = ?outcome, "tag re-evaluated after its signature or scan arrived");
+        recheck.tags.push((tag, outcome));
+    }
+    Ok(recheck)
+}
+
+/// The subject digest a referrer-scheme tag names: `sha256-<hex>[.suffix]` → `sha256:<hex>`.
+fn referrer_tag_subject(tag: &str) -> Option<Digest> {
+    if !is_referrer_tag(tag) {
+        return None;
+    }
+    let (alg, rest) = tag.split_once('-')?;
+    let hex = rest.split('.').next()?;
+    crate::oci::digest::parse(&format!("{alg}:{hex}"))
+}
+
 /// Confirms the destination tag resolves to `digest`.
 async fn verify_tag(
     ctx: &TransferContext,
@@ -335,6 +527,24 @@ mod tests {
                 message: "blob unknown to registry".into(),
             }],
         })
+    }
+
+    #[test]
+    fn a_referrer_tag_names_its_subject_and_other_tags_name_none() {
+        let hex = "a".repeat(64);
+        for tag in [
+            format!("sha256-{hex}"),
+            format!("sha256-{hex}.sig"),
+            format!("sha256-{hex}.att"),
+        ] {
+            assert_eq!(
+                referrer_tag_subject(&tag).map(|d| d.to_string()),
+                Some(format!("sha256:{hex}")),
+                "{tag}"
+            );
+        }
+        assert_eq!(referrer_tag_subject("v1"), None);
+        assert_eq!(referrer_tag_subject("sha256-short.sig"), None);
     }
 
     #[test]

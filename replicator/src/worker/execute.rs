@@ -17,7 +17,10 @@ use crate::oci::digest;
 use crate::policy::Mode;
 use crate::regions::conflict::{self, Decision, Heads};
 use crate::replicate::delete::guarded_delete;
-use crate::replicate::{replicate_reference, PreparedPolicy, TagOutcome};
+use crate::replicate::gates::{blocked_key, BLOCKED_MEMO};
+use crate::replicate::{
+    replicate_gated_tags, replicate_reference, GateRecheck, PreparedPolicy, TagOutcome,
+};
 use crate::store::history::Task;
 use crate::store::ledger::TagWrite;
 use crate::store::queue::Job;
@@ -145,6 +148,24 @@ impl Worker {
         })
     }
 
+    /// Counts a tag a gate held back, and remembers the decision in the region (so the safety net
+    /// does not enqueue the same tag and digest again for [`BLOCKED_MEMO`]). Best effort.
+    async fn note_blocked(&self, policy: &str, repository: &str, tag: &str, outcome: &TagOutcome) {
+        let TagOutcome::Blocked { digest, gate, .. } = outcome else {
+            return;
+        };
+        self.metrics.gate_blocked(policy, *gate);
+        let key = blocked_key(policy, repository, tag, digest);
+        if let Err(e) = self
+            .blob_leases
+            .leases
+            .lease_blob("ferry", &key, &self.opts.consumer, BLOCKED_MEMO)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot remember the gate decision; the safety net may enqueue the tag again");
+        }
+    }
+
     /// A push job on one destination: the level-triggered copy, arbitrated first when the policy
     /// is bidirectional.
     async fn push(
@@ -161,14 +182,49 @@ impl Worker {
         } else {
             None
         };
-        let (outcome, _) = replicate_reference(
-            prepared,
-            ctx,
+        // A gated policy: a signature or a scan arriving can release tags a gate held back
+        // (their subject's, or the scanned image's), replicated first.
+        let recheck = if prepared.policy.has_gates() {
+            let r = replicate_gated_tags(prepared, ctx, &job.repository, &job.reference).await?;
+            for (tag, o) in &r.tags {
+                self.note_blocked(&prepared.policy.name, &job.repository, tag, o)
+                    .await;
+            }
+            Some(r)
+        } else {
+            None
+        };
+        let outcome = match &recheck {
+            // A push by digest of an image (not a referrer: a scan finished, an index child): a
+            // gated policy copies images only through the tags the gates judge, so the digest
+            // itself is not copied (an index's children come with it). Nor is a referrer when
+            // the policy does not copy referrers (it was matched for its subject's sake).
+            Some(r)
+                if r.digest.is_some() && (!r.is_referrer || !prepared.policy.copy_referrers) =>
+            {
+                TagOutcome::Skipped {
+                    reason: recheck_summary(r),
+                }
+            }
+            _ => {
+                replicate_reference(
+                    prepared,
+                    ctx,
+                    &job.repository,
+                    &job.reference,
+                    job.digest.as_deref(),
+                )
+                .await?
+                .0
+            }
+        };
+        self.note_blocked(
+            &prepared.policy.name,
             &job.repository,
             &job.reference,
-            job.digest.as_deref(),
+            &outcome,
         )
-        .await?;
+        .await;
         let outcome = match (incoming, outcome) {
             (Some(write), outcome @ (TagOutcome::Copied { .. } | TagOutcome::Unchanged { .. })) => {
                 self.settle_write(prepared, ctx, job, write, outcome)
@@ -304,6 +360,27 @@ impl Worker {
             }),
         }
     }
+}
+
+/// The outcome text of a by-digest job that only re-evaluated the covered tags at its digest.
+fn recheck_summary(r: &GateRecheck) -> String {
+    let digest = r.digest.as_ref().map(|d| d.to_string()).unwrap_or_default();
+    if r.tags.is_empty() {
+        return format!("no covered tag at {digest} to re-evaluate");
+    }
+    let tags: Vec<String> = r
+        .tags
+        .iter()
+        .map(|(t, o)| match o {
+            TagOutcome::Copied { .. } => format!("{t} copied"),
+            TagOutcome::Unchanged { .. } => format!("{t} unchanged"),
+            TagOutcome::Blocked { gate, .. } => format!("{t} blocked by {gate}"),
+            TagOutcome::Kept { .. } => format!("{t} kept"),
+            TagOutcome::Skipped { .. } => format!("{t} skipped"),
+            TagOutcome::Failed { .. } => format!("{t} failed"),
+        })
+        .collect();
+    format!("covered tags at {digest} re-evaluated: {}", tags.join(", "))
 }
 
 /// What arbitration allows a bidirectional job.

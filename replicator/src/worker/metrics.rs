@@ -1,5 +1,6 @@
 //! The worker's Prometheus metrics (DESIGN.md "Metrics an operator alerts on"): jobs by outcome,
-//! replication lag, bytes and blobs moved, no-op jobs and conflict decisions.
+//! replication lag, bytes and blobs moved, no-op jobs, conflict decisions and tags held back by
+//! a gate (`ferry_gate_blocked_total{policy,gate}`).
 //!
 //! Invariant: labels are bounded — policy names, job kinds and fixed outcomes; never a tag or
 //! digest. Every policy the worker starts with is exported at 0 from start-up
@@ -11,7 +12,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::event::EventKind;
-use crate::labels::{JobLabels, PolicyDirection, PolicyLabel, PolicyOutcome};
+use crate::labels::{JobLabels, PolicyDirection, PolicyGate, PolicyLabel, PolicyOutcome};
+use crate::replicate::gates::Gate;
 use crate::transfer::StatsSnapshot;
 
 /// The worker's Prometheus metrics (DESIGN.md "Metrics an operator alerts on"). Labels are
@@ -24,6 +26,7 @@ pub struct WorkerMetrics {
     blobs: Family<PolicyOutcome, Counter>,
     conflicts: Family<PolicyOutcome, Counter>,
     noops: Family<PolicyLabel, Counter>,
+    gate_blocked: Family<PolicyGate, Counter>,
 }
 
 impl Default for WorkerMetrics {
@@ -36,6 +39,7 @@ impl Default for WorkerMetrics {
             blobs: Family::default(),
             conflicts: Family::default(),
             noops: Family::default(),
+            gate_blocked: Family::default(),
         }
     }
 }
@@ -96,12 +100,29 @@ impl WorkerMetrics {
             "Bidirectional conflicts decided, by policy and outcome (kept: the destination's newer push stayed; replaced: the incoming newer push won)",
             m.conflicts.clone(),
         );
+        registry.register(
+            "ferry_gate_blocked",
+            "Tags a gate held back (per destination task), by policy and gate (only_signed, max_severity)",
+            m.gate_blocked.clone(),
+        );
         m
     }
 
     /// Exports `policy`'s series at 0: jobs of every kind and outcome, bytes, blobs of every
-    /// outcome, no-op jobs and conflicts of both outcomes.
-    pub fn init_policy(&self, policy: &str) {
+    /// outcome, no-op jobs, conflicts of both outcomes and tags held back by each gate (also for
+    /// a policy without gates, as conflicts for one that is not bidirectional: dashboards and
+    /// alerts see zeros, and a gate added through the admin API needs no new series).
+    pub fn init_policy(&self, policy: &crate::policy::Policy) {
+        for gate in Gate::ALL {
+            self.gate_blocked.get_or_create_owned(&PolicyGate {
+                policy: policy.name.clone(),
+                gate: gate.as_str().into(),
+            });
+        }
+        self.init_policy_name(&policy.name);
+    }
+
+    fn init_policy_name(&self, policy: &str) {
         for kind in [EventKind::Push, EventKind::Delete] {
             for outcome in JOB_OUTCOMES {
                 self.jobs.get_or_create_owned(&JobLabels {
@@ -135,6 +156,16 @@ impl WorkerMetrics {
             .get_or_create(&PolicyOutcome {
                 policy: policy.into(),
                 outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// A tag a gate held back on one destination.
+    pub(super) fn gate_blocked(&self, policy: &str, gate: Gate) {
+        self.gate_blocked
+            .get_or_create(&PolicyGate {
+                policy: policy.into(),
+                gate: gate.as_str().into(),
             })
             .inc();
     }
@@ -195,7 +226,11 @@ mod tests {
     fn a_policy_is_exported_at_zero_for_every_kind_and_outcome_before_its_first_job() {
         let mut registry = Registry::default();
         let m = WorkerMetrics::register(&mut registry);
-        m.init_policy("eu-to-us");
+        let policy: crate::policy::Policy = serde_json::from_value(serde_json::json!({
+            "name": "eu-to-us", "src_registry": {"name": "eu"}, "dest_registry": {"name": "us"}
+        }))
+        .unwrap();
+        m.init_policy(&policy);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let mut expected = Vec::new();
@@ -220,6 +255,11 @@ mod tests {
             r#"ferry_bytes_total{policy="eu-to-us",direction="to_destination"} 0"#.to_string(),
         );
         expected.push(r#"ferry_noop_jobs_total{policy="eu-to-us"} 0"#.to_string());
+        for gate in ["only_signed", "max_severity"] {
+            expected.push(format!(
+                r#"ferry_gate_blocked_total{{policy="eu-to-us",gate="{gate}"}} 0"#
+            ));
+        }
         for line in expected {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }

@@ -194,6 +194,8 @@ pub(super) fn task_record(
                 None,
             ),
             TagOutcome::Skipped { reason } => (TaskState::Succeeded, None, format!("skipped: {reason}"), None),
+            // A gate's decision: the task is done (not retried), its outcome says which gate and why.
+            TagOutcome::Blocked { digest, gate, reason } => (TaskState::Succeeded, Some(digest.clone()), format!("blocked by {gate}: {reason}"), None),
             TagOutcome::Failed { error } => (TaskState::Failed, None, "failed".to_string(), Some(error.clone())),
         },
         Ok(DestOutcome::Delete(o)) => match o {
@@ -285,6 +287,23 @@ mod tests {
         assert_eq!((t.blobs_copied, t.bytes), (2, 10));
         assert_eq!((t.destination.as_str(), t.started_at_ms), ("dst", 1));
         assert!(t.ended_at_ms.is_some());
+    }
+
+    #[test]
+    fn a_tag_a_gate_held_back_is_a_finished_task_naming_the_gate_the_reason_and_the_digest() {
+        let t = record(Ok(DestOutcome::Push(TagOutcome::Blocked {
+            digest: "sha256:b".into(),
+            gate: crate::replicate::gates::Gate::OnlySigned,
+            reason: "no signature for sha256:b".into(),
+        })));
+        // A decision, not a failure: nothing to retry.
+        assert_eq!(t.state, TaskState::Succeeded);
+        assert_eq!(t.digest.as_deref(), Some("sha256:b"));
+        assert_eq!(
+            t.outcome.as_deref(),
+            Some("blocked by only_signed: no signature for sha256:b")
+        );
+        assert_eq!(t.error, None);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::config::schema::{join_index, join_key};
 use crate::config::shape::Shape;
 use crate::config::Problem;
 use crate::policy::{cron, FilterKind, Mode, Policy, Selector, TriggerKind};
+use crate::replicate::gates::cosign::CosignKey;
+use crate::replicate::gates::scan::Severity;
 
 /// Every problem of the `policies` list, and the policies with their registry references resolved
 /// against `known` (as written where they could not be).
@@ -42,6 +44,7 @@ pub(super) fn check(
         check_namespace(&policy, &path, problems);
         check_trigger(&policy, &path, problems);
         check_filters(&policy, &path, problems);
+        check_gates(&policy, &path, problems);
         resolved.push(policy);
     }
     resolved
@@ -208,6 +211,44 @@ fn check_filters(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
     }
 }
 
+/// `only_signed` with its key file (read and parsed here, so a missing or unusable key is a config
+/// error naming the file), `max_severity` and the flags that only make sense beside them.
+fn check_gates(policy: &Policy, path: &str, problems: &mut Vec<Problem>) {
+    match (&policy.signature_public_key_file, policy.only_signed) {
+        (Some(_), false) => problems.push(
+            Problem::new(
+                join_key(path, "signature_public_key_file"),
+                "a signature public key without `only_signed: true` checks nothing",
+            )
+            .hint("add `\"only_signed\": true`, or remove the key file"),
+        ),
+        (Some(file), true) => {
+            if let Err(e) = CosignKey::load(file) {
+                problems.push(
+                    Problem::new(join_key(path, "signature_public_key_file"), e.to_string()).hint(
+                        "a PEM `PUBLIC KEY` block holding an ECDSA P-256 key, as `cosign generate-key-pair` writes to cosign.pub",
+                    ),
+                );
+            }
+        }
+        (None, _) => {}
+    }
+    if let Some(level) = &policy.max_severity {
+        if let Err(message) = level.parse::<Severity>() {
+            problems.push(Problem::new(join_key(path, "max_severity"), message));
+        }
+    }
+    if policy.allow_unscanned && policy.max_severity.is_none() {
+        problems.push(
+            Problem::new(
+                join_key(path, "allow_unscanned"),
+                "`allow_unscanned` only applies with `max_severity`",
+            )
+            .hint("set `max_severity`, or remove `allow_unscanned`"),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::load::testing::{config_with_policy, paths, problems, REGISTRIES};
@@ -346,5 +387,38 @@ mod tests {
                 problems(&json)
             );
         }
+    }
+
+    #[test]
+    fn gate_settings_are_checked_and_a_bad_key_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("cosign.pub");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let not_pem = not_pem.display().to_string();
+        let json = config_with_policy(&format!(
+            r#"{{"name": "p", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "us"}},
+                "only_signed": true, "signature_public_key_file": "{not_pem}", "max_severity": "severe"}},
+               {{"name": "q", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "us"}},
+                "signature_public_key_file": "/nonexistent/cosign.pub", "allow_unscanned": true}},
+               {{"name": "r", "src_registry": {{"name": "eu"}}, "dest_registry": {{"name": "us"}},
+                "only_signed": true, "signature_public_key_file": "/nonexistent/cosign.pub", "max_severity": "HIGH"}}"#
+        ));
+        let p = problems(&json);
+        let at = |path: &str| {
+            p.iter()
+                .find(|x| x.path == path)
+                .unwrap_or_else(|| panic!("no problem at {path}: {p:?}"))
+                .message
+                .clone()
+        };
+        assert!(
+            at("policies[0].signature_public_key_file").contains(&format!("{not_pem}: not PEM"))
+        );
+        assert!(at("policies[0].max_severity").contains("unknown severity \"severe\""));
+        assert!(at("policies[1].signature_public_key_file").contains("without `only_signed: true`"));
+        assert!(at("policies[1].allow_unscanned").contains("only applies with `max_severity`"));
+        assert!(at("policies[2].signature_public_key_file")
+            .contains("/nonexistent/cosign.pub: cannot read it"));
+        assert_eq!(p.len(), 5, "{p:?}");
     }
 }

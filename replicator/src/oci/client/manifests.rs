@@ -1,6 +1,6 @@
 //! Manifests through the distribution API: `GET` (verified against the digest asked for and the
 //! registry's `Docker-Content-Digest`), `HEAD`, `PUT` of exact bytes, `DELETE` by digest or tag,
-//! the OCI 1.1 referrers API, and the labels Harbor keeps beside an artifact.
+//! the OCI 1.1 referrers API, and what Harbor keeps beside an artifact (labels, scan overview).
 //!
 //! Invariants: a manifest returned was hashed and matched its reference digest (else
 //! [`RegistryError::DigestMismatch`]); manifests (and referrers indexes) over
@@ -24,6 +24,22 @@ pub struct RemoteDescriptor {
     pub media_type: String,
     pub size: u64,
 }
+
+/// What Harbor's artifact API says about one artifact ([`RegistryClient::harbor_artifact`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HarborArtifact {
+    /// The artifact's digest, as Harbor names it.
+    pub digest: Option<String>,
+    /// Label names.
+    pub labels: Vec<String>,
+    /// `scan_overview` as Harbor sends it, keyed by report MIME type; `None` when Harbor sent none
+    /// (never scanned, or not asked for).
+    pub scan_overview: Option<serde_json::Value>,
+}
+
+/// The vulnerability report MIME types asked for in `X-Accept-Vulnerabilities` (Harbor's and the
+/// scanner adapter's, as Harbor's UI sends them).
+pub const HARBOR_VULNERABILITY_REPORTS: &str = "application/vnd.security.vulnerability.report; version=1.1, application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.0";
 
 /// What a tag-only delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,19 +303,27 @@ impl RegistryClient {
         }
     }
 
-    /// The label names of `repository:reference` through Harbor's API
+    /// What Harbor's API says about `repository:reference`
     /// (`/api/v2.0/projects/<project>/repositories/<rest>/artifacts/<ref>?with_label=true`, the
-    /// rest of the path percent-encoded twice, as Harbor wants); `None` when that answers 404 (no
-    /// such artifact, or not a Harbor).
-    pub async fn harbor_labels(
+    /// rest of the path percent-encoded twice, as Harbor wants): its digest, label names and — with
+    /// `scan_overview` (`&with_scan_overview=true`, one request serving both) — its
+    /// `scan_overview` as Harbor sends it (keyed by report MIME type; read by
+    /// `crate::replicate::gates`). `None` when that answers 404 (no such artifact, or not a
+    /// Harbor).
+    pub async fn harbor_artifact(
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<Vec<String>>> {
+        scan_overview: bool,
+    ) -> Result<Option<HarborArtifact>> {
         #[derive(serde::Deserialize)]
         struct Artifact {
             #[serde(default)]
+            digest: Option<String>,
+            #[serde(default)]
             labels: Option<Vec<Label>>,
+            #[serde(default)]
+            scan_overview: Option<serde_json::Value>,
         }
         #[derive(serde::Deserialize)]
         struct Label {
@@ -314,14 +338,23 @@ impl RegistryClient {
             )
         })?;
         let url = self.url(&format!(
-            "api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_label=true",
-            rest.replace('/', "%252F")
+            "api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_label=true{}",
+            rest.replace('/', "%252F"),
+            if scan_overview {
+                "&with_scan_overview=true"
+            } else {
+                ""
+            }
         ))?;
         self.gate.wait(&self.name).await;
         let mut req = self
             .http
             .get(url.clone())
             .header(ACCEPT, "application/json");
+        if scan_overview {
+            // Harbor returns only the reports of the MIME types a client names here.
+            req = req.header("X-Accept-Vulnerabilities", HARBOR_VULNERABILITY_REPORTS);
+        }
         if let Some(h) = auth::basic_header(&self.secret) {
             req = req.header(AUTHORIZATION, h);
         }
@@ -337,14 +370,16 @@ impl RegistryClient {
                     .map_err(|e| self.transport(&url, e))?;
                 let artifact: Artifact = serde_json::from_slice(&body)
                     .map_err(|e| self.invalid(&url, format!("Harbor artifact JSON: {e}")))?;
-                Ok(Some(
-                    artifact
+                Ok(Some(HarborArtifact {
+                    digest: artifact.digest,
+                    labels: artifact
                         .labels
                         .unwrap_or_default()
                         .into_iter()
                         .map(|l| l.name)
                         .collect(),
-                ))
+                    scan_overview: artifact.scan_overview.filter(|v| !v.is_null()),
+                }))
             }
             _ => Err(self.status_error(&Method::GET, &url, resp).await),
         }

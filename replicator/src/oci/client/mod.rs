@@ -73,7 +73,7 @@ pub use headers::{
     parse_content_range, parse_next_link, parse_retry_after, parse_upload_range, RateLimit,
 };
 pub use lists::{MAX_LIST_BYTES, MAX_LIST_ENTRIES, MAX_LIST_PAGES};
-pub use manifests::{RemoteDescriptor, TagDelete};
+pub use manifests::{HarborArtifact, RemoteDescriptor, TagDelete};
 pub use uploads::{BlobUpload, MountOutcome};
 
 use credentials::redirect_policy;

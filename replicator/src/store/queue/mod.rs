@@ -354,6 +354,11 @@ impl RegionLock {
             .lease_blob("ferry", key, &self.holder, ttl)
             .await
     }
+
+    /// Whether some process holds `key` now (e.g. a worker's remembered gate decision).
+    pub async fn is_held(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.leases.blob_lease_holder("ferry", key).await?.is_some())
+    }
 }
 
 /// Paused policies and the jobs parked while they are paused.
