@@ -533,3 +533,106 @@ async fn a_layout_with_bad_json_is_refused_with_a_clear_error() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("index.json"), "{}", out.stderr);
 }
+
+/// A signed image (`team/app:v1`, cosign signature by `signer` under its `.sig` tag) and an
+/// unsigned one (`team/app:v2`) on `src`; returns their digests.
+async fn signed_and_unsigned(
+    dir: &Path,
+    src: &Registry,
+    signer: &ferry_testkit::cosign::Signer,
+) -> (String, String) {
+    use ferry_testkit::cosign::signature_manifest;
+    let mut b = LayoutBuilder::new(&dir.join("gated")).unwrap();
+    let signed = b
+        .image(
+            "signed",
+            &[LayerSpec {
+                seed: 90,
+                size: 4096,
+            }],
+        )
+        .unwrap();
+    let unsigned = b
+        .image(
+            "unsigned",
+            &[LayerSpec {
+                seed: 91,
+                size: 4096,
+            }],
+        )
+        .unwrap();
+    let sig = signer
+        .sign(&format!("{}/team/app", src.host()), &signed.digest)
+        .unwrap();
+    signature_manifest(&mut b, "sig", &[sig], None).unwrap();
+    let layout = b.finish().unwrap();
+    let sig_tag = format!("team/app:sha256-{}.sig", signed.hex());
+    for (r, reference) in [
+        ("signed", "team/app:v1"),
+        ("unsigned", "team/app:v2"),
+        ("sig", sig_tag.as_str()),
+    ] {
+        skopeo::push_layout(&layout, r, &src.host(), reference)
+            .await
+            .unwrap();
+    }
+    (signed.digest, unsigned.digest)
+}
+
+/// The outcome of `tag` in an export or import report.
+fn outcome_of<'a>(report: &'a Value, tag: &str) -> &'a Value {
+    report["tags"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["tag"] == tag))
+        .map(|t| &t["outcome"])
+        .unwrap_or_else(|| panic!("no result for {tag}: {report:#}"))
+}
+
+/// `only_signed` with a key on both sides: the export leaves the unsigned image out (blocked), and
+/// the import verifies the signature the layout carries before it copies the signed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_images_cross_the_air_gap_and_the_import_verifies_them_from_the_layout() {
+    let (src, dst, dir) = two_registries().await;
+    let signer = ferry_testkit::cosign::Signer::generate().unwrap();
+    let (signed, _) = signed_and_unsigned(dir.path(), &src, &signer).await;
+    let key = signer.write_public_key(dir.path(), "cosign.pub").unwrap();
+    let gate = json!({"only_signed": true, "signature_public_key_file": key});
+    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), gate);
+    let tar = dir.path().join("signed.tar");
+
+    let out = export(&ecfg, &tar, None).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report = &out.json()[0];
+    assert_eq!(outcome_of(report, "v1"), "copied", "{report:#}");
+    assert_eq!(outcome_of(report, "v2"), "blocked", "{report:#}");
+
+    let out = import(&icfg, &tar).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report = &out.json()[0];
+    assert_eq!(outcome_of(report, "v1"), "copied", "{report:#}");
+    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, signed);
+    assert_eq!(manifest_status(&dst.url(), "team/app", "v2").await, 404);
+}
+
+/// The import judges the layout itself: a site that trusts another key lets nothing in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_trusting_another_key_blocks_what_the_layout_carries() {
+    let (src, dst, dir) = two_registries().await;
+    let signer = ferry_testkit::cosign::Signer::generate().unwrap();
+    signed_and_unsigned(dir.path(), &src, &signer).await;
+    let (ecfg, _) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    let tar = dir.path().join("all.tar");
+    let out = export(&ecfg, &tar, None).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    let other = ferry_testkit::cosign::Signer::generate().unwrap();
+    let key = other.write_public_key(dir.path(), "other.pub").unwrap();
+    let gate = json!({"only_signed": true, "signature_public_key_file": key});
+    let (_, icfg) = configs(&dir.path().join("strict"), &src.url(), &dst.url(), gate);
+    let out = import(&icfg, &tar).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report = &out.json()[0];
+    assert_eq!(outcome_of(report, "v1"), "blocked", "{report:#}");
+    assert_eq!(outcome_of(report, "v2"), "blocked", "{report:#}");
+    assert_eq!(manifest_status(&dst.url(), "team/app", "v1").await, 404);
+}
