@@ -26,6 +26,23 @@ fn configs(dir: &Path, src: &str, dst: &str, extra: Value) -> (PathBuf, PathBuf)
     )
 }
 
+/// Two real registries, the corpus pushed to the first, and the export and import sides' configs
+/// of an unfiltered policy.
+async fn corpus_sites() -> (
+    Registry,
+    Registry,
+    tempfile::TempDir,
+    Corpus,
+    PathBuf,
+    PathBuf,
+) {
+    let (src, dst, dir) = two_registries().await;
+    let corpus = build_corpus(&dir.path().join("layout"));
+    push_corpus(&corpus, &src.host()).await;
+    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    (src, dst, dir, corpus, ecfg, icfg)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
@@ -156,10 +173,7 @@ async fn referenced(host: &str, reference: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_crosses_the_air_gap_in_a_tar_digest_for_digest() {
-    let (src, dst, dir) = two_registries().await;
-    let corpus = build_corpus(&dir.path().join("layout"));
-    push_corpus(&corpus, &src.host()).await;
-    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (_src, dst, dir, corpus, ecfg, icfg) = corpus_sites().await;
     let tar = dir.path().join("transfer.tar");
 
     let out = export(&ecfg, &tar, None).await;
@@ -235,10 +249,7 @@ async fn a_corpus_crosses_the_air_gap_in_a_tar_digest_for_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_crosses_the_air_gap_in_a_directory() {
-    let (src, dst, dir) = two_registries().await;
-    let corpus = build_corpus(&dir.path().join("layout"));
-    push_corpus(&corpus, &src.host()).await;
-    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (_src, dst, dir, corpus, ecfg, icfg) = corpus_sites().await;
     let to = dir.path().join("transfer");
 
     let out = export(&ecfg, &to, None).await;
@@ -272,10 +283,7 @@ async fn a_second_export_of_an_unchanged_source_into_the_same_directory_writes_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incremental_tar_holds_only_the_new_tag_and_imports_onto_the_destination_that_has_the_first(
 ) {
-    let (src, dst, dir) = two_registries().await;
-    let corpus = build_corpus(&dir.path().join("layout"));
-    push_corpus(&corpus, &src.host()).await;
-    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (src, dst, dir, corpus, ecfg, icfg) = corpus_sites().await;
     let first = dir.path().join("first.tar");
     let out = export(&ecfg, &first, None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -323,10 +331,7 @@ async fn an_incremental_tar_holds_only_the_new_tag_and_imports_onto_the_destinat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incremental_import_onto_a_destination_without_the_earlier_export_names_what_is_missing()
 {
-    let (src, dst, dir) = two_registries().await;
-    let corpus = build_corpus(&dir.path().join("layout"));
-    push_corpus(&corpus, &src.host()).await;
-    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (src, dst, dir, corpus, ecfg, icfg) = corpus_sites().await;
     let first = dir.path().join("first.tar");
     let out = export(&ecfg, &first, None).await;
     let first_id = out.json()[0]["id"].as_str().unwrap().to_string();
@@ -398,10 +403,7 @@ async fn an_incremental_import_onto_a_destination_without_the_earlier_export_nam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_a_layout_blob_is_refused_naming_it() {
-    let (src, dst, dir) = two_registries().await;
-    let corpus = build_corpus(&dir.path().join("layout"));
-    push_corpus(&corpus, &src.host()).await;
-    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (_src, dst, dir, corpus, ecfg, icfg) = corpus_sites().await;
     let to = dir.path().join("transfer");
     let out = export(&ecfg, &to, None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -447,10 +449,7 @@ async fn a_flipped_byte_in_a_layout_blob_is_refused_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_a_layout_manifest_is_refused_naming_its_file() {
-    let (src, dst, dir) = two_registries().await;
-    let corpus = build_corpus(&dir.path().join("layout"));
-    push_corpus(&corpus, &src.host()).await;
-    let (ecfg, icfg) = configs(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (_src, dst, dir, corpus, ecfg, icfg) = corpus_sites().await;
     let to = dir.path().join("transfer");
     assert_eq!(export(&ecfg, &to, None).await.code, 0);
     let hex = corpus.app_v1.digest.trim_start_matches("sha256:");

@@ -66,6 +66,28 @@ async fn push_referrer(layout: &Path, src: &Registry, img: &Blob, layout_ref: &s
         .unwrap();
 }
 
+/// Pushes a fresh image (from `seed`) as `team/app:v1` with a notation signature as its referrer.
+async fn push_notation_signed(dir: &Path, src: &Registry, seed: u64) -> Blob {
+    let (mut b, img) = image_layout(dir, seed);
+    let notation = b
+        .artifact(
+            "notation",
+            NOTATION_SIGNATURE_TYPE,
+            b"{\"payload\":\"jws\"}",
+            "application/jose+json",
+            Some(&img),
+        )
+        .unwrap();
+    push_with_referrer(
+        b,
+        src,
+        &img,
+        ("notation", &notation, NOTATION_SIGNATURE_TYPE),
+    )
+    .await;
+    img
+}
+
 /// A layout holding one small image (`img`), to which signatures are added.
 fn image_layout(dir: &Path, seed: u64) -> (LayoutBuilder, Blob) {
     let mut b = LayoutBuilder::new(&dir.join(format!("layout-{seed}"))).unwrap();
@@ -109,6 +131,21 @@ async fn push(layout: &Path, host: &str, extra: &[(&str, String)]) {
     }
 }
 
+/// `ferry sync` of a policy with `only_signed` (and `signer`'s key when given), which must succeed;
+/// its JSON report.
+async fn gated_sync(dir: &Path, src: &Registry, dst: &Registry, signer: Option<&Signer>) -> Value {
+    let cfg = write_config(dir, &src.url(), &dst.url(), only_signed(dir, signer));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    report
+}
+
+/// `team/app:v1` was copied, and `dst` holds `img` under it.
+async fn assert_copied(report: &Value, dst: &Registry, img: &Blob) {
+    assert_eq!(result(report, "v1")["outcome"], "copied", "{report:#}");
+    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, img.digest);
+}
+
 /// Asserts `tag` was blocked by `gate` with a reason containing `why`, and is not on `dst`.
 async fn assert_blocked(report: &Value, dst: &Registry, gate: &str, why: &str) {
     let r = result(report, "v1");
@@ -130,16 +167,8 @@ async fn an_image_with_a_cosign_signature_by_the_key_is_copied_with_its_signatur
     signature_manifest(&mut b, "sig", &[sig], None).unwrap();
     let layout = b.finish().unwrap();
     push(&layout, &src.host(), &[("sig", sig_tag(&img))]).await;
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        only_signed(dir.path(), Some(&signer)),
-    );
-    let (out, report) = sync(&cfg).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(result(&report, "v1")["outcome"], "copied", "{report:#}");
-    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, img.digest);
+    let report = gated_sync(dir.path(), &src, &dst, Some(&signer)).await;
+    assert_copied(&report, &dst, &img).await;
     let tags = skopeo::tags(&dst.host(), "team/app").await.unwrap();
     assert!(
         tags.contains(&sig_tag(&img)),
@@ -188,13 +217,7 @@ async fn an_image_signed_by_another_key_is_blocked_saying_the_signature_did_not_
     let sig = other.sign("team/app", &img.digest).unwrap();
     signature_manifest(&mut b, "sig", &[sig], None).unwrap();
     push(&b.finish().unwrap(), &src.host(), &[("sig", sig_tag(&img))]).await;
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        only_signed(dir.path(), Some(&trusted)),
-    );
-    let (_, report) = sync(&cfg).await;
+    let report = gated_sync(dir.path(), &src, &dst, Some(&trusted)).await;
     assert_blocked(&report, &dst, "only_signed", "does not verify against").await;
 }
 
@@ -216,13 +239,7 @@ async fn a_signature_whose_payload_names_another_digest_does_not_count() {
     let sig = signer.sign("team/app", &other.digest).unwrap();
     signature_manifest(&mut b, "sig", &[sig], None).unwrap();
     push(&b.finish().unwrap(), &src.host(), &[("sig", sig_tag(&img))]).await;
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        only_signed(dir.path(), Some(&signer)),
-    );
-    let (_, report) = sync(&cfg).await;
+    let report = gated_sync(dir.path(), &src, &dst, Some(&signer)).await;
     assert_blocked(
         &report,
         &dst,
@@ -246,78 +263,24 @@ async fn without_a_key_a_cosign_signature_tag_is_enough() {
         .unwrap();
     signature_manifest(&mut b, "sig", &[unchecked], None).unwrap();
     push(&b.finish().unwrap(), &src.host(), &[("sig", sig_tag(&img))]).await;
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        only_signed(dir.path(), None),
-    );
-    let (out, report) = sync(&cfg).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(result(&report, "v1")["outcome"], "copied", "{report:#}");
-    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, img.digest);
+    let report = gated_sync(dir.path(), &src, &dst, None).await;
+    assert_copied(&report, &dst, &img).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_a_notation_signature_referrer_is_enough() {
     let (src, dst, dir) = two_registries().await;
-    let (mut b, img) = image_layout(dir.path(), 66);
-    let notation = b
-        .artifact(
-            "notation",
-            NOTATION_SIGNATURE_TYPE,
-            b"{\"payload\":\"jws\"}",
-            "application/jose+json",
-            Some(&img),
-        )
-        .unwrap();
-    push_with_referrer(
-        b,
-        &src,
-        &img,
-        ("notation", &notation, NOTATION_SIGNATURE_TYPE),
-    )
-    .await;
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        only_signed(dir.path(), None),
-    );
-    let (out, report) = sync(&cfg).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(result(&report, "v1")["outcome"], "copied", "{report:#}");
-    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, img.digest);
+    let img = push_notation_signed(dir.path(), &src, 66).await;
+    let report = gated_sync(dir.path(), &src, &dst, None).await;
+    assert_copied(&report, &dst, &img).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_key_a_notation_signature_is_blocked_saying_it_cannot_be_verified() {
     let (src, dst, dir) = two_registries().await;
-    let (mut b, img) = image_layout(dir.path(), 67);
-    let notation = b
-        .artifact(
-            "notation",
-            NOTATION_SIGNATURE_TYPE,
-            b"{\"payload\":\"jws\"}",
-            "application/jose+json",
-            Some(&img),
-        )
-        .unwrap();
-    push_with_referrer(
-        b,
-        &src,
-        &img,
-        ("notation", &notation, NOTATION_SIGNATURE_TYPE),
-    )
-    .await;
+    push_notation_signed(dir.path(), &src, 67).await;
     let signer = Signer::generate().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        only_signed(dir.path(), Some(&signer)),
-    );
-    let (_, report) = sync(&cfg).await;
+    let report = gated_sync(dir.path(), &src, &dst, Some(&signer)).await;
     assert_blocked(
         &report,
         &dst,
@@ -335,16 +298,8 @@ async fn a_cosign_signature_referrer_that_verifies_lets_the_image_through() {
     let sig = signer.sign("team/app", &img.digest).unwrap();
     let referrer = signature_manifest(&mut b, "sig", &[sig], Some(&img)).unwrap();
     push_with_referrer(b, &src, &img, ("sig", &referrer, COSIGN_SIGNATURE_TYPE)).await;
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        only_signed(dir.path(), Some(&signer)),
-    );
-    let (out, report) = sync(&cfg).await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(result(&report, "v1")["outcome"], "copied", "{report:#}");
-    assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, img.digest);
+    let report = gated_sync(dir.path(), &src, &dst, Some(&signer)).await;
+    assert_copied(&report, &dst, &img).await;
 }
 
 const TOKEN: &str = "gates-test-token";
