@@ -14,6 +14,9 @@
 //! - [`registry`]: [`Registry`] and [`RedisServer`] child processes, each owning
 //!   a temporary directory that holds its config, data and log.
 //! - [`sentinel`]: a Redis/Valkey Sentinel watching a [`RedisServer`] primary, for failovers.
+//! - [`catalog`]: large catalogs of tiny images written straight into a registry's storage (scale
+//!   benchmarks).
+//! - [`measure`]: a command's wall time, peak RSS and CPU, for benchmarks.
 //! - [`fixtures`]: [`LayoutBuilder`] writes OCI image layouts (images,
 //!   multi-arch indexes, OCI 1.1 artifacts) whose layer content is derived
 //!   from a seed, streamed to disk so gigabyte layers cost constant memory.
@@ -37,10 +40,12 @@
 
 pub mod access_log;
 pub mod api;
+pub mod catalog;
 pub mod cosign;
 pub mod fake;
 pub mod fault;
 pub mod fixtures;
+pub mod measure;
 pub mod netns;
 pub mod oidc;
 pub mod registry;

@@ -86,13 +86,6 @@ async fn with_progress<T>(
     (out, interrupted)
 }
 
-fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot encode the report: {e}"),
-    }
-}
-
 pub async fn export(args: ExportArgs) -> u8 {
     let Some(prepared) = load(&args.config, &args.policy, Side::Source) else {
         return ERROR;
@@ -120,7 +113,7 @@ pub async fn export(args: ExportArgs) -> u8 {
         }
     };
     if args.run.json {
-        print_json(&[&report]);
+        super::print_json(&[&report]);
     } else {
         print_export_summary(&report);
     }
@@ -191,7 +184,7 @@ pub async fn import(args: ImportArgs) -> u8 {
     })
     .await;
     if args.run.json {
-        print_json(&[&report]);
+        super::print_json(&[&report]);
     } else {
         print_sync_summary(&report);
     }

@@ -128,10 +128,7 @@ pub async fn sync(args: SyncArgs) -> u8 {
     cancel.cancel();
     let _ = signals.await;
     if args.target.json {
-        match serde_json::to_string_pretty(&reports) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: cannot encode the report: {e}"),
-        }
+        super::print_json(&reports);
     } else {
         for r in &reports {
             print_sync_summary(r);
@@ -202,12 +199,8 @@ pub async fn diff(args: DiffArgs) -> u8 {
         }
     }
     if args.target.json {
-        match serde_json::to_string_pretty(&reports) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: cannot encode the report: {e}");
-                return ERROR;
-            }
+        if !super::print_json(&reports) {
+            return ERROR;
         }
     } else {
         for r in &reports {

@@ -352,3 +352,24 @@ pub fn main() -> ExitCode {
         }
     })
 }
+
+/// Writes `value` to stdout as pretty JSON, streamed (a report of 100 000 tags is never held as
+/// one string); `false`, with the error on stderr, when it cannot be written.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> bool {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            writeln!(out)
+                .and_then(|()| out.flush())
+                .map_err(|e| e.to_string())
+        });
+    match written {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: cannot write the report: {e}");
+            false
+        }
+    }
+}

@@ -116,31 +116,36 @@ pub async fn sync_repos(
     let policy = &prepared.policy;
     let ledger = Arc::new(BlobLedger::default());
     let throttle = Throttle::from_kib_per_sec(policy.speed).map(Arc::new);
-    let mut work = Vec::new();
-    for dst in &prepared.dsts {
-        let ctx = prepared.transfer_context_from(
-            src.clone(),
-            dst,
-            ledger.clone(),
-            opts.progress.stats.clone(),
-            throttle.clone(),
-            opts.cancel.clone(),
-            opts.blob_parallelism,
-        );
-        for repo in repos {
-            for tag in &repo.tags {
-                work.push((ctx.clone(), repo, tag.clone()));
-            }
-        }
-    }
+    let contexts: Vec<TransferContext> = prepared
+        .dsts
+        .iter()
+        .map(|dst| {
+            prepared.transfer_context_from(
+                src.clone(),
+                dst,
+                ledger.clone(),
+                opts.progress.stats.clone(),
+                throttle.clone(),
+                opts.cancel.clone(),
+                opts.blob_parallelism,
+            )
+        })
+        .collect();
+    let covered: usize = repos.iter().map(|r| r.tags.len()).sum();
     opts.progress
         .tags_total
-        .fetch_add(work.len() as u64, Ordering::Relaxed);
+        .fetch_add((covered * contexts.len()) as u64, Ordering::Relaxed);
+    // Work items are made as the stream pulls them: nothing per tag is held up front.
+    let work = contexts.iter().flat_map(|ctx| {
+        repos
+            .iter()
+            .flat_map(move |repo| repo.tags.iter().map(move |tag| (ctx, repo, tag)))
+    });
     let results: Vec<TagResult> = stream::iter(work)
         .map(|(ctx, repo, tag)| {
             let span = tracing::info_span!("tag", policy = %policy.name, destination = %ctx.dst.name(), repository = %repo.repository, tag = %tag);
             async move {
-                let r = sync_tag(prepared, &ctx, repo, &tag).await;
+                let r = sync_tag(prepared, ctx, repo, tag).await;
                 opts.progress.tags_done.fetch_add(1, Ordering::Relaxed);
                 r
             }
