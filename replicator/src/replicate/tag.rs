@@ -122,7 +122,7 @@ pub(super) async fn copy_tag(
     known: Option<&KnownHeads>,
 ) -> Result<TagOutcome, TransferError> {
     let src_repo = &repo.repository;
-    let _writer = match crate::oci::digest::parse(tag) {
+    let writer = match crate::oci::digest::parse(tag) {
         Some(d) => transfer::hold_manifest(ctx, dst_repo, &d).await?,
         None => None,
     };
@@ -155,6 +155,8 @@ pub(super) async fn copy_tag(
         }
         _ => copy_manifest(prepared, ctx, src_repo, dst_repo, tag).await?,
     };
+    // Written (or found): its referrers are other manifests, with leases of their own.
+    drop(writer);
     if prepared.policy.copy_referrers {
         *referrers_copied +=
             follow_referrers(prepared, ctx, repo, dst_repo, &outcome, referrers).await?;
