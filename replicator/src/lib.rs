@@ -25,7 +25,7 @@
 //!
 //! **Store — a region's shared state (memory or Redis/Valkey)**
 //! - [`store`]: everything a region's processes share and how it is kept: the job queue
-//!   (`store::queue`: one narrow trait per concern — jobs, dead letters, blob leases, pauses,
+//!   (`store::queue`: one narrow trait per concern — jobs, dead letters, blob and manifest leases, pauses,
 //!   upload checkpoints), executions and tasks (`store::history`), registry pauses and policy
 //!   speed (`store::limits`), the tag ledger (`store::ledger`), the regions outbox
 //!   (`store::outbox`), the one Redis connection (`store::redis`), [`store::Store`] (a backend's
