@@ -2,8 +2,8 @@
 //! it is kept — in this process (`ferry serve` without `--redis`, lost on exit) or in the
 //! region's Redis/Valkey (agents and workers of the region see the same state).
 //!
-//! - [`queue`]: the job queue contract and its backends: jobs, dead letters, blob and manifest leases, policy
-//!   pauses and upload checkpoints.
+//! - [`queue`]: the job queue contract and its backends: jobs, dead letters, blob and manifest
+//!   leases, policy pauses and upload checkpoints.
 //! - [`history`]: executions, tasks and live workers.
 //! - [`limits`]: registry pauses and policy bandwidth shared by a region's processes.
 //! - [`ledger`]: the last write of each tag, for bidirectional conflicts.
