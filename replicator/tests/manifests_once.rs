@@ -3,7 +3,7 @@
 //! plus the tagged index's job, and those jobs run at the same time on several workers sharing a
 //! queue (redis-server) — the manifest lease makes one of them the writer of each child. And a
 //! bidirectional job `HEAD`s its tag once per side before the copy (plus the confirming `HEAD`
-//! after its `PUT`).
+//! after its `PUT`). End to end: skopeo pushes to a registry that notifies a running `ferry serve`.
 mod common;
 
 use std::sync::Arc;
@@ -285,4 +285,80 @@ async fn a_bidirectional_multi_arch_push_writes_each_manifest_once_per_side_and_
         pushed.push(repo);
     }
     workers.stop().await;
+}
+
+/// The whole path: skopeo pushes multi-arch images to a registry whose notifications (distribution
+/// 2.8: each child by digest, then the tagged index) reach a running `ferry serve` that runs 8
+/// jobs at once; the destination's access log shows one `PUT` per manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_arch_pushes_notified_to_a_running_daemon_write_each_manifest_once() {
+    const TOKEN: &str = "once-token";
+    let listen = free_local_addr();
+    let src = Registry::start_with(RegistryOptions {
+        notifications_url: Some(format!(
+            "http://{listen}/v1/events/distribution?registry=src"
+        )),
+        notifications_token: Some(TOKEN.into()),
+        ..RegistryOptions::default()
+    })
+    .await
+    .expect("start source registry");
+    let dst = logged_registry().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = write_config(
+        dir.path(),
+        &src.url(),
+        &dst.url(),
+        json!({"trigger": {"type": "event_based"}}),
+    );
+    let serve = Serve::start_with(
+        &cfg,
+        &listen,
+        TOKEN,
+        &["--concurrency", "8"],
+        &[],
+        dir.path().join("serve.log"),
+    )
+    .await;
+    let mut pushed = Vec::new();
+    for round in 0..ROUNDS {
+        let repo = format!("team/notified{round}");
+        let (index, children) =
+            push_multi_arch(dir.path(), 200 + round, &src.host(), &repo, "v1").await;
+        pushed.push((repo, index, children));
+    }
+    // Every child's job and every index's job has run (each manifest's event is one job).
+    let jobs: usize = pushed.iter().map(|(_, _, c)| c.len() + 1).sum();
+    let metrics = format!("http://{listen}/metrics");
+    let done = eventually(Duration::from_secs(60), || async {
+        succeeded_jobs(&metrics).await >= jobs
+    })
+    .await;
+    assert!(
+        done,
+        "{} of {jobs} jobs succeeded:\n{}",
+        succeeded_jobs(&metrics).await,
+        serve.log()
+    );
+    let log = read_log(&dst);
+    for (repo, index, children) in &pushed {
+        assert_eq!(
+            raw_digest(&dst.host(), &format!("{repo}:v1")).await,
+            *index,
+            "the destination serves the index"
+        );
+        assert_written_once(&log, repo, "v1", children, "destination");
+    }
+}
+
+/// `ferry_jobs_total{outcome="succeeded"}` summed over policies and kinds.
+async fn succeeded_jobs(metrics_url: &str) -> usize {
+    let Ok(answer) = reqwest::get(metrics_url).await else {
+        return 0;
+    };
+    let text = answer.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("ferry_jobs_total{") && l.contains("outcome=\"succeeded\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as usize
 }
