@@ -25,9 +25,9 @@
 //!
 //! **Store — a region's shared state (memory or Redis/Valkey)**
 //! - [`store`]: everything a region's processes share and how it is kept: the job queue
-//!   (`store::queue`: one narrow trait per concern — jobs, dead letters, blob leases, pauses,
-//!   upload checkpoints), executions and tasks (`store::history`), registry pauses and policy
-//!   speed (`store::limits`), the tag ledger (`store::ledger`), the regions outbox
+//!   (`store::queue`: one narrow trait per concern — jobs, dead letters, blob and manifest
+//!   leases, pauses, upload checkpoints), executions and tasks (`store::history`), registry
+//!   pauses and policy speed (`store::limits`), the tag ledger (`store::ledger`), the regions outbox
 //!   (`store::outbox`), the one Redis connection (`store::redis`), [`store::Store`] (a backend's
 //!   views, handed to each part) and [`store::StoreError`]; its module doc has the Redis key
 //!   layout. It imports none of the parts that use it.

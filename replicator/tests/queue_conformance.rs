@@ -1087,6 +1087,108 @@ async fn blob_leases_are_exclusive_and_expire(backend: Backend) {
     q.release_blob("us", "sha256:never", "x").await.unwrap();
 }
 
+/// One writer per manifest `(destination, repository, digest)`: exclusive (also for the same
+/// holder), per destination and per repository, apart from blob leases of the same digest,
+/// renewed and released only by its holder, and gone with its ttl when the holder stops renewing
+/// (a crashed worker's manifest lease expires like its job lease).
+async fn manifest_leases_have_one_writer_and_expire(backend: Backend) {
+    let h = Harness::start(backend, fast()).await;
+    let q = &h.queue;
+    let d = "sha256:dddd";
+    let leased = Instant::now();
+    assert!(q
+        .lease_manifest("us", "team/app", d, "w1|1", HOLDS)
+        .await
+        .unwrap());
+    assert!(
+        !q.lease_manifest("us", "team/app", d, "w2|1", LONG)
+            .await
+            .unwrap(),
+        "one writer at a time"
+    );
+    assert!(
+        !q.lease_manifest("us", "team/app", d, "w1|1", LONG)
+            .await
+            .unwrap(),
+        "not re-entrant"
+    );
+    assert!(
+        q.lease_manifest("eu", "team/app", d, "w2|1", LONG)
+            .await
+            .unwrap(),
+        "per destination"
+    );
+    assert!(
+        q.lease_manifest("us", "team/other", d, "w2|2", LONG)
+            .await
+            .unwrap(),
+        "per repository"
+    );
+    assert!(
+        q.lease_blob("us", d, "w2|3", LONG).await.unwrap(),
+        "blob leases of the same digest are apart"
+    );
+    assert!(
+        !q.renew_manifest("us", "team/app", d, "w2|1", LONG)
+            .await
+            .unwrap(),
+        "only the holder renews"
+    );
+    q.release_manifest("us", "team/app", d, "w2|1")
+        .await
+        .unwrap();
+    assert!(
+        !q.lease_manifest("us", "team/app", d, "w3|1", LONG)
+            .await
+            .unwrap(),
+        "released by a non-holder"
+    );
+    // Not renewed: gone after its ttl.
+    eventually("w1's manifest lease to expire", || async {
+        q.lease_manifest("us", "team/app", d, "w3|1", HOLDS)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(
+        leased.elapsed() + CLOCK_STEP >= HOLDS,
+        "a {HOLDS:?} manifest lease taken over after {:?}",
+        leased.elapsed()
+    );
+    assert!(
+        !q.renew_manifest("us", "team/app", d, "w1|1", LONG)
+            .await
+            .unwrap(),
+        "an expired lease is not renewed by its old holder"
+    );
+    // Renewed: still held past its first ttl.
+    let renewed = Instant::now();
+    assert!(q
+        .renew_manifest("us", "team/app", d, "w3|1", LONG)
+        .await
+        .unwrap());
+    tokio::time::sleep((HOLDS + Duration::from_millis(200)).saturating_sub(renewed.elapsed()))
+        .await;
+    assert!(
+        !q.lease_manifest("us", "team/app", d, "w4|1", LONG)
+            .await
+            .unwrap(),
+        "still held after the first ttl: renewed"
+    );
+    q.release_manifest("us", "team/app", d, "w3|1")
+        .await
+        .unwrap();
+    assert!(
+        q.lease_manifest("us", "team/app", d, "w4|1", LONG)
+            .await
+            .unwrap(),
+        "released by its holder"
+    );
+    q.release_manifest("us", "team/never", d, "x")
+        .await
+        .unwrap();
+}
+
 async fn concurrent_claimers_never_share_a_job(backend: Backend) {
     let h = Harness::start(backend, fast()).await;
     let q = h.queue.clone();
@@ -1956,6 +2058,7 @@ suite! {
         stats_count_each_state,
         blob_leases_are_exclusive_and_expire,
         blob_leases_renew_and_name_their_holder,
+        manifest_leases_have_one_writer_and_expire,
         concurrent_claimers_never_share_a_job,
         history_records_executions_and_counts_tasks,
         history_lists_newest_first_by_policy_with_paging,

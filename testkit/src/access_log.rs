@@ -1,5 +1,5 @@
 //! What a distribution registry's access log (`log.level: info`, one combined-log-format line per
-//! request) says it received: blob upload `PUT`s, manifest `PUT`s and every request on an upload
+//! request) says it received: blob upload `PUT`s, manifest `PUT`s and `HEAD`s and every request on an upload
 //! session with the offset its `_state` token carries. Tests use it as evidence Ferry does not
 //! produce itself ("the layer crossed once", "a resync pushed nothing").
 use base64::Engine as _;
@@ -25,6 +25,12 @@ pub fn blob_upload_puts_of(log: &str, digest: &str) -> usize {
 /// How many manifest `PUT`s of `repo:reference` a registry's access log shows (log level `info`).
 pub fn manifest_puts(log: &str, repo: &str, reference: &str) -> usize {
     let request = format!("\"PUT /v2/{repo}/manifests/{reference} ");
+    log.lines().filter(|l| l.contains(&request)).count()
+}
+
+/// How many manifest `HEAD`s of `repo:reference` a registry's access log shows (log level `info`).
+pub fn manifest_heads(log: &str, repo: &str, reference: &str) -> usize {
+    let request = format!("\"HEAD /v2/{repo}/manifests/{reference} ");
     log.lines().filter(|l| l.contains(&request)).count()
 }
 

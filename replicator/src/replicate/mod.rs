@@ -32,7 +32,9 @@ pub(crate) use plan::listed_name;
 pub use plan::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
 pub use registries::Registries;
 pub use sync::{sync_policy, sync_repos, RunProgress, SyncOptions, SyncReport, TagResult};
-pub use tag::{replicate_gated_tags, replicate_reference, GateRecheck, TagOutcome, TAG_GONE};
+pub use tag::{
+    replicate_gated_tags, replicate_reference, GateRecheck, KnownHeads, TagOutcome, TAG_GONE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

@@ -220,6 +220,7 @@ impl PreparedPolicy {
             copy_by_chunk: self.policy.copy_by_chunk,
             blob_parallelism,
             leases: None,
+            manifest_leases: None,
             checkpoints: Arc::new(transfer::Checkpoints::local()),
         }
     }

@@ -198,6 +198,7 @@ async fn sync_tag(
         tag,
         Referrers::Always,
         &mut result.referrers_copied,
+        None,
     )
     .await;
     result.outcome = match outcome {

@@ -1,5 +1,5 @@
-//! Replicates one tag to one destination, level-triggered: `HEAD` both sides, and only when the
-//! destination differs `GET` the source manifest, filter it, judge it by the policy's gates
+//! Replicates one tag to one destination, level-triggered: `HEAD` both sides (or take what the
+//! caller's `HEAD`s just learned, [`KnownHeads`]), and only when the destination differs `GET` the source manifest, filter it, judge it by the policy's gates
 //! ([`super::gates`]), move its graph ([`crate::transfer`]), push it by tag and confirm with a
 //! `HEAD`; then its referrers ([`super::referrers`]). For a gated policy, a signature or a scan
 //! arriving later re-evaluates the tags at its digest ([`replicate_gated_tags`]).
@@ -94,9 +94,23 @@ fn refused_incomplete(
     }
 }
 
+/// What a caller learned about a tag on both sides just before the copy (a bidirectional job's
+/// arbitration `HEAD`s both): [`copy_tag`] decides from it instead of asking again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownHeads {
+    /// The digest the source's tag resolves to.
+    pub source: Digest,
+    /// The digest the destination's tag resolves to; `None` when it has no such tag.
+    pub destination: Option<Digest>,
+}
+
 /// Replicates `tag` of `repo` to `dst_repo` on `ctx.dst`: unchanged, kept (`override: false`),
 /// copied or skipped; then, when the policy copies referrers, its referrers (counted in
-/// `referrers_copied`).
+/// `referrers_copied`). `known`: both sides' digests, `HEAD`ed by the caller just before.
+/// A digest reference is checked and written under its manifest lease
+/// ([`transfer::hold_manifest`]), so the child of an index that also has its own job is written
+/// once.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_tag(
     prepared: &PreparedPolicy,
     ctx: &TransferContext,
@@ -105,32 +119,44 @@ pub(super) async fn copy_tag(
     tag: &str,
     referrers: Referrers,
     referrers_copied: &mut u64,
+    known: Option<&KnownHeads>,
 ) -> Result<TagOutcome, TransferError> {
     let src_repo = &repo.repository;
-    // Both sides at once: a no-op resync costs one round trip per tag.
-    let (src_head, dst_head) = tokio::join!(
-        ctx.src.head_manifest(src_repo, tag),
-        ctx.dst.head_manifest(dst_repo, tag)
-    );
-    let Some(src_head) = src_head? else {
+    let writer = match crate::oci::digest::parse(tag) {
+        Some(d) => transfer::hold_manifest(ctx, dst_repo, &d).await?,
+        None => None,
+    };
+    let (src_digest, dst_digest) = match known {
+        Some(k) => (Some(k.source.clone()), k.destination.clone()),
+        None => {
+            // Both sides at once: a no-op resync costs one round trip per tag.
+            let (src_head, dst_head) = tokio::join!(
+                ctx.src.head_manifest(src_repo, tag),
+                ctx.dst.head_manifest(dst_repo, tag)
+            );
+            (src_head?.map(|h| h.digest), dst_head?.map(|h| h.digest))
+        }
+    };
+    let Some(src_digest) = src_digest else {
         return Ok(TagOutcome::Skipped {
             reason: TAG_GONE.into(),
         });
     };
-    let dst_head = dst_head?;
-    let outcome = match &dst_head {
-        Some(d) if d.digest == src_head.digest => TagOutcome::Unchanged {
-            digest: d.digest.to_string(),
+    let outcome = match &dst_digest {
+        Some(d) if *d == src_digest => TagOutcome::Unchanged {
+            digest: d.to_string(),
         },
         Some(d) if !prepared.policy.override_ => {
-            tracing::info!(source_digest = %src_head.digest, destination_digest = %d.digest, "destination tag differs; kept (override: false)");
+            tracing::info!(source_digest = %src_digest, destination_digest = %d, "destination tag differs; kept (override: false)");
             return Ok(TagOutcome::Kept {
-                source_digest: src_head.digest.to_string(),
-                destination_digest: d.digest.to_string(),
+                source_digest: src_digest.to_string(),
+                destination_digest: d.to_string(),
             });
         }
         _ => copy_manifest(prepared, ctx, src_repo, dst_repo, tag).await?,
     };
+    // Written (or found): its referrers are other manifests, with leases of their own.
+    drop(writer);
     if prepared.policy.copy_referrers {
         *referrers_copied +=
             follow_referrers(prepared, ctx, repo, dst_repo, &outcome, referrers).await?;
@@ -298,6 +324,8 @@ async fn follow_referrers(
 
 /// Replicates one `repository:reference` (tag or digest) on `ctx.dst`, level-triggered: whatever
 /// the source holds *now* is what the destination gets. Used by workers for event-driven jobs.
+/// `known`: both sides' digests of the tag as the caller `HEAD`ed them just before (a
+/// bidirectional job's arbitration), used by the first attempt instead of asking again.
 /// Returns the outcome and the number of referrers copied; errors keep their retryability.
 pub async fn replicate_reference(
     prepared: &PreparedPolicy,
@@ -305,7 +333,9 @@ pub async fn replicate_reference(
     repository: &str,
     reference: &str,
     event_digest: Option<&str>,
+    known: Option<KnownHeads>,
 ) -> Result<(TagOutcome, u64), TransferError> {
+    let mut known = known;
     let dst_repo = prepared
         .dest_repository(repository)
         .map_err(TransferError::Policy)?;
@@ -330,6 +360,7 @@ pub async fn replicate_reference(
             reference,
             Referrers::OnCopy,
             &mut referrers,
+            known.take().as_ref(),
         )
         .await?;
         let announced = match (&outcome, event_digest) {
@@ -470,6 +501,7 @@ pub async fn replicate_gated_tags(
             &tag,
             Referrers::OnCopy,
             &mut referrers,
+            None,
         )
         .await?;
         tracing::info!(tag = %tag, %digest, outcome = ?outcome, "tag re-evaluated after its signature or scan arrived");

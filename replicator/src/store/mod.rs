@@ -2,8 +2,8 @@
 //! it is kept — in this process (`ferry serve` without `--redis`, lost on exit) or in the
 //! region's Redis/Valkey (agents and workers of the region see the same state).
 //!
-//! - [`queue`]: the job queue contract and its backends: jobs, dead letters, blob leases, policy
-//!   pauses and upload checkpoints.
+//! - [`queue`]: the job queue contract and its backends: jobs, dead letters, blob and manifest
+//!   leases, policy pauses and upload checkpoints.
 //! - [`history`]: executions, tasks and live workers.
 //! - [`limits`]: registry pauses and policy bandwidth shared by a region's processes.
 //! - [`ledger`]: the last write of each tag, for bidirectional conflicts.
@@ -23,7 +23,7 @@
 //! # Redis key layout (`{p}` is the key prefix, `--queue-prefix`, e.g. `ferry`)
 //! | keys | owner | layout |
 //! |---|---|---|
-//! | `{p}:jobs`, `{p}:retries`, `{p}:delayed`, `{p}:leases`, `{p}:pending:*`, `{p}:dead`, `{p}:corrupt`, `{p}:blob:*`, `{p}:paused`, `{p}:parked:*`, `{p}:checkpoints:*` | [`queue::RedisQueue`] | its module doc |
+//! | `{p}:jobs`, `{p}:retries`, `{p}:delayed`, `{p}:leases`, `{p}:pending:*`, `{p}:dead`, `{p}:corrupt`, `{p}:blob:*`, `{p}:manifest:*`, `{p}:paused`, `{p}:parked:*`, `{p}:checkpoints:*` | [`queue::RedisQueue`] | its module doc |
 //! | `{p}:execs`, `{p}:execs:policy:*`, `{p}:exec:*`, `{p}:workers` | [`history::RedisHistory`] | its module doc |
 //! | `{p}:pause:{registry}`, `{p}:speed:{policy}` | [`limits::RedisLimits`] | its module doc |
 //! | `{p}:catalog:*` | `catalog::RedisPolicyStore` | policies and registries stored through the admin API |
@@ -52,7 +52,7 @@
 //! - sent directly: `evalsha`, `script|load` (how the client runs scripts: `EVALSHA`, and on
 //!   `NOSCRIPT` `SCRIPT LOAD` then `EVALSHA` again — never `EVAL` or `FUNCTION`), `multi`, `exec`
 //!   (the policy catalog's changes), `xgroup|create`, `xadd`, `xrange`, `xdel`, `xlen`, `get`,
-//!   `set` (`NX PX` for blob leases, `PX GET` for the tag ledger), `incr`, `lrange`, `rpush`, `lrem`,
+//!   `set` (`NX PX` for blob and manifest leases, `PX GET` for the tag ledger), `incr`, `lrange`, `rpush`, `lrem`,
 //!   `sadd`, `srem`, `smembers`, `hset`, `hdel`, `hgetall`, `hvals`, `zcard`, `zrevrangebyscore`,
 //!   and `wait` (only with `--redis-wait-replicas`: after enqueueing a job and appending to an
 //!   outbox, see [`redis::RedisStore::confirm_replicated`]);
@@ -115,7 +115,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use self::history::History;
-use self::queue::{BlobLeases, Checkpoints, DeadLetters, JobQueue, Pauses, QueueBackend};
+use self::queue::{
+    BlobLeases, Checkpoints, DeadLetters, JobQueue, ManifestLeases, Pauses, QueueBackend,
+};
 
 /// The commands a Ferry user needs (ACL syntax), every one named, nothing by category: see
 /// "Queue servers" above for where each is used.
@@ -140,6 +142,8 @@ pub struct Store {
     pub jobs: Arc<dyn JobQueue>,
     pub dead_letters: Arc<dyn DeadLetters>,
     pub leases: Arc<dyn BlobLeases>,
+    /// One writer per manifest (see [`queue::ManifestLeases`]).
+    pub manifest_leases: Arc<dyn ManifestLeases>,
     pub checkpoints: Arc<dyn Checkpoints>,
     pub pauses: Arc<dyn Pauses>,
     pub history: Arc<dyn History>,
@@ -152,6 +156,7 @@ impl Store {
             jobs: queue.clone(),
             dead_letters: queue.clone(),
             leases: queue.clone(),
+            manifest_leases: queue.clone(),
             checkpoints: queue.clone(),
             pauses: queue,
             history,

@@ -1,12 +1,38 @@
 //! Making sure one blob crosses the wire once per destination: within a process ([`BlobLedger`],
 //! a lock per `(destination, digest)` that also remembers which repository holds the blob) and
 //! among the workers sharing a queue ([`BlobLeases`], a lease per `(destination, digest)` whose
-//! holder value names the repository it uploads into).
+//! holder value names the repository it uploads into). And that one manifest pushed by digest is
+//! written once per destination repository ([`ManifestLeases`]).
 //!
 //! Invariants: a worker that waited for another's upload mounts or skips the blob instead of
 //! sending it again; a held lease is renewed while the upload runs and released after it; queue
 //! trouble never fails a transfer — it only costs a duplicate upload.
+//!
+//! # Why a manifest lease (and not a hold on digest-only events)
+//! Distribution 2.8 notifies a multi-arch push one request at a time: each child manifest by
+//! digest, then the tagged index. The child's own job and the index's job then both `HEAD` the
+//! child on the destination, find it missing and both `PUT` it. Two cures were possible:
+//! - *hold digest-only events* for a while, hoping the tagged event covers them: it adds that
+//!   delay to every push by digest (referrers and untagged pushes are pushed that way), and it is
+//!   still a race — the hold ends while the index job is copying, or the index event comes late;
+//! - *a manifest lease* per `(destination, repository, digest)`, taken **before** the `HEAD` that
+//!   decides whether to write and released after the `PUT`: whoever takes it second waits, then
+//!   `HEAD`s and finds the manifest present. This is what [`hold_manifest`] does. It holds across
+//!   workers and processes (the lease lives in the region's Redis, like [`BlobLeases`]; all jobs
+//!   writing one registry run in that registry's region) and costs the common, uncontended case
+//!   two sub-millisecond queue round trips (take, release) and no extra registry request.
+//!
+//! The lease is taken before the `HEAD`, not after: taken after a `HEAD` that found nothing, the
+//! second writer would also need a second `HEAD` (its first one can predate the other's `PUT`).
+//! Leases are taken parent before child (the index job holds a child's lease while it copies that
+//! child, never the other way round), so two jobs cannot wait for each other. A holder renews its
+//! lease every third of its ttl (the job lease), so a crashed holder's lease expires with its job
+//! lease; a waiter gives up after twenty ttls and writes anyway (a duplicate `PUT`, never a lost
+//! one), and queue trouble never fails a transfer. Level-triggering is untouched: the writer
+//! still reads the source when it holds the lease. Tags are not leased: a tag is written by the
+//! one job of that tag (duplicate pending jobs collapse in the queue).
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::oci::digest::Digest;
@@ -158,4 +184,93 @@ pub(super) async fn keep_lease(
             Err(e) => tracing::debug!(%digest, error = %e, "cannot renew the blob lease"),
         }
     }
+}
+
+/// Makes one job the writer of a manifest `(destination, repository, digest)` among all workers of
+/// a queue (see the module docs for why).
+pub struct ManifestLeases {
+    pub leases: Arc<dyn crate::store::queue::ManifestLeases>,
+    /// This process's name (the queue consumer); each hold adds a number of its own, so two jobs
+    /// of one process exclude each other too.
+    pub holder: String,
+    /// Lease length (the job lease); renewed every third of it while held.
+    pub ttl: std::time::Duration,
+}
+
+/// Tells holds of one process apart.
+static HOLDS: AtomicU64 = AtomicU64::new(0);
+
+/// How often a job waiting for another's manifest lease asks again.
+const MANIFEST_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A held manifest lease: renewed in the background while it lives, released when dropped.
+pub struct ManifestHold {
+    _release: tokio_util::sync::DropGuard,
+}
+
+/// Waits until this job is the one writer of `dst_repo@digest` on `ctx.dst`, and holds that until
+/// the returned hold is dropped: check the destination and write under it. `None` without
+/// coordination (a one-shot sync, queue trouble, or a holder that takes too long: then the
+/// manifest may be written twice, never not at all).
+pub async fn hold_manifest(
+    ctx: &TransferContext,
+    dst_repo: &str,
+    digest: &Digest,
+) -> Result<Option<ManifestHold>> {
+    let Some(leases) = ctx.manifest_leases.clone() else {
+        return Ok(None);
+    };
+    let me = format!(
+        "{}|{}",
+        leases.holder,
+        HOLDS.fetch_add(1, Ordering::Relaxed)
+    );
+    let (dst, repo, d) = (
+        ctx.dst.name().to_string(),
+        dst_repo.to_string(),
+        digest.to_string(),
+    );
+    let give_up = tokio::time::Instant::now() + leases.ttl * 20;
+    loop {
+        match leases
+            .leases
+            .lease_manifest(&dst, &repo, &d, &me, leases.ttl)
+            .await
+        {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(repository = %repo, digest = %d, error = %e, "manifest lease unavailable; writing without it");
+                return Ok(None);
+            }
+        }
+        if tokio::time::Instant::now() > give_up {
+            tracing::warn!(repository = %repo, digest = %d, "another worker holds this manifest's lease for too long; writing too");
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MANIFEST_POLL) => {},
+            _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+        }
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let release = stop.clone().drop_guard();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(leases.ttl / 3) => {
+                    match leases.leases.renew_manifest(&dst, &repo, &d, &me, leases.ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(repository = %repo, digest = %d, "manifest lease lost while writing; another worker may write it too"),
+                        Err(e) => tracing::debug!(repository = %repo, digest = %d, error = %e, "cannot renew the manifest lease"),
+                    }
+                }
+                _ = stop.cancelled() => break,
+            }
+        }
+        if let Err(e) = leases.leases.release_manifest(&dst, &repo, &d, &me).await {
+            tracing::debug!(repository = %repo, digest = %d, error = %e, "cannot release the manifest lease; it expires by itself");
+        }
+    });
+    Ok(Some(ManifestHold { _release: release }))
 }

@@ -20,14 +20,17 @@
 //!
 //! Invariants: child manifests are pushed (by digest) before their parent; the caller pushes the top
 //! manifest (by tag) only after [`ensure_graph`] returned `Ok`; within one process, concurrent copies
-//! of the same blob to the same destination transfer it once ([`BlobLedger`]).
+//! of the same blob to the same destination transfer it once ([`BlobLedger`]); among workers, a
+//! manifest pushed by digest is checked and written under its lease ([`hold_manifest`]), so two
+//! jobs needing the same child write it once.
 //!
 //! # Layout
 //! - this file (`transfer/mod.rs`): the entry points ([`ensure_graph`], [`push_manifest`],
 //!   [`copy_blob`]), [`TransferContext`], [`TransferError`] and the run's [`TransferStats`] — and
 //!   **the file that decides whether a blob is skipped, mounted or copied** (`copy_blob_locked`).
-//! - `coordinate`: [`BlobLedger`] (one upload per blob within a process) and [`BlobLeases`] (one
-//!   uploader per blob among the workers of a queue).
+//! - `coordinate`: [`BlobLedger`] (one upload per blob within a process), [`BlobLeases`] (one
+//!   uploader per blob among the workers of a queue) and [`ManifestLeases`] (one writer per
+//!   manifest pushed by digest; its docs say why a lease and not a hold on digest-only events).
 //! - `checkpoints`: [`Checkpoints`], where interrupted chunked uploads stand.
 //! - `source`: [`Source`], what a transfer reads from — a registry, or an OCI image layout on disk
 //!   (`ferry import`, [`crate::layout`]).
@@ -57,7 +60,7 @@ use crate::policy::Selector;
 use crate::throttle::Throttle;
 
 pub use checkpoints::Checkpoints;
-pub use coordinate::{BlobLeases, BlobLedger};
+pub use coordinate::{hold_manifest, BlobLeases, BlobLedger, ManifestHold, ManifestLeases};
 pub use source::Source;
 pub use verify::{StreamFailure, READ_RESUMES};
 
@@ -215,6 +218,9 @@ pub struct TransferContext {
     /// Cross-process coordination of blob uploads (workers sharing a queue); `None` for one-shot
     /// syncs, where the in-process [`BlobLedger`] is enough.
     pub leases: Option<Arc<BlobLeases>>,
+    /// Cross-process coordination of manifest writes by digest (workers sharing a queue): one
+    /// writer per `(destination, repository, digest)`; `None` for one-shot syncs.
+    pub manifest_leases: Option<Arc<ManifestLeases>>,
     /// Where interrupted chunked uploads stand (the job's checkpoints, or this process's own).
     pub checkpoints: Arc<Checkpoints>,
 }
@@ -270,7 +276,8 @@ pub fn distributable(desc: &Descriptor) -> bool {
     !manifest::is_non_distributable(desc)
 }
 
-/// Copies a child manifest (and its graph) by digest, unless the destination has it already.
+/// Copies a child manifest (and its graph) by digest, unless the destination has it already;
+/// under the manifest's lease, so a child that also has its own job is written once.
 async fn copy_child_manifest(
     ctx: &TransferContext,
     src_repo: &str,
@@ -279,6 +286,7 @@ async fn copy_child_manifest(
     selector: &Selector,
 ) -> Result<()> {
     check_cancel(ctx)?;
+    let _writer = hold_manifest(ctx, dst_repo, digest).await?;
     if ctx
         .dst
         .head_manifest(dst_repo, digest.as_ref())

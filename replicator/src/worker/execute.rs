@@ -3,7 +3,9 @@
 //!
 //! Invariants: every destination is tried and gets its own task record, even after another one
 //! failed (the job then fails with the first error and retries); a cancellation ends the job at
-//! once; a tag write is recorded in the conflict ledger only after the copy happened.
+//! once; a tag write is recorded in the conflict ledger only after the copy happened. A
+//! bidirectional job `HEAD`s the tag once per side: the copy decides from what arbitration read
+//! ([`KnownHeads`]), and only the confirming `HEAD` after a `PUT` asks the destination again.
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,7 @@ use crate::regions::conflict::{self, Decision, Heads};
 use crate::replicate::delete::guarded_delete;
 use crate::replicate::gates::{blocked_key, BLOCKED_MEMO};
 use crate::replicate::{
-    replicate_gated_tags, replicate_reference, GateRecheck, PreparedPolicy, TagOutcome,
+    replicate_gated_tags, replicate_reference, GateRecheck, KnownHeads, PreparedPolicy, TagOutcome,
 };
 use crate::store::history::Task;
 use crate::store::ledger::TagWrite;
@@ -47,6 +49,7 @@ impl Worker {
             self.opts.blob_parallelism,
         );
         ctx.leases = Some(self.blob_leases.clone());
+        ctx.manifest_leases = Some(self.manifest_leases.clone());
         ctx.checkpoints = checkpoints.clone();
         ctx
     }
@@ -174,13 +177,13 @@ impl Worker {
         ctx: &TransferContext,
         job: &Job,
     ) -> Result<DestOutcome, TransferError> {
-        let incoming = if prepared.policy.mode == Mode::Bidirectional {
+        let (incoming, known) = if prepared.policy.mode == Mode::Bidirectional {
             match self.arbitrate(prepared, ctx, job).await? {
-                Arbitration::Copy(write) => write,
+                Arbitration::Copy { write, heads } => (write, heads),
                 Arbitration::Skip(outcome) => return Ok(DestOutcome::Push(outcome)),
             }
         } else {
-            None
+            (None, None)
         };
         // A gated policy: a signature or a scan arriving can release tags a gate held back
         // (their subject's, or the scanned image's), replicated first.
@@ -213,6 +216,9 @@ impl Worker {
                     &job.repository,
                     &job.reference,
                     job.digest.as_deref(),
+                    // What arbitration `HEAD`ed on both sides just now: not asked again. (A gated
+                    // re-evaluation above may have written the tag since: then ask again.)
+                    known.filter(|_| recheck.as_ref().is_none_or(|r| r.tags.is_empty())),
                 )
                 .await?
                 .0
@@ -299,19 +305,26 @@ impl Worker {
         job: &Job,
     ) -> Result<Arbitration, TransferError> {
         let (repository, tag) = (&job.repository, &job.reference);
+        let copy = |write: Option<TagWrite>, heads: Option<KnownHeads>| {
+            Ok(Arbitration::Copy { write, heads })
+        };
         if digest::parse(tag).is_some() {
             // By digest: content-addressed, nothing to conflict on.
-            return Ok(Arbitration::Copy(None));
+            return copy(None, None);
         }
-        let Some(source) = ctx.src.head_digest(repository, tag).await? else {
-            return Ok(Arbitration::Copy(None));
+        let Some(source_head) = ctx.src.head_digest(repository, tag).await? else {
+            return copy(None, None);
         };
-        let destination = ctx.dst.head_digest(repository, tag).await?;
-        let source = source.to_string();
-        let destination = destination.map(|d| d.to_string());
+        let destination_head = ctx.dst.head_digest(repository, tag).await?;
+        let heads = KnownHeads {
+            source: source_head.clone(),
+            destination: destination_head.clone(),
+        };
+        let source = source_head.to_string();
+        let destination = destination_head.map(|d| d.to_string());
         let skip = |reason: String| Ok(Arbitration::Skip(TagOutcome::Skipped { reason }));
         match conflict::compare_heads(job.digest.as_deref(), &source, destination.as_deref()) {
-            Heads::Same => return Ok(Arbitration::Copy(None)),
+            Heads::Same => return copy(None, Some(heads)),
             Heads::Skip(reason) => return skip(reason),
             Heads::Contested => {}
         }
@@ -340,7 +353,7 @@ impl Worker {
                         "conflict: the incoming push is newer; replacing the destination's"
                     );
                 }
-                Ok(Arbitration::Copy(Some(incoming)))
+                copy(Some(incoming), Some(heads))
             }
             Decision::Keep { kept } => {
                 self.metrics.conflict(policy, CONFLICT_KEPT);
@@ -385,7 +398,11 @@ fn recheck_summary(r: &GateRecheck) -> String {
 
 /// What arbitration allows a bidirectional job.
 enum Arbitration {
-    /// Copy, and record this write in the ledger once done (`None`: nothing to record).
-    Copy(Option<TagWrite>),
+    /// Copy, and record `write` in the ledger once done (`None`: nothing to record); `heads`: both
+    /// sides' digests as arbitration `HEAD`ed them, so the copy does not ask again.
+    Copy {
+        write: Option<TagWrite>,
+        heads: Option<KnownHeads>,
+    },
     Skip(TagOutcome),
 }

@@ -55,7 +55,9 @@ use crate::store::ledger::{MemoryTagLedger, TagLedger};
 use crate::store::queue::{JobQueue, Lease, Pauses};
 use crate::store::Store;
 use crate::throttle::{SharedSpeed, SharedSpeedSlot};
-use crate::transfer::{BlobLeases, BlobLedger, Checkpoints, TransferError, TransferStats};
+use crate::transfer::{
+    BlobLeases, BlobLedger, Checkpoints, ManifestLeases, TransferError, TransferStats,
+};
 
 /// Knobs of a worker process.
 #[derive(Debug, Clone)]
@@ -183,6 +185,8 @@ pub struct Worker {
     metrics: WorkerMetrics,
     /// Shared with every other worker of the queue: one uploader per (destination, blob).
     blob_leases: Arc<BlobLeases>,
+    /// Shared with every other worker of the queue: one writer per manifest pushed by digest.
+    manifest_leases: Arc<ManifestLeases>,
     /// Paused policies as last read, and when (read at most every [`PAUSED_TTL`]).
     paused: PauseCache,
 }
@@ -199,9 +203,14 @@ impl Worker {
     ) -> Result<Worker, SyncError> {
         let shared_speed = SharedSpeedSlot::default();
         let prepared = Current::new(Policies::new(config, registries, &shared_speed)?);
-        // A dead worker's blob leases expire when its job leases do.
+        // A dead worker's blob and manifest leases expire when its job leases do.
         let blob_leases = Arc::new(BlobLeases {
             leases: store.leases.clone(),
+            holder: opts.consumer.clone(),
+            ttl: opts.lease,
+        });
+        let manifest_leases = Arc::new(ManifestLeases {
+            leases: store.manifest_leases.clone(),
             holder: opts.consumer.clone(),
             ttl: opts.lease,
         });
@@ -219,6 +228,7 @@ impl Worker {
             stats: Arc::default(),
             metrics: WorkerMetrics::default(),
             blob_leases,
+            manifest_leases,
             paused: PauseCache::default(),
         })
     }

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
     BlobLeases, Checkpoints, DeadLetters, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease,
-    Pauses, QueueStats, UploadCheckpoint,
+    ManifestLeases, Pauses, QueueStats, UploadCheckpoint,
 };
 use crate::backoff::RetryPolicy;
 use crate::clock::now_ms;
@@ -73,7 +73,9 @@ struct State {
     /// Oldest first.
     dead: VecDeque<Job>,
     /// `(destination, digest)` → `(holder, expiry)`.
-    blobs: HashMap<(String, String), (String, Instant)>,
+    blobs: Leases,
+    /// `(destination, repository@digest)` → `(holder, expiry)`.
+    manifests: Leases,
     paused: std::collections::BTreeSet<String>,
     /// Policy → jobs parked while it is paused.
     parked: HashMap<String, Vec<Job>>,
@@ -324,6 +326,47 @@ impl DeadLetters for MemoryQueue {
     }
 }
 
+/// Leases with expiry by key (blob and manifest leases): `key` → `(holder, expiry)`.
+type Leases = HashMap<(String, String), (String, Instant)>;
+
+fn take_lease(leases: &mut Leases, key: (String, String), holder: &str, ttl: Duration) -> bool {
+    let now = Instant::now();
+    leases.retain(|_, (_, expiry)| *expiry > now);
+    if leases.contains_key(&key) {
+        return false;
+    }
+    leases.insert(key, (holder.to_owned(), now + ttl.min(MAX_LEASE)));
+    true
+}
+
+fn renew_lease(leases: &mut Leases, key: &(String, String), holder: &str, ttl: Duration) -> bool {
+    let now = Instant::now();
+    match leases.get_mut(key) {
+        Some((h, expiry)) if h == holder && *expiry > now => {
+            *expiry = now + ttl.min(MAX_LEASE);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn release_lease(leases: &mut Leases, key: &(String, String), holder: &str) {
+    if leases
+        .get(key)
+        .is_some_and(|(h, expiry)| h == holder && *expiry > Instant::now())
+    {
+        leases.remove(key);
+    }
+}
+
+fn blob_key(destination: &str, digest: &str) -> (String, String) {
+    (destination.to_owned(), digest.to_owned())
+}
+
+fn manifest_key(destination: &str, repository: &str, digest: &str) -> (String, String) {
+    (destination.to_owned(), format!("{repository}@{digest}"))
+}
+
 #[async_trait::async_trait]
 impl BlobLeases for MemoryQueue {
     async fn lease_blob(
@@ -333,16 +376,8 @@ impl BlobLeases for MemoryQueue {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = Instant::now();
-        let mut st = self.state();
-        st.blobs.retain(|_, (_, expiry)| *expiry > now);
-        let key = (destination.to_owned(), digest.to_owned());
-        if st.blobs.contains_key(&key) {
-            return Ok(false);
-        }
-        st.blobs
-            .insert(key, (holder.to_owned(), now + ttl.min(MAX_LEASE)));
-        Ok(true)
+        let key = blob_key(destination, digest);
+        Ok(take_lease(&mut self.state().blobs, key, holder, ttl))
     }
 
     async fn renew_blob(
@@ -352,16 +387,8 @@ impl BlobLeases for MemoryQueue {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = Instant::now();
-        let mut st = self.state();
-        let key = (destination.to_owned(), digest.to_owned());
-        match st.blobs.get_mut(&key) {
-            Some((h, expiry)) if h == holder && *expiry > now => {
-                *expiry = now + ttl.min(MAX_LEASE);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        let key = blob_key(destination, digest);
+        Ok(renew_lease(&mut self.state().blobs, &key, holder, ttl))
     }
 
     async fn blob_lease_holder(
@@ -371,10 +398,9 @@ impl BlobLeases for MemoryQueue {
     ) -> Result<Option<String>, StoreError> {
         let now = Instant::now();
         let st = self.state();
-        let key = (destination.to_owned(), digest.to_owned());
         Ok(st
             .blobs
-            .get(&key)
+            .get(&blob_key(destination, digest))
             .filter(|(_, expiry)| *expiry > now)
             .map(|(h, _)| h.clone()))
     }
@@ -385,15 +411,50 @@ impl BlobLeases for MemoryQueue {
         digest: &str,
         holder: &str,
     ) -> Result<(), StoreError> {
-        let mut st = self.state();
-        let key = (destination.to_owned(), digest.to_owned());
-        if st
-            .blobs
-            .get(&key)
-            .is_some_and(|(h, expiry)| h == holder && *expiry > Instant::now())
-        {
-            st.blobs.remove(&key);
-        }
+        release_lease(
+            &mut self.state().blobs,
+            &blob_key(destination, digest),
+            holder,
+        );
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ManifestLeases for MemoryQueue {
+    async fn lease_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = manifest_key(destination, repository, digest);
+        Ok(take_lease(&mut self.state().manifests, key, holder, ttl))
+    }
+
+    async fn renew_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = manifest_key(destination, repository, digest);
+        Ok(renew_lease(&mut self.state().manifests, &key, holder, ttl))
+    }
+
+    async fn release_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let key = manifest_key(destination, repository, digest);
+        release_lease(&mut self.state().manifests, &key, holder);
         Ok(())
     }
 }

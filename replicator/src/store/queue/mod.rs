@@ -1,9 +1,10 @@
 //! The job queue between agents and workers.
 //!
 //! One trait per concern, so each part of Ferry depends only on what it uses: [`JobQueue`] (jobs:
-//! enqueue, claim, renew, ack, fail, release, stats), [`DeadLetters`], [`BlobLeases`], [`Pauses`]
-//! (paused policies and parked jobs) and [`Checkpoints`] (upload checkpoints). Every backend
-//! implements all five on one struct ([`QueueBackend`]), so they share one state.
+//! enqueue, claim, renew, ack, fail, release, stats), [`DeadLetters`], [`BlobLeases`],
+//! [`ManifestLeases`], [`Pauses`] (paused policies and parked jobs) and [`Checkpoints`] (upload
+//! checkpoints). Every backend implements all six on one struct ([`QueueBackend`]), so they share
+//! one state.
 //!
 //! # Contract (every backend; `tests/queue_conformance.rs` runs one suite against all)
 //! - **Durable enqueue**: [`JobQueue::enqueue`] returns only after the job is stored (Redis: the
@@ -20,6 +21,9 @@
 //!   after `max_attempts` (or a permanent error) it moves to the dead-letter list.
 //! - **Blob leases**: [`BlobLeases::lease_blob`] makes one holder the mover of a `(destination,
 //!   digest)` so concurrent jobs move a shared layer once.
+//! - **Manifest leases**: [`ManifestLeases::lease_manifest`] makes one holder the writer of a
+//!   `(destination, repository, digest)` manifest (exclusive, expiring, renewed and released by its
+//!   holder only), so an index's child that also has its own job is `PUT` once.
 //! - **Upload checkpoints**: [`Checkpoints::checkpoint`] stores, per `(destination, digest)`, where
 //!   a chunked upload of the job stands ([`UploadCheckpoint`]: session URL, confirmed offset, hash
 //!   state). Only the lease holder writes; checkpoints stay with the job through lease expiry and
@@ -331,6 +335,45 @@ pub trait BlobLeases: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// One writer per manifest `(destination, repository, digest)` among every worker of a region, so
+/// a manifest two jobs need at once (an index's child that also has its own event) is written
+/// once: the holder checks the destination and writes, the other waits, then finds it present.
+/// Same semantics as [`BlobLeases`] (exclusive, not re-entrant, expiring, renewed and released
+/// only by their holder); the namespaces are separate.
+#[async_trait::async_trait]
+pub trait ManifestLeases: Send + Sync + 'static {
+    /// Tries to become the one writer of `repository@digest` on `destination` for `ttl`. True
+    /// when acquired.
+    async fn lease_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends a manifest lease `holder` still holds, to `ttl` from now. False when it expired or
+    /// is someone else's.
+    async fn renew_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases a manifest lease held by `holder` (no-op if it expired or is someone else's).
+    async fn release_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError>;
+}
+
 /// A lock with expiry that one process of a region holds at a time, taken as a blob lease on the
 /// pseudo-destination `ferry`: the scheduler takes one per tick, the safety net one per pass.
 #[derive(Clone)]
@@ -405,9 +448,15 @@ pub trait Checkpoints: Send + Sync + 'static {
 /// Every queue concern at once: what one backend ([`MemoryQueue`], [`RedisQueue`]) implements, and
 /// what the conformance suite and [`crate::store::Store::new`] take. Consumers take only the narrow
 /// traits they use.
-pub trait QueueBackend: JobQueue + DeadLetters + BlobLeases + Pauses + Checkpoints {}
+pub trait QueueBackend:
+    JobQueue + DeadLetters + BlobLeases + ManifestLeases + Pauses + Checkpoints
+{
+}
 
-impl<Q: JobQueue + DeadLetters + BlobLeases + Pauses + Checkpoints> QueueBackend for Q {}
+impl<Q: JobQueue + DeadLetters + BlobLeases + ManifestLeases + Pauses + Checkpoints> QueueBackend
+    for Q
+{
+}
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@
 //! | `{p}:dead` | list | dead-lettered job JSON, oldest first |
 //! | `{p}:corrupt` | list | raw payloads of stream entries that were not a valid job (quarantined) |
 //! | `{p}:blob:{destination}:{digest}` | string with PX expiry | holder of a blob lease |
+//! | `{p}:manifest:{destination}:{repository}@{digest}` | string with PX expiry | holder of a manifest lease (the one writer of that manifest) |
 //! | `{p}:paused` | set | paused policies |
 //! | `{p}:parked:{policy}` | list | job JSON parked while the policy is paused, oldest first |
 //! | `{p}:checkpoints:{job id}` | hash with PX expiry | the job's upload checkpoints: field `{digest}\|{destination}`, value the JSON of an [`UploadCheckpoint`]; expires [`CHECKPOINT_TTL`] after the last write |
@@ -82,7 +83,7 @@ use redis::Script;
 use super::lifecycle::{prepare_enqueue, record_failure, reset_dead_letter};
 use super::{
     BlobLeases, Checkpoints, DeadLetters, EnqueueOutcome, FailOutcome, Job, JobQueue, Lease,
-    Pauses, QueueStats, UploadCheckpoint,
+    ManifestLeases, Pauses, QueueStats, UploadCheckpoint,
 };
 use crate::backoff::RetryPolicy;
 use crate::clock::{duration_ms, now_ms};
@@ -360,6 +361,15 @@ impl Keys {
 
     fn blob(&self, destination: &str, digest: &str) -> String {
         format!("{}:blob:{destination}:{digest}", self.prefix)
+    }
+
+    /// Unambiguous read from the right: the digest follows the last `@`, and a repository holds
+    /// neither `@` nor `:` (the one name grammar).
+    fn manifest(&self, destination: &str, repository: &str, digest: &str) -> String {
+        format!(
+            "{}:manifest:{destination}:{repository}@{digest}",
+            self.prefix
+        )
     }
 
     fn checkpoints(&self, job_id: &str) -> String {
@@ -739,19 +749,19 @@ impl DeadLetters for RedisQueue {
     }
 }
 
-#[async_trait::async_trait]
-impl BlobLeases for RedisQueue {
-    async fn lease_blob(
+/// Leases with expiry on one key each (blob and manifest leases): `SET NX PX` takes one, scripts
+/// renew and release it only for its holder.
+impl RedisQueue {
+    async fn take_lease(
         &self,
-        destination: &str,
-        digest: &str,
+        key: String,
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut con = self.redis.connection();
         let set: Option<String> = bounded(
             redis::cmd("SET")
-                .arg(self.keys.blob(destination, digest))
+                .arg(key)
                 .arg(holder)
                 .arg("NX")
                 .arg("PX")
@@ -762,6 +772,50 @@ impl BlobLeases for RedisQueue {
         Ok(set.is_some())
     }
 
+    async fn renew_lease(
+        &self,
+        key: String,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut con = self.redis.connection();
+        let extended: i64 = bounded(
+            RENEW_BLOB_SCRIPT
+                .key(key)
+                .arg(holder)
+                .arg(duration_ms(ttl).max(1))
+                .invoke_async(&mut con),
+        )
+        .await?;
+        Ok(extended == 1)
+    }
+
+    async fn release_lease(&self, key: String, holder: &str) -> Result<(), StoreError> {
+        let mut con = self.redis.connection();
+        let _: i64 = bounded(
+            RELEASE_BLOB_SCRIPT
+                .key(key)
+                .arg(holder)
+                .invoke_async(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobLeases for RedisQueue {
+    async fn lease_blob(
+        &self,
+        destination: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.take_lease(self.keys.blob(destination, digest), holder, ttl)
+            .await
+    }
+
     async fn renew_blob(
         &self,
         destination: &str,
@@ -769,16 +823,8 @@ impl BlobLeases for RedisQueue {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut con = self.redis.connection();
-        let extended: i64 = bounded(
-            RENEW_BLOB_SCRIPT
-                .key(self.keys.blob(destination, digest))
-                .arg(holder)
-                .arg(duration_ms(ttl).max(1))
-                .invoke_async(&mut con),
-        )
-        .await?;
-        Ok(extended == 1)
+        self.renew_lease(self.keys.blob(destination, digest), holder, ttl)
+            .await
     }
 
     async fn blob_lease_holder(
@@ -801,15 +847,54 @@ impl BlobLeases for RedisQueue {
         digest: &str,
         holder: &str,
     ) -> Result<(), StoreError> {
-        let mut con = self.redis.connection();
-        let _: i64 = bounded(
-            RELEASE_BLOB_SCRIPT
-                .key(self.keys.blob(destination, digest))
-                .arg(holder)
-                .invoke_async(&mut con),
+        self.release_lease(self.keys.blob(destination, digest), holder)
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ManifestLeases for RedisQueue {
+    async fn lease_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.take_lease(
+            self.keys.manifest(destination, repository, digest),
+            holder,
+            ttl,
         )
-        .await?;
-        Ok(())
+        .await
+    }
+
+    async fn renew_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.renew_lease(
+            self.keys.manifest(destination, repository, digest),
+            holder,
+            ttl,
+        )
+        .await
+    }
+
+    async fn release_manifest(
+        &self,
+        destination: &str,
+        repository: &str,
+        digest: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.release_lease(self.keys.manifest(destination, repository, digest), holder)
+            .await
     }
 }
 
