@@ -205,59 +205,6 @@ impl Oracle {
         }
     }
 
-    /// Deletes acknowledged at a source whose digest a replica still holds (by digest): the gate a
-    /// fault that could lose queued work waits for.
-    pub async fn pending_deletes(&self, acked: &Acked) -> anyhow::Result<Vec<String>> {
-        let mut pending = Vec::new();
-        for (region, ledger) in &acked.regions {
-            for (repo, digest) in &ledger.deleted {
-                // A digest deleted and pushed again is the source's again.
-                if ledger.tags.values().any(|d| d == digest) {
-                    continue;
-                }
-                for replica in self.replicas_of(region, repo) {
-                    let host = self.host(&replica)?;
-                    if crate::oci::manifest_digest(host, repo, digest)
-                        .await?
-                        .is_some()
-                    {
-                        pending.push(format!("{repo}@{digest} (deleted in {region}) on {replica}"));
-                    }
-                }
-            }
-        }
-        Ok(pending)
-    }
-
-    /// The regions `region`'s writes to `repo` are replicated to.
-    fn replicas_of(&self, region: &str, repo: &str) -> Vec<String> {
-        self.flows
-            .iter()
-            .filter_map(|f| match f {
-                Flow::OneWay { from, to, prefix } if from == region && repo.starts_with(prefix) => {
-                    Some(to.clone())
-                }
-                Flow::Bidirectional { x, y, prefix } if repo.starts_with(prefix) => {
-                    if x == region {
-                        Some(y.clone())
-                    } else if y == region {
-                        Some(x.clone())
-                    } else {
-                        None
-                    }
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn host(&self, region: &str) -> anyhow::Result<&str> {
-        self.hosts
-            .get(region)
-            .map(String::as_str)
-            .with_context(|| format!("no registry for region {region}"))
-    }
-
     fn is_bidirectional(&self, repo: &str) -> bool {
         self.flows.iter().any(
             |f| matches!(f, Flow::Bidirectional { prefix, .. } if repo.starts_with(prefix.as_str())),
@@ -308,13 +255,19 @@ impl Oracle {
     }
 
     async fn catalog(&self, host: &str) -> anyhow::Result<Vec<String>> {
-        let url = format!("http://{host}/v2/_catalog?n=10000");
+        // distribution refuses `n` above its `catalog.maxentries` (1000) with 400.
+        let url = format!("http://{host}/v2/_catalog?n=1000");
         let body = self.get_json(&url).await?.unwrap_or(Value::Null);
-        Ok(strings(&body["repositories"]))
+        let repos = strings(&body["repositories"]);
+        anyhow::ensure!(
+            repos.len() < 1000,
+            "{url} lists 1000 repositories: the oracle reads one page only"
+        );
+        Ok(repos)
     }
 
     async fn tags(&self, host: &str, repo: &str) -> anyhow::Result<Vec<String>> {
-        let url = format!("http://{host}/v2/{repo}/tags/list?n=10000");
+        let url = format!("http://{host}/v2/{repo}/tags/list?n=1000");
         let body = self.get_json(&url).await?.unwrap_or(Value::Null);
         Ok(strings(&body["tags"]))
     }

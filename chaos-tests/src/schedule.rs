@@ -15,15 +15,16 @@
 //!   (one region: one-way, its peers cannot reach it but it reaches them; two regions: both ways
 //!   between them).
 //! - [`Fault::Latency`]: added latency on every link into a region.
-//! - [`Fault::RestartRegistry`]: the workload pauses, every acknowledged delete is applied (a lost
-//!   delete notification is never repaired: the safety net does not delete), a **canary** image is
-//!   pushed, and the registry is `kill -9`ed and restarted at once — distribution loses its
-//!   in-memory notification queue, so the canary's event may be lost and the safety net must copy
-//!   it.
-//! - [`Fault::RestartRedis`]: the same pause and delete gate, then `kill -9` of the region's Redis
-//!   and, after the hold, a restart from its AOF (`appendfsync everysec` may lose the last second:
-//!   jobs re-run, pushes are repaired by the safety net; deletes were gated). The workload resumes
-//!   as soon as Redis is down.
+//! - [`Fault::RestartRegistry`]: the workload pauses until the registries hold everything
+//!   acknowledged so far (a lost notification of a delete or of a bidirectional tag move is never
+//!   repaired: the safety net neither deletes nor decides conflicts), a **canary** image is pushed
+//!   under a new tag, and the registry is `kill -9`ed and restarted at once — distribution loses
+//!   its in-memory notification queue, so the canary's event may be lost and the safety net must
+//!   copy it.
+//! - [`Fault::RestartRedis`]: the same pause, then `kill -9` of the region's Redis and, after the
+//!   hold, a restart from its AOF (`appendfsync everysec` may lose the last second: jobs re-run,
+//!   safety-net rounds repeat). The workload resumes as soon as Redis is down: notifications and
+//!   forwarded events wait in the registry and the peers' outboxes.
 //!
 //! Extension points (not injected yet): 429/500/reset bursts from a registry (a proxy in front of
 //! the registries), a Sentinel failover of a region's queue (`ferry_testkit::sentinel` with
@@ -274,28 +275,38 @@ impl Chaos<'_> {
         Ok(())
     }
 
-    /// Pauses every region's workload and waits until every acknowledged delete is applied.
+    /// Pauses every region's workload and waits until the registries hold everything
+    /// acknowledged so far ([`Oracle::state_findings`] finds nothing): a fault that loses
+    /// notifications or queued work then puts at risk only what it injects itself.
     async fn gate(&self) -> anyhow::Result<crate::workload::Paused> {
         let paused = self.runner.gates.pause_all().await;
         let acked = self.runner.acked();
-        let last = std::sync::Mutex::new(Vec::new());
+        let last = std::sync::Mutex::new(String::new());
         let waited = crate::wait_for(
-            "every acknowledged delete to be applied before a fault that can lose queued work",
+            "the registries to hold everything acknowledged before a fault that can lose work",
             self.gate_timeout,
             || async {
-                let pending = self
-                    .oracle
-                    .pending_deletes(&acked)
-                    .await
-                    .unwrap_or_else(|e| vec![format!("{e:#}")]);
-                let done = pending.is_empty();
-                *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pending;
-                done
+                let left = match self.oracle.state_findings(&acked).await {
+                    Ok(f) if f.is_empty() => return true,
+                    Ok(f) => f.to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *last != left {
+                    eprintln!("chaos: waiting for the registries to settle:\n{left}");
+                    *last = left;
+                }
+                false
             },
         )
         .await
-        .with_context(|| format!("still pending: {:?}", last.lock().map(|l| l.clone())))?;
-        eprintln!("chaos: deletes applied after {waited:?}; injecting");
+        .with_context(|| {
+            format!(
+                "still:\n{}",
+                last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+            )
+        })?;
+        eprintln!("chaos: registries settled after {waited:?}; injecting");
         Ok(paused)
     }
 }
