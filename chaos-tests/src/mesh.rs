@@ -9,8 +9,9 @@
 //! The namespaces have machine-wide names and subnets, so a mesh holds a machine-wide lock while
 //! they exist: meshes of different checkouts take turns.
 //!
-//! Agents run with `--reconcile-interval 0`: these tests check the event path, and the safety
-//! net would hide a lost event. Workers also serve the admin API (the mesh token), so a test can
+//! Agents run with `--reconcile-interval 0` unless [`MeshOptions::reconcile_interval`] says
+//! otherwise: these tests check the event path, and the safety net would hide a lost event (the
+//! chaos oracle turns it on, since its registry restarts lose notifications by design). Workers also serve the admin API (the mesh token), so a test can
 //! read its region's queue ([`Mesh::queue_stats`]).
 //!
 //! # Quiescence
@@ -403,14 +404,15 @@ impl Mesh {
         &self.regions[name]
     }
 
-    /// `kill -9` of `region`'s agent, then the same agent again (same flags, address, log file;
-    /// the log says where each start began). Ready once its `/healthz` answers.
-    pub async fn restart_agent(&mut self, region: &str) -> anyhow::Result<()> {
+    /// `kill -9` of `region`'s agent, `down` later the same agent again (same flags, address, log
+    /// file; the log says where each start began). Ready once its `/healthz` answers.
+    pub async fn restart_agent(&mut self, region: &str, down: Duration) -> anyhow::Result<()> {
         let r = self
             .regions
             .get_mut(region)
             .with_context(|| format!("no region {region} in the mesh"))?;
         r.agent.sigkill().await?;
+        tokio::time::sleep(down).await;
         let agent_bin = binary("ferry-agent")?;
         let mut last = None;
         // The agent's port is free once it died, but another process may take it meanwhile.

@@ -186,7 +186,9 @@ impl Oracle {
                     ..f
                 }
             }
-            Err(e) => findings.lost.push(format!("reading the registries failed: {e:#}")),
+            Err(e) => findings
+                .lost
+                .push(format!("reading the registries failed: {e:#}")),
         }
         let rehashed = match self.rehash_all().await {
             Ok((n, corrupt)) => {
@@ -372,7 +374,10 @@ impl Oracle {
         }
         let r = req.send().await.with_context(|| format!("GET {url}"))?;
         anyhow::ensure!(r.status().is_success(), "GET {url} answered {}", r.status());
-        Ok(r.bytes().await.with_context(|| format!("GET {url}"))?.to_vec())
+        Ok(r.bytes()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .to_vec())
     }
 
     /// Manifest writes by Ferry on one-way destinations beyond one per digest a tag was given (a
@@ -383,8 +388,8 @@ impl Oracle {
             let Flow::OneWay { from, to, prefix } = f else {
                 continue;
             };
-            let log = std::fs::read_to_string(mesh.region(to).registry.log_path())
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(mesh.region(to).registry.log_path()).unwrap_or_default();
             let mut puts: BTreeMap<(String, String), u64> = BTreeMap::new();
             for line in log.lines().filter(|l| l.contains("\"ferry/")) {
                 let Some(path) = line
@@ -425,7 +430,10 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-fn under<'a>(tags: &'a Tags, prefix: &'a str) -> impl Iterator<Item = (&'a (String, String), &'a String)> {
+fn under<'a>(
+    tags: &'a Tags,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a (String, String), &'a String)> {
     tags.iter().filter(move |((r, _), _)| r.starts_with(prefix))
 }
 
@@ -679,7 +687,10 @@ mod tests {
                     ("shared/s", "u", "s3"),
                 ]),
             ),
-            ("c", snap(&[("shared/s", "t", "s2"), ("private/p", "t", "p")])),
+            (
+                "c",
+                snap(&[("shared/s", "t", "s2"), ("private/p", "t", "p")]),
+            ),
         ]
         .into_iter()
         .map(|(r, s)| (r.to_string(), s))

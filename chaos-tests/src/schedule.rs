@@ -9,8 +9,9 @@
 //! # Faults and why each is safe to check exactly
 //! - [`Fault::KillWorker`]: `kill -9` of one of the region's workers, a new one started after the
 //!   hold (its running job is reclaimed when its lease expires).
-//! - [`Fault::KillAgent`]: `kill -9` of the region's agent and a restart; the registry re-sends
-//!   the notifications it could not deliver, peers keep events in their outboxes.
+//! - [`Fault::KillAgent`]: `kill -9` of the region's agent, restarted after the hold; meanwhile the
+//!   registry re-sends the notifications it could not deliver and peers keep events in their
+//!   outboxes.
 //! - [`Fault::Partition`]: every link *into* the named regions blackholed at their fault proxies
 //!   (one region: one-way, its peers cannot reach it but it reaches them; two regions: both ways
 //!   between them).
@@ -84,7 +85,11 @@ impl std::fmt::Display for Fault {
                 write!(f, "partition: links into {} cut (one-way)", into[0])
             }
             Fault::Partition { into } => {
-                write!(f, "partition: links into {} cut (both ways)", into.join(" and "))
+                write!(
+                    f,
+                    "partition: links into {} cut (both ways)",
+                    into.join(" and ")
+                )
             }
             Fault::Latency { region, millis } => {
                 write!(f, "+{millis} ms on links into {region}")
@@ -105,7 +110,12 @@ pub struct Planned {
 
 /// Turns `seed` into a fault schedule over `regions` spread over `duration`: every
 /// [`REQUIRED`] kind once in a seeded order, then one extra fault per further `every` of the run.
-pub fn schedule(seed: u64, regions: &[String], duration: Duration, every: Duration) -> Vec<Planned> {
+pub fn schedule(
+    seed: u64,
+    regions: &[String],
+    duration: Duration,
+    every: Duration,
+) -> Vec<Planned> {
     let mut rng = Rng::new(seed).fork(0xFA017);
     let mut kinds: Vec<&str> = REQUIRED.to_vec();
     rng.shuffle(&mut kinds);
@@ -144,7 +154,8 @@ pub fn schedule(seed: u64, regions: &[String], duration: Duration, every: Durati
                 _ => Fault::RestartRedis { region },
             };
             // Leave room to heal inside the slot.
-            let hold = Duration::from_millis(rng.between(2000, (slot.as_millis() as u64 / 2).max(2000)));
+            let hold =
+                Duration::from_millis(rng.between(2000, (slot.as_millis() as u64 / 2).max(2000)));
             let jitter = Duration::from_millis(rng.below((slot.as_millis() as u64 / 4).max(1)));
             Planned {
                 at: slot * i as u32 + jitter,
@@ -178,7 +189,11 @@ pub struct Chaos<'a> {
 
 impl Chaos<'_> {
     /// Runs the schedule (each fault at its time, or after the previous one healed).
-    pub async fn run(&mut self, plan: &[Planned], started: Instant) -> anyhow::Result<Vec<Injected>> {
+    pub async fn run(
+        &mut self,
+        plan: &[Planned],
+        started: Instant,
+    ) -> anyhow::Result<Vec<Injected>> {
         let mut done = Vec::new();
         for (i, p) in plan.iter().enumerate() {
             tokio::time::sleep_until((started + p.at).into()).await;
@@ -221,7 +236,7 @@ impl Chaos<'_> {
                 self.workers.entry(region.clone()).or_default().push(fresh);
             }
             Fault::KillAgent { region } => {
-                self.mesh.restart_agent(region).await?;
+                self.mesh.restart_agent(region, p.hold).await?;
             }
             Fault::Partition { into } => {
                 for r in into {
@@ -246,7 +261,12 @@ impl Chaos<'_> {
                     .with_context(|| format!("no canary repository for region {region}"))?;
                 let canary = self
                     .runner
-                    .push_extra(region, repo, &format!("canary-{index}"), self.seed ^ index as u64)
+                    .push_extra(
+                        region,
+                        repo,
+                        &format!("canary-{index}"),
+                        self.seed ^ index as u64,
+                    )
                     .await?;
                 eprintln!("chaos: canary {repo}:canary-{index} = {canary} pushed to {region}");
                 self.mesh
@@ -291,7 +311,9 @@ impl Chaos<'_> {
                     Ok(f) => f.to_string(),
                     Err(e) => format!("{e:#}"),
                 };
-                let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut last = last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if *last != left {
                     eprintln!("chaos: waiting for the registries to settle:\n{left}");
                     *last = left;
@@ -303,7 +325,8 @@ impl Chaos<'_> {
         .with_context(|| {
             format!(
                 "still:\n{}",
-                last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+                last.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
             )
         })?;
         eprintln!("chaos: registries settled after {waited:?}; injecting");
@@ -324,10 +347,16 @@ mod tests {
         let d = Duration::from_secs(60);
         let s = schedule(5, &regions(), d, Duration::from_secs(12));
         for kind in REQUIRED {
-            assert!(s.iter().any(|p| p.fault.kind() == kind), "{kind} missing: {s:?}");
+            assert!(
+                s.iter().any(|p| p.fault.kind() == kind),
+                "{kind} missing: {s:?}"
+            );
         }
         for w in s.windows(2) {
-            assert!(w[0].at + w[0].hold <= w[1].at + Duration::from_secs(2), "{s:?}");
+            assert!(
+                w[0].at + w[0].hold <= w[1].at + Duration::from_secs(2),
+                "{s:?}"
+            );
         }
         assert!(s.iter().all(|p| p.at < d));
         assert_eq!(s, schedule(5, &regions(), d, Duration::from_secs(12)));
@@ -335,7 +364,12 @@ mod tests {
 
     #[test]
     fn a_longer_run_gets_extra_faults() {
-        let s = schedule(5, &regions(), Duration::from_secs(600), Duration::from_secs(12));
+        let s = schedule(
+            5,
+            &regions(),
+            Duration::from_secs(600),
+            Duration::from_secs(12),
+        );
         assert_eq!(s.len(), 50);
     }
 }

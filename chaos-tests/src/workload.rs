@@ -73,7 +73,11 @@ pub enum ImageSpec {
 pub enum Op {
     /// Push image `image` (an id into [`Plan::images`]) as `repo:tag`: a new tag, or a move
     /// when the tag existed.
-    Push { repo: String, tag: String, image: u64 },
+    Push {
+        repo: String,
+        tag: String,
+        image: u64,
+    },
     /// Push the image `repo:from` holds as `repo:tag` too.
     Retag {
         repo: String,
@@ -229,7 +233,10 @@ impl ImageSpec {
                 let y = b.image_for_platform("linux", "arm64", Some("v8"), arm64)?;
                 let index = b.index(
                     "img",
-                    &[(x, "linux", "amd64", None), (y, "linux", "arm64", Some("v8"))],
+                    &[
+                        (x, "linux", "amd64", None),
+                        (y, "linux", "arm64", Some("v8")),
+                    ],
                 )?;
                 (index.digest, None)
             }
@@ -241,7 +248,10 @@ impl ImageSpec {
                         let y = b.image_for_platform("linux", "arm64", Some("v8"), arm64)?;
                         b.index(
                             "subject",
-                            &[(x, "linux", "amd64", None), (y, "linux", "arm64", Some("v8"))],
+                            &[
+                                (x, "linux", "amd64", None),
+                                (y, "linux", "arm64", Some("v8")),
+                            ],
                         )?
                     }
                     _ => anyhow::bail!("signature subject {subject} is not an image"),
@@ -253,7 +263,10 @@ impl ImageSpec {
                     "application/vnd.dev.cosign.simplesigning.v1+json",
                     Some(&subject_blob),
                 )?;
-                (sig.digest, Some(format!("sha256-{}.sig", subject_blob.hex())))
+                (
+                    sig.digest,
+                    Some(format!("sha256-{}.sig", subject_blob.hex())),
+                )
             }
         };
         Ok(Built {
@@ -420,9 +433,9 @@ impl Runner {
             tasks.spawn(async move {
                 for (i, timed) in ops.iter().enumerate() {
                     tokio::time::sleep_until((started + timed.at).into()).await;
-                    this.execute(&region, &timed.op).await.with_context(|| {
-                        format!("region {region}'s op #{i} ({:?})", timed.op)
-                    })?;
+                    this.execute(&region, &timed.op)
+                        .await
+                        .with_context(|| format!("region {region}'s op #{i} ({:?})", timed.op))?;
                 }
                 anyhow::Ok(())
             });
@@ -464,7 +477,11 @@ impl Runner {
             Op::Push { repo, tag, image } => {
                 let built = self.build(*image, None)?;
                 let tag = built.tag.clone().unwrap_or_else(|| tag.clone());
-                let bytes = self.plan.images.get(image).map_or(0, ImageSpec::layer_bytes);
+                let bytes = self
+                    .plan
+                    .images
+                    .get(image)
+                    .map_or(0, ImageSpec::layer_bytes);
                 self.push_built(region, repo, &tag, &built, bytes).await?;
             }
             Op::Retag { repo, from, tag } => {
@@ -572,7 +589,10 @@ impl Runner {
                 .get(&id)
                 .with_context(|| format!("the plan has no image {id}"))?,
         };
-        let built = spec.build(&self.plan.images, &self.dir.path().join(format!("img-{id}")))?;
+        let built = spec.build(
+            &self.plan.images,
+            &self.dir.path().join(format!("img-{id}")),
+        )?;
         self.built
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -673,9 +693,8 @@ mod tests {
     fn a_seed_plans_the_same_ops_and_another_seed_plans_others() {
         let (p, q, r) = (plan(9, &opts()), plan(9, &opts()), plan(10, &opts()));
         assert_eq!(p.regions["a"].len(), 60);
-        let ops = |p: &Plan| -> Vec<Op> {
-            p.regions.values().flatten().map(|t| t.op.clone()).collect()
-        };
+        let ops =
+            |p: &Plan| -> Vec<Op> { p.regions.values().flatten().map(|t| t.op.clone()).collect() };
         assert_eq!(ops(&p), ops(&q));
         assert_eq!(p.images, q.images);
         assert_ne!(ops(&p), ops(&r));

@@ -144,10 +144,14 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         .collect();
     let oracle = Oracle::new(hosts.clone(), writes, flows())?;
     let runner = Runner::new(plan, hosts)?;
-    let canary_repo = [("a", "app/web"), ("b", "shared/base"), ("c", "shared/tools")]
-        .into_iter()
-        .map(|(r, repo)| (r.to_string(), repo.to_string()))
-        .collect();
+    let canary_repo = [
+        ("a", "app/web"),
+        ("b", "shared/base"),
+        ("c", "shared/tools"),
+    ]
+    .into_iter()
+    .map(|(r, repo)| (r.to_string(), repo.to_string()))
+    .collect();
 
     let started = Instant::now();
     let mut chaos = Chaos {
@@ -188,8 +192,13 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         (s.0 + l.pushes, s.1 + l.retags, s.2 + l.deletes)
     });
     let f = &verdict.findings;
+    let profile = if seed == SHORT_SEED && duration == SHORT_DURATION {
+        "short"
+    } else {
+        "by hand"
+    };
     let row = format!(
-        "| short: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} |",
+        "| {profile}: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} |",
         duration.as_secs(),
         injected.len(),
         injected
@@ -227,6 +236,46 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
     anyhow::ensure!(
         verdict.rehashed > 0,
         "the oracle re-hashed nothing: the registries were not read"
+    );
+    oracle_sees_writes_behind_ferrys_back(&mesh, &oracle, &acked).await
+}
+
+/// The oracle can fail: once it passed, an image pushed where no policy writes (`private/rogue` on
+/// `c`) and a tag pushed straight into a one-way replica (`app/web:rogue` on `b`, which Ferry
+/// never deletes: the safety net only reports extra tags) are both found.
+async fn oracle_sees_writes_behind_ferrys_back(
+    mesh: &Mesh,
+    oracle: &Oracle,
+    acked: &workload::Acked,
+) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-oracle-rogue-")
+        .tempdir()?;
+    let image = ferry_chaos_tests::oci::image(
+        dir.path(),
+        &[ferry_testkit::LayerSpec {
+            seed: 0xB0605,
+            size: 4096,
+        }],
+    )?;
+    for (region, repo_tag) in [("c", "private/rogue:v1"), ("b", "app/web:rogue")] {
+        ferry_testkit::skopeo::push_layout(
+            &image.layout,
+            "img",
+            &mesh.region(region).registry.host(),
+            repo_tag,
+        )
+        .await?;
+    }
+    let f = oracle.state_findings(acked).await?;
+    eprintln!("oracle: after writes behind Ferry's back:\n{f}");
+    anyhow::ensure!(
+        f.outside.iter().any(|s| s.contains("private/rogue")),
+        "the oracle missed an image in a repository no policy writes:\n{f}"
+    );
+    anyhow::ensure!(
+        f.not_deleted.iter().any(|s| s.contains("app/web:rogue")),
+        "the oracle missed a tag on a replica that its source lacks:\n{f}"
     );
     Ok(())
 }
