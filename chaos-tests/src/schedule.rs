@@ -19,9 +19,10 @@
 //! - [`Fault::RestartRegistry`]: the workload pauses until the registries hold everything
 //!   acknowledged so far (a lost notification of a delete or of a bidirectional tag move is never
 //!   repaired: the safety net neither deletes nor decides conflicts), a **canary** image is pushed
-//!   under a new tag, and the registry is `kill -9`ed and restarted at once — distribution loses
-//!   its in-memory notification queue, so the canary's event may be lost and the safety net must
-//!   copy it.
+//!   under a new tag, and the registry is `kill -9`ed at once and restarted after the hold —
+//!   distribution loses its in-memory notification queue, so the canary's event may be lost and
+//!   the safety net must copy it. The workload resumes while the registry is down (its pushes
+//!   retry until it is back).
 //! - [`Fault::RestartRedis`]: the same pause, then `kill -9` of the region's Redis and, after the
 //!   hold, a restart from its AOF (`appendfsync everysec` may lose the last second: jobs re-run,
 //!   safety-net rounds repeat). The workload resumes as soon as Redis is down: notifications and
@@ -269,14 +270,17 @@ impl Chaos<'_> {
                     )
                     .await?;
                 eprintln!("chaos: canary {repo}:canary-{index} = {canary} pushed to {region}");
-                self.mesh
+                let registry = &mut self
+                    .mesh
                     .regions
                     .get_mut(region)
                     .context("no such region")?
-                    .registry
-                    .restart()
-                    .await?;
+                    .registry;
+                registry.kill().await;
+                // Writes resume against a dead registry: the workload retries until it is back.
                 drop(paused);
+                tokio::time::sleep(p.hold).await;
+                registry.restart().await?;
             }
             Fault::RestartRedis { region } => {
                 let paused = self.gate().await?;

@@ -198,7 +198,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         "by hand"
     };
     let row = format!(
-        "| {profile}: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} |",
+        "| {profile}: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} | {} |",
         duration.as_secs(),
         injected.len(),
         injected
@@ -208,14 +208,18 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
             .join(", "),
         bytes as f64 / (1024.0 * 1024.0),
         f.lost.len() + f.source.len(),
+        f.kept_by_guard.len(),
         f.corrupt.len(),
         oracle.duplicate_writes(&mesh, &acked),
         convergence.map_or("never".to_string(), |c| format!("{:.1}", c.as_secs_f64())),
     );
     let table = format!(
-        "| scenario | seed | workload | faults injected | images and bytes | lost | corrupt | duplicate writes | convergence (s after last heal) |\n\
-         |---|---|---|---|---|---|---|---|---|\n{row}\n"
+        "| scenario | seed | workload | faults injected | images and bytes | lost | kept by the digest guard | corrupt | duplicate writes | convergence (s after last heal) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{row}\n"
     );
+    for k in &f.kept_by_guard {
+        eprintln!("oracle: kept by the digest guard (not a failure): {k}");
+    }
     eprintln!(
         "oracle: {} manifests and blobs re-hashed\n{table}",
         verdict.rehashed
