@@ -245,8 +245,9 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
 }
 
 /// The oracle can fail: once it passed, an image pushed where no policy writes (`private/rogue` on
-/// `c`) and a tag pushed straight into a one-way replica (`app/web:rogue` on `b`, which Ferry
-/// never deletes: the safety net only reports extra tags) are both found.
+/// `c`) fails it, and a tag pushed straight into a one-way replica (`app/web:rogue` on `b`, which
+/// Ferry never deletes: the safety net only reports extra tags) is seen — as kept by the digest
+/// guard, since its source never held, let alone deleted, that digest.
 async fn oracle_sees_writes_behind_ferrys_back(
     mesh: &Mesh,
     oracle: &Oracle,
@@ -278,8 +279,13 @@ async fn oracle_sees_writes_behind_ferrys_back(
         "the oracle missed an image in a repository no policy writes:\n{f}"
     );
     anyhow::ensure!(
-        f.not_deleted.iter().any(|s| s.contains("app/web:rogue")),
-        "the oracle missed a tag on a replica that its source lacks:\n{f}"
+        !f.is_empty(),
+        "the oracle passed a registry holding an image outside every policy"
+    );
+    anyhow::ensure!(
+        f.kept_by_guard.iter().any(|s| s.contains("app/web:rogue")),
+        "the oracle missed a tag on a replica that its source lacks:\n{f}{:?}",
+        f.kept_by_guard
     );
     Ok(())
 }
