@@ -11,8 +11,10 @@
 //!
 //! Agents run with `--reconcile-interval 0` unless [`MeshOptions::reconcile_interval`] says
 //! otherwise: these tests check the event path, and the safety net would hide a lost event (the
-//! chaos oracle turns it on, since its registry restarts lose notifications by design). Workers also serve the admin API (the mesh token), so a test can
-//! read its region's queue ([`Mesh::queue_stats`]).
+//! chaos oracle turns it on, since its registry restarts lose notifications by design). Workers
+//! also serve the admin API (the mesh token), so a test can read its region's queue
+//! ([`Mesh::queue_stats`]). [`Mesh::restart_agent`] and [`Mesh::kill_worker`] are the `kill -9`s
+//! of the chaos oracle's fault schedule.
 //!
 //! # Quiescence
 //! An absence ("nothing echoed back", "no flip-flop") is checked only once nothing more can
