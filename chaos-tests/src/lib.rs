@@ -29,6 +29,11 @@
 //! - [`prometheus`]: a real `prometheus` server scraping the region, `promtool`, and the PromQL of
 //!   `deploy/observability/` (dashboard expressions, the metric names they read).
 //! - [`tcp`]: bytes still on their way between local processes, from `/proc/net/tcp`.
+//! - The seeded chaos oracle (`tests/oracle.rs`): [`seeded`] (the seed, from `FERRY_CHAOS_SEED`,
+//!   and its generator), [`workload`] (images pushed, re-tagged, moved and deleted in every region
+//!   at once, and the ledger of what was acknowledged), [`schedule`] (faults over the mesh: kill -9
+//!   of workers, agents, registries and Redis, partitions, latency), [`oracle`] (the registries
+//!   read directly and compared with the ledger and the policies).
 //!
 //! # Invariants
 //! - Every child process is killed when its owner is dropped (`kill_on_drop`), so a failing test
@@ -44,11 +49,15 @@
 pub mod mesh;
 pub mod metrics;
 pub mod oci;
+pub mod oracle;
 pub mod process;
 pub mod prometheus;
 pub mod region;
+pub mod schedule;
+pub mod seeded;
 pub mod tcp;
 pub mod webhook;
+pub mod workload;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -9,9 +9,12 @@
 //! The namespaces have machine-wide names and subnets, so a mesh holds a machine-wide lock while
 //! they exist: meshes of different checkouts take turns.
 //!
-//! Agents run with `--reconcile-interval 0`: these tests check the event path, and the safety
-//! net would hide a lost event. Workers also serve the admin API (the mesh token), so a test can
-//! read its region's queue ([`Mesh::queue_stats`]).
+//! Agents run with `--reconcile-interval 0` unless [`MeshOptions::reconcile_interval`] says
+//! otherwise: these tests check the event path, and the safety net would hide a lost event (the
+//! chaos oracle turns it on, since its registry restarts lose notifications by design). Workers
+//! also serve the admin API (the mesh token), so a test can read its region's queue
+//! ([`Mesh::queue_stats`]). [`Mesh::restart_agent`] and [`Mesh::kill_worker`] are the `kill -9`s
+//! of the chaos oracle's fault schedule.
 //!
 //! # Quiescence
 //! An absence ("nothing echoed back", "no flip-flop") is checked only once nothing more can
@@ -46,6 +49,13 @@ pub struct MeshOptions {
     pub registry_log_level: &'static str,
     /// Forward over mTLS (every agent presents one two-way certificate of a test CA).
     pub tls: bool,
+    /// The agents' `--reconcile-interval` in seconds: 0 (the default) turns the safety net off,
+    /// so a lost event is not hidden; the oracle turns it on, since a registry restart loses
+    /// notifications by design and the safety net must repair what they announced.
+    pub reconcile_interval: u64,
+    /// Extra flags of every worker (e.g. `--lease-seconds 10`, so a job of a killed worker is
+    /// reclaimed sooner).
+    pub worker_args: Vec<String>,
 }
 
 /// Where a mesh worker answers: `/metrics` and the admin API.
@@ -67,7 +77,16 @@ pub struct MeshRegion {
     /// Where the region's processes run: its own network namespace and address when the machine
     /// allows it, else this machine's loopback.
     pub host: Host,
+    /// How the agent was started, for [`Mesh::restart_agent`].
+    agent_start: AgentStart,
     _netns: Option<Netns>,
+}
+
+/// The flags, log and address of a region's agent.
+struct AgentStart {
+    args: Vec<String>,
+    log: PathBuf,
+    addr: SocketAddr,
 }
 
 /// Running regions. Fields drop in order: regions (agents first), hub, temp dir, serial lock.
@@ -82,8 +101,10 @@ pub struct Mesh {
     /// `log.level` of the regions' registries ([`Mesh::wait_quiescent`] reads their access logs).
     registry_log_level: &'static str,
     workers: std::sync::atomic::AtomicUsize,
-    /// Every worker started, for [`Mesh::queue_stats`] and [`Mesh::wait_quiescent`].
+    /// Every worker alive, for [`Mesh::queue_stats`] and [`Mesh::wait_quiescent`].
     worker_endpoints: Mutex<Vec<WorkerEndpoints>>,
+    /// [`MeshOptions::worker_args`].
+    worker_args: Vec<String>,
     /// The throwaway CA and peer certificates, when the mesh runs Forward over mTLS.
     certs: Option<ferry_testkit::Certificates>,
     _serial: SerialGuard,
@@ -320,7 +341,7 @@ impl Mesh {
                 "--forward-listen",
                 &forward_addr.to_string(),
                 "--reconcile-interval",
-                "0",
+                &opts.reconcile_interval.to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -336,12 +357,17 @@ impl Mesh {
                 }
             }
             drop((agent_hold, forward_hold));
+            let agent_start = AgentStart {
+                args,
+                log: dir.path().join(format!("agent-{name}.log")),
+                addr: agent_addr,
+            };
             let agent = Daemon::start_on(
                 &host,
                 &format!("agent-{name}"),
                 &agent_bin,
-                &args,
-                &dir.path().join(format!("agent-{name}.log")),
+                &agent_start.args,
+                &agent_start.log,
                 agent_addr,
             )
             .await
@@ -355,6 +381,7 @@ impl Mesh {
                     redis,
                     proxy,
                     host,
+                    agent_start,
                     _netns: netns,
                 },
             );
@@ -369,6 +396,7 @@ impl Mesh {
             registry_log_level: log_level,
             workers: std::sync::atomic::AtomicUsize::new(0),
             worker_endpoints: Mutex::new(Vec::new()),
+            worker_args: opts.worker_args,
             certs,
             _serial: serial,
         })
@@ -376,6 +404,51 @@ impl Mesh {
 
     pub fn region(&self, name: &str) -> &MeshRegion {
         &self.regions[name]
+    }
+
+    /// `kill -9` of `region`'s agent, `down` later the same agent again (same flags, address, log
+    /// file; the log says where each start began). Ready once its `/healthz` answers.
+    pub async fn restart_agent(&mut self, region: &str, down: Duration) -> anyhow::Result<()> {
+        let r = self
+            .regions
+            .get_mut(region)
+            .with_context(|| format!("no region {region} in the mesh"))?;
+        r.agent.sigkill().await?;
+        tokio::time::sleep(down).await;
+        let agent_bin = binary("ferry-agent")?;
+        let mut last = None;
+        // The agent's port is free once it died, but another process may take it meanwhile.
+        for _ in 0..3 {
+            match Daemon::start_on(
+                &r.host,
+                &format!("agent-{region}"),
+                &agent_bin,
+                &r.agent_start.args,
+                &r.agent_start.log,
+                r.agent_start.addr,
+            )
+            .await
+            {
+                Ok(d) => {
+                    r.agent = d;
+                    return Ok(());
+                }
+                Err(StartError::AddrInUse(e)) => last = Some(e),
+                Err(StartError::Fatal(e)) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no restart attempt")))
+    }
+
+    /// `kill -9` of a worker this mesh started; it is no longer asked for queue stats or counters.
+    pub async fn kill_worker(&self, worker: &mut Daemon) -> anyhow::Result<()> {
+        worker.sigkill().await?;
+        self.worker_endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|w| w.listen != worker.listen());
+        Ok(())
     }
 
     /// Starts a `ferry worker --region <region>` on that region's Redis, serving the admin API with
@@ -412,6 +485,7 @@ impl Mesh {
             ]
             .iter()
             .map(|s| s.to_string())
+            .chain(self.worker_args.iter().cloned())
             .collect();
             let log = self.dir.path().join(format!("{name}.log"));
             drop((listen_hold, admin_hold));

@@ -211,6 +211,11 @@ impl Daemon {
         format!("http://{}", self.listen)
     }
 
+    /// Where `/healthz` and `/metrics` are served.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
     /// The process id, while the process has not been reaped.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

@@ -1,0 +1,379 @@
+//! The seeded fault schedule of the chaos oracle, and the executor that injects and heals it over a
+//! [`Mesh`] while the workload runs.
+//!
+//! [`schedule`] turns a seed into timed [`Fault`]s: every kind in [`REQUIRED`] at least once (in a
+//! seeded order, on seeded regions), then seeded extras while the run lasts. Faults run one after
+//! the other, each held for a seeded time and then healed; [`Chaos::run`] records when each was
+//! injected and healed, so the oracle can measure convergence from the last heal.
+//!
+//! # Faults and why each is safe to check exactly
+//! - [`Fault::KillWorker`]: `kill -9` of one of the region's workers, a new one started after the
+//!   hold (its running job is reclaimed when its lease expires).
+//! - [`Fault::KillAgent`]: `kill -9` of the region's agent, restarted after the hold; meanwhile the
+//!   registry re-sends the notifications it could not deliver and peers keep events in their
+//!   outboxes.
+//! - [`Fault::Partition`]: every link *into* the named regions blackholed at their fault proxies
+//!   (one region: one-way, its peers cannot reach it but it reaches them; two regions: both ways
+//!   between them).
+//! - [`Fault::Latency`]: added latency on every link into a region.
+//! - [`Fault::RestartRegistry`]: the workload pauses until the registries hold everything
+//!   acknowledged so far (a lost notification of a delete or of a bidirectional tag move is never
+//!   repaired: the safety net neither deletes nor decides conflicts), a **canary** image is pushed
+//!   under a new tag, and the registry is `kill -9`ed at once and restarted after the hold —
+//!   distribution loses its in-memory notification queue, so the canary's event may be lost and
+//!   the safety net must copy it. The workload resumes while the registry is down (its pushes
+//!   retry until it is back).
+//! - [`Fault::RestartRedis`]: the same pause, then `kill -9` of the region's Redis and, after the
+//!   hold, a restart from its AOF (`appendfsync everysec` may lose the last second: jobs re-run,
+//!   safety-net rounds repeat). The workload resumes as soon as Redis is down: notifications and
+//!   forwarded events wait in the registry and the peers' outboxes.
+//!
+//! Extension points (not injected yet): 429/500/reset bursts from a registry (a proxy in front of
+//! the registries), a Sentinel failover of a region's queue (`ferry_testkit::sentinel` with
+//! `RedisServer::start_replica`, as `replicator/tests/queue_failover.rs` does), and injected
+//! permanent faults whose dead letters the oracle would then expect.
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ferry_testkit::Link;
+
+use crate::mesh::Mesh;
+use crate::oracle::Oracle;
+use crate::seeded::Rng;
+use crate::workload::Runner;
+use crate::Daemon;
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    KillWorker { region: String },
+    KillAgent { region: String },
+    Partition { into: Vec<String> },
+    Latency { region: String, millis: u64 },
+    RestartRegistry { region: String },
+    RestartRedis { region: String },
+}
+
+/// The kinds every schedule holds at least once.
+pub const REQUIRED: [&str; 5] = [
+    "kill_worker",
+    "kill_agent",
+    "partition",
+    "restart_registry",
+    "restart_redis",
+];
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::KillWorker { .. } => "kill_worker",
+            Fault::KillAgent { .. } => "kill_agent",
+            Fault::Partition { .. } => "partition",
+            Fault::Latency { .. } => "latency",
+            Fault::RestartRegistry { .. } => "restart_registry",
+            Fault::RestartRedis { .. } => "restart_redis",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::KillWorker { region } => write!(f, "kill -9 a worker of {region}"),
+            Fault::KillAgent { region } => write!(f, "kill -9 agent {region}"),
+            Fault::Partition { into } if into.len() == 1 => {
+                write!(f, "partition: links into {} cut (one-way)", into[0])
+            }
+            Fault::Partition { into } => {
+                write!(
+                    f,
+                    "partition: links into {} cut (both ways)",
+                    into.join(" and ")
+                )
+            }
+            Fault::Latency { region, millis } => {
+                write!(f, "+{millis} ms on links into {region}")
+            }
+            Fault::RestartRegistry { region } => write!(f, "kill -9 + restart registry {region}"),
+            Fault::RestartRedis { region } => write!(f, "kill -9 + restart Redis of {region}"),
+        }
+    }
+}
+
+/// A fault, when it starts (from the start of the run) and how long it is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub at: Duration,
+    pub hold: Duration,
+    pub fault: Fault,
+}
+
+/// Turns `seed` into a fault schedule over `regions` spread over `duration`: every
+/// [`REQUIRED`] kind once in a seeded order, then one extra fault per further `every` of the run.
+pub fn schedule(
+    seed: u64,
+    regions: &[String],
+    duration: Duration,
+    every: Duration,
+) -> Vec<Planned> {
+    let mut rng = Rng::new(seed).fork(0xFA017);
+    let mut kinds: Vec<&str> = REQUIRED.to_vec();
+    rng.shuffle(&mut kinds);
+    let extra = (duration.as_secs() / every.as_secs().max(1)).saturating_sub(kinds.len() as u64);
+    let all = [REQUIRED.as_slice(), &["latency"]].concat();
+    for _ in 0..extra {
+        kinds.push(*rng.pick(&all));
+    }
+    let slot = duration / kinds.len().max(1) as u32;
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let region = rng.pick(regions).clone();
+            let fault = match *kind {
+                "kill_worker" => Fault::KillWorker { region },
+                "kill_agent" => Fault::KillAgent { region },
+                "partition" => {
+                    let mut into = vec![region];
+                    if regions.len() > 1 && rng.chance(50) {
+                        let other = loop {
+                            let o = rng.pick(regions);
+                            if *o != into[0] {
+                                break o.clone();
+                            }
+                        };
+                        into.push(other);
+                    }
+                    Fault::Partition { into }
+                }
+                "latency" => Fault::Latency {
+                    region,
+                    millis: rng.between(50, 400),
+                },
+                "restart_registry" => Fault::RestartRegistry { region },
+                _ => Fault::RestartRedis { region },
+            };
+            // Leave room to heal inside the slot.
+            let hold =
+                Duration::from_millis(rng.between(2000, (slot.as_millis() as u64 / 2).max(2000)));
+            let jitter = Duration::from_millis(rng.below((slot.as_millis() as u64 / 4).max(1)));
+            Planned {
+                at: slot * i as u32 + jitter,
+                hold,
+                fault,
+            }
+        })
+        .collect()
+}
+
+/// A fault as it happened.
+#[derive(Clone, Debug)]
+pub struct Injected {
+    pub fault: Fault,
+    pub injected: Instant,
+    pub healed: Instant,
+}
+
+/// Injects a schedule into a mesh. Owns the mesh's workers (a killed one is replaced).
+pub struct Chaos<'a> {
+    pub mesh: &'a mut Mesh,
+    pub workers: BTreeMap<String, Vec<Daemon>>,
+    pub runner: Runner,
+    pub oracle: Oracle,
+    /// Per region, the repository the canary of a registry restart goes to (one a policy covers).
+    pub canary_repo: BTreeMap<String, String>,
+    pub seed: u64,
+    /// How long a gate may wait for deletes to be applied.
+    pub gate_timeout: Duration,
+}
+
+impl Chaos<'_> {
+    /// Runs the schedule (each fault at its time, or after the previous one healed).
+    pub async fn run(
+        &mut self,
+        plan: &[Planned],
+        started: Instant,
+    ) -> anyhow::Result<Vec<Injected>> {
+        let mut done = Vec::new();
+        for (i, p) in plan.iter().enumerate() {
+            tokio::time::sleep_until((started + p.at).into()).await;
+            let injected = Instant::now();
+            eprintln!(
+                "chaos: +{:.1}s fault #{i}: {} (held {:.1}s)",
+                started.elapsed().as_secs_f64(),
+                p.fault,
+                p.hold.as_secs_f64()
+            );
+            self.inject(i, p)
+                .await
+                .with_context(|| format!("fault #{i}: {}", p.fault))?;
+            let healed = Instant::now();
+            eprintln!(
+                "chaos: +{:.1}s fault #{i} healed",
+                started.elapsed().as_secs_f64()
+            );
+            done.push(Injected {
+                fault: p.fault.clone(),
+                injected,
+                healed,
+            });
+        }
+        Ok(done)
+    }
+
+    async fn inject(&mut self, index: usize, p: &Planned) -> anyhow::Result<()> {
+        match &p.fault {
+            Fault::KillWorker { region } => {
+                let workers = self
+                    .workers
+                    .get_mut(region)
+                    .with_context(|| format!("region {region} has no workers"))?;
+                anyhow::ensure!(!workers.is_empty(), "region {region} has no workers");
+                let mut victim = workers.remove(0);
+                self.mesh.kill_worker(&mut victim).await?;
+                tokio::time::sleep(p.hold).await;
+                let fresh = self.mesh.start_worker(region).await?;
+                self.workers.entry(region.clone()).or_default().push(fresh);
+            }
+            Fault::KillAgent { region } => {
+                self.mesh.restart_agent(region, p.hold).await?;
+            }
+            Fault::Partition { into } => {
+                for r in into {
+                    self.mesh.region(r).proxy.set_link(Link::Blackhole);
+                }
+                tokio::time::sleep(p.hold).await;
+                for r in into {
+                    self.mesh.region(r).proxy.set_link(Link::Up);
+                }
+            }
+            Fault::Latency { region, millis } => {
+                let proxy = &self.mesh.region(region).proxy;
+                proxy.set_latency(Duration::from_millis(*millis));
+                tokio::time::sleep(p.hold).await;
+                proxy.set_latency(Duration::ZERO);
+            }
+            Fault::RestartRegistry { region } => {
+                let paused = self.gate().await?;
+                let repo = self
+                    .canary_repo
+                    .get(region)
+                    .with_context(|| format!("no canary repository for region {region}"))?;
+                let canary = self
+                    .runner
+                    .push_extra(
+                        region,
+                        repo,
+                        &format!("canary-{index}"),
+                        self.seed ^ index as u64,
+                    )
+                    .await?;
+                eprintln!("chaos: canary {repo}:canary-{index} = {canary} pushed to {region}");
+                let registry = &mut self
+                    .mesh
+                    .regions
+                    .get_mut(region)
+                    .context("no such region")?
+                    .registry;
+                registry.kill().await;
+                // Writes resume against a dead registry: the workload retries until it is back.
+                drop(paused);
+                tokio::time::sleep(p.hold).await;
+                registry.restart().await?;
+            }
+            Fault::RestartRedis { region } => {
+                let paused = self.gate().await?;
+                let redis = &mut self
+                    .mesh
+                    .regions
+                    .get_mut(region)
+                    .context("no such region")?
+                    .redis;
+                redis.kill().await;
+                drop(paused);
+                tokio::time::sleep(p.hold).await;
+                redis.restart().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses every region's workload and waits until the registries hold everything
+    /// acknowledged so far ([`Oracle::state_findings`] finds nothing): a fault that loses
+    /// notifications or queued work then puts at risk only what it injects itself.
+    async fn gate(&self) -> anyhow::Result<crate::workload::Paused> {
+        let paused = self.runner.gates.pause_all().await;
+        let acked = self.runner.acked();
+        let last = std::sync::Mutex::new(String::new());
+        let waited = crate::wait_for(
+            "the registries to hold everything acknowledged before a fault that can lose work",
+            self.gate_timeout,
+            || async {
+                let left = match self.oracle.state_findings(&acked).await {
+                    Ok(f) if f.is_empty() => return true,
+                    Ok(f) => f.to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                let mut last = last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *last != left {
+                    eprintln!("chaos: waiting for the registries to settle:\n{left}");
+                    *last = left;
+                }
+                false
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "still:\n{}",
+                last.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            )
+        })?;
+        eprintln!("chaos: registries settled after {waited:?}; injecting");
+        Ok(paused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regions() -> Vec<String> {
+        ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_schedule_holds_every_required_kind_in_order_and_within_the_run() {
+        let d = Duration::from_secs(60);
+        let s = schedule(5, &regions(), d, Duration::from_secs(12));
+        for kind in REQUIRED {
+            assert!(
+                s.iter().any(|p| p.fault.kind() == kind),
+                "{kind} missing: {s:?}"
+            );
+        }
+        for w in s.windows(2) {
+            assert!(
+                w[0].at + w[0].hold <= w[1].at + Duration::from_secs(2),
+                "{s:?}"
+            );
+        }
+        assert!(s.iter().all(|p| p.at < d));
+        assert_eq!(s, schedule(5, &regions(), d, Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn a_longer_run_gets_extra_faults() {
+        let s = schedule(
+            5,
+            &regions(),
+            Duration::from_secs(600),
+            Duration::from_secs(12),
+        );
+        assert_eq!(s.len(), 50);
+    }
+}
