@@ -11,7 +11,8 @@
 //! Usage: `cargo build --release --workspace && target/release/ferry-bench [--ferry PATH]
 //! [--quick] [--no-gib] [--only-gib] [--rounds N]`. `--quick` shrinks the corpus and the layer
 //! (256 MiB) for a smoke run; `--only-gib` skips (a) and (b); `--rounds` sets (d)'s rounds
-//! (default 3).
+//! (default 3); `--chunk-mib` the destination's `chunk_size` there (default 16); `--strace-fsync` traces the destination registry's `fsync` calls during (d) with
+//! `strace` (a diagnostic that slows the copies: read its counts and times, not its speeds).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,6 +32,10 @@ struct Args {
     only_gib: bool,
     /// Rounds of (d), streaming vs chunked.
     rounds: usize,
+    /// Trace the destination registry's `fsync`s during (d) (diagnostic: slows it down).
+    strace: bool,
+    /// The destination's `chunk_size` in (d), MiB.
+    chunk_mib: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -40,6 +45,8 @@ fn parse_args() -> Result<Args> {
         gib: true,
         only_gib: false,
         rounds: 3,
+        strace: false,
+        chunk_mib: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -48,6 +55,15 @@ fn parse_args() -> Result<Args> {
             "--quick" => args.quick = true,
             "--no-gib" => args.gib = false,
             "--only-gib" => args.only_gib = true,
+            "--strace-fsync" => args.strace = true,
+            "--chunk-mib" => {
+                args.chunk_mib = it
+                    .next()
+                    .context("--chunk-mib needs a number")?
+                    .parse::<u64>()
+                    .context("--chunk-mib needs a number")?
+                    .max(1)
+            }
             "--rounds" => {
                 args.rounds = it
                     .next()
@@ -58,7 +74,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "ferry-bench [--ferry PATH] [--quick] [--no-gib] [--only-gib] [--rounds N]"
+                    "ferry-bench [--ferry PATH] [--quick] [--no-gib] [--only-gib] [--rounds N] [--chunk-mib N] [--strace-fsync]"
                 );
                 std::process::exit(0);
             }
@@ -247,6 +263,8 @@ enum Upload {
     Default,
     /// One streaming `PUT` whatever the size (`chunk_threshold` above every blob).
     Streaming,
+    /// As `Default`, with this `chunk_size` (MiB).
+    ChunkMib(u64),
 }
 
 fn write_ferry_config(
@@ -259,8 +277,10 @@ fn write_ferry_config(
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
     let mut dst_reg = json!({"name": "dst", "url": dst.url(), "insecure": true});
-    if upload == Upload::Streaming {
-        dst_reg["chunk_threshold"] = json!(u64::MAX / 2);
+    match upload {
+        Upload::Streaming => dst_reg["chunk_threshold"] = json!(u64::MAX / 2),
+        Upload::ChunkMib(mib) => dst_reg["chunk_size"] = json!(mib * MIB),
+        Upload::Default => {}
     }
     let cfg = json!({
         "registries": [
@@ -569,6 +589,31 @@ struct Copy {
     ferry_cpu: f64,
     src_cpu: f64,
     dst_cpu: f64,
+    /// With `--strace-fsync`: the destination's `fsync` calls and the seconds spent in them.
+    fsyncs: Option<(usize, f64)>,
+}
+
+/// Attaches `strace` to `pid`, recording its `fsync`/`fdatasync` calls with their durations.
+fn trace_fsyncs(pid: u32, out: &Path) -> Result<std::process::Child> {
+    let child = std::process::Command::new("strace")
+        .args(["-f", "-T", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("strace (apt-get install strace)")?;
+    // strace attaches asynchronously; give it a moment before the copy starts.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+/// Count and total seconds of the calls in an strace `-T` log (`... = 0 <0.012345>`; a call cut in
+/// two by another thread ends on its `resumed` line).
+fn fsync_totals(log: &str) -> (usize, f64) {
+    log.lines()
+        .filter_map(|l| l.rsplit_once('<')?.1.strip_suffix('>')?.parse::<f64>().ok())
+        .fold((0, 0.0), |(n, t), d| (n + 1, t + d))
 }
 
 /// Copies `bench/huge` from `src` to a fresh registry with `upload`, measuring both registries' CPU.
@@ -583,8 +628,27 @@ async fn copy_layer(
     let cfg = write_ferry_config(dir, name, src, &dst, "bench/huge", upload)?;
     let cpu = |r: &Registry| r.pid().and_then(cpu_seconds).unwrap_or(0.0);
     let (src0, dst0) = (cpu(src), cpu(&dst));
+    let trace_log = dir.join(format!("{name}.strace"));
+    let mut tracer = match (args.strace, dst.pid()) {
+        (true, Some(pid)) => Some(trace_fsyncs(pid, &trace_log)?),
+        _ => None,
+    };
     let m = ferry_sync(&args.ferry, &cfg).await?;
+    let fsyncs = match tracer.as_mut() {
+        Some(t) => {
+            // SIGINT detaches strace cleanly; it flushes its log on the way out.
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &t.id().to_string()])
+                .status();
+            let _ = t.wait();
+            Some(fsync_totals(
+                &std::fs::read_to_string(&trace_log).unwrap_or_default(),
+            ))
+        }
+        None => None,
+    };
     Ok(Copy {
+        fsyncs,
         secs: m.secs,
         peak_rss: m.peak_rss,
         ferry_cpu: m.cpu_secs,
@@ -596,6 +660,7 @@ async fn copy_layer(
 /// The large-layer measurements: (c) streaming vs raw curl, (d) rounds of streaming vs chunked.
 struct Gib {
     size: u64,
+    chunk_mib: u64,
     raw_secs: f64,
     /// (streaming, chunked) per round.
     rounds: Vec<(Copy, Copy)>,
@@ -625,18 +690,18 @@ async fn gib_runs(args: &Args, dir: &Path) -> Result<Gib> {
     for round in 0..args.rounds {
         // Alternate which goes first, so neither always meets a warmer page cache.
         let order = if round % 2 == 0 {
-            [Upload::Streaming, Upload::Default]
+            [Upload::Streaming, Upload::ChunkMib(args.chunk_mib)]
         } else {
-            [Upload::Default, Upload::Streaming]
+            [Upload::ChunkMib(args.chunk_mib), Upload::Streaming]
         };
         let (mut streaming, mut chunked) = (None, None);
         for upload in order {
             eprintln!("(d) round {}/{}: {upload:?}...", round + 1, args.rounds);
-            let name = format!("gib-{round}-{upload:?}").to_lowercase();
+            let name = format!("gib-{round}-{}", upload == Upload::Streaming);
             let c = copy_layer(args, dir, &src, upload, &name).await?;
             match upload {
                 Upload::Streaming => streaming = Some(c),
-                Upload::Default => chunked = Some(c),
+                _ => chunked = Some(c),
             }
         }
         rounds.push((
@@ -646,6 +711,7 @@ async fn gib_runs(args: &Args, dir: &Path) -> Result<Gib> {
     }
     Ok(Gib {
         size,
+        chunk_mib: args.chunk_mib,
         raw_secs,
         rounds,
     })
@@ -665,7 +731,8 @@ fn print_gib(g: &Gib) {
         100.0 * g.raw_secs / s.secs
     );
     println!(
-        "\n(d) The same layer streaming (one PUT) vs chunked (16 MiB PATCHes, resumable: the default from 256 MiB), each to a fresh registry, alternating which goes first. CPU-seconds: ferry / source registry / destination registry.\n"
+        "\n(d) The same layer streaming (one PUT) vs chunked ({} MiB PATCHes, resumable: the default from 256 MiB), each to a fresh registry, alternating which goes first. CPU-seconds: ferry / source registry / destination registry.\n",
+        g.chunk_mib
     );
     println!("| round | streaming | chunked | chunked/streaming | CPU streaming | CPU chunked | peak RSS streaming / chunked |");
     println!("|---|---|---|---|---|---|---|");
@@ -690,6 +757,15 @@ fn print_gib(g: &Gib) {
             mib(s.peak_rss),
             mib(c.peak_rss)
         );
+    }
+    for (i, (s, c)) in g.rounds.iter().enumerate() {
+        if let (Some((sn, st)), Some((cn, ct))) = (s.fsyncs, c.fsyncs) {
+            println!(
+                "\nround {}: destination fsync calls (strace): streaming {sn} taking {st:.2} s, chunked {cn} taking {ct:.2} s ({:.0} ms per PATCH)",
+                i + 1,
+                1000.0 * ct / g.size.div_ceil(g.chunk_mib * MIB) as f64
+            );
+        }
     }
     ratios.sort_by(f64::total_cmp);
     let total = |f: fn(&(Copy, Copy)) -> f64| g.rounds.iter().map(f).sum::<f64>();
