@@ -2,6 +2,9 @@
 //! stream) or chunked (`PATCH`es checkpointed on the job, then `PUT ?digest=`), with a few retries
 //! of transient failures, and the decision whether a checkpointed session can be continued.
 //!
+//! A chunked upload reads the source one chunk ahead: chunk N+1 is read and hashed while chunk N's
+//! `PATCH` is on the wire, so at most two chunks are in memory per upload.
+//!
 //! Invariants: an upload holds a transfer slot on both registries, taken in name order; a session
 //! is completed only after size and digest matched; a checkpointed session is continued only when
 //! the destination holds exactly the checkpointed bytes; on failure a session is kept for the
@@ -83,8 +86,7 @@ async fn stream_blob(
     desc: &Descriptor,
 ) -> Result<()> {
     let _permits = transfer_permits(ctx).await?;
-    let chunked = (ctx.copy_by_chunk
-        || desc.size() >= ctx.dst.chunk_threshold())
+    let chunked = (ctx.copy_by_chunk || desc.size() >= ctx.dst.chunk_threshold())
         && !ctx.dst.refuses_chunks();
     if !chunked {
         return stream_monolithic(ctx, src_repo, dst_repo, desc).await;
@@ -674,13 +676,19 @@ mod tests {
 
     /// The requests the fake logged with this method (e.g. `PATCH`, `PATCH (held)`, `PUT`).
     fn requests(fake: &FakeRegistry, method: &str) -> usize {
-        fake.request_log().iter().filter(|(m, _)| m == method).count()
+        fake.request_log()
+            .iter()
+            .filter(|(m, _)| m == method)
+            .count()
     }
 
     async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !f() {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -722,9 +730,7 @@ mod tests {
         let hasher = DigestVerifier::new(desc.digest()).unwrap();
         let copy = tokio::spawn({
             let (ctx, desc) = (ctx.clone(), desc.clone());
-            async move {
-                upload_chunked(&ctx, "team/app", &desc, &mut upload, hasher, source).await
-            }
+            async move { upload_chunked(&ctx, "team/app", &desc, &mut upload, hasher, source).await }
         });
         for n in 0..5u64 {
             eventually(&format!("PATCH {n} reaches the registry"), || {
