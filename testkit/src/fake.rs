@@ -98,6 +98,9 @@ pub struct Behavior {
     pub tag_deletes: bool,
     /// Upload `PATCH`es answer 405 `UNSUPPORTED` (a registry that takes monolithic uploads only).
     pub refuse_patch: bool,
+    /// Each upload `PATCH` is logged and its body received, but answered only once the test adds
+    /// a permit here (one per answer): a slow registry whose answer the test holds.
+    pub hold_patches: Option<Arc<tokio::sync::Semaphore>>,
     /// Serve the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`): an index of the
     /// repository's manifests whose `subject` is that digest. Off: 404, as distribution 2.8.
     pub referrers_api: bool,
@@ -408,6 +411,25 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::PATCH {
+        let hold = {
+            let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let held = inner.behavior.hold_patches.clone();
+            if held.is_some() {
+                let path_and_query = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+                inner
+                    .log
+                    .push((format!("{method} (held)"), path_and_query.to_owned()));
+                inner.authorizations.push(None);
+            }
+            held
+        };
+        if let Some(hold) = hold {
+            if let Ok(permit) = hold.acquire().await {
+                permit.forget();
+            }
+        }
+    }
     // Everything below is synchronous: the lock is never held across an await.
     let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
     let req = Req {

@@ -153,6 +153,11 @@ impl Registry {
         &self.data
     }
 
+    /// The registry process's id while it runs (e.g. to read its CPU time from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.pid()
+    }
+
     /// The file receiving the registry's stdout and stderr (all runs).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("registry.log")

@@ -79,8 +79,9 @@ pub struct RegistryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub concurrency: Option<usize>,
-    /// Blob size in bytes above which uploads are chunked (and resumable after a crash); absent:
-    /// one streaming PUT, unless the policy sets `copy_by_chunk`.
+    /// Blob size in bytes from which uploads are chunked (and resumable after a crash); smaller
+    /// blobs go up in one streaming PUT, unless the policy sets `copy_by_chunk`. Absent: 256 MiB
+    /// (268435456). A registry that refuses chunked uploads gets one PUT per blob whatever this says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub chunk_threshold: Option<u64>,

@@ -2,6 +2,9 @@
 //! stream) or chunked (`PATCH`es checkpointed on the job, then `PUT ?digest=`), with a few retries
 //! of transient failures, and the decision whether a checkpointed session can be continued.
 //!
+//! A chunked upload reads the source one chunk ahead: chunk N+1 is read and hashed while chunk N's
+//! `PATCH` is on the wire, so at most two chunks are in memory per upload.
+//!
 //! Invariants: an upload holds a transfer slot on both registries, taken in name order; a session
 //! is completed only after size and digest matched; a checkpointed session is continued only when
 //! the destination holds exactly the checkpointed bytes; on failure a session is kept for the
@@ -83,8 +86,7 @@ async fn stream_blob(
     desc: &Descriptor,
 ) -> Result<()> {
     let _permits = transfer_permits(ctx).await?;
-    let chunked = (ctx.copy_by_chunk
-        || ctx.dst.chunk_threshold().is_some_and(|t| desc.size() >= t))
+    let chunked = (ctx.copy_by_chunk || desc.size() >= ctx.dst.chunk_threshold())
         && !ctx.dst.refuses_chunks();
     if !chunked {
         return stream_monolithic(ctx, src_repo, dst_repo, desc).await;
@@ -207,7 +209,8 @@ async fn stream_chunked(
             (ctx.dst.start_upload(dst_repo).await?, hasher)
         }
     };
-    let result = upload_chunked(ctx, src_repo, desc, &mut upload, hasher).await;
+    let source = source_bytes(ctx, src_repo, digest, upload.offset, desc.size());
+    let result = upload_chunked(ctx, src_repo, desc, &mut upload, hasher, source).await;
     let dst = ctx.dst.name();
     match &result {
         Ok(()) => ctx.checkpoints.clear(dst, digest.as_ref()).await,
@@ -352,77 +355,57 @@ async fn abandon_checkpoint(
 
 /// Streams the rest of blob `desc` into the open session `upload` in chunks (`PATCH`), then
 /// completes it (`PUT ?digest=`). `hasher` covers the `upload.offset` bytes the destination holds
-/// already; the source is read from there. The chunk that completes the blob is sent only after
-/// size and digest matched, and the session is completed only then; after every confirmed chunk
-/// the session, offset and hash state are checkpointed. `upload` follows the session as it moves
-/// (each answer may name a new location).
-async fn upload_chunked(
+/// already; `source` yields the blob from there. The source is read one chunk ahead: chunk N+1 is read
+/// (and hashed) while chunk N is on the wire, so at most two chunks are in memory. The chunk that
+/// completes the blob is sent only after size and digest matched, and the session is completed
+/// only then; after every confirmed chunk the session, offset and hash state over exactly the
+/// confirmed bytes are checkpointed. `upload` follows the session as it moves (each answer may name
+/// a new location).
+async fn upload_chunked<S>(
     ctx: &TransferContext,
     src_repo: &str,
     desc: &Descriptor,
     upload: &mut BlobUpload,
-    mut hasher: DigestVerifier,
-) -> Result<()> {
+    hasher: DigestVerifier,
+    source: S,
+) -> Result<()>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes>> + Unpin,
+{
     let digest = desc.digest();
     let size = desc.size();
-    let chunk_size = usize::try_from(ctx.dst.chunk_size()).unwrap_or(usize::MAX);
-    let mut read = upload.offset;
-    let mut source = source_bytes(ctx, src_repo, digest, upload.offset, size);
-    let mut ended = upload.offset >= size;
-    let mut buf = BytesMut::new();
-    loop {
-        if !ended {
-            let next = tokio::select! {
-                n = source.next() => n,
-                _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
-            };
-            match next {
-                Some(Ok(b)) => {
-                    read += b.len() as u64;
-                    if read > size {
-                        return Err(size_mismatch(ctx, src_repo, desc, read));
-                    }
-                    if let Some(t) = &ctx.throttle {
-                        if !t.consume(b.len() as u64, &ctx.cancel).await {
-                            return Err(TransferError::Cancelled);
-                        }
-                    }
-                    buf.extend_from_slice(&b);
-                }
-                Some(Err(e)) => return Err(e),
-                None if read != size => return Err(size_mismatch(ctx, src_repo, desc, read)),
-                None => ended = true,
+    let mut reader = ChunkReader {
+        ctx,
+        src_repo,
+        desc,
+        chunk_size: usize::try_from(ctx.dst.chunk_size()).unwrap_or(usize::MAX),
+        source,
+        read: upload.offset,
+        carry: None,
+        hasher,
+    };
+    let mut next = reader.next_chunk().await?;
+    while let Some(chunk) = next {
+        // The read of the next chunk runs while this one is sent and checkpointed; a failed send
+        // drops it (the source is read again on retry), a failed read waits for the send, so the
+        // confirmed chunk is checkpointed before the read's error ends the attempt.
+        let send = send_chunk(ctx, desc, upload, chunk);
+        let read = reader.next_chunk();
+        tokio::pin!(send, read);
+        let mut read_ahead = None;
+        let sent = loop {
+            tokio::select! {
+                sent = &mut send => break sent,
+                n = &mut read, if read_ahead.is_none() => read_ahead = Some(n),
             }
-        }
-        while buf.len() >= chunk_size || (ended && !buf.is_empty()) {
-            let chunk = buf.split_to(buf.len().min(chunk_size)).freeze();
-            hasher.update(&chunk);
-            if hasher.len() == size {
-                hasher
-                    .clone()
-                    .finish()
-                    .map_err(|actual| digest_mismatch(ctx, src_repo, digest, actual))?;
-            }
-            ctx.stats
-                .bytes_copied
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            *upload = ctx.dst.patch_chunk(upload, digest, chunk).await?;
-            ctx.checkpoints
-                .save(UploadCheckpoint {
-                    destination: ctx.dst.name().to_string(),
-                    repository: upload.repository.clone(),
-                    digest: digest.to_string(),
-                    size,
-                    location: upload.location.to_string(),
-                    offset: upload.offset,
-                    hash_state: hasher.save(),
-                })
-                .await?;
-        }
-        if ended {
-            break;
-        }
+        };
+        sent?;
+        next = match read_ahead {
+            Some(n) => n?,
+            None => read.await?,
+        };
     }
+    let hasher = reader.hasher;
     // Also covers uploads resumed after their last chunk, and empty blobs.
     if hasher.len() != size {
         return Err(size_mismatch(ctx, src_repo, desc, hasher.len()));
@@ -432,6 +415,123 @@ async fn upload_chunked(
         .map_err(|actual| digest_mismatch(ctx, src_repo, digest, actual))?;
     ctx.dst.finish_upload(upload, digest).await?;
     Ok(())
+}
+
+/// One chunk read from the source, ready to be sent.
+struct Chunk {
+    bytes: bytes::Bytes,
+    /// The hash state over the blob up to this chunk's end (checkpointed once it is confirmed).
+    hashed: String,
+}
+
+/// Sends one chunk (`PATCH`) and checkpoints it once the destination confirmed it; cancellable.
+async fn send_chunk(
+    ctx: &TransferContext,
+    desc: &Descriptor,
+    upload: &mut BlobUpload,
+    chunk: Chunk,
+) -> Result<()> {
+    let digest = desc.digest();
+    ctx.stats
+        .bytes_copied
+        .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+    *upload = tokio::select! {
+        sent = ctx.dst.patch_chunk(upload, digest, chunk.bytes) => sent?,
+        _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+    };
+    ctx.checkpoints
+        .save(UploadCheckpoint {
+            destination: ctx.dst.name().to_string(),
+            repository: upload.repository.clone(),
+            digest: digest.to_string(),
+            size: desc.size(),
+            location: upload.location.to_string(),
+            offset: upload.offset,
+            hash_state: chunk.hashed,
+        })
+        .await
+}
+
+/// Cuts the source's bytes into chunks of the destination's `chunk_size`, hashing, counting and
+/// throttling them as they arrive; the chunk that ends the blob is released only after size and
+/// digest matched.
+struct ChunkReader<'a, S> {
+    ctx: &'a TransferContext,
+    src_repo: &'a str,
+    desc: &'a Descriptor,
+    chunk_size: usize,
+    source: S,
+    /// Bytes of the blob read so far (from its start, including the resumed prefix).
+    read: u64,
+    /// Bytes the source delivered past the end of the last chunk, for the next one.
+    carry: Option<bytes::Bytes>,
+    /// The hash state over the first `read` bytes.
+    hasher: DigestVerifier,
+}
+
+impl<S> ChunkReader<'_, S>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes>> + Unpin,
+{
+    /// The next chunk; `None` once the blob was read to its end.
+    async fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        let size = self.desc.size();
+        if self.hasher.len() >= size {
+            return Ok(None);
+        }
+        let want = (self.chunk_size as u64).min(size - self.hasher.len());
+        let mut buf = BytesMut::with_capacity(usize::try_from(want).unwrap_or(self.chunk_size));
+        while (buf.len() as u64) < want {
+            let piece = match self.carry.take() {
+                Some(piece) => piece,
+                None => self.pull().await?,
+            };
+            let room = usize::try_from(want).unwrap_or(usize::MAX) - buf.len();
+            if piece.len() > room {
+                buf.extend_from_slice(&piece[..room]);
+                self.carry = Some(piece.slice(room..));
+            } else {
+                buf.extend_from_slice(&piece);
+            }
+        }
+        let bytes = buf.freeze();
+        self.hasher.update(&bytes);
+        if self.hasher.len() == size {
+            self.hasher.clone().finish().map_err(|actual| {
+                digest_mismatch(self.ctx, self.src_repo, self.desc.digest(), actual)
+            })?;
+        }
+        Ok(Some(Chunk {
+            bytes,
+            hashed: self.hasher.save(),
+        }))
+    }
+
+    /// The next piece of the source's body; an error when it is cut short, runs past the blob's
+    /// size, or the transfer is cancelled.
+    async fn pull(&mut self) -> Result<bytes::Bytes> {
+        let (ctx, size) = (self.ctx, self.desc.size());
+        let next = tokio::select! {
+            n = self.source.next() => n,
+            _ = ctx.cancel.cancelled() => return Err(TransferError::Cancelled),
+        };
+        match next {
+            Some(Ok(piece)) => {
+                self.read += piece.len() as u64;
+                if self.read > size {
+                    return Err(size_mismatch(ctx, self.src_repo, self.desc, self.read));
+                }
+                if let Some(t) = &ctx.throttle {
+                    if !t.consume(piece.len() as u64, &ctx.cancel).await {
+                        return Err(TransferError::Cancelled);
+                    }
+                }
+                Ok(piece)
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(size_mismatch(ctx, self.src_repo, self.desc, self.read)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -517,5 +617,210 @@ mod tests {
         ] {
             assert_eq!(resume_decision(MIB, 2 * MIB, Err(&e)), Resume::Later, "{e}");
         }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Chunked uploads against the fake registry (it can hold PATCH answers and logs requests).
+
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    use ferry_testkit::{Behavior, FakeRegistry};
+    use oci_spec::image::MediaType;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::config::{RegistryConfig, Secret};
+    use crate::oci::RegistryClient;
+    use crate::transfer::{BlobLedger, Checkpoints, TransferStats};
+
+    const KIB: usize = 1024;
+    /// The smallest chunk size a registry can be given.
+    const CHUNK: usize = 64 * KIB;
+
+    fn client(fake: &FakeRegistry, name: &str) -> RegistryClient {
+        let cfg: RegistryConfig = serde_json::from_value(serde_json::json!({
+            "name": name, "url": fake.url(), "insecure": true, "chunk_size": CHUNK
+        }))
+        .unwrap();
+        RegistryClient::new(&cfg, Secret::Anonymous).unwrap()
+    }
+
+    fn context(src: RegistryClient, dst: RegistryClient) -> TransferContext {
+        TransferContext {
+            src: Arc::new(src),
+            dst: Arc::new(dst),
+            ledger: Arc::new(BlobLedger::default()),
+            stats: Arc::new(TransferStats::default()),
+            throttle: None,
+            cancel: CancellationToken::new(),
+            copy_by_chunk: false,
+            blob_parallelism: 1,
+            leases: None,
+            checkpoints: Arc::new(Checkpoints::local()),
+        }
+    }
+
+    /// Deterministic bytes that differ from chunk to chunk.
+    fn blob(size: usize) -> Vec<u8> {
+        (0..size as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn descriptor(bytes: &[u8]) -> Descriptor {
+        Descriptor::new(
+            MediaType::ImageLayerGzip,
+            bytes.len() as u64,
+            crate::oci::digest::sha256(bytes),
+        )
+    }
+
+    /// The requests the fake logged with this method (e.g. `PATCH`, `PATCH (held)`, `PUT`).
+    fn requests(fake: &FakeRegistry, method: &str) -> usize {
+        fake.request_log()
+            .iter()
+            .filter(|(m, _)| m == method)
+            .count()
+    }
+
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_chunk_is_read_while_the_previous_patch_awaits_its_answer_and_no_further() {
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        let dst = FakeRegistry::start(Behavior {
+            hold_patches: Some(hold.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let bytes = blob(4 * CHUNK + 1000);
+        let desc = descriptor(&bytes);
+        let size = bytes.len() as u64;
+        let ctx = context(client(&dst, "src"), client(&dst, "dst"));
+        // The source hands out 16 KiB pieces, counting what was pulled; pulling the first byte of
+        // a chunk more than one ahead of the answered PATCHes breaks the two-chunk bound.
+        let pulled = Arc::new(AtomicU64::new(0));
+        let answered = Arc::new(AtomicU64::new(0));
+        let beyond_bound = Arc::new(AtomicBool::new(false));
+        let pieces: Vec<bytes::Bytes> = bytes
+            .chunks(16 * KIB)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        let source = futures_util::stream::iter(pieces).map({
+            let (pulled, answered, beyond_bound) =
+                (pulled.clone(), answered.clone(), beyond_bound.clone());
+            move |piece| {
+                let start = pulled.fetch_add(piece.len() as u64, Ordering::SeqCst);
+                if start >= (answered.load(Ordering::SeqCst) + 2) * CHUNK as u64 {
+                    beyond_bound.store(true, Ordering::SeqCst);
+                }
+                Ok(piece)
+            }
+        });
+        let mut upload = ctx.dst.start_upload("team/app").await.unwrap();
+        let hasher = DigestVerifier::new(desc.digest()).unwrap();
+        let copy = tokio::spawn({
+            let (ctx, desc) = (ctx.clone(), desc.clone());
+            async move { upload_chunked(&ctx, "team/app", &desc, &mut upload, hasher, source).await }
+        });
+        for n in 0..5u64 {
+            eventually(&format!("PATCH {n} reaches the registry"), || {
+                requests(&dst, "PATCH (held)") as u64 == n + 1
+            })
+            .await;
+            let ahead = ((n + 2) * CHUNK as u64).min(size);
+            eventually(
+                &format!("the source is read to {ahead} while PATCH {n} awaits its answer"),
+                || pulled.load(Ordering::SeqCst) >= ahead,
+            )
+            .await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            hold.add_permits(1);
+        }
+        copy.await.unwrap().unwrap();
+        assert!(
+            !beyond_bound.load(Ordering::SeqCst),
+            "the source was read more than one chunk ahead of the answered PATCHes"
+        );
+        assert!(dst.has_blob(desc.digest().as_ref()));
+        assert_eq!(requests(&dst, "PATCH"), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_without_chunk_threshold_gets_blobs_above_the_default_in_chunks() {
+        let (src, dst) = (
+            FakeRegistry::start(Behavior::default()).await.unwrap(),
+            FakeRegistry::start(Behavior::default()).await.unwrap(),
+        );
+        let (large, small) = (blob(3 * CHUNK + 7), blob(CHUNK));
+        for b in [&large, &small] {
+            src.put_blob(b.clone());
+        }
+        // The registry's config sets no chunk_threshold; 128 KiB stands in for the default.
+        let ctx = context(
+            client(&src, "src"),
+            client(&dst, "dst").with_default_chunk_threshold(2 * CHUNK as u64),
+        );
+        upload_with_retries(&ctx, "team/app", "team/app", &descriptor(&large))
+            .await
+            .unwrap();
+        assert_eq!(
+            requests(&dst, "PATCH"),
+            4,
+            "above the default: 64 KiB chunks: {:?}",
+            dst.request_log()
+        );
+        dst.clear_request_log();
+        upload_with_retries(&ctx, "team/app", "team/app", &descriptor(&small))
+            .await
+            .unwrap();
+        assert_eq!(
+            (requests(&dst, "PATCH"), requests(&dst, "PUT")),
+            (0, 1),
+            "below the default: one streaming PUT: {:?}",
+            dst.request_log()
+        );
+        for b in [&large, &small] {
+            assert!(dst.has_blob(crate::oci::digest::sha256(b).as_ref()));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_refusing_chunks_gets_blobs_above_the_default_in_one_put() {
+        let (src, dst) = (
+            FakeRegistry::start(Behavior::default()).await.unwrap(),
+            FakeRegistry::start(Behavior {
+                refuse_patch: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+        let large = blob(3 * CHUNK + 7);
+        src.put_blob(large.clone());
+        let ctx = context(
+            client(&src, "src"),
+            client(&dst, "dst").with_default_chunk_threshold(2 * CHUNK as u64),
+        );
+        upload_with_retries(&ctx, "team/app", "team/app", &descriptor(&large))
+            .await
+            .unwrap();
+        assert!(dst.has_blob(crate::oci::digest::sha256(&large).as_ref()));
+        assert!(ctx.dst.refuses_chunks());
+        assert_eq!(
+            requests(&dst, "PUT"),
+            1,
+            "one streaming PUT after the refused PATCH: {:?}",
+            dst.request_log()
+        );
     }
 }

@@ -3,10 +3,16 @@
 //!
 //! Prints figures, never asserts them: (a) a full sync of a generated corpus to an empty
 //! destination (ferry vs skopeo vs raw GET→PUT of the unique blobs, the practical limit); (b) a
-//! no-op resync (ferry vs skopeo); (c) peak RSS of `ferry sync` copying one 1 GiB layer.
+//! no-op resync (ferry vs skopeo); (c) peak RSS of `ferry sync` copying one 1 GiB layer; (d) the
+//! same layer streaming (one `PUT`) vs chunked (resumable `PATCH`es, the default above
+//! 256 MiB), each to a fresh registry, several rounds in alternating order: MiB/s of each, their
+//! ratio per round, and the CPU time ferry and both registries spent.
 //!
 //! Usage: `cargo build --release --workspace && target/release/ferry-bench [--ferry PATH]
-//! [--quick] [--no-gib]`. `--quick` shrinks the corpus for a smoke run.
+//! [--quick] [--no-gib] [--only-gib] [--rounds N]`. `--quick` shrinks the corpus and the layer
+//! (256 MiB) for a smoke run; `--only-gib` skips (a) and (b); `--rounds` sets (d)'s rounds
+//! (default 3); `--chunk-mib` the destination's `chunk_size` there (default 16); `--strace-fsync` traces the destination registry's `fsync` calls during (d) with
+//! `strace` (a diagnostic that slows the copies: read its counts and times, not its speeds).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,6 +28,14 @@ struct Args {
     ferry: PathBuf,
     quick: bool,
     gib: bool,
+    /// Skip (a) and (b).
+    only_gib: bool,
+    /// Rounds of (d), streaming vs chunked.
+    rounds: usize,
+    /// Trace the destination registry's `fsync`s during (d) (diagnostic: slows it down).
+    strace: bool,
+    /// The destination's `chunk_size` in (d), MiB.
+    chunk_mib: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -29,6 +43,10 @@ fn parse_args() -> Result<Args> {
         ferry: PathBuf::from("target/release/ferry"),
         quick: false,
         gib: true,
+        only_gib: false,
+        rounds: 3,
+        strace: false,
+        chunk_mib: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -36,8 +54,28 @@ fn parse_args() -> Result<Args> {
             "--ferry" => args.ferry = it.next().context("--ferry needs a path")?.into(),
             "--quick" => args.quick = true,
             "--no-gib" => args.gib = false,
+            "--only-gib" => args.only_gib = true,
+            "--strace-fsync" => args.strace = true,
+            "--chunk-mib" => {
+                args.chunk_mib = it
+                    .next()
+                    .context("--chunk-mib needs a number")?
+                    .parse::<u64>()
+                    .context("--chunk-mib needs a number")?
+                    .max(1)
+            }
+            "--rounds" => {
+                args.rounds = it
+                    .next()
+                    .context("--rounds needs a number")?
+                    .parse::<usize>()
+                    .context("--rounds needs a number")?
+                    .max(1)
+            }
             "-h" | "--help" => {
-                println!("ferry-bench [--ferry PATH] [--quick] [--no-gib]");
+                println!(
+                    "ferry-bench [--ferry PATH] [--quick] [--no-gib] [--only-gib] [--rounds N] [--chunk-mib N] [--strace-fsync]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -217,24 +255,41 @@ async fn push_all(corpus: &Corpus, host: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the destination takes blobs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Upload {
+    /// As configured by default: chunked from `chunk_threshold`'s default (256 MiB), else one
+    /// streaming `PUT`.
+    Default,
+    /// One streaming `PUT` whatever the size (`chunk_threshold` above every blob).
+    Streaming,
+    /// As `Default`, with this `chunk_size` (MiB).
+    ChunkMib(u64),
+}
+
 fn write_ferry_config(
     dir: &Path,
     name: &str,
     src: &Registry,
     dst: &Registry,
     repo_filter: &str,
-    copy_by_chunk: bool,
+    upload: Upload,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
+    let mut dst_reg = json!({"name": "dst", "url": dst.url(), "insecure": true});
+    match upload {
+        Upload::Streaming => dst_reg["chunk_threshold"] = json!(u64::MAX / 2),
+        Upload::ChunkMib(mib) => dst_reg["chunk_size"] = json!(mib * MIB),
+        Upload::Default => {}
+    }
     let cfg = json!({
         "registries": [
             {"name": "src", "url": src.url(), "insecure": true},
-            {"name": "dst", "url": dst.url(), "insecure": true}
+            dst_reg
         ],
         "policies": [{
             "name": name, "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
-            "filters": [{"type": "name", "value": repo_filter}],
-            "copy_by_chunk": copy_by_chunk
+            "filters": [{"type": "name", "value": repo_filter}]
         }]
     });
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
@@ -456,11 +511,226 @@ fn mib(b: u64) -> f64 {
     b as f64 / MIB as f64
 }
 
+/// One copy of the large layer by `ferry sync`, with the CPU time of ferry and of both registries.
+struct Copy {
+    secs: f64,
+    peak_rss: u64,
+    ferry_cpu: f64,
+    src_cpu: f64,
+    dst_cpu: f64,
+    /// With `--strace-fsync`: the destination's `fsync` calls and the seconds spent in them.
+    fsyncs: Option<(usize, f64)>,
+}
+
+/// Attaches `strace` to `pid`, recording its `fsync`/`fdatasync` calls with their durations.
+fn trace_fsyncs(pid: u32, out: &Path) -> Result<std::process::Child> {
+    let child = std::process::Command::new("strace")
+        .args(["-f", "-T", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("strace (apt-get install strace)")?;
+    // strace attaches asynchronously; give it a moment before the copy starts.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+/// Count and total seconds of the calls in an strace `-T` log (`... = 0 <0.012345>`; a call cut in
+/// two by another thread ends on its `resumed` line).
+fn fsync_totals(log: &str) -> (usize, f64) {
+    log.lines()
+        .filter_map(|l| l.rsplit_once('<')?.1.strip_suffix('>')?.parse::<f64>().ok())
+        .fold((0, 0.0), |(n, t), d| (n + 1, t + d))
+}
+
+/// Copies `bench/huge` from `src` to a fresh registry with `upload`, measuring both registries' CPU.
+async fn copy_layer(
+    args: &Args,
+    dir: &Path,
+    src: &Registry,
+    upload: Upload,
+    name: &str,
+) -> Result<Copy> {
+    let dst = Registry::start().await?;
+    let cfg = write_ferry_config(dir, name, src, &dst, "bench/huge", upload)?;
+    let cpu = |r: &Registry| r.pid().and_then(cpu_seconds).unwrap_or(0.0);
+    let (src0, dst0) = (cpu(src), cpu(&dst));
+    let trace_log = dir.join(format!("{name}.strace"));
+    let mut tracer = match (args.strace, dst.pid()) {
+        (true, Some(pid)) => Some(trace_fsyncs(pid, &trace_log)?),
+        _ => None,
+    };
+    let m = ferry_sync(&args.ferry, &cfg).await?;
+    let fsyncs = match tracer.as_mut() {
+        Some(t) => {
+            // SIGINT detaches strace cleanly; it flushes its log on the way out.
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &t.id().to_string()])
+                .status();
+            let _ = t.wait();
+            Some(fsync_totals(
+                &std::fs::read_to_string(&trace_log).unwrap_or_default(),
+            ))
+        }
+        None => None,
+    };
+    Ok(Copy {
+        fsyncs,
+        secs: m.secs,
+        peak_rss: m.peak_rss,
+        ferry_cpu: m.cpu_secs,
+        src_cpu: cpu(src) - src0,
+        dst_cpu: cpu(&dst) - dst0,
+    })
+}
+
+/// The large-layer measurements: (c) streaming vs raw curl, (d) rounds of streaming vs chunked.
+struct Gib {
+    size: u64,
+    chunk_mib: u64,
+    raw_secs: f64,
+    /// (streaming, chunked) per round.
+    rounds: Vec<(Copy, Copy)>,
+}
+
+async fn gib_runs(args: &Args, dir: &Path) -> Result<Gib> {
+    eprintln!("(c) large layer: generating and pushing...");
+    let (src, dst_raw) = (Registry::start().await?, Registry::start().await?);
+    let mut b = LayoutBuilder::new(&dir.join("gib"))?;
+    let size = if args.quick { 256 * MIB } else { 1024 * MIB };
+    let layer = b.layer(&LayerSpec { seed: 77, size })?;
+    let m = b.image("huge", &[LayerSpec { seed: 77, size }])?;
+    let config = config_of(&b, &m)?;
+    let layout = b.finish()?;
+    skopeo::push_layout(&layout, "huge", &src.host(), "bench/huge:v1").await?;
+    // The layout is on the source now; its copy on disk is not needed.
+    let _ = std::fs::remove_dir_all(dir.join("gib"));
+    let raw: BTreeMap<String, String> = [
+        (layer.digest, "bench/huge".to_string()),
+        (config.digest, "bench/huge".to_string()),
+    ]
+    .into();
+    eprintln!("(c) large layer: raw curl...");
+    let raw_secs = raw_copy(dir, &src, &dst_raw, &raw).await?;
+    drop(dst_raw);
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        // Alternate which goes first, so neither always meets a warmer page cache.
+        let order = if round % 2 == 0 {
+            [Upload::Streaming, Upload::ChunkMib(args.chunk_mib)]
+        } else {
+            [Upload::ChunkMib(args.chunk_mib), Upload::Streaming]
+        };
+        let (mut streaming, mut chunked) = (None, None);
+        for upload in order {
+            eprintln!("(d) round {}/{}: {upload:?}...", round + 1, args.rounds);
+            let name = format!("gib-{round}-{}", upload == Upload::Streaming);
+            let c = copy_layer(args, dir, &src, upload, &name).await?;
+            match upload {
+                Upload::Streaming => streaming = Some(c),
+                _ => chunked = Some(c),
+            }
+        }
+        rounds.push((
+            streaming.context("streaming round")?,
+            chunked.context("chunked round")?,
+        ));
+    }
+    Ok(Gib {
+        size,
+        chunk_mib: args.chunk_mib,
+        raw_secs,
+        rounds,
+    })
+}
+
+fn print_gib(g: &Gib) {
+    let size = mib(g.size);
+    let (s, _) = &g.rounds[0];
+    println!("\n| measurement | ferry | raw curl GET→PUT | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| (c) one {size:.0} MiB layer, one streaming PUT | {:.1} s ({:.0} MiB/s), peak RSS {:.1} MiB | {:.1} s | {:.0}% of raw |",
+        s.secs,
+        size / s.secs,
+        mib(s.peak_rss),
+        g.raw_secs,
+        100.0 * g.raw_secs / s.secs
+    );
+    println!(
+        "\n(d) The same layer streaming (one PUT) vs chunked ({} MiB PATCHes, resumable: the default from 256 MiB), each to a fresh registry, alternating which goes first. CPU-seconds: ferry / source registry / destination registry.\n",
+        g.chunk_mib
+    );
+    println!("| round | streaming | chunked | chunked/streaming | CPU streaming | CPU chunked | peak RSS streaming / chunked |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for (i, (s, c)) in g.rounds.iter().enumerate() {
+        let ratio = s.secs / c.secs;
+        ratios.push(ratio);
+        println!(
+            "| {} | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | **{:.0}%** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} MiB |",
+            i + 1,
+            s.secs,
+            size / s.secs,
+            c.secs,
+            size / c.secs,
+            100.0 * ratio,
+            s.ferry_cpu,
+            s.src_cpu,
+            s.dst_cpu,
+            c.ferry_cpu,
+            c.src_cpu,
+            c.dst_cpu,
+            mib(s.peak_rss),
+            mib(c.peak_rss)
+        );
+    }
+    for (i, (s, c)) in g.rounds.iter().enumerate() {
+        if let (Some((sn, st)), Some((cn, ct))) = (s.fsyncs, c.fsyncs) {
+            println!(
+                "\nround {}: destination fsync calls (strace): streaming {sn} taking {st:.2} s, chunked {cn} taking {ct:.2} s ({:.0} ms per PATCH)",
+                i + 1,
+                1000.0 * ct / g.size.div_ceil(g.chunk_mib * MIB) as f64
+            );
+        }
+    }
+    ratios.sort_by(f64::total_cmp);
+    let total = |f: fn(&(Copy, Copy)) -> f64| g.rounds.iter().map(f).sum::<f64>();
+    println!(
+        "\nchunked/streaming over {} rounds: min {:.0}%, median {:.0}%, max {:.0}%; all rounds together {:.0}% ({:.1} s streaming, {:.1} s chunked).",
+        ratios.len(),
+        100.0 * ratios[0],
+        100.0 * ratios[ratios.len() / 2],
+        100.0 * ratios[ratios.len() - 1],
+        100.0 * total(|r| r.0.secs) / total(|r| r.1.secs),
+        total(|r| r.0.secs),
+        total(|r| r.1.secs),
+    );
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
+    if !args.only_gib {
+        corpus_runs(&args, dir).await?;
+    }
+    if args.gib {
+        let g = gib_runs(&args, dir).await?;
+        if args.only_gib {
+            println!("## ferry-bench results\n");
+            println!("Machine: {}", machine());
+        }
+        print_gib(&g);
+    }
+    Ok(())
+}
+
+/// (a) and (b): the corpus, full sync and no-op resync.
+async fn corpus_runs(args: &Args, dir: &Path) -> Result<()> {
     eprintln!("generating corpus...");
     let corpus = build_corpus(&dir.join("layout"), args.quick)?;
     let (unique, unique_bytes) = unique_blobs(&corpus);
@@ -486,7 +756,7 @@ async fn main() -> Result<()> {
         y.push_str(&format!("    {r}: []\n"));
     }
     std::fs::write(&yaml, y)?;
-    let cfg = write_ferry_config(dir, "bench", &src, &dst_ferry, "bench/**", false)?;
+    let cfg = write_ferry_config(dir, "bench", &src, &dst_ferry, "bench/**", Upload::Default)?;
 
     eprintln!("(a) full sync: ferry...");
     let full = ferry_sync(&args.ferry, &cfg).await?;
@@ -516,41 +786,6 @@ async fn main() -> Result<()> {
     eprintln!("(b) no-op resync: raw floor...");
     let raw_noop = raw_noop(&src, &dst_ferry).await?;
 
-    let gib = if args.gib {
-        eprintln!("(c) 1 GiB layer: generating and pushing...");
-        let (src2, dst2, dst2_raw) = (
-            Registry::start().await?,
-            Registry::start().await?,
-            Registry::start().await?,
-        );
-        let mut b = LayoutBuilder::new(&dir.join("gib"))?;
-        let size = if args.quick { 256 * MIB } else { 1024 * MIB };
-        let layer = b.layer(&LayerSpec { seed: 77, size })?;
-        let m = b.image("huge", &[LayerSpec { seed: 77, size }])?;
-        let config = config_of(&b, &m)?;
-        let layout = b.finish()?;
-        skopeo::push_layout(&layout, "huge", &src2.host(), "bench/huge:v1").await?;
-        let cfg2 = write_ferry_config(dir, "gib", &src2, &dst2, "bench/huge", false)?;
-        eprintln!("(c) 1 GiB layer: ferry...");
-        let m = ferry_sync(&args.ferry, &cfg2).await?;
-        let (secs, rss) = (m.secs, m.peak_rss);
-        let raw: BTreeMap<String, String> = [
-            (layer.digest, "bench/huge".to_string()),
-            (config.digest, "bench/huge".to_string()),
-        ]
-        .into();
-        let raw_secs = raw_copy(dir, &src2, &dst2_raw, &raw).await?;
-        // The same layer in 16 MiB chunks (resumable after a crash), to a fresh registry.
-        let dst2_chunked = Registry::start().await?;
-        let cfg3 =
-            write_ferry_config(dir, "gib-chunked", &src2, &dst2_chunked, "bench/huge", true)?;
-        eprintln!("(d) 1 GiB layer, chunked: ferry...");
-        let chunked = ferry_sync(&args.ferry, &cfg3).await?;
-        Some((size, secs, rss, raw_secs, chunked.secs, chunked.peak_rss))
-    } else {
-        None
-    };
-
     println!("## ferry-bench results\n");
     println!("Machine: {}\n", machine());
     println!(
@@ -574,22 +809,6 @@ async fn main() -> Result<()> {
         skopeo_noop / ferry_noop,
         skopeo_noop / raw_noop
     );
-    if let Some((size, secs, rss, raw_secs, chunked_secs, chunked_rss)) = gib {
-        println!(
-            "| (c) one {:.0} MiB layer | {secs:.1} s ({:.0} MiB/s), peak RSS {:.1} MiB | – | {raw_secs:.1} s | {:.0}% of raw |",
-            mib(size),
-            mib(size) / secs,
-            mib(rss),
-            100.0 * raw_secs / secs
-        );
-        println!(
-            "| (d) the same layer in 16 MiB chunks (resumable) | {chunked_secs:.1} s ({:.0} MiB/s), peak RSS {:.1} MiB | – | {raw_secs:.1} s | {:.0}% of raw; {:.0}% of (c) |",
-            mib(size) / chunked_secs,
-            mib(chunked_rss),
-            100.0 * raw_secs / chunked_secs,
-            100.0 * secs / chunked_secs
-        );
-    }
     println!(
         "\nDuring (a) ferry used {:.1} CPU-seconds (of {:.1} s × 2 cores; the rest is the registries) and peaked at {:.1} MiB RSS. \
          skopeo's destination digest-identical to the source: {skopeo_exact}.",

@@ -84,6 +84,11 @@ pub const USER_AGENT: &str = concat!("ferry/", env!("CARGO_PKG_VERSION"));
 
 const DEFAULT_TRANSFERS: usize = 8;
 const DEFAULT_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
+/// Blob size from which uploads are chunked (so resumable) when a registry sets no
+/// `chunk_threshold`: 256 MiB, so every large blob can resume after a crash. (The source is read one
+/// chunk ahead while the previous one is sent; what a chunked upload still costs against one `PUT`
+/// is the registry's own work per `PATCH`: README, Benchmark (d).)
+pub const DEFAULT_CHUNK_THRESHOLD: u64 = 256 * 1024 * 1024;
 const MAX_ATTEMPTS: u32 = 6;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
@@ -103,7 +108,10 @@ pub struct RegistryClient {
     auth: Mutex<AuthState>,
     transfers: Arc<Semaphore>,
     chunk_size: u64,
+    /// The registry's `chunk_threshold`, when configured.
     chunk_threshold: Option<u64>,
+    /// The threshold without one: [`DEFAULT_CHUNK_THRESHOLD`] (smaller in tests).
+    default_chunk_threshold: u64,
     /// Whether the registry implements the OCI 1.1 referrers API, once learned (it never changes
     /// while the process runs), so later lookups skip the probe.
     referrers_api: std::sync::OnceLock<bool>,
@@ -190,6 +198,7 @@ impl RegistryClient {
             refuses_chunks: std::sync::atomic::AtomicBool::new(false),
             gate: Gate::new(cfg.requests_per_second),
             chunk_threshold: cfg.chunk_threshold,
+            default_chunk_threshold: DEFAULT_CHUNK_THRESHOLD,
             referrers_api: std::sync::OnceLock::new(),
             rate_limit: std::sync::Mutex::new(None),
             warned_realm: AtomicBool::new(false),
@@ -289,9 +298,18 @@ impl RegistryClient {
         self.chunk_size
     }
 
-    /// Blob size from which uploads are chunked, when configured.
-    pub fn chunk_threshold(&self) -> Option<u64> {
-        self.chunk_threshold
+    /// Blob size from which uploads are chunked (the registry's `chunk_threshold`, else
+    /// [`DEFAULT_CHUNK_THRESHOLD`]).
+    pub fn chunk_threshold(&self) -> u64 {
+        self.chunk_threshold.unwrap_or(self.default_chunk_threshold)
+    }
+
+    /// The same client with `threshold` standing in for [`DEFAULT_CHUNK_THRESHOLD`] (tests of the
+    /// default that cannot move 256 MiB).
+    #[cfg(test)]
+    pub(crate) fn with_default_chunk_threshold(mut self, threshold: u64) -> Self {
+        self.default_chunk_threshold = threshold;
+        self
     }
 
     fn url(&self, path: &str) -> Result<Url> {
