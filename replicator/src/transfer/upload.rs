@@ -655,6 +655,7 @@ mod tests {
             copy_by_chunk: false,
             blob_parallelism: 1,
             leases: None,
+            manifest_leases: None,
             checkpoints: Arc::new(Checkpoints::local()),
         }
     }

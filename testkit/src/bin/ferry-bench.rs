@@ -15,10 +15,11 @@
 //! `strace` (a diagnostic that slows the copies: read its counts and times, not its speeds).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ferry_testkit::measure::{run_measured, Measured};
+use ferry_testkit::measure::{cpu_seconds, run_measured, Measured};
 use ferry_testkit::{skopeo, Blob, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
 
