@@ -155,9 +155,27 @@ pub async fn tags(host: &str, repo: &str) -> anyhow::Result<Vec<String>> {
     Ok(list.tags.unwrap_or_default())
 }
 
+/// `skopeo sync --all --preserve-digests` of the images a YAML source file lists to the plain-HTTP
+/// registry `dest_host` (a fresh blob-info cache, as every call here: a cold start for skopeo).
+pub async fn sync_yaml(yaml: &std::path::Path, dest_host: &str) -> anyhow::Result<Vec<u8>> {
+    run([
+        "sync".into(),
+        "--all".into(),
+        "--preserve-digests".into(),
+        "--src".into(),
+        "yaml".into(),
+        "--dest".into(),
+        "docker".into(),
+        "--dest-tls-verify=false".into(),
+        yaml.as_os_str().to_owned(),
+        std::ffi::OsString::from(dest_host),
+    ])
+    .await
+}
+
 /// Runs `skopeo <args>` isolated as described in the module docs, and
 /// returns its stdout. A non-zero exit is an error carrying stderr.
-/// For what the helpers above do not cover (`sync`, copies with `--src-creds`…).
+/// For what the helpers above do not cover (copies with `--src-creds`…).
 pub async fn run<I, S>(args: I) -> anyhow::Result<Vec<u8>>
 where
     I: IntoIterator<Item = S>,

@@ -309,20 +309,7 @@ async fn ferry_sync(ferry: &Path, config: &Path) -> Result<Measured> {
 
 async fn skopeo_sync(yaml: &Path, dst: &Registry) -> Result<f64> {
     let start = Instant::now();
-    // Each skopeo::run call uses a fresh, private blob-info cache (a cold start for skopeo).
-    skopeo::run([
-        "sync".into(),
-        "--all".into(),
-        "--preserve-digests".into(),
-        "--src".into(),
-        "yaml".into(),
-        "--dest".into(),
-        "docker".into(),
-        "--dest-tls-verify=false".into(),
-        yaml.as_os_str().to_owned(),
-        dst.host().into(),
-    ])
-    .await?;
+    skopeo::sync_yaml(yaml, &dst.host()).await?;
     Ok(start.elapsed().as_secs_f64())
 }
 

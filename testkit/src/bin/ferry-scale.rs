@@ -189,19 +189,7 @@ async fn skopeo_noop(pair: &Pair) -> Result<Point> {
     )?;
     let before = pair.requests();
     let started = Instant::now();
-    skopeo::run([
-        "sync".into(),
-        "--all".into(),
-        "--preserve-digests".into(),
-        "--src".into(),
-        "yaml".into(),
-        "--dest".into(),
-        "docker".into(),
-        "--dest-tls-verify=false".into(),
-        yaml.as_os_str().to_owned(),
-        pair.dst.host().into(),
-    ])
-    .await?;
+    skopeo::sync_yaml(&yaml, &pair.dst.host()).await?;
     Ok(Point {
         measured: Measured {
             secs: started.elapsed().as_secs_f64(),
