@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
 
-use crate::store::sentinel::{Sentinels, FOLLOW_EVERY};
+use crate::store::sentinel::{SentinelConnections, Sentinels, FOLLOW_EVERY};
 use crate::store::StoreError;
 
 /// Upper bound of one store operation, reconnect included; beyond it the caller gets
@@ -139,7 +139,9 @@ impl RedisStore {
         let (con, sentinels) = match &target.server {
             Server::Direct(client) => (manage(client.clone()).await?, None),
             Server::Sentinel(sentinels) => {
-                let primary = sentinels.primary().await?;
+                let primary = sentinels
+                    .primary(&mut SentinelConnections::default())
+                    .await?;
                 let con = manage(sentinels.client_for(&primary)?).await?;
                 tracing::info!(master = %sentinels.master, primary = %format!("{}:{}", primary.0, primary.1), "queue server: the primary the sentinels name");
                 (con, Some((sentinels.clone(), primary)))
@@ -227,12 +229,13 @@ async fn follow_primary(
     sentinels: Sentinels,
     mut primary: (String, u16),
 ) {
+    let mut open = SentinelConnections::default();
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         let Some(current) = con.upgrade() else {
             return;
         };
-        let named = match sentinels.primary().await {
+        let named = match sentinels.primary(&mut open).await {
             Ok(named) if named != primary => named,
             Ok(_) => continue,
             Err(e) => {

@@ -5,7 +5,8 @@
 //! sentinels (`HOST:PORT`, default port 26379) and the name they monitor the primary under; the
 //! userinfo and database are for the primary. Ferry asks the sentinels, one after the other,
 //! `SENTINEL GET-MASTER-ADDR-BY-NAME MASTER` ([`Sentinels::primary`]) when it connects and then
-//! every [`FOLLOW_EVERY`]; when the answer changes (a failover), the store's connection is replaced
+//! every [`FOLLOW_EVERY`], over connections it keeps open ([`SentinelConnections`]; one that fails
+//! is opened again); when the answer changes (a failover), the store's connection is replaced
 //! by one to the new primary (`store::redis::RedisStore`). Commands in flight on the old
 //! connection fail as `Unavailable`, as during any outage: agents answer 503 (the registry
 //! re-sends), workers retry.
@@ -16,6 +17,7 @@
 //! such); a URL's password never shows in messages.
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 use crate::store::StoreError;
@@ -113,18 +115,36 @@ impl Sentinels {
     }
 
     /// Where the sentinels say the primary is now: the first sentinel that answers with an
-    /// address decides.
-    pub async fn primary(&self) -> Result<(String, u16), StoreError> {
+    /// address decides. `open` keeps the connections to the sentinels between calls (the store
+    /// asks every [`FOLLOW_EVERY`]); one that fails is dropped and opened again next time.
+    pub async fn primary(
+        &self,
+        open: &mut SentinelConnections,
+    ) -> Result<(String, u16), StoreError> {
         let mut problems = Vec::new();
-        for (host, port) in &self.nodes {
-            match tokio::time::timeout(ASK_TIMEOUT, ask(host, *port, &self.master)).await {
+        for (i, (host, port)) in self.nodes.iter().enumerate() {
+            let asked = tokio::time::timeout(ASK_TIMEOUT, async {
+                let con = match open.0.get_mut(&i) {
+                    Some(con) => con,
+                    None => open.0.entry(i).or_insert(connect(host, *port).await?),
+                };
+                ask(con, &self.master).await
+            })
+            .await;
+            match asked {
                 Ok(Ok(Some(addr))) => return Ok(addr),
                 Ok(Ok(None)) => problems.push(format!(
                     "{host}:{port} does not monitor a master named {:?}",
                     self.master
                 )),
-                Ok(Err(e)) => problems.push(format!("{host}:{port}: {e}")),
-                Err(_) => problems.push(format!("{host}:{port}: no answer within {ASK_TIMEOUT:?}")),
+                Ok(Err(e)) => {
+                    open.0.remove(&i);
+                    problems.push(format!("{host}:{port}: {e}"));
+                }
+                Err(_) => {
+                    open.0.remove(&i);
+                    problems.push(format!("{host}:{port}: no answer within {ASK_TIMEOUT:?}"));
+                }
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -188,20 +208,31 @@ fn percent_decode(s: &str) -> String {
         .map_or_else(|| s.to_string(), |(_, v)| v.into_owned())
 }
 
-/// One `SENTINEL GET-MASTER-ADDR-BY-NAME` to one sentinel: `None` when it monitors no such master.
-async fn ask(host: &str, port: u16, master: &str) -> Result<Option<(String, u16)>, String> {
+/// Open connections to the sentinels, by their index in [`Sentinels::nodes`].
+#[derive(Default)]
+pub struct SentinelConnections(std::collections::HashMap<usize, MultiplexedConnection>);
+
+/// A connection to the sentinel at `host:port`.
+async fn connect(host: &str, port: u16) -> Result<MultiplexedConnection, String> {
     let info = (host, port)
         .into_connection_info()
         .map_err(|e| e.to_string())?;
     let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-    let mut con = client
+    client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// One `SENTINEL GET-MASTER-ADDR-BY-NAME` to one sentinel: `None` when it monitors no such master.
+async fn ask(
+    con: &mut MultiplexedConnection,
+    master: &str,
+) -> Result<Option<(String, u16)>, String> {
     let answer: Option<(String, String)> = redis::cmd("SENTINEL")
         .arg("GET-MASTER-ADDR-BY-NAME")
         .arg(master)
-        .query_async(&mut con)
+        .query_async(con)
         .await
         .map_err(|e| e.to_string())?;
     answer
