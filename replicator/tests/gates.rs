@@ -95,6 +95,15 @@ fn image_layout(dir: &Path, seed: u64) -> (LayoutBuilder, Blob) {
     (b, img)
 }
 
+/// [`image_layout`] with a cosign signature of its image by `signer` (identity `team/app`) at
+/// layout ref `sig`.
+fn signed_image(dir: &Path, seed: u64, signer: &Signer) -> (LayoutBuilder, Blob) {
+    let (mut b, img) = image_layout(dir, seed);
+    let sig = signer.sign("team/app", &img.digest).unwrap();
+    signature_manifest(&mut b, "sig", &[sig], None).unwrap();
+    (b, img)
+}
+
 /// cosign's legacy signature tag of `image`.
 fn sig_tag(image: &Blob) -> String {
     format!("sha256-{}.sig", image.hex())
@@ -213,9 +222,7 @@ async fn an_unsigned_image_is_blocked_naming_the_gate() {
 async fn an_image_signed_by_another_key_is_blocked_saying_the_signature_did_not_verify() {
     let (src, dst, dir) = two_registries().await;
     let (trusted, other) = (Signer::generate().unwrap(), Signer::generate().unwrap());
-    let (mut b, img) = image_layout(dir.path(), 62);
-    let sig = other.sign("team/app", &img.digest).unwrap();
-    signature_manifest(&mut b, "sig", &[sig], None).unwrap();
+    let (b, img) = signed_image(dir.path(), 62, &other);
     push(&b.finish().unwrap(), &src.host(), &[("sig", sig_tag(&img))]).await;
     let report = gated_sync(dir.path(), &src, &dst, Some(&trusted)).await;
     assert_blocked(&report, &dst, "only_signed", "does not verify against").await;
@@ -255,13 +262,8 @@ async fn a_signature_whose_payload_names_another_digest_does_not_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_a_cosign_signature_tag_is_enough() {
     let (src, dst, dir) = two_registries().await;
-    let (mut b, img) = image_layout(dir.path(), 65);
     // Its signature is not checked without a key: only its existence.
-    let unchecked = Signer::generate()
-        .unwrap()
-        .sign("team/app", &img.digest)
-        .unwrap();
-    signature_manifest(&mut b, "sig", &[unchecked], None).unwrap();
+    let (b, img) = signed_image(dir.path(), 65, &Signer::generate().unwrap());
     push(&b.finish().unwrap(), &src.host(), &[("sig", sig_tag(&img))]).await;
     let report = gated_sync(dir.path(), &src, &dst, None).await;
     assert_copied(&report, &dst, &img).await;
@@ -320,9 +322,7 @@ async fn an_image_blocked_on_its_push_event_is_replicated_when_its_signature_is_
         config,
     } = registry_pair(Some(&listen), TOKEN, policy).await;
     let mut serve = Serve::start(&config, &listen, TOKEN, &[], dir.path().join("serve.log")).await;
-    let (mut b, img) = image_layout(dir.path(), 69);
-    let sig = signer.sign("team/app", &img.digest).unwrap();
-    signature_manifest(&mut b, "sig", &[sig], None).unwrap();
+    let (b, img) = signed_image(dir.path(), 69, &signer);
     let layout = b.finish().unwrap();
 
     push(&layout, &src.host(), &[]).await;
@@ -662,12 +662,7 @@ async fn a_signature_referrer_pushed_by_digest_releases_its_subjects_tags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_tag_releases_its_subject_under_a_policy_that_does_not_copy_referrers() {
     let (src, dst, dir) = two_registries().await;
-    let (mut b, img) = image_layout(dir.path(), 72);
-    let sig = Signer::generate()
-        .unwrap()
-        .sign("team/app", &img.digest)
-        .unwrap();
-    signature_manifest(&mut b, "sig", &[sig], None).unwrap();
+    let (b, img) = signed_image(dir.path(), 72, &Signer::generate().unwrap());
     let layout = b.finish().unwrap();
     let policy = json!({"trigger": {"type": "event_based"}, "only_signed": true,
                         "copy_referrers": false, "filters": [{"type": "tag", "value": "v*"}]});
