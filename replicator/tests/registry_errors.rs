@@ -476,3 +476,25 @@ async fn referrers_from_the_api_are_listed_in_the_fallback_tag_of_a_destination_
         "application/spdx+json"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_whose_tag_list_is_refused_is_reported_and_the_others_still_sync() {
+    let fake = FakeRegistry::start(Behavior::default()).await.unwrap();
+    seed_image(&fake, "team/app", "v1", vec![1u8; 1024]);
+    seed_image(&fake, "team/secret", "v1", vec![2u8; 1024]);
+    fake.set_behavior(|b| b.deny_tag_lists = HashSet::from(["team/secret".to_string()]));
+    let dst = Registry::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &fake.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 1, "not converged: {}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        report["unlisted"][0]["repository"], "team/secret",
+        "{report:#}"
+    );
+    let error = report["unlisted"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("denied"), "{error}");
+    assert_eq!(outcomes(&report, "copied"), 1, "{report:#}");
+    assert_eq!(manifest_on(&dst.url(), "team/app", "v1").await, 200);
+    assert_eq!(manifest_on(&dst.url(), "team/secret", "v1").await, 404);
+}

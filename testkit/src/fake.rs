@@ -153,6 +153,9 @@ pub struct Behavior {
     pub redirect_blob_gets_to: Option<String>,
     /// `_catalog` and `tags/list` (and Harbor's lists) answer pages no sane registry sends.
     pub hostile_lists: Option<HostileList>,
+    /// Repositories whose `tags/list` answers 403 `DENIED` (a repository the credential may not
+    /// list, while the catalog names it).
+    pub deny_tag_lists: HashSet<String>,
 }
 
 /// Pages of `_catalog` and `tags/list` from a hostile or broken registry.
@@ -825,6 +828,13 @@ fn referrers(inner: &Inner, name: &str, digest: &str) -> Response {
 }
 
 fn tags_list(inner: &Inner, req: &Req<'_>, name: &str) -> Response {
+    if inner.behavior.deny_tag_lists.contains(name) {
+        return oci_error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "requested access to the resource is denied",
+        );
+    }
     let Some(repo) = inner.repos.get(name) else {
         return oci_error(
             StatusCode::NOT_FOUND,

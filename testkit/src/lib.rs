@@ -61,5 +61,6 @@ pub use fake::{
 pub use fault::{FaultProxy, Link};
 pub use fixtures::{sha256_digest, sha256_file, Blob, LayerSpec, LayoutBuilder};
 pub use netns::{Host, Netns};
+pub use process::free_port;
 pub use registry::{RedisServer, Registry, RegistryOptions};
 pub use tls::{make_certificates, Certificates};

@@ -22,6 +22,20 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Peak RSS (`VmHWM`) of a live process, in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Runs a command to completion, sampling its peak RSS (VmHWM) and CPU time.
 pub async fn run_measured(cmd: &mut tokio::process::Command) -> Result<Measured> {
     let start = Instant::now();
@@ -41,15 +55,7 @@ pub async fn run_measured(cmd: &mut tokio::process::Command) -> Result<Measured>
     let mut cpu = 0f64;
     let status = loop {
         cpu = cpu_seconds(pid).unwrap_or(cpu);
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(kb * 1024);
-            }
-        }
+        peak = peak.max(peak_rss(pid).unwrap_or(0));
         tokio::select! {
             s = child.wait() => break s?,
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}

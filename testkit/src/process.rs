@@ -26,7 +26,7 @@ const START_MARKER: &str = "--- ferry-testkit: starting";
 ///
 /// Racy by nature (another process may take the port before the child binds
 /// it): callers retry on "address already in use".
-pub(crate) fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener =
         TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to pick a free port")?;
     Ok(listener

@@ -14,13 +14,12 @@ use ferry_replicator::layout::export::{export_policy, ExportOptions, ExportRepor
 use ferry_replicator::layout::import::import_policy;
 use ferry_replicator::layout::LayoutSource;
 use ferry_replicator::replicate::{
-    PreparedPolicy, Registries, RunProgress, SyncOptions, SyncReport, TagOutcome,
+    PreparedPolicy, Registries, SyncOptions, SyncReport, TagOutcome,
 };
 use indicatif::HumanBytes;
-use tokio_util::sync::CancellationToken;
 
-use super::commands::{cancel_on_signal, print_sync_summary, selected, ERROR, INTERRUPTED, NO, OK};
-use super::{progress, ExportArgs, ImportArgs, RunFlags};
+use super::commands::{print_sync_summary, selected, with_progress, ERROR, INTERRUPTED, NO, OK};
+use super::{ExportArgs, ImportArgs, JsonRuns};
 
 /// Which side of the air gap a command runs on.
 #[derive(Clone, Copy)]
@@ -67,30 +66,11 @@ fn load(path: &Path, name: &str, side: Side) -> Option<PreparedPolicy> {
     }
 }
 
-/// Runs `work` with signals turning into cancellation and the progress display on.
-async fn with_progress<T>(
-    flags: &RunFlags,
-    work: impl AsyncFnOnce(CancellationToken, Arc<RunProgress>) -> T,
-) -> (T, bool) {
-    let cancel = CancellationToken::new();
-    let signals = cancel_on_signal(cancel.clone());
-    let run_progress = Arc::new(RunProgress::default());
-    let display_done = CancellationToken::new();
-    let display = progress::spawn(run_progress.clone(), flags.progress, display_done.clone());
-    let out = work(cancel.clone(), run_progress).await;
-    display_done.cancel();
-    let _ = display.await;
-    let interrupted = cancel.is_cancelled();
-    cancel.cancel();
-    let _ = signals.await;
-    (out, interrupted)
-}
-
 pub async fn export(args: ExportArgs) -> u8 {
     let Some(prepared) = load(&args.config, &args.policy, Side::Source) else {
         return ERROR;
     };
-    let (result, interrupted) = with_progress(&args.run, async |cancel, progress| {
+    let (result, interrupted) = with_progress(args.run.progress, async |cancel, progress| {
         let opts = ExportOptions {
             to: args.to.clone(),
             since: args.since.clone(),
@@ -173,20 +153,29 @@ pub async fn import(args: ImportArgs) -> u8 {
             return ERROR;
         }
     };
-    let (report, interrupted) = with_progress(&args.run, async |cancel, progress| {
+    let json = args.run.json.then(JsonRuns::start);
+    if let Some(j) = &json {
+        j.begin(&prepared.policy.name);
+    }
+    let (report, interrupted) = with_progress(args.run.progress, async |cancel, progress| {
         let opts = SyncOptions {
             cancel,
             tag_parallelism: args.run.tag_parallelism,
             blob_parallelism: args.run.blob_parallelism,
             progress,
+            tag_sink: json.as_ref().map(JsonRuns::sink),
         };
         import_policy(&prepared, layout, &opts).await
     })
     .await;
-    if args.run.json {
-        super::print_json(&[&report]);
-    } else {
-        print_sync_summary(&report);
+    match &json {
+        Some(j) => {
+            j.end(&report);
+            if !j.finish() {
+                return ERROR;
+            }
+        }
+        None => print_sync_summary(&report),
     }
     if interrupted {
         return INTERRUPTED;

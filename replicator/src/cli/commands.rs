@@ -21,8 +21,8 @@ use indicatif::HumanBytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    progress, AdminFlags, DiffArgs, JobFlags, OidcFlags, QueueFlags, ServeArgs, SyncArgs, Target,
-    WorkerArgs,
+    progress, AdminFlags, DiffArgs, JobFlags, JsonRuns, OidcFlags, ProgressMode, QueueFlags,
+    ServeArgs, SyncArgs, Target, WorkerArgs,
 };
 
 pub(super) const OK: u8 = 0;
@@ -96,64 +96,85 @@ pub(super) fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHan
     })
 }
 
-pub async fn sync(args: SyncArgs) -> u8 {
-    let Some(prepared) = load_target(&args.target) else {
-        return ERROR;
-    };
+/// Runs `work` with signals turning into cancellation and the progress display on; `true` with
+/// its output when it was interrupted.
+pub(super) async fn with_progress<T>(
+    mode: ProgressMode,
+    work: impl AsyncFnOnce(CancellationToken, Arc<RunProgress>) -> T,
+) -> (T, bool) {
     let cancel = CancellationToken::new();
     let signals = cancel_on_signal(cancel.clone());
-    let progress = Arc::new(RunProgress::default());
-    let opts = SyncOptions {
-        cancel: cancel.clone(),
-        tag_parallelism: args.tag_parallelism,
-        blob_parallelism: args.blob_parallelism,
-        progress: progress.clone(),
-    };
+    let run_progress = Arc::new(RunProgress::default());
     let display_done = CancellationToken::new();
-    let display = progress::spawn(progress, args.progress, display_done.clone());
-    let mut reports = Vec::new();
-    let mut code = OK;
-    for p in &prepared {
-        match sync_policy(p, &opts).await {
-            Ok(r) => reports.push(r),
-            Err(e) => {
-                eprintln!("error: policy {}: {e}", p.policy.name);
-                code = ERROR;
-            }
-        }
-    }
+    let display = progress::spawn(run_progress.clone(), mode, display_done.clone());
+    let out = work(cancel.clone(), run_progress).await;
     display_done.cancel();
     let _ = display.await;
     let interrupted = cancel.is_cancelled();
     cancel.cancel();
     let _ = signals.await;
-    if args.target.json {
-        super::print_json(&reports);
-    } else {
-        for r in &reports {
-            print_sync_summary(r);
+    (out, interrupted)
+}
+
+pub async fn sync(args: SyncArgs) -> u8 {
+    let Some(prepared) = load_target(&args.target) else {
+        return ERROR;
+    };
+    // With --json every tag is written as it finishes; otherwise each policy's summary follows it.
+    let json = args.target.json.then(JsonRuns::start);
+    let ((code, converged), interrupted) =
+        with_progress(args.progress, async |cancel, progress| {
+            let opts = SyncOptions {
+                cancel,
+                tag_parallelism: args.tag_parallelism,
+                blob_parallelism: args.blob_parallelism,
+                progress,
+                tag_sink: json.as_ref().map(JsonRuns::sink),
+            };
+            let (mut code, mut converged) = (OK, true);
+            for p in &prepared {
+                if let Some(j) = &json {
+                    j.begin(&p.policy.name);
+                }
+                match sync_policy(p, &opts).await {
+                    Ok(r) => {
+                        converged &= r.converged();
+                        match &json {
+                            Some(j) => j.end(&r),
+                            None => print_sync_summary(&r),
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: policy {}: {e}", p.policy.name);
+                        if let Some(j) = &json {
+                            j.end_failed(&e.to_string());
+                        }
+                        code = ERROR;
+                    }
+                }
+            }
+            (code, converged)
+        })
+        .await;
+    if let Some(j) = &json {
+        if !j.finish() {
+            return ERROR;
         }
     }
     if interrupted {
-        return INTERRUPTED;
+        INTERRUPTED
+    } else if code == OK && !converged {
+        NO
+    } else {
+        code
     }
-    if code == OK && !reports.iter().all(SyncReport::converged) {
-        code = NO;
-    }
-    code
 }
 
 pub(super) fn print_sync_summary(r: &SyncReport) {
-    let n = |f: fn(&TagOutcome) -> bool| r.count(f);
+    let c = r.counts;
     println!(
         "policy {}: tags {} copied, {} unchanged, {} kept, {} skipped, {} blocked, {} failed",
-        r.policy,
-        n(|o| matches!(o, TagOutcome::Copied { .. })),
-        n(|o| matches!(o, TagOutcome::Unchanged { .. })),
-        n(|o| matches!(o, TagOutcome::Kept { .. })),
-        n(|o| matches!(o, TagOutcome::Skipped { .. })),
-        n(|o| matches!(o, TagOutcome::Blocked { .. })),
-        n(|o| matches!(o, TagOutcome::Failed { .. })),
+        r.policy, c.copied, c.unchanged, c.kept, c.skipped, c.blocked, c.failed,
     );
     let s = r.stats;
     let rate = if r.seconds > 0.0 {
@@ -170,7 +191,10 @@ pub(super) fn print_sync_summary(r: &SyncReport) {
         r.seconds,
         HumanBytes(rate as u64)
     );
-    for t in &r.tags {
+    for u in &r.unlisted {
+        println!("  FAILED listing {}: {}", u.repository, u.error);
+    }
+    for t in &r.notable {
         match &t.outcome {
             TagOutcome::Failed { error } => println!("  FAILED {}/{}:{}: {error}", t.destination, t.destination_repository, t.tag),
             TagOutcome::Kept { source_digest, destination_digest } => println!(
@@ -181,6 +205,12 @@ pub(super) fn print_sync_summary(r: &SyncReport) {
             TagOutcome::Blocked { gate, reason, .. } => println!("  blocked {}:{} by {gate}: {reason}", t.repository, t.tag),
             _ => {}
         }
+    }
+    if r.notable_dropped > 0 {
+        println!(
+            "  … and {} more tags failed, kept, skipped or blocked (--json lists every tag)",
+            r.notable_dropped
+        );
     }
 }
 

@@ -2,10 +2,13 @@
 //!
 //! Exit codes are a contract for scripts: 0 success, 1 "the answer is no" (drift found, destination
 //! not converged, invalid policy file), 2 usage or runtime errors, 130 interrupted.
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_replicator::replicate::{SyncReport, TagResult, TagSink};
 use ferry_replicator::runtime::listener::ListenFlags;
 use ferry_replicator::runtime::{block_on_exit, init_logging, LogFormat, RedisFlags};
 
@@ -353,10 +356,138 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// `--json` of the runs that replicate (`ferry sync`, `ferry import`): a JSON array with one object
+/// per policy — `{"policy", "tags": [...], "counts", "unlisted", "stats", "seconds"}`, or `"error"`
+/// when the policy could not start — whose tags are written as they finish, in that order, so a
+/// run over 100 000 tags never holds its report in memory.
+pub(crate) struct JsonRuns {
+    out: std::sync::Mutex<JsonOut>,
+}
+
+struct JsonOut {
+    w: std::io::BufWriter<std::io::Stdout>,
+    policies: usize,
+    tags: usize,
+    error: Option<std::io::Error>,
+}
+
+impl JsonOut {
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut std::io::BufWriter<std::io::Stdout>) -> std::io::Result<()>,
+    ) {
+        if self.error.is_none() {
+            if let Err(e) = f(&mut self.w) {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+impl JsonRuns {
+    /// Opens the array on stdout.
+    pub(crate) fn start() -> Arc<JsonRuns> {
+        let runs = Arc::new(JsonRuns {
+            out: std::sync::Mutex::new(JsonOut {
+                w: std::io::BufWriter::new(std::io::stdout()),
+                policies: 0,
+                tags: 0,
+                error: None,
+            }),
+        });
+        runs.with(|o| o.write(|w| w.write_all(b"[")));
+        runs
+    }
+
+    fn with(&self, f: impl FnOnce(&mut JsonOut)) {
+        f(&mut ferry_replicator::locks::lock(&self.out));
+    }
+
+    /// Opens one policy's object; its tags follow through [`JsonRuns::sink`].
+    pub(crate) fn begin(&self, policy: &str) {
+        self.with(|o| {
+            let comma = if o.policies > 0 { "," } else { "" };
+            o.policies += 1;
+            o.tags = 0;
+            o.write(|w| {
+                write!(w, "{comma}\n{{\"policy\":")?;
+                serde_json::to_writer(&mut *w, policy)?;
+                w.write_all(b",\"tags\":[")
+            });
+        });
+    }
+
+    /// Where a run's tags go: each written as one line of the open policy's `tags`.
+    pub(crate) fn sink(self: &Arc<Self>) -> TagSink {
+        let runs = self.clone();
+        Arc::new(move |t: &TagResult| {
+            runs.with(|o| {
+                let comma = if o.tags > 0 { "," } else { "" };
+                o.tags += 1;
+                o.write(|w| {
+                    writeln!(w, "{comma}")?;
+                    serde_json::to_writer(&mut *w, t).map_err(std::io::Error::from)
+                });
+            });
+        })
+    }
+
+    /// Closes the open policy's object with its totals.
+    pub(crate) fn end(&self, report: &SyncReport) {
+        let unlisted: Vec<serde_json::Value> = report
+            .unlisted
+            .iter()
+            .map(|u| serde_json::json!({"repository": u.repository, "error": u.error.to_string()}))
+            .collect();
+        let tail = serde_json::json!({
+            "counts": report.counts,
+            "unlisted": unlisted,
+            "stats": report.stats,
+            "seconds": report.seconds,
+        });
+        self.close(tail);
+    }
+
+    /// Closes the open policy's object with the error that stopped it.
+    pub(crate) fn end_failed(&self, error: &str) {
+        self.close(serde_json::json!({ "error": error }));
+    }
+
+    /// `],` then `tail`'s fields, then `}`.
+    fn close(&self, tail: serde_json::Value) {
+        self.with(|o| {
+            o.write(|w| {
+                w.write_all(b"\n]")?;
+                if let serde_json::Value::Object(fields) = &tail {
+                    for (k, v) in fields {
+                        write!(w, ",{}:{v}", serde_json::Value::String(k.clone()))?;
+                    }
+                }
+                w.write_all(b"}")
+            });
+        });
+    }
+
+    /// Closes the array and flushes; `false`, with the error on stderr, when stdout failed.
+    pub(crate) fn finish(&self) -> bool {
+        let mut ok = true;
+        self.with(|o| {
+            o.write(|w| {
+                w.write_all(b"\n]\n")?;
+                w.flush()
+            });
+            if let Some(e) = &o.error {
+                eprintln!("error: cannot write the report: {e}");
+                ok = false;
+            }
+        });
+        ok
+    }
+}
+
 /// Writes `value` to stdout as pretty JSON, streamed (a report of 100 000 tags is never held as
 /// one string); `false`, with the error on stderr, when it cannot be written.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> bool {
-    use std::io::Write as _;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = serde_json::to_writer_pretty(&mut out, value)
         .map_err(|e| e.to_string())

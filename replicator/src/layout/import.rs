@@ -32,5 +32,12 @@ pub async fn import_policy(
 ) -> SyncReport {
     let started = Instant::now();
     let repos = covered(prepared, &layout);
-    sync_repos(prepared, layout, &repos, started, opts).await
+    sync_repos(
+        prepared,
+        layout,
+        futures_util::stream::iter(repos.into_iter().map(Ok)),
+        started,
+        opts,
+    )
+    .await
 }

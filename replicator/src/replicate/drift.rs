@@ -4,13 +4,17 @@
 //! registries. A tag is `missing` when the source has it and a destination does not, `different`
 //! when the digests differ, and `extra` when a destination repository that the policy maps to holds a
 //! covered tag that the source does not have.
+//!
+//! Memory holds the drift found and the tags of the few repositories being compared: the source is
+//! listed one repository at a time as the diff reaches it (`plan::source_repos`).
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
 use crate::oci::{RegistryClient, RegistryError, RemoteDescriptor};
-use crate::replicate::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
+use crate::replicate::{is_referrer_tag, source_repos, PreparedPolicy, SourceRepo};
 
 /// `(tag, source digest, destination digest)` of one checked tag.
 type TagCheck = (String, Option<String>, Option<String>);
@@ -46,21 +50,35 @@ impl DriftReport {
 /// Computes the drift of one policy.
 pub async fn diff_policy(prepared: &PreparedPolicy) -> Result<DriftReport, RegistryError> {
     let policy = &prepared.policy;
-    let repos = list_source(&prepared.src, policy, &prepared.selector).await?;
-    // Futures built in loops (not closures) keep concrete lifetimes, so callers can spawn this.
-    let mut units = Vec::new();
-    for dst in &prepared.dsts {
-        for repo in &repos {
-            units.push(diff_repository(prepared, dst, repo));
-        }
-    }
-    let results: Vec<Result<RepoDrift, RegistryError>> =
-        stream::iter(units).buffer_unordered(8).collect().await;
+    // Repositories are listed as the diff reaches them: memory holds the tags of the few being
+    // compared and the drift found, never the whole catalog's tags.
+    let repos = source_repos(&prepared.src, policy, &prepared.selector).await?;
+    let units = repos.flat_map(|listed| {
+        // Owned items (a destination's index, not a reference): callers spawn this future.
+        let units: Vec<Result<(usize, Arc<SourceRepo>), RegistryError>> = match listed {
+            Ok(repo) => {
+                let repo = Arc::new(repo);
+                (0..prepared.dsts.len())
+                    .map(|d| Ok((d, repo.clone())))
+                    .collect()
+            }
+            Err(unlisted) => vec![Err(unlisted.error)],
+        };
+        stream::iter(units)
+    });
+    let results = units
+        .map(|unit| async move {
+            let (dst, repo) = unit?;
+            diff_repository(prepared, &prepared.dsts[dst], &repo).await
+        })
+        .buffer_unordered(8)
+        .boxed();
+    let mut results = std::pin::pin!(results);
     let mut report = DriftReport {
         policy: policy.name.clone(),
         ..Default::default()
     };
-    for r in results {
+    while let Some(r) = results.next().await {
         let r = r?;
         report.checked += r.checked;
         report.missing.extend(r.missing);

@@ -29,9 +29,12 @@ pub mod tag;
 use crate::oci::RegistryError;
 
 pub(crate) use plan::listed_name;
-pub use plan::{is_referrer_tag, list_source, PreparedPolicy, SourceRepo};
+pub use plan::{is_referrer_tag, list_source, source_repos, PreparedPolicy, SourceRepo, Unlisted};
 pub use registries::Registries;
-pub use sync::{sync_policy, sync_repos, RunProgress, SyncOptions, SyncReport, TagResult};
+pub use sync::{
+    sync_policy, sync_repos, OutcomeCounts, RunProgress, SyncOptions, SyncReport, TagResult,
+    TagSink,
+};
 pub use tag::{
     replicate_gated_tags, replicate_reference, GateRecheck, KnownHeads, TagOutcome, TAG_GONE,
 };

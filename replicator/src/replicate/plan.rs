@@ -7,7 +7,8 @@
 //! to their subject when the policy copies referrers.
 use std::sync::Arc;
 
-use futures_util::{stream, StreamExt};
+use futures_util::stream::BoxStream;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::oci::{RegistryClient, RegistryError};
@@ -86,35 +87,66 @@ pub(crate) fn listed_name(
     }
 }
 
-/// Lists the source repositories and tags a policy covers (names outside the grammar skipped).
-pub async fn list_source(
-    src: &RegistryClient,
-    policy: &Policy,
-    selector: &Selector,
-) -> Result<Vec<SourceRepo>, RegistryError> {
-    let repos: Vec<String> = src
+/// Tag lists a [`source_repos`] stream reads ahead of the repository being worked on.
+pub const LIST_AHEAD: usize = 8;
+
+/// A stream of source repositories, each with its covered tags, as [`source_repos`] yields them.
+pub type RepoStream<'a> = BoxStream<'a, Result<SourceRepo, Unlisted>>;
+
+/// A source repository whose tag list could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("repository {repository}: {error}")]
+pub struct Unlisted {
+    pub repository: String,
+    #[source]
+    pub error: RegistryError,
+}
+
+/// The source repositories a policy covers, in name order, **listed as the stream is pulled**: the
+/// catalog first (its error is this function's), then each repository's tag list, at most
+/// [`LIST_AHEAD`] ahead of the consumer. A run over 100k tags so holds the tags of a few
+/// repositories at a time, never the whole catalog's; names outside the grammar are skipped.
+pub async fn source_repos<'a>(
+    src: &'a RegistryClient,
+    policy: &'a Policy,
+    selector: &'a Selector,
+) -> Result<RepoStream<'a>, RegistryError> {
+    let mut repos: Vec<String> = src
         .catalog()
         .await?
         .into_iter()
         .filter(|r| listed_name(src.name(), None, check_repository(r)))
         .filter(|r| selector.matches_repository(r))
         .collect();
-    let listed: Vec<Result<SourceRepo, RegistryError>> = stream::iter(repos)
-        .map(|repository| async move {
-            let all_tags: Vec<String> = src
-                .list_tags(&repository)
-                .await?
+    repos.sort_unstable();
+    Ok(stream::iter(repos)
+        .map(move |repository| async move {
+            let all_tags: Vec<String> = match src.list_tags(&repository).await {
+                Ok(tags) => tags,
+                Err(error) => return Err(Unlisted { repository, error }),
+            };
+            let all_tags: Vec<String> = all_tags
                 .into_iter()
                 .filter(|t| listed_name(src.name(), Some(&repository), check_tag(t)))
                 .collect();
             Ok(SourceRepo::covered(policy, selector, repository, all_tags))
         })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    let mut out = listed.into_iter().collect::<Result<Vec<_>, _>>()?;
-    out.sort_by(|a, b| a.repository.cmp(&b.repository));
-    Ok(out)
+        .buffered(LIST_AHEAD)
+        .boxed())
+}
+
+/// Lists the source repositories and tags a policy covers, all at once (names outside the grammar
+/// skipped); long runs use [`source_repos`] instead.
+pub async fn list_source(
+    src: &RegistryClient,
+    policy: &Policy,
+    selector: &Selector,
+) -> Result<Vec<SourceRepo>, RegistryError> {
+    source_repos(src, policy, selector)
+        .await?
+        .map_err(|u| u.error)
+        .try_collect()
+        .await
 }
 
 /// A policy compiled for running: its selector and destination names.

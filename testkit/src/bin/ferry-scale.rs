@@ -6,12 +6,17 @@
 //! hard-linked into the destination's) and measures a
 //! no-op `ferry sync` and a `ferry diff` between them — wall time, peak RSS, CPU, and the
 //! requests both registries served per tag (from their access logs, not from Ferry) — and, at the
-//! points given to `--skopeo-at`, `skopeo sync` of the same no-op for comparison. Prints figures,
-//! never asserts them.
+//! points given to `--skopeo-at`, `skopeo sync` of the same no-op for comparison. Then the
+//! daemons' passes over the same catalog (`--daemons`, on by default): `ferry-agent`'s safety-net
+//! pass at start and its tag poller's baseline and steady passes (each with a real `valkey-server`
+//! queue, whose `used_memory` is read after the pass), and `ferry serve`'s start-up until
+//! `/healthz` answers and until its first safety-net pass is done. Prints figures, never asserts
+//! them.
 //!
 //! Usage: `cargo build --release --workspace && target/release/ferry-scale [--ferry PATH]
-//! [--points 1000,10000,100000] [--tags-per-repo 100] [--skopeo-at 1000]` (skopeo takes about
-//! 0.1 s per tag for a no-op, so 10 000 tags cost it about 15 minutes).
+//! [--points 1000,10000,100000] [--tags-per-repo 100] [--skopeo-at 1000] [--no-daemons]
+//! [--queue-server valkey-server]` (skopeo takes about 0.1 s per tag for a no-op, so 10 000 tags
+//! cost it about 15 minutes).
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,6 +31,8 @@ struct Args {
     points: Vec<usize>,
     tags_per_repo: usize,
     skopeo_at: Vec<usize>,
+    daemons: bool,
+    queue_server: String,
 }
 
 fn list(v: &str) -> Result<Vec<usize>> {
@@ -45,6 +52,8 @@ fn parse_args() -> Result<Args> {
         points: vec![1_000, 10_000, 100_000],
         tags_per_repo: 100,
         skopeo_at: vec![1_000],
+        daemons: true,
+        queue_server: "valkey-server".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -54,8 +63,10 @@ fn parse_args() -> Result<Args> {
             "--points" => args.points = list(&value()?)?,
             "--tags-per-repo" => args.tags_per_repo = value()?.parse()?,
             "--skopeo-at" => args.skopeo_at = list(&value()?)?,
+            "--no-daemons" => args.daemons = false,
+            "--queue-server" => args.queue_server = value()?,
             "-h" | "--help" => {
-                println!("ferry-scale [--ferry PATH] [--points 1000,10000,100000] [--tags-per-repo 100] [--skopeo-at 1000]");
+                println!("ferry-scale [--ferry PATH] [--points 1000,10000,100000] [--tags-per-repo 100] [--skopeo-at 1000] [--no-daemons] [--queue-server valkey-server]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -117,16 +128,22 @@ async fn seeded_pair(tags: usize, per_repo: usize) -> Result<Pair> {
 }
 
 impl Pair {
-    fn config(&self) -> Result<PathBuf> {
-        let path = self.dir.path().join("ferry.json");
+    /// A config with the one policy `scale` covering the catalog: `manual` for the one-shot
+    /// commands, `event_based` for the daemons, the source polled every `poll` seconds if given.
+    fn config(&self, file: &str, trigger: &str, poll: Option<u64>) -> Result<PathBuf> {
+        let path = self.dir.path().join(file);
+        let mut src = json!({"name": "src", "url": self.src.url(), "insecure": true});
+        if let Some(secs) = poll {
+            src["poll_interval_seconds"] = json!(secs);
+        }
         let cfg = json!({
             "registries": [
-                {"name": "src", "url": self.src.url(), "insecure": true},
+                src,
                 {"name": "dst", "url": self.dst.url(), "insecure": true}
             ],
             "policies": [{
                 "name": "scale", "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
-                "trigger": {"type": "manual"}, "filters": [{"type": "name", "value": "scale/**"}]
+                "trigger": {"type": trigger}, "filters": [{"type": "name", "value": "scale/**"}]
             }]
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
@@ -229,7 +246,7 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|");
     for &tags in &args.points {
         let pair = seeded_pair(tags, args.tags_per_repo).await?;
-        let config = pair.config()?;
+        let config = pair.config("ferry.json", "manual", None)?;
         let sync = measure(&pair, &mut ferry(&args.ferry, "sync", &config)).await?;
         println!("{}", row("ferry sync (no-op)", pair.tags, &sync));
         let diff = measure(&pair, &mut ferry(&args.ferry, "diff", &config)).await?;
@@ -238,6 +255,241 @@ async fn main() -> Result<()> {
             let skopeo = skopeo_noop(&pair).await?;
             println!("{}", row("skopeo sync (no-op)", pair.tags, &skopeo));
         }
+        if args.daemons {
+            daemon_points(&args, &pair).await?;
+        }
     }
+    Ok(())
+}
+
+/// A Ferry daemon under measurement: its `/metrics` scraped until a condition holds.
+struct Daemon {
+    child: tokio::process::Child,
+    pid: u32,
+    base: String,
+    started: Instant,
+    http: reqwest::Client,
+}
+
+impl Daemon {
+    async fn start(bin: &Path, args: &[&str], config: &Path, log: &Path) -> Result<Daemon> {
+        let port = ferry_testkit::free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(log)?;
+        let started = Instant::now();
+        let child = tokio::process::Command::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &listen, "--allow-unauthenticated"])
+            .env("FERRY_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Daemon {
+            pid: child.id().context("pid")?,
+            child,
+            base: format!("http://{listen}"),
+            started,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// The sum of the samples of `name` whose labels contain `labels` (`None`: not exported yet).
+    async fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let samples: Vec<f64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!samples.is_empty()).then(|| samples.iter().sum())
+    }
+
+    /// Seconds since start when `ready` first held (checked every 50 ms, up to an hour).
+    async fn until(
+        &mut self,
+        what: &str,
+        mut ready: impl AsyncFnMut(&Daemon) -> bool,
+    ) -> Result<f64> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(3600);
+        loop {
+            if ready(self).await {
+                return Ok(self.started.elapsed().as_secs_f64());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the daemon exited ({status}) before {what}");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no {what} within an hour");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    fn peak_rss(&self) -> u64 {
+        ferry_testkit::measure::peak_rss(self.pid).unwrap_or(0)
+    }
+
+    fn cpu(&self) -> f64 {
+        ferry_testkit::measure::cpu_seconds(self.pid).unwrap_or(0.0)
+    }
+}
+
+/// Redis/Valkey `used_memory`, in bytes.
+fn used_memory(redis: &ferry_testkit::RedisServer) -> Result<u64> {
+    let mut conn = redis::Client::open(redis.url())?.get_connection()?;
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn)?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO memory")
+}
+
+/// One daemon figure as a table row: `secs` of wall time, `requests` both registries served.
+fn daemon_row(what: &str, tags: usize, secs: f64, requests: usize, d: &Daemon, redis: Option<u64>) {
+    let redis = redis.map_or("–".to_string(), |b| format!("{:.1} MiB", mib(b)));
+    println!(
+        "| {tags} | {what} | {secs:.2} s | {:.2} | {:.1} MiB | {:.2} s | {redis} |",
+        requests as f64 / tags as f64,
+        mib(d.peak_rss()),
+        d.cpu(),
+    );
+}
+
+/// The agent's safety-net pass, its poller's baseline and steady passes, and `ferry serve`'s
+/// start-up, each a fresh process over the same no-op catalog.
+async fn daemon_points(args: &Args, pair: &Pair) -> Result<()> {
+    let bin = |name: &str| args.ferry.with_file_name(name);
+    let tags = pair.tags;
+    println!(
+        "| tags | daemon pass | wall | requests per tag | peak RSS | CPU | queue used_memory |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+
+    // Safety net: the agent reconciles at start; the pass is done when it set ferry_drift_tags.
+    let redis = ferry_testkit::RedisServer::start_binary(&args.queue_server, true).await?;
+    let config = pair.config("agent.json", "event_based", None)?;
+    let before = pair.requests();
+    let mut agent = Daemon::start(
+        &bin("ferry-agent"),
+        &["--redis", &redis.url(), "--reconcile-interval", "86400"],
+        &config,
+        &pair.dir.path().join("agent-reconcile.log"),
+    )
+    .await?;
+    let secs = agent
+        .until("the safety-net pass", async |d| {
+            d.metric("ferry_drift_tags", "policy=\"scale\"")
+                .await
+                .is_some()
+        })
+        .await?;
+    let memory = used_memory(&redis)?;
+    daemon_row(
+        "agent safety-net pass (from start)",
+        tags,
+        secs,
+        pair.requests() - before,
+        &agent,
+        Some(memory),
+    );
+    drop(agent);
+
+    // Poller: the first pass records a baseline; the second finds no change.
+    let config = pair.config("poller.json", "event_based", Some(1))?;
+    let before = pair.requests();
+    let mut agent = Daemon::start(
+        &bin("ferry-agent"),
+        &["--redis", &redis.url(), "--reconcile-interval", "0"],
+        &config,
+        &pair.dir.path().join("agent-poll.log"),
+    )
+    .await?;
+    let passes = async |d: &Daemon| {
+        d.metric("ferry_poll_passes_total", "outcome=\"ok\"")
+            .await
+            .unwrap_or(0.0)
+    };
+    let first = agent
+        .until("the poller's first pass", async |d| passes(d).await >= 1.0)
+        .await?;
+    let at_first = pair.requests();
+    daemon_row(
+        "agent poller baseline pass (from start)",
+        tags,
+        first,
+        at_first - before,
+        &agent,
+        Some(used_memory(&redis)?),
+    );
+    let second = agent
+        .until("the poller's second pass", async |d| passes(d).await >= 2.0)
+        .await?;
+    // The second pass began 1 s (the interval) after the first ended.
+    daemon_row(
+        "agent poller steady pass",
+        tags,
+        second - first - 1.0,
+        pair.requests() - at_first,
+        &agent,
+        Some(used_memory(&redis)?),
+    );
+    drop(agent);
+    drop(redis);
+
+    // ferry serve (in-process queue): ready, then its first safety-net pass.
+    let config = pair.config("serve.json", "event_based", None)?;
+    let before = pair.requests();
+    let mut serve = Daemon::start(
+        &args.ferry,
+        &["serve", "--reconcile-interval", "86400"],
+        &config,
+        &pair.dir.path().join("serve.log"),
+    )
+    .await?;
+    let ready = serve
+        .until("/healthz", async |d| {
+            d.http
+                .get(format!("{}/healthz", d.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await?;
+    let ready_requests = pair.requests() - before;
+    daemon_row(
+        "ferry serve start-up until /healthz",
+        tags,
+        ready,
+        ready_requests,
+        &serve,
+        None,
+    );
+    let pass = serve
+        .until("the safety-net pass", async |d| {
+            d.metric("ferry_drift_tags", "policy=\"scale\"")
+                .await
+                .is_some()
+        })
+        .await?;
+    daemon_row(
+        "ferry serve start-up until its first safety-net pass",
+        tags,
+        pass,
+        pair.requests() - before,
+        &serve,
+        None,
+    );
     Ok(())
 }
