@@ -56,6 +56,36 @@ pub struct MeshOptions {
     /// Extra flags of every worker (e.g. `--lease-seconds 10`, so a job of a killed worker is
     /// reclaimed sooner).
     pub worker_args: Vec<String>,
+    /// Ferry's processes reach each region's registry through a [`FaultProxy`]
+    /// ([`MeshRegion::registry_proxy`]), so a test can make the registry answer 429 or 500 or
+    /// reset connections; the test's own pushes and reads go to the registry directly.
+    pub registry_proxies: bool,
+    /// `(region, seconds)`: that region's agent and workers run with their wall clock off by
+    /// `seconds` (either way), through libfaketime (Debian package `faketime`); registries,
+    /// Redis and the other regions keep the true time.
+    pub clock_skew: Option<(String, i64)>,
+    /// Each region's registry stores on a tmpfs of this many bytes (needs root), so a test can
+    /// fill its disk (`Registry::fill_disk`).
+    pub registry_tmpfs: Option<u64>,
+}
+
+/// Where Debian's `faketime` package puts the multithreaded preload library.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// The environment that runs a process with its wall clock `seconds` off (monotonic clocks, which
+/// timers and timeouts use, stay true).
+fn skewed_clock(seconds: i64) -> anyhow::Result<Vec<(String, String)>> {
+    anyhow::ensure!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: install Debian's `faketime` package (deploy/local/setup.sh does)"
+    );
+    Ok(vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME".into(), format!("{seconds:+}s")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        // Read FAKETIME once: the offset never changes during a run.
+        ("FAKETIME_NO_CACHE".into(), "0".into()),
+    ])
 }
 
 /// Where a mesh worker answers: `/metrics` and the admin API.
@@ -74,6 +104,12 @@ pub struct MeshRegion {
     pub redis: RedisServer,
     /// In front of this region's Forward endpoint; other regions reach it only through here.
     pub proxy: FaultProxy,
+    /// In front of this region's registry for Ferry's processes, with
+    /// [`MeshOptions::registry_proxies`].
+    pub registry_proxy: Option<FaultProxy>,
+    /// The environment of this region's agent and workers (a skewed clock,
+    /// [`MeshOptions::clock_skew`]).
+    pub env: Vec<(String, String)>,
     /// Where the region's processes run: its own network namespace and address when the machine
     /// allows it, else this machine's loopback.
     pub host: Host,
@@ -139,6 +175,7 @@ struct Planned {
     agent: (TcpListener, SocketAddr),
     forward: (TcpListener, SocketAddr),
     proxy: FaultProxy,
+    registry_proxy: Option<FaultProxy>,
     redis: RedisServer,
     registry: Registry,
 }
@@ -255,10 +292,16 @@ impl Mesh {
                 log_level,
                 tls: false,
                 host: host.clone(),
+                storage_tmpfs: opts.registry_tmpfs,
                 ..RegistryOptions::default()
             })
             .await
             .with_context(|| format!("starting region {name}'s registry"))?;
+            let registry_proxy = if opts.registry_proxies {
+                Some(FaultProxy::start_on(proxy_ip, registry.addr()).await?)
+            } else {
+                None
+            };
             planned.push(Planned {
                 name,
                 netns,
@@ -266,6 +309,7 @@ impl Mesh {
                 agent,
                 forward,
                 proxy,
+                registry_proxy,
                 redis,
                 registry,
             });
@@ -290,7 +334,11 @@ impl Mesh {
         let mut registries: Vec<Value> = planned
             .iter()
             .map(|p| {
-                json!({"name": p.name, "url": p.registry.url(), "insecure": true, "region": p.name})
+                let url = p.registry_proxy.as_ref().map_or_else(
+                    || p.registry.url(),
+                    |proxy| format!("http://{}", proxy.addr()),
+                );
+                json!({"name": p.name, "url": url, "insecure": true, "region": p.name})
             })
             .collect();
         if let (Some(hub), Some(region)) = (&hub, opts.hub_polled_by) {
@@ -322,6 +370,7 @@ impl Mesh {
                 agent: (agent_hold, agent_addr),
                 forward: (forward_hold, forward_addr),
                 proxy,
+                registry_proxy,
                 redis,
                 registry,
             } = p;
@@ -362,11 +411,16 @@ impl Mesh {
                 log: dir.path().join(format!("agent-{name}.log")),
                 addr: agent_addr,
             };
+            let env = match &opts.clock_skew {
+                Some((region, seconds)) if region == name => skewed_clock(*seconds)?,
+                _ => Vec::new(),
+            };
             let agent = Daemon::start_on(
                 &host,
                 &format!("agent-{name}"),
                 &agent_bin,
                 &agent_start.args,
+                &env,
                 &agent_start.log,
                 agent_addr,
             )
@@ -380,6 +434,8 @@ impl Mesh {
                     registry,
                     redis,
                     proxy,
+                    registry_proxy,
+                    env,
                     host,
                     agent_start,
                     _netns: netns,
@@ -424,6 +480,7 @@ impl Mesh {
                 &format!("agent-{region}"),
                 &agent_bin,
                 &r.agent_start.args,
+                &r.env,
                 &r.agent_start.log,
                 r.agent_start.addr,
             )
@@ -489,7 +546,7 @@ impl Mesh {
             .collect();
             let log = self.dir.path().join(format!("{name}.log"));
             drop((listen_hold, admin_hold));
-            match Daemon::start_on(&r.host, &name, &ferry, &args, &log, listen).await {
+            match Daemon::start_on(&r.host, &name, &ferry, &args, &r.env, &log, listen).await {
                 Ok(d) => {
                     self.worker_endpoints
                         .lock()

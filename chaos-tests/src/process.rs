@@ -111,18 +111,21 @@ impl Daemon {
             name,
             program,
             args,
+            &[],
             log,
             listen,
         )
         .await
     }
 
-    /// [`Daemon::start`] on `host` (inside its network namespace).
+    /// [`Daemon::start`] on `host` (inside its network namespace), with `env` added to its
+    /// environment.
     pub(crate) async fn start_on(
         host: &ferry_testkit::Host,
         name: &str,
         program: &Path,
         args: &[String],
+        env: &[(String, String)],
         log: &Path,
         listen: SocketAddr,
     ) -> Result<Daemon, StartError> {
@@ -143,6 +146,7 @@ impl Daemon {
         let child = host
             .command(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(stderr))

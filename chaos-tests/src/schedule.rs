@@ -27,9 +27,17 @@
 //!   hold, a restart from its AOF (`appendfsync everysec` may lose the last second: jobs re-run,
 //!   safety-net rounds repeat). The workload resumes as soon as Redis is down: notifications and
 //!   forwarded events wait in the registry and the peers' outboxes.
+//! - [`Fault::RegistryErrors`]: a burst of 429s (with `Retry-After: 1`), 500s or connection resets
+//!   from a region's registry, as Ferry's processes see it through the registry's fault proxy
+//!   ([`crate::mesh::MeshOptions::registry_proxies`]); the workload's pushes and the oracle's reads
+//!   go to the registry directly. Requests retry inside the client, jobs retry with backoff (8
+//!   attempts over about 2 minutes, longer than any hold), so nothing may be dead-lettered.
+//! - [`Fault::DiskFull`]: a region's registry disk (a tmpfs,
+//!   [`crate::mesh::MeshOptions::registry_tmpfs`]) filled to the last byte, then freed: the
+//!   registry answers writes with 500s (`no space left on device`), copies into it retry, the
+//!   workload's pushes to it retry.
 //!
-//! Extension points (not injected yet): 429/500/reset bursts from a registry (a proxy in front of
-//! the registries), a Sentinel failover of a region's queue (`ferry_testkit::sentinel` with
+//! Extension points (not injected yet): a Sentinel failover of a region's queue (`ferry_testkit::sentinel` with
 //! `RedisServer::start_replica`, as `replicator/tests/queue_failover.rs` does), and injected
 //! permanent faults whose dead letters the oracle would then expect.
 use std::collections::BTreeMap;
@@ -53,15 +61,19 @@ pub enum Fault {
     Latency { region: String, millis: u64 },
     RestartRegistry { region: String },
     RestartRedis { region: String },
+    RegistryErrors { region: String, answer: Link },
+    DiskFull { region: String },
 }
 
 /// The kinds every schedule holds at least once.
-pub const REQUIRED: [&str; 5] = [
+pub const REQUIRED: [&str; 7] = [
     "kill_worker",
     "kill_agent",
     "partition",
     "restart_registry",
     "restart_redis",
+    "registry_errors",
+    "disk_full",
 ];
 
 impl Fault {
@@ -73,6 +85,8 @@ impl Fault {
             Fault::Latency { .. } => "latency",
             Fault::RestartRegistry { .. } => "restart_registry",
             Fault::RestartRedis { .. } => "restart_redis",
+            Fault::RegistryErrors { .. } => "registry_errors",
+            Fault::DiskFull { .. } => "disk_full",
         }
     }
 }
@@ -97,6 +111,11 @@ impl std::fmt::Display for Fault {
             }
             Fault::RestartRegistry { region } => write!(f, "kill -9 + restart registry {region}"),
             Fault::RestartRedis { region } => write!(f, "kill -9 + restart Redis of {region}"),
+            Fault::RegistryErrors { region, answer } => match answer {
+                Link::Answer(status) => write!(f, "registry {region} answers {status} to Ferry"),
+                _ => write!(f, "registry {region} resets Ferry's connections"),
+            },
+            Fault::DiskFull { region } => write!(f, "registry {region}'s disk full"),
         }
     }
 }
@@ -152,6 +171,11 @@ pub fn schedule(
                     millis: rng.between(50, 400),
                 },
                 "restart_registry" => Fault::RestartRegistry { region },
+                "disk_full" => Fault::DiskFull { region },
+                "registry_errors" => Fault::RegistryErrors {
+                    region,
+                    answer: *rng.pick(&[Link::Answer(429), Link::Answer(500), Link::Reset]),
+                },
                 _ => Fault::RestartRedis { region },
             };
             // Leave room to heal inside the slot.
@@ -165,6 +189,16 @@ pub fn schedule(
             }
         })
         .collect()
+}
+
+/// The region whose agent and workers run with a skewed wall clock for the whole run, and by how
+/// many seconds (2–10 minutes, either way): conflict decisions of bidirectional policies must still
+/// agree on both sides ([`crate::mesh::MeshOptions::clock_skew`]).
+pub fn clock_skew(seed: u64, regions: &[String]) -> (String, i64) {
+    let mut rng = Rng::new(seed).fork(0xC10C);
+    let region = rng.pick(regions).clone();
+    let seconds = rng.between(120, 600) as i64;
+    (region, if rng.chance(50) { seconds } else { -seconds })
 }
 
 /// A fault as it happened.
@@ -247,6 +281,23 @@ impl Chaos<'_> {
                 for r in into {
                     self.mesh.region(r).proxy.set_link(Link::Up);
                 }
+            }
+            Fault::RegistryErrors { region, answer } => {
+                let proxy = self
+                    .mesh
+                    .region(region)
+                    .registry_proxy
+                    .as_ref()
+                    .context("the mesh was started without registry proxies")?;
+                proxy.set_link(*answer);
+                tokio::time::sleep(p.hold).await;
+                proxy.set_link(Link::Up);
+            }
+            Fault::DiskFull { region } => {
+                let registry = &self.mesh.region(region).registry;
+                registry.fill_disk()?;
+                tokio::time::sleep(p.hold).await;
+                registry.free_disk()?;
             }
             Fault::Latency { region, millis } => {
                 let proxy = &self.mesh.region(region).proxy;
@@ -364,6 +415,16 @@ mod tests {
         }
         assert!(s.iter().all(|p| p.at < d));
         assert_eq!(s, schedule(5, &regions(), d, Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn the_clock_skew_is_minutes_either_way_in_one_seeded_region() {
+        let skews: Vec<(String, i64)> = (0..40).map(|seed| clock_skew(seed, &regions())).collect();
+        assert!(skews
+            .iter()
+            .all(|(r, s)| regions().contains(r) && (120..=600).contains(&s.abs())));
+        assert!(skews.iter().any(|(_, s)| *s > 0) && skews.iter().any(|(_, s)| *s < 0));
+        assert_eq!(clock_skew(7, &regions()), clock_skew(7, &regions()));
     }
 
     #[test]

@@ -24,6 +24,9 @@ use serde_json::{json, Value};
 const SHORT_SEED: u64 = 0x5EED_0013;
 /// The short profile's workload duration; faults are spread over it.
 const SHORT_DURATION: Duration = Duration::from_secs(90);
+/// Each registry's disk: a tmpfs (memory only for what is written) the disk-full fault shrinks
+/// to what it holds; room for an hour-long run's images.
+const REGISTRY_DISK: u64 = 4 << 30;
 /// Ops per second in each region.
 const OPS_PER_SECOND: f64 = 0.5;
 /// One fault per this much of the run (the short profile gets exactly the required five).
@@ -108,6 +111,11 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
     );
     let region_names: Vec<String> = loads.iter().map(|l| l.region.clone()).collect();
     let faults = schedule::schedule(seed, &region_names, duration, FAULT_EVERY);
+    let skew = schedule::clock_skew(seed, &region_names);
+    eprintln!(
+        "oracle: region {}'s agent and workers run with their clock {:+} s off, all run long",
+        skew.0, skew.1
+    );
     for f in &faults {
         eprintln!(
             "oracle: planned +{:.1}s {} (held {:.1}s)",
@@ -126,6 +134,9 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         registry_log_level: "info",
         reconcile_interval: RECONCILE_SECONDS,
         worker_args: vec!["--lease-seconds".into(), "10".into()],
+        registry_proxies: true,
+        clock_skew: Some(skew.clone()),
+        registry_tmpfs: Some(REGISTRY_DISK),
         ..MeshOptions::default()
     })
     .await?;
@@ -198,7 +209,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         "by hand"
     };
     let row = format!(
-        "| {profile}: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} | {} |",
+        "| {profile}: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}; clock of {} {:+} s all run) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} | {} |",
         duration.as_secs(),
         injected.len(),
         injected
@@ -206,6 +217,8 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
             .map(|i| i.fault.kind())
             .collect::<Vec<_>>()
             .join(", "),
+        skew.0,
+        skew.1,
         bytes as f64 / (1024.0 * 1024.0),
         f.lost.len() + f.source.len(),
         f.kept_by_guard.len(),

@@ -498,3 +498,32 @@ async fn a_repository_whose_tag_list_is_refused_is_reported_and_the_others_still
     assert_eq!(manifest_on(&dst.url(), "team/app", "v1").await, 200);
     assert_eq!(manifest_on(&dst.url(), "team/secret", "v1").await, 404);
 }
+
+/// Found by the chaos oracle, seed 0x5eed0013 (a destination disk filled up and freed):
+/// distribution left the repository's link file of a blob empty and answers its `HEAD` with 500
+/// for good. The copy sends the blob again instead of failing, and the upload rewrites the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_5eed0013_a_blob_whose_head_keeps_failing_is_sent_again_which_repairs_it() {
+    let src = FakeRegistry::start(Behavior::default()).await.unwrap();
+    let layer_bytes = vec![5u8; 2048];
+    let (manifest, layer) = seed_image(&src, "team/app", "v1", layer_bytes.clone());
+    let dst = FakeRegistry::start(Behavior::default()).await.unwrap();
+    dst.put_blob(layer_bytes);
+    dst.set_behavior(|b| b.broken_blob_links = HashSet::from([layer.clone()]));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let (out, report) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{report:#}\n{}", out.stderr);
+    assert_eq!(report["tags"][0]["digest"], manifest);
+    assert!(
+        dst.request_log()
+            .iter()
+            .any(|(m, p)| m == "PUT" && p.contains("/blobs/uploads/")),
+        "the blob was sent again"
+    );
+    assert_eq!(
+        blob_on(&dst.url(), "team/app", &layer).await,
+        200,
+        "the link is repaired"
+    );
+}

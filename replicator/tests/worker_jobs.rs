@@ -781,6 +781,115 @@ async fn a_newer_push_overwritten_during_a_bidirectional_copy_is_put_back() {
     );
 }
 
+/// A bidirectional worker with an in-memory tag ledger, for the conflict cases below.
+async fn ledger_worker() -> (
+    Registry,
+    Registry,
+    tempfile::TempDir,
+    Worker,
+    Arc<ferry_replicator::store::ledger::MemoryTagLedger>,
+) {
+    let (src, dst, dir) = two_registries().await;
+    let cfg = write_config(
+        dir.path(),
+        &src.url(),
+        &dst.url(),
+        json!({"trigger": {"type": "event_based"}, "mode": "bidirectional"}),
+    );
+    let config = Config::load(&cfg).unwrap();
+    let registries = Registries::from_config(&config).unwrap();
+    let ledger = Arc::new(ferry_replicator::store::ledger::MemoryTagLedger::default());
+    let worker = memory_worker(&config, &registries).with_tag_ledger(ledger.clone());
+    (src, dst, dir, worker, ledger)
+}
+
+/// Found by the chaos oracle, seed 0x5eed0013: the ledger's newer write of a tag named content
+/// that a replicated delete had removed from the destination since; the copy tried to put that
+/// content back, got 404 and was dead-lettered, again at every safety-net pass. Nothing is left
+/// to put back: the copy stands and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_5eed0013_a_copy_whose_newer_ledger_write_was_deleted_since_stands() {
+    use ferry_replicator::store::ledger::{TagLedger, TagWrite};
+    let (src, dst, dir, worker, ledger) = ledger_worker().await;
+    let older = push_image(dir.path(), 62, &src.host(), "team/c:v1").await;
+    let job = job(EventKind::Push, "team/c", "v1", Some(&older));
+    let deleted = TagWrite {
+        digest: format!("sha256:{}", "d".repeat(64)),
+        at_ms: job.event_time_ms + 1_000,
+        region: "b".into(),
+    };
+    ledger
+        .record_write("dst", "team/c", "v1", &deleted)
+        .await
+        .unwrap();
+
+    let outcome = worker.execute(&job, &CancellationToken::new()).await;
+    let Ok(JobOutcome::Pushed(outcomes)) = &outcome else {
+        panic!("the job must not fail: {outcome:?}")
+    };
+    assert!(
+        matches!(&outcomes[..], [(d, TagOutcome::Copied { digest })] if d == "dst" && *digest == older),
+        "{outcomes:?}"
+    );
+    assert_eq!(raw_digest(&dst.host(), "team/c:v1").await, older);
+    assert_eq!(
+        ledger
+            .last_write("dst", "team/c", "v1")
+            .await
+            .unwrap()
+            .map(|w| w.digest),
+        Some(older),
+        "the copy is the tag's last write now"
+    );
+}
+
+/// Found by the chaos oracle, seed 0x5eed0013 with region c's clock 403 s ahead: a safety-net job
+/// filling a tag was recorded with the time its (fast) agent made it, so for minutes it won
+/// against every real push of that tag. A write without an event is recorded as the oldest: the
+/// other side's later push replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_5eed0013_a_safety_net_fill_stamped_by_a_fast_clock_loses_to_a_later_push() {
+    use ferry_replicator::store::ledger::TagLedger;
+    use ferry_replicator::store::StartedBy;
+    let (src, dst, dir, worker, ledger) = ledger_worker().await;
+    let filled = push_image(dir.path(), 63, &src.host(), "team/c:v1").await;
+    let fill = Job {
+        trigger: StartedBy::Reconcile,
+        event_id: Some("reconcile".into()),
+        // The agent that found the drift runs ten minutes fast.
+        event_time_ms: now_ms() + 600_000,
+        ..Job::new("test", EventKind::Push, "team/c", "v1")
+    };
+    worker
+        .execute(&fill, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(raw_digest(&dst.host(), "team/c:v1").await, filled);
+    assert_eq!(
+        ledger
+            .last_write("dst", "team/c", "v1")
+            .await
+            .unwrap()
+            .map(|w| w.at_ms),
+        Some(0),
+        "a fill is recorded as the oldest write"
+    );
+
+    let pushed = push_image(dir.path(), 64, &src.host(), "team/c:v1").await;
+    let outcome = worker
+        .execute(
+            &job(EventKind::Push, "team/c", "v1", Some(&pushed)),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_digest(&dst.host(), "team/c:v1").await,
+        pushed,
+        "the later push replaces the fill: {outcome:?}"
+    );
+}
+
 /// Each destination is its own task: one refusing destination does not keep the others from
 /// getting the tag, and the job still fails (and retries) for the one that refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,6 +153,11 @@ pub struct Behavior {
     pub redirect_blob_gets_to: Option<String>,
     /// `_catalog` and `tags/list` (and Harbor's lists) answer pages no sane registry sends.
     pub hostile_lists: Option<HostileList>,
+    /// Blob digests whose `HEAD`/`GET` answers 500 `UNKNOWN` "invalid checksum digest format" in
+    /// every repository until an upload of that digest completes, as distribution 2.8 does for
+    /// good when a full disk left the repository's link file of the blob empty (an upload rewrites
+    /// it).
+    pub broken_blob_links: HashSet<String>,
     /// Repositories whose `tags/list` answers 403 `DENIED` (a repository the credential may not
     /// list, while the catalog names it).
     pub deny_tag_lists: HashSet<String>,
@@ -562,6 +567,20 @@ fn dispatch(shared: &Shared, inner: &mut Inner, req: Req<'_>) -> Response {
     }
     if inner.behavior.transient_500s > 0 && matches!(*req.method, Method::GET | Method::HEAD) {
         inner.behavior.transient_500s -= 1;
+        return oci_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            "unknown error: invalid checksum digest format",
+        );
+    }
+    if matches!(*req.method, Method::GET | Method::HEAD)
+        && req.path.contains("/blobs/")
+        && inner
+            .behavior
+            .broken_blob_links
+            .iter()
+            .any(|d| req.path.ends_with(&format!("/blobs/{d}")))
+    {
         return oci_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "UNKNOWN",
@@ -1334,6 +1353,7 @@ fn store_blob(
             &format!("provided digest {digest} did not match uploaded content ({actual})"),
         );
     }
+    inner.behavior.broken_blob_links.remove(&actual);
     inner.blobs.insert(actual, Bytes::from(data));
     let mut resp = empty(StatusCode::CREATED);
     insert(

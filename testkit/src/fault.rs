@@ -9,6 +9,9 @@
 //!   stopped (as TCP does after retransmits).
 //! - [`Link::Reset`]: open connections are reset (`SO_LINGER 0`) and new ones are accepted and
 //!   reset at once.
+//! - [`Link::Answer`]: an HTTP server in trouble (a registry's 429 or 500 burst): open connections
+//!   are reset, so clients reconnect, and each new connection's first request is read and answered
+//!   with that status (an OCI error body; `Retry-After: 1` on a 429), then closed.
 //!
 //! Invariant: the proxy never alters, drops or reorders bytes of a connection it relays.
 use std::net::SocketAddr;
@@ -25,6 +28,8 @@ pub enum Link {
     Up,
     Blackhole,
     Reset,
+    /// Answer every new connection's first HTTP request with this status, then close it.
+    Answer(u16),
 }
 
 /// A running proxy; stops (closing every connection) when dropped.
@@ -101,7 +106,7 @@ async fn wait_up(link: &mut watch::Receiver<Link>) -> bool {
         let state = *link.borrow_and_update();
         match state {
             Link::Up => return true,
-            Link::Reset => return false,
+            Link::Reset | Link::Answer(_) => return false,
             Link::Blackhole => {
                 if link.changed().await.is_err() {
                     return false;
@@ -121,6 +126,11 @@ async fn relay(
     mut link: watch::Receiver<Link>,
     latency: watch::Receiver<Duration>,
 ) {
+    let state = *link.borrow();
+    if let Link::Answer(status) = state {
+        answer(client, status).await;
+        return;
+    }
     if !wait_up(&mut link).await {
         reset(&client);
         return;
@@ -140,6 +150,43 @@ async fn relay(
     let halves = pumps.join_next().await;
     drop(halves);
     pumps.abort_all();
+}
+
+/// Reads one HTTP request head (up to 16 KiB, 5 s) and answers `status` with an OCI error body,
+/// then closes the connection (a request body is not read: the client may see a reset while
+/// sending it, as from a registry that gave up on it).
+async fn answer(mut client: TcpStream, status: u16) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(5), read_head).await,
+        Ok(true)
+    ) {
+        reset(&client);
+        return;
+    }
+    let (reason, code, retry_after) = match status {
+        429 => ("Too Many Requests", "TOOMANYREQUESTS", "Retry-After: 1\r\n"),
+        503 => ("Service Unavailable", "UNAVAILABLE", ""),
+        _ => ("Internal Server Error", "UNKNOWN", ""),
+    };
+    let body =
+        format!(r#"{{"errors":[{{"code":"{code}","message":"injected by the fault proxy"}}]}}"#);
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry_after}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(response.as_bytes()).await;
+    let _ = client.shutdown().await;
 }
 
 /// Copies `from` → `to` while the link is up; on reset, resets `to`'s socket.
@@ -280,5 +327,48 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
+    }
+
+    #[tokio::test]
+    async fn answer_resets_open_connections_and_answers_new_requests_until_the_link_is_up() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let second = Duration::from_secs(1);
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(round_trip(&mut open, b"one", second).await.is_some());
+
+        proxy.set_link(Link::Answer(429));
+        let mut buf = [0u8; 8];
+        let cut = tokio::time::timeout(second, async {
+            let _ = open.write_all(b"x").await;
+            open.read(&mut buf).await
+        })
+        .await
+        .unwrap();
+        assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
+        let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+        fresh
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: r\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(second, fresh.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
+        assert!(answer.contains("Retry-After: 1\r\n"), "{answer}");
+        assert!(
+            answer.ends_with(
+                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"injected by the fault proxy"}]}"#
+            ),
+            "{answer}"
+        );
+
+        proxy.set_link(Link::Up);
+        let mut after = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(
+            round_trip(&mut after, b"two", second).await.as_deref(),
+            Some(&b"two"[..])
+        );
     }
 }

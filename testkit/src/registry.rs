@@ -45,6 +45,9 @@ pub struct RegistryOptions {
     /// (upload `Location`s) with this scheme instead of the request's, like a registry behind a
     /// misconfigured TLS-terminating proxy. `None`: URLs follow the request.
     pub advertised_scheme: Option<&'static str>,
+    /// Keep the storage root on a tmpfs of this many bytes (needs root), so a test can fill the
+    /// registry's disk ([`Registry::fill_disk`]) and free it again ([`Registry::free_disk`]).
+    pub storage_tmpfs: Option<u64>,
 }
 
 impl Default for RegistryOptions {
@@ -56,7 +59,66 @@ impl Default for RegistryOptions {
             tls: false,
             host: crate::Host::loopback(),
             advertised_scheme: None,
+            storage_tmpfs: None,
         }
+    }
+}
+
+/// A tmpfs mounted on a directory; unmounted on drop (lazily: a process may still hold a file).
+struct Tmpfs {
+    dir: PathBuf,
+    /// Its size as mounted.
+    bytes: u64,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, bytes: u64) -> anyhow::Result<Tmpfs> {
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes}"),
+                "ferry-registry",
+            ])
+            .arg(dir)
+            .output()
+            .context("running mount")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a {bytes}-byte tmpfs on {} failed (root needed): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+            bytes,
+        })
+    }
+
+    /// Remounts it with another size (not below what it holds).
+    fn resize(&self, bytes: u64) -> anyhow::Result<()> {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&self.dir)
+            .output()
+            .context("running mount -o remount")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "resizing the tmpfs on {} to {bytes} bytes failed: {}",
+            self.dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
     }
 }
 
@@ -68,6 +130,8 @@ pub struct Registry {
     addr: SocketAddr,
     /// `dir/data`, the storage root.
     data: PathBuf,
+    /// The tmpfs on `data` ([`RegistryOptions::storage_tmpfs`]); unmounted before `dir` goes.
+    tmpfs: Option<Tmpfs>,
     /// Holds `config.yml`, `registry.log` and `data/`; removed on drop.
     dir: TempDir,
     /// The CA certificate clients must trust, when serving HTTPS.
@@ -90,6 +154,11 @@ impl Registry {
             .context("creating the registry's temp dir")?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let tmpfs = opts
+            .storage_tmpfs
+            .map(|bytes| Tmpfs::mount(&data, bytes))
+            .transpose()?;
+        let mut tmpfs = Some(tmpfs);
         let tls = if opts.tls {
             Some(crate::tls::make_certificates(dir.path())?)
         } else {
@@ -111,6 +180,7 @@ impl Registry {
                         child: Managed::new(child),
                         addr,
                         data,
+                        tmpfs: tmpfs.take().flatten(),
                         dir,
                         ca,
                         host: opts.host.clone(),
@@ -172,6 +242,41 @@ impl Registry {
     /// The port and data stay reserved for [`Registry::restart`].
     pub async fn kill(&mut self) {
         self.child.kill().await;
+    }
+
+    /// Shrinks the storage tmpfs to what it holds (a remount, no memory taken): every write that
+    /// needs a new block fails with `ENOSPC` until [`Registry::free_disk`].
+    pub fn fill_disk(&self) -> anyhow::Result<()> {
+        let tmpfs = self
+            .tmpfs
+            .as_ref()
+            .context("the registry was started without storage_tmpfs")?;
+        let out = std::process::Command::new("stat")
+            .args(["-f", "-c", "%b %f %S"])
+            .arg(&self.data)
+            .output()
+            .context("running stat -f")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let [blocks, free, size] = n[..] else {
+            anyhow::bail!(
+                "unexpected `stat -f` output for {}: {text:?}",
+                self.data.display()
+            );
+        };
+        tmpfs.resize((blocks - free).max(1) * size)
+    }
+
+    /// Gives the storage tmpfs its full size again after [`Registry::fill_disk`].
+    pub fn free_disk(&self) -> anyhow::Result<()> {
+        let tmpfs = self
+            .tmpfs
+            .as_ref()
+            .context("the registry was started without storage_tmpfs")?;
+        tmpfs.resize(tmpfs.bytes)
     }
 
     /// Kills the registry if it runs and starts it again on the same port

@@ -156,20 +156,28 @@ pub async fn tags(host: &str, repo: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// `skopeo sync --all --preserve-digests` of the images a YAML source file lists to the plain-HTTP
-/// registry `dest_host` (a fresh blob-info cache, as every call here: a cold start for skopeo).
-pub async fn sync_yaml(yaml: &std::path::Path, dest_host: &str) -> anyhow::Result<Vec<u8>> {
-    run([
-        "sync".into(),
-        "--all".into(),
-        "--preserve-digests".into(),
-        "--src".into(),
-        "yaml".into(),
-        "--dest".into(),
-        "docker".into(),
-        "--dest-tls-verify=false".into(),
-        yaml.as_os_str().to_owned(),
-        std::ffi::OsString::from(dest_host),
-    ])
+/// registry `dest_host` (a fresh blob-info cache, as every call here: a cold start for skopeo),
+/// given up after `timeout` (a no-op over 10 000 tags takes skopeo about a quarter of an hour).
+pub async fn sync_yaml(
+    yaml: &std::path::Path,
+    dest_host: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
+    run_within(
+        timeout,
+        [
+            "sync".into(),
+            "--all".into(),
+            "--preserve-digests".into(),
+            "--src".into(),
+            "yaml".into(),
+            "--dest".into(),
+            "docker".into(),
+            "--dest-tls-verify=false".into(),
+            yaml.as_os_str().to_owned(),
+            std::ffi::OsString::from(dest_host),
+        ],
+    )
     .await
 }
 
@@ -177,6 +185,15 @@ pub async fn sync_yaml(yaml: &std::path::Path, dest_host: &str) -> anyhow::Resul
 /// returns its stdout. A non-zero exit is an error carrying stderr.
 /// For what the helpers above do not cover (copies with `--src-creds`…).
 pub async fn run<I, S>(args: I) -> anyhow::Result<Vec<u8>>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    run_within(SKOPEO_TIMEOUT, args).await
+}
+
+/// [`run`], given up after `timeout` instead of the default 10 minutes.
+pub async fn run_within<I, S>(timeout: Duration, args: I) -> anyhow::Result<Vec<u8>>
 where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,
@@ -190,9 +207,9 @@ where
     let iso = Isolation::new()?;
     let mut cmd = iso.command();
     cmd.args(&args);
-    let output = tokio::time::timeout(SKOPEO_TIMEOUT, cmd.output())
+    let output = tokio::time::timeout(timeout, cmd.output())
         .await
-        .with_context(|| format!("`skopeo {shown}` timed out after {SKOPEO_TIMEOUT:?}"))?
+        .with_context(|| format!("`skopeo {shown}` timed out after {timeout:?}"))?
         .with_context(|| format!("spawning `skopeo {shown}` (is skopeo installed?)"))?;
     if !output.status.success() {
         anyhow::bail!(

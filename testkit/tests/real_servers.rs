@@ -409,3 +409,38 @@ async fn skopeo_logs_in_to_a_bearer_protected_fake() {
         .iter()
         .any(|(_, p)| p.starts_with("/token?")));
 }
+
+/// `storage_tmpfs`: a filled disk refuses pushes until it is freed, then the same push succeeds.
+#[tokio::test]
+async fn a_registry_on_a_filled_tmpfs_refuses_pushes_until_it_is_freed() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let registry = Registry::start_with(RegistryOptions {
+        storage_tmpfs: Some(64 * 1024 * 1024),
+        ..RegistryOptions::default()
+    })
+    .await
+    .unwrap();
+    let f = fixture();
+    registry.fill_disk().unwrap();
+    let refused = skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1").await;
+    assert!(refused.is_err(), "a push to a full disk succeeded");
+    registry.free_disk().unwrap();
+    skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1")
+        .await
+        .unwrap();
+    let raw = skopeo::inspect_raw(&registry.host(), "team/app:v1")
+        .await
+        .unwrap();
+    assert_eq!(sha256_digest(&raw), f.image.digest);
+}
+
+/// Whether this process runs as root (`id -u` is 0).
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}

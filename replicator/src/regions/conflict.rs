@@ -27,7 +27,9 @@
 //! Before the ledger is read, the two heads of the tag may settle it ([`compare_heads`]): the same
 //! content on both sides needs nothing, a source that moved on since the event leaves the decision
 //! to the newer event, and a job without an event (a run, the safety net) never replaces a
-//! different destination tag.
+//! different destination tag; the tag it fills is recorded as the oldest write ([`write_time`]).
+//! A newer write the ledger names whose content the destination no longer holds (deleted since)
+//! is not put back: the copy stands.
 //!
 //! Invariants: [`compare_heads`] and [`decide`] are pure; a ledger write never fails a copy that already happened (the
 //! caller logs it); the ledger itself ([`crate::store::ledger`]) forgets a write after
@@ -35,6 +37,7 @@
 use std::time::Duration;
 
 use crate::store::ledger::TagWrite;
+use crate::store::StartedBy;
 
 /// How long a destination digest without a recorded write holds a job back.
 pub const DECISION_GRACE: Duration = Duration::from_secs(15);
@@ -133,6 +136,19 @@ pub fn decide(
     }
 }
 
+/// The time a bidirectional job's write is recorded with: its event's time, or **0 for a job
+/// without an event** (the safety net, runs). Such a job only fills a tag the destination lacks
+/// ([`compare_heads`]); when the content it copies was pushed is unknown, and the time the job
+/// was made is not it: stamped "now" (by a clock that may run minutes ahead), the fill would win
+/// against every real push made until then. Recorded as the oldest write, any push with an event
+/// wins over it, on both sides alike.
+pub fn write_time(trigger: StartedBy, event_time_ms: i64) -> i64 {
+    match trigger {
+        StartedBy::EventBased => event_time_ms,
+        StartedBy::Manual | StartedBy::Scheduled | StartedBy::Reconcile => 0,
+    }
+}
+
 /// After a copy wrote `ours`: the newer write of the same tag the ledger learned of meanwhile,
 /// which the copy overwrote and the destination must hold again (`last`: the ledger's last write).
 pub fn overtaken_by(ours: &TagWrite, last: Option<&TagWrite>) -> Option<TagWrite> {
@@ -155,6 +171,19 @@ pub fn may_have_overwritten<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_without_an_event_is_recorded_as_older_than_any_push() {
+        assert_eq!(write_time(StartedBy::EventBased, 1_000), 1_000);
+        for trigger in [
+            StartedBy::Reconcile,
+            StartedBy::Manual,
+            StartedBy::Scheduled,
+        ] {
+            let fill = write("x", write_time(trigger, i64::MAX), "z");
+            assert!(write("y", 1, "a").wins_over(&fill), "{trigger:?}");
+        }
+    }
 
     #[test]
     fn only_an_older_recorded_write_of_other_content_may_have_overwritten_a_push() {

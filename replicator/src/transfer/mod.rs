@@ -386,9 +386,20 @@ async fn copy_blob_locked(
     if known.as_deref() == Some(dst_repo) {
         return Ok(BlobOutcome::Skipped);
     }
-    if ctx.dst.blob_exists(dst_repo, digest).await?.is_some() {
-        *known = Some(dst_repo.to_string());
-        return Ok(BlobOutcome::Skipped);
+    match ctx.dst.blob_exists(dst_repo, digest).await {
+        Ok(Some(_)) => {
+            *known = Some(dst_repo.to_string());
+            return Ok(BlobOutcome::Skipped);
+        }
+        Ok(None) => {}
+        // Still a server error after the client's retries: distribution answers a blob `HEAD`
+        // with 500 for good when the repository's link file of the blob was left empty (its disk
+        // filled up mid-write). That proves neither absence nor presence; sending the blob again
+        // is safe (content-addressed) and rewrites the link.
+        Err(e) if e.status().is_some_and(|s| s >= 500) => {
+            tracing::warn!(registry = ctx.dst.name(), repository = dst_repo, %digest, error = %e, "the destination cannot say whether it holds the blob; sending it again");
+        }
+        Err(e) => return Err(e.into()),
     }
     if let Some(from) = known.clone() {
         match ctx.dst.mount_blob(dst_repo, digest, &from).await {

@@ -272,7 +272,23 @@ impl Worker {
                     newer.digest
                 ))
             })?;
-            let manifest = ctx.dst.get_manifest(repository, digest.as_ref()).await?;
+            let manifest = match ctx.dst.get_manifest(repository, digest.as_ref()).await {
+                Ok(m) => Some(m),
+                // The newer content was deleted from the destination since it was written (a
+                // replicated delete): there is nothing to put back, and the copy stands.
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(manifest) = manifest else {
+                tracing::info!(
+                    destination = ctx.dst.name(),
+                    gone = %newer,
+                    kept = %write,
+                    "conflict: the newer write of the tag was deleted since; the copy stands"
+                );
+                self.record_write(ctx, repository, tag, &write).await;
+                return Ok(outcome);
+            };
             ctx.dst.put_manifest(repository, tag, &manifest).await?;
             self.metrics
                 .conflict(&prepared.policy.name, CONFLICT_RESTORED);
@@ -286,15 +302,26 @@ impl Worker {
                 reason: format!("conflict: {newer} reached the destination during the copy of {write} and was put back"),
             });
         }
-        // The copy happened; a lost ledger write only weakens a later conflict decision.
+        self.record_write(ctx, repository, tag, &write).await;
+        Ok(outcome)
+    }
+
+    /// Records a copy's write in the ledger. The copy happened; a lost ledger write only weakens
+    /// a later conflict decision, so a failure is logged, not returned.
+    async fn record_write(
+        &self,
+        ctx: &TransferContext,
+        repository: &str,
+        tag: &str,
+        write: &TagWrite,
+    ) {
         if let Err(e) = self
             .tag_writes
-            .record_write(ctx.dst.name(), repository, tag, &write)
+            .record_write(ctx.dst.name(), repository, tag, write)
             .await
         {
             tracing::warn!(error = %e, "cannot record the tag write in the ledger");
         }
-        Ok(outcome)
     }
 
     /// Whether a bidirectional job may write its tag to `ctx.dst` (see [`crate::regions::conflict`]).
@@ -330,7 +357,7 @@ impl Worker {
         }
         let incoming = TagWrite {
             digest: source,
-            at_ms: job.event_time_ms,
+            at_ms: conflict::write_time(job.trigger, job.event_time_ms),
             region: job
                 .origin_region
                 .clone()

@@ -309,7 +309,7 @@ async fn ferry_sync(ferry: &Path, config: &Path) -> Result<Measured> {
 
 async fn skopeo_sync(yaml: &Path, dst: &Registry) -> Result<f64> {
     let start = Instant::now();
-    skopeo::sync_yaml(yaml, &dst.host()).await?;
+    skopeo::sync_yaml(yaml, &dst.host(), std::time::Duration::from_secs(600)).await?;
     Ok(start.elapsed().as_secs_f64())
 }
 
