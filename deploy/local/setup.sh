@@ -15,6 +15,8 @@
 #   kubectl          renders the kustomize overlays offline (package kubernetes-client)
 #   buildah          builds the Containerfile without a daemon or a base image pull
 #   systemd-analyze  verifies the shipped systemd units and rates their hardening (package systemd)
+#   faketime         the chaos oracle runs one region's agent and workers with a skewed clock
+#                    (its preload library, libfaketime)
 #   cargo-nextest    the test runner (built from crates.io when missing)
 #
 # Needs root or sudo for apt. Never stops or kills a process by name: after installing
@@ -27,7 +29,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=()
-for tool in docker-registry skopeo redis-server valkey-server openssl ip curl promtool kubectl buildah systemd-analyze; do
+for tool in docker-registry skopeo redis-server valkey-server openssl ip curl promtool kubectl buildah systemd-analyze faketime; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 
@@ -39,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO sed -i '0,/^Suites:.*bookworm-updates/ s/^\(Suites:.*bookworm-updates.*\)$/\1 bookworm-backports/' "$SOURCES"
   fi
   $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends docker-registry skopeo redis-server openssl iproute2 curl prometheus buildah systemd
+  $SUDO apt-get install -y -q --no-install-recommends docker-registry skopeo redis-server openssl iproute2 curl prometheus buildah systemd faketime
   # A kubectl from another source (a cloud SDK's) owns /usr/bin/kubectl: keep it, it renders too.
   command -v kubectl >/dev/null || $SUDO apt-get install -y -q --no-install-recommends kubernetes-client
   $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports valkey-server
