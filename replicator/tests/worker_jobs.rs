@@ -730,18 +730,8 @@ async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_n
 /// puts it back instead of recording its own, so the two sides cannot end up swapped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_push_overwritten_during_a_bidirectional_copy_is_put_back() {
-    use ferry_replicator::store::ledger::{MemoryTagLedger, TagLedger, TagWrite};
-    let (src, dst, dir) = two_registries().await;
-    let cfg = write_config(
-        dir.path(),
-        &src.url(),
-        &dst.url(),
-        json!({"trigger": {"type": "event_based"}, "mode": "bidirectional"}),
-    );
-    let config = Config::load(&cfg).unwrap();
-    let registries = Registries::from_config(&config).unwrap();
-    let ledger = Arc::new(MemoryTagLedger::default());
-    let worker = memory_worker(&config, &registries).with_tag_ledger(ledger.clone());
+    use ferry_replicator::store::ledger::{TagLedger, TagWrite};
+    let (src, dst, dir, worker, ledger) = ledger_worker().await;
 
     let older = push_image(dir.path(), 60, &src.host(), "team/c:v1").await;
     // The destination's newer push: its manifest is in the repository (under another tag here;

@@ -339,6 +339,17 @@ impl Daemon {
         }
     }
 
+    /// Seconds since start when the first safety-net pass over policy `scale` was done (it sets
+    /// `ferry_drift_tags`).
+    async fn safety_net_passed(&mut self) -> Result<f64> {
+        self.until("the safety-net pass", async |d| {
+            d.metric("ferry_drift_tags", "policy=\"scale\"")
+                .await
+                .is_some()
+        })
+        .await
+    }
+
     fn peak_rss(&self) -> u64 {
         ferry_testkit::measure::peak_rss(self.pid).unwrap_or(0)
     }
@@ -390,13 +401,7 @@ async fn daemon_points(args: &Args, pair: &Pair) -> Result<()> {
         &pair.dir.path().join("agent-reconcile.log"),
     )
     .await?;
-    let secs = agent
-        .until("the safety-net pass", async |d| {
-            d.metric("ferry_drift_tags", "policy=\"scale\"")
-                .await
-                .is_some()
-        })
-        .await?;
+    let secs = agent.safety_net_passed().await?;
     let memory = used_memory(&redis)?;
     daemon_row(
         "agent safety-net pass (from start)",
@@ -478,13 +483,7 @@ async fn daemon_points(args: &Args, pair: &Pair) -> Result<()> {
         &serve,
         None,
     );
-    let pass = serve
-        .until("the safety-net pass", async |d| {
-            d.metric("ferry_drift_tags", "policy=\"scale\"")
-                .await
-                .is_some()
-        })
-        .await?;
+    let pass = serve.safety_net_passed().await?;
     daemon_row(
         "ferry serve start-up until its first safety-net pass",
         tags,
