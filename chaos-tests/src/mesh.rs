@@ -30,6 +30,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ferry_testkit::sentinel::Sentinel;
 use ferry_testkit::{FaultProxy, Host, Netns, RedisServer, Registry, RegistryOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -67,6 +68,12 @@ pub struct MeshOptions {
     /// Each region's registry stores on a tmpfs of this many bytes (needs root), so a test can
     /// fill its disk (`Registry::fill_disk`).
     pub registry_tmpfs: Option<u64>,
+    /// Each region's queue is a Redis primary with a replica (both with AOF) and a Sentinel; the
+    /// region's processes follow the primary the Sentinel names (`redis+sentinel://`) and wait for
+    /// the replica to confirm every job and forwarded event (`--redis-wait-replicas 1`), so a
+    /// `kill -9` of the primary loses nothing acknowledged ([`Mesh::fail_over_queue`]). For the
+    /// regions named here; the others' queue is one Redis with AOF.
+    pub sentinel: Vec<&'static str>,
 }
 
 /// Where Debian's `faketime` package puts the multithreaded preload library.
@@ -101,7 +108,11 @@ pub struct MeshRegion {
     pub name: String,
     pub agent: Daemon,
     pub registry: Registry,
+    /// The queue's primary (after a failover: the promoted replica).
     pub redis: RedisServer,
+    /// With [`MeshOptions::sentinel`]: the primary's replica and the Sentinel watching them.
+    pub replica: Option<RedisServer>,
+    pub sentinel: Option<Sentinel>,
     /// In front of this region's Forward endpoint; other regions reach it only through here.
     pub proxy: FaultProxy,
     /// In front of this region's registry for Ferry's processes, with
@@ -177,6 +188,8 @@ struct Planned {
     proxy: FaultProxy,
     registry_proxy: Option<FaultProxy>,
     redis: RedisServer,
+    replica: Option<RedisServer>,
+    sentinel: Option<Sentinel>,
     registry: Registry,
 }
 
@@ -283,6 +296,18 @@ impl Mesh {
             let redis = RedisServer::start_on(&host, &redis_binary, true)
                 .await
                 .with_context(|| format!("starting region {name}'s Redis"))?;
+            let (replica, sentinel) = if opts.sentinel.contains(name) {
+                let replica = RedisServer::start_replica(&redis)
+                    .await
+                    .with_context(|| format!("starting region {name}'s Redis replica"))?;
+                let sentinel = Sentinel::start(&redis, &format!("ferry-{name}"))
+                    .await
+                    .with_context(|| format!("starting region {name}'s Sentinel"))?;
+                sentinel.wait_for_replica(&replica).await?;
+                (Some(replica), Some(sentinel))
+            } else {
+                (None, None)
+            };
             let registry = Registry::start_with(RegistryOptions {
                 notifications_url: Some(format!(
                     "http://{}/v1/events/distribution?registry={name}",
@@ -311,6 +336,8 @@ impl Mesh {
                 proxy,
                 registry_proxy,
                 redis,
+                replica,
+                sentinel,
                 registry,
             });
         }
@@ -372,13 +399,16 @@ impl Mesh {
                 proxy,
                 registry_proxy,
                 redis,
+                replica,
+                sentinel,
                 registry,
             } = p;
+            let queue_url = queue_url(&redis, sentinel.as_ref());
             let mut args: Vec<String> = [
                 "--config",
                 path_str(&config)?,
                 "--redis",
-                &redis.url(),
+                &queue_url,
                 "--listen",
                 &agent_addr.to_string(),
                 "--webhook-token-file",
@@ -395,6 +425,9 @@ impl Mesh {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if sentinel.is_some() {
+                args.extend(["--redis-wait-replicas".to_string(), "1".to_string()]);
+            }
             if let Some(c) = &certs {
                 for (flag, path) in [
                     ("--forward-tls-cert", &c.peer_cert),
@@ -433,6 +466,8 @@ impl Mesh {
                     agent,
                     registry,
                     redis,
+                    replica,
+                    sentinel,
                     proxy,
                     registry_proxy,
                     env,
@@ -498,6 +533,37 @@ impl Mesh {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no restart attempt")))
     }
 
+    /// `kill -9` of `region`'s queue primary (with [`MeshOptions::sentinel`]): waits until the
+    /// Sentinel promoted the replica, restarts the old primary from its AOF after `down` (the
+    /// Sentinel makes it a replica of the new one), and swaps the two, so that
+    /// [`MeshRegion::redis`] is the primary again.
+    pub async fn fail_over_queue(&mut self, region: &str, down: Duration) -> anyhow::Result<()> {
+        let r = self
+            .regions
+            .get_mut(region)
+            .with_context(|| format!("no region {region}"))?;
+        let (Some(sentinel), Some(replica)) = (&r.sentinel, &mut r.replica) else {
+            anyhow::bail!("region {region}'s queue has no Sentinel (MeshOptions::sentinel)");
+        };
+        // A failover needs a replica in sync to promote.
+        sentinel.wait_for_replica(replica).await?;
+        r.redis.kill().await;
+        let promoted = replica.port();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sentinel.primary_port().await.ok() != Some(promoted) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the Sentinel of region {region} promoted no replica within 60 s:\n{}",
+                sentinel.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(down).await;
+        r.redis.restart().await?;
+        std::mem::swap(&mut r.redis, replica);
+        Ok(())
+    }
+
     /// `kill -9` of a worker this mesh started; it is no longer asked for queue stats or counters.
     pub async fn kill_worker(&self, worker: &mut Daemon) -> anyhow::Result<()> {
         worker.sigkill().await?;
@@ -528,7 +594,7 @@ impl Mesh {
                 "--config",
                 path_str(&self.config)?,
                 "--redis",
-                &r.redis.url(),
+                &queue_url(&r.redis, r.sentinel.as_ref()),
                 "--listen",
                 &listen.to_string(),
                 "--region",
@@ -543,6 +609,11 @@ impl Mesh {
             .iter()
             .map(|s| s.to_string())
             .chain(self.worker_args.iter().cloned())
+            .chain(
+                r.sentinel
+                    .iter()
+                    .flat_map(|_| ["--redis-wait-replicas".to_string(), "1".to_string()]),
+            )
             .collect();
             let log = self.dir.path().join(format!("{name}.log"));
             drop((listen_hold, admin_hold));
@@ -898,6 +969,11 @@ fn handled_notifications(metrics: &str, registry: &str) -> u64 {
 
 /// Sends one command to the Redis at `addr` (`IP:PORT`, no TLS, no password) and returns its
 /// one-line reply: a simple string or an integer. Enough for `TYPE` and `XLEN`.
+/// What a region's processes take as `--redis`: the Sentinel's URL when there is one.
+fn queue_url(redis: &RedisServer, sentinel: Option<&Sentinel>) -> String {
+    sentinel.map_or_else(|| redis.url(), Sentinel::url)
+}
+
 async fn redis_command(addr: &str, args: &[&str]) -> anyhow::Result<String> {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
     let mut request = format!("*{}\r\n", args.len());

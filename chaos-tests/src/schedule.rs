@@ -27,6 +27,12 @@
 //!   hold, a restart from its AOF (`appendfsync everysec` may lose the last second: jobs re-run,
 //!   safety-net rounds repeat). The workload resumes as soon as Redis is down: notifications and
 //!   forwarded events wait in the registry and the peers' outboxes.
+//! - [`Fault::FailOverQueue`]: in a region whose queue runs under a Sentinel
+//!   ([`crate::mesh::MeshOptions::sentinel`]), `kill -9` of the queue's primary **under load, with
+//!   no pause**: the Sentinel promotes the replica, the region's processes follow it, and the old
+//!   primary comes back from its AOF as the new replica after the hold. Every job and forwarded
+//!   event was acknowledged only once the replica had it (`--redis-wait-replicas 1`), so nothing
+//!   acknowledged may be lost. (A plain Redis restart applies to the other regions.)
 //! - [`Fault::RegistryErrors`]: a burst of 429s (with `Retry-After: 1`), 500s or connection resets
 //!   from a region's registry, as Ferry's processes see it through the registry's fault proxy
 //!   ([`crate::mesh::MeshOptions::registry_proxies`]); the workload's pushes and the oracle's reads
@@ -37,9 +43,8 @@
 //!   registry answers writes with 500s (`no space left on device`), copies into it retry, the
 //!   workload's pushes to it retry.
 //!
-//! Extension points (not injected yet): a Sentinel failover of a region's queue (`ferry_testkit::sentinel` with
-//! `RedisServer::start_replica`, as `replicator/tests/queue_failover.rs` does), and injected
-//! permanent faults whose dead letters the oracle would then expect.
+//! Extension points (not injected yet): `tc tbf` bandwidth caps, and injected permanent faults
+//! whose dead letters the oracle would then expect.
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -63,10 +68,11 @@ pub enum Fault {
     RestartRedis { region: String },
     RegistryErrors { region: String, answer: Link },
     DiskFull { region: String },
+    FailOverQueue { region: String },
 }
 
 /// The kinds every schedule holds at least once.
-pub const REQUIRED: [&str; 7] = [
+pub const REQUIRED: [&str; 8] = [
     "kill_worker",
     "kill_agent",
     "partition",
@@ -74,6 +80,7 @@ pub const REQUIRED: [&str; 7] = [
     "restart_redis",
     "registry_errors",
     "disk_full",
+    "queue_failover",
 ];
 
 impl Fault {
@@ -87,6 +94,7 @@ impl Fault {
             Fault::RestartRedis { .. } => "restart_redis",
             Fault::RegistryErrors { .. } => "registry_errors",
             Fault::DiskFull { .. } => "disk_full",
+            Fault::FailOverQueue { .. } => "queue_failover",
         }
     }
 }
@@ -116,6 +124,12 @@ impl std::fmt::Display for Fault {
                 _ => write!(f, "registry {region} resets Ferry's connections"),
             },
             Fault::DiskFull { region } => write!(f, "registry {region}'s disk full"),
+            Fault::FailOverQueue { region } => {
+                write!(
+                    f,
+                    "kill -9 of {region}'s queue primary; Sentinel fails over"
+                )
+            }
         }
     }
 }
@@ -130,17 +144,34 @@ pub struct Planned {
 
 /// Turns `seed` into a fault schedule over `regions` spread over `duration`: every
 /// [`REQUIRED`] kind once in a seeded order, then one extra fault per further `every` of the run.
+/// Queue failovers go to the regions in `sentinel` (none when it is empty), plain Redis restarts to
+/// the others.
 pub fn schedule(
     seed: u64,
     regions: &[String],
+    sentinel: &[String],
     duration: Duration,
     every: Duration,
 ) -> Vec<Planned> {
     let mut rng = Rng::new(seed).fork(0xFA017);
-    let mut kinds: Vec<&str> = REQUIRED.to_vec();
+    let standalone: Vec<String> = regions
+        .iter()
+        .filter(|r| !sentinel.contains(r))
+        .cloned()
+        .collect();
+    let possible = |kind: &&str| match *kind {
+        "queue_failover" => !sentinel.is_empty(),
+        "restart_redis" => !standalone.is_empty(),
+        _ => true,
+    };
+    let mut kinds: Vec<&str> = REQUIRED.iter().copied().filter(possible).collect();
     rng.shuffle(&mut kinds);
     let extra = (duration.as_secs() / every.as_secs().max(1)).saturating_sub(kinds.len() as u64);
-    let all = [REQUIRED.as_slice(), &["latency"]].concat();
+    let all: Vec<&str> = [REQUIRED.as_slice(), &["latency"]]
+        .concat()
+        .into_iter()
+        .filter(possible)
+        .collect();
     for _ in 0..extra {
         kinds.push(*rng.pick(&all));
     }
@@ -149,7 +180,11 @@ pub fn schedule(
         .iter()
         .enumerate()
         .map(|(i, kind)| {
-            let region = rng.pick(regions).clone();
+            let region = match *kind {
+                "queue_failover" => rng.pick(sentinel).clone(),
+                "restart_redis" => rng.pick(&standalone).clone(),
+                _ => rng.pick(regions).clone(),
+            };
             let fault = match *kind {
                 "kill_worker" => Fault::KillWorker { region },
                 "kill_agent" => Fault::KillAgent { region },
@@ -172,6 +207,7 @@ pub fn schedule(
                 },
                 "restart_registry" => Fault::RestartRegistry { region },
                 "disk_full" => Fault::DiskFull { region },
+                "queue_failover" => Fault::FailOverQueue { region },
                 "registry_errors" => Fault::RegistryErrors {
                     region,
                     answer: *rng.pick(&[Link::Answer(429), Link::Answer(500), Link::Reset]),
@@ -293,6 +329,9 @@ impl Chaos<'_> {
                 tokio::time::sleep(p.hold).await;
                 proxy.set_link(Link::Up);
             }
+            Fault::FailOverQueue { region } => {
+                self.mesh.fail_over_queue(region, p.hold).await?;
+            }
             Fault::DiskFull { region } => {
                 let registry = &self.mesh.region(region).registry;
                 registry.fill_disk()?;
@@ -400,7 +439,7 @@ mod tests {
     #[test]
     fn a_schedule_holds_every_required_kind_in_order_and_within_the_run() {
         let d = Duration::from_secs(60);
-        let s = schedule(5, &regions(), d, Duration::from_secs(12));
+        let s = schedule(5, &regions(), &["b".into()], d, Duration::from_secs(12));
         for kind in REQUIRED {
             assert!(
                 s.iter().any(|p| p.fault.kind() == kind),
@@ -414,7 +453,10 @@ mod tests {
             );
         }
         assert!(s.iter().all(|p| p.at < d));
-        assert_eq!(s, schedule(5, &regions(), d, Duration::from_secs(12)));
+        assert_eq!(
+            s,
+            schedule(5, &regions(), &["b".into()], d, Duration::from_secs(12))
+        );
     }
 
     #[test]
@@ -432,9 +474,17 @@ mod tests {
         let s = schedule(
             5,
             &regions(),
+            &["b".into()],
             Duration::from_secs(600),
             Duration::from_secs(12),
         );
         assert_eq!(s.len(), 50);
+        for p in &s {
+            match &p.fault {
+                Fault::FailOverQueue { region } => assert_eq!(region, "b"),
+                Fault::RestartRedis { region } => assert_ne!(region, "b"),
+                _ => {}
+            }
+        }
     }
 }

@@ -27,6 +27,9 @@ const SHORT_DURATION: Duration = Duration::from_secs(90);
 /// Each registry's disk: a tmpfs (memory only for what is written) the disk-full fault shrinks
 /// to what it holds; room for an hour-long run's images.
 const REGISTRY_DISK: u64 = 4 << 30;
+/// The region whose queue runs under a Sentinel (primary, replica, `--redis-wait-replicas 1`): its
+/// Redis faults are failovers; the others' are plain restarts from the AOF.
+const SENTINEL_REGION: &str = "b";
 /// Ops per second in each region.
 const OPS_PER_SECOND: f64 = 0.5;
 /// One fault per this much of the run (the short profile gets exactly the required five).
@@ -110,7 +113,13 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         },
     );
     let region_names: Vec<String> = loads.iter().map(|l| l.region.clone()).collect();
-    let faults = schedule::schedule(seed, &region_names, duration, FAULT_EVERY);
+    let faults = schedule::schedule(
+        seed,
+        &region_names,
+        &[SENTINEL_REGION.to_string()],
+        duration,
+        FAULT_EVERY,
+    );
     let skew = schedule::clock_skew(seed, &region_names);
     eprintln!(
         "oracle: region {}'s agent and workers run with their clock {:+} s off, all run long",
@@ -137,6 +146,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         registry_proxies: true,
         clock_skew: Some(skew.clone()),
         registry_tmpfs: Some(REGISTRY_DISK),
+        sentinel: vec![SENTINEL_REGION],
         ..MeshOptions::default()
     })
     .await?;

@@ -454,7 +454,8 @@ impl RedisServer {
         RedisServer::start_in(dir, &crate::Host::loopback(), binary, false, security).await
     }
 
-    /// A replica of `primary` (same binary, no AOF), for failovers through Sentinel
+    /// A replica of `primary` (same binary, and an AOF when the primary has one: once promoted
+    /// it is as durable as the primary was), for failovers through Sentinel
     /// ([`crate::sentinel::Sentinel`]).
     pub async fn start_replica(primary: &RedisServer) -> anyhow::Result<RedisServer> {
         let dir = tempfile::Builder::new()
@@ -465,7 +466,14 @@ impl RedisServer {
             replica_of: Some(std::net::SocketAddr::from((primary.host.ip, primary.port))),
             ..Security::default()
         };
-        RedisServer::start_in(dir, &primary.host, &primary.binary, false, security).await
+        RedisServer::start_in(
+            dir,
+            &primary.host,
+            &primary.binary,
+            primary.appendonly,
+            security,
+        )
+        .await
     }
 
     /// Like [`RedisServer::start_binary`], on `host` (e.g. in a network namespace).
@@ -580,6 +588,11 @@ impl RedisServer {
     }
 
     /// The server binary this instance runs.
+    /// Where it runs.
+    pub fn runs_on(&self) -> &crate::Host {
+        &self.host
+    }
+
     pub fn binary(&self) -> &str {
         &self.binary
     }

@@ -1,7 +1,8 @@
 //! A Redis/Valkey Sentinel process watching one primary, so that tests can kill the primary and
 //! watch a replica take over (`redis-server --sentinel`, or `valkey-server --sentinel`).
 //!
-//! The sentinel runs with a quorum of 1 and short timeouts (down after 1 s, failover timeout 3 s):
+//! The sentinel runs where its primary runs (this machine's loopback, or a network namespace's
+//! address), with a quorum of 1 and short timeouts (down after 1 s, failover timeout 3 s):
 //! a failover takes a few seconds. Its config file lives in its own temporary directory (Sentinel
 //! rewrites it); its log is `sentinel.log` there.
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ use crate::registry::RedisServer;
 /// A running sentinel.
 pub struct Sentinel {
     child: Managed,
+    /// The address it binds and names the primary by (its primary's host).
+    ip: std::net::IpAddr,
     port: u16,
     master: String,
     dir: TempDir,
@@ -30,12 +33,13 @@ impl Sentinel {
             .tempdir()
             .context("creating the sentinel temp dir")?;
         let port = process::free_port()?;
+        let ip = primary.runs_on().ip;
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {master} 127.0.0.1 {primary} 1\n\
+                "port {port}\nbind {ip}\ndir {dir}\n\
+                 sentinel monitor {master} {ip} {primary} 1\n\
                  sentinel down-after-milliseconds {master} 1000\n\
                  sentinel failover-timeout {master} 3000\n",
                 dir = dir.path().display(),
@@ -43,12 +47,13 @@ impl Sentinel {
             ),
         )?;
         let log = dir.path().join("sentinel.log");
-        let what = format!("{} --sentinel on 127.0.0.1:{port}", primary.binary());
-        let mut cmd = tokio::process::Command::new(primary.binary());
+        let what = format!("{} --sentinel on {ip}:{port}", primary.binary());
+        let mut cmd = primary.runs_on().command(primary.binary());
         cmd.arg(&conf).arg("--sentinel").current_dir(dir.path());
         let child = process::spawn_logged(&mut cmd, &what, &log)?;
         let sentinel = Sentinel {
             child: Managed::new(child),
+            ip,
             port,
             master: master.to_string(),
             dir,
@@ -61,9 +66,9 @@ impl Sentinel {
         Ok(sentinel)
     }
 
-    /// `redis+sentinel://127.0.0.1:PORT/MASTER`: what Ferry's `--redis` takes.
+    /// `redis+sentinel://IP:PORT/MASTER`: what Ferry's `--redis` takes.
     pub fn url(&self) -> String {
-        format!("redis+sentinel://127.0.0.1:{}/{}", self.port, self.master)
+        format!("redis+sentinel://{}:{}/{}", self.ip, self.port, self.master)
     }
 
     /// The port the primary has now, as this sentinel says.
@@ -121,7 +126,7 @@ impl Sentinel {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> anyhow::Result<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
+        let client = redis::Client::open(format!("redis://{}:{}", self.ip, self.port))?;
         let mut con = tokio::time::timeout(
             Duration::from_secs(2),
             client.get_multiplexed_async_connection(),
