@@ -404,7 +404,7 @@ mod tests {
         assert_eq!(back[1].source.as_deref(), Some("us"));
         assert_eq!(
             back[1].idempotency_key(),
-            "bidi|push|platform/api|latest|from=us"
+            format!("bidi|push|platform/api|latest|from=us|digest={DIGEST}")
         );
         let mut unknown = push;
         unknown.registry = "nowhere".into();

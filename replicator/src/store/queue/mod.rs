@@ -134,9 +134,10 @@ impl Job {
         self.execution_id.as_deref().unwrap_or(&self.id)
     }
 
-    /// `policy|kind|repository|reference` (plus `|from=<registry>` for the reverse direction of a
-    /// bidirectional policy, and `|execution` for a run's jobs, which must not fold into an event's
-    /// job or another run's): duplicate pending jobs collapse on it.
+    /// `policy|kind|repository|reference` (plus `|from=<registry>` for the jobs of a bidirectional
+    /// policy, with `|digest=<announced digest>` when their event names one, and `|execution` for a
+    /// run's jobs, which must not fold into an event's job or another run's): duplicate pending
+    /// jobs collapse on it.
     ///
     /// Unambiguous by construction: every part is escaped with [`key_part`] (`%`, `|`, `=` and
     /// control characters become `%XX`), so a part can never contain a separator or pass for the
@@ -152,6 +153,13 @@ impl Job {
         );
         if let Some(source) = &self.source {
             key = format!("{key}|from={}", key_part(source));
+            // A bidirectional job is decided by its event — the digest it announces and its time
+            // (`regions::conflict`) — so two events announcing different contents are two
+            // decisions: folded into one, the later event was lost (found by the chaos oracle,
+            // seed 0x2a) and so would be an event folded into a safety-net job, which has none.
+            if let Some(digest) = &self.digest {
+                key = format!("{key}|digest={}", key_part(digest));
+            }
         }
         match &self.execution_id {
             Some(run) => format!("{key}|{}", key_part(run)),
@@ -479,6 +487,42 @@ mod tests {
             back.idempotency_key(),
             "sync|push|team/app|v1|from=us|run-7"
         );
+    }
+
+    /// Found by the chaos oracle, seed 0x2a (600 s): `b` pushed `shared/tools:t1`, then `c` pushed
+    /// other content under it 5 s later. In `b`, the job for `c`'s event folded into a pending job
+    /// for an earlier event of `c`; that job found the source moved on ("superseded") and left the
+    /// decision to the newer event — the one folded into it. The two regions stayed apart.
+    #[test]
+    fn seed_0x2a_bidirectional_jobs_announcing_different_digests_never_collapse() {
+        let bidirectional = |digest: Option<&str>| {
+            let mut j = job("bidi", "shared/tools", "t1");
+            j.source = Some("c".into());
+            j.digest = digest.map(str::to_string);
+            j
+        };
+        let (first, newer) = (
+            bidirectional(Some("sha256:1")),
+            bidirectional(Some("sha256:2")),
+        );
+        assert_ne!(first.idempotency_key(), newer.idempotency_key());
+        assert_eq!(
+            newer.idempotency_key(),
+            "bidi|push|shared/tools|t1|from=c|digest=sha256:2"
+        );
+        // Nor into a safety-net or run job, which announces nothing.
+        assert_ne!(
+            bidirectional(None).idempotency_key(),
+            newer.idempotency_key()
+        );
+        // The same event delivered twice still collapses; one-way jobs still fold re-pushes.
+        assert_eq!(
+            bidirectional(Some("sha256:2")).idempotency_key(),
+            newer.idempotency_key()
+        );
+        let mut one_way = job("mirror", "team/app", "v1");
+        one_way.digest = Some("sha256:1".into());
+        assert_eq!(one_way.idempotency_key(), "mirror|push|team/app|v1");
     }
 
     #[test]
