@@ -339,6 +339,23 @@ enum Upload {
     ChunkMib(u64),
 }
 
+/// A config's registry entry: verified against its CA when it serves TLS, plain HTTP otherwise.
+fn registry_entry(name: &str, r: &Registry) -> serde_json::Value {
+    match r.ca_path() {
+        Some(ca) => json!({"name": name, "url": r.url(), "ca_file": ca}),
+        None => json!({"name": name, "url": r.url(), "insecure": true}),
+    }
+}
+
+/// An HTTP client trusting the CAs of `registries` that serve TLS.
+fn client_for(registries: &[&Registry]) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder();
+    for ca in registries.iter().filter_map(|r| r.ca_path()) {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+    }
+    Ok(b.build()?)
+}
+
 fn write_ferry_config(
     dir: &Path,
     name: &str,
@@ -348,17 +365,14 @@ fn write_ferry_config(
     upload: Upload,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
-    let mut dst_reg = json!({"name": "dst", "url": dst.url(), "insecure": true});
+    let mut dst_reg = registry_entry("dst", dst);
     match upload {
         Upload::Streaming => dst_reg["chunk_threshold"] = json!(u64::MAX / 2),
         Upload::ChunkMib(mib) => dst_reg["chunk_size"] = json!(mib * MIB),
         Upload::Default => {}
     }
     let cfg = json!({
-        "registries": [
-            {"name": "src", "url": src.url(), "insecure": true},
-            dst_reg
-        ],
+        "registries": [registry_entry("src", src), dst_reg],
         "policies": [{
             "name": name, "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
             "filters": [{"type": "name", "value": repo_filter}]
@@ -511,7 +525,7 @@ async fn result_exact(
     dst: &Registry,
     rename: fn(&str) -> &str,
 ) -> Result<bool> {
-    let http = reqwest::Client::new();
+    let http = client_for(&[src, dst])?;
     for p in &corpus.pushed {
         let a = head_digest(&http, &src.url(), &p.repo, &p.tag).await?;
         let b = head_digest(&http, &dst.url(), rename(&p.repo), &p.tag).await?;

@@ -29,7 +29,12 @@ struct Run {
 pub(super) async fn requests_runs(args: &Args, dir: &Path) -> Result<()> {
     eprintln!("(e) generating the corpus...");
     let corpus = build_corpus(&dir.join("layout"), Shape::COLD)?;
-    let src = Registry::start().await?;
+    // TLS everywhere: ocync's `sync` speaks HTTPS only.
+    let src = Registry::start_with(RegistryOptions {
+        tls: true,
+        ..RegistryOptions::default()
+    })
+    .await?;
     push_all(&corpus, &src.host()).await?;
     let mut runs = Vec::new();
     let mut ferries = vec![("ferry".to_string(), args.ferry.clone())];
@@ -40,38 +45,49 @@ pub(super) async fn requests_runs(args: &Args, dir: &Path) -> Result<()> {
         eprintln!("(e) cold sync: {tool}...");
         let dst = logged_registry().await?;
         let cfg = write_ferry_config(dir, "cold", &src, &dst, "bench/**", Upload::Default)?;
+        let from = log_len(&dst)?;
         let m = ferry_sync(&binary, &cfg).await?;
-        runs.push(finish(&corpus, &src, dst, tool, m.secs).await?);
+        runs.push(finish(&corpus, &src, dst, from, tool, m.secs).await?);
     }
     if let Some(ocync) = &args.ocync {
         eprintln!("(e) cold sync: ocync...");
         let dst = logged_registry().await?;
+        let from = log_len(&dst)?;
         let secs = ocync_sync(ocync, dir, &corpus, &src, &dst).await?;
-        runs.push(finish(&corpus, &src, dst, "ocync".into(), secs).await?);
+        runs.push(finish(&corpus, &src, dst, from, "ocync".into(), secs).await?);
     }
     print_requests(&corpus, &runs);
     Ok(())
 }
 
-/// An empty registry writing one access-log line per request.
+/// An empty registry serving TLS and writing one access-log line per request.
 async fn logged_registry() -> Result<Registry> {
     Registry::start_with(RegistryOptions {
         log_level: "info",
+        tls: true,
         ..RegistryOptions::default()
     })
     .await
 }
 
-/// Reads the destination's requests (before anything else asks it), then checks every tag arrived
-/// with the source's digest.
+/// Where the registry's log ends now: what follows is the sync's (before it, the start-up
+/// probe's `GET /v2/`).
+fn log_len(r: &Registry) -> Result<usize> {
+    Ok(std::fs::metadata(r.log_path())?.len() as usize)
+}
+
+/// Reads the destination's requests from log offset `from` (before anything else asks it), then
+/// checks every tag arrived with the source's digest.
 async fn finish(
     corpus: &Corpus,
     src: &Registry,
     dst: Registry,
+    from: usize,
     tool: String,
     secs: f64,
 ) -> Result<Run> {
-    let counts = route_counts(&std::fs::read_to_string(dst.log_path())?);
+    let log = std::fs::read_to_string(dst.log_path())?;
+    let counts = route_counts(log.get(from..).unwrap_or_default());
     anyhow::ensure!(
         result_exact(corpus, src, &dst, |r| r).await?,
         "{tool}'s destination differs from the source"
@@ -80,7 +96,8 @@ async fn finish(
 }
 
 /// `ocync sync` of every repository of the corpus (all tags), anonymous on both sides, with an
-/// empty cache of its own.
+/// empty cache of its own, trusting both registries' CAs (`SSL_CERT_FILE`, which its platform
+/// verifier reads on Linux).
 async fn ocync_sync(
     ocync: &Path,
     dir: &Path,
@@ -101,11 +118,20 @@ async fn ocync_sync(
     }
     let cfg = dir.join("ocync.yaml");
     std::fs::write(&cfg, yaml)?;
+    let bundle = dir.join("ocync-cas.pem");
+    let mut pem = Vec::new();
+    for r in [src, dst] {
+        pem.extend(std::fs::read(
+            r.ca_path().context("a TLS registry has a CA")?,
+        )?);
+    }
+    std::fs::write(&bundle, pem)?;
     let start = Instant::now();
     let out = tokio::process::Command::new(ocync)
         .args(["sync", "-c"])
         .arg(&cfg)
         .env("HOME", dir)
+        .env("SSL_CERT_FILE", &bundle)
         .output()
         .await
         .with_context(|| format!("running {}", ocync.display()))?;
