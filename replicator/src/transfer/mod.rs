@@ -8,9 +8,10 @@
 //! *present* is remembered ([`BlobLedger`]), never what it saw missing, so a concurrent delete
 //! costs at most a refused manifest and a retry, never a skipped copy. The stream is hashed as it
 //! passes and the **last byte is held back until the digest matched**, so a corrupt source never
-//! completes an upload; the session is cancelled (`DELETE`) on any failure. Uploads are monolithic (one streaming
-//! `PUT`) below the destination's chunk threshold (`chunk_threshold`, default 256 MiB) and chunked
-//! from there, or always with the policy's `copy_by_chunk`; a registry refusing chunks gets `PUT`s.
+//! completes an upload; the session is cancelled (`DELETE`) on any failure. Uploads are monolithic
+//! (one streaming `PUT`) below the destination's chunk threshold (`chunk_threshold`, default
+//! 256 MiB) and chunked from there, or always with the policy's `copy_by_chunk`; a registry
+//! refusing chunks gets `PUT`s.
 //!
 //! **Resuming.** A chunked upload checkpoints its session URL, the offset the destination
 //! confirmed and the hash state over those bytes on the job ([`Checkpoints`]) after every chunk.
