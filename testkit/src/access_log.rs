@@ -1,7 +1,11 @@
 //! What a distribution registry's access log (`log.level: info`, one combined-log-format line per
-//! request) says it received: blob upload `PUT`s, manifest `PUT`s and `HEAD`s and every request on an upload
-//! session with the offset its `_state` token carries. Tests use it as evidence Ferry does not
-//! produce itself ("the layer crossed once", "a resync pushed nothing").
+//! request) says it received: blob upload `PUT`s, manifest `PUT`s and `HEAD`s, every request on an
+//! upload session with the offset its `_state` token carries, and every request by its route kind
+//! ([`Route`]: blob `HEAD`, mount `POST`, manifest `PUT`…). Tests and benchmarks use it as evidence
+//! Ferry does not produce itself ("the layer crossed once", "a resync pushed nothing", "a cold sync
+//! made this many requests").
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 
 /// How many blob upload `PUT`s (the request that completes an upload) a registry's access log
@@ -69,28 +73,258 @@ pub fn upload_state_offset(state: &str) -> Option<u64> {
 /// Every request on an upload session (`/v2/<repo>/blobs/uploads/<uuid>?_state=…`) in a
 /// distribution access log (`log.level: info`), in log order.
 pub fn upload_requests(log: &str) -> Vec<UploadRequest> {
+    logged_requests(log)
+        .into_iter()
+        .filter_map(|r| {
+            let (_, uuid) = r.path.split_once("/blobs/uploads/")?;
+            Some(UploadRequest {
+                uuid: uuid.to_string(),
+                status: r.status,
+                offset: upload_state_offset(r.param("_state")?)?,
+                digest: r
+                    .param("digest")
+                    .map(|d| d.replace("%3A", ":").replace("%3a", ":")),
+                method: r.method,
+            })
+        })
+        .filter(|u| !u.uuid.is_empty())
+        .collect()
+}
+
+/// One request of the registry API (`/v2/…`) from a distribution access-log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedRequest {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string, without `?` (empty when there is none).
+    pub query: String,
+    pub status: u16,
+}
+
+impl LoggedRequest {
+    /// The value of query parameter `name`, as sent (not URL-decoded).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    /// What the request does.
+    pub fn route(&self) -> Route {
+        Route::of(&self.method, &self.path, &self.query)
+    }
+}
+
+/// Every request of the registry API in a distribution access log (`log.level: info`), in log
+/// order; the log's other lines (start-up, `msg="…"` lines) are left out.
+pub fn logged_requests(log: &str) -> Vec<LoggedRequest> {
     log.lines()
         .filter_map(|line| {
-            // `… "PATCH /v2/r/blobs/uploads/<uuid>?_state=…&digest=… HTTP/1.1" 202 0 "" "ua"`
+            // `127.0.0.1 - - [date] "PATCH /v2/r/blobs/uploads/<uuid>?_state=… HTTP/1.1" 202 0 "" "ua"`
             let (_, request) = line.split_once('"')?;
             let (request, rest) = request.split_once('"')?;
             let mut words = request.split_whitespace();
             let (method, target) = (words.next()?, words.next()?);
+            if !words.next()?.starts_with("HTTP/") || !target.starts_with("/v2/") {
+                return None;
+            }
             let status = rest.split_whitespace().next()?.parse().ok()?;
-            let (path, query) = target.split_once('?')?;
-            let (_, uuid) = path.split_once("/blobs/uploads/")?;
-            let param = |name: &str| {
-                query
-                    .split('&')
-                    .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
-            };
-            Some(UploadRequest {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            Some(LoggedRequest {
                 method: method.to_string(),
-                uuid: uuid.to_string(),
+                path: path.to_string(),
+                query: query.to_string(),
                 status,
-                offset: upload_state_offset(param("_state")?)?,
-                digest: param("digest").map(|d| d.replace("%3A", ":").replace("%3a", ":")),
             })
         })
         .collect()
+}
+
+/// What a registry request does, by method and route of the distribution API. The order is the
+/// order of a table of them (discovery, manifests, blobs, uploads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Route {
+    /// `GET /v2/`: the version check, or a client learning how to authenticate.
+    Base,
+    Catalog,
+    TagList,
+    Referrers,
+    ManifestHead,
+    ManifestGet,
+    ManifestPut,
+    ManifestDelete,
+    BlobHead,
+    BlobGet,
+    BlobDelete,
+    /// `POST …/blobs/uploads/?mount=…`: a cross-repository mount (`201`), or a session instead (`202`).
+    MountPost,
+    /// `POST …/blobs/uploads/`: a new upload session.
+    UploadPost,
+    UploadPatch,
+    /// `PUT …/blobs/uploads/<uuid>?digest=…`: completes an upload.
+    UploadPut,
+    /// `GET …/blobs/uploads/<uuid>`: a session's status.
+    UploadGet,
+    UploadDelete,
+    Other,
+}
+
+impl Route {
+    /// The route of `method path?query` on the distribution API.
+    pub fn of(method: &str, path: &str, query: &str) -> Route {
+        let rest = path.strip_prefix("/v2/").unwrap_or(path);
+        if rest.is_empty() {
+            return if method == "GET" {
+                Route::Base
+            } else {
+                Route::Other
+            };
+        }
+        if rest == "_catalog" {
+            return Route::Catalog;
+        }
+        // The last route keyword wins: repository names may contain `blobs` or `manifests`.
+        let kind = [
+            "/manifests/",
+            "/blobs/uploads",
+            "/blobs/",
+            "/tags/list",
+            "/referrers/",
+        ]
+        .into_iter()
+        .filter_map(|k| rest.rfind(k).map(|at| (at, k)))
+        .max_by_key(|(at, k)| (*at, k.len()));
+        match (kind.map(|(_, k)| k), method) {
+            (Some("/manifests/"), "HEAD") => Route::ManifestHead,
+            (Some("/manifests/"), "GET") => Route::ManifestGet,
+            (Some("/manifests/"), "PUT") => Route::ManifestPut,
+            (Some("/manifests/"), "DELETE") => Route::ManifestDelete,
+            (Some("/blobs/uploads"), "POST")
+                if query.split('&').any(|p| p.starts_with("mount=")) =>
+            {
+                Route::MountPost
+            }
+            (Some("/blobs/uploads"), "POST") => Route::UploadPost,
+            (Some("/blobs/uploads"), "PATCH") => Route::UploadPatch,
+            (Some("/blobs/uploads"), "PUT") => Route::UploadPut,
+            (Some("/blobs/uploads"), "GET") => Route::UploadGet,
+            (Some("/blobs/uploads"), "DELETE") => Route::UploadDelete,
+            (Some("/blobs/"), "HEAD") => Route::BlobHead,
+            (Some("/blobs/"), "GET") => Route::BlobGet,
+            (Some("/blobs/"), "DELETE") => Route::BlobDelete,
+            (Some("/tags/list"), "GET") => Route::TagList,
+            (Some("/referrers/"), "GET") => Route::Referrers,
+            _ => Route::Other,
+        }
+    }
+
+    /// How a table names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Base => "GET /v2/ (version check, auth probe)",
+            Route::Catalog => "catalog GET",
+            Route::TagList => "tag list GET",
+            Route::Referrers => "referrers GET",
+            Route::ManifestHead => "manifest HEAD",
+            Route::ManifestGet => "manifest GET",
+            Route::ManifestPut => "manifest PUT",
+            Route::ManifestDelete => "manifest DELETE",
+            Route::BlobHead => "blob HEAD",
+            Route::BlobGet => "blob GET",
+            Route::BlobDelete => "blob DELETE",
+            Route::MountPost => "blob mount POST",
+            Route::UploadPost => "upload POST",
+            Route::UploadPatch => "upload PATCH",
+            Route::UploadPut => "upload PUT",
+            Route::UploadGet => "upload status GET",
+            Route::UploadDelete => "upload DELETE",
+            Route::Other => "other",
+        }
+    }
+
+    /// Requests about blobs: presence, reads, mounts and uploads.
+    pub fn is_blob(self) -> bool {
+        matches!(
+            self,
+            Route::BlobHead
+                | Route::BlobGet
+                | Route::BlobDelete
+                | Route::MountPost
+                | Route::UploadPost
+                | Route::UploadPatch
+                | Route::UploadPut
+                | Route::UploadGet
+                | Route::UploadDelete
+        )
+    }
+
+    /// Requests about manifests (by tag or digest).
+    pub fn is_manifest(self) -> bool {
+        matches!(
+            self,
+            Route::ManifestHead | Route::ManifestGet | Route::ManifestPut | Route::ManifestDelete
+        )
+    }
+}
+
+/// How many requests of each route and status an access log shows.
+pub fn route_counts(log: &str) -> BTreeMap<(Route, u16), usize> {
+    let mut counts = BTreeMap::new();
+    for r in logged_requests(log) {
+        *counts.entry((r.route(), r.status)).or_default() += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(method: &str, target: &str, status: u16) -> String {
+        format!(
+            "127.0.0.1 - - [05/Dec/2026:09:00:00 +0000] \"{method} {target} HTTP/1.1\" {status} 0 \"\" \"ferry/0.1.0\""
+        )
+    }
+
+    #[test]
+    fn requests_are_classified_by_method_and_route() {
+        let cases = [
+            ("GET", "/v2/", Route::Base),
+            ("GET", "/v2/_catalog?n=100", Route::Catalog),
+            ("GET", "/v2/a/b/tags/list", Route::TagList),
+            ("HEAD", "/v2/a/manifests/v1", Route::ManifestHead),
+            ("PUT", "/v2/a/manifests/sha256:ab", Route::ManifestPut),
+            ("HEAD", "/v2/a/blobs/sha256:ab", Route::BlobHead),
+            (
+                "POST",
+                "/v2/a/blobs/uploads/?mount=sha256:ab&from=b",
+                Route::MountPost,
+            ),
+            ("POST", "/v2/a/blobs/uploads/", Route::UploadPost),
+            (
+                "PATCH",
+                "/v2/a/blobs/uploads/u?_state=x",
+                Route::UploadPatch,
+            ),
+            (
+                "PUT",
+                "/v2/a/blobs/uploads/u?_state=x&digest=sha256%3Aab",
+                Route::UploadPut,
+            ),
+            ("GET", "/v2/a/referrers/sha256:ab", Route::Referrers),
+            // A repository named like a route keyword.
+            ("HEAD", "/v2/manifests/blobs/sha256:ab", Route::BlobHead),
+            ("GET", "/v2/blobs/tags/list", Route::TagList),
+        ];
+        let log: String = cases
+            .iter()
+            .map(|(m, t, _)| line(m, t, 200) + "\n")
+            .chain(["time=\"x\" level=info msg=\"response completed\"\n".to_string()])
+            .collect();
+        let got: Vec<Route> = logged_requests(&log).iter().map(|r| r.route()).collect();
+        let want: Vec<Route> = cases.iter().map(|(_, _, r)| *r).collect();
+        assert_eq!(got, want);
+        assert_eq!(route_counts(&log)[&(Route::BlobHead, 200)], 2);
+    }
 }

@@ -136,6 +136,9 @@ pub struct Behavior {
     /// The `expires_in` of `/token` answers (default 300), e.g. `u64::MAX` from a careless token
     /// server.
     pub token_expires_in: Option<u64>,
+    /// Manifest `PUT` answers carry no `Docker-Content-Digest` (registries that do not say what
+    /// they stored).
+    pub silent_manifest_puts: bool,
     /// The Bearer challenge names this token realm instead of `<url>/token` (a token server on
     /// another origin).
     pub token_realm: Option<String>,
@@ -1107,7 +1110,9 @@ fn put_manifest(
         header::LOCATION,
         &location(shared, inner, &format!("/v2/{name}/manifests/{digest}")),
     );
-    insert(&mut resp, "docker-content-digest", &digest);
+    if !inner.behavior.silent_manifest_puts {
+        insert(&mut resp, "docker-content-digest", &digest);
+    }
     resp
 }
 

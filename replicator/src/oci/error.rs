@@ -223,6 +223,11 @@ impl RegistryError {
         }
     }
 
+    /// True when the registry's answer carried the OCI error `code` (e.g. `MANIFEST_BLOB_UNKNOWN`).
+    pub fn has_code(&self, code: &str) -> bool {
+        matches!(self, RegistryError::Status { errors, .. } if errors.iter().any(|e| e.code == code))
+    }
+
     /// True for 404-style answers (unknown manifest, blob or repository).
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)

@@ -77,8 +77,7 @@ fn refused_incomplete(
 ) -> TransferError {
     let refused = matches!(
         &e,
-        TransferError::Registry(RegistryError::Status { status: 400, errors, .. })
-            if errors.iter().any(|x| x.code == "MANIFEST_BLOB_UNKNOWN")
+        TransferError::Registry(r) if r.status() == Some(400) && r.has_code("MANIFEST_BLOB_UNKNOWN")
     );
     match e {
         TransferError::Registry(source) if refused && !sparse => TransferError::NotYetComplete {
@@ -266,7 +265,8 @@ pub(crate) async fn admit_tag(
 }
 
 /// Copies the source's manifest of `tag` (its graph first) unless a filter excludes it, pushes it
-/// by tag and confirms the destination answers its digest.
+/// by tag and confirms the destination stored its digest (the `PUT`'s `Docker-Content-Digest`, or
+/// a `HEAD` of the tag when the answer does not name one).
 async fn copy_manifest(
     prepared: &PreparedPolicy,
     ctx: &TransferContext,
@@ -281,10 +281,14 @@ async fn copy_manifest(
     transfer::ensure_graph(ctx, src_repo, dst_repo, &manifest, &prepared.selector).await?;
     let sparse =
         matches!(*graph, ManifestGraph::Index { .. }) && prepared.selector.has_platform_filter();
-    transfer::push_manifest(ctx, dst_repo, tag, &manifest)
+    let confirmed = transfer::push_manifest(ctx, dst_repo, tag, &manifest)
         .await
         .map_err(|e| refused_incomplete(e, sparse, ctx.dst.name(), dst_repo, tag))?;
-    verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
+    // The `PUT`'s answer naming the digest is the registry's confirmation; only a registry that
+    // does not say is asked.
+    if !confirmed {
+        verify_tag(ctx, dst_repo, tag, &manifest.digest).await?;
+    }
     Ok(TagOutcome::Copied {
         digest: manifest.digest.to_string(),
     })

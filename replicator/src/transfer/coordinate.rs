@@ -1,5 +1,5 @@
 //! Making sure one blob crosses the wire once per destination: within a process ([`BlobLedger`],
-//! a lock per `(destination, digest)` that also remembers which repository holds the blob) and
+//! a lock per `(destination, digest)` that also remembers which repositories hold the blob) and
 //! among the workers sharing a queue ([`BlobLeases`], a lease per `(destination, digest)` whose
 //! holder value names the repository it uploads into). And that one manifest pushed by digest is
 //! written once per destination repository ([`ManifestLeases`]).
@@ -31,7 +31,7 @@
 //! one), and queue trouble never fails a transfer. Level-triggering is untouched: the writer
 //! still reads the source when it holds the lease. Tags are not leased: a tag is written by the
 //! one job of that tag (duplicate pending jobs collapse in the queue).
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +40,45 @@ use crate::oci::MountOutcome;
 
 use super::{BlobOutcome, Result, TransferContext, TransferError};
 
-type Slot = Arc<tokio::sync::Mutex<Option<String>>>;
+type Slot = Arc<tokio::sync::Mutex<Holders>>;
+
+/// The repositories of one destination this process has seen holding one blob: it `HEAD`ed it
+/// there, uploaded it there or mounted it there. Only "present" is remembered — a `HEAD` that
+/// found nothing is not, so nothing here can suppress a copy — and a repository is forgotten when
+/// the registry contradicts it (a mount from it answered with a session, or a manifest `PUT` in it
+/// refused for a missing blob, [`BlobLedger::forget_repository`]).
+#[derive(Debug, Default)]
+pub(crate) struct Holders {
+    repos: BTreeSet<String>,
+    /// The latest repository added: the one to mount from.
+    latest: Option<String>,
+}
+
+impl Holders {
+    pub(crate) fn holds(&self, repository: &str) -> bool {
+        self.repos.contains(repository)
+    }
+
+    pub(crate) fn add(&mut self, repository: &str) {
+        self.repos.insert(repository.to_string());
+        self.latest = Some(repository.to_string());
+    }
+
+    pub(crate) fn forget(&mut self, repository: &str) {
+        self.repos.remove(repository);
+        if self.latest.as_deref() == Some(repository) {
+            self.latest = self.repos.iter().next_back().cloned();
+        }
+    }
+
+    /// A repository to mount the blob into `repository` from: another one known to hold it.
+    pub(crate) fn mount_source(&self, repository: &str) -> Option<String> {
+        match &self.latest {
+            Some(r) if r != repository => Some(r.clone()),
+            _ => self.repos.iter().find(|r| *r != repository).cloned(),
+        }
+    }
+}
 
 /// Where blobs are known to live on each destination, and a per-`(destination, digest)` lock so
 /// one blob crosses the wire once even when several repositories need it at the same time.
@@ -55,6 +93,22 @@ impl BlobLedger {
         map.entry((registry.to_string(), digest.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// Forgets that `repository` on `registry` holds any blob: the registry refused a manifest
+    /// there for a missing blob (deleted since this process saw it), so the next copy asks again.
+    /// Slots in use right now are left to their user, who is settling them anyway.
+    pub fn forget_repository(&self, registry: &str, repository: &str) {
+        let slots: Vec<Slot> = crate::locks::lock(&self.slots)
+            .iter()
+            .filter(|((r, _), _)| r == registry)
+            .map(|(_, slot)| slot.clone())
+            .collect();
+        for slot in slots {
+            if let Ok(mut holders) = slot.try_lock() {
+                holders.forget(repository);
+            }
+        }
     }
 }
 
@@ -273,4 +327,38 @@ pub async fn hold_manifest(
         }
     });
     Ok(Some(ManifestHold { _release: release }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_is_mounted_from_the_latest_repository_seen_holding_it_and_never_from_its_target() {
+        let mut h = Holders::default();
+        assert_eq!(h.mount_source("a"), None, "nothing seen: ask the registry");
+        h.add("a");
+        assert!(h.holds("a"));
+        assert_eq!(
+            h.mount_source("a"),
+            None,
+            "never from the repository itself"
+        );
+        assert_eq!(h.mount_source("b").as_deref(), Some("a"));
+        h.add("b");
+        assert_eq!(h.mount_source("c").as_deref(), Some("b"));
+        assert_eq!(h.mount_source("b").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_forgotten_repository_is_neither_trusted_nor_mounted_from() {
+        let mut h = Holders::default();
+        h.add("a");
+        h.add("b");
+        h.forget("b");
+        assert!(!h.holds("b"));
+        assert_eq!(h.mount_source("c").as_deref(), Some("a"));
+        h.forget("a");
+        assert_eq!(h.mount_source("c"), None);
+    }
 }

@@ -1,13 +1,17 @@
 //! Moves one manifest graph from a source repository to a destination repository, copying only
 //! what the destination lacks.
 //!
-//! For each blob: `HEAD` on the destination (present → skipped); else a cross-repository mount from
-//! a destination repository known to hold it (→ mounted); else a streaming `GET` from the source
-//! piped into an upload on the destination (→ copied). The stream is hashed as it passes and the
-//! **last byte is held back until the digest matched**, so a corrupt source never completes an
-//! upload; the session is cancelled (`DELETE`) on any failure. Uploads are monolithic (one streaming
-//! `PUT`) below the destination's chunk threshold (`chunk_threshold`, default 256 MiB) and chunked
-//! from there, or always with the policy's `copy_by_chunk`; a registry refusing chunks gets `PUT`s.
+//! For each blob: nothing when this process saw it in the destination repository already (→
+//! skipped); else a cross-repository mount from a destination repository known to hold it, without
+//! a `HEAD` first (→ mounted); else `HEAD` on the destination (present → skipped); else a streaming
+//! `GET` from the source piped into an upload on the destination (→ copied). What the process saw
+//! *present* is remembered ([`BlobLedger`]), never what it saw missing, so a concurrent delete
+//! costs at most a refused manifest and a retry, never a skipped copy. The stream is hashed as it
+//! passes and the **last byte is held back until the digest matched**, so a corrupt source never
+//! completes an upload; the session is cancelled (`DELETE`) on any failure. Uploads are monolithic
+//! (one streaming `PUT`) below the destination's chunk threshold (`chunk_threshold`, default
+//! 256 MiB) and chunked from there, or always with the policy's `copy_by_chunk`; a registry
+//! refusing chunks gets `PUT`s.
 //!
 //! **Resuming.** A chunked upload checkpoints its session URL, the offset the destination
 //! confirmed and the hash state over those bytes on the job ([`Checkpoints`]) after every chunk.
@@ -65,7 +69,7 @@ pub use coordinate::{hold_manifest, BlobLeases, BlobLedger, ManifestHold, Manife
 pub use source::Source;
 pub use verify::{StreamFailure, READ_RESUMES};
 
-use coordinate::{coordinate, keep_lease, Coordinated};
+use coordinate::{coordinate, keep_lease, Coordinated, Holders};
 use upload::upload_with_retries;
 
 #[derive(Debug, thiserror::Error)]
@@ -298,20 +302,32 @@ async fn copy_child_manifest(
     }
     let child = ctx.src.get_manifest(src_repo, digest.as_ref()).await?;
     Box::pin(ensure_graph(ctx, src_repo, dst_repo, &child, selector)).await?;
-    push_manifest(ctx, dst_repo, digest.as_ref(), &child).await
+    push_manifest(ctx, dst_repo, digest.as_ref(), &child).await?;
+    Ok(())
 }
 
-/// Pushes a manifest's exact bytes under `reference` (a tag or its digest).
+/// Pushes a manifest's exact bytes under `reference` (a tag or its digest). Returns whether the
+/// registry's answer confirmed the digest ([`RegistryClient::put_manifest`]). A refusal for a
+/// missing blob means a blob this process saw in `dst_repo` is gone (deleted since): the ledger
+/// forgets the repository, so a retry asks the registry again instead of skipping it.
 pub async fn push_manifest(
     ctx: &TransferContext,
     dst_repo: &str,
     reference: &str,
     m: &Manifest,
-) -> Result<()> {
+) -> Result<bool> {
     check_cancel(ctx)?;
-    ctx.dst.put_manifest(dst_repo, reference, m).await?;
+    let confirmed = match ctx.dst.put_manifest(dst_repo, reference, m).await {
+        Ok(confirmed) => confirmed,
+        Err(e) => {
+            if e.has_code("MANIFEST_BLOB_UNKNOWN") {
+                ctx.ledger.forget_repository(ctx.dst.name(), dst_repo);
+            }
+            return Err(e.into());
+        }
+    };
     ctx.stats.manifests_pushed.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    Ok(confirmed)
 }
 
 fn parse_graph(ctx: &TransferContext, src_repo: &str, m: &Manifest) -> Result<ManifestGraph> {
@@ -375,20 +391,42 @@ async fn drop_stale_upload(ctx: &TransferContext, digest: &Digest) {
     ctx.checkpoints.clear(ctx.dst.name(), digest.as_ref()).await;
 }
 
+/// Skip, mount or copy, one request per decision where it can: a repository this run already saw
+/// holding the blob costs nothing; a blob another repository of the destination holds is mounted
+/// straight away (no `HEAD` first: a mount answers `201` when the blob is already there too);
+/// otherwise a `HEAD`, then an upload.
 async fn copy_blob_locked(
     ctx: &TransferContext,
     src_repo: &str,
     dst_repo: &str,
     desc: &Descriptor,
-    known: &mut Option<String>,
+    known: &mut Holders,
 ) -> Result<BlobOutcome> {
     let digest = desc.digest();
-    if known.as_deref() == Some(dst_repo) {
+    if known.holds(dst_repo) {
         return Ok(BlobOutcome::Skipped);
+    }
+    if let Some(from) = known.mount_source(dst_repo) {
+        match ctx.dst.mount_blob(dst_repo, digest, &from).await {
+            Ok(MountOutcome::Mounted) => {
+                tracing::debug!(repository = dst_repo, %digest, from = %from, "blob mounted");
+                known.add(dst_repo);
+                return Ok(BlobOutcome::Mounted);
+            }
+            Ok(MountOutcome::NotMounted(upload)) => {
+                // The registry opened a session instead of mounting (`from` lost the blob, or the
+                // registry does not mount): drop it, stop counting on `from`, ask and upload.
+                ctx.dst.cancel_upload(&upload).await;
+                known.forget(&from);
+            }
+            Err(e) => {
+                tracing::debug!(repository = dst_repo, %digest, error = %e, "mount failed; uploading")
+            }
+        }
     }
     match ctx.dst.blob_exists(dst_repo, digest).await {
         Ok(Some(_)) => {
-            *known = Some(dst_repo.to_string());
+            known.add(dst_repo);
             return Ok(BlobOutcome::Skipped);
         }
         Ok(None) => {}
@@ -401,25 +439,10 @@ async fn copy_blob_locked(
         }
         Err(e) => return Err(e.into()),
     }
-    if let Some(from) = known.clone() {
-        match ctx.dst.mount_blob(dst_repo, digest, &from).await {
-            Ok(MountOutcome::Mounted) => {
-                tracing::debug!(repository = dst_repo, %digest, from = %from, "blob mounted");
-                return Ok(BlobOutcome::Mounted);
-            }
-            Ok(MountOutcome::NotMounted(upload)) => {
-                // The registry opened a session instead of mounting: drop it and upload normally.
-                ctx.dst.cancel_upload(&upload).await;
-            }
-            Err(e) => {
-                tracing::debug!(repository = dst_repo, %digest, error = %e, "mount failed; uploading")
-            }
-        }
-    }
     let held = match &ctx.leases {
         Some(leases) => match coordinate(ctx, leases, dst_repo, digest).await? {
             Coordinated::Done(outcome) => {
-                *known = Some(dst_repo.to_string());
+                known.add(dst_repo);
                 return Ok(outcome);
             }
             Coordinated::Upload(held) => held,
@@ -448,6 +471,6 @@ async fn copy_blob_locked(
         }
     }
     uploaded?;
-    *known = Some(dst_repo.to_string());
+    known.add(dst_repo);
     Ok(BlobOutcome::Copied)
 }

@@ -6,13 +6,17 @@
 //! no-op resync (ferry vs skopeo); (c) peak RSS of `ferry sync` copying one 1 GiB layer; (d) the
 //! same layer streaming (one `PUT`) vs chunked (resumable `PATCH`es, the default above
 //! 256 MiB), each to a fresh registry, several rounds in alternating order: MiB/s of each, their
-//! ratio per round, and the CPU time ferry and both registries spent.
+//! ratio per round, and the CPU time ferry and both registries spent; (e) with `--requests`, the
+//! requests a cold sync of a small corpus makes on the destination, by route, for ferry, for
+//! ocync when `--ocync PATH` names its binary, and the floor (module `cold`).
 //!
 //! Usage: `cargo build --release --workspace && target/release/ferry-bench [--ferry PATH]
-//! [--quick] [--no-gib] [--only-gib] [--rounds N]`. `--quick` shrinks the corpus and the layer
-//! (256 MiB) for a smoke run; `--only-gib` skips (a) and (b); `--rounds` sets (d)'s rounds
-//! (default 3); `--chunk-mib` the destination's `chunk_size` there (default 16); `--strace-fsync` traces the destination registry's `fsync` calls during (d) with
-//! `strace` (a diagnostic that slows the copies: read its counts and times, not its speeds).
+//! [--quick] [--no-gib] [--only-gib] [--rounds N] [--requests [--ocync PATH] [--baseline FERRY]]`. `--quick` shrinks
+//! the corpus and the layer (256 MiB) for a smoke run; `--only-gib` skips (a) and (b); `--rounds`
+//! sets (d)'s rounds (default 3); `--chunk-mib` the destination's `chunk_size` there (default 16);
+//! `--strace-fsync` traces the destination registry's `fsync` calls during (d) with `strace` (a
+//! diagnostic that slows the copies: read its counts and times, not its speeds); `--requests` runs
+//! (e) alone (`--baseline` adds another ferry build's column, e.g. the one before a change).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +26,11 @@ use anyhow::{bail, Context, Result};
 use ferry_testkit::measure::{cpu_seconds, run_measured, Measured};
 use ferry_testkit::{skopeo, Blob, LayerSpec, LayoutBuilder, Registry};
 use serde_json::json;
+
+// (e), in its own file: a crate root's `mod` would look for `src/bin/cold.rs`, which cargo would
+// take for another binary.
+#[path = "ferry-bench/cold.rs"]
+mod cold;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -37,6 +46,12 @@ struct Args {
     strace: bool,
     /// The destination's `chunk_size` in (d), MiB.
     chunk_mib: u64,
+    /// Run (e) alone: the requests of a cold sync.
+    requests: bool,
+    /// ocync's binary, the peer of (e).
+    ocync: Option<PathBuf>,
+    /// Another ferry binary (e.g. an older build) measured next to `ferry` in (e).
+    baseline: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -48,6 +63,9 @@ fn parse_args() -> Result<Args> {
         rounds: 3,
         strace: false,
         chunk_mib: 16,
+        requests: false,
+        ocync: None,
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -57,6 +75,11 @@ fn parse_args() -> Result<Args> {
             "--no-gib" => args.gib = false,
             "--only-gib" => args.only_gib = true,
             "--strace-fsync" => args.strace = true,
+            "--requests" => args.requests = true,
+            "--ocync" => args.ocync = Some(it.next().context("--ocync needs a path")?.into()),
+            "--baseline" => {
+                args.baseline = Some(it.next().context("--baseline needs a path")?.into())
+            }
             "--chunk-mib" => {
                 args.chunk_mib = it
                     .next()
@@ -75,7 +98,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "ferry-bench [--ferry PATH] [--quick] [--no-gib] [--only-gib] [--rounds N] [--chunk-mib N] [--strace-fsync]"
+                    "ferry-bench [--ferry PATH] [--quick] [--no-gib] [--only-gib] [--rounds N] [--chunk-mib N] [--strace-fsync] [--requests [--ocync PATH] [--baseline FERRY]]"
                 );
                 std::process::exit(0);
             }
@@ -87,15 +110,21 @@ fn parse_args() -> Result<Args> {
         "{} not found: build it with `cargo build --release --workspace`",
         args.ferry.display()
     );
+    for o in args.ocync.iter().chain(&args.baseline) {
+        anyhow::ensure!(o.exists(), "{} not found", o.display());
+    }
     Ok(args)
 }
 
-/// One pushed tag and the blobs its graph needs.
+/// One pushed tag and what its graph needs.
 struct Pushed {
     layout_ref: String,
     repo: String,
     tag: String,
+    /// Every blob of the graph (an index's: its children's layers and configs), each once.
     blobs: Vec<Blob>,
+    /// The child manifests of an index (pushed by digest before it), none for an image.
+    children: Vec<Blob>,
 }
 
 struct Corpus {
@@ -103,11 +132,49 @@ struct Corpus {
     pushed: Vec<Pushed>,
 }
 
-/// 30+ repositories, 3 tags each, sharing 3 base layers; 3 repositories with a 120 MiB layer; one
-/// two-platform index.
-fn build_corpus(dir: &Path, quick: bool) -> Result<Corpus> {
+/// What a corpus holds: `repos` repositories of `tags` tags each, sharing 3 base layers; `big`
+/// repositories of one tag with a layer of `big_size` of their own; one two-platform index.
+#[derive(Clone, Copy)]
+struct Shape {
+    repos: usize,
+    tags: usize,
+    big: usize,
+    big_size: u64,
+}
+
+impl Shape {
+    /// (a) and (b): 34 repositories, 94 tags, three 120 MiB layers.
+    const FULL: Shape = Shape {
+        repos: 30,
+        tags: 3,
+        big: 3,
+        big_size: 120 * MIB,
+    };
+    /// `--quick`.
+    const QUICK: Shape = Shape {
+        repos: 6,
+        tags: 2,
+        big: 1,
+        big_size: 120 * MIB,
+    };
+    /// (e): 11 repositories, 16 tags; the sizes do not change the requests (all below the chunk
+    /// threshold), so the "big" layers are small.
+    const COLD: Shape = Shape {
+        repos: 5,
+        tags: 2,
+        big: 5,
+        big_size: 2 * MIB,
+    };
+}
+
+fn build_corpus(dir: &Path, shape: Shape) -> Result<Corpus> {
     let mut b = LayoutBuilder::new(dir)?;
-    let (repos, tags, big) = if quick { (6, 2, 1) } else { (30, 3, 3) };
+    let Shape {
+        repos,
+        tags,
+        big,
+        big_size,
+    } = shape;
     let bases = [
         LayerSpec {
             seed: 1,
@@ -139,6 +206,7 @@ fn build_corpus(dir: &Path, quick: bool) -> Result<Corpus> {
             repo,
             tag,
             blobs,
+            children: Vec::new(),
         });
         Ok(())
     };
@@ -169,7 +237,7 @@ fn build_corpus(dir: &Path, quick: bool) -> Result<Corpus> {
                 bases[0],
                 LayerSpec {
                     seed,
-                    size: 120 * MIB,
+                    size: big_size,
                 },
             ],
         )?;
@@ -198,12 +266,14 @@ fn build_corpus(dir: &Path, quick: bool) -> Result<Corpus> {
     b.index(
         "multi",
         &[
-            (amd, "linux", "amd64", None),
-            (arm, "linux", "arm64", Some("v8")),
+            (amd.clone(), "linux", "amd64", None),
+            (arm.clone(), "linux", "arm64", Some("v8")),
         ],
     )?;
-    // The index's blobs are copied by every tool; the raw copy includes its children's layers.
+    // The index's blobs are copied by every tool: its children's layers and configs.
     let mut multi_blobs = vec![
+        config_of(&b, &amd)?,
+        config_of(&b, &arm)?,
         base_blobs[1].clone(),
         b.layer(&LayerSpec {
             seed: 900,
@@ -220,6 +290,7 @@ fn build_corpus(dir: &Path, quick: bool) -> Result<Corpus> {
         repo: "bench/multi".into(),
         tag: "1.0".into(),
         blobs: multi_blobs,
+        children: vec![amd, arm],
     });
     Ok(Corpus {
         layout: b.finish()?,
@@ -268,6 +339,23 @@ enum Upload {
     ChunkMib(u64),
 }
 
+/// A config's registry entry: verified against its CA when it serves TLS, plain HTTP otherwise.
+fn registry_entry(name: &str, r: &Registry) -> serde_json::Value {
+    match r.ca_path() {
+        Some(ca) => json!({"name": name, "url": r.url(), "ca_file": ca}),
+        None => json!({"name": name, "url": r.url(), "insecure": true}),
+    }
+}
+
+/// An HTTP client trusting the CAs of `registries` that serve TLS.
+fn client_for(registries: &[&Registry]) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder();
+    for ca in registries.iter().filter_map(|r| r.ca_path()) {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+    }
+    Ok(b.build()?)
+}
+
 fn write_ferry_config(
     dir: &Path,
     name: &str,
@@ -277,17 +365,14 @@ fn write_ferry_config(
     upload: Upload,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
-    let mut dst_reg = json!({"name": "dst", "url": dst.url(), "insecure": true});
+    let mut dst_reg = registry_entry("dst", dst);
     match upload {
         Upload::Streaming => dst_reg["chunk_threshold"] = json!(u64::MAX / 2),
         Upload::ChunkMib(mib) => dst_reg["chunk_size"] = json!(mib * MIB),
         Upload::Default => {}
     }
     let cfg = json!({
-        "registries": [
-            {"name": "src", "url": src.url(), "insecure": true},
-            dst_reg
-        ],
+        "registries": [registry_entry("src", src), dst_reg],
         "policies": [{
             "name": name, "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
             "filters": [{"type": "name", "value": repo_filter}]
@@ -432,14 +517,18 @@ async fn raw_noop(src: &Registry, dst: &Registry) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// True when every pushed tag has the source digest on a `skopeo sync` destination, which (without
-/// `--scoped`, broken for `host:port` sources) writes `DEST/<last path component>`.
-async fn skopeo_result_exact(corpus: &Corpus, src: &Registry, dst: &Registry) -> Result<bool> {
-    let http = reqwest::Client::new();
+/// True when every pushed tag has the source digest on `dst`, in the repository `rename` makes of
+/// the source's.
+async fn result_exact(
+    corpus: &Corpus,
+    src: &Registry,
+    dst: &Registry,
+    rename: fn(&str) -> &str,
+) -> Result<bool> {
+    let http = client_for(&[src, dst])?;
     for p in &corpus.pushed {
-        let short = p.repo.rsplit('/').next().unwrap_or(&p.repo);
         let a = head_digest(&http, &src.url(), &p.repo, &p.tag).await?;
-        let b = head_digest(&http, &dst.url(), short, &p.tag).await?;
+        let b = head_digest(&http, &dst.url(), rename(&p.repo), &p.tag).await?;
         if a.is_none() || a != b {
             eprintln!(
                 "skopeo result differs for {}:{}: {a:?} vs {b:?}",
@@ -703,6 +792,9 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
+    if args.requests {
+        return cold::requests_runs(&args, dir).await;
+    }
     if !args.only_gib {
         corpus_runs(&args, dir).await?;
     }
@@ -720,7 +812,12 @@ async fn main() -> Result<()> {
 /// (a) and (b): the corpus, full sync and no-op resync.
 async fn corpus_runs(args: &Args, dir: &Path) -> Result<()> {
     eprintln!("generating corpus...");
-    let corpus = build_corpus(&dir.join("layout"), args.quick)?;
+    let shape = if args.quick {
+        Shape::QUICK
+    } else {
+        Shape::FULL
+    };
+    let corpus = build_corpus(&dir.join("layout"), shape)?;
     let (unique, unique_bytes) = unique_blobs(&corpus);
     let repos: std::collections::BTreeSet<&str> =
         corpus.pushed.iter().map(|p| p.repo.as_str()).collect();
@@ -765,7 +862,12 @@ async fn corpus_runs(args: &Args, dir: &Path) -> Result<()> {
         "ferry's destination differs from the source:\n{}",
         String::from_utf8_lossy(&diff.stdout)
     );
-    let skopeo_exact = skopeo_result_exact(&corpus, &src, &dst_skopeo).await?;
+    // `skopeo sync` (without `--scoped`, broken for `host:port` sources) writes
+    // `DEST/<last path component>`.
+    let skopeo_exact = result_exact(&corpus, &src, &dst_skopeo, |r| {
+        r.rsplit('/').next().unwrap_or(r)
+    })
+    .await?;
 
     eprintln!("(b) no-op resync: ferry...");
     let ferry_noop = ferry_sync(&args.ferry, &cfg).await?.secs;
@@ -782,7 +884,7 @@ async fn corpus_runs(args: &Args, dir: &Path) -> Result<()> {
         corpus.pushed.len(),
         mib(unique_bytes),
         unique.len(),
-        if args.quick { 1 } else { 3 }
+        shape.big
     );
     println!("| measurement | ferry | skopeo sync --all | raw curl GET→PUT (8 parallel) | ratio |");
     println!("|---|---|---|---|---|");

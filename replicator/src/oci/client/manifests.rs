@@ -220,13 +220,16 @@ impl RegistryClient {
         }
     }
 
-    /// `PUT` a manifest (exact bytes) under a tag or its digest.
+    /// `PUT` a manifest (exact bytes) under a tag or its digest. Returns whether the registry
+    /// confirmed the digest it stored (`Docker-Content-Digest` in its answer equals `m.digest`); an
+    /// answer naming another digest is [`RegistryError::DigestMismatch`], one naming none (or one
+    /// of another algorithm) leaves the check to the caller (`false`).
     pub async fn put_manifest(
         &self,
         repository: &str,
         reference: &str,
         m: &Manifest,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut h = HeaderMap::new();
         h.insert(
             CONTENT_TYPE,
@@ -261,8 +264,9 @@ impl RegistryClient {
                     actual: d.to_string(),
                 });
             }
+            return Ok(d == m.digest);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// `DELETE` a manifest by digest. Returns false when it was already gone.
