@@ -47,6 +47,7 @@ pub mod fault;
 pub mod fixtures;
 pub mod measure;
 pub mod netns;
+pub mod ocync;
 pub mod oidc;
 pub mod registry;
 pub mod sentinel;

@@ -33,6 +33,10 @@ struct Args {
     skopeo_at: Vec<usize>,
     daemons: bool,
     queue_server: String,
+    /// ocync's binary and the points it runs at (the registries then serve TLS: ocync speaks
+    /// HTTPS only).
+    ocync: Option<PathBuf>,
+    ocync_at: Vec<usize>,
 }
 
 fn list(v: &str) -> Result<Vec<usize>> {
@@ -54,6 +58,8 @@ fn parse_args() -> Result<Args> {
         skopeo_at: vec![1_000],
         daemons: true,
         queue_server: "valkey-server".into(),
+        ocync: None,
+        ocync_at: vec![10_000],
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -65,8 +71,10 @@ fn parse_args() -> Result<Args> {
             "--skopeo-at" => args.skopeo_at = list(&value()?)?,
             "--no-daemons" => args.daemons = false,
             "--queue-server" => args.queue_server = value()?,
+            "--ocync" => args.ocync = Some(value()?.into()),
+            "--ocync-at" => args.ocync_at = list(&value()?)?,
             "-h" | "--help" => {
-                println!("ferry-scale [--ferry PATH] [--points 1000,10000,100000] [--tags-per-repo 100] [--skopeo-at 1000] [--no-daemons] [--queue-server valkey-server]");
+                println!("ferry-scale [--ferry PATH] [--points 1000,10000,100000] [--tags-per-repo 100] [--skopeo-at 1000] [--no-daemons] [--queue-server valkey-server] [--ocync PATH [--ocync-at 10000]]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -90,11 +98,12 @@ struct Pair {
     dir: tempfile::TempDir,
 }
 
-async fn seeded_pair(tags: usize, per_repo: usize) -> Result<Pair> {
+async fn seeded_pair(tags: usize, per_repo: usize, tls: bool) -> Result<Pair> {
     let repos = tags.div_ceil(per_repo);
     let per_repo = tags / repos;
     let opts = || RegistryOptions {
         log_level: "info",
+        tls,
         ..RegistryOptions::default()
     };
     let src = Registry::start_with(opts()).await?;
@@ -132,15 +141,20 @@ impl Pair {
     /// commands, `event_based` for the daemons, the source polled every `poll` seconds if given.
     fn config(&self, file: &str, trigger: &str, poll: Option<u64>) -> Result<PathBuf> {
         let path = self.dir.path().join(file);
-        let mut src = json!({"name": "src", "url": self.src.url(), "insecure": true});
+        let entry = |name: &str, r: &Registry| {
+            let mut e = json!({"name": name, "url": r.url()});
+            match r.ca_path() {
+                Some(ca) => e["ca_file"] = json!(ca),
+                None => e["insecure"] = json!(true),
+            }
+            e
+        };
+        let mut src = entry("src", &self.src);
         if let Some(secs) = poll {
             src["poll_interval_seconds"] = json!(secs);
         }
         let cfg = json!({
-            "registries": [
-                src,
-                {"name": "dst", "url": self.dst.url(), "insecure": true}
-            ],
+            "registries": [src, entry("dst", &self.dst)],
             "policies": [{
                 "name": "scale", "src_registry": {"name": "src"}, "dest_registry": {"name": "dst"},
                 "trigger": {"type": trigger}, "filters": [{"type": "name", "value": "scale/**"}]
@@ -247,7 +261,7 @@ async fn main() -> Result<()> {
     println!("| tags | command | wall | requests per tag (both registries) | peak RSS | CPU |");
     println!("|---|---|---|---|---|---|");
     for &tags in &args.points {
-        let pair = seeded_pair(tags, args.tags_per_repo).await?;
+        let pair = seeded_pair(tags, args.tags_per_repo, args.ocync.is_some()).await?;
         let config = pair.config("ferry.json", "manual", None)?;
         let sync = measure(&pair, &mut ferry(&args.ferry, "sync", &config)).await?;
         println!("{}", row("ferry sync (no-op)", pair.tags, &sync));
@@ -256,6 +270,26 @@ async fn main() -> Result<()> {
         if args.skopeo_at.contains(&tags) {
             let skopeo = skopeo_noop(&pair).await?;
             println!("{}", row("skopeo sync (no-op)", pair.tags, &skopeo));
+        }
+        if let (Some(ocync), true) = (&args.ocync, args.ocync_at.contains(&tags)) {
+            let before = pair.requests();
+            let repos: Vec<String> = (0..pair.repos).map(repository).collect();
+            let measured = ferry_testkit::ocync::sync(
+                ocync,
+                pair.dir.path(),
+                repos.iter().map(String::as_str),
+                &pair.src,
+                &pair.dst,
+            )
+            .await?;
+            let point = Point {
+                measured,
+                requests: pair.requests() - before,
+            };
+            println!(
+                "{}",
+                row("ocync sync (no-op, empty cache)", pair.tags, &point)
+            );
         }
         if args.daemons {
             daemon_points(&args, &pair).await?;

@@ -53,7 +53,10 @@ pub(super) async fn requests_runs(args: &Args, dir: &Path) -> Result<()> {
         eprintln!("(e) cold sync: ocync...");
         let dst = logged_registry().await?;
         let from = log_len(&dst)?;
-        let secs = ocync_sync(ocync, dir, &corpus, &src, &dst).await?;
+        let repos: BTreeSet<&str> = corpus.pushed.iter().map(|p| p.repo.as_str()).collect();
+        let secs = ferry_testkit::ocync::sync(ocync, dir, repos, &src, &dst)
+            .await?
+            .secs;
         runs.push(finish(&corpus, &src, dst, from, "ocync".into(), secs).await?);
     }
     print_requests(&corpus, &runs);
@@ -93,56 +96,6 @@ async fn finish(
         "{tool}'s destination differs from the source"
     );
     Ok(Run { tool, counts, secs })
-}
-
-/// `ocync sync` of every repository of the corpus (all tags), anonymous on both sides, with an
-/// empty cache of its own, trusting both registries' CAs (`SSL_CERT_FILE`, which its platform
-/// verifier reads on Linux).
-async fn ocync_sync(
-    ocync: &Path,
-    dir: &Path,
-    corpus: &Corpus,
-    src: &Registry,
-    dst: &Registry,
-) -> Result<f64> {
-    let repos: BTreeSet<&str> = corpus.pushed.iter().map(|p| p.repo.as_str()).collect();
-    let cache = dir.join("ocync-cache");
-    let mut yaml = format!(
-        "global:\n  cache_dir: {}\nregistries:\n  src:\n    url: {}\n    auth_type: anonymous\n  dst:\n    url: {}\n    auth_type: anonymous\ndefaults:\n  source: src\n  targets: dst\n  tags:\n    glob: \"*\"\nmappings:\n",
-        cache.display(),
-        src.url(),
-        dst.url()
-    );
-    for r in repos {
-        yaml.push_str(&format!("  - from: {r}\n    to: {r}\n"));
-    }
-    let cfg = dir.join("ocync.yaml");
-    std::fs::write(&cfg, yaml)?;
-    let bundle = dir.join("ocync-cas.pem");
-    let mut pem = Vec::new();
-    for r in [src, dst] {
-        pem.extend(std::fs::read(
-            r.ca_path().context("a TLS registry has a CA")?,
-        )?);
-    }
-    std::fs::write(&bundle, pem)?;
-    let start = Instant::now();
-    let out = tokio::process::Command::new(ocync)
-        .args(["sync", "-c"])
-        .arg(&cfg)
-        .env("HOME", dir)
-        .env("SSL_CERT_FILE", &bundle)
-        .output()
-        .await
-        .with_context(|| format!("running {}", ocync.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ocync sync failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(start.elapsed().as_secs_f64())
 }
 
 /// What the corpus makes a tool write: blobs per repository, and manifests.
