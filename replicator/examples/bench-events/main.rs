@@ -204,7 +204,8 @@ async fn measure_lag(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    // Kept on failure (process logs are in it); removed after a successful run.
+    // Kept on failure (process logs are in it) and after a storm (its logs are the evidence);
+    // removed after a successful default run.
     let dir = tempfile::Builder::new()
         .prefix("ferry-bench-events-")
         .tempdir()?;
@@ -213,7 +214,7 @@ async fn main() -> Result<()> {
         Some(storm) => storm::run(&args.bins, storm, dir.path()).await,
         None => run(&args, dir.path()).await,
     };
-    if result.is_ok() {
+    if result.is_ok() && args.storm.is_none() {
         dir.close()?;
     } else {
         let _ = dir.keep();

@@ -107,8 +107,6 @@ struct Pushed {
     digest: String,
     /// When the source's manifest PUT returned (wall clock).
     acked: DateTime<Utc>,
-    /// The same, in seconds since the storm started.
-    at_secs: f64,
 }
 
 /// One sample of the queue, Redis and the daemons, every [`SAMPLE_EVERY`].
@@ -264,7 +262,6 @@ pub async fn run(bins: &Binaries, args: &StormArgs, dir: &Path) -> Result<()> {
             tag,
             digest,
             acked: Utc::now(),
-            at_secs: 0.0,
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -329,7 +326,6 @@ pub async fn run(bins: &Binaries, args: &StormArgs, dir: &Path) -> Result<()> {
                             tag,
                             digest,
                             acked: Utc::now(),
-                            at_secs: start.elapsed().as_secs_f64(),
                         }),
                         Err(e) => push_errors
                             .lock()
