@@ -424,9 +424,13 @@ pub async fn run(bins: &Binaries, args: &StormArgs, dir: &Path) -> Result<()> {
     let minutes = args.minutes as usize;
     println!("## bench-events storm results\n");
     println!(
-        "{} pushes asked over {} min ({} a minute) into {} repositories, one unique image each ({} KiB layer + config); worker concurrency {}, history kept to {} executions, queue `{}` with AOF; destination down for the first {} s.\n",
+        "{} pushes asked over {} min ({} a minute) into {} repositories, one unique image each ({} KiB layer + config); worker concurrency {}, history kept to {} executions, queue `{}` with AOF; {}.\n",
         total, args.minutes, args.rate_per_min, args.repos, args.layer_kib, args.concurrency,
-        args.history_max_executions, bins.queue_server, args.dest_down_secs
+        args.history_max_executions, bins.queue_server,
+        match args.dest_down_secs {
+            0 => "destination up throughout".to_string(),
+            s => format!("destination down for the first {s} s"),
+        }
     );
     println!(
         "Pushed: {} acknowledged, {} failed; achieved {:.0} pushes/min (last push acknowledged after {push_secs:.1} s).",
@@ -532,6 +536,19 @@ pub async fn run(bins: &Binaries, args: &StormArgs, dir: &Path) -> Result<()> {
                 during.len(),
                 during.iter().filter(|p| dest_log.replicated_at(p).is_none()).count()
             ),
+        }
+        // The backlog is gone once the queue holds no more than 2 s of pushes again.
+        let level = (args.rate_per_min / 30).max(1);
+        match samples
+            .iter()
+            .find(|s| s.at_secs > back_secs && s.depth <= level)
+        {
+            Some(s) => println!(
+                "Queue depth back under {level} (2 s of pushes) **{:.0} s** after it returned (sampled every {} s).",
+                s.at_secs - back_secs,
+                SAMPLE_EVERY.as_secs()
+            ),
+            None => println!("Queue depth never came back under {level} (2 s of pushes) in the run."),
         }
         println!(
             "Pushes made after it returned: lag p50 {} ms, p99 {} ms, max {} ms ({} pushes).",
