@@ -6,7 +6,10 @@
 //!
 //! Invariants: a worker that waited for another's upload mounts or skips the blob instead of
 //! sending it again; a held lease is renewed while the upload runs and released after it; queue
-//! trouble never fails a transfer — it only costs a duplicate upload.
+//! trouble never fails a transfer — it only costs a duplicate upload. The [`BlobLedger`] of a
+//! long-running worker stays bounded: it remembers at most twice [`LEDGER_CAPACITY`] blobs and
+//! then forgets the least recently used ones down to that capacity, never a blob a transfer is
+//! using. Forgetting a blob's location costs at most one upload that could have been a mount.
 //!
 //! # Why a manifest lease (and not a hold on digest-only events)
 //! Distribution 2.8 notifies a multi-arch push one request at a time: each child manifest by
@@ -80,34 +83,98 @@ impl Holders {
     }
 }
 
+/// How many blobs a [`BlobLedger`] keeps remembering after it forgets (it forgets once it holds
+/// twice as many). About 250 bytes each; enough to keep the shared base layers of a busy region's
+/// recent pushes, which are what make mounts instead of uploads.
+pub const LEDGER_CAPACITY: usize = 4096;
+
 /// Where blobs are known to live on each destination, and a per-`(destination, digest)` lock so
 /// one blob crosses the wire once even when several repositories need it at the same time.
-#[derive(Debug, Default)]
+///
+/// Bounded (see the module's invariants): a worker lives for weeks and sees every blob pushed in
+/// its region, so an entry per blob ever seen would grow without end.
+#[derive(Debug)]
 pub struct BlobLedger {
-    slots: Mutex<HashMap<(String, String), Slot>>,
+    inner: Mutex<LedgerSlots>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct LedgerSlots {
+    /// `(destination, digest)` → the slot and when it was last asked for (a `tick`).
+    slots: HashMap<(String, String), (Slot, u64)>,
+    /// Counts `slot` calls: the clock of "least recently used".
+    tick: u64,
+}
+
+impl Default for BlobLedger {
+    fn default() -> Self {
+        BlobLedger::with_capacity(LEDGER_CAPACITY)
+    }
 }
 
 impl BlobLedger {
+    /// A ledger that forgets down to `capacity` blobs once it holds twice as many.
+    pub fn with_capacity(capacity: usize) -> Self {
+        BlobLedger {
+            inner: Mutex::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
     pub(crate) fn slot(&self, registry: &str, digest: &Digest) -> Slot {
-        let mut map = crate::locks::lock(&self.slots);
-        map.entry((registry.to_string(), digest.to_string()))
-            .or_default()
-            .clone()
+        let mut inner = crate::locks::lock(&self.inner);
+        inner.tick += 1;
+        let tick = inner.tick;
+        let (slot, used) = inner
+            .slots
+            .entry((registry.to_string(), digest.to_string()))
+            .or_default();
+        *used = tick;
+        let slot = slot.clone();
+        if inner.slots.len() > 2 * self.capacity {
+            inner.forget_least_recent(self.capacity);
+        }
+        slot
+    }
+
+    /// How many blobs it remembers now.
+    pub fn remembered(&self) -> usize {
+        crate::locks::lock(&self.inner).slots.len()
     }
 
     /// Forgets that `repository` on `registry` holds any blob: the registry refused a manifest
     /// there for a missing blob (deleted since this process saw it), so the next copy asks again.
     /// Slots in use right now are left to their user, who is settling them anyway.
     pub fn forget_repository(&self, registry: &str, repository: &str) {
-        let slots: Vec<Slot> = crate::locks::lock(&self.slots)
+        let slots: Vec<Slot> = crate::locks::lock(&self.inner)
+            .slots
             .iter()
             .filter(|((r, _), _)| r == registry)
-            .map(|(_, slot)| slot.clone())
+            .map(|(_, (slot, _))| slot.clone())
             .collect();
         for slot in slots {
             if let Ok(mut holders) = slot.try_lock() {
                 holders.forget(repository);
             }
+        }
+    }
+}
+
+impl LedgerSlots {
+    /// Forgets the least recently used blobs until `keep` remain, skipping those in use (a
+    /// transfer holds or waits for their slot: the map's is then not the only reference).
+    fn forget_least_recent(&mut self, keep: usize) {
+        let mut idle: Vec<(u64, (String, String))> = self
+            .slots
+            .iter()
+            .filter(|(_, (slot, _))| Arc::strong_count(slot) == 1)
+            .map(|(key, (_, used))| (*used, key.clone()))
+            .collect();
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        let excess = self.slots.len().saturating_sub(keep);
+        for (_, key) in idle.into_iter().take(excess) {
+            self.slots.remove(&key);
         }
     }
 }
@@ -360,5 +427,62 @@ mod tests {
         assert_eq!(h.mount_source("c").as_deref(), Some("a"));
         h.forget("a");
         assert_eq!(h.mount_source("c"), None);
+    }
+
+    fn digest(i: usize) -> Digest {
+        crate::oci::digest::sha256(i.to_string().as_bytes())
+    }
+
+    #[tokio::test]
+    async fn the_ledger_forgets_the_least_recently_used_blobs_beyond_twice_its_capacity() {
+        let ledger = BlobLedger::with_capacity(4);
+        ledger.slot("dst", &digest(0)).lock().await.add("team/base");
+        for i in 1..=7 {
+            ledger.slot("dst", &digest(i));
+            // Blob 0 is used all along: it stays the most recently used of the early ones.
+            ledger.slot("dst", &digest(0));
+            assert_eq!(
+                ledger.remembered(),
+                i + 1,
+                "nothing is forgotten up to 2 × capacity"
+            );
+        }
+        ledger.slot("dst", &digest(8));
+        assert_eq!(ledger.remembered(), 4, "forgotten down to the capacity");
+        assert!(
+            ledger
+                .slot("dst", &digest(0))
+                .lock()
+                .await
+                .holds("team/base"),
+            "the recently used blob's location is kept"
+        );
+        assert_eq!(
+            ledger
+                .slot("dst", &digest(1))
+                .lock()
+                .await
+                .mount_source("x"),
+            None,
+            "an old, unused blob was forgotten"
+        );
+        for i in 9..1000 {
+            ledger.slot("dst", &digest(i));
+            assert!(ledger.remembered() <= 8);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_blob_a_transfer_is_using_is_never_forgotten() {
+        let ledger = BlobLedger::with_capacity(2);
+        let held = ledger.slot("dst", &digest(0));
+        let _locked = held.lock().await;
+        for i in 1..100 {
+            ledger.slot("dst", &digest(i));
+        }
+        assert!(
+            Arc::ptr_eq(&held, &ledger.slot("dst", &digest(0))),
+            "a second job for the blob must wait on the same lock"
+        );
     }
 }
