@@ -100,6 +100,15 @@ fn about_blob(dst: &Registry, repo: &str, digest: &str) -> Vec<Route> {
         .collect()
 }
 
+/// The destination holds `reference` (`repo:tag`) under the source's digest.
+async fn assert_same_digest(src: &Registry, dst: &Registry, reference: &str) {
+    assert_eq!(
+        raw_digest(&dst.host(), reference).await,
+        raw_digest(&src.host(), reference).await,
+        "{reference}"
+    );
+}
+
 fn copied(outcome: &Result<TagOutcome, String>) -> bool {
     matches!(outcome, Ok(TagOutcome::Copied { .. }))
 }
@@ -126,10 +135,7 @@ async fn a_blob_another_repository_received_in_the_run_is_mounted_without_a_head
         [Route::MountPost],
         "the second mounts from the first, with no HEAD before"
     );
-    assert_eq!(
-        raw_digest(&dst.host(), "team/b:v1").await,
-        raw_digest(&src.host(), "team/b:v1").await
-    );
+    assert_same_digest(&src, &dst, "team/b:v1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,10 +156,7 @@ async fn a_repository_a_blob_was_mounted_into_is_not_asked_about_it_again() {
         [Route::MountPost],
         "team/b:v2 needs the base layer team/b:v1 mounted: nothing more is asked"
     );
-    assert_eq!(
-        raw_digest(&dst.host(), "team/b:v2").await,
-        raw_digest(&src.host(), "team/b:v2").await
-    );
+    assert_same_digest(&src, &dst, "team/b:v2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,10 +173,7 @@ async fn a_tag_whose_put_answer_names_its_digest_is_not_headed_after_the_put() {
         1,
         "one HEAD before the copy (is it there?), none after the PUT answered the digest"
     );
-    assert_eq!(
-        raw_digest(&dst.host(), "team/a:v1").await,
-        raw_digest(&src.host(), "team/a:v1").await
-    );
+    assert_same_digest(&src, &dst, "team/a:v1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,10 +225,7 @@ async fn a_blob_deleted_after_the_process_saw_it_is_uploaded_again_on_the_retry(
         let retry = copier.copy("team/a", "v2").await;
         assert!(copied(&retry), "{retry:?}");
     }
-    assert_eq!(
-        raw_digest(&dst.host(), "team/a:v2").await,
-        raw_digest(&src.host(), "team/a:v2").await
-    );
+    assert_same_digest(&src, &dst, "team/a:v2").await;
     assert!(
         skopeo::pull_and_verify(&dst.host(), "team/a:v2")
             .await
