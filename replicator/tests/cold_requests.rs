@@ -109,6 +109,16 @@ async fn assert_same_digest(src: &Registry, dst: &Registry, reference: &str) {
     );
 }
 
+/// Removes `digest` from `repo` on `dst` behind Ferry's back, as another client would.
+async fn delete_blob(dst: &Registry, repo: &str, digest: &str) {
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/v2/{repo}/blobs/{digest}", dst.url()))
+        .send()
+        .await
+        .expect("DELETE blob");
+    assert_eq!(deleted.status().as_u16(), 202, "blob deleted");
+}
+
 fn copied(outcome: &Result<TagOutcome, String>) -> bool {
     matches!(outcome, Ok(TagOutcome::Copied { .. }))
 }
@@ -209,12 +219,7 @@ async fn a_blob_deleted_after_the_process_saw_it_is_uploaded_again_on_the_retry(
     assert!(copied(&outcome), "{outcome:?}");
 
     // Someone else removes the base layer from the repository the process saw it in.
-    let deleted = reqwest::Client::new()
-        .delete(format!("{}/v2/team/a/blobs/{}", dst.url(), base.digest))
-        .send()
-        .await
-        .expect("DELETE blob");
-    assert_eq!(deleted.status().as_u16(), 202, "blob deleted");
+    delete_blob(&dst, "team/a", &base.digest).await;
 
     // The first attempt may trust what it saw and be refused; the retry (as a worker retries a
     // retryable job) asks again and uploads.
@@ -244,12 +249,7 @@ async fn a_mount_from_a_repository_that_lost_the_blob_falls_back_to_an_upload() 
     let copier = Copier::new(&src.url(), &dst.url(), dir.path());
     let outcome = copier.copy("team/a", "v1").await;
     assert!(copied(&outcome), "{outcome:?}");
-    let deleted = reqwest::Client::new()
-        .delete(format!("{}/v2/team/a/blobs/{}", dst.url(), base.digest))
-        .send()
-        .await
-        .expect("DELETE blob");
-    assert_eq!(deleted.status().as_u16(), 202, "blob deleted");
+    delete_blob(&dst, "team/a", &base.digest).await;
 
     for repo in ["team/b", "team/c"] {
         let outcome = copier.copy(repo, "v1").await;
