@@ -889,10 +889,33 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// Keeps every log of the mesh for inspection after it is dropped: the agents' and workers'
+    /// logs stay in the mesh's directory, where each registry's access log is copied
+    /// (`registry-<region>.log`; their data is not kept). Returns the directory. Called on a
+    /// failure the test reports after the mesh is gone (the oracle's verdict), and on drop with
+    /// [`crate::KEEP_LOGS_ENV`] set.
+    pub fn keep_logs(&mut self) -> PathBuf {
+        for r in self.regions.values() {
+            let to = self.dir.path().join(format!("registry-{}.log", r.name));
+            if let Err(e) = std::fs::copy(r.registry.log_path(), &to) {
+                eprintln!("(could not keep registry {}'s log: {e})", r.name);
+            }
+        }
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+}
+
 impl Drop for Mesh {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if failed {
             eprintln!("{}", self.diagnostics(40));
+        }
+        if failed || std::env::var_os(crate::KEEP_LOGS_ENV).is_some() {
+            let dir = self.keep_logs();
+            eprintln!("(mesh logs kept in {})", dir.display());
         }
     }
 }

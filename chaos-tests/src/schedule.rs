@@ -41,7 +41,9 @@
 //! - [`Fault::DiskFull`]: a region's registry disk (a tmpfs,
 //!   [`crate::mesh::MeshOptions::registry_tmpfs`]) filled to the last byte, then freed: the
 //!   registry answers writes with 500s (`no space left on device`), copies into it retry, the
-//!   workload's pushes to it retry.
+//!   workload's pushes to it retry. Freeing it also removes the empty `link` files a write that
+//!   hit the full disk left (distribution answers 500 for those blobs and tags until then, and
+//!   skopeo retries forever), as an operator must ([`ferry_testkit::Registry::free_disk`]).
 //!
 //! Extension points (not injected yet): `tc tbf` bandwidth caps, and injected permanent faults
 //! whose dead letters the oracle would then expect.
@@ -336,7 +338,12 @@ impl Chaos<'_> {
                 let registry = &self.mesh.region(region).registry;
                 registry.fill_disk()?;
                 tokio::time::sleep(p.hold).await;
-                registry.free_disk()?;
+                for link in registry.free_disk().await? {
+                    eprintln!(
+                        "chaos: registry {region}'s full disk left {} empty: removed",
+                        link.display()
+                    );
+                }
             }
             Fault::Latency { region, millis } => {
                 let proxy = &self.mesh.region(region).proxy;

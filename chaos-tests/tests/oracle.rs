@@ -150,6 +150,26 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         ..MeshOptions::default()
     })
     .await?;
+    let outcome = exercise(&mut mesh, seed, duration, plan, &faults, skew, &loads).await;
+    if outcome.is_err() {
+        // The verdict panics after the mesh is gone: keep its logs for the diagnosis.
+        let dir = mesh.keep_logs();
+        eprintln!("oracle: the mesh's logs are kept in {}", dir.display());
+    }
+    outcome
+}
+
+/// Runs the workload and the faults over a started mesh, then the oracle.
+async fn exercise(
+    mesh: &mut Mesh,
+    seed: u64,
+    duration: Duration,
+    plan: workload::Plan,
+    faults: &[schedule::Planned],
+    skew: (String, i64),
+    loads: &[RegionLoad],
+) -> anyhow::Result<()> {
+    let region_names: Vec<String> = loads.iter().map(|l| l.region.clone()).collect();
     let mut workers = BTreeMap::new();
     for r in &region_names {
         workers.insert(r.clone(), vec![mesh.start_worker(r).await?]);
@@ -176,7 +196,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut chaos = Chaos {
-        mesh: &mut mesh,
+        mesh: &mut *mesh,
         workers,
         runner: runner.clone(),
         oracle: oracle.clone(),
@@ -184,7 +204,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         seed,
         gate_timeout: WAIT,
     };
-    let (ran, injected) = tokio::join!(runner.run(started), chaos.run(&faults, started));
+    let (ran, injected) = tokio::join!(runner.run(started), chaos.run(faults, started));
     // The workers stay alive until the oracle is done.
     let _workers = std::mem::take(&mut chaos.workers);
     drop(chaos);
@@ -203,7 +223,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
     );
 
     let verifying = Instant::now();
-    let verdict = oracle.verify(&mesh, &acked, WAIT).await;
+    let verdict = oracle.verify(mesh, &acked, WAIT).await;
     let convergence = verdict
         .convergence
         .map(|c| (verifying + c).saturating_duration_since(last_heal));
@@ -233,7 +253,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         f.lost.len() + f.source.len(),
         f.kept_by_guard.len(),
         f.corrupt.len(),
-        oracle.duplicate_writes(&mesh, &acked),
+        oracle.duplicate_writes(mesh, &acked),
         convergence.map_or("never".to_string(), |c| format!("{:.1}", c.as_secs_f64())),
     );
     let table = format!(
@@ -264,7 +284,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         verdict.rehashed > 0,
         "the oracle re-hashed nothing: the registries were not read"
     );
-    oracle_sees_writes_behind_ferrys_back(&mesh, &oracle, &acked).await
+    oracle_sees_writes_behind_ferrys_back(mesh, &oracle, &acked).await
 }
 
 /// The oracle can fail: once it passed, an image pushed where no policy writes (`private/rogue` on

@@ -270,13 +270,35 @@ impl Registry {
         tmpfs.resize((blocks - free).max(1) * size)
     }
 
-    /// Gives the storage tmpfs its full size again after [`Registry::fill_disk`].
-    pub fn free_disk(&self) -> anyhow::Result<()> {
+    /// Gives the storage tmpfs its full size again after [`Registry::fill_disk`], then repairs
+    /// what the full disk broke, as an operator must: distribution 2.8 writes a repository's
+    /// `link` files in place (truncate, then write), so a write that hit `ENOSPC` leaves an empty
+    /// one, and every later `HEAD` of that blob, tag or revision in that repository answers 500
+    /// until it is removed (a client that retries a 500 — skopeo does — never gets through).
+    /// Removes the `link` files still short of a digest a moment later; returns their paths.
+    pub async fn free_disk(&self) -> anyhow::Result<Vec<PathBuf>> {
         let tmpfs = self
             .tmpfs
             .as_ref()
             .context("the registry was started without storage_tmpfs")?;
-        tmpfs.resize(tmpfs.bytes)
+        tmpfs.resize(tmpfs.bytes)?;
+        let repositories = self.data.join("docker/registry/v2/repositories");
+        let short = short_links(&repositories);
+        if short.is_empty() {
+            return Ok(short);
+        }
+        // A link being rewritten right now is short for an instant: only the ones still short
+        // after a pause are broken.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut removed = Vec::new();
+        for path in short {
+            if link_is_short(&path) {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing the broken link {}", path.display()))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
     }
 
     /// Kills the registry if it runs and starts it again on the same port
@@ -757,4 +779,31 @@ mod tests {
             Ok(_) => panic!("started on a taken port"),
         }
     }
+}
+
+/// A `link` file shorter than a sha256 digest (`sha256:` and 64 hex digits).
+fn link_is_short(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() < 71)
+}
+
+/// Every short `link` file under `dir` (see [`Registry::free_disk`]).
+fn short_links(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(path),
+                Ok(t) if t.is_file() && e.file_name() == "link" && link_is_short(&path) => {
+                    out.push(path)
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }

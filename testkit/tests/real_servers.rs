@@ -427,7 +427,7 @@ async fn a_registry_on_a_filled_tmpfs_refuses_pushes_until_it_is_freed() {
     registry.fill_disk().unwrap();
     let refused = skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1").await;
     assert!(refused.is_err(), "a push to a full disk succeeded");
-    registry.free_disk().unwrap();
+    registry.free_disk().await.unwrap();
     skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1")
         .await
         .unwrap();
@@ -435,6 +435,63 @@ async fn a_registry_on_a_filled_tmpfs_refuses_pushes_until_it_is_freed() {
         .await
         .unwrap();
     assert_eq!(sha256_digest(&raw), f.image.digest);
+}
+
+/// A layer `link` left empty by a write that hit the full disk (seen in the chaos oracle, seed
+/// 0x2a) makes distribution answer 500 to every `HEAD` of that blob in that repository, so a
+/// retrying client never gets through; freeing the disk removes it, and the push goes through.
+#[tokio::test]
+async fn freeing_a_filled_disk_removes_the_empty_links_it_left() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut registry = Registry::start_with(RegistryOptions {
+        storage_tmpfs: Some(64 * 1024 * 1024),
+        ..RegistryOptions::default()
+    })
+    .await
+    .unwrap();
+    let f = fixture();
+    skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1")
+        .await
+        .unwrap();
+    let layers = registry
+        .data_dir()
+        .join("docker/registry/v2/repositories/team/app/_layers/sha256");
+    let hex = std::fs::read_dir(&layers)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let layer = format!("sha256:{}", hex.to_string_lossy());
+    let link = layers.join(&hex).join("link");
+    std::fs::write(&link, b"").unwrap();
+    // A restart forgets the blob descriptors distribution caches in memory.
+    registry.restart().await.unwrap();
+    let url = format!("http://{}/v2/team/app/blobs/{layer}", registry.host());
+    let head = |url: String| async move {
+        reqwest::Client::new()
+            .head(url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        head(url.clone()).await,
+        500,
+        "an empty link did not break the blob"
+    );
+    registry.fill_disk().unwrap();
+    let removed = registry.free_disk().await.unwrap();
+    assert_eq!(removed, vec![link]);
+    assert_eq!(head(url).await, 404);
+    skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v2")
+        .await
+        .unwrap();
 }
 
 /// Whether this process runs as root (`id -u` is 0).

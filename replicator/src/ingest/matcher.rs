@@ -181,6 +181,7 @@ impl Matcher {
             event_id: Some(event.id.clone()),
             source: (source != policy.src_registry.name).then(|| source.to_string()),
             origin_region: origin.map(str::to_string),
+            bidirectional: policy.mode == Mode::Bidirectional,
             ..Job::new(&policy.name, event.kind, &event.repository, reference)
         }
     }
@@ -388,6 +389,14 @@ mod tests {
         );
         assert_eq!(names(&m.jobs(&push)), vec!["event", "pull", "bidi", "all"]);
         assert!(m.jobs(&push).iter().all(|j| j.source.is_none()));
+        // Only the bidirectional policy's job is decided by its event, in both directions.
+        let marked = |jobs: Vec<Job>| {
+            jobs.into_iter()
+                .filter(|j| j.bidirectional)
+                .map(|j| j.policy)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(marked(m.jobs(&push)), vec!["bidi"]);
         // Tag not covered.
         let dev = event(EventKind::Push, "platform/api", Some("dev-1"), Some(DIGEST));
         assert_eq!(names(&m.jobs(&dev)), vec!["all"]);
@@ -402,6 +411,7 @@ mod tests {
         // A bidirectional policy's destination flows back to its source.
         assert_eq!(back[0].source, None);
         assert_eq!(back[1].source.as_deref(), Some("us"));
+        assert_eq!(marked(back.clone()), vec!["bidi"]);
         assert_eq!(
             back[1].idempotency_key(),
             format!("bidi|push|platform/api|latest|from=us|digest={DIGEST}")

@@ -103,6 +103,11 @@ pub struct Job {
     /// Region whose agent accepted the event (conflicts between regions tie-break on it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_region: Option<String>,
+    /// The job belongs to a bidirectional policy, in either direction: it is decided by its event
+    /// (`crate::regions::conflict`), so it never collapses with a job announcing another digest
+    /// or none ([`Job::idempotency_key`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bidirectional: bool,
 }
 
 impl Job {
@@ -126,6 +131,7 @@ impl Job {
             execution_id: None,
             source: None,
             origin_region: None,
+            bidirectional: false,
         }
     }
 
@@ -135,9 +141,9 @@ impl Job {
     }
 
     /// `policy|kind|repository|reference` (plus `|from=<registry>` for the jobs of a bidirectional
-    /// policy, with `|digest=<announced digest>` when their event names one, and `|execution` for a
-    /// run's jobs, which must not fold into an event's job or another run's): duplicate pending
-    /// jobs collapse on it.
+    /// policy flowing back from its destination, `|digest=<announced digest>` for a bidirectional
+    /// job whose event names one, and `|execution` for a run's jobs, which must not fold into an
+    /// event's job or another run's): duplicate pending jobs collapse on it.
     ///
     /// Unambiguous by construction: every part is escaped with [`key_part`] (`%`, `|`, `=` and
     /// control characters become `%XX`), so a part can never contain a separator or pass for the
@@ -153,10 +159,12 @@ impl Job {
         );
         if let Some(source) = &self.source {
             key = format!("{key}|from={}", key_part(source));
-            // A bidirectional job is decided by its event — the digest it announces and its time
-            // (`regions::conflict`) — so two events announcing different contents are two
-            // decisions: folded into one, the later event was lost (found by the chaos oracle,
-            // seed 0x2a) and so would be an event folded into a safety-net job, which has none.
+        }
+        // A bidirectional job is decided by its event — the digest it announces and its time
+        // (`regions::conflict`) — so two events announcing different contents are two decisions:
+        // folded into one, the later event was lost (found by the chaos oracle, seed 0x2a, in
+        // both directions) and so would be an event folded into a safety-net job, which has none.
+        if self.bidirectional {
             if let Some(digest) = &self.digest {
                 key = format!("{key}|digest={}", key_part(digest));
             }
@@ -498,6 +506,7 @@ mod tests {
         let bidirectional = |digest: Option<&str>| {
             let mut j = job("bidi", "shared/tools", "t1");
             j.source = Some("c".into());
+            j.bidirectional = true;
             j.digest = digest.map(str::to_string);
             j
         };
@@ -523,6 +532,50 @@ mod tests {
         let mut one_way = job("mirror", "team/app", "v1");
         one_way.digest = Some("sha256:1".into());
         assert_eq!(one_way.idempotency_key(), "mirror|push|team/app|v1");
+    }
+
+    /// Found by the chaos oracle, seed 0x2a again (long run, after the fix above): the same loss in
+    /// the other direction. `b` (the policy's `src_registry`, so its jobs carry no `from=`) moved
+    /// `shared/base:t1` while the registry in `c` answered 500s; in `c`, the job for `b`'s event
+    /// folded into a pending safety-net job for that tag, which announces nothing and so may not
+    /// settle a conflict. `c` kept its own older push; the regions stayed apart for good.
+    #[test]
+    fn seed_0x2a_bidirectional_events_from_the_source_side_never_fold_into_a_safety_net_job() {
+        let forward = |digest: Option<&str>| {
+            let mut j = job("bidi", "shared/base", "t1");
+            j.bidirectional = true;
+            j.digest = digest.map(str::to_string);
+            j
+        };
+        let event = forward(Some("sha256:d251"));
+        assert_eq!(
+            event.idempotency_key(),
+            "bidi|push|shared/base|t1|digest=sha256:d251"
+        );
+        assert_ne!(forward(None).idempotency_key(), event.idempotency_key());
+        assert_ne!(
+            forward(Some("sha256:554c")).idempotency_key(),
+            event.idempotency_key()
+        );
+    }
+
+    /// Jobs in the queue before `bidirectional` existed read as one-way jobs (and collapse as
+    /// before); the field is written only when set.
+    #[test]
+    fn the_bidirectional_mark_defaults_to_off_and_is_written_only_when_set() {
+        let old: Job = serde_json::from_str(
+            r#"{"policy":"p","kind":"push","repository":"r","reference":"t","event_time_ms":0}"#,
+        )
+        .unwrap();
+        assert!(!old.bidirectional);
+        assert!(!serde_json::to_string(&old)
+            .unwrap()
+            .contains("bidirectional"));
+        let mut marked = old;
+        marked.bidirectional = true;
+        assert!(serde_json::to_string(&marked)
+            .unwrap()
+            .contains(r#""bidirectional":true"#));
     }
 
     #[test]
