@@ -126,7 +126,26 @@ pub struct MeshRegion {
     pub host: Host,
     /// How the agent was started, for [`Mesh::restart_agent`].
     agent_start: AgentStart,
-    _netns: Option<Netns>,
+    netns: Option<Netns>,
+}
+
+impl MeshRegion {
+    /// Caps the link between this machine and the region at `kbit` kbit/s each way (`tc tbf` on
+    /// its veth, [`Netns::limit_bandwidth`]): every byte into and out of the region — Ferry's
+    /// copies, forwarded events, the workload's pushes — shares it. `kbit` `None` lifts the cap.
+    /// An error when the region runs on this machine's loopback.
+    pub fn set_bandwidth(&self, kbit: Option<u64>) -> anyhow::Result<()> {
+        let netns = self.netns.as_ref().with_context(|| {
+            format!(
+                "region {} runs without a network namespace: no link to cap",
+                self.name
+            )
+        })?;
+        match kbit {
+            Some(k) => netns.limit_bandwidth(k),
+            None => netns.clear_bandwidth(),
+        }
+    }
 }
 
 /// The flags, log and address of a region's agent.
@@ -473,7 +492,7 @@ impl Mesh {
                     env,
                     host,
                     agent_start,
-                    _netns: netns,
+                    netns,
                 },
             );
         }
@@ -644,6 +663,45 @@ impl Mesh {
         &self,
         region: &str,
     ) -> anyhow::Result<Option<ferry_proto::v1::QueueStats>> {
+        let Some(mut ops) = self.operations(region).await? else {
+            return Ok(None);
+        };
+        let stats = ops
+            .get_queue_stats(authorized(ferry_proto::v1::GetQueueStatsRequest {})?)
+            .await
+            .with_context(|| format!("GetQueueStats of region {region}"))?
+            .into_inner();
+        Ok(Some(stats))
+    }
+
+    /// The dead letters of `region`'s queue (`ListDeadLetters`, up to `limit`, oldest first), as
+    /// its first worker's admin API lists them; `None` when the region runs no worker.
+    pub async fn dead_letters(
+        &self,
+        region: &str,
+        limit: u32,
+    ) -> anyhow::Result<Option<Vec<ferry_proto::v1::Job>>> {
+        let Some(mut ops) = self.operations(region).await? else {
+            return Ok(None);
+        };
+        let list = ops
+            .list_dead_letters(authorized(ferry_proto::v1::ListDeadLettersRequest {
+                limit,
+            })?)
+            .await
+            .with_context(|| format!("ListDeadLetters of region {region}"))?
+            .into_inner();
+        Ok(Some(list.jobs))
+    }
+
+    /// A client of the `Operations` admin service of `region`'s first worker; `None` when the
+    /// region runs no worker.
+    async fn operations(
+        &self,
+        region: &str,
+    ) -> anyhow::Result<
+        Option<ferry_proto::v1::operations_client::OperationsClient<tonic::transport::Channel>>,
+    > {
         let admin = self
             .worker_endpoints
             .lock()
@@ -660,17 +718,9 @@ impl Mesh {
             .connect()
             .await
             .with_context(|| format!("connecting to region {region}'s admin API at {admin}"))?;
-        let mut ops = ferry_proto::v1::operations_client::OperationsClient::new(channel);
-        let mut request = tonic::Request::new(ferry_proto::v1::GetQueueStatsRequest {});
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse()?);
-        let stats = ops
-            .get_queue_stats(request)
-            .await
-            .with_context(|| format!("GetQueueStats of region {region}"))?
-            .into_inner();
-        Ok(Some(stats))
+        Ok(Some(
+            ferry_proto::v1::operations_client::OperationsClient::new(channel),
+        ))
     }
 
     /// How many events `region`'s agent holds in its durable outbox for `peer`: the length of the
@@ -918,6 +968,15 @@ impl Drop for Mesh {
             eprintln!("(mesh logs kept in {})", dir.display());
         }
     }
+}
+
+/// `message` with the admin token the mesh's processes accept.
+fn authorized<T>(message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    Ok(request)
 }
 
 /// Waits for the machine-wide lock of the mesh namespaces. Their names (`ferry-mesh-<region>`)

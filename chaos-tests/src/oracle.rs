@@ -15,8 +15,11 @@
 //!   region wrote or a policy writes into it.
 //! - **No corrupt content**: every manifest (index children too) and blob a registry serves hashes
 //!   to its digest.
-//! - **Drained**: every region's queue has nothing waiting or running and no dead letters (no
-//!   permanent fault is injected yet), and every outbox is empty.
+//! - **Drained**: every region's queue has nothing waiting or running, and every outbox is empty.
+//! - **Dead letters only for injected permanent faults**: each dead letter is the copy of an
+//!   image the workload broke on purpose at its source (a layer deleted behind its manifest,
+//!   [`crate::workload::Runner::push_broken`]), with a reason naming the repository; each broken
+//!   image left one. Broken images are expected on no replica and are not re-hashed.
 //!
 //! Invariant: an absence or a "nothing more" is checked only after the positive checks converged
 //! (polled until a generous deadline), and the drained check is polled too — never a sleep.
@@ -65,8 +68,11 @@ pub struct Findings {
     pub outside: Vec<String>,
     /// Content that does not hash to its digest (or cannot be read).
     pub corrupt: Vec<String>,
-    /// Queues not drained, dead letters, outboxes not empty.
+    /// Queues not drained, outboxes not empty.
     pub not_drained: Vec<String>,
+    /// Dead letters no injected permanent fault explains (or without a reason), and injected
+    /// permanent faults that left no dead letter.
+    pub dead_letters: Vec<String>,
     /// Not a failure: a replica tag left at an older digest the source still holds (untagged),
     /// after the source moved the tag and deleted the new digest before the replica saw the move.
     /// The digest guard forbids deleting a digest the source has, and the safety net only
@@ -88,6 +94,7 @@ impl Findings {
             ("outside the policies", &self.outside),
             ("corrupt", &self.corrupt),
             ("not drained", &self.not_drained),
+            ("dead letters", &self.dead_letters),
         ]
         .into_iter()
         .flat_map(|(kind, v)| v.iter().map(move |s| (kind, s)))
@@ -195,7 +202,11 @@ impl Oracle {
                 .lost
                 .push(format!("reading the registries failed: {e:#}")),
         }
-        let rehashed = match self.rehash_all().await {
+        findings.dead_letters = self
+            .dead_letter_findings(mesh, acked)
+            .await
+            .unwrap_or_else(|e| vec![format!("{e:#}")]);
+        let rehashed = match self.rehash_all(acked).await {
             Ok((n, corrupt)) => {
                 findings.corrupt = corrupt;
                 n
@@ -291,12 +302,6 @@ impl Oracle {
                             q.depth, q.in_flight
                         ));
                     }
-                    if q.dead_letters > 0 {
-                        out.push(format!(
-                            "region {region} has {} dead letters (no permanent fault was injected)",
-                            q.dead_letters
-                        ));
-                    }
                 }
                 None => out.push(format!("region {region} runs no worker to ask")),
             }
@@ -310,13 +315,71 @@ impl Oracle {
         Ok(out)
     }
 
+    /// Every region's dead letters against the permanent faults injected (the ledgers'
+    /// `broken` images): each dead letter is the copy of a broken image and its reason names the
+    /// repository; each broken image left at least one.
+    async fn dead_letter_findings(
+        &self,
+        mesh: &Mesh,
+        acked: &Acked,
+    ) -> anyhow::Result<Vec<String>> {
+        let broken: Vec<(&String, &(String, String), &String)> = acked
+            .regions
+            .iter()
+            .flat_map(|(region, l)| l.broken.iter().map(move |(k, d)| (region, k, d)))
+            .collect();
+        let mut out = Vec::new();
+        let mut explained = BTreeSet::new();
+        for region in self.hosts.keys() {
+            let Some(letters) = mesh.dead_letters(region, 1000).await? else {
+                continue;
+            };
+            for job in letters {
+                let cause = broken.iter().find(|(_, (repo, tag), digest)| {
+                    job.repository == *repo
+                        && (job.reference == *tag
+                            || job.reference == **digest
+                            || job.digest == **digest)
+                });
+                match cause {
+                    Some((origin, key, _)) if job.last_error.contains(&job.repository) => {
+                        explained.insert(((*origin).clone(), (*key).clone()));
+                    }
+                    Some(_) => out.push(format!(
+                        "region {region}: the dead letter of {}:{} (policy {}) gives no reason                          naming the repository: {:?}",
+                        job.repository, job.reference, job.policy, job.last_error
+                    )),
+                    None => out.push(format!(
+                        "region {region}: dead letter {}:{} (policy {}, {} attempts), no                          permanent fault injected there: {}",
+                        job.repository, job.reference, job.policy, job.attempt, job.last_error
+                    )),
+                }
+            }
+        }
+        for (origin, key, digest) in broken {
+            if !explained.contains(&(origin.clone(), key.clone())) {
+                out.push(format!(
+                    "the broken image {}:{} = {digest} in {origin} left no dead letter",
+                    key.0, key.1
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Fetches every manifest (index children too) and blob every registry's tags reach and
     /// hashes them; the number checked and what did not match.
-    async fn rehash_all(&self) -> anyhow::Result<(u64, Vec<String>)> {
+    /// The images broken on purpose (their sources' `broken` ledgers) are left out.
+    async fn rehash_all(&self, acked: &Acked) -> anyhow::Result<(u64, Vec<String>)> {
         let mut corrupt = Vec::new();
         let mut seen = BTreeSet::new();
         for (region, host) in &self.hosts {
+            let broken = acked.regions.get(region).map(|l| &l.broken);
             for ((repo, tag), digest) in self.snapshot(host).await? {
+                let key = (repo.clone(), tag.clone());
+                if broken.is_some_and(|b| b.contains_key(&key)) {
+                    continue;
+                }
                 let mut todo = vec![digest.clone()];
                 while let Some(d) = todo.pop() {
                     if !seen.insert((host.clone(), repo.clone(), d.clone())) {
@@ -464,6 +527,7 @@ pub fn compare(oracle: &Oracle, acked: &Acked, snapshots: &BTreeMap<String, Tags
         let want: Tags = ledger
             .tags
             .iter()
+            .chain(&ledger.broken)
             .filter(|((r, _), _)| own.contains(r))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -507,7 +571,9 @@ pub fn compare(oracle: &Oracle, acked: &Acked, snapshots: &BTreeMap<String, Tags
                     }
                 }
                 for (k, d) in &held {
-                    if want.contains_key(k) {
+                    // A broken image is copied nowhere; should one get through anyway, its fault
+                    // was not permanent, which the dead-letter check reports.
+                    if want.contains_key(k) || ledger.broken.contains_key(k) {
                         continue;
                     }
                     let line = format!(
@@ -682,6 +748,32 @@ mod tests {
         .collect();
         let f = compare(&oracle(), &acked, &snaps);
         assert!(f.is_empty(), "{f}");
+    }
+
+    #[test]
+    fn a_broken_image_is_expected_at_its_source_and_on_no_replica() {
+        let mut a = ledger(&[("app/x", "t1", "d1")]);
+        a.broken.insert(key("app/x", "broken-3"), "bad".into());
+        let acked = acked(a, RegionLedger::default(), RegionLedger::default());
+        let snaps = |a_holds: &[(&str, &str, &str)]| -> BTreeMap<String, Tags> {
+            [
+                ("a", snap(a_holds)),
+                ("b", snap(&[("app/x", "t1", "d1")])),
+                ("c", snap(&[])),
+            ]
+            .into_iter()
+            .map(|(r, s)| (r.to_string(), s))
+            .collect()
+        };
+        let f = compare(
+            &oracle(),
+            &acked,
+            &snaps(&[("app/x", "t1", "d1"), ("app/x", "broken-3", "bad")]),
+        );
+        assert!(f.is_empty(), "{f}");
+        // The source must still hold it: that it is not copied is the fault, not a loss there.
+        let f = compare(&oracle(), &acked, &snaps(&[("app/x", "t1", "d1")]));
+        assert!(f.source.iter().any(|s| s.contains("broken-3")), "{f}");
     }
 
     #[test]

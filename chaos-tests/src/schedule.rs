@@ -41,12 +41,18 @@
 //! - [`Fault::DiskFull`]: a region's registry disk (a tmpfs,
 //!   [`crate::mesh::MeshOptions::registry_tmpfs`]) filled to the last byte, then freed: the
 //!   registry answers writes with 500s (`no space left on device`), copies into it retry, the
-//!   workload's pushes to it retry. Freeing it also removes the empty `link` files a write that
-//!   hit the full disk left (distribution answers 500 for those blobs and tags until then, and
-//!   skopeo retries forever), as an operator must ([`ferry_testkit::Registry::free_disk`]).
+//!   workload's pushes to it retry. Freeing it first removes what writes that hit the full disk
+//!   left damaged for good — empty `link` files, manifests cut short — as an operator must
+//!   (distribution answers 500 for them until then, and skopeo retries forever;
+//!   [`ferry_testkit::Registry::free_disk`]).
 //!
-//! Extension points (not injected yet): `tc tbf` bandwidth caps, and injected permanent faults
-//! whose dead letters the oracle would then expect.
+//! - [`Fault::Bandwidth`]: the link of a region capped at 2–20 Mbit/s each way with `tc tbf` on its
+//!   veth (this kernel has no netem): copies, forwarded events and the workload's pushes slow
+//!   down, nothing may fail for good.
+//! - [`Fault::BrokenImage`], the one **permanent** fault: while the region's registry answers 503
+//!   to Ferry, an image is pushed to a one-way source and its only layer deleted behind the
+//!   manifest (`DELETE /v2/<repo>/blobs/<digest>`, as a garbage collection racing a push does).
+//!   Its copy fails for good: the oracle expects it on no replica and a dead letter naming it.
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -71,19 +77,36 @@ pub enum Fault {
     RegistryErrors { region: String, answer: Link },
     DiskFull { region: String },
     FailOverQueue { region: String },
+    Bandwidth { region: String, kbit: u64 },
+    BrokenImage { region: String },
 }
 
-/// The kinds every schedule holds at least once.
-pub const REQUIRED: [&str; 8] = [
+/// The kinds every schedule holds at least once (when its [`Topology`] allows them).
+pub const REQUIRED: [&str; 11] = [
     "kill_worker",
     "kill_agent",
     "partition",
+    "latency",
+    "bandwidth",
     "restart_registry",
     "restart_redis",
     "registry_errors",
     "disk_full",
     "queue_failover",
+    "broken_image",
 ];
+
+/// Where faults can go.
+#[derive(Clone, Copy, Debug)]
+pub struct Topology<'a> {
+    pub regions: &'a [String],
+    /// Regions whose queue runs under a Sentinel: queue failovers go there, plain Redis restarts
+    /// to the others.
+    pub sentinel: &'a [String],
+    /// Regions whose images flow one way only: a broken image pushed there is dead-lettered where
+    /// it is copied, and nowhere decides a conflict about it.
+    pub one_way_sources: &'a [String],
+}
 
 impl Fault {
     pub fn kind(&self) -> &'static str {
@@ -97,6 +120,8 @@ impl Fault {
             Fault::RegistryErrors { .. } => "registry_errors",
             Fault::DiskFull { .. } => "disk_full",
             Fault::FailOverQueue { .. } => "queue_failover",
+            Fault::Bandwidth { .. } => "bandwidth",
+            Fault::BrokenImage { .. } => "broken_image",
         }
     }
 }
@@ -132,6 +157,12 @@ impl std::fmt::Display for Fault {
                     "kill -9 of {region}'s queue primary; Sentinel fails over"
                 )
             }
+            Fault::Bandwidth { region, kbit } => {
+                write!(f, "link of {region} capped at {kbit} kbit/s (tc tbf)")
+            }
+            Fault::BrokenImage { region } => {
+                write!(f, "an image in {region} loses its layer (permanent)")
+            }
         }
     }
 }
@@ -144,17 +175,20 @@ pub struct Planned {
     pub fault: Fault,
 }
 
-/// Turns `seed` into a fault schedule over `regions` spread over `duration`: every
-/// [`REQUIRED`] kind once in a seeded order, then one extra fault per further `every` of the run.
-/// Queue failovers go to the regions in `sentinel` (none when it is empty), plain Redis restarts to
-/// the others.
+/// Turns `seed` into a fault schedule over `topology` spread over `duration`: every
+/// [`REQUIRED`] kind the topology allows once in a seeded order, then one extra fault per further
+/// `every` of the run.
 pub fn schedule(
     seed: u64,
-    regions: &[String],
-    sentinel: &[String],
+    topology: Topology<'_>,
     duration: Duration,
     every: Duration,
 ) -> Vec<Planned> {
+    let Topology {
+        regions,
+        sentinel,
+        one_way_sources,
+    } = topology;
     let mut rng = Rng::new(seed).fork(0xFA017);
     let standalone: Vec<String> = regions
         .iter()
@@ -164,14 +198,17 @@ pub fn schedule(
     let possible = |kind: &&str| match *kind {
         "queue_failover" => !sentinel.is_empty(),
         "restart_redis" => !standalone.is_empty(),
+        "broken_image" => !one_way_sources.is_empty(),
         _ => true,
     };
     let mut kinds: Vec<&str> = REQUIRED.iter().copied().filter(possible).collect();
     rng.shuffle(&mut kinds);
     let extra = (duration.as_secs() / every.as_secs().max(1)).saturating_sub(kinds.len() as u64);
-    let all: Vec<&str> = [REQUIRED.as_slice(), &["latency"]]
-        .concat()
+    // Extras repeat the transient kinds; one broken image per run is enough to check the dead
+    // letters (each one stays behind as a dead letter for good).
+    let all: Vec<&str> = REQUIRED
         .into_iter()
+        .filter(|k| *k != "broken_image")
         .filter(possible)
         .collect();
     for _ in 0..extra {
@@ -185,6 +222,7 @@ pub fn schedule(
             let region = match *kind {
                 "queue_failover" => rng.pick(sentinel).clone(),
                 "restart_redis" => rng.pick(&standalone).clone(),
+                "broken_image" => rng.pick(one_way_sources).clone(),
                 _ => rng.pick(regions).clone(),
             };
             let fault = match *kind {
@@ -210,6 +248,11 @@ pub fn schedule(
                 "restart_registry" => Fault::RestartRegistry { region },
                 "disk_full" => Fault::DiskFull { region },
                 "queue_failover" => Fault::FailOverQueue { region },
+                "bandwidth" => Fault::Bandwidth {
+                    region,
+                    kbit: rng.between(2_000, 20_000),
+                },
+                "broken_image" => Fault::BrokenImage { region },
                 "registry_errors" => Fault::RegistryErrors {
                     region,
                     answer: *rng.pick(&[Link::Answer(429), Link::Answer(500), Link::Reset]),
@@ -255,6 +298,9 @@ pub struct Chaos<'a> {
     pub oracle: Oracle,
     /// Per region, the repository the canary of a registry restart goes to (one a policy covers).
     pub canary_repo: BTreeMap<String, String>,
+    /// Per region of [`Topology::one_way_sources`], the repository a broken image goes to (one a
+    /// one-way policy covers).
+    pub broken_repo: BTreeMap<String, String>,
     pub seed: u64,
     /// How long a gate may wait for deletes to be applied.
     pub gate_timeout: Duration,
@@ -338,12 +384,42 @@ impl Chaos<'_> {
                 let registry = &self.mesh.region(region).registry;
                 registry.fill_disk()?;
                 tokio::time::sleep(p.hold).await;
-                for link in registry.free_disk().await? {
+                for path in registry.free_disk().await? {
                     eprintln!(
-                        "chaos: registry {region}'s full disk left {} empty: removed",
-                        link.display()
+                        "chaos: registry {region}'s full disk damaged {}: removed",
+                        path.display()
                     );
                 }
+            }
+            Fault::Bandwidth { region, kbit } => {
+                let r = self.mesh.region(region);
+                r.set_bandwidth(Some(*kbit))?;
+                tokio::time::sleep(p.hold).await;
+                r.set_bandwidth(None)?;
+            }
+            Fault::BrokenImage { region } => {
+                let repo = self
+                    .broken_repo
+                    .get(region)
+                    .with_context(|| format!("no repository for a broken image in {region}"))?;
+                let proxy = self
+                    .mesh
+                    .region(region)
+                    .registry_proxy
+                    .as_ref()
+                    .context("the mesh was started without registry proxies")?;
+                // Ferry must not read the image before its layer is gone: its processes get 503s
+                // (retried) until then.
+                proxy.set_link(Link::Answer(503));
+                let tag = format!("broken-{index}");
+                let pushed = self
+                    .runner
+                    .push_broken(region, repo, &tag, self.seed ^ ((index as u64) << 8))
+                    .await;
+                tokio::time::sleep(p.hold).await;
+                proxy.set_link(Link::Up);
+                let digest = pushed?;
+                eprintln!("chaos: {repo}:{tag} = {digest} pushed to {region}, its layer deleted");
             }
             Fault::Latency { region, millis } => {
                 let proxy = &self.mesh.region(region).proxy;
@@ -443,10 +519,25 @@ mod tests {
         ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
     }
 
+    fn names(of: &[&str]) -> Vec<String> {
+        of.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Three regions, `b` under a Sentinel, `a` a one-way source.
+    fn plan(seed: u64, duration: Duration) -> Vec<Planned> {
+        let (regions, sentinel, one_way) = (regions(), names(&["b"]), names(&["a"]));
+        let topology = Topology {
+            regions: &regions,
+            sentinel: &sentinel,
+            one_way_sources: &one_way,
+        };
+        schedule(seed, topology, duration, Duration::from_secs(12))
+    }
+
     #[test]
     fn a_schedule_holds_every_required_kind_in_order_and_within_the_run() {
         let d = Duration::from_secs(60);
-        let s = schedule(5, &regions(), &["b".into()], d, Duration::from_secs(12));
+        let s = plan(5, d);
         for kind in REQUIRED {
             assert!(
                 s.iter().any(|p| p.fault.kind() == kind),
@@ -460,10 +551,7 @@ mod tests {
             );
         }
         assert!(s.iter().all(|p| p.at < d));
-        assert_eq!(
-            s,
-            schedule(5, &regions(), &["b".into()], d, Duration::from_secs(12))
-        );
+        assert_eq!(s, plan(5, d));
     }
 
     #[test]
@@ -477,21 +565,41 @@ mod tests {
     }
 
     #[test]
-    fn a_longer_run_gets_extra_faults() {
-        let s = schedule(
-            5,
-            &regions(),
-            &["b".into()],
-            Duration::from_secs(600),
-            Duration::from_secs(12),
-        );
+    fn a_longer_run_gets_extra_faults_on_the_regions_each_kind_needs() {
+        let s = plan(5, Duration::from_secs(600));
         assert_eq!(s.len(), 50);
         for p in &s {
             match &p.fault {
                 Fault::FailOverQueue { region } => assert_eq!(region, "b"),
                 Fault::RestartRedis { region } => assert_ne!(region, "b"),
+                Fault::BrokenImage { region } => assert_eq!(region, "a"),
+                Fault::Bandwidth { kbit, .. } => assert!((2_000..=20_000).contains(kbit)),
                 _ => {}
             }
         }
+        assert_eq!(
+            s.iter()
+                .filter(|p| p.fault.kind() == "broken_image")
+                .count(),
+            1,
+            "one permanent fault per run"
+        );
+    }
+
+    #[test]
+    fn a_topology_without_one_way_sources_gets_no_broken_image() {
+        let (regions, sentinel) = (regions(), names(&["b"]));
+        let s = schedule(
+            9,
+            Topology {
+                regions: &regions,
+                sentinel: &sentinel,
+                one_way_sources: &[],
+            },
+            Duration::from_secs(300),
+            Duration::from_secs(12),
+        );
+        assert!(s.iter().all(|p| p.fault.kind() != "broken_image"));
+        assert_eq!(s.len(), 25);
     }
 }

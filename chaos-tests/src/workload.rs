@@ -306,6 +306,10 @@ pub struct RegionLedger {
     pub deleted: Vec<(String, String)>,
     /// Tags a delete here took (every tag that ever pointed at a deleted digest).
     pub touched_by_delete: BTreeSet<(String, String)>,
+    /// `(repo, tag)` → digest of the images pushed here and then broken on purpose (a layer
+    /// deleted behind the manifest, [`Runner::push_broken`]): held here, copied nowhere, each
+    /// expected as a dead letter of the region that copies it.
+    pub broken: BTreeMap<(String, String), String>,
     pub pushes: u64,
     pub retags: u64,
     pub deletes: u64,
@@ -470,6 +474,52 @@ impl Runner {
         Ok(built.digest)
     }
 
+    /// Pushes a new image outside the plan as `repo:tag` in `region`, then deletes its only layer
+    /// from the repository (`DELETE /v2/<repo>/blobs/<digest>`): a source that lost a layer
+    /// behind its manifest (a garbage collection racing a push, a damaged disk), which no retry
+    /// repairs. Recorded in the ledger's `broken`, not as a tag to replicate. The caller keeps
+    /// Ferry from reading the image until the layer is gone.
+    pub async fn push_broken(
+        &self,
+        region: &str,
+        repo: &str,
+        tag: &str,
+        seed: u64,
+    ) -> anyhow::Result<String> {
+        let id = self
+            .extra
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spec = ImageSpec::Single {
+            layers: vec![LayerSpec {
+                seed,
+                size: 16 * KIB,
+            }],
+        };
+        let built = self.build(id, Some(&spec))?;
+        self.push(region, repo, tag, &built.layout).await?;
+        let manifest = built
+            .layout
+            .join("blobs/sha256")
+            .join(built.digest.trim_start_matches("sha256:"));
+        let doc: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", manifest.display()))?;
+        let layer = doc["layers"][0]["digest"]
+            .as_str()
+            .with_context(|| format!("{} names no layer", manifest.display()))?;
+        self.delete(region, &format!("{repo}/blobs/{layer}"))
+            .await?;
+        self.record(region, |l| {
+            l.broken
+                .insert((repo.to_string(), tag.to_string()), built.digest.clone());
+            l.pushes += 1;
+            l.images += 1;
+            l.bytes += spec.layer_bytes();
+        });
+        Ok(built.digest)
+    }
+
     async fn execute(&self, region: &str, op: &Op) -> anyhow::Result<()> {
         let gate = self.gates.gate(region);
         let _open = gate.read().await;
@@ -496,7 +546,8 @@ impl Runner {
             }
             Op::Delete { repo, tag } => {
                 let digest = self.tag_digest(region, repo, tag)?;
-                self.delete(region, repo, &digest).await?;
+                self.delete(region, &format!("{repo}/manifests/{digest}"))
+                    .await?;
                 self.record(region, |l| {
                     l.delete(repo, &digest);
                     l.deletes += 1;
@@ -634,11 +685,11 @@ impl Runner {
         }
     }
 
-    /// `DELETE` by digest, retried until [`OP_DEADLINE`]; a 404 after a failed attempt means that
-    /// attempt deleted it.
-    async fn delete(&self, region: &str, repo: &str, digest: &str) -> anyhow::Result<()> {
+    /// `DELETE /v2/<path>` (`<repo>/manifests/<digest>` or `<repo>/blobs/<digest>`), retried
+    /// until [`OP_DEADLINE`]; a 404 after a failed attempt means that attempt deleted it.
+    async fn delete(&self, region: &str, path: &str) -> anyhow::Result<()> {
         let host = self.host(region)?;
-        let url = format!("http://{host}/v2/{repo}/manifests/{digest}");
+        let url = format!("http://{host}/v2/{path}");
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))

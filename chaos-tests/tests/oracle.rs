@@ -30,6 +30,9 @@ const REGISTRY_DISK: u64 = 4 << 30;
 /// The region whose queue runs under a Sentinel (primary, replica, `--redis-wait-replicas 1`): its
 /// Redis faults are failovers; the others' are plain restarts from the AOF.
 const SENTINEL_REGION: &str = "b";
+/// Where the permanent fault goes: a broken image in a repository of `a` that `app-a-to-b` copies
+/// (its dead letter is expected in `b`, whose workers run that pull policy).
+const BROKEN_IMAGE: (&str, &str) = ("a", "app/api");
 /// Ops per second in each region.
 const OPS_PER_SECOND: f64 = 0.5;
 /// One fault per this much of the run (the short profile gets exactly the required five).
@@ -113,10 +116,15 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         },
     );
     let region_names: Vec<String> = loads.iter().map(|l| l.region.clone()).collect();
+    let sentinel = [SENTINEL_REGION.to_string()];
+    let one_way_sources = [BROKEN_IMAGE.0.to_string()];
     let faults = schedule::schedule(
         seed,
-        &region_names,
-        &[SENTINEL_REGION.to_string()],
+        schedule::Topology {
+            regions: &region_names,
+            sentinel: &sentinel,
+            one_way_sources: &one_way_sources,
+        },
         duration,
         FAULT_EVERY,
     );
@@ -201,15 +209,16 @@ async fn exercise(
         runner: runner.clone(),
         oracle: oracle.clone(),
         canary_repo,
+        broken_repo: [(BROKEN_IMAGE.0.to_string(), BROKEN_IMAGE.1.to_string())].into(),
         seed,
         gate_timeout: WAIT,
     };
-    let (ran, injected) = tokio::join!(runner.run(started), chaos.run(faults, started));
+    // The first failure ends both: a fault that failed stops the workload (its pushes are
+    // aborted) rather than leaving it to run out its time.
+    let ((), injected) = tokio::try_join!(runner.run(started), chaos.run(faults, started))?;
     // The workers stay alive until the oracle is done.
     let _workers = std::mem::take(&mut chaos.workers);
     drop(chaos);
-    ran?;
-    let injected = injected?;
     let acked = runner.acked();
     let last_heal = injected
         .iter()
@@ -232,6 +241,13 @@ async fn exercise(
     let (pushes, retags, deletes) = acked.regions.values().fold((0, 0, 0), |s, l| {
         (s.0 + l.pushes, s.1 + l.retags, s.2 + l.deletes)
     });
+    let mut dead_letters = 0;
+    for r in &region_names {
+        if let Some(q) = mesh.queue_stats(r).await? {
+            dead_letters += q.dead_letters;
+        }
+    }
+    let broken: usize = acked.regions.values().map(|l| l.broken.len()).sum();
     let f = &verdict.findings;
     let profile = if seed == SHORT_SEED && duration == SHORT_DURATION {
         "short"
@@ -239,7 +255,7 @@ async fn exercise(
         "by hand"
     };
     let row = format!(
-        "| {profile}: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}; clock of {} {:+} s all run) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} | {} |",
+        "| {profile}: 3 regions, pull + bidirectional | `{seed:#x}` | {}s | {} ({}; clock of {} {:+} s all run) | {images} images ({pushes} pushes, {retags} re-tags, {deletes} deletes), {:.1} MiB | {} | {} | {} | {} | {dead_letters} (of {broken} broken images) | {} |",
         duration.as_secs(),
         injected.len(),
         injected
@@ -257,8 +273,8 @@ async fn exercise(
         convergence.map_or("never".to_string(), |c| format!("{:.1}", c.as_secs_f64())),
     );
     let table = format!(
-        "| scenario | seed | workload | faults injected | images and bytes | lost | kept by the digest guard | corrupt | duplicate writes | convergence (s after last heal) |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n{row}\n"
+        "| scenario | seed | workload | faults injected | images and bytes | lost | kept by the digest guard | corrupt | duplicate writes | dead letters | convergence (s after last heal) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n{row}\n"
     );
     for k in &f.kept_by_guard {
         eprintln!("oracle: kept by the digest guard (not a failure): {k}");

@@ -212,9 +212,8 @@ fn several_semantic_problems_are_all_reported() {
 
 #[test]
 fn syntax_error_has_line_and_column() {
-    let dir = std::env::temp_dir().join(format!("ferry-policy-files-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join("broken.json");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("broken.json");
     std::fs::write(
         &file,
         "{\n  \"registries\": [],\n  \"policies\": [\n    {\"name\": \"p\",}\n  ]\n}\n",

@@ -423,3 +423,64 @@ async fn platform_filter_copies_only_matching_children_and_keeps_the_index_diges
     assert_eq!(present(dst.url()).await, only_amd64);
     assert_eq!(manifest_status(&dst.url(), &repo, &tag).await, 404);
 }
+
+/// A signature pushed after its image was replicated, whose event was lost: the image is in sync,
+/// so no repair of the image would bring the signature. The diff (and so the safety net) reports
+/// it missing on its own, and a sync copies it. A signature whose subject no covered tag holds
+/// stays out, like its subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_of_an_image_already_in_sync_is_drift_of_its_own() {
+    let (src, dst, dir) = two_registries().await;
+    let corpus = build_corpus(&dir.path().join("layout"));
+    let (sigs, images): (Vec<_>, Vec<_>) = corpus.refs.iter().partition(|r| r.0 == "sig");
+    for (r, repo, tag, _) in &images {
+        skopeo::push_layout(&corpus.layout, r, &src.host(), &format!("{repo}:{tag}"))
+            .await
+            .unwrap();
+    }
+    let cfg = write_config(dir.path(), &src.url(), &dst.url(), json!({}));
+    let cfg_s = cfg.to_str().unwrap();
+    let (out, _) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    let (_, repo, sig_tag, sig_digest) = sigs[0];
+    skopeo::push_layout(
+        &corpus.layout,
+        "sig",
+        &src.host(),
+        &format!("{repo}:{sig_tag}"),
+    )
+    .await
+    .unwrap();
+    // The same signature where no tag holds its subject: not this policy's business.
+    skopeo::push_layout(
+        &corpus.layout,
+        "sig",
+        &src.host(),
+        &format!("platform/tools/cli:{sig_tag}"),
+    )
+    .await
+    .unwrap();
+    let diff = ferry(&["diff", "--config", cfg_s, "--json"]).await;
+    assert_eq!(diff.code, 1, "{}\n{}", diff.stdout, diff.stderr);
+    let missing = diff.json()[0]["missing"].clone();
+    assert_eq!(missing.as_array().unwrap().len(), 1, "{missing}");
+    assert_eq!(
+        (
+            &missing[0]["repository"],
+            &missing[0]["tag"],
+            &missing[0]["source_digest"]
+        ),
+        (&json!(repo), &json!(sig_tag), &json!(sig_digest)),
+        "{missing}"
+    );
+
+    let (out, _) = sync(&cfg).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        &raw_digest(&dst.host(), &format!("{repo}:{sig_tag}")).await,
+        sig_digest
+    );
+    let after = ferry(&["diff", "--config", cfg_s]).await;
+    assert_eq!(after.code, 0, "{}", after.stdout);
+}

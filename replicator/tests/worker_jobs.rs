@@ -419,6 +419,61 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
     );
 }
 
+/// A source that lost a layer behind its manifest (a garbage collection racing a push): the copy
+/// fails for good and is dead-lettered, naming the repository. The safety net still counts the tag
+/// as drift but does not enqueue it again while the dead letter is remembered — otherwise every
+/// pass would add another dead letter for the same failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_whose_push_was_dead_lettered_is_not_enqueued_again_by_the_safety_net() {
+    use ferry_replicator::control::safety_net::{ReconcileMetrics, Reconciler};
+    let s = setup(json!({"trigger": {"type": "event_based"}})).await;
+    let mut b = LayoutBuilder::new(&s._dir.path().join("broken")).unwrap();
+    let spec = LayerSpec {
+        seed: 31,
+        size: 64 * 1024,
+    };
+    let layer = b.layer(&spec).unwrap();
+    b.image("img", &[spec]).unwrap();
+    let layout = b.finish().unwrap();
+    skopeo::push_layout(&layout, "img", &s.src.host(), "team/app:v1")
+        .await
+        .unwrap();
+    let url = format!("http://{}/v2/team/app/blobs/{}", s.src.host(), layer.digest);
+    let deleted = reqwest::Client::new().delete(&url).send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 202, "DELETE {url}");
+
+    let r = Reconciler::new(
+        &s.config,
+        &s.registries,
+        s.queue.clone(),
+        RegionLock::new(s.queue.clone(), "test"),
+        ReconcileMetrics::default(),
+    )
+    .unwrap();
+    let prepared =
+        ferry_replicator::replicate::PreparedPolicy::new(&s.config.policies[0], &s.registries)
+            .unwrap();
+    let pass = r.pass(&prepared).await.unwrap();
+    assert_eq!((pass.missing, pass.enqueued), (1, 1), "{pass:?}");
+    drain(&s).await;
+    let dead = s.queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let reason = dead[0].last_error.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("team/app") && reason.contains(&layer.digest),
+        "the reason names the repository and the blob: {reason}"
+    );
+
+    let pass = r.pass(&prepared).await.unwrap();
+    assert_eq!(
+        (pass.missing, pass.enqueued, pass.dead_lettered),
+        (1, 0, 1),
+        "{pass:?}"
+    );
+    drain(&s).await;
+    assert_eq!(s.queue.dead_letters(10).await.unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copied_image_brings_its_signature() {
     let s = setup(json!({})).await;

@@ -59,6 +59,9 @@ pub struct Netns {
     name: String,
     root_ip: Ipv4Addr,
     ns_ip: Ipv4Addr,
+    /// The veth's ends: in the root namespace and in this one.
+    root_if: String,
+    ns_if: String,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -73,6 +76,36 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
+}
+
+/// Runs `tc ARGS` (in namespace `netns` when given) and returns its stdout.
+fn tc_output(netns: Option<&str>, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "tc"]);
+            c
+        }
+        None => std::process::Command::new("tc"),
+    };
+    let out = cmd
+        .args(args)
+        .output()
+        .context("running `tc` (Debian package iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tc {}{}: {}",
+        args.join(" "),
+        netns
+            .map(|n| format!(" (in namespace {n})"))
+            .unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tc(netns: Option<&str>, args: &[&str]) -> anyhow::Result<()> {
+    tc_output(netns, args).map(drop)
 }
 
 /// Turns IPv4 forwarding on (namespaces reach each other through this machine); fine when it is
@@ -115,6 +148,8 @@ impl Netns {
             name: name.to_string(),
             root_ip,
             ns_ip,
+            root_if: root_if.clone(),
+            ns_if: ns_if.clone(),
         };
         let root_cidr = format!("{root_ip}/24");
         let ns_cidr = format!("{ns_ip}/24");
@@ -139,6 +174,43 @@ impl Netns {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Caps the link between this machine and the namespace at `kbit` kbit/s each way: a `tc
+    /// tbf` qdisc on both ends of the veth (this kernel has no netem, but token buckets work),
+    /// queueing at most 500 ms before dropping. Replaces an earlier cap.
+    pub fn limit_bandwidth(&self, kbit: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(kbit > 0, "a bandwidth cap of 0 kbit/s is a partition");
+        let rate = format!("{kbit}kbit");
+        // The bucket must hold at least one tick's worth of tokens and a full-size packet.
+        let burst = format!("{}", (kbit * 1000 / 8 / 100).max(16 * 1024));
+        let tbf = [
+            "root", "tbf", "rate", &rate, "burst", &burst, "latency", "500ms",
+        ];
+        let root: Vec<&str> = ["qdisc", "replace", "dev", &self.root_if]
+            .into_iter()
+            .chain(tbf)
+            .collect();
+        tc(None, &root)?;
+        let inside: Vec<&str> = ["qdisc", "replace", "dev", &self.ns_if]
+            .into_iter()
+            .chain(tbf)
+            .collect();
+        tc(Some(&self.name), &inside)
+    }
+
+    /// Lifts [`Netns::limit_bandwidth`]'s cap (fine when there is none).
+    pub fn clear_bandwidth(&self) -> anyhow::Result<()> {
+        for (netns, dev) in [
+            (None, &self.root_if),
+            (Some(self.name.as_str()), &self.ns_if),
+        ] {
+            let shown = tc_output(netns, &["qdisc", "show", "dev", dev])?;
+            if shown.contains("tbf") {
+                tc(netns, &["qdisc", "del", "dev", dev, "root"])?;
+            }
+        }
+        Ok(())
     }
 
     /// The root end's address: where this machine (and a fault proxy for this host) listens.

@@ -69,6 +69,8 @@ struct Tmpfs {
     dir: PathBuf,
     /// Its size as mounted.
     bytes: u64,
+    /// When [`Registry::fill_disk`] last shrank it (files written since may be damaged).
+    filled_at: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 impl Tmpfs {
@@ -93,6 +95,7 @@ impl Tmpfs {
         Ok(Tmpfs {
             dir: dir.to_path_buf(),
             bytes,
+            filled_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -245,12 +248,33 @@ impl Registry {
     }
 
     /// Shrinks the storage tmpfs to what it holds (a remount, no memory taken): every write that
-    /// needs a new block fails with `ENOSPC` until [`Registry::free_disk`].
+    /// needs a new block fails with `ENOSPC` until [`Registry::free_disk`]. A write landing
+    /// between the measure and the remount makes the remount fail (a tmpfs cannot shrink below
+    /// what it holds): measured again, up to 20 times.
     pub fn fill_disk(&self) -> anyhow::Result<()> {
         let tmpfs = self
             .tmpfs
             .as_ref()
             .context("the registry was started without storage_tmpfs")?;
+        // A write under way when the disk filled may have been cut short a moment before.
+        let since = std::time::SystemTime::now() - Duration::from_secs(1);
+        *tmpfs
+            .filled_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(since);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match tmpfs.resize(self.disk_used()?.max(1)) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= 20 => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Bytes the storage file system holds now (`stat -f`: blocks in use × block size).
+    fn disk_used(&self) -> anyhow::Result<u64> {
         let out = std::process::Command::new("stat")
             .args(["-f", "-c", "%b %f %S"])
             .arg(&self.data)
@@ -267,37 +291,55 @@ impl Registry {
                 self.data.display()
             );
         };
-        tmpfs.resize((blocks - free).max(1) * size)
+        Ok((blocks - free) * size)
     }
 
-    /// Gives the storage tmpfs its full size again after [`Registry::fill_disk`], then repairs
-    /// what the full disk broke, as an operator must: distribution 2.8 writes a repository's
-    /// `link` files in place (truncate, then write), so a write that hit `ENOSPC` leaves an empty
-    /// one, and every later `HEAD` of that blob, tag or revision in that repository answers 500
-    /// until it is removed (a client that retries a 500 — skopeo does — never gets through).
-    /// Removes the `link` files still short of a digest a moment later; returns their paths.
+    /// Repairs what the full disk broke, as an operator must, then gives the storage tmpfs its
+    /// full size again after [`Registry::fill_disk`]; returns the paths removed. Distribution 2.8
+    /// writes files in place, and a write that hit `ENOSPC` leaves them cut short, for good:
+    /// - a repository's `link` file left empty: every later `HEAD` of that blob, tag or revision
+    ///   in that repository answers 500 (skopeo retries a 500 forever);
+    /// - a blob's `data` file (a manifest is written straight into it) cut short: a later push of
+    ///   the same content finds the file there and does not write it again (answering 201), and
+    ///   every read of it answers 500.
+    ///
+    /// The damaged files are removed while the disk is still full (nothing new is written over
+    /// them meanwhile): `link` files shorter than a digest, and `data` files written since the
+    /// disk filled whose bytes do not hash to their name, each found twice 300 ms apart (a file
+    /// being rewritten right now is short for an instant).
     pub async fn free_disk(&self) -> anyhow::Result<Vec<PathBuf>> {
         let tmpfs = self
             .tmpfs
             .as_ref()
             .context("the registry was started without storage_tmpfs")?;
-        tmpfs.resize(tmpfs.bytes)?;
-        let repositories = self.data.join("docker/registry/v2/repositories");
-        let short = short_links(&repositories);
-        if short.is_empty() {
-            return Ok(short);
-        }
-        // A link being rewritten right now is short for an instant: only the ones still short
-        // after a pause are broken.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let since = *tmpfs
+            .filled_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let root = self.data.join("docker/registry/v2");
+        let damaged = |path: &Path| -> bool {
+            if path.file_name().is_some_and(|n| n == "link") {
+                return link_is_short(path);
+            }
+            blob_is_damaged(path, since)
+        };
+        let suspects: Vec<PathBuf> = storage_files(&root)
+            .into_iter()
+            .filter(|p| damaged(p))
+            .collect();
         let mut removed = Vec::new();
-        for path in short {
-            if link_is_short(&path) {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing the broken link {}", path.display()))?;
-                removed.push(path);
+        if !suspects.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for path in suspects {
+                if damaged(&path) {
+                    std::fs::remove_file(&path).with_context(|| {
+                        format!("removing {}, damaged by the full disk", path.display())
+                    })?;
+                    removed.push(path);
+                }
             }
         }
+        tmpfs.resize(tmpfs.bytes)?;
         Ok(removed)
     }
 
@@ -715,6 +757,57 @@ async fn ping(addr: std::net::SocketAddr) -> bool {
     )
 }
 
+/// A `link` file shorter than a sha256 digest (`sha256:` and 64 hex digits).
+fn link_is_short(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() < 71)
+}
+
+/// Whether the blob `data` file at `path` (`…/blobs/sha256/<xx>/<hex>/data`), written since
+/// `since`, does not hash to the digest its directory names.
+fn blob_is_damaged(path: &Path, since: Option<std::time::SystemTime>) -> bool {
+    if path.file_name().is_none_or(|n| n != "data") {
+        return false;
+    }
+    let Some(hex) = path
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+    else {
+        return false;
+    };
+    let in_blobs = path.components().any(|c| c.as_os_str() == "blobs");
+    let recent = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| since.is_some_and(|s| m >= s));
+    if !in_blobs || !recent || hex.len() != 64 {
+        return false;
+    }
+    std::fs::read(path).is_ok_and(|bytes| crate::sha256_digest(&bytes) != format!("sha256:{hex}"))
+}
+
+/// Every `link` file of the repositories and `data` file of the blobs under `root` (see
+/// [`Registry::free_disk`]).
+fn storage_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.join("repositories"), root.join("blobs")];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() && e.file_name() != "_uploads" => todo.push(path),
+                Ok(t) if t.is_file() && (e.file_name() == "link" || e.file_name() == "data") => {
+                    out.push(path)
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,29 +874,3 @@ mod tests {
     }
 }
 
-/// A `link` file shorter than a sha256 digest (`sha256:` and 64 hex digits).
-fn link_is_short(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.len() < 71)
-}
-
-/// Every short `link` file under `dir` (see [`Registry::free_disk`]).
-fn short_links(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => todo.push(path),
-                Ok(t) if t.is_file() && e.file_name() == "link" && link_is_short(&path) => {
-                    out.push(path)
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}

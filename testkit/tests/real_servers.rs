@@ -501,3 +501,93 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
+
+/// `Netns::limit_bandwidth` puts a token bucket of the given rate on both ends of the veth, and
+/// `clear_bandwidth` removes both (this kernel has no netem; `tbf` is what caps links).
+#[test]
+fn a_bandwidth_cap_is_a_token_bucket_on_both_ends_of_the_veth_until_cleared() {
+    if !ferry_testkit::Netns::available() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let ns = ferry_testkit::Netns::create("ferry-tbf-test", 249).unwrap();
+    let qdiscs = |inside: bool| {
+        let mut cmd = std::process::Command::new("ip");
+        if inside {
+            cmd.args([
+                "netns",
+                "exec",
+                "ferry-tbf-test",
+                "tc",
+                "qdisc",
+                "show",
+                "dev",
+                "fr249n",
+            ]);
+        } else {
+            cmd = std::process::Command::new("tc");
+            cmd.args(["qdisc", "show", "dev", "fr249r"]);
+        }
+        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+    };
+    ns.limit_bandwidth(2000).unwrap();
+    for inside in [false, true] {
+        let shown = qdiscs(inside);
+        assert!(
+            shown.contains("tbf") && shown.contains("rate 2Mbit"),
+            "{shown}"
+        );
+    }
+    ns.limit_bandwidth(8000).unwrap();
+    assert!(
+        qdiscs(false).contains("rate 8Mbit"),
+        "a second cap replaces the first"
+    );
+    ns.clear_bandwidth().unwrap();
+    for inside in [false, true] {
+        assert!(!qdiscs(inside).contains("tbf"), "{}", qdiscs(inside));
+    }
+    ns.clear_bandwidth().unwrap();
+    assert!(ns.limit_bandwidth(0).is_err());
+}
+
+/// A manifest cut short by the full disk (seen in the chaos oracle, seed 0x5eed0013): a later push
+/// of the same content finds the file and answers 201 without writing it again, and reads answer
+/// 500. Freeing the disk removes it, so the next push writes it whole.
+#[tokio::test]
+async fn freeing_a_filled_disk_removes_the_blobs_it_cut_short() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let registry = Registry::start_with(RegistryOptions {
+        storage_tmpfs: Some(64 * 1024 * 1024),
+        ..RegistryOptions::default()
+    })
+    .await
+    .unwrap();
+    let f = fixture();
+    skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1")
+        .await
+        .unwrap();
+    let hex = f.image.digest.trim_start_matches("sha256:");
+    let data = registry
+        .data_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let whole = std::fs::read(&data).unwrap();
+    registry.fill_disk().unwrap();
+    std::fs::write(&data, &whole[..whole.len() / 2]).unwrap();
+    let removed = registry.free_disk().await.unwrap();
+    assert_eq!(removed, vec![data.clone()]);
+    skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v2")
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&data).unwrap(), whole);
+    let raw = skopeo::inspect_raw(&registry.host(), "team/app:v2")
+        .await
+        .unwrap();
+    assert_eq!(sha256_digest(&raw), f.image.digest);
+}

@@ -462,10 +462,8 @@ mod tests {
         }
     }
 
-    fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("ferry-validate-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join(name);
+    fn temp_file(dir: &tempfile::TempDir, name: &str, content: &str) -> std::path::PathBuf {
+        let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap_or_else(|e| panic!("{e}"));
         path
     }
@@ -498,7 +496,8 @@ mod tests {
 
     #[test]
     fn basic_from_file() {
-        let file = temp_file("password", "hunter2\n");
+        let dir = tempfile::tempdir().unwrap();
+        let file = temp_file(&dir, "password", "hunter2\n");
         let cred = |f: std::path::PathBuf| Credential::Basic {
             username: "u".into(),
             password_env: None,
@@ -508,12 +507,12 @@ mod tests {
             resolve("https://r", cred(file.clone())).ok(),
             Some(basic("u", "hunter2"))
         );
-        let crlf = temp_file("password-crlf", "hunter2\r\n");
+        let crlf = temp_file(&dir, "password-crlf", "hunter2\r\n");
         assert_eq!(
             resolve("https://r", cred(crlf)).ok(),
             Some(basic("u", "hunter2"))
         );
-        let blank = temp_file("password-blank", "\n");
+        let blank = temp_file(&dir, "password-blank", "\n");
         assert!(resolve("https://r", cred(blank))
             .unwrap_err()
             .message
@@ -524,8 +523,10 @@ mod tests {
 
     #[test]
     fn auth_files() {
+        let dir = tempfile::tempdir().unwrap();
         let auth = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let file = temp_file(
+            &dir,
             "auth.json",
             &format!(
                 r#"{{"auths": {{
@@ -584,6 +585,7 @@ mod tests {
         .unwrap_err();
         assert!(missing.message.contains("/nonexistent/auth.json"));
         let garbage = temp_file(
+            &dir,
             "garbage.json",
             "{\"auths\": {\"x\": {\"auth\": \"secret-ish",
         );

@@ -9,6 +9,10 @@
 //!   decision about that source digest is remembered (6 h, `replicate::gates::BLOCKED_MEMO`), and
 //!   is not counted in `ferry_drift_tags`: it is missing on purpose. After that it is enqueued
 //!   once more (a signature or scan whose event was lost is noticed then).
+//! - A tag whose push was dead-lettered within [`crate::store::queue::DEAD_LETTER_MEMO`] (a worker
+//!   remembered it) is counted in `ferry_drift_tags` but not enqueued again: a failure no retry
+//!   repairs would add a dead letter every pass. Its next event, or a retry of the dead letter,
+//!   runs it.
 //! - Extra destination tags are reported (`ferry_drift_tags`), never deleted: from the source alone a
 //!   swallowed delete cannot be told apart from content someone else put there.
 //! - A bidirectional policy is reconciled in both directions, each by the region that writes that
@@ -35,7 +39,7 @@ use crate::replicate::drift::diff_policy;
 use crate::replicate::gates::blocked_key;
 use crate::replicate::{PreparedPolicy, Registries, SyncError};
 use crate::runtime::background::{Next, Routine};
-use crate::store::queue::{EnqueueOutcome, Job, JobQueue, RegionLock};
+use crate::store::queue::{dead_letter_key, EnqueueOutcome, Job, JobQueue, RegionLock};
 use crate::store::StartedBy;
 
 /// `ferry_drift_tags{policy}` and `ferry_reconcile_repairs_total{policy}`.
@@ -71,6 +75,9 @@ pub struct PolicyPass {
     /// Missing tags not enqueued: a gate held that source digest back recently (a worker
     /// remembered the decision for [`crate::replicate::gates::BLOCKED_MEMO`]).
     pub held_back: usize,
+    /// Missing or different tags not enqueued: a push of the tag was dead-lettered recently (a
+    /// worker remembered it for [`crate::store::queue::DEAD_LETTER_MEMO`]). Still drift.
+    pub dead_lettered: usize,
 }
 
 /// Runs the safety net for the event-based policies of a config.
@@ -165,6 +172,18 @@ impl Reconciler {
             }
             refs = kept;
         }
+        // A tag whose push was dead-lettered recently stays drift, but is not enqueued again:
+        // every pass would add a dead letter for a failure no retry repairs.
+        let mut kept = Vec::with_capacity(refs.len());
+        for r in refs {
+            let key = dead_letter_key(policy, r.0, r.1);
+            if self.lock.is_held(&key).await.map_err(|e| e.to_string())? {
+                pass.dead_lettered += 1;
+            } else {
+                kept.push(r);
+            }
+        }
+        let refs = kept;
         self.metrics
             .drift
             .get_or_create(&PolicyLabel {
@@ -229,10 +248,15 @@ impl Reconciler {
                 }
             }
             match self.pass(prepared).await {
-                Ok(p) if p.enqueued + p.collapsed > 0 || p.extra > 0 => tracing::warn!(
-                    policy = %p.policy, missing = p.missing, different = p.different, extra = p.extra, enqueued = p.enqueued,
-                    "reconciliation found drift; repair jobs enqueued (extra tags are only reported)"
-                ),
+                Ok(p) if p.enqueued + p.collapsed > 0 || p.extra > 0 || p.dead_lettered > 0 => {
+                    tracing::warn!(
+                        policy = %p.policy, missing = p.missing, different = p.different, extra = p.extra,
+                        enqueued = p.enqueued, dead_lettered = p.dead_lettered,
+                        "reconciliation found drift; repair jobs enqueued (extra tags are only \
+                         reported; tags whose push was dead-lettered within the hour wait for an \
+                         event or a retry of their dead letter)"
+                    )
+                }
                 Ok(p) => tracing::info!(policy = %p.policy, "reconciliation: no drift"),
                 Err(e) => failed.push((policy.clone(), e)),
             }

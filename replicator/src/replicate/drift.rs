@@ -14,7 +14,9 @@ use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
 use crate::oci::{RegistryClient, RegistryError, RemoteDescriptor};
-use crate::replicate::{is_referrer_tag, source_repos, PreparedPolicy, SourceRepo};
+use crate::replicate::{
+    is_referrer_tag, referrer_tag_subject, source_repos, PreparedPolicy, SourceRepo,
+};
 
 /// `(tag, source digest, destination digest)` of one checked tag.
 type TagCheck = (String, Option<String>, Option<String>);
@@ -154,9 +156,45 @@ async fn diff_repository(
     }
     let checks: Vec<Result<TagCheck, RegistryError>> =
         stream::iter(checks).buffer_unordered(8).collect().await;
-    let mut out = RepoDrift::default();
+    let mut checked = Vec::with_capacity(checks.len());
     for c in checks {
-        let (tag, s, d) = c?;
+        checked.push(c?);
+    }
+    // Referrer tags the policy leaves to their subject (`copy_referrers`) are copied with it: one
+    // whose subject is missing or different is reported with the subject (its repair brings
+    // them). One whose subject is in sync is checked on its own: its event lost, nothing else
+    // would ever copy it. A referrer of content no covered tag holds stays out, like its subject.
+    if prepared.policy.copy_referrers {
+        let subjects: HashSet<&str> = checked
+            .iter()
+            .filter(|(_, s, d)| s.is_some() && s == d)
+            .filter_map(|(_, s, _)| s.as_deref())
+            .collect();
+        let mut referrers = Vec::new();
+        for tag in repo.all_tags.iter().filter(|t| {
+            referrer_tag_subject(t).is_some_and(|d| subjects.contains(d.to_string().as_str()))
+        }) {
+            let present = dst_tags.contains(tag);
+            let dst_repo = &dst_repo;
+            referrers.push(async move {
+                let (s, d) =
+                    tokio::join!(prepared.src.head_manifest(&repo.repository, tag), async {
+                        match present {
+                            true => dst.head_manifest(dst_repo, tag).await,
+                            false => Ok(None),
+                        }
+                    });
+                Ok::<TagCheck, RegistryError>((tag.clone(), digest(s?), digest(d?)))
+            });
+        }
+        let referrers: Vec<Result<TagCheck, RegistryError>> =
+            stream::iter(referrers).buffer_unordered(8).collect().await;
+        for c in referrers {
+            checked.push(c?);
+        }
+    }
+    let mut out = RepoDrift::default();
+    for (tag, s, d) in checked {
         out.checked += 1;
         match (s, d) {
             // Deleted from the source since it was listed: not drift of this run.

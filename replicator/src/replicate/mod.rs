@@ -29,7 +29,10 @@ pub mod tag;
 use crate::oci::RegistryError;
 
 pub(crate) use plan::listed_name;
-pub use plan::{is_referrer_tag, list_source, source_repos, PreparedPolicy, SourceRepo, Unlisted};
+pub use plan::{
+    is_referrer_tag, list_source, referrer_tag_subject, source_repos, PreparedPolicy, SourceRepo,
+    Unlisted,
+};
 pub use registries::Registries;
 pub use sync::{
     sync_policy, sync_repos, OutcomeCounts, RunProgress, SyncOptions, SyncReport, TagResult,

@@ -37,6 +37,16 @@ pub fn is_referrer_tag(tag: &str) -> bool {
         && (hex.len() == len || hex.as_bytes()[len] == b'.')
 }
 
+/// The subject digest a referrer-scheme tag names: `sha256-<hex>[.suffix]` → `sha256:<hex>`.
+pub fn referrer_tag_subject(tag: &str) -> Option<crate::oci::Digest> {
+    if !is_referrer_tag(tag) {
+        return None;
+    }
+    let (alg, rest) = tag.split_once('-')?;
+    let hex = rest.split('.').next()?;
+    crate::oci::digest::parse(&format!("{alg}:{hex}"))
+}
+
 /// One source repository and the tags the policy covers.
 #[derive(Debug, Clone)]
 pub struct SourceRepo {
@@ -278,6 +288,24 @@ mod tests {
         assert!(is_referrer_tag(&format!("sha256-{hex}")));
         assert!(is_referrer_tag(&format!("sha256-{hex}.sig")));
         assert!(is_referrer_tag(&format!("sha512-{}", "b".repeat(128))));
+    }
+
+    #[test]
+    fn a_referrer_tag_names_its_subject_and_other_tags_name_none() {
+        let hex = "a".repeat(64);
+        for tag in [
+            format!("sha256-{hex}"),
+            format!("sha256-{hex}.sig"),
+            format!("sha256-{hex}.att"),
+        ] {
+            assert_eq!(
+                referrer_tag_subject(&tag).map(|d| d.to_string()),
+                Some(format!("sha256:{hex}")),
+                "{tag}"
+            );
+        }
+        assert_eq!(referrer_tag_subject("v1"), None);
+        assert_eq!(referrer_tag_subject("sha256-short.sig"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::oci::{Manifest, ManifestGraph, RegistryError};
 use crate::transfer::{self, Source, TransferContext, TransferError};
 
 use super::gates::{Gate, HarborLookup};
-use super::plan::{is_referrer_tag, PreparedPolicy, SourceRepo};
+use super::plan::{is_referrer_tag, referrer_tag_subject, PreparedPolicy, SourceRepo};
 use super::referrers::copy_referrers;
 
 /// What happened to one tag on one destination.
@@ -514,16 +514,6 @@ pub async fn replicate_gated_tags(
     Ok(recheck)
 }
 
-/// The subject digest a referrer-scheme tag names: `sha256-<hex>[.suffix]` → `sha256:<hex>`.
-fn referrer_tag_subject(tag: &str) -> Option<Digest> {
-    if !is_referrer_tag(tag) {
-        return None;
-    }
-    let (alg, rest) = tag.split_once('-')?;
-    let hex = rest.split('.').next()?;
-    crate::oci::digest::parse(&format!("{alg}:{hex}"))
-}
-
 /// Confirms the destination tag resolves to `digest`.
 async fn verify_tag(
     ctx: &TransferContext,
@@ -563,24 +553,6 @@ mod tests {
                 message: "blob unknown to registry".into(),
             }],
         })
-    }
-
-    #[test]
-    fn a_referrer_tag_names_its_subject_and_other_tags_name_none() {
-        let hex = "a".repeat(64);
-        for tag in [
-            format!("sha256-{hex}"),
-            format!("sha256-{hex}.sig"),
-            format!("sha256-{hex}.att"),
-        ] {
-            assert_eq!(
-                referrer_tag_subject(&tag).map(|d| d.to_string()),
-                Some(format!("sha256:{hex}")),
-                "{tag}"
-            );
-        }
-        assert_eq!(referrer_tag_subject("v1"), None);
-        assert_eq!(referrer_tag_subject("sha256-short.sig"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The operator endpoints every Ferry process serves: `GET /healthz` (200 while the queue answers,
 //! 503 otherwise) and `GET /metrics` (every metric of the process, OpenMetrics text; the queue
-//! gauges and the live worker count refreshed on each scrape).
+//! gauges, the live worker count and the process's own resources — resident memory, open file
+//! descriptors, live async tasks — refreshed on each scrape).
 //!
 //! `/metrics` can require a bearer token ([`protect_metrics`]); `/healthz` stays open because
 //! kubelet and load balancers probe it without credentials, and it reveals only "ok" or the
@@ -28,11 +29,17 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// its families in it while it was built. Adds the queue gauges, refreshed from
 /// [`JobQueue::stats`] on every scrape: `ferry_queue_depth`, `ferry_queue_oldest_seconds`,
 /// `ferry_dead_letters`; and, in a daemon ([`ProcessMetrics::with_workers`]), `ferry_live_workers`.
+/// The process's resources are read on every scrape too ([`ProcessMetrics::refresh_process`]):
+/// `ferry_process_resident_bytes`, `ferry_process_open_fds`, `ferry_runtime_alive_tasks` — what a
+/// leak would grow (the chaos soak samples them).
 pub struct ProcessMetrics {
     registry: Registry,
     queue_depth: Gauge,
     queue_oldest_seconds: Gauge<f64, AtomicU64>,
     dead_letters: Gauge,
+    resident_bytes: Gauge,
+    open_fds: Gauge,
+    alive_tasks: Gauge,
     /// `ferry_live_workers` and where it is counted: the region's worker heartbeats.
     live_workers: Option<(Gauge, Arc<dyn History>)>,
 }
@@ -73,11 +80,31 @@ impl ProcessMetrics {
             "Jobs in the dead-letter list",
             dead_letters.clone(),
         );
+        let (resident_bytes, open_fds, alive_tasks) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "ferry_process_resident_bytes",
+            "Resident memory of this process (VmRSS, read on each scrape)",
+            resident_bytes.clone(),
+        );
+        registry.register(
+            "ferry_process_open_fds",
+            "File descriptors this process holds open (sockets included, counted on each scrape)",
+            open_fds.clone(),
+        );
+        registry.register(
+            "ferry_runtime_alive_tasks",
+            "Async tasks alive in this process's runtime (counted on each scrape)",
+            alive_tasks.clone(),
+        );
         ProcessMetrics {
             registry,
             queue_depth,
             queue_oldest_seconds,
             dead_letters,
+            resident_bytes,
+            open_fds,
+            alive_tasks,
             live_workers: None,
         }
     }
@@ -107,6 +134,26 @@ impl ProcessMetrics {
                 gauge.set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
             }
             Err(error) => tracing::debug!(error = %error, "metrics: live workers unavailable"),
+        }
+    }
+
+    /// Refreshes the process gauges from `/proc/self` (Linux; elsewhere they keep 0) and the
+    /// runtime this is called on.
+    pub fn refresh_process(&self) {
+        if let Some(kib) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| vm_rss_kib(&status))
+        {
+            self.resident_bytes
+                .set(i64::try_from(kib.saturating_mul(1024)).unwrap_or(i64::MAX));
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds
+                .set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.alive_tasks
+                .set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
         }
     }
 
@@ -165,7 +212,17 @@ async fn metrics_handler(State((queue, metrics)): State<OpsState>) -> Response {
         Err(error) => tracing::debug!(error = %error, "metrics: queue stats unavailable"),
     }
     metrics.refresh_workers().await;
+    metrics.refresh_process();
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()).into_response()
+}
+
+/// The `VmRSS:` line of a `/proc/<pid>/status`, in KiB.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `router` with `GET /metrics` answering 401 unless it carries `Authorization: Bearer <token>`
@@ -210,6 +267,57 @@ async fn require_metrics_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value of the family `name` (no labels) in `text`.
+    fn gauge(text: &str, name: &str) -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_reads_the_processs_memory_descriptors_and_live_tasks() {
+        let m = ProcessMetrics::default();
+        let before = m.encode();
+        assert_eq!(
+            gauge(&before, "ferry_runtime_alive_tasks"),
+            0,
+            "not read before a scrape"
+        );
+        let (stop, wait) = tokio::sync::oneshot::channel::<()>();
+        let sleepers: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(async {}))
+            .chain(std::iter::once(tokio::spawn(async move {
+                let _ = wait.await;
+            })))
+            .collect();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        m.refresh_process();
+        let text = m.encode();
+        assert!(
+            gauge(&text, "ferry_process_resident_bytes") > 1024 * 1024,
+            "{text}"
+        );
+        let fds = gauge(&text, "ferry_process_open_fds");
+        assert!(fds >= 4, "stdio and the file opened above: {text}");
+        assert!(gauge(&text, "ferry_runtime_alive_tasks") >= 1, "{text}");
+        drop(file);
+        m.refresh_process();
+        assert!(gauge(&m.encode(), "ferry_process_open_fds") < fds);
+        let _ = stop.send(());
+        for s in sleepers {
+            s.await.unwrap();
+        }
+    }
+
+    #[test]
+    fn the_resident_size_is_read_from_the_vmrss_line() {
+        let status = "Name:\tferry\nVmPeak:\t  9000 kB\nVmRSS:\t   18432 kB\nThreads:\t4\n";
+        assert_eq!(vm_rss_kib(status), Some(18432));
+        assert_eq!(vm_rss_kib("Name:\tferry\n"), None);
+        assert_eq!(vm_rss_kib("VmRSS:\t lots kB\n"), None);
+    }
 
     #[test]
     fn exports_the_queue_gauges_with_every_family_of_the_process() {

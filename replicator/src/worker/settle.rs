@@ -11,8 +11,9 @@ use std::time::Duration;
 use super::record::lag_since;
 use super::{JobError, JobOutcome, JobSignals, Worker};
 use crate::clock::{duration_ms, now_ms};
+use crate::event::EventKind;
 use crate::store::history::ExecutionState;
-use crate::store::queue::{FailOutcome, Lease};
+use crate::store::queue::{dead_letter_key, FailOutcome, Job, Lease, DEAD_LETTER_MEMO};
 use crate::store::StoreError;
 use crate::transfer::TransferError;
 
@@ -164,6 +165,9 @@ impl Worker {
                 let r = self.queue.fail(lease, &e.to_string(), retryable).await;
                 let (outcome, settled) = after_fail(&r, self.opts.lease, now_ms());
                 self.metrics.job(&job.policy, job.kind, outcome);
+                if matches!(settled, Settled::DeadLettered) {
+                    self.remember_dead_letter(job).await;
+                }
                 match &r {
                     Ok(outcome) => tracing::warn!(error = %e, retryable, ?outcome, "job failed"),
                     Err(qe) => {
@@ -177,6 +181,25 @@ impl Worker {
             tracing::error!(error = %e, "cannot settle job with the queue; it will be handed out again when its lease expires");
         }
         Some(settled)
+    }
+}
+
+impl Worker {
+    /// Remembers in the region that a push of a tag was dead-lettered, so the safety net does not
+    /// enqueue it again for [`DEAD_LETTER_MEMO`] (each time, a new dead letter). Best effort.
+    async fn remember_dead_letter(&self, job: &Job) {
+        if job.kind != EventKind::Push || crate::oci::digest::parse(&job.reference).is_some() {
+            return;
+        }
+        let key = dead_letter_key(&job.policy, &job.repository, &job.reference);
+        if let Err(e) = self
+            .blob_leases
+            .leases
+            .lease_blob("ferry", &key, &self.opts.consumer, DEAD_LETTER_MEMO)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot remember the dead letter; the safety net may enqueue the tag again");
+        }
     }
 }
 

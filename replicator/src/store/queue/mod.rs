@@ -390,6 +390,20 @@ pub trait ManifestLeases: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// How long a dead-lettered push keeps the safety net from enqueueing its tag again
+/// (`crate::control::safety_net`): a failure no retry repairs (a source that lost a layer behind
+/// its manifest, a destination that refuses the content) would otherwise come back as a new dead
+/// letter every pass. A new event for the tag still enqueues a job, and retrying the dead letter
+/// runs it at once; this bounds how late the safety net tries again on its own.
+pub const DEAD_LETTER_MEMO: Duration = Duration::from_secs(3600);
+
+/// The name under which a region remembers that a push of `repository:tag` under `policy` was
+/// dead-lettered (a lease on the pseudo-destination `ferry`, like the region's locks, expiring
+/// after [`DEAD_LETTER_MEMO`]).
+pub fn dead_letter_key(policy: &str, repository: &str, tag: &str) -> String {
+    format!("dead-lettered/{policy}/{repository}:{tag}")
+}
+
 /// A lock with expiry that one process of a region holds at a time, taken as a blob lease on the
 /// pseudo-destination `ferry`: the scheduler takes one per tick, the safety net one per pass.
 #[derive(Clone)]
