@@ -33,7 +33,8 @@
 //!   and its generator), [`workload`] (images pushed, re-tagged, moved and deleted in every region
 //!   at once, and the ledger of what was acknowledged), [`schedule`] (faults over the mesh: kill -9
 //!   of workers, agents, registries and Redis, partitions, latency), [`oracle`] (the registries
-//!   read directly and compared with the ledger and the policies).
+//!   read directly and compared with the ledger and the policies), [`soak`] (every process's
+//!   memory, descriptors and tasks sampled over the run, and their growth).
 //!
 //! # Invariants
 //! - Every child process is killed when its owner is dropped (`kill_on_drop`), so a failing test
@@ -55,6 +56,7 @@ pub mod prometheus;
 pub mod region;
 pub mod schedule;
 pub mod seeded;
+pub mod soak;
 pub mod tcp;
 pub mod webhook;
 pub mod workload;

@@ -940,6 +940,11 @@ impl Mesh {
 }
 
 impl Mesh {
+    /// The Ferry config every process of the mesh runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     /// Keeps every log of the mesh for inspection after it is dropped: the agents' and workers'
     /// logs stay in the mesh's directory, where each registry's access log is copied
     /// (`registry-<region>.log`; their data is not kept). Returns the directory. Called on a
@@ -1049,15 +1054,16 @@ fn handled_notifications(metrics: &str, registry: &str) -> u64 {
     n as u64
 }
 
-/// Sends one command to the Redis at `addr` (`IP:PORT`, no TLS, no password) and returns its
-/// one-line reply: a simple string or an integer. Enough for `TYPE` and `XLEN`.
 /// What a region's processes take as `--redis`: the Sentinel's URL when there is one.
 fn queue_url(redis: &RedisServer, sentinel: Option<&Sentinel>) -> String {
     sentinel.map_or_else(|| redis.url(), Sentinel::url)
 }
 
-async fn redis_command(addr: &str, args: &[&str]) -> anyhow::Result<String> {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+/// Sends one command to the Redis at `addr` (`IP:PORT`, no TLS, no password) and returns its
+/// reply: a simple string, an integer or a bulk string (`INFO`). Enough for `TYPE`, `XLEN` and
+/// `INFO`.
+pub(crate) async fn redis_command(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     let mut request = format!("*{}\r\n", args.len());
     for a in args {
         request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
@@ -1065,10 +1071,18 @@ async fn redis_command(addr: &str, args: &[&str]) -> anyhow::Result<String> {
     let talk = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.write_all(request.as_bytes()).await?;
+        let mut reader = tokio::io::BufReader::new(stream);
         let mut line = String::new();
-        tokio::io::BufReader::new(stream)
-            .read_line(&mut line)
-            .await?;
+        reader.read_line(&mut line).await?;
+        let len = line
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(len) = len.filter(|n| *n <= 1 << 20) {
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).await?;
+            return anyhow::Ok(format!("+{}", String::from_utf8_lossy(&body)));
+        }
         anyhow::Ok(line)
     };
     let line = tokio::time::timeout(Duration::from_secs(10), talk)

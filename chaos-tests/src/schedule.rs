@@ -367,12 +367,7 @@ impl Chaos<'_> {
                 }
             }
             Fault::RegistryErrors { region, answer } => {
-                let proxy = self
-                    .mesh
-                    .region(region)
-                    .registry_proxy
-                    .as_ref()
-                    .context("the mesh was started without registry proxies")?;
+                let proxy = self.registry_proxy(region)?;
                 proxy.set_link(*answer);
                 tokio::time::sleep(p.hold).await;
                 proxy.set_link(Link::Up);
@@ -402,12 +397,7 @@ impl Chaos<'_> {
                     .broken_repo
                     .get(region)
                     .with_context(|| format!("no repository for a broken image in {region}"))?;
-                let proxy = self
-                    .mesh
-                    .region(region)
-                    .registry_proxy
-                    .as_ref()
-                    .context("the mesh was started without registry proxies")?;
+                let proxy = self.registry_proxy(region)?;
                 // Ferry must not read the image before its layer is gone: its processes get 503s
                 // (retried) until then.
                 proxy.set_link(Link::Answer(503));
@@ -470,6 +460,15 @@ impl Chaos<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The fault proxy in front of `region`'s registry, through which Ferry's processes reach it.
+    fn registry_proxy(&self, region: &str) -> anyhow::Result<&ferry_testkit::FaultProxy> {
+        self.mesh
+            .region(region)
+            .registry_proxy
+            .as_ref()
+            .context("the mesh was started without registry proxies")
     }
 
     /// Pauses every region's workload and waits until the registries hold everything

@@ -459,19 +459,21 @@ impl Runner {
         tag: &str,
         seed: u64,
     ) -> anyhow::Result<String> {
+        let (built, spec) = self.extra_image(seed, 32 * KIB)?;
+        self.push_built(region, repo, tag, &built, spec.layer_bytes())
+            .await?;
+        Ok(built.digest)
+    }
+
+    /// Builds a new single-layer image outside the plan (an id above every planned one).
+    fn extra_image(&self, seed: u64, size: u64) -> anyhow::Result<(Built, ImageSpec)> {
         let id = self
             .extra
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let spec = ImageSpec::Single {
-            layers: vec![LayerSpec {
-                seed,
-                size: 32 * KIB,
-            }],
+            layers: vec![LayerSpec { seed, size }],
         };
-        let built = self.build(id, Some(&spec))?;
-        self.push_built(region, repo, tag, &built, spec.layer_bytes())
-            .await?;
-        Ok(built.digest)
+        Ok((self.build(id, Some(&spec))?, spec))
     }
 
     /// Pushes a new image outside the plan as `repo:tag` in `region`, then deletes its only layer
@@ -486,16 +488,7 @@ impl Runner {
         tag: &str,
         seed: u64,
     ) -> anyhow::Result<String> {
-        let id = self
-            .extra
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spec = ImageSpec::Single {
-            layers: vec![LayerSpec {
-                seed,
-                size: 16 * KIB,
-            }],
-        };
-        let built = self.build(id, Some(&spec))?;
+        let (built, spec) = self.extra_image(seed, 16 * KIB)?;
         self.push(region, repo, tag, &built.layout).await?;
         let manifest = built
             .layout

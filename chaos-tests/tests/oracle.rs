@@ -9,7 +9,10 @@
 //!
 //! The seed is printed first; replay a run with
 //! `FERRY_CHAOS_SEED=<seed> cargo nextest run -p ferry-chaos-tests --test oracle`, and run the
-//! long profile by hand with `FERRY_CHAOS_DURATION_SECS=600` (and any seed).
+//! long profile by hand with `FERRY_CHAOS_DURATION_SECS=600` (and any seed), the soak with
+//! `FERRY_CHAOS_DURATION_SECS=3600`: every process's memory, descriptors and tasks are sampled
+//! every 10 s in any run, and a run of 30 minutes or more fails when one grew beyond its bound
+//! (`ferry_chaos_tests::soak`).
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use ferry_chaos_tests::mesh::{Mesh, MeshOptions};
 use ferry_chaos_tests::oracle::{Flow, Oracle};
 use ferry_chaos_tests::schedule::{self, Chaos};
 use ferry_chaos_tests::seeded::{duration_from_env, seed_from_env, DURATION_ENV, SEED_ENV};
+use ferry_chaos_tests::soak::{Probe, Samples};
 use ferry_chaos_tests::workload::{self, RegionLoad, Runner, WorkloadOptions};
 use serde_json::{json, Value};
 
@@ -33,6 +37,11 @@ const SENTINEL_REGION: &str = "b";
 /// Where the permanent fault goes: a broken image in a repository of `a` that `app-a-to-b` copies
 /// (its dead letter is expected in `b`, whose workers run that pull policy).
 const BROKEN_IMAGE: (&str, &str) = ("a", "app/api");
+/// How often every process's memory, descriptors and tasks are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// A run at least this long is a soak: its resources must stay within the bounds of
+/// `ferry_chaos_tests::soak` (shorter runs report them).
+const SOAK: Duration = Duration::from_secs(1800);
 /// Ops per second in each region.
 const OPS_PER_SECOND: f64 = 0.5;
 /// One fault per this much of the run (the short profile gets exactly the required five).
@@ -202,6 +211,16 @@ async fn exercise(
     .map(|(r, repo)| (r.to_string(), repo.to_string()))
     .collect();
 
+    // The soak: every process's memory, descriptors and tasks, sampled until the oracle is done.
+    let probe = Probe::of(mesh)?;
+    let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        Samples::collect(&probe, SAMPLE_EVERY, async {
+            let _ = sampling_stopped.await;
+        })
+        .await
+    });
+
     let started = Instant::now();
     let mut chaos = Chaos {
         mesh: &mut *mesh,
@@ -279,6 +298,20 @@ async fn exercise(
     for k in &f.kept_by_guard {
         eprintln!("oracle: kept by the digest guard (not a failure): {k}");
     }
+    let _ = stop_sampling.send(());
+    let samples = sampler.await?;
+    let growth = samples.table();
+    let soak = duration >= SOAK;
+    let table = format!(
+        "{table}\nResources over the run ({} samples, one per {}s; {}):\n\n{growth}",
+        samples.samples.len(),
+        SAMPLE_EVERY.as_secs(),
+        if soak {
+            "a soak: the bounds are checked"
+        } else {
+            "shorter than a soak: reported, not checked"
+        }
+    );
     eprintln!(
         "oracle: {} manifests and blobs re-hashed\n{table}",
         verdict.rehashed
@@ -290,6 +323,19 @@ async fn exercise(
                 eprintln!("oracle: results table written to {}", out.display());
             }
         }
+    }
+    if soak {
+        let grown: Vec<String> = samples
+            .growth()
+            .into_iter()
+            .filter(|g| !g.within_bound())
+            .map(|g| format!("{g:?}"))
+            .collect();
+        anyhow::ensure!(
+            grown.is_empty(),
+            "the soak (seed {seed:#x}) saw growth beyond the bounds:\n{}",
+            grown.join("\n")
+        );
     }
     anyhow::ensure!(
         verdict.findings.is_empty(),

@@ -108,6 +108,28 @@ async fn recent_executions(s: &Setup) -> Vec<ferry_replicator::store::history::E
         .unwrap()
 }
 
+/// The safety net over the setup's queue, and its first policy prepared for [`Reconciler::pass`].
+fn reconciler(
+    s: &Setup,
+) -> (
+    ferry_replicator::control::safety_net::Reconciler,
+    ferry_replicator::replicate::PreparedPolicy,
+) {
+    use ferry_replicator::control::safety_net::{ReconcileMetrics, Reconciler};
+    let r = Reconciler::new(
+        &s.config,
+        &s.registries,
+        s.queue.clone(),
+        RegionLock::new(s.queue.clone(), "test"),
+        ReconcileMetrics::default(),
+    )
+    .unwrap();
+    let prepared =
+        ferry_replicator::replicate::PreparedPolicy::new(&s.config.policies[0], &s.registries)
+            .unwrap();
+    (r, prepared)
+}
+
 /// Runs the worker until the queue has nothing waiting or running, then stops it.
 async fn drain(s: &Setup) {
     drain_queue(s.queue.as_ref(), s.worker.clone()).await;
@@ -376,24 +398,13 @@ async fn unrunnable_jobs_are_dead_lettered_and_missing_tags_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
-    use ferry_replicator::control::safety_net::{ReconcileMetrics, Reconciler};
     let s = setup(json!({"trigger": {"type": "event_based"}})).await;
     let dir = s._dir.path();
     // Pushed while no agent was listening: no event, no job.
     let a = push_image(dir, 20, &s.src.host(), "team/app:v1").await;
     let b = push_image(dir, 21, &s.src.host(), "team/tool:v2").await;
     push_image(dir, 22, &s.dst.host(), "team/app:extra").await;
-    let r = Reconciler::new(
-        &s.config,
-        &s.registries,
-        s.queue.clone(),
-        RegionLock::new(s.queue.clone(), "test"),
-        ReconcileMetrics::default(),
-    )
-    .unwrap();
-    let prepared =
-        ferry_replicator::replicate::PreparedPolicy::new(&s.config.policies[0], &s.registries)
-            .unwrap();
+    let (r, prepared) = reconciler(&s);
     let pass = r.pass(&prepared).await.unwrap();
     assert_eq!(
         (pass.missing, pass.different, pass.extra, pass.enqueued),
@@ -425,7 +436,6 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
 /// pass would add another dead letter for the same failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_whose_push_was_dead_lettered_is_not_enqueued_again_by_the_safety_net() {
-    use ferry_replicator::control::safety_net::{ReconcileMetrics, Reconciler};
     let s = setup(json!({"trigger": {"type": "event_based"}})).await;
     let mut b = LayoutBuilder::new(&s._dir.path().join("broken")).unwrap();
     let spec = LayerSpec {
@@ -442,17 +452,7 @@ async fn a_tag_whose_push_was_dead_lettered_is_not_enqueued_again_by_the_safety_
     let deleted = reqwest::Client::new().delete(&url).send().await.unwrap();
     assert_eq!(deleted.status().as_u16(), 202, "DELETE {url}");
 
-    let r = Reconciler::new(
-        &s.config,
-        &s.registries,
-        s.queue.clone(),
-        RegionLock::new(s.queue.clone(), "test"),
-        ReconcileMetrics::default(),
-    )
-    .unwrap();
-    let prepared =
-        ferry_replicator::replicate::PreparedPolicy::new(&s.config.policies[0], &s.registries)
-            .unwrap();
+    let (r, prepared) = reconciler(&s);
     let pass = r.pass(&prepared).await.unwrap();
     assert_eq!((pass.missing, pass.enqueued), (1, 1), "{pass:?}");
     drain(&s).await;
@@ -748,21 +748,13 @@ async fn referrers_pushed_after_the_subject_follow_and_artifact_type_filters_the
 /// that differs between the sides alone (only events, with their times, settle conflicts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_safety_net_of_a_bidirectional_policy_fills_both_sides_and_settles_no_conflict() {
-    use ferry_replicator::control::safety_net::{ReconcileMetrics, Reconciler};
     let s = setup(json!({"trigger": {"type": "event_based"}, "mode": "bidirectional"})).await;
     let dir = s._dir.path();
     let only_src = push_image(dir, 40, &s.src.host(), "team/a:v1").await;
     let only_dst = push_image(dir, 41, &s.dst.host(), "team/b:v1").await;
     let on_src = push_image(dir, 42, &s.src.host(), "team/c:v1").await;
     let on_dst = push_image(dir, 43, &s.dst.host(), "team/c:v1").await;
-    let r = Reconciler::new(
-        &s.config,
-        &s.registries,
-        s.queue.clone(),
-        RegionLock::new(s.queue.clone(), "test"),
-        ReconcileMetrics::default(),
-    )
-    .unwrap();
+    let (r, _) = reconciler(&s);
     let passes: Vec<_> = r.pass_all().await.into_iter().map(Result::unwrap).collect();
     assert_eq!(passes.len(), 2, "one pass per direction: {passes:?}");
     drain(&s).await;

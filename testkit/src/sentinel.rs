@@ -66,6 +66,11 @@ impl Sentinel {
         Ok(sentinel)
     }
 
+    /// `IP:PORT` it serves on.
+    pub fn host(&self) -> String {
+        std::net::SocketAddr::from((self.ip, self.port)).to_string()
+    }
+
     /// `redis+sentinel://IP:PORT/MASTER`: what Ferry's `--redis` takes.
     pub fn url(&self) -> String {
         format!("redis+sentinel://{}:{}/{}", self.ip, self.port, self.master)

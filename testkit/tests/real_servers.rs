@@ -413,16 +413,9 @@ async fn skopeo_logs_in_to_a_bearer_protected_fake() {
 /// `storage_tmpfs`: a filled disk refuses pushes until it is freed, then the same push succeeds.
 #[tokio::test]
 async fn a_registry_on_a_filled_tmpfs_refuses_pushes_until_it_is_freed() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(registry) = tmpfs_registry().await else {
         return;
-    }
-    let registry = Registry::start_with(RegistryOptions {
-        storage_tmpfs: Some(64 * 1024 * 1024),
-        ..RegistryOptions::default()
-    })
-    .await
-    .unwrap();
+    };
     let f = fixture();
     registry.fill_disk().unwrap();
     let refused = skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1").await;
@@ -442,16 +435,9 @@ async fn a_registry_on_a_filled_tmpfs_refuses_pushes_until_it_is_freed() {
 /// retrying client never gets through; freeing the disk removes it, and the push goes through.
 #[tokio::test]
 async fn freeing_a_filled_disk_removes_the_empty_links_it_left() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(mut registry) = tmpfs_registry().await else {
         return;
-    }
-    let mut registry = Registry::start_with(RegistryOptions {
-        storage_tmpfs: Some(64 * 1024 * 1024),
-        ..RegistryOptions::default()
-    })
-    .await
-    .unwrap();
+    };
     let f = fixture();
     skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1")
         .await
@@ -492,6 +478,22 @@ async fn freeing_a_filled_disk_removes_the_empty_links_it_left() {
     skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v2")
         .await
         .unwrap();
+}
+
+/// A registry whose storage is a 64 MiB tmpfs; `None` (the test skipped) unless root.
+async fn tmpfs_registry() -> Option<Registry> {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    }
+    Some(
+        Registry::start_with(RegistryOptions {
+            storage_tmpfs: Some(64 * 1024 * 1024),
+            ..RegistryOptions::default()
+        })
+        .await
+        .unwrap(),
+    )
 }
 
 /// Whether this process runs as root (`id -u` is 0).
@@ -556,16 +558,9 @@ fn a_bandwidth_cap_is_a_token_bucket_on_both_ends_of_the_veth_until_cleared() {
 /// 500. Freeing the disk removes it, so the next push writes it whole.
 #[tokio::test]
 async fn freeing_a_filled_disk_removes_the_blobs_it_cut_short() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(registry) = tmpfs_registry().await else {
         return;
-    }
-    let registry = Registry::start_with(RegistryOptions {
-        storage_tmpfs: Some(64 * 1024 * 1024),
-        ..RegistryOptions::default()
-    })
-    .await
-    .unwrap();
+    };
     let f = fixture();
     skopeo::push_layout(&f.layout, "img", &registry.host(), "team/app:v1")
         .await
