@@ -74,6 +74,9 @@ pub struct MeshOptions {
     /// `kill -9` of the primary loses nothing acknowledged ([`Mesh::fail_over_queue`]). For the
     /// regions named here; the others' queue is one Redis with AOF.
     pub sentinel: Vec<&'static str>,
+    /// Regions whose queue server is `valkey-server` (Debian bookworm-backports) rather than
+    /// `redis-server` (or `FERRY_REDIS_SERVER`): the same protocol, a different server.
+    pub valkey: Vec<&'static str>,
 }
 
 /// Where Debian's `faketime` package puts the multithreaded preload library.
@@ -312,9 +315,13 @@ impl Mesh {
             let agent = hold_port(&host)?;
             let forward = hold_port(&host)?;
             let proxy = FaultProxy::start_on(proxy_ip, forward.1).await?;
-            let redis = RedisServer::start_on(&host, &redis_binary, true)
+            let binary = match opts.valkey.contains(name) {
+                true => "valkey-server",
+                false => redis_binary.as_str(),
+            };
+            let redis = RedisServer::start_on(&host, binary, true)
                 .await
-                .with_context(|| format!("starting region {name}'s Redis"))?;
+                .with_context(|| format!("starting region {name}'s queue server {binary}"))?;
             let (replica, sentinel) = if opts.sentinel.contains(name) {
                 let replica = RedisServer::start_replica(&redis)
                     .await

@@ -2,8 +2,8 @@
 //! signatures and deletes in three regions at once, a fault schedule from the same seed, and one
 //! oracle that reads every registry directly once the faults healed.
 //!
-//! Regions `a`, `b`, `c` (each in its own network namespace, with its own registry, Redis, agent
-//! and worker): policy `app-a-to-b` pulls `app/**` from `a` into `b` (events forwarded to `b`, whose
+//! Regions `a`, `b`, `c` (each in its own network namespace, with its own registry, queue server —
+//! Redis under a Sentinel in `b`, Valkey in `c` — agent and worker): policy `app-a-to-b` pulls `app/**` from `a` into `b` (events forwarded to `b`, whose
 //! workers copy), policy `shared-b-c` replicates `shared/**` both ways between `b` and `c`. `a`
 //! also writes `private/keys` and `c` writes `local/scratch`, which no policy covers.
 //!
@@ -34,6 +34,9 @@ const REGISTRY_DISK: u64 = 4 << 30;
 /// The region whose queue runs under a Sentinel (primary, replica, `--redis-wait-replicas 1`): its
 /// Redis faults are failovers; the others' are plain restarts from the AOF.
 const SENTINEL_REGION: &str = "b";
+/// The region whose queue server is Valkey (its faults are plain restarts from the AOF); the
+/// others run Redis.
+const VALKEY_REGION: &str = "c";
 /// Where the permanent fault goes: a broken image in a repository of `a` that `app-a-to-b` copies
 /// (its dead letter is expected in `b`, whose workers run that pull policy).
 const BROKEN_IMAGE: (&str, &str) = ("a", "app/api");
@@ -164,6 +167,7 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         clock_skew: Some(skew.clone()),
         registry_tmpfs: Some(REGISTRY_DISK),
         sentinel: vec![SENTINEL_REGION],
+        valkey: vec![VALKEY_REGION],
         ..MeshOptions::default()
     })
     .await?;

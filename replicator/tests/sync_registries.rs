@@ -429,7 +429,7 @@ async fn platform_filter_copies_only_matching_children_and_keeps_the_index_diges
 /// it missing on its own, and a sync copies it. A signature whose subject no covered tag holds
 /// stays out, like its subject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signature_of_an_image_already_in_sync_is_drift_of_its_own() {
+async fn seed_0x2a_a_signature_of_an_image_already_in_sync_is_drift_of_its_own() {
     let (src, dst, dir) = two_registries().await;
     let corpus = build_corpus(&dir.path().join("layout"));
     let (sigs, images): (Vec<_>, Vec<_>) = corpus.refs.iter().partition(|r| r.0 == "sig");

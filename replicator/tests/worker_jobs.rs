@@ -435,7 +435,8 @@ async fn the_safety_net_repairs_what_events_missed_and_only_reports_extras() {
 /// as drift but does not enqueue it again while the dead letter is remembered — otherwise every
 /// pass would add another dead letter for the same failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tag_whose_push_was_dead_lettered_is_not_enqueued_again_by_the_safety_net() {
+async fn seed_5eed0013_a_tag_whose_push_was_dead_lettered_is_not_enqueued_again_by_the_safety_net()
+{
     let s = setup(json!({"trigger": {"type": "event_based"}})).await;
     let mut b = LayoutBuilder::new(&s._dir.path().join("broken")).unwrap();
     let spec = LayerSpec {

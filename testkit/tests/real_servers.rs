@@ -434,7 +434,7 @@ async fn a_registry_on_a_filled_tmpfs_refuses_pushes_until_it_is_freed() {
 /// 0x2a) makes distribution answer 500 to every `HEAD` of that blob in that repository, so a
 /// retrying client never gets through; freeing the disk removes it, and the push goes through.
 #[tokio::test]
-async fn freeing_a_filled_disk_removes_the_empty_links_it_left() {
+async fn seed_0x2a_freeing_a_filled_disk_removes_the_empty_links_it_left() {
     let Some(mut registry) = tmpfs_registry().await else {
         return;
     };
@@ -557,7 +557,7 @@ fn a_bandwidth_cap_is_a_token_bucket_on_both_ends_of_the_veth_until_cleared() {
 /// of the same content finds the file and answers 201 without writing it again, and reads answer
 /// 500. Freeing the disk removes it, so the next push writes it whole.
 #[tokio::test]
-async fn freeing_a_filled_disk_removes_the_blobs_it_cut_short() {
+async fn seed_5eed0013_freeing_a_filled_disk_removes_the_blobs_it_cut_short() {
     let Some(registry) = tmpfs_registry().await else {
         return;
     };
