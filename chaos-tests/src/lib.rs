@@ -25,7 +25,7 @@
 //!   `response completed` lines, uploads in progress on its disk, fixture images.
 //! - [`webhook`]: notification bodies shaped exactly like distribution 2.8's, a client for the
 //!   agent's webhook, and a raw HTTP/1.1 client for bodies over the agent's size limit.
-//! - [`metrics`]: reading one value out of a Prometheus/OpenMetrics text page.
+//! - [`metrics`]: reading one value out of a Prometheus/OpenMetrics text page (`ferry_testkit`'s).
 //! - [`prometheus`]: a real `prometheus` server scraping the region, `promtool`, and the PromQL of
 //!   `deploy/observability/` (dashboard expressions, the metric names they read).
 //! - [`tcp`]: bytes still on their way between local processes, from `/proc/net/tcp`.
@@ -48,7 +48,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mesh;
-pub mod metrics;
+pub use ferry_testkit::metrics;
 pub mod oci;
 pub mod oracle;
 pub mod process;

@@ -600,10 +600,34 @@ pub fn compare(oracle: &Oracle, acked: &Acked, snapshots: &BTreeMap<String, Tags
                 for k in keys {
                     let (dx, dy) = (sx.get(k), sy.get(k));
                     if dx != dy {
-                        f.diverged.push(format!(
-                            "{x} ↔ {y}: {}:{} is {dx:?} on {x}, {dy:?} on {y}",
-                            k.0, k.1
-                        ));
+                        let line =
+                            format!("{x} ↔ {y}: {}:{} is {dx:?} on {x}, {dy:?} on {y}", k.0, k.1);
+                        // One side's delete took the tag; the other kept it at a digest the
+                        // deleting side had pushed under it and nobody deleted (its move to the
+                        // deleted digest came too late to be copied): the event of a tag delete
+                        // names no digest, so the digest guard keeps the tag, as on a one-way
+                        // replica above.
+                        let (held, absent) = match (dx, dy) {
+                            (Some(d), None) => (Some(d), ly),
+                            (None, Some(d)) => (Some(d), lx),
+                            _ => (None, None),
+                        };
+                        let guarded = held.zip(absent).is_some_and(|(d, l)| {
+                            l.touched_by_delete.contains(k)
+                                && l.ever.get(k).is_some_and(|s| s.contains(d))
+                                && ![lx, ly]
+                                    .iter()
+                                    .flatten()
+                                    .any(|l| l.deleted.iter().any(|(r, x)| *r == k.0 && x == d))
+                        });
+                        if guarded {
+                            f.kept_by_guard.push(format!(
+                                "{line}: deleted on one side, which still holds it untagged \
+                                 (the digest guard keeps it)"
+                            ));
+                        } else {
+                            f.diverged.push(line);
+                        }
                         continue;
                     }
                     let pushed = |l: Option<&crate::workload::RegionLedger>, d: &String| {
@@ -835,6 +859,36 @@ mod tests {
             .collect();
         let f = compare(&oracle(), &acked, &snaps);
         assert_eq!(f.not_deleted.len(), 1, "{f}");
+    }
+
+    #[test]
+    fn seed_0x50a4_a_tag_moved_then_deleted_on_one_bidirectional_side_is_kept_by_the_guard_on_the_other(
+    ) {
+        // c signed x0 (tag x0.sig = s1), both sides held it; c then moved x0.sig to s2 and
+        // deleted s2 within 2 s: b skipped the move (the tag was gone) and kept x0.sig = s1 when
+        // the tag delete, naming no digest, arrived.
+        let key_sig = key("shared/s", "x0.sig");
+        let mut c = ledger(&[]);
+        c.ever
+            .insert(key_sig.clone(), ["s1", "s2"].map(String::from).into());
+        c.deleted.push(("shared/s".into(), "s2".into()));
+        c.touched_by_delete.insert(key_sig.clone());
+        let acked = acked(RegionLedger::default(), RegionLedger::default(), c);
+        let snaps = |b: &[(&str, &str, &str)]| -> BTreeMap<String, Tags> {
+            [("a", snap(&[])), ("b", snap(b)), ("c", snap(&[]))]
+                .into_iter()
+                .map(|(r, s)| (r.to_string(), s))
+                .collect()
+        };
+        let f = compare(&oracle(), &acked, &snaps(&[("shared/s", "x0.sig", "s1")]));
+        assert!(f.is_empty(), "{f}");
+        assert_eq!(f.kept_by_guard.len(), 1, "{f:?}");
+        // Content c deleted, or never pushed under that tag, is a divergence.
+        for held in ["s2", "s9"] {
+            let f = compare(&oracle(), &acked, &snaps(&[("shared/s", "x0.sig", held)]));
+            assert_eq!(f.diverged.len(), 1, "{held}: {f}");
+            assert!(f.kept_by_guard.is_empty(), "{held}: {f:?}");
+        }
     }
 
     #[test]

@@ -238,7 +238,22 @@ async fn exercise(
     };
     // The first failure ends both: a fault that failed stops the workload (its pushes are
     // aborted) rather than leaving it to run out its time.
-    let ((), injected) = tokio::try_join!(runner.run(started), chaos.run(faults, started))?;
+    let ran = tokio::try_join!(runner.run(started), chaos.run(faults, started));
+    let ((), injected) = match ran {
+        Ok(ran) => ran,
+        Err(e) => {
+            // What the processes used until the failure: a failed soak still tells its story.
+            let _ = stop_sampling.send(());
+            if let Ok(samples) = sampler.await {
+                eprintln!(
+                    "oracle: resources until the failure ({} samples):\n\n{}",
+                    samples.samples.len(),
+                    samples.table()
+                );
+            }
+            return Err(e);
+        }
+    };
     // The workers stay alive until the oracle is done.
     let _workers = std::mem::take(&mut chaos.workers);
     drop(chaos);

@@ -17,6 +17,7 @@
 //! - [`catalog`]: large catalogs of tiny images written straight into a registry's storage (scale
 //!   benchmarks).
 //! - [`measure`]: a command's wall time, peak RSS and CPU, for benchmarks.
+//! - [`metrics`]: sums of samples read from the text a Ferry `/metrics` serves.
 //! - [`fixtures`]: [`LayoutBuilder`] writes OCI image layouts (images,
 //!   multi-arch indexes, OCI 1.1 artifacts) whose layer content is derived
 //!   from a seed, streamed to disk so gigabyte layers cost constant memory.
@@ -46,6 +47,7 @@ pub mod fake;
 pub mod fault;
 pub mod fixtures;
 pub mod measure;
+pub mod metrics;
 pub mod netns;
 pub mod ocync;
 pub mod oidc;

@@ -333,8 +333,8 @@ impl Daemon {
         })
     }
 
-    /// The sum of the samples of `name` whose labels contain `labels` (`None`: not exported yet).
-    async fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+    /// The sum of the samples of `name` whose labels include `labels` (`None`: not exported yet).
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
@@ -344,14 +344,7 @@ impl Daemon {
             .text()
             .await
             .ok()?;
-        let samples: Vec<f64> = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!samples.is_empty()).then(|| samples.iter().sum())
+        ferry_testkit::metrics::sum(&text, name, labels)
     }
 
     /// Seconds since start when `ready` first held (checked every 50 ms, up to an hour).
@@ -377,7 +370,7 @@ impl Daemon {
     /// `ferry_drift_tags`).
     async fn safety_net_passed(&mut self) -> Result<f64> {
         self.until("the safety-net pass", async |d| {
-            d.metric("ferry_drift_tags", "policy=\"scale\"")
+            d.metric("ferry_drift_tags", &[("policy", "scale")])
                 .await
                 .is_some()
         })
@@ -458,7 +451,7 @@ async fn daemon_points(args: &Args, pair: &Pair) -> Result<()> {
     )
     .await?;
     let passes = async |d: &Daemon| {
-        d.metric("ferry_poll_passes_total", "outcome=\"ok\"")
+        d.metric("ferry_poll_passes_total", &[("outcome", "ok")])
             .await
             .unwrap_or(0.0)
     };
