@@ -524,9 +524,18 @@ async fn a_copied_image_brings_its_signature() {
 
 /// distribution announces a push before it links the tag: a job that finds the tag missing while
 /// the announced manifest exists must wait for it (or retry), never skip it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
-    use ferry_replicator::worker::JobError;
+/// A source (the fake registry) holding a manifest stored by digest only, in `team/app`, as
+/// distribution has it between announcing a push and linking its tag (or after the tag moved on
+/// to content deleted since), and a worker replicating `team/app` to a real registry. Returns the
+/// source, the destination, the config's directory, the worker, the digest and the manifest.
+async fn unlinked_manifest() -> (
+    ferry_testkit::FakeRegistry,
+    Registry,
+    tempfile::TempDir,
+    Worker,
+    String,
+    Vec<u8>,
+) {
     use ferry_testkit::{Behavior, FakeRegistry};
     let src = FakeRegistry::start(Behavior::default()).await.unwrap();
     let dst = Registry::start().await.unwrap();
@@ -564,6 +573,14 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
     )
     .unwrap();
 
+    (src, dst, dir, worker, digest, manifest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
+    use ferry_replicator::worker::JobError;
+    let (src, dst, _dir, worker, digest, manifest) = unlinked_manifest().await;
+
     // The tag never appears: a retryable error, not a silent skip.
     let j = job(EventKind::Push, "team/app", "v1", Some(&digest));
     let e = worker
@@ -598,6 +615,37 @@ async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
         "{outcome:?}"
     );
     assert_eq!(raw_digest(&dst.host(), "team/app:v1").await, digest);
+}
+
+/// A push whose tag stays missing while its announced manifest is there is retried as not
+/// linked yet, then skipped on its last such attempt: the tag moved to content deleted since (seed
+/// `0x50a4`: `app/api:sha256-….sig` moved twice and deleted within 20 s, its push job
+/// dead-lettered after 8 attempts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_0x50a4_a_push_whose_tag_never_points_at_its_announced_manifest_is_skipped_not_dead_lettered(
+) {
+    use ferry_replicator::worker::NOT_VISIBLE_ATTEMPTS;
+    let (_src, dst, _dir, worker, digest, _) = unlinked_manifest().await;
+    let mut j = job(EventKind::Push, "team/app", "v1", Some(&digest));
+    j.attempt = NOT_VISIBLE_ATTEMPTS - 2;
+    let e = worker
+        .execute(&j, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+
+    j.attempt = NOT_VISIBLE_ATTEMPTS - 1;
+    let outcome = worker.execute(&j, &CancellationToken::new()).await.unwrap();
+    assert!(
+        matches!(&outcome, JobOutcome::Pushed(v) if matches!(&v[0].1, ferry_replicator::replicate::TagOutcome::Skipped { reason } if reason.contains("never pointed at it"))),
+        "{outcome:?}"
+    );
+    assert!(
+        ferry_testkit::skopeo::inspect_raw(&dst.host(), "team/app:v1")
+            .await
+            .is_err(),
+        "nothing is copied"
+    );
 }
 
 /// A tag deleted alone on the source (its manifest stays, another tag keeps pointing at it): the

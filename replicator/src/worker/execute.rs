@@ -6,6 +6,8 @@
 //! once; a tag write is recorded in the conflict ledger only after the copy happened. A
 //! bidirectional job `HEAD`s the tag once per side: the copy decides from what arbitration read
 //! ([`KnownHeads`]), and only the confirming `HEAD` after a `PUT` asks the destination again.
+//! A push whose tag is missing while its announced manifest exists is retried as not linked yet
+//! for [`NOT_VISIBLE_ATTEMPTS`] attempts, then skipped: never a dead letter.
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -22,11 +24,20 @@ use crate::replicate::delete::guarded_delete;
 use crate::replicate::gates::{blocked_key, BLOCKED_MEMO};
 use crate::replicate::{
     replicate_gated_tags, replicate_reference, GateRecheck, KnownHeads, PreparedPolicy, TagOutcome,
+    TAG_GONE,
 };
 use crate::store::history::Task;
 use crate::store::ledger::TagWrite;
 use crate::store::queue::Job;
 use crate::transfer::{Checkpoints, TransferContext, TransferError, TransferStats};
+
+/// Attempts of a push job whose tag is missing at the source while the manifest it announced is
+/// there (distribution announces before it links the tag, by milliseconds): retried as not linked
+/// yet until then, skipped from that attempt on. By then (seconds later) the tag was moved to
+/// other content which was deleted since (distribution removes a tag no other way), so there is
+/// nothing to copy, nothing an operator can do, and a later push of the tag has its own event
+/// (seed `0x50a4`: such a job was dead-lettered after 8 attempts).
+pub const NOT_VISIBLE_ATTEMPTS: u32 = 3;
 
 impl Worker {
     fn context(
@@ -210,7 +221,7 @@ impl Worker {
                 }
             }
             _ => {
-                replicate_reference(
+                match replicate_reference(
                     prepared,
                     ctx,
                     &job.repository,
@@ -220,8 +231,22 @@ impl Worker {
                     // re-evaluation above may have written the tag since: then ask again.)
                     known.filter(|_| recheck.as_ref().is_none_or(|r| r.tags.is_empty())),
                 )
-                .await?
-                .0
+                .await
+                {
+                    Ok((outcome, _)) => outcome,
+                    Err(TransferError::NotYetVisible { .. })
+                        if job.attempt + 1 >= NOT_VISIBLE_ATTEMPTS =>
+                    {
+                        TagOutcome::Skipped {
+                            reason: format!(
+                                "{TAG_GONE}: the announced manifest is still there but the tag \
+                                 never pointed at it in {NOT_VISIBLE_ATTEMPTS} attempts (moved \
+                                 to content deleted since)"
+                            ),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         self.note_blocked(

@@ -38,6 +38,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use self::execute::NOT_VISIBLE_ATTEMPTS;
 use self::lease::heartbeat;
 pub use self::metrics::WorkerMetrics;
 use self::pause::PauseCache;
