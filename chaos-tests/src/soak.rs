@@ -188,15 +188,7 @@ impl Probe {
 
     /// `ferry_runtime_alive_tasks` of the Ferry process serving `/metrics` on `listen`.
     async fn tasks(&self, listen: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(format!("http://{listen}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = crate::metrics::scrape(&self.http, &format!("http://{listen}/metrics")).await?;
         crate::metrics::sum(&text, "ferry_runtime_alive_tasks", &[])
     }
 }

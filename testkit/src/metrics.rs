@@ -3,6 +3,12 @@
 //! Deliberately tiny: enough for `name{label="value",...} number` samples whose label values hold
 //! no quotes or commas (Ferry labels by policy, registry, kind and outcome — never free text).
 
+/// The text a `/metrics` page at `url` serves; `None` when it cannot be read (the process is
+/// down or restarting: a sampler skips that sample).
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
+    http.get(url).send().await.ok()?.text().await.ok()
+}
+
 /// Sum of every sample of `name` whose labels include all of `labels`; `None` when none matches.
 /// `name` is the full sample name, e.g. `ferry_blobs_total`.
 pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

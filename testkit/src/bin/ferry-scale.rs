@@ -335,15 +335,8 @@ impl Daemon {
 
     /// The sum of the samples of `name` whose labels include `labels` (`None`: not exported yet).
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text =
+            ferry_testkit::metrics::scrape(&self.http, &format!("{}/metrics", self.base)).await?;
         ferry_testkit::metrics::sum(&text, name, labels)
     }
 
