@@ -522,8 +522,6 @@ async fn a_copied_image_brings_its_signature() {
     );
 }
 
-/// distribution announces a push before it links the tag: a job that finds the tag missing while
-/// the announced manifest exists must wait for it (or retry), never skip it.
 /// A source (the fake registry) holding a manifest stored by digest only, in `team/app`, as
 /// distribution has it between announcing a push and linking its tag (or after the tag moved on
 /// to content deleted since), and a worker replicating `team/app` to a real registry. Returns the
@@ -576,6 +574,9 @@ async fn unlinked_manifest() -> (
     (src, dst, dir, worker, digest, manifest)
 }
 
+/// distribution announces a push before it links the tag: a job that finds the tag missing while
+/// the announced manifest exists must wait for it (or retry), not skip it (until its last such
+/// attempt, below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_announced_before_its_tag_is_linked_is_not_lost() {
     use ferry_replicator::worker::JobError;
