@@ -580,7 +580,7 @@ pub fn compare(oracle: &Oracle, acked: &Acked, snapshots: &BTreeMap<String, Tags
                         "{from} → {to}: {}:{} = {d} on {to}, gone from {from}",
                         k.0, k.1
                     );
-                    if ledger.deleted.iter().any(|(r, x)| *r == k.0 && x == d) {
+                    if ledger.deleted_digest(&k.0, d) {
                         // The source deleted this very digest: the guard says delete.
                         f.not_deleted.push(line);
                     } else {
@@ -607,18 +607,16 @@ pub fn compare(oracle: &Oracle, acked: &Acked, snapshots: &BTreeMap<String, Tags
                         // deleted digest came too late to be copied): the event of a tag delete
                         // names no digest, so the digest guard keeps the tag, as on a one-way
                         // replica above.
-                        let (held, absent) = match (dx, dy) {
-                            (Some(d), None) => (Some(d), ly),
-                            (None, Some(d)) => (Some(d), lx),
-                            _ => (None, None),
+                        let one_sided = match (dx, dy) {
+                            (Some(d), None) => Some((d, ly)),
+                            (None, Some(d)) => Some((d, lx)),
+                            _ => None,
                         };
-                        let guarded = held.zip(absent).is_some_and(|(d, l)| {
-                            l.touched_by_delete.contains(k)
-                                && l.ever.get(k).is_some_and(|s| s.contains(d))
-                                && ![lx, ly]
-                                    .iter()
-                                    .flatten()
-                                    .any(|l| l.deleted.iter().any(|(r, x)| *r == k.0 && x == d))
+                        let guarded = one_sided.is_some_and(|(d, absent)| {
+                            absent.is_some_and(|l| {
+                                l.touched_by_delete.contains(k)
+                                    && l.ever.get(k).is_some_and(|s| s.contains(d))
+                            }) && ![lx, ly].iter().flatten().any(|l| l.deleted_digest(&k.0, d))
                         });
                         if guarded {
                             f.kept_by_guard.push(format!(

@@ -325,6 +325,11 @@ impl RegionLedger {
         self.ever.entry(key).or_default().insert(digest.to_string());
     }
 
+    /// Whether a delete here took `digest` from `repo`.
+    pub fn deleted_digest(&self, repo: &str, digest: &str) -> bool {
+        self.deleted.iter().any(|(r, d)| r == repo && d == digest)
+    }
+
     fn delete(&mut self, repo: &str, digest: &str) {
         self.tags.retain(|(r, _), d| !(r == repo && d == digest));
         for (key, digests) in &self.ever {
