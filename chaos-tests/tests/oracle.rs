@@ -51,6 +51,11 @@ const OPS_PER_SECOND: f64 = 0.5;
 const FAULT_EVERY: Duration = Duration::from_secs(12);
 /// The agents' safety-net interval: what a registry restart's lost notifications wait for.
 const RECONCILE_SECONDS: u64 = 10;
+/// The workers' `--history-max-executions`: a tenth of the default, so that in a soak the
+/// bidirectional pair (about 70 executions a minute) fills its execution history within the
+/// warm-up quarter and the queue server's memory must then stay flat, retention trimming as fast
+/// as jobs record (with the default 10 000 an hour only fills it halfway).
+const HISTORY_MAX_EXECUTIONS: &str = "1000";
 /// How long the oracle waits for convergence, and a gate for deletes: generous for a loaded
 /// 2-core machine (a killed worker's job waits for its 10 s lease; Redis was seen to stall 40 s).
 const WAIT: Duration = Duration::from_secs(300);
@@ -162,7 +167,12 @@ async fn scenario(seed: u64, duration: Duration) -> anyhow::Result<()> {
         ],
         registry_log_level: "info",
         reconcile_interval: RECONCILE_SECONDS,
-        worker_args: vec!["--lease-seconds".into(), "10".into()],
+        worker_args: vec![
+            "--lease-seconds".into(),
+            "10".into(),
+            "--history-max-executions".into(),
+            HISTORY_MAX_EXECUTIONS.into(),
+        ],
         registry_proxies: true,
         clock_skew: Some(skew.clone()),
         registry_tmpfs: Some(REGISTRY_DISK),
