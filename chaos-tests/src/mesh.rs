@@ -179,11 +179,10 @@ pub struct Mesh {
     _serial: SerialGuard,
 }
 
-/// A port picked now and held until the process that uses it starts (on `host`'s address; a
-/// namespace's ports are all free, so only loopback ports need holding).
+/// A port picked now by `host`'s own network stack ([`Host::hold_port`]) and held until the
+/// process that uses it starts.
 fn hold_port(host: &Host) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind("127.0.0.1:0").context("picking a port")?;
-    let port = l.local_addr()?.port();
+    let (l, port) = host.hold_port()?;
     Ok((l, SocketAddr::from((host.ip, port))))
 }
 

@@ -39,6 +39,40 @@ impl Host {
         }
     }
 
+    /// A port free on this host, held by the returned listener until it is dropped: bound to
+    /// `ip:0` by the host's own network stack. A port free on this machine's loopback says
+    /// nothing about a namespace, whose ports are its own: picked there, it may be one a server
+    /// in the namespace already listens on, and a readiness probe of the new server would be
+    /// answered by the old one. In a namespace the bind runs on a thread of its own that joins
+    /// the namespace first (`setns`; the listener stays in it). Racy like any port pick once
+    /// dropped: starts retry on "address already in use".
+    pub fn hold_port(&self) -> anyhow::Result<(std::net::TcpListener, u16)> {
+        let addr = std::net::SocketAddr::from((self.ip, 0));
+        let listener = match &self.netns {
+            None => std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding {addr} to pick a free port"))?,
+            Some(ns) => {
+                let ns = ns.clone();
+                std::thread::spawn(move || bind_in_netns(&ns, addr))
+                    .join()
+                    .map_err(|_| {
+                        anyhow::anyhow!("the thread picking a port in a namespace panicked")
+                    })??
+            }
+        };
+        let port = listener
+            .local_addr()
+            .context("reading the picked port")?
+            .port();
+        Ok((listener, port))
+    }
+
+    /// A port free on this host ([`Host::hold_port`], released at once: the caller's server binds
+    /// it next, and retries on "address already in use").
+    pub fn free_port(&self) -> anyhow::Result<u16> {
+        self.hold_port().map(|(_, port)| port)
+    }
+
     /// A command running `program` on this host (`ip netns exec <ns> program` in a namespace;
     /// `ip` execs the program, so the child's pid and signals are the program's).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -51,6 +85,20 @@ impl Host {
             }
         }
     }
+}
+
+/// Binds `addr` from inside namespace `ns` (`/run/netns/<ns>`, where `ip netns add` puts it).
+/// Joins the namespace with `setns`, which moves only the calling thread: call it on a thread that
+/// ends afterwards.
+fn bind_in_netns(ns: &str, addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+    use std::os::fd::AsFd as _;
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+        .with_context(|| format!("joining network namespace {ns} (setns; needs root)"))?;
+    std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding {addr} in namespace {ns} to pick a free port"))
 }
 
 /// A network namespace joined to this machine by a veth pair; deleted on drop.

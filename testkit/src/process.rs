@@ -7,7 +7,6 @@
 
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -22,17 +21,13 @@ pub(crate) const START_ATTEMPTS: usize = 3;
 /// Written to the log before each start, so one run's lines can be told from the last's.
 const START_MARKER: &str = "--- ferry-testkit: starting";
 
-/// Picks a free loopback port by binding port 0 and releasing it again.
+/// A free loopback port: [`Host::free_port`](crate::Host::free_port) on
+/// [`Host::loopback`](crate::Host::loopback).
 ///
 /// Racy by nature (another process may take the port before the child binds
 /// it): callers retry on "address already in use".
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to pick a free port")?;
-    Ok(listener
-        .local_addr()
-        .context("reading the picked port")?
-        .port())
+    crate::Host::loopback().free_port()
 }
 
 /// The last `max_lines` lines of a log file (or a note saying why there are none).

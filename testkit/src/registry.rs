@@ -171,7 +171,7 @@ impl Registry {
 
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            let port = process::free_port()?;
+            let port = opts.host.free_port()?;
             let addr = SocketAddr::from((opts.host.ip, port));
             let config = registry_config(&opts, &data, addr, tls.as_ref());
             let config_path = dir.path().join("config.yml");
@@ -562,7 +562,7 @@ impl RedisServer {
     ) -> anyhow::Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            let port = process::free_port()?;
+            let port = host.free_port()?;
             match spawn_redis(host, binary, dir.path(), port, appendonly, &security).await {
                 Ok(child) => {
                     return Ok(RedisServer {

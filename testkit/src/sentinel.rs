@@ -32,8 +32,9 @@ impl Sentinel {
             .prefix("ferry-sentinel-")
             .tempdir()
             .context("creating the sentinel temp dir")?;
-        let port = process::free_port()?;
-        let ip = primary.runs_on().ip;
+        let host = primary.runs_on();
+        let port = host.free_port()?;
+        let ip = host.ip;
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,

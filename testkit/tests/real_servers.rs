@@ -586,3 +586,38 @@ async fn seed_5eed0013_freeing_a_filled_disk_removes_the_blobs_it_cut_short() {
         .unwrap();
     assert_eq!(sha256_digest(&raw), f.image.digest);
 }
+
+/// A port held for a host in a network namespace is picked by that namespace's own network stack,
+/// so no server in the namespace can take it meanwhile (picked on this machine's loopback instead,
+/// a worker was once given the port its region's agent already listened on, and the agent answered
+/// the worker's readiness probe: `bidirectional_regions_converge_without_echo_and_settle_conflicts`
+/// waited in vain); released, it is free there.
+#[test]
+fn a_port_held_for_a_namespace_host_is_taken_inside_that_namespace() {
+    if !ferry_testkit::Netns::available() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let ns = ferry_testkit::Netns::create("ferry-port-test", 248).unwrap();
+    let host = ns.host();
+    let bind_inside = move |port: u16| {
+        let ip = host.ip;
+        std::thread::spawn(move || {
+            use std::os::fd::AsFd as _;
+            let file = std::fs::File::open("/run/netns/ferry-port-test").unwrap();
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            std::net::TcpListener::bind((ip, port)).map(drop)
+        })
+        .join()
+        .unwrap()
+    };
+    let (held, port) = ns.host().hold_port().unwrap();
+    let err = bind_inside(port).expect_err("the held port is taken inside the namespace");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    drop(held);
+    bind_inside(port).expect("released, the port is free inside the namespace");
+}
