@@ -54,7 +54,7 @@ const RECONCILE_SECONDS: u64 = 10;
 /// The workers' `--history-max-executions`: a tenth of the default, so that in a soak the
 /// bidirectional pair (about 70 executions a minute) fills its execution history within the
 /// warm-up quarter and the queue server's memory must then stay flat, retention trimming as fast
-/// as jobs record (with the default 10 000 an hour only fills it halfway).
+/// as jobs record (with the default 10 000 an hour fills less than half of it).
 const HISTORY_MAX_EXECUTIONS: &str = "1000";
 /// How long the oracle waits for convergence, and a gate for deletes: generous for a loaded
 /// 2-core machine (a killed worker's job waits for its 10 s lease; Redis was seen to stall 40 s).
