@@ -47,24 +47,26 @@ impl Host {
     /// the namespace first (`setns`; the listener stays in it). Racy like any port pick once
     /// dropped: starts retry on "address already in use".
     pub fn hold_port(&self) -> anyhow::Result<(std::net::TcpListener, u16)> {
-        let addr = std::net::SocketAddr::from((self.ip, 0));
-        let listener = match &self.netns {
-            None => std::net::TcpListener::bind(addr)
-                .with_context(|| format!("binding {addr} to pick a free port"))?,
-            Some(ns) => {
-                let ns = ns.clone();
-                std::thread::spawn(move || bind_in_netns(&ns, addr))
-                    .join()
-                    .map_err(|_| {
-                        anyhow::anyhow!("the thread picking a port in a namespace panicked")
-                    })??
-            }
-        };
+        let listener = self.bind(0)?;
         let port = listener
             .local_addr()
             .context("reading the picked port")?
             .port();
         Ok((listener, port))
+    }
+
+    /// A listener on `ip:port` in this host's network stack (port 0: any free one).
+    pub fn bind(&self, port: u16) -> anyhow::Result<std::net::TcpListener> {
+        let addr = std::net::SocketAddr::from((self.ip, port));
+        match &self.netns {
+            None => std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}")),
+            Some(ns) => {
+                let ns = ns.clone();
+                std::thread::spawn(move || bind_in_netns(&ns, addr))
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the thread binding in a namespace panicked"))?
+            }
+        }
     }
 
     /// A port free on this host ([`Host::hold_port`], released at once: the caller's server binds
@@ -97,8 +99,7 @@ fn bind_in_netns(ns: &str, addr: std::net::SocketAddr) -> anyhow::Result<std::ne
     let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
     move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
         .with_context(|| format!("joining network namespace {ns} (setns; needs root)"))?;
-    std::net::TcpListener::bind(addr)
-        .with_context(|| format!("binding {addr} in namespace {ns} to pick a free port"))
+    std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr} in namespace {ns}"))
 }
 
 /// A network namespace joined to this machine by a veth pair; deleted on drop.

@@ -508,11 +508,9 @@ fn is_root() -> bool {
 /// `clear_bandwidth` removes both (this kernel has no netem; `tbf` is what caps links).
 #[test]
 fn a_bandwidth_cap_is_a_token_bucket_on_both_ends_of_the_veth_until_cleared() {
-    if !ferry_testkit::Netns::available() {
-        eprintln!("skipped: network namespaces need root");
+    let Some(ns) = netns_or_skip("ferry-tbf-test", 249) else {
         return;
-    }
-    let ns = ferry_testkit::Netns::create("ferry-tbf-test", 249).unwrap();
+    };
     let qdiscs = |inside: bool| {
         let mut cmd = std::process::Command::new("ip");
         if inside {
@@ -594,30 +592,26 @@ async fn seed_5eed0013_freeing_a_filled_disk_removes_the_blobs_it_cut_short() {
 /// waited in vain); released, it is free there.
 #[test]
 fn a_port_held_for_a_namespace_host_is_taken_inside_that_namespace() {
+    let Some(ns) = netns_or_skip("ferry-port-test", 248) else {
+        return;
+    };
+    let host = ns.host();
+    let (held, port) = host.hold_port().unwrap();
+    let err = host
+        .bind(port)
+        .expect_err("the held port is taken inside the namespace");
+    let kind = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    assert_eq!(kind, Some(std::io::ErrorKind::AddrInUse), "{err:#}");
+    drop(held);
+    host.bind(port)
+        .expect("released, the port is free inside the namespace");
+}
+
+/// A fresh namespace `name` (subnet `index`), or `None` (the test is skipped) without root.
+fn netns_or_skip(name: &str, index: u8) -> Option<ferry_testkit::Netns> {
     if !ferry_testkit::Netns::available() {
         eprintln!("skipped: network namespaces need root");
-        return;
+        return None;
     }
-    let ns = ferry_testkit::Netns::create("ferry-port-test", 248).unwrap();
-    let host = ns.host();
-    let bind_inside = move |port: u16| {
-        let ip = host.ip;
-        std::thread::spawn(move || {
-            use std::os::fd::AsFd as _;
-            let file = std::fs::File::open("/run/netns/ferry-port-test").unwrap();
-            rustix::thread::move_into_link_name_space(
-                file.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
-            std::net::TcpListener::bind((ip, port)).map(drop)
-        })
-        .join()
-        .unwrap()
-    };
-    let (held, port) = ns.host().hold_port().unwrap();
-    let err = bind_inside(port).expect_err("the held port is taken inside the namespace");
-    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
-    drop(held);
-    bind_inside(port).expect("released, the port is free inside the namespace");
+    Some(ferry_testkit::Netns::create(name, index).unwrap())
 }
